@@ -1,0 +1,62 @@
+"""Atomic file writes: a reader sees the old file or the new one, never half of either.
+
+Each writer writes to a temporary name in the destination folder (same filesystem), fsyncs,
+then ``os.replace``s it over the destination.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import pandas as pd
+
+
+@contextmanager
+def atomic_path(dest: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``dest``; on success it replaces ``dest``."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_with(dest: Path, write: Callable[[IO[bytes]], None]) -> None:
+    with atomic_path(dest) as tmp, open(tmp, "wb") as handle:
+        write(handle)
+
+
+def write_bytes(dest: Path, data: bytes) -> None:
+    _write_with(dest, lambda handle: handle.write(data))
+
+
+def write_text(dest: Path, text: str) -> None:
+    write_bytes(dest, text.encode("utf-8"))
+
+
+def write_npy(dest: Path, array: np.ndarray) -> None:
+    _write_with(dest, lambda handle: np.save(handle, array, allow_pickle=False))
+
+
+def write_parquet(dest: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(dest) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def write_csv(dest: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(dest) as tmp:
+        frame.to_csv(tmp, index=False)

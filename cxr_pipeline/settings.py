@@ -1,0 +1,84 @@
+"""Named profiles and the layout of the work folder.
+
+Everything the pipeline writes lives under one folder (``CXR_HOME``); this module is the one
+place that knows the stable paths inside it, so assets, tests and notebooks agree on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes that trade fidelity for time; ``demo`` finishes in CPU minutes."""
+
+    name: str
+    image_size: int  # square training resolution every stored image is resized to
+    demo_patients: int  # size of the built-in demo dataset for this profile
+    demo_source_size: int  # side of the generated radiographs before ingestion resizes them
+
+
+PROFILES: dict[str, Profile] = {
+    "demo": Profile(name="demo", image_size=64, demo_patients=300, demo_source_size=256),
+    "full": Profile(name="full", image_size=256, demo_patients=3000, demo_source_size=1024),
+}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
+
+
+@dataclass(frozen=True)
+class WorkPaths:
+    """Stable, user-facing locations under the work folder (listed in the README)."""
+
+    home: Path
+
+    @property
+    def demo_data(self) -> Path:
+        return self.home / "demo_data"
+
+    @property
+    def ingestion(self) -> Path:
+        return self.home / "ingestion"
+
+    @property
+    def manifest(self) -> Path:
+        return self.ingestion / "manifest.parquet"
+
+    @property
+    def rejected(self) -> Path:
+        return self.ingestion / "rejected.parquet"
+
+    @property
+    def image_store(self) -> Path:
+        return self.ingestion / "images"
+
+    @property
+    def ingestion_preview(self) -> Path:
+        return self.ingestion / "preview.png"
+
+    @property
+    def metadata(self) -> Path:
+        return self.home / "metadata.parquet"
+
+    @property
+    def splits(self) -> Path:
+        return self.home / "splits"
+
+    @property
+    def mlflow(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def models(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def reports(self) -> Path:
+        return self.home / "reports"

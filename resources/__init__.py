@@ -1,0 +1,3 @@
+from .settings import CxrSettings
+
+__all__ = ["CxrSettings"]

@@ -1,0 +1,47 @@
+"""Where data comes from, where outputs go, and which profile sizes them."""
+
+
+import os
+from typing import Optional
+from pathlib import Path
+
+import dagster as dg
+
+from cxr_pipeline.settings import Profile, WorkPaths, get_profile
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_HOME = REPOSITORY_ROOT / "work"
+
+
+class CxrSettings(dg.ConfigurableResource):
+    """Each field, when left empty, falls back to its environment variable, then a default.
+
+    - ``home`` / ``CXR_HOME``: the work folder for every output (default ``./work``).
+    - ``data_dir`` / ``CXR_DATA_DIR``: the raw data to ingest (default: the built-in demo
+      dataset, generated on first use into ``<home>/demo_data``).
+    - ``profile`` / ``CXR_PROFILE``: ``demo`` (default) or ``full``.
+    """
+
+    home: Optional[str] = None
+    data_dir: Optional[str] = None
+    profile: Optional[str] = None
+    workers: int = 0  # processes for decoding and generation; 0 = every core
+
+    def resolved_home(self) -> Path:
+        return Path(self.home or os.environ.get("CXR_HOME") or DEFAULT_HOME).expanduser().resolve()
+
+    def paths(self) -> WorkPaths:
+        return WorkPaths(self.resolved_home())
+
+    def profile_spec(self) -> Profile:
+        return get_profile(self.profile or os.environ.get("CXR_PROFILE") or "demo")
+
+    def configured_data_dir(self) -> Path | None:
+        value = self.data_dir or os.environ.get("CXR_DATA_DIR")
+        return Path(value).expanduser().resolve() if value else None
+
+    def uses_demo_data(self) -> bool:
+        return self.configured_data_dir() is None
+
+    def raw_data_dir(self) -> Path:
+        return self.configured_data_dir() or self.paths().demo_data
