@@ -2,8 +2,8 @@
 
 Decoders are C libraries; a crafted or damaged file can crash one (a segfault kills the worker
 process, not a Python exception). ``multiprocessing.Pool`` would hang on the lost task, so this
-uses ``ProcessPoolExecutor``, whose broken pool is reported, and re-runs the affected items one
-per process to name the culprit. Only a bounded number of batches is in flight, so memory does
+uses ``ProcessPoolExecutor``, whose broken pool is reported, re-runs the items lost with it, and
+gives whatever breaks a pool twice a process of its own to name the culprit. Only a bounded number of batches is in flight, so memory does
 not grow with the number of items.
 """
 
@@ -56,6 +56,21 @@ def _isolated(fn: Callable[[T], R], item: T, on_crash: Callable[[T, BaseExceptio
             return on_crash(item, error)
 
 
+def _rerun_lost(
+    fn: Callable[[T], R], items: list[T], workers: int, on_crash: Callable[[T, BaseException], R]
+) -> list[R]:
+    """Items lost with a broken pool: retry together, then alone whatever broke the pool again."""
+    results: dict[int, R] = {}
+    with _executor(workers) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        for index, future in enumerate(futures):
+            try:
+                results[index] = future.result()
+            except BrokenProcessPool:
+                pass
+    return [results[i] if i in results else _isolated(fn, item, on_crash) for i, item in enumerate(items)]
+
+
 def ordered_map(
     fn: Callable[[T], R],
     items: Iterable[T],
@@ -96,10 +111,9 @@ def ordered_map(
             except BrokenProcessPool:
                 # Every batch still in flight is lost with the pool; re-run them in isolation.
                 pool.shutdown(wait=False, cancel_futures=True)
-                for lost_batch in [batch] + [b for b, _ in pending]:
-                    for item in lost_batch:
-                        yield _isolated(fn, item, on_crash)
+                lost = [item for lost_batch in [batch] + [b for b, _ in pending] for item in lost_batch]
                 pending.clear()
+                yield from _rerun_lost(fn, lost, workers, on_crash)
                 pool = _executor(workers)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -279,7 +279,7 @@ def _write_bad_inputs(root: Path, spec: DemoSpec, nih_files: list[str], dicom_fi
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", compress_level=1)
     add(str(Path(nih_files[0]).parent / "copy_of_first_image.png"), buffer.getvalue())
-    thumb = Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8))
+    thumb = Image.fromarray(rng.integers(0, 255, (12, 12), dtype=np.uint8))
     buffer = io.BytesIO()
     thumb.save(buffer, format="PNG")
     add("nih/images_001/images/thumbnail_small.png", buffer.getvalue())

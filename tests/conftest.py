@@ -1,0 +1,24 @@
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from cxr_pipeline.data.demo.dataset import DemoSpec, generate_demo_dataset
+
+
+def pydicom_file(name: str) -> Path:
+    """A real DICOM file from the installed pydicom-data package."""
+    path = get_testdata_file(name)
+    assert path is not None, f"{name} not found: is pydicom-data installed?"
+    return Path(path)
+
+
+SMALL_DEMO = DemoSpec(patients=14, source_size=128, dicom_share=0.3)
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory) -> Path:
+    """A small demo dataset (same generator as the default one, fewer and smaller images)."""
+    root = tmp_path_factory.mktemp("demo") / "data"
+    generate_demo_dataset(root, SMALL_DEMO, workers=2)
+    return root
