@@ -44,7 +44,7 @@ from pydicom.uid import (
 from ... import parallel
 from . import phantom
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 NIH_COLUMNS = [
     "Image Index",
     "Finding Labels",

@@ -364,7 +364,7 @@ def render(traits: PatientTraits, study: StudyParams, size: int) -> np.ndarray:
         else:  # lower-lobe collapse: a dense wedge along the heart border
             wedge = canvas.polygon(np.array([0.12 * s, 0.45 * s, 0.18 * s]),
                                    np.array([-0.05, dome[s] + 0.06, dome[s] + 0.08]))
-            mu += 0.5 * canvas.blur(wedge, 0.015)
+            mu += 0.5 * canvas.blur(wedge * lung_masks[s], 0.015)
     if "Pneumonia" in findings:
         s = side_of("Pneumonia")
         center = (s * rng.uniform(0.3, 0.5), rng.choice([-0.3, 0.05, 0.15]))
