@@ -150,3 +150,17 @@ def test_no_installed_decoder_is_a_clear_rejection(tmp_path):
     outcome = outcome_for(path)
     assert outcome.reason == Reason.UNSUPPORTED_TRANSFER_SYNTAX.value
     assert "MPEG2" in outcome.message
+
+
+def test_voi_and_modality_lut_sequences_are_applied_and_recorded():
+    voi = read_dicom(pydicom_file("vlut_04.dcm"), allowed_modalities=("OT",))
+    assert voi.fields["voi"].startswith("voi_lut_sequence")
+    lut = read_dicom(pydicom_file("mlut_18.dcm"), allowed_modalities=("OT",))
+    assert lut.fields["modality_lut"] == "lut_sequence"
+    for image in (voi, lut):
+        assert 0.0 <= image.pixels.min() and image.pixels.max() <= 1.0
+        assert image.pixels.max() - image.pixels.min() > 0.5  # scaled from the LUT's output range
+    # The same files are rejected under the default (CR, DX) policy.
+    with pytest.raises(Rejected) as caught:
+        read_dicom(pydicom_file("vlut_04.dcm"))
+    assert caught.value.reason is Reason.MODALITY_NOT_ALLOWED
