@@ -94,8 +94,7 @@ def ingested_images(
         options=options,
         progress=log_progress,
     )
-    manifest = ingestion.read_manifest(paths.manifest)
-    rejected = ingestion.read_rejected(paths.rejected)
+    manifest, rejected = summary.manifest, summary.rejected
     content_hash = ingestion.manifest_hash(manifest, summary.fingerprint)
 
     metadata: dict[str, object] = {

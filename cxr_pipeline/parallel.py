@@ -3,8 +3,8 @@
 Decoders are C libraries; a crafted or damaged file can crash one (a segfault kills the worker
 process, not a Python exception). ``multiprocessing.Pool`` would hang on the lost task, so this
 uses ``ProcessPoolExecutor``, whose broken pool is reported, re-runs the items lost with it, and
-gives whatever breaks a pool twice a process of its own to name the culprit. Only a bounded number of batches is in flight, so memory does
-not grow with the number of items.
+gives whatever breaks a pool twice a process of its own to name the culprit. Only a bounded
+number of batches is in flight, so memory does not grow with the number of items.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def ordered_map(
             try:
                 yield from future.result()
             except BrokenProcessPool:
-                # Every batch still in flight is lost with the pool; re-run them in isolation.
+                # Every batch still in flight is lost with the pool: re-run them.
                 pool.shutdown(wait=False, cancel_futures=True)
                 lost = [item for lost_batch in [batch] + [b for b, _ in pending] for item in lost_batch]
                 pending.clear()

@@ -2,6 +2,7 @@
 
 import csv
 import hashlib
+from dataclasses import replace
 
 import numpy as np
 import pydicom
@@ -61,9 +62,8 @@ def _pair(finding, seed=3):
     rng = np.random.default_rng(seed)
     traits = phantom.sample_patient(rng, seed)
     study = phantom.sample_study(rng, (), seed=seed, view="PA")
-    sides = {finding: 1}
-    base = phantom.render(traits, phantom.with_findings(study, ()), 128)
-    sick = phantom.render(traits, phantom.StudyParams(**{**study.__dict__, "findings": (finding,), "finding_side": sides}), 128)
+    base = phantom.render(traits, study, 128)
+    sick = phantom.render(traits, replace(study, findings=(finding,), finding_side={finding: 1}), 128)
     return base, sick, study
 
 

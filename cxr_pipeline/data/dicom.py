@@ -268,8 +268,6 @@ def read_dicom(
         check_header(ds, allowed_modalities=allowed_modalities, frontal_only=frontal_only)
         values, decoder_name = decode_stored_values(ds)
         pixels, decisions = to_display(values, ds)
-    except Rejected:
-        raise
     except (AttributeError, KeyError, TypeError, ValueError) as error:
         # Missing or malformed Image Pixel module elements (BitsStored, Rows, ...).
         raise Rejected(Reason.CORRUPT, f"inconsistent image header: {error}") from None

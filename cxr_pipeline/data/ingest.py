@@ -14,7 +14,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -256,9 +256,8 @@ class IngestSummary:
     files_per_s: float
     fingerprint: str
     full_rebuild: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    manifest: pd.DataFrame = field(repr=False)  # the tables as written, so callers need not re-read
+    rejected: pd.DataFrame = field(repr=False)
 
 
 def rejected_share(rejected: pd.DataFrame, accepted_count: int) -> float:
@@ -394,6 +393,8 @@ def ingest(
         files_per_s=len(todo) / elapsed if elapsed > 0 else 0.0,
         fingerprint=fingerprint,
         full_rebuild=full_rebuild,
+        manifest=manifest,
+        rejected=rejected_frame,
     )
 
 

@@ -79,6 +79,7 @@ SINGLE_LABEL_WEIGHTS = {
     "Infiltration": 0.04,
 }
 MULTI_LABEL_SHARE = 0.13
+# Drawn uniformly: uncompressed is listed twice so it is the most common, as in real exports.
 DICOM_SYNTAXES = (ExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless)
 
 

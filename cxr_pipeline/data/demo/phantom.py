@@ -12,7 +12,7 @@ patient's follow-ups; position, inspiration, exposure and noise vary per study.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -404,10 +404,6 @@ def render(traits: PatientTraits, study: StudyParams, size: int) -> np.ndarray:
     image = ndimage.gaussian_filter(image, 0.45 * size / 256)  # detector blur
     image = image + rng.normal(0.0, 1.0, image.shape) * study.noise * np.sqrt(np.clip(image, 0.02, 1.0))
     return np.clip(image, 0.0, 1.0).astype(np.float32)
-
-
-def with_findings(study: StudyParams, findings: tuple[str, ...]) -> StudyParams:
-    return replace(study, findings=findings)
 
 
 def render_lateral(seed: int, size: int) -> np.ndarray:
