@@ -2,13 +2,19 @@
 
 import dagster as dg
 
-from assets import ingestion
+from assets import ingestion, labels
 from jobs import all_assets_job, ingestion_job
 from resources import CxrSettings
 
 defs = dg.Definitions(
-    assets=[ingestion.raw_images, ingestion.ingested_images],
-    asset_checks=[ingestion.rejected_share_within_limit, ingestion.every_input_accounted_for],
+    assets=[ingestion.raw_images, ingestion.ingested_images, labels.label_table, labels.image_metadata],
+    asset_checks=[
+        ingestion.rejected_share_within_limit,
+        ingestion.every_input_accounted_for,
+        labels.no_leakage_between_splits,
+        labels.every_split_non_empty,
+        labels.label_coverage,
+    ],
     jobs=[all_assets_job, ingestion_job],
     resources={"settings": CxrSettings()},
 )

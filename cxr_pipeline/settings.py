@@ -64,6 +64,14 @@ class WorkPaths:
         return self.ingestion / "preview.png"
 
     @property
+    def labels(self) -> Path:
+        return self.home / "labels"
+
+    @property
+    def label_table(self) -> Path:
+        return self.labels / "labels.parquet"
+
+    @property
     def metadata(self) -> Path:
         return self.home / "metadata.parquet"
 

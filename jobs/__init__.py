@@ -10,6 +10,6 @@ all_assets_job = dg.define_asset_job(
 
 ingestion_job = dg.define_asset_job(
     "ingestion",
-    selection=dg.AssetSelection.groups("ingestion"),
-    description="Ingest raw files into the image store, manifest and rejected list.",
+    selection=dg.AssetSelection.groups("ingestion", "labels"),
+    description="Ingest raw files, parse labels and write patient-level splits.",
 )

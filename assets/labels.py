@@ -1,0 +1,149 @@
+"""Labels stage: label sources -> label table -> metadata.parquet and patient-level splits."""
+
+from collections import Counter
+from typing import Optional
+
+import dagster as dg
+import pandas as pd
+
+from cxr_pipeline.data import atomic
+from cxr_pipeline.data import ingest as ingestion
+from cxr_pipeline.data.labels import metadata as labels_lib
+from cxr_pipeline.data.labels.sources import UncertaintyPolicy
+from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES, LABEL_COLUMNS
+from resources import CxrSettings
+
+from .ingestion import ingested_images
+
+
+class LabelConfig(dg.Config):
+    sources: list[str] = []  # empty: every source found; or any of nih, chexpert, indiana_csv, indiana_xml, filename, dicom
+    chexpert_uncertainty: str = UncertaintyPolicy.U_IGNORE.value  # u_ones | u_zeros | u_ignore
+    filename_pattern: Optional[str] = None  # regex with (?P<patient>...) and optionally (?P<label>...)
+    classes: list[str] = list(DEFAULT_CLASSES)
+    frontal_only: bool = True
+    split_fractions: list[float] = [0.8, 0.1, 0.1]
+    split_salt: str = "cxr-v1"
+
+    def options(self) -> labels_lib.LabelOptions:
+        return labels_lib.LabelOptions(
+            sources=tuple(self.sources),
+            uncertainty=UncertaintyPolicy(self.chexpert_uncertainty),
+            filename_pattern=self.filename_pattern,
+            classes=tuple(self.classes),
+            frontal_only=self.frontal_only,
+            split_fractions=tuple(self.split_fractions),
+            split_salt=self.split_salt,
+        )
+
+
+@dg.asset(group_name="labels", deps=[ingested_images], kinds={"parquet"})
+def label_table(context: dg.AssetExecutionContext, config: LabelConfig, settings: CxrSettings) -> dg.MaterializeResult:
+    """Every label source found among the data folder's text files (NIH, CheXpert, Indiana/OpenI),
+    plus file-name patterns and DICOM headers, in one table keyed to the images."""
+    paths = settings.paths()
+    manifest = ingestion.read_manifest(paths.manifest)
+    rejected = ingestion.read_rejected(paths.rejected)
+    text_files = rejected.loc[rejected["reason"] == "text_file", "source_path"]
+    sources = labels_lib.load_label_sources(settings.raw_data_dir(), text_files, manifest, config.options())
+    table = labels_lib.combine(sources)
+    atomic.write_parquet(paths.label_table, table)
+    unknown: Counter = Counter()
+    for source in sources:
+        unknown.update(source.unknown_tokens)
+    problems = [problem for source in sources for problem in source.problems]
+    for problem in problems[:20]:
+        context.log.warning(problem)
+    for token, count in unknown.most_common(20):
+        context.log.warning(f"unknown finding token {token!r} in {count} rows (not mapped to a label)")
+    per_source = pd.DataFrame(
+        [{"source": s.kind.value, "rows": len(s.table), "files": len(s.files)} for s in sources]
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "rows": len(table),
+            "sources": dg.MetadataValue.md(per_source.to_markdown(index=False) if len(per_source) else "none found"),
+            "unknown_tokens": dg.MetadataValue.json(dict(unknown.most_common(50))),
+            "problems": len(problems),
+            "label_table": dg.MetadataValue.path(str(paths.label_table)),
+        }
+    )
+
+
+@dg.asset(group_name="labels", deps=[label_table, ingested_images], kinds={"parquet", "csv"})
+def image_metadata(context: dg.AssetExecutionContext, config: LabelConfig, settings: CxrSettings) -> dg.MaterializeResult:
+    """``metadata.parquet`` (one row per usable image) and ``splits/{train,val,test}.csv``:
+    patient-level splits by a stable hash, the single-label ``class_id``, and the accounting of
+    every image and label row that did not make it."""
+    paths = settings.paths()
+    manifest = ingestion.read_manifest(paths.manifest)
+    labels = pd.read_parquet(paths.label_table)
+    result = labels_lib.build_metadata(manifest, labels, config.options())
+    labels_lib.write_outputs(result, metadata_path=paths.metadata, splits_dir=paths.splits, labels_dir=paths.labels)
+    metadata = result.metadata
+    balance = labels_lib.split_balance(metadata, result.classes)
+    content_hash = labels_lib.content_hash(metadata)
+    context.log.info(f"{len(metadata)} usable images; split sizes {balance.loc['images'].to_dict()}")
+    return dg.MaterializeResult(
+        metadata={
+            "images": len(metadata),
+            "patients": int(metadata["patient_key"].nunique()),
+            **{f"{split}_images": int(balance.loc["images", split]) for split in balance.columns},
+            "class_conditional_images": int(metadata["class_id"].notna().sum()),
+            "excluded_images": len(result.excluded),
+            "excluded_by_reason": dg.MetadataValue.json(result.excluded["reason"].value_counts().to_dict()),
+            "label_rows_without_image": len(result.unmatched_label_rows),
+            "images_with_conflicting_sources": result.conflicts,
+            "label_balance": dg.MetadataValue.md(balance.to_markdown()),
+            "content_hash": content_hash,
+            "metadata": dg.MetadataValue.path(str(paths.metadata)),
+            "splits": dg.MetadataValue.path(str(paths.splits)),
+        },
+        data_version=dg.DataVersion(content_hash),
+    )
+
+
+def _metadata(settings: CxrSettings) -> pd.DataFrame:
+    return pd.read_parquet(settings.paths().metadata)
+
+
+@dg.asset_check(asset=image_metadata, blocking=True)
+def no_leakage_between_splits(settings: CxrSettings) -> dg.AssetCheckResult:
+    """No patient and no pixel hash in more than one split: the one bug that silently inflates
+    every test metric."""
+    leaks = labels_lib.leakage(_metadata(settings))
+    return dg.AssetCheckResult(
+        passed=not any(leaks.values()),
+        metadata={
+            "patients_in_several_splits": len(leaks["patient_key"]),
+            "pixel_hashes_in_several_splits": len(leaks["pixel_hash"]),
+            "examples": dg.MetadataValue.json({k: v[:10] for k, v in leaks.items()}),
+        },
+    )
+
+
+@dg.asset_check(asset=image_metadata, blocking=True)
+def every_split_non_empty(settings: CxrSettings) -> dg.AssetCheckResult:
+    counts = _metadata(settings)["split"].value_counts()
+    sizes = {split: int(counts.get(split, 0)) for split in ("train", "val", "test")}
+    return dg.AssetCheckResult(passed=all(sizes.values()), metadata=sizes)
+
+
+@dg.asset_check(asset=image_metadata)
+def label_coverage(settings: CxrSettings) -> dg.AssetCheckResult:
+    """Images without a label row are excluded (warns); label rows without an image are normal for
+    partial downloads and only reported. Both are listed under CXR_HOME/labels/."""
+    paths = settings.paths()
+    excluded = pd.read_parquet(paths.labels / "excluded.parquet")
+    unmatched = pd.read_parquet(paths.labels / "unmatched_label_rows.parquet")
+    no_label = excluded[excluded["reason"] == "no_label_row"]
+    return dg.AssetCheckResult(
+        passed=len(no_label) == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "images_without_label_row": len(no_label),
+            "label_rows_without_image": len(unmatched),
+            "examples_images": dg.MetadataValue.json(no_label["source_path"].head(20).tolist()),
+            "examples_label_rows": dg.MetadataValue.json(unmatched["match_key"].head(20).tolist()),
+        },
+    )

@@ -1,0 +1,218 @@
+"""From ingested images and label sources to ``metadata.parquet`` and the split CSVs.
+
+Nothing is dropped silently: an image without a label row, or with a lateral view in its labels,
+goes to the excluded table with a reason; a label row without an image goes to the unmatched
+table; an image described by two sources is counted as a conflict (the higher-priority source wins).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from .. import atomic
+from ..splits import SPLITS, assign_splits, check_fractions
+from .sources import (
+    LabelSource,
+    SourceKind,
+    UncertaintyPolicy,
+    conform,
+    empty_label_table,
+    read_chexpert,
+    read_dicom_headers,
+    read_filenames,
+    read_indiana_csv,
+    read_indiana_xml,
+    read_nih,
+    sniff_label_file,
+)
+from .vocabulary import DEFAULT_CLASSES, LABEL_COLUMNS, NO_FINDING, PATHOLOGIES
+
+# When two sources describe the same image, the first in this order wins: curated label files
+# before what can be read off a file name or a header.
+SOURCE_PRIORITY = (
+    SourceKind.NIH, SourceKind.CHEXPERT, SourceKind.INDIANA_CSV, SourceKind.INDIANA_XML,
+    SourceKind.FILENAME, SourceKind.DICOM,
+)
+LATERAL_VIEWS = frozenset({"LATERAL", "LL", "RL", "LAT"})
+IMAGE_COLUMNS = ["image_id", "source_path", "shard", "shard_index", "pixel_hash", "format"]
+
+
+@dataclass(frozen=True)
+class LabelOptions:
+    sources: tuple[str, ...] = ()  # empty: every source found in the data folder
+    uncertainty: UncertaintyPolicy = UncertaintyPolicy.U_IGNORE
+    filename_pattern: str | None = None  # enables the file-name adapter
+    classes: tuple[str, ...] = DEFAULT_CLASSES
+    frontal_only: bool = True
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_salt: str = "cxr-v1"
+
+    def wants(self, kind: SourceKind) -> bool:
+        return not self.sources or kind.value in self.sources
+
+
+def load_label_sources(
+    data_dir: Path, text_files: Iterable[str], manifest: pd.DataFrame, options: LabelOptions
+) -> list[LabelSource]:
+    """Detect label files among the data folder's text files by content and read each."""
+    found: dict[object, list[Path]] = {}
+    for relative in sorted(text_files):
+        kind = sniff_label_file(Path(data_dir) / relative)
+        if kind is not None:
+            found.setdefault(kind, []).append(Path(data_dir) / relative)
+    sources: list[LabelSource] = []
+    if options.wants(SourceKind.NIH):
+        sources += [read_nih(path) for path in found.get(SourceKind.NIH, [])]
+    if options.wants(SourceKind.CHEXPERT):
+        sources += [read_chexpert(path, options.uncertainty) for path in found.get(SourceKind.CHEXPERT, [])]
+    if options.wants(SourceKind.INDIANA_CSV):
+        reports, projections = found.get("indiana_reports", []), found.get("indiana_projections", [])
+        if reports and projections:
+            sources.append(read_indiana_csv(reports[0], projections[0]))
+    if options.wants(SourceKind.INDIANA_XML) and found.get(SourceKind.INDIANA_XML):
+        sources.append(read_indiana_xml(found[SourceKind.INDIANA_XML]))
+    if options.filename_pattern and options.wants(SourceKind.FILENAME):
+        sources.append(read_filenames(manifest["source_path"], options.filename_pattern))
+    if options.wants(SourceKind.DICOM):
+        sources.append(read_dicom_headers(manifest))
+    return sources
+
+
+def combine(sources: Sequence[LabelSource]) -> pd.DataFrame:
+    tables = [source.table for source in sources if len(source.table)]
+    return conform(pd.concat(tables, ignore_index=True)) if tables else empty_label_table()
+
+
+def _match_keys(source_paths: pd.Series) -> dict[str, pd.Series]:
+    paths = source_paths.astype(str)
+    names = paths.map(lambda p: PurePosixPath(p).name)
+    return {
+        "name": names,
+        "stem": names.map(lambda n: PurePosixPath(n).stem),
+        "tail3": paths.map(lambda p: "/".join(PurePosixPath(p).parts[-3:])),
+        "path": paths,
+    }
+
+
+def assign_classes(labels: pd.DataFrame, classes: Sequence[str] = DEFAULT_CLASSES) -> pd.Series:
+    """class_id for the single-label subset: No Finding alone, or exactly one pathology that is in
+    ``classes``; rows with unresolved uncertain labels never qualify. Others get <NA>."""
+    unknown = [c for c in classes if c not in LABEL_COLUMNS]
+    if unknown:
+        raise ValueError(f"classes {unknown} are not label columns {list(LABEL_COLUMNS)}")
+    pathologies = labels[list(PATHOLOGIES)].astype("float32").to_numpy()
+    positive = pathologies == 1.0
+    count = positive.sum(axis=1)
+    certain = labels["n_uncertain"].to_numpy() == 0
+    only = np.asarray(PATHOLOGIES, dtype=object)[positive.argmax(axis=1)]
+    name = np.where((labels[NO_FINDING].to_numpy() == 1.0) & (count == 0), NO_FINDING,
+                    np.where(count == 1, only, None))
+    name = np.where(certain, name, None)
+    index = {c: i for i, c in enumerate(classes)}
+    class_id = pd.array([index.get(n) if n is not None else None for n in name], dtype="Int64")
+    return pd.Series(class_id, index=labels.index, name="class_id")
+
+
+@dataclass
+class MetadataResult:
+    metadata: pd.DataFrame  # one row per usable image
+    excluded: pd.DataFrame  # image_id, source_path, reason
+    unmatched_label_rows: pd.DataFrame  # label rows whose image is not among the ingested images
+    conflicts: int  # images described by more than one source
+    classes: tuple[str, ...] = DEFAULT_CLASSES
+
+
+def build_metadata(manifest: pd.DataFrame, labels: pd.DataFrame, options: LabelOptions) -> MetadataResult:
+    check_fractions(options.split_fractions)
+    keys = _match_keys(manifest["source_path"])
+    candidates, unmatched = [], []
+    for match_on, group in labels.groupby("match_on", sort=False):
+        images = pd.DataFrame({"image_id": manifest["image_id"].to_numpy(), "match_key": keys[match_on].to_numpy()})
+        candidates.append(images.merge(group, on="match_key", how="inner"))
+        unmatched.append(group[~group["match_key"].isin(set(images["match_key"]))])
+    matched = pd.concat(candidates, ignore_index=True) if candidates else conform(pd.DataFrame()).assign(image_id=pd.Series(dtype="string"))
+    rank = {kind.value: i for i, kind in enumerate(SOURCE_PRIORITY)}
+    matched["_rank"] = matched["label_source"].map(rank)
+    matched = matched.sort_values(["image_id", "_rank"], kind="stable")
+    sources_per_image = matched.groupby("image_id")["label_source"].nunique()
+    matched = matched.drop_duplicates("image_id").drop(columns=["_rank", "match_key", "match_on"])
+
+    images = manifest[IMAGE_COLUMNS].merge(matched, on="image_id", how="left", indicator=True)
+    no_label = images["_merge"] == "left_only"
+    lateral = images["view"].isin(LATERAL_VIEWS) & options.frontal_only
+    excluded = pd.concat([
+        images.loc[no_label, ["image_id", "source_path"]].assign(reason="no_label_row"),
+        images.loc[lateral & ~no_label, ["image_id", "source_path"]].assign(reason="lateral_view"),
+    ], ignore_index=True)
+
+    usable = images[~no_label & ~lateral].drop(columns="_merge").reset_index(drop=True)
+    usable["patient_key"] = usable["label_source"].astype(str) + ":" + usable["patient_id"].astype(str)
+    missing_patient = usable["patient_id"].isna()
+    excluded = pd.concat([excluded, usable.loc[missing_patient, ["image_id", "source_path"]].assign(reason="no_patient_id")],
+                         ignore_index=True)
+    usable = usable[~missing_patient].reset_index(drop=True)
+    usable["class_id"] = assign_classes(usable, options.classes)
+    usable["class_name"] = usable["class_id"].map(lambda i: options.classes[i] if pd.notna(i) else None).astype("string")
+    usable["split"] = assign_splits(usable["patient_key"], options.split_fractions, options.split_salt).astype("string")
+    usable = usable.sort_values("source_path", kind="stable").reset_index(drop=True)
+    usable = usable.astype({"image_id": "string", "patient_key": "string"})
+
+    unmatched_rows = pd.concat(unmatched, ignore_index=True) if unmatched else empty_label_table()
+    unmatched_rows = unmatched_rows[unmatched_rows["label_source"] != SourceKind.DICOM.value]
+    return MetadataResult(
+        metadata=usable,
+        excluded=excluded.astype({"reason": "string"}),
+        unmatched_label_rows=unmatched_rows.reset_index(drop=True),
+        conflicts=int((sources_per_image > 1).sum()),
+        classes=tuple(options.classes),
+    )
+
+
+def split_balance(metadata: pd.DataFrame, classes: Sequence[str] = DEFAULT_CLASSES) -> pd.DataFrame:
+    """Per split: images, patients, positives per label and images per class."""
+    rows = {}
+    for split in SPLITS:
+        part = metadata[metadata["split"] == split]
+        row = {"images": len(part), "patients": part["patient_key"].nunique()}
+        row.update({label: int((part[label] == 1.0).sum()) for label in LABEL_COLUMNS})
+        row.update({f"class:{name}": int((part["class_id"] == i).sum()) for i, name in enumerate(classes)})
+        rows[split] = row
+    return pd.DataFrame(rows)
+
+
+def content_hash(metadata: pd.DataFrame) -> str:
+    """Which images, in which split, with which labels: changes exactly when downstream should rerun."""
+    columns = ["image_id", "split", "class_id", *LABEL_COLUMNS]
+    hashed = pd.util.hash_pandas_object(metadata[columns].astype(str), index=False)
+    return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()[:16]
+
+
+def leakage(metadata: pd.DataFrame) -> dict[str, list[str]]:
+    """Patients and pixel hashes found in more than one split (both must be empty)."""
+    out = {}
+    for column in ("patient_key", "pixel_hash"):
+        splits_per_value = metadata.groupby(column)["split"].nunique()
+        out[column] = sorted(splits_per_value[splits_per_value > 1].index.astype(str))
+    return out
+
+
+def write_outputs(result: MetadataResult, *, metadata_path: Path, splits_dir: Path, labels_dir: Path) -> dict[str, Path]:
+    """Atomically write metadata.parquet, splits/{train,val,test}.csv and the accounting tables."""
+    written = {"metadata": Path(metadata_path)}
+    atomic.write_parquet(metadata_path, result.metadata)
+    for split in SPLITS:
+        path = Path(splits_dir) / f"{split}.csv"
+        atomic.write_csv(path, result.metadata[result.metadata["split"] == split])
+        written[split] = path
+    for name, frame in (("excluded", result.excluded), ("unmatched_label_rows", result.unmatched_label_rows)):
+        path = Path(labels_dir) / f"{name}.parquet"
+        atomic.write_parquet(path, frame)
+        written[name] = path
+    return written
