@@ -4,7 +4,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from assets import ingestion
+from assets import ingestion, labels
 from cxr_pipeline.settings import WorkPaths
 from definitions import defs
 from resources import CxrSettings
@@ -26,11 +26,13 @@ def _no_ambient_settings(monkeypatch):
 def test_definitions_load_with_groups_jobs_and_checks():
     dg.Definitions.validate_loadable(defs)
     repository = defs.get_repository_def()
-    groups = {spec.group_name for spec in defs.resolve_all_asset_specs()}
-    assert groups == {"ingestion"}
+    groups = {spec.key.path[-1]: spec.group_name for spec in defs.resolve_all_asset_specs()}
+    assert groups == {"raw_images": "ingestion", "ingested_images": "ingestion",
+                      "label_table": "labels", "image_metadata": "labels"}
     assert {"all_assets", "ingestion"} <= {job.name for job in repository.get_all_jobs()}
     check_names = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
-    assert check_names == {"rejected_share_within_limit", "every_input_accounted_for"}
+    assert check_names == {"rejected_share_within_limit", "every_input_accounted_for",
+                           "no_leakage_between_splits", "every_split_non_empty", "label_coverage"}
 
 
 def test_settings_fall_back_to_environment(monkeypatch, tmp_path):
@@ -98,8 +100,51 @@ def test_accounting_check_fails_when_a_file_is_missing_from_both_lists(small_dem
     assert result.metadata["missing_count"].value == 1
 
 
+LABEL_DEFS = [
+    labels.label_table,
+    labels.image_metadata,
+    labels.no_leakage_between_splits,
+    labels.every_split_non_empty,
+    labels.label_coverage,
+]
+
+
+def test_labels_and_splits_materialize_on_the_demo_layout(small_demo, tmp_path):
+    settings = CxrSettings(home=str(tmp_path / "home"), data_dir=str(small_demo), workers=1)
+    result = dg.materialize(INGESTION_DEFS + LABEL_DEFS, resources={"settings": settings})
+    assert result.success
+    paths = settings.paths()
+    manifest = pd.read_parquet(paths.manifest)
+    metadata = pd.read_parquet(paths.metadata)
+    assert set(metadata["image_id"]) == set(manifest["image_id"])  # every demo image is usable
+    splits = pd.concat([pd.read_csv(paths.splits / f"{s}.csv", dtype={"image_id": str}) for s in ("train", "val", "test")])
+    assert sorted(splits["image_id"]) == sorted(metadata["image_id"])
+    nih = metadata[metadata["label_source"] == "nih"]
+    assert nih["patient_id"].notna().all() and nih["No_Finding"].notna().all()
+    dicom = metadata[metadata["label_source"] == "dicom"]
+    assert len(dicom) and dicom["No_Finding"].isna().all() and dicom["class_id"].isna().all()
+    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["no_leakage_between_splits"] and checks["every_split_non_empty"] and checks["label_coverage"]
+    produced = result.asset_materializations_for_node("image_metadata")[0].metadata
+    assert produced["images"].value == len(metadata)
+    assert "| images" in produced["label_balance"].value
+
+
+def test_leakage_check_catches_a_patient_in_two_splits(small_demo, tmp_path):
+    settings = CxrSettings(home=str(tmp_path / "home"), data_dir=str(small_demo), workers=1)
+    assert dg.materialize(INGESTION_DEFS + LABEL_DEFS, resources={"settings": settings}).success
+    path = settings.paths().metadata
+    metadata = pd.read_parquet(path)
+    patient = metadata["patient_key"].value_counts().index[0]  # a patient with several images
+    rows = metadata.index[metadata["patient_key"] == patient]
+    metadata.loc[rows[0], "split"] = "test" if metadata.loc[rows[1], "split"] != "test" else "train"
+    metadata.to_parquet(path, index=False)
+    result = labels.no_leakage_between_splits(settings=settings)
+    assert result.passed is False and result.metadata["patients_in_several_splits"].value == 1
+
+
 def test_main_job_on_the_builtin_demo_dataset(tmp_path):
-    """The README's main command, in process: demo generation, ingestion, checks."""
+    """The README's main command, in process: demo generation, ingestion, labels, splits, checks."""
     home = tmp_path / "home"
     job = defs.resolve_job_def("all_assets")
     result = job.execute_in_process(resources={"settings": CxrSettings(home=str(home))})
@@ -111,4 +156,10 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     ingested = result.asset_materializations_for_node("ingested_images")[0].metadata
     assert ingested["accepted"].value == raw["nih_layout_images"].value + raw["dicom_images"].value
     assert ingested["image_size"].value == 64
+    produced = result.asset_materializations_for_node("image_metadata")[0].metadata
+    assert produced["images"].value == ingested["accepted"].value
+    assert min(produced[f"{s}_images"].value for s in ("train", "val", "test")) > 50
+    assert produced["class_conditional_images"].value > 400
     assert all(e.passed for e in result.get_asset_check_evaluations())
+    paths = WorkPaths(home)
+    assert all((paths.splits / f"{s}.csv").exists() for s in ("train", "val", "test"))
