@@ -98,8 +98,9 @@ def _one_hot(tokens: pd.Series) -> tuple[pd.DataFrame, Counter, pd.Series]:
     mapped = exploded.map(mapping)
     unknown = exploded[mapped.isna()]
     known = mapped.dropna()
-    hot = pd.crosstab(known.index, known).clip(upper=1) if len(known) else pd.DataFrame()
-    hot = hot.reindex(index=tokens.index, columns=list(LABEL_COLUMNS), fill_value=0).astype("float32")
+    matrix = np.zeros((len(tokens), len(LABEL_COLUMNS)), dtype=np.float32)
+    matrix[tokens.index.get_indexer(known.index), pd.Index(LABEL_COLUMNS).get_indexer(known.to_numpy())] = 1.0
+    hot = pd.DataFrame(matrix, index=tokens.index, columns=list(LABEL_COLUMNS))
     unknown_per_row = unknown.groupby(level=0).agg("|".join).reindex(tokens.index)
     return hot, Counter(unknown.tolist()), unknown_per_row
 
