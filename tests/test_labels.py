@@ -234,3 +234,25 @@ def test_metadata_join_excludes_and_lists_what_does_not_fit(tmp_path):
     assert by_path.loc["iu/1_IM-0001-4001.dcm.png", "patient_key"] == "indiana_csv:1"
     assert by_path.loc["images_001/images/00000001_000.png", "class_name"] == "Cardiomegaly"
     assert set(result.metadata["split"]) <= {"train", "val", "test"}
+
+
+def test_no_label_source_at_all_excludes_every_image_with_a_reason():
+    manifest = manifest_for(["a/x.png", "b/y.png"])
+    result = build_metadata(manifest, combine([]), LabelOptions())
+    assert result.metadata.empty
+    assert result.excluded["reason"].tolist() == ["no_label_row", "no_label_row"]
+
+
+def test_options_refuse_unknown_sources_and_bad_fractions():
+    with pytest.raises(ValueError, match="unknown label sources"):
+        LabelOptions(sources=("nih", "mimic"))
+    with pytest.raises(ValueError, match="fractions"):
+        LabelOptions(split_fractions=(0.5, 0.5, 0.5))
+
+
+def test_indiana_reports_without_mesh_columns(tmp_path):
+    reports = write(tmp_path, "r.csv", "uid,image,indication,comparison,findings,impression\n1,PA,,,Clear lungs.,Normal.\n")
+    projections = write(tmp_path, "p.csv", "uid,filename,projection\n1,1_a.png,Frontal\n")
+    table = read_indiana_csv(reports, projections).table
+    assert table.loc[0, "findings_text"] == "Clear lungs."
+    assert table.loc[0, list(LABEL_COLUMNS)].isna().all()  # no coded terms: labels unknown, not negative

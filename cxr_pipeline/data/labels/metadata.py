@@ -54,6 +54,12 @@ class LabelOptions:
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     split_salt: str = "cxr-v1"
 
+    def __post_init__(self) -> None:
+        unknown = set(self.sources) - {kind.value for kind in SourceKind}
+        if unknown:
+            raise ValueError(f"unknown label sources {sorted(unknown)}; choose from {[k.value for k in SourceKind]}")
+        check_fractions(self.split_fractions)
+
     def wants(self, kind: SourceKind) -> bool:
         return not self.sources or kind.value in self.sources
 
@@ -134,7 +140,6 @@ class MetadataResult:
 
 
 def build_metadata(manifest: pd.DataFrame, labels: pd.DataFrame, options: LabelOptions) -> MetadataResult:
-    check_fractions(options.split_fractions)
     candidates, unmatched = [], []
     for match_on, group in labels.groupby("match_on", sort=False):
         images = pd.DataFrame({

@@ -226,6 +226,8 @@ def _labels_from_terms(rows: list[list[str]], index: pd.Index) -> tuple[pd.DataF
     hot, _, unknown_per_row = _one_hot(pd.Series(rows, index=index, dtype=object))
     pathology_positive = hot[list(PATHOLOGIES)].sum(axis=1) > 0
     hot.loc[pathology_positive, NO_FINDING] = 0.0  # 'normal' next to a finding is contradictory
+    # A report without any coded term says nothing either way.
+    hot.loc[[len(terms) == 0 for terms in rows], :] = np.nan
     return hot, unknown_per_row
 
 
@@ -237,7 +239,8 @@ def read_indiana_csv(reports_path: Path, projections_path: Path) -> LabelSource:
     problems = [f"{projections_path}: image {f} has no report (uid {u})"
                 for f, u in zip(frame.loc[frame["_merge"] == "left_only", "filename"],
                                 frame.loc[frame["_merge"] == "left_only", "uid"])]
-    terms = [_terms(mesh, problem) for mesh, problem in zip(frame.get("MeSH", ""), frame.get("Problems", ""))]
+    absent = pd.Series(None, index=frame.index, dtype=object)
+    terms = [_terms(mesh, problem) for mesh, problem in zip(frame.get("MeSH", absent), frame.get("Problems", absent))]
     hot, others = _labels_from_terms(terms, frame.index)
     projection = frame["projection"].str.strip().str.lower()
     table = pd.DataFrame({
