@@ -2,12 +2,23 @@
 
 import dagster as dg
 
-from assets import ingestion, labels
+from assets import ingestion, labels, models, pairs
 from jobs import all_assets_job, ingestion_job
-from resources import CxrSettings
+from resources import CxrSettings, MlflowTracking
+
+settings = CxrSettings()
 
 defs = dg.Definitions(
-    assets=[ingestion.raw_images, ingestion.ingested_images, labels.label_table, labels.image_metadata],
+    assets=[
+        ingestion.raw_images,
+        ingestion.ingested_images,
+        labels.label_table,
+        labels.image_metadata,
+        pairs.sr_pairs,
+        pairs.low_dose_pairs,
+        models.vae,
+        models.latents,
+    ],
     asset_checks=[
         ingestion.rejected_share_within_limit,
         ingestion.every_input_accounted_for,
@@ -16,5 +27,5 @@ defs = dg.Definitions(
         labels.label_coverage,
     ],
     jobs=[all_assets_job, ingestion_job],
-    resources={"settings": CxrSettings()},
+    resources={"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)},
 )

@@ -15,6 +15,11 @@ setup() {
     "$PYTHON" -m venv "$VENV"
   fi
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  # Pin torch before the project: a bare "torch>=2.3" on an empty environment pulls a multi-GB
+  # CUDA build. Users with GPUs can install their own build first; the range accepts it.
+  if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+    "$VENV/bin/python" -m pip install --quiet "torch==${CXR_TORCH_VERSION:-2.13.0}"
+  fi
   "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
 }
 

@@ -80,6 +80,14 @@ class WorkPaths:
         return self.home / "splits"
 
     @property
+    def pairs(self) -> Path:
+        return self.home / "pairs"
+
+    @property
+    def latents(self) -> Path:
+        return self.home / "latents"
+
+    @property
     def mlflow(self) -> Path:
         return self.home / "mlflow"
 

@@ -1,3 +1,4 @@
+from .tracking import MlflowTracking
 from .settings import CxrSettings
 
-__all__ = ["CxrSettings"]
+__all__ = ["CxrSettings", "MlflowTracking"]

@@ -1,0 +1,138 @@
+"""Models stage: the VAE (one MLflow run per materialization) and the latents it produces."""
+
+import dataclasses
+import json
+from typing import Optional
+
+import dagster as dg
+import mlflow
+import numpy as np
+import pandas as pd
+
+from cxr_pipeline import tracking
+from cxr_pipeline.data import atomic
+from cxr_pipeline.data.image_store import ImageStore
+from cxr_pipeline.data.labels.metadata import content_hash
+from cxr_pipeline.data.pairs import scales_built, sr_pair_dir
+from cxr_pipeline.models.training import TrainConfig, TrainEvent
+from cxr_pipeline.models.vae import VAE_PROFILES, encode_latents, train_vae
+from cxr_pipeline.reports.grid import markdown_image, png_bytes
+from resources import CxrSettings, MlflowTracking
+
+from .labels import image_metadata
+from .pairs import sr_pairs
+
+VAE_MODEL_NAME = "cxr-vae"
+
+
+class VaeTrainingConfig(dg.Config):
+    steps: int = 300
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    warmup_steps: int = 30
+    ema_decay: float = 0.995
+    checkpoint_every: int = 100
+    log_every: int = 20
+    seed: int = 0
+    device: str = "auto"  # auto = CUDA, then MPS, then CPU
+    block_out_channels: Optional[list[int]] = None  # None: the profile's architecture
+    latent_channels: Optional[int] = None
+
+
+def _current_vae_file(settings: CxrSettings):
+    return settings.paths().models / "vae" / "current.json"
+
+
+def progress_logger(context: dg.AssetExecutionContext):
+    """Training events -> Dagster log lines and MLflow step metrics."""
+
+    def report(event: TrainEvent) -> None:
+        if event.kind == "step":
+            context.log.info(
+                f"step {event.step}/{event.total_steps} loss {event.metrics['loss']:.5f} "
+                f"{event.images_per_s:.1f} img/s, ETA {event.eta_s:.0f}s"
+            )
+            mlflow.log_metrics({f"train_{k}": v for k, v in event.metrics.items()} | {"images_per_s": event.images_per_s},
+                               step=event.step)
+        elif event.kind == "eval":
+            context.log.info(f"step {event.step} validation {event.metrics}")
+            mlflow.log_metrics(event.metrics, step=event.step)
+        elif event.kind == "resume":
+            context.log.warning(f"resuming from the checkpoint at step {event.step}")
+            mlflow.set_tag("resumed_from_step", str(event.step))
+
+    return report
+
+
+@dg.asset(group_name="models", deps=[image_metadata], kinds={"pytorch", "mlflow"})
+def vae(context: dg.AssetExecutionContext, config: VaeTrainingConfig, settings: CxrSettings,
+        mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+    """AutoencoderKL for one-channel radiographs, trained on the train split, validated each
+    epoch on val (MSE, PSNR, SSIM), registered in MLflow as ``cxr-vae``."""
+    paths = settings.paths()
+    metadata = pd.read_parquet(paths.metadata)
+    overrides = {}
+    if config.block_out_channels:
+        overrides["block_out_channels"] = tuple(config.block_out_channels)
+    if config.latent_channels:
+        overrides["latent_channels"] = config.latent_channels
+    vae_config = dataclasses.replace(VAE_PROFILES[settings.profile_spec().name], **overrides)
+    train_rows = int((metadata["split"] == "train").sum())
+    steps_per_epoch = max(1, train_rows // config.batch_size)
+    train_config = TrainConfig(
+        steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate,
+        warmup_steps=min(config.warmup_steps, config.steps), ema_decay=config.ema_decay,
+        checkpoint_every=config.checkpoint_every, eval_every=steps_per_epoch, log_every=config.log_every,
+        seed=config.seed, device=config.device,
+    )
+    data_hash = content_hash(metadata)
+    with mlflow_tracking.run(context, run_name="vae", tags={"data.split_hash": data_hash, "model": VAE_MODEL_NAME}) as run:
+        mlflow.log_params({**{f"vae.{k}": v for k, v in vae_config.as_dict().items()},
+                           **{f"train.{k}": v for k, v in train_config.identity().items()},
+                           "train_images": train_rows, "image_size": settings.profile_spec().image_size})
+        outcome = train_vae(metadata, ImageStore(paths.image_store), paths.models / "vae", vae_config, train_config,
+                            data_hash, progress=progress_logger(context))
+        mlflow.log_metrics({f"final_{k}": v for k, v in outcome.metrics.items()})
+        mlflow.log_artifacts(str(outcome.model_dir), artifact_path="model")
+        grid_png = png_bytes(outcome.grid, upscale=2)
+        mlflow.log_image(np.asarray(outcome.grid), "reconstructions/val_input_recon_error.png")
+        version = tracking.register_folder(run.info.run_id, "model", VAE_MODEL_NAME,
+                                           description="AutoencoderKL for chest radiographs (EMA weights)")
+    pointer = {"model_dir": str(outcome.model_dir), "mlflow_run_id": run.info.run_id,
+               "registered_model": VAE_MODEL_NAME, "version": version, "data_hash": data_hash}
+    atomic.write_text(_current_vae_file(settings), json.dumps(pointer, indent=2))
+    return dg.MaterializeResult(metadata={
+        **{k: round(v, 5) for k, v in outcome.metrics.items()},
+        "mlflow_run_id": run.info.run_id,
+        "registered_model": f"{VAE_MODEL_NAME} v{version}",
+        "checkpoint": dg.MetadataValue.path(str(outcome.model_dir)),
+        "steps": outcome.final_step,
+        "resumed_from_step": outcome.resumed_from if outcome.resumed_from is not None else -1,
+        "downsampling_factor": vae_config.downsampling_factor,
+        "latent_channels": vae_config.latent_channels,
+        "reconstructions": dg.MetadataValue.md("input | reconstruction | 4x error\n\n" + markdown_image(grid_png, "val")),
+    })
+
+
+@dg.asset(group_name="models", deps=[vae, sr_pairs], kinds={"numpy"})
+def latents(context: dg.AssetExecutionContext, settings: CxrSettings) -> dg.MaterializeResult:
+    """HR and LR latents of every split with the scaling factor, so diffusion training never
+    re-runs the encoder."""
+    paths = settings.paths()
+    pointer = json.loads(_current_vae_file(settings).read_text())
+    metadata = pd.read_parquet(paths.metadata)
+    lr_stores = {}
+    for scale in scales_built(paths.pairs):
+        folder = sr_pair_dir(paths.pairs, scale)
+        lr_stores[scale] = (ImageStore(folder), pd.read_parquet(folder / "index.parquet"))
+    summary = encode_latents(metadata, ImageStore(paths.image_store), pointer["model_dir"], lr_stores, paths.latents)
+    atomic.write_text(paths.latents / "vae.json", json.dumps(pointer, indent=2))
+    context.log.info(f"latents {summary['latent_shape']} for {summary['splits']}, scaling factor {summary['scaling_factor']:.4f}")
+    return dg.MaterializeResult(metadata={
+        "scaling_factor": round(summary["scaling_factor"], 6),
+        "latent_shape": dg.MetadataValue.json(summary["latent_shape"]),
+        "scales": dg.MetadataValue.json(summary["scales"]),
+        **{f"{split}_images": n for split, n in summary["splits"].items()},
+        "vae": f"{pointer['registered_model']} v{pointer['version']}",
+        "path": dg.MetadataValue.path(str(paths.latents)),
+    })

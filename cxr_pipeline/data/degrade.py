@@ -1,0 +1,80 @@
+"""Degradations that make training pairs: low resolution and low dose.
+
+Both are deterministic per image: the random stream is seeded by (seed, image id, degradation),
+so a pair can be rebuilt bit for bit, and adding images never changes existing pairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+
+def image_rng(seed: int, image_id: str, tag: str) -> np.random.Generator:
+    digest = hashlib.sha256(f"{seed}\0{image_id}\0{tag}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def downsample(image: np.ndarray, scale: int) -> np.ndarray:
+    """Antialiased (Lanczos with Pillow's scale-aware support) downsampling by an integer factor."""
+    height, width = image.shape
+    if height % scale or width % scale:
+        raise ValueError(f"{height}x{width} is not divisible by scale {scale}")
+    small = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32)).resize(
+        (width // scale, height // scale), Image.Resampling.LANCZOS
+    )
+    return np.clip(np.asarray(small, dtype=np.float32), 0.0, 1.0)
+
+
+def upsample_bicubic(image: np.ndarray, scale: int) -> np.ndarray:
+    """The classical baseline, and how an LR image is brought to HR size before encoding."""
+    height, width = image.shape
+    big = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32)).resize(
+        (width * scale, height * scale), Image.Resampling.BICUBIC
+    )
+    return np.clip(np.asarray(big, dtype=np.float32), 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class DegradationMix:
+    """Applied before downsampling so models do not learn one exact kernel (Real-ESRGAN's lesson)."""
+
+    blur_probability: float = 0.5
+    blur_sigma: tuple[float, float] = (0.2, 1.2)  # in HR pixels
+    noise_probability: float = 0.3
+    noise_std: tuple[float, float] = (0.0, 0.01)
+
+    def apply(self, image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float, float]:
+        sigma = float(rng.uniform(*self.blur_sigma)) if rng.random() < self.blur_probability else 0.0
+        noise = float(rng.uniform(*self.noise_std)) if rng.random() < self.noise_probability else 0.0
+        out = ndimage.gaussian_filter(image, sigma) if sigma > 0 else image
+        if noise > 0:
+            out = out + rng.normal(0.0, noise, out.shape).astype(np.float32)
+        return np.clip(out, 0.0, 1.0).astype(np.float32), sigma, noise
+
+
+def make_low_resolution(image: np.ndarray, scale: int, rng: np.random.Generator,
+                        mix: DegradationMix | None) -> tuple[np.ndarray, float, float]:
+    blurred, sigma, noise = mix.apply(image, rng) if mix else (image, 0.0, 0.0)
+    return downsample(blurred, scale), sigma, noise
+
+
+def simulate_low_dose(image: np.ndarray, photons: float, rng: np.random.Generator,
+                      electronic_noise: float = 5.0, mu_max: float = 4.0) -> np.ndarray:
+    """A lower-dose acquisition of the same anatomy.
+
+    The normalized image is taken as the attenuation line integral ``mu = image * mu_max``. The
+    detector sees ``I = Poisson(I0 * exp(-mu)) + Normal(0, sigma_e^2)`` (quantum plus electronic
+    noise), clamped to at least one photon, and the log transform ``-log(I / I0)`` maps it back.
+    Public PNGs are already log-transformed, windowed and post-processed, so this is an
+    approximation of a low-dose raw acquisition, not a replacement for one.
+    """
+    mu = np.clip(image, 0.0, 1.0).astype(np.float64) * mu_max
+    counts = rng.poisson(photons * np.exp(-mu)) + rng.normal(0.0, electronic_noise, mu.shape)
+    counts = np.maximum(counts, 1.0)
+    noisy = -np.log(counts / photons) / mu_max
+    return np.clip(noisy, 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,90 @@
+"""Training pairs on disk: each degradation is an image store of its own plus an index.
+
+The clean (HR, normal-dose) side is the ingestion store itself, addressed through
+``metadata.parquet``; a pair store holds only the degraded side, with the per-image parameters
+(blur width, noise) in its index, so every pair can be traced and rebuilt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import atomic
+from .degrade import DegradationMix, image_rng, make_low_resolution, simulate_low_dose
+from .image_store import ImageStore, to_stored
+
+# Each degradation maps (clean image, its rng) to (degraded image, parameters to record).
+Degradation = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, dict]]
+
+
+def sr_pair_dir(root: Path, scale: int) -> Path:
+    return Path(root) / f"sr_x{scale}"
+
+
+def scales_built(root: Path) -> list[int]:
+    """The SR scales whose pair store is complete (its index is written last)."""
+    return sorted(int(p.parent.name.removeprefix("sr_x")) for p in Path(root).glob("sr_x*/index.parquet"))
+
+
+def low_dose_pair_dir(root: Path, photons: float) -> Path:
+    return Path(root) / f"lowdose_i0_{photons:g}"
+
+
+def derive_store(
+    metadata: pd.DataFrame,
+    source: ImageStore,
+    out_dir: Path,
+    degradation: Degradation,
+    *,
+    seed: int,
+    tag: str,
+    shard_size: int = 512,
+) -> pd.DataFrame:
+    """Apply ``degradation`` to every image of ``metadata`` into a new store at ``out_dir``."""
+    store = ImageStore(out_dir)
+    rows: list[dict] = []
+    for start in range(0, len(metadata), shard_size):
+        chunk = metadata.iloc[start : start + shard_size]
+        clean = source.read_many(list(chunk["shard"]), list(chunk["shard_index"]))
+        degraded, params = [], []
+        for image, image_id in zip(clean, chunk["image_id"]):
+            out, recorded = degradation(image, image_rng(seed, str(image_id), tag))
+            degraded.append(to_stored(out))
+            params.append(recorded)
+        name = store.write_shard(np.stack(degraded))
+        for index, (image_id, split, recorded) in enumerate(zip(chunk["image_id"], chunk["split"], params)):
+            rows.append({"image_id": image_id, "split": split, "shard": name, "shard_index": index, **recorded})
+    if not rows:
+        raise ValueError("no images to build pairs from")
+    index = pd.DataFrame(rows)
+    atomic.write_parquet(out_dir / "index.parquet", index)
+    store.initialize(image_size=int(degraded[0].shape[0]), fingerprint=tag)
+    store.remove_unreferenced(set(index["shard"]))
+    return index
+
+
+def build_sr_pairs(metadata: pd.DataFrame, source: ImageStore, root: Path, scales: Sequence[int],
+                   mix: DegradationMix | None, seed: int) -> dict[int, pd.DataFrame]:
+    def make(scale: int) -> Degradation:
+        def degrade(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+            low, sigma, noise = make_low_resolution(image, scale, rng, mix)
+            return low, {"blur_sigma": sigma, "noise_std": noise}
+        return degrade
+
+    return {scale: derive_store(metadata, source, sr_pair_dir(root, scale), make(scale),
+                                seed=seed, tag=f"sr_x{scale}") for scale in scales}
+
+
+def build_low_dose_pairs(metadata: pd.DataFrame, source: ImageStore, root: Path, photons: Sequence[float],
+                         electronic_noise: float, seed: int) -> dict[float, pd.DataFrame]:
+    def make(i0: float) -> Degradation:
+        def degrade(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+            return simulate_low_dose(image, i0, rng, electronic_noise), {"photons": float(i0)}
+        return degrade
+
+    return {i0: derive_store(metadata, source, low_dose_pair_dir(root, i0), make(i0),
+                             seed=seed, tag=f"lowdose_{i0:g}") for i0 in photons}

@@ -1,0 +1,248 @@
+"""One training loop for every model: AdamW + cosine schedule with warm-up, gradient clipping,
+EMA weights, mixed precision on GPU, atomic checkpoints and automatic resume.
+
+Determinism: the batch of step ``s`` and the noise drawn at step ``s`` depend only on (seed, s),
+never on what ran before, so a run resumed from a checkpoint continues exactly as the
+uninterrupted run would have (bit for bit on CPU).
+
+Checkpoints are folders written under a temporary name and renamed into place: model and EMA
+weights as safetensors, optimizer/scheduler state, and a JSON with the step and config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
+
+from ..data import atomic
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """CUDA, then Apple MPS, then CPU; or exactly what was asked for."""
+    if preference != "auto":
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The random stream of one step: the same whether or not the run was resumed."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 600
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-2
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    checkpoint_every: int = 100
+    eval_every: int = 100
+    log_every: int = 20
+    keep_checkpoints: int = 2
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA, off elsewhere) | "no" | "bf16" | "fp16"
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two runs the same run (so a restart resumes): not logging or device."""
+        ignored = {"log_every", "keep_checkpoints", "device", "checkpoint_every"}
+        return {k: v for k, v in asdict(self).items() if k not in ignored}
+
+
+@dataclass
+class TrainEvent:
+    kind: str  # "step" | "eval" | "checkpoint" | "resume"
+    step: int
+    total_steps: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    images_per_s: float = 0.0
+    eta_s: float = 0.0
+
+
+# A training step: (model, batch on device, the step's generator) -> (loss, extra metrics).
+StepFn = Callable[[torch.nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
+# Batches by step number, on the CPU: deterministic data order.
+BatchFn = Callable[[int], Any]
+# Evaluation on the EMA weights: model -> metrics.
+EvalFn = Callable[[torch.nn.Module], dict[str, float]]
+
+
+@dataclass
+class TrainResult:
+    final_step: int
+    resumed_from: int | None
+    ema_model: torch.nn.Module
+    last_eval: dict[str, float]
+    history: list[TrainEvent]
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or config.mixed_precision == "no":
+        return None
+    if config.mixed_precision == "fp16":
+        return torch.float16
+    if config.mixed_precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+class Trainer:
+    def __init__(self, model: torch.nn.Module, step_fn: StepFn, batches: BatchFn, config: TrainConfig,
+                 run_dir: Path, *, batch_size_of: Callable[[Any], int] | None = None,
+                 evaluate: EvalFn | None = None, progress: Callable[[TrainEvent], None] | None = None):
+        self.config = config
+        self.device = pick_device(config.device)
+        self.model = model.to(self.device)
+        self.step_fn, self.batches, self.evaluate = step_fn, batches, evaluate
+        self.progress = progress or (lambda event: None)
+        self.batch_size_of = batch_size_of or (lambda batch: config.batch_size)
+        self.run_dir = Path(run_dir)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
+                                           weight_decay=config.weight_decay)
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, config.warmup_steps, config.steps)
+        self.ema = EMAModel(model.parameters(), decay=config.ema_decay)
+        self.ema.to(self.device)
+        self.dtype = _autocast_dtype(config, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def latest_checkpoint(self) -> Path | None:
+        pointer = self.checkpoint_dir / "latest"
+        if not pointer.exists():
+            return None
+        path = self.checkpoint_dir / pointer.read_text().strip()
+        return path if (path / "state.json").exists() else None
+
+    def save_checkpoint(self, step: int) -> Path:
+        final = self.checkpoint_dir / f"step-{step:07d}"
+        tmp = self.checkpoint_dir / f".tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, tmp / "model.safetensors")
+        shadow = {f"p{i}": p.detach().cpu().contiguous() for i, p in enumerate(self.ema.shadow_params)}
+        save_file(shadow, tmp / "ema.safetensors")
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict(), "ema_step": self.ema.optimization_step},
+                   tmp / "trainer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "config": self.config.identity()}, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        atomic.write_text(self.checkpoint_dir / "latest", final.name)
+        kept = sorted(p for p in self.checkpoint_dir.glob("step-*") if p.is_dir())
+        for old in kept[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self, path: Path) -> int:
+        self.model.load_state_dict(load_file(path / "model.safetensors", device=str(self.device)))
+        shadow = load_file(path / "ema.safetensors", device=str(self.device))
+        for i, parameter in enumerate(self.ema.shadow_params):
+            parameter.data.copy_(shadow[f"p{i}"])
+        state = torch.load(path / "trainer.pt", map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.ema.optimization_step = int(state["ema_step"])
+        return int(json.loads((path / "state.json").read_text())["step"])
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def ema_model(self) -> torch.nn.Module:
+        """A copy of the model holding the EMA weights (the weights we evaluate and ship)."""
+        import copy
+
+        clone = copy.deepcopy(self.model)
+        self.ema.copy_to(clone.parameters())
+        return clone.eval()
+
+    def fit(self, stop_after: int | None = None) -> TrainResult:
+        """Train to ``config.steps``, resuming from the latest checkpoint in ``run_dir`` if any.
+        ``stop_after`` ends this call early (after that many steps), as a crash would."""
+        config = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        start, resumed_from = 0, None
+        latest = self.latest_checkpoint()
+        if latest is not None:
+            start = resumed_from = self.load_checkpoint(latest)
+            self.progress(TrainEvent("resume", start, config.steps))
+        history: list[TrainEvent] = []
+        last_eval: dict[str, float] = {}
+        window_started, window_images = time.perf_counter(), 0
+        end = config.steps if stop_after is None else min(config.steps, start + stop_after)
+        self.model.train()
+        for step in range(start, end):
+            batch = _to_device(self.batches(step), self.device)
+            generator = step_generator(config.seed, step, self.device)
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                loss, extra = self.step_fn(self.model, batch, generator)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning rate")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.ema.step(self.model.parameters())
+            window_images += self.batch_size_of(batch)
+            done = step + 1
+            if done % config.log_every == 0 or done == end:
+                elapsed = time.perf_counter() - window_started
+                rate = window_images / elapsed if elapsed > 0 else 0.0
+                remaining = (config.steps - done) * config.batch_size / rate if rate else math.inf
+                metrics = {"loss": float(loss.item()), "lr": self.scheduler.get_last_lr()[0],
+                           "grad_norm": float(grad_norm), **extra}
+                event = TrainEvent("step", done, config.steps, metrics, rate, remaining)
+                history.append(event)
+                self.progress(event)
+                window_started, window_images = time.perf_counter(), 0
+            if self.evaluate and (done % config.eval_every == 0 or done == config.steps):
+                with torch.no_grad():
+                    last_eval = self.evaluate(self.ema_model())
+                event = TrainEvent("eval", done, config.steps, last_eval)
+                history.append(event)
+                self.progress(event)
+                self.model.train()
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                self.save_checkpoint(done)
+                self.progress(TrainEvent("checkpoint", done, config.steps))
+        ema_model = self.ema_model()
+        if self.evaluate and not last_eval:  # e.g. restarted after the final checkpoint
+            with torch.no_grad():
+                last_eval = self.evaluate(ema_model)
+        return TrainResult(end, resumed_from, ema_model, last_eval, history)

@@ -1,0 +1,204 @@
+"""The image autoencoder: diffusers' ``AutoencoderKL`` for one-channel radiographs.
+
+Images are [0, 1] in the stores and [-1, 1] inside the model. The loss is MSE plus a small KL
+weight (1e-4), as in latent diffusion's first stage without the adversarial term. Evaluation uses
+the posterior mean, so validation numbers are deterministic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from diffusers import AutoencoderKL
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from ..data import atomic
+from ..data.degrade import upsample_bicubic
+from ..data.image_store import ImageStore
+from .batches import EpochSampler, StoreImages
+from .training import TrainConfig, Trainer, pick_device
+
+
+@dataclass(frozen=True)
+class VaeConfig:
+    block_out_channels: tuple[int, ...] = (16, 32, 64)  # one downsampling per block after the first
+    latent_channels: int = 4
+    layers_per_block: int = 1
+    norm_num_groups: int = 8
+    kl_weight: float = 1e-4
+
+    @property
+    def downsampling_factor(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    def build(self) -> AutoencoderKL:
+        blocks = len(self.block_out_channels)
+        return AutoencoderKL(
+            in_channels=1,
+            out_channels=1,
+            down_block_types=("DownEncoderBlock2D",) * blocks,
+            up_block_types=("UpDecoderBlock2D",) * blocks,
+            block_out_channels=tuple(self.block_out_channels),
+            latent_channels=self.latent_channels,
+            layers_per_block=self.layers_per_block,
+            norm_num_groups=self.norm_num_groups,
+        )
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "block_out_channels": list(self.block_out_channels)}
+
+
+# Sizes by profile: demo 64 px -> 16x16x4 latents; full 256 px -> 32x32x8 (published CXR LDMs).
+VAE_PROFILES = {
+    "demo": VaeConfig(),
+    "full": VaeConfig(block_out_channels=(64, 128, 256, 256), latent_channels=8, layers_per_block=2, norm_num_groups=32),
+}
+
+
+def to_model(images: torch.Tensor) -> torch.Tensor:
+    return images * 2.0 - 1.0
+
+
+def from_model(images: torch.Tensor) -> torch.Tensor:
+    return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def vae_step(kl_weight: float):
+    """The training step for :class:`~cxr_pipeline.models.training.Trainer`."""
+
+    def step(model: AutoencoderKL, images: torch.Tensor, generator: torch.Generator):
+        x = to_model(images)
+        posterior = model.encode(x).latent_dist
+        latents = posterior.sample(generator=generator)
+        reconstruction = model.decode(latents).sample
+        mse = torch.nn.functional.mse_loss(reconstruction.float(), x.float())
+        kl = posterior.kl().mean() / x[0].numel()  # per pixel, so the weight does not depend on size
+        return mse + kl_weight * kl, {"mse": float(mse.detach()), "kl": float(kl.detach())}
+
+    return step
+
+
+@torch.no_grad()
+def reconstruct(model: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    device = next(model.parameters()).device
+    latents = model.encode(to_model(images.to(device))).latent_dist.mode()
+    return from_model(model.decode(latents).sample).float().cpu()
+
+
+@torch.no_grad()
+def evaluate_reconstruction(model: AutoencoderKL, images: StoreImages, batch_size: int = 64) -> dict[str, float]:
+    """Mean MSE, PSNR (data range 1) and SSIM over a split, per image then averaged."""
+    mse, psnr, ssim = [], [], []
+    for batch in images.all(batch_size):
+        output = reconstruct(model, batch)
+        mse.append(((output - batch) ** 2).mean(dim=(1, 2, 3)))
+        psnr.append(peak_signal_noise_ratio(output, batch, data_range=1.0, reduction="none", dim=(1, 2, 3)))
+        ssim.append(structural_similarity_index_measure(output, batch, data_range=1.0, reduction="none"))
+    return {
+        "val_mse": float(torch.cat(mse).mean()),
+        "val_psnr": float(torch.cat(psnr).mean()),
+        "val_ssim": float(torch.cat(ssim).mean()),
+    }
+
+
+def reconstruction_grid(model: AutoencoderKL, images: torch.Tensor) -> np.ndarray:
+    """Rows of input | reconstruction | 4x absolute error, for people to look at."""
+    output = reconstruct(model, images)
+    error = ((output - images).abs() * 4).clamp(0, 1)
+    rows = [torch.cat([a[0], b[0], c[0]], dim=1) for a, b, c in zip(images, output, error)]
+    return torch.cat(rows, dim=0).numpy()
+
+
+def load_vae(folder: Path, device: torch.device | str = "cpu") -> AutoencoderKL:
+    return AutoencoderKL.from_pretrained(str(folder)).to(device).eval()
+
+
+@torch.no_grad()
+def encode_mean(model: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    device = next(model.parameters()).device
+    return model.encode(to_model(images.to(device))).latent_dist.mode().float().cpu()
+
+
+# --- Training and encoding, as whole steps (what the Dagster assets call) ----------------------
+
+
+@dataclass
+class VaeTrainingOutcome:
+    run_dir: Path
+    model_dir: Path  # EMA weights, save_pretrained format (config.json + safetensors)
+    metrics: dict[str, float]
+    grid: np.ndarray
+    resumed_from: int | None
+    final_step: int
+
+
+def run_key(vae_config: VaeConfig, train_config, data_hash: str) -> str:
+    """Runs with the same model, training config and data share a folder, so a restart resumes."""
+    identity = json.dumps({"vae": vae_config.as_dict(), "train": train_config.identity(), "data": data_hash},
+                          sort_keys=True)
+    return hashlib.sha256(identity.encode()).hexdigest()[:12]
+
+
+def train_vae(metadata: pd.DataFrame, store: ImageStore, runs_root: Path, vae_config: VaeConfig,
+              train_config: TrainConfig, data_hash: str, progress=None, stop_after: int | None = None) -> VaeTrainingOutcome:
+    train = StoreImages(store, metadata[metadata["split"] == "train"])
+    val = StoreImages(store, metadata[metadata["split"] == "val"])
+    sampler = EpochSampler(len(train), train_config.batch_size, train_config.seed)
+    run_dir = Path(runs_root) / run_key(vae_config, train_config, data_hash)
+    torch.manual_seed(train_config.seed)
+    trainer = Trainer(
+        vae_config.build(), vae_step(vae_config.kl_weight), lambda step: train.batch(sampler.indices(step)),
+        train_config, run_dir, evaluate=lambda model: evaluate_reconstruction(model, val), progress=progress,
+    )
+    result = trainer.fit(stop_after=stop_after)
+    model_dir = run_dir / "model"
+    tmp = run_dir / f".model-{uuid.uuid4().hex[:8]}"
+    result.ema_model.save_pretrained(str(tmp))
+    (tmp / "training.json").write_text(json.dumps({
+        "step": result.final_step, "data_hash": data_hash, "metrics": result.last_eval,
+        "vae": vae_config.as_dict(), "train": train_config.identity(),
+    }, indent=2))
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    tmp.rename(model_dir)
+    grid = reconstruction_grid(result.ema_model, val.batch(list(range(min(8, len(val))))))
+    return VaeTrainingOutcome(run_dir, model_dir, result.last_eval, grid, result.resumed_from, result.final_step)
+
+
+def encode_latents(metadata: pd.DataFrame, store: ImageStore, vae_dir: Path, lr_stores: dict[int, tuple[ImageStore, pd.DataFrame]],
+                   out_dir: Path, device: str = "auto", batch_size: int = 128) -> dict:
+    """HR latents and, per scale, latents of the LR image upsampled (bicubic) to HR size, for every
+    split; plus the scaling factor (1 / std of train HR latents) diffusion training multiplies by."""
+    model = load_vae(vae_dir, pick_device(device))
+    out_dir = Path(out_dir)
+    shapes, summary = {}, {"vae_dir": str(vae_dir), "splits": {}}
+    for split in ("train", "val", "test"):
+        rows = metadata[metadata["split"] == split].reset_index(drop=True)
+        images = StoreImages(store, rows)
+        hr = torch.cat([encode_mean(model, batch) for batch in images.all(batch_size)]) if len(rows) else torch.zeros(0)
+        atomic.write_npy(out_dir / f"hr_{split}.npy", hr.numpy())
+        shapes["hr"] = list(hr.shape[1:])
+        for scale, (lr_store, lr_index) in lr_stores.items():
+            positions = lr_index.set_index("image_id").loc[rows["image_id"]]
+            lr_images = StoreImages(lr_store, positions.reset_index())
+            encoded = []
+            for batch in lr_images.all(batch_size):
+                up = np.stack([upsample_bicubic(image[0].numpy(), scale) for image in batch])
+                encoded.append(encode_mean(model, torch.from_numpy(up).unsqueeze(1)))
+            lr = torch.cat(encoded) if encoded else torch.zeros(0)
+            atomic.write_npy(out_dir / f"lr_x{scale}_{split}.npy", lr.numpy())
+        atomic.write_parquet(out_dir / f"index_{split}.parquet", rows[["image_id", "split", "class_id"]])
+        summary["splits"][split] = len(rows)
+        if split == "train":
+            summary["scaling_factor"] = float(1.0 / hr.std()) if len(rows) else 1.0
+    summary.update(latent_shape=shapes["hr"], scales=sorted(lr_stores))
+    atomic.write_text(out_dir / "latents.json", json.dumps(summary, indent=2))
+    return summary

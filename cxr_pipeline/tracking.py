@@ -1,0 +1,58 @@
+"""MLflow plumbing shared by every training and evaluation step (no Dagster here).
+
+Default store: SQLite under the work folder, so the Model Registry works with no server.
+Models are registered from run artifacts (safetensors + config folders, diffusers style) with
+``MlflowClient.create_model_version``; MLflow 3's ``register_model`` expects a LoggedModel flavor,
+which would wrap our plain weight folders in pickled Python for no benefit.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+
+def default_tracking_uri(home: Path) -> str:
+    return f"sqlite:///{(Path(home) / 'mlflow' / 'mlflow.db').resolve()}"
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path) -> str:
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    Path(artifact_root).mkdir(parents=True, exist_ok=True)
+    try:
+        return mlflow.create_experiment(name, artifact_location=Path(artifact_root).resolve().as_uri())
+    except MlflowException:  # created concurrently by another run
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def git_commit(repository: Path) -> str:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repository, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def register_folder(run_id: str, artifact_path: str, name: str, description: str = "") -> str:
+    """Register an artifact folder of ``run_id`` as a new version of model ``name``; returns it."""
+    client = MlflowClient()
+    try:
+        client.create_registered_model(name, description=description)
+    except MlflowException as error:
+        if "RESOURCE_ALREADY_EXISTS" not in str(error.error_code):
+            raise
+    source = f"{mlflow.get_run(run_id).info.artifact_uri}/{artifact_path}"
+    version = client.create_model_version(name, source=source, run_id=run_id)
+    return str(version.version)
+
+
+def download_model(name: str, version: str, destination: Path | None = None) -> Path:
+    uri = f"models:/{name}/{version}"
+    return Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(destination) if destination else None))

@@ -1,0 +1,43 @@
+"""A thin MLflow resource: where the tracking store is, and one run per asset materialization."""
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import dagster as dg
+import mlflow
+
+from cxr_pipeline import tracking
+
+from .settings import REPOSITORY_ROOT, CxrSettings
+
+
+class MlflowTracking(dg.ConfigurableResource):
+    """``tracking_uri`` / ``MLFLOW_TRACKING_URI``, else SQLite at ``$CXR_HOME/mlflow/mlflow.db``
+    (artifacts beside it), so the Model Registry works out of the box."""
+
+    settings: CxrSettings
+    tracking_uri: Optional[str] = None
+    experiment: str = "cxr-pipeline"
+
+    def resolved_uri(self) -> str:
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(
+            self.settings.resolved_home()
+        )
+
+    @contextmanager
+    def run(self, context: dg.AssetExecutionContext, run_name: str, tags: Optional[dict] = None):
+        """One MLflow run, tagged with the Dagster lineage (run id, asset, partition, commit)."""
+        experiment_id = tracking.ensure_experiment(
+            self.resolved_uri(), self.experiment, Path(self.settings.paths().mlflow) / "artifacts"
+        )
+        lineage = {
+            "dagster.run_id": context.run.run_id,
+            "dagster.asset_key": context.asset_key.to_user_string(),
+            "dagster.partition": context.partition_key if context.has_partition_key else "",
+            "git.commit": tracking.git_commit(REPOSITORY_ROOT),
+            **(tags or {}),
+        }
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=lineage) as active:
+            yield active
