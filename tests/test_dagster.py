@@ -7,7 +7,7 @@ import pytest
 from assets import ingestion, labels
 from cxr_pipeline.settings import WorkPaths
 from definitions import defs
-from resources import CxrSettings
+from resources import CxrSettings, MlflowTracking
 
 INGESTION_DEFS = [
     ingestion.raw_images,
@@ -28,7 +28,8 @@ def test_definitions_load_with_groups_jobs_and_checks():
     repository = defs.get_repository_def()
     groups = {spec.key.path[-1]: spec.group_name for spec in defs.resolve_all_asset_specs()}
     assert groups == {"raw_images": "ingestion", "ingested_images": "ingestion",
-                      "label_table": "labels", "image_metadata": "labels"}
+                      "label_table": "labels", "image_metadata": "labels",
+                      "sr_pairs": "pairs", "low_dose_pairs": "pairs", "vae": "models", "latents": "models"}
     assert {"all_assets", "ingestion"} <= {job.name for job in repository.get_all_jobs()}
     check_names = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
     assert check_names == {"rejected_share_within_limit", "every_input_accounted_for",
@@ -147,7 +148,8 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     """The README's main command, in process: demo generation, ingestion, labels, splits, checks."""
     home = tmp_path / "home"
     job = defs.resolve_job_def("all_assets")
-    result = job.execute_in_process(resources={"settings": CxrSettings(home=str(home))})
+    settings = CxrSettings(home=str(home))
+    result = job.execute_in_process(resources={"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)})
     assert result.success
     raw = result.asset_materializations_for_node("raw_images")[0].metadata
     assert raw["source"].value == "built-in demo dataset"
@@ -163,3 +165,8 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     assert all(e.passed for e in result.get_asset_check_evaluations())
     paths = WorkPaths(home)
     assert all((paths.splits / f"{s}.csv").exists() for s in ("train", "val", "test"))
+    trained = result.asset_materializations_for_node("vae")[0].metadata
+    assert trained["val_psnr"].value > 25.0  # the demo VAE learns (about 29 dB at 300 steps)
+    assert trained["registered_model"].value == "cxr-vae v1"
+    encoded = result.asset_materializations_for_node("latents")[0].metadata
+    assert encoded["latent_shape"].value == [4, 16, 16]

@@ -1,0 +1,102 @@
+"""The training loop: loss falls, a hard kill resumes bit for bit, device and precision choices."""
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cxr_pipeline.data.image_store import ImageStore, to_stored
+from cxr_pipeline.models.batches import EpochSampler
+from cxr_pipeline.models.training import TrainConfig, pick_device
+from cxr_pipeline.models.vae import VaeConfig, load_vae, train_vae
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_setup(root: Path):
+    """24 train and 8 val smooth 32 px images, a two-block VAE, 12 steps with checkpoints every 2."""
+    store = ImageStore(root / "images")
+    if not store.shard_names():
+        rng = np.random.default_rng(0)
+        y, x = np.mgrid[0:32, 0:32] / 32
+        images = np.stack([np.clip(0.5 + 0.3 * np.sin(5 * x + p) * np.cos(3 * y + 2 * p), 0, 1)
+                           for p in rng.uniform(0, 6, 32)]).astype(np.float32)
+        shard = store.write_shard(to_stored(images))
+        pd.DataFrame({"image_id": [f"i{k}" for k in range(32)], "shard": shard, "shard_index": range(32),
+                      "split": ["train"] * 24 + ["val"] * 8}).to_parquet(root / "metadata.parquet")
+    metadata = pd.read_parquet(root / "metadata.parquet")
+    vae_config = VaeConfig(block_out_channels=(8, 16), latent_channels=2, norm_num_groups=8)
+    train_config = TrainConfig(steps=12, batch_size=4, learning_rate=3e-3, warmup_steps=2, checkpoint_every=2,
+                               eval_every=6, log_every=2, device="cpu")
+    return metadata, store, vae_config, train_config
+
+
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(model_dir / "diffusion_pytorch_model.safetensors")
+
+
+def test_vae_loss_falls_and_the_model_folder_reloads(tmp_path):
+    metadata, store, vae_config, train_config = tiny_setup(tmp_path)
+    events = []
+    outcome = train_vae(metadata, store, tmp_path / "runs", vae_config, train_config, "tiny", progress=events.append)
+    losses = [e.metrics["loss"] for e in events if e.kind == "step"]
+    assert losses[-1] < losses[0] * 0.7, losses
+    assert {"val_mse", "val_psnr", "val_ssim"} <= outcome.metrics.keys()
+    assert (outcome.model_dir / "config.json").exists() and (outcome.model_dir / "training.json").exists()
+    reloaded = load_vae(outcome.model_dir)
+    assert reloaded.config.latent_channels == 2 and reloaded.config.in_channels == 1
+
+
+def test_hard_kill_then_restart_resumes_at_the_checkpoint_with_identical_weights(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    metadata, store, vae_config, train_config = tiny_setup(data)
+    killed = subprocess.run([sys.executable, str(REPO / "tests" / "train_until_killed.py"), str(data),
+                             str(tmp_path / "crashed"), "6"], cwd=REPO, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not list((tmp_path / "crashed").rglob("model/config.json"))  # it died before finishing
+
+    resumed = train_vae(metadata, store, tmp_path / "crashed", vae_config, train_config, "tiny")
+    assert resumed.resumed_from == 6 and resumed.final_step == 12
+    uninterrupted = train_vae(metadata, store, tmp_path / "clean", vae_config, train_config, "tiny")
+    assert uninterrupted.resumed_from is None
+    a, b = weights(resumed.model_dir), weights(uninterrupted.model_dir)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    assert resumed.metrics == uninterrupted.metrics
+
+
+def test_restarting_a_finished_run_does_not_train_again(tmp_path):
+    metadata, store, vae_config, train_config = tiny_setup(tmp_path)
+    first = train_vae(metadata, store, tmp_path / "runs", vae_config, train_config, "tiny")
+    events = []
+    second = train_vae(metadata, store, tmp_path / "runs", vae_config, train_config, "tiny", progress=events.append)
+    assert second.resumed_from == 12 and not [e for e in events if e.kind == "step"]
+    assert second.metrics == first.metrics
+
+
+def test_epoch_sampler_covers_each_epoch_once_and_depends_only_on_the_step():
+    sampler = EpochSampler(10, 3, seed=5)
+    epoch = np.concatenate([sampler.indices(s) for s in range(sampler.steps_per_epoch)])
+    assert len(set(epoch.tolist())) == len(epoch) == 9
+    np.testing.assert_array_equal(EpochSampler(10, 3, seed=5).indices(7), sampler.indices(7))
+
+
+def test_device_choice():
+    assert pick_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert pick_device("auto").type in (expected, "mps")
+
+
+def test_divergence_is_a_clear_error(tmp_path):
+    metadata, store, vae_config, train_config = tiny_setup(tmp_path)
+    from dataclasses import replace
+    with pytest.raises(FloatingPointError, match="learning rate"):
+        train_vae(metadata, store, tmp_path / "runs", vae_config, replace(train_config, learning_rate=1e12), "tiny")

@@ -1,0 +1,25 @@
+"""Run by test_training: trains the tiny VAE and SIGKILLs itself right after a checkpoint."""
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.test_training import tiny_setup  # noqa: E402
+from cxr_pipeline.models.vae import train_vae  # noqa: E402
+
+
+def die_after_checkpoint(kill_at: int):
+    def progress(event):
+        if event.kind == "checkpoint" and event.step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # a hard crash: no cleanup, no atexit
+    return progress
+
+
+if __name__ == "__main__":
+    root, runs, kill_at = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+    metadata, store, vae_config, train_config = tiny_setup(root)
+    train_vae(metadata, store, runs, vae_config, train_config, "tiny", progress=die_after_checkpoint(kill_at))
+    sys.exit("training finished without being killed")
