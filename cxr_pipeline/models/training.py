@@ -11,6 +11,7 @@ weights as safetensors, optimizer/scheduler state, and a JSON with the step and 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -183,8 +184,6 @@ class Trainer:
 
     def ema_model(self) -> torch.nn.Module:
         """A copy of the model holding the EMA weights (the weights we evaluate and ship)."""
-        import copy
-
         clone = copy.deepcopy(self.model)
         self.ema.copy_to(clone.parameters())
         return clone.eval()
