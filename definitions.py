@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets import ingestion, labels, models, pairs
+from assets import diffusion, ingestion, labels, models, pairs
 from jobs import all_assets_job, ingestion_job
 from resources import CxrSettings, MlflowTracking
 
@@ -18,6 +18,9 @@ defs = dg.Definitions(
         pairs.low_dose_pairs,
         models.vae,
         models.latents,
+        diffusion.latent_sr,
+        diffusion.class_ddpm,
+        diffusion.low_dose_denoiser,
     ],
     asset_checks=[
         ingestion.rejected_share_within_limit,

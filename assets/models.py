@@ -23,6 +23,8 @@ from .labels import image_metadata
 from .pairs import sr_pairs
 
 VAE_MODEL_NAME = "cxr-vae"
+# Training steps use every core; jobs run at most one of them at a time (see jobs/).
+TRAINING_TAGS = {"cxr/compute": "training"}
 
 
 class VaeTrainingConfig(dg.Config):
@@ -41,6 +43,11 @@ class VaeTrainingConfig(dg.Config):
 
 def _current_vae_file(settings: CxrSettings):
     return settings.paths().models / "vae" / "current.json"
+
+
+def read_current_vae(settings: CxrSettings) -> dict:
+    """The VAE the latest ``vae`` materialization produced: folder, MLflow run, registered version."""
+    return json.loads(_current_vae_file(settings).read_text())
 
 
 def progress_logger(context: dg.AssetExecutionContext):
@@ -64,7 +71,7 @@ def progress_logger(context: dg.AssetExecutionContext):
     return report
 
 
-@dg.asset(group_name="models", deps=[image_metadata], kinds={"pytorch", "mlflow"})
+@dg.asset(group_name="models", deps=[image_metadata], kinds={"pytorch", "mlflow"}, op_tags=TRAINING_TAGS)
 def vae(context: dg.AssetExecutionContext, config: VaeTrainingConfig, settings: CxrSettings,
         mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """AutoencoderKL for one-channel radiographs, trained on the train split, validated each
@@ -119,7 +126,7 @@ def latents(context: dg.AssetExecutionContext, settings: CxrSettings) -> dg.Mate
     """HR and LR latents of every split with the scaling factor, so diffusion training never
     re-runs the encoder."""
     paths = settings.paths()
-    pointer = json.loads(_current_vae_file(settings).read_text())
+    pointer = read_current_vae(settings)
     metadata = pd.read_parquet(paths.metadata)
     lr_stores = {}
     for scale in scales_built(paths.pairs):

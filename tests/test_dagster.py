@@ -29,7 +29,8 @@ def test_definitions_load_with_groups_jobs_and_checks():
     groups = {spec.key.path[-1]: spec.group_name for spec in defs.resolve_all_asset_specs()}
     assert groups == {"raw_images": "ingestion", "ingested_images": "ingestion",
                       "label_table": "labels", "image_metadata": "labels",
-                      "sr_pairs": "pairs", "low_dose_pairs": "pairs", "vae": "models", "latents": "models"}
+                      "sr_pairs": "pairs", "low_dose_pairs": "pairs", "vae": "models", "latents": "models",
+                      "latent_sr": "models", "class_ddpm": "models", "low_dose_denoiser": "models"}
     assert {"all_assets", "ingestion"} <= {job.name for job in repository.get_all_jobs()}
     check_names = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
     assert check_names == {"rejected_share_within_limit", "every_input_accounted_for",
@@ -145,11 +146,17 @@ def test_leakage_check_catches_a_patient_in_two_splits(small_demo, tmp_path):
 
 
 def test_main_job_on_the_builtin_demo_dataset(tmp_path):
-    """The README's main command, in process: demo generation, ingestion, labels, splits, checks."""
+    """The README's main command, in process, on the built-in demo dataset: every asset and check.
+    The diffusion models train 30 steps instead of their 200 to keep CI short; everything else
+    runs with the demo defaults (the VAE's 300 steps included)."""
     home = tmp_path / "home"
     job = defs.resolve_job_def("all_assets")
     settings = CxrSettings(home=str(home))
-    result = job.execute_in_process(resources={"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)})
+    short = {"steps": 30, "preview_every": 30, "checkpoint_every": 30, "log_every": 10}
+    result = job.execute_in_process(
+        resources={"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)},
+        run_config={"ops": {name: {"config": short} for name in ("latent_sr", "class_ddpm", "low_dose_denoiser")}},
+    )
     assert result.success
     raw = result.asset_materializations_for_node("raw_images")[0].metadata
     assert raw["source"].value == "built-in demo dataset"
@@ -170,3 +177,9 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     assert trained["registered_model"].value == "cxr-vae v1"
     encoded = result.asset_materializations_for_node("latents")[0].metadata
     assert encoded["latent_shape"].value == [4, 16, 16]
+    registered = {
+        result.asset_materializations_for_node(name)[0].metadata[key].value
+        for name, key in (("latent_sr", "x4_registered_model"), ("class_ddpm", "registered_model"),
+                          ("low_dose_denoiser", "registered_model"))
+    }
+    assert registered == {"cxr-latent-sr-x4 v1", "cxr-class-ddpm v1", "cxr-lowdose-denoiser v1"}

@@ -34,6 +34,11 @@ def low_dose_pair_dir(root: Path, photons: float) -> Path:
     return Path(root) / f"lowdose_i0_{photons:g}"
 
 
+def doses_built(root: Path) -> list[float]:
+    """The low-dose levels (photons) whose pair store is complete."""
+    return sorted(float(p.parent.name.removeprefix("lowdose_i0_")) for p in Path(root).glob("lowdose_i0_*/index.parquet"))
+
+
 def derive_store(
     metadata: pd.DataFrame,
     source: ImageStore,

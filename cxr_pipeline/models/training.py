@@ -83,8 +83,8 @@ class TrainEvent:
 StepFn = Callable[[torch.nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
 # Batches by step number, on the CPU: deterministic data order.
 BatchFn = Callable[[int], Any]
-# Evaluation on the EMA weights: model -> metrics.
-EvalFn = Callable[[torch.nn.Module], dict[str, float]]
+# Evaluation on the EMA weights after a step: (model, step) -> metrics.
+EvalFn = Callable[[torch.nn.Module, int], dict[str, float]]
 
 
 @dataclass
@@ -232,7 +232,7 @@ class Trainer:
                 window_started, window_images = time.perf_counter(), 0
             if self.evaluate and (done % config.eval_every == 0 or done == config.steps):
                 with torch.no_grad():
-                    last_eval = self.evaluate(self.ema_model())
+                    last_eval = self.evaluate(self.ema_model(), done)
                 event = TrainEvent("eval", done, config.steps, last_eval)
                 history.append(event)
                 self.progress(event)
@@ -243,5 +243,5 @@ class Trainer:
         ema_model = self.ema_model()
         if self.evaluate and not last_eval:  # e.g. restarted after the final checkpoint
             with torch.no_grad():
-                last_eval = self.evaluate(ema_model)
+                last_eval = self.evaluate(ema_model, end)
         return TrainResult(end, resumed_from, ema_model, last_eval, history)

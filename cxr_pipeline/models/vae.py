@@ -156,7 +156,7 @@ def train_vae(metadata: pd.DataFrame, store: ImageStore, runs_root: Path, vae_co
     torch.manual_seed(train_config.seed)
     trainer = Trainer(
         vae_config.build(), vae_step(vae_config.kl_weight), lambda step: train.batch(sampler.indices(step)),
-        train_config, run_dir, evaluate=lambda model: evaluate_reconstruction(model, val), progress=progress,
+        train_config, run_dir, evaluate=lambda model, step: evaluate_reconstruction(model, val), progress=progress,
     )
     result = trainer.fit(stop_after=stop_after)
     model_dir = run_dir / "model"

@@ -1,0 +1,180 @@
+"""Diffusion models from diffusers parts: ``UNet2DModel`` + ``DDPMScheduler`` / ``DDIMScheduler``.
+
+One epsilon-prediction objective serves the three models; they differ only in what conditions
+the UNet:
+- latent super-resolution: the LR latent, concatenated channel-wise to the noisy HR latent;
+- class-conditional generation: a class embedding, with a learned null class for
+  classifier-free guidance (diffusers requires ``class_labels`` whenever ``num_class_embeds``
+  is set, so "unconditional" is the extra class ``num_classes``);
+- low-dose denoising: the noisy image, concatenated (SR3-style), optionally the dose level as a
+  class embedding.
+A model folder is self-describing: ``unet/`` and ``scheduler/`` (``save_pretrained``) plus
+``model.json`` with the kind and its conditioning, so sampling needs nothing but the folder.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    sample_size: int
+    in_channels: int
+    out_channels: int
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    attention: bool = False  # self-attention in the lowest-resolution block
+    num_class_embeds: int | None = None
+    norm_num_groups: int = 16
+
+    def build(self) -> UNet2DModel:
+        blocks = len(self.block_out_channels)
+        down = ["DownBlock2D"] * blocks
+        up = ["UpBlock2D"] * blocks
+        if self.attention:
+            down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+        return UNet2DModel(
+            sample_size=self.sample_size,
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            block_out_channels=tuple(self.block_out_channels),
+            layers_per_block=self.layers_per_block,
+            down_block_types=tuple(down),
+            up_block_types=tuple(up),
+            num_class_embeds=self.num_class_embeds,
+            norm_num_groups=self.norm_num_groups,
+        )
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    timesteps: int = 1000
+    beta_schedule: str = "linear"  # "linear" | "squaredcos_cap_v2" (cosine)
+
+    def ddpm(self) -> DDPMScheduler:
+        return DDPMScheduler(num_train_timesteps=self.timesteps, beta_schedule=self.beta_schedule,
+                             prediction_type="epsilon", clip_sample=False)
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What a model is conditioned on; stored in model.json."""
+
+    concat_channels: int = 0  # channels of the conditioning image concatenated at the input
+    num_classes: int = 0  # real classes; the null class for guidance is index num_classes
+    class_dropout: float = 0.0  # share of training labels replaced by the null class
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. VAE folder and latent scaling
+
+
+def epsilon_step(unet_channels: int, conditioning: Conditioning, scheduler: DDPMScheduler):
+    """Training step: batch = {"target", optional "condition", optional "labels"}."""
+
+    def step(model: UNet2DModel, batch: dict[str, torch.Tensor], generator: torch.Generator):
+        target = batch["target"]
+        count = target.shape[0]
+        noise = torch.randn(target.shape, generator=generator, device=target.device)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (count,), generator=generator,
+                                  device=target.device)
+        noisy = scheduler.add_noise(target, noise, timesteps)
+        inputs = torch.cat([noisy, batch["condition"]], dim=1) if conditioning.concat_channels else noisy
+        labels = batch.get("labels")
+        if labels is not None and conditioning.class_dropout > 0:
+            drop = torch.rand(count, generator=generator, device=target.device) < conditioning.class_dropout
+            labels = torch.where(drop, torch.full_like(labels, conditioning.num_classes), labels)
+        prediction = model(inputs, timesteps, class_labels=labels).sample
+        loss = torch.nn.functional.mse_loss(prediction.float(), noise.float())
+        return loss, {}
+
+    return step
+
+
+def guided_epsilon(model: UNet2DModel, inputs: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
+                   null_label: int | None, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance: eps_uncond + w (eps_cond - eps_uncond). w = 1 is the plain
+    conditional model and w = 0 the unconditional one, each with a single forward pass."""
+    if labels is None or null_label is None or guidance == 1.0:
+        return model(inputs, t, class_labels=labels).sample
+    null = torch.full_like(labels, null_label)
+    if guidance == 0.0:
+        return model(inputs, t, class_labels=null).sample
+    both = model(torch.cat([inputs, inputs]), torch.cat([t, t]), class_labels=torch.cat([labels, null])).sample
+    conditional, unconditional = both.chunk(2)
+    return unconditional + guidance * (conditional - unconditional)
+
+
+@torch.no_grad()
+def sample(model: UNet2DModel, schedule: ScheduleConfig, shape: tuple[int, ...], *, condition: torch.Tensor | None = None,
+           labels: torch.Tensor | None = None, null_label: int | None = None, guidance: float = 1.0,
+           sampler: str = "ddim", steps: int = 50, generator: torch.Generator | None = None,
+           start: torch.Tensor | None = None, strength: float = 1.0, eta: float = 0.0) -> torch.Tensor:
+    """Reverse diffusion. ``sampler="ddpm"`` runs the full ancestral chain (``steps`` ignored);
+    ``"ddim"`` runs ``steps`` deterministic (eta 0) steps. With ``start`` and ``strength < 1`` the
+    chain begins from ``start`` noised to ``strength * T`` (SDEdit), which is far faster for
+    restoration, where the input is already close to the answer."""
+    device = next(model.parameters()).device
+    ddpm = schedule.ddpm()
+    scheduler = ddpm if sampler == "ddpm" else DDIMScheduler.from_config(ddpm.config)
+    scheduler.set_timesteps(schedule.timesteps if sampler == "ddpm" else steps, device=device)
+    timesteps = scheduler.timesteps
+    noise = torch.randn(shape, generator=generator, device="cpu").to(device)
+    if start is not None and strength < 1.0:
+        keep = max(1, int(round(len(timesteps) * strength)))
+        timesteps = timesteps[len(timesteps) - keep:]
+        x = ddpm.add_noise(start.to(device), noise, timesteps[:1].repeat(shape[0]))
+    else:
+        x = noise
+    if condition is not None:
+        condition = condition.to(device)
+    if labels is not None:
+        labels = labels.to(device)
+    for t in timesteps:
+        inputs = torch.cat([x, condition], dim=1) if condition is not None else x
+        epsilon = guided_epsilon(model, inputs, t.repeat(shape[0]), labels, null_label, guidance)
+        kwargs = {"generator": generator} if sampler == "ddpm" else {"eta": eta, "generator": generator}
+        x = scheduler.step(epsilon, t, x, **kwargs).prev_sample
+    return x
+
+
+# --- Model folders --------------------------------------------------------------------------------
+
+
+def save_model(folder: Path, model: UNet2DModel, kind: str, schedule: ScheduleConfig, conditioning: Conditioning,
+               unet_config: UNetConfig, extra: dict[str, Any] | None = None) -> None:
+    folder = Path(folder)
+    model.save_pretrained(str(folder / "unet"))
+    schedule.ddpm().save_pretrained(str(folder / "scheduler"))
+    description = {"kind": kind, "schedule": asdict(schedule), "conditioning": asdict(conditioning),
+                   "unet": {**asdict(unet_config), "block_out_channels": list(unet_config.block_out_channels)},
+                   **(extra or {})}
+    (folder / "model.json").write_text(json.dumps(description, indent=2))
+
+
+@dataclass
+class DiffusionModel:
+    unet: UNet2DModel
+    schedule: ScheduleConfig
+    conditioning: Conditioning
+    description: dict[str, Any]
+
+    @property
+    def null_label(self) -> int | None:
+        return self.conditioning.num_classes if self.conditioning.num_classes else None
+
+
+def load_model(folder: Path, device: torch.device | str = "cpu") -> DiffusionModel:
+    folder = Path(folder)
+    description = json.loads((folder / "model.json").read_text())
+    unet = UNet2DModel.from_pretrained(str(folder / "unet")).to(device).eval()
+    return DiffusionModel(unet, ScheduleConfig(**description["schedule"]), Conditioning(**description["conditioning"]),
+                          description)
+
+
+ProgressFn = Callable[[int, int], None]

@@ -1,0 +1,252 @@
+"""Training the three diffusion models on the pipeline's data, and sampling from their folders.
+
+Each ``train_*`` function assembles deterministic batches (by step) for one model, runs the shared
+:class:`~cxr_pipeline.models.training.Trainer`, saves the EMA weights as a model folder, and
+returns sample grids made during training. The ``super_resolve`` / ``generate`` / ``denoise``
+functions take only a model folder: they are how notebooks, evaluation and other code sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data.image_store import ImageStore
+from .batches import EpochSampler, StoreImages
+from .diffusion import Conditioning, ScheduleConfig, UNetConfig, epsilon_step, load_model, sample, save_model
+from .training import TrainConfig, Trainer, pick_device, step_generator
+from .vae import encode_mean, from_model, load_vae, to_model
+
+PREVIEW_STEPS = 20  # DDIM steps for the grids logged during training
+
+
+@dataclass
+class DiffusionOutcome:
+    kind: str
+    run_dir: Path
+    model_dir: Path
+    final_step: int
+    resumed_from: int | None
+    previews: dict[int, np.ndarray] = field(default_factory=dict)  # step -> grid in [0, 1]
+
+
+def _run_key(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _train(kind: str, unet_config: UNetConfig, schedule: ScheduleConfig, conditioning: Conditioning,
+           batches: Callable[[int], dict], train_config: TrainConfig, runs_root: Path, data_hash: str,
+           preview: Callable[[torch.nn.Module, int], np.ndarray], extra: dict, progress=None,
+           stop_after: int | None = None) -> DiffusionOutcome:
+    run_dir = Path(runs_root) / _run_key(kind, asdict(unet_config), asdict(schedule), asdict(conditioning),
+                                         train_config.identity(), data_hash)
+    torch.manual_seed(train_config.seed)
+    previews: dict[int, np.ndarray] = {}
+
+    def evaluate(model: torch.nn.Module, step: int) -> dict[str, float]:
+        previews[step] = preview(model, step)
+        return {"preview_mean": float(previews[step].mean())}
+
+    trainer = Trainer(unet_config.build(), epsilon_step(unet_config.in_channels, conditioning, schedule.ddpm()),
+                      batches, train_config, run_dir, batch_size_of=lambda b: int(b["target"].shape[0]),
+                      evaluate=evaluate, progress=progress)
+    result = trainer.fit(stop_after=stop_after)
+    model_dir = run_dir / "model"
+    tmp = run_dir / f".model-{uuid.uuid4().hex[:8]}"
+    save_model(tmp, result.ema_model, kind, schedule, conditioning, unet_config,
+               extra={**extra, "step": result.final_step, "data_hash": data_hash, "train": train_config.identity()})
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    tmp.rename(model_dir)
+    return DiffusionOutcome(kind, run_dir, model_dir, result.final_step, result.resumed_from, previews)
+
+
+# --- 1. Latent super-resolution -------------------------------------------------------------------
+
+
+def train_latent_sr(latents_dir: Path, scale: int, vae_dir: Path, unet_config: UNetConfig, schedule: ScheduleConfig,
+                    train_config: TrainConfig, runs_root: Path, data_hash: str, progress=None,
+                    stop_after: int | None = None) -> DiffusionOutcome:
+    summary = json.loads((Path(latents_dir) / "latents.json").read_text())
+    factor = float(summary["scaling_factor"])
+    hr = torch.from_numpy(np.load(Path(latents_dir) / "hr_train.npy")) * factor
+    lr = torch.from_numpy(np.load(Path(latents_dir) / f"lr_x{scale}_train.npy")) * factor
+    val_hr = torch.from_numpy(np.load(Path(latents_dir) / "hr_val.npy")[:4]) * factor
+    val_lr = torch.from_numpy(np.load(Path(latents_dir) / f"lr_x{scale}_val.npy")[:4]) * factor
+    sampler = EpochSampler(len(hr), train_config.batch_size, train_config.seed)
+    conditioning = Conditioning(concat_channels=lr.shape[1])
+    vae = load_vae(vae_dir)
+
+    def batches(step: int) -> dict:
+        rows = sampler.indices(step)
+        return {"target": hr[rows], "condition": lr[rows]}
+
+    def preview(model: torch.nn.Module, step: int) -> np.ndarray:
+        device = next(model.parameters()).device
+        out = sample(model, schedule, tuple(val_hr.shape), condition=val_lr.to(device), steps=PREVIEW_STEPS,
+                     generator=step_generator(train_config.seed, 10**6))
+        decoded = [from_model(vae.decode(x.cpu() / factor).sample)[:, 0] for x in (val_lr, out, val_hr)]
+        return torch.cat([torch.cat(list(row), dim=1) for row in decoded], dim=0).numpy()
+
+    extra = {"vae_dir": str(vae_dir), "scaling_factor": factor, "scale": scale}
+    return _train(f"latent_sr_x{scale}", unet_config, schedule, conditioning, batches, train_config, runs_root,
+                  data_hash, preview, extra, progress, stop_after)
+
+
+@torch.no_grad()
+def super_resolve(model_dir: Path, low_resolution: torch.Tensor, *, sampler: str = "ddim", steps: int = 50,
+                  seed: int = 0, batch_size: int = 64, device: str = "auto") -> torch.Tensor:
+    """LR images (N, 1, h, w) in [0, 1] -> SR images (N, 1, h*scale, w*scale) in [0, 1]."""
+    from ..data.degrade import upsample_bicubic
+
+    target = pick_device(device)
+    model = load_model(model_dir, target)
+    extra = model.description
+    vae = load_vae(extra["vae_dir"], target)
+    factor, scale = float(extra["scaling_factor"]), int(extra["scale"])
+    outputs = []
+    for start in range(0, len(low_resolution), batch_size):
+        chunk = low_resolution[start:start + batch_size]
+        up = torch.from_numpy(np.stack([upsample_bicubic(x[0].numpy(), scale) for x in chunk])).unsqueeze(1)
+        condition = encode_mean(vae, up) * factor
+        latents = sample(model.unet, model.schedule, tuple(condition.shape), condition=condition, sampler=sampler,
+                         steps=steps, generator=torch.Generator().manual_seed(seed + start))
+        outputs.append(from_model(vae.decode(latents.to(target) / factor).sample).float().cpu())
+    return torch.cat(outputs)
+
+
+# --- 2. Class-conditional DDPM with classifier-free guidance ------------------------------------------
+
+
+class WeightedStepSampler:
+    """Class-balanced batches: draws with probability ~ 1 / class frequency, seeded by step."""
+
+    def __init__(self, labels: Sequence[int], batch_size: int, seed: int):
+        labels = np.asarray(labels)
+        counts = np.bincount(labels)
+        weights = 1.0 / counts[labels]
+        self.p = weights / weights.sum()
+        self.batch_size, self.seed = batch_size, seed
+
+    def indices(self, step: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, step, 17]).choice(len(self.p), self.batch_size, p=self.p)
+
+
+def train_class_ddpm(metadata: pd.DataFrame, store: ImageStore, class_names: Sequence[str], unet_config: UNetConfig,
+                     schedule: ScheduleConfig, train_config: TrainConfig, runs_root: Path, data_hash: str, *,
+                     balance: bool = True, label_dropout: float = 0.1, guidance: float = 2.0, progress=None,
+                     stop_after: int | None = None) -> DiffusionOutcome:
+    rows = metadata[(metadata["split"] == "train") & metadata["class_id"].notna()].reset_index(drop=True)
+    images = StoreImages(store, rows)
+    labels = rows["class_id"].astype(int).to_numpy()
+    num_classes = len(class_names)
+    sampler = (WeightedStepSampler(labels, train_config.batch_size, train_config.seed) if balance
+               else EpochSampler(len(rows), train_config.batch_size, train_config.seed))
+    conditioning = Conditioning(num_classes=num_classes, class_dropout=label_dropout)
+
+    def batches(step: int) -> dict:
+        picked = sampler.indices(step)
+        return {"target": to_model(images.batch(picked)), "labels": torch.from_numpy(labels[picked]).long()}
+
+    def preview(model: torch.nn.Module, step: int) -> np.ndarray:
+        wanted = torch.arange(num_classes).repeat_interleave(2)
+        out = sample(model, schedule, (len(wanted), 1, unet_config.sample_size, unet_config.sample_size),
+                     labels=wanted, null_label=num_classes, guidance=guidance, steps=PREVIEW_STEPS,
+                     generator=step_generator(train_config.seed, 10**6))
+        images_ = from_model(out.cpu())[:, 0]  # one column per class, two rows
+        return torch.cat([torch.cat(list(images_[i::2]), dim=1) for i in range(2)], dim=0).numpy()
+
+    extra = {"class_names": list(class_names), "balanced": balance, "default_guidance": guidance}
+    return _train("class_ddpm", unet_config, schedule, conditioning, batches, train_config, runs_root, data_hash,
+                  preview, extra, progress, stop_after)
+
+
+@torch.no_grad()
+def generate(model_dir: Path, class_ids: Sequence[int], *, guidance: float | None = None, sampler: str = "ddim",
+             steps: int = 50, seed: int = 0, batch_size: int = 64, device: str = "auto") -> torch.Tensor:
+    """Images (N, 1, S, S) in [0, 1] for the given classes, with classifier-free guidance."""
+    model = load_model(model_dir, pick_device(device))
+    scale = model.description["default_guidance"] if guidance is None else guidance
+    size = model.unet.config.sample_size
+    labels = torch.as_tensor(list(class_ids), dtype=torch.long)
+    outputs = []
+    for start in range(0, len(labels), batch_size):
+        chunk = labels[start:start + batch_size]
+        out = sample(model.unet, model.schedule, (len(chunk), 1, size, size), labels=chunk, null_label=model.null_label,
+                     guidance=scale, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(seed + start))
+        outputs.append(from_model(out.float().cpu()))
+    return torch.cat(outputs)
+
+
+# --- 3. Low-dose denoising --------------------------------------------------------------------------
+
+
+def train_denoiser(metadata: pd.DataFrame, store: ImageStore, dose_stores: dict[float, tuple[ImageStore, pd.DataFrame]],
+                   unet_config: UNetConfig, schedule: ScheduleConfig, train_config: TrainConfig, runs_root: Path,
+                   data_hash: str, *, dose_conditioning: bool = True, strength: float = 0.4, progress=None,
+                   stop_after: int | None = None) -> DiffusionOutcome:
+    rows = metadata[metadata["split"] == "train"].reset_index(drop=True)
+    clean = StoreImages(store, rows)
+    doses = sorted(dose_stores)
+    noisy = [StoreImages(dose_stores[d][0], dose_stores[d][1].set_index("image_id").loc[rows["image_id"]].reset_index())
+             for d in doses]
+    sampler = EpochSampler(len(rows) * len(doses), train_config.batch_size, train_config.seed)
+    conditioning = Conditioning(concat_channels=1, num_classes=len(doses) if dose_conditioning else 0,
+                                class_dropout=0.1 if dose_conditioning else 0.0)
+
+    def batches(step: int) -> dict:
+        picked = sampler.indices(step)
+        image_rows, dose_rows = picked // len(doses), picked % len(doses)
+        target = clean.batch(image_rows)
+        condition = torch.cat([noisy[d].batch([r]) for r, d in zip(image_rows, dose_rows)])
+        batch = {"target": to_model(target), "condition": to_model(condition)}
+        if dose_conditioning:
+            batch["labels"] = torch.from_numpy(dose_rows).long()
+        return batch
+
+    preview_rows = list(range(min(4, len(rows))))
+
+    def preview(model: torch.nn.Module, step: int) -> np.ndarray:
+        lowest = 0  # the fewest photons: the hardest case
+        condition = to_model(noisy[lowest].batch(preview_rows))
+        labels = torch.full((len(preview_rows),), lowest) if dose_conditioning else None
+        out = sample(model, schedule, tuple(condition.shape), condition=condition, labels=labels,
+                     null_label=conditioning.num_classes if dose_conditioning else None, steps=PREVIEW_STEPS,
+                     start=condition, strength=strength, generator=step_generator(train_config.seed, 10**6))
+        columns = [from_model(condition)[:, 0], from_model(out.cpu())[:, 0], clean.batch(preview_rows)[:, 0]]
+        return torch.cat([torch.cat(list(c), dim=0) for c in columns], dim=1).numpy()
+
+    extra = {"doses": doses, "dose_conditioning": dose_conditioning, "default_strength": strength}
+    return _train("denoiser", unet_config, schedule, conditioning, batches, train_config, runs_root, data_hash,
+                  preview, extra, progress, stop_after)
+
+
+@torch.no_grad()
+def denoise(model_dir: Path, noisy: torch.Tensor, *, dose: float | None = None, strength: float | None = None,
+            sampler: str = "ddim", steps: int = 50, seed: int = 0, batch_size: int = 64, device: str = "auto") -> torch.Tensor:
+    """Low-dose images (N, 1, S, S) in [0, 1] -> restored images. ``strength`` 1 samples from pure
+    noise; lower values start from the noisy input partially noised (faster, closer to the input).
+    ``dose`` (photons) selects the dose embedding; unknown doses use the null embedding."""
+    model = load_model(model_dir, pick_device(device))
+    description = model.description
+    strength = description["default_strength"] if strength is None else strength
+    doses = description["doses"]
+    label = doses.index(dose) if dose in doses else model.null_label
+    outputs = []
+    for start in range(0, len(noisy), batch_size):
+        condition = to_model(noisy[start:start + batch_size])
+        labels = torch.full((len(condition),), label) if description["dose_conditioning"] else None
+        out = sample(model.unet, model.schedule, tuple(condition.shape), condition=condition, labels=labels,
+                     null_label=model.null_label, sampler=sampler, steps=steps, start=condition, strength=strength,
+                     generator=torch.Generator().manual_seed(seed + start))
+        outputs.append(from_model(out.float().cpu()))
+    return torch.cat(outputs)

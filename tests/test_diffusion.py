@@ -1,0 +1,149 @@
+"""The three diffusion models on tiny data: losses fall, sampling is shaped, ranged and seeded,
+and classifier-free guidance is exactly the formula."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cxr_pipeline.data.image_store import ImageStore, to_stored
+from cxr_pipeline.data.pairs import build_low_dose_pairs, low_dose_pair_dir
+from cxr_pipeline.models import diffusion_training as dt
+from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig, guided_epsilon, load_model, sample
+from cxr_pipeline.models.training import TrainConfig
+from cxr_pipeline.models.vae import VaeConfig
+
+SIZE = 16
+TRAIN = TrainConfig(steps=40, batch_size=8, learning_rate=3e-3, warmup_steps=4, checkpoint_every=20, eval_every=20,
+                    log_every=4, device="cpu")
+TINY = dict(block_out_channels=(16, 32), norm_num_groups=8)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """32 smooth 16 px images in 3 classes (brightness pattern per class), a store, metadata."""
+    root = tmp_path_factory.mktemp("diffusion")
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    classes = np.arange(32) % 3
+    images = np.stack([np.clip(0.3 + 0.2 * c + 0.1 * np.sin(6 * x + p) * np.cos(4 * y), 0, 1)
+                       for c, p in zip(classes, rng.uniform(0, 6, 32))]).astype(np.float32)
+    store = ImageStore(root / "images")
+    shard = store.write_shard(to_stored(images))
+    metadata = pd.DataFrame({"image_id": [f"i{k}" for k in range(32)], "shard": shard, "shard_index": range(32),
+                             "split": ["train"] * 28 + ["val"] * 4, "class_id": pd.array(classes, dtype="Int64")})
+    return root, metadata, store
+
+
+def losses(events):
+    return [e.metrics["loss"] for e in events if e.kind == "step"]
+
+
+def test_class_ddpm_learns_and_generates_per_class(data, tmp_path):
+    root, metadata, store = data
+    events = []
+    unet = UNetConfig(SIZE, 1, 1, num_class_embeds=4, **TINY)
+    outcome = dt.train_class_ddpm(metadata, store, ["a", "b", "c"], unet, ScheduleConfig(timesteps=100), TRAIN,
+                                  tmp_path, "tiny", progress=events.append)
+    curve = losses(events)
+    assert np.mean(curve[-3:]) < 0.6 * np.mean(curve[:3]), curve
+    assert sorted(outcome.previews) == [20, 40]
+    images = dt.generate(outcome.model_dir, [0, 1, 2, 2], steps=10, seed=3, device="cpu")
+    assert images.shape == (4, 1, SIZE, SIZE) and 0.0 <= images.min() and images.max() <= 1.0
+    again = dt.generate(outcome.model_dir, [0, 1, 2, 2], steps=10, seed=3, device="cpu")
+    torch.testing.assert_close(images, again, rtol=0, atol=0)  # seeded
+    description = json.loads((outcome.model_dir / "model.json").read_text())
+    assert description["conditioning"]["num_classes"] == 3 and description["class_names"] == ["a", "b", "c"]
+
+
+def test_denoiser_learns_and_restores_toward_the_clean_image(data, tmp_path):
+    root, metadata, store = data
+    indexes = build_low_dose_pairs(metadata, store, tmp_path / "pairs", [300.0, 3000.0], electronic_noise=2.0, seed=0)
+    stores = {d: (ImageStore(low_dose_pair_dir(tmp_path / "pairs", d)), index) for d, index in indexes.items()}
+    events = []
+    unet = UNetConfig(SIZE, 2, 1, num_class_embeds=3, **TINY)
+    outcome = dt.train_denoiser(metadata, store, stores, unet, ScheduleConfig(timesteps=100, beta_schedule="squaredcos_cap_v2"),
+                                replace(TRAIN, steps=60), tmp_path / "runs", "tiny", progress=events.append)
+    curve = losses(events)
+    assert np.mean(curve[-3:]) < 0.6 * np.mean(curve[:3]), curve
+    noisy = torch.from_numpy(stores[300.0][0].read_many(list(indexes[300.0]["shard"][:6]), list(indexes[300.0]["shard_index"][:6]))).unsqueeze(1)
+    restored = dt.denoise(outcome.model_dir, noisy, dose=300.0, steps=10, device="cpu")
+    assert restored.shape == noisy.shape and 0.0 <= restored.min() and restored.max() <= 1.0
+    unknown_dose = dt.denoise(outcome.model_dir, noisy, dose=None, steps=10, device="cpu")  # the null embedding
+    assert unknown_dose.shape == noisy.shape and not torch.equal(unknown_dose, restored)
+
+
+def test_latent_sr_learns_and_super_resolves(data, tmp_path):
+    root, metadata, store = data
+    latents = tmp_path / "latents"
+    latents.mkdir()
+    rng = np.random.default_rng(1)
+    hr = rng.normal(0, 1, (40, 2, 4, 4)).astype(np.float32)
+    lr = (hr + rng.normal(0, 0.1, hr.shape)).astype(np.float32)  # LR latent: a noisy copy of HR
+    for split, rows in (("train", slice(0, 32)), ("val", slice(32, 40))):
+        np.save(latents / f"hr_{split}.npy", hr[rows])
+        np.save(latents / f"lr_x4_{split}.npy", lr[rows])
+    (latents / "latents.json").write_text(json.dumps({"scaling_factor": 1.0}))
+    vae_dir = tmp_path / "vae"
+    VaeConfig(block_out_channels=(8, 16, 16), latent_channels=2, norm_num_groups=8).build().save_pretrained(str(vae_dir))
+    events = []
+    unet = UNetConfig(4, 4, 2, block_out_channels=(16, 32), norm_num_groups=8, attention=True)
+    outcome = dt.train_latent_sr(latents, 4, vae_dir, unet, ScheduleConfig(timesteps=300),
+                                 replace(TRAIN, steps=100, eval_every=50, checkpoint_every=50), tmp_path / "runs",
+                                 "tiny", progress=events.append)
+    curve = losses(events)
+    assert np.mean(curve[-3:]) < 0.6 * np.mean(curve[:3]), curve
+    low = torch.rand(3, 1, 4, 4)
+    out = dt.super_resolve(outcome.model_dir, low, steps=5, device="cpu")
+    assert out.shape == (3, 1, 16, 16) and 0.0 <= out.min() and out.max() <= 1.0
+
+
+@pytest.fixture(scope="module")
+def conditional_unet():
+    torch.manual_seed(0)
+    return UNetConfig(SIZE, 1, 1, num_class_embeds=4, **TINY).build().eval()
+
+
+def test_guidance_scale_zero_and_one_are_the_unconditional_and_conditional_models(conditional_unet):
+    x = torch.randn(2, 1, SIZE, SIZE)
+    t = torch.tensor([10, 500])
+    labels = torch.tensor([0, 2])
+    null = torch.full_like(labels, 3)
+    with torch.no_grad():
+        conditional = conditional_unet(x, t, class_labels=labels).sample
+        unconditional = conditional_unet(x, t, class_labels=null).sample
+        torch.testing.assert_close(guided_epsilon(conditional_unet, x, t, labels, 3, 1.0), conditional)
+        torch.testing.assert_close(guided_epsilon(conditional_unet, x, t, labels, 3, 0.0), unconditional)
+        guided = guided_epsilon(conditional_unet, x, t, labels, 3, 2.5)
+    torch.testing.assert_close(guided, unconditional + 2.5 * (conditional - unconditional), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(conditional, unconditional)  # the class embedding matters
+
+
+def test_ddpm_and_ddim_shapes_and_seeds(conditional_unet):
+    schedule = ScheduleConfig(timesteps=50)
+    labels = torch.tensor([1, 2])
+
+    def run(sampler, seed):
+        return sample(conditional_unet, schedule, (2, 1, SIZE, SIZE), labels=labels, null_label=3, guidance=1.5,
+                      sampler=sampler, steps=10, generator=torch.Generator().manual_seed(seed))
+
+    ddim, ddpm = run("ddim", 0), run("ddpm", 0)
+    assert ddim.shape == ddpm.shape == (2, 1, SIZE, SIZE)
+    torch.testing.assert_close(run("ddim", 0), ddim, rtol=0, atol=0)
+    torch.testing.assert_close(run("ddpm", 0), ddpm, rtol=0, atol=0)
+    assert not torch.equal(run("ddim", 1), ddim) and not torch.equal(run("ddpm", 1), ddpm)
+    assert not torch.equal(ddim, ddpm)
+
+
+def test_partial_noise_start_stays_close_to_its_input(conditional_unet):
+    start = torch.full((2, 1, SIZE, SIZE), 0.5)
+    schedule = ScheduleConfig(timesteps=100)
+    near = sample(conditional_unet, schedule, tuple(start.shape), labels=torch.tensor([0, 0]), null_label=3,
+                  steps=20, start=start, strength=0.05, generator=torch.Generator().manual_seed(0))
+    far = sample(conditional_unet, schedule, tuple(start.shape), labels=torch.tensor([0, 0]), null_label=3,
+                 steps=20, start=start, strength=1.0, generator=torch.Generator().manual_seed(0))
+    assert (near - start).abs().mean() < (far - start).abs().mean()
