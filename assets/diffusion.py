@@ -18,12 +18,11 @@ from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES
 from cxr_pipeline.data.pairs import doses_built, low_dose_pair_dir
 from cxr_pipeline.models import diffusion_training as dt
 from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig
-from cxr_pipeline.models.training import TrainConfig
 from cxr_pipeline.reports.grid import markdown_image, png_bytes
 from resources import CxrSettings, MlflowTracking
 
 from .labels import image_metadata
-from .models import TRAINING_TAGS, latents, progress_logger, read_current_vae
+from .models import TRAINING_TAGS, TrainingConfig, latents, progress_logger, read_current_vae
 from .pairs import low_dose_pairs
 
 # Widths by profile: the demo trains in CPU minutes, full is the size published work uses.
@@ -31,26 +30,12 @@ PIXEL_UNET = {"demo": ((16, 32, 64), 8, False), "full": ((64, 128, 256, 256), 32
 LATENT_UNET = {"demo": ((32, 64), 8, True), "full": ((128, 256, 512), 32, True)}
 
 
-class DiffusionTrainingConfig(dg.Config):
+class DiffusionTrainingConfig(TrainingConfig):
     steps: int = 200
-    batch_size: int = 16
     learning_rate: float = 5e-4  # the reference recipe's 1e-4 (batch 8, 256 px) is for full runs
-    warmup_steps: int = 30
-    ema_decay: float = 0.995
-    checkpoint_every: int = 100
-    preview_every: int = 100
-    log_every: int = 20
-    seed: int = 0
-    device: str = "auto"
-    block_out_channels: Optional[list[int]] = None  # None: the profile's width
+    preview_every: int = 100  # a sample grid to MLflow every this many steps
     timesteps: int = 1000
     beta_schedule: str = "linear"
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate,
-                           warmup_steps=min(self.warmup_steps, self.steps), ema_decay=self.ema_decay,
-                           checkpoint_every=self.checkpoint_every, eval_every=self.preview_every,
-                           log_every=self.log_every, seed=self.seed, device=self.device)
 
     def schedule(self) -> ScheduleConfig:
         return ScheduleConfig(timesteps=self.timesteps, beta_schedule=self.beta_schedule)
@@ -67,7 +52,7 @@ def _train_and_register(context: dg.AssetExecutionContext, mlflow_tracking: Mlfl
                         config: DiffusionTrainingConfig, data_hash: str, params: dict,
                         train: Callable[..., dt.DiffusionOutcome]) -> dict:
     with mlflow_tracking.run(context, run_name=model_name, tags={"data.split_hash": data_hash, "model": model_name}) as run:
-        mlflow.log_params({**{f"train.{k}": v for k, v in config.train_config().identity().items()},
+        mlflow.log_params({**{f"train.{k}": v for k, v in config.train_config(eval_every=config.preview_every).identity().items()},
                            "timesteps": config.timesteps, "beta_schedule": config.beta_schedule, **params})
         outcome = train(progress=progress_logger(context))
         for step, grid in sorted(outcome.previews.items()):
@@ -106,7 +91,7 @@ def latent_sr(context: dg.AssetExecutionContext, config: LatentSrConfig, setting
         produced = _train_and_register(
             context, mlflow_tracking, name, config, data_hash, {"scale": scale, "vae": f"cxr-vae v{vae['version']}"},
             lambda progress: dt.train_latent_sr(paths.latents, scale, vae["model_dir"], unet, config.schedule(),
-                                                config.train_config(), paths.models / "latent_sr", data_hash, progress))
+                                                config.train_config(eval_every=config.preview_every), paths.models / "latent_sr", data_hash, progress))
         metadata.update({f"x{scale}_{k}": v for k, v in produced.items()})
     return dg.MaterializeResult(metadata=metadata)
 
@@ -134,7 +119,7 @@ def class_ddpm(context: dg.AssetExecutionContext, config: ClassDdpmConfig, setti
         {"classes": ",".join(config.classes), "class_balance": config.class_balance,
          "label_dropout": config.label_dropout, "guidance_scale": config.guidance_scale},
         lambda progress: dt.train_class_ddpm(metadata, ImageStore(paths.image_store), config.classes, unet,
-                                             config.schedule(), config.train_config(), paths.models / "class_ddpm",
+                                             config.schedule(), config.train_config(eval_every=config.preview_every), paths.models / "class_ddpm",
                                              data_hash, balance=config.class_balance, label_dropout=config.label_dropout,
                                              guidance=config.guidance_scale, progress=progress))
     return dg.MaterializeResult(metadata={**produced, "train_images_per_class": dg.MetadataValue.json(counts)})
@@ -165,7 +150,7 @@ def low_dose_denoiser(context: dg.AssetExecutionContext, config: DenoiserConfig,
         {"doses": ",".join(f"{d:g}" for d in doses), "dose_conditioning": config.dose_conditioning,
          "sampling_strength": config.sampling_strength},
         lambda progress: dt.train_denoiser(metadata, ImageStore(paths.image_store), stores, unet, config.schedule(),
-                                           config.train_config(), paths.models / "denoiser", data_hash,
+                                           config.train_config(eval_every=config.preview_every), paths.models / "denoiser", data_hash,
                                            dose_conditioning=config.dose_conditioning,
                                            strength=config.sampling_strength, progress=progress))
     return dg.MaterializeResult(metadata=produced)

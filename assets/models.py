@@ -27,7 +27,9 @@ VAE_MODEL_NAME = "cxr-vae"
 TRAINING_TAGS = {"cxr/compute": "training"}
 
 
-class VaeTrainingConfig(dg.Config):
+class TrainingConfig(dg.Config):
+    """Hyperparameters every training asset shares; subclasses set their own defaults."""
+
     steps: int = 300
     batch_size: int = 16
     learning_rate: float = 2e-3
@@ -38,6 +40,15 @@ class VaeTrainingConfig(dg.Config):
     seed: int = 0
     device: str = "auto"  # auto = CUDA, then MPS, then CPU
     block_out_channels: Optional[list[int]] = None  # None: the profile's architecture
+
+    def train_config(self, eval_every: int) -> TrainConfig:
+        return TrainConfig(steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate,
+                           warmup_steps=min(self.warmup_steps, self.steps), ema_decay=self.ema_decay,
+                           checkpoint_every=self.checkpoint_every, eval_every=eval_every, log_every=self.log_every,
+                           seed=self.seed, device=self.device)
+
+
+class VaeTrainingConfig(TrainingConfig):
     latent_channels: Optional[int] = None
 
 
@@ -86,12 +97,7 @@ def vae(context: dg.AssetExecutionContext, config: VaeTrainingConfig, settings: 
     vae_config = dataclasses.replace(VAE_PROFILES[settings.profile_spec().name], **overrides)
     train_rows = int((metadata["split"] == "train").sum())
     steps_per_epoch = max(1, train_rows // config.batch_size)
-    train_config = TrainConfig(
-        steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate,
-        warmup_steps=min(config.warmup_steps, config.steps), ema_decay=config.ema_decay,
-        checkpoint_every=config.checkpoint_every, eval_every=steps_per_epoch, log_every=config.log_every,
-        seed=config.seed, device=config.device,
-    )
+    train_config = config.train_config(eval_every=steps_per_epoch)  # validation each epoch
     data_hash = content_hash(metadata)
     with mlflow_tracking.run(context, run_name="vae", tags={"data.split_hash": data_hash, "model": VAE_MODEL_NAME}) as run:
         mlflow.log_params({**{f"vae.{k}": v for k, v in vae_config.as_dict().items()},
