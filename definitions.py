@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets import diffusion, ingestion, labels, models, pairs
+from assets import diffusion, evaluation, ingestion, labels, models, pairs
 from jobs import all_assets_job, ingestion_job
 from resources import CxrSettings, MlflowTracking
 
@@ -21,6 +21,10 @@ defs = dg.Definitions(
         diffusion.latent_sr,
         diffusion.class_ddpm,
         diffusion.low_dose_denoiser,
+        evaluation.cxr_classifier,
+        evaluation.sr_evaluation,
+        evaluation.denoising_evaluation,
+        evaluation.generation_evaluation,
     ],
     asset_checks=[
         ingestion.rejected_share_within_limit,

@@ -22,7 +22,7 @@ from cxr_pipeline.reports.grid import markdown_image, png_bytes
 from resources import CxrSettings, MlflowTracking
 
 from .labels import image_metadata
-from .models import TRAINING_TAGS, TrainingConfig, latents, progress_logger, read_current_vae
+from .models import TRAINING_TAGS, TrainingConfig, latents, progress_logger, read_current_model, write_current_model
 from .pairs import low_dose_pairs
 
 # Widths by profile: the demo trains in CPU minutes, full is the size published work uses.
@@ -48,8 +48,8 @@ class DiffusionTrainingConfig(TrainingConfig):
                           num_class_embeds=num_class_embeds, norm_num_groups=groups)
 
 
-def _train_and_register(context: dg.AssetExecutionContext, mlflow_tracking: MlflowTracking, model_name: str,
-                        config: DiffusionTrainingConfig, data_hash: str, params: dict,
+def _train_and_register(context: dg.AssetExecutionContext, settings: CxrSettings, mlflow_tracking: MlflowTracking,
+                        kind: str, model_name: str, config: DiffusionTrainingConfig, data_hash: str, params: dict,
                         train: Callable[..., dt.DiffusionOutcome]) -> dict:
     with mlflow_tracking.run(context, run_name=model_name, tags={"data.split_hash": data_hash, "model": model_name}) as run:
         mlflow.log_params({**{f"train.{k}": v for k, v in config.train_config(eval_every=config.preview_every).identity().items()},
@@ -59,6 +59,8 @@ def _train_and_register(context: dg.AssetExecutionContext, mlflow_tracking: Mlfl
             mlflow.log_image(grid, f"samples/step_{step:07d}.png")
         mlflow.log_artifacts(str(outcome.model_dir), artifact_path="model")
         version = tracking.register_folder(run.info.run_id, "model", model_name, description=f"{outcome.kind} (EMA weights)")
+    write_current_model(settings, kind, {"model_dir": str(outcome.model_dir), "mlflow_run_id": run.info.run_id,
+                                         "registered_model": model_name, "version": version, "data_hash": data_hash})
     last = outcome.previews[max(outcome.previews)] if outcome.previews else None
     return {
         "mlflow_run_id": run.info.run_id,
@@ -81,7 +83,7 @@ def latent_sr(context: dg.AssetExecutionContext, config: LatentSrConfig, setting
     """UNet predicting the noise on the HR latent, conditioned on the upsampled-LR latent
     (channel concatenation), T=300 linear by default; one registered model per scale."""
     paths = settings.paths()
-    vae = read_current_vae(settings)
+    vae = read_current_model(settings, "vae")
     shape = pd.read_json(paths.latents / "latents.json", typ="series")["latent_shape"]
     data_hash = content_hash(pd.read_parquet(paths.metadata))
     metadata: dict = {}
@@ -89,7 +91,7 @@ def latent_sr(context: dg.AssetExecutionContext, config: LatentSrConfig, setting
         unet = config.unet(LATENT_UNET, settings.profile_spec().name, shape[-1], 2 * shape[0], shape[0])
         name = f"cxr-latent-sr-x{scale}"
         produced = _train_and_register(
-            context, mlflow_tracking, name, config, data_hash, {"scale": scale, "vae": f"cxr-vae v{vae['version']}"},
+            context, settings, mlflow_tracking, f"latent_sr_x{scale}", name, config, data_hash, {"scale": scale, "vae": f"cxr-vae v{vae['version']}"},
             lambda progress: dt.train_latent_sr(paths.latents, scale, vae["model_dir"], unet, config.schedule(),
                                                 config.train_config(eval_every=config.preview_every), paths.models / "latent_sr", data_hash, progress))
         metadata.update({f"x{scale}_{k}": v for k, v in produced.items()})
@@ -115,7 +117,7 @@ def class_ddpm(context: dg.AssetExecutionContext, config: ClassDdpmConfig, setti
     unet = config.unet(PIXEL_UNET, settings.profile_spec().name, size, 1, 1, num_class_embeds=len(config.classes) + 1)
     counts = metadata[(metadata["split"] == "train")]["class_name"].value_counts().to_dict()
     produced = _train_and_register(
-        context, mlflow_tracking, "cxr-class-ddpm", config, data_hash,
+        context, settings, mlflow_tracking, "class_ddpm", "cxr-class-ddpm", config, data_hash,
         {"classes": ",".join(config.classes), "class_balance": config.class_balance,
          "label_dropout": config.label_dropout, "guidance_scale": config.guidance_scale},
         lambda progress: dt.train_class_ddpm(metadata, ImageStore(paths.image_store), config.classes, unet,
@@ -146,7 +148,7 @@ def low_dose_denoiser(context: dg.AssetExecutionContext, config: DenoiserConfig,
     unet = config.unet(PIXEL_UNET, settings.profile_spec().name, size, 2, 1,
                        num_class_embeds=len(doses) + 1 if config.dose_conditioning else None)
     produced = _train_and_register(
-        context, mlflow_tracking, "cxr-lowdose-denoiser", config, data_hash,
+        context, settings, mlflow_tracking, "denoiser", "cxr-lowdose-denoiser", config, data_hash,
         {"doses": ",".join(f"{d:g}" for d in doses), "dose_conditioning": config.dose_conditioning,
          "sampling_strength": config.sampling_strength},
         lambda progress: dt.train_denoiser(metadata, ImageStore(paths.image_store), stores, unet, config.schedule(),

@@ -52,13 +52,17 @@ class VaeTrainingConfig(TrainingConfig):
     latent_channels: Optional[int] = None
 
 
-def _current_vae_file(settings: CxrSettings):
-    return settings.paths().models / "vae" / "current.json"
+def write_current_model(settings: CxrSettings, kind: str, pointer: dict) -> None:
+    atomic.write_text(settings.paths().model_pointer(kind), json.dumps(pointer, indent=2))
 
 
-def read_current_vae(settings: CxrSettings) -> dict:
-    """The VAE the latest ``vae`` materialization produced: folder, MLflow run, registered version."""
-    return json.loads(_current_vae_file(settings).read_text())
+def read_current_model(settings: CxrSettings, kind: str) -> dict:
+    """The model the latest materialization of ``kind`` produced: folder, MLflow run, registered
+    version. Downstream assets read this rather than the asset's metadata."""
+    path = settings.paths().model_pointer(kind)
+    if not path.exists():
+        raise FileNotFoundError(f"no current {kind} model at {path}: materialize the asset that trains it first")
+    return json.loads(path.read_text())
 
 
 def progress_logger(context: dg.AssetExecutionContext):
@@ -113,7 +117,7 @@ def vae(context: dg.AssetExecutionContext, config: VaeTrainingConfig, settings: 
                                            description="AutoencoderKL for chest radiographs (EMA weights)")
     pointer = {"model_dir": str(outcome.model_dir), "mlflow_run_id": run.info.run_id,
                "registered_model": VAE_MODEL_NAME, "version": version, "data_hash": data_hash}
-    atomic.write_text(_current_vae_file(settings), json.dumps(pointer, indent=2))
+    write_current_model(settings, "vae", pointer)
     return dg.MaterializeResult(metadata={
         **{k: round(v, 5) for k, v in outcome.metrics.items()},
         "mlflow_run_id": run.info.run_id,
@@ -132,7 +136,7 @@ def latents(context: dg.AssetExecutionContext, settings: CxrSettings) -> dg.Mate
     """HR and LR latents of every split with the scaling factor, so diffusion training never
     re-runs the encoder."""
     paths = settings.paths()
-    pointer = read_current_vae(settings)
+    pointer = read_current_model(settings, "vae")
     metadata = pd.read_parquet(paths.metadata)
     lr_stores = {}
     for scale in scales_built(paths.pairs):

@@ -98,3 +98,7 @@ class WorkPaths:
     @property
     def reports(self) -> Path:
         return self.home / "reports"
+
+    def model_pointer(self, kind: str) -> Path:
+        """Which trained model is current for ``kind`` (folder, MLflow run, registered version)."""
+        return self.models / "current" / f"{kind}.json"

@@ -8,7 +8,9 @@ which would wrap our plain weight folders in pickled Python for no benefit.
 
 from __future__ import annotations
 
+import math
 import subprocess
+import time
 from pathlib import Path
 
 import mlflow
@@ -56,3 +58,27 @@ def register_folder(run_id: str, artifact_path: str, name: str, description: str
 def download_model(name: str, version: str, destination: Path | None = None) -> Path:
     uri = f"models:/{name}/{version}"
     return Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(destination) if destination else None))
+
+
+def log_metrics_to_run(run_id: str, metrics: dict[str, float]) -> None:
+    """Add metrics to another run (an evaluation's headline figures to the model's training run,
+    so MLflow's run comparison shows them next to the hyperparameters)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    entries = [Metric(key, float(value), now, 0) for key, value in metrics.items() if math.isfinite(float(value))]
+    client = MlflowClient()
+    for start in range(0, len(entries), 1000):  # the batch limit of the tracking API
+        client.log_batch(run_id, metrics=entries[start:start + 1000])
+
+
+def metric_history(run_id: str, key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of one metric of a run, in step order."""
+    history = sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    return [m.step for m in history], [m.value for m in history]
+
+
+def tag_model_version(name: str, version: str, tags: dict[str, str]) -> None:
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, str(value))

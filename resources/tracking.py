@@ -26,12 +26,14 @@ class MlflowTracking(dg.ConfigurableResource):
             self.settings.resolved_home()
         )
 
+    def activate(self) -> str:
+        """Point the MLflow client at this store (creating the experiment); returns its id."""
+        return tracking.ensure_experiment(self.resolved_uri(), self.experiment, Path(self.settings.paths().mlflow) / "artifacts")
+
     @contextmanager
     def run(self, context: dg.AssetExecutionContext, run_name: str, tags: Optional[dict] = None):
         """One MLflow run, tagged with the Dagster lineage (run id, asset, partition, commit)."""
-        experiment_id = tracking.ensure_experiment(
-            self.resolved_uri(), self.experiment, Path(self.settings.paths().mlflow) / "artifacts"
-        )
+        experiment_id = self.activate()
         lineage = {
             "dagster.run_id": context.run.run_id,
             "dagster.asset_key": context.asset_key.to_user_string(),

@@ -3,8 +3,10 @@
 import dagster as dg
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 
 from assets import ingestion, labels
+from cxr_pipeline import tracking
 from cxr_pipeline.settings import WorkPaths
 from definitions import defs
 from resources import CxrSettings, MlflowTracking
@@ -30,7 +32,9 @@ def test_definitions_load_with_groups_jobs_and_checks():
     assert groups == {"raw_images": "ingestion", "ingested_images": "ingestion",
                       "label_table": "labels", "image_metadata": "labels",
                       "sr_pairs": "pairs", "low_dose_pairs": "pairs", "vae": "models", "latents": "models",
-                      "latent_sr": "models", "class_ddpm": "models", "low_dose_denoiser": "models"}
+                      "latent_sr": "models", "class_ddpm": "models", "low_dose_denoiser": "models",
+                      "cxr_classifier": "evaluation", "sr_evaluation": "evaluation",
+                      "denoising_evaluation": "evaluation", "generation_evaluation": "evaluation"}
     assert {"all_assets", "ingestion"} <= {job.name for job in repository.get_all_jobs()}
     check_names = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
     assert check_names == {"rejected_share_within_limit", "every_input_accounted_for",
@@ -147,15 +151,22 @@ def test_leakage_check_catches_a_patient_in_two_splits(small_demo, tmp_path):
 
 def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     """The README's main command, in process, on the built-in demo dataset: every asset and check.
-    The diffusion models train 30 steps instead of their 200 to keep CI short; everything else
-    runs with the demo defaults (the VAE's 300 steps included)."""
+    To keep CI short the diffusion models train 30 steps instead of 200, the classifier 150 instead
+    of 600, and evaluation samples with 10 DDIM steps on 40 test images; everything else runs with
+    the demo defaults (the VAE's 300 steps included)."""
     home = tmp_path / "home"
     job = defs.resolve_job_def("all_assets")
     settings = CxrSettings(home=str(home))
     short = {"steps": 30, "preview_every": 30, "checkpoint_every": 30, "log_every": 10}
+    quick_evaluation = {"ddim_steps": 10, "spread_seeds": 2, "max_test_images": 40, "bootstrap_resamples": 500}
+    ops = {name: {"config": short} for name in ("latent_sr", "class_ddpm", "low_dose_denoiser")}
+    ops["cxr_classifier"] = {"config": {"steps": 150, "eval_every": 75, "checkpoint_every": 75}}
+    ops["sr_evaluation"] = {"config": quick_evaluation}
+    ops["denoising_evaluation"] = {"config": {**quick_evaluation, "nlm_val_images": 16}}
+    ops["generation_evaluation"] = {"config": {**quick_evaluation, "samples_per_class": 4}}
     result = job.execute_in_process(
         resources={"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)},
-        run_config={"ops": {name: {"config": short} for name in ("latent_sr", "class_ddpm", "low_dose_denoiser")}},
+        run_config={"ops": ops},
     )
     assert result.success
     raw = result.asset_materializations_for_node("raw_images")[0].metadata
@@ -183,3 +194,36 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
                           ("low_dose_denoiser", "registered_model"))
     }
     assert registered == {"cxr-latent-sr-x4 v1", "cxr-class-ddpm v1", "cxr-lowdose-denoiser v1"}
+
+    # Evaluation: reports with tables and images, metrics in MLflow under the documented names,
+    # linked to the evaluated model's run and registered version.
+    client = MlflowClient(tracking.default_tracking_uri(home))
+    expected = {
+        "sr_evaluation": ["psnr_sr_x4_bicubic", "psnr_sr_x4_vae_ceiling", "psnr_sr_x4_ddim", "psnr_sr_x4_ddpm",
+                          "ssim_sr_x4_ddim", "mae_sr_x4_ddim", "lr_consistency_psnr_sr_x4_ddim", "spread_sr_x4_ddim",
+                          "psnr_sr_x4_ddim_ci_low", "psnr_gain_sr_x4_ddim"],
+        "denoising_evaluation": ["psnr_denoise_i0_1000_noisy", "psnr_denoise_i0_1000_nlm", "psnr_denoise_i0_1000_diffusion",
+                                 "ssim_denoise_i0_10000_diffusion", "psnr_gain_denoise_i0_3000_nlm"],
+        "generation_evaluation": ["fd_cxr_class_ddpm", "kid_class_ddpm", "cond_acc_class_ddpm", "ms_ssim_class_ddpm"],
+    }
+    for asset, names in expected.items():
+        produced = result.asset_materializations_for_node(asset)[0].metadata
+        html = produced["report"].value
+        text = open(html).read()
+        assert text.count("<table") >= 1 and text.count("data:image/png;base64,") >= 2
+        assert "| method" in produced["summary"].value or "| metric" in produced["summary"].value
+        logged = client.get_run(produced["evaluation_mlflow_run_id"].value).data.metrics
+        assert set(names) <= set(logged), (asset, sorted(set(names) - set(logged)))
+    sr = result.asset_materializations_for_node("sr_evaluation")[0].metadata
+    assert sr["psnr_sr_x4_vae_ceiling"].value > sr["psnr_sr_x4_bicubic"].value  # the ceiling is above bicubic
+    denoising = result.asset_materializations_for_node("denoising_evaluation")[0].metadata
+    assert denoising["psnr_denoise_i0_1000_nlm"].value > denoising["psnr_denoise_i0_1000_noisy"].value
+    generation = result.asset_materializations_for_node("generation_evaluation")[0].metadata
+    assert "not computed" in generation["fid_inception_status"].value
+    assert "fid_inception_class_ddpm" not in client.get_run(generation["evaluation_mlflow_run_id"].value).data.metrics
+    assert 0.0 <= generation["cond_acc_class_ddpm"].value <= 1.0
+    classifier = result.asset_materializations_for_node("cxr_classifier")[0].metadata
+    assert classifier["registered_model"].value == "cxr-feature-classifier v1"
+    version = client.get_model_version("cxr-latent-sr-x4", "1")
+    assert version.tags["evaluation_run_id"] == sr["evaluation_mlflow_run_id"].value
+    assert "psnr_sr_x4_ddim" in client.get_run(version.run_id).data.metrics

@@ -6,6 +6,8 @@ the stores' memory maps, a few hundred microseconds per batch at demo size (see 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import torch
@@ -45,3 +47,17 @@ class StoreImages:
     def all(self, batch_size: int = 256):
         for start in range(0, len(self), batch_size):
             yield self.batch(list(range(start, min(len(self), start + batch_size))))
+
+
+class WeightedStepSampler:
+    """Class-balanced batches: draws with probability ~ 1 / class frequency, seeded by step."""
+
+    def __init__(self, labels: Sequence[int], batch_size: int, seed: int):
+        labels = np.asarray(labels)
+        counts = np.bincount(labels)
+        weights = 1.0 / counts[labels]
+        self.p = weights / weights.sum()
+        self.batch_size, self.seed = batch_size, seed
+
+    def indices(self, step: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, step, 17]).choice(len(self.p), self.batch_size, p=self.p)

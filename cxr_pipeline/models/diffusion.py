@@ -169,9 +169,14 @@ class DiffusionModel:
         return self.conditioning.num_classes if self.conditioning.num_classes else None
 
 
+def describe(folder: Path) -> dict[str, Any]:
+    """A model folder's ``model.json``: kind, schedule, conditioning and the kind's extras."""
+    return json.loads((Path(folder) / "model.json").read_text())
+
+
 def load_model(folder: Path, device: torch.device | str = "cpu") -> DiffusionModel:
     folder = Path(folder)
-    description = json.loads((folder / "model.json").read_text())
+    description = describe(folder)
     unet = UNet2DModel.from_pretrained(str(folder / "unet")).to(device).eval()
     return DiffusionModel(unet, ScheduleConfig(**description["schedule"]), Conditioning(**description["conditioning"]),
                           description)

@@ -8,7 +8,6 @@ functions take only a model folder: they are how notebooks, evaluation and other
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import uuid
@@ -21,9 +20,9 @@ import pandas as pd
 import torch
 
 from ..data.image_store import ImageStore
-from .batches import EpochSampler, StoreImages
+from .batches import EpochSampler, StoreImages, WeightedStepSampler
 from .diffusion import Conditioning, ScheduleConfig, UNetConfig, epsilon_step, load_model, sample, save_model
-from .training import TrainConfig, Trainer, pick_device, step_generator
+from .training import TrainConfig, Trainer, pick_device, run_key, step_generator
 from .vae import encode_mean, from_model, load_vae, to_model
 
 PREVIEW_STEPS = 20  # DDIM steps for the grids logged during training
@@ -39,15 +38,11 @@ class DiffusionOutcome:
     previews: dict[int, np.ndarray] = field(default_factory=dict)  # step -> grid in [0, 1]
 
 
-def _run_key(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def _train(kind: str, unet_config: UNetConfig, schedule: ScheduleConfig, conditioning: Conditioning,
            batches: Callable[[int], dict], train_config: TrainConfig, runs_root: Path, data_hash: str,
            preview: Callable[[torch.nn.Module, int], np.ndarray], extra: dict, progress=None,
            stop_after: int | None = None) -> DiffusionOutcome:
-    run_dir = Path(runs_root) / _run_key(kind, asdict(unet_config), asdict(schedule), asdict(conditioning),
+    run_dir = Path(runs_root) / run_key(kind, asdict(unet_config), asdict(schedule), asdict(conditioning),
                                          train_config.identity(), data_hash)
     torch.manual_seed(train_config.seed)
     previews: dict[int, np.ndarray] = {}
@@ -125,20 +120,6 @@ def super_resolve(model_dir: Path, low_resolution: torch.Tensor, *, sampler: str
 
 
 # --- 2. Class-conditional DDPM with classifier-free guidance ------------------------------------------
-
-
-class WeightedStepSampler:
-    """Class-balanced batches: draws with probability ~ 1 / class frequency, seeded by step."""
-
-    def __init__(self, labels: Sequence[int], batch_size: int, seed: int):
-        labels = np.asarray(labels)
-        counts = np.bincount(labels)
-        weights = 1.0 / counts[labels]
-        self.p = weights / weights.sum()
-        self.batch_size, self.seed = batch_size, seed
-
-    def indices(self, step: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, step, 17]).choice(len(self.p), self.batch_size, p=self.p)
 
 
 def train_class_ddpm(metadata: pd.DataFrame, store: ImageStore, class_names: Sequence[str], unet_config: UNetConfig,

@@ -12,6 +12,7 @@ weights as safetensors, optimizer/scheduler state, and a JSON with the step and 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import shutil
@@ -44,6 +45,11 @@ def pick_device(preference: str = "auto") -> torch.device:
 def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The random stream of one step: the same whether or not the run was resumed."""
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
+
+
+def run_key(*parts: object) -> str:
+    """Runs with the same model, training config and data share a folder, so a restart resumes."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ the posterior mean, so validation numbers are deterministic.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import uuid
@@ -24,7 +23,7 @@ from ..data import atomic
 from ..data.degrade import upsample_bicubic
 from ..data.image_store import ImageStore
 from .batches import EpochSampler, StoreImages
-from .training import TrainConfig, Trainer, pick_device
+from .training import TrainConfig, Trainer, pick_device, run_key
 
 
 @dataclass(frozen=True)
@@ -140,19 +139,12 @@ class VaeTrainingOutcome:
     final_step: int
 
 
-def run_key(vae_config: VaeConfig, train_config, data_hash: str) -> str:
-    """Runs with the same model, training config and data share a folder, so a restart resumes."""
-    identity = json.dumps({"vae": vae_config.as_dict(), "train": train_config.identity(), "data": data_hash},
-                          sort_keys=True)
-    return hashlib.sha256(identity.encode()).hexdigest()[:12]
-
-
 def train_vae(metadata: pd.DataFrame, store: ImageStore, runs_root: Path, vae_config: VaeConfig,
               train_config: TrainConfig, data_hash: str, progress=None, stop_after: int | None = None) -> VaeTrainingOutcome:
     train = StoreImages(store, metadata[metadata["split"] == "train"])
     val = StoreImages(store, metadata[metadata["split"] == "val"])
     sampler = EpochSampler(len(train), train_config.batch_size, train_config.seed)
-    run_dir = Path(runs_root) / run_key(vae_config, train_config, data_hash)
+    run_dir = Path(runs_root) / run_key("vae", vae_config.as_dict(), train_config.identity(), data_hash)
     torch.manual_seed(train_config.seed)
     trainer = Trainer(
         vae_config.build(), vae_step(vae_config.kl_weight), lambda step: train.batch(sampler.indices(step)),

@@ -24,7 +24,8 @@ def image_grid(images: np.ndarray, columns: int = 8, gap: int = 2) -> np.ndarray
 
 
 def png_bytes(image: np.ndarray, upscale: int = 1) -> bytes:
-    """8-bit grayscale PNG of an image in [0, 1]; nearest-neighbour upscaling keeps pixels honest."""
+    """8-bit PNG of a gray (H, W) or RGB (H, W, 3) image in [0, 1]; nearest-neighbour upscaling
+    keeps pixels honest."""
     array = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
     picture = Image.fromarray(array)
     if upscale > 1:

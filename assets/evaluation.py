@@ -1,0 +1,297 @@
+"""Evaluation stage: the CXR feature classifier, then each model evaluated on the test split.
+
+Every evaluation asset is one MLflow run tagged with the model versions it evaluated. It logs each
+figure as a metric (``<metric>_<task>_<method>``, see the README), writes a self-contained HTML
+report and its Markdown twin (also logged as artifacts), copies the headline figures into the
+evaluated model's own run, and tags the registered model version with the evaluation run.
+"""
+
+import os
+import time
+from typing import Optional
+
+import dagster as dg
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from cxr_pipeline import tracking
+from cxr_pipeline.data import atomic
+from cxr_pipeline.data.image_store import ImageStore
+from cxr_pipeline.data.labels.metadata import content_hash
+from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES
+from cxr_pipeline.data.pairs import doses_built, low_dose_pair_dir, scales_built, sr_pair_dir
+from cxr_pipeline.evaluation.generation import evaluate_generation
+from cxr_pipeline.evaluation.restoration import NLM_FACTORS, evaluate_denoising, evaluate_super_resolution, tune_nlm
+from cxr_pipeline.models.batches import StoreImages
+from cxr_pipeline.models.classifier import ClassifierConfig, train_classifier
+from cxr_pipeline.reports.document import Figure, Report, Section, markdown_table, write_report
+from cxr_pipeline.reports.plots import line_plot
+from resources import CxrSettings, MlflowTracking
+
+from .diffusion import class_ddpm, latent_sr, low_dose_denoiser
+from .labels import image_metadata
+from .models import TRAINING_TAGS, TrainingConfig, progress_logger, read_current_model, write_current_model
+from .pairs import low_dose_pairs, sr_pairs
+
+CLASSIFIER_MODEL_NAME = "cxr-feature-classifier"
+
+
+class ClassifierTrainingConfig(TrainingConfig):
+    steps: int = 600
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    eval_every: int = 100  # validation AUROC every this many steps
+    classes: list[str] = list(DEFAULT_CLASSES)
+
+
+@dg.asset(group_name="evaluation", deps=[image_metadata], kinds={"pytorch", "mlflow"}, op_tags=TRAINING_TAGS)
+def cxr_classifier(context: dg.AssetExecutionContext, config: ClassifierTrainingConfig, settings: CxrSettings,
+                   mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+    """The CXR feature network: a pathology classifier on the single-label classes, trained on the
+    train split with class-balanced batches and validated (AUROC per class) on val. Its features
+    and predictions score the generator; registered as ``cxr-feature-classifier``."""
+    paths = settings.paths()
+    metadata = pd.read_parquet(paths.metadata)
+    data_hash = content_hash(metadata)
+    network = ClassifierConfig(widths=tuple(config.block_out_channels)) if config.block_out_channels else ClassifierConfig()
+    train_config = config.train_config(eval_every=config.eval_every)
+    with mlflow_tracking.run(context, run_name="cxr-classifier", tags={"data.split_hash": data_hash,
+                                                                       "model": CLASSIFIER_MODEL_NAME}) as run:
+        mlflow.log_params({**{f"classifier.{k}": v for k, v in network.as_dict().items()},
+                           **{f"train.{k}": v for k, v in train_config.identity().items()},
+                           "classes": ",".join(config.classes)})
+        outcome = train_classifier(metadata, ImageStore(paths.image_store), config.classes, network, train_config,
+                                   paths.models / "classifier", data_hash, progress=progress_logger(context))
+        mlflow.log_metrics({f"final_{k}": v for k, v in outcome.metrics.items()})
+        mlflow.log_artifacts(str(outcome.model_dir), artifact_path="model")
+        version = tracking.register_folder(run.info.run_id, "model", CLASSIFIER_MODEL_NAME,
+                                           description="CXR feature network for fd_cxr, KID and conditional accuracy")
+    write_current_model(settings, "classifier", {"model_dir": str(outcome.model_dir), "mlflow_run_id": run.info.run_id,
+                                                 "registered_model": CLASSIFIER_MODEL_NAME, "version": version,
+                                                 "data_hash": data_hash})
+    per_class = pd.DataFrame([{"class": name, "val AUROC": f"{outcome.metrics[f'val_auroc_{name}']:.3f}"}
+                              for name in config.classes if f"val_auroc_{name}" in outcome.metrics])
+    return dg.MaterializeResult(metadata={
+        "val_auroc_macro": round(outcome.metrics["val_auroc_macro"], 4),
+        "val_accuracy": round(outcome.metrics["val_accuracy"], 4),
+        "val_auroc_per_class": dg.MetadataValue.md(markdown_table(per_class)),
+        "mlflow_run_id": run.info.run_id,
+        "registered_model": f"{CLASSIFIER_MODEL_NAME} v{version}",
+        "checkpoint": dg.MetadataValue.path(str(outcome.model_dir)),
+        "steps": outcome.final_step,
+        "resumed_from_step": outcome.resumed_from if outcome.resumed_from is not None else -1,
+    })
+
+
+# --- Shared by the evaluation assets ------------------------------------------------------------------
+
+
+class EvaluationConfig(dg.Config):
+    ddim_steps: int = 50
+    spread_seeds: int = 4  # seeds per input for the sample-spread guard (1 turns it off)
+    max_test_images: Optional[int] = None  # None: the whole test split
+    bootstrap_resamples: int = 2000
+    seed: int = 0
+    device: str = "auto"
+
+
+def _split_rows(metadata: pd.DataFrame, split: str, limit: Optional[int] = None, labelled: bool = False) -> pd.DataFrame:
+    rows = metadata[metadata["split"] == split]
+    if labelled:
+        rows = rows[rows["class_id"].notna()]
+    rows = rows.reset_index(drop=True)
+    return rows.iloc[:limit] if limit else rows
+
+
+def _images(store: ImageStore, rows: pd.DataFrame) -> torch.Tensor:
+    return torch.cat(list(StoreImages(store, rows).all())) if len(rows) else torch.zeros(0)
+
+
+def _degraded(pair_dir, rows: pd.DataFrame) -> torch.Tensor:
+    """The degraded versions of ``rows``' images from a pair store, in the same order."""
+    index = pd.read_parquet(pair_dir / "index.parquet").set_index("image_id").loc[rows["image_id"]].reset_index()
+    return _images(ImageStore(pair_dir), index)
+
+
+def _training_curves(pointer: dict, title: str) -> Figure:
+    steps, losses = tracking.metric_history(pointer["mlflow_run_id"], "train_loss")
+    image = line_plot({"train loss": (steps, losses)}, f"{title}: training loss", "loss", log_y=True)
+    return Figure(f"{title}: training loss", image, f"{pointer['registered_model']} v{pointer['version']}, "
+                                                    f"MLflow run {pointer['mlflow_run_id']}")
+
+
+def _is_headline(name: str) -> bool:
+    return not name.endswith(("_std", "_ci_low", "_ci_high"))
+
+
+def _publish(context: dg.AssetExecutionContext, settings: CxrSettings, mlflow_tracking: MlflowTracking, name: str,
+             report: Report, metrics: dict[str, float], evaluated: list[tuple[dict, dict[str, float]]], params: dict,
+             scores: Optional[pd.DataFrame] = None) -> dict:
+    """Write the report, log the evaluation run, link it both ways; returns asset metadata."""
+    folder = settings.paths().reports / name / f"{time.strftime('%Y%m%d-%H%M%S')}-{context.run.run_id[:8]}"
+    html, markdown = write_report(report, folder)
+    if scores is not None:
+        atomic.write_csv(folder / "per_image_scores.csv", scores)
+    tags = {"evaluation.models": ", ".join(f"{p['registered_model']} v{p['version']}" for p, _ in evaluated),
+            "evaluation.model_run_ids": ",".join(p["mlflow_run_id"] for p, _ in evaluated), "evaluation.split": "test"}
+    with mlflow_tracking.run(context, run_name=f"evaluate-{name}", tags=tags) as run:
+        mlflow.log_params(params)
+        mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+        mlflow.log_artifacts(str(folder), artifact_path="report")
+    for pointer, model_metrics in evaluated:
+        tracking.log_metrics_to_run(pointer["mlflow_run_id"], {k: v for k, v in model_metrics.items() if _is_headline(k)})
+        tracking.tag_model_version(pointer["registered_model"], pointer["version"],
+                                   {"evaluation_run_id": run.info.run_id, "evaluation_report": str(html)})
+    context.log.info(f"report: {html}")
+    return {
+        "report": dg.MetadataValue.path(str(html)),
+        "report_markdown": dg.MetadataValue.path(str(markdown)),
+        "evaluation_mlflow_run_id": run.info.run_id,
+        **{k: float(round(v, 5)) for k, v in metrics.items() if _is_headline(k) and np.isfinite(v)},
+    }
+
+
+# --- Super-resolution -----------------------------------------------------------------------------------
+
+
+class SrEvaluationConfig(EvaluationConfig):
+    full_chain: bool = True  # also sample with the full ancestral chain (T steps)
+
+
+@dg.asset(group_name="evaluation", deps=[latent_sr, sr_pairs], kinds={"pytorch", "mlflow"}, op_tags=TRAINING_TAGS)
+def sr_evaluation(context: dg.AssetExecutionContext, config: SrEvaluationConfig, settings: CxrSettings,
+                  mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+    """Each latent SR model on the test split against bicubic and the VAE ceiling: PSNR/SSIM/MAE,
+    LR-consistency and the spread over seeds, with DDIM and with the full chain."""
+    paths = settings.paths()
+    mlflow_tracking.activate()
+    metadata = pd.read_parquet(paths.metadata)
+    rows = _split_rows(metadata, "test", config.max_test_images)
+    high_resolution = _images(ImageStore(paths.image_store), rows)
+    sections, metrics, evaluated, tables, scores = [], {}, [], [], []
+    for scale in scales_built(paths.pairs):
+        if not paths.model_pointer(f"latent_sr_x{scale}").exists():
+            continue
+        pointer = read_current_model(settings, f"latent_sr_x{scale}")
+        context.log.info(f"evaluating {pointer['registered_model']} v{pointer['version']} on {len(rows)} test images")
+        result = evaluate_super_resolution(
+            pointer["model_dir"], high_resolution, _degraded(sr_pair_dir(paths.pairs, scale), rows), rows["image_id"],
+            rows["patient_key"], ddim_steps=config.ddim_steps, full_chain=config.full_chain,
+            spread_seeds=config.spread_seeds, seed=config.seed, resamples=config.bootstrap_resamples, device=config.device)
+        section = result.section()
+        section.figures.append(_training_curves(pointer, f"Latent SR x{scale}"))
+        sections.append(section)
+        metrics.update(result.metrics())
+        evaluated.append((pointer, result.metrics()))
+        tables.append(f"**x{scale}**\n\n" + markdown_table(result.table()))
+        scores.append(result.scores.assign(task=result.task))
+    if not evaluated:
+        raise FileNotFoundError("no trained latent SR model: materialize latent_sr first")
+    report = Report("Super-resolution evaluation", _summary_text(rows, evaluated), sections)
+    produced = _publish(context, settings, mlflow_tracking, "sr_evaluation", report, metrics, evaluated,
+                        config.model_dump(), pd.concat(scores, ignore_index=True))
+    return dg.MaterializeResult(metadata={"summary": dg.MetadataValue.md("\n\n".join(tables)), "test_images": len(rows),
+                                          **produced})
+
+
+def _summary_text(rows: pd.DataFrame, evaluated: list[tuple[dict, dict]]) -> str:
+    models = ", ".join(f"{p['registered_model']} v{p['version']}" for p, _ in evaluated)
+    return (f"{models}, evaluated on the test split: {len(rows)} images of {rows['patient_key'].nunique()} patients "
+            f"(patient-level split, no patient shared with train or val). All intensities in [0, 1]; PSNR in dB with "
+            f"data range 1.")
+
+
+# --- Denoising ------------------------------------------------------------------------------------------
+
+
+class DenoisingEvaluationConfig(EvaluationConfig):
+    nlm_factors: list[float] = list(NLM_FACTORS)  # candidates for NLM's h / sigma, tuned on val
+    nlm_val_images: int = 48
+
+
+@dg.asset(group_name="evaluation", deps=[low_dose_denoiser, low_dose_pairs], kinds={"pytorch", "mlflow"},
+          op_tags=TRAINING_TAGS)
+def denoising_evaluation(context: dg.AssetExecutionContext, config: DenoisingEvaluationConfig, settings: CxrSettings,
+                         mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+    """The low-dose denoiser per dose level on the test split, against the noisy input and
+    non-local means tuned on val."""
+    paths = settings.paths()
+    mlflow_tracking.activate()
+    pointer = read_current_model(settings, "denoiser")
+    metadata = pd.read_parquet(paths.metadata)
+    rows = _split_rows(metadata, "test", config.max_test_images)
+    val_rows = _split_rows(metadata, "val", config.nlm_val_images)
+    store = ImageStore(paths.image_store)
+    clean, val_clean = _images(store, rows), _images(store, val_rows)
+    sections, metrics, tables, scores = [], {}, [], []
+    for dose in doses_built(paths.pairs):
+        folder = low_dose_pair_dir(paths.pairs, dose)
+        factor, search = tune_nlm(val_clean, _degraded(folder, val_rows), config.nlm_factors)
+        context.log.info(f"I0 {dose:g}: NLM h = {factor:g} sigma on val; evaluating on {len(rows)} test images")
+        result = evaluate_denoising(pointer["model_dir"], clean, _degraded(folder, rows), rows["image_id"],
+                                    rows["patient_key"], dose, factor, search, ddim_steps=config.ddim_steps,
+                                    spread_seeds=config.spread_seeds, seed=config.seed,
+                                    resamples=config.bootstrap_resamples, device=config.device)
+        sections.append(result.section())
+        metrics.update(result.metrics())
+        tables.append(f"**I0 = {dose:g}**\n\n" + markdown_table(result.table()))
+        scores.append(result.scores.assign(task=result.task))
+    if not sections:
+        raise FileNotFoundError("no low-dose pairs: materialize low_dose_pairs first")
+    sections.append(Section("Training", figures=[_training_curves(pointer, "Low-dose denoiser")]))
+    report = Report("Low-dose denoising evaluation", _summary_text(rows, [(pointer, metrics)]), sections)
+    produced = _publish(context, settings, mlflow_tracking, "denoising_evaluation", report, metrics,
+                        [(pointer, metrics)], config.model_dump(), pd.concat(scores, ignore_index=True))
+    return dg.MaterializeResult(metadata={"summary": dg.MetadataValue.md("\n\n".join(tables)), "test_images": len(rows),
+                                          **produced})
+
+
+# --- Generation -----------------------------------------------------------------------------------------
+
+
+class GenerationEvaluationConfig(EvaluationConfig):
+    samples_per_class: int = 10  # for conditional accuracy and diversity; raise for publication figures
+    fd_samples: Optional[int] = None  # generated images for fd_cxr/KID/FID; None: as many as real test images
+    guidance_scale: Optional[float] = None  # None: the model's default
+    fid_inception_weights: Optional[str] = None  # path; None: $CXR_FID_INCEPTION_WEIGHTS, else not computed
+    fid_inception_sha256: Optional[str] = None  # pin the file's full digest
+
+
+@dg.asset(group_name="evaluation", deps=[class_ddpm, cxr_classifier], kinds={"pytorch", "mlflow"}, op_tags=TRAINING_TAGS)
+def generation_evaluation(context: dg.AssetExecutionContext, config: GenerationEvaluationConfig, settings: CxrSettings,
+                          mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+    """The class-conditional DDPM against real test images: fd_cxr and KID on the CXR feature
+    network, conditional accuracy, MS-SSIM diversity, and Inception FID when its weights are
+    available locally."""
+    paths = settings.paths()
+    mlflow_tracking.activate()
+    pointer = read_current_model(settings, "class_ddpm")
+    classifier = read_current_model(settings, "classifier")
+    metadata = pd.read_parquet(paths.metadata)
+    rows = _split_rows(metadata, "test", config.max_test_images, labelled=True)
+    val_rows = _split_rows(metadata, "val", labelled=True)
+    store = ImageStore(paths.image_store)
+    weights = config.fid_inception_weights or os.environ.get("CXR_FID_INCEPTION_WEIGHTS")
+    result = evaluate_generation(pointer["model_dir"], classifier["model_dir"], _images(store, rows),
+                                 rows["class_id"].astype(int).to_numpy(), _images(store, val_rows),
+                                 samples_per_class=config.samples_per_class, fd_samples=config.fd_samples,
+                                 ddim_steps=config.ddim_steps, guidance=config.guidance_scale, seed=config.seed,
+                                 inception_weights=weights, inception_sha256=config.fid_inception_sha256,
+                                 device=config.device)
+    context.log.info(f"fid_inception: {result.fid.reason}")
+    section = result.section()
+    section.figures.append(_training_curves(pointer, "Class-conditional DDPM"))
+    metrics = result.metrics()
+    report = Report("Class-conditional generation evaluation",
+                    f"{pointer['registered_model']} v{pointer['version']} scored with {classifier['registered_model']} "
+                    f"v{classifier['version']} against the {len(rows)} single-label test images.", [section])
+    params = {**config.model_dump(), "fid_inception": result.fid.reason, "classifier": f"v{classifier['version']}"}
+    produced = _publish(context, settings, mlflow_tracking, "generation_evaluation", report, metrics,
+                        [(pointer, metrics)], params)
+    return dg.MaterializeResult(metadata={
+        "summary": dg.MetadataValue.md(markdown_table(result.headline()) + "\n\n" + markdown_table(result.per_class())),
+        "fid_inception_status": result.fid.reason,
+        **produced,
+    })

@@ -1,0 +1,159 @@
+"""Class-conditional generation, judged by our CXR feature network against real test images.
+
+Two sample sets come from one sampling pass:
+- a *prior-matched* set, whose classes follow the real test set's class counts, for the Fréchet
+  distance and KID (a class-balanced set against an imbalanced real set would be penalized for
+  the class mix alone);
+- a *balanced* set, ``samples_per_class`` of each class, for conditional accuracy and diversity.
+Each figure comes with its reference: the classifier's accuracy on real test images, FD/KID
+between real val and real test images (the floor at this sample size), MS-SSIM of real images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..metrics.distribution import (conditional_accuracy, frechet_distance, kernel_inception_distance,
+                                    mean_pairwise_ms_ssim)
+from ..metrics.inception import InceptionFid, inception_fid
+from ..models.classifier import embed, load_classifier
+from ..models.diffusion import describe
+from ..models.diffusion_training import generate
+from ..reports.document import Figure, Section, Table
+from ..reports.grid import image_grid
+
+MODEL_KEY = "class_ddpm"
+
+
+@dataclass
+class GenerationEvaluation:
+    class_names: list[str]
+    fd_cxr: float
+    kid: tuple[float, float]
+    fd_cxr_real: float  # real val vs real test: what two real sets score at this size
+    kid_real: tuple[float, float]
+    cond_acc: float
+    cond_acc_per_class: np.ndarray
+    real_accuracy_per_class: np.ndarray  # the classifier on real test images
+    real_accuracy: float
+    diversity: dict[str, tuple[float, float]]  # class -> (generated MS-SSIM, real MS-SSIM)
+    fid: InceptionFid
+    counts: dict[str, int]
+    guidance: float
+    figures: list[Figure] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat MLflow names, ``<metric>_class_ddpm[_<class>]``; FID only when computed."""
+        key = MODEL_KEY
+        flat = {f"fd_cxr_{key}": self.fd_cxr, f"kid_{key}": self.kid[0], f"kid_{key}_std": self.kid[1],
+                f"fd_cxr_{key}_real_reference": self.fd_cxr_real, f"kid_{key}_real_reference": self.kid_real[0],
+                f"cond_acc_{key}": self.cond_acc, f"cond_acc_{key}_real_reference": self.real_accuracy,
+                f"fd_samples_{key}": float(self.counts["fd_generated"]),
+                f"cond_acc_samples_{key}": float(self.counts["balanced_generated"])}
+        for name, accuracy in zip(self.class_names, self.cond_acc_per_class):
+            if not np.isnan(accuracy):
+                flat[f"cond_acc_{key}_{name}"] = float(accuracy)
+        generated = [g for g, _ in self.diversity.values() if not np.isnan(g)]
+        real = [r for _, r in self.diversity.values() if not np.isnan(r)]
+        if generated:
+            flat[f"ms_ssim_{key}"] = float(np.mean(generated))
+        if real:
+            flat[f"ms_ssim_{key}_real_reference"] = float(np.mean(real))
+        if self.fid.computed:
+            flat[f"fid_inception_{key}"] = self.fid.value
+        return flat
+
+    def headline(self) -> pd.DataFrame:
+        counts = self.counts
+        rows = [
+            ("fd_cxr", f"{self.fd_cxr:.3f}", f"{self.fd_cxr_real:.3f} (real val vs real test)",
+             f"{counts['fd_generated']} generated vs {counts['real_test']} real"),
+            ("kid", f"{self.kid[0]:.4f} ± {self.kid[1]:.4f}", f"{self.kid_real[0]:.4f} ± {self.kid_real[1]:.4f}",
+             f"{counts['fd_generated']} generated vs {counts['real_test']} real"),
+            ("fid_inception", f"{self.fid.value:.2f}" if self.fid.computed else "not computed", "—", self.fid.reason),
+            ("cond_acc", f"{self.cond_acc:.3f}", f"{self.real_accuracy:.3f} (classifier on real test images)",
+             f"{counts['balanced_generated']} generated, {counts['balanced_generated'] // len(self.class_names)} per class"),
+        ]
+        return pd.DataFrame(rows, columns=["metric", "generated", "real reference", "samples"])
+
+    def per_class(self) -> pd.DataFrame:
+        rows = []
+        for index, name in enumerate(self.class_names):
+            generated, real = self.diversity.get(name, (np.nan, np.nan))
+            rows.append({"class": name, "cond_acc": _fmt(self.cond_acc_per_class[index]),
+                         "classifier accuracy on real test": _fmt(self.real_accuracy_per_class[index]),
+                         "MS-SSIM generated": _fmt(generated), "MS-SSIM real": _fmt(real)})
+        return pd.DataFrame(rows)
+
+    def section(self) -> Section:
+        text = (f"Class-conditional DDPM sampled with classifier-free guidance w = {self.guidance:g}. Features and "
+                "predictions come from the CXR feature classifier trained on the train split. FD and KID are biased at "
+                "small sample counts: compare them only at equal counts, and against the real-vs-real reference. "
+                "MS-SSIM is the mean over pairs within a class: lower is more diverse; generated far above real means "
+                "mode collapse.")
+        tables = [Table("Generation: headline", self.headline()),
+                  Table("Generation: per class", self.per_class(), "NaN: no test images of that class.")]
+        return Section("Class-conditional generation", text, tables, self.figures)
+
+
+def _fmt(value: float) -> str:
+    return "—" if value is None or np.isnan(value) else f"{value:.3f}"
+
+
+def evaluate_generation(model_dir: Path, classifier_dir: Path, real_test: torch.Tensor, real_test_labels: Sequence[int],
+                        real_val: torch.Tensor, *, samples_per_class: int = 16, fd_samples: int | None = None,
+                        ddim_steps: int = 50, guidance: float | None = None, seed: int = 0,
+                        inception_weights: str | None = None, inception_sha256: str | None = None,
+                        device: str = "auto") -> GenerationEvaluation:
+    classifier, description = load_classifier(classifier_dir, device)
+    class_names = list(description["class_names"])
+    labels = np.asarray(real_test_labels, dtype=int)
+    count = fd_samples or len(labels)
+    prior_matched = np.resize(labels, count)  # the test class mix, repeated or cut to the count
+    balanced = np.repeat(np.arange(len(class_names)), samples_per_class)
+    wanted = np.concatenate([prior_matched, balanced])
+    samples = generate(model_dir, wanted.tolist(), guidance=guidance, steps=ddim_steps, seed=seed, device=device)
+    fd_set, balanced_set = samples[:count], samples[count:]
+
+    real_features, real_probabilities = embed(classifier, real_test)
+    val_features, _ = embed(classifier, real_val)
+    fake_features, _ = embed(classifier, fd_set)
+    _, balanced_probabilities = embed(classifier, balanced_set)
+    predicted = balanced_probabilities.argmax(axis=1)
+    cond_acc, per_class = conditional_accuracy(predicted, balanced, len(class_names))
+    real_accuracy, real_per_class = conditional_accuracy(real_probabilities.argmax(axis=1), labels, len(class_names))
+
+    diversity = {}
+    for index, name in enumerate(class_names):
+        real_of_class = real_test[labels == index]
+        generated = mean_pairwise_ms_ssim(balanced_set[balanced == index]) if samples_per_class >= 2 else np.nan
+        real = mean_pairwise_ms_ssim(real_of_class[:samples_per_class]) if len(real_of_class) >= 2 else np.nan
+        diversity[name] = (generated, real)
+
+    used_guidance = guidance if guidance is not None else describe(model_dir)["default_guidance"]
+    figures = [Figure("Samples per class", image_grid(_per_class_rows(balanced_set, balanced, len(class_names)),
+                                                        columns=min(samples_per_class, 8)),
+                      "One row per class, top to bottom: " + ", ".join(class_names) + ".", upscale=2)]
+    return GenerationEvaluation(
+        class_names=class_names,
+        fd_cxr=frechet_distance(real_features, fake_features),
+        kid=kernel_inception_distance(real_features, fake_features, seed=seed),
+        fd_cxr_real=frechet_distance(real_features, val_features),
+        kid_real=kernel_inception_distance(real_features, val_features, seed=seed),
+        cond_acc=cond_acc, cond_acc_per_class=per_class, real_accuracy=real_accuracy, real_accuracy_per_class=real_per_class,
+        diversity=diversity, fid=inception_fid(real_test, fd_set, inception_weights, inception_sha256),
+        counts={"fd_generated": count, "real_test": len(labels), "real_val": len(real_val),
+                "balanced_generated": len(balanced)},
+        guidance=float(used_guidance), figures=figures)
+
+
+def _per_class_rows(images: torch.Tensor, classes: np.ndarray, num_classes: int, per_row: int = 8) -> np.ndarray:
+    rows = [images[classes == c][:per_row, 0] for c in range(num_classes)]
+    width = min(per_row, min(len(r) for r in rows))
+    return torch.cat([r[:width] for r in rows]).numpy()

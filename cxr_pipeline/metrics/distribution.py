@@ -1,0 +1,101 @@
+"""Distribution-level scores for generated images, computed on features of a network we choose.
+
+Fréchet distance and KID come from torchmetrics; the network that makes the features is passed
+in as features already computed (one forward pass serves FD, KID and conditional accuracy).
+Both are biased at small sample counts: compare two figures only at equal counts.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, five scales
+
+
+class _Precomputed(torch.nn.Module):
+    """A "feature extractor" that passes features through, so torchmetrics accepts them."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def _as_tensor(features) -> torch.Tensor:
+    tensor = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    if tensor.ndim != 2 or len(tensor) < 2:
+        raise ValueError(f"expected (N >= 2, D) features, got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def frechet_distance(real_features, fake_features) -> float:
+    real, fake = _as_tensor(real_features), _as_tensor(fake_features)
+    metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]), reset_real_features=True)
+    metric.set_dtype(torch.float64)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    return float(metric.compute())
+
+
+def kernel_inception_distance(real_features, fake_features, subset_size: int | None = None, subsets: int = 100,
+                              seed: int = 0) -> tuple[float, float]:
+    """Unbiased squared MMD with the cubic polynomial kernel, mean and std over random subsets of
+    ``subset_size`` (default: half the smaller set, so the std says how stable the figure is;
+    the estimate is unbiased at any subset size)."""
+    real, fake = _as_tensor(real_features), _as_tensor(fake_features)
+    size = min(len(real), len(fake), subset_size or max(2, min(len(real), len(fake)) // 2))
+    with warnings.catch_warnings():  # "will save all extracted features": they are already in memory
+        warnings.simplefilter("ignore", UserWarning)
+        metric = KernelInceptionDistance(feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=size)
+    metric.set_dtype(torch.float64)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)  # torchmetrics draws the subsets from the global generator
+    try:
+        mean, std = metric.compute()
+    finally:
+        torch.random.set_rng_state(state)
+    return float(mean), float(std)
+
+
+def ms_ssim_betas(size: int, kernel_size: int = 11) -> tuple[float, ...]:
+    """The standard scale weights, truncated (and renormalized) to the scales an image of this
+    size supports: five at 256 px, three at 64 px."""
+    for scales in range(len(MS_SSIM_BETAS), 0, -1):
+        if size >= 2**scales and size // max(1, scales - 1) ** 2 > kernel_size - 1:
+            betas = np.asarray(MS_SSIM_BETAS[:scales])
+            return tuple(float(b) for b in betas / betas.sum())
+    raise ValueError(f"images of {size} px are too small for MS-SSIM")
+
+
+def mean_pairwise_ms_ssim(images: torch.Tensor, max_pairs: int = 200, seed: int = 0) -> float:
+    """Mean MS-SSIM over distinct pairs of a set (N, 1, H, W) in [0, 1]: 1 means identical images
+    (mode collapse); lower is more diverse. Compare with the same figure on real images."""
+    count = len(images)
+    if count < 2:
+        raise ValueError("need at least two images")
+    pairs = np.array([(i, j) for i in range(count) for j in range(i + 1, count)])
+    if len(pairs) > max_pairs:
+        pairs = pairs[np.random.default_rng(seed).choice(len(pairs), max_pairs, replace=False)]
+    first, second = images[pairs[:, 0]].double(), images[pairs[:, 1]].double()
+    scores = multiscale_structural_similarity_index_measure(
+        first, second, data_range=1.0, betas=ms_ssim_betas(images.shape[-1]), normalize="relu", reduction="none")
+    return float(scores.mean())
+
+
+def conditional_accuracy(predicted: np.ndarray, wanted: np.ndarray, num_classes: int) -> tuple[float, np.ndarray]:
+    """Share of samples generated for class c that the classifier assigns to c: overall, and per
+    class (NaN for a class with no samples)."""
+    predicted, wanted = np.asarray(predicted), np.asarray(wanted)
+    hits = predicted == wanted
+    per_class = np.array([hits[wanted == c].mean() if (wanted == c).any() else np.nan for c in range(num_classes)])
+    return float(hits.mean()), per_class

@@ -1,0 +1,46 @@
+"""Full-reference scores for restoration, and the two hallucination guards.
+
+Images are (N, 1, H, W) float tensors in [0, 1], so the data range of every score is 1.0:
+PSNR = 10 log10(1 / MSE), SSIM with the standard 11-pixel Gaussian window (sigma 1.5,
+K1 0.01, K2 0.03), MAE in the same intensity units.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from ..data.degrade import downsample
+
+DATA_RANGE = 1.0
+
+
+def per_image_scores(prediction: torch.Tensor, target: torch.Tensor) -> pd.DataFrame:
+    """PSNR (dB), SSIM and MAE of each image pair."""
+    if prediction.shape != target.shape or prediction.ndim != 4:
+        raise ValueError(f"expected equal (N, C, H, W) shapes, got {tuple(prediction.shape)} and {tuple(target.shape)}")
+    prediction, target = prediction.double(), target.double()
+    psnr = peak_signal_noise_ratio(prediction, target, data_range=DATA_RANGE, reduction="none", dim=(1, 2, 3))
+    ssim = structural_similarity_index_measure(prediction, target, data_range=DATA_RANGE, reduction="none")
+    mae = (prediction - target).abs().mean(dim=(1, 2, 3))
+    return pd.DataFrame({"psnr": psnr.numpy(), "ssim": ssim.numpy(), "mae": mae.numpy()})
+
+
+def lr_consistency_psnr(super_resolved: torch.Tensor, low_resolution: torch.Tensor, scale: int) -> np.ndarray:
+    """PSNR between the SR output brought back down to LR (the same antialiased downsampling that
+    made the pairs) and the LR input. Detail the LR image does not support lowers it: a model
+    that invents structure fails here even when its output looks plausible."""
+    reduced = torch.from_numpy(np.stack([downsample(image[0].numpy(), scale) for image in super_resolved.float()]))
+    return peak_signal_noise_ratio(reduced.unsqueeze(1).double(), low_resolution.double(), data_range=DATA_RANGE,
+                                   reduction="none", dim=(1, 2, 3)).numpy()
+
+
+def sample_spread(samples: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Samples (K seeds, N, 1, H, W) -> per-image mean of the per-pixel std over seeds, and the
+    std map of each image (N, H, W). Where seeds disagree, the output is the model's guess."""
+    if samples.ndim != 5 or samples.shape[0] < 2:
+        raise ValueError("expected (K >= 2, N, 1, H, W) samples")
+    maps = samples.double().std(dim=0, unbiased=True)[:, 0]
+    return maps.mean(dim=(1, 2)).numpy(), maps.float().numpy()
