@@ -23,10 +23,11 @@ from cxr_pipeline.data.labels.metadata import content_hash
 from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES
 from cxr_pipeline.data.pairs import doses_built, low_dose_pair_dir, scales_built, sr_pair_dir
 from cxr_pipeline.evaluation.generation import evaluate_generation
-from cxr_pipeline.evaluation.restoration import NLM_FACTORS, evaluate_denoising, evaluate_super_resolution, tune_nlm
+from cxr_pipeline.evaluation.restoration import (DENOISER_STRENGTHS, NLM_FACTORS, evaluate_denoising,
+                                                 evaluate_super_resolution, tune_denoiser_strength, tune_nlm)
 from cxr_pipeline.models.batches import StoreImages
 from cxr_pipeline.models.classifier import ClassifierConfig, train_classifier
-from cxr_pipeline.reports.document import Figure, Report, Section, markdown_table, write_report
+from cxr_pipeline.reports.document import Figure, Report, Section, Table, markdown_table, write_report
 from cxr_pipeline.reports.plots import line_plot
 from resources import CxrSettings, MlflowTracking
 
@@ -91,6 +92,7 @@ def cxr_classifier(context: dg.AssetExecutionContext, config: ClassifierTraining
 class EvaluationConfig(dg.Config):
     ddim_steps: int = 50
     spread_seeds: int = 4  # seeds per input for the sample-spread guard (1 turns it off)
+    spread_images: int = 16  # the first this many test images get the extra seeds
     max_test_images: Optional[int] = None  # None: the whole test split
     bootstrap_resamples: int = 2000
     seed: int = 0
@@ -158,6 +160,7 @@ def _publish(context: dg.AssetExecutionContext, settings: CxrSettings, mlflow_tr
 
 class SrEvaluationConfig(EvaluationConfig):
     full_chain: bool = True  # also sample with the full ancestral chain (T steps)
+    lr_start_strength: Optional[float] = 0.3  # also sample from the LR latent noised to this share of T; None: off
 
 
 @dg.asset(group_name="evaluation", deps=[latent_sr, sr_pairs], kinds={"pytorch", "mlflow"}, op_tags=TRAINING_TAGS)
@@ -179,7 +182,9 @@ def sr_evaluation(context: dg.AssetExecutionContext, config: SrEvaluationConfig,
         result = evaluate_super_resolution(
             pointer["model_dir"], high_resolution, _degraded(sr_pair_dir(paths.pairs, scale), rows), rows["image_id"],
             rows["patient_key"], ddim_steps=config.ddim_steps, full_chain=config.full_chain,
-            spread_seeds=config.spread_seeds, seed=config.seed, resamples=config.bootstrap_resamples, device=config.device)
+            lr_start_strength=config.lr_start_strength,
+            spread_seeds=config.spread_seeds, spread_images=config.spread_images, seed=config.seed,
+            resamples=config.bootstrap_resamples, device=config.device)
         section = result.section()
         section.figures.append(_training_curves(pointer, f"Latent SR x{scale}"))
         sections.append(section)
@@ -208,7 +213,8 @@ def _summary_text(rows: pd.DataFrame, evaluated: list[tuple[dict, dict]]) -> str
 
 class DenoisingEvaluationConfig(EvaluationConfig):
     nlm_factors: list[float] = list(NLM_FACTORS)  # candidates for NLM's h / sigma, tuned on val
-    nlm_val_images: int = 48
+    strengths: list[float] = list(DENOISER_STRENGTHS)  # candidates for the denoiser's start, tuned on val
+    val_images: int = 24  # validation images both are tuned on
 
 
 @dg.asset(group_name="evaluation", deps=[low_dose_denoiser, low_dose_pairs], kinds={"pytorch", "mlflow"},
@@ -222,17 +228,23 @@ def denoising_evaluation(context: dg.AssetExecutionContext, config: DenoisingEva
     pointer = read_current_model(settings, "denoiser")
     metadata = pd.read_parquet(paths.metadata)
     rows = _split_rows(metadata, "test", config.max_test_images)
-    val_rows = _split_rows(metadata, "val", config.nlm_val_images)
+    val_rows = _split_rows(metadata, "val", config.val_images)
     store = ImageStore(paths.image_store)
     clean, val_clean = _images(store, rows), _images(store, val_rows)
     sections, metrics, tables, scores = [], {}, [], []
     for dose in doses_built(paths.pairs):
         folder = low_dose_pair_dir(paths.pairs, dose)
-        factor, search = tune_nlm(val_clean, _degraded(folder, val_rows), config.nlm_factors)
-        context.log.info(f"I0 {dose:g}: NLM h = {factor:g} sigma on val; evaluating on {len(rows)} test images")
+        val_noisy = _degraded(folder, val_rows)
+        factor, nlm_search = tune_nlm(val_clean, val_noisy, config.nlm_factors)
+        strength, strength_search = tune_denoiser_strength(pointer["model_dir"], val_clean, val_noisy, dose, config.strengths,
+                                                           config.ddim_steps, config.seed, config.device)
+        context.log.info(f"I0 {dose:g}: on val, NLM h = {factor:g} sigma, denoiser strength {strength:g}; "
+                         f"evaluating on {len(rows)} test images")
+        tuning = [Table(f"NLM h search on val, I0 = {dose:g}", nlm_search.round(3)),
+                  Table(f"Denoiser strength search on val, I0 = {dose:g}", strength_search.round(3))]
         result = evaluate_denoising(pointer["model_dir"], clean, _degraded(folder, rows), rows["image_id"],
-                                    rows["patient_key"], dose, factor, search, ddim_steps=config.ddim_steps,
-                                    spread_seeds=config.spread_seeds, seed=config.seed,
+                                    rows["patient_key"], dose, factor, strength, tuning, ddim_steps=config.ddim_steps,
+                                    spread_seeds=config.spread_seeds, spread_images=config.spread_images, seed=config.seed,
                                     resamples=config.bootstrap_resamples, device=config.device)
         sections.append(result.section())
         metrics.update(result.metrics())

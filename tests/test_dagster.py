@@ -162,7 +162,7 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     ops = {name: {"config": short} for name in ("latent_sr", "class_ddpm", "low_dose_denoiser")}
     ops["cxr_classifier"] = {"config": {"steps": 150, "eval_every": 75, "checkpoint_every": 75}}
     ops["sr_evaluation"] = {"config": quick_evaluation}
-    ops["denoising_evaluation"] = {"config": {**quick_evaluation, "nlm_val_images": 16}}
+    ops["denoising_evaluation"] = {"config": {**quick_evaluation, "val_images": 8, "strengths": [0.1, 0.4]}}
     ops["generation_evaluation"] = {"config": {**quick_evaluation, "samples_per_class": 4}}
     result = job.execute_in_process(
         resources={"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)},
@@ -199,7 +199,8 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     # linked to the evaluated model's run and registered version.
     client = MlflowClient(tracking.default_tracking_uri(home))
     expected = {
-        "sr_evaluation": ["psnr_sr_x4_bicubic", "psnr_sr_x4_vae_ceiling", "psnr_sr_x4_ddim", "psnr_sr_x4_ddpm",
+        "sr_evaluation": ["psnr_sr_x4_bicubic", "psnr_sr_x4_bicubic_vae", "psnr_sr_x4_vae_ceiling", "psnr_sr_x4_ddim",
+                          "psnr_sr_x4_ddim_from_lr", "psnr_sr_x4_ddpm", "lr_consistency_psnr_sr_x4_hr",
                           "ssim_sr_x4_ddim", "mae_sr_x4_ddim", "lr_consistency_psnr_sr_x4_ddim", "spread_sr_x4_ddim",
                           "psnr_sr_x4_ddim_ci_low", "psnr_gain_sr_x4_ddim"],
         "denoising_evaluation": ["psnr_denoise_i0_1000_noisy", "psnr_denoise_i0_1000_nlm", "psnr_denoise_i0_1000_diffusion",

@@ -21,7 +21,7 @@ def per_image_scores(prediction: torch.Tensor, target: torch.Tensor) -> pd.DataF
     """PSNR (dB), SSIM and MAE of each image pair."""
     if prediction.shape != target.shape or prediction.ndim != 4:
         raise ValueError(f"expected equal (N, C, H, W) shapes, got {tuple(prediction.shape)} and {tuple(target.shape)}")
-    prediction, target = prediction.double(), target.double()
+    prediction, target = prediction.detach().double(), target.detach().double()
     psnr = peak_signal_noise_ratio(prediction, target, data_range=DATA_RANGE, reduction="none", dim=(1, 2, 3))
     ssim = structural_similarity_index_measure(prediction, target, data_range=DATA_RANGE, reduction="none")
     mae = (prediction - target).abs().mean(dim=(1, 2, 3))

@@ -99,8 +99,10 @@ def train_latent_sr(latents_dir: Path, scale: int, vae_dir: Path, unet_config: U
 
 @torch.no_grad()
 def super_resolve(model_dir: Path, low_resolution: torch.Tensor, *, sampler: str = "ddim", steps: int = 50,
-                  seed: int = 0, batch_size: int = 64, device: str = "auto") -> torch.Tensor:
-    """LR images (N, 1, h, w) in [0, 1] -> SR images (N, 1, h*scale, w*scale) in [0, 1]."""
+                  seed: int = 0, strength: float = 1.0, batch_size: int = 64, device: str = "auto") -> torch.Tensor:
+    """LR images (N, 1, h, w) in [0, 1] -> SR images (N, 1, h*scale, w*scale) in [0, 1].
+    ``strength`` 1 samples from pure noise; lower values start from the LR latent noised to that
+    share of T (SDEdit): fewer steps, and the output cannot drift far from the input."""
     from ..data.degrade import upsample_bicubic
 
     target = pick_device(device)
@@ -114,7 +116,8 @@ def super_resolve(model_dir: Path, low_resolution: torch.Tensor, *, sampler: str
         up = torch.from_numpy(np.stack([upsample_bicubic(x[0].numpy(), scale) for x in chunk])).unsqueeze(1)
         condition = encode_mean(vae, up) * factor
         latents = sample(model.unet, model.schedule, tuple(condition.shape), condition=condition, sampler=sampler,
-                         steps=steps, generator=torch.Generator().manual_seed(seed + start))
+                         steps=steps, start=condition, strength=strength,
+                         generator=torch.Generator().manual_seed(seed + start))
         outputs.append(from_model(vae.decode(latents.to(target) / factor).sample).float().cpu())
     return torch.cat(outputs)
 
