@@ -10,7 +10,7 @@ from cxr_pipeline.data import atomic
 from cxr_pipeline.data import ingest as ingestion
 from cxr_pipeline.data.labels import metadata as labels_lib
 from cxr_pipeline.data.labels.sources import UncertaintyPolicy
-from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES, LABEL_COLUMNS
+from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES
 from resources import CxrSettings
 
 from .ingestion import ingested_images

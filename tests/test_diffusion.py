@@ -3,7 +3,6 @@ and classifier-free guidance is exactly the formula."""
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +12,7 @@ import torch
 from cxr_pipeline.data.image_store import ImageStore, to_stored
 from cxr_pipeline.data.pairs import build_low_dose_pairs, low_dose_pair_dir
 from cxr_pipeline.models import diffusion_training as dt
-from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig, guided_epsilon, load_model, sample
+from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig, guided_epsilon, sample
 from cxr_pipeline.models.training import TrainConfig
 from cxr_pipeline.models.vae import VaeConfig
 

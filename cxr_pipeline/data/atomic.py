@@ -7,6 +7,7 @@ then ``os.replace``s it over the destination.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -60,3 +61,21 @@ def write_parquet(dest: Path, frame: pd.DataFrame) -> None:
 def write_csv(dest: Path, frame: pd.DataFrame) -> None:
     with atomic_path(dest) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+@contextmanager
+def atomic_folder(dest: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``dest``; on success it takes ``dest``'s place.
+    A crash leaves the old folder (or none), never a half-written one; the window between
+    removing the old folder and renaming is a single rename."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        yield tmp
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -13,8 +13,6 @@ heart is on the left; a flipped radiograph is a different anatomy, dextrocardia)
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_auroc
 
+from ..data.atomic import atomic_folder
 from ..data.image_store import ImageStore
 from .batches import StoreImages, WeightedStepSampler
 from .training import TrainConfig, Trainer, pick_device, run_key
@@ -176,17 +175,14 @@ def train_classifier(metadata: pd.DataFrame, store: ImageStore, class_names: Seq
                       evaluate=evaluate, progress=progress)
     result = trainer.fit(stop_after=stop_after)
     model_dir = run_dir / "model"
-    tmp = run_dir / f".model-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in result.ema_model.state_dict().items()}, tmp / "model.safetensors")
-    (tmp / "classifier.json").write_text(json.dumps({
-        "config": config.as_dict(), "class_names": list(class_names), "image_size": int(val_stack.shape[-1]),
-        "num_features": result.ema_model.num_features, "metrics": result.last_eval, "step": result.final_step,
-        "data_hash": data_hash, "train": train_config.identity(),
-    }, indent=2))
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    tmp.rename(model_dir)
+    with atomic_folder(model_dir) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in result.ema_model.state_dict().items()},
+                  tmp / "model.safetensors")
+        (tmp / "classifier.json").write_text(json.dumps({
+            "config": config.as_dict(), "class_names": list(class_names), "image_size": int(val_stack.shape[-1]),
+            "num_features": result.ema_model.num_features, "metrics": result.last_eval, "step": result.final_step,
+            "data_hash": data_hash, "train": train_config.identity(),
+        }, indent=2))
     return ClassifierOutcome(run_dir, model_dir, result.last_eval, result.final_step, result.resumed_from)
 
 

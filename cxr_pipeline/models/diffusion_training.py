@@ -9,8 +9,6 @@ functions take only a model folder: they are how notebooks, evaluation and other
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..data.atomic import atomic_folder
 from ..data.image_store import ImageStore
 from .batches import EpochSampler, StoreImages, WeightedStepSampler
 from .diffusion import Conditioning, ScheduleConfig, UNetConfig, epsilon_step, load_model, sample, save_model
@@ -56,12 +55,9 @@ def _train(kind: str, unet_config: UNetConfig, schedule: ScheduleConfig, conditi
                       evaluate=evaluate, progress=progress)
     result = trainer.fit(stop_after=stop_after)
     model_dir = run_dir / "model"
-    tmp = run_dir / f".model-{uuid.uuid4().hex[:8]}"
-    save_model(tmp, result.ema_model, kind, schedule, conditioning, unet_config,
-               extra={**extra, "step": result.final_step, "data_hash": data_hash, "train": train_config.identity()})
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    tmp.rename(model_dir)
+    with atomic_folder(model_dir) as tmp:
+        save_model(tmp, result.ema_model, kind, schedule, conditioning, unet_config,
+                   extra={**extra, "step": result.final_step, "data_hash": data_hash, "train": train_config.identity()})
     return DiffusionOutcome(kind, run_dir, model_dir, result.final_step, result.resumed_from, previews)
 
 

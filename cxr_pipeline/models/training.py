@@ -17,7 +17,6 @@ import json
 import math
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -156,18 +155,15 @@ class Trainer:
 
     def save_checkpoint(self, step: int) -> Path:
         final = self.checkpoint_dir / f"step-{step:07d}"
-        tmp = self.checkpoint_dir / f".tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, tmp / "model.safetensors")
-        shadow = {f"p{i}": p.detach().cpu().contiguous() for i, p in enumerate(self.ema.shadow_params)}
-        save_file(shadow, tmp / "ema.safetensors")
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "scaler": self.scaler.state_dict(), "ema_step": self.ema.optimization_step},
-                   tmp / "trainer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, "config": self.config.identity()}, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        with atomic.atomic_folder(final) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+                      tmp / "model.safetensors")
+            shadow = {f"p{i}": p.detach().cpu().contiguous() for i, p in enumerate(self.ema.shadow_params)}
+            save_file(shadow, tmp / "ema.safetensors")
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "scaler": self.scaler.state_dict(), "ema_step": self.ema.optimization_step},
+                       tmp / "trainer.pt")
+            (tmp / "state.json").write_text(json.dumps({"step": step, "config": self.config.identity()}, indent=2))
         atomic.write_text(self.checkpoint_dir / "latest", final.name)
         kept = sorted(p for p in self.checkpoint_dir.glob("step-*") if p.is_dir())
         for old in kept[: -self.config.keep_checkpoints]:

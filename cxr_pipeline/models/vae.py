@@ -8,8 +8,6 @@ the posterior mean, so validation numbers are deterministic.
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -152,15 +150,12 @@ def train_vae(metadata: pd.DataFrame, store: ImageStore, runs_root: Path, vae_co
     )
     result = trainer.fit(stop_after=stop_after)
     model_dir = run_dir / "model"
-    tmp = run_dir / f".model-{uuid.uuid4().hex[:8]}"
-    result.ema_model.save_pretrained(str(tmp))
-    (tmp / "training.json").write_text(json.dumps({
-        "step": result.final_step, "data_hash": data_hash, "metrics": result.last_eval,
-        "vae": vae_config.as_dict(), "train": train_config.identity(),
-    }, indent=2))
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    tmp.rename(model_dir)
+    with atomic.atomic_folder(model_dir) as tmp:
+        result.ema_model.save_pretrained(str(tmp))
+        (tmp / "training.json").write_text(json.dumps({
+            "step": result.final_step, "data_hash": data_hash, "metrics": result.last_eval,
+            "vae": vae_config.as_dict(), "train": train_config.identity(),
+        }, indent=2))
     grid = reconstruction_grid(result.ema_model, val.batch(list(range(min(8, len(val))))))
     return VaeTrainingOutcome(run_dir, model_dir, result.last_eval, grid, result.resumed_from, result.final_step)
 
