@@ -3,7 +3,8 @@
 import dagster as dg
 
 from assets import diffusion, evaluation, ingestion, labels, models, pairs
-from jobs import all_assets_job, ingestion_job
+from jobs import (all_assets_job, evaluation_job, ingestion_job, raw_data_changed, retraining_job, retraining_schedule,
+                  training_job)
 from resources import CxrSettings, MlflowTracking
 
 settings = CxrSettings()
@@ -33,6 +34,8 @@ defs = dg.Definitions(
         labels.every_split_non_empty,
         labels.label_coverage,
     ],
-    jobs=[all_assets_job, ingestion_job],
+    jobs=[all_assets_job, ingestion_job, training_job, evaluation_job, retraining_job],
+    schedules=[retraining_schedule()],
+    sensors=[raw_data_changed],
     resources={"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)},
 )

@@ -26,6 +26,10 @@ setup() {
 export CXR_HOME="${CXR_HOME:-$PWD/work}"
 export DAGSTER_HOME="${DAGSTER_HOME:-$CXR_HOME/dagster_home}"
 mkdir -p "$CXR_HOME" "$DAGSTER_HOME"
+# Training steps share the "cxr_training" concurrency pool: one at a time across runs by default.
+if [ ! -f "$DAGSTER_HOME/dagster.yaml" ]; then
+  printf 'concurrency:\n  pools:\n    default_limit: 1\n' > "$DAGSTER_HOME/dagster.yaml"
+fi
 
 command=${1:-demo}
 shift || true

@@ -22,7 +22,7 @@ from cxr_pipeline.reports.grid import markdown_image, png_bytes
 from resources import CxrSettings, MlflowTracking
 
 from .labels import image_metadata
-from .models import TRAINING_TAGS, TrainingConfig, latents, progress_logger, read_current_model, write_current_model
+from .models import TRAINING_STEP, TrainingConfig, latents, progress_logger, read_current_model, write_current_model
 from .pairs import low_dose_pairs
 
 # Widths by profile: the demo trains in CPU minutes, full is the size published work uses.
@@ -77,7 +77,7 @@ class LatentSrConfig(DiffusionTrainingConfig):
     scales: list[int] = [4]
 
 
-@dg.asset(group_name="models", deps=[latents], kinds={"pytorch", "mlflow"}, op_tags=TRAINING_TAGS)
+@dg.asset(group_name="models", deps=[latents], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
 def latent_sr(context: dg.AssetExecutionContext, config: LatentSrConfig, settings: CxrSettings,
               mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """UNet predicting the noise on the HR latent, conditioned on the upsampled-LR latent
@@ -105,7 +105,7 @@ class ClassDdpmConfig(DiffusionTrainingConfig):
     guidance_scale: float = 2.0
 
 
-@dg.asset(group_name="models", deps=[image_metadata], kinds={"pytorch", "mlflow"}, op_tags=TRAINING_TAGS)
+@dg.asset(group_name="models", deps=[image_metadata], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
 def class_ddpm(context: dg.AssetExecutionContext, config: ClassDdpmConfig, settings: CxrSettings,
                mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """Pixel-space DDPM with a class embedding over the single-label classes plus a learned null
@@ -133,7 +133,7 @@ class DenoiserConfig(DiffusionTrainingConfig):
     sampling_strength: float = 0.4  # start from the noisy input noised to 40% of T
 
 
-@dg.asset(group_name="models", deps=[low_dose_pairs, image_metadata], kinds={"pytorch", "mlflow"}, op_tags=TRAINING_TAGS)
+@dg.asset(group_name="models", deps=[low_dose_pairs, image_metadata], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
 def low_dose_denoiser(context: dg.AssetExecutionContext, config: DenoiserConfig, settings: CxrSettings,
                       mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """Conditional diffusion restoring normal dose from low dose (noisy image concatenated at the

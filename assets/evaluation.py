@@ -8,6 +8,7 @@ evaluated model's own run, and tags the registered model version with the evalua
 
 import os
 import time
+from collections.abc import Callable
 from typing import Optional
 
 import dagster as dg
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxr_pipeline import tracking
+from cxr_pipeline import promotion, tracking
 from cxr_pipeline.data import atomic
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.data.labels.metadata import content_hash
@@ -27,13 +28,14 @@ from cxr_pipeline.evaluation.restoration import (DENOISER_STRENGTHS, NLM_FACTORS
                                                  evaluate_super_resolution, tune_denoiser_strength, tune_nlm)
 from cxr_pipeline.models.batches import StoreImages
 from cxr_pipeline.models.classifier import ClassifierConfig, train_classifier
+from cxr_pipeline.promotion import PromotionRule
 from cxr_pipeline.reports.document import Figure, Report, Section, Table, markdown_table, write_report
 from cxr_pipeline.reports.plots import line_plot
 from resources import CxrSettings, MlflowTracking
 
 from .diffusion import class_ddpm, latent_sr, low_dose_denoiser
 from .labels import image_metadata
-from .models import TRAINING_TAGS, TrainingConfig, progress_logger, read_current_model, write_current_model
+from .models import TRAINING_STEP, TrainingConfig, progress_logger, read_current_model, write_current_model
 from .pairs import low_dose_pairs, sr_pairs
 
 CLASSIFIER_MODEL_NAME = "cxr-feature-classifier"
@@ -47,7 +49,7 @@ class ClassifierTrainingConfig(TrainingConfig):
     classes: list[str] = list(DEFAULT_CLASSES)
 
 
-@dg.asset(group_name="evaluation", deps=[image_metadata], kinds={"pytorch", "mlflow"}, op_tags=TRAINING_TAGS)
+@dg.asset(group_name="evaluation", deps=[image_metadata], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
 def cxr_classifier(context: dg.AssetExecutionContext, config: ClassifierTrainingConfig, settings: CxrSettings,
                    mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """The CXR feature network: a pathology classifier on the single-label classes, trained on the
@@ -97,6 +99,46 @@ class EvaluationConfig(dg.Config):
     bootstrap_resamples: int = 2000
     seed: int = 0
     device: str = "auto"
+    # Champion / challenger: the new version becomes champion only if promotion_metric improves
+    # and no guard gets worse by more than promotion_tolerance, on the same test split.
+    promotion_metric: str = ""
+    promotion_guards: list[str] = []
+    promotion_tolerance: float = 0.0
+
+    def rule(self, **names) -> PromotionRule:
+        return PromotionRule(self.promotion_metric.format(**names),
+                             tuple(guard.format(**names) for guard in self.promotion_guards),
+                             tolerance=self.promotion_tolerance)
+
+
+def _promote(context: dg.AssetExecutionContext, settings: CxrSettings, pointer: dict, metrics: dict[str, float],
+             rule: PromotionRule, comparison_key: str,
+             evaluate: Callable[[str], dict[str, float]]) -> tuple[promotion.Decision, Section]:
+    """Challenger against champion on the same test split (``comparison_key``): the champion's
+    recorded figures when its evaluation used the same split, else it is evaluated again now."""
+    name, version = pointer["registered_model"], str(pointer["version"])
+    champion = promotion.current_champion(name)
+    champion_version, champion_metrics = (champion[0], None) if champion else (None, None)
+    if champion and champion_version != version:
+        champion_metrics = promotion.recorded_metrics(champion[1], comparison_key)
+        if champion_metrics is None:
+            context.log.info(f"{name} v{champion_version} (champion) was evaluated on another test split: evaluating it now")
+            champion_metrics = evaluate(str(tracking.registry_folder(name, champion_version,
+                                                                     settings.paths().models / "registry")))
+    decision = promotion.decide(rule, version, metrics, champion_version, champion_metrics)
+    promotion.record_and_promote(name, decision, comparison_key)
+    context.log.info(f"{name} v{version}: {'promoted to champion' if decision.promoted else 'not promoted'} "
+                     f"({decision.reason})")
+    text = (f"{name} v{version} is the challenger. Rule: {rule.metric} must improve; "
+            f"{', '.join(rule.guards) or 'no guard'} must not get worse. Decision: "
+            f"{'promoted to champion' if decision.promoted else 'not promoted'}: {decision.reason}.")
+    return decision, Section(f"Promotion: {name}", text, [Table("Challenger against champion", decision.table())])
+
+
+def _promotion_metadata(decisions: list[tuple[dict, promotion.Decision]]) -> dict:
+    return {"promotion": dg.MetadataValue.md("\n\n".join(
+        f"**{p['registered_model']} v{d.version}**: {'promoted to champion' if d.promoted else 'not promoted'} "
+        f"({d.reason})\n\n" + markdown_table(d.table()) for p, d in decisions))}
 
 
 def _split_rows(metadata: pd.DataFrame, split: str, limit: Optional[int] = None, labelled: bool = False) -> pd.DataFrame:
@@ -161,35 +203,45 @@ def _publish(context: dg.AssetExecutionContext, settings: CxrSettings, mlflow_tr
 class SrEvaluationConfig(EvaluationConfig):
     full_chain: bool = True  # also sample with the full ancestral chain (T steps)
     lr_start_strength: Optional[float] = 0.3  # also sample from the LR latent noised to this share of T; None: off
+    promotion_metric: str = "psnr_sr_x{scale}_ddim"
+    promotion_guards: list[str] = ["lr_consistency_psnr_sr_x{scale}_ddim"]
 
 
-@dg.asset(group_name="evaluation", deps=[latent_sr, sr_pairs], kinds={"pytorch", "mlflow"}, op_tags=TRAINING_TAGS)
+@dg.asset(group_name="evaluation", deps=[latent_sr, sr_pairs], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
 def sr_evaluation(context: dg.AssetExecutionContext, config: SrEvaluationConfig, settings: CxrSettings,
                   mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
-    """Each latent SR model on the test split against bicubic and the VAE ceiling: PSNR/SSIM/MAE,
-    LR-consistency and the spread over seeds, with DDIM and with the full chain."""
+    """Each latent SR model on the test split against bicubic, bicubic through the VAE and the VAE
+    ceiling: PSNR/SSIM/MAE, LR-consistency and the spread over seeds, with DDIM (from noise and
+    from the LR latent) and with the full chain; then champion/challenger promotion per scale."""
     paths = settings.paths()
     mlflow_tracking.activate()
     metadata = pd.read_parquet(paths.metadata)
     rows = _split_rows(metadata, "test", config.max_test_images)
     high_resolution = _images(ImageStore(paths.image_store), rows)
-    sections, metrics, evaluated, tables, scores = [], {}, [], [], []
+    sections, metrics, evaluated, tables, scores, decisions = [], {}, [], [], [], []
     for scale in scales_built(paths.pairs):
         if not paths.model_pointer(f"latent_sr_x{scale}").exists():
             continue
         pointer = read_current_model(settings, f"latent_sr_x{scale}")
+        low_resolution = _degraded(sr_pair_dir(paths.pairs, scale), rows)
+
+        def evaluate(model_dir: str):
+            return evaluate_super_resolution(
+                model_dir, high_resolution, low_resolution, rows["image_id"], rows["patient_key"],
+                ddim_steps=config.ddim_steps, full_chain=config.full_chain, lr_start_strength=config.lr_start_strength,
+                spread_seeds=config.spread_seeds, spread_images=config.spread_images, seed=config.seed,
+                resamples=config.bootstrap_resamples, device=config.device)
+
         context.log.info(f"evaluating {pointer['registered_model']} v{pointer['version']} on {len(rows)} test images")
-        result = evaluate_super_resolution(
-            pointer["model_dir"], high_resolution, _degraded(sr_pair_dir(paths.pairs, scale), rows), rows["image_id"],
-            rows["patient_key"], ddim_steps=config.ddim_steps, full_chain=config.full_chain,
-            lr_start_strength=config.lr_start_strength,
-            spread_seeds=config.spread_seeds, spread_images=config.spread_images, seed=config.seed,
-            resamples=config.bootstrap_resamples, device=config.device)
+        result = evaluate(pointer["model_dir"])
         section = result.section()
         section.figures.append(_training_curves(pointer, f"Latent SR x{scale}"))
-        sections.append(section)
+        decision, promotion_section = _promote(context, settings, pointer, result.metrics(), config.rule(scale=scale),
+                                               content_hash(rows[["image_id"]]), lambda d: evaluate(d).metrics())
+        sections += [section, promotion_section]
         metrics.update(result.metrics())
         evaluated.append((pointer, result.metrics()))
+        decisions.append((pointer, decision))
         tables.append(f"**x{scale}**\n\n" + markdown_table(result.table()))
         scores.append(result.scores.assign(task=result.task))
     if not evaluated:
@@ -198,7 +250,7 @@ def sr_evaluation(context: dg.AssetExecutionContext, config: SrEvaluationConfig,
     produced = _publish(context, settings, mlflow_tracking, "sr_evaluation", report, metrics, evaluated,
                         config.model_dump(), pd.concat(scores, ignore_index=True))
     return dg.MaterializeResult(metadata={"summary": dg.MetadataValue.md("\n\n".join(tables)), "test_images": len(rows),
-                                          **produced})
+                                          **_promotion_metadata(decisions), **produced})
 
 
 def _summary_text(rows: pd.DataFrame, evaluated: list[tuple[dict, dict]]) -> str:
@@ -215,14 +267,16 @@ class DenoisingEvaluationConfig(EvaluationConfig):
     nlm_factors: list[float] = list(NLM_FACTORS)  # candidates for NLM's h / sigma, tuned on val
     strengths: list[float] = list(DENOISER_STRENGTHS)  # candidates for the denoiser's start, tuned on val
     val_images: int = 24  # validation images both are tuned on
+    promotion_metric: str = "psnr_denoise_i0_1000_diffusion"  # the lowest dose: the hardest case
+    promotion_guards: list[str] = ["ssim_denoise_i0_1000_diffusion"]
 
 
 @dg.asset(group_name="evaluation", deps=[low_dose_denoiser, low_dose_pairs], kinds={"pytorch", "mlflow"},
-          op_tags=TRAINING_TAGS)
+          **TRAINING_STEP)
 def denoising_evaluation(context: dg.AssetExecutionContext, config: DenoisingEvaluationConfig, settings: CxrSettings,
                          mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """The low-dose denoiser per dose level on the test split, against the noisy input and
-    non-local means tuned on val."""
+    non-local means (both tuned on val), then champion/challenger promotion."""
     paths = settings.paths()
     mlflow_tracking.activate()
     pointer = read_current_model(settings, "denoiser")
@@ -231,33 +285,42 @@ def denoising_evaluation(context: dg.AssetExecutionContext, config: DenoisingEva
     val_rows = _split_rows(metadata, "val", config.val_images)
     store = ImageStore(paths.image_store)
     clean, val_clean = _images(store, rows), _images(store, val_rows)
-    sections, metrics, tables, scores = [], {}, [], []
-    for dose in doses_built(paths.pairs):
-        folder = low_dose_pair_dir(paths.pairs, dose)
-        val_noisy = _degraded(folder, val_rows)
-        factor, nlm_search = tune_nlm(val_clean, val_noisy, config.nlm_factors)
-        strength, strength_search = tune_denoiser_strength(pointer["model_dir"], val_clean, val_noisy, dose, config.strengths,
-                                                           config.ddim_steps, config.seed, config.device)
-        context.log.info(f"I0 {dose:g}: on val, NLM h = {factor:g} sigma, denoiser strength {strength:g}; "
-                         f"evaluating on {len(rows)} test images")
-        tuning = [Table(f"NLM h search on val, I0 = {dose:g}", nlm_search.round(3)),
-                  Table(f"Denoiser strength search on val, I0 = {dose:g}", strength_search.round(3))]
-        result = evaluate_denoising(pointer["model_dir"], clean, _degraded(folder, rows), rows["image_id"],
-                                    rows["patient_key"], dose, factor, strength, tuning, ddim_steps=config.ddim_steps,
-                                    spread_seeds=config.spread_seeds, spread_images=config.spread_images, seed=config.seed,
-                                    resamples=config.bootstrap_resamples, device=config.device)
-        sections.append(result.section())
-        metrics.update(result.metrics())
-        tables.append(f"**I0 = {dose:g}**\n\n" + markdown_table(result.table()))
-        scores.append(result.scores.assign(task=result.task))
-    if not sections:
+    doses = doses_built(paths.pairs)
+    if not doses:
         raise FileNotFoundError("no low-dose pairs: materialize low_dose_pairs first")
-    sections.append(Section("Training", figures=[_training_curves(pointer, "Low-dose denoiser")]))
+    noisy = {dose: (_degraded(low_dose_pair_dir(paths.pairs, dose), val_rows),
+                    _degraded(low_dose_pair_dir(paths.pairs, dose), rows)) for dose in doses}
+
+    def evaluate(model_dir: str):
+        results = []
+        for dose, (val_noisy, test_noisy) in noisy.items():
+            factor, nlm_search = tune_nlm(val_clean, val_noisy, config.nlm_factors)
+            strength, strength_search = tune_denoiser_strength(model_dir, val_clean, val_noisy, dose, config.strengths,
+                                                               config.ddim_steps, config.seed, config.device)
+            context.log.info(f"I0 {dose:g}: on val, NLM h = {factor:g} sigma, denoiser strength {strength:g}")
+            tuning = [Table(f"NLM h search on val, I0 = {dose:g}", nlm_search.round(3)),
+                      Table(f"Denoiser strength search on val, I0 = {dose:g}", strength_search.round(3))]
+            results.append(evaluate_denoising(model_dir, clean, test_noisy, rows["image_id"], rows["patient_key"], dose,
+                                              factor, strength, tuning, ddim_steps=config.ddim_steps,
+                                              spread_seeds=config.spread_seeds, spread_images=config.spread_images,
+                                              seed=config.seed, resamples=config.bootstrap_resamples,
+                                              device=config.device))
+        return results
+
+    results = evaluate(pointer["model_dir"])
+    metrics = {k: v for result in results for k, v in result.metrics().items()}
+    decision, promotion_section = _promote(
+        context, settings, pointer, metrics, config.rule(), content_hash(rows[["image_id"]]),
+        lambda d: {k: v for result in evaluate(d) for k, v in result.metrics().items()})
+    sections = [result.section() for result in results]
+    sections += [Section("Training", figures=[_training_curves(pointer, "Low-dose denoiser")]), promotion_section]
     report = Report("Low-dose denoising evaluation", _summary_text(rows, [(pointer, metrics)]), sections)
     produced = _publish(context, settings, mlflow_tracking, "denoising_evaluation", report, metrics,
-                        [(pointer, metrics)], config.model_dump(), pd.concat(scores, ignore_index=True))
+                        [(pointer, metrics)], config.model_dump(),
+                        pd.concat([r.scores.assign(task=r.task) for r in results], ignore_index=True))
+    tables = [f"**I0 = {r.task.removeprefix('denoise_i0_')}**\n\n" + markdown_table(r.table()) for r in results]
     return dg.MaterializeResult(metadata={"summary": dg.MetadataValue.md("\n\n".join(tables)), "test_images": len(rows),
-                                          **produced})
+                                          **_promotion_metadata([(pointer, decision)]), **produced})
 
 
 # --- Generation -----------------------------------------------------------------------------------------
@@ -269,9 +332,11 @@ class GenerationEvaluationConfig(EvaluationConfig):
     guidance_scale: Optional[float] = None  # None: the model's default
     fid_inception_weights: Optional[str] = None  # path; None: $CXR_FID_INCEPTION_WEIGHTS, else not computed
     fid_inception_sha256: Optional[str] = None  # pin the file's full digest
+    promotion_metric: str = "fd_cxr_class_ddpm"
+    promotion_guards: list[str] = ["cond_acc_class_ddpm"]
 
 
-@dg.asset(group_name="evaluation", deps=[class_ddpm, cxr_classifier], kinds={"pytorch", "mlflow"}, op_tags=TRAINING_TAGS)
+@dg.asset(group_name="evaluation", deps=[class_ddpm, cxr_classifier], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
 def generation_evaluation(context: dg.AssetExecutionContext, config: GenerationEvaluationConfig, settings: CxrSettings,
                           mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """The class-conditional DDPM against real test images: fd_cxr and KID on the CXR feature
@@ -286,24 +351,34 @@ def generation_evaluation(context: dg.AssetExecutionContext, config: GenerationE
     val_rows = _split_rows(metadata, "val", labelled=True)
     store = ImageStore(paths.image_store)
     weights = config.fid_inception_weights or os.environ.get("CXR_FID_INCEPTION_WEIGHTS")
-    result = evaluate_generation(pointer["model_dir"], classifier["model_dir"], _images(store, rows),
-                                 rows["class_id"].astype(int).to_numpy(), _images(store, val_rows),
-                                 samples_per_class=config.samples_per_class, fd_samples=config.fd_samples,
-                                 ddim_steps=config.ddim_steps, guidance=config.guidance_scale, seed=config.seed,
-                                 inception_weights=weights, inception_sha256=config.fid_inception_sha256,
-                                 device=config.device)
+    real_test, real_val = _images(store, rows), _images(store, val_rows)
+
+    def evaluate(model_dir: str):
+        return evaluate_generation(model_dir, classifier["model_dir"], real_test, rows["class_id"].astype(int).to_numpy(),
+                                   real_val, samples_per_class=config.samples_per_class, fd_samples=config.fd_samples,
+                                   ddim_steps=config.ddim_steps, guidance=config.guidance_scale, seed=config.seed,
+                                   inception_weights=weights, inception_sha256=config.fid_inception_sha256,
+                                   device=config.device)
+
+    result = evaluate(pointer["model_dir"])
     context.log.info(f"fid_inception: {result.fid.reason}")
     section = result.section()
     section.figures.append(_training_curves(pointer, "Class-conditional DDPM"))
     metrics = result.metrics()
+    # fd_cxr and KID depend on the feature network: a comparison needs the same classifier too.
+    comparison_key = f"{content_hash(rows[['image_id']])}-classifier-v{classifier['version']}"
+    decision, promotion_section = _promote(context, settings, pointer, metrics, config.rule(), comparison_key,
+                                           lambda d: evaluate(d).metrics())
     report = Report("Class-conditional generation evaluation",
                     f"{pointer['registered_model']} v{pointer['version']} scored with {classifier['registered_model']} "
-                    f"v{classifier['version']} against the {len(rows)} single-label test images.", [section])
+                    f"v{classifier['version']} against the {len(rows)} single-label test images.",
+                    [section, promotion_section])
     params = {**config.model_dump(), "fid_inception": result.fid.reason, "classifier": f"v{classifier['version']}"}
     produced = _publish(context, settings, mlflow_tracking, "generation_evaluation", report, metrics,
                         [(pointer, metrics)], params)
     return dg.MaterializeResult(metadata={
         "summary": dg.MetadataValue.md(markdown_table(result.headline()) + "\n\n" + markdown_table(result.per_class())),
         "fid_inception_status": result.fid.reason,
+        **_promotion_metadata([(pointer, decision)]),
         **produced,
     })

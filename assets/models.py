@@ -23,8 +23,16 @@ from .labels import image_metadata
 from .pairs import sr_pairs
 
 VAE_MODEL_NAME = "cxr-vae"
-# Training steps use every core; jobs run at most one of them at a time (see jobs/).
+# Training steps use every core (or the GPU). Within a run the executor runs one of them at a time
+# (tag limit, see jobs/); across runs they share the "cxr_training" pool, whose limit comes from the
+# instance (run.sh writes default_limit 1 into $DAGSTER_HOME/dagster.yaml). A failed attempt is
+# retried and resumes from its last checkpoint.
 TRAINING_TAGS = {"cxr/compute": "training"}
+TRAINING_STEP = {
+    "op_tags": TRAINING_TAGS,
+    "pool": "cxr_training",
+    "retry_policy": dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
+}
 
 
 class TrainingConfig(dg.Config):
@@ -86,7 +94,7 @@ def progress_logger(context: dg.AssetExecutionContext):
     return report
 
 
-@dg.asset(group_name="models", deps=[image_metadata], kinds={"pytorch", "mlflow"}, op_tags=TRAINING_TAGS)
+@dg.asset(group_name="models", deps=[image_metadata], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
 def vae(context: dg.AssetExecutionContext, config: VaeTrainingConfig, settings: CxrSettings,
         mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """AutoencoderKL for one-channel radiographs, trained on the train split, validated each

@@ -9,6 +9,8 @@ which would wrap our plain weight folders in pickled Python for no benefit.
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -55,9 +57,37 @@ def register_folder(run_id: str, artifact_path: str, name: str, description: str
     return str(version.version)
 
 
-def download_model(name: str, version: str, destination: Path | None = None) -> Path:
+def download_model(name: str, version: str, destination: Path | None = None, tracking_uri: str | None = None) -> Path:
     uri = f"models:/{name}/{version}"
-    return Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(destination) if destination else None))
+    return Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(destination) if destination else None,
+                                                    tracking_uri=tracking_uri))
+
+
+def registry_folder(name: str, version: str, cache: Path, tracking_uri: str | None = None) -> Path:
+    """The model folder of a registered version, downloaded into ``cache`` once."""
+    destination = Path(cache) / name / f"v{version}"
+    if not destination.exists():
+        tmp = destination.with_name(f".{destination.name}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        download_model(name, version, tmp, tracking_uri)
+        tmp.rename(destination)
+    return destination / "model" if (destination / "model").is_dir() else destination
+
+
+def resolve_model(model: str | Path, alias: str = "champion", tracking_uri: str | None = None) -> Path:
+    """A model folder as given, or a registered model name resolved to the version holding
+    ``alias`` (``champion`` by default), downloaded once under ``$CXR_HOME/models/registry``.
+    Without an explicit store: ``MLFLOW_TRACKING_URI``, else the default store under CXR_HOME."""
+    if Path(model).exists():
+        return Path(model)
+    home = Path(os.environ.get("CXR_HOME", "work"))
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home)
+    try:
+        version = MlflowClient(tracking_uri=uri).get_model_version_by_alias(str(model), alias)
+    except MlflowException as error:
+        raise FileNotFoundError(f"{model!r} is neither a model folder nor a registered model with alias "
+                                f"{alias!r} in {uri}") from error
+    return registry_folder(str(model), str(version.version), home / "models" / "registry", uri)
 
 
 def log_metrics_to_run(run_id: str, metrics: dict[str, float]) -> None:

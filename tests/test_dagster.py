@@ -228,3 +228,11 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     version = client.get_model_version("cxr-latent-sr-x4", "1")
     assert version.tags["evaluation_run_id"] == sr["evaluation_mlflow_run_id"].value
     assert "psnr_sr_x4_ddim" in client.get_run(version.run_id).data.metrics
+    # Promotion: the first evaluated version of each model becomes champion (and challenger).
+    for name, asset in (("cxr-latent-sr-x4", "sr_evaluation"), ("cxr-lowdose-denoiser", "denoising_evaluation"),
+                        ("cxr-class-ddpm", "generation_evaluation")):
+        assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+        assert str(client.get_model_version_by_alias(name, "challenger").version) == "1"
+        produced = result.asset_materializations_for_node(asset)[0].metadata
+        assert "promoted to champion (no champion yet)" in produced["promotion"].value
+        assert "Promotion:" in open(produced["report"].value).read()

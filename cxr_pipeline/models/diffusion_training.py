@@ -3,7 +3,8 @@
 Each ``train_*`` function assembles deterministic batches (by step) for one model, runs the shared
 :class:`~cxr_pipeline.models.training.Trainer`, saves the EMA weights as a model folder, and
 returns sample grids made during training. The ``super_resolve`` / ``generate`` / ``denoise``
-functions take only a model folder: they are how notebooks, evaluation and other code sample.
+functions take a model folder, or a registered model name, which loads its ``champion`` version:
+they are how notebooks, evaluation and other code sample.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from ..data.atomic import atomic_folder
 from ..data.image_store import ImageStore
+from ..tracking import resolve_model
 from .batches import EpochSampler, StoreImages, WeightedStepSampler
 from .diffusion import Conditioning, ScheduleConfig, UNetConfig, epsilon_step, load_model, sample, save_model
 from .training import TrainConfig, Trainer, pick_device, run_key, step_generator
@@ -102,7 +104,7 @@ def super_resolve(model_dir: Path, low_resolution: torch.Tensor, *, sampler: str
     from ..data.degrade import upsample_bicubic
 
     target = pick_device(device)
-    model = load_model(model_dir, target)
+    model = load_model(resolve_model(model_dir), target)
     extra = model.description
     vae = load_vae(extra["vae_dir"], target)
     factor, scale = float(extra["scaling_factor"]), int(extra["scale"])
@@ -154,7 +156,7 @@ def train_class_ddpm(metadata: pd.DataFrame, store: ImageStore, class_names: Seq
 def generate(model_dir: Path, class_ids: Sequence[int], *, guidance: float | None = None, sampler: str = "ddim",
              steps: int = 50, seed: int = 0, batch_size: int = 64, device: str = "auto") -> torch.Tensor:
     """Images (N, 1, S, S) in [0, 1] for the given classes, with classifier-free guidance."""
-    model = load_model(model_dir, pick_device(device))
+    model = load_model(resolve_model(model_dir), pick_device(device))
     scale = model.description["default_guidance"] if guidance is None else guidance
     size = model.unet.config.sample_size
     labels = torch.as_tensor(list(class_ids), dtype=torch.long)
@@ -216,7 +218,7 @@ def denoise(model_dir: Path, noisy: torch.Tensor, *, dose: float | None = None, 
     """Low-dose images (N, 1, S, S) in [0, 1] -> restored images. ``strength`` 1 samples from pure
     noise; lower values start from the noisy input partially noised (faster, closer to the input).
     ``dose`` (photons) selects the dose embedding; unknown doses use the null embedding."""
-    model = load_model(model_dir, pick_device(device))
+    model = load_model(resolve_model(model_dir), pick_device(device))
     description = model.description
     strength = description["default_strength"] if strength is None else strength
     doses = description["doses"]

@@ -1,0 +1,126 @@
+"""Champion / challenger promotion in the MLflow Model Registry.
+
+Every newly evaluated version gets the alias ``challenger``. It takes ``champion`` only when it
+beats the champion on the rule's metric *on the same test split* and is not worse on the guard
+metrics (for super-resolution: PSNR up, LR-consistency not down, so a sharper but invented image
+never wins). The decision, both sets of numbers and the reason are recorded as model-version tags
+and returned for the report and the asset metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+# Metric-name prefixes where lower is better; everything else (psnr, ssim, cond_acc, ...) is higher.
+LOWER_IS_BETTER = ("mae", "fd_cxr", "kid", "fid_inception", "spread", "ms_ssim")
+
+
+def higher_is_better(metric: str) -> bool:
+    return not metric.startswith(LOWER_IS_BETTER)
+
+
+@dataclass(frozen=True)
+class PromotionRule:
+    metric: str  # must improve by more than ``min_gain``
+    guards: tuple[str, ...] = ()  # must not get worse by more than ``tolerance``
+    min_gain: float = 0.0
+    tolerance: float = 0.0
+
+    def metrics(self) -> tuple[str, ...]:
+        return (self.metric, *self.guards)
+
+
+@dataclass
+class Decision:
+    promoted: bool
+    reason: str
+    version: str
+    champion_version: str | None
+    challenger: dict[str, float]
+    champion: dict[str, float] | None = None
+    verdicts: dict[str, str] = field(default_factory=dict)
+
+    def table(self) -> pd.DataFrame:
+        rows = []
+        for metric, verdict in self.verdicts.items():
+            rows.append({"metric": metric, f"challenger v{self.version}": _fmt(self.challenger.get(metric)),
+                         f"champion v{self.champion_version}" if self.champion_version else "champion":
+                             _fmt((self.champion or {}).get(metric)),
+                         "better is": "higher" if higher_is_better(metric) else "lower", "verdict": verdict})
+        return pd.DataFrame(rows)
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def decide(rule: PromotionRule, version: str, challenger: dict[str, float], champion_version: str | None,
+           champion: dict[str, float] | None) -> Decision:
+    """Pure: the decision from two sets of test-split metrics."""
+    missing = [m for m in rule.metrics() if m not in challenger]
+    if missing:
+        return Decision(False, f"challenger lacks {', '.join(missing)}", version, champion_version, challenger, champion)
+    if champion is None or champion_version is None:
+        return Decision(True, "no champion yet", version, None, challenger, None, {m: "first model" for m in rule.metrics()})
+    if champion_version == version:
+        return Decision(True, f"v{version} is the champion (re-evaluated)", version, champion_version, challenger,
+                        champion, {m: "same version" for m in rule.metrics()})
+    verdicts, failures = {}, []
+    for metric in rule.metrics():
+        if metric not in champion:
+            verdicts[metric] = "champion has no value"
+            continue
+        sign = 1.0 if higher_is_better(metric) else -1.0
+        change = sign * (challenger[metric] - champion[metric])  # > 0: the challenger is better
+        if metric == rule.metric:
+            ok = change > rule.min_gain
+            verdicts[metric] = f"{'better' if ok else 'not better'} by {change:+.4f}"
+        else:
+            ok = change >= -rule.tolerance
+            verdicts[metric] = f"{'not worse' if ok else 'worse'} ({change:+.4f})"
+        if not ok:
+            failures.append(metric)
+    if failures:
+        return Decision(False, f"v{champion_version} stays champion: {', '.join(failures)} "
+                               f"{'does' if len(failures) == 1 else 'do'} not pass", version, champion_version,
+                        challenger, champion, verdicts)
+    return Decision(True, f"beats v{champion_version} on {rule.metric} without losing on "
+                          f"{', '.join(rule.guards) or 'any guard'}", version, champion_version, challenger, champion, verdicts)
+
+
+def current_champion(name: str) -> tuple[str, dict[str, str]] | None:
+    """(version, its tags) of the champion, or None."""
+    try:
+        version = MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    return str(version.version), dict(version.tags)
+
+
+def recorded_metrics(tags: dict[str, str], split_hash: str) -> dict[str, float] | None:
+    """The metrics a version's own evaluation recorded, if that evaluation used this test split."""
+    if tags.get("evaluation_split_hash") != split_hash or "evaluation_metrics" not in tags:
+        return None
+    return json.loads(tags["evaluation_metrics"])
+
+
+def record_and_promote(name: str, decision: Decision, split_hash: str) -> None:
+    """Tag the challenger with its metrics and the decision; move the aliases."""
+    client = MlflowClient()
+    metrics = {k: round(v, 6) for k, v in sorted(decision.challenger.items())
+               if not k.endswith(("_std", "_ci_low", "_ci_high")) and math.isfinite(v)}
+    tags = {"evaluation_split_hash": split_hash, "evaluation_metrics": json.dumps(metrics),
+            "promotion_decision": "promoted" if decision.promoted else "not promoted",
+            "promotion_reason": decision.reason}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, decision.version, key, value)
+    client.set_registered_model_alias(name, CHALLENGER, decision.version)
+    if decision.promoted:
+        client.set_registered_model_alias(name, CHAMPION, decision.version)

@@ -1,0 +1,89 @@
+"""Jobs, the retraining schedule and the raw-data sensor, evaluated with Dagster's testing helpers."""
+
+import os
+
+import dagster as dg
+import pytest
+
+import jobs
+from assets import evaluation, models
+from definitions import defs
+from resources import CxrSettings
+
+
+def test_jobs_cover_the_units_of_work():
+    repository = defs.get_repository_def()
+    names = {job.name for job in repository.get_all_jobs()}
+    assert {"all_assets", "ingestion", "training", "evaluation", "retrain_and_evaluate"} <= names
+    graph = defs.resolve_asset_graph()
+
+    def selected(job_name: str) -> set[str]:
+        selection = defs.resolve_job_def(job_name).asset_layer.selected_asset_keys
+        return {key.path[-1] for key in selection}
+
+    assert selected("training") == {"sr_pairs", "low_dose_pairs", "vae", "latents", "latent_sr", "class_ddpm",
+                                    "low_dose_denoiser"}
+    assert selected("evaluation") == {"cxr_classifier", "sr_evaluation", "denoising_evaluation", "generation_evaluation"}
+    assert selected("retrain_and_evaluate") == selected("training") | selected("evaluation")
+    assert selected("all_assets") == {key.path[-1] for key in graph.get_all_asset_keys()}
+
+
+def test_training_steps_share_a_pool_and_retry():
+    for asset in (models.vae, evaluation.cxr_classifier, evaluation.generation_evaluation):
+        spec = next(iter(asset.specs))
+        assert asset.op.pool == "cxr_training", spec.key
+        assert asset.op.retry_policy.max_retries == 2
+    assert models.latents.op.pool is None  # light steps are not throttled
+
+
+def test_retraining_schedule_ships_stopped_weekly_and_is_configurable(monkeypatch):
+    monkeypatch.delenv("CXR_RETRAIN_SCHEDULE", raising=False)
+    monkeypatch.delenv("CXR_RETRAIN_CRON", raising=False)
+    schedule = jobs.retraining_schedule()
+    assert schedule.cron_schedule == "0 3 * * 0" and schedule.job_name == "retrain_and_evaluate"
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    with dg.build_schedule_context(scheduled_execution_time=None) as context:
+        requests = schedule.evaluate_tick(context).run_requests
+    assert len(requests) == 1
+    monkeypatch.setenv("CXR_RETRAIN_SCHEDULE", "on")
+    monkeypatch.setenv("CXR_RETRAIN_CRON", "0 2 * * *")
+    daily = jobs.retraining_schedule()
+    assert daily.cron_schedule == "0 2 * * *" and daily.default_status == dg.DefaultScheduleStatus.RUNNING
+
+
+def evaluate_sensor(settings: CxrSettings, cursor):
+    with dg.build_sensor_context(cursor=cursor, resources={"settings": settings}) as context:
+        result = jobs.raw_data_changed(context)
+        return result, context.cursor
+
+
+def test_sensor_launches_ingestion_once_per_change(tmp_path):
+    data = tmp_path / "raw"
+    data.mkdir()
+    (data / "a.png").write_bytes(b"\x89PNG first")
+    settings = CxrSettings(home=str(tmp_path / "home"), data_dir=str(data))
+
+    first, cursor = evaluate_sensor(settings, None)
+    assert isinstance(first, dg.RunRequest) and first.run_key == cursor
+    assert first.tags["cxr/files"] == "1"
+
+    same, same_cursor = evaluate_sensor(settings, cursor)
+    assert isinstance(same, dg.SkipReason) and same_cursor == cursor
+
+    (data / "b.dcm").write_bytes(b"DICM new")
+    added, added_cursor = evaluate_sensor(settings, cursor)
+    assert isinstance(added, dg.RunRequest) and added_cursor != cursor and added.tags["cxr/files"] == "2"
+
+    path = data / "a.png"
+    path.write_bytes(b"\x89PNG changed content")
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    changed, _ = evaluate_sensor(settings, added_cursor)
+    assert isinstance(changed, dg.RunRequest) and changed.run_key not in (cursor, added_cursor)
+
+
+@pytest.mark.parametrize("data_dir", [None, "missing"])
+def test_sensor_skips_without_a_data_folder(tmp_path, monkeypatch, data_dir):
+    monkeypatch.delenv("CXR_DATA_DIR", raising=False)
+    settings = CxrSettings(home=str(tmp_path / "home"), data_dir=str(tmp_path / data_dir) if data_dir else None)
+    result, cursor = evaluate_sensor(settings, None)
+    assert isinstance(result, dg.SkipReason) and cursor is None

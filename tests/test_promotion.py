@@ -1,0 +1,96 @@
+"""Champion / challenger: the pure decision, and the aliases in a real SQLite Model Registry."""
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from cxr_pipeline import promotion, tracking
+from cxr_pipeline.promotion import PromotionRule, decide
+
+SR_RULE = PromotionRule("psnr_sr_x4_ddim", ("lr_consistency_psnr_sr_x4_ddim",))
+
+
+def test_first_model_becomes_champion():
+    decision = decide(SR_RULE, "1", {"psnr_sr_x4_ddim": 25.0, "lr_consistency_psnr_sr_x4_ddim": 30.0}, None, None)
+    assert decision.promoted and decision.reason == "no champion yet"
+
+
+def test_better_psnr_with_a_worse_lr_consistency_is_not_promoted():
+    champion = {"psnr_sr_x4_ddim": 25.0, "lr_consistency_psnr_sr_x4_ddim": 30.0}
+    sharper_but_invented = {"psnr_sr_x4_ddim": 25.5, "lr_consistency_psnr_sr_x4_ddim": 29.0}
+    decision = decide(SR_RULE, "2", sharper_but_invented, "1", champion)
+    assert not decision.promoted and "lr_consistency_psnr_sr_x4_ddim" in decision.reason
+    assert decision.verdicts["psnr_sr_x4_ddim"].startswith("better")
+    assert decision.verdicts["lr_consistency_psnr_sr_x4_ddim"].startswith("worse")
+    better = decide(SR_RULE, "3", {"psnr_sr_x4_ddim": 25.5, "lr_consistency_psnr_sr_x4_ddim": 30.0}, "1", champion)
+    assert better.promoted and "beats v1" in better.reason
+    table = better.table()
+    assert list(table["metric"]) == ["psnr_sr_x4_ddim", "lr_consistency_psnr_sr_x4_ddim"]
+    assert table["champion v1"].tolist() == ["25.0000", "30.0000"]
+
+
+def test_lower_is_better_metrics_and_tolerance():
+    rule = PromotionRule("fd_cxr_class_ddpm", ("cond_acc_class_ddpm",), tolerance=0.02)
+    champion = {"fd_cxr_class_ddpm": 10.0, "cond_acc_class_ddpm": 0.80}
+    assert decide(rule, "2", {"fd_cxr_class_ddpm": 8.0, "cond_acc_class_ddpm": 0.79}, "1", champion).promoted
+    assert not decide(rule, "2", {"fd_cxr_class_ddpm": 8.0, "cond_acc_class_ddpm": 0.70}, "1", champion).promoted
+    assert not decide(rule, "2", {"fd_cxr_class_ddpm": 12.0, "cond_acc_class_ddpm": 0.90}, "1", champion).promoted
+    missing = decide(rule, "2", {"fd_cxr_class_ddpm": 8.0}, "1", champion)
+    assert not missing.promoted and "lacks cond_acc_class_ddpm" in missing.reason
+
+
+@pytest.fixture
+def registry(tmp_path):
+    uri = tracking.default_tracking_uri(tmp_path)
+    (tmp_path / "mlflow").mkdir()
+    experiment = tracking.ensure_experiment(uri, "promotion-test", tmp_path / "mlflow" / "artifacts")
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "model.json").write_text("{}")
+
+    def register() -> str:
+        with mlflow.start_run(experiment_id=experiment) as run:
+            mlflow.log_artifacts(str(folder), artifact_path="model")
+        return tracking.register_folder(run.info.run_id, "model", "cxr-test-model")
+
+    yield register
+    mlflow.set_tracking_uri(None)
+
+
+def test_aliases_follow_the_decisions_in_a_real_registry(registry):
+    client = MlflowClient()
+    split = "split-a"
+    scores = {"1": (25.0, 30.0), "2": (24.0, 30.0), "3": (26.0, 30.5)}
+    outcomes = {}
+    for version in ("1", "2", "3"):
+        assert registry() == version
+        metrics = {"psnr_sr_x4_ddim": scores[version][0], "lr_consistency_psnr_sr_x4_ddim": scores[version][1]}
+        champion = promotion.current_champion("cxr-test-model")
+        recorded = promotion.recorded_metrics(champion[1], split) if champion else None
+        decision = decide(SR_RULE, version, metrics, champion[0] if champion else None, recorded)
+        promotion.record_and_promote("cxr-test-model", decision, split)
+        outcomes[version] = decision.promoted
+        assert str(client.get_model_version_by_alias("cxr-test-model", "challenger").version) == version
+        if version == "2":  # worse: v1 stays champion
+            assert str(client.get_model_version_by_alias("cxr-test-model", "champion").version) == "1"
+    assert outcomes == {"1": True, "2": False, "3": True}
+    assert str(client.get_model_version_by_alias("cxr-test-model", "champion").version) == "3"
+    tags = client.get_model_version("cxr-test-model", "2").tags
+    assert tags["promotion_decision"] == "not promoted" and "v1 stays champion" in tags["promotion_reason"]
+    assert promotion.recorded_metrics(tags, split)["psnr_sr_x4_ddim"] == 24.0
+    assert promotion.recorded_metrics(tags, "another-split") is None  # other split: must be re-evaluated
+
+
+def test_sampling_code_resolves_a_registered_name_to_its_champion(registry, tmp_path, monkeypatch):
+    for _ in range(2):
+        registry()
+    client = MlflowClient()
+    client.set_registered_model_alias("cxr-test-model", "champion", "2")
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow.get_tracking_uri())
+    folder = tracking.resolve_model("cxr-test-model")
+    assert "v2" in folder.parts and (folder / "model.json").exists()
+    assert folder.is_relative_to(tmp_path / "home" / "models" / "registry")
+    assert tracking.resolve_model(folder) == folder  # a folder is used as given
+    with pytest.raises(FileNotFoundError, match="neither a model folder nor a registered model"):
+        tracking.resolve_model("no-such-model")
