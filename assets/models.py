@@ -28,8 +28,10 @@ VAE_MODEL_NAME = "cxr-vae"
 # instance (run.sh writes default_limit 1 into $DAGSTER_HOME/dagster.yaml). A failed attempt is
 # retried and resumes from its last checkpoint.
 TRAINING_TAGS = {"cxr/compute": "training"}
+# On Kubernetes (deploy/definitions.py) each training step is its own pod asking for one GPU.
+GPU_POD = {"container_config": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}}}
 TRAINING_STEP = {
-    "op_tags": TRAINING_TAGS,
+    "op_tags": {**TRAINING_TAGS, "dagster-k8s/config": GPU_POD},
     "pool": "cxr_training",
     "retry_policy": dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
 }

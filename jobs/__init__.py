@@ -14,39 +14,36 @@ training_executor = dg.multiprocess_executor.configured({
     "tag_concurrency_limits": [{"key": "cxr/compute", "value": "training", "limit": 1}],
 })
 
-all_assets_job = dg.define_asset_job(
-    "all_assets",
-    selection=dg.AssetSelection.all(),
-    executor_def=training_executor,
-    description="Materialize every asset: the main job (on the demo dataset by default).",
-)
-
 ingestion_job = dg.define_asset_job(
     "ingestion",
     selection=dg.AssetSelection.groups("ingestion", "labels"),
     description="Ingest raw files, parse labels and write patient-level splits.",
 )
 
-training_job = dg.define_asset_job(
-    "training",
-    selection=dg.AssetSelection.groups("pairs", "models"),
-    executor_def=training_executor,
-    description="Build training pairs, train the VAE and the diffusion models on the current splits.",
-)
 
-evaluation_job = dg.define_asset_job(
-    "evaluation",
-    selection=dg.AssetSelection.groups("evaluation"),
-    executor_def=training_executor,
-    description="Train the CXR feature classifier and evaluate the current models on the test split.",
-)
+def compute_jobs(executor: dg.ExecutorDefinition) -> dict:
+    """The jobs that train or evaluate, on a given executor: the local multiprocess one here,
+    the Kubernetes one in deploy/definitions.py."""
+    return {
+        "all_assets": dg.define_asset_job(
+            "all_assets", selection=dg.AssetSelection.all(), executor_def=executor,
+            description="Materialize every asset: the main job (on the demo dataset by default)."),
+        "training": dg.define_asset_job(
+            "training", selection=dg.AssetSelection.groups("pairs", "models"), executor_def=executor,
+            description="Build training pairs, train the VAE and the diffusion models on the current splits."),
+        "evaluation": dg.define_asset_job(
+            "evaluation", selection=dg.AssetSelection.groups("evaluation"), executor_def=executor,
+            description="Train the CXR feature classifier and evaluate the current models on the test split."),
+        "retrain_and_evaluate": dg.define_asset_job(
+            "retrain_and_evaluate", selection=dg.AssetSelection.groups("pairs", "models", "evaluation"),
+            executor_def=executor,
+            description="Retrain every model on the current data and evaluate it: what the schedule runs."),
+    }
 
-retraining_job = dg.define_asset_job(
-    "retrain_and_evaluate",
-    selection=dg.AssetSelection.groups("pairs", "models", "evaluation"),
-    executor_def=training_executor,
-    description="Retrain every model on the current data and evaluate it: what the schedule runs.",
-)
+
+local_jobs = compute_jobs(training_executor)
+all_assets_job, training_job = local_jobs["all_assets"], local_jobs["training"]
+evaluation_job, retraining_job = local_jobs["evaluation"], local_jobs["retrain_and_evaluate"]
 
 RETRAIN_CRON_DEFAULT = "0 3 * * 0"  # Sundays 03:00
 
@@ -55,12 +52,12 @@ def _switched_on(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "on", "true", "yes", "running"}
 
 
-def retraining_schedule() -> dg.ScheduleDefinition:
+def retraining_schedule(job=retraining_job) -> dg.ScheduleDefinition:
     """Weekly by default (``CXR_RETRAIN_CRON``, UTC). Shipped stopped: start it in the UI
     (Automation) or with ``CXR_RETRAIN_SCHEDULE=on`` before ``dagster dev``."""
     return dg.ScheduleDefinition(
         name="weekly_retraining",
-        job=retraining_job,
+        job=job,
         cron_schedule=os.environ.get("CXR_RETRAIN_CRON", RETRAIN_CRON_DEFAULT),
         execution_timezone="UTC",
         default_status=(dg.DefaultScheduleStatus.RUNNING if _switched_on("CXR_RETRAIN_SCHEDULE")
