@@ -40,11 +40,16 @@ def resources() -> dict:
     return {"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)}
 
 
-defs = dg.Definitions(
-    assets=ASSETS,
-    asset_checks=ASSET_CHECKS,
-    jobs=[ingestion_job, *local_jobs.values()],
-    schedules=[retraining_schedule(local_jobs["retrain_and_evaluate"])],
-    sensors=[raw_data_changed],
-    resources=resources(),
-)
+def build_definitions(compute: dict) -> dg.Definitions:
+    """Everything, with the training and evaluation jobs of ``compute`` (see jobs.compute_jobs)."""
+    return dg.Definitions(
+        assets=ASSETS,
+        asset_checks=ASSET_CHECKS,
+        jobs=[ingestion_job, *compute.values()],
+        schedules=[retraining_schedule(compute["retrain_and_evaluate"])],
+        sensors=[raw_data_changed],
+        resources=resources(),
+    )
+
+
+defs = build_definitions(local_jobs)

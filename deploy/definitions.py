@@ -6,11 +6,10 @@ of deploy/dagster.yaml; MLflow via ``MLFLOW_TRACKING_URI`` (deploy/mlflow-server
 
 import os
 
-import dagster as dg
 from dagster_k8s import k8s_job_executor
 
-from definitions import ASSET_CHECKS, ASSETS, resources
-from jobs import compute_jobs, ingestion_job, raw_data_changed, retraining_schedule
+from definitions import build_definitions
+from jobs import compute_jobs
 
 IMAGE = os.environ.get("CXR_IMAGE", "cxr-pipeline:latest")
 
@@ -21,13 +20,4 @@ gpu_cluster_executor = k8s_job_executor.configured({
     "step_k8s_config": {"container_config": {"image": IMAGE, "resources": {"requests": {"cpu": "2", "memory": "8Gi"}}}},
 })
 
-production_jobs = compute_jobs(gpu_cluster_executor)
-
-defs = dg.Definitions(
-    assets=ASSETS,
-    asset_checks=ASSET_CHECKS,
-    jobs=[ingestion_job, *production_jobs.values()],
-    schedules=[retraining_schedule(production_jobs["retrain_and_evaluate"])],
-    sensors=[raw_data_changed],
-    resources=resources(),
-)
+defs = build_definitions(compute_jobs(gpu_cluster_executor))
