@@ -237,7 +237,7 @@ def sr_evaluation(context: dg.AssetExecutionContext, config: SrEvaluationConfig,
         section = result.section()
         section.figures.append(_training_curves(pointer, f"Latent SR x{scale}"))
         decision, promotion_section = _promote(context, settings, pointer, result.metrics(), config.rule(scale=scale),
-                                               content_hash(rows[["image_id"]]), lambda d: evaluate(d).metrics())
+                                               promotion.split_key(rows["image_id"]), lambda d: evaluate(d).metrics())
         sections += [section, promotion_section]
         metrics.update(result.metrics())
         evaluated.append((pointer, result.metrics()))
@@ -310,7 +310,7 @@ def denoising_evaluation(context: dg.AssetExecutionContext, config: DenoisingEva
     results = evaluate(pointer["model_dir"])
     metrics = {k: v for result in results for k, v in result.metrics().items()}
     decision, promotion_section = _promote(
-        context, settings, pointer, metrics, config.rule(), content_hash(rows[["image_id"]]),
+        context, settings, pointer, metrics, config.rule(), promotion.split_key(rows["image_id"]),
         lambda d: {k: v for result in evaluate(d) for k, v in result.metrics().items()})
     sections = [result.section() for result in results]
     sections += [Section("Training", figures=[_training_curves(pointer, "Low-dose denoiser")]), promotion_section]
@@ -366,7 +366,7 @@ def generation_evaluation(context: dg.AssetExecutionContext, config: GenerationE
     section.figures.append(_training_curves(pointer, "Class-conditional DDPM"))
     metrics = result.metrics()
     # fd_cxr and KID depend on the feature network: a comparison needs the same classifier too.
-    comparison_key = f"{content_hash(rows[['image_id']])}-classifier-v{classifier['version']}"
+    comparison_key = f"{promotion.split_key(rows['image_id'])}-classifier-v{classifier['version']}"
     decision, promotion_section = _promote(context, settings, pointer, metrics, config.rule(), comparison_key,
                                            lambda d: evaluate(d).metrics())
     report = Report("Class-conditional generation evaluation",

@@ -9,6 +9,7 @@ and returned for the report and the asset metadata.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -93,6 +94,11 @@ def decide(rule: PromotionRule, version: str, challenger: dict[str, float], cham
                         challenger, champion, verdicts)
     return Decision(True, f"beats v{champion_version} on {rule.metric} without losing on "
                           f"{', '.join(rule.guards) or 'any guard'}", version, champion_version, challenger, champion, verdicts)
+
+
+def split_key(image_ids) -> str:
+    """Identifies a test set: two evaluations compare only when they scored the same images."""
+    return hashlib.sha256("\n".join(sorted(map(str, image_ids))).encode()).hexdigest()[:16]
 
 
 def current_champion(name: str) -> tuple[str, dict[str, str]] | None:

@@ -10,6 +10,11 @@ from cxr_pipeline.promotion import PromotionRule, decide
 SR_RULE = PromotionRule("psnr_sr_x4_ddim", ("lr_consistency_psnr_sr_x4_ddim",))
 
 
+def test_split_key_depends_on_the_images_not_their_order():
+    assert promotion.split_key(["b", "a"]) == promotion.split_key(["a", "b"])
+    assert promotion.split_key(["a", "b"]) != promotion.split_key(["a", "c"])
+
+
 def test_first_model_becomes_champion():
     decision = decide(SR_RULE, "1", {"psnr_sr_x4_ddim": 25.0, "lr_consistency_psnr_sr_x4_ddim": 30.0}, None, None)
     assert decision.promoted and decision.reason == "no champion yet"
