@@ -150,7 +150,7 @@ def _split_rows(metadata: pd.DataFrame, split: str, limit: Optional[int] = None,
 
 
 def _images(store: ImageStore, rows: pd.DataFrame) -> torch.Tensor:
-    return torch.cat(list(StoreImages(store, rows).all())) if len(rows) else torch.zeros(0)
+    return StoreImages(store, rows).stack()
 
 
 def _degraded(pair_dir, rows: pd.DataFrame) -> torch.Tensor:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.metrics.distribution import frechet_distance, kernel_inception_distance
@@ -37,7 +36,7 @@ def main() -> None:
     pointer = json.loads(paths.model_pointer("classifier").read_text())
     model, _ = load_classifier(pointer["model_dir"], "cpu")
     metadata = pd.read_parquet(paths.metadata)
-    images = torch.cat(list(StoreImages(ImageStore(paths.image_store), metadata).all()))
+    images = StoreImages(ImageStore(paths.image_store), metadata).stack()
     features, _ = embed(model, images)
     largest = len(features) // 2
     sizes = [n for n in (16, 32, 64, 128, 256, 512) if n < largest] + [largest]

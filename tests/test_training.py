@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from cxr_pipeline.data.image_store import ImageStore, to_stored
-from cxr_pipeline.models.batches import EpochSampler
+from cxr_pipeline.models.batches import EpochSampler, StoreImages
 from cxr_pipeline.models.training import TrainConfig, pick_device
 from cxr_pipeline.models.vae import VaeConfig, load_vae, train_vae
 
@@ -87,6 +87,15 @@ def test_epoch_sampler_covers_each_epoch_once_and_depends_only_on_the_step():
     epoch = np.concatenate([sampler.indices(s) for s in range(sampler.steps_per_epoch)])
     assert len(set(epoch.tolist())) == len(epoch) == 9
     np.testing.assert_array_equal(EpochSampler(10, 3, seed=5).indices(7), sampler.indices(7))
+
+
+def test_store_images_stack_in_row_order(tmp_path):
+    metadata, store, _, _ = tiny_setup(tmp_path)
+    val = StoreImages(store, metadata[metadata["split"] == "val"])
+    stacked = val.stack()
+    assert stacked.shape == (8, 1, 32, 32)
+    torch.testing.assert_close(stacked[5:6], val.batch([5]))
+    assert StoreImages(store, metadata.iloc[:0]).stack().shape[0] == 0
 
 
 def test_device_choice():

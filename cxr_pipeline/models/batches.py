@@ -48,6 +48,12 @@ class StoreImages:
         for start in range(0, len(self), batch_size):
             yield self.batch(list(range(start, min(len(self), start + batch_size))))
 
+    def stack(self) -> torch.Tensor:
+        """Every image in one tensor; (0, 1, 0, 0) for no rows."""
+        if not len(self):
+            return torch.zeros(0, 1, 0, 0)
+        return torch.cat(list(self.all()))
+
 
 class WeightedStepSampler:
     """Class-balanced batches: draws with probability ~ 1 / class frequency, seeded by step."""

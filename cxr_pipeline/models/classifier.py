@@ -164,7 +164,7 @@ def train_classifier(metadata: pd.DataFrame, store: ImageStore, class_names: Seq
         return {"images": augment(train_images.batch(picked), config, rng),
                 "labels": torch.from_numpy(train_labels[picked]).long()}
 
-    val_stack = torch.cat(list(val_images.all()))
+    val_stack = val_images.stack()
 
     def evaluate(model: nn.Module, step: int) -> dict[str, float]:
         return classification_scores(embed(model, val_stack)[1], val_labels, class_names)
