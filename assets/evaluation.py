@@ -35,7 +35,7 @@ from resources import CxrSettings, MlflowTracking
 
 from .diffusion import class_ddpm, latent_sr, low_dose_denoiser
 from .labels import image_metadata
-from .models import TRAINING_STEP, TrainingConfig, progress_logger, read_current_model, write_current_model
+from .models import HEAVY_STEP, TRAINING_STEP, TrainingConfig, progress_logger, read_current_model, write_current_model
 from .pairs import low_dose_pairs, sr_pairs
 
 CLASSIFIER_MODEL_NAME = "cxr-feature-classifier"
@@ -207,7 +207,7 @@ class SrEvaluationConfig(EvaluationConfig):
     promotion_guards: list[str] = ["lr_consistency_psnr_sr_x{scale}_ddim"]
 
 
-@dg.asset(group_name="evaluation", deps=[latent_sr, sr_pairs], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
+@dg.asset(group_name="evaluation", deps=[latent_sr, sr_pairs], kinds={"pytorch", "mlflow"}, **HEAVY_STEP)
 def sr_evaluation(context: dg.AssetExecutionContext, config: SrEvaluationConfig, settings: CxrSettings,
                   mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """Each latent SR model on the test split against bicubic, bicubic through the VAE and the VAE
@@ -272,7 +272,7 @@ class DenoisingEvaluationConfig(EvaluationConfig):
 
 
 @dg.asset(group_name="evaluation", deps=[low_dose_denoiser, low_dose_pairs], kinds={"pytorch", "mlflow"},
-          **TRAINING_STEP)
+          **HEAVY_STEP)
 def denoising_evaluation(context: dg.AssetExecutionContext, config: DenoisingEvaluationConfig, settings: CxrSettings,
                          mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """The low-dose denoiser per dose level on the test split, against the noisy input and
@@ -336,7 +336,7 @@ class GenerationEvaluationConfig(EvaluationConfig):
     promotion_guards: list[str] = ["cond_acc_class_ddpm"]
 
 
-@dg.asset(group_name="evaluation", deps=[class_ddpm, cxr_classifier], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
+@dg.asset(group_name="evaluation", deps=[class_ddpm, cxr_classifier], kinds={"pytorch", "mlflow"}, **HEAVY_STEP)
 def generation_evaluation(context: dg.AssetExecutionContext, config: GenerationEvaluationConfig, settings: CxrSettings,
                           mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """The class-conditional DDPM against real test images: fd_cxr and KID on the CXR feature

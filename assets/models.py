@@ -25,16 +25,16 @@ from .pairs import sr_pairs
 VAE_MODEL_NAME = "cxr-vae"
 # Training steps use every core (or the GPU). Within a run the executor runs one of them at a time
 # (tag limit, see jobs/); across runs they share the "cxr_training" pool, whose limit comes from the
-# instance (run.sh writes default_limit 1 into $DAGSTER_HOME/dagster.yaml). A failed attempt is
-# retried and resumes from its last checkpoint.
+# instance (run.sh writes default_limit 1 into $DAGSTER_HOME/dagster.yaml). A failed
+# training attempt is retried and resumes from its last checkpoint.
 TRAINING_TAGS = {"cxr/compute": "training"}
 # On Kubernetes (deploy/definitions.py) each training step is its own pod asking for one GPU.
 GPU_POD = {"container_config": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}}}
-TRAINING_STEP = {
-    "op_tags": {**TRAINING_TAGS, "dagster-k8s/config": GPU_POD},
-    "pool": "cxr_training",
-    "retry_policy": dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
-}
+# Heavy steps (training and evaluation) share the tags and the pool.
+HEAVY_STEP = {"op_tags": {**TRAINING_TAGS, "dagster-k8s/config": GPU_POD}, "pool": "cxr_training"}
+# Training also retries: a lost node or OOM resumes from the checkpoint. Evaluation does not,
+# since it has no checkpoint and its failures are deterministic (a retry repeats them).
+TRAINING_STEP = {**HEAVY_STEP, "retry_policy": dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)}
 
 
 class TrainingConfig(dg.Config):

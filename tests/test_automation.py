@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 import jobs
-from assets import evaluation, models
+from assets import diffusion, evaluation, models
 from definitions import defs
 from resources import CxrSettings
 
@@ -28,11 +28,15 @@ def test_jobs_cover_the_units_of_work():
     assert selected("all_assets") == {key.path[-1] for key in graph.get_all_asset_keys()}
 
 
-def test_training_steps_share_a_pool_and_retry():
-    for asset in (models.vae, evaluation.cxr_classifier, evaluation.generation_evaluation):
-        spec = next(iter(asset.specs))
-        assert asset.op.pool == "cxr_training", spec.key
-        assert asset.op.retry_policy.max_retries == 2
+def test_heavy_steps_share_a_pool_and_only_training_retries():
+    training = (models.vae, diffusion.latent_sr, diffusion.class_ddpm, diffusion.low_dose_denoiser, evaluation.cxr_classifier)
+    scoring = (evaluation.sr_evaluation, evaluation.denoising_evaluation, evaluation.generation_evaluation)
+    for asset in training + scoring:
+        assert asset.op.pool == "cxr_training", asset.key
+    for asset in training:
+        assert asset.op.retry_policy.max_retries == 2, asset.key  # resumes from its checkpoint
+    for asset in scoring:
+        assert asset.op.retry_policy is None, asset.key  # deterministic: a retry would repeat the failure
     assert models.latents.op.pool is None  # light steps are not throttled
 
 
