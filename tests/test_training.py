@@ -109,3 +109,37 @@ def test_divergence_is_a_clear_error(tmp_path):
     from dataclasses import replace
     with pytest.raises(FloatingPointError, match="learning rate"):
         train_vae(metadata, store, tmp_path / "runs", vae_config, replace(train_config, learning_rate=1e12), "tiny")
+
+
+def test_two_ranks_under_torchrun_end_where_one_process_does(tmp_path):
+    """DDP over two Gloo ranks on half batches = one process on the whole batch; only rank 0
+    reports and checkpoints, and both ranks hold the same weights."""
+    from tests.ddp_train import train_regression
+
+    completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                                str(REPO / "tests" / "ddp_train.py"), str(tmp_path)], capture_output=True, text=True,
+                               timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "weights_rank0_of_2.pt")
+    rank1 = torch.load(tmp_path / "weights_rank1_of_2.pt")
+    single = train_regression(tmp_path / "single")
+    for name, value in single.items():
+        torch.testing.assert_close(rank0[name], rank1[name], rtol=0, atol=0)
+        torch.testing.assert_close(rank0[name], value, rtol=0, atol=1e-6)
+        assert not torch.equal(value, torch.zeros_like(value))
+    reported, losses = (tmp_path / "events.txt").read_text().splitlines()
+    assert reported.split() == ["checkpoint", "eval", "step"]
+    single_losses = (tmp_path / "single" / "events.txt").read_text().splitlines()[1]
+    assert [float(v) for v in losses.split()] == pytest.approx([float(v) for v in single_losses.split()], abs=1e-6)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-0000004", "step-0000008"]
+
+
+def test_a_batch_that_does_not_split_evenly_is_a_clear_error():
+    from cxr_pipeline.models.distributed import ProcessGroup, shard
+
+    batch = {"target": torch.arange(12).reshape(6, 2), "labels": torch.arange(6)}
+    second = shard(batch, ProcessGroup(rank=1, world_size=3))
+    assert second["labels"].tolist() == [2, 3] and second["target"].tolist() == [[4, 5], [6, 7]]
+    assert shard(batch, ProcessGroup()) is batch
+    with pytest.raises(ValueError, match="divisible by the number of processes"):
+        shard(batch, ProcessGroup(rank=0, world_size=4))

@@ -57,9 +57,10 @@ def _train(kind: str, unet_config: UNetConfig, schedule: ScheduleConfig, conditi
                       evaluate=evaluate, progress=progress)
     result = trainer.fit(stop_after=stop_after)
     model_dir = run_dir / "model"
-    with atomic_folder(model_dir) as tmp:
-        save_model(tmp, result.ema_model, kind, schedule, conditioning, unet_config,
-                   extra={**extra, "step": result.final_step, "data_hash": data_hash, "train": train_config.identity()})
+    if trainer.group.is_main:
+        with atomic_folder(model_dir) as tmp:
+            save_model(tmp, result.ema_model, kind, schedule, conditioning, unet_config,
+                       extra={**extra, "step": result.final_step, "data_hash": data_hash, "train": train_config.identity()})
     return DiffusionOutcome(kind, run_dir, model_dir, result.final_step, result.resumed_from, previews)
 
 

@@ -7,6 +7,9 @@ uninterrupted run would have (bit for bit on CPU).
 
 Checkpoints are folders written under a temporary name and renamed into place: model and EMA
 weights as safetensors, optimizer/scheduler state, and a JSON with the step and config.
+
+Under ``torchrun`` the same loop is data-parallel (see :mod:`.distributed`): every rank draws its
+own noise stream, so a resumed run matches the uninterrupted one for the same number of ranks.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 
 from ..data import atomic
+from . import distributed
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -41,9 +45,10 @@ def pick_device(preference: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """The random stream of one step: the same whether or not the run was resumed."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu", stream: int = 0) -> torch.Generator:
+    """The random stream of one step: the same whether or not the run was resumed. ``stream``
+    separates data-parallel ranks, so they never draw the same noise."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step + stream * 7_919_000_017) % (2**63 - 1))
 
 
 def run_key(*parts: object) -> str:
@@ -126,8 +131,16 @@ class Trainer:
                  run_dir: Path, *, batch_size_of: Callable[[Any], int] | None = None,
                  evaluate: EvalFn | None = None, progress: Callable[[TrainEvent], None] | None = None):
         self.config = config
+        self.group = distributed.current()
         self.device = pick_device(config.device)
+        if self.device.type == "cuda" and self.device.index is None and self.group.distributed:
+            self.device = torch.device("cuda", self.group.local_rank)
         self.model = model.to(self.device)
+        # The module the step runs: DDP averages gradients over ranks; ``model`` stays the plain
+        # module for checkpoints, EMA and evaluation.
+        self.network = (torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.group.distributed else self.model)
         self.step_fn, self.batches, self.evaluate = step_fn, batches, evaluate
         self.progress = progress or (lambda event: None)
         self.batch_size_of = batch_size_of or (lambda batch: config.batch_size)
@@ -199,17 +212,19 @@ class Trainer:
         latest = self.latest_checkpoint()
         if latest is not None:
             start = resumed_from = self.load_checkpoint(latest)
-            self.progress(TrainEvent("resume", start, config.steps))
+            if self.group.is_main:
+                self.progress(TrainEvent("resume", start, config.steps))
         history: list[TrainEvent] = []
         last_eval: dict[str, float] = {}
         window_started, window_images = time.perf_counter(), 0
         end = config.steps if stop_after is None else min(config.steps, start + stop_after)
         self.model.train()
+        main = self.group.is_main
         for step in range(start, end):
-            batch = _to_device(self.batches(step), self.device)
-            generator = step_generator(config.seed, step, self.device)
+            batch = _to_device(distributed.shard(self.batches(step), self.group), self.device)
+            generator = step_generator(config.seed, step, self.device, stream=self.group.rank)
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                loss, extra = self.step_fn(self.model, batch, generator)
+                loss, extra = self.step_fn(self.network, batch, generator)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning rate")
             self.optimizer.zero_grad(set_to_none=True)
@@ -220,9 +235,11 @@ class Trainer:
             self.scaler.update()
             self.scheduler.step()
             self.ema.step(self.model.parameters())
-            window_images += self.batch_size_of(batch)
+            window_images += self.batch_size_of(batch) * self.group.world_size
             done = step + 1
             if done % config.log_every == 0 or done == end:
+                loss = distributed.mean_over_ranks(loss, self.group)  # every rank, same steps
+            if main and (done % config.log_every == 0 or done == end):
                 elapsed = time.perf_counter() - window_started
                 rate = window_images / elapsed if elapsed > 0 else 0.0
                 remaining = (config.steps - done) * config.batch_size / rate if rate else math.inf
@@ -232,18 +249,20 @@ class Trainer:
                 history.append(event)
                 self.progress(event)
                 window_started, window_images = time.perf_counter(), 0
-            if self.evaluate and (done % config.eval_every == 0 or done == config.steps):
+            if main and self.evaluate and (done % config.eval_every == 0 or done == config.steps):
                 with torch.no_grad():
                     last_eval = self.evaluate(self.ema_model(), done)
                 event = TrainEvent("eval", done, config.steps, last_eval)
                 history.append(event)
                 self.progress(event)
                 self.model.train()
-            if done % config.checkpoint_every == 0 or done == config.steps:
+            if main and (done % config.checkpoint_every == 0 or done == config.steps):
                 self.save_checkpoint(done)
                 self.progress(TrainEvent("checkpoint", done, config.steps))
         ema_model = self.ema_model()
-        if self.evaluate and not last_eval:  # e.g. restarted after the final checkpoint
+        if self.group.distributed:
+            torch.distributed.barrier()  # the other ranks wait for rank 0's last checkpoint
+        if main and self.evaluate and not last_eval:  # e.g. restarted after the final checkpoint
             with torch.no_grad():
                 last_eval = self.evaluate(ema_model, end)
         return TrainResult(end, resumed_from, ema_model, last_eval, history)
