@@ -37,7 +37,9 @@ ASSET_CHECKS = [
 
 def resources() -> dict:
     settings = CxrSettings()
-    return {"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)}
+    return {"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings),
+            # launches scripts/train_worker.py when a training asset's launcher is not in_process
+            "pipes_subprocess_client": dg.PipesSubprocessClient()}
 
 
 def build_definitions(compute: dict) -> dg.Definitions:

@@ -4,20 +4,23 @@ Each asset is one MLflow run (params, loss curves, a sample grid every ``preview
 registers the final EMA weights, and reports the run id, version and model folder.
 """
 
-from collections.abc import Callable
-from typing import Optional
+import sys
+from pathlib import Path
+from typing import Literal, Optional
 
 import dagster as dg
 import mlflow
 import pandas as pd
 
 from cxr_pipeline import tracking
-from cxr_pipeline.data.image_store import ImageStore
+from cxr_pipeline.data import atomic
 from cxr_pipeline.data.labels.metadata import content_hash
 from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES
-from cxr_pipeline.data.pairs import doses_built, low_dose_pair_dir
+from cxr_pipeline.data.pairs import doses_built
 from cxr_pipeline.models import diffusion_training as dt
+from cxr_pipeline.models import training_job
 from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig
+from cxr_pipeline.models.training_job import TrainingJob
 from cxr_pipeline.reports.grid import markdown_image, png_bytes
 from resources import CxrSettings, MlflowTracking
 
@@ -25,6 +28,7 @@ from .labels import image_metadata
 from .models import TRAINING_STEP, TrainingConfig, latents, progress_logger, read_current_model, write_current_model
 from .pairs import low_dose_pairs
 
+TRAIN_WORKER = Path(__file__).resolve().parents[1] / "scripts" / "train_worker.py"
 # Widths by profile: the demo trains in CPU minutes, full is the size published work uses.
 PIXEL_UNET = {"demo": ((16, 32, 64), 8, False), "full": ((64, 128, 256, 256), 32, True)}
 LATENT_UNET = {"demo": ((32, 64), 8, True), "full": ((128, 256, 512), 32, True)}
@@ -36,6 +40,11 @@ class DiffusionTrainingConfig(TrainingConfig):
     preview_every: int = 100  # a sample grid to MLflow every this many steps
     timesteps: int = 1000
     beta_schedule: str = "linear"
+    # Where the training runs: in this step's process (the default), in a subprocess, or under
+    # torchrun with ``processes`` data-parallel ranks (GPUs, or CPU processes), both through Dagster
+    # Pipes with scripts/train_worker.py. batch_size is the global batch either way.
+    launcher: Literal["in_process", "subprocess", "torchrun"] = "in_process"
+    processes: int = 2
 
     def schedule(self) -> ScheduleConfig:
         return ScheduleConfig(timesteps=self.timesteps, beta_schedule=self.beta_schedule)
@@ -47,22 +56,56 @@ class DiffusionTrainingConfig(TrainingConfig):
                           block_out_channels=tuple(self.block_out_channels or widths), attention=attention,
                           num_class_embeds=num_class_embeds, norm_num_groups=groups)
 
+    def job(self, settings: CxrSettings, model: str, unet: UNetConfig, data_hash: str, **options) -> TrainingJob:
+        return TrainingJob(model=model, home=str(settings.resolved_home()), unet=unet, schedule=self.schedule(),
+                           train=self.train_config(eval_every=self.preview_every), data_hash=data_hash, options=options)
+
+
+def worker_command(config: DiffusionTrainingConfig, job_file: Path, outcome: Path, mlflow_run_id: str) -> list[str]:
+    """The command line of an out-of-process training (the same one a user can run by hand)."""
+    arguments = [str(TRAIN_WORKER), str(job_file), "--outcome", str(outcome), "--mlflow-run-id", mlflow_run_id]
+    if config.launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={config.processes}",
+                *arguments]
+    return [sys.executable, *arguments]
+
+
+def _train(context: dg.AssetExecutionContext, settings: CxrSettings, config: DiffusionTrainingConfig, job: TrainingJob,
+           label: str, mlflow_run_id: str, pipes: dg.PipesSubprocessClient) -> tuple[dt.DiffusionOutcome, dict]:
+    """Train in process, or launch the worker through Pipes and read its outcome back; returns the
+    outcome and the metadata the worker reported."""
+    if config.launcher == "in_process":
+        return training_job.run(job, progress=progress_logger(context)), {}
+    ranks = config.processes if config.launcher == "torchrun" else 1
+    if ranks < 1 or config.batch_size % ranks:
+        raise dg.Failure(f"batch_size {config.batch_size} must be a positive multiple of processes {ranks}: "
+                         "every rank takes an equal slice of the batch", allow_retries=False)
+    folder = settings.paths().models / "launches" / context.run.run_id / label
+    atomic.write_text(folder / "job.json", job.to_json())
+    command = worker_command(config, folder / "job.json", folder / "outcome", mlflow_run_id)
+    context.log.info(f"launching {' '.join(command)}")
+    invocation = pipes.run(context=context, command=command, env={"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()})
+    reported = invocation.get_materialize_result().metadata
+    return dt.DiffusionOutcome.load(folder / "outcome"), {**reported, "launcher": config.launcher}
+
 
 def _train_and_register(context: dg.AssetExecutionContext, settings: CxrSettings, mlflow_tracking: MlflowTracking,
-                        kind: str, model_name: str, config: DiffusionTrainingConfig, data_hash: str, params: dict,
-                        train: Callable[..., dt.DiffusionOutcome]) -> dict:
-    with mlflow_tracking.run(context, run_name=model_name, tags={"data.split_hash": data_hash, "model": model_name}) as run:
-        mlflow.log_params({**{f"train.{k}": v for k, v in config.train_config(eval_every=config.preview_every).identity().items()},
-                           "timesteps": config.timesteps, "beta_schedule": config.beta_schedule, **params})
-        outcome = train(progress=progress_logger(context))
+                        pipes: dg.PipesSubprocessClient, kind: str, model_name: str, config: DiffusionTrainingConfig,
+                        job: TrainingJob, params: dict) -> dict:
+    with mlflow_tracking.run(context, run_name=model_name, tags={"data.split_hash": job.data_hash, "model": model_name}) as run:
+        mlflow.log_params({**{f"train.{k}": v for k, v in job.train.identity().items()},
+                           "timesteps": config.timesteps, "beta_schedule": config.beta_schedule,
+                           "launcher": config.launcher, **params})
+        outcome, reported = _train(context, settings, config, job, kind, run.info.run_id, pipes)
         for step, grid in sorted(outcome.previews.items()):
             mlflow.log_image(grid, f"samples/step_{step:07d}.png")
         mlflow.log_artifacts(str(outcome.model_dir), artifact_path="model")
         version = tracking.register_folder(run.info.run_id, "model", model_name, description=f"{outcome.kind} (EMA weights)")
     write_current_model(settings, kind, {"model_dir": str(outcome.model_dir), "mlflow_run_id": run.info.run_id,
-                                         "registered_model": model_name, "version": version, "data_hash": data_hash})
+                                         "registered_model": model_name, "version": version, "data_hash": job.data_hash})
     last = outcome.previews[max(outcome.previews)] if outcome.previews else None
     return {
+        **reported,
         "mlflow_run_id": run.info.run_id,
         "registered_model": f"{model_name} v{version}",
         "checkpoint": dg.MetadataValue.path(str(outcome.model_dir)),
@@ -79,7 +122,7 @@ class LatentSrConfig(DiffusionTrainingConfig):
 
 @dg.asset(group_name="models", deps=[latents], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
 def latent_sr(context: dg.AssetExecutionContext, config: LatentSrConfig, settings: CxrSettings,
-              mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+              mlflow_tracking: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """UNet predicting the noise on the HR latent, conditioned on the upsampled-LR latent
     (channel concatenation), T=300 linear by default; one registered model per scale."""
     paths = settings.paths()
@@ -89,11 +132,10 @@ def latent_sr(context: dg.AssetExecutionContext, config: LatentSrConfig, setting
     metadata: dict = {}
     for scale in config.scales:
         unet = config.unet(LATENT_UNET, settings.profile_spec().name, shape[-1], 2 * shape[0], shape[0])
-        name = f"cxr-latent-sr-x{scale}"
-        produced = _train_and_register(
-            context, settings, mlflow_tracking, f"latent_sr_x{scale}", name, config, data_hash, {"scale": scale, "vae": f"cxr-vae v{vae['version']}"},
-            lambda progress: dt.train_latent_sr(paths.latents, scale, vae["model_dir"], unet, config.schedule(),
-                                                config.train_config(eval_every=config.preview_every), paths.models / "latent_sr", data_hash, progress))
+        job = config.job(settings, "latent_sr", unet, data_hash, scale=scale, vae_dir=vae["model_dir"])
+        produced = _train_and_register(context, settings, mlflow_tracking, pipes_subprocess_client, f"latent_sr_x{scale}",
+                                       f"cxr-latent-sr-x{scale}", config, job,
+                                       {"scale": scale, "vae": f"cxr-vae v{vae['version']}"})
         metadata.update({f"x{scale}_{k}": v for k, v in produced.items()})
     return dg.MaterializeResult(metadata=metadata)
 
@@ -107,23 +149,19 @@ class ClassDdpmConfig(DiffusionTrainingConfig):
 
 @dg.asset(group_name="models", deps=[image_metadata], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
 def class_ddpm(context: dg.AssetExecutionContext, config: ClassDdpmConfig, settings: CxrSettings,
-               mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+               mlflow_tracking: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """Pixel-space DDPM with a class embedding over the single-label classes plus a learned null
     class (classifier-free guidance), T=1000, trained on class-balanced batches."""
-    paths = settings.paths()
-    metadata = pd.read_parquet(paths.metadata)
-    data_hash = content_hash(metadata)
+    metadata = pd.read_parquet(settings.paths().metadata)
     size = settings.profile_spec().image_size
     unet = config.unet(PIXEL_UNET, settings.profile_spec().name, size, 1, 1, num_class_embeds=len(config.classes) + 1)
+    job = config.job(settings, "class_ddpm", unet, content_hash(metadata), classes=list(config.classes),
+                     balance=config.class_balance, label_dropout=config.label_dropout, guidance=config.guidance_scale)
     counts = metadata[(metadata["split"] == "train")]["class_name"].value_counts().to_dict()
     produced = _train_and_register(
-        context, settings, mlflow_tracking, "class_ddpm", "cxr-class-ddpm", config, data_hash,
+        context, settings, mlflow_tracking, pipes_subprocess_client, "class_ddpm", "cxr-class-ddpm", config, job,
         {"classes": ",".join(config.classes), "class_balance": config.class_balance,
-         "label_dropout": config.label_dropout, "guidance_scale": config.guidance_scale},
-        lambda progress: dt.train_class_ddpm(metadata, ImageStore(paths.image_store), config.classes, unet,
-                                             config.schedule(), config.train_config(eval_every=config.preview_every), paths.models / "class_ddpm",
-                                             data_hash, balance=config.class_balance, label_dropout=config.label_dropout,
-                                             guidance=config.guidance_scale, progress=progress))
+         "label_dropout": config.label_dropout, "guidance_scale": config.guidance_scale})
     return dg.MaterializeResult(metadata={**produced, "train_images_per_class": dg.MetadataValue.json(counts)})
 
 
@@ -135,24 +173,18 @@ class DenoiserConfig(DiffusionTrainingConfig):
 
 @dg.asset(group_name="models", deps=[low_dose_pairs, image_metadata], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
 def low_dose_denoiser(context: dg.AssetExecutionContext, config: DenoiserConfig, settings: CxrSettings,
-                      mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+                      mlflow_tracking: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """Conditional diffusion restoring normal dose from low dose (noisy image concatenated at the
     input), cosine schedule, one model across dose levels with the dose as an optional condition."""
     paths = settings.paths()
-    metadata = pd.read_parquet(paths.metadata)
-    data_hash = content_hash(metadata)
     doses = doses_built(paths.pairs)
-    stores = {d: (ImageStore(low_dose_pair_dir(paths.pairs, d)), pd.read_parquet(low_dose_pair_dir(paths.pairs, d) / "index.parquet"))
-              for d in doses}
     size = settings.profile_spec().image_size
     unet = config.unet(PIXEL_UNET, settings.profile_spec().name, size, 2, 1,
                        num_class_embeds=len(doses) + 1 if config.dose_conditioning else None)
+    job = config.job(settings, "denoiser", unet, content_hash(pd.read_parquet(paths.metadata)),
+                     dose_conditioning=config.dose_conditioning, strength=config.sampling_strength)
     produced = _train_and_register(
-        context, settings, mlflow_tracking, "denoiser", "cxr-lowdose-denoiser", config, data_hash,
+        context, settings, mlflow_tracking, pipes_subprocess_client, "denoiser", "cxr-lowdose-denoiser", config, job,
         {"doses": ",".join(f"{d:g}" for d in doses), "dose_conditioning": config.dose_conditioning,
-         "sampling_strength": config.sampling_strength},
-        lambda progress: dt.train_denoiser(metadata, ImageStore(paths.image_store), stores, unet, config.schedule(),
-                                           config.train_config(eval_every=config.preview_every), paths.models / "denoiser", data_hash,
-                                           dose_conditioning=config.dose_conditioning,
-                                           strength=config.sampling_strength, progress=progress))
+         "sampling_strength": config.sampling_strength})
     return dg.MaterializeResult(metadata=produced)

@@ -79,19 +79,12 @@ def progress_logger(context: dg.AssetExecutionContext):
     """Training events -> Dagster log lines and MLflow step metrics."""
 
     def report(event: TrainEvent) -> None:
-        if event.kind == "step":
-            context.log.info(
-                f"step {event.step}/{event.total_steps} loss {event.metrics['loss']:.5f} "
-                f"{event.images_per_s:.1f} img/s, ETA {event.eta_s:.0f}s"
-            )
-            mlflow.log_metrics({f"train_{k}": v for k, v in event.metrics.items()} | {"images_per_s": event.images_per_s},
-                               step=event.step)
-        elif event.kind == "eval":
-            context.log.info(f"step {event.step} validation {event.metrics}")
-            mlflow.log_metrics(event.metrics, step=event.step)
-        elif event.kind == "resume":
-            context.log.warning(f"resuming from the checkpoint at step {event.step}")
+        if event.kind == "resume":
+            context.log.warning(event.describe())
             mlflow.set_tag("resumed_from_step", str(event.step))
+        elif event.kind in ("step", "eval"):
+            context.log.info(event.describe())
+            mlflow.log_metrics(event.logged_metrics(), step=event.step)
 
     return report
 

@@ -90,13 +90,14 @@ def resolve_model(model: str | Path, alias: str = "champion", tracking_uri: str 
     return registry_folder(str(model), str(version.version), home / "models" / "registry", uri)
 
 
-def log_metrics_to_run(run_id: str, metrics: dict[str, float]) -> None:
-    """Add metrics to another run (an evaluation's headline figures to the model's training run,
-    so MLflow's run comparison shows them next to the hyperparameters)."""
+def log_metrics_to_run(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Add metrics to a run that is not this process's active run: an evaluation's headline figures
+    to the model's training run (so MLflow's run comparison shows them next to the
+    hyperparameters), or an out-of-process training's curves to the run its asset opened."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    entries = [Metric(key, float(value), now, 0) for key, value in metrics.items() if math.isfinite(float(value))]
+    entries = [Metric(key, float(value), now, step) for key, value in metrics.items() if math.isfinite(float(value))]
     client = MlflowClient()
     for start in range(0, len(entries), 1000):  # the batch limit of the tracking API
         client.log_batch(run_id, metrics=entries[start:start + 1000])

@@ -38,6 +38,23 @@ class DiffusionOutcome:
     resumed_from: int | None
     previews: dict[int, np.ndarray] = field(default_factory=dict)  # step -> grid in [0, 1]
 
+    def save(self, folder: Path) -> None:
+        """For the process that launched an out-of-process run to read back."""
+        with atomic_folder(Path(folder)) as tmp:
+            np.savez(tmp / "previews.npz", **{f"step_{step}": grid for step, grid in self.previews.items()})
+            (tmp / "outcome.json").write_text(json.dumps(
+                {"kind": self.kind, "run_dir": str(self.run_dir), "model_dir": str(self.model_dir),
+                 "final_step": self.final_step, "resumed_from": self.resumed_from}, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> DiffusionOutcome:
+        if not (Path(folder) / "outcome.json").exists():
+            raise FileNotFoundError(f"no training outcome in {folder}: the training process ended without writing one")
+        raw = json.loads((Path(folder) / "outcome.json").read_text())
+        with np.load(Path(folder) / "previews.npz") as stored:
+            previews = {int(name.removeprefix("step_")): stored[name] for name in stored.files}
+        return cls(raw["kind"], Path(raw["run_dir"]), Path(raw["model_dir"]), raw["final_step"], raw["resumed_from"], previews)
+
 
 def _train(kind: str, unet_config: UNetConfig, schedule: ScheduleConfig, conditioning: Conditioning,
            batches: Callable[[int], dict], train_config: TrainConfig, runs_root: Path, data_hash: str,

@@ -88,6 +88,25 @@ class TrainEvent:
     images_per_s: float = 0.0
     eta_s: float = 0.0
 
+    def describe(self) -> str:
+        """One log line, the same wherever the training runs."""
+        if self.kind == "step":
+            return (f"step {self.step}/{self.total_steps} loss {self.metrics['loss']:.5f} "
+                    f"{self.images_per_s:.1f} img/s, ETA {self.eta_s:.0f}s")
+        if self.kind == "eval":
+            return f"step {self.step} validation {self.metrics}"
+        if self.kind == "resume":
+            return f"resuming from the checkpoint at step {self.step}"
+        return f"{self.kind} at step {self.step}"
+
+    def logged_metrics(self) -> dict[str, float]:
+        """The metrics this event adds to the training curves (``train_*`` for steps)."""
+        if self.kind == "step":
+            return {f"train_{k}": v for k, v in self.metrics.items()} | {"images_per_s": self.images_per_s}
+        if self.kind == "eval":
+            return dict(self.metrics)
+        return {}
+
 
 # A training step: (model, batch on device, the step's generator) -> (loss, extra metrics).
 StepFn = Callable[[torch.nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
