@@ -25,18 +25,25 @@ def _no_ambient_settings(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture
+def labelled(small_demo, tmp_path):
+    """A work folder with ingested images, labels and splits; the resources a launch needs."""
+    settings = CxrSettings(home=str(tmp_path / "home"), data_dir=str(small_demo), workers=1)
+    resources = {"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings),
+                 "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize(UPSTREAM, resources=resources, instance=instance).success
+    return settings, resources, instance
+
+
 def _materialize(resources, launcher: str, instance, **config):
     return dg.materialize([diffusion.class_ddpm], resources=resources, instance=instance, raise_on_error=False,
                           selection=[diffusion.class_ddpm.key],
                           run_config={"ops": {"class_ddpm": {"config": {**TINY, "launcher": launcher, **config}}}})
 
 
-def test_torchrun_through_pipes_then_a_subprocess_resumes_the_same_run(small_demo, tmp_path):
-    settings = CxrSettings(home=str(tmp_path / "home"), data_dir=str(small_demo), workers=1)
-    resources = {"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings),
-                 "pipes_subprocess_client": dg.PipesSubprocessClient()}
-    instance = dg.DagsterInstance.ephemeral()
-    assert dg.materialize(UPSTREAM, resources=resources, instance=instance).success
+def test_torchrun_through_pipes_then_a_subprocess_resumes_the_same_run(labelled):
+    settings, resources, instance = labelled
 
     result = _materialize(resources, "torchrun", instance, processes=2)
     assert result.success
@@ -73,12 +80,8 @@ def test_torchrun_through_pipes_then_a_subprocess_resumes_the_same_run(small_dem
     assert resumed["registered_model"].value == "cxr-class-ddpm v2"
 
 
-def test_a_batch_that_does_not_split_over_the_ranks_fails_before_launching(small_demo, tmp_path):
-    settings = CxrSettings(home=str(tmp_path / "home"), data_dir=str(small_demo), workers=1)
-    resources = {"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings),
-                 "pipes_subprocess_client": dg.PipesSubprocessClient()}
-    instance = dg.DagsterInstance.ephemeral()
-    assert dg.materialize(UPSTREAM, resources=resources, instance=instance).success
+def test_a_batch_that_does_not_split_over_the_ranks_fails_before_launching(labelled):
+    settings, resources, instance = labelled
     result = _materialize(resources, "torchrun", instance, processes=3)
     assert not result.success
     failure = result.failure_data_for_node("class_ddpm")

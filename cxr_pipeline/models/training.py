@@ -256,9 +256,10 @@ class Trainer:
             self.ema.step(self.model.parameters())
             window_images += self.batch_size_of(batch) * self.group.world_size
             done = step + 1
-            if done % config.log_every == 0 or done == end:
-                loss = distributed.mean_over_ranks(loss, self.group)  # every rank, same steps
-            if main and (done % config.log_every == 0 or done == end):
+            log_now = done % config.log_every == 0 or done == end
+            if log_now:
+                loss = distributed.mean_over_ranks(loss, self.group)  # a collective: every rank calls it
+            if main and log_now:
                 elapsed = time.perf_counter() - window_started
                 rate = window_images / elapsed if elapsed > 0 else 0.0
                 remaining = (config.steps - done) * config.batch_size / rate if rate else math.inf
