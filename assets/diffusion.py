@@ -70,8 +70,9 @@ def worker_command(config: DiffusionTrainingConfig, job_file: Path, outcome: Pat
     return [sys.executable, *arguments]
 
 
-def _train(context: dg.AssetExecutionContext, settings: CxrSettings, config: DiffusionTrainingConfig, job: TrainingJob,
-           label: str, mlflow_run_id: str, pipes: dg.PipesSubprocessClient) -> tuple[dt.DiffusionOutcome, dict]:
+def _run_training(context: dg.AssetExecutionContext, settings: CxrSettings, config: DiffusionTrainingConfig,
+                  job: TrainingJob, label: str, mlflow_run_id: str,
+                  pipes: dg.PipesSubprocessClient) -> tuple[dt.DiffusionOutcome, dict]:
     """Train in process, or launch the worker through Pipes and read its outcome back; returns the
     outcome and the metadata the worker reported."""
     if config.launcher == "in_process":
@@ -96,7 +97,7 @@ def _train_and_register(context: dg.AssetExecutionContext, settings: CxrSettings
         mlflow.log_params({**{f"train.{k}": v for k, v in job.train.identity().items()},
                            "timesteps": config.timesteps, "beta_schedule": config.beta_schedule,
                            "launcher": config.launcher, **params})
-        outcome, reported = _train(context, settings, config, job, kind, run.info.run_id, pipes)
+        outcome, reported = _run_training(context, settings, config, job, kind, run.info.run_id, pipes)
         for step, grid in sorted(outcome.previews.items()):
             mlflow.log_image(grid, f"samples/step_{step:07d}.png")
         mlflow.log_artifacts(str(outcome.model_dir), artifact_path="model")
