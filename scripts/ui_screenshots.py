@@ -25,6 +25,10 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                   "--disable-background-networking", "--disable-component-update"]
 
+# Keys pressed on a page before its screenshot: Alt+E expands every group of the lineage graph,
+# so each asset of each stage shows.
+KEYS = {"dagster_lineage.png": "Alt+e"}
+
 
 def wait_for(url: str, seconds: int) -> None:
     deadline = time.monotonic() + seconds
@@ -35,6 +39,15 @@ def wait_for(url: str, seconds: int) -> None:
         except OSError:
             time.sleep(1)
     raise TimeoutError(f"no answer from {url} after {seconds} s")
+
+
+def _latest_run_id(dagster_home: str) -> str | None:
+    import dagster as dg
+
+    os.environ.setdefault("DAGSTER_HOME", dagster_home)
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs(limit=1)
+    return runs[0].run_id if runs else None
 
 
 def main() -> int:
@@ -72,6 +85,9 @@ def main() -> int:
                                         max_results=1) if experiment else []
         pages = [("dagster_lineage.png", f"{dagster}/asset-groups"), ("dagster_catalog.png", f"{dagster}/assets"),
                  ("dagster_runs.png", f"{dagster}/runs")]
+        latest = _latest_run_id(env["DAGSTER_HOME"])
+        if latest:  # its step logs, including what a Pipes-launched training streamed back
+            pages.append(("dagster_latest_run.png", f"{dagster}/runs/{latest}?logs=step%3Alatent_sr"))
         if experiment:
             pages.append(("mlflow_runs.png", f"{mlflow_ui}/#/experiments/{experiment.experiment_id}"))
         if evaluation:
@@ -86,10 +102,14 @@ def main() -> int:
                 page.goto(url)
                 page.wait_for_load_state("load")
                 page.wait_for_timeout(5000)  # the UIs poll, so "network idle" never comes
-                for label in ("Skip", "Dismiss", "Got it"):  # first-visit dialogs
-                    button = page.get_by_role("button", name=label)
-                    if button.count():
+                page.keyboard.press("Escape")  # first-visit dialogs and announcements
+                for label in ("Skip", "Dismiss", "Got it", "Close"):
+                    button = page.get_by_role("button", name=label, exact=True)
+                    if button.count() and button.first.is_visible():
                         button.first.click()
+                if name in KEYS:
+                    page.locator("body").click(position={"x": 5, "y": 5})
+                    page.keyboard.press(KEYS[name])
                 page.wait_for_timeout(3000)
                 page.screenshot(path=str(args.out / name))
                 print(args.out / name)
