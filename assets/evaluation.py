@@ -117,10 +117,10 @@ def _promote(context: dg.AssetExecutionContext, settings: CxrSettings, pointer: 
     """Challenger against champion on the same test split (``comparison_key``): the champion's
     recorded figures when its evaluation used the same split, else it is evaluated again now."""
     name, version = pointer["registered_model"], str(pointer["version"])
-    champion = promotion.current_champion(name)
-    champion_version, champion_metrics = (champion[0], None) if champion else (None, None)
-    if champion and champion_version != version:
-        champion_metrics = promotion.recorded_metrics(champion[1], comparison_key)
+    champion_version, champion_tags = promotion.current_champion(name) or (None, {})
+    champion_metrics = None
+    if champion_version is not None and champion_version != version:
+        champion_metrics = promotion.recorded_metrics(champion_tags, comparison_key)
         if champion_metrics is None:
             context.log.info(f"{name} v{champion_version} (champion) was evaluated on another test split: evaluating it now")
             champion_metrics = evaluate(str(tracking.registry_folder(name, champion_version,
@@ -307,11 +307,13 @@ def denoising_evaluation(context: dg.AssetExecutionContext, config: DenoisingEva
                                               device=config.device))
         return results
 
+    def merged_metrics(results) -> dict[str, float]:
+        return {k: v for result in results for k, v in result.metrics().items()}
+
     results = evaluate(pointer["model_dir"])
-    metrics = {k: v for result in results for k, v in result.metrics().items()}
-    decision, promotion_section = _promote(
-        context, settings, pointer, metrics, config.rule(), promotion.split_key(rows["image_id"]),
-        lambda d: {k: v for result in evaluate(d) for k, v in result.metrics().items()})
+    metrics = merged_metrics(results)
+    decision, promotion_section = _promote(context, settings, pointer, metrics, config.rule(),
+                                           promotion.split_key(rows["image_id"]), lambda d: merged_metrics(evaluate(d)))
     sections = [result.section() for result in results]
     sections += [Section("Training", figures=[_training_curves(pointer, "Low-dose denoiser")]), promotion_section]
     report = Report("Low-dose denoising evaluation", _summary_text(rows, [(pointer, metrics)]), sections)

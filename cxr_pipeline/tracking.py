@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -18,6 +17,8 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+
+from .data.atomic import atomic_folder
 
 
 def default_tracking_uri(home: Path) -> str:
@@ -67,10 +68,8 @@ def registry_folder(name: str, version: str, cache: Path, tracking_uri: str | No
     """The model folder of a registered version, downloaded into ``cache`` once."""
     destination = Path(cache) / name / f"v{version}"
     if not destination.exists():
-        tmp = destination.with_name(f".{destination.name}.partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        download_model(name, version, tmp, tracking_uri)
-        tmp.rename(destination)
+        with atomic_folder(destination) as tmp:  # an interrupted download is never taken for a model
+            download_model(name, version, tmp, tracking_uri)
     return destination / "model" if (destination / "model").is_dir() else destination
 
 

@@ -42,8 +42,6 @@ def compute_jobs(executor: dg.ExecutorDefinition) -> dict:
 
 
 local_jobs = compute_jobs(training_executor)
-all_assets_job, training_job = local_jobs["all_assets"], local_jobs["training"]
-evaluation_job, retraining_job = local_jobs["evaluation"], local_jobs["retrain_and_evaluate"]
 
 RETRAIN_CRON_DEFAULT = "0 3 * * 0"  # Sundays 03:00
 
@@ -52,7 +50,7 @@ def _switched_on(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "on", "true", "yes", "running"}
 
 
-def retraining_schedule(job=retraining_job) -> dg.ScheduleDefinition:
+def retraining_schedule(job=local_jobs["retrain_and_evaluate"]) -> dg.ScheduleDefinition:
     """Weekly by default (``CXR_RETRAIN_CRON``, UTC). Shipped stopped: start it in the UI
     (Automation) or with ``CXR_RETRAIN_SCHEDULE=on`` before ``dagster dev``."""
     return dg.ScheduleDefinition(
