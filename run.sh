@@ -21,6 +21,17 @@ setup() {
     "$VENV/bin/python" -m pip install --quiet "torch==${CXR_TORCH_VERSION:-2.13.0}"
   fi
   "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+  init_instance
+}
+
+# Create the Dagster instance's SQLite storage once, before any run: two runs started together on
+# a fresh DAGSTER_HOME would otherwise both create it and one fails on the schema revision.
+init_instance() {
+  [ -f "$DAGSTER_HOME/history/runs.db" ] && return 0
+  (
+    flock 9
+    [ -f "$DAGSTER_HOME/history/runs.db" ] || "$VENV/bin/dagster" instance migrate >/dev/null
+  ) 9>"$DAGSTER_HOME/.instance-init.lock"
 }
 
 export CXR_HOME="${CXR_HOME:-$PWD/work}"

@@ -15,6 +15,8 @@ from cxr_pipeline.reports.grid import image_grid, markdown_image, png_bytes
 from cxr_pipeline.data import atomic
 from resources import CxrSettings
 
+from .pools import WORK_FOLDER_WRITER
+
 PREVIEW_COUNT = 32
 
 
@@ -72,7 +74,7 @@ def ingest_options(config: IngestionConfig, settings: CxrSettings) -> ingestion.
     )
 
 
-@dg.asset(group_name="ingestion", deps=[raw_images], kinds={"parquet", "numpy"})
+@dg.asset(group_name="ingestion", deps=[raw_images], kinds={"parquet", "numpy"}, **WORK_FOLDER_WRITER)
 def ingested_images(
     context: dg.AssetExecutionContext, config: IngestionConfig, settings: CxrSettings
 ) -> dg.MaterializeResult:
@@ -93,7 +95,10 @@ def ingested_images(
         store=store,
         options=options,
         progress=log_progress,
+        on_wait=context.log.warning,
     )
+    if summary.repaired:
+        context.log.warning(f"{summary.repaired} manifest rows named missing shards: decoded them again")
     manifest, rejected = summary.manifest, summary.rejected
     content_hash = ingestion.manifest_hash(manifest, summary.fingerprint)
 
@@ -104,6 +109,7 @@ def ingested_images(
         "decoded_this_run": summary.processed,
         "unchanged": summary.unchanged,
         "removed_rows": summary.removed,
+        "repaired_rows": summary.repaired,
         "files_per_second": round(summary.files_per_s, 1),
         "full_rebuild": summary.full_rebuild,
         "image_size": options.image_size,

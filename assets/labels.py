@@ -6,7 +6,7 @@ from typing import Optional
 import dagster as dg
 import pandas as pd
 
-from cxr_pipeline.data import atomic
+from cxr_pipeline.data import atomic, locks
 from cxr_pipeline.data import ingest as ingestion
 from cxr_pipeline.data.labels import metadata as labels_lib
 from cxr_pipeline.data.labels.sources import UncertaintyPolicy
@@ -14,6 +14,7 @@ from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES
 from resources import CxrSettings
 
 from .ingestion import ingested_images
+from .pools import WORK_FOLDER_WRITER
 
 
 class LabelConfig(dg.Config):
@@ -37,7 +38,7 @@ class LabelConfig(dg.Config):
         )
 
 
-@dg.asset(group_name="labels", deps=[ingested_images], kinds={"parquet"})
+@dg.asset(group_name="labels", deps=[ingested_images], kinds={"parquet"}, **WORK_FOLDER_WRITER)
 def label_table(context: dg.AssetExecutionContext, config: LabelConfig, settings: CxrSettings) -> dg.MaterializeResult:
     """Every label source found among the data folder's text files (NIH, CheXpert, Indiana/OpenI),
     plus file-name patterns and DICOM headers, in one table keyed to the images."""
@@ -47,7 +48,8 @@ def label_table(context: dg.AssetExecutionContext, config: LabelConfig, settings
     text_files = rejected.loc[rejected["reason"] == "text_file", "source_path"]
     sources = labels_lib.load_label_sources(settings.raw_data_dir(), text_files, manifest, config.options())
     table = labels_lib.combine(sources)
-    atomic.write_parquet(paths.label_table, table)
+    with locks.exclusive(paths.labels, "label table", on_wait=context.log.warning):
+        atomic.write_parquet(paths.label_table, table)
     unknown: Counter = Counter()
     for source in sources:
         unknown.update(source.unknown_tokens)
@@ -70,7 +72,7 @@ def label_table(context: dg.AssetExecutionContext, config: LabelConfig, settings
     )
 
 
-@dg.asset(group_name="labels", deps=[label_table, ingested_images], kinds={"parquet", "csv"})
+@dg.asset(group_name="labels", deps=[label_table, ingested_images], kinds={"parquet", "csv"}, **WORK_FOLDER_WRITER)
 def image_metadata(context: dg.AssetExecutionContext, config: LabelConfig, settings: CxrSettings) -> dg.MaterializeResult:
     """``metadata.parquet`` (one row per usable image) and ``splits/{train,val,test}.csv``:
     patient-level splits by a stable hash, the single-label ``class_id``, and the accounting of

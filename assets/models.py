@@ -21,6 +21,7 @@ from resources import CxrSettings, MlflowTracking
 
 from .labels import image_metadata
 from .pairs import sr_pairs
+from .pools import WORK_FOLDER_WRITER
 
 VAE_MODEL_NAME = "cxr-vae"
 # Training steps use every core (or the GPU). Within a run the executor runs one of them at a time
@@ -79,10 +80,11 @@ def progress_logger(context: dg.AssetExecutionContext):
     """Training events -> Dagster log lines and MLflow step metrics."""
 
     def report(event: TrainEvent) -> None:
-        if event.kind == "resume":
+        if event.kind in ("resume", "wait"):
             context.log.warning(event.describe())
+        if event.kind == "resume":
             mlflow.set_tag("resumed_from_step", str(event.step))
-        elif event.kind in ("step", "eval"):
+        if event.kind in ("step", "eval"):
             context.log.info(event.describe())
             mlflow.log_metrics(event.logged_metrics(), step=event.step)
 
@@ -134,7 +136,7 @@ def vae(context: dg.AssetExecutionContext, config: VaeTrainingConfig, settings: 
     })
 
 
-@dg.asset(group_name="models", deps=[vae, sr_pairs], kinds={"numpy"})
+@dg.asset(group_name="models", deps=[vae, sr_pairs], kinds={"numpy"}, **WORK_FOLDER_WRITER)
 def latents(context: dg.AssetExecutionContext, settings: CxrSettings) -> dg.MaterializeResult:
     """HR and LR latents of every split with the scaling factor, so diffusion training never
     re-runs the encoder."""

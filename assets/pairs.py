@@ -11,6 +11,7 @@ from cxr_pipeline.reports.grid import image_grid, markdown_image, png_bytes
 from resources import CxrSettings
 
 from .labels import image_metadata
+from .pools import WORK_FOLDER_WRITER
 
 PREVIEW = 6
 
@@ -28,7 +29,7 @@ def _clean_images(settings: CxrSettings) -> tuple[pd.DataFrame, ImageStore]:
     return pd.read_parquet(paths.metadata), ImageStore(paths.image_store)
 
 
-@dg.asset(group_name="pairs", deps=[image_metadata], kinds={"numpy"})
+@dg.asset(group_name="pairs", deps=[image_metadata], kinds={"numpy"}, **WORK_FOLDER_WRITER)
 def sr_pairs(context: dg.AssetExecutionContext, config: PairsConfig, settings: CxrSettings) -> dg.MaterializeResult:
     """Low-resolution copies (antialiased, with an optional blur/noise mix) at each scale."""
     metadata, store = _clean_images(settings)
@@ -53,7 +54,7 @@ def sr_pairs(context: dg.AssetExecutionContext, config: PairsConfig, settings: C
     })
 
 
-@dg.asset(group_name="pairs", deps=[image_metadata], kinds={"numpy"})
+@dg.asset(group_name="pairs", deps=[image_metadata], kinds={"numpy"}, **WORK_FOLDER_WRITER)
 def low_dose_pairs(context: dg.AssetExecutionContext, config: PairsConfig, settings: CxrSettings) -> dg.MaterializeResult:
     """Simulated low-dose acquisitions: Poisson quantum noise plus Gaussian electronic noise on
     the transmitted photon counts, at each dose level (an approximation on post-processed images)."""

@@ -37,7 +37,7 @@ def _pipes_session():
 
 def _reporter(log: logging.Logger, mlflow_run_id: str | None, last: dict):
     def report(event: TrainEvent) -> None:
-        if event.kind == "resume":
+        if event.kind in ("resume", "wait"):
             log.warning(event.describe())
         elif event.kind in ("step", "eval"):
             log.info(event.describe())

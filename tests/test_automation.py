@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 import jobs
-from assets import diffusion, evaluation, models
+from assets import diffusion, evaluation, ingestion, labels, models, pairs
 from definitions import defs
 from resources import CxrSettings
 
@@ -37,7 +37,14 @@ def test_heavy_steps_share_a_pool_and_only_training_retries():
         assert asset.op.retry_policy.max_retries == 2, asset.key  # resumes from its checkpoint
     for asset in scoring:
         assert asset.op.retry_policy is None, asset.key  # deterministic: a retry would repeat the failure
-    assert models.latents.op.pool is None  # light steps are not throttled
+    assert ingestion.raw_images.op.pool is None  # steps that replace no shared files are not throttled
+
+
+def test_writers_of_shared_files_queue_in_one_pool():
+    writers = (ingestion.ingested_images, labels.label_table, labels.image_metadata, pairs.sr_pairs,
+               pairs.low_dose_pairs, models.latents)
+    for asset in writers:
+        assert asset.op.pool == "cxr_work_folder", asset.key
 
 
 def test_retraining_schedule_ships_stopped_weekly_and_is_configurable(monkeypatch):

@@ -4,6 +4,10 @@ Incremental by (path, size, mtime): unchanged files keep their earlier result; n
 files are decoded in parallel; rows of deleted files are dropped. Outputs are written in an order
 that keeps them consistent after a crash at any point: new shards, then the manifest and the
 rejected list (atomic replaces), then the store's metadata, and only then stale shards are removed.
+
+One writer at a time: the whole run holds the ingestion folder's writer lock (:mod:`.locks`), so
+a concurrent run can never delete shards a newer manifest names. The store heals itself: rows
+whose shard file is missing are decoded again, as if their file were new.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .. import parallel
-from . import atomic
+from . import atomic, locks
 from .dicom import read_dicom
 from .geometry import AspectPolicy, to_square
 from .image_store import ImageStore, to_stored
@@ -252,6 +256,7 @@ class IngestSummary:
     rejected_share: float  # over image candidates (text sidecars excluded)
     shards_written: int
     shards_removed: int
+    repaired: int  # manifest rows whose shard was missing, decoded again
     elapsed_s: float
     files_per_s: float
     fingerprint: str
@@ -275,11 +280,21 @@ def ingest(
     store: ImageStore,
     options: IngestOptions,
     progress: Callable[[IngestProgress], None] | None = None,
+    lock_timeout_s: float | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> IngestSummary:
-    started = time.perf_counter()
+    """Ingest ``data_dir`` under the writer lock of the manifest's folder (see :mod:`.locks`)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder {data_dir} does not exist or is not a folder")
+    with locks.exclusive(Path(manifest_path).parent, f"ingestion of {data_dir}", timeout_s=lock_timeout_s,
+                         on_wait=on_wait):
+        return _ingest_locked(data_dir, manifest_path, rejected_path, store, options, progress)
+
+
+def _ingest_locked(data_dir: Path, manifest_path: Path, rejected_path: Path, store: ImageStore,
+                   options: IngestOptions, progress: Callable[[IngestProgress], None] | None) -> IngestSummary:
+    started = time.perf_counter()
     fingerprint = options.fingerprint()
     store_meta = store.meta() or {}
     full_rebuild = store_meta.get("fingerprint") != fingerprint
@@ -299,11 +314,15 @@ def ingest(
         keys = list(zip(frame["source_path"], frame["source_size"], frame["source_mtime_ns"]))
         return pd.Series([current.get(p) == (s, m) for p, s, m in keys], index=frame.index, dtype=bool)
 
-    keep_manifest = old_manifest[unchanged(old_manifest)]
+    # Rows whose shard is gone (deleted by hand, a crashed copy, an old concurrent run) count as
+    # new files: decoded again rather than trusted.
+    shard_present = old_manifest["shard"].isin(store.shard_names())
+    repaired = int((~shard_present & unchanged(old_manifest)).sum())
+    keep_manifest = old_manifest[unchanged(old_manifest) & shard_present]
     keep_rejected = old_rejected[unchanged(old_rejected)]
     keep_rejected = keep_rejected[~keep_rejected["source_path"].isin(keep_manifest["source_path"])]
     known = set(keep_manifest["source_path"]) | set(keep_rejected["source_path"])
-    removed = len(old_manifest) + len(old_rejected) - len(keep_manifest) - len(keep_rejected)
+    removed = len(old_manifest) + len(old_rejected) - len(keep_manifest) - len(keep_rejected) - repaired
     todo = [relative for relative in files if relative not in known]
 
     seen_hashes: dict[str, str] = dict(zip(keep_manifest["pixel_hash"], keep_manifest["source_path"]))
@@ -389,6 +408,7 @@ def ingest(
         rejected_share=rejected_share(rejected_frame, len(manifest)),
         shards_written=shards_written,
         shards_removed=shards_removed,
+        repaired=repaired,
         elapsed_s=elapsed,
         files_per_s=len(todo) / elapsed if elapsed > 0 else 0.0,
         fingerprint=fingerprint,

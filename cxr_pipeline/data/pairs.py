@@ -3,6 +3,10 @@
 The clean (HR, normal-dose) side is the ingestion store itself, addressed through
 ``metadata.parquet``; a pair store holds only the degraded side, with the per-image parameters
 (blur width, noise) in its index, so every pair can be traced and rebuilt.
+
+Each pair store is rebuilt whole on every run, under its folder's writer lock (:mod:`.locks`):
+shards, then the index, then the removal of shards the index does not name. So a store whose
+shards were deleted heals on the next run, and two runs never delete each other's shards.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import atomic
+from . import atomic, locks
 from .degrade import DegradationMix, image_rng, make_low_resolution, simulate_low_dose
 from .image_store import ImageStore, to_stored
 
@@ -50,7 +54,14 @@ def derive_store(
     shard_size: int = 512,
 ) -> pd.DataFrame:
     """Apply ``degradation`` to every image of ``metadata`` into a new store at ``out_dir``."""
-    store = ImageStore(out_dir)
+    if not len(metadata):
+        raise ValueError("no images to build pairs from")
+    with locks.exclusive(out_dir, f"pairs {tag}"):
+        return _derive_locked(metadata, source, ImageStore(out_dir), degradation, seed, tag, shard_size)
+
+
+def _derive_locked(metadata: pd.DataFrame, source: ImageStore, store: ImageStore, degradation: Degradation,
+                   seed: int, tag: str, shard_size: int) -> pd.DataFrame:
     rows: list[dict] = []
     for start in range(0, len(metadata), shard_size):
         chunk = metadata.iloc[start : start + shard_size]
@@ -63,10 +74,8 @@ def derive_store(
         name = store.write_shard(np.stack(degraded))
         for index, (image_id, split, recorded) in enumerate(zip(chunk["image_id"], chunk["split"], params)):
             rows.append({"image_id": image_id, "split": split, "shard": name, "shard_index": index, **recorded})
-    if not rows:
-        raise ValueError("no images to build pairs from")
     index = pd.DataFrame(rows)
-    atomic.write_parquet(out_dir / "index.parquet", index)
+    atomic.write_parquet(store.root / "index.parquet", index)
     store.initialize(image_size=int(degraded[0].shape[0]), fingerprint=tag)
     store.remove_unreferenced(set(index["shard"]))
     return index

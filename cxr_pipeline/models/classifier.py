@@ -173,16 +173,17 @@ def train_classifier(metadata: pd.DataFrame, store: ImageStore, class_names: Seq
     torch.manual_seed(train_config.seed)
     trainer = Trainer(CxrClassifier(config, len(class_names)), classifier_step(config), batches, train_config, run_dir,
                       evaluate=evaluate, progress=progress)
-    result = trainer.fit(stop_after=stop_after)
     model_dir = run_dir / "model"
-    with atomic_folder(model_dir) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in result.ema_model.state_dict().items()},
-                  tmp / "model.safetensors")
-        (tmp / "classifier.json").write_text(json.dumps({
-            "config": config.as_dict(), "class_names": list(class_names), "image_size": int(val_stack.shape[-1]),
-            "num_features": result.ema_model.num_features, "metrics": result.last_eval, "step": result.final_step,
-            "data_hash": data_hash, "train": train_config.identity(),
-        }, indent=2))
+    with trainer.exclusive():
+        result = trainer.fit(stop_after=stop_after)
+        with atomic_folder(model_dir) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in result.ema_model.state_dict().items()},
+                      tmp / "model.safetensors")
+            (tmp / "classifier.json").write_text(json.dumps({
+                "config": config.as_dict(), "class_names": list(class_names), "image_size": int(val_stack.shape[-1]),
+                "num_features": result.ema_model.num_features, "metrics": result.last_eval, "step": result.final_step,
+                "data_hash": data_hash, "train": train_config.identity(),
+            }, indent=2))
     return ClassifierOutcome(run_dir, model_dir, result.last_eval, result.final_step, result.resumed_from)
 
 

@@ -6,7 +6,9 @@ never on what ran before, so a run resumed from a checkpoint continues exactly a
 uninterrupted run would have (bit for bit on CPU).
 
 Checkpoints are folders written under a temporary name and renamed into place: model and EMA
-weights as safetensors, optimizer/scheduler state, and a JSON with the step and config.
+weights as safetensors, optimizer/scheduler state, and a JSON with the step and config. One
+process at a time trains in a run folder (its writer lock, :mod:`..data.locks`): a second launch
+of the same run waits, then resumes from where the first stopped.
 
 Under ``torchrun`` the same loop is data-parallel (see :mod:`.distributed`): every rank draws its
 own noise stream, so a resumed run matches the uninterrupted one for the same number of ranks.
@@ -20,7 +22,8 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 
-from ..data import atomic
+from ..data import atomic, locks
 from . import distributed
 
 
@@ -81,12 +84,13 @@ class TrainConfig:
 
 @dataclass
 class TrainEvent:
-    kind: str  # "step" | "eval" | "checkpoint" | "resume"
+    kind: str  # "step" | "eval" | "checkpoint" | "resume" | "wait"
     step: int
     total_steps: int
     metrics: dict[str, float] = field(default_factory=dict)
     images_per_s: float = 0.0
     eta_s: float = 0.0
+    note: str = ""  # "wait": who holds the run folder
 
     def describe(self) -> str:
         """One log line, the same wherever the training runs."""
@@ -97,6 +101,8 @@ class TrainEvent:
             return f"step {self.step} validation {self.metrics}"
         if self.kind == "resume":
             return f"resuming from the checkpoint at step {self.step}"
+        if self.kind == "wait":
+            return f"another training holds this run folder: {self.note}"
         return f"{self.kind} at step {self.step}"
 
     def logged_metrics(self) -> dict[str, float]:
@@ -216,6 +222,18 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------------
 
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the run folder's writer lock: ``fit`` takes it, and callers wrap ``fit`` and the
+        saving of the final model in it so a waiting run resumes only after both. Only rank 0
+        locks; the other ranks wait for it at the barrier in ``fit``."""
+        if not self.group.is_main:
+            yield
+            return
+        with locks.exclusive(self.run_dir, f"training {self.run_dir.name}",
+                             on_wait=lambda holder: self.progress(TrainEvent("wait", 0, self.config.steps, note=holder))):
+            yield
+
     def ema_model(self) -> torch.nn.Module:
         """A copy of the model holding the EMA weights (the weights we evaluate and ship)."""
         clone = copy.deepcopy(self.model)
@@ -225,6 +243,12 @@ class Trainer:
     def fit(self, stop_after: int | None = None) -> TrainResult:
         """Train to ``config.steps``, resuming from the latest checkpoint in ``run_dir`` if any.
         ``stop_after`` ends this call early (after that many steps), as a crash would."""
+        with self.exclusive():
+            if self.group.distributed:
+                torch.distributed.barrier()  # the checkpoint is read once rank 0 holds the lock
+            return self._fit(stop_after)
+
+    def _fit(self, stop_after: int | None) -> TrainResult:
         config = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         start, resumed_from = 0, None

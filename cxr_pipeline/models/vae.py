@@ -17,7 +17,7 @@ import torch
 from diffusers import AutoencoderKL
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from ..data import atomic
+from ..data import atomic, locks
 from ..data.degrade import upsample_bicubic
 from ..data.image_store import ImageStore
 from .batches import EpochSampler, StoreImages
@@ -148,14 +148,15 @@ def train_vae(metadata: pd.DataFrame, store: ImageStore, runs_root: Path, vae_co
         vae_config.build(), vae_step(vae_config.kl_weight), lambda step: train.batch(sampler.indices(step)),
         train_config, run_dir, evaluate=lambda model, step: evaluate_reconstruction(model, val), progress=progress,
     )
-    result = trainer.fit(stop_after=stop_after)
     model_dir = run_dir / "model"
-    with atomic.atomic_folder(model_dir) as tmp:
-        result.ema_model.save_pretrained(str(tmp))
-        (tmp / "training.json").write_text(json.dumps({
-            "step": result.final_step, "data_hash": data_hash, "metrics": result.last_eval,
-            "vae": vae_config.as_dict(), "train": train_config.identity(),
-        }, indent=2))
+    with trainer.exclusive():
+        result = trainer.fit(stop_after=stop_after)
+        with atomic.atomic_folder(model_dir) as tmp:
+            result.ema_model.save_pretrained(str(tmp))
+            (tmp / "training.json").write_text(json.dumps({
+                "step": result.final_step, "data_hash": data_hash, "metrics": result.last_eval,
+                "vae": vae_config.as_dict(), "train": train_config.identity(),
+            }, indent=2))
     grid = reconstruction_grid(result.ema_model, val.batch(list(range(min(8, len(val))))))
     return VaeTrainingOutcome(run_dir, model_dir, result.last_eval, grid, result.resumed_from, result.final_step)
 
@@ -163,9 +164,16 @@ def train_vae(metadata: pd.DataFrame, store: ImageStore, runs_root: Path, vae_co
 def encode_latents(metadata: pd.DataFrame, store: ImageStore, vae_dir: Path, lr_stores: dict[int, tuple[ImageStore, pd.DataFrame]],
                    out_dir: Path, device: str = "auto", batch_size: int = 128) -> dict:
     """HR latents and, per scale, latents of the LR image upsampled (bicubic) to HR size, for every
-    split; plus the scaling factor (1 / std of train HR latents) diffusion training multiplies by."""
+    split; plus the scaling factor (1 / std of train HR latents) diffusion training multiplies by.
+    Rewritten whole on every run, under the folder's writer lock, so a damaged folder heals."""
+    with locks.exclusive(out_dir, "latents"):
+        return _encode_locked(metadata, store, vae_dir, lr_stores, Path(out_dir), device, batch_size)
+
+
+def _encode_locked(metadata: pd.DataFrame, store: ImageStore, vae_dir: Path,
+                   lr_stores: dict[int, tuple[ImageStore, pd.DataFrame]], out_dir: Path, device: str,
+                   batch_size: int) -> dict:
     model = load_vae(vae_dir, pick_device(device))
-    out_dir = Path(out_dir)
     shapes, summary = {}, {"vae_dir": str(vae_dir), "splits": {}}
     for split in ("train", "val", "test"):
         rows = metadata[metadata["split"] == split].reset_index(drop=True)

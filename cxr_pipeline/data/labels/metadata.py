@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import atomic
+from .. import atomic, locks
 from ..splits import SPLITS, assign_splits, check_fractions
 from .sources import (
     LabelSource,
@@ -216,15 +216,17 @@ def leakage(metadata: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def write_outputs(result: MetadataResult, *, metadata_path: Path, splits_dir: Path, labels_dir: Path) -> dict[str, Path]:
-    """Atomically write metadata.parquet, splits/{train,val,test}.csv and the accounting tables."""
+    """Atomically write metadata.parquet, splits/{train,val,test}.csv and the accounting tables,
+    under the labels folder's writer lock so two runs never interleave their splits."""
     written = {"metadata": Path(metadata_path)}
-    atomic.write_parquet(metadata_path, result.metadata)
-    for split in SPLITS:
-        path = Path(splits_dir) / f"{split}.csv"
-        atomic.write_csv(path, result.metadata[result.metadata["split"] == split])
-        written[split] = path
-    for name, frame in (("excluded", result.excluded), ("unmatched_label_rows", result.unmatched_label_rows)):
-        path = Path(labels_dir) / f"{name}.parquet"
-        atomic.write_parquet(path, frame)
-        written[name] = path
+    with locks.exclusive(labels_dir, "metadata and splits"):
+        atomic.write_parquet(metadata_path, result.metadata)
+        for split in SPLITS:
+            path = Path(splits_dir) / f"{split}.csv"
+            atomic.write_csv(path, result.metadata[result.metadata["split"] == split])
+            written[split] = path
+        for name, frame in (("excluded", result.excluded), ("unmatched_label_rows", result.unmatched_label_rows)):
+            path = Path(labels_dir) / f"{name}.parquet"
+            atomic.write_parquet(path, frame)
+            written[name] = path
     return written
