@@ -105,10 +105,29 @@ class EvaluationConfig(dg.Config):
     promotion_guards: list[str] = []
     promotion_tolerance: float = 0.0
 
-    def rule(self, **names) -> PromotionRule:
+    def rule(self, must_beat: tuple[tuple[str, str], ...], **names) -> PromotionRule:
         return PromotionRule(self.promotion_metric.format(**names),
                              tuple(guard.format(**names) for guard in self.promotion_guards),
-                             tolerance=self.promotion_tolerance)
+                             tolerance=self.promotion_tolerance, must_beat=must_beat)
+
+
+BEATS_BASELINE = "beats_classical_baseline"
+
+
+def _baseline_check_spec(asset_name: str) -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec(BEATS_BASELINE, asset=asset_name,
+                              description="Warns when the evaluated model does not beat its classical baseline on the "
+                                          "test split (bicubic, non-local means, chance-level conditional accuracy)")]
+
+
+def _baseline_check(pairs: tuple[tuple[str, str], ...], metrics: dict[str, float]) -> dg.AssetCheckResult:
+    """The promotion gate, shown in the UI: each model figure beside its baseline figure."""
+    verdicts = promotion.against_baselines(pairs, metrics)
+    return dg.AssetCheckResult(
+        check_name=BEATS_BASELINE, passed=all(v.beaten for v in verdicts), severity=dg.AssetCheckSeverity.WARN,
+        metadata={**{v.metric: float(round(v.value, 5)) for v in verdicts},
+                  **{v.baseline: float(round(v.baseline_value, 5)) for v in verdicts},
+                  "verdict": dg.MetadataValue.md("\n".join(f"- {v.describe()}" for v in verdicts))})
 
 
 def _promote(context: dg.AssetExecutionContext, settings: CxrSettings, pointer: dict, metrics: dict[str, float],
@@ -207,7 +226,8 @@ class SrEvaluationConfig(EvaluationConfig):
     promotion_guards: list[str] = ["lr_consistency_psnr_sr_x{scale}_ddim"]
 
 
-@dg.asset(group_name="evaluation", deps=[latent_sr, sr_pairs], kinds={"pytorch", "mlflow"}, **HEAVY_STEP)
+@dg.asset(group_name="evaluation", deps=[latent_sr, sr_pairs], kinds={"pytorch", "mlflow"},
+          check_specs=_baseline_check_spec("sr_evaluation"), **HEAVY_STEP)
 def sr_evaluation(context: dg.AssetExecutionContext, config: SrEvaluationConfig, settings: CxrSettings,
                   mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """Each latent SR model on the test split against bicubic, bicubic through the VAE and the VAE
@@ -218,7 +238,7 @@ def sr_evaluation(context: dg.AssetExecutionContext, config: SrEvaluationConfig,
     metadata = pd.read_parquet(paths.metadata)
     rows = _split_rows(metadata, "test", config.max_test_images)
     high_resolution = _images(ImageStore(paths.image_store), rows)
-    sections, metrics, evaluated, tables, scores, decisions = [], {}, [], [], [], []
+    sections, metrics, evaluated, tables, scores, decisions, must_beat = [], {}, [], [], [], [], ()
     for scale in scales_built(paths.pairs):
         if not paths.model_pointer(f"latent_sr_x{scale}").exists():
             continue
@@ -236,7 +256,9 @@ def sr_evaluation(context: dg.AssetExecutionContext, config: SrEvaluationConfig,
         result = evaluate(pointer["model_dir"])
         section = result.section()
         section.figures.append(_training_curves(pointer, f"Latent SR x{scale}"))
-        decision, promotion_section = _promote(context, settings, pointer, result.metrics(), config.rule(scale=scale),
+        must_beat += result.must_beat()
+        decision, promotion_section = _promote(context, settings, pointer, result.metrics(),
+                                               config.rule(result.must_beat(), scale=scale),
                                                promotion.split_key(rows["image_id"]), lambda d: evaluate(d).metrics())
         sections += [section, promotion_section]
         metrics.update(result.metrics())
@@ -250,7 +272,8 @@ def sr_evaluation(context: dg.AssetExecutionContext, config: SrEvaluationConfig,
     produced = _publish(context, settings, mlflow_tracking, "sr_evaluation", report, metrics, evaluated,
                         config.model_dump(), pd.concat(scores, ignore_index=True))
     return dg.MaterializeResult(metadata={"summary": dg.MetadataValue.md("\n\n".join(tables)), "test_images": len(rows),
-                                          **_promotion_metadata(decisions), **produced})
+                                          **_promotion_metadata(decisions), **produced},
+                                check_results=[_baseline_check(must_beat, metrics)])
 
 
 def _summary_text(rows: pd.DataFrame, evaluated: list[tuple[dict, dict]]) -> str:
@@ -272,7 +295,7 @@ class DenoisingEvaluationConfig(EvaluationConfig):
 
 
 @dg.asset(group_name="evaluation", deps=[low_dose_denoiser, low_dose_pairs], kinds={"pytorch", "mlflow"},
-          **HEAVY_STEP)
+          check_specs=_baseline_check_spec("denoising_evaluation"), **HEAVY_STEP)
 def denoising_evaluation(context: dg.AssetExecutionContext, config: DenoisingEvaluationConfig, settings: CxrSettings,
                          mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """The low-dose denoiser per dose level on the test split, against the noisy input and
@@ -312,7 +335,8 @@ def denoising_evaluation(context: dg.AssetExecutionContext, config: DenoisingEva
 
     results = evaluate(pointer["model_dir"])
     metrics = merged_metrics(results)
-    decision, promotion_section = _promote(context, settings, pointer, metrics, config.rule(),
+    must_beat = tuple(pair for result in results for pair in result.must_beat())  # every dose level
+    decision, promotion_section = _promote(context, settings, pointer, metrics, config.rule(must_beat),
                                            promotion.split_key(rows["image_id"]), lambda d: merged_metrics(evaluate(d)))
     sections = [result.section() for result in results]
     sections += [Section("Training", figures=[_training_curves(pointer, "Low-dose denoiser")]), promotion_section]
@@ -322,7 +346,8 @@ def denoising_evaluation(context: dg.AssetExecutionContext, config: DenoisingEva
                         pd.concat([r.scores.assign(task=r.task) for r in results], ignore_index=True))
     tables = [f"**I0 = {r.task.removeprefix('denoise_i0_')}**\n\n" + markdown_table(r.table()) for r in results]
     return dg.MaterializeResult(metadata={"summary": dg.MetadataValue.md("\n\n".join(tables)), "test_images": len(rows),
-                                          **_promotion_metadata([(pointer, decision)]), **produced})
+                                          **_promotion_metadata([(pointer, decision)]), **produced},
+                                check_results=[_baseline_check(must_beat, metrics)])
 
 
 # --- Generation -----------------------------------------------------------------------------------------
@@ -338,7 +363,8 @@ class GenerationEvaluationConfig(EvaluationConfig):
     promotion_guards: list[str] = ["cond_acc_class_ddpm"]
 
 
-@dg.asset(group_name="evaluation", deps=[class_ddpm, cxr_classifier], kinds={"pytorch", "mlflow"}, **HEAVY_STEP)
+@dg.asset(group_name="evaluation", deps=[class_ddpm, cxr_classifier], kinds={"pytorch", "mlflow"},
+          check_specs=_baseline_check_spec("generation_evaluation"), **HEAVY_STEP)
 def generation_evaluation(context: dg.AssetExecutionContext, config: GenerationEvaluationConfig, settings: CxrSettings,
                           mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """The class-conditional DDPM against real test images: fd_cxr and KID on the CXR feature
@@ -369,7 +395,8 @@ def generation_evaluation(context: dg.AssetExecutionContext, config: GenerationE
     metrics = result.metrics()
     # fd_cxr and KID depend on the feature network: a comparison needs the same classifier too.
     comparison_key = f"{promotion.split_key(rows['image_id'])}-classifier-v{classifier['version']}"
-    decision, promotion_section = _promote(context, settings, pointer, metrics, config.rule(), comparison_key,
+    decision, promotion_section = _promote(context, settings, pointer, metrics, config.rule(result.must_beat()),
+                                           comparison_key,
                                            lambda d: evaluate(d).metrics())
     report = Report("Class-conditional generation evaluation",
                     f"{pointer['registered_model']} v{pointer['version']} scored with {classifier['registered_model']} "
@@ -383,4 +410,4 @@ def generation_evaluation(context: dg.AssetExecutionContext, config: GenerationE
         "fid_inception_status": result.fid.reason,
         **_promotion_metadata([(pointer, decision)]),
         **produced,
-    })
+    }, check_results=[_baseline_check(result.must_beat(), metrics)])

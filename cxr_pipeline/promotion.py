@@ -1,6 +1,8 @@
 """Champion / challenger promotion in the MLflow Model Registry.
 
 Every newly evaluated version gets the alias ``challenger``. It takes ``champion`` only when it
+beats its classical baseline on the same images (bicubic, non-local means, chance-level
+conditional accuracy: a model that samples noise is never champion, not even the first one), and
 beats the champion on the rule's metric *on the same test split* and is not worse on the guard
 metrics (for super-resolution: PSNR up, LR-consistency not down, so a sharper but invented image
 never wins). The decision, both sets of numbers and the reason are recorded as model-version tags
@@ -33,9 +35,34 @@ class PromotionRule:
     guards: tuple[str, ...] = ()  # must not get worse by more than ``tolerance``
     min_gain: float = 0.0
     tolerance: float = 0.0
+    # (model metric, baseline metric) pairs from the same evaluation; the model must be better on each
+    must_beat: tuple[tuple[str, str], ...] = ()
 
     def metrics(self) -> tuple[str, ...]:
         return (self.metric, *self.guards)
+
+
+@dataclass(frozen=True)
+class BaselineVerdict:
+    metric: str
+    baseline: str
+    value: float
+    baseline_value: float
+
+    @property
+    def beaten(self) -> bool:
+        sign = 1.0 if higher_is_better(self.metric) else -1.0
+        return math.isfinite(self.value) and sign * (self.value - self.baseline_value) > 0
+
+    def describe(self) -> str:
+        relation = "beats" if self.beaten else "does not beat"
+        return f"{self.metric} = {self.value:.4f} {relation} {self.baseline} = {self.baseline_value:.4f}"
+
+
+def against_baselines(pairs: tuple[tuple[str, str], ...], metrics: dict[str, float]) -> list[BaselineVerdict]:
+    """Each model figure against its baseline figure; a missing figure is a failure (NaN)."""
+    return [BaselineVerdict(metric, baseline, float(metrics.get(metric, math.nan)),
+                            float(metrics.get(baseline, math.nan))) for metric, baseline in pairs]
 
 
 @dataclass
@@ -68,6 +95,11 @@ def decide(rule: PromotionRule, version: str, challenger: dict[str, float], cham
     missing = [m for m in rule.metrics() if m not in challenger]
     if missing:
         return Decision(False, f"challenger lacks {', '.join(missing)}", version, champion_version, challenger, champion)
+    failed = [v for v in against_baselines(rule.must_beat, challenger) if not v.beaten]
+    if failed:
+        return Decision(False, "does not beat its classical baseline: " + "; ".join(v.describe() for v in failed),
+                        version, champion_version, challenger, champion,
+                        {v.metric: f"not better than {v.baseline}" for v in failed})
     if champion is None or champion_version is None:
         return Decision(True, "no champion yet", version, None, challenger, None, {m: "first model" for m in rule.metrics()})
     if champion_version == version:

@@ -85,8 +85,24 @@ def resolve_model(model: str | Path, alias: str = "champion", tracking_uri: str 
         version = MlflowClient(tracking_uri=uri).get_model_version_by_alias(str(model), alias)
     except MlflowException as error:
         raise FileNotFoundError(f"{model!r} is neither a model folder nor a registered model with alias "
-                                f"{alias!r} in {uri}") from error
+                                f"{alias!r} in {uri}{_why_no_alias(MlflowClient(tracking_uri=uri), str(model))}") from error
     return registry_folder(str(model), str(version.version), home / "models" / "registry", uri)
+
+
+def _why_no_alias(client: MlflowClient, name: str) -> str:
+    """What the latest evaluated version's promotion said, when the model exists but has no champion."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return ""
+    decided = sorted((v for v in versions if v.tags.get("promotion_reason")), key=lambda v: int(v.version))
+    if not versions:
+        return ""
+    if not decided:
+        return f": {len(versions)} version(s) registered, none evaluated yet"
+    last = decided[-1]
+    return (f": {len(versions)} version(s) registered and none promoted; v{last.version} was not promoted because it "
+            f"{last.tags['promotion_reason']}. Pass a model folder or alias='challenger' to sample it anyway")
 
 
 def log_metrics_to_run(run_id: str, metrics: dict[str, float], step: int = 0) -> None:

@@ -4,6 +4,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from assets import ingestion, labels
 from cxr_pipeline import tracking
@@ -180,7 +181,10 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     assert produced["images"].value == ingested["accepted"].value
     assert min(produced[f"{s}_images"].value for s in ("train", "val", "test")) > 50
     assert produced["class_conditional_images"].value > 400
-    assert all(e.passed for e in result.get_asset_check_evaluations())
+    checks = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
+    gates = {asset: checks.pop((asset, "beats_classical_baseline"))
+             for asset in ("sr_evaluation", "denoising_evaluation", "generation_evaluation")}
+    assert all(e.passed for e in checks.values())  # data checks; the baseline gates are WARN, judged below
     paths = WorkPaths(home)
     assert all((paths.splits / f"{s}.csv").exists() for s in ("train", "val", "test"))
     trained = result.asset_materializations_for_node("vae")[0].metadata
@@ -228,11 +232,22 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     version = client.get_model_version("cxr-latent-sr-x4", "1")
     assert version.tags["evaluation_run_id"] == sr["evaluation_mlflow_run_id"].value
     assert "psnr_sr_x4_ddim" in client.get_run(version.run_id).data.metrics
-    # Promotion: the first evaluated version of each model becomes champion (and challenger).
+    # Promotion: each first version is the challenger; it is champion exactly when the asset's
+    # baseline check passed (these 30-step models may well not beat bicubic, NLM or chance).
     for name, asset in (("cxr-latent-sr-x4", "sr_evaluation"), ("cxr-lowdose-denoiser", "denoising_evaluation"),
                         ("cxr-class-ddpm", "generation_evaluation")):
-        assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
-        assert str(client.get_model_version_by_alias(name, "challenger").version) == "1"
+        gate = gates[asset]
+        assert gate.severity == dg.AssetCheckSeverity.WARN and "verdict" in gate.metadata
         produced = result.asset_materializations_for_node(asset)[0].metadata
-        assert "promoted to champion (no champion yet)" in produced["promotion"].value
+        pairs = [key for key in gate.metadata if key != "verdict"]
+        assert all(gate.metadata[key].value == pytest.approx(produced[key].value, abs=1e-4) for key in pairs
+                   if key in produced)
+        assert str(client.get_model_version_by_alias(name, "challenger").version) == "1"
+        if gate.passed:
+            assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+            assert "promoted to champion (no champion yet)" in produced["promotion"].value
+        else:
+            with pytest.raises(MlflowException):
+                client.get_model_version_by_alias(name, "champion")
+            assert "does not beat its classical baseline" in produced["promotion"].value
         assert "Promotion:" in open(produced["report"].value).read()

@@ -2,17 +2,20 @@
 and classifier-free guidance is exactly the formula."""
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from diffusers.training_utils import compute_snr
 
 from cxr_pipeline.data.image_store import ImageStore, to_stored
 from cxr_pipeline.data.pairs import build_low_dose_pairs, low_dose_pair_dir
 from cxr_pipeline.models import diffusion_training as dt
-from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig, guided_epsilon, sample
+from cxr_pipeline.models.diffusion import (Conditioning, ScheduleConfig, UNetConfig, diffusion_step, guided_prediction,
+                                           load_model, loss_weights, sample)
 from cxr_pipeline.models.training import TrainConfig
 from cxr_pipeline.models.vae import VaeConfig
 
@@ -115,9 +118,9 @@ def test_guidance_scale_zero_and_one_are_the_unconditional_and_conditional_model
     with torch.no_grad():
         conditional = conditional_unet(x, t, class_labels=labels).sample
         unconditional = conditional_unet(x, t, class_labels=null).sample
-        torch.testing.assert_close(guided_epsilon(conditional_unet, x, t, labels, 3, 1.0), conditional)
-        torch.testing.assert_close(guided_epsilon(conditional_unet, x, t, labels, 3, 0.0), unconditional)
-        guided = guided_epsilon(conditional_unet, x, t, labels, 3, 2.5)
+        torch.testing.assert_close(guided_prediction(conditional_unet, x, t, labels, 3, 1.0), conditional)
+        torch.testing.assert_close(guided_prediction(conditional_unet, x, t, labels, 3, 0.0), unconditional)
+        guided = guided_prediction(conditional_unet, x, t, labels, 3, 2.5)
     torch.testing.assert_close(guided, unconditional + 2.5 * (conditional - unconditional), rtol=1e-4, atol=1e-5)
     assert not torch.allclose(conditional, unconditional)  # the class embedding matters
 
@@ -146,3 +149,68 @@ def test_partial_noise_start_stays_close_to_its_input(conditional_unet):
     far = sample(conditional_unet, schedule, tuple(start.shape), labels=torch.tensor([0, 0]), null_label=3,
                  steps=20, start=start, strength=1.0, generator=torch.Generator().manual_seed(0))
     assert (near - start).abs().mean() < (far - start).abs().mean()
+
+
+def test_min_snr_weights_cap_the_easy_steps_and_agree_across_targets():
+    timesteps = torch.tensor([5, 100, 500, 900])
+    weights = {}
+    for kind in ("epsilon", "v_prediction", "sample"):
+        schedule = ScheduleConfig(1000, prediction_type=kind, snr_gamma=5.0)
+        scheduler = schedule.ddpm()
+        weights[kind] = loss_weights(scheduler, timesteps, 5.0)
+    snr = compute_snr(schedule.ddpm(), timesteps)
+    assert snr[0] > 5.0 > snr[-1]  # the steps span both sides of gamma
+    # in the x0 loss every target is weighted min(SNR, gamma): eps * SNR = v * (SNR + 1) = x0
+    x0 = torch.minimum(snr, torch.tensor(5.0))
+    torch.testing.assert_close(weights["sample"], x0)
+    torch.testing.assert_close(weights["epsilon"] * snr, x0)
+    torch.testing.assert_close(weights["v_prediction"] * (snr + 1), x0)
+    assert weights["epsilon"][-1] == 1.0 and weights["epsilon"][0] < 0.01  # noisy steps keep full weight
+    torch.testing.assert_close(loss_weights(scheduler, timesteps, None), torch.ones(4))
+
+
+@pytest.fixture(scope="module")
+def tiny_latents(data, tmp_path_factory):
+    """Latents of the tiny images through a tiny untrained VAE, written as the latents asset does."""
+    root, metadata, store = data
+    folder = tmp_path_factory.mktemp("latents")
+    vae = VaeConfig(block_out_channels=(8, 16), latent_channels=2, norm_num_groups=8).build()
+    vae.save_pretrained(str(folder / "vae"))
+    train = metadata[metadata["split"] == "train"].reset_index(drop=True)
+    images = torch.from_numpy(store.read_many(list(train["shard"]), list(train["shard_index"]))).unsqueeze(1)
+    with torch.no_grad():
+        latents = vae.encode(images * 2 - 1).latent_dist.mode()
+    np.save(folder / "hr_train.npy", latents.numpy())
+    train[["image_id", "split", "class_id"]].to_parquet(folder / "index_train.parquet")
+    (folder / "latents.json").write_text(json.dumps({"scaling_factor": float(1 / latents.std()),
+                                                     "latent_shape": list(latents.shape[1:])}))
+    return folder
+
+
+def test_latent_class_model_learns_and_its_folder_stands_alone(data, tiny_latents, tmp_path):
+    root, metadata, store = data
+    events = []
+    unet = UNetConfig(SIZE // 2, 2, 2, num_class_embeds=4, **TINY)
+    schedule = ScheduleConfig(timesteps=100, prediction_type="v_prediction", snr_gamma=5.0)
+    vae_source = tmp_path / "vae"
+    shutil.copytree(tiny_latents / "vae", vae_source)
+    outcome = dt.train_class_ddpm(metadata, store, ["a", "b", "c"], unet, schedule, TRAIN, tmp_path / "runs", "tiny",
+                                  latents_dir=tiny_latents, vae_dir=vae_source, progress=events.append)
+    # min-SNR weights make the per-step loss noisy: compare the objective on one fixed batch instead
+    step = diffusion_step(Conditioning(num_classes=3, class_dropout=0.0), schedule)
+    batch = {"target": dt.scaled_latents(tiny_latents, "hr", "train")[:16], "labels": torch.arange(16) % 3}
+    with torch.no_grad():
+        trained = step(load_model(outcome.model_dir).unet, batch, torch.Generator().manual_seed(0))[0]
+        untrained = step(unet.build(), batch, torch.Generator().manual_seed(0))[0]
+    assert trained < 0.7 * untrained, (trained, untrained)
+    images = dt.generate(outcome.model_dir, [0, 1, 2], steps=8, seed=5, device="cpu")
+    assert images.shape == (3, 1, SIZE, SIZE) and 0.0 <= images.min() and images.max() <= 1.0
+    # moved elsewhere, with its VAE source gone, the folder samples the same images
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(outcome.model_dir, moved)
+    shutil.rmtree(outcome.model_dir)
+    shutil.rmtree(vae_source)
+    torch.testing.assert_close(dt.generate(moved, [0, 1, 2], steps=8, seed=5, device="cpu"), images, rtol=0, atol=0)
+    description = json.loads((moved / "model.json").read_text())
+    assert description["space"] == "latent" and description["schedule"]["prediction_type"] == "v_prediction"
+    assert json.loads((moved / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"

@@ -15,8 +15,9 @@ from cxr_pipeline.models.training_job import TrainingJob
 from resources import CxrSettings, MlflowTracking
 
 UPSTREAM = [ingestion.raw_images, ingestion.ingested_images, labels.label_table, labels.image_metadata]
+# Pixel space: these tests are about where training runs, and need no VAE upstream.
 TINY = {"steps": 4, "batch_size": 4, "preview_every": 4, "checkpoint_every": 2, "log_every": 2, "warmup_steps": 1,
-        "block_out_channels": [8, 16]}
+        "block_out_channels": [8, 16], "space": "pixel"}
 
 
 @pytest.fixture(autouse=True)

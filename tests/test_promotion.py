@@ -99,3 +99,32 @@ def test_sampling_code_resolves_a_registered_name_to_its_champion(registry, tmp_
     assert tracking.resolve_model(folder) == folder  # a folder is used as given
     with pytest.raises(FileNotFoundError, match="neither a model folder nor a registered model"):
         tracking.resolve_model("no-such-model")
+
+
+GATED = PromotionRule("psnr_sr_x4_ddim", (), must_beat=(("psnr_sr_x4_ddim", "psnr_sr_x4_bicubic"),))
+
+
+def test_a_model_that_does_not_beat_its_classical_baseline_is_never_champion():
+    noise = {"psnr_sr_x4_ddim": 14.0, "psnr_sr_x4_bicubic": 22.6}
+    first = decide(GATED, "1", noise, None, None)
+    assert not first.promoted
+    assert first.reason == ("does not beat its classical baseline: psnr_sr_x4_ddim = 14.0000 does not beat "
+                            "psnr_sr_x4_bicubic = 22.6000")
+    assert decide(GATED, "1", {"psnr_sr_x4_ddim": 23.0, "psnr_sr_x4_bicubic": 22.6}, None, None).promoted
+    chance = PromotionRule("fd_cxr_class_ddpm", (), must_beat=(("cond_acc_class_ddpm", "cond_acc_class_ddpm_chance"),))
+    assert not decide(chance, "1", {"fd_cxr_class_ddpm": 5.0, "cond_acc_class_ddpm": 1 / 6,
+                                    "cond_acc_class_ddpm_chance": 1 / 6}, None, None).promoted
+    lower = promotion.against_baselines((("mae_x", "mae_y"),), {"mae_x": 0.1, "mae_y": 0.2})
+    assert lower[0].beaten  # lower is better for MAE
+    assert not promotion.against_baselines((("psnr_a", "psnr_b"),), {"psnr_b": 1.0})[0].beaten  # missing figure
+
+
+def test_asking_for_a_champion_that_does_not_exist_says_why(registry, tmp_path, monkeypatch):
+    version = registry()
+    decision = decide(GATED, version, {"psnr_sr_x4_ddim": 14.0, "psnr_sr_x4_bicubic": 22.6}, None, None)
+    promotion.record_and_promote("cxr-test-model", decision, "split-a")
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow.get_tracking_uri())
+    with pytest.raises(FileNotFoundError, match="v1 was not promoted because it does not beat its classical baseline"):
+        tracking.resolve_model("cxr-test-model")
+    assert tracking.resolve_model("cxr-test-model", alias="challenger").exists()

@@ -54,6 +54,7 @@ class GenerationEvaluation:
         flat = {f"fd_cxr_{key}": self.fd_cxr, f"kid_{key}": self.kid[0], f"kid_{key}_std": self.kid[1],
                 f"fd_cxr_{key}_real_reference": self.fd_cxr_real, f"kid_{key}_real_reference": self.kid_real[0],
                 f"cond_acc_{key}": self.cond_acc, f"cond_acc_{key}_real_reference": self.real_accuracy,
+                f"cond_acc_{key}_chance": 1.0 / len(self.class_names),
                 f"fd_samples_{key}": float(self.counts["fd_generated"]),
                 f"cond_acc_samples_{key}": float(self.counts["balanced_generated"])}
         for name, accuracy in zip(self.class_names, self.cond_acc_per_class):
@@ -68,6 +69,11 @@ class GenerationEvaluation:
         if self.fid.computed:
             flat[f"fid_inception_{key}"] = self.fid.value
         return flat
+
+    @staticmethod
+    def must_beat() -> tuple[tuple[str, str], ...]:
+        """A generator whose classes the feature network cannot tell apart is not conditional."""
+        return ((f"cond_acc_{MODEL_KEY}", f"cond_acc_{MODEL_KEY}_chance"),)
 
     def headline(self) -> pd.DataFrame:
         counts = self.counts

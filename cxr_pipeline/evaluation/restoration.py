@@ -24,7 +24,7 @@ from skimage.restoration import denoise_nl_means, estimate_sigma
 from ..data.degrade import upsample_bicubic
 from ..metrics.restoration import lr_consistency_psnr, per_image_scores, sample_spread
 from ..metrics.statistics import Summary, summarize
-from ..models.diffusion import describe
+from ..models.diffusion import describe, load_model
 from ..models.diffusion_training import denoise, super_resolve
 from ..models.training import pick_device
 from ..models.vae import load_vae, reconstruct
@@ -56,6 +56,12 @@ class RestorationEvaluation:
     notes: list[str]
     references: dict[str, float] = field(default_factory=dict)  # flat metrics that are not a method
     tables: list[Table] = field(default_factory=list)
+    model: str = ""  # key of the model's default path
+    classical: str = ""  # key of the classical method it has to beat (bicubic, NLM)
+
+    def must_beat(self) -> tuple[tuple[str, str], ...]:
+        """(model PSNR, classical PSNR) metric names: the promotion gate and the asset check."""
+        return ((f"psnr_{self.task}_{self.model}", f"psnr_{self.task}_{self.classical}"),)
 
     def metrics(self) -> dict[str, float]:
         """Flat MLflow names: ``<score>_<task>_<method>`` with ``_std``, ``_ci_low``, ``_ci_high``."""
@@ -151,7 +157,9 @@ def evaluate_super_resolution(model_dir: Path, high_resolution: torch.Tensor, lo
     scale = int(description["scale"])
     task = f"sr_x{scale}"
     bicubic = torch.from_numpy(np.stack([upsample_bicubic(x[0].numpy(), scale) for x in low_resolution])).unsqueeze(1)
-    vae = load_vae(description["vae_dir"], pick_device(device))
+    vae = load_model(model_dir, pick_device(device)).vae
+    if vae is None:  # folders saved before models carried their VAE
+        vae = load_vae(description["vae_dir"], pick_device(device))
     ceiling = _batched_reconstruction(vae, high_resolution)
     through_vae = _batched_reconstruction(vae, bicubic)
     ddim = super_resolve(model_dir, low_resolution, sampler="ddim", steps=ddim_steps, seed=seed, device=device)
@@ -196,7 +204,8 @@ def evaluate_super_resolution(model_dir: Path, high_resolution: torch.Tensor, lo
                      f"first {len(spread[0])} test images.")
     return RestorationEvaluation(task, f"Super-resolution x{scale}", "bicubic", scores, summaries, gains,
                                  {m.key: m.label for m in methods}, figures, notes,
-                                 references={f"lr_consistency_psnr_{task}_hr": reference})
+                                 references={f"lr_consistency_psnr_{task}_hr": reference}, model="ddim",
+                                 classical="bicubic")
 
 
 # --- Denoising --------------------------------------------------------------------------------------
@@ -262,4 +271,5 @@ def evaluate_denoising(model_dir: Path, clean: torch.Tensor, noisy: torch.Tensor
         summaries["diffusion"]["spread"] = summarize(spread[0], np.asarray(groups)[:len(spread[0])], resamples=resamples)
         notes.append(f"Spread: over {spread_seeds} seeds, on the first {len(spread[0])} test images.")
     return RestorationEvaluation(task, f"Low-dose denoising, I0 = {dose:g} photons", "noisy", scores, summaries, gains,
-                                 {m.key: m.label for m in methods}, figures, notes, tables=list(tuning or []))
+                                 {m.key: m.label for m in methods}, figures, notes, tables=list(tuning or []),
+                                 model="diffusion", classical="nlm")

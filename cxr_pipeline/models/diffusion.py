@@ -1,15 +1,19 @@
 """Diffusion models from diffusers parts: ``UNet2DModel`` + ``DDPMScheduler`` / ``DDIMScheduler``.
 
-One epsilon-prediction objective serves the three models; they differ only in what conditions
-the UNet:
+One objective serves the three models: the UNet predicts the noise (``epsilon``), the velocity
+(``v_prediction``, Salimans & Ho 2022) or the clean sample, with optional min-SNR-gamma loss
+weighting (Hang et al. 2023), both recorded in the saved scheduler config so sampling reads the
+output the way training wrote it. The models differ only in what conditions the UNet:
 - latent super-resolution: the LR latent, concatenated channel-wise to the noisy HR latent;
 - class-conditional generation: a class embedding, with a learned null class for
   classifier-free guidance (diffusers requires ``class_labels`` whenever ``num_class_embeds``
   is set, so "unconditional" is the extra class ``num_classes``);
 - low-dose denoising: the noisy image, concatenated (SR3-style), optionally the dose level as a
   class embedding.
-A model folder is self-describing: ``unet/`` and ``scheduler/`` (``save_pretrained``) plus
-``model.json`` with the kind and its conditioning, so sampling needs nothing but the folder.
+A model folder is self-describing: ``unet/`` and ``scheduler/`` (``save_pretrained``), for latent
+models the autoencoder in ``vae/``, plus ``model.json`` with the kind, its conditioning and the
+latent scaling factor, so sampling needs nothing but the folder (a registered version downloaded
+anywhere samples as it is).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers.training_utils import compute_snr
 
 
 @dataclass(frozen=True)
@@ -58,10 +63,12 @@ class UNetConfig:
 class ScheduleConfig:
     timesteps: int = 1000
     beta_schedule: str = "linear"  # "linear" | "squaredcos_cap_v2" (cosine)
+    prediction_type: str = "epsilon"  # "epsilon" | "v_prediction" | "sample"
+    snr_gamma: float | None = None  # min-SNR-gamma loss weighting; None: plain MSE on the target
 
     def ddpm(self) -> DDPMScheduler:
         return DDPMScheduler(num_train_timesteps=self.timesteps, beta_schedule=self.beta_schedule,
-                             prediction_type="epsilon", clip_sample=False)
+                             prediction_type=self.prediction_type, clip_sample=False)
 
 
 @dataclass(frozen=True)
@@ -74,32 +81,60 @@ class Conditioning:
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. VAE folder and latent scaling
 
 
-def epsilon_step(unet_channels: int, conditioning: Conditioning, scheduler: DDPMScheduler):
+def loss_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, snr_gamma: float | None) -> torch.Tensor:
+    """Per-sample weights of the MSE on the scheduler's target. min-SNR-gamma caps each step's
+    weight at gamma / SNR in the x0 loss, so the many easy low-noise steps stop dominating;
+    expressed for each target (epsilon, v, x0) so the three equal the same x0 weighting."""
+    if snr_gamma is None:
+        return torch.ones_like(timesteps, dtype=torch.float32)
+    snr = compute_snr(scheduler, timesteps).float()
+    capped = torch.clamp(snr, max=snr_gamma)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return capped / snr
+    if kind == "v_prediction":
+        return capped / (snr + 1.0)
+    return capped
+
+
+def diffusion_step(conditioning: Conditioning, schedule: ScheduleConfig):
     """Training step: batch = {"target", optional "condition", optional "labels"}."""
+    scheduler = schedule.ddpm()
 
     def step(model: UNet2DModel, batch: dict[str, torch.Tensor], generator: torch.Generator):
-        target = batch["target"]
-        count = target.shape[0]
-        noise = torch.randn(target.shape, generator=generator, device=target.device)
+        clean = batch["target"]
+        count = clean.shape[0]
+        # sample noise and a timestep per image, and noise the clean target
+        noise = torch.randn(clean.shape, generator=generator, device=clean.device)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (count,), generator=generator,
-                                  device=target.device)
-        noisy = scheduler.add_noise(target, noise, timesteps)
+                                  device=clean.device)
+        noisy = scheduler.add_noise(clean, noise, timesteps)
         inputs = torch.cat([noisy, batch["condition"]], dim=1) if conditioning.concat_channels else noisy
+        # drop labels to the null class, so the same network learns the unconditional model
         labels = batch.get("labels")
         if labels is not None and conditioning.class_dropout > 0:
-            drop = torch.rand(count, generator=generator, device=target.device) < conditioning.class_dropout
+            drop = torch.rand(count, generator=generator, device=clean.device) < conditioning.class_dropout
             labels = torch.where(drop, torch.full_like(labels, conditioning.num_classes), labels)
-        prediction = model(inputs, timesteps, class_labels=labels).sample
-        loss = torch.nn.functional.mse_loss(prediction.float(), noise.float())
-        return loss, {}
+        # predict, and weight the squared error per image
+        prediction = model(inputs, timesteps, class_labels=labels).sample.float()
+        if schedule.prediction_type == "epsilon":
+            target = noise
+        elif schedule.prediction_type == "v_prediction":
+            target = scheduler.get_velocity(clean, noise, timesteps)
+        else:
+            target = clean
+        per_image = ((prediction - target.float()) ** 2).mean(dim=tuple(range(1, prediction.ndim)))
+        weights = loss_weights(scheduler, timesteps, schedule.snr_gamma).to(per_image.device)
+        return (weights * per_image).mean(), {}
 
     return step
 
 
-def guided_epsilon(model: UNet2DModel, inputs: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
-                   null_label: int | None, guidance: float) -> torch.Tensor:
-    """Classifier-free guidance: eps_uncond + w (eps_cond - eps_uncond). w = 1 is the plain
-    conditional model and w = 0 the unconditional one, each with a single forward pass."""
+def guided_prediction(model: UNet2DModel, inputs: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
+                      null_label: int | None, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance: out_uncond + w (out_cond - out_uncond), on whatever the model
+    predicts (epsilon, v and x0 are all linear in it). w = 1 is the plain conditional model and
+    w = 0 the unconditional one, each with a single forward pass."""
     if labels is None or null_label is None or guidance == 1.0:
         return model(inputs, t, class_labels=labels).sample
     null = torch.full_like(labels, null_label)
@@ -137,9 +172,9 @@ def sample(model: UNet2DModel, schedule: ScheduleConfig, shape: tuple[int, ...],
         labels = labels.to(device)
     for t in timesteps:
         inputs = torch.cat([x, condition], dim=1) if condition is not None else x
-        epsilon = guided_epsilon(model, inputs, t.repeat(shape[0]), labels, null_label, guidance)
+        prediction = guided_prediction(model, inputs, t.repeat(shape[0]), labels, null_label, guidance)
         kwargs = {"generator": generator} if sampler == "ddpm" else {"eta": eta, "generator": generator}
-        x = scheduler.step(epsilon, t, x, **kwargs).prev_sample
+        x = scheduler.step(prediction, t, x, **kwargs).prev_sample
     return x
 
 
@@ -147,10 +182,12 @@ def sample(model: UNet2DModel, schedule: ScheduleConfig, shape: tuple[int, ...],
 
 
 def save_model(folder: Path, model: UNet2DModel, kind: str, schedule: ScheduleConfig, conditioning: Conditioning,
-               unet_config: UNetConfig, extra: dict[str, Any] | None = None) -> None:
+               unet_config: UNetConfig, extra: dict[str, Any] | None = None, vae: AutoencoderKL | None = None) -> None:
     folder = Path(folder)
     model.save_pretrained(str(folder / "unet"))
     schedule.ddpm().save_pretrained(str(folder / "scheduler"))
+    if vae is not None:
+        vae.save_pretrained(str(folder / "vae"))
     description = {"kind": kind, "schedule": asdict(schedule), "conditioning": asdict(conditioning),
                    "unet": {**asdict(unet_config), "block_out_channels": list(unet_config.block_out_channels)},
                    **(extra or {})}
@@ -163,10 +200,15 @@ class DiffusionModel:
     schedule: ScheduleConfig
     conditioning: Conditioning
     description: dict[str, Any]
+    vae: AutoencoderKL | None = None  # latent models: the autoencoder saved beside the UNet
 
     @property
     def null_label(self) -> int | None:
         return self.conditioning.num_classes if self.conditioning.num_classes else None
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.description.get("scaling_factor", 1.0))
 
 
 def describe(folder: Path) -> dict[str, Any]:
@@ -178,8 +220,9 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> DiffusionMod
     folder = Path(folder)
     description = describe(folder)
     unet = UNet2DModel.from_pretrained(str(folder / "unet")).to(device).eval()
+    vae = AutoencoderKL.from_pretrained(str(folder / "vae")).to(device).eval() if (folder / "vae").is_dir() else None
     return DiffusionModel(unet, ScheduleConfig(**description["schedule"]), Conditioning(**description["conditioning"]),
-                          description)
+                          description, vae)
 
 
 ProgressFn = Callable[[int, int], None]

@@ -22,7 +22,7 @@ from ..data.atomic import atomic_folder
 from ..data.image_store import ImageStore
 from ..tracking import resolve_model
 from .batches import EpochSampler, StoreImages, WeightedStepSampler
-from .diffusion import Conditioning, ScheduleConfig, UNetConfig, epsilon_step, load_model, sample, save_model
+from .diffusion import Conditioning, ScheduleConfig, UNetConfig, diffusion_step, load_model, sample, save_model
 from .training import TrainConfig, Trainer, pick_device, run_key, step_generator
 from .vae import encode_mean, from_model, load_vae, to_model
 
@@ -59,7 +59,7 @@ class DiffusionOutcome:
 def _train(kind: str, unet_config: UNetConfig, schedule: ScheduleConfig, conditioning: Conditioning,
            batches: Callable[[int], dict], train_config: TrainConfig, runs_root: Path, data_hash: str,
            preview: Callable[[torch.nn.Module, int], np.ndarray], extra: dict, progress=None,
-           stop_after: int | None = None) -> DiffusionOutcome:
+           stop_after: int | None = None, vae: torch.nn.Module | None = None) -> DiffusionOutcome:
     run_dir = Path(runs_root) / run_key(kind, asdict(unet_config), asdict(schedule), asdict(conditioning),
                                          train_config.identity(), data_hash)
     torch.manual_seed(train_config.seed)
@@ -69,16 +69,38 @@ def _train(kind: str, unet_config: UNetConfig, schedule: ScheduleConfig, conditi
         previews[step] = preview(model, step)
         return {"preview_mean": float(previews[step].mean())}
 
-    trainer = Trainer(unet_config.build(), epsilon_step(unet_config.in_channels, conditioning, schedule.ddpm()),
+    trainer = Trainer(unet_config.build(), diffusion_step(conditioning, schedule),
                       batches, train_config, run_dir, batch_size_of=lambda b: int(b["target"].shape[0]),
                       evaluate=evaluate, progress=progress)
-    result = trainer.fit(stop_after=stop_after)
     model_dir = run_dir / "model"
-    if trainer.group.is_main:
-        with atomic_folder(model_dir) as tmp:
-            save_model(tmp, result.ema_model, kind, schedule, conditioning, unet_config,
-                       extra={**extra, "step": result.final_step, "data_hash": data_hash, "train": train_config.identity()})
+    with trainer.exclusive():
+        result = trainer.fit(stop_after=stop_after)
+        if trainer.group.is_main:
+            with atomic_folder(model_dir) as tmp:
+                save_model(tmp, result.ema_model, kind, schedule, conditioning, unet_config,
+                           extra={**extra, "step": result.final_step, "data_hash": data_hash,
+                                  "train": train_config.identity()}, vae=vae)
     return DiffusionOutcome(kind, run_dir, model_dir, result.final_step, result.resumed_from, previews)
+
+
+# --- Latent space --------------------------------------------------------------------------------
+
+
+def latent_scaling_factor(latents_dir: Path) -> float:
+    return float(json.loads((Path(latents_dir) / "latents.json").read_text())["scaling_factor"])
+
+
+def scaled_latents(latents_dir: Path, name: str, split: str) -> torch.Tensor:
+    """``<name>_<split>.npy`` times the scaling factor: unit variance, as the diffusion sees it."""
+    return torch.from_numpy(np.load(Path(latents_dir) / f"{name}_{split}.npy")) * latent_scaling_factor(latents_dir)
+
+
+@torch.no_grad()
+def _to_images(out: torch.Tensor, vae: torch.nn.Module | None, factor: float) -> torch.Tensor:
+    """Model output -> images in [0, 1] on the CPU: decoded by the VAE for latent models."""
+    if vae is not None:
+        out = vae.decode(out.to(next(vae.parameters()).device) / factor).sample
+    return from_model(out.float().cpu())
 
 
 # --- 1. Latent super-resolution -------------------------------------------------------------------
@@ -87,12 +109,9 @@ def _train(kind: str, unet_config: UNetConfig, schedule: ScheduleConfig, conditi
 def train_latent_sr(latents_dir: Path, scale: int, vae_dir: Path, unet_config: UNetConfig, schedule: ScheduleConfig,
                     train_config: TrainConfig, runs_root: Path, data_hash: str, progress=None,
                     stop_after: int | None = None) -> DiffusionOutcome:
-    summary = json.loads((Path(latents_dir) / "latents.json").read_text())
-    factor = float(summary["scaling_factor"])
-    hr = torch.from_numpy(np.load(Path(latents_dir) / "hr_train.npy")) * factor
-    lr = torch.from_numpy(np.load(Path(latents_dir) / f"lr_x{scale}_train.npy")) * factor
-    val_hr = torch.from_numpy(np.load(Path(latents_dir) / "hr_val.npy")[:4]) * factor
-    val_lr = torch.from_numpy(np.load(Path(latents_dir) / f"lr_x{scale}_val.npy")[:4]) * factor
+    factor = latent_scaling_factor(latents_dir)
+    hr, lr = scaled_latents(latents_dir, "hr", "train"), scaled_latents(latents_dir, f"lr_x{scale}", "train")
+    val_hr, val_lr = scaled_latents(latents_dir, "hr", "val")[:4], scaled_latents(latents_dir, f"lr_x{scale}", "val")[:4]
     sampler = EpochSampler(len(hr), train_config.batch_size, train_config.seed)
     conditioning = Conditioning(concat_channels=lr.shape[1])
     vae = load_vae(vae_dir)
@@ -108,9 +127,9 @@ def train_latent_sr(latents_dir: Path, scale: int, vae_dir: Path, unet_config: U
         decoded = [from_model(vae.decode(x.cpu() / factor).sample)[:, 0] for x in (val_lr, out, val_hr)]
         return torch.cat([torch.cat(list(row), dim=1) for row in decoded], dim=0).numpy()
 
-    extra = {"vae_dir": str(vae_dir), "scaling_factor": factor, "scale": scale}
+    extra = {"vae_source": str(vae_dir), "scaling_factor": factor, "scale": scale}
     return _train(f"latent_sr_x{scale}", unet_config, schedule, conditioning, batches, train_config, runs_root,
-                  data_hash, preview, extra, progress, stop_after)
+                  data_hash, preview, extra, progress, stop_after, vae=vae)
 
 
 @torch.no_grad()
@@ -123,9 +142,8 @@ def super_resolve(model_dir: Path, low_resolution: torch.Tensor, *, sampler: str
 
     target = pick_device(device)
     model = load_model(resolve_model(model_dir), target)
-    extra = model.description
-    vae = load_vae(extra["vae_dir"], target)
-    factor, scale = float(extra["scaling_factor"]), int(extra["scale"])
+    vae = model.vae if model.vae is not None else load_vae(model.description["vae_dir"], target)  # older folders
+    factor, scale = model.scaling_factor, int(model.description["scale"])
     outputs = []
     for start in range(0, len(low_resolution), batch_size):
         chunk = low_resolution[start:start + batch_size]
@@ -143,31 +161,45 @@ def super_resolve(model_dir: Path, low_resolution: torch.Tensor, *, sampler: str
 
 def train_class_ddpm(metadata: pd.DataFrame, store: ImageStore, class_names: Sequence[str], unet_config: UNetConfig,
                      schedule: ScheduleConfig, train_config: TrainConfig, runs_root: Path, data_hash: str, *,
-                     balance: bool = True, label_dropout: float = 0.1, guidance: float = 2.0, progress=None,
+                     latents_dir: Path | None = None, vae_dir: Path | None = None, balance: bool = True,
+                     label_dropout: float = 0.1, guidance: float = 2.0, progress=None,
                      stop_after: int | None = None) -> DiffusionOutcome:
-    rows = metadata[(metadata["split"] == "train") & metadata["class_id"].notna()].reset_index(drop=True)
-    images = StoreImages(store, rows)
-    labels = rows["class_id"].astype(int).to_numpy()
+    """In the VAE's latent space when ``latents_dir`` and ``vae_dir`` are given (the default
+    recipe: 16x fewer positions per image, so far more steps in the same time), else on pixels."""
+    latent = latents_dir is not None
+    if latent:
+        index = pd.read_parquet(Path(latents_dir) / "index_train.parquet")
+        labelled = index["class_id"].notna().to_numpy(dtype=bool, copy=True)
+        targets = scaled_latents(latents_dir, "hr", "train")[torch.from_numpy(labelled)]
+        labels = index.loc[labelled, "class_id"].astype(int).to_numpy()
+        factor, vae = latent_scaling_factor(latents_dir), load_vae(vae_dir)
+        extra_space = {"space": "latent", "scaling_factor": factor, "vae_source": str(vae_dir)}
+    else:
+        rows = metadata[(metadata["split"] == "train") & metadata["class_id"].notna()].reset_index(drop=True)
+        images = StoreImages(store, rows)
+        labels = rows["class_id"].astype(int).to_numpy()
+        factor, vae, extra_space = 1.0, None, {"space": "pixel"}
     num_classes = len(class_names)
     sampler = (WeightedStepSampler(labels, train_config.batch_size, train_config.seed) if balance
-               else EpochSampler(len(rows), train_config.batch_size, train_config.seed))
+               else EpochSampler(len(labels), train_config.batch_size, train_config.seed))
     conditioning = Conditioning(num_classes=num_classes, class_dropout=label_dropout)
 
     def batches(step: int) -> dict:
         picked = sampler.indices(step)
-        return {"target": to_model(images.batch(picked)), "labels": torch.from_numpy(labels[picked]).long()}
+        target = targets[torch.from_numpy(picked)] if latent else to_model(images.batch(picked))
+        return {"target": target, "labels": torch.from_numpy(labels[picked]).long()}
 
     def preview(model: torch.nn.Module, step: int) -> np.ndarray:
         wanted = torch.arange(num_classes).repeat_interleave(2)
-        out = sample(model, schedule, (len(wanted), 1, unet_config.sample_size, unet_config.sample_size),
-                     labels=wanted, null_label=num_classes, guidance=guidance, steps=PREVIEW_STEPS,
-                     generator=step_generator(train_config.seed, 10**6))
-        images_ = from_model(out.cpu())[:, 0]  # one column per class, two rows
+        shape = (len(wanted), unet_config.out_channels, unet_config.sample_size, unet_config.sample_size)
+        out = sample(model, schedule, shape, labels=wanted, null_label=num_classes, guidance=guidance,
+                     steps=PREVIEW_STEPS, generator=step_generator(train_config.seed, 10**6))
+        images_ = _to_images(out, vae, factor)[:, 0]  # one column per class, two rows
         return torch.cat([torch.cat(list(images_[i::2]), dim=1) for i in range(2)], dim=0).numpy()
 
-    extra = {"class_names": list(class_names), "balanced": balance, "default_guidance": guidance}
+    extra = {"class_names": list(class_names), "balanced": balance, "default_guidance": guidance, **extra_space}
     return _train("class_ddpm", unet_config, schedule, conditioning, batches, train_config, runs_root, data_hash,
-                  preview, extra, progress, stop_after)
+                  preview, extra, progress, stop_after, vae=vae)
 
 
 @torch.no_grad()
@@ -176,14 +208,15 @@ def generate(model_dir: Path, class_ids: Sequence[int], *, guidance: float | Non
     """Images (N, 1, S, S) in [0, 1] for the given classes, with classifier-free guidance."""
     model = load_model(resolve_model(model_dir), pick_device(device))
     scale = model.description["default_guidance"] if guidance is None else guidance
-    size = model.unet.config.sample_size
+    size, channels = model.unet.config.sample_size, model.unet.config.out_channels
     labels = torch.as_tensor(list(class_ids), dtype=torch.long)
     outputs = []
     for start in range(0, len(labels), batch_size):
         chunk = labels[start:start + batch_size]
-        out = sample(model.unet, model.schedule, (len(chunk), 1, size, size), labels=chunk, null_label=model.null_label,
-                     guidance=scale, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(seed + start))
-        outputs.append(from_model(out.float().cpu()))
+        out = sample(model.unet, model.schedule, (len(chunk), channels, size, size), labels=chunk,
+                     null_label=model.null_label, guidance=scale, sampler=sampler, steps=steps,
+                     generator=torch.Generator().manual_seed(seed + start))
+        outputs.append(_to_images(out, model.vae, model.scaling_factor))
     return torch.cat(outputs)
 
 

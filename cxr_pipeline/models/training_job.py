@@ -33,7 +33,7 @@ class TrainingJob:
     train: TrainConfig
     data_hash: str
     # The model's own arguments: latent_sr {scale, vae_dir}; class_ddpm {classes, balance,
-    # label_dropout, guidance}; denoiser {dose_conditioning, strength}.
+    # label_dropout, guidance, and vae_dir for the latent space}; denoiser {dose_conditioning, strength}.
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -66,9 +66,11 @@ def run(job: TrainingJob, progress: Any = None, stop_after: int | None = None) -
     metadata = pd.read_parquet(paths.metadata)
     store = ImageStore(paths.image_store)
     if job.model == "class_ddpm":
+        latent = options.get("vae_dir") is not None
         return dt.train_class_ddpm(metadata, store, options["classes"], job.unet, job.schedule, job.train, job.runs_root,
-                                   job.data_hash, balance=options["balance"], label_dropout=options["label_dropout"],
-                                   guidance=options["guidance"], **common)
+                                   job.data_hash, latents_dir=paths.latents if latent else None,
+                                   vae_dir=Path(options["vae_dir"]) if latent else None, balance=options["balance"],
+                                   label_dropout=options["label_dropout"], guidance=options["guidance"], **common)
     dose_stores = {}
     for dose in doses_built(paths.pairs):
         folder = low_dose_pair_dir(paths.pairs, dose)

@@ -1,0 +1,117 @@
+"""Class-conditional recipes side by side, trained on the demo's train split and scored on **val**
+(never test: this is where recipes and guidance scales are chosen).
+
+Needs a work folder where ``latents`` and ``cxr_classifier`` are materialized (``./run.sh demo``,
+or ``dagster asset materialize --select '+latents,cxr_classifier'``). Each recipe trains in this
+process from scratch into a temporary run folder; the table gives training wall time, conditional
+accuracy (worst class too), fd_cxr against its real-vs-real reference, and within-class MS-SSIM
+against real, at each guidance scale.
+
+    python bench/class_recipe.py --recipes old,latent [--steps 1000] [--guidance 1,2,3,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from cxr_pipeline.data.image_store import ImageStore  # noqa: E402
+from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES  # noqa: E402
+from cxr_pipeline.evaluation.generation import evaluate_generation  # noqa: E402
+from cxr_pipeline.models import diffusion_training as dt  # noqa: E402
+from cxr_pipeline.models.batches import StoreImages  # noqa: E402
+from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig  # noqa: E402
+from cxr_pipeline.models.training import TrainConfig  # noqa: E402
+from cxr_pipeline.settings import WorkPaths  # noqa: E402
+
+LATENT_TRAIN = TrainConfig(steps=1000, batch_size=64, learning_rate=2e-3, warmup_steps=50, ema_decay=0.99)
+# name -> (space, widths, layers per block, norm groups, schedule, train config); "old" is the
+# recipe before the change, "latent" the default now.
+RECIPES = {
+    "old": ("pixel", (16, 32, 64), 1, 8, ScheduleConfig(1000),
+            TrainConfig(steps=200, batch_size=16, learning_rate=5e-4, warmup_steps=30, ema_decay=0.995)),
+    "latent": ("latent", (32, 64, 64), 2, 8, ScheduleConfig(1000, prediction_type="v_prediction", snr_gamma=5.0),
+               LATENT_TRAIN),
+    "latent_eps": ("latent", (32, 64, 64), 2, 8, ScheduleConfig(1000), LATENT_TRAIN),
+    "latent_wide": ("latent", (64, 128), 1, 16, ScheduleConfig(1000, prediction_type="v_prediction", snr_gamma=5.0),
+                    LATENT_TRAIN),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--home", default=str(ROOT / "work"))
+    parser.add_argument("--recipes", default="old,latent")
+    parser.add_argument("--steps", type=int, default=None, help="override the latent recipes' steps")
+    parser.add_argument("--guidance", default="1,2,3,4")
+    parser.add_argument("--samples-per-class", type=int, default=16)
+    parser.add_argument("--ddim-steps", type=int, default=50)
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    paths = WorkPaths(Path(args.home))
+    metadata = pd.read_parquet(paths.metadata)
+    store = ImageStore(paths.image_store)
+    classifier = json.loads(paths.model_pointer("classifier").read_text())["model_dir"]
+    vae = json.loads(paths.model_pointer("vae").read_text())["model_dir"]
+    val = metadata[(metadata["split"] == "val") & metadata["class_id"].notna()].reset_index(drop=True)
+    reference = metadata[(metadata["split"] == "train") & metadata["class_id"].notna()].sample(len(val), random_state=0)
+    real_val, real_reference = StoreImages(store, val).stack(), StoreImages(store, reference).stack()
+    latent_shape = json.loads((paths.latents / "latents.json").read_text())["latent_shape"]
+    rows = []
+    for name in args.recipes.split(","):
+        space, widths, layers, groups, schedule, train = RECIPES[name]
+        if args.steps and space == "latent":
+            train = replace(train, steps=args.steps)
+        train = replace(train, checkpoint_every=train.steps, eval_every=train.steps, log_every=50, device="cpu")
+        classes = len(DEFAULT_CLASSES) + 1
+        if space == "latent":
+            unet = UNetConfig(latent_shape[1], latent_shape[0], latent_shape[0], widths, layers, attention=True,
+                              num_class_embeds=classes, norm_num_groups=groups)
+            space_args = {"latents_dir": paths.latents, "vae_dir": Path(vae)}
+        else:
+            size = int(real_val.shape[-1])
+            unet = UNetConfig(size, 1, 1, widths, layers, num_class_embeds=classes, norm_num_groups=groups)
+            space_args = {}
+        with tempfile.TemporaryDirectory() as runs:
+            started = time.perf_counter()
+            outcome = dt.train_class_ddpm(metadata, store, DEFAULT_CLASSES, unet, schedule, train, Path(runs),
+                                          "bench", guidance=2.0, progress=lambda e: e.kind == "step" and print(
+                                              f"{name}: {e.describe()}", flush=True), **space_args)
+            train_s = time.perf_counter() - started
+            for guidance in [float(g) for g in args.guidance.split(",")]:
+                result = evaluate_generation(outcome.model_dir, classifier, real_val, val["class_id"].astype(int),
+                                             real_reference, samples_per_class=args.samples_per_class,
+                                             ddim_steps=args.ddim_steps, guidance=guidance, device="cpu")
+                generated = [g for g, _ in result.diversity.values() if not np.isnan(g)]
+                real = [r for _, r in result.diversity.values() if not np.isnan(r)]
+                rows.append({"recipe": name, "train s": round(train_s), "steps": train.steps, "guidance": guidance,
+                             "cond_acc": round(result.cond_acc, 3),
+                             "worst class": round(float(np.nanmin(result.cond_acc_per_class)), 3),
+                             "fd_cxr": round(result.fd_cxr, 2), "fd real-vs-real": round(result.fd_cxr_real, 2),
+                             "fd ratio": round(result.fd_cxr / result.fd_cxr_real, 2),
+                             "ms-ssim gen": round(float(np.mean(generated)), 3),
+                             "ms-ssim real": round(float(np.mean(real)), 3)})
+                print(rows[-1], flush=True)
+                if guidance == 2.0 or len(args.guidance.split(",")) == 1:
+                    grid = result.figures[0].image
+                    out = ROOT / "work" / "bench" / f"class_{name}_g{guidance:g}.png"
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    from cxr_pipeline.reports.grid import png_bytes
+                    out.write_bytes(png_bytes(grid, upscale=2))
+    print(pd.DataFrame(rows).to_markdown(index=False))
+
+
+if __name__ == "__main__":
+    main()
