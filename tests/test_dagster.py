@@ -37,9 +37,12 @@ def test_definitions_load_with_groups_jobs_and_checks():
                       "cxr_classifier": "evaluation", "sr_evaluation": "evaluation",
                       "denoising_evaluation": "evaluation", "generation_evaluation": "evaluation"}
     assert {"all_assets", "ingestion"} <= {job.name for job in repository.get_all_jobs()}
-    check_names = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
-    assert check_names == {"rejected_share_within_limit", "every_input_accounted_for",
-                           "no_leakage_between_splits", "every_split_non_empty", "label_coverage"}
+    checks = {(key.asset_key.path[-1], key.name) for key in defs.resolve_asset_graph().asset_check_keys}
+    assert checks == {("ingested_images", "rejected_share_within_limit"), ("ingested_images", "every_input_accounted_for"),
+                      ("image_metadata", "no_leakage_between_splits"), ("image_metadata", "every_split_non_empty"),
+                      ("image_metadata", "label_coverage"), ("sr_evaluation", "beats_classical_baseline"),
+                      ("denoising_evaluation", "beats_classical_baseline"),
+                      ("generation_evaluation", "beats_classical_baseline")}
 
 
 def test_settings_fall_back_to_environment(monkeypatch, tmp_path):
