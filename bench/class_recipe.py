@@ -25,7 +25,6 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 
 from cxr_pipeline.data.image_store import ImageStore  # noqa: E402
 from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES  # noqa: E402
@@ -34,6 +33,7 @@ from cxr_pipeline.models import diffusion_training as dt  # noqa: E402
 from cxr_pipeline.models.batches import StoreImages  # noqa: E402
 from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig  # noqa: E402
 from cxr_pipeline.models.training import TrainConfig  # noqa: E402
+from cxr_pipeline.reports.grid import png_bytes  # noqa: E402
 from cxr_pipeline.settings import WorkPaths  # noqa: E402
 
 LATENT_TRAIN = TrainConfig(steps=1000, batch_size=64, learning_rate=2e-3, warmup_steps=50, ema_decay=0.99)
@@ -59,7 +59,6 @@ def main() -> None:
     parser.add_argument("--samples-per-class", type=int, default=16)
     parser.add_argument("--ddim-steps", type=int, default=50)
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     paths = WorkPaths(Path(args.home))
     metadata = pd.read_parquet(paths.metadata)
     store = ImageStore(paths.image_store)
@@ -108,7 +107,6 @@ def main() -> None:
                     grid = result.figures[0].image
                     out = ROOT / "work" / "bench" / f"class_{name}_g{guidance:g}.png"
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    from cxr_pipeline.reports.grid import png_bytes
                     out.write_bytes(png_bytes(grid, upscale=2))
     print(pd.DataFrame(rows).to_markdown(index=False))
 
