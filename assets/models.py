@@ -61,6 +61,7 @@ class TrainingConfig(dg.Config):
 
 class VaeTrainingConfig(TrainingConfig):
     latent_channels: Optional[int] = None
+    crop: Optional[int] = None  # train on random windows of this many pixels; None: whole images
 
 
 def write_current_model(settings: CxrSettings, kind: str, pointer: dict) -> None:
@@ -111,9 +112,10 @@ def vae(context: dg.AssetExecutionContext, config: VaeTrainingConfig, settings: 
     with mlflow_tracking.run(context, run_name="vae", tags={"data.split_hash": data_hash, "model": VAE_MODEL_NAME}) as run:
         mlflow.log_params({**{f"vae.{k}": v for k, v in vae_config.as_dict().items()},
                            **{f"train.{k}": v for k, v in train_config.identity().items()},
-                           "train_images": train_rows, "image_size": settings.profile_spec().image_size})
+                           "train_images": train_rows, "image_size": settings.profile_spec().image_size,
+                           "train.crop": config.crop})
         outcome = train_vae(metadata, ImageStore(paths.image_store), paths.models / "vae", vae_config, train_config,
-                            data_hash, progress=progress_logger(context))
+                            data_hash, progress=progress_logger(context), crop=config.crop)
         mlflow.log_metrics({f"final_{k}": v for k, v in outcome.metrics.items()})
         mlflow.log_artifacts(str(outcome.model_dir), artifact_path="model")
         grid_png = png_bytes(outcome.grid, upscale=2)

@@ -207,7 +207,7 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     client = MlflowClient(tracking.default_tracking_uri(home))
     expected = {
         "sr_evaluation": ["psnr_sr_x4_bicubic", "psnr_sr_x4_bicubic_vae", "psnr_sr_x4_vae_ceiling", "psnr_sr_x4_ddim",
-                          "psnr_sr_x4_ddim_from_lr", "psnr_sr_x4_ddpm", "lr_consistency_psnr_sr_x4_hr",
+                          "psnr_sr_x4_ddim_from_lr", "lr_consistency_psnr_sr_x4_hr",
                           "ssim_sr_x4_ddim", "mae_sr_x4_ddim", "lr_consistency_psnr_sr_x4_ddim", "spread_sr_x4_ddim",
                           "psnr_sr_x4_ddim_ci_low", "psnr_gain_sr_x4_ddim"],
         "denoising_evaluation": ["psnr_denoise_i0_1000_noisy", "psnr_denoise_i0_1000_nlm", "psnr_denoise_i0_1000_diffusion",

@@ -214,3 +214,51 @@ def test_latent_class_model_learns_and_its_folder_stands_alone(data, tiny_latent
     description = json.loads((moved / "model.json").read_text())
     assert description["space"] == "latent" and description["schedule"]["prediction_type"] == "v_prediction"
     assert json.loads((moved / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"
+
+
+def test_aligned_crops_cut_the_same_window_from_both_tensors_and_are_seeded():
+    from cxr_pipeline.models.batches import aligned_crops
+
+    clean = torch.arange(4 * 16 * 16, dtype=torch.float32).reshape(4, 1, 16, 16)
+    noisy = clean * 10
+    a, b = aligned_crops([clean, noisy], 8, seed=0, step=3)
+    assert a.shape == b.shape == (4, 1, 8, 8)
+    torch.testing.assert_close(b, a * 10)  # the same window in both
+    again, _ = aligned_crops([clean, noisy], 8, seed=0, step=3)
+    torch.testing.assert_close(again, a, rtol=0, atol=0)  # a resumed run sees the same crops
+    other, _ = aligned_crops([clean, noisy], 8, seed=0, step=4)
+    assert not torch.equal(other, a)
+    starts = {int(x[0, 0, 0]) for x in a}  # each row's top-left pixel value encodes its window
+    assert len(starts) > 1  # rows get different windows
+    whole = aligned_crops([clean, noisy], None, seed=0, step=0)
+    assert whole[0] is clean and whole[1] is noisy
+
+
+def test_residual_model_diffuses_the_correction_and_returns_its_input_plus_it(conditional_unet):
+    """A residual model's target is (target - condition) x scale; sampling returns condition +
+    chain / scale, so a network whose chain ends at zero returns its input unchanged."""
+    schedule = ScheduleConfig(100, prediction_type="sample")
+    conditioning = Conditioning(concat_channels=1, residual_scale=4.0)
+
+    class Zero(torch.nn.Module):  # predicts x0 = 0: the correction is nothing
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, inputs, t, class_labels=None):
+            return type("Out", (), {"sample": torch.zeros_like(inputs[:, :1]) * self.p})()
+
+    condition = torch.rand(2, 1, SIZE, SIZE)
+    out = sample(Zero(), schedule, tuple(condition.shape), condition=condition, steps=10,
+                 generator=torch.Generator().manual_seed(0), residual_scale=conditioning.residual_scale)
+    torch.testing.assert_close(out, condition, rtol=0, atol=1e-6)
+    # the training target is the scaled correction: a perfect x0 predictor of it has zero loss
+    target = condition + 0.1
+
+    class Perfect(Zero):
+        def forward(self, inputs, t, class_labels=None):
+            return type("Out", (), {"sample": torch.full_like(inputs[:, :1], 0.4) + 0 * self.p})()
+
+    loss, _ = diffusion_step(conditioning, schedule)(Perfect(), {"target": target, "condition": condition},
+                                                     torch.Generator().manual_seed(0))
+    assert float(loss) < 1e-10

@@ -109,3 +109,21 @@ def test_report_renders_tables_and_images_in_html_and_markdown(tmp_path):
         assert (tmp_path / "report" / name).read_bytes().startswith(b"\x89PNG")
         assert f"]({name})" in markdown_path.read_text()
     assert html_path.read_text() == html
+
+
+def test_paired_gain_is_image_by_image_with_a_patient_bootstrap():
+    from cxr_pipeline.evaluation.restoration import paired_gain
+
+    # 6 images of 3 patients; the model beats the reference by exactly 1 dB on every image, while
+    # both methods' own PSNRs vary by 10 dB across images: the paired interval is tight at 1
+    base = np.array([20.0, 30.0, 25.0, 22.0, 28.0, 24.0])
+    frame = pd.DataFrame({"image_id": [f"i{k}" for k in range(6)] * 2, "patient": ["a", "a", "b", "b", "c", "c"] * 2,
+                          "method": ["model"] * 6 + ["ref"] * 6, "psnr": np.concatenate([base + 1.0, base])})
+    # the reference rows in reverse order: pairing must follow image ids, not row order
+    frame = pd.concat([frame.iloc[:6], frame.iloc[6:].iloc[::-1]], ignore_index=True)
+    gain = paired_gain(frame, "model", "ref", resamples=200)
+    assert gain.mean == pytest.approx(1.0) and gain.ci_low == pytest.approx(1.0) and gain.ci_high == pytest.approx(1.0)
+    # gains that differ between patients (+3, -1, +1): same mean, an interval that now has width
+    frame.loc[frame["method"] == "model", "psnr"] = base + np.array([3.0, 3.0, -1.0, -1.0, 1.0, 1.0])
+    mixed = paired_gain(frame, "model", "ref", resamples=500)
+    assert mixed.mean == pytest.approx(1.0) and mixed.ci_low < 1.0 < mixed.ci_high

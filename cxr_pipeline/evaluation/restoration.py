@@ -58,6 +58,8 @@ class RestorationEvaluation:
     tables: list[Table] = field(default_factory=list)
     model: str = ""  # key of the model's default path
     classical: str = ""  # key of the classical method it has to beat (bicubic, NLM)
+    # reference method -> paired PSNR gain of the model over it (same images, patient bootstrap)
+    versus: dict[str, Summary] = field(default_factory=dict)
 
     def must_beat(self) -> tuple[tuple[str, str], ...]:
         """(model PSNR, classical PSNR) metric names: the promotion gate and the asset check."""
@@ -73,6 +75,9 @@ class RestorationEvaluation:
                              f"{name}_ci_low": summary.ci_low, f"{name}_ci_high": summary.ci_high})
         for method, gain in self.gains.items():
             name = f"psnr_gain_{self.task}_{method}"
+            flat.update({name: gain.mean, f"{name}_ci_low": gain.ci_low, f"{name}_ci_high": gain.ci_high})
+        for reference, gain in self.versus.items():
+            name = f"psnr_gain_{self.task}_{self.model}_vs_{reference}"
             flat.update({name: gain.mean, f"{name}_ci_low": gain.ci_low, f"{name}_ci_high": gain.ci_high})
         return flat
 
@@ -90,8 +95,10 @@ class RestorationEvaluation:
 
     def section(self) -> Section:
         count = int(self.scores["image_id"].nunique())
+        versus = " ".join(f"Paired PSNR gain of {self.labels[self.model]} over {self.labels[reference]}: "
+                          f"{gain.text(2)} dB." for reference, gain in self.versus.items())
         text = (f"{count} test images. Cells: mean ± std across images [95% bootstrap interval of the mean, "
-                "resampling patients]. " + " ".join(self.notes))
+                "resampling patients]. " + versus + " " + " ".join(self.notes))
         return Section(self.title, text, [Table(f"{self.title}: scores", self.table()), *self.tables], self.figures)
 
 
@@ -109,6 +116,14 @@ def _score(methods: list[Method], target: torch.Tensor, image_ids, groups, basel
     gains = {key: summarize(values - per_method_psnr[baseline], groups, resamples=resamples)
              for key, values in per_method_psnr.items() if key != baseline}
     return pd.concat(frames, ignore_index=True), summaries, gains
+
+
+def paired_gain(scores: pd.DataFrame, method: str, reference: str, resamples: int) -> Summary:
+    """PSNR of ``method`` minus ``reference`` image by image, with the patient bootstrap: the
+    interval that says whether a model beats a baseline, not just whether their means differ."""
+    by_method = {key: frame.set_index("image_id") for key, frame in scores.groupby("method")}
+    ours, theirs = by_method[method], by_method[reference].loc[by_method[method].index]
+    return summarize((ours["psnr"] - theirs["psnr"]).to_numpy(), ours["patient"].to_numpy(), resamples=resamples)
 
 
 def comparison_grid(columns: list[torch.Tensor], rows: int = PREVIEW_ROWS) -> np.ndarray:
@@ -202,10 +217,11 @@ def evaluate_super_resolution(model_dir: Path, high_resolution: torch.Tensor, lo
         summaries["ddim"]["spread"] = summarize(spread[0], np.asarray(groups)[:len(spread[0])], resamples=resamples)
         notes.append(f"Spread: mean per-pixel standard deviation of DDIM outputs over {spread_seeds} seeds, on the "
                      f"first {len(spread[0])} test images.")
+    versus = {ref: paired_gain(scores, "ddim", ref, resamples) for ref in ("bicubic_vae",)}
     return RestorationEvaluation(task, f"Super-resolution x{scale}", "bicubic", scores, summaries, gains,
                                  {m.key: m.label for m in methods}, figures, notes,
                                  references={f"lr_consistency_psnr_{task}_hr": reference}, model="ddim",
-                                 classical="bicubic")
+                                 classical="bicubic", versus=versus)
 
 
 # --- Denoising --------------------------------------------------------------------------------------
@@ -231,7 +247,7 @@ def tune_nlm(clean: torch.Tensor, noisy: torch.Tensor, factors=NLM_FACTORS) -> t
     return float(table.loc[table["val PSNR"].idxmax(), "h / sigma"]), table
 
 
-DENOISER_STRENGTHS = (0.05, 0.1, 0.2, 0.4)  # share of T the sampler starts from
+DENOISER_STRENGTHS = (0.05, 0.1, 0.2, 0.4, 0.7, 1.0)  # share of T the sampler starts from; 1: pure noise
 
 
 def tune_denoiser_strength(model_dir: Path, clean: torch.Tensor, noisy: torch.Tensor, dose: float,
@@ -272,4 +288,5 @@ def evaluate_denoising(model_dir: Path, clean: torch.Tensor, noisy: torch.Tensor
         notes.append(f"Spread: over {spread_seeds} seeds, on the first {len(spread[0])} test images.")
     return RestorationEvaluation(task, f"Low-dose denoising, I0 = {dose:g} photons", "noisy", scores, summaries, gains,
                                  {m.key: m.label for m in methods}, figures, notes, tables=list(tuning or []),
-                                 model="diffusion", classical="nlm")
+                                 model="diffusion", classical="nlm",
+                                 versus={"nlm": paired_gain(scores, "diffusion", "nlm", resamples)})

@@ -67,3 +67,19 @@ class WeightedStepSampler:
 
     def indices(self, step: int) -> np.ndarray:
         return np.random.default_rng([self.seed, step, 17]).choice(len(self.p), self.batch_size, p=self.p)
+
+
+def aligned_crops(images: Sequence[torch.Tensor], size: int | None, seed: int, step: int) -> list[torch.Tensor]:
+    """The same random ``size`` window of every tensor in ``images`` (a clean image and its
+    degraded twin stay aligned), a different window per batch row, seeded by (seed, step) so a
+    resumed run sees the same crops. Fully convolutional restoration models train on crops: a
+    32 px window costs a quarter of a 64 px image. ``size`` None or >= the image keeps it whole."""
+    height, width = images[0].shape[-2:]
+    if size is None or (size >= height and size >= width):
+        return list(images)
+    size_y, size_x = min(size, height), min(size, width)
+    rng = np.random.default_rng([seed, step, 23])
+    tops = rng.integers(0, height - size_y + 1, len(images[0]))
+    lefts = rng.integers(0, width - size_x + 1, len(images[0]))
+    return [torch.stack([x[i, :, t:t + size_y, l:l + size_x] for i, (t, l) in enumerate(zip(tops, lefts))])
+            for x in images]

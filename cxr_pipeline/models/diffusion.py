@@ -78,6 +78,11 @@ class Conditioning:
     concat_channels: int = 0  # channels of the conditioning image concatenated at the input
     num_classes: int = 0  # real classes; the null class for guidance is index num_classes
     class_dropout: float = 0.0  # share of training labels replaced by the null class
+    # Residual restoration (SRDiff-style): > 0 diffuses (target - condition) x residual_scale, the
+    # small correction the conditioning image needs, at unit variance; sampling adds it back. A
+    # model that predicts a zero correction returns its input, so training starts from the input's
+    # quality instead of from noise. 0: the model diffuses the target itself.
+    residual_scale: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. VAE folder and latent scaling
 
 
@@ -103,6 +108,8 @@ def diffusion_step(conditioning: Conditioning, schedule: ScheduleConfig):
 
     def step(model: UNet2DModel, batch: dict[str, torch.Tensor], generator: torch.Generator):
         clean = batch["target"]
+        if conditioning.residual_scale:
+            clean = (clean - batch["condition"]) * conditioning.residual_scale
         count = clean.shape[0]
         # sample noise and a timestep per image, and noise the clean target
         noise = torch.randn(clean.shape, generator=generator, device=clean.device)
@@ -149,16 +156,22 @@ def guided_prediction(model: UNet2DModel, inputs: torch.Tensor, t: torch.Tensor,
 def sample(model: UNet2DModel, schedule: ScheduleConfig, shape: tuple[int, ...], *, condition: torch.Tensor | None = None,
            labels: torch.Tensor | None = None, null_label: int | None = None, guidance: float = 1.0,
            sampler: str = "ddim", steps: int = 50, generator: torch.Generator | None = None,
-           start: torch.Tensor | None = None, strength: float = 1.0, eta: float = 0.0) -> torch.Tensor:
+           start: torch.Tensor | None = None, strength: float = 1.0, eta: float = 0.0,
+           residual_scale: float = 0.0) -> torch.Tensor:
     """Reverse diffusion. ``sampler="ddpm"`` runs the full ancestral chain (``steps`` ignored);
     ``"ddim"`` runs ``steps`` deterministic (eta 0) steps. With ``start`` and ``strength < 1`` the
     chain begins from ``start`` noised to ``strength * T`` (SDEdit), which is far faster for
-    restoration, where the input is already close to the answer."""
+    restoration, where the input is already close to the answer. ``residual_scale`` (the model's
+    :class:`Conditioning`) turns the chain's output, a scaled correction, back into the target."""
     device = next(model.parameters()).device
     ddpm = schedule.ddpm()
     scheduler = ddpm if sampler == "ddpm" else DDIMScheduler.from_config(ddpm.config)
     scheduler.set_timesteps(schedule.timesteps if sampler == "ddpm" else steps, device=device)
     timesteps = scheduler.timesteps
+    if condition is not None:
+        condition = condition.to(device)
+    if residual_scale and start is not None:
+        start = (start.to(device) - condition) * residual_scale
     noise = torch.randn(shape, generator=generator, device="cpu").to(device)
     if start is not None and strength < 1.0:
         keep = max(1, int(round(len(timesteps) * strength)))
@@ -166,8 +179,6 @@ def sample(model: UNet2DModel, schedule: ScheduleConfig, shape: tuple[int, ...],
         x = ddpm.add_noise(start.to(device), noise, timesteps[:1].repeat(shape[0]))
     else:
         x = noise
-    if condition is not None:
-        condition = condition.to(device)
     if labels is not None:
         labels = labels.to(device)
     for t in timesteps:
@@ -175,7 +186,7 @@ def sample(model: UNet2DModel, schedule: ScheduleConfig, shape: tuple[int, ...],
         prediction = guided_prediction(model, inputs, t.repeat(shape[0]), labels, null_label, guidance)
         kwargs = {"generator": generator} if sampler == "ddpm" else {"eta": eta, "generator": generator}
         x = scheduler.step(prediction, t, x, **kwargs).prev_sample
-    return x
+    return condition + x / residual_scale if residual_scale else x
 
 
 # --- Model folders --------------------------------------------------------------------------------

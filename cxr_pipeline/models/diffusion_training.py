@@ -21,7 +21,7 @@ import torch
 from ..data.atomic import atomic_folder
 from ..data.image_store import ImageStore
 from ..tracking import resolve_model
-from .batches import EpochSampler, StoreImages, WeightedStepSampler
+from .batches import EpochSampler, StoreImages, WeightedStepSampler, aligned_crops
 from .diffusion import Conditioning, ScheduleConfig, UNetConfig, diffusion_step, load_model, sample, save_model
 from .training import TrainConfig, Trainer, pick_device, run_key, step_generator
 from .vae import encode_mean, from_model, load_vae, to_model
@@ -61,7 +61,7 @@ def _train(kind: str, unet_config: UNetConfig, schedule: ScheduleConfig, conditi
            preview: Callable[[torch.nn.Module, int], np.ndarray], extra: dict, progress=None,
            stop_after: int | None = None, vae: torch.nn.Module | None = None) -> DiffusionOutcome:
     run_dir = Path(runs_root) / run_key(kind, asdict(unet_config), asdict(schedule), asdict(conditioning),
-                                         train_config.identity(), data_hash)
+                                         train_config.identity(), data_hash, extra)
     torch.manual_seed(train_config.seed)
     previews: dict[int, np.ndarray] = {}
 
@@ -81,6 +81,12 @@ def _train(kind: str, unet_config: UNetConfig, schedule: ScheduleConfig, conditi
                            extra={**extra, "step": result.final_step, "data_hash": data_hash,
                                   "train": train_config.identity()}, vae=vae)
     return DiffusionOutcome(kind, run_dir, model_dir, result.final_step, result.resumed_from, previews)
+
+
+def residual_scale(targets: torch.Tensor, conditions: torch.Tensor) -> float:
+    """1 / std of (target - condition) in the model's units: what puts a residual model's
+    diffusion at unit variance (the latent scaling factor's role, for corrections)."""
+    return float(1.0 / (targets.float() - conditions.float()).std().clamp_min(1e-6))
 
 
 # --- Latent space --------------------------------------------------------------------------------
@@ -107,13 +113,15 @@ def _to_images(out: torch.Tensor, vae: torch.nn.Module | None, factor: float) ->
 
 
 def train_latent_sr(latents_dir: Path, scale: int, vae_dir: Path, unet_config: UNetConfig, schedule: ScheduleConfig,
-                    train_config: TrainConfig, runs_root: Path, data_hash: str, progress=None,
+                    train_config: TrainConfig, runs_root: Path, data_hash: str, *, residual: bool = False, progress=None,
                     stop_after: int | None = None) -> DiffusionOutcome:
+    """``residual``: diffuse the correction from the bicubic latent to the HR latent (SRDiff)
+    instead of the HR latent itself."""
     factor = latent_scaling_factor(latents_dir)
     hr, lr = scaled_latents(latents_dir, "hr", "train"), scaled_latents(latents_dir, f"lr_x{scale}", "train")
     val_hr, val_lr = scaled_latents(latents_dir, "hr", "val")[:4], scaled_latents(latents_dir, f"lr_x{scale}", "val")[:4]
     sampler = EpochSampler(len(hr), train_config.batch_size, train_config.seed)
-    conditioning = Conditioning(concat_channels=lr.shape[1])
+    conditioning = Conditioning(concat_channels=lr.shape[1], residual_scale=residual_scale(hr, lr) if residual else 0.0)
     vae = load_vae(vae_dir)
 
     def batches(step: int) -> dict:
@@ -123,7 +131,7 @@ def train_latent_sr(latents_dir: Path, scale: int, vae_dir: Path, unet_config: U
     def preview(model: torch.nn.Module, step: int) -> np.ndarray:
         device = next(model.parameters()).device
         out = sample(model, schedule, tuple(val_hr.shape), condition=val_lr.to(device), steps=PREVIEW_STEPS,
-                     generator=step_generator(train_config.seed, 10**6))
+                     generator=step_generator(train_config.seed, 10**6), residual_scale=conditioning.residual_scale)
         decoded = [from_model(vae.decode(x.cpu() / factor).sample)[:, 0] for x in (val_lr, out, val_hr)]
         return torch.cat([torch.cat(list(row), dim=1) for row in decoded], dim=0).numpy()
 
@@ -150,7 +158,7 @@ def super_resolve(model_dir: Path, low_resolution: torch.Tensor, *, sampler: str
         up = torch.from_numpy(np.stack([upsample_bicubic(x[0].numpy(), scale) for x in chunk])).unsqueeze(1)
         condition = encode_mean(vae, up) * factor
         latents = sample(model.unet, model.schedule, tuple(condition.shape), condition=condition, sampler=sampler,
-                         steps=steps, start=condition, strength=strength,
+                         steps=steps, start=condition, strength=strength, residual_scale=model.conditioning.residual_scale,
                          generator=torch.Generator().manual_seed(seed + start))
         outputs.append(from_model(vae.decode(latents.to(target) / factor).sample).float().cpu())
     return torch.cat(outputs)
@@ -225,22 +233,31 @@ def generate(model_dir: Path, class_ids: Sequence[int], *, guidance: float | Non
 
 def train_denoiser(metadata: pd.DataFrame, store: ImageStore, dose_stores: dict[float, tuple[ImageStore, pd.DataFrame]],
                    unet_config: UNetConfig, schedule: ScheduleConfig, train_config: TrainConfig, runs_root: Path,
-                   data_hash: str, *, dose_conditioning: bool = True, strength: float = 0.4, progress=None,
-                   stop_after: int | None = None) -> DiffusionOutcome:
+                   data_hash: str, *, dose_conditioning: bool = True, strength: float = 0.4, crop: int | None = None,
+                   residual: bool = False, progress=None, stop_after: int | None = None) -> DiffusionOutcome:
+    """``crop``: train on random aligned windows of this size (the UNet is fully convolutional and
+    samples whole images); None trains on whole images. ``residual``: diffuse the correction from
+    the low-dose image to the normal-dose one instead of the image itself."""
     rows = metadata[metadata["split"] == "train"].reset_index(drop=True)
     clean = StoreImages(store, rows)
     doses = sorted(dose_stores)
     noisy = [StoreImages(dose_stores[d][0], dose_stores[d][1].set_index("image_id").loc[rows["image_id"]].reset_index())
              for d in doses]
     sampler = EpochSampler(len(rows) * len(doses), train_config.batch_size, train_config.seed)
+    scale = 0.0
+    if residual:  # from the first (up to) 64 training images at every dose
+        first = list(range(min(64, len(rows))))
+        scale = residual_scale(to_model(clean.batch(first)).repeat(len(doses), 1, 1, 1),
+                               torch.cat([to_model(store_.batch(first)) for store_ in noisy]))
     conditioning = Conditioning(concat_channels=1, num_classes=len(doses) if dose_conditioning else 0,
-                                class_dropout=0.1 if dose_conditioning else 0.0)
+                                class_dropout=0.1 if dose_conditioning else 0.0, residual_scale=scale)
 
     def batches(step: int) -> dict:
         picked = sampler.indices(step)
         image_rows, dose_rows = picked // len(doses), picked % len(doses)
         target = clean.batch(image_rows)
         condition = torch.cat([noisy[d].batch([r]) for r, d in zip(image_rows, dose_rows)])
+        target, condition = aligned_crops([target, condition], crop, train_config.seed, step)
         batch = {"target": to_model(target), "condition": to_model(condition)}
         if dose_conditioning:
             batch["labels"] = torch.from_numpy(dose_rows).long()
@@ -254,11 +271,12 @@ def train_denoiser(metadata: pd.DataFrame, store: ImageStore, dose_stores: dict[
         labels = torch.full((len(preview_rows),), lowest) if dose_conditioning else None
         out = sample(model, schedule, tuple(condition.shape), condition=condition, labels=labels,
                      null_label=conditioning.num_classes if dose_conditioning else None, steps=PREVIEW_STEPS,
-                     start=condition, strength=strength, generator=step_generator(train_config.seed, 10**6))
+                     start=condition, strength=strength, generator=step_generator(train_config.seed, 10**6),
+                     residual_scale=conditioning.residual_scale)
         columns = [from_model(condition)[:, 0], from_model(out.cpu())[:, 0], clean.batch(preview_rows)[:, 0]]
         return torch.cat([torch.cat(list(c), dim=0) for c in columns], dim=1).numpy()
 
-    extra = {"doses": doses, "dose_conditioning": dose_conditioning, "default_strength": strength}
+    extra = {"doses": doses, "dose_conditioning": dose_conditioning, "default_strength": strength, "crop": crop}
     return _train("denoiser", unet_config, schedule, conditioning, batches, train_config, runs_root, data_hash,
                   preview, extra, progress, stop_after)
 
@@ -280,6 +298,6 @@ def denoise(model_dir: Path, noisy: torch.Tensor, *, dose: float | None = None, 
         labels = torch.full((len(condition),), label) if description["dose_conditioning"] else None
         out = sample(model.unet, model.schedule, tuple(condition.shape), condition=condition, labels=labels,
                      null_label=model.null_label, sampler=sampler, steps=steps, start=condition, strength=strength,
-                     generator=torch.Generator().manual_seed(seed + start))
+                     residual_scale=model.conditioning.residual_scale, generator=torch.Generator().manual_seed(seed + start))
         outputs.append(from_model(out.float().cpu()))
     return torch.cat(outputs)

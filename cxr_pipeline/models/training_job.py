@@ -32,8 +32,8 @@ class TrainingJob:
     schedule: ScheduleConfig
     train: TrainConfig
     data_hash: str
-    # The model's own arguments: latent_sr {scale, vae_dir}; class_ddpm {classes, balance,
-    # label_dropout, guidance, and vae_dir for the latent space}; denoiser {dose_conditioning, strength}.
+    # The model's own arguments: latent_sr {scale, vae_dir, residual}; class_ddpm {classes, balance,
+    # label_dropout, guidance, and vae_dir for the latent space}; denoiser {dose_conditioning, strength, crop, residual}.
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -62,7 +62,8 @@ def run(job: TrainingJob, progress: Any = None, stop_after: int | None = None) -
     common = {"progress": progress, "stop_after": stop_after}
     if job.model == "latent_sr":
         return dt.train_latent_sr(paths.latents, int(options["scale"]), Path(options["vae_dir"]), job.unet, job.schedule,
-                                  job.train, job.runs_root, job.data_hash, **common)
+                                  job.train, job.runs_root, job.data_hash, residual=options.get("residual", False),
+                                  **common)
     metadata = pd.read_parquet(paths.metadata)
     store = ImageStore(paths.image_store)
     if job.model == "class_ddpm":
@@ -76,5 +77,6 @@ def run(job: TrainingJob, progress: Any = None, stop_after: int | None = None) -
         folder = low_dose_pair_dir(paths.pairs, dose)
         dose_stores[dose] = (ImageStore(folder), pd.read_parquet(folder / "index.parquet"))
     return dt.train_denoiser(metadata, store, dose_stores, job.unet, job.schedule, job.train, job.runs_root, job.data_hash,
-                             dose_conditioning=options["dose_conditioning"], strength=options["strength"], **common)
+                             dose_conditioning=options["dose_conditioning"], strength=options["strength"],
+                             crop=options.get("crop"), residual=options.get("residual", False), **common)
 

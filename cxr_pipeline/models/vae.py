@@ -20,7 +20,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from ..data import atomic, locks
 from ..data.degrade import upsample_bicubic
 from ..data.image_store import ImageStore
-from .batches import EpochSampler, StoreImages
+from .batches import EpochSampler, StoreImages, aligned_crops
 from .training import TrainConfig, Trainer, pick_device, run_key
 
 
@@ -138,14 +138,22 @@ class VaeTrainingOutcome:
 
 
 def train_vae(metadata: pd.DataFrame, store: ImageStore, runs_root: Path, vae_config: VaeConfig,
-              train_config: TrainConfig, data_hash: str, progress=None, stop_after: int | None = None) -> VaeTrainingOutcome:
+              train_config: TrainConfig, data_hash: str, progress=None, stop_after: int | None = None,
+              crop: int | None = None) -> VaeTrainingOutcome:
+    """``crop``: train on random windows of this size (the autoencoder is convolutional; validation
+    and every later use see whole images); None trains on whole images."""
     train = StoreImages(store, metadata[metadata["split"] == "train"])
     val = StoreImages(store, metadata[metadata["split"] == "val"])
     sampler = EpochSampler(len(train), train_config.batch_size, train_config.seed)
-    run_dir = Path(runs_root) / run_key("vae", vae_config.as_dict(), train_config.identity(), data_hash)
+    identity = (train_config.identity(), {"crop": crop}) if crop else (train_config.identity(),)
+    run_dir = Path(runs_root) / run_key("vae", vae_config.as_dict(), *identity, data_hash)
     torch.manual_seed(train_config.seed)
+
+    def batches(step: int) -> torch.Tensor:
+        return aligned_crops([train.batch(sampler.indices(step))], crop, train_config.seed, step)[0]
+
     trainer = Trainer(
-        vae_config.build(), vae_step(vae_config.kl_weight), lambda step: train.batch(sampler.indices(step)),
+        vae_config.build(), vae_step(vae_config.kl_weight), batches,
         train_config, run_dir, evaluate=lambda model, step: evaluate_reconstruction(model, val), progress=progress,
     )
     model_dir = run_dir / "model"
@@ -155,7 +163,7 @@ def train_vae(metadata: pd.DataFrame, store: ImageStore, runs_root: Path, vae_co
             result.ema_model.save_pretrained(str(tmp))
             (tmp / "training.json").write_text(json.dumps({
                 "step": result.final_step, "data_hash": data_hash, "metrics": result.last_eval,
-                "vae": vae_config.as_dict(), "train": train_config.identity(),
+                "vae": vae_config.as_dict(), "train": train_config.identity(), "crop": crop,
             }, indent=2))
     grid = reconstruction_grid(result.ema_model, val.batch(list(range(min(8, len(val))))))
     return VaeTrainingOutcome(run_dir, model_dir, result.last_eval, grid, result.resumed_from, result.final_step)

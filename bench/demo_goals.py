@@ -1,0 +1,97 @@
+"""The demo's goals next to what the last main-job run measured, and its time per stage.
+
+Reads the work folder after ``./run.sh demo``: the latest evaluation runs in MLflow (every figure
+on the **test** split, with its patient-bootstrap interval) and the latest ``all_assets`` run in the
+Dagster instance (the wall time of each step). Prints one table of goals and one of stage times.
+
+    CXR_HOME=work DAGSTER_HOME=work/dagster_home python bench/demo_goals.py
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import dagster as dg  # noqa: E402
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from cxr_pipeline import tracking  # noqa: E402
+
+DOSES = ("1000", "3000", "10000")
+
+
+def latest_metrics(name: str) -> dict[str, float]:
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"attributes.run_name = 'evaluate-{name}'",
+                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    if not runs:
+        raise SystemExit(f"no evaluate-{name} run in {mlflow.get_tracking_uri()}: run ./run.sh demo first")
+    return runs[0].data.metrics
+
+
+def goal_rows() -> list[dict]:
+    gen, sr, dn = latest_metrics("generation_evaluation"), latest_metrics("sr_evaluation"), latest_metrics("denoising_evaluation")
+    classes = {k.removeprefix("cond_acc_class_ddpm_"): v for k, v in gen.items()
+               if k.startswith("cond_acc_class_ddpm_") and not k.endswith(("_chance", "_real_reference"))
+               and not k.removeprefix("cond_acc_class_ddpm_").startswith("samples")}
+    fd_ratio = gen["fd_cxr_class_ddpm"] / gen["fd_cxr_class_ddpm_real_reference"]
+    rows = [
+        ("1 cond_acc_class_ddpm >= 0.80", f"{gen['cond_acc_class_ddpm']:.3f}", gen["cond_acc_class_ddpm"] >= 0.8),
+        ("1 every class >= 0.5", ", ".join(f"{k} {v:.2f}" for k, v in classes.items()), min(classes.values()) >= 0.5),
+        ("1 fd_cxr <= 3x real-vs-real", f"{gen['fd_cxr_class_ddpm']:.2f} vs {gen['fd_cxr_class_ddpm_real_reference']:.2f} "
+                                        f"({fd_ratio:.2f}x)", fd_ratio <= 3.0),
+        ("1 within-class MS-SSIM within 0.15 of real", f"{gen['ms_ssim_class_ddpm']:.3f} vs "
+                                                        f"{gen['ms_ssim_class_ddpm_real_reference']:.3f}",
+         abs(gen["ms_ssim_class_ddpm"] - gen["ms_ssim_class_ddpm_real_reference"]) <= 0.15),
+    ]
+    gain = sr["psnr_sr_x4_ddim"] - sr["psnr_sr_x4_bicubic_vae"]
+    rows += [
+        ("2 SR default path >= bicubic->VAE + 1 dB", f"{sr['psnr_sr_x4_ddim']:.2f} vs {sr['psnr_sr_x4_bicubic_vae']:.2f} "
+                                                    f"(+{gain:.2f} dB)", gain >= 1.0),
+        ("2 paired gain over bicubic->VAE: interval above 0", f"[{sr['psnr_gain_sr_x4_ddim_vs_bicubic_vae_ci_low']:.2f}, "
+                                                              f"{sr['psnr_gain_sr_x4_ddim_vs_bicubic_vae_ci_high']:.2f}] dB",
+         sr["psnr_gain_sr_x4_ddim_vs_bicubic_vae_ci_low"] > 0),
+        ("2 LR-consistency >= 35 dB", f"{sr['lr_consistency_psnr_sr_x4_ddim']:.2f}", sr["lr_consistency_psnr_sr_x4_ddim"] >= 35),
+        ("2 VAE ceiling >= 31 dB", f"{sr['psnr_sr_x4_vae_ceiling']:.2f}", sr["psnr_sr_x4_vae_ceiling"] >= 31),
+        ("2 from noise not worse than bicubic", f"{sr['psnr_sr_x4_ddim']:.2f} vs {sr['psnr_sr_x4_bicubic']:.2f}",
+         sr["psnr_sr_x4_ddim"] >= sr["psnr_sr_x4_bicubic"]),
+    ]
+    for dose in DOSES:
+        model, nlm = dn[f"psnr_denoise_i0_{dose}_diffusion"], dn[f"psnr_denoise_i0_{dose}_nlm"]
+        name = f"psnr_gain_denoise_i0_{dose}_diffusion_vs_nlm"
+        rows.append((f"3 denoiser beats NLM at I0 {dose}, paired interval above 0",
+                     f"{model:.2f} vs {nlm:.2f}: +{dn[name]:.2f} [{dn[name + '_ci_low']:.2f}, {dn[name + '_ci_high']:.2f}] dB; "
+                     f"SSIM {dn[f'ssim_denoise_i0_{dose}_diffusion']:.3f} vs {dn[f'ssim_denoise_i0_{dose}_nlm']:.3f}",
+                     dn[name + "_ci_low"] > 0))
+    return [{"goal": g, "measured": m, "met": "yes" if ok else "NO"} for g, m, ok in rows]
+
+
+def stage_rows() -> tuple[list[dict], float]:
+    instance = dg.DagsterInstance.get()
+    records = instance.get_run_records(dg.RunsFilter(job_name="all_assets", statuses=[dg.DagsterRunStatus.SUCCESS]),
+                                       limit=1)
+    if not records:
+        raise SystemExit("no successful all_assets run in this Dagster instance")
+    record = records[0]
+    stats = instance.get_run_step_stats(record.dagster_run.run_id)
+    rows = sorted(({"step": s.step_key, "seconds": round(s.end_time - s.start_time, 1)} for s in stats
+                   if s.end_time and s.start_time), key=lambda r: -r["seconds"])
+    return rows, record.end_time - record.start_time
+
+
+def main() -> None:
+    home = Path(os.environ.get("CXR_HOME", ROOT / "work"))
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(home))
+    print(pd.DataFrame(goal_rows()).to_markdown(index=False))
+    stages, total = stage_rows()
+    print()
+    print(pd.DataFrame(stages).to_markdown(index=False))
+    print(f"\nall_assets run, start to success: {total / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
