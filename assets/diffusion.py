@@ -18,8 +18,9 @@ from cxr_pipeline.data.labels.metadata import content_hash
 from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES
 from cxr_pipeline.data.pairs import doses_built
 from cxr_pipeline.models import diffusion_training as dt
+from cxr_pipeline.models import kinds as model_kinds
 from cxr_pipeline.models import training_job
-from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig
+from cxr_pipeline.models.diffusion import UNET_PROFILES, ScheduleConfig, UNetConfig
 from cxr_pipeline.models.training_job import TrainingJob
 from cxr_pipeline.reports.grid import markdown_image, png_bytes
 from resources import CxrSettings, MlflowTracking
@@ -29,12 +30,6 @@ from .models import TRAINING_STEP, TrainingConfig, latents, progress_logger, rea
 from .pairs import low_dose_pairs
 
 TRAIN_WORKER = Path(__file__).resolve().parents[1] / "scripts" / "train_worker.py"
-# Widths by profile: the demo trains in CPU minutes, full is the size published work uses.
-PIXEL_UNET = {"demo": ((16, 32, 64), 8, False), "full": ((64, 128, 256, 256), 32, True)}
-LATENT_UNET = {"demo": ((32, 64), 8, True), "full": ((128, 256, 512), 32, True)}
-# The class model on latents: 1.6M parameters, about 0.4 s per batch of 64 on 2 CPU cores (wider
-# UNets cost 3x per step for less gain; see bench/class_recipe.py).
-CLASS_LATENT_UNET = {"demo": ((32, 64, 64), 8, True, 2), "full": ((128, 256, 512), 32, True, 2)}
 
 
 class DiffusionTrainingConfig(TrainingConfig):
@@ -55,13 +50,11 @@ class DiffusionTrainingConfig(TrainingConfig):
         return ScheduleConfig(timesteps=self.timesteps, beta_schedule=self.beta_schedule,
                               prediction_type=self.prediction_type, snr_gamma=self.snr_gamma)
 
-    def unet(self, table: dict, profile: str, size: int, in_channels: int, out_channels: int,
+    def unet(self, model: str, profile: str, size: int, in_channels: int, out_channels: int,
              num_class_embeds: Optional[int] = None) -> UNetConfig:
-        widths, groups, attention, *layers = table[profile]
-        return UNetConfig(sample_size=size, in_channels=in_channels, out_channels=out_channels,
-                          block_out_channels=tuple(self.block_out_channels or widths), attention=attention,
-                          num_class_embeds=num_class_embeds, norm_num_groups=groups,
-                          layers_per_block=layers[0] if layers else 1)
+        """The library's UNet profile for ``model``, with this config's widths when set."""
+        widths = tuple(self.block_out_channels) if self.block_out_channels else None
+        return UNET_PROFILES[model][profile].config(size, in_channels, out_channels, num_class_embeds, widths)
 
     def job(self, settings: CxrSettings, model: str, unet: UNetConfig, data_hash: str, **options) -> TrainingJob:
         return TrainingJob(model=model, home=str(settings.resolved_home()), unet=unet, schedule=self.schedule(),
@@ -147,17 +140,19 @@ def latent_sr(context: dg.AssetExecutionContext, config: LatentSrConfig, setting
     """Latent diffusion conditioned on the bicubic-upsampled LR latent (channel concatenation),
     diffusing the correction from it to the HR latent; one registered model per scale."""
     paths = settings.paths()
-    vae = read_current_model(settings, "vae")
+    vae = read_current_model(settings, model_kinds.VAE.key)
     shape = pd.read_json(paths.latents / "latents.json", typ="series")["latent_shape"]
     data_hash = content_hash(pd.read_parquet(paths.metadata))
     metadata: dict = {}
     for scale in config.scales:
-        unet = config.unet(LATENT_UNET, settings.profile_spec().name, shape[-1], 2 * shape[0], shape[0])
+        unet = config.unet("latent_sr", settings.profile_spec().name, shape[-1], 2 * shape[0], shape[0])
         job = config.job(settings, "latent_sr", unet, data_hash, scale=scale, vae_dir=vae["model_dir"],
                          residual=config.residual)
-        produced = _train_and_register(context, settings, mlflow_tracking, pipes_subprocess_client, f"latent_sr_x{scale}",
-                                       f"cxr-latent-sr-x{scale}", config, job,
-                                       {"scale": scale, "vae": f"cxr-vae v{vae['version']}", "residual": config.residual})
+        kind = model_kinds.latent_sr(scale)
+        produced = _train_and_register(context, settings, mlflow_tracking, pipes_subprocess_client, kind.key,
+                                       kind.registered_name, config, job,
+                                       {"scale": scale, "vae": f"{vae['registered_model']} v{vae['version']}",
+                                        "residual": config.residual})
         metadata.update({f"x{scale}_{k}": v for k, v in produced.items()})
     return dg.MaterializeResult(metadata=metadata)
 
@@ -192,20 +187,21 @@ def class_ddpm(context: dg.AssetExecutionContext, config: ClassDdpmConfig, setti
     profile = settings.profile_spec().name
     num_class_embeds = len(config.classes) + 1
     if config.space == "latent":
-        vae = read_current_model(settings, "vae")
+        vae = read_current_model(settings, model_kinds.VAE.key)
         channels, size = pd.read_json(paths.latents / "latents.json", typ="series")["latent_shape"][:2]
-        unet = config.unet(CLASS_LATENT_UNET, profile, size, channels, channels, num_class_embeds=num_class_embeds)
+        unet = config.unet("class_ddpm", profile, size, channels, channels, num_class_embeds=num_class_embeds)
         space = {"vae_dir": vae["model_dir"]}
     else:
         size = settings.profile_spec().image_size
-        unet = config.unet(PIXEL_UNET, profile, size, 1, 1, num_class_embeds=num_class_embeds)
+        unet = config.unet("class_ddpm_pixel", profile, size, 1, 1, num_class_embeds=num_class_embeds)
         space = {}
     job = config.job(settings, "class_ddpm", unet, content_hash(metadata), classes=list(config.classes),
                      balance=config.class_balance, label_dropout=config.label_dropout, guidance=config.guidance_scale,
                      **space)
     counts = metadata[(metadata["split"] == "train")]["class_name"].value_counts().to_dict()
     produced = _train_and_register(
-        context, settings, mlflow_tracking, pipes_subprocess_client, "class_ddpm", "cxr-class-ddpm", config, job,
+        context, settings, mlflow_tracking, pipes_subprocess_client, model_kinds.CLASS_DDPM.key, model_kinds.CLASS_DDPM.registered_name,
+        config, job,
         {"space": config.space, "classes": ",".join(config.classes), "class_balance": config.class_balance,
          "label_dropout": config.label_dropout, "guidance_scale": config.guidance_scale})
     return dg.MaterializeResult(metadata={**produced, "train_images_per_class": dg.MetadataValue.json(counts)})
@@ -239,13 +235,14 @@ def low_dose_denoiser(context: dg.AssetExecutionContext, config: DenoiserConfig,
     paths = settings.paths()
     doses = doses_built(paths.pairs)
     size = settings.profile_spec().image_size
-    unet = config.unet(PIXEL_UNET, settings.profile_spec().name, size, 2, 1,
+    unet = config.unet("denoiser", settings.profile_spec().name, size, 2, 1,
                        num_class_embeds=len(doses) + 1 if config.dose_conditioning else None)
     job = config.job(settings, "denoiser", unet, content_hash(pd.read_parquet(paths.metadata)),
                      dose_conditioning=config.dose_conditioning, strength=config.sampling_strength, crop=config.crop,
                      residual=config.residual)
     produced = _train_and_register(
-        context, settings, mlflow_tracking, pipes_subprocess_client, "denoiser", "cxr-lowdose-denoiser", config, job,
+        context, settings, mlflow_tracking, pipes_subprocess_client, model_kinds.DENOISER.key, model_kinds.DENOISER.registered_name,
+        config, job,
         {"doses": ",".join(f"{d:g}" for d in doses), "dose_conditioning": config.dose_conditioning,
          "sampling_strength": config.sampling_strength, "crop": config.crop, "residual": config.residual})
     return dg.MaterializeResult(metadata=produced)

@@ -27,7 +27,9 @@ from cxr_pipeline.evaluation.generation import evaluate_generation
 from cxr_pipeline.evaluation.restoration import (DENOISER_STRENGTHS, NLM_FACTORS, evaluate_denoising,
                                                  evaluate_super_resolution, tune_denoiser_strength, tune_nlm)
 from cxr_pipeline.models.batches import StoreImages
+from cxr_pipeline.models import kinds as model_kinds
 from cxr_pipeline.models.classifier import ClassifierConfig, train_classifier
+from cxr_pipeline.models.pipelines import ClassConditionalGenerator, LatentSuperResolution, LowDoseDenoiser
 from cxr_pipeline.promotion import PromotionRule
 from cxr_pipeline.reports.document import Figure, Report, Section, Table, markdown_table, write_report
 from cxr_pipeline.reports.plots import line_plot
@@ -38,7 +40,6 @@ from .labels import image_metadata
 from .models import HEAVY_STEP, TRAINING_STEP, TrainingConfig, progress_logger, read_current_model, write_current_model
 from .pairs import low_dose_pairs, sr_pairs
 
-CLASSIFIER_MODEL_NAME = "cxr-feature-classifier"
 
 
 class ClassifierTrainingConfig(TrainingConfig):
@@ -61,18 +62,18 @@ def cxr_classifier(context: dg.AssetExecutionContext, config: ClassifierTraining
     network = ClassifierConfig(widths=tuple(config.block_out_channels)) if config.block_out_channels else ClassifierConfig()
     train_config = config.train_config(eval_every=config.eval_every)
     with mlflow_tracking.run(context, run_name="cxr-classifier", tags={"data.split_hash": data_hash,
-                                                                       "model": CLASSIFIER_MODEL_NAME}) as run:
+                                                                       "model": model_kinds.CLASSIFIER.registered_name}) as run:
         mlflow.log_params({**{f"classifier.{k}": v for k, v in network.as_dict().items()},
                            **{f"train.{k}": v for k, v in train_config.identity().items()},
                            "classes": ",".join(config.classes)})
         outcome = train_classifier(metadata, ImageStore(paths.image_store), config.classes, network, train_config,
-                                   paths.models / "classifier", data_hash, progress=progress_logger(context))
+                                   paths.models / model_kinds.CLASSIFIER.folder, data_hash, progress=progress_logger(context))
         mlflow.log_metrics({f"final_{k}": v for k, v in outcome.metrics.items()})
         mlflow.log_artifacts(str(outcome.model_dir), artifact_path="model")
-        version = tracking.register_folder(run.info.run_id, "model", CLASSIFIER_MODEL_NAME,
+        version = tracking.register_folder(run.info.run_id, "model", model_kinds.CLASSIFIER.registered_name,
                                            description="CXR feature network for fd_cxr, KID and conditional accuracy")
-    write_current_model(settings, "classifier", {"model_dir": str(outcome.model_dir), "mlflow_run_id": run.info.run_id,
-                                                 "registered_model": CLASSIFIER_MODEL_NAME, "version": version,
+    write_current_model(settings, model_kinds.CLASSIFIER.key, {"model_dir": str(outcome.model_dir), "mlflow_run_id": run.info.run_id,
+                                                 "registered_model": model_kinds.CLASSIFIER.registered_name, "version": version,
                                                  "data_hash": data_hash})
     per_class = pd.DataFrame([{"class": name, "val AUROC": f"{outcome.metrics[f'val_auroc_{name}']:.3f}"}
                               for name in config.classes if f"val_auroc_{name}" in outcome.metrics])
@@ -81,7 +82,7 @@ def cxr_classifier(context: dg.AssetExecutionContext, config: ClassifierTraining
         "val_accuracy": round(outcome.metrics["val_accuracy"], 4),
         "val_auroc_per_class": dg.MetadataValue.md(markdown_table(per_class)),
         "mlflow_run_id": run.info.run_id,
-        "registered_model": f"{CLASSIFIER_MODEL_NAME} v{version}",
+        "registered_model": f"{model_kinds.CLASSIFIER.registered_name} v{version}",
         "checkpoint": dg.MetadataValue.path(str(outcome.model_dir)),
         "steps": outcome.final_step,
         "resumed_from_step": outcome.resumed_from if outcome.resumed_from is not None else -1,
@@ -240,17 +241,17 @@ def sr_evaluation(context: dg.AssetExecutionContext, config: SrEvaluationConfig,
     high_resolution = _images(ImageStore(paths.image_store), rows)
     sections, metrics, evaluated, tables, scores, decisions, must_beat = [], {}, [], [], [], [], ()
     for scale in scales_built(paths.pairs):
-        if not paths.model_pointer(f"latent_sr_x{scale}").exists():
+        if not paths.model_pointer(model_kinds.latent_sr(scale).key).exists():
             continue
-        pointer = read_current_model(settings, f"latent_sr_x{scale}")
+        pointer = read_current_model(settings, model_kinds.latent_sr(scale).key)
         low_resolution = _degraded(sr_pair_dir(paths.pairs, scale), rows)
 
         def evaluate(model_dir: str):
             return evaluate_super_resolution(
-                model_dir, high_resolution, low_resolution, rows["image_id"], rows["patient_key"],
-                ddim_steps=config.ddim_steps, full_chain=config.full_chain, lr_start_strength=config.lr_start_strength,
-                spread_seeds=config.spread_seeds, spread_images=config.spread_images, seed=config.seed,
-                resamples=config.bootstrap_resamples, device=config.device)
+                LatentSuperResolution.from_pretrained(model_dir, config.device), high_resolution, low_resolution,
+                rows["image_id"], rows["patient_key"], ddim_steps=config.ddim_steps, full_chain=config.full_chain,
+                lr_start_strength=config.lr_start_strength, spread_seeds=config.spread_seeds,
+                spread_images=config.spread_images, seed=config.seed, resamples=config.bootstrap_resamples)
 
         context.log.info(f"evaluating {pointer['registered_model']} v{pointer['version']} on {len(rows)} test images")
         result = evaluate(pointer["model_dir"])
@@ -302,7 +303,7 @@ def denoising_evaluation(context: dg.AssetExecutionContext, config: DenoisingEva
     non-local means (both tuned on val), then champion/challenger promotion."""
     paths = settings.paths()
     mlflow_tracking.activate()
-    pointer = read_current_model(settings, "denoiser")
+    pointer = read_current_model(settings, model_kinds.DENOISER.key)
     metadata = pd.read_parquet(paths.metadata)
     rows = _split_rows(metadata, "test", config.max_test_images)
     val_rows = _split_rows(metadata, "val", config.val_images)
@@ -315,19 +316,18 @@ def denoising_evaluation(context: dg.AssetExecutionContext, config: DenoisingEva
                     _degraded(low_dose_pair_dir(paths.pairs, dose), rows)) for dose in doses}
 
     def evaluate(model_dir: str):
-        results = []
+        results, model = [], LowDoseDenoiser.from_pretrained(model_dir, config.device)
         for dose, (val_noisy, test_noisy) in noisy.items():
             factor, nlm_search = tune_nlm(val_clean, val_noisy, config.nlm_factors)
-            strength, strength_search = tune_denoiser_strength(model_dir, val_clean, val_noisy, dose, config.strengths,
-                                                               config.ddim_steps, config.seed, config.device)
+            strength, strength_search = tune_denoiser_strength(model, val_clean, val_noisy, dose, config.strengths,
+                                                               config.ddim_steps, config.seed)
             context.log.info(f"I0 {dose:g}: on val, NLM h = {factor:g} sigma, denoiser strength {strength:g}")
             tuning = [Table(f"NLM h search on val, I0 = {dose:g}", nlm_search.round(3)),
                       Table(f"Denoiser strength search on val, I0 = {dose:g}", strength_search.round(3))]
-            results.append(evaluate_denoising(model_dir, clean, test_noisy, rows["image_id"], rows["patient_key"], dose,
+            results.append(evaluate_denoising(model, clean, test_noisy, rows["image_id"], rows["patient_key"], dose,
                                               factor, strength, tuning, ddim_steps=config.ddim_steps,
                                               spread_seeds=config.spread_seeds, spread_images=config.spread_images,
-                                              seed=config.seed, resamples=config.bootstrap_resamples,
-                                              device=config.device))
+                                              seed=config.seed, resamples=config.bootstrap_resamples))
         return results
 
     def merged_metrics(results) -> dict[str, float]:
@@ -372,8 +372,8 @@ def generation_evaluation(context: dg.AssetExecutionContext, config: GenerationE
     available locally."""
     paths = settings.paths()
     mlflow_tracking.activate()
-    pointer = read_current_model(settings, "class_ddpm")
-    classifier = read_current_model(settings, "classifier")
+    pointer = read_current_model(settings, model_kinds.CLASS_DDPM.key)
+    classifier = read_current_model(settings, model_kinds.CLASSIFIER.key)
     metadata = pd.read_parquet(paths.metadata)
     rows = _split_rows(metadata, "test", config.max_test_images, labelled=True)
     val_rows = _split_rows(metadata, "val", labelled=True)
@@ -382,7 +382,8 @@ def generation_evaluation(context: dg.AssetExecutionContext, config: GenerationE
     real_test, real_val = _images(store, rows), _images(store, val_rows)
 
     def evaluate(model_dir: str):
-        return evaluate_generation(model_dir, classifier["model_dir"], real_test, rows["class_id"].astype(int).to_numpy(),
+        return evaluate_generation(ClassConditionalGenerator.from_pretrained(model_dir, config.device),
+                                   classifier["model_dir"], real_test, rows["class_id"].astype(int).to_numpy(),
                                    real_val, samples_per_class=config.samples_per_class, fd_samples=config.fd_samples,
                                    ddim_steps=config.ddim_steps, guidance=config.guidance_scale, seed=config.seed,
                                    inception_weights=weights, inception_sha256=config.fid_inception_sha256,

@@ -14,6 +14,7 @@ from cxr_pipeline.data import atomic
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.data.labels.metadata import content_hash
 from cxr_pipeline.data.pairs import scales_built, sr_pair_dir
+from cxr_pipeline.models import kinds as model_kinds
 from cxr_pipeline.models.training import TrainConfig, TrainEvent
 from cxr_pipeline.models.vae import VAE_PROFILES, encode_latents, train_vae
 from cxr_pipeline.reports.grid import markdown_image, png_bytes
@@ -23,7 +24,6 @@ from .labels import image_metadata
 from .pairs import sr_pairs
 from .pools import WORK_FOLDER_WRITER
 
-VAE_MODEL_NAME = "cxr-vae"
 # Training steps use every core (or the GPU). Within a run the executor runs one of them at a time
 # (tag limit, see jobs/); across runs they share the "cxr_training" pool, whose limit comes from the
 # instance (run.sh writes default_limit 1 into $DAGSTER_HOME/dagster.yaml). A failed
@@ -115,26 +115,26 @@ def vae(context: dg.AssetExecutionContext, config: VaeTrainingConfig, settings: 
     train_rows = int((metadata["split"] == "train").sum())
     train_config = config.train_config(eval_every=config.eval_every)
     data_hash = content_hash(metadata)
-    with mlflow_tracking.run(context, run_name="vae", tags={"data.split_hash": data_hash, "model": VAE_MODEL_NAME}) as run:
+    with mlflow_tracking.run(context, run_name="vae", tags={"data.split_hash": data_hash, "model": model_kinds.VAE.registered_name}) as run:
         mlflow.log_params({**{f"vae.{k}": v for k, v in vae_config.as_dict().items()},
                            **{f"train.{k}": v for k, v in train_config.identity().items()},
                            "train_images": train_rows, "image_size": settings.profile_spec().image_size,
                            "train.crop": config.crop})
-        outcome = train_vae(metadata, ImageStore(paths.image_store), paths.models / "vae", vae_config, train_config,
+        outcome = train_vae(metadata, ImageStore(paths.image_store), paths.models / model_kinds.VAE.folder, vae_config, train_config,
                             data_hash, progress=progress_logger(context), crop=config.crop)
         mlflow.log_metrics({f"final_{k}": v for k, v in outcome.metrics.items()})
         mlflow.log_artifacts(str(outcome.model_dir), artifact_path="model")
         grid_png = png_bytes(outcome.grid, upscale=2)
         mlflow.log_image(np.asarray(outcome.grid), "reconstructions/val_input_recon_error.png")
-        version = tracking.register_folder(run.info.run_id, "model", VAE_MODEL_NAME,
+        version = tracking.register_folder(run.info.run_id, "model", model_kinds.VAE.registered_name,
                                            description="AutoencoderKL for chest radiographs (EMA weights)")
     pointer = {"model_dir": str(outcome.model_dir), "mlflow_run_id": run.info.run_id,
-               "registered_model": VAE_MODEL_NAME, "version": version, "data_hash": data_hash}
-    write_current_model(settings, "vae", pointer)
+               "registered_model": model_kinds.VAE.registered_name, "version": version, "data_hash": data_hash}
+    write_current_model(settings, model_kinds.VAE.key, pointer)
     return dg.MaterializeResult(metadata={
         **{k: round(v, 5) for k, v in outcome.metrics.items()},
         "mlflow_run_id": run.info.run_id,
-        "registered_model": f"{VAE_MODEL_NAME} v{version}",
+        "registered_model": f"{model_kinds.VAE.registered_name} v{version}",
         "checkpoint": dg.MetadataValue.path(str(outcome.model_dir)),
         "steps": outcome.final_step,
         "resumed_from_step": outcome.resumed_from if outcome.resumed_from is not None else -1,
@@ -149,7 +149,7 @@ def latents(context: dg.AssetExecutionContext, settings: CxrSettings) -> dg.Mate
     """HR and LR latents of every split with the scaling factor, so diffusion training never
     re-runs the encoder."""
     paths = settings.paths()
-    pointer = read_current_model(settings, "vae")
+    pointer = read_current_model(settings, model_kinds.VAE.key)
     metadata = pd.read_parquet(paths.metadata)
     lr_stores = {}
     for scale in scales_built(paths.pairs):

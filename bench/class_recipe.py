@@ -32,6 +32,7 @@ from cxr_pipeline.evaluation.generation import evaluate_generation  # noqa: E402
 from cxr_pipeline.models import diffusion_training as dt  # noqa: E402
 from cxr_pipeline.models.batches import StoreImages  # noqa: E402
 from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig  # noqa: E402
+from cxr_pipeline.models.pipelines import ClassConditionalGenerator  # noqa: E402
 from cxr_pipeline.models.training import TrainConfig  # noqa: E402
 from cxr_pipeline.reports.grid import png_bytes  # noqa: E402
 from cxr_pipeline.settings import WorkPaths  # noqa: E402
@@ -89,9 +90,9 @@ def main() -> None:
                                           "bench", guidance=2.0, progress=lambda e: e.kind == "step" and print(
                                               f"{name}: {e.describe()}", flush=True), **space_args)
             train_s = time.perf_counter() - started
+            generator = ClassConditionalGenerator.from_pretrained(outcome.model_dir, "cpu")
             for guidance in [float(g) for g in args.guidance.split(",")]:
-                result = evaluate_generation(outcome.model_dir, classifier, real_val, val["class_id"].astype(int),
-                                             real_reference, samples_per_class=args.samples_per_class,
+                result = evaluate_generation(generator, classifier, real_val, val["class_id"].astype(int), real_reference, samples_per_class=args.samples_per_class,
                                              ddim_steps=args.ddim_steps, guidance=guidance, device="cpu")
                 generated = [g for g, _ in result.diversity.values() if not np.isnan(g)]
                 real = [r for _, r in result.diversity.values() if not np.isnan(r)]

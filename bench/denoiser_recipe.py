@@ -37,6 +37,7 @@ from cxr_pipeline.metrics.restoration import per_image_scores  # noqa: E402
 from cxr_pipeline.models import diffusion_training as dt  # noqa: E402
 from cxr_pipeline.models.batches import EpochSampler, StoreImages, aligned_crops  # noqa: E402
 from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig  # noqa: E402
+from cxr_pipeline.models.pipelines import LowDoseDenoiser  # noqa: E402
 from cxr_pipeline.models.training import TrainConfig, Trainer  # noqa: E402
 from cxr_pipeline.models.vae import from_model, to_model  # noqa: E402
 from cxr_pipeline.settings import WorkPaths  # noqa: E402
@@ -141,11 +142,11 @@ def main() -> None:
                                             f"{name}: {e.describe()}", flush=True))
             train_s = time.perf_counter() - started
             for dose in doses:
-                strength, search = tune_denoiser_strength(outcome.model_dir, val_clean, val_noisy[dose], dose, STRENGTHS,
-                                                          args.ddim_steps, device="cpu")
+                denoiser = LowDoseDenoiser.from_pretrained(outcome.model_dir, "cpu")
+                strength, search = tune_denoiser_strength(denoiser, val_clean, val_noisy[dose], dose, STRENGTHS,
+                                                          args.ddim_steps)
                 best = search.loc[search["val PSNR"].idxmax()]
-                restored = dt.denoise(outcome.model_dir, val_noisy[dose], dose=dose, strength=strength,
-                                      steps=args.ddim_steps, device="cpu")
+                restored = denoiser(val_noisy[dose], dose=dose, strength=strength, steps=args.ddim_steps)
                 scores = per_image_scores(restored, val_clean)
                 table.append({"recipe": name, "I0": dose, "train s": round(train_s), "steps": train.steps,
                               "val PSNR": round(float(best["val PSNR"]), 2), "val SSIM": round(float(scores["ssim"].mean()), 4),

@@ -40,6 +40,7 @@ from cxr_pipeline.metrics.restoration import lr_consistency_psnr, per_image_scor
 from cxr_pipeline.models import diffusion_training as dt  # noqa: E402
 from cxr_pipeline.models.batches import EpochSampler, StoreImages  # noqa: E402
 from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig  # noqa: E402
+from cxr_pipeline.models.pipelines import LatentSuperResolution  # noqa: E402
 from cxr_pipeline.models.training import TrainConfig, Trainer  # noqa: E402
 from cxr_pipeline.models.vae import encode_mean, from_model, load_vae, reconstruct  # noqa: E402
 from cxr_pipeline.settings import WorkPaths  # noqa: E402
@@ -126,7 +127,8 @@ def main() -> None:
                                          progress=lambda e: e.kind == "step" and print(f"{name}: {e.describe()}", flush=True))
             train_s = time.perf_counter() - started
             for strength in [float(s) for s in args.strengths.split(",")]:
-                images = dt.super_resolve(outcome.model_dir, low, steps=args.ddim_steps, strength=strength, device="cpu")
+                images = LatentSuperResolution.from_pretrained(outcome.model_dir, "cpu")(
+                    low, steps=args.ddim_steps, strength=strength)
                 score(name, images, train_s, f"DDIM {args.ddim_steps}, strength {strength:g}")
     print(pd.DataFrame(table).to_markdown(index=False))
 

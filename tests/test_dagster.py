@@ -45,6 +45,15 @@ def test_definitions_load_with_groups_jobs_and_checks():
                       ("generation_evaluation", "beats_classical_baseline")}
 
 
+def test_model_kinds_table_names_real_assets_and_distinct_registry_names():
+    from cxr_pipeline.models.kinds import MODEL_KINDS
+
+    assets = {spec.key.path[-1]: spec.group_name for spec in defs.resolve_all_asset_specs()}
+    assert {kind.asset for kind in MODEL_KINDS} <= set(assets)
+    assert all(assets[kind.asset] in ("models", "evaluation") for kind in MODEL_KINDS)
+    assert len({kind.registered_name for kind in MODEL_KINDS}) == len({kind.key for kind in MODEL_KINDS}) == len(MODEL_KINDS)
+
+
 def test_settings_fall_back_to_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("CXR_DATA_DIR", str(tmp_path / "raw"))

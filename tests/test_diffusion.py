@@ -14,6 +14,7 @@ from diffusers.training_utils import compute_snr
 from cxr_pipeline.data.image_store import ImageStore, to_stored
 from cxr_pipeline.data.pairs import build_low_dose_pairs, low_dose_pair_dir
 from cxr_pipeline.models import diffusion_training as dt
+from cxr_pipeline.models import pipelines
 from cxr_pipeline.models.diffusion import (Conditioning, ScheduleConfig, UNetConfig, diffusion_step, guided_prediction,
                                            load_model, loss_weights, sample)
 from cxr_pipeline.models.training import TrainConfig
@@ -54,9 +55,9 @@ def test_class_ddpm_learns_and_generates_per_class(data, tmp_path):
     curve = losses(events)
     assert np.mean(curve[-3:]) < 0.6 * np.mean(curve[:3]), curve
     assert sorted(outcome.previews) == [20, 40]
-    images = dt.generate(outcome.model_dir, [0, 1, 2, 2], steps=10, seed=3, device="cpu")
+    images = pipelines.generate(outcome.model_dir, [0, 1, 2, 2], steps=10, seed=3, device="cpu")
     assert images.shape == (4, 1, SIZE, SIZE) and 0.0 <= images.min() and images.max() <= 1.0
-    again = dt.generate(outcome.model_dir, [0, 1, 2, 2], steps=10, seed=3, device="cpu")
+    again = pipelines.generate(outcome.model_dir, [0, 1, 2, 2], steps=10, seed=3, device="cpu")
     torch.testing.assert_close(images, again, rtol=0, atol=0)  # seeded
     description = json.loads((outcome.model_dir / "model.json").read_text())
     assert description["conditioning"]["num_classes"] == 3 and description["class_names"] == ["a", "b", "c"]
@@ -73,9 +74,9 @@ def test_denoiser_learns_and_restores_toward_the_clean_image(data, tmp_path):
     curve = losses(events)
     assert np.mean(curve[-3:]) < 0.6 * np.mean(curve[:3]), curve
     noisy = torch.from_numpy(stores[300.0][0].read_many(list(indexes[300.0]["shard"][:6]), list(indexes[300.0]["shard_index"][:6]))).unsqueeze(1)
-    restored = dt.denoise(outcome.model_dir, noisy, dose=300.0, steps=10, device="cpu")
+    restored = pipelines.denoise(outcome.model_dir, noisy, dose=300.0, steps=10, device="cpu")
     assert restored.shape == noisy.shape and 0.0 <= restored.min() and restored.max() <= 1.0
-    unknown_dose = dt.denoise(outcome.model_dir, noisy, dose=None, steps=10, device="cpu")  # the null embedding
+    unknown_dose = pipelines.denoise(outcome.model_dir, noisy, dose=None, steps=10, device="cpu")  # the null embedding
     assert unknown_dose.shape == noisy.shape and not torch.equal(unknown_dose, restored)
 
 
@@ -94,14 +95,23 @@ def test_latent_sr_learns_and_super_resolves(data, tmp_path):
     VaeConfig(block_out_channels=(8, 16, 16), latent_channels=2, norm_num_groups=8).build().save_pretrained(str(vae_dir))
     events = []
     unet = UNetConfig(4, 4, 2, block_out_channels=(16, 32), norm_num_groups=8, attention=True)
-    outcome = dt.train_latent_sr(latents, 4, vae_dir, unet, ScheduleConfig(timesteps=300),
+    outcome = dt.train_latent_sr(latents, 4, vae_dir, unet, ScheduleConfig(timesteps=300, prediction_type="sample"),
                                  replace(TRAIN, steps=100, eval_every=50, checkpoint_every=50), tmp_path / "runs",
-                                 "tiny", progress=events.append)
+                                 "tiny", residual=True, progress=events.append)
     curve = losses(events)
     assert np.mean(curve[-3:]) < 0.6 * np.mean(curve[:3]), curve
     low = torch.rand(3, 1, 4, 4)
-    out = dt.super_resolve(outcome.model_dir, low, steps=5, device="cpu")
+    sr = pipelines.LatentSuperResolution.from_pretrained(outcome.model_dir, "cpu")
+    assert sr.scale == 4 and sr.model.conditioning.residual_scale == pytest.approx(10.0, rel=0.2)  # 1 / std(0.1 noise)
+    out = sr(low, steps=5, seed=2)
     assert out.shape == (3, 1, 16, 16) and 0.0 <= out.min() and out.max() <= 1.0
+    # save_pretrained writes a folder that loads and samples the same images, with the VAE gone
+    sr.save_pretrained(tmp_path / "copy")
+    shutil.rmtree(vae_dir)
+    again = pipelines.LatentSuperResolution.from_pretrained(tmp_path / "copy", "cpu")(low, steps=5, seed=2)
+    torch.testing.assert_close(again, out, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="latent_sr_x4"):  # a folder of another kind is refused by name
+        pipelines.ClassConditionalGenerator.from_pretrained(tmp_path / "copy", "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -203,14 +213,14 @@ def test_latent_class_model_learns_and_its_folder_stands_alone(data, tiny_latent
         trained = step(load_model(outcome.model_dir).unet, batch, torch.Generator().manual_seed(0))[0]
         untrained = step(unet.build(), batch, torch.Generator().manual_seed(0))[0]
     assert trained < 0.7 * untrained, (trained, untrained)
-    images = dt.generate(outcome.model_dir, [0, 1, 2], steps=8, seed=5, device="cpu")
+    images = pipelines.generate(outcome.model_dir, [0, 1, 2], steps=8, seed=5, device="cpu")
     assert images.shape == (3, 1, SIZE, SIZE) and 0.0 <= images.min() and images.max() <= 1.0
     # moved elsewhere, with its VAE source gone, the folder samples the same images
     moved = tmp_path / "elsewhere"
     shutil.copytree(outcome.model_dir, moved)
     shutil.rmtree(outcome.model_dir)
     shutil.rmtree(vae_source)
-    torch.testing.assert_close(dt.generate(moved, [0, 1, 2], steps=8, seed=5, device="cpu"), images, rtol=0, atol=0)
+    torch.testing.assert_close(pipelines.generate(moved, [0, 1, 2], steps=8, seed=5, device="cpu"), images, rtol=0, atol=0)
     description = json.loads((moved / "model.json").read_text())
     assert description["space"] == "latent" and description["schedule"]["prediction_type"] == "v_prediction"
     assert json.loads((moved / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from assets import diffusion, ingestion, labels
 from cxr_pipeline import tracking
-from cxr_pipeline.models.diffusion_training import generate
+from cxr_pipeline.models.pipelines import generate
 from cxr_pipeline.models.training_job import TrainingJob
 from resources import CxrSettings, MlflowTracking
 

@@ -23,8 +23,7 @@ from ..metrics.distribution import (conditional_accuracy, frechet_distance, kern
                                     mean_pairwise_ms_ssim)
 from ..metrics.inception import InceptionFid, inception_fid
 from ..models.classifier import embed, load_classifier
-from ..models.diffusion import describe
-from ..models.diffusion_training import generate
+from ..models.pipelines import ClassConditionalGenerator
 from ..reports.document import Figure, Section, Table
 from ..reports.grid import image_grid
 
@@ -112,7 +111,7 @@ def _fmt(value: float) -> str:
     return "—" if value is None or np.isnan(value) else f"{value:.3f}"
 
 
-def evaluate_generation(model_dir: Path, classifier_dir: Path, real_test: torch.Tensor, real_test_labels: Sequence[int],
+def evaluate_generation(model: ClassConditionalGenerator, classifier_dir: Path, real_test: torch.Tensor, real_test_labels: Sequence[int],
                         real_val: torch.Tensor, *, samples_per_class: int = 16, fd_samples: int | None = None,
                         ddim_steps: int = 50, guidance: float | None = None, seed: int = 0,
                         inception_weights: str | None = None, inception_sha256: str | None = None,
@@ -124,7 +123,7 @@ def evaluate_generation(model_dir: Path, classifier_dir: Path, real_test: torch.
     prior_matched = np.resize(labels, count)  # the test class mix, repeated or cut to the count
     balanced = np.repeat(np.arange(len(class_names)), samples_per_class)
     wanted = np.concatenate([prior_matched, balanced])
-    samples = generate(model_dir, wanted.tolist(), guidance=guidance, steps=ddim_steps, seed=seed, device=device)
+    samples = model(wanted.tolist(), guidance=guidance, steps=ddim_steps, seed=seed)
     fd_set, balanced_set = samples[:count], samples[count:]
 
     real_features, real_probabilities = embed(classifier, real_test)
@@ -142,7 +141,7 @@ def evaluate_generation(model_dir: Path, classifier_dir: Path, real_test: torch.
         real = mean_pairwise_ms_ssim(real_of_class[:samples_per_class]) if len(real_of_class) >= 2 else np.nan
         diversity[name] = (generated, real)
 
-    used_guidance = guidance if guidance is not None else describe(model_dir)["default_guidance"]
+    used_guidance = guidance if guidance is not None else model.description["default_guidance"]
     figures = [Figure("Samples per class", image_grid(_per_class_rows(balanced_set, balanced, len(class_names)),
                                                         columns=min(samples_per_class, 8)),
                       "One row per class, top to bottom: " + ", ".join(class_names) + ".", upscale=2)]

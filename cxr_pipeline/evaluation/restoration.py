@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,10 +23,8 @@ from skimage.restoration import denoise_nl_means, estimate_sigma
 from ..data.degrade import upsample_bicubic
 from ..metrics.restoration import lr_consistency_psnr, per_image_scores, sample_spread
 from ..metrics.statistics import Summary, summarize
-from ..models.diffusion import describe, load_model
-from ..models.diffusion_training import denoise, super_resolve
-from ..models.training import pick_device
-from ..models.vae import load_vae, reconstruct
+from ..models.pipelines import LatentSuperResolution, LowDoseDenoiser
+from ..models.vae import reconstruct
 from ..reports.document import Figure, Section, Table
 from ..reports.grid import image_grid
 from ..reports.plots import heat_maps
@@ -164,20 +161,17 @@ def _batched_reconstruction(vae, images: torch.Tensor, batch_size: int = 64) -> 
     return torch.cat([reconstruct(vae, images[start:start + batch_size]) for start in range(0, len(images), batch_size)])
 
 
-def evaluate_super_resolution(model_dir: Path, high_resolution: torch.Tensor, low_resolution: torch.Tensor,
-                              image_ids, groups, *, ddim_steps: int = 50, full_chain: bool = True,
+def evaluate_super_resolution(model: LatentSuperResolution, high_resolution: torch.Tensor, low_resolution: torch.Tensor,
+                              image_ids, groups, *, ddim_steps: int = 50, full_chain: bool = False,
                               lr_start_strength: float | None = 0.3, spread_seeds: int = 4, spread_images: int = 16,
-                              seed: int = 0, resamples: int = 2000, device: str = "auto") -> RestorationEvaluation:
-    description = describe(model_dir)
-    scale = int(description["scale"])
+                              seed: int = 0, resamples: int = 2000) -> RestorationEvaluation:
+    description, scale = model.description, model.scale
     task = f"sr_x{scale}"
     bicubic = torch.from_numpy(np.stack([upsample_bicubic(x[0].numpy(), scale) for x in low_resolution])).unsqueeze(1)
-    vae = load_model(model_dir, pick_device(device)).vae
-    if vae is None:  # folders saved before models carried their VAE
-        vae = load_vae(description["vae_dir"], pick_device(device))
+    vae = model.model.vae
     ceiling = _batched_reconstruction(vae, high_resolution)
     through_vae = _batched_reconstruction(vae, bicubic)
-    ddim = super_resolve(model_dir, low_resolution, sampler="ddim", steps=ddim_steps, seed=seed, device=device)
+    ddim = model(low_resolution, sampler="ddim", steps=ddim_steps, seed=seed)
 
     def consistency(images: torch.Tensor) -> dict[str, np.ndarray]:
         return {"lr_consistency_psnr": lr_consistency_psnr(images, low_resolution, scale)}
@@ -186,20 +180,19 @@ def evaluate_super_resolution(model_dir: Path, high_resolution: torch.Tensor, lo
                Method("bicubic_vae", "Bicubic → VAE (the latent path, no diffusion)", through_vae, consistency(through_vae)),
                Method("vae_ceiling", "VAE ceiling (HR → VAE → HR)", ceiling, consistency(ceiling))]
     figures, notes = [], []
-    spread = _spread(lambda inputs, s: super_resolve(model_dir, inputs, sampler="ddim", steps=ddim_steps, seed=s,
-                                                     device=device), low_resolution, ddim, spread_seeds, spread_images, seed)
+    spread = _spread(lambda inputs, s: model(inputs, sampler="ddim", steps=ddim_steps, seed=s),
+                     low_resolution, ddim, spread_seeds, spread_images, seed)
     if spread is not None:
         figures.append(_spread_figure(spread[1], ddim, f"Sample spread, x{scale}, {spread_seeds} seeds"))
     methods.append(Method("ddim", f"Latent SR, DDIM {ddim_steps}", ddim, consistency(ddim)))
     columns = [_nearest_enlarged(low_resolution, scale), bicubic, ddim]
     if lr_start_strength is not None:
-        from_lr = super_resolve(model_dir, low_resolution, sampler="ddim", steps=ddim_steps, seed=seed,
-                                strength=lr_start_strength, device=device)
+        from_lr = model(low_resolution, sampler="ddim", steps=ddim_steps, seed=seed, strength=lr_start_strength)
         methods.append(Method("ddim_from_lr", f"Latent SR, DDIM {ddim_steps} from the LR latent (strength "
                                               f"{lr_start_strength:g})", from_lr, consistency(from_lr)))
         columns.append(from_lr)
     if full_chain:
-        chain = super_resolve(model_dir, low_resolution, sampler="ddpm", seed=seed, device=device)
+        chain = model(low_resolution, sampler="ddpm", seed=seed)
         methods.append(Method("ddpm", f"Latent SR, full chain ({description['schedule']['timesteps']} steps)", chain,
                               consistency(chain)))
         columns.append(chain)
@@ -250,28 +243,26 @@ def tune_nlm(clean: torch.Tensor, noisy: torch.Tensor, factors=NLM_FACTORS) -> t
 DENOISER_STRENGTHS = (0.05, 0.1, 0.2, 0.4, 0.7, 1.0)  # share of T the sampler starts from; 1: pure noise
 
 
-def tune_denoiser_strength(model_dir: Path, clean: torch.Tensor, noisy: torch.Tensor, dose: float,
-                           strengths=DENOISER_STRENGTHS, ddim_steps: int = 50, seed: int = 0,
-                           device: str = "auto") -> tuple[float, pd.DataFrame]:
+def tune_denoiser_strength(model: LowDoseDenoiser, clean: torch.Tensor, noisy: torch.Tensor, dose: float,
+                           strengths=DENOISER_STRENGTHS, ddim_steps: int = 50, seed: int = 0) -> tuple[float, pd.DataFrame]:
     """The sampling strength with the best mean PSNR on validation images: the diffusion model gets
     the same val-tuned treatment as NLM's h, never a choice made on test."""
     rows = [{"strength": strength, "val PSNR": float(per_image_scores(
-        denoise(model_dir, noisy, dose=dose, strength=strength, steps=ddim_steps, seed=seed, device=device), clean)["psnr"].mean())}
+        model(noisy, dose=dose, strength=strength, steps=ddim_steps, seed=seed), clean)["psnr"].mean())}
         for strength in strengths]
     table = pd.DataFrame(rows)
     return float(table.loc[table["val PSNR"].idxmax(), "strength"]), table
 
 
-def evaluate_denoising(model_dir: Path, clean: torch.Tensor, noisy: torch.Tensor, image_ids, groups, dose: float,
+def evaluate_denoising(model: LowDoseDenoiser, clean: torch.Tensor, noisy: torch.Tensor, image_ids, groups, dose: float,
                        nlm_factor: float, strength: float, tuning: list[Table] | None = None, *, ddim_steps: int = 50,
-                       spread_seeds: int = 4, spread_images: int = 16, seed: int = 0, resamples: int = 2000,
-                       device: str = "auto") -> RestorationEvaluation:
+                       spread_seeds: int = 4, spread_images: int = 16, seed: int = 0,
+                       resamples: int = 2000) -> RestorationEvaluation:
     task = f"denoise_i0_{dose:g}"
     nlm = nlm_denoise(noisy, nlm_factor)
-    restored = denoise(model_dir, noisy, dose=dose, strength=strength, steps=ddim_steps, seed=seed, device=device)
+    restored = model(noisy, dose=dose, strength=strength, steps=ddim_steps, seed=seed)
     figures = []
-    spread = _spread(lambda inputs, s: denoise(model_dir, inputs, dose=dose, strength=strength, steps=ddim_steps, seed=s,
-                                               device=device),
+    spread = _spread(lambda inputs, s: model(inputs, dose=dose, strength=strength, steps=ddim_steps, seed=s),
                      noisy, restored, spread_seeds, spread_images, seed)
     if spread is not None:
         figures.append(_spread_figure(spread[1], restored, f"Sample spread, I0 = {dose:g}, {spread_seeds} seeds"))

@@ -1,10 +1,9 @@
-"""Training the three diffusion models on the pipeline's data, and sampling from their folders.
+"""Training the three diffusion models on the pipeline's data.
 
 Each ``train_*`` function assembles deterministic batches (by step) for one model, runs the shared
 :class:`~cxr_pipeline.models.training.Trainer`, saves the EMA weights as a model folder, and
-returns sample grids made during training. The ``super_resolve`` / ``generate`` / ``denoise``
-functions take a model folder, or a registered model name, which loads its ``champion`` version:
-they are how notebooks, evaluation and other code sample.
+returns sample grids made during training. Sampling a saved model goes through its pipeline
+object (:mod:`cxr_pipeline.models.pipelines`).
 """
 
 from __future__ import annotations
@@ -20,11 +19,11 @@ import torch
 
 from ..data.atomic import atomic_folder
 from ..data.image_store import ImageStore
-from ..tracking import resolve_model
 from .batches import EpochSampler, StoreImages, WeightedStepSampler, aligned_crops
-from .diffusion import Conditioning, ScheduleConfig, UNetConfig, diffusion_step, load_model, sample, save_model
-from .training import TrainConfig, Trainer, pick_device, run_key, step_generator
-from .vae import encode_mean, from_model, load_vae, to_model
+from .diffusion import Conditioning, ScheduleConfig, UNetConfig, diffusion_step, sample, save_model
+from .pipelines import to_images
+from .training import TrainConfig, Trainer, run_key, step_generator
+from .vae import from_model, load_vae, to_model
 
 PREVIEW_STEPS = 20  # DDIM steps for the grids logged during training
 
@@ -101,14 +100,6 @@ def scaled_latents(latents_dir: Path, name: str, split: str) -> torch.Tensor:
     return torch.from_numpy(np.load(Path(latents_dir) / f"{name}_{split}.npy")) * latent_scaling_factor(latents_dir)
 
 
-@torch.no_grad()
-def _to_images(out: torch.Tensor, vae: torch.nn.Module | None, factor: float) -> torch.Tensor:
-    """Model output -> images in [0, 1] on the CPU: decoded by the VAE for latent models."""
-    if vae is not None:
-        out = vae.decode(out.to(next(vae.parameters()).device) / factor).sample
-    return from_model(out.float().cpu())
-
-
 # --- 1. Latent super-resolution -------------------------------------------------------------------
 
 
@@ -138,30 +129,6 @@ def train_latent_sr(latents_dir: Path, scale: int, vae_dir: Path, unet_config: U
     extra = {"vae_source": str(vae_dir), "scaling_factor": factor, "scale": scale}
     return _train(f"latent_sr_x{scale}", unet_config, schedule, conditioning, batches, train_config, runs_root,
                   data_hash, preview, extra, progress, stop_after, vae=vae)
-
-
-@torch.no_grad()
-def super_resolve(model_dir: Path, low_resolution: torch.Tensor, *, sampler: str = "ddim", steps: int = 50,
-                  seed: int = 0, strength: float = 1.0, batch_size: int = 64, device: str = "auto") -> torch.Tensor:
-    """LR images (N, 1, h, w) in [0, 1] -> SR images (N, 1, h*scale, w*scale) in [0, 1].
-    ``strength`` 1 samples from pure noise; lower values start from the LR latent noised to that
-    share of T (SDEdit): fewer steps, and the output cannot drift far from the input."""
-    from ..data.degrade import upsample_bicubic
-
-    target = pick_device(device)
-    model = load_model(resolve_model(model_dir), target)
-    vae = model.vae if model.vae is not None else load_vae(model.description["vae_dir"], target)  # older folders
-    factor, scale = model.scaling_factor, int(model.description["scale"])
-    outputs = []
-    for start in range(0, len(low_resolution), batch_size):
-        chunk = low_resolution[start:start + batch_size]
-        up = torch.from_numpy(np.stack([upsample_bicubic(x[0].numpy(), scale) for x in chunk])).unsqueeze(1)
-        condition = encode_mean(vae, up) * factor
-        latents = sample(model.unet, model.schedule, tuple(condition.shape), condition=condition, sampler=sampler,
-                         steps=steps, start=condition, strength=strength, residual_scale=model.conditioning.residual_scale,
-                         generator=torch.Generator().manual_seed(seed + start))
-        outputs.append(from_model(vae.decode(latents.to(target) / factor).sample).float().cpu())
-    return torch.cat(outputs)
 
 
 # --- 2. Class-conditional DDPM with classifier-free guidance ------------------------------------------
@@ -202,30 +169,12 @@ def train_class_ddpm(metadata: pd.DataFrame, store: ImageStore, class_names: Seq
         shape = (len(wanted), unet_config.out_channels, unet_config.sample_size, unet_config.sample_size)
         out = sample(model, schedule, shape, labels=wanted, null_label=num_classes, guidance=guidance,
                      steps=PREVIEW_STEPS, generator=step_generator(train_config.seed, 10**6))
-        images_ = _to_images(out, vae, factor)[:, 0]  # one column per class, two rows
+        images_ = to_images(out, vae, factor)[:, 0]  # one column per class, two rows
         return torch.cat([torch.cat(list(images_[i::2]), dim=1) for i in range(2)], dim=0).numpy()
 
     extra = {"class_names": list(class_names), "balanced": balance, "default_guidance": guidance, **extra_space}
     return _train("class_ddpm", unet_config, schedule, conditioning, batches, train_config, runs_root, data_hash,
                   preview, extra, progress, stop_after, vae=vae)
-
-
-@torch.no_grad()
-def generate(model_dir: Path, class_ids: Sequence[int], *, guidance: float | None = None, sampler: str = "ddim",
-             steps: int = 50, seed: int = 0, batch_size: int = 64, device: str = "auto") -> torch.Tensor:
-    """Images (N, 1, S, S) in [0, 1] for the given classes, with classifier-free guidance."""
-    model = load_model(resolve_model(model_dir), pick_device(device))
-    scale = model.description["default_guidance"] if guidance is None else guidance
-    size, channels = model.unet.config.sample_size, model.unet.config.out_channels
-    labels = torch.as_tensor(list(class_ids), dtype=torch.long)
-    outputs = []
-    for start in range(0, len(labels), batch_size):
-        chunk = labels[start:start + batch_size]
-        out = sample(model.unet, model.schedule, (len(chunk), channels, size, size), labels=chunk,
-                     null_label=model.null_label, guidance=scale, sampler=sampler, steps=steps,
-                     generator=torch.Generator().manual_seed(seed + start))
-        outputs.append(_to_images(out, model.vae, model.scaling_factor))
-    return torch.cat(outputs)
 
 
 # --- 3. Low-dose denoising --------------------------------------------------------------------------
@@ -279,25 +228,3 @@ def train_denoiser(metadata: pd.DataFrame, store: ImageStore, dose_stores: dict[
     extra = {"doses": doses, "dose_conditioning": dose_conditioning, "default_strength": strength, "crop": crop}
     return _train("denoiser", unet_config, schedule, conditioning, batches, train_config, runs_root, data_hash,
                   preview, extra, progress, stop_after)
-
-
-@torch.no_grad()
-def denoise(model_dir: Path, noisy: torch.Tensor, *, dose: float | None = None, strength: float | None = None,
-            sampler: str = "ddim", steps: int = 50, seed: int = 0, batch_size: int = 64, device: str = "auto") -> torch.Tensor:
-    """Low-dose images (N, 1, S, S) in [0, 1] -> restored images. ``strength`` 1 samples from pure
-    noise; lower values start from the noisy input partially noised (faster, closer to the input).
-    ``dose`` (photons) selects the dose embedding; unknown doses use the null embedding."""
-    model = load_model(resolve_model(model_dir), pick_device(device))
-    description = model.description
-    strength = description["default_strength"] if strength is None else strength
-    doses = description["doses"]
-    label = doses.index(dose) if dose in doses else model.null_label
-    outputs = []
-    for start in range(0, len(noisy), batch_size):
-        condition = to_model(noisy[start:start + batch_size])
-        labels = torch.full((len(condition),), label) if description["dose_conditioning"] else None
-        out = sample(model.unet, model.schedule, tuple(condition.shape), condition=condition, labels=labels,
-                     null_label=model.null_label, sampler=sampler, steps=steps, start=condition, strength=strength,
-                     residual_scale=model.conditioning.residual_scale, generator=torch.Generator().manual_seed(seed + start))
-        outputs.append(from_model(out.float().cpu()))
-    return torch.cat(outputs)
