@@ -12,7 +12,6 @@ import dagster as dg
 import mlflow
 import pandas as pd
 
-from cxr_pipeline import tracking
 from cxr_pipeline.data import atomic
 from cxr_pipeline.data.labels.metadata import content_hash
 from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES
@@ -21,12 +20,12 @@ from cxr_pipeline.models import diffusion_training as dt
 from cxr_pipeline.models import kinds as model_kinds
 from cxr_pipeline.models import training_job
 from cxr_pipeline.models.diffusion import UNET_PROFILES, ScheduleConfig, UNetConfig
+from cxr_pipeline.models.training import TrainingOutcome
 from cxr_pipeline.models.training_job import TrainingJob
-from cxr_pipeline.reports.grid import markdown_image, png_bytes
 from resources import CxrSettings, MlflowTracking
 
 from .labels import image_metadata
-from .models import TRAINING_STEP, TrainingConfig, latents, progress_logger, read_current_model, write_current_model
+from .models import TRAINING_STEP, TrainingConfig, latents, progress_logger, read_current_model, train_and_register
 from .pairs import low_dose_pairs
 
 TRAIN_WORKER = Path(__file__).resolve().parents[1] / "scripts" / "train_worker.py"
@@ -72,7 +71,7 @@ def worker_command(config: DiffusionTrainingConfig, job_file: Path, outcome: Pat
 
 def _run_training(context: dg.AssetExecutionContext, settings: CxrSettings, config: DiffusionTrainingConfig,
                   job: TrainingJob, label: str, mlflow_run_id: str,
-                  pipes: dg.PipesSubprocessClient) -> tuple[dt.DiffusionOutcome, dict]:
+                  pipes: dg.PipesSubprocessClient) -> tuple[TrainingOutcome, dict]:
     """Train in process, or launch the worker through Pipes and read its outcome back; returns the
     outcome and the metadata the worker reported."""
     if config.launcher == "in_process":
@@ -87,34 +86,21 @@ def _run_training(context: dg.AssetExecutionContext, settings: CxrSettings, conf
     context.log.info(f"launching {' '.join(command)}")
     invocation = pipes.run(context=context, command=command, env={"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()})
     reported = invocation.get_materialize_result().metadata
-    return dt.DiffusionOutcome.load(folder / "outcome"), {**reported, "launcher": config.launcher}
+    return TrainingOutcome.load(folder / "outcome"), {**reported, "launcher": config.launcher}
 
 
 def _train_and_register(context: dg.AssetExecutionContext, settings: CxrSettings, mlflow_tracking: MlflowTracking,
-                        pipes: dg.PipesSubprocessClient, kind: str, model_name: str, config: DiffusionTrainingConfig,
+                        pipes: dg.PipesSubprocessClient, kind: model_kinds.ModelKind, config: DiffusionTrainingConfig,
                         job: TrainingJob, params: dict) -> dict:
-    with mlflow_tracking.run(context, run_name=model_name, tags={"data.split_hash": job.data_hash, "model": model_name}) as run:
-        mlflow.log_params({**{f"train.{k}": v for k, v in job.train.identity().items()},
-                           "timesteps": config.timesteps, "beta_schedule": config.beta_schedule,
-                           "prediction_type": config.prediction_type, "snr_gamma": config.snr_gamma,
-                           "launcher": config.launcher, **params})
-        outcome, reported = _run_training(context, settings, config, job, kind, run.info.run_id, pipes)
-        for step, grid in sorted(outcome.previews.items()):
-            mlflow.log_image(grid, f"samples/step_{step:07d}.png")
-        mlflow.log_artifacts(str(outcome.model_dir), artifact_path="model")
-        version = tracking.register_folder(run.info.run_id, "model", model_name, description=f"{outcome.kind} (EMA weights)")
-    write_current_model(settings, kind, {"model_dir": str(outcome.model_dir), "mlflow_run_id": run.info.run_id,
-                                         "registered_model": model_name, "version": version, "data_hash": job.data_hash})
-    last = outcome.previews[max(outcome.previews)] if outcome.previews else None
-    return {
-        **reported,
-        "mlflow_run_id": run.info.run_id,
-        "registered_model": f"{model_name} v{version}",
-        "checkpoint": dg.MetadataValue.path(str(outcome.model_dir)),
-        "steps": outcome.final_step,
-        "resumed_from_step": outcome.resumed_from if outcome.resumed_from is not None else -1,
-        **({"samples": dg.MetadataValue.md(markdown_image(png_bytes(last, upscale=2), model_name))} if last is not None else {}),
-    }
+    params = {**{f"train.{k}": v for k, v in job.train.identity().items()},
+              "timesteps": config.timesteps, "beta_schedule": config.beta_schedule,
+              "prediction_type": config.prediction_type, "snr_gamma": config.snr_gamma,
+              "launcher": config.launcher, **params}
+    _, produced = train_and_register(
+        context, settings, mlflow_tracking, kind, job.data_hash, params,
+        lambda run_id: _run_training(context, settings, config, job, kind.key, run_id, pipes),
+        f"{kind.key} (EMA weights)")
+    return produced
 
 
 class LatentSrConfig(DiffusionTrainingConfig):
@@ -148,9 +134,8 @@ def latent_sr(context: dg.AssetExecutionContext, config: LatentSrConfig, setting
         unet = config.unet("latent_sr", settings.profile_spec().name, shape[-1], 2 * shape[0], shape[0])
         job = config.job(settings, "latent_sr", unet, data_hash, scale=scale, vae_dir=vae["model_dir"],
                          residual=config.residual)
-        kind = model_kinds.latent_sr(scale)
-        produced = _train_and_register(context, settings, mlflow_tracking, pipes_subprocess_client, kind.key,
-                                       kind.registered_name, config, job,
+        produced = _train_and_register(context, settings, mlflow_tracking, pipes_subprocess_client,
+                                       model_kinds.latent_sr(scale), config, job,
                                        {"scale": scale, "vae": f"{vae['registered_model']} v{vae['version']}",
                                         "residual": config.residual})
         metadata.update({f"x{scale}_{k}": v for k, v in produced.items()})
@@ -200,8 +185,7 @@ def class_ddpm(context: dg.AssetExecutionContext, config: ClassDdpmConfig, setti
                      **space)
     counts = metadata[(metadata["split"] == "train")]["class_name"].value_counts().to_dict()
     produced = _train_and_register(
-        context, settings, mlflow_tracking, pipes_subprocess_client, model_kinds.CLASS_DDPM.key, model_kinds.CLASS_DDPM.registered_name,
-        config, job,
+        context, settings, mlflow_tracking, pipes_subprocess_client, model_kinds.CLASS_DDPM, config, job,
         {"space": config.space, "classes": ",".join(config.classes), "class_balance": config.class_balance,
          "label_dropout": config.label_dropout, "guidance_scale": config.guidance_scale})
     return dg.MaterializeResult(metadata={**produced, "train_images_per_class": dg.MetadataValue.json(counts)})
@@ -241,8 +225,7 @@ def low_dose_denoiser(context: dg.AssetExecutionContext, config: DenoiserConfig,
                      dose_conditioning=config.dose_conditioning, strength=config.sampling_strength, crop=config.crop,
                      residual=config.residual)
     produced = _train_and_register(
-        context, settings, mlflow_tracking, pipes_subprocess_client, model_kinds.DENOISER.key, model_kinds.DENOISER.registered_name,
-        config, job,
+        context, settings, mlflow_tracking, pipes_subprocess_client, model_kinds.DENOISER, config, job,
         {"doses": ",".join(f"{d:g}" for d in doses), "dose_conditioning": config.dose_conditioning,
          "sampling_strength": config.sampling_strength, "crop": config.crop, "residual": config.residual})
     return dg.MaterializeResult(metadata=produced)

@@ -37,7 +37,7 @@ from resources import CxrSettings, MlflowTracking
 
 from .diffusion import class_ddpm, latent_sr, low_dose_denoiser
 from .labels import image_metadata
-from .models import HEAVY_STEP, TRAINING_STEP, TrainingConfig, progress_logger, read_current_model, write_current_model
+from .models import HEAVY_STEP, TRAINING_STEP, TrainingConfig, progress_logger, read_current_model, train_and_register
 from .pairs import low_dose_pairs, sr_pairs
 
 
@@ -61,31 +61,21 @@ def cxr_classifier(context: dg.AssetExecutionContext, config: ClassifierTraining
     data_hash = content_hash(metadata)
     network = ClassifierConfig(widths=tuple(config.block_out_channels)) if config.block_out_channels else ClassifierConfig()
     train_config = config.train_config(eval_every=config.eval_every)
-    with mlflow_tracking.run(context, run_name="cxr-classifier", tags={"data.split_hash": data_hash,
-                                                                       "model": model_kinds.CLASSIFIER.registered_name}) as run:
-        mlflow.log_params({**{f"classifier.{k}": v for k, v in network.as_dict().items()},
-                           **{f"train.{k}": v for k, v in train_config.identity().items()},
-                           "classes": ",".join(config.classes)})
-        outcome = train_classifier(metadata, ImageStore(paths.image_store), config.classes, network, train_config,
-                                   paths.models / model_kinds.CLASSIFIER.folder, data_hash, progress=progress_logger(context))
-        mlflow.log_metrics({f"final_{k}": v for k, v in outcome.metrics.items()})
-        mlflow.log_artifacts(str(outcome.model_dir), artifact_path="model")
-        version = tracking.register_folder(run.info.run_id, "model", model_kinds.CLASSIFIER.registered_name,
-                                           description="CXR feature network for fd_cxr, KID and conditional accuracy")
-    write_current_model(settings, model_kinds.CLASSIFIER.key, {"model_dir": str(outcome.model_dir), "mlflow_run_id": run.info.run_id,
-                                                 "registered_model": model_kinds.CLASSIFIER.registered_name, "version": version,
-                                                 "data_hash": data_hash})
+    params = {**{f"classifier.{k}": v for k, v in network.as_dict().items()},
+              **{f"train.{k}": v for k, v in train_config.identity().items()}, "classes": ",".join(config.classes)}
+    outcome, produced = train_and_register(
+        context, settings, mlflow_tracking, model_kinds.CLASSIFIER, data_hash, params,
+        lambda run_id: (train_classifier(metadata, ImageStore(paths.image_store), config.classes, network, train_config,
+                                         paths.models / model_kinds.CLASSIFIER.folder, data_hash,
+                                         progress=progress_logger(context)), {}),
+        "CXR feature network for fd_cxr, KID and conditional accuracy")
     per_class = pd.DataFrame([{"class": name, "val AUROC": f"{outcome.metrics[f'val_auroc_{name}']:.3f}"}
                               for name in config.classes if f"val_auroc_{name}" in outcome.metrics])
     return dg.MaterializeResult(metadata={
         "val_auroc_macro": round(outcome.metrics["val_auroc_macro"], 4),
         "val_accuracy": round(outcome.metrics["val_accuracy"], 4),
         "val_auroc_per_class": dg.MetadataValue.md(markdown_table(per_class)),
-        "mlflow_run_id": run.info.run_id,
-        "registered_model": f"{model_kinds.CLASSIFIER.registered_name} v{version}",
-        "checkpoint": dg.MetadataValue.path(str(outcome.model_dir)),
-        "steps": outcome.final_step,
-        "resumed_from_step": outcome.resumed_from if outcome.resumed_from is not None else -1,
+        **produced,
     })
 
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import Optional
 
 import dagster as dg
@@ -15,7 +16,7 @@ from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.data.labels.metadata import content_hash
 from cxr_pipeline.data.pairs import scales_built, sr_pair_dir
 from cxr_pipeline.models import kinds as model_kinds
-from cxr_pipeline.models.training import TrainConfig, TrainEvent
+from cxr_pipeline.models.training import TrainConfig, TrainEvent, TrainingOutcome
 from cxr_pipeline.models.vae import VAE_PROFILES, encode_latents, train_vae
 from cxr_pipeline.reports.grid import markdown_image, png_bytes
 from resources import CxrSettings, MlflowTracking
@@ -99,6 +100,40 @@ def progress_logger(context: dg.AssetExecutionContext):
     return report
 
 
+def train_and_register(context: dg.AssetExecutionContext, settings: CxrSettings, mlflow_tracking: MlflowTracking,
+                       kind: model_kinds.ModelKind, data_hash: str, params: dict,
+                       train: Callable[[str], tuple[TrainingOutcome, dict]], description: str) -> tuple[TrainingOutcome, dict]:
+    """The one path from training to the registry, for every model: one MLflow run with the
+    parameters, the training (``train(mlflow_run_id)`` logs its own curves), the final validation
+    metrics, the preview grids, the model folder as an artifact and a registered version; then the
+    pointer downstream assets read. Returns the outcome and the asset metadata every training
+    asset reports (plus what ``train`` reported)."""
+    with mlflow_tracking.run(context, run_name=kind.registered_name,
+                             tags={"data.split_hash": data_hash, "model": kind.registered_name}) as run:
+        mlflow.log_params(params)
+        outcome, reported = train(run.info.run_id)
+        if outcome.metrics:
+            mlflow.log_metrics({f"final_{k}": v for k, v in outcome.metrics.items()})
+        for step, grid in sorted(outcome.previews.items()):
+            mlflow.log_image(np.asarray(grid), f"samples/step_{step:07d}.png")
+        mlflow.log_artifacts(str(outcome.model_dir), artifact_path="model")
+        version = tracking.register_folder(run.info.run_id, "model", kind.registered_name, description=description)
+    write_current_model(settings, kind.key, {"model_dir": str(outcome.model_dir), "mlflow_run_id": run.info.run_id,
+                                             "registered_model": kind.registered_name, "version": version,
+                                             "data_hash": data_hash})
+    last = outcome.previews[max(outcome.previews)] if outcome.previews else None
+    return outcome, {
+        **reported,
+        "mlflow_run_id": run.info.run_id,
+        "registered_model": f"{kind.registered_name} v{version}",
+        "checkpoint": dg.MetadataValue.path(str(outcome.model_dir)),
+        "steps": outcome.final_step,
+        "resumed_from_step": outcome.resumed_from if outcome.resumed_from is not None else -1,
+        **({"samples": dg.MetadataValue.md(markdown_image(png_bytes(last, upscale=2), kind.registered_name))}
+           if last is not None else {}),
+    }
+
+
 @dg.asset(group_name="models", deps=[image_metadata], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
 def vae(context: dg.AssetExecutionContext, config: VaeTrainingConfig, settings: CxrSettings,
         mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
@@ -115,32 +150,22 @@ def vae(context: dg.AssetExecutionContext, config: VaeTrainingConfig, settings: 
     train_rows = int((metadata["split"] == "train").sum())
     train_config = config.train_config(eval_every=config.eval_every)
     data_hash = content_hash(metadata)
-    with mlflow_tracking.run(context, run_name="vae", tags={"data.split_hash": data_hash, "model": model_kinds.VAE.registered_name}) as run:
-        mlflow.log_params({**{f"vae.{k}": v for k, v in vae_config.as_dict().items()},
-                           **{f"train.{k}": v for k, v in train_config.identity().items()},
-                           "train_images": train_rows, "image_size": settings.profile_spec().image_size,
-                           "train.crop": config.crop})
-        outcome = train_vae(metadata, ImageStore(paths.image_store), paths.models / model_kinds.VAE.folder, vae_config, train_config,
-                            data_hash, progress=progress_logger(context), crop=config.crop)
-        mlflow.log_metrics({f"final_{k}": v for k, v in outcome.metrics.items()})
-        mlflow.log_artifacts(str(outcome.model_dir), artifact_path="model")
-        grid_png = png_bytes(outcome.grid, upscale=2)
-        mlflow.log_image(np.asarray(outcome.grid), "reconstructions/val_input_recon_error.png")
-        version = tracking.register_folder(run.info.run_id, "model", model_kinds.VAE.registered_name,
-                                           description="AutoencoderKL for chest radiographs (EMA weights)")
-    pointer = {"model_dir": str(outcome.model_dir), "mlflow_run_id": run.info.run_id,
-               "registered_model": model_kinds.VAE.registered_name, "version": version, "data_hash": data_hash}
-    write_current_model(settings, model_kinds.VAE.key, pointer)
+    params = {**{f"vae.{k}": v for k, v in vae_config.as_dict().items()},
+              **{f"train.{k}": v for k, v in train_config.identity().items()},
+              "train_images": train_rows, "image_size": settings.profile_spec().image_size, "train.crop": config.crop}
+    outcome, produced = train_and_register(
+        context, settings, mlflow_tracking, model_kinds.VAE, data_hash, params,
+        lambda run_id: (train_vae(metadata, ImageStore(paths.image_store), paths.models / model_kinds.VAE.folder,
+                                  vae_config, train_config, data_hash, progress=progress_logger(context),
+                                  crop=config.crop), {}),
+        "AutoencoderKL for chest radiographs (EMA weights)")
+    produced["reconstructions"] = dg.MetadataValue.md("val: input | reconstruction | 4x error\n\n"
+                                                      + produced.pop("samples").value)
     return dg.MaterializeResult(metadata={
         **{k: round(v, 5) for k, v in outcome.metrics.items()},
-        "mlflow_run_id": run.info.run_id,
-        "registered_model": f"{model_kinds.VAE.registered_name} v{version}",
-        "checkpoint": dg.MetadataValue.path(str(outcome.model_dir)),
-        "steps": outcome.final_step,
-        "resumed_from_step": outcome.resumed_from if outcome.resumed_from is not None else -1,
+        **produced,
         "downsampling_factor": vae_config.downsampling_factor,
         "latent_channels": vae_config.latent_channels,
-        "reconstructions": dg.MetadataValue.md("input | reconstruction | 4x error\n\n" + markdown_image(grid_png, "val")),
     })
 
 

@@ -27,7 +27,7 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 from ..data.atomic import atomic_folder
 from ..data.image_store import ImageStore
 from .batches import StoreImages, WeightedStepSampler
-from .training import TrainConfig, Trainer, pick_device, run_key
+from .training import TrainConfig, Trainer, TrainingOutcome, pick_device, run_key
 
 
 @dataclass(frozen=True)
@@ -134,22 +134,13 @@ def classification_scores(probabilities: np.ndarray, labels: np.ndarray, class_n
 # --- Training, loading ------------------------------------------------------------------------------
 
 
-@dataclass
-class ClassifierOutcome:
-    run_dir: Path
-    model_dir: Path
-    metrics: dict[str, float]
-    final_step: int
-    resumed_from: int | None
-
-
 def _labelled(metadata: pd.DataFrame, split: str) -> pd.DataFrame:
     return metadata[(metadata["split"] == split) & metadata["class_id"].notna()].reset_index(drop=True)
 
 
 def train_classifier(metadata: pd.DataFrame, store: ImageStore, class_names: Sequence[str], config: ClassifierConfig,
                      train_config: TrainConfig, runs_root: Path, data_hash: str, progress=None,
-                     stop_after: int | None = None) -> ClassifierOutcome:
+                     stop_after: int | None = None) -> TrainingOutcome:
     train_rows, val_rows = _labelled(metadata, "train"), _labelled(metadata, "val")
     if train_rows.empty or val_rows.empty:
         raise ValueError("the classifier needs single-label images in both train and val")
@@ -184,7 +175,7 @@ def train_classifier(metadata: pd.DataFrame, store: ImageStore, class_names: Seq
                 "num_features": result.ema_model.num_features, "metrics": result.last_eval, "step": result.final_step,
                 "data_hash": data_hash, "train": train_config.identity(),
             }, indent=2))
-    return ClassifierOutcome(run_dir, model_dir, result.last_eval, result.final_step, result.resumed_from)
+    return TrainingOutcome("classifier", run_dir, model_dir, result.final_step, result.resumed_from, result.last_eval)
 
 
 def load_classifier(folder: Path, device: torch.device | str = "auto") -> tuple[CxrClassifier, dict]:

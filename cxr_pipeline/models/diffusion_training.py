@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,43 +22,16 @@ from ..data.image_store import ImageStore
 from .batches import EpochSampler, StoreImages, WeightedStepSampler, aligned_crops
 from .diffusion import Conditioning, ScheduleConfig, UNetConfig, diffusion_step, sample, save_model
 from .pipelines import to_images
-from .training import TrainConfig, Trainer, run_key, step_generator
+from .training import TrainConfig, Trainer, TrainingOutcome, run_key, step_generator
 from .vae import from_model, load_vae, to_model
 
 PREVIEW_STEPS = 20  # DDIM steps for the grids logged during training
 
 
-@dataclass
-class DiffusionOutcome:
-    kind: str
-    run_dir: Path
-    model_dir: Path
-    final_step: int
-    resumed_from: int | None
-    previews: dict[int, np.ndarray] = field(default_factory=dict)  # step -> grid in [0, 1]
-
-    def save(self, folder: Path) -> None:
-        """For the process that launched an out-of-process run to read back."""
-        with atomic_folder(Path(folder)) as tmp:
-            np.savez(tmp / "previews.npz", **{f"step_{step}": grid for step, grid in self.previews.items()})
-            (tmp / "outcome.json").write_text(json.dumps(
-                {"kind": self.kind, "run_dir": str(self.run_dir), "model_dir": str(self.model_dir),
-                 "final_step": self.final_step, "resumed_from": self.resumed_from}, indent=2))
-
-    @classmethod
-    def load(cls, folder: Path) -> DiffusionOutcome:
-        if not (Path(folder) / "outcome.json").exists():
-            raise FileNotFoundError(f"no training outcome in {folder}: the training process ended without writing one")
-        raw = json.loads((Path(folder) / "outcome.json").read_text())
-        with np.load(Path(folder) / "previews.npz") as stored:
-            previews = {int(name.removeprefix("step_")): stored[name] for name in stored.files}
-        return cls(raw["kind"], Path(raw["run_dir"]), Path(raw["model_dir"]), raw["final_step"], raw["resumed_from"], previews)
-
-
 def _train(kind: str, unet_config: UNetConfig, schedule: ScheduleConfig, conditioning: Conditioning,
            batches: Callable[[int], dict], train_config: TrainConfig, runs_root: Path, data_hash: str,
            preview: Callable[[torch.nn.Module, int], np.ndarray], extra: dict, progress=None,
-           stop_after: int | None = None, vae: torch.nn.Module | None = None) -> DiffusionOutcome:
+           stop_after: int | None = None, vae: torch.nn.Module | None = None) -> TrainingOutcome:
     run_dir = Path(runs_root) / run_key(kind, asdict(unet_config), asdict(schedule), asdict(conditioning),
                                          train_config.identity(), data_hash, extra)
     torch.manual_seed(train_config.seed)
@@ -79,7 +52,7 @@ def _train(kind: str, unet_config: UNetConfig, schedule: ScheduleConfig, conditi
                 save_model(tmp, result.ema_model, kind, schedule, conditioning, unet_config,
                            extra={**extra, "step": result.final_step, "data_hash": data_hash,
                                   "train": train_config.identity()}, vae=vae)
-    return DiffusionOutcome(kind, run_dir, model_dir, result.final_step, result.resumed_from, previews)
+    return TrainingOutcome(kind, run_dir, model_dir, result.final_step, result.resumed_from, previews=previews)
 
 
 def residual_scale(targets: torch.Tensor, conditions: torch.Tensor) -> float:
@@ -105,7 +78,7 @@ def scaled_latents(latents_dir: Path, name: str, split: str) -> torch.Tensor:
 
 def train_latent_sr(latents_dir: Path, scale: int, vae_dir: Path, unet_config: UNetConfig, schedule: ScheduleConfig,
                     train_config: TrainConfig, runs_root: Path, data_hash: str, *, residual: bool = False, progress=None,
-                    stop_after: int | None = None) -> DiffusionOutcome:
+                    stop_after: int | None = None) -> TrainingOutcome:
     """``residual``: diffuse the correction from the bicubic latent to the HR latent (SRDiff)
     instead of the HR latent itself."""
     factor = latent_scaling_factor(latents_dir)
@@ -138,7 +111,7 @@ def train_class_ddpm(metadata: pd.DataFrame, store: ImageStore, class_names: Seq
                      schedule: ScheduleConfig, train_config: TrainConfig, runs_root: Path, data_hash: str, *,
                      latents_dir: Path | None = None, vae_dir: Path | None = None, balance: bool = True,
                      label_dropout: float = 0.1, guidance: float = 2.0, progress=None,
-                     stop_after: int | None = None) -> DiffusionOutcome:
+                     stop_after: int | None = None) -> TrainingOutcome:
     """In the VAE's latent space when ``latents_dir`` and ``vae_dir`` are given (the default
     recipe: 16x fewer positions per image, so far more steps in the same time), else on pixels."""
     latent = latents_dir is not None
@@ -183,7 +156,7 @@ def train_class_ddpm(metadata: pd.DataFrame, store: ImageStore, class_names: Seq
 def train_denoiser(metadata: pd.DataFrame, store: ImageStore, dose_stores: dict[float, tuple[ImageStore, pd.DataFrame]],
                    unet_config: UNetConfig, schedule: ScheduleConfig, train_config: TrainConfig, runs_root: Path,
                    data_hash: str, *, dose_conditioning: bool = True, strength: float = 0.4, crop: int | None = None,
-                   residual: bool = False, progress=None, stop_after: int | None = None) -> DiffusionOutcome:
+                   residual: bool = False, progress=None, stop_after: int | None = None) -> TrainingOutcome:
     """``crop``: train on random aligned windows of this size (the UNet is fully convolutional and
     samples whole images); None trains on whole images. ``residual``: diffuse the correction from
     the low-dose image to the normal-dose one instead of the image itself."""

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
@@ -80,6 +81,38 @@ class TrainConfig:
         """What makes two runs the same run (so a restart resumes): not logging or device."""
         ignored = {"log_every", "keep_checkpoints", "device", "checkpoint_every"}
         return {k: v for k, v in asdict(self).items() if k not in ignored}
+
+
+@dataclass
+class TrainingOutcome:
+    """What every training run hands to the layer that registers it: the same shape for the VAE,
+    the classifier and the diffusion models, so one path logs, registers and reports them all."""
+
+    kind: str
+    run_dir: Path
+    model_dir: Path  # the EMA weights, in the model's own folder format
+    final_step: int
+    resumed_from: int | None
+    metrics: dict[str, float] = field(default_factory=dict)  # the last validation
+    previews: dict[int, np.ndarray] = field(default_factory=dict)  # step -> image grid in [0, 1]
+
+    def save(self, folder: Path) -> None:
+        """For the process that launched an out-of-process run to read back."""
+        with atomic.atomic_folder(Path(folder)) as tmp:
+            np.savez(tmp / "previews.npz", **{f"step_{step}": grid for step, grid in self.previews.items()})
+            (tmp / "outcome.json").write_text(json.dumps(
+                {"kind": self.kind, "run_dir": str(self.run_dir), "model_dir": str(self.model_dir),
+                 "final_step": self.final_step, "resumed_from": self.resumed_from, "metrics": self.metrics}, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> TrainingOutcome:
+        if not (Path(folder) / "outcome.json").exists():
+            raise FileNotFoundError(f"no training outcome in {folder}: the training process ended without writing one")
+        raw = json.loads((Path(folder) / "outcome.json").read_text())
+        with np.load(Path(folder) / "previews.npz") as stored:
+            previews = {int(name.removeprefix("step_")): stored[name] for name in stored.files}
+        return cls(raw["kind"], Path(raw["run_dir"]), Path(raw["model_dir"]), raw["final_step"], raw["resumed_from"],
+                   raw.get("metrics", {}), previews)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from ..data.pairs import doses_built, low_dose_pair_dir
 from ..settings import WorkPaths
 from . import diffusion_training as dt
 from .diffusion import ScheduleConfig, UNetConfig
-from .training import TrainConfig
+from .training import TrainConfig, TrainingOutcome
 
 MODELS = ("latent_sr", "class_ddpm", "denoiser")
 
@@ -55,7 +55,7 @@ class TrainingJob:
         return WorkPaths(Path(self.home)).models / self.model
 
 
-def run(job: TrainingJob, progress: Any = None, stop_after: int | None = None) -> dt.DiffusionOutcome:
+def run(job: TrainingJob, progress: Any = None, stop_after: int | None = None) -> TrainingOutcome:
     """Train (or resume) the job's model; every process of a torchrun launch calls this."""
     paths = WorkPaths(Path(job.home))
     options = job.options

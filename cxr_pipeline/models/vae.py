@@ -21,7 +21,7 @@ from ..data import atomic, locks
 from ..data.degrade import upsample_bicubic
 from ..data.image_store import ImageStore
 from .batches import EpochSampler, StoreImages, aligned_crops
-from .training import TrainConfig, Trainer, pick_device, run_key
+from .training import TrainConfig, Trainer, TrainingOutcome, pick_device, run_key
 
 
 @dataclass(frozen=True)
@@ -127,19 +127,9 @@ def encode_mean(model: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
 # --- Training and encoding, as whole steps (what the Dagster assets call) ----------------------
 
 
-@dataclass
-class VaeTrainingOutcome:
-    run_dir: Path
-    model_dir: Path  # EMA weights, save_pretrained format (config.json + safetensors)
-    metrics: dict[str, float]
-    grid: np.ndarray
-    resumed_from: int | None
-    final_step: int
-
-
 def train_vae(metadata: pd.DataFrame, store: ImageStore, runs_root: Path, vae_config: VaeConfig,
               train_config: TrainConfig, data_hash: str, progress=None, stop_after: int | None = None,
-              crop: int | None = None) -> VaeTrainingOutcome:
+              crop: int | None = None) -> TrainingOutcome:
     """``crop``: train on random windows of this size (the autoencoder is convolutional; validation
     and every later use see whole images); None trains on whole images."""
     train = StoreImages(store, metadata[metadata["split"] == "train"])
@@ -166,7 +156,9 @@ def train_vae(metadata: pd.DataFrame, store: ImageStore, runs_root: Path, vae_co
                 "vae": vae_config.as_dict(), "train": train_config.identity(), "crop": crop,
             }, indent=2))
     grid = reconstruction_grid(result.ema_model, val.batch(list(range(min(8, len(val))))))
-    return VaeTrainingOutcome(run_dir, model_dir, result.last_eval, grid, result.resumed_from, result.final_step)
+    # the preview: rows of val input | reconstruction | 4x error
+    return TrainingOutcome("vae", run_dir, model_dir, result.final_step, result.resumed_from, result.last_eval,
+                           {result.final_step: grid})
 
 
 def encode_latents(metadata: pd.DataFrame, store: ImageStore, vae_dir: Path, lr_stores: dict[int, tuple[ImageStore, pd.DataFrame]],
