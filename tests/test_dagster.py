@@ -3,6 +3,7 @@
 import dagster as dg
 import pandas as pd
 import pytest
+import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -244,6 +245,15 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     assert classifier["registered_model"].value == "cxr-feature-classifier v1"
     version = client.get_model_version("cxr-latent-sr-x4", "1")
     assert version.tags["evaluation_run_id"] == sr["evaluation_mlflow_run_id"].value
+    # the registered version, downloaded into an empty folder, samples what the training folder does
+    from cxr_pipeline.models.pipelines import LatentSuperResolution
+
+    downloaded = tracking.download_model("cxr-latent-sr-x4", "1", tmp_path / "download")
+    low = torch.rand(2, 1, 16, 16)
+    trained = result.asset_materializations_for_node("latent_sr")[0].metadata["x4_checkpoint"].value
+    assert (downloaded / "vae").is_dir() and (downloaded / "scheduler").is_dir()
+    torch.testing.assert_close(LatentSuperResolution.from_pretrained(downloaded, "cpu")(low, steps=3, seed=1),
+                               LatentSuperResolution.from_pretrained(trained, "cpu")(low, steps=3, seed=1), rtol=0, atol=0)
     assert "psnr_sr_x4_ddim" in client.get_run(version.run_id).data.metrics
     # Promotion: each first version is the challenger; it is champion exactly when the asset's
     # baseline check passed (these 30-step models may well not beat bicubic, NLM or chance).
