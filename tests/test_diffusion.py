@@ -224,6 +224,11 @@ def test_latent_class_model_learns_and_its_folder_stands_alone(data, tiny_latent
     description = json.loads((moved / "model.json").read_text())
     assert description["space"] == "latent" and description["schedule"]["prediction_type"] == "v_prediction"
     assert json.loads((moved / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"
+    # sampling reads the schedule from scheduler/, the diffusers source of truth; the loss weighting from model.json
+    saved = json.loads((moved / "scheduler" / "scheduler_config.json").read_text())
+    (moved / "scheduler" / "scheduler_config.json").write_text(json.dumps({**saved, "num_train_timesteps": 50}))
+    loaded = load_model(moved).schedule
+    assert loaded.timesteps == 50 and loaded.prediction_type == "v_prediction" and loaded.snr_gamma == 5.0
 
 
 def test_aligned_crops_cut_the_same_window_from_both_tensors_and_are_seeded():

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -258,12 +258,19 @@ def describe(folder: Path) -> dict[str, Any]:
 
 
 def load_model(folder: Path, device: torch.device | str = "cpu") -> DiffusionModel:
+    """The folder's UNet, VAE and schedule. Sampling reads the noise schedule and the output
+    parametrization from the saved ``scheduler/`` config (the diffusers source of truth);
+    ``model.json`` adds what only training used (the loss weighting)."""
     folder = Path(folder)
     description = describe(folder)
     unet = UNet2DModel.from_pretrained(str(folder / "unet")).to(device).eval()
     vae = AutoencoderKL.from_pretrained(str(folder / "vae")).to(device).eval() if (folder / "vae").is_dir() else None
-    return DiffusionModel(unet, ScheduleConfig(**description["schedule"]), Conditioning(**description["conditioning"]),
-                          description, vae)
+    schedule = ScheduleConfig(**description["schedule"])
+    if (folder / "scheduler").is_dir():
+        saved = DDPMScheduler.load_config(str(folder / "scheduler"))
+        schedule = replace(schedule, timesteps=int(saved["num_train_timesteps"]), beta_schedule=saved["beta_schedule"],
+                           prediction_type=saved["prediction_type"])
+    return DiffusionModel(unet, schedule, Conditioning(**description["conditioning"]), description, vae)
 
 
 ProgressFn = Callable[[int, int], None]
