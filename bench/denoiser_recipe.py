@@ -35,7 +35,7 @@ from cxr_pipeline.data.pairs import doses_built, low_dose_pair_dir  # noqa: E402
 from cxr_pipeline.evaluation.restoration import nlm_denoise, tune_denoiser_strength, tune_nlm  # noqa: E402
 from cxr_pipeline.metrics.restoration import per_image_scores  # noqa: E402
 from cxr_pipeline.models import diffusion_training as dt  # noqa: E402
-from cxr_pipeline.models.batches import EpochSampler, StoreImages, aligned_crops  # noqa: E402
+from cxr_pipeline.models.batches import EpochSampler, StoreImages  # noqa: E402
 from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig  # noqa: E402
 from cxr_pipeline.models.pipelines import LowDoseDenoiser  # noqa: E402
 from cxr_pipeline.models.training import TrainConfig, Trainer  # noqa: E402
@@ -66,12 +66,7 @@ def train_regression(rows: pd.DataFrame, clean: StoreImages, noisy: list[StoreIm
     sampler = EpochSampler(len(rows) * len(doses), train.batch_size, train.seed)
 
     def batches(step: int) -> dict:
-        picked = sampler.indices(step)
-        image_rows, dose_rows = picked // len(doses), picked % len(doses)
-        target = clean.batch(image_rows)
-        condition = torch.cat([noisy[d].batch([r]) for r, d in zip(image_rows, dose_rows)])
-        target, condition = aligned_crops([target, condition], crop, train.seed, step)
-        return {"target": to_model(target), "condition": to_model(condition), "labels": torch.from_numpy(dose_rows).long()}
+        return dt.low_dose_batch(clean, noisy, sampler.indices(step), crop, train.seed, step)
 
     def step(model, batch, generator):
         zero = torch.zeros(len(batch["target"]), dtype=torch.long)

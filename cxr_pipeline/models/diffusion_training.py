@@ -153,6 +153,17 @@ def train_class_ddpm(metadata: pd.DataFrame, store: ImageStore, class_names: Seq
 # --- 3. Low-dose denoising --------------------------------------------------------------------------
 
 
+def low_dose_batch(clean: StoreImages, noisy: Sequence[StoreImages], picked: np.ndarray, crop: int | None, seed: int,
+                   step: int) -> dict[str, torch.Tensor]:
+    """One batch of (normal-dose, low-dose) pairs in model units: ``picked`` indexes image x dose
+    (``noisy`` holds one store per dose, rows aligned with ``clean``), then the same crop of both."""
+    image_rows, dose_rows = picked // len(noisy), picked % len(noisy)
+    target = clean.batch(image_rows)
+    condition = torch.cat([noisy[d].batch([r]) for r, d in zip(image_rows, dose_rows)])
+    target, condition = aligned_crops([target, condition], crop, seed, step)
+    return {"target": to_model(target), "condition": to_model(condition), "labels": torch.from_numpy(dose_rows).long()}
+
+
 def train_denoiser(metadata: pd.DataFrame, store: ImageStore, dose_stores: dict[float, tuple[ImageStore, pd.DataFrame]],
                    unet_config: UNetConfig, schedule: ScheduleConfig, train_config: TrainConfig, runs_root: Path,
                    data_hash: str, *, dose_conditioning: bool = True, strength: float = 0.4, crop: int | None = None,
@@ -175,14 +186,9 @@ def train_denoiser(metadata: pd.DataFrame, store: ImageStore, dose_stores: dict[
                                 class_dropout=0.1 if dose_conditioning else 0.0, residual_scale=scale)
 
     def batches(step: int) -> dict:
-        picked = sampler.indices(step)
-        image_rows, dose_rows = picked // len(doses), picked % len(doses)
-        target = clean.batch(image_rows)
-        condition = torch.cat([noisy[d].batch([r]) for r, d in zip(image_rows, dose_rows)])
-        target, condition = aligned_crops([target, condition], crop, train_config.seed, step)
-        batch = {"target": to_model(target), "condition": to_model(condition)}
-        if dose_conditioning:
-            batch["labels"] = torch.from_numpy(dose_rows).long()
+        batch = low_dose_batch(clean, noisy, sampler.indices(step), crop, train_config.seed, step)
+        if not dose_conditioning:
+            del batch["labels"]
         return batch
 
     preview_rows = list(range(min(4, len(rows))))
