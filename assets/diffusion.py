@@ -16,7 +16,6 @@ from cxr_pipeline.data import atomic
 from cxr_pipeline.data.labels.metadata import content_hash
 from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES
 from cxr_pipeline.data.pairs import doses_built
-from cxr_pipeline.models import diffusion_training as dt
 from cxr_pipeline.models import kinds as model_kinds
 from cxr_pipeline.models import training_job
 from cxr_pipeline.models.diffusion import UNET_PROFILES, ScheduleConfig, UNetConfig

@@ -12,6 +12,8 @@ Recipes:
 Needs a work folder where ``low_dose_pairs`` is materialized.
 
     python bench/denoiser_recipe.py --recipes old,x0_residual,regression [--steps 1500]
+
+A recipe name ending in ``+bf16`` trains the same recipe under CPU bf16 autocast (TrainConfig.cpu_bf16).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
@@ -115,10 +116,11 @@ def main() -> None:
                           "val SSIM": round(float(scores["ssim"].mean()), 4), "setting": ""})
             print(table[-1], flush=True)
     for name in args.recipes.split(","):
-        schedule, train, crop, residual = RECIPES[name]
+        schedule, train, crop, residual = RECIPES[name.removesuffix("+bf16")]
         if args.steps and name != "old":
             train = replace(train, steps=args.steps)
-        train = replace(train, checkpoint_every=train.steps, eval_every=train.steps, log_every=100, device="cpu")
+        train = replace(train, checkpoint_every=train.steps, eval_every=train.steps, log_every=100, device="cpu",
+                        cpu_bf16=name.endswith("+bf16"))
         with tempfile.TemporaryDirectory() as runs:
             started = time.perf_counter()
             if schedule is None:

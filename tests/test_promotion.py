@@ -1,5 +1,7 @@
 """Champion / challenger: the pure decision, and the aliases in a real SQLite Model Registry."""
 
+from pathlib import Path
+
 import mlflow
 import pytest
 from mlflow import MlflowClient
@@ -128,3 +130,28 @@ def test_asking_for_a_champion_that_does_not_exist_says_why(registry, tmp_path, 
     with pytest.raises(FileNotFoundError, match="v1 was not promoted because it does not beat its classical baseline"):
         tracking.resolve_model("cxr-test-model")
     assert tracking.resolve_model("cxr-test-model", alias="challenger").exists()
+
+
+def test_a_champion_scored_on_another_split_is_downloaded_and_evaluated_again(registry, tmp_path):
+    from cxr_pipeline.evaluation.suites import PromotionPolicy, challenge_champion
+
+    policy = PromotionPolicy("psnr_sr_x{scale}_ddim", ("lr_consistency_psnr_sr_x{scale}_ddim",))
+    rule = policy.rule((("psnr_sr_x4_ddim", "psnr_sr_x4_bicubic"),), scale=4)
+    assert rule.metric == "psnr_sr_x4_ddim" and rule.guards == ("lr_consistency_psnr_sr_x4_ddim",)
+    first, second = registry(), registry()
+    metrics = {"psnr_sr_x4_ddim": 26.0, "lr_consistency_psnr_sr_x4_ddim": 40.0, "psnr_sr_x4_bicubic": 24.0}
+    challenge_champion({"registered_model": "cxr-test-model", "version": first}, metrics, rule, "split-a",
+                       lambda folder: pytest.fail("no champion yet: nothing to re-evaluate"), tmp_path / "cache")
+    evaluated = []
+
+    def evaluate(folder: str) -> dict[str, float]:
+        evaluated.append(folder)
+        return {**metrics, "psnr_sr_x4_ddim": 25.0}
+
+    decision, section = challenge_champion({"registered_model": "cxr-test-model", "version": second},
+                                           {**metrics, "psnr_sr_x4_ddim": 25.5}, rule, "split-b", evaluate,
+                                           tmp_path / "cache", log=lambda line: None)
+    assert len(evaluated) == 1 and Path(evaluated[0]).is_relative_to(tmp_path / "cache")
+    assert decision.promoted and decision.champion["psnr_sr_x4_ddim"] == 25.0
+    assert "promoted to champion" in section.text
+    assert str(MlflowClient().get_model_version_by_alias("cxr-test-model", "champion").version) == second

@@ -1,0 +1,320 @@
+"""Each evaluation asset's whole job, without Dagster: score the current model on the test split
+next to its baselines, challenge the registry's champion on the same images, assemble the report,
+then publish it (report folder, MLflow run, links both ways).
+
+An asset only reads its inputs, calls one suite, opens the MLflow run its resource tags with the
+Dagster lineage, and turns the outcome into asset metadata and the baseline check.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import promotion, tracking
+from ..data import atomic
+from ..data.image_store import ImageStore
+from ..data.pairs import low_dose_pair_dir, sr_pair_dir
+from ..models.batches import StoreImages
+from ..models.pipelines import ClassConditionalGenerator, LatentSuperResolution, LowDoseDenoiser
+from ..promotion import Decision, PromotionRule
+from ..reports.document import Figure, Report, Section, Table, markdown_table, write_report
+from ..reports.plots import line_plot
+from .generation import evaluate_generation
+from .restoration import evaluate_denoising, evaluate_super_resolution, tune_denoiser_strength, tune_nlm
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SamplingBudget:
+    """How hard every suite samples and resamples; the same knobs for every model."""
+
+    ddim_steps: int = 50
+    spread_seeds: int = 4  # seeds per input for the sample-spread guard (1 turns it off)
+    spread_images: int = 16  # the first this many test images get the extra seeds
+    bootstrap_resamples: int = 2000
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class PromotionPolicy:
+    """A promotion rule with ``{scale}``-style placeholders, filled per evaluated model."""
+
+    metric: str
+    guards: tuple[str, ...] = ()
+    tolerance: float = 0.0
+
+    def rule(self, must_beat: tuple[tuple[str, str], ...], **names) -> PromotionRule:
+        return PromotionRule(self.metric.format(**names), tuple(g.format(**names) for g in self.guards),
+                             tolerance=self.tolerance, must_beat=must_beat)
+
+
+@dataclass
+class EvaluationOutcome:
+    """What one evaluation produced: the figures, the models they belong to, the promotion
+    decisions, and the report that shows them."""
+
+    name: str
+    report: Report
+    metrics: dict[str, float]
+    evaluated: list[tuple[dict, dict[str, float]]]  # (model pointer, that model's figures)
+    decisions: list[tuple[dict, Decision]]
+    must_beat: tuple[tuple[str, str], ...]  # (model figure, baseline figure) pairs
+    summary: str  # Markdown tables for the asset page
+    params: dict = field(default_factory=dict)
+    scores: Optional[pd.DataFrame] = None  # per image, per method
+
+    def headline(self) -> dict[str, float]:
+        return {k: float(round(v, 5)) for k, v in self.metrics.items() if is_headline(k) and np.isfinite(v)}
+
+    def promotion_summary(self) -> str:
+        return "\n\n".join(f"**{p['registered_model']} v{d.version}**: "
+                           f"{'promoted to champion' if d.promoted else 'not promoted'} ({d.reason})\n\n"
+                           + markdown_table(d.table()) for p, d in self.decisions)
+
+    def baseline_verdicts(self) -> list[promotion.BaselineVerdict]:
+        return promotion.against_baselines(self.must_beat, self.metrics)
+
+
+def is_headline(name: str) -> bool:
+    return not name.endswith(("_std", "_ci_low", "_ci_high"))
+
+
+# --- Inputs ---------------------------------------------------------------------------------------------
+
+
+def split_rows(metadata: pd.DataFrame, split: str, limit: Optional[int] = None, labelled: bool = False) -> pd.DataFrame:
+    rows = metadata[metadata["split"] == split]
+    if labelled:
+        rows = rows[rows["class_id"].notna()]
+    rows = rows.reset_index(drop=True)
+    return rows.iloc[:limit] if limit else rows
+
+
+def stored_images(store: ImageStore, rows: pd.DataFrame) -> torch.Tensor:
+    return StoreImages(store, rows).stack()
+
+
+def degraded_images(pair_dir: Path, rows: pd.DataFrame) -> torch.Tensor:
+    """The degraded versions of ``rows``' images from a pair store, in the same order."""
+    index = pd.read_parquet(pair_dir / "index.parquet").set_index("image_id").loc[rows["image_id"]].reset_index()
+    return stored_images(ImageStore(pair_dir), index)
+
+
+def training_curve(pointer: dict, title: str) -> Figure:
+    steps, losses = tracking.metric_history(pointer["mlflow_run_id"], "train_loss")
+    image = line_plot({"train loss": (steps, losses)}, f"{title}: training loss", "loss", log_y=True)
+    return Figure(f"{title}: training loss", image, f"{pointer['registered_model']} v{pointer['version']}, "
+                                                    f"MLflow run {pointer['mlflow_run_id']}")
+
+
+def split_description(rows: pd.DataFrame, evaluated: list[tuple[dict, dict]]) -> str:
+    models = ", ".join(f"{p['registered_model']} v{p['version']}" for p, _ in evaluated)
+    return (f"{models}, evaluated on the test split: {len(rows)} images of {rows['patient_key'].nunique()} patients "
+            f"(patient-level split, no patient shared with train or val). All intensities in [0, 1]; PSNR in dB with "
+            f"data range 1.")
+
+
+# --- Champion / challenger ------------------------------------------------------------------------------
+
+
+def challenge_champion(pointer: dict, metrics: dict[str, float], rule: PromotionRule, comparison_key: str,
+                       evaluate: Callable[[str], dict[str, float]], registry_cache: Path,
+                       log: Log = print) -> tuple[Decision, Section]:
+    """Challenger against champion on the same test split (``comparison_key``): the champion's
+    recorded figures when its evaluation used the same split, else it is evaluated again now
+    (``evaluate`` takes a model folder)."""
+    name, version = pointer["registered_model"], str(pointer["version"])
+    champion_version, champion_tags = promotion.current_champion(name) or (None, {})
+    champion_metrics = None
+    if champion_version is not None and champion_version != version:
+        champion_metrics = promotion.recorded_metrics(champion_tags, comparison_key)
+        if champion_metrics is None:
+            log(f"{name} v{champion_version} (champion) was evaluated on another test split: evaluating it now")
+            champion_metrics = evaluate(str(tracking.registry_folder(name, champion_version, registry_cache)))
+    decision = promotion.decide(rule, version, metrics, champion_version, champion_metrics)
+    promotion.record_and_promote(name, decision, comparison_key)
+    verb = "promoted to champion" if decision.promoted else "not promoted"
+    log(f"{name} v{version}: {verb} ({decision.reason})")
+    text = (f"{name} v{version} is the challenger. Rule: {rule.metric} must improve; "
+            f"{', '.join(rule.guards) or 'no guard'} must not get worse. Decision: {verb}: {decision.reason}.")
+    return decision, Section(f"Promotion: {name}", text, [Table("Challenger against champion", decision.table())])
+
+
+# --- The suites -----------------------------------------------------------------------------------------
+
+
+def super_resolution_suite(models: Sequence[tuple[int, dict]], rows: pd.DataFrame, image_store: Path, pairs_root: Path,
+                           budget: SamplingBudget, policy: PromotionPolicy, registry_cache: Path, *,
+                           full_chain: bool = False, lr_start_strength: Optional[float] = 0.3,
+                           log: Log = print) -> EvaluationOutcome:
+    """Each latent SR model ((scale, pointer) pairs) on ``rows`` against bicubic, bicubic through
+    the VAE and the VAE ceiling, then promotion per scale."""
+    if not models:
+        raise FileNotFoundError("no trained latent SR model: materialize latent_sr first")
+    high_resolution = stored_images(ImageStore(image_store), rows)
+    outcome = EvaluationOutcome("sr_evaluation", Report("Super-resolution evaluation", "", []), {}, [], [], (), "",
+                                params={**budget.__dict__, "full_chain": full_chain,
+                                        "lr_start_strength": lr_start_strength})
+    tables, scores = [], []
+    for scale, pointer in models:
+        low_resolution = degraded_images(sr_pair_dir(pairs_root, scale), rows)
+
+        def evaluate(model_dir: str):
+            return evaluate_super_resolution(
+                LatentSuperResolution.from_pretrained(model_dir, budget.device), high_resolution, low_resolution,
+                rows["image_id"], rows["patient_key"], ddim_steps=budget.ddim_steps, full_chain=full_chain,
+                lr_start_strength=lr_start_strength, spread_seeds=budget.spread_seeds,
+                spread_images=budget.spread_images, seed=budget.seed, resamples=budget.bootstrap_resamples)
+
+        log(f"evaluating {pointer['registered_model']} v{pointer['version']} on {len(rows)} test images")
+        result = evaluate(pointer["model_dir"])
+        section = result.section()
+        section.figures.append(training_curve(pointer, f"Latent SR x{scale}"))
+        decision, promotion_section = challenge_champion(
+            pointer, result.metrics(), policy.rule(result.must_beat(), scale=scale),
+            promotion.split_key(rows["image_id"]), lambda d: evaluate(d).metrics(), registry_cache, log)
+        outcome.report.sections += [section, promotion_section]
+        outcome.metrics.update(result.metrics())
+        outcome.evaluated.append((pointer, result.metrics()))
+        outcome.decisions.append((pointer, decision))
+        outcome.must_beat += result.must_beat()
+        tables.append(f"**x{scale}**\n\n" + markdown_table(result.table()))
+        scores.append(result.scores.assign(task=result.task))
+    outcome.report.summary = split_description(rows, outcome.evaluated)
+    outcome.summary = "\n\n".join(tables)
+    outcome.scores = pd.concat(scores, ignore_index=True)
+    return outcome
+
+
+def denoising_suite(pointer: dict, rows: pd.DataFrame, val_rows: pd.DataFrame, image_store: Path, pairs_root: Path,
+                    doses: Sequence[float], budget: SamplingBudget, policy: PromotionPolicy, registry_cache: Path, *,
+                    nlm_factors: Sequence[float], strengths: Sequence[float], log: Log = print) -> EvaluationOutcome:
+    """The low-dose denoiser per dose level on ``rows``, against the noisy input and non-local
+    means, both tuned on ``val_rows`` (NLM's h, the denoiser's starting strength), then promotion."""
+    if not doses:
+        raise FileNotFoundError("no low-dose pairs: materialize low_dose_pairs first")
+    store = ImageStore(image_store)
+    clean, val_clean = stored_images(store, rows), stored_images(store, val_rows)
+    noisy = {dose: (degraded_images(low_dose_pair_dir(pairs_root, dose), val_rows),
+                    degraded_images(low_dose_pair_dir(pairs_root, dose), rows)) for dose in doses}
+
+    def evaluate(model_dir: str):
+        results, model = [], LowDoseDenoiser.from_pretrained(model_dir, budget.device)
+        for dose, (val_noisy, test_noisy) in noisy.items():
+            factor, nlm_search = tune_nlm(val_clean, val_noisy, nlm_factors)
+            strength, strength_search = tune_denoiser_strength(model, val_clean, val_noisy, dose, strengths,
+                                                               budget.ddim_steps, budget.seed)
+            log(f"I0 {dose:g}: on val, NLM h = {factor:g} sigma, denoiser strength {strength:g}")
+            tuning = [Table(f"NLM h search on val, I0 = {dose:g}", nlm_search.round(3)),
+                      Table(f"Denoiser strength search on val, I0 = {dose:g}", strength_search.round(3))]
+            results.append(evaluate_denoising(model, clean, test_noisy, rows["image_id"], rows["patient_key"], dose,
+                                              factor, strength, tuning, ddim_steps=budget.ddim_steps,
+                                              spread_seeds=budget.spread_seeds, spread_images=budget.spread_images,
+                                              seed=budget.seed, resamples=budget.bootstrap_resamples))
+        return results
+
+    def merged_metrics(results) -> dict[str, float]:
+        return {k: v for result in results for k, v in result.metrics().items()}
+
+    results = evaluate(pointer["model_dir"])
+    metrics = merged_metrics(results)
+    must_beat = tuple(pair for result in results for pair in result.must_beat())  # every dose level
+    decision, promotion_section = challenge_champion(pointer, metrics, policy.rule(must_beat),
+                                                     promotion.split_key(rows["image_id"]),
+                                                     lambda d: merged_metrics(evaluate(d)), registry_cache, log)
+    sections = [result.section() for result in results]
+    sections += [Section("Training", figures=[training_curve(pointer, "Low-dose denoiser")]), promotion_section]
+    tables = [f"**I0 = {r.task.removeprefix('denoise_i0_')}**\n\n" + markdown_table(r.table()) for r in results]
+    return EvaluationOutcome(
+        "denoising_evaluation", Report("Low-dose denoising evaluation", split_description(rows, [(pointer, metrics)]),
+                                       sections),
+        metrics, [(pointer, metrics)], [(pointer, decision)], must_beat, "\n\n".join(tables),
+        params={**budget.__dict__, "nlm_factors": list(nlm_factors), "strengths": list(strengths),
+                "val_images": len(val_rows)},
+        scores=pd.concat([r.scores.assign(task=r.task) for r in results], ignore_index=True))
+
+
+def generation_suite(pointer: dict, classifier: dict, rows: pd.DataFrame, val_rows: pd.DataFrame, image_store: Path,
+                     budget: SamplingBudget, policy: PromotionPolicy, registry_cache: Path, *,
+                     samples_per_class: int = 10, fd_samples: Optional[int] = None,
+                     guidance_scale: Optional[float] = None, inception_weights: Optional[str] = None,
+                     inception_sha256: Optional[str] = None, log: Log = print) -> EvaluationOutcome:
+    """The class-conditional model against the labelled real test images: fd_cxr and KID on the
+    CXR feature network, conditional accuracy, MS-SSIM diversity, Inception FID when its weights
+    are local; then promotion (compared only under the same feature network)."""
+    store = ImageStore(image_store)
+    real_test, real_val = stored_images(store, rows), stored_images(store, val_rows)
+
+    def evaluate(model_dir: str):
+        return evaluate_generation(ClassConditionalGenerator.from_pretrained(model_dir, budget.device),
+                                   classifier["model_dir"], real_test, rows["class_id"].astype(int).to_numpy(),
+                                   real_val, samples_per_class=samples_per_class, fd_samples=fd_samples,
+                                   ddim_steps=budget.ddim_steps, guidance=guidance_scale, seed=budget.seed,
+                                   inception_weights=inception_weights, inception_sha256=inception_sha256,
+                                   device=budget.device)
+
+    result = evaluate(pointer["model_dir"])
+    log(f"fid_inception: {result.fid.reason}")
+    section = result.section()
+    section.figures.append(training_curve(pointer, "Class-conditional DDPM"))
+    metrics = result.metrics()
+    # fd_cxr and KID depend on the feature network: a comparison needs the same classifier too.
+    comparison_key = f"{promotion.split_key(rows['image_id'])}-classifier-v{classifier['version']}"
+    decision, promotion_section = challenge_champion(pointer, metrics, policy.rule(result.must_beat()),
+                                                     comparison_key, lambda d: evaluate(d).metrics(),
+                                                     registry_cache, log)
+    report = Report("Class-conditional generation evaluation",
+                    f"{pointer['registered_model']} v{pointer['version']} scored with {classifier['registered_model']} "
+                    f"v{classifier['version']} against the {len(rows)} single-label test images.",
+                    [section, promotion_section])
+    return EvaluationOutcome(
+        "generation_evaluation", report, metrics, [(pointer, metrics)], [(pointer, decision)], result.must_beat(),
+        markdown_table(result.headline()) + "\n\n" + markdown_table(result.per_class()),
+        params={**budget.__dict__, "samples_per_class": samples_per_class, "fd_samples": fd_samples,
+                "guidance_scale": guidance_scale, "fid_inception": result.fid.reason,
+                "classifier": f"v{classifier['version']}"})
+
+
+# --- Publishing -----------------------------------------------------------------------------------------
+
+
+def write_outcome(outcome: EvaluationOutcome, folder: Path) -> tuple[Path, Path]:
+    """The HTML report, its Markdown twin and the per-image scores, in ``folder``."""
+    html, markdown = write_report(outcome.report, folder)
+    if outcome.scores is not None:
+        atomic.write_csv(folder / "per_image_scores.csv", outcome.scores)
+    return html, markdown
+
+
+def evaluation_tags(outcome: EvaluationOutcome) -> dict[str, str]:
+    """Tags for the evaluation's MLflow run: which model versions and runs it scored."""
+    return {"evaluation.models": ", ".join(f"{p['registered_model']} v{p['version']}" for p, _ in outcome.evaluated),
+            "evaluation.model_run_ids": ",".join(p["mlflow_run_id"] for p, _ in outcome.evaluated),
+            "evaluation.split": "test"}
+
+
+def log_outcome(outcome: EvaluationOutcome, folder: Path, html: Path) -> str:
+    """Inside the active MLflow run: params, metrics and the report; then the figures into each
+    evaluated model's own run and the run's id onto each registered version. Returns the run id."""
+    run_id = mlflow.active_run().info.run_id
+    mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in outcome.params.items()})
+    mlflow.log_metrics({k: v for k, v in outcome.metrics.items() if math.isfinite(v)})
+    mlflow.log_artifacts(str(folder), artifact_path="report")
+    for pointer, model_metrics in outcome.evaluated:
+        tracking.log_metrics_to_run(pointer["mlflow_run_id"],
+                                    {k: v for k, v in model_metrics.items() if is_headline(k)})
+        tracking.tag_model_version(pointer["registered_model"], pointer["version"],
+                                   {"evaluation_run_id": run_id, "evaluation_report": str(html)})
+    return run_id
