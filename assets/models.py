@@ -51,13 +51,16 @@ class TrainingConfig(dg.Config):
     log_every: int = 20
     seed: int = 0
     device: str = "auto"  # auto = CUDA, then MPS, then CPU
+    mixed_precision: str = "auto"  # auto: bf16 on CUDA; "no" | "bf16" | "fp16"
+    cpu_bf16: bool = False  # with "auto", bf16 autocast on CPUs with native bf16 too (set where measured faster)
     block_out_channels: Optional[list[int]] = None  # None: the profile's architecture
 
     def train_config(self, eval_every: int) -> TrainConfig:
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate,
                            warmup_steps=min(self.warmup_steps, self.steps), ema_decay=self.ema_decay,
                            checkpoint_every=self.checkpoint_every, eval_every=eval_every, log_every=self.log_every,
-                           seed=self.seed, device=self.device)
+                           seed=self.seed, device=self.device, mixed_precision=self.mixed_precision,
+                           cpu_bf16=self.cpu_bf16)
 
 
 class VaeTrainingConfig(TrainingConfig):

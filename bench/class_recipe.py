@@ -8,6 +8,8 @@ accuracy (worst class too), fd_cxr against its real-vs-real reference, and withi
 against real, at each guidance scale.
 
     python bench/class_recipe.py --recipes old,latent [--steps 1000] [--guidance 1,2,3,4]
+
+A recipe name ending in ``+bf16`` trains the same recipe under CPU bf16 autocast (TrainConfig.cpu_bf16).
 """
 
 from __future__ import annotations
@@ -71,10 +73,11 @@ def main() -> None:
     latent_shape = json.loads((paths.latents / "latents.json").read_text())["latent_shape"]
     rows = []
     for name in args.recipes.split(","):
-        space, widths, layers, groups, schedule, train = RECIPES[name]
+        space, widths, layers, groups, schedule, train = RECIPES[name.removesuffix("+bf16")]
         if args.steps and space == "latent":
             train = replace(train, steps=args.steps)
-        train = replace(train, checkpoint_every=train.steps, eval_every=train.steps, log_every=50, device="cpu")
+        train = replace(train, checkpoint_every=train.steps, eval_every=train.steps, log_every=50, device="cpu",
+                        cpu_bf16=name.endswith("+bf16"))
         classes = len(DEFAULT_CLASSES) + 1
         if space == "latent":
             unet = UNetConfig(latent_shape[1], latent_shape[0], latent_shape[0], widths, layers, attention=True,

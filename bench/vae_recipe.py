@@ -7,6 +7,8 @@ ceiling) against training wall time, trained in this process on the demo's train
 Needs a work folder where ``image_metadata`` is materialized.
 
     python bench/vae_recipe.py --recipes old,crop32 [--steps 1200] [--batch 32]
+
+A recipe name ending in ``+bf16`` trains the same recipe under CPU bf16 autocast (TrainConfig.cpu_bf16).
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ def main() -> None:
     }
     rows = []
     for name in args.recipes.split(","):
-        train, crop = recipes[name]
+        train, crop = recipes[name.removesuffix("+bf16")]
         train = TrainConfig(**{**train.__dict__, "eval_every": train.steps, "checkpoint_every": train.steps,
-                               "log_every": 100, "device": "cpu"})
+                               "log_every": 100, "device": "cpu", "cpu_bf16": name.endswith("+bf16")})
         with tempfile.TemporaryDirectory() as runs:
             started = time.perf_counter()
             outcome = train_vae(metadata, store, Path(runs), VAE_PROFILES["demo"], train, "bench", crop=crop,

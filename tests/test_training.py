@@ -104,6 +104,33 @@ def test_device_choice():
     assert pick_device("auto").type in (expected, "mps")
 
 
+def test_mixed_precision_choice_per_device():
+    from dataclasses import replace
+
+    from cxr_pipeline.models.training import autocast_dtype, cpu_has_native_bf16
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    config = TrainConfig()
+    assert autocast_dtype(config, cpu) is None  # fp32 on CPU unless a recipe opts in
+    opted_in = replace(config, cpu_bf16=True)
+    assert autocast_dtype(opted_in, cpu) == (torch.bfloat16 if cpu_has_native_bf16() else None)
+    assert autocast_dtype(replace(opted_in, mixed_precision="no"), cpu) is None
+    assert autocast_dtype(replace(config, mixed_precision="bf16"), cpu) == torch.bfloat16
+    assert autocast_dtype(replace(config, mixed_precision="fp16"), cuda) == torch.float16
+    assert autocast_dtype(config, torch.device("mps")) is None
+
+
+def test_bf16_autocast_on_cpu_trains_fp32_weights_that_reconstruct(tmp_path):
+    from dataclasses import replace
+    metadata, store, vae_config, train_config = tiny_setup(tmp_path)
+    events = []
+    outcome = train_vae(metadata, store, tmp_path / "runs", vae_config, replace(train_config, mixed_precision="bf16"),
+                        "tiny", progress=events.append)
+    losses = [e.metrics["loss"] for e in events if e.kind == "step"]
+    assert losses[-1] < losses[0] * 0.7, losses
+    assert all(t.dtype == torch.float32 for t in weights(outcome.model_dir).values())
+    assert outcome.metrics["val_psnr"] > 15
+
+
 def test_divergence_is_a_clear_error(tmp_path):
     metadata, store, vae_config, train_config = tiny_setup(tmp_path)
     from dataclasses import replace

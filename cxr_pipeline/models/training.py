@@ -75,7 +75,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     device: str = "auto"
-    mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA, off elsewhere) | "no" | "bf16" | "fp16"
+    mixed_precision: str = "auto"  # "auto" | "no" | "bf16" | "fp16"; see autocast_dtype
+    cpu_bf16: bool = False  # "auto" also autocasts to bf16 on CPUs with native bf16 instructions
 
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same run (so a restart resumes): not logging or device."""
@@ -174,8 +175,25 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or config.mixed_precision == "no":
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls and convolutions in hardware, not emulated (slower)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The step's autocast type. "auto": bf16 on CUDA (fp16 where bf16 is missing); on CPU bf16
+    only for recipes that opt in (``cpu_bf16``, where bench/cpu_bf16.py measured it faster) and
+    only on CPUs with native bf16; otherwise fp32. Weights, optimizer state and EMA stay fp32."""
+    if config.mixed_precision == "no":
+        return None
+    if device.type == "cpu":
+        if config.mixed_precision == "bf16":
+            return torch.bfloat16
+        return torch.bfloat16 if config.mixed_precision == "auto" and config.cpu_bf16 and cpu_has_native_bf16() else None
+    if device.type != "cuda":
         return None
     if config.mixed_precision == "fp16":
         return torch.float16
@@ -208,7 +226,7 @@ class Trainer:
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, config.warmup_steps, config.steps)
         self.ema = EMAModel(model.parameters(), decay=config.ema_decay)
         self.ema.to(self.device)
-        self.dtype = _autocast_dtype(config, self.device)
+        self.dtype = autocast_dtype(config, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
 
     # --- checkpoints ---------------------------------------------------------------------------

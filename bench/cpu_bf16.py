@@ -1,0 +1,79 @@
+"""Does bf16 autocast (or channels-last) speed up the demo models' training steps on this CPU?
+
+The issue's lever: "bf16 autocast on CPUs with AVX512-BF16, only where measured faster". Each
+demo model's training step (forward, loss, backward, AdamW) at its demo batch and input size, in
+fp32, under ``torch.autocast("cpu", torch.bfloat16)``, and in fp32 with channels-last memory and with both,
+timed back to back in one process after a warm-up. Prints seconds per step and the ratio to fp32.
+
+    python bench/cpu_bf16.py [--steps 20]
+"""
+
+import argparse
+import time
+
+import torch
+
+from cxr_pipeline.models.diffusion import UNET_PROFILES
+from cxr_pipeline.models.vae import VAE_PROFILES
+
+
+def models():
+    """(name, module, make inputs, forward) at the demo recipes' batch and input sizes."""
+    vae = VAE_PROFILES["demo"].build()
+    yield "vae (32 px crops, batch 32)", vae, lambda: (torch.randn(32, 1, 32, 32),), \
+        lambda m, x: m(x, sample_posterior=True).sample
+    denoiser = UNET_PROFILES["denoiser"]["demo"].config(32, 2, 1).build()
+    yield "denoiser (32 px crops, batch 32)", denoiser, \
+        lambda: (torch.randn(32, 2, 32, 32), torch.randint(0, 1000, (32,))), lambda m, x, t: m(x, t).sample
+    class_model = UNET_PROFILES["class_ddpm"]["demo"].config(16, 4, 4, num_class_embeds=7).build()
+    yield "class (16x16x4 latents, batch 64)", class_model, \
+        lambda: (torch.randn(64, 4, 16, 16), torch.randint(0, 1000, (64,)), torch.randint(0, 7, (64,))), \
+        lambda m, x, t, c: m(x, t, class_labels=c).sample
+    sr = UNET_PROFILES["latent_sr"]["demo"].config(16, 8, 4).build()
+    yield "latent SR (16x16x8, batch 64)", sr, \
+        lambda: (torch.randn(64, 8, 16, 16), torch.randint(0, 1000, (64,))), lambda m, x, t: m(x, t).sample
+
+
+def time_steps(module, inputs, forward, steps: int, bf16: bool, channels_last: bool) -> float:
+    module = module.train()
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+        inputs = tuple(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in inputs)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = forward(module, *inputs)
+        loss = out.float().pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'model':36s} {'fp32 s/step':>12s} {'bf16':>8s} {'ratio':>6s} {'ch-last':>8s} {'ratio':>6s} "
+          f"{'both':>8s} {'ratio':>6s}")
+    for name, module, make_inputs, forward in models():
+        inputs = make_inputs()
+        fp32 = time_steps(module, inputs, forward, args.steps, bf16=False, channels_last=False)
+        bf16 = time_steps(module, inputs, forward, args.steps, bf16=True, channels_last=False)
+        last = time_steps(module, inputs, forward, args.steps, bf16=False, channels_last=True)
+        both = time_steps(module, inputs, forward, args.steps, bf16=True, channels_last=True)
+        print(f"{name:36s} {fp32:12.3f} {bf16:8.3f} {fp32 / bf16:6.2f} {last:8.3f} {fp32 / last:6.2f} "
+              f"{both:8.3f} {fp32 / both:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
