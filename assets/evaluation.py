@@ -163,6 +163,10 @@ def sr_evaluation(context: dg.AssetExecutionContext, config: SrEvaluationConfig,
 
 
 class DenoisingEvaluationConfig(EvaluationConfig):
+    # The denoiser predicts x0 of a residual, so a coarse chain loses nothing: on val, 20 DDIM steps
+    # against 50 are +0.18 / +0.09 / -0.13 dB at I0 1000 / 3000 / 10000 in 0.43x the time
+    # (bench/denoiser_sampling_steps.py).
+    ddim_steps: int = 20
     nlm_factors: list[float] = list(NLM_FACTORS)  # candidates for NLM's h / sigma, tuned on val
     strengths: list[float] = list(DENOISER_STRENGTHS)  # candidates for the denoiser's start, tuned on val
     val_images: int = 24  # validation images both are tuned on

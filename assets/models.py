@@ -66,9 +66,11 @@ class TrainingConfig(dg.Config):
 class VaeTrainingConfig(TrainingConfig):
     # Random 32 px windows, 1500 x 32 (bench/vae_recipe.py, on val: 31.1 dB at 1200 steps in 3.8 min
     # against 29.3 dB for the old 300 x 16 whole images): the reconstruction ceiling of every
-    # latent model, so it is worth the minutes.
+    # latent model, so it is worth the minutes. bf16 autocast on CPUs that have it: 1.29x faster at
+    # the same val PSNR (31.54 against 31.51 dB, bench/vae_recipe.py crop32 vs crop32+bf16).
     steps: int = 1500
     batch_size: int = 32
+    cpu_bf16: bool = True
     checkpoint_every: int = 500
     eval_every: int = 500  # validation (whole val images) every this many steps
     crop: Optional[int] = 32  # train on random windows of this many pixels; None: whole images

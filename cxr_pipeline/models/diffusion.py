@@ -263,8 +263,10 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> DiffusionMod
     ``model.json`` adds what only training used (the loss weighting)."""
     folder = Path(folder)
     description = describe(folder)
-    unet = UNet2DModel.from_pretrained(str(folder / "unet")).to(device).eval()
-    vae = AutoencoderKL.from_pretrained(str(folder / "vae")).to(device).eval() if (folder / "vae").is_dir() else None
+    # low_cpu_mem_usage needs accelerate, which this project does not depend on: say so, not warn.
+    unet = UNet2DModel.from_pretrained(str(folder / "unet"), low_cpu_mem_usage=False).to(device).eval()
+    vae = (AutoencoderKL.from_pretrained(str(folder / "vae"), low_cpu_mem_usage=False).to(device).eval()
+           if (folder / "vae").is_dir() else None)
     schedule = ScheduleConfig(**description["schedule"])
     if (folder / "scheduler").is_dir():
         saved = DDPMScheduler.load_config(str(folder / "scheduler"))

@@ -115,7 +115,7 @@ def reconstruction_grid(model: AutoencoderKL, images: torch.Tensor) -> np.ndarra
 
 
 def load_vae(folder: Path, device: torch.device | str = "cpu") -> AutoencoderKL:
-    return AutoencoderKL.from_pretrained(str(folder)).to(device).eval()
+    return AutoencoderKL.from_pretrained(str(folder), low_cpu_mem_usage=False).to(device).eval()
 
 
 @torch.no_grad()
