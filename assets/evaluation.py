@@ -114,7 +114,7 @@ def _publish(context: dg.AssetExecutionContext, settings: CxrSettings, mlflow_tr
     folder = settings.paths().reports / outcome.name / f"{time.strftime('%Y%m%d-%H%M%S')}-{context.run.run_id[:8]}"
     html, markdown = write_outcome(outcome, folder)
     outcome.params = {**config.model_dump(), **outcome.params}
-    with mlflow_tracking.run(context, run_name=f"evaluate-{outcome.name}", tags=evaluation_tags(outcome)):
+    with mlflow_tracking.run(context, run_name=f"evaluate-{outcome.name}", tags=evaluation_tags(outcome)) as run:
         run_id = log_outcome(outcome, folder, html)
     context.log.info(f"report: {html}")
     verdicts = outcome.baseline_verdicts()
@@ -130,6 +130,7 @@ def _publish(context: dg.AssetExecutionContext, settings: CxrSettings, mlflow_tr
         "report": dg.MetadataValue.path(str(html)),
         "report_markdown": dg.MetadataValue.path(str(markdown)),
         "evaluation_mlflow_run_id": run_id,
+        **mlflow_tracking.run_link(run, "evaluation_mlflow_run_url"),
         **outcome.headline(),
     }, check_results=[check])
 

@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from cxr_pipeline import tracking
+from cxr_pipeline import serving, tracking
 from cxr_pipeline.data import atomic
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.data.labels.metadata import content_hash
@@ -121,8 +121,8 @@ def train_and_register(context: dg.AssetExecutionContext, settings: CxrSettings,
             mlflow.log_metrics({f"final_{k}": v for k, v in outcome.metrics.items()})
         for step, grid in sorted(outcome.previews.items()):
             mlflow.log_image(np.asarray(grid), f"samples/step_{step:07d}.png")
-        mlflow.log_artifacts(str(outcome.model_dir), artifact_path="model")
-        version = tracking.register_folder(run.info.run_id, "model", kind.registered_name, description=description)
+        version = str(serving.log_pyfunc(outcome.model_dir, kind.registered_name).registered_model_version)
+        tracking.describe_registered_model(kind.registered_name, description)
     write_current_model(settings, kind.key, {"model_dir": str(outcome.model_dir), "mlflow_run_id": run.info.run_id,
                                              "registered_model": kind.registered_name, "version": version,
                                              "data_hash": data_hash})
@@ -130,6 +130,7 @@ def train_and_register(context: dg.AssetExecutionContext, settings: CxrSettings,
     return outcome, {
         **reported,
         "mlflow_run_id": run.info.run_id,
+        **mlflow_tracking.run_link(run),
         "registered_model": f"{kind.registered_name} v{version}",
         "checkpoint": dg.MetadataValue.path(str(outcome.model_dir)),
         "steps": outcome.final_step,

@@ -1,9 +1,9 @@
 """MLflow plumbing shared by every training and evaluation step (no Dagster here).
 
 Default store: SQLite under the work folder, so the Model Registry works with no server.
-Models are registered from run artifacts (safetensors + config folders, diffusers style) with
-``MlflowClient.create_model_version``; MLflow 3's ``register_model`` expects a LoggedModel flavor,
-which would wrap our plain weight folders in pickled Python for no benefit.
+Models are registered as pyfunc models (serving.py) whose one artifact is the model folder
+(safetensors + config files, diffusers style), so ``mlflow.pyfunc.load_model`` and ``mlflow
+models serve`` work, and the library reads the folder inside a downloaded version directly.
 """
 
 from __future__ import annotations
@@ -25,16 +25,32 @@ def default_tracking_uri(home: Path) -> str:
     return f"sqlite:///{(Path(home) / 'mlflow' / 'mlflow.db').resolve()}"
 
 
+# MLflow 3's UI opens an experiment in its GenAI view unless told what kind of work it holds.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path) -> str:
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    Path(artifact_root).mkdir(parents=True, exist_ok=True)
-    try:
-        return mlflow.create_experiment(name, artifact_location=Path(artifact_root).resolve().as_uri())
-    except MlflowException:  # created concurrently by another run
-        return mlflow.get_experiment_by_name(name).experiment_id
+    if experiment is None:
+        Path(artifact_root).mkdir(parents=True, exist_ok=True)
+        try:
+            experiment_id = mlflow.create_experiment(name, artifact_location=Path(artifact_root).resolve().as_uri(),
+                                                     tags=EXPERIMENT_KIND)
+        except MlflowException:  # created concurrently by another run
+            experiment_id = mlflow.get_experiment_by_name(name).experiment_id
+        return experiment_id
+    if any(experiment.tags.get(key) != value for key, value in EXPERIMENT_KIND.items()):
+        for key, value in EXPERIMENT_KIND.items():  # experiments created before the tag existed
+            MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The run's page in the MLflow UI when the store is a tracking server; None for a local store."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def git_commit(repository: Path) -> str:
@@ -46,7 +62,8 @@ def git_commit(repository: Path) -> str:
 
 
 def register_folder(run_id: str, artifact_path: str, name: str, description: str = "") -> str:
-    """Register an artifact folder of ``run_id`` as a new version of model ``name``; returns it."""
+    """Register a plain artifact folder of ``run_id`` as a new version of model ``name``; returns
+    it. (Training assets register pyfunc models, see serving.py; this serves tests and imports.)"""
     client = MlflowClient()
     try:
         client.create_registered_model(name, description=description)
@@ -58,10 +75,25 @@ def register_folder(run_id: str, artifact_path: str, name: str, description: str
     return str(version.version)
 
 
+def describe_registered_model(name: str, description: str) -> None:
+    MlflowClient().update_registered_model(name, description=description)
+
+
+def model_folder(downloaded: Path) -> Path:
+    """The model folder inside a downloaded version: the pyfunc model's artifact, or (versions
+    registered as plain folders) the folder itself."""
+    downloaded = Path(downloaded)
+    if (downloaded / "MLmodel").exists():
+        from .serving import pipeline_folder
+        return pipeline_folder(downloaded)
+    return downloaded / "model" if (downloaded / "model").is_dir() else downloaded
+
+
 def download_model(name: str, version: str, destination: Path | None = None, tracking_uri: str | None = None) -> Path:
+    """A registered version downloaded (into ``destination``); returns its model folder."""
     uri = f"models:/{name}/{version}"
-    return Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(destination) if destination else None,
-                                                    tracking_uri=tracking_uri))
+    return model_folder(Path(mlflow.artifacts.download_artifacts(
+        uri, dst_path=str(destination) if destination else None, tracking_uri=tracking_uri)))
 
 
 def registry_folder(name: str, version: str, cache: Path, tracking_uri: str | None = None) -> Path:
@@ -70,7 +102,7 @@ def registry_folder(name: str, version: str, cache: Path, tracking_uri: str | No
     if not destination.exists():
         with atomic_folder(destination) as tmp:  # an interrupted download is never taken for a model
             download_model(name, version, tmp, tracking_uri)
-    return destination / "model" if (destination / "model").is_dir() else destination
+    return model_folder(destination)
 
 
 def resolve_model(model: str | Path, alias: str = "champion", tracking_uri: str | None = None) -> Path:

@@ -20,6 +20,8 @@ class MlflowTracking(dg.ConfigurableResource):
     settings: CxrSettings
     tracking_uri: Optional[str] = None
     experiment: str = "cxr-pipeline"
+    # Where people open the Dagster UI, for the link back from each MLflow run
+    dagster_url: str = os.environ.get("DAGSTER_WEBSERVER_URL", "http://127.0.0.1:3000")
 
     def resolved_uri(self) -> str:
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(
@@ -34,8 +36,13 @@ class MlflowTracking(dg.ConfigurableResource):
     def run(self, context: dg.AssetExecutionContext, run_name: str, tags: Optional[dict] = None):
         """One MLflow run, tagged with the Dagster lineage (run id, asset, partition, commit)."""
         experiment_id = self.activate()
+        dagster_run = f"{self.dagster_url.rstrip('/')}/runs/{context.run.run_id}"
         lineage = {
             "dagster.run_id": context.run.run_id,
+            "dagster.run_url": dagster_run,
+            # the run's description in the MLflow UI (Markdown): the way back to Dagster
+            "mlflow.note.content": f"Materialized by Dagster run [{context.run.run_id[:8]}]({dagster_run}), "
+                                   f"asset `{context.asset_key.to_user_string()}`.",
             "dagster.asset_key": context.asset_key.to_user_string(),
             "dagster.partition": context.partition_key if context.has_partition_key else "",
             "git.commit": tracking.git_commit(REPOSITORY_ROOT),
@@ -43,3 +50,9 @@ class MlflowTracking(dg.ConfigurableResource):
         }
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=lineage) as active:
             yield active
+
+    def run_link(self, run: mlflow.ActiveRun, key: str = "mlflow_run_url") -> dict:
+        """Asset metadata linking to the run's page in the MLflow UI, when the store is a tracking
+        server (a local SQLite store has no URL; the run id is in the metadata either way)."""
+        url = tracking.run_url(self.resolved_uri(), run.info.experiment_id, run.info.run_id)
+        return {key: dg.MetadataValue.url(url)} if url else {}

@@ -43,6 +43,14 @@ def test_pairs_vae_latents_with_mlflow_lineage(small_demo, tmp_path):
     run = mlflow.get_run(run_id)
     assert run.data.tags["dagster.run_id"] == result.run_id
     assert run.data.tags["dagster.asset_key"] == "vae"
+    assert run.data.tags["dagster.run_url"].endswith(f"/runs/{result.run_id}")  # the way back to Dagster
+    assert result.run_id[:8] in run.data.tags["mlflow.note.content"]
+    assert "mlflow_run_url" not in produced  # a local store has no run page URL
+    experiment = mlflow.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the model-training view
+    # registered as a pyfunc model: MLflow users load it the usual way
+    reconstruction = mlflow.pyfunc.load_model("models:/cxr-vae/1").predict(np.full((1, 1, 64, 64), 0.5, np.float32))
+    assert reconstruction.shape == (1, 1, 64, 64)
     assert run.data.tags["data.split_hash"] and run.data.params["train.steps"] == "6"
     history = MlflowClient().get_metric_history(run_id, "train_loss")
     assert [m.step for m in history] == [2, 4, 6]

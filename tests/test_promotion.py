@@ -155,3 +155,8 @@ def test_a_champion_scored_on_another_split_is_downloaded_and_evaluated_again(re
     assert decision.promoted and decision.champion["psnr_sr_x4_ddim"] == 25.0
     assert "promoted to champion" in section.text
     assert str(MlflowClient().get_model_version_by_alias("cxr-test-model", "champion").version) == second
+
+
+def test_run_urls_exist_only_for_tracking_servers():
+    assert tracking.run_url("http://mlflow.internal:5000/", "3", "abc") == "http://mlflow.internal:5000/#/experiments/3/runs/abc"
+    assert tracking.run_url("sqlite:////tmp/mlflow.db", "3", "abc") is None

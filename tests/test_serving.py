@@ -1,0 +1,174 @@
+"""Registered models as MLflow pyfunc models: every kind loads through ``mlflow.pyfunc.load_model``
+and answers what the library answers for the same seed; one is served by ``mlflow models serve``
+on a loopback port and called over HTTP."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from safetensors.torch import save_file
+
+from cxr_pipeline import serving, tracking
+from cxr_pipeline.models import pipelines
+from cxr_pipeline.models.classifier import ClassifierConfig, CxrClassifier, embed, load_classifier
+from cxr_pipeline.models.diffusion import Conditioning, ScheduleConfig, UNetConfig, save_model
+from cxr_pipeline.models.vae import VaeConfig, load_vae, reconstruct
+
+TINY_VAE = VaeConfig(block_out_channels=(8, 16), latent_channels=2, norm_num_groups=8)  # factor 2
+
+
+def model_folders(root: Path) -> dict[str, Path]:
+    """One untrained folder of each kind, written the way training writes them."""
+    torch.manual_seed(0)
+    vae = TINY_VAE.build().eval()
+    folders = {}
+    sr_unet = UNetConfig(8, 4, 2, block_out_channels=(16, 32), norm_num_groups=8)
+    save_model(root / "sr", sr_unet.build(), "latent_sr_x2", ScheduleConfig(100, prediction_type="sample"),
+               Conditioning(concat_channels=2, residual_scale=2.0), sr_unet, {"scale": 2, "scaling_factor": 1.5}, vae)
+    class_unet = UNetConfig(8, 2, 2, block_out_channels=(16, 32), norm_num_groups=8, num_class_embeds=4)
+    save_model(root / "class", class_unet.build(), "class_ddpm", ScheduleConfig(100, prediction_type="v_prediction"),
+               Conditioning(num_classes=3, class_dropout=0.1), class_unet,
+               {"class_names": ["a", "b", "c"], "default_guidance": 2.0, "space": "latent", "scaling_factor": 1.5}, vae)
+    denoiser_unet = UNetConfig(16, 2, 1, block_out_channels=(16, 32), norm_num_groups=8, num_class_embeds=3)
+    save_model(root / "denoiser", denoiser_unet.build(), "denoiser", ScheduleConfig(100, prediction_type="sample"),
+               Conditioning(concat_channels=1, num_classes=2, class_dropout=0.1, residual_scale=3.0), denoiser_unet,
+               {"doses": [1000.0, 3000.0], "dose_conditioning": True, "default_strength": 0.4})
+    vae.save_pretrained(str(root / "vae"))
+    folders.update(sr=root / "sr", class_model=root / "class", denoiser=root / "denoiser", vae=root / "vae")
+    config = ClassifierConfig()
+    (root / "classifier").mkdir()
+    save_file({k: v.contiguous() for k, v in CxrClassifier(config, 3).state_dict().items()},
+              root / "classifier" / "model.safetensors")
+    (root / "classifier" / "classifier.json").write_text(json.dumps({"config": config.as_dict(),
+                                                                     "class_names": ["a", "b", "c"]}))
+    folders["classifier"] = root / "classifier"
+    return folders
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """Each folder logged and registered as a pyfunc model in a real SQLite store."""
+    root = tmp_path_factory.mktemp("serving")
+    uri = tracking.default_tracking_uri(root)
+    (root / "mlflow").mkdir()
+    experiment = tracking.ensure_experiment(uri, "serving-test", root / "mlflow" / "artifacts")
+    folders = model_folders(root / "folders")
+    versions = {}
+    with mlflow.start_run(experiment_id=experiment):
+        for key, folder in folders.items():
+            versions[key] = serving.log_pyfunc(folder, f"cxr-test-{key.replace('_', '-')}").registered_model_version
+    yield uri, folders, versions
+    mlflow.set_tracking_uri(None)
+
+
+def load(uri: str, key: str):
+    mlflow.set_tracking_uri(uri)
+    return mlflow.pyfunc.load_model(f"models:/cxr-test-{key.replace('_', '-')}/1")
+
+
+def test_kinds_are_read_from_the_folders_and_a_foreign_folder_is_refused(registered, tmp_path):
+    _, folders, versions = registered
+    assert [serving.kind_of(folders[k]) for k in ("sr", "class_model", "denoiser", "vae", "classifier")] == \
+        ["latent_sr_x2", "class_ddpm", "denoiser", "vae", "classifier"]
+    assert set(map(str, versions.values())) == {"1"}
+    with pytest.raises(ValueError, match="not a model folder"):
+        serving.kind_of(tmp_path)
+
+
+def test_super_resolution_through_pyfunc_matches_the_library(registered):
+    uri, folders, _ = registered
+    model = load(uri, "sr")
+    low = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
+    served = model.predict(low, params={"seed": 3, "steps": 4})
+    expected = pipelines.LatentSuperResolution.from_pretrained(folders["sr"], "cpu")(torch.from_numpy(low), seed=3, steps=4)
+    assert served.shape == (2, 1, 16, 16)
+    np.testing.assert_array_equal(served, expected.numpy())
+    schema = {p.name: p.default for p in model.metadata.get_params_schema().params}
+    assert schema == {"seed": 0, "steps": 50, "strength": 1.0}
+
+
+def test_class_model_and_denoiser_through_pyfunc_match_the_library(registered):
+    uri, folders, _ = registered
+    images = load(uri, "class_model").predict(np.array([0, 2, 1]), params={"seed": 1, "steps": 3, "guidance": 1.5})
+    generator = pipelines.ClassConditionalGenerator.from_pretrained(folders["class_model"], "cpu")
+    np.testing.assert_array_equal(images, generator([0, 2, 1], seed=1, steps=3, guidance=1.5).numpy())
+    default_guidance = load(uri, "class_model").predict(np.array([0]), params={"seed": 1, "steps": 3})
+    np.testing.assert_array_equal(default_guidance, generator([0], seed=1, steps=3).numpy())  # the saved 2.0
+    noisy = np.random.default_rng(1).random((2, 1, 16, 16), dtype=np.float32)
+    restored = load(uri, "denoiser").predict(noisy, params={"seed": 0, "steps": 5, "dose": 3000.0})
+    denoiser = pipelines.LowDoseDenoiser.from_pretrained(folders["denoiser"], "cpu")
+    np.testing.assert_array_equal(restored, denoiser(torch.from_numpy(noisy), seed=0, steps=5, dose=3000.0).numpy())
+
+
+def test_vae_and_classifier_through_pyfunc_match_the_library(registered):
+    uri, folders, _ = registered
+    images = np.random.default_rng(2).random((3, 1, 16, 16), dtype=np.float32)
+    np.testing.assert_array_equal(load(uri, "vae").predict(images),
+                                  reconstruct(load_vae(folders["vae"]), torch.from_numpy(images)).numpy())
+    probabilities = load(uri, "classifier").predict(images)
+    expected = embed(load_classifier(folders["classifier"], "cpu")[0], torch.from_numpy(images))[1]
+    assert probabilities.shape == (3, 3)
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-6)
+    with pytest.raises(Exception, match="does not match expected shape"):
+        load(uri, "vae").predict(np.zeros((2, 3, 16, 16), np.float32))  # RGB: a clear error
+
+
+def test_a_downloaded_version_is_the_model_folder_inside_the_pyfunc_model(registered, tmp_path):
+    uri, folders, _ = registered
+    mlflow.set_tracking_uri(uri)
+    folder = tracking.download_model("cxr-test-sr", "1", tmp_path / "download")
+    assert (folder / "model.json").exists() and (folder / "vae").is_dir()
+    assert (tmp_path / "download" / "MLmodel").exists()
+    assert MlflowClient().get_model_version("cxr-test-sr", "1").source.startswith("models:/")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_over_http(registered):
+    uri, folders, _ = registered
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", "models:/cxr-test-sr/1",
+               "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port), "-w", "1"]
+    # mlflow starts uvicorn by name: the environment's bin folder on PATH, as an activated venv has it
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    server = subprocess.Popen(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path},
+                              stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the server did not start: {server.stderr.read().decode()[-2000:] if server.poll() is not None else 'timeout'}")
+            time.sleep(0.5)
+        low = np.random.default_rng(4).random((1, 1, 8, 8), dtype=np.float32)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", method="POST", headers={"Content-Type": "application/json"},
+            data=json.dumps({"inputs": low.tolist(), "params": {"seed": 2, "steps": 3}}).encode())
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = np.asarray(json.loads(response.read())["predictions"], dtype=np.float32)
+        expected = pipelines.LatentSuperResolution.from_pretrained(folders["sr"], "cpu")(torch.from_numpy(low), seed=2, steps=3)
+        np.testing.assert_allclose(answer, expected.numpy(), atol=1e-6)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, 15)
+        server.wait(timeout=30)
