@@ -18,13 +18,16 @@ from .pools import WORK_FOLDER_WRITER
 
 
 class LabelConfig(dg.Config):
-    sources: list[str] = []  # empty: every source found; or any of nih, chexpert, indiana_csv, indiana_xml, filename, dicom
+    # empty: every source found; or any of nih, chexpert, mimic_cxr, padchest, vindr_cxr, rsna_pneumonia,
+    # siim_pneumothorax, indiana_csv, indiana_xml, filename, dicom
+    sources: list[str] = []
     chexpert_uncertainty: str = UncertaintyPolicy.U_IGNORE.value  # u_ones | u_zeros | u_ignore
     filename_pattern: Optional[str] = None  # regex with (?P<patient>...) and optionally (?P<label>...)
     classes: list[str] = list(DEFAULT_CLASSES)
     frontal_only: bool = True
     split_fractions: list[float] = [0.8, 0.1, 0.1]
     split_salt: str = "cxr-v1"
+    official_split: bool = False  # a dataset's own split where it ships one (MIMIC-CXR); else the hash split
 
     def options(self) -> labels_lib.LabelOptions:
         return labels_lib.LabelOptions(
@@ -35,12 +38,14 @@ class LabelConfig(dg.Config):
             frontal_only=self.frontal_only,
             split_fractions=tuple(self.split_fractions),
             split_salt=self.split_salt,
+            official_split=self.official_split,
         )
 
 
 @dg.asset(group_name="labels", deps=[ingested_images], kinds={"parquet"}, **WORK_FOLDER_WRITER)
 def label_table(context: dg.AssetExecutionContext, config: LabelConfig, settings: CxrSettings) -> dg.MaterializeResult:
-    """Every label source found among the data folder's text files (NIH, CheXpert, Indiana/OpenI),
+    """Every label source found among the data folder's text files (NIH, CheXpert, MIMIC-CXR,
+    PadChest, VinDr-CXR, RSNA Pneumonia, SIIM-ACR, Indiana/OpenI),
     plus file-name patterns and DICOM headers, in one table keyed to the images."""
     paths = settings.paths()
     manifest = ingestion.read_manifest(paths.manifest)

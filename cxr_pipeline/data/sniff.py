@@ -6,6 +6,7 @@ extension is only ever used in messages.
 
 from __future__ import annotations
 
+import zlib
 from enum import Enum
 from pathlib import Path
 
@@ -22,6 +23,7 @@ class FileKind(str, Enum):
 
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_GZIP_MAGIC = b"\x1f\x8b"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
@@ -51,6 +53,14 @@ def _looks_like_text(head: bytes) -> bool:
     return True
 
 
+def gunzipped_head(head: bytes) -> bytes:
+    """The first decompressed bytes of a gzip stream's first bytes (MIMIC ships ``.csv.gz``)."""
+    try:
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, HEADER_BYTES)
+    except zlib.error:
+        return b""
+
+
 def sniff_bytes(head: bytes) -> FileKind:
     if len(head) >= 132 and head[128:132] == b"DICM":
         return FileKind.DICOM
@@ -62,6 +72,8 @@ def sniff_bytes(head: bytes) -> FileKind:
         return FileKind.DICOM_NO_PREAMBLE
     if _looks_like_text(head):
         return FileKind.TEXT
+    if head.startswith(_GZIP_MAGIC) and _looks_like_text(gunzipped_head(head)):
+        return FileKind.TEXT  # compressed label tables: text for the labels stage
     return FileKind.UNKNOWN
 
 

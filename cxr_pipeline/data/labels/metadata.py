@@ -32,14 +32,18 @@ from .sources import (
     read_nih,
     sniff_label_file,
 )
+from .public_sources import read_mimic, read_padchest, read_rsna, read_siim, read_vindr_boxes, read_vindr_labels
 from .vocabulary import DEFAULT_CLASSES, LABEL_COLUMNS, NO_FINDING, PATHOLOGIES
 
 # When two sources describe the same image, the first in this order wins: curated label files
 # before what can be read off a file name or a header.
 SOURCE_PRIORITY = (
-    SourceKind.NIH, SourceKind.CHEXPERT, SourceKind.INDIANA_CSV, SourceKind.INDIANA_XML,
-    SourceKind.FILENAME, SourceKind.DICOM,
+    SourceKind.NIH, SourceKind.CHEXPERT, SourceKind.MIMIC, SourceKind.PADCHEST, SourceKind.VINDR, SourceKind.RSNA,
+    SourceKind.SIIM, SourceKind.INDIANA_CSV, SourceKind.INDIANA_XML, SourceKind.FILENAME, SourceKind.DICOM,
 )
+# Filled from a lower-priority source of the same image (the DICOM header) where the chosen label
+# row has none: SIIM's CSV has no patient, VinDr's and RSNA's no sex or age.
+DEMOGRAPHICS = ("patient_id", "study_id", "view", "sex", "age_years")
 LATERAL_VIEWS = frozenset({"LATERAL", "LL", "RL", "LAT"})
 IMAGE_COLUMNS = ["image_id", "source_path", "shard", "shard_index", "pixel_hash", "format"]
 
@@ -53,6 +57,7 @@ class LabelOptions:
     frontal_only: bool = True
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     split_salt: str = "cxr-v1"
+    official_split: bool = False  # use a dataset's own split where it ships one (MIMIC-CXR), else hash
 
     def __post_init__(self) -> None:
         unknown = set(self.sources) - {kind.value for kind in SourceKind}
@@ -84,6 +89,19 @@ def load_label_sources(
             sources.append(read_indiana_csv(reports[0], projections[0]))
     if options.wants(SourceKind.INDIANA_XML) and found.get(SourceKind.INDIANA_XML):
         sources.append(read_indiana_xml(found[SourceKind.INDIANA_XML]))
+    if options.wants(SourceKind.MIMIC) and found.get("mimic_chexpert") and found.get("mimic_metadata"):
+        split = found.get("mimic_split", [None])[0]
+        sources.append(read_mimic(found["mimic_chexpert"][0], found["mimic_metadata"][0], split, options.uncertainty))
+    if options.wants(SourceKind.PADCHEST):
+        sources += [read_padchest(path) for path in found.get(SourceKind.PADCHEST, [])]
+    if options.wants(SourceKind.VINDR):
+        sources += [read_vindr_labels(path) for path in found.get("vindr_labels", [])]
+        if not found.get("vindr_labels"):  # the Kaggle layout only when PhysioNet's labels are absent
+            sources += [read_vindr_boxes(path) for path in found.get("vindr_boxes", [])]
+    if options.wants(SourceKind.RSNA) and found.get("rsna_labels"):
+        sources.append(read_rsna(found["rsna_labels"][0], found.get("rsna_classes", [None])[0]))
+    if options.wants(SourceKind.SIIM):
+        sources += [read_siim(path) for path in found.get(SourceKind.SIIM, [])]
     if options.filename_pattern and options.wants(SourceKind.FILENAME):
         sources.append(read_filenames(manifest["source_path"], options.filename_pattern))
     if options.wants(SourceKind.DICOM):
@@ -153,7 +171,12 @@ def build_metadata(manifest: pd.DataFrame, labels: pd.DataFrame, options: LabelO
     matched["_rank"] = matched["label_source"].map(rank)
     matched = matched.sort_values(["image_id", "_rank"], kind="stable")
     sources_per_image = matched.groupby("image_id")["label_source"].nunique()
+    headers = matched[matched["label_source"] == SourceKind.DICOM.value].drop_duplicates("image_id")
     matched = matched.drop_duplicates("image_id").drop(columns=["_rank", "match_key", "match_on"])
+    if len(headers):
+        from_header = headers.set_index("image_id")[list(DEMOGRAPHICS)]
+        for column in DEMOGRAPHICS:
+            matched[column] = matched[column].fillna(matched["image_id"].map(from_header[column]))
 
     images = manifest[IMAGE_COLUMNS].merge(matched, on="image_id", how="left", indicator=True)
     no_label = images["_merge"] == "left_only"
@@ -173,6 +196,8 @@ def build_metadata(manifest: pd.DataFrame, labels: pd.DataFrame, options: LabelO
     class_names = pd.Series(options.classes, dtype="string")
     usable["class_name"] = class_names.reindex(usable["class_id"].to_numpy()).to_numpy()
     usable["split"] = assign_splits(usable["patient_key"], options.split_fractions, options.split_salt).astype("string")
+    if options.official_split:
+        usable["split"] = usable["official_split"].fillna(usable["split"]).astype("string")
     usable = usable.sort_values("source_path", kind="stable").reset_index(drop=True)
     usable = usable.astype({"image_id": "string", "patient_key": "string"})
 

@@ -8,6 +8,7 @@ Sources are recognized by their content (CSV header, XML root), not their names.
 
 from __future__ import annotations
 
+import gzip
 import re
 import xml.etree.ElementTree as ElementTree
 from collections import Counter
@@ -36,6 +37,7 @@ LABEL_TABLE_SCHEMA: dict[str, str] = {
     "unknown_tokens": "string",
     "findings_text": "string",
     "impression_text": "string",
+    "official_split": "string",  # the dataset's own split (train / val / test) where it ships one
 }
 MAX_PLAUSIBLE_AGE = 120  # NIH's Data_Entry_2017 has a few ages in the 400s
 
@@ -45,6 +47,11 @@ class SourceKind(str, Enum):
     CHEXPERT = "chexpert"
     INDIANA_CSV = "indiana_csv"
     INDIANA_XML = "indiana_xml"
+    MIMIC = "mimic_cxr"
+    PADCHEST = "padchest"
+    VINDR = "vindr_cxr"
+    RSNA = "rsna_pneumonia"
+    SIIM = "siim_pneumothorax"
     FILENAME = "filename"
     DICOM = "dicom"
 
@@ -148,6 +155,34 @@ CHEXPERT_OBSERVATIONS = (
 )
 
 
+def chexpert_labels(frame: pd.DataFrame, policy: UncertaintyPolicy) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+    """CheXpert-style observation columns (1 / 0 / -1 / blank, as strings) -> label columns,
+    uncertain mentions left unresolved, and positives outside the vocabulary. Shared by CheXpert
+    and MIMIC-CXR, which label with the same tool."""
+    hot = pd.DataFrame(index=frame.index)
+    n_uncertain = pd.Series(0, index=frame.index)
+    others = pd.Series([[] for _ in range(len(frame))], index=frame.index)
+    for observation in CHEXPERT_OBSERVATIONS:
+        if observation not in frame:
+            continue
+        raw = pd.to_numeric(frame[observation].replace("", "0"), errors="coerce").fillna(0.0)
+        uncertain = raw == -1
+        if policy is UncertaintyPolicy.U_ONES:
+            values = raw.where(~uncertain, 1.0)
+        elif policy is UncertaintyPolicy.U_ZEROS:
+            values = raw.where(~uncertain, 0.0)
+        else:
+            values = raw.where(~uncertain, np.nan)
+            n_uncertain += uncertain.astype(int)
+        column = normalize_label(observation)
+        if column is None:
+            for index in values.index[values == 1.0]:
+                others[index].append(observation)
+        else:
+            hot[column] = values.astype("float32")
+    return hot, n_uncertain, others.map(lambda names: "|".join(names) or None)
+
+
 def read_chexpert(path: Path, policy: UncertaintyPolicy = UncertaintyPolicy.U_IGNORE) -> LabelSource:
     """CheXpert ``train.csv``/``valid.csv``: 1 positive, 0 negative, -1 uncertain (resolved by
     ``policy``), blank = not mentioned (negative, the usual convention). Findings CheXpert does
@@ -170,28 +205,8 @@ def read_chexpert(path: Path, policy: UncertaintyPolicy = UncertaintyPolicy.U_IG
         "sex": _sex(frame["Sex"].where(frame["Sex"].str.lower() != "unknown", "")),
         "age_years": _age(frame["Age"]),
     })
-    n_uncertain = pd.Series(0, index=frame.index)
-    others = pd.Series([[] for _ in range(len(frame))], index=frame.index)
-    for observation in CHEXPERT_OBSERVATIONS:
-        if observation not in frame:
-            continue
-        raw = pd.to_numeric(frame[observation].replace("", "0"), errors="coerce").fillna(0.0)
-        uncertain = raw == -1
-        if policy is UncertaintyPolicy.U_ONES:
-            values = raw.where(~uncertain, 1.0)
-        elif policy is UncertaintyPolicy.U_ZEROS:
-            values = raw.where(~uncertain, 0.0)
-        else:
-            values = raw.where(~uncertain, np.nan)
-            n_uncertain += uncertain.astype(int)
-        column = normalize_label(observation)
-        if column is None:
-            for index in values.index[values == 1.0]:
-                others[index].append(observation)
-        else:
-            table[column] = values.astype("float32")
-    table["n_uncertain"] = n_uncertain
-    table["other_findings"] = others.map(lambda names: "|".join(names) or None)
+    hot, table["n_uncertain"], table["other_findings"] = chexpert_labels(frame, policy)
+    table = pd.concat([table, hot], axis=1)
     return LabelSource(SourceKind.CHEXPERT, conform(table), files=[str(path)])
 
 
@@ -348,23 +363,52 @@ def read_dicom_headers(manifest: pd.DataFrame) -> LabelSource:
 # --- Detection -----------------------------------------------------------------------------------------
 
 
+def read_text_head(path: Path, size: int = 4096) -> str:
+    """The first characters of a text file, gzip-compressed or not (MIMIC ships ``.csv.gz``)."""
+    with open(path, "rb") as handle:
+        compressed = handle.read(2) == b"\x1f\x8b"
+    opener = gzip.open if compressed else open
+    with opener(path, "rt", encoding="utf-8-sig", errors="replace") as handle:
+        return handle.read(size)
+
+
 def sniff_label_file(path: Path) -> SourceKind | str | None:
-    """Which label format a text file is, from its first bytes; None when it is none of them."""
+    """Which label format a text file is, from its first bytes; None when it is none of them.
+    Datasets whose labels span several files (Indiana, MIMIC, VinDr, RSNA) return a marker per
+    file, and their reader takes the set."""
     try:
-        with open(path, encoding="utf-8-sig", errors="replace") as handle:
-            head = handle.read(4096)
-    except OSError:
+        head = read_text_head(path)
+    except (OSError, EOFError, gzip.BadGzipFile):
         return None
     first_line = head.splitlines()[0] if head else ""
     columns = [c.strip().strip('"') for c in first_line.split(",")]
+    names = set(columns)
     if tuple(columns[:5]) == NIH_FIELDS:
         return SourceKind.NIH
     if "Path" in columns and "Frontal/Lateral" in columns:
         return SourceKind.CHEXPERT
-    if columns[:1] == ["uid"] and {"findings", "impression"} <= set(columns):
+    if columns[:1] == ["uid"] and {"findings", "impression"} <= names:
         return "indiana_reports"
     if columns[:3] == ["uid", "filename", "projection"]:
         return "indiana_projections"
+    if {"subject_id", "study_id", "No Finding"} <= names:
+        return "mimic_chexpert"
+    if {"dicom_id", "subject_id", "study_id", "ViewPosition"} <= names:
+        return "mimic_metadata"
+    if {"dicom_id", "subject_id", "study_id", "split"} <= names:
+        return "mimic_split"
+    if {"ImageID", "PatientID", "Projection", "Labels"} <= names:
+        return SourceKind.PADCHEST
+    if {"image_id", "rad_id", "No finding"} <= names:
+        return "vindr_labels"
+    if {"image_id", "class_name", "rad_id", "x_min", "y_min", "x_max", "y_max"} <= names:
+        return "vindr_boxes"
+    if {"patientId", "x", "y", "width", "height", "Target"} <= names:
+        return "rsna_labels"
+    if columns == ["patientId", "class"]:
+        return "rsna_classes"
+    if columns[:2] == ["ImageId", "EncodedPixels"]:
+        return SourceKind.SIIM
     if "<eCitation" in head or "parentImage" in head:
         return SourceKind.INDIANA_XML
     return None

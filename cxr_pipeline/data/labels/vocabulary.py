@@ -52,6 +52,7 @@ _ALIASES = {
     _key("Pulmonary Fibrosis"): "Fibrosis",
     _key("Hernia, Hiatal"): "Hernia",
     _key("Hernia, Diaphragmatic"): "Hernia",
+    _key("Hiatal Hernia"): "Hernia",
     _key("Lung Nodule"): "Nodule",
     _key("Pulmonary Nodule"): "Nodule",
     _key("Lung Mass"): "Mass",
