@@ -53,8 +53,10 @@ def label_table(context: dg.AssetExecutionContext, config: LabelConfig, settings
     text_files = rejected.loc[rejected["reason"] == "text_file", "source_path"]
     sources = labels_lib.load_label_sources(settings.raw_data_dir(), text_files, manifest, config.options())
     table = labels_lib.combine(sources)
+    boxes = labels_lib.combine_boxes(sources)
     with locks.exclusive(paths.labels, "label table", on_wait=context.log.warning):
         atomic.write_parquet(paths.label_table, table)
+        atomic.write_parquet(paths.box_table, boxes)
     unknown: Counter = Counter()
     for source in sources:
         unknown.update(source.unknown_tokens)
@@ -64,11 +66,13 @@ def label_table(context: dg.AssetExecutionContext, config: LabelConfig, settings
     for token, count in unknown.most_common(20):
         context.log.warning(f"unknown finding token {token!r} in {count} rows (not mapped to a label)")
     per_source = pd.DataFrame(
-        [{"source": s.kind.value, "rows": len(s.table), "files": len(s.files)} for s in sources]
+        [{"source": s.kind.value, "rows": len(s.table), "boxes": 0 if s.boxes is None else len(s.boxes),
+          "files": len(s.files)} for s in sources]
     )
     return dg.MaterializeResult(
         metadata={
             "rows": len(table),
+            "boxes": len(boxes),
             "sources": dg.MetadataValue.md(per_source.to_markdown(index=False) if len(per_source) else "none found"),
             "unknown_tokens": dg.MetadataValue.json(dict(unknown.most_common(50))),
             "problems": len(problems),
@@ -87,6 +91,10 @@ def image_metadata(context: dg.AssetExecutionContext, config: LabelConfig, setti
     labels = pd.read_parquet(paths.label_table)
     result = labels_lib.build_metadata(manifest, labels, config.options())
     labels_lib.write_outputs(result, metadata_path=paths.metadata, splits_dir=paths.splits, labels_dir=paths.labels)
+    box_table = pd.read_parquet(paths.box_table) if paths.box_table.exists() else labels_lib.combine_boxes([])
+    boxes = labels_lib.map_boxes(manifest, box_table)
+    with locks.exclusive(paths.labels, "bounding boxes", on_wait=context.log.warning):
+        atomic.write_parquet(paths.boxes, boxes)
     metadata = result.metadata
     balance = labels_lib.split_balance(metadata, result.classes)
     content_hash = labels_lib.content_hash(metadata)
@@ -100,6 +108,9 @@ def image_metadata(context: dg.AssetExecutionContext, config: LabelConfig, setti
             "excluded_images": len(result.excluded),
             "excluded_by_reason": dg.MetadataValue.json(result.excluded["reason"].value_counts().to_dict()),
             "label_rows_without_image": len(result.unmatched_label_rows),
+            "boxes": len(boxes),
+            "boxes_by_finding": dg.MetadataValue.json(
+                {str(k): int(v) for k, v in boxes["finding"].value_counts().head(20).items()}),
             "images_with_conflicting_sources": result.conflicts,
             "label_balance": dg.MetadataValue.md(balance.to_markdown()),
             "content_hash": content_hash,

@@ -72,6 +72,16 @@ class WorkPaths:
         return self.labels / "labels.parquet"
 
     @property
+    def box_table(self) -> Path:
+        """Bounding boxes as the sources give them (original pixels, keyed like label rows)."""
+        return self.labels / "box_table.parquet"
+
+    @property
+    def boxes(self) -> Path:
+        """The boxes of ingested images, in original and in stored pixels."""
+        return self.labels / "boxes.parquet"
+
+    @property
     def metadata(self) -> Path:
         return self.home / "metadata.parquet"
 

@@ -7,6 +7,7 @@ import math
 import textwrap
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from cxr_pipeline.data.labels.metadata import LabelOptions, build_metadata, combine, load_label_sources
@@ -253,3 +254,45 @@ def test_siim_masks_per_image_with_the_patient_from_the_dicom_header(tmp_path):
     assert rows.loc[images[1], "sex"] == "M" and rows.loc[images[1], "age_years"] == 51.0
     assert np.isnan(rows.loc[images[1], "Effusion"])  # SIIM annotates pneumothorax only
     assert result.excluded.empty
+
+
+NIH_BOXES = textwrap.dedent("""\
+    Image Index,Finding Label,Bbox [x,y,w,h],,,
+    00013118_008.png,Atelectasis,225.084745762712,547.019216763771,86.7796610169491,79.1864406779661,,,
+    00014716_007.png,Infiltrate,648.406779661017,577.193220338983,110.338983050847,74.5762711864407,,,
+""")
+
+
+def test_bounding_boxes_from_nih_rsna_and_vindr_map_through_the_resize(tmp_path):
+    from cxr_pipeline.data.labels.metadata import combine_boxes, map_boxes
+
+    write(tmp_path, "BBox_List_2017.csv", NIH_BOXES)
+    write(tmp_path, "stage_2_train_labels.csv", RSNA_LABELS)
+    write(tmp_path, "train.csv", VINDR_KAGGLE)
+    images = ["images/00013118_008.png", "images/00014716_007.png",
+              "rsna/00436515-870c-4b36-a041-de91049b9ab4.dcm", "vindr/00053190460d56c53cc3e57321387478.dicom"]
+    manifest = manifest_for(images).assign(
+        original_height=[1024, 1024, 1024, 2000], original_width=[1024, 1024, 1024, 3000],
+        aspect_policy=["pad", "pad", "pad", "pad"], resize_scale_y=[0.0625, 0.0625, 0.0625, 64 / 3000],
+        resize_scale_x=[0.0625, 0.0625, 0.0625, 64 / 3000], resize_offset_y=[0, 0, 0, -500], resize_offset_x=0)
+    assert sniff_label_file(tmp_path / "BBox_List_2017.csv") == "nih_boxes"
+    sources = load_label_sources(tmp_path, ["BBox_List_2017.csv", "stage_2_train_labels.csv", "train.csv"], manifest,
+                                 LabelOptions())
+    boxes = map_boxes(manifest, combine_boxes(sources)).set_index("image_id")
+    nih = boxes.loc["id0000"]
+    assert nih["finding"] == "Atelectasis" and nih["label"] == "Atelectasis" and nih["label_source"] == "nih"
+    assert nih["x_max"] == pytest.approx(225.084745762712 + 86.7796610169491)
+    assert nih["stored_x_min"] == pytest.approx(225.084745762712 / 16) and nih["stored_y_max"] == pytest.approx(
+        (547.019216763771 + 79.1864406779661) / 16)
+    assert boxes.loc["id0001", "label"] == "Infiltration"  # NIH's "Infiltrate"
+    rsna = boxes.loc[["id0002"]]
+    assert len(rsna) == 2 and set(rsna["x_max"]) == {264.0 + 213.0, 562.0 + 256.0} and set(rsna["label"]) == {"Pneumonia"}
+    vindr = boxes.loc[["id0003"]]
+    assert len(vindr) == 9 and set(vindr["reader"]) == {"R8", "R10", "R11"}  # one box per radiologist, kept as drawn
+    effusion = vindr[vindr["finding"] == "Pleural effusion"].iloc[0]
+    assert effusion["label"] == "Effusion"
+    # letterboxed: 3000 x 2000 padded to 3000 x 3000 (500 rows above), then 64 px
+    assert effusion["stored_y_min"] == pytest.approx((1800 + 500) * 64 / 3000)
+    assert effusion["stored_x_max"] == pytest.approx(600 * 64 / 3000)
+    assert pd.isna(vindr[vindr["finding"] == "Nodule/Mass"]["label"]).all()
+    assert (boxes[["stored_x_min", "stored_y_min"]] >= 0).all().all() and (boxes["stored_x_max"] <= 64).all()

@@ -29,7 +29,9 @@ from .sources import (
     read_filenames,
     read_indiana_csv,
     read_indiana_xml,
+    BOX_SCHEMA,
     read_nih,
+    read_nih_boxes,
     sniff_label_file,
 )
 from .public_sources import read_mimic, read_padchest, read_rsna, read_siim, read_vindr_boxes, read_vindr_labels
@@ -81,6 +83,7 @@ def load_label_sources(
     sources: list[LabelSource] = []
     if options.wants(SourceKind.NIH):
         sources += [read_nih(path) for path in found.get(SourceKind.NIH, [])]
+        sources += [read_nih_boxes(path) for path in found.get("nih_boxes", [])]
     if options.wants(SourceKind.CHEXPERT):
         sources += [read_chexpert(path, options.uncertainty) for path in found.get(SourceKind.CHEXPERT, [])]
     if options.wants(SourceKind.INDIANA_CSV):
@@ -96,8 +99,11 @@ def load_label_sources(
         sources += [read_padchest(path) for path in found.get(SourceKind.PADCHEST, [])]
     if options.wants(SourceKind.VINDR):
         sources += [read_vindr_labels(path) for path in found.get("vindr_labels", [])]
-        if not found.get("vindr_labels"):  # the Kaggle layout only when PhysioNet's labels are absent
-            sources += [read_vindr_boxes(path) for path in found.get("vindr_boxes", [])]
+        for path in found.get("vindr_boxes", []):
+            boxes = read_vindr_boxes(path)
+            if found.get("vindr_labels"):  # PhysioNet's image labels win; its annotations give the boxes
+                boxes.table = boxes.table.iloc[0:0]
+            sources.append(boxes)
     if options.wants(SourceKind.RSNA) and found.get("rsna_labels"):
         sources.append(read_rsna(found["rsna_labels"][0], found.get("rsna_classes", [None])[0]))
     if options.wants(SourceKind.SIIM):
@@ -112,6 +118,39 @@ def load_label_sources(
 def combine(sources: Sequence[LabelSource]) -> pd.DataFrame:
     tables = [source.table for source in sources if len(source.table)]
     return conform(pd.concat(tables, ignore_index=True)) if tables else empty_label_table()
+
+
+def combine_boxes(sources: Sequence[LabelSource]) -> pd.DataFrame:
+    tables = [source.boxes for source in sources if source.boxes is not None and len(source.boxes)]
+    frame = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(BOX_SCHEMA))
+    return frame.astype(BOX_SCHEMA)
+
+
+STORED = {"x_min": "x", "x_max": "x", "y_min": "y", "y_max": "y"}
+
+
+def map_boxes(manifest: pd.DataFrame, boxes: pd.DataFrame) -> pd.DataFrame:
+    """Boxes of ingested images, keyed by ``image_id``, with their corners also in the stored
+    image's pixels: through the resize record ingestion kept (stored = (original - offset) x
+    scale, clipped to the stored image)."""
+    mapped = []
+    for match_on, group in boxes.groupby("match_on", sort=False):
+        images = manifest.assign(match_key=match_key(manifest["source_path"], match_on).to_numpy())
+        mapped.append(images.merge(group, on="match_key", how="inner"))
+    columns = ["image_id", *BOX_SCHEMA, *(f"stored_{c}" for c in STORED)]
+    if not mapped:
+        return pd.DataFrame(columns=columns)
+    frame = pd.concat(mapped, ignore_index=True)
+    height, width = frame["original_height"], frame["original_width"]
+    side = {"y": height, "x": width}
+    square = np.where(frame["aspect_policy"] == "pad", np.maximum(height, width),
+                      np.where(frame["aspect_policy"] == "crop", np.minimum(height, width), -1))
+    for corner, axis in STORED.items():
+        extent = np.where(square > 0, square, side[axis])  # the square's side; stretch keeps each axis
+        size = np.round(frame[f"resize_scale_{axis}"] * extent)
+        stored = (frame[corner] - frame[f"resize_offset_{axis}"]) * frame[f"resize_scale_{axis}"]
+        frame[f"stored_{corner}"] = np.clip(stored, 0.0, size)
+    return frame[columns].reset_index(drop=True)
 
 
 def match_key(source_paths: pd.Series, match_on: str) -> pd.Series:

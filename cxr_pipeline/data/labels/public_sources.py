@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .sources import (LabelSource, SourceKind, UncertaintyPolicy, _age, _clean_text, _labels_from_terms, _sex,
-                      chexpert_labels, conform)
+                      chexpert_labels, conform, conform_boxes)
 from .vocabulary import LABEL_COLUMNS, NO_FINDING, PATHOLOGIES, normalize_label
 
 
@@ -200,7 +200,13 @@ def read_vindr_boxes(path: Path) -> LabelSource:
     per_reader = pd.crosstab([frame["image_id"].str.strip(), frame["rad_id"].str.strip()],
                              frame["class_name"].str.strip()).clip(upper=1).reset_index()
     table, unknown = _vindr_table(per_reader, findings, path)
-    return LabelSource(SourceKind.VINDR, conform(table), files=[str(path)], unknown_tokens=unknown)
+    drawn = frame[frame["x_min"].str.strip() != ""]
+    boxes = pd.DataFrame({"label_source": SourceKind.VINDR.value, "label_file": str(path), "match_on": "stem",
+                          "match_key": drawn["image_id"].str.strip(), "finding": drawn["class_name"].str.strip(),
+                          "reader": drawn["rad_id"].str.strip(),
+                          **{c: pd.to_numeric(drawn[c], errors="coerce") for c in ("x_min", "y_min", "x_max", "y_max")}})
+    return LabelSource(SourceKind.VINDR, conform(table), files=[str(path)], unknown_tokens=unknown,
+                       boxes=conform_boxes(boxes))
 
 
 # --- RSNA Pneumonia Detection ----------------------------------------------------------------------------
@@ -232,7 +238,14 @@ def read_rsna(labels_path: Path, classes_path: Path | None = None) -> LabelSourc
         "patient_id": target.index,
         "study_id": target.index,
     }).reset_index(drop=True)
-    return LabelSource(SourceKind.RSNA, conform(pd.concat([table, hot.reset_index(drop=True)], axis=1)), files=files)
+    drawn = frame[frame["x"].str.strip() != ""]
+    x, y = pd.to_numeric(drawn["x"], errors="coerce"), pd.to_numeric(drawn["y"], errors="coerce")
+    boxes = pd.DataFrame({"label_source": SourceKind.RSNA.value, "label_file": str(labels_path), "match_on": "stem",
+                          "match_key": drawn["patientId"].str.strip(), "finding": "Pneumonia",  # lung opacity boxes
+                          "x_min": x, "y_min": y, "x_max": x + pd.to_numeric(drawn["width"], errors="coerce"),
+                          "y_max": y + pd.to_numeric(drawn["height"], errors="coerce")})
+    return LabelSource(SourceKind.RSNA, conform(pd.concat([table, hot.reset_index(drop=True)], axis=1)), files=files,
+                       boxes=conform_boxes(boxes))
 
 
 # --- SIIM-ACR Pneumothorax ----------------------------------------------------------------------------------

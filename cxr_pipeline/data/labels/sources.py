@@ -39,6 +39,20 @@ LABEL_TABLE_SCHEMA: dict[str, str] = {
     "impression_text": "string",
     "official_split": "string",  # the dataset's own split (train / val / test) where it ships one
 }
+# Bounding boxes (NIH BBox_List, RSNA, VinDr), in the original image's pixels, keyed like label rows.
+BOX_SCHEMA: dict[str, str] = {
+    "label_source": "string",
+    "label_file": "string",
+    "match_on": "string",
+    "match_key": "string",
+    "finding": "string",  # as the source names it
+    "label": "string",  # the label column it maps to, where one does
+    "reader": "string",  # the radiologist, where a source has several per image
+    "x_min": "float64",
+    "y_min": "float64",
+    "x_max": "float64",
+    "y_max": "float64",
+}
 MAX_PLAUSIBLE_AGE = 120  # NIH's Data_Entry_2017 has a few ages in the 400s
 
 
@@ -71,6 +85,15 @@ class LabelSource:
     files: list[str] = field(default_factory=list)
     unknown_tokens: Counter = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)  # files or rows that could not be read
+    boxes: pd.DataFrame | None = None  # BOX_SCHEMA rows, for sources with bounding boxes
+
+
+def conform_boxes(frame: pd.DataFrame) -> pd.DataFrame:
+    for column in BOX_SCHEMA:
+        if column not in frame.columns:
+            frame[column] = None
+    frame["label"] = frame["finding"].map(lambda finding: normalize_label(str(finding)))
+    return frame[list(BOX_SCHEMA)].astype(BOX_SCHEMA).reset_index(drop=True)
 
 
 def empty_label_table() -> pd.DataFrame:
@@ -144,6 +167,18 @@ def read_nih(path: Path) -> LabelSource:
     })
     table = pd.concat([table, hot], axis=1)
     return LabelSource(SourceKind.NIH, conform(table), files=[str(path)], unknown_tokens=unknown)
+
+
+def read_nih_boxes(path: Path) -> LabelSource:
+    """``BBox_List_2017.csv``: Image Index, Finding Label, then ``Bbox [x,y,w,h]`` whose commas
+    split it into four columns (plus trailing empty ones); x, y, w, h in the original pixels."""
+    frame = pd.read_csv(path, header=None, skiprows=1, usecols=range(6), dtype=str, keep_default_na=False,
+                        names=["image", "finding", "x", "y", "w", "h"])
+    x, y, w, h = (pd.to_numeric(frame[c], errors="coerce") for c in ("x", "y", "w", "h"))
+    boxes = pd.DataFrame({"label_source": SourceKind.NIH.value, "label_file": str(path), "match_on": "name",
+                          "match_key": frame["image"].str.strip(), "finding": frame["finding"].str.strip(),
+                          "x_min": x, "y_min": y, "x_max": x + w, "y_max": y + h})
+    return LabelSource(SourceKind.NIH, empty_label_table(), files=[str(path)], boxes=conform_boxes(boxes))
 
 
 # --- CheXpert ------------------------------------------------------------------------------------
@@ -385,6 +420,8 @@ def sniff_label_file(path: Path) -> SourceKind | str | None:
     names = set(columns)
     if tuple(columns[:5]) == NIH_FIELDS:
         return SourceKind.NIH
+    if columns[:3] == ["Image Index", "Finding Label", "Bbox [x"]:
+        return "nih_boxes"
     if "Path" in columns and "Frontal/Lateral" in columns:
         return SourceKind.CHEXPERT
     if columns[:1] == ["uid"] and {"findings", "impression"} <= names:
