@@ -48,6 +48,17 @@ def _executor(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
+def _submit(pool: ProcessPoolExecutor, fn: Callable, *args) -> Future:
+    """``pool.submit``, except that a pool a worker has already broken gives a failed future
+    instead of raising here: the crash is then handled where results are read, like any other."""
+    try:
+        return pool.submit(fn, *args)
+    except BrokenProcessPool as error:
+        failed: Future = Future()
+        failed.set_exception(error)
+        return failed
+
+
 def _isolated(fn: Callable[[T], R], item: T, on_crash: Callable[[T, BaseException], R]) -> R:
     with _executor(1) as pool:
         try:
@@ -62,7 +73,7 @@ def _rerun_lost(
     """Items lost with a broken pool: retry together, then alone whatever broke the pool again."""
     results: dict[int, R] = {}
     with _executor(workers) as pool:
-        futures = [pool.submit(fn, item) for item in items]
+        futures = [_submit(pool, fn, item) for item in items]
         for index, future in enumerate(futures):
             try:
                 results[index] = future.result()
@@ -102,7 +113,7 @@ def ordered_map(
                 if batch is None:
                     exhausted = True
                     break
-                pending.append((batch, pool.submit(_apply_batch, fn, batch)))
+                pending.append((batch, _submit(pool, _apply_batch, fn, batch)))
             if not pending:
                 break
             batch, future = pending.popleft()

@@ -63,5 +63,22 @@ def test_ordered_map_keeps_order_and_isolates_a_crashing_item():
     assert results == [-13 if x == 13 else x * x for x in range(30)]
 
 
+def test_submitting_to_a_pool_a_crash_already_broke_gives_a_failed_future_not_an_exception():
+    # ordered_map refills its queue while results come back; when a worker has just crashed, the
+    # refill must not raise out of the map (a corrupt file never stops a run): the failed future
+    # is handled where results are read, by re-running what was lost
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = parallel._executor(1)
+    try:
+        with pytest.raises(BrokenProcessPool):
+            pool.submit(square_or_die, 13).result()
+        failed = parallel._submit(pool, square_or_die, 2)
+        with pytest.raises(BrokenProcessPool):
+            failed.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def test_ordered_map_in_process_baseline():
     assert list(parallel.ordered_map(abs, [-1, 2, -3], workers=1, on_crash=crashed)) == [1, 2, 3]
