@@ -54,9 +54,9 @@ def kind_of(folder: Path) -> str:
                      f"AutoencoderKL config.json)")
 
 
-def _param(params: dict | None, name: str, default: Any) -> Any:
-    value = (params or {}).get(name, default)
-    return None if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0 else value
+def _given(value: float, fallback: float | None = None) -> float | None:
+    """A request's knob, or ``fallback`` (None: the model's saved default) when it is negative."""
+    return fallback if value < 0 else value
 
 
 def _images(model_input: Any) -> torch.Tensor:
@@ -74,7 +74,7 @@ class Task:
 
     load: Callable[[Path, str], Any]
     predict: Callable[[Any, Any, dict], np.ndarray]
-    example: Callable[[Any], np.ndarray]  # a small valid input for the loaded model
+    example: Callable[[Path], np.ndarray]  # a small valid input for the model in a folder
     input_dtype: str  # numpy dtype name
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
@@ -94,37 +94,48 @@ def _task(kind: str) -> Task:
     if kind.startswith("latent_sr"):
         return Task(pipelines.LatentSuperResolution.from_pretrained,
                     lambda sr, x, p: sr(_images(x), seed=p["seed"], steps=p["steps"],
-                                        strength=p["strength"] if p["strength"] >= 0 else 1.0).numpy(),
-                    lambda sr: np.full((1, 1, *[_native_size(sr) // sr.scale] * 2), 0.5, np.float32),
+                                        strength=_given(p["strength"], 1.0)).numpy(),
+                    lambda folder: _gray(_native_size(folder) // int(_description(folder)["scale"])),
                     "float32", images, images, _sampling_params(("strength", "double", 1.0)))
     if kind.startswith("denoiser"):
         return Task(pipelines.LowDoseDenoiser.from_pretrained,
                     lambda model, x, p: model(_images(x), seed=p["seed"], steps=p["steps"],
-                                              strength=_param(p, "strength", -1.0), dose=_param(p, "dose", -1.0)).numpy(),
-                    lambda model: np.full((1, 1, *[_native_size(model)] * 2), 0.5, np.float32),
+                                              strength=_given(p["strength"]), dose=_given(p["dose"])).numpy(),
+                    lambda folder: _gray(_native_size(folder)),
                     "float32", images, images, _sampling_params(("strength", "double", -1.0), ("dose", "double", -1.0)))
     if kind.startswith("class_ddpm"):
         return Task(pipelines.ClassConditionalGenerator.from_pretrained,
                     lambda model, x, p: model(np.asarray(x, dtype=np.int64).reshape(-1).tolist(), seed=p["seed"],
-                                              steps=p["steps"], guidance=_param(p, "guidance", -1.0)).numpy(),
-                    lambda model: np.zeros(1, np.int64),
+                                              steps=p["steps"], guidance=_given(p["guidance"])).numpy(),
+                    lambda folder: np.zeros(1, np.int64),
                     "int64", (-1,), images, _sampling_params(("guidance", "double", -1.0)))
     if kind == "vae":
         return Task(lambda folder, device: load_vae(folder, _device(device)),
                     lambda vae, x, p: reconstruct(vae, _images(x)).numpy(),
-                    lambda vae: np.full((1, 1, 16, 16), 0.5, np.float32), "float32", images, images)
+                    lambda folder: _gray(16), "float32", images, images)
     if kind == "classifier":
         return Task(lambda folder, device: load_classifier(folder, device)[0],
                     lambda model, x, p: embed(model, _images(x))[1].astype(np.float32),
-                    lambda model: np.full((1, 1, 64, 64), 0.5, np.float32), "float32", images, probabilities)
+                    lambda folder: _gray(32), "float32", images, probabilities)
     raise ValueError(f"no serving task for model kind {kind!r}")
 
 
-def _native_size(pipeline) -> int:
-    """The image size a diffusion pipeline was trained at (its UNet's, times the VAE's factor)."""
-    size = int(pipeline.model.unet.config.sample_size)
-    vae = pipeline.model.vae
-    return size * 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else size
+def _description(folder: Path) -> dict:
+    return json.loads((Path(folder) / "model.json").read_text())
+
+
+def _native_size(folder: Path) -> int:
+    """The image size a diffusion model folder was trained at (its UNet's, times its VAE's
+    downsampling), read from the configs without loading weights."""
+    folder = Path(folder)
+    size = int(json.loads((folder / "unet" / "config.json").read_text())["sample_size"])
+    if (folder / "vae" / "config.json").exists():
+        size *= 2 ** (len(json.loads((folder / "vae" / "config.json").read_text())["block_out_channels"]) - 1)
+    return size
+
+
+def _gray(size: int) -> np.ndarray:
+    return np.full((1, 1, size, size), 0.5, np.float32)
 
 
 def _device(device: str) -> torch.device:
@@ -158,9 +169,7 @@ def signature(kind: str):
 
 
 def input_example(folder: Path) -> np.ndarray:
-    kind = kind_of(folder)
-    task = _task(kind)
-    return task.example(task.load(Path(folder), "cpu"))
+    return _task(kind_of(folder)).example(Path(folder))
 
 
 def log_pyfunc(folder: Path, registered_name: str | None = None, name: str = "model"):

@@ -63,7 +63,8 @@ def git_commit(repository: Path) -> str:
 
 def register_folder(run_id: str, artifact_path: str, name: str, description: str = "") -> str:
     """Register a plain artifact folder of ``run_id`` as a new version of model ``name``; returns
-    it. (Training assets register pyfunc models, see serving.py; this serves tests and imports.)"""
+    it. Training registers pyfunc models (serving.py); versions registered this way before that
+    still load (``model_folder``), and tests build such registries with it."""
     client = MlflowClient()
     try:
         client.create_registered_model(name, description=description)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -165,7 +165,7 @@ def super_resolution_suite(models: Sequence[tuple[int, dict]], rows: pd.DataFram
         raise FileNotFoundError("no trained latent SR model: materialize latent_sr first")
     high_resolution = stored_images(ImageStore(image_store), rows)
     outcome = EvaluationOutcome("sr_evaluation", Report("Super-resolution evaluation", "", []), {}, [], [], (), "",
-                                params={**budget.__dict__, "full_chain": full_chain,
+                                params={**asdict(budget), "full_chain": full_chain,
                                         "lr_start_strength": lr_start_strength})
     tables, scores = [], []
     for scale, pointer in models:
@@ -241,7 +241,7 @@ def denoising_suite(pointer: dict, rows: pd.DataFrame, val_rows: pd.DataFrame, i
         "denoising_evaluation", Report("Low-dose denoising evaluation", split_description(rows, [(pointer, metrics)]),
                                        sections),
         metrics, [(pointer, metrics)], [(pointer, decision)], must_beat, "\n\n".join(tables),
-        params={**budget.__dict__, "nlm_factors": list(nlm_factors), "strengths": list(strengths),
+        params={**asdict(budget), "nlm_factors": list(nlm_factors), "strengths": list(strengths),
                 "val_images": len(val_rows)},
         scores=pd.concat([r.scores.assign(task=r.task) for r in results], ignore_index=True))
 
@@ -282,7 +282,7 @@ def generation_suite(pointer: dict, classifier: dict, rows: pd.DataFrame, val_ro
     return EvaluationOutcome(
         "generation_evaluation", report, metrics, [(pointer, metrics)], [(pointer, decision)], result.must_beat(),
         markdown_table(result.headline()) + "\n\n" + markdown_table(result.per_class()),
-        params={**budget.__dict__, "samples_per_class": samples_per_class, "fd_samples": fd_samples,
+        params={**asdict(budget), "samples_per_class": samples_per_class, "fd_samples": fd_samples,
                 "guidance_scale": guidance_scale, "fid_inception": result.fid.reason,
                 "classifier": f"v{classifier['version']}"})
 

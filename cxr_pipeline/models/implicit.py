@@ -20,13 +20,19 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
-from .vae import from_model, to_model
+from ..data.atomic import atomic_folder
+from ..data.image_store import ImageStore
+from ..metrics.restoration import per_image_scores
+from .batches import EpochSampler, StoreImages
+from .training import TrainConfig, Trainer, TrainingOutcome, run_key
+from .vae import from_model, load_vae, to_model
 
 
 def cell_centres(height: int, width: int) -> torch.Tensor:
@@ -190,8 +196,6 @@ def evaluate_rendering(model: ImplicitDecoder, images: torch.Tensor, scales: Seq
                        batch_size: int = 64) -> dict[str, float]:
     """Val PSNR of shrink -> encode -> render at the original size, per scale, next to bicubic
     from the same shrunk image (what the decoder must beat above its native grid)."""
-    from ..metrics.restoration import per_image_scores
-
     device = next(model.parameters()).device
     factor, size = downsampling_factor(model.vae), images.shape[-1]
     out: dict[str, float] = {}
@@ -209,16 +213,12 @@ def evaluate_rendering(model: ImplicitDecoder, images: torch.Tensor, scales: Seq
     return out
 
 
-def train_implicit_decoder(metadata, store, vae_dir: Path, train_config, runs_root: Path, data_hash: str, *,
-                           scales: tuple[float, float] = (1.0, 4.0), query_points: int = 1024,
-                           hidden: Sequence[int] = (128, 128), progress=None, stop_after: int | None = None):
+def train_implicit_decoder(metadata: pd.DataFrame, store: ImageStore, vae_dir: Path, train_config: TrainConfig,
+                           runs_root: Path, data_hash: str, *, scales: tuple[float, float] = (1.0, 4.0),
+                           query_points: int = 1024, hidden: Sequence[int] = (128, 128), progress=None,
+                           stop_after: int | None = None) -> TrainingOutcome:
     """The first stage of arbitrary-scale SR: a LIIF head over the project's frozen VAE, trained
     on the train split, validated on val (``evaluate_rendering``)."""
-    from ..data.atomic import atomic_folder
-    from .batches import EpochSampler, StoreImages
-    from .training import Trainer, TrainingOutcome, run_key
-    from .vae import load_vae
-
     train = StoreImages(store, metadata[metadata["split"] == "train"])
     val = StoreImages(store, metadata[metadata["split"] == "val"]).stack()
     sampler = EpochSampler(len(train), train_config.batch_size, train_config.seed)

@@ -164,7 +164,7 @@ def _vindr_table(per_reader: pd.DataFrame, findings: list[str], label_file: Path
         if finding in VINDR_AMBIGUOUS:  # negative is certain; a positive is one or the other
             for name in VINDR_AMBIGUOUS[finding]:
                 matrix[name] = np.where(positive[finding], np.nan, 0.0)
-        else:
+        elif positive[finding].any():
             unknown[finding] += int(positive[finding].sum())
         for image in positive.index[positive[finding]]:
             others[image].append(finding)
