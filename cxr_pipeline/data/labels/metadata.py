@@ -18,7 +18,9 @@ import pandas as pd
 
 from .. import atomic, locks
 from ..splits import SPLITS, assign_splits, check_fractions
+from .public_sources import read_mimic, read_padchest, read_rsna, read_siim, read_vindr_boxes, read_vindr_labels
 from .sources import (
+    BOX_SCHEMA,
     LabelSource,
     SourceKind,
     UncertaintyPolicy,
@@ -29,12 +31,10 @@ from .sources import (
     read_filenames,
     read_indiana_csv,
     read_indiana_xml,
-    BOX_SCHEMA,
     read_nih,
     read_nih_boxes,
     sniff_label_file,
 )
-from .public_sources import read_mimic, read_padchest, read_rsna, read_siim, read_vindr_boxes, read_vindr_labels
 from .vocabulary import DEFAULT_CLASSES, LABEL_COLUMNS, NO_FINDING, PATHOLOGIES
 
 # When two sources describe the same image, the first in this order wins: curated label files
@@ -133,10 +133,7 @@ def map_boxes(manifest: pd.DataFrame, boxes: pd.DataFrame) -> pd.DataFrame:
     """Boxes of ingested images, keyed by ``image_id``, with their corners also in the stored
     image's pixels: through the resize record ingestion kept (stored = (original - offset) x
     scale, clipped to the stored image)."""
-    mapped = []
-    for match_on, group in boxes.groupby("match_on", sort=False):
-        images = manifest.assign(match_key=match_key(manifest["source_path"], match_on).to_numpy())
-        mapped.append(images.merge(group, on="match_key", how="inner"))
+    mapped, _ = join_to_images(manifest, boxes)
     columns = ["image_id", *BOX_SCHEMA, *(f"stored_{c}" for c in STORED)]
     if not mapped:
         return pd.DataFrame(columns=columns)
@@ -196,15 +193,20 @@ class MetadataResult:
     classes: tuple[str, ...] = DEFAULT_CLASSES
 
 
+def join_to_images(images: pd.DataFrame, rows: pd.DataFrame) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
+    """Rows keyed like label rows (``match_on``, ``match_key``) joined to the images whose source
+    path gives that key, per kind of key; and, per kind, the rows that match no image."""
+    joined, unmatched = [], []
+    for match_on, group in rows.groupby("match_on", sort=False):
+        keyed = images.assign(match_key=match_key(images["source_path"], match_on).to_numpy())
+        joined.append(keyed.merge(group, on="match_key", how="inner"))
+        unmatched.append(group[~group["match_key"].isin(set(keyed["match_key"]))])
+    return joined, unmatched
+
+
 def build_metadata(manifest: pd.DataFrame, labels: pd.DataFrame, options: LabelOptions) -> MetadataResult:
-    candidates, unmatched = [], []
-    for match_on, group in labels.groupby("match_on", sort=False):
-        images = pd.DataFrame({
-            "image_id": manifest["image_id"].to_numpy(),
-            "match_key": match_key(manifest["source_path"], match_on).to_numpy(),
-        })
-        candidates.append(images.merge(group, on="match_key", how="inner"))
-        unmatched.append(group[~group["match_key"].isin(set(images["match_key"]))])
+    candidates, unmatched = join_to_images(manifest[["image_id", "source_path"]], labels)
+    candidates = [frame.drop(columns="source_path") for frame in candidates]
     matched = pd.concat(candidates, ignore_index=True) if candidates else conform(pd.DataFrame()).assign(image_id=pd.Series(dtype="string"))
     rank = {kind.value: i for i, kind in enumerate(SOURCE_PRIORITY)}
     matched["_rank"] = matched["label_source"].map(rank)
