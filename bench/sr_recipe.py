@@ -97,7 +97,7 @@ def main() -> None:
         scores = per_image_scores(images, high)
         table.append({"recipe": name, "setting": setting, "train s": round(train_s),
                       "val PSNR": round(float(scores["psnr"].mean()), 2), "val SSIM": round(float(scores["ssim"].mean()), 4),
-                      "LR-consistency": round(float(np.mean(lr_consistency_psnr(images, low, args.scale))), 2)})
+                      "LR-consistency": round(float(np.mean(lr_consistency_psnr(images, low))), 2)})
         print(table[-1], flush=True)
 
     score("bicubic", bicubic)

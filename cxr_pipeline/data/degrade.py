@@ -19,24 +19,36 @@ def image_rng(seed: int, image_id: str, tag: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
+def resize(image: np.ndarray, size: tuple[int, int], resample: Image.Resampling = Image.Resampling.LANCZOS) -> np.ndarray:
+    """``image`` resized to ``size`` (height, width), clipped to [0, 1]. Pillow's filters scale
+    their support with the ratio, so Lanczos shrinking is antialiased at any ratio."""
+    height, width = size
+    out = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32)).resize((width, height), resample)
+    return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+
+
+def low_resolution_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """The LR grid of an HR grid at ``scale`` (rounded; exact when ``scale`` divides the size)."""
+    return tuple(max(1, int(round(side / scale))) for side in size)
+
+
 def downsample(image: np.ndarray, scale: int) -> np.ndarray:
     """Antialiased (Lanczos with Pillow's scale-aware support) downsampling by an integer factor."""
     height, width = image.shape
     if height % scale or width % scale:
         raise ValueError(f"{height}x{width} is not divisible by scale {scale}")
-    small = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32)).resize(
-        (width // scale, height // scale), Image.Resampling.LANCZOS
-    )
-    return np.clip(np.asarray(small, dtype=np.float32), 0.0, 1.0)
+    return resize(image, (height // scale, width // scale))
 
 
 def upsample_bicubic(image: np.ndarray, scale: int) -> np.ndarray:
     """The classical baseline, and how an LR image is brought to HR size before encoding."""
     height, width = image.shape
-    big = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32)).resize(
-        (width * scale, height * scale), Image.Resampling.BICUBIC
-    )
-    return np.clip(np.asarray(big, dtype=np.float32), 0.0, 1.0)
+    return resize(image, (height * scale, width * scale), Image.Resampling.BICUBIC)
+
+
+def bicubic_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bicubic resampling to any size: the baseline at non-integer scales."""
+    return resize(image, size, Image.Resampling.BICUBIC)
 
 
 @dataclass(frozen=True)
@@ -57,10 +69,12 @@ class DegradationMix:
         return np.clip(out, 0.0, 1.0).astype(np.float32), sigma, noise
 
 
-def make_low_resolution(image: np.ndarray, scale: int, rng: np.random.Generator,
+def make_low_resolution(image: np.ndarray, scale: float, rng: np.random.Generator,
                         mix: DegradationMix | None) -> tuple[np.ndarray, float, float]:
+    """Blur and noise from ``mix``, then antialiased downsampling by ``scale``, integer or not
+    (to the rounded LR grid, :func:`low_resolution_size`)."""
     blurred, sigma, noise = mix.apply(image, rng) if mix else (image, 0.0, 0.0)
-    return downsample(blurred, scale), sigma, noise
+    return resize(blurred, low_resolution_size(image.shape, scale)), sigma, noise
 
 
 def simulate_low_dose(image: np.ndarray, photons: float, rng: np.random.Generator,

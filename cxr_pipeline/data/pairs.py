@@ -19,7 +19,7 @@ import pandas as pd
 
 from . import atomic, locks
 from .degrade import DegradationMix, image_rng, make_low_resolution, simulate_low_dose
-from .image_store import ImageStore, to_stored
+from .image_store import ImageStore, from_stored, to_stored
 
 # Each degradation maps (clean image, its rng) to (degraded image, parameters to record).
 Degradation = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, dict]]
@@ -91,6 +91,16 @@ def build_sr_pairs(metadata: pd.DataFrame, source: ImageStore, root: Path, scale
 
     return {scale: derive_store(metadata, source, sr_pair_dir(root, scale), make(scale),
                                 seed=seed, tag=f"sr_x{scale}") for scale in scales}
+
+
+def low_resolution_at(images: np.ndarray, image_ids: Sequence[str], scale: float, mix: DegradationMix | None,
+                      seed: int) -> np.ndarray:
+    """What :func:`build_sr_pairs` makes of each image, at any scale (integer or not), computed on
+    the fly from the same per-image random stream and quantized as a stored pair is: at an integer
+    scale, with the same mix and seed, the very images the pair store holds."""
+    return from_stored(np.stack([to_stored(make_low_resolution(image, scale, image_rng(seed, str(image_id),
+                                                                                        f"sr_x{scale:g}"), mix)[0])
+                                 for image, image_id in zip(images, image_ids)]))
 
 
 def build_low_dose_pairs(metadata: pd.DataFrame, source: ImageStore, root: Path, photons: Sequence[float],

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from ..data.degrade import downsample
+from ..data.degrade import resize
 
 DATA_RANGE = 1.0
 
@@ -28,11 +28,12 @@ def per_image_scores(prediction: torch.Tensor, target: torch.Tensor) -> pd.DataF
     return pd.DataFrame({"psnr": psnr.numpy(), "ssim": ssim.numpy(), "mae": mae.numpy()})
 
 
-def lr_consistency_psnr(super_resolved: torch.Tensor, low_resolution: torch.Tensor, scale: int) -> np.ndarray:
-    """PSNR between the SR output brought back down to LR (the same antialiased downsampling that
-    made the pairs) and the LR input. Detail the LR image does not support lowers it: a model
-    that invents structure fails here even when its output looks plausible."""
-    reduced = torch.from_numpy(np.stack([downsample(image[0].numpy(), scale) for image in super_resolved.float()]))
+def lr_consistency_psnr(super_resolved: torch.Tensor, low_resolution: torch.Tensor) -> np.ndarray:
+    """PSNR between the SR output brought back down to the LR grid (the same antialiased
+    downsampling that made the pairs, at any scale) and the LR input. Detail the LR image does not
+    support lowers it: a model that invents structure fails here even when its output looks plausible."""
+    size = tuple(low_resolution.shape[-2:])
+    reduced = torch.from_numpy(np.stack([resize(image[0].numpy(), size) for image in super_resolved.float()]))
     return peak_signal_noise_ratio(reduced.unsqueeze(1).double(), low_resolution.double(), data_range=DATA_RANGE,
                                    reduction="none", dim=(1, 2, 3)).numpy()
 
