@@ -18,10 +18,12 @@ ASSETS = [
     models.vae,
     models.latents,
     diffusion.latent_sr,
+    diffusion.arbitrary_sr,
     diffusion.class_ddpm,
     diffusion.low_dose_denoiser,
     evaluation.cxr_classifier,
     evaluation.sr_evaluation,
+    evaluation.arbitrary_sr_evaluation,
     evaluation.denoising_evaluation,
     evaluation.generation_evaluation,
 ]

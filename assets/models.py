@@ -97,7 +97,7 @@ def progress_logger(context: dg.AssetExecutionContext):
         if event.kind in ("resume", "wait"):
             context.log.warning(event.describe())
         if event.kind == "resume":
-            mlflow.set_tag("resumed_from_step", str(event.step))
+            mlflow.set_tag(f"{event.part}_resumed_from_step" if event.part else "resumed_from_step", str(event.step))
         if event.kind in ("step", "eval"):
             context.log.info(event.describe())
             mlflow.log_metrics(event.logged_metrics(), step=event.step)

@@ -12,6 +12,7 @@ takes and returns depends on its kind, read from the folder itself:
 | kind | input | output | params |
 | --- | --- | --- | --- |
 | latent SR | LR images (N, 1, h, w) float32 in [0, 1] | (N, 1, h*scale, w*scale) | seed, steps, strength |
+| arbitrary-scale SR | LR images (N, 1, h, w) | (N, 1, round(h*scale), round(w*scale)) | seed, steps, strength, scale |
 | denoiser | low-dose images (N, 1, S, S) | restored images, same shape | seed, steps, strength, dose |
 | class model | class ids (N,) int64 | images (N, 1, S, S) | seed, steps, guidance |
 | VAE | images (N, 1, S, S) | reconstructions | |
@@ -97,6 +98,12 @@ def _task(kind: str) -> Task:
                                         strength=_given(p["strength"], 1.0)).numpy(),
                     lambda folder: _gray(_native_size(folder) // int(_description(folder)["scale"])),
                     "float32", images, images, _sampling_params(("strength", "double", 1.0)))
+    if kind.startswith("arbitrary_sr"):
+        return Task(pipelines.ArbitraryScaleSuperResolution.from_pretrained,
+                    lambda sr, x, p: sr(_images(x), scale=p["scale"], seed=p["seed"], steps=p["steps"],
+                                        strength=_given(p["strength"], 1.0)).numpy(),
+                    lambda folder: _gray(_native_size(folder) // 4),
+                    "float32", images, images, _sampling_params(("strength", "double", 1.0), ("scale", "double", 2.0)))
     if kind.startswith("denoiser"):
         return Task(pipelines.LowDoseDenoiser.from_pretrained,
                     lambda model, x, p: model(_images(x), seed=p["seed"], steps=p["steps"],

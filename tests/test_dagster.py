@@ -35,6 +35,7 @@ def test_definitions_load_with_groups_jobs_and_checks():
                       "label_table": "labels", "image_metadata": "labels",
                       "sr_pairs": "pairs", "low_dose_pairs": "pairs", "vae": "models", "latents": "models",
                       "latent_sr": "models", "class_ddpm": "models", "low_dose_denoiser": "models",
+                      "arbitrary_sr": "models", "arbitrary_sr_evaluation": "evaluation",
                       "cxr_classifier": "evaluation", "sr_evaluation": "evaluation",
                       "denoising_evaluation": "evaluation", "generation_evaluation": "evaluation"}
     assert {"all_assets", "ingestion"} <= {job.name for job in repository.get_all_jobs()}
@@ -43,7 +44,8 @@ def test_definitions_load_with_groups_jobs_and_checks():
                       ("image_metadata", "no_leakage_between_splits"), ("image_metadata", "every_split_non_empty"),
                       ("image_metadata", "label_coverage"), ("sr_evaluation", "beats_classical_baseline"),
                       ("denoising_evaluation", "beats_classical_baseline"),
-                      ("generation_evaluation", "beats_classical_baseline")}
+                      ("generation_evaluation", "beats_classical_baseline"),
+                      ("arbitrary_sr_evaluation", "beats_classical_baseline")}
 
 
 def test_model_kinds_table_names_real_assets_and_distinct_registry_names():
@@ -177,6 +179,8 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     ops["cxr_classifier"] = {"config": {"steps": 150, "eval_every": 75, "checkpoint_every": 75}}
     ops["vae"] = {"config": {"steps": 400, "eval_every": 200, "checkpoint_every": 200}}
     ops["sr_evaluation"] = {"config": quick_evaluation}
+    ops["arbitrary_sr"] = {"config": {**short, "decoder_steps": 20, "draws_per_image": 2}}
+    ops["arbitrary_sr_evaluation"] = {"config": {**quick_evaluation, "scales": [2.5, 4.0, 6.0]}}
     ops["denoising_evaluation"] = {"config": {**quick_evaluation, "val_images": 8, "strengths": [0.1, 0.4]}}
     ops["generation_evaluation"] = {"config": {**quick_evaluation, "samples_per_class": 4}}
     result = job.execute_in_process(
@@ -197,7 +201,7 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     assert produced["class_conditional_images"].value > 400
     checks = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
     gates = {asset: checks.pop((asset, "beats_classical_baseline"))
-             for asset in ("sr_evaluation", "denoising_evaluation", "generation_evaluation")}
+             for asset in ("sr_evaluation", "denoising_evaluation", "generation_evaluation", "arbitrary_sr_evaluation")}
     assert all(e.passed for e in checks.values())  # data checks; the baseline gates are WARN, judged below
     paths = WorkPaths(home)
     assert all((paths.splits / f"{s}.csv").exists() for s in ("train", "val", "test"))
@@ -209,9 +213,9 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     registered = {
         result.asset_materializations_for_node(name)[0].metadata[key].value
         for name, key in (("latent_sr", "x4_registered_model"), ("class_ddpm", "registered_model"),
-                          ("low_dose_denoiser", "registered_model"))
+                          ("low_dose_denoiser", "registered_model"), ("arbitrary_sr", "registered_model"))
     }
-    assert registered == {"cxr-latent-sr-x4 v1", "cxr-class-ddpm v1", "cxr-lowdose-denoiser v1"}
+    assert registered == {"cxr-latent-sr-x4 v1", "cxr-class-ddpm v1", "cxr-lowdose-denoiser v1", "cxr-arbitrary-sr v1"}
 
     # Evaluation: reports with tables and images, metrics in MLflow under the documented names,
     # linked to the evaluated model's run and registered version.
@@ -224,13 +228,17 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
         "denoising_evaluation": ["psnr_denoise_i0_1000_noisy", "psnr_denoise_i0_1000_nlm", "psnr_denoise_i0_1000_diffusion",
                                  "ssim_denoise_i0_10000_diffusion", "psnr_gain_denoise_i0_3000_nlm"],
         "generation_evaluation": ["fd_cxr_class_ddpm", "kid_class_ddpm", "cond_acc_class_ddpm", "ms_ssim_class_ddpm"],
+        "arbitrary_sr_evaluation": ["psnr_sr_x2p5_arbitrary", "psnr_sr_x2p5_bicubic", "psnr_sr_x2p5_bicubic_vae",
+                                    "psnr_sr_x6_arbitrary", "ssim_sr_x6_arbitrary", "lr_consistency_psnr_sr_x4_arbitrary",
+                                    "psnr_sr_x4_fixed", "psnr_gain_sr_x4_arbitrary_vs_fixed",
+                                    "psnr_gain_sr_x6_arbitrary", "psnr_gain_sr_mean_arbitrary"],
     }
     for asset, names in expected.items():
         produced = result.asset_materializations_for_node(asset)[0].metadata
         html = produced["report"].value
         text = open(html).read()
         assert text.count("<table") >= 1 and text.count("data:image/png;base64,") >= 2
-        assert "| method" in produced["summary"].value or "| metric" in produced["summary"].value
+        assert any(f"| {column}" in produced["summary"].value for column in ("method", "metric", "scale"))
         logged = client.get_run(produced["evaluation_mlflow_run_id"].value).data.metrics
         assert set(names) <= set(logged), (asset, sorted(set(names) - set(logged)))
     sr = result.asset_materializations_for_node("sr_evaluation")[0].metadata
@@ -246,6 +254,7 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     version = client.get_model_version("cxr-latent-sr-x4", "1")
     assert version.tags["evaluation_run_id"] == sr["evaluation_mlflow_run_id"].value
     # the registered version, downloaded into an empty folder, samples what the training folder does
+    from cxr_pipeline.models import pipelines
     from cxr_pipeline.models.pipelines import LatentSuperResolution
 
     downloaded = tracking.download_model("cxr-latent-sr-x4", "1", tmp_path / "download")
@@ -255,10 +264,16 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     torch.testing.assert_close(LatentSuperResolution.from_pretrained(downloaded, "cpu")(low, steps=3, seed=1),
                                LatentSuperResolution.from_pretrained(trained, "cpu")(low, steps=3, seed=1), rtol=0, atol=0)
     assert "psnr_sr_x4_ddim" in client.get_run(version.run_id).data.metrics
+    # the arbitrary-scale model's registered version super-resolves at a non-integer scale
+    arbitrary = tracking.download_model("cxr-arbitrary-sr", "1", tmp_path / "download-arbitrary")
+    assert (arbitrary / "head").is_dir()
+    assert pipelines.super_resolve(arbitrary, low, scale=2.5, steps=3, device="cpu").shape == (2, 1, 40, 40)
+    arbitrary_report = open(result.asset_materializations_for_node("arbitrary_sr_evaluation")[0].metadata["report"].value).read()
+    assert "PSNR gain over bicubic by scale" in arbitrary_report and "outside the training range" in arbitrary_report
     # Promotion: each first version is the challenger; it is champion exactly when the asset's
     # baseline check passed (these 30-step models may well not beat bicubic, NLM or chance).
     for name, asset in (("cxr-latent-sr-x4", "sr_evaluation"), ("cxr-lowdose-denoiser", "denoising_evaluation"),
-                        ("cxr-class-ddpm", "generation_evaluation")):
+                        ("cxr-class-ddpm", "generation_evaluation"), ("cxr-arbitrary-sr", "arbitrary_sr_evaluation")):
         gate = gates[asset]
         assert gate.severity == dg.AssetCheckSeverity.WARN and "verdict" in gate.metadata
         produced = result.asset_materializations_for_node(asset)[0].metadata

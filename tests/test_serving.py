@@ -22,6 +22,7 @@ from cxr_pipeline import serving, tracking
 from cxr_pipeline.models import pipelines
 from cxr_pipeline.models.classifier import ClassifierConfig, CxrClassifier, embed, load_classifier
 from cxr_pipeline.models.diffusion import Conditioning, ScheduleConfig, UNetConfig, save_model
+from cxr_pipeline.models.implicit import ImplicitDecoder
 from cxr_pipeline.models.vae import VaeConfig, load_vae, reconstruct
 
 TINY_VAE = VaeConfig(block_out_channels=(8, 16), latent_channels=2, norm_num_groups=8)  # factor 2
@@ -43,8 +44,13 @@ def model_folders(root: Path) -> dict[str, Path]:
     save_model(root / "denoiser", denoiser_unet.build(), "denoiser", ScheduleConfig(100, prediction_type="sample"),
                Conditioning(concat_channels=1, num_classes=2, class_dropout=0.1, residual_scale=3.0), denoiser_unet,
                {"doses": [1000.0, 3000.0], "dose_conditioning": True, "default_strength": 0.4})
+    arbitrary_unet = UNetConfig(8, 4, 2, block_out_channels=(16, 32), norm_num_groups=8, class_embed_type="timestep")
+    save_model(root / "arbitrary", arbitrary_unet.build(), "arbitrary_sr", ScheduleConfig(100, prediction_type="sample"),
+               Conditioning(concat_channels=2, residual_scale=2.0), arbitrary_unet,
+               {"scale_range": [1.0, 4.0], "scaling_factor": 1.5}, vae)
+    ImplicitDecoder.from_vae(vae, (16, 16)).head.save_pretrained(str(root / "arbitrary" / "head"))
     vae.save_pretrained(str(root / "vae"))
-    folders.update(sr=root / "sr", class_model=root / "class", denoiser=root / "denoiser", vae=root / "vae")
+    folders.update(sr=root / "sr", arbitrary=root / "arbitrary", class_model=root / "class", denoiser=root / "denoiser", vae=root / "vae")
     config = ClassifierConfig()
     (root / "classifier").mkdir()
     save_file({k: v.contiguous() for k, v in CxrClassifier(config, 3).state_dict().items()},
@@ -95,6 +101,19 @@ def test_super_resolution_through_pyfunc_matches_the_library(registered):
     np.testing.assert_array_equal(served, expected.numpy())
     schema = {p.name: p.default for p in model.metadata.get_params_schema().params}
     assert schema == {"seed": 0, "steps": 50, "strength": 1.0}
+
+
+def test_arbitrary_scale_super_resolution_through_pyfunc_takes_the_scale_as_a_param(registered):
+    uri, folders, _ = registered
+    model = load(uri, "arbitrary")
+    low = np.random.default_rng(4).random((2, 1, 6, 6), dtype=np.float32)
+    served = model.predict(low, params={"seed": 1, "steps": 3, "scale": 2.5})
+    expected = pipelines.ArbitraryScaleSuperResolution.from_pretrained(folders["arbitrary"], "cpu")(
+        torch.from_numpy(low), scale=2.5, seed=1, steps=3)
+    assert served.shape == (2, 1, 15, 15)  # off the latent grid: rendered by the implicit decoder
+    np.testing.assert_array_equal(served, expected.numpy())
+    schema = {p.name: p.default for p in model.metadata.get_params_schema().params}
+    assert schema == {"seed": 0, "steps": 50, "strength": 1.0, "scale": 2.0}
 
 
 def test_class_model_and_denoiser_through_pyfunc_match_the_library(registered):

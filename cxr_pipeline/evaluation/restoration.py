@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from skimage.restoration import denoise_nl_means, estimate_sigma
 
-from ..data.degrade import upsample_bicubic
+from ..data.degrade import bicubic_to, resize, upsample_bicubic
 from ..metrics.restoration import lr_consistency_psnr, per_image_scores, sample_spread
 from ..metrics.statistics import Summary, summarize
-from ..models.pipelines import LatentSuperResolution, LowDoseDenoiser
+from ..models.pipelines import ArbitraryScaleSuperResolution, LatentSuperResolution, LowDoseDenoiser
 from ..models.vae import reconstruct
 from ..reports.document import Figure, Section, Table
 from ..reports.grid import image_grid
@@ -174,7 +175,7 @@ def evaluate_super_resolution(model: LatentSuperResolution, high_resolution: tor
     ddim = model(low_resolution, sampler="ddim", steps=ddim_steps, seed=seed)
 
     def consistency(images: torch.Tensor) -> dict[str, np.ndarray]:
-        return {"lr_consistency_psnr": lr_consistency_psnr(images, low_resolution, scale)}
+        return {"lr_consistency_psnr": lr_consistency_psnr(images, low_resolution)}
 
     methods = [Method("bicubic", "Bicubic", bicubic, consistency(bicubic)),
                Method("bicubic_vae", "Bicubic → VAE (the latent path, no diffusion)", through_vae, consistency(through_vae)),
@@ -200,7 +201,7 @@ def evaluate_super_resolution(model: LatentSuperResolution, high_resolution: tor
     header = ("LR (nearest) | bicubic | SR DDIM" + (" | SR DDIM from LR" if lr_start_strength is not None else "")
               + (" | SR full chain" if full_chain else "") + " | HR | 4x |SR DDIM - HR|")
     figures.insert(0, Figure(f"Super-resolution x{scale}", comparison_grid(columns), header, upscale=2))
-    reference = float(np.median(lr_consistency_psnr(high_resolution, low_resolution, scale)))
+    reference = float(np.median(lr_consistency_psnr(high_resolution, low_resolution)))
     notes.append(f"LR-consistency PSNR: the output downsampled back to LR (the filter that made the pairs) against "
                  f"the LR input. The ground truth scores a median {reference:.1f} dB: near-exact where the pair was made "
                  "without blur or noise, lower where they were drawn. A method far below bicubic here puts structure "
@@ -214,6 +215,78 @@ def evaluate_super_resolution(model: LatentSuperResolution, high_resolution: tor
     return RestorationEvaluation(task, f"Super-resolution x{scale}", "bicubic", scores, summaries, gains,
                                  {m.key: m.label for m in methods}, figures, notes,
                                  references={f"lr_consistency_psnr_{task}_hr": reference}, model="ddim",
+                                 classical="bicubic", versus=versus)
+
+
+def scale_name(scale: float) -> str:
+    """``2.5`` -> ``x2p5``: the scale as it appears in metric names."""
+    return f"x{scale:g}".replace(".", "p")
+
+
+def exact_side(side: int, scale: float) -> int:
+    """The largest HR side up to ``side`` that ``scale`` divides into a whole LR side, so every
+    evaluated scale is exact (x2.5: 60 -> 24, x3: 63 -> 21, x6: 60 -> 10 at 64 px)."""
+    for candidate in range(side, 0, -1):
+        low = candidate / scale
+        if low >= 1 and abs(low - round(low)) < 1e-6:
+            return candidate
+    raise ValueError(f"no HR side up to {side} is divisible by scale {scale}")
+
+
+def centre_crop(images: torch.Tensor, side: int) -> torch.Tensor:
+    top, left = (images.shape[-2] - side) // 2, (images.shape[-1] - side) // 2
+    return images[..., top:top + side, left:left + side]
+
+
+def evaluate_arbitrary_scale(model: ArbitraryScaleSuperResolution, high_resolution: torch.Tensor,
+                             low_resolution: torch.Tensor, image_ids, groups, scale: float, *,
+                             fixed: LatentSuperResolution | None = None, ddim_steps: int = 50, spread_seeds: int = 4,
+                             spread_images: int = 16, seed: int = 0, resamples: int = 2000) -> RestorationEvaluation:
+    """The arbitrary-scale model at one scale (``high_resolution`` already cropped so ``scale``
+    is exact) against bicubic at the same scale, the same latent path without diffusion, and,
+    where one was trained for this scale, the fixed-scale model on the same inputs."""
+    task, size = f"sr_{scale_name(scale)}", tuple(high_resolution.shape[-2:])
+    range_low, range_high = model.scale_range
+    bicubic = torch.from_numpy(np.stack([bicubic_to(x[0].numpy(), size) for x in low_resolution])).unsqueeze(1)
+    through_vae = model.without_diffusion(low_resolution, size=size)
+    restored = model(low_resolution, size=size, steps=ddim_steps, seed=seed)
+
+    def consistency(images: torch.Tensor) -> dict[str, np.ndarray]:
+        return {"lr_consistency_psnr": lr_consistency_psnr(images, low_resolution)}
+
+    methods = [Method("bicubic", "Bicubic", bicubic, consistency(bicubic)),
+               Method("bicubic_vae", "Bicubic → VAE → implicit decoder (the latent path, no diffusion)", through_vae,
+                      consistency(through_vae)),
+               Method("arbitrary", f"Arbitrary-scale latent SR, DDIM {ddim_steps}", restored, consistency(restored))]
+    nearest = torch.from_numpy(np.stack([resize(x[0].numpy(), size, Image.Resampling.NEAREST)
+                                         for x in low_resolution])).unsqueeze(1)
+    columns, header = [nearest, bicubic, restored], "LR (nearest) | bicubic | arbitrary-scale SR"
+    if fixed is not None:
+        fixed_out = fixed(low_resolution, steps=ddim_steps, seed=seed)
+        methods.append(Method("fixed", f"Fixed-scale latent SR x{fixed.scale}, DDIM {ddim_steps}", fixed_out,
+                              consistency(fixed_out)))
+        columns.append(fixed_out)
+        header += f" | fixed x{fixed.scale} SR"
+    columns += [high_resolution, _error_map(restored, high_resolution)]
+    header += " | HR | 4x |arbitrary - HR|"
+    range_note = "inside" if range_low <= scale <= range_high else "outside"
+    figures = [Figure(f"Super-resolution x{scale:g} (arbitrary scale)", comparison_grid(columns), header, upscale=2)]
+    notes = [f"x{scale:g} is {range_note} the training range [{range_low:g}, {range_high:g}]. HR crops of "
+             f"{size[0]} x {size[1]} px (centred) make the scale exact: LR {low_resolution.shape[-2]} x "
+             f"{low_resolution.shape[-1]} px."]
+    spread = _spread(lambda inputs, s: model(inputs, size=size, steps=ddim_steps, seed=s), low_resolution, restored,
+                     spread_seeds, spread_images, seed)
+    if spread is not None:
+        figures.append(_spread_figure(spread[1], restored, f"Sample spread, x{scale:g}, {spread_seeds} seeds"))
+    scores, summaries, gains = _score(methods, high_resolution, image_ids, groups, "bicubic", resamples)
+    if spread is not None:
+        summaries["arbitrary"]["spread"] = summarize(spread[0], np.asarray(groups)[:len(spread[0])], resamples=resamples)
+    versus = {ref: paired_gain(scores, "arbitrary", ref, resamples) for ref in ("bicubic_vae", "fixed")
+              if ref in summaries}
+    reference = float(np.median(lr_consistency_psnr(high_resolution, low_resolution)))
+    return RestorationEvaluation(task, f"Super-resolution x{scale:g} (arbitrary scale)", "bicubic", scores, summaries,
+                                 gains, {m.key: m.label for m in methods}, figures, notes,
+                                 references={f"lr_consistency_psnr_{task}_hr": reference}, model="arbitrary",
                                  classical="bicubic", versus=versus)
 
 

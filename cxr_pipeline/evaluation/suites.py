@@ -22,15 +22,19 @@ import torch
 
 from .. import promotion, tracking
 from ..data import atomic
+from ..data.degrade import DegradationMix
 from ..data.image_store import ImageStore
-from ..data.pairs import low_dose_pair_dir, sr_pair_dir
+from ..data.pairs import low_dose_pair_dir, low_resolution_at, sr_pair_dir
 from ..models.batches import StoreImages
-from ..models.pipelines import ClassConditionalGenerator, LatentSuperResolution, LowDoseDenoiser
+from ..models.diffusion import describe
+from ..models.pipelines import (ArbitraryScaleSuperResolution, ClassConditionalGenerator, LatentSuperResolution,
+                                LowDoseDenoiser)
 from ..promotion import Decision, PromotionRule
 from ..reports.document import Figure, Report, Section, Table, markdown_table, write_report
-from ..reports.plots import line_plot
+from ..reports.plots import interval_plot, line_plot
 from .generation import evaluate_generation
-from .restoration import evaluate_denoising, evaluate_super_resolution, tune_denoiser_strength, tune_nlm
+from .restoration import (centre_crop, evaluate_arbitrary_scale, evaluate_denoising, evaluate_super_resolution,
+                          exact_side, tune_denoiser_strength, tune_nlm)
 
 Log = Callable[[str], None]
 
@@ -196,6 +200,90 @@ def super_resolution_suite(models: Sequence[tuple[int, dict]], rows: pd.DataFram
     outcome.summary = "\n\n".join(tables)
     outcome.scores = pd.concat(scores, ignore_index=True)
     return outcome
+
+
+def arbitrary_scale_inputs(high_resolution: torch.Tensor, image_ids: Sequence[str], scales: Sequence[float],
+                           mix: DegradationMix | None, seed: int) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
+    """Per scale: the HR images centre-cropped so the scale is exact, and their LR versions made
+    the way ``sr_pairs`` makes its pairs (at integer scales, the same images)."""
+    inputs = {}
+    for scale in scales:
+        high = centre_crop(high_resolution, exact_side(high_resolution.shape[-1], scale))
+        low = torch.from_numpy(low_resolution_at(high[:, 0].numpy(), list(image_ids), scale, mix, seed)).unsqueeze(1)
+        inputs[float(scale)] = (high, low)
+    return inputs
+
+
+def arbitrary_super_resolution_suite(pointer: dict, fixed_models: Sequence[tuple[int, dict]], rows: pd.DataFrame,
+                                     image_store: Path, scales: Sequence[float], budget: SamplingBudget,
+                                     policy: PromotionPolicy, registry_cache: Path, *, degradation_mix: bool = True,
+                                     pair_seed: int = 0, log: Log = print) -> EvaluationOutcome:
+    """The arbitrary-scale model at each scale on ``rows`` against bicubic at that scale, its own
+    latent path without diffusion and, at the scales a fixed-scale model was trained for, that
+    model on the same inputs; a plot of the gain over bicubic by scale; then promotion."""
+    ids, groups = rows["image_id"].astype(str), rows["patient_key"]
+    inputs = arbitrary_scale_inputs(stored_images(ImageStore(image_store), rows), ids, scales,
+                                    DegradationMix() if degradation_mix else None, pair_seed)
+    fixed = {float(scale): p for scale, p in fixed_models}
+
+    def evaluate(model_dir: str, compare: bool = False):
+        model = ArbitraryScaleSuperResolution.from_pretrained(model_dir, budget.device)
+        results = []
+        for scale, (high, low) in inputs.items():
+            reference = (LatentSuperResolution.from_pretrained(fixed[scale]["model_dir"], budget.device)
+                         if compare and scale in fixed else None)
+            log(f"x{scale:g}: {len(high)} test images, LR {tuple(low.shape[-2:])} -> HR {tuple(high.shape[-2:])}"
+                + (f", beside {fixed[scale]['registered_model']} v{fixed[scale]['version']}" if reference else ""))
+            results.append((scale, evaluate_arbitrary_scale(
+                model, high, low, ids, groups, scale, fixed=reference, ddim_steps=budget.ddim_steps,
+                spread_seeds=budget.spread_seeds, spread_images=budget.spread_images, seed=budget.seed,
+                resamples=budget.bootstrap_resamples)))
+        return results
+
+    def merged_metrics(results) -> dict[str, float]:
+        metrics = {k: v for _, result in results for k, v in result.metrics().items()}
+        metrics["psnr_gain_sr_mean_arbitrary"] = float(np.mean([r.gains["arbitrary"].mean for _, r in results]))
+        return metrics
+
+    results = evaluate(pointer["model_dir"], compare=True)
+    metrics = merged_metrics(results)
+    must_beat = tuple(pair for _, result in results for pair in result.must_beat())  # every scale
+    decision, promotion_section = challenge_champion(pointer, metrics, policy.rule(must_beat),
+                                                     promotion.split_key(rows["image_id"]),
+                                                     lambda d: merged_metrics(evaluate(d)), registry_cache, log)
+    low, high = describe(pointer["model_dir"])["scale_range"]
+    series = {"arbitrary-scale model": ([s for s, _ in results], *zip(*[(r.gains["arbitrary"].mean,
+                                                                          r.gains["arbitrary"].ci_low,
+                                                                          r.gains["arbitrary"].ci_high)
+                                                                         for _, r in results]))}
+    with_fixed = [(s, r.gains["fixed"]) for s, r in results if "fixed" in r.gains]
+    if with_fixed:
+        series["fixed-scale model"] = ([s for s, _ in with_fixed], [g.mean for _, g in with_fixed],
+                                       [g.ci_low for _, g in with_fixed], [g.ci_high for _, g in with_fixed])
+    plot = Figure("PSNR gain over bicubic by scale",
+                  interval_plot(series, "PSNR gain over bicubic (paired, 95% patient-bootstrap interval)", "scale",
+                                "dB", shade=(low, high)),
+                  f"Shaded: the training range [{low:g}, {high:g}]; outside it the model extrapolates.")
+    rows_ = []
+    for scale, result in results:
+        gain, versus = result.gains["arbitrary"], result.versus
+        rows_.append({"scale": f"x{scale:g}", "bicubic PSNR": round(result.summaries["bicubic"]["psnr"].mean, 2),
+                      "arbitrary PSNR": round(result.summaries["arbitrary"]["psnr"].mean, 2),
+                      "gain over bicubic": gain.text(2),
+                      "gain over fixed-scale": versus["fixed"].text(2) if "fixed" in versus else "—",
+                      "LR-consistency": round(result.summaries["arbitrary"]["lr_consistency_psnr"].mean, 2)})
+    table = pd.DataFrame(rows_)
+    sections = [Section("Gain by scale", "", [Table("Arbitrary-scale SR by scale", table)], [plot])]
+    sections += [result.section() for _, result in results]
+    sections += [Section("Training", figures=[training_curve(pointer, "Arbitrary-scale SR")]), promotion_section]
+    evaluated = [(pointer, metrics)]
+    return EvaluationOutcome(
+        "arbitrary_sr_evaluation", Report("Arbitrary-scale super-resolution evaluation",
+                                          split_description(rows, evaluated), sections),
+        metrics, evaluated, [(pointer, decision)], must_beat, markdown_table(table),
+        params={**asdict(budget), "scales": list(scales), "degradation_mix": degradation_mix, "pair_seed": pair_seed,
+                "fixed_scale_models": ", ".join(f"{p['registered_model']} v{p['version']}" for _, p in fixed_models)},
+        scores=pd.concat([r.scores.assign(task=r.task) for _, r in results], ignore_index=True))
 
 
 def denoising_suite(pointer: dict, rows: pd.DataFrame, val_rows: pd.DataFrame, image_store: Path, pairs_root: Path,

@@ -39,6 +39,9 @@ class UNetConfig:
     attention: bool = False  # self-attention in the lowest-resolution block
     num_class_embeds: int | None = None
     norm_num_groups: int = 16
+    # "timestep": a continuous condition (a float per image, e.g. the SR scale) embedded like the
+    # timestep (sinusoids, then an MLP) and added to it; None: class ids or nothing
+    class_embed_type: str | None = None
 
     def build(self) -> UNet2DModel:
         blocks = len(self.block_out_channels)
@@ -55,6 +58,7 @@ class UNetConfig:
             down_block_types=tuple(down),
             up_block_types=tuple(up),
             num_class_embeds=self.num_class_embeds,
+            class_embed_type=self.class_embed_type,
             norm_num_groups=self.norm_num_groups,
         )
 

@@ -168,73 +168,100 @@ def shrink(images: torch.Tensor, scale: float, factor: int) -> torch.Tensor:
     return F.interpolate(images, size=(side, side), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
 
 
-def render_step(scales: tuple[float, float], query_points: int):
-    """One LIIF step: images shrunk by a random scale in ``scales``, encoded, and rendered back
-    at ``query_points`` random pixels of the original grid (L1 in the model's units). The
-    autoencoder stays frozen, so the latent space the diffusion models use does not move."""
+def antialiased(images: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def ratio_name(ratio: float) -> str:
+    return f"x{ratio:g}".replace(".", "p")
+
+
+def render_step(ratios: tuple[float, float], query_points: int):
+    """One LIIF step at a random ratio r in ``ratios`` (output pixels per pixel of the latent's
+    grid), L1 in the model's units at ``query_points`` random output pixels. r >= 1: the image
+    shrunk by r is encoded and rendered at the image's size (upsampling a latent); r < 1: the
+    image is encoded as it is and rendered at r times its size against its antialiased shrink
+    (sizes between the encoder's grid steps). The autoencoder stays frozen, so the latent space
+    the diffusion models use does not move."""
 
     def step(model: ImplicitDecoder, images: torch.Tensor, generator: torch.Generator):
         factor = downsampling_factor(model.vae)
-        low, high = scales
-        scale = float(low + (high - low) * torch.rand((), generator=generator, device=generator.device))
+        low, high = ratios
+        ratio = float(low + (high - low) * torch.rand((), generator=generator, device=generator.device))
         with torch.no_grad():
-            latents = model.vae.encode(to_model(shrink(images, scale, factor))).latent_dist.mode()
-        size = images.shape[-1]
+            if ratio >= 1:
+                source, target = shrink(images, ratio, factor), images
+            else:
+                source, target = images, antialiased(images, max(1, int(round(images.shape[-1] * ratio))))
+            latents = model.vae.encode(to_model(source)).latent_dist.mode()
+        size = target.shape[-1]
         coords, cells = queries(size, size)
         picked = torch.randperm(size * size, generator=generator, device=generator.device)[:query_points].cpu()
         coords, cells = coords[picked].to(images), cells[picked].to(images)
         batch = len(images)
         prediction = model.query(model.features(latents), coords.expand(batch, -1, -1), cells.expand(batch, -1, -1))
-        target = to_model(images).flatten(2)[:, :, picked.to(images.device)].transpose(1, 2)
-        return (prediction.float() - target).abs().mean(), {"scale": scale}
+        values = to_model(target).flatten(2)[:, :, picked.to(images.device)].transpose(1, 2)
+        return (prediction.float() - values).abs().mean(), {"ratio": ratio}
 
     return step
 
 
 @torch.no_grad()
-def evaluate_rendering(model: ImplicitDecoder, images: torch.Tensor, scales: Sequence[float] = (1.0, 2.0, 4.0),
+def evaluate_rendering(model: ImplicitDecoder, images: torch.Tensor, ratios: Sequence[float] = (1.0, 2.0, 4.0),
                        batch_size: int = 64) -> dict[str, float]:
-    """Val PSNR of shrink -> encode -> render at the original size, per scale, next to bicubic
-    from the same shrunk image (what the decoder must beat above its native grid)."""
+    """Val PSNR of the rendering at each ratio next to what it must beat. r >= 1: shrink by r,
+    encode, render at the original size, against bicubic from the same shrunk image. r < 1:
+    encode, render at r times the size, against the plain decode resized (antialiased) to it;
+    both against the original shrunk the same way."""
     device = next(model.parameters()).device
     factor, size = downsampling_factor(model.vae), images.shape[-1]
     out: dict[str, float] = {}
-    for scale in scales:
-        rendered, bicubic = [], []
+    for ratio in ratios:
+        rendered, baseline, targets = [], [], []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size].to(device)
-            small = shrink(chunk, scale, factor)
-            latents = model.vae.encode(to_model(small)).latent_dist.mode()
-            rendered.append(from_model(model.render(latents, (size, size)).float()).cpu())
-            bicubic.append(F.interpolate(small, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1).cpu())
-        name = f"x{scale:g}".replace(".", "p")
-        out[f"val_psnr_render_{name}"] = float(per_image_scores(torch.cat(rendered), images)["psnr"].mean())
-        out[f"val_psnr_bicubic_{name}"] = float(per_image_scores(torch.cat(bicubic), images)["psnr"].mean())
+            if ratio >= 1:
+                source, target = shrink(chunk, ratio, factor), chunk
+                other = antialiased(source, size)
+            else:
+                source, target = chunk, antialiased(chunk, max(1, int(round(size * ratio))))
+            latents = model.vae.encode(to_model(source)).latent_dist.mode()
+            if ratio < 1:
+                other = antialiased(from_model(model.vae.decode(latents).sample.float()), target.shape[-1])
+            rendered.append(from_model(model.render(latents, tuple(target.shape[-2:])).float()).cpu())
+            baseline.append(other.cpu())
+            targets.append(target.cpu())
+        name, targets = ratio_name(ratio), torch.cat(targets)
+        out[f"val_psnr_render_{name}"] = float(per_image_scores(torch.cat(rendered), targets)["psnr"].mean())
+        baseline_name = "bicubic" if ratio >= 1 else "resized"
+        out[f"val_psnr_{baseline_name}_{name}"] = float(per_image_scores(torch.cat(baseline), targets)["psnr"].mean())
     return out
 
 
 def train_implicit_decoder(metadata: pd.DataFrame, store: ImageStore, vae_dir: Path, train_config: TrainConfig,
-                           runs_root: Path, data_hash: str, *, scales: tuple[float, float] = (1.0, 4.0),
-                           query_points: int = 1024, hidden: Sequence[int] = (128, 128), progress=None,
+                           runs_root: Path, data_hash: str, *, ratios: tuple[float, float] = (1.0, 4.0),
+                           eval_ratios: Sequence[float] = (1.0, 2.0, 4.0), query_points: int = 1024,
+                           hidden: Sequence[int] = (128, 128), progress=None,
                            stop_after: int | None = None) -> TrainingOutcome:
-    """The first stage of arbitrary-scale SR: a LIIF head over the project's frozen VAE, trained
-    on the train split, validated on val (``evaluate_rendering``)."""
+    """A LIIF head over the project's frozen VAE, trained on the train split at output ratios in
+    ``ratios`` (:func:`render_step`), validated on val at ``eval_ratios``."""
     train = StoreImages(store, metadata[metadata["split"] == "train"])
     val = StoreImages(store, metadata[metadata["split"] == "val"]).stack()
     sampler = EpochSampler(len(train), train_config.batch_size, train_config.seed)
     vae = load_vae(vae_dir).requires_grad_(False)
     torch.manual_seed(train_config.seed)  # the head's initial weights: the same run starts the same
     decoder = ImplicitDecoder.from_vae(vae, hidden)
-    run_dir = Path(runs_root) / run_key("implicit_decoder", {"hidden": list(hidden), "scales": list(scales),
+    run_dir = Path(runs_root) / run_key("implicit_decoder", {"hidden": list(hidden), "ratios": list(ratios),
                                                              "query_points": query_points, "vae": str(vae_dir)},
                                         train_config.identity(), data_hash)
-    trainer = Trainer(decoder, render_step(scales, query_points), lambda step: train.batch(sampler.indices(step)),
-                      train_config, run_dir, evaluate=lambda model, step: evaluate_rendering(model, val),
+    trainer = Trainer(decoder, render_step(ratios, query_points), lambda step: train.batch(sampler.indices(step)),
+                      train_config, run_dir, evaluate=lambda model, step: evaluate_rendering(model, val, eval_ratios),
                       progress=progress)
     model_dir = run_dir / "model"
     with trainer.exclusive():
         result = trainer.fit(stop_after=stop_after)
-        with atomic_folder(model_dir) as tmp:
-            result.ema_model.save_pretrained(tmp)
+        if trainer.group.is_main:
+            with atomic_folder(model_dir) as tmp:
+                result.ema_model.save_pretrained(tmp)
     return TrainingOutcome("implicit_decoder", run_dir, model_dir, result.final_step, result.resumed_from,
                            result.last_eval)

@@ -19,10 +19,11 @@ VAE = ModelKind("vae", "vae", "cxr-vae", "vae")
 CLASSIFIER = ModelKind("classifier", "cxr_classifier", "cxr-feature-classifier", "classifier")
 CLASS_DDPM = ModelKind("class_ddpm", "class_ddpm", "cxr-class-ddpm", "class_ddpm")
 DENOISER = ModelKind("denoiser", "low_dose_denoiser", "cxr-lowdose-denoiser", "denoiser")
+ARBITRARY_SR = ModelKind("arbitrary_sr", "arbitrary_sr", "cxr-arbitrary-sr", "arbitrary_sr")
 
 
 def latent_sr(scale: int) -> ModelKind:
     return ModelKind(f"latent_sr_x{scale}", "latent_sr", f"cxr-latent-sr-x{scale}", "latent_sr")
 
 
-MODEL_KINDS = (VAE, CLASSIFIER, CLASS_DDPM, DENOISER, latent_sr(4))  # latent_sr: one per scale built
+MODEL_KINDS = (VAE, CLASSIFIER, CLASS_DDPM, DENOISER, ARBITRARY_SR, latent_sr(4))  # latent_sr: one per scale built

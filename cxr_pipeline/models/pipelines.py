@@ -11,15 +11,17 @@ strengths, dose levels) instead of reading the folder on every call.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
 
+from ..data.degrade import bicubic_to, upsample_bicubic
 from ..tracking import resolve_model
-from .diffusion import DiffusionModel, UNetConfig, load_model, sample, save_model
+from .diffusion import DiffusionModel, UNetConfig, describe, load_model, sample, save_model
+from .implicit import ImplicitDecoder, LiifHead, downsampling_factor
 from .training import pick_device
 from .vae import encode_mean, from_model, load_vae, to_model
 
@@ -86,8 +88,6 @@ class LatentSuperResolution(DiffusionPipeline):
         """LR images (N, 1, h, w) in [0, 1] -> SR images (N, 1, h*scale, w*scale) in [0, 1].
         ``strength`` 1 samples from pure noise; lower values start from the LR latent noised to
         that share of T (SDEdit): fewer steps, and the output cannot drift far from the input."""
-        from ..data.degrade import upsample_bicubic
-
         model, factor = self.model, self.model.scaling_factor
         outputs = []
         for start in range(0, len(low_resolution), batch_size):
@@ -99,6 +99,118 @@ class LatentSuperResolution(DiffusionPipeline):
                              residual_scale=model.conditioning.residual_scale,
                              generator=torch.Generator().manual_seed(seed + start))
             outputs.append(to_images(latents, model.vae, factor))
+        return torch.cat(outputs)
+
+
+def canvas_side(side: int, factor: int) -> int:
+    """The smallest multiple of ``factor`` (what the encoder and the UNet divide by) that holds ``side`` pixels."""
+    return -(-side // factor) * factor
+
+
+def bicubic_canvas(low_resolution: torch.Tensor, size: tuple[int, int], factor: int) -> torch.Tensor:
+    """LR images (N, 1, h, w) bicubic-resampled over the same field of view to ``size``, rounded up
+    to a multiple of ``factor``: the arbitrary-scale model's condition, in training and in use alike."""
+    canvas = (canvas_side(size[0], factor), canvas_side(size[1], factor))
+    return torch.from_numpy(np.stack([bicubic_to(x[0].numpy(), canvas) for x in low_resolution])).unsqueeze(1)
+
+
+def scale_label(ratio: float) -> float:
+    """The arbitrary-scale model's continuous condition, the output-to-input size ratio, in the
+    units of the timestep embedding it goes through (x1 -> 100, x4 -> 400)."""
+    return 100.0 * float(ratio)
+
+
+class ArbitraryScaleSuperResolution(DiffusionPipeline):
+    """Super-resolution at any scale or output size with one model. The LR image is resampled
+    (bicubic) to the requested size rounded up to the latent grid (the VAE's factor times the
+    UNet's) and encoded; the diffusion model, trained on continuous scales and told the scale,
+    restores that latent (the correction to the bicubic latent, as the fixed-scale model does);
+    the implicit decoder (:mod:`.implicit`) renders it at exactly the requested size. On the grid
+    itself the VAE's own decoder renders it (the exact plain decode).
+
+    The scale work happens in latent space, not in the decoder: an implicit decoder asked to
+    upsample a latent scored below bicubic from the same input on this data
+    (bench/implicit_decoder.py), so it renders only the last fraction of a grid step."""
+
+    kind_prefix = "arbitrary_sr"
+
+    def __init__(self, model: DiffusionModel, folder: Path | None = None):
+        super().__init__(model, folder)
+        if folder is None:
+            raise ValueError("an arbitrary-scale model loads from its folder (its decoder head is saved beside it)")
+        head = LiifHead.from_pretrained(str(Path(folder) / "head"), low_cpu_mem_usage=False)
+        self.decoder = ImplicitDecoder(model.vae, head).to(self.device).eval()
+        # canvases are whole multiples of what the VAE and then the UNet's down blocks divide by
+        self.factor = downsampling_factor(model.vae) * 2 ** (len(model.unet.config.block_out_channels) - 1)
+        # told the scale (a timestep-style embedding) when trained so; beyond the training range it
+        # is told the nearest end of it unless ``extrapolate`` (measured in bench/arbitrary_sr.py)
+        self.scale_conditioned = model.unet.config.class_embed_type == "timestep"
+        self.extrapolate = False
+
+    @property
+    def scale_range(self) -> tuple[float, float]:
+        low, high = self.description["scale_range"]
+        return float(low), float(high)
+
+    def save_pretrained(self, folder: Path) -> None:
+        super().save_pretrained(folder)
+        self.decoder.head.save_pretrained(str(Path(folder) / "head"))
+
+    @staticmethod
+    def output_size(low_size: tuple[int, int], scale: float | None, size: tuple[int, int] | None) -> tuple[int, int]:
+        if (scale is None) == (size is None):
+            raise ValueError("give either scale or size")
+        if size is not None:
+            height, width = (int(v) for v in size)
+        else:
+            if scale <= 0:
+                raise ValueError(f"scale must be positive, got {scale}")
+            height, width = (max(1, int(round(side * scale))) for side in low_size)
+        if height < 1 or width < 1:
+            raise ValueError(f"output size must be positive, got {(height, width)}")
+        return height, width
+
+    @torch.no_grad()
+    def __call__(self, low_resolution: torch.Tensor, *, scale: float | None = None, size: tuple[int, int] | None = None,
+                 sampler: str = "ddim", steps: int = 50, seed: int = 0, strength: float = 1.0,
+                 batch_size: int = 64) -> torch.Tensor:
+        """LR images (N, 1, h, w) in [0, 1] -> SR images (N, 1, H, W) in [0, 1], with (H, W) the
+        LR size times ``scale`` (rounded) or ``size``. ``strength`` as in :class:`LatentSuperResolution`."""
+        model = self.model
+        target = self.output_size(tuple(low_resolution.shape[-2:]), scale, size)
+        ratio = (target[0] / low_resolution.shape[-2] + target[1] / low_resolution.shape[-1]) / 2
+        if not self.extrapolate:
+            ratio = min(max(ratio, self.scale_range[0]), self.scale_range[1])
+
+        def restore(condition: torch.Tensor, start: int) -> torch.Tensor:
+            labels = torch.full((len(condition),), scale_label(ratio)) if self.scale_conditioned else None
+            return sample(model.unet, model.schedule, tuple(condition.shape), condition=condition, labels=labels,
+                          sampler=sampler, steps=steps, start=condition, strength=strength,
+                          residual_scale=model.conditioning.residual_scale,
+                          generator=torch.Generator().manual_seed(seed + start))
+
+        return self._through_latents(low_resolution, target, batch_size, restore)
+
+    @torch.no_grad()
+    def without_diffusion(self, low_resolution: torch.Tensor, *, scale: float | None = None,
+                          size: tuple[int, int] | None = None, batch_size: int = 64) -> torch.Tensor:
+        """The same path with a zero correction (bicubic canvas -> VAE -> rendering): the baseline
+        that keeps the diffusion model from being credited with the decoder's work."""
+        target = self.output_size(tuple(low_resolution.shape[-2:]), scale, size)
+        return self._through_latents(low_resolution, target, batch_size, lambda condition, start: condition)
+
+    def _through_latents(self, low_resolution: torch.Tensor, target: tuple[int, int], batch_size: int,
+                         restore: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
+        """Canvas -> latent -> ``restore(scaled latent, first row)`` -> rendering at ``target``."""
+        model, factor = self.model, self.model.scaling_factor
+        outputs = []
+        for start in range(0, len(low_resolution), batch_size):
+            canvas = bicubic_canvas(low_resolution[start:start + batch_size], target, self.factor)
+            latents = restore(encode_mean(model.vae, canvas) * factor, start)
+            if tuple(canvas.shape[-2:]) == target:
+                outputs.append(to_images(latents, model.vae, factor))
+            else:
+                outputs.append(self.decoder.images(latents.to(self.device) / factor, target))
         return torch.cat(outputs)
 
 
@@ -160,7 +272,12 @@ class LowDoseDenoiser(DiffusionPipeline):
 
 
 def super_resolve(model: str | Path, low_resolution: torch.Tensor, *, device: str = "auto", **options) -> torch.Tensor:
-    return LatentSuperResolution.from_pretrained(model, device)(low_resolution, **options)
+    """With a fixed-scale model (``cxr-latent-sr-x4``) at its scale; with the arbitrary-scale one
+    (``cxr-arbitrary-sr``) at ``scale=3.3`` or ``size=(h, w)``."""
+    folder = resolve_model(model)
+    kind = describe(folder).get("kind", "")
+    pipeline = ArbitraryScaleSuperResolution if kind.startswith("arbitrary_sr") else LatentSuperResolution
+    return pipeline.from_pretrained(folder, device)(low_resolution, **options)
 
 
 def generate(model: str | Path, class_ids: Sequence[int], *, device: str = "auto", **options) -> torch.Tensor:

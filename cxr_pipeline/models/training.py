@@ -125,9 +125,13 @@ class TrainEvent:
     images_per_s: float = 0.0
     eta_s: float = 0.0
     note: str = ""  # "wait": who holds the run folder
+    part: str = ""  # which part of a model with several trained in one run ("decoder"); "" for the model
 
     def describe(self) -> str:
         """One log line, the same wherever the training runs."""
+        return f"{self.part}: {self._describe()}" if self.part else self._describe()
+
+    def _describe(self) -> str:
         if self.kind == "step":
             return (f"step {self.step}/{self.total_steps} loss {self.metrics['loss']:.5f} "
                     f"{self.images_per_s:.1f} img/s, ETA {self.eta_s:.0f}s")
@@ -140,12 +144,15 @@ class TrainEvent:
         return f"{self.kind} at step {self.step}"
 
     def logged_metrics(self) -> dict[str, float]:
-        """The metrics this event adds to the training curves (``train_*`` for steps)."""
+        """The metrics this event adds to the training curves (``train_*`` for steps), prefixed
+        with the part's name (``decoder_train_loss``) when it has one."""
         if self.kind == "step":
-            return {f"train_{k}": v for k, v in self.metrics.items()} | {"images_per_s": self.images_per_s}
-        if self.kind == "eval":
-            return dict(self.metrics)
-        return {}
+            metrics = {f"train_{k}": v for k, v in self.metrics.items()} | {"images_per_s": self.images_per_s}
+        elif self.kind == "eval":
+            metrics = dict(self.metrics)
+        else:
+            return {}
+        return {f"{self.part}_{k}": v for k, v in metrics.items()} if self.part else metrics
 
 
 # A training step: (model, batch on device, the step's generator) -> (loss, extra metrics).

@@ -21,7 +21,7 @@ from . import diffusion_training as dt
 from .diffusion import ScheduleConfig, UNetConfig
 from .training import TrainConfig, TrainingOutcome
 
-MODELS = ("latent_sr", "class_ddpm", "denoiser")
+MODELS = ("latent_sr", "class_ddpm", "denoiser", "arbitrary_sr")
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,9 @@ class TrainingJob:
     train: TrainConfig
     data_hash: str
     # The model's own arguments: latent_sr {scale, vae_dir, residual}; class_ddpm {classes, balance,
-    # label_dropout, guidance, and vae_dir for the latent space}; denoiser {dose_conditioning, strength, crop, residual}.
+    # label_dropout, guidance, and vae_dir for the latent space}; denoiser {dose_conditioning, strength, crop, residual};
+    # arbitrary_sr {vae_dir, decoder_train (a TrainConfig as a dict), scale_range, draws, degradation_mix, pair_seed,
+    # residual, decoder_ratios, decoder_hidden, decoder_queries}.
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -66,6 +68,14 @@ def run(job: TrainingJob, progress: Any = None, stop_after: int | None = None) -
                                   **common)
     metadata = pd.read_parquet(paths.metadata)
     store = ImageStore(paths.image_store)
+    if job.model == "arbitrary_sr":
+        knobs = {k: v for k, v in options.items() if k not in ("vae_dir", "decoder_train")}
+        for name in ("scale_range", "decoder_ratios", "decoder_hidden"):
+            if name in knobs:
+                knobs[name] = tuple(knobs[name])
+        return dt.train_arbitrary_sr(metadata, store, paths.latents, Path(options["vae_dir"]), job.unet, job.schedule,
+                                     job.train, TrainConfig(**options["decoder_train"]), job.runs_root, job.data_hash,
+                                     **knobs, **common)
     if job.model == "class_ddpm":
         latent = options.get("vae_dir") is not None
         return dt.train_class_ddpm(metadata, store, options["classes"], job.unet, job.schedule, job.train, job.runs_root,

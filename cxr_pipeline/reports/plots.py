@@ -36,6 +36,27 @@ def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], tit
     return _to_array(figure)
 
 
+def interval_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float], Sequence[float]]],
+                  title: str, xlabel: str, ylabel: str, shade: tuple[float, float] | None = None) -> np.ndarray:
+    """One line of means with interval bars per name: (x, mean, low, high); a zero line, and
+    ``shade`` (x from, x to) marked, for example a training range."""
+    figure, axis = plt.subplots(figsize=(6.0, 3.4), dpi=100)
+    if shade is not None:
+        axis.axvspan(*shade, color="tab:blue", alpha=0.08, label="training range")
+    axis.axhline(0.0, color="black", linewidth=0.8)
+    for name, (xs, means, lows, highs) in series.items():
+        means, lows, highs = (np.asarray(v, dtype=float) for v in (means, lows, highs))
+        axis.errorbar(xs, means, yerr=[means - lows, highs - means], label=name, marker="o", markersize=4,
+                      linewidth=1.2, capsize=3)
+    axis.set_title(title)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return _to_array(figure)
+
+
 def heat_maps(maps: np.ndarray, images: np.ndarray, title: str, vmax: float | None = None) -> np.ndarray:
     """Pairs of image | heat map (shared colour scale, with a colour bar), one pair per column."""
     count = len(maps)
