@@ -66,7 +66,30 @@ def goal_rows() -> list[dict]:
                      f"{model:.2f} vs {nlm:.2f}: +{dn[name]:.2f} [{dn[name + '_ci_low']:.2f}, {dn[name + '_ci_high']:.2f}] dB; "
                      f"SSIM {dn[f'ssim_denoise_i0_{dose}_diffusion']:.3f} vs {dn[f'ssim_denoise_i0_{dose}_nlm']:.3f}",
                      dn[name + "_ci_low"] > 0))
+    rows += arbitrary_rows(latest_metrics("arbitrary_sr_evaluation"))
     return [{"goal": g, "measured": m, "met": "yes" if ok else "NO"} for g, m, ok in rows]
+
+
+def arbitrary_rows(ar: dict[str, float]) -> list[tuple[str, str, bool]]:
+    """Arbitrary-scale SR: every evaluated scale against bicubic, the fixed-scale model where one
+    was trained, LR-consistency inside the training range [1, 4]."""
+    scales = sorted({k.removeprefix("psnr_sr_").removesuffix("_arbitrary") for k in ar
+                     if k.startswith("psnr_sr_x") and k.endswith("_arbitrary")}, key=lambda n: float(n[1:].replace("p", ".")))
+    rows = []
+    for name in scales:
+        gain = f"psnr_gain_sr_{name}_arbitrary"
+        rows.append((f"arbitrary SR beats bicubic at {name}, paired interval above 0",
+                     f"{ar[f'psnr_sr_{name}_arbitrary']:.2f} vs {ar[f'psnr_sr_{name}_bicubic']:.2f}: {ar[gain]:+.2f} "
+                     f"[{ar[gain + '_ci_low']:.2f}, {ar[gain + '_ci_high']:.2f}] dB", ar[gain + "_ci_low"] > 0))
+        versus = f"psnr_gain_sr_{name}_arbitrary_vs_fixed"
+        if versus in ar:
+            rows.append((f"arbitrary SR {name}: within 0.3 dB of the fixed-scale model or better",
+                         f"{ar[versus]:+.2f} [{ar[versus + '_ci_low']:.2f}, {ar[versus + '_ci_high']:.2f}] dB",
+                         ar[versus] >= -0.3))
+        if float(name[1:].replace("p", ".")) <= 4:
+            consistency = ar[f"lr_consistency_psnr_sr_{name}_arbitrary"]
+            rows.append((f"arbitrary SR {name}: LR-consistency >= 35 dB", f"{consistency:.2f}", consistency >= 35))
+    return rows
 
 
 def stage_rows() -> tuple[list[dict], float]:
