@@ -282,7 +282,8 @@ def train_arbitrary_sr(metadata: pd.DataFrame, store: ImageStore, latents_dir: P
     ``stop_after`` interrupts the second."""
     runs_root = Path(runs_root)
     decoder = train_implicit_decoder(metadata, store, vae_dir, decoder_config, runs_root / "decoder", data_hash,
-                                     ratios=decoder_ratios, eval_ratios=(0.8, 0.95, 1.0), hidden=decoder_hidden,
+                                     ratios=decoder_ratios, eval_ratios=(0.8, 0.95), val_images=48,
+                                     hidden=decoder_hidden,
                                      query_points=decoder_queries, progress=as_part(progress, "decoder"))
     # only the main process saves, and only after its own decoder stage wrote the head
     parts = {"head": ImplicitDecoder.from_pretrained(decoder.model_dir).head} if distributed.current().is_main else {}
