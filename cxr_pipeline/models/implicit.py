@@ -129,7 +129,7 @@ class ImplicitDecoder(nn.Module):
 
     def render(self, latents: torch.Tensor, size: tuple[int, int], chunk: int = 8192, images: int = 16) -> torch.Tensor:
         """Latents -> images (B, C, h, w) in the model's units ([-1, 1]) at any ``size``, ``images``
-        latents and ``chunk`` output pixels at a time (1.7x faster on CPU than the whole batch)."""
+        latents and ``chunk`` output pixels at a time (1.5x faster on CPU than the whole batch)."""
         if len(latents) > images:
             return torch.cat([self.render(latents[i:i + images], size, chunk, images)
                               for i in range(0, len(latents), images)])
