@@ -21,16 +21,19 @@ def test_jobs_cover_the_units_of_work():
         selection = defs.resolve_job_def(job_name).asset_layer.selected_asset_keys
         return {key.path[-1] for key in selection}
 
-    assert selected("training") == {"sr_pairs", "low_dose_pairs", "vae", "latents", "latent_sr", "class_ddpm",
-                                    "low_dose_denoiser"}
-    assert selected("evaluation") == {"cxr_classifier", "sr_evaluation", "denoising_evaluation", "generation_evaluation"}
+    assert selected("training") == {"sr_pairs", "low_dose_pairs", "vae", "latents", "latent_sr", "arbitrary_sr",
+                                    "class_ddpm", "low_dose_denoiser"}
+    assert selected("evaluation") == {"cxr_classifier", "sr_evaluation", "arbitrary_sr_evaluation",
+                                      "denoising_evaluation", "generation_evaluation"}
     assert selected("retrain_and_evaluate") == selected("training") | selected("evaluation")
     assert selected("all_assets") == {key.path[-1] for key in graph.get_all_asset_keys()}
 
 
 def test_heavy_steps_share_a_pool_and_only_training_retries():
-    training = (models.vae, diffusion.latent_sr, diffusion.class_ddpm, diffusion.low_dose_denoiser, evaluation.cxr_classifier)
-    scoring = (evaluation.sr_evaluation, evaluation.denoising_evaluation, evaluation.generation_evaluation)
+    training = (models.vae, diffusion.latent_sr, diffusion.arbitrary_sr, diffusion.class_ddpm,
+                diffusion.low_dose_denoiser, evaluation.cxr_classifier)
+    scoring = (evaluation.sr_evaluation, evaluation.arbitrary_sr_evaluation, evaluation.denoising_evaluation,
+               evaluation.generation_evaluation)
     for asset in training + scoring:
         assert asset.op.pool == "cxr_training", asset.key
     for asset in training:
