@@ -1,0 +1,103 @@
+"""The report encoder: a WordPiece tokenizer trained on reports, a small BERT pretrained on them by
+masked-language modelling, and one loading path for it and for any local BERT-family checkpoint."""
+
+import itertools
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizerFast
+
+from cxr_pipeline.models.report_encoder import (ReportEncoderConfig, encode_reports, load_report_encoder,
+                                                pretrain_report_encoder, token_counts, train_tokenizer)
+from cxr_pipeline.models.training import TrainConfig
+
+SIDES, SIZES = ("right", "left"), ("small", "moderate", "large")
+FINDINGS = ("pleural effusion", "pneumothorax", "consolidation in the lower lobe", "atelectasis at the base")
+
+
+def reports() -> list[str]:
+    positive = [f"{size.capitalize()} {side} {finding}." for size, side, finding in itertools.product(SIZES, SIDES, FINDINGS)]
+    negative = [f"No {a} or {b}. The heart size is normal." for a, b in itertools.permutations(
+        ("pneumothorax", "pleural effusion", "focal consolidation"), 2)]
+    return positive + negative + ["Heart size is normal. Lungs are clear.", "The lungs are clear without effusion."]
+
+
+ENCODER = ReportEncoderConfig(vocab_size=200, hidden_size=32, layers=1, heads=2, intermediate_size=64, max_length=24)
+TRAIN = TrainConfig(steps=100, batch_size=16, learning_rate=3e-3, warmup_steps=4, ema_decay=0.9, checkpoint_every=50,
+                    eval_every=50, log_every=10, device="cpu")
+
+
+def test_the_tokenizer_round_trips_through_save_pretrained(tmp_path):
+    tokenizer = train_tokenizer(reports(), vocab_size=200, max_length=24)
+    ids = tokenizer("No pneumothorax or pleural effusion.")["input_ids"]
+    assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    assert tokenizer.unk_token_id not in ids  # every word of the corpus is in the vocabulary
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "no pneumothorax or pleural effusion."
+    assert tokenizer("")["input_ids"] == [tokenizer.cls_token_id, tokenizer.sep_token_id]  # the null condition
+    tokenizer.save_pretrained(str(tmp_path))
+    loaded = AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)
+    for text in ("Moderate right pleural effusion.", "Unseen words: cardiomegaly!"):
+        assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert loaded.mask_token == "[MASK]" and loaded.model_max_length == 24
+    assert token_counts(loaded, ["Small left pneumothorax."]).tolist() == [len(loaded("Small left pneumothorax.")["input_ids"])]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("encoder")
+    events = []
+    outcome = pretrain_report_encoder(reports(), reports()[::3], ENCODER, TRAIN, runs, "tiny", progress=events.append)
+    return outcome, events, runs
+
+
+def test_pretraining_learns_the_reports_and_saves_a_loadable_encoder(pretrained):
+    outcome, events, _ = pretrained
+    evals = [e.metrics for e in events if e.kind == "eval"]
+    losses = [e.metrics["loss"] for e in events if e.kind == "step"]
+    assert np.mean(losses[-2:]) < 0.7 * np.mean(losses[:2]), losses
+    # chance is 1 / 200 tokens; the same val masks at every evaluation
+    assert evals[-1]["val_mlm_accuracy"] > 0.3 and evals[-1]["val_mlm_loss"] < evals[0]["val_mlm_loss"]
+    assert outcome.metrics["val_mlm_loss"] == evals[-1]["val_mlm_loss"]
+    tokenizer, encoder = load_report_encoder(outcome.model_dir)
+    assert type(encoder).__name__ == "BertModel" and not encoder.training  # the MLM head is dropped
+    hidden, mask = encode_reports(tokenizer, encoder, ["Large right pneumothorax.", "", "No pleural effusion."])
+    assert hidden.shape[:2] == mask.shape and hidden.shape[-1] == ENCODER.hidden_size
+    assert mask.sum(1).tolist()[1] == 2  # the empty report: [CLS] [SEP]
+    # padding never changes a report's embeddings: the mask keeps the other reports out
+    alone, _ = encode_reports(tokenizer, encoder, ["No pleural effusion."])
+    torch.testing.assert_close(hidden[2, :alone.shape[1]], alone[0], atol=1e-5, rtol=0)
+    left, _ = encode_reports(tokenizer, encoder, ["Large left pneumothorax."])
+    assert not torch.allclose(left[0], hidden[0, :left.shape[1]])  # one word differs, so do the embeddings
+
+
+def test_a_resumed_pretraining_ends_where_an_uninterrupted_one_does(tmp_path):
+    first = pretrain_report_encoder(reports(), reports()[::3], ENCODER, TRAIN, tmp_path / "a", "tiny", stop_after=60)
+    assert first.final_step == 60
+    # the same vocabulary for the uninterrupted run (training a tokenizer breaks ties in hash order)
+    shutil.copytree(first.run_dir / "tokenizer", tmp_path / "b" / first.run_dir.name / "tokenizer")
+    uninterrupted = pretrain_report_encoder(reports(), reports()[::3], ENCODER, TRAIN, tmp_path / "b", "tiny")
+    resumed = pretrain_report_encoder(reports(), reports()[::3], ENCODER, TRAIN, tmp_path / "a", "tiny")
+    assert resumed.resumed_from == 50 and resumed.final_step == TRAIN.steps  # from the checkpoint at 50
+    ours, theirs = (load_file(o.model_dir / "model.safetensors") for o in (resumed, uninterrupted))
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=0)
+
+
+def test_any_local_bert_checkpoint_loads_through_the_same_path(tmp_path):
+    """A stand-in for a configured BioBERT: a WordPiece vocab.txt, a BertModel, save_pretrained."""
+    words = sorted({w.strip(".,!").lower() for text in reports() for w in text.split()})
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    checkpoint = tmp_path / "biobert-like"
+    tokenizer.save_pretrained(str(checkpoint))
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=48, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(str(checkpoint))
+    loaded_tokenizer, encoder = load_report_encoder(checkpoint)
+    hidden, mask = encode_reports(loaded_tokenizer, encoder, ["Small left pleural effusion.", "Lungs are clear."])
+    assert hidden.shape == (2, mask.shape[1], 48) and mask[0].sum() == 7  # [CLS] 5 words and the period [SEP]
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_report_encoder(tmp_path / "nothing-here")
