@@ -127,12 +127,12 @@ def test_the_pipeline_super_resolves_at_non_integer_scales_and_sizes(trained, tm
     # on the grid the VAE's own decoder renders: no diffusion is exactly bicubic -> VAE -> decode
     on_grid = model.without_diffusion(torch.rand(2, 1, 8, 8), size=(16, 16))
     assert on_grid.shape == (2, 1, 16, 16)
-    # the scale reaches the UNet: beyond the training range [1, 4] it is told 4 unless asked to extrapolate
-    assert model.scale_conditioned and model.scale_range == (1.0, 4.0)
-    clamped = model(low, scale=5.0, steps=2, seed=1)
-    model.extrapolate = True
+    # the scale reaches the UNet: beyond the training range [1, 4] it is told the true scale, or 4
+    assert model.scale_conditioned and model.scale_range == (1.0, 4.0) and model.extrapolate
     told = model(low, scale=5.0, steps=2, seed=1)
     model.extrapolate = False
+    clamped = model(low, scale=5.0, steps=2, seed=1)
+    model.extrapolate = True
     assert clamped.shape == told.shape == (3, 1, 30, 30) and not torch.equal(clamped, told)
     with pytest.raises(ValueError, match="either scale or size"):
         model(low, scale=2.0, size=(12, 12))
