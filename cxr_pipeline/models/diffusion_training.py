@@ -241,7 +241,7 @@ def scale_pair_latents(images: StoreImages, vae: torch.nn.Module, draws: int, sc
     latents, ``draws`` consecutive rows per image, and the size ratios the rounded LR grids make
     (what the model is told as its scale). Deterministic per (seed, image, draw)."""
     factor = downsampling_factor(vae)
-    latents, scales = [], []
+    latents, ratios = [], []
     for start in range(0, len(images), batch_size):
         rows = list(range(start, min(len(images), start + batch_size)))
         lows = []
@@ -250,11 +250,11 @@ def scale_pair_latents(images: StoreImages, vae: torch.nn.Module, draws: int, sc
             for k, scale in enumerate(scale_draws(image_id, draws, scale_range, seed, by_area)):
                 low, _, _ = make_low_resolution(image[0].numpy(), scale, image_rng(seed, image_id, f"arbitrary_sr_{k}"), mix)
                 lows.append((low, tuple(image.shape[-2:])))
-                scales.append((image.shape[-2] / low.shape[0] + image.shape[-1] / low.shape[1]) / 2)
+                ratios.append((image.shape[-2] / low.shape[0] + image.shape[-1] / low.shape[1]) / 2)
         canvases = torch.cat([bicubic_canvas(torch.from_numpy(low)[None, None], size, factor) for low, size in lows])
         # the encoder runs 1.6x faster on CPU in chunks of 64 than of several hundred
         latents += [encode_mean(vae, canvases[i:i + 64]) for i in range(0, len(canvases), 64)]
-    return torch.cat(latents), np.asarray(scales)
+    return torch.cat(latents), np.asarray(ratios)
 
 
 def as_part(progress: Callable[[TrainEvent], None] | None, part: str) -> Callable[[TrainEvent], None] | None:
@@ -268,8 +268,8 @@ def train_arbitrary_sr(metadata: pd.DataFrame, store: ImageStore, latents_dir: P
                        unet_config: UNetConfig, schedule: ScheduleConfig, train_config: TrainConfig,
                        decoder_config: TrainConfig, runs_root: Path, data_hash: str, *,
                        scale_range: tuple[float, float] = (1.0, 4.0), draws: int = 6, draws_by_area: bool = False,
-                       degradation_mix: bool = True,
-                       pair_seed: int = 0, residual: bool = True, decoder_ratios: tuple[float, float] = (0.75, 1.0),
+                       degradation_mix: bool = True, pair_seed: int = 0, residual: bool = True,
+                       decoder_ratios: tuple[float, float] = (0.75, 1.0),
                        decoder_hidden: Sequence[int] = (64, 64), decoder_queries: int = 1024, progress=None,
                        stop_after: int | None = None) -> TrainingOutcome:
     """Two stages over the frozen VAE. First the implicit decoder head (LIIF, :mod:`.implicit`),
@@ -283,8 +283,8 @@ def train_arbitrary_sr(metadata: pd.DataFrame, store: ImageStore, latents_dir: P
     runs_root = Path(runs_root)
     decoder = train_implicit_decoder(metadata, store, vae_dir, decoder_config, runs_root / "decoder", data_hash,
                                      ratios=decoder_ratios, eval_ratios=(0.8, 0.95), val_images=48,
-                                     hidden=decoder_hidden,
-                                     query_points=decoder_queries, progress=as_part(progress, "decoder"))
+                                     hidden=decoder_hidden, query_points=decoder_queries,
+                                     progress=as_part(progress, "decoder"))
     # only the main process saves, and only after its own decoder stage wrote the head
     parts = {"head": ImplicitDecoder.from_pretrained(decoder.model_dir).head} if distributed.current().is_main else {}
     factor, vae = latent_scaling_factor(latents_dir), load_vae(vae_dir)
@@ -325,9 +325,8 @@ def train_arbitrary_sr(metadata: pd.DataFrame, store: ImageStore, latents_dir: P
         return torch.cat([torch.cat(list(row), dim=1) for row in rows_], dim=0).numpy()
 
     extra = {"vae_source": str(vae_dir), "scaling_factor": factor, "scale_range": list(scale_range), "draws": draws,
-             "draws_by_area": draws_by_area,
-             "degradation_mix": degradation_mix, "pair_seed": pair_seed, "decoder_run": decoder.run_dir.name,
-             "decoder_ratios": list(decoder_ratios)}
+             "draws_by_area": draws_by_area, "degradation_mix": degradation_mix, "pair_seed": pair_seed,
+             "decoder_run": decoder.run_dir.name, "decoder_ratios": list(decoder_ratios)}
     outcome = _train("arbitrary_sr", unet_config, schedule, conditioning, batches, train_config, runs_root, data_hash,
                      preview, extra, progress, stop_after, vae=vae, parts=parts)
     outcome.metrics.update({f"decoder_{k}": v for k, v in decoder.metrics.items()})
