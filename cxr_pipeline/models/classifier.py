@@ -24,7 +24,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_auroc
 
-from ..data.atomic import atomic_folder
 from ..data.image_store import ImageStore
 from .batches import StoreImages, WeightedStepSampler
 from .training import TrainConfig, Trainer, TrainingOutcome, pick_device, run_key
@@ -165,16 +164,17 @@ def train_classifier(metadata: pd.DataFrame, store: ImageStore, class_names: Seq
     trainer = Trainer(CxrClassifier(config, len(class_names)), classifier_step(config), batches, train_config, run_dir,
                       evaluate=evaluate, progress=progress)
     model_dir = run_dir / "model"
-    with trainer.exclusive():
-        result = trainer.fit(stop_after=stop_after)
-        with atomic_folder(model_dir) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in result.ema_model.state_dict().items()},
-                      tmp / "model.safetensors")
-            (tmp / "classifier.json").write_text(json.dumps({
-                "config": config.as_dict(), "class_names": list(class_names), "image_size": int(val_stack.shape[-1]),
-                "num_features": result.ema_model.num_features, "metrics": result.last_eval, "step": result.final_step,
-                "data_hash": data_hash, "train": train_config.identity(),
-            }, indent=2))
+
+    def save(result, folder: Path) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in result.ema_model.state_dict().items()},
+                  folder / "model.safetensors")
+        (folder / "classifier.json").write_text(json.dumps({
+            "config": config.as_dict(), "class_names": list(class_names), "image_size": int(val_stack.shape[-1]),
+            "num_features": result.ema_model.num_features, "metrics": result.last_eval, "step": result.final_step,
+            "data_hash": data_hash, "train": train_config.identity(),
+        }, indent=2))
+
+    result = trainer.fit_and_save(model_dir, save, stop_after)
     return TrainingOutcome("classifier", run_dir, model_dir, result.final_step, result.resumed_from, result.last_eval)
 
 

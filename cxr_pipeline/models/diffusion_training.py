@@ -17,8 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.atomic import atomic_folder
-from ..data.degrade import DegradationMix, bicubic_to, image_rng, make_low_resolution
+from ..data.degrade import DegradationMix, image_rng, make_low_resolution
 from ..data.image_store import ImageStore
 from . import distributed
 from .batches import EpochSampler, StoreImages, WeightedStepSampler, aligned_crops
@@ -50,15 +49,15 @@ def _train(kind: str, unet_config: UNetConfig, schedule: ScheduleConfig, conditi
                       batches, train_config, run_dir, batch_size_of=lambda b: int(b["target"].shape[0]),
                       evaluate=evaluate, progress=progress)
     model_dir = run_dir / "model"
-    with trainer.exclusive():
-        result = trainer.fit(stop_after=stop_after)
-        if trainer.group.is_main:
-            with atomic_folder(model_dir) as tmp:
-                save_model(tmp, result.ema_model, kind, schedule, conditioning, unet_config,
-                           extra={**extra, "step": result.final_step, "data_hash": data_hash,
-                                  "train": train_config.identity()}, vae=vae)
-                for name, part in (parts or {}).items():
-                    part.save_pretrained(str(tmp / name))
+
+    def save(result, folder: Path) -> None:
+        save_model(folder, result.ema_model, kind, schedule, conditioning, unet_config,
+                   extra={**extra, "step": result.final_step, "data_hash": data_hash,
+                          "train": train_config.identity()}, vae=vae)
+        for name, part in (parts or {}).items():
+            part.save_pretrained(str(folder / name))
+
+    result = trainer.fit_and_save(model_dir, save, stop_after)
     return TrainingOutcome(kind, run_dir, model_dir, result.final_step, result.resumed_from, previews=previews)
 
 

@@ -27,7 +27,6 @@ from diffusers import AutoencoderKL, ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
-from ..data.atomic import atomic_folder
 from ..data.image_store import ImageStore
 from ..metrics.restoration import per_image_scores
 from .batches import EpochSampler, StoreImages
@@ -262,10 +261,6 @@ def train_implicit_decoder(metadata: pd.DataFrame, store: ImageStore, vae_dir: P
                       train_config, run_dir, evaluate=lambda model, step: evaluate_rendering(model, val, eval_ratios),
                       progress=progress)
     model_dir = run_dir / "model"
-    with trainer.exclusive():
-        result = trainer.fit(stop_after=stop_after)
-        if trainer.group.is_main:
-            with atomic_folder(model_dir) as tmp:
-                result.ema_model.save_pretrained(tmp)
+    result = trainer.fit_and_save(model_dir, lambda result, tmp: result.ema_model.save_pretrained(tmp), stop_after)
     return TrainingOutcome("implicit_decoder", run_dir, model_dir, result.final_step, result.resumed_from,
                            result.last_eval)

@@ -138,15 +138,15 @@ def pretrain_report_encoder(train_texts: Sequence[str], val_texts: Sequence[str]
                       batch_size_of=lambda batch: int(batch["input_ids"].shape[0]), evaluate=evaluate,
                       progress=progress)
     model_dir = run_dir / "model"
-    with trainer.exclusive():
-        result = trainer.fit(stop_after=stop_after)
-        if trainer.group.is_main:
-            with atomic_folder(model_dir) as tmp:
-                result.ema_model.save_pretrained(str(tmp))
-                tokenizer.save_pretrained(str(tmp))
-                (tmp / ENCODER_FILE).write_text(json.dumps(
-                    {"config": asdict(config), "train_reports": len(texts), "step": result.final_step,
-                     "vocabulary": len(tokenizer)}, indent=2))
+
+    def save(result, folder: Path) -> None:
+        result.ema_model.save_pretrained(str(folder))
+        tokenizer.save_pretrained(str(folder))
+        (folder / ENCODER_FILE).write_text(json.dumps({"config": asdict(config), "train_reports": len(texts),
+                                                       "step": result.final_step, "vocabulary": len(tokenizer)},
+                                                      indent=2))
+
+    result = trainer.fit_and_save(model_dir, save, stop_after)
     return TrainingOutcome("report_encoder", run_dir, model_dir, result.final_step, result.resumed_from,
                            result.last_eval)
 

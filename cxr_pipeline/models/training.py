@@ -292,6 +292,18 @@ class Trainer:
                              on_wait=lambda holder: self.progress(TrainEvent("wait", 0, self.config.steps, note=holder))):
             yield
 
+    def fit_and_save(self, model_dir: Path, save: Callable[[TrainResult, Path], None],
+                     stop_after: int | None = None) -> TrainResult:
+        """``fit``, then ``save(result, folder)`` writes the model folder atomically from the main
+        process, both under the run folder's lock: a waiting run resumes only after both, and
+        nobody reads a half-written model."""
+        with self.exclusive():
+            result = self.fit(stop_after=stop_after)
+            if self.group.is_main:
+                with atomic.atomic_folder(Path(model_dir)) as tmp:
+                    save(result, tmp)
+        return result
+
     def ema_model(self) -> torch.nn.Module:
         """A copy of the model holding the EMA weights (the weights we evaluate and ship)."""
         clone = copy.deepcopy(self.model)

@@ -147,14 +147,15 @@ def train_vae(metadata: pd.DataFrame, store: ImageStore, runs_root: Path, vae_co
         train_config, run_dir, evaluate=lambda model, step: evaluate_reconstruction(model, val), progress=progress,
     )
     model_dir = run_dir / "model"
-    with trainer.exclusive():
-        result = trainer.fit(stop_after=stop_after)
-        with atomic.atomic_folder(model_dir) as tmp:
-            result.ema_model.save_pretrained(str(tmp))
-            (tmp / "training.json").write_text(json.dumps({
-                "step": result.final_step, "data_hash": data_hash, "metrics": result.last_eval,
-                "vae": vae_config.as_dict(), "train": train_config.identity(), "crop": crop,
-            }, indent=2))
+
+    def save(result, folder: Path) -> None:
+        result.ema_model.save_pretrained(str(folder))
+        (folder / "training.json").write_text(json.dumps({
+            "step": result.final_step, "data_hash": data_hash, "metrics": result.last_eval,
+            "vae": vae_config.as_dict(), "train": train_config.identity(), "crop": crop,
+        }, indent=2))
+
+    result = trainer.fit_and_save(model_dir, save, stop_after)
     grid = reconstruction_grid(result.ema_model, val.batch(list(range(min(8, len(val))))))
     # the preview: rows of val input | reconstruction | 4x error
     return TrainingOutcome("vae", run_dir, model_dir, result.final_step, result.resumed_from, result.last_eval,
