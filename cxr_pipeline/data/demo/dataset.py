@@ -6,6 +6,10 @@
 - ``dicom/``: an unlabelled PACS-style export (CR and DX; MONOCHROME1 and 2; 10 to 16 bits
   stored; rescale slope/intercept; window tags on some; native, JPEG 2000, JPEG-LS and RLE
   lossless; some files without extension). Restoration models train on it without labels.
+- ``openi/ecgen-radiology/*.xml``: a radiology report for every ``nih/`` study, in the Indiana
+  University / OpenI layout (FINDINGS, IMPRESSION, MeSH terms, ``parentImage`` = the image's
+  file stem), describing what was drawn (:mod:`.reports`); the labels stage keeps the NIH labels
+  and takes the report text from these files.
 - a handful of bad inputs (truncated DICOM, a non-image, a CT slice, a lateral view, an exact
   duplicate, a thumbnail, a DICOM without pixels) so the rejection path runs by default.
 
@@ -41,9 +45,9 @@ from pydicom.uid import (
 )
 
 from ... import parallel
-from . import phantom
+from . import phantom, reports
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: reports
 NIH_COLUMNS = [
     "Image Index",
     "Finding Labels",
@@ -208,7 +212,8 @@ def _make_patient(task: _PatientTask) -> dict[str, Any]:
     for k in range(studies):
         findings = _sample_findings(rng, chronic)
         study = phantom.sample_study(rng, findings, seed=k)
-        image = phantom.render(traits, study, spec.source_size)
+        drawn: list[phantom.DrawnFinding] = []
+        image = phantom.render(traits, study, spec.source_size, drawn)
         age = age0 + k // 3
         if is_dicom:
             if rng.random() < 0.3:  # portrait detector crop: exercises the aspect policy
@@ -241,6 +246,14 @@ def _make_patient(task: _PatientTask) -> dict[str, Any]:
             path = root / "nih" / folder / name
             _save_raster(image, path, kind)
             files.append(("nih", path.relative_to(root).as_posix()))
+            # Its own generator: the images stay what they were before the demo had reports.
+            report = reports.write_report(drawn, view=study.view, age=age, sex=traits.sex,
+                                          rng=np.random.default_rng([spec.seed, task.index, k, 17]))
+            uid = task.index * 100 + k
+            report_path = root / "openi" / "ecgen-radiology" / f"{uid}.xml"
+            report_path.parent.mkdir(parents=True, exist_ok=True)
+            report_path.write_text(reports.openi_xml(report, uid, [Path(name).stem]))
+            files.append(("openi", report_path.relative_to(root).as_posix()))
             rows.append({
                 "Image Index": name,
                 "Finding Labels": "|".join(findings) if findings else "No Finding",
@@ -336,11 +349,11 @@ def generate_demo_dataset(dest: Path, spec: DemoSpec, *, workers: int = 1) -> di
     tmp.mkdir(parents=True)
     try:
         tasks = (_PatientTask(str(tmp), i, spec) for i in range(1, spec.patients + 1))
-        rows, nih_files, dicom_files = [], [], []
+        rows, nih_files, dicom_files, report_files = [], [], [], []
         for result in parallel.ordered_map(_make_patient, tasks, workers=workers, on_crash=_raise_crash):
             rows.extend(result["rows"])
             for source, path in result["files"]:
-                (nih_files if source == "nih" else dicom_files).append(path)
+                {"nih": nih_files, "dicom": dicom_files, "openi": report_files}[source].append(path)
         with open(tmp / "nih" / "Data_Entry_2017.csv", "w", newline="") as handle:
             handle.write(NIH_HEADER + "\n")
             writer = csv.writer(handle, lineterminator="\n")
@@ -353,6 +366,7 @@ def generate_demo_dataset(dest: Path, spec: DemoSpec, *, workers: int = 1) -> di
             "patients": spec.patients,
             "nih_images": len(nih_files),
             "dicom_images": len(dicom_files),
+            "reports": len(report_files),
             "bad_inputs": bad,
             "label_counts": dict(sorted(labels.items())),
         }

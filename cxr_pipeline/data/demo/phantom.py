@@ -62,6 +62,36 @@ class StudyParams:
     finding_side: dict[str, int] = field(default_factory=dict)  # -1 patient right, +1 left
 
 
+# Half the detector's 380 mm width is one anatomy unit at study scale 1: sizes in millimetres.
+MM_PER_UNIT = 190.0
+
+
+@dataclass(frozen=True)
+class DrawnFinding:
+    """What :func:`render` actually drew for one finding, for the report that describes it."""
+
+    name: str  # NIH label
+    side: str | None = None  # "right" | "left" | "bilateral" (patient sides); None: not lateralized
+    zone: str | None = None  # "upper" | "mid" | "lower" | "apical"
+    severity: str | None = None  # "small" | "moderate" | "large" (or "mild" | "marked" for the heart)
+    size_mm: float | None = None  # largest diameter of a nodule or mass
+    count: int = 1
+    pattern: str | None = None  # e.g. "plate-like" or "lower lobe collapse" atelectasis
+    measure: float | None = None  # the number behind the severity (cardiothoracic ratio, ...)
+
+
+def _side_name(side: int) -> str:
+    return "right" if side < 0 else "left"
+
+
+def _zone(v: float) -> str:
+    return "upper" if v < -0.2 else "mid" if v < 0.1 else "lower"
+
+
+def _grade(value: float, small: float, large: float, names=("small", "moderate", "large")) -> str:
+    return names[0] if value < small else names[1] if value < large else names[2]
+
+
 def sample_patient(rng: np.random.Generator, seed: int) -> PatientTraits:
     sex = "M" if rng.random() < 0.55 else "F"
     return PatientTraits(
@@ -233,8 +263,11 @@ def _blobs(canvas: _Canvas, rng: np.random.Generator, center: tuple[float, float
     return field_
 
 
-def render(traits: PatientTraits, study: StudyParams, size: int) -> np.ndarray:
-    """Render one frontal radiograph as float32 in [0, 1] (bright = dense)."""
+def render(traits: PatientTraits, study: StudyParams, size: int, drawn: list[DrawnFinding] | None = None) -> np.ndarray:
+    """Render one frontal radiograph as float32 in [0, 1] (bright = dense). ``drawn``, when given,
+    receives what was drawn for each finding (side, zone, size), which is what the demo's reports
+    describe; the image does not depend on it."""
+    drawn = drawn if drawn is not None else []
     rng = np.random.default_rng([traits.seed, study.seed, 7])
     canvas = _Canvas(size, study)
     u, v = canvas.u, canvas.v
@@ -248,6 +281,8 @@ def render(traits: PatientTraits, study: StudyParams, size: int) -> np.ndarray:
     ctr = traits.cardiothoracic_ratio
     if "Cardiomegaly" in findings:
         ctr = float(rng.uniform(0.58, 0.68))
+        drawn.append(DrawnFinding("Cardiomegaly", severity=_grade(ctr, 0.61, 0.65, ("mild", "moderate", "marked")),
+                                  measure=round(ctr, 2)))
     magnification = 1.12 if study.view == "AP" else 1.0
     thorax = 1.52 * traits.thorax_width
     heart_width = ctr * thorax * magnification
@@ -287,6 +322,9 @@ def render(traits: PatientTraits, study: StudyParams, size: int) -> np.ndarray:
         cu, cv = _closed_spline(collapsed)
         collapsed_lung[s] = canvas.polygon(cu, cv) * lung_masks[s]
         pneumothorax_space = np.clip(lung_masks[s] - collapsed_lung[s], 0, 1)
+        # A lung shrunk to 0.62 of its reach is a large collapse, to 0.8 a small one.
+        drawn.append(DrawnFinding("Pneumothorax", side=_side_name(s), zone="apical",
+                                  severity=_grade(-shrink, -0.75, -0.68), measure=round(shrink, 2)))
     lung = np.clip(lung_masks[-1] + lung_masks[1], 0, 1)
     depth = ndimage.distance_transform_edt(lung > 0.5).astype(np.float32)
     depth = np.sqrt(depth / max(1.0, depth.max()))
@@ -346,13 +384,18 @@ def render(traits: PatientTraits, study: StudyParams, size: int) -> np.ndarray:
         mu += 0.05 * collapsed_lung[s]  # the collapsed lung is denser
     if "Effusion" in findings:
         sides = (-1, 1) if rng.random() < 0.3 else (side_of("Effusion"),)
+        heights = []
         for s in sides:
             height = rng.uniform(0.22, 0.4)
+            heights.append(height)
             lateral = np.clip((u * s - 0.1) / (0.75 * traits.thorax_width - 0.1), 0, 1)
             surface = dome[s] + 0.16 - height * (0.55 + 0.75 * lateral**1.5)  # meniscus
             fluid = (lung_masks[s] * (v > surface)).astype(np.float32)
             # Fluid replaces the air: give back what the lung took, and a little more.
             mu += canvas.blur(fluid, 0.01) * (0.62 * (0.35 + 0.65 * depth) + 0.12)
+        drawn.append(DrawnFinding("Effusion", side="bilateral" if len(sides) == 2 else _side_name(sides[0]),
+                                  zone="lower", severity=_grade(max(heights), 0.28, 0.34),
+                                  measure=round(float(max(heights)), 2)))
     if "Atelectasis" in findings:
         s = side_of("Atelectasis")
         if rng.random() < 0.5:  # plate-like (discoid) bands in the lower zone
@@ -361,10 +404,13 @@ def render(traits: PatientTraits, study: StudyParams, size: int) -> np.ndarray:
                 y = rng.uniform(0.02, 0.18)
                 bands.append((np.array([0.2 * s, 0.62 * s]), np.array([y, y - rng.uniform(0.0, 0.06)]), 0.028, 1.0))
             mu += 0.45 * canvas.blur(canvas.polylines(bands), 0.01) * lung_masks[s]
+            drawn.append(DrawnFinding("Atelectasis", side=_side_name(s), zone="lower", pattern="plate-like",
+                                      count=len(bands)))
         else:  # lower-lobe collapse: a dense wedge along the heart border
             wedge = canvas.polygon(np.array([0.12 * s, 0.45 * s, 0.18 * s]),
                                    np.array([-0.05, dome[s] + 0.06, dome[s] + 0.08]))
             mu += 0.5 * canvas.blur(wedge * lung_masks[s], 0.015)
+            drawn.append(DrawnFinding("Atelectasis", side=_side_name(s), zone="lower", pattern="lower lobe collapse"))
     if "Pneumonia" in findings:
         s = side_of("Pneumonia")
         center = (s * rng.uniform(0.3, 0.5), rng.choice([-0.3, 0.05, 0.15]))
@@ -375,18 +421,30 @@ def render(traits: PatientTraits, study: StudyParams, size: int) -> np.ndarray:
              np.array([-0.05, center[1] + rng.normal(0, 0.05)]), 0.012, 1.0) for _ in range(3)
         ])
         mu += 0.55 * canvas.blur(consolidation, 0.01) - 0.08 * bronchi * (consolidation > 0.6)
+        extent = np.count_nonzero(consolidation > 0.6) / max(1.0, float(np.count_nonzero(lung_masks[s] > 0.5)))
+        drawn.append(DrawnFinding("Pneumonia", side=_side_name(s), zone=_zone(float(center[1])),
+                                  severity=_grade(extent, 0.15, 0.175, ("patchy", "moderate", "extensive")),
+                                  measure=round(extent, 3)))
     if "Infiltration" in findings:
         texture = ndimage.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), size / 96)
         texture = np.clip(texture / (texture.std() + 1e-6), 0, 3) / 3
         zone = canvas.blur(((v > -0.2) & (np.abs(u) > 0.15)).astype(np.float32), 0.08)
         mu += 0.28 * texture * zone * lung
+        drawn.append(DrawnFinding("Infiltration", side="bilateral", zone="lower"))
     if "Nodule" in findings:
+        nodules = []
         for _ in range(int(rng.integers(1, 3))):
             cu = rng.uniform(0.25, 0.6) * (1 if rng.random() < 0.5 else -1)
             cv = rng.uniform(-0.45, 0.1)
             r = rng.uniform(0.025, 0.04)
             spot = ((u - cu) ** 2 + (v - cv) ** 2 <= r * r).astype(np.float32)
             mu += 0.35 * canvas.blur(spot, 0.006)
+            nodules.append((cu, cv, r))
+        sides = {_side_name(n[0]) for n in nodules}
+        largest = max(nodules, key=lambda n: n[2])
+        drawn.append(DrawnFinding("Nodule", side=sides.pop() if len(sides) == 1 else "bilateral",
+                                  zone=_zone(largest[1]), size_mm=round(2 * largest[2] * study.scale * MM_PER_UNIT),
+                                  count=len(nodules)))
     if "Mass" in findings:
         cu = rng.uniform(0.3, 0.55) * side_of("Mass")
         cv = rng.uniform(-0.4, 0.05)
@@ -396,6 +454,10 @@ def render(traits: PatientTraits, study: StudyParams, size: int) -> np.ndarray:
             ou, ov = rng.normal(0, 0.03, 2)
             mass = np.maximum(mass, ((u - cu - ou) ** 2 + (v - cv - ov) ** 2 <= r * r).astype(np.float32))
         mu += 0.5 * canvas.blur(mass, 0.01)
+        rows, columns = np.nonzero(mass > 0.5)
+        extent = max(np.ptp(rows), np.ptp(columns)) + 1 if len(rows) else 0
+        drawn.append(DrawnFinding("Mass", side=_side_name(side_of("Mass")), zone=_zone(cv),
+                                  size_mm=round(extent / size * 2 * MM_PER_UNIT)))
 
     # --- Projection, exposure, detector ------------------------------------------------------
     mu = np.clip(mu, 0.0, None)

@@ -46,6 +46,9 @@ SOURCE_PRIORITY = (
 # Filled from a lower-priority source of the same image (the DICOM header) where the chosen label
 # row has none: SIIM's CSV has no patient, VinDr's and RSNA's no sex or age.
 DEMOGRAPHICS = ("patient_id", "study_id", "view", "sex", "age_years")
+# Report text can come from its own source (OpenI XML beside NIH labels, MIMIC reports beside
+# CheXpert labels): the first source in priority order that has it gives it.
+REPORT_TEXT = ("findings_text", "impression_text")
 LATERAL_VIEWS = frozenset({"LATERAL", "LL", "RL", "LAT"})
 IMAGE_COLUMNS = ["image_id", "source_path", "shard", "shard_index", "pixel_hash", "format"]
 
@@ -213,7 +216,10 @@ def build_metadata(manifest: pd.DataFrame, labels: pd.DataFrame, options: LabelO
     matched = matched.sort_values(["image_id", "_rank"], kind="stable")
     sources_per_image = matched.groupby("image_id")["label_source"].nunique()
     headers = matched[matched["label_source"] == SourceKind.DICOM.value].drop_duplicates("image_id")
+    report_text = matched.groupby("image_id", sort=False)[list(REPORT_TEXT)].first()  # first non-null
     matched = matched.drop_duplicates("image_id").drop(columns=["_rank", "match_key", "match_on"])
+    for column in REPORT_TEXT:
+        matched[column] = matched["image_id"].map(report_text[column])
     if len(headers):
         from_header = headers.set_index("image_id")[list(DEMOGRAPHICS)]
         for column in DEMOGRAPHICS:

@@ -1,0 +1,63 @@
+"""Radiology report text: the prompt a text-conditional model reads, and which findings a report
+asserts or denies.
+
+Mentions are found NegEx-style (Chapman et al. 2001): a finding's term counts as denied when a
+negation cue ("no", "without", "negative for", ...) precedes it in the same sentence with no
+contrast word ("but", "however") in between. That is what the evaluation of text-conditional
+generation needs to tell "No pneumothorax." from "Small right pneumothorax." on any dataset's
+reports; it is not a labeller for training.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+
+# The terms radiologists use for each label (lower case, regular expressions, whole words).
+FINDING_TERMS = {
+    "Atelectasis": r"atelecta\w*|collapse|volume loss",
+    "Cardiomegaly": r"cardiomegaly|(?:heart|cardiac silhouette)(?: size)? is (?:\w+ly )?enlarged|enlarge(?:d|ment of the) (?:heart|cardiac)",
+    "Effusion": r"effusions?",
+    "Infiltration": r"infiltrat\w*|interstitial (?:opacit\w*|markings?)",
+    "Mass": r"mass(?:es)?",
+    "Nodule": r"nodul\w*",
+    "Pneumonia": r"pneumonia|consolidation|airspace opacit\w*",
+    "Pneumothorax": r"pneumothora(?:x|ces)",
+}
+NEGATION_CUES = r"\b(?:no|not|without|negative for|free of|absence of|resolved|clear of)\b"
+CONTRAST = r"\b(?:but|however|although|except)\b"
+_TERMS = {name: re.compile(rf"\b(?:{pattern})\b") for name, pattern in FINDING_TERMS.items()}
+
+
+def report_prompt(findings: object, impression: object) -> str:
+    """FINDINGS then IMPRESSION, the sections the text model is trained on; "" when both are missing."""
+    parts = [str(part).strip() for part in (findings, impression) if isinstance(part, str) and part.strip()]
+    return " ".join(parts)
+
+
+def report_prompts(metadata: pd.DataFrame) -> pd.Series:
+    """One prompt per metadata row (image_id index); "" where the row has no report."""
+    findings = metadata.get("findings_text", pd.Series(None, index=metadata.index, dtype=object))
+    impression = metadata.get("impression_text", pd.Series(None, index=metadata.index, dtype=object))
+    prompts = [report_prompt(f, i) for f, i in zip(findings.astype(object), impression.astype(object))]
+    return pd.Series(prompts, index=metadata["image_id"].astype(str).to_numpy(), dtype=object)
+
+
+def finding_mentions(text: str) -> dict[str, str]:
+    """Each finding the report mentions: ``"positive"`` or ``"negated"``. A finding asserted in one
+    sentence and denied in another counts as positive (the assertion is the finding)."""
+    mentions: dict[str, str] = {}
+    for sentence in re.split(r"[.;:\n]+", text.lower()):
+        for name, term in _TERMS.items():
+            for match in term.finditer(sentence):
+                before = sentence[:match.start()]
+                cue = None
+                for cue in re.finditer(NEGATION_CUES, before):
+                    pass
+                negated = cue is not None and not re.search(CONTRAST, before[cue.end():])
+                if not negated:
+                    mentions[name] = "positive"
+                elif name not in mentions:
+                    mentions[name] = "negated"
+    return mentions
