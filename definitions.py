@@ -4,7 +4,7 @@
 
 import dagster as dg
 
-from assets import diffusion, evaluation, ingestion, labels, models, pairs
+from assets import diffusion, evaluation, ingestion, labels, models, pairs, text
 from jobs import ingestion_job, local_jobs, raw_data_changed, retraining_schedule
 from resources import CxrSettings, MlflowTracking
 
@@ -21,11 +21,14 @@ ASSETS = [
     diffusion.arbitrary_sr,
     diffusion.class_ddpm,
     diffusion.low_dose_denoiser,
+    text.report_encoder,
+    text.text_ldm,
     evaluation.cxr_classifier,
     evaluation.sr_evaluation,
     evaluation.arbitrary_sr_evaluation,
     evaluation.denoising_evaluation,
     evaluation.generation_evaluation,
+    evaluation.text_generation_evaluation,
 ]
 
 ASSET_CHECKS = [

@@ -57,10 +57,11 @@ class DiffusionTrainingConfig(TrainingConfig):
                               prediction_type=self.prediction_type, snr_gamma=self.snr_gamma)
 
     def unet(self, model: str, profile: str, size: int, in_channels: int, out_channels: int,
-             num_class_embeds: Optional[int] = None) -> UNetConfig:
+             num_class_embeds: Optional[int] = None, cross_attention_dim: Optional[int] = None) -> UNetConfig:
         """The library's UNet profile for ``model``, with this config's widths when set."""
         widths = tuple(self.block_out_channels) if self.block_out_channels else None
-        return UNET_PROFILES[model][profile].config(size, in_channels, out_channels, num_class_embeds, widths)
+        return UNET_PROFILES[model][profile].config(size, in_channels, out_channels, num_class_embeds, widths,
+                                                    cross_attention_dim)
 
     def job(self, settings: CxrSettings, model: str, unet: UNetConfig, data_hash: str, **options) -> TrainingJob:
         return TrainingJob(model=model, home=str(settings.resolved_home()), unet=unet, schedule=self.schedule(),
@@ -96,7 +97,7 @@ def _run_training(context: dg.AssetExecutionContext, settings: CxrSettings, conf
     return TrainingOutcome.load(folder / "outcome"), {**reported, "launcher": config.launcher}
 
 
-def _train_and_register(context: dg.AssetExecutionContext, settings: CxrSettings, mlflow_tracking: MlflowTracking,
+def train_diffusion_and_register(context: dg.AssetExecutionContext, settings: CxrSettings, mlflow_tracking: MlflowTracking,
                         pipes: dg.PipesSubprocessClient, kind: model_kinds.ModelKind, config: DiffusionTrainingConfig,
                         job: TrainingJob, params: dict) -> dict:
     params = {**{f"train.{k}": v for k, v in job.train.identity().items()},
@@ -137,7 +138,7 @@ def latent_sr(context: dg.AssetExecutionContext, config: LatentSrConfig, setting
         unet = config.unet("latent_sr", settings.profile_spec().name, shape[-1], 2 * shape[0], shape[0])
         job = config.job(settings, "latent_sr", unet, data_hash, scale=scale, vae_dir=vae["model_dir"],
                          residual=config.residual)
-        produced = _train_and_register(context, settings, mlflow_tracking, pipes_subprocess_client,
+        produced = train_diffusion_and_register(context, settings, mlflow_tracking, pipes_subprocess_client,
                                        model_kinds.latent_sr(scale), config, job,
                                        {"scale": scale, "vae": f"{vae['registered_model']} v{vae['version']}",
                                         "residual": config.residual})
@@ -205,7 +206,7 @@ def arbitrary_sr(context: dg.AssetExecutionContext, config: ArbitrarySrConfig, s
                      degradation_mix=config.degradation_mix, pair_seed=config.pair_seed, residual=config.residual,
                      decoder_ratios=[config.decoder_min_ratio, 1.0], decoder_hidden=list(config.decoder_hidden),
                      decoder_queries=config.decoder_queries)
-    produced = _train_and_register(
+    produced = train_diffusion_and_register(
         context, settings, mlflow_tracking, pipes_subprocess_client, model_kinds.ARBITRARY_SR, config, job,
         {"scale_range": f"[{config.scale_min:g}, {config.scale_max:g}]", "draws_per_image": config.draws_per_image,
          "draws_by_area": config.draws_by_area,
@@ -256,7 +257,7 @@ def class_ddpm(context: dg.AssetExecutionContext, config: ClassDdpmConfig, setti
                      balance=config.class_balance, label_dropout=config.label_dropout, guidance=config.guidance_scale,
                      **space)
     counts = metadata[(metadata["split"] == "train")]["class_name"].value_counts().to_dict()
-    produced = _train_and_register(
+    produced = train_diffusion_and_register(
         context, settings, mlflow_tracking, pipes_subprocess_client, model_kinds.CLASS_DDPM, config, job,
         {"space": config.space, "classes": ",".join(config.classes), "class_balance": config.class_balance,
          "label_dropout": config.label_dropout, "guidance_scale": config.guidance_scale})
@@ -294,7 +295,7 @@ def low_dose_denoiser(context: dg.AssetExecutionContext, config: DenoiserConfig,
     job = config.job(settings, "denoiser", unet, content_hash(pd.read_parquet(paths.metadata)),
                      dose_conditioning=config.dose_conditioning, strength=config.sampling_strength, crop=config.crop,
                      residual=config.residual)
-    produced = _train_and_register(
+    produced = train_diffusion_and_register(
         context, settings, mlflow_tracking, pipes_subprocess_client, model_kinds.DENOISER, config, job,
         {"doses": ",".join(f"{d:g}" for d in doses), "dose_conditioning": config.dose_conditioning,
          "sampling_strength": config.sampling_strength, "crop": config.crop, "residual": config.residual})

@@ -23,7 +23,8 @@ from cxr_pipeline.evaluation.restoration import DENOISER_STRENGTHS, NLM_FACTORS
 from cxr_pipeline.evaluation.suites import (EvaluationOutcome, PromotionPolicy, SamplingBudget,
                                             arbitrary_super_resolution_suite, denoising_suite, evaluation_tags,
                                             generation_suite, log_outcome, split_rows, super_resolution_suite,
-                                            write_outcome)
+                                            text_generation_suite, write_outcome)
+from cxr_pipeline.evaluation.text_generation import GUIDANCE_SWEEP
 from cxr_pipeline.models import kinds as model_kinds
 from cxr_pipeline.models.classifier import ClassifierConfig, train_classifier
 from cxr_pipeline.reports.document import markdown_table
@@ -33,6 +34,7 @@ from .diffusion import arbitrary_sr, class_ddpm, latent_sr, low_dose_denoiser
 from .labels import image_metadata
 from .models import HEAVY_STEP, TRAINING_STEP, TrainingConfig, progress_logger, read_current_model, train_and_register
 from .pairs import low_dose_pairs, sr_pairs
+from .text import text_ldm
 
 
 
@@ -253,3 +255,32 @@ def generation_evaluation(context: dg.AssetExecutionContext, config: GenerationE
         inception_sha256=config.fid_inception_sha256, log=context.log.info)
     return _publish(context, settings, mlflow_tracking, config, outcome, test_images=len(rows),
                     fid_inception_status=outcome.params["fid_inception"])
+
+
+class TextGenerationEvaluationConfig(EvaluationConfig):
+    ddim_steps: int = 20
+    guidance_scales: list[float] = list(GUIDANCE_SWEEP)  # swept on val; the most consistent within 3x the real FD
+    guidance_scale: Optional[float] = None  # set: use it and skip the sweep
+    consistency_samples: int = 2  # samples per normal or single-finding test report for prompt consistency
+    max_test_reports: Optional[int] = None
+    promotion_metric: str = "prompt_consistency_text_ldm"
+    promotion_guards: list[str] = ["fd_cxr_text_ldm", "memorized_share_text_ldm_feature"]
+
+
+@dg.asset(group_name="evaluation", deps=[text_ldm, cxr_classifier], kinds={"pytorch", "mlflow"},
+          check_specs=_baseline_check_spec("text_generation_evaluation"), **HEAVY_STEP)
+def text_generation_evaluation(context: dg.AssetExecutionContext, config: TextGenerationEvaluationConfig,
+                               settings: CxrSettings, mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+    """The text-conditional model sampled from the test split's own reports: prompt consistency
+    (per finding, against the model without its prompt and a retrieval baseline), negation,
+    fd_cxr / KID / precision-recall-density-coverage, memorization against the training images,
+    within-prompt diversity; guidance chosen on val; then champion/challenger promotion."""
+    paths = settings.paths()
+    mlflow_tracking.activate()
+    metadata = pd.read_parquet(paths.metadata)
+    outcome = text_generation_suite(
+        read_current_model(settings, model_kinds.TEXT_LDM.key), read_current_model(settings, model_kinds.CLASSIFIER.key),
+        metadata, paths.image_store, config.budget(), config.policy(), paths.models / "registry",
+        guidance_scales=config.guidance_scales, guidance_scale=config.guidance_scale,
+        consistency_samples=config.consistency_samples, max_test_reports=config.max_test_reports, log=context.log.info)
+    return _publish(context, settings, mlflow_tracking, config, outcome, test_reports=outcome.params["test_reports"])

@@ -67,6 +67,7 @@ def goal_rows() -> list[dict]:
                      f"SSIM {dn[f'ssim_denoise_i0_{dose}_diffusion']:.3f} vs {dn[f'ssim_denoise_i0_{dose}_nlm']:.3f}",
                      dn[name + "_ci_low"] > 0))
     rows += arbitrary_rows(latest_metrics("arbitrary_sr_evaluation"))
+    rows += text_rows(latest_metrics("text_generation_evaluation"))
     return [{"goal": g, "measured": m, "met": "yes" if ok else "NO"} for g, m, ok in rows]
 
 
@@ -90,6 +91,28 @@ def arbitrary_rows(ar: dict[str, float]) -> list[tuple[str, str, bool]]:
             consistency = ar[f"lr_consistency_psnr_sr_{name}_arbitrary"]
             rows.append((f"arbitrary SR {name}: LR-consistency >= 35 dB", f"{consistency:.2f}", consistency >= 35))
     return rows
+
+
+def text_rows(tx: dict[str, float]) -> list[tuple[str, str, bool]]:
+    """Text-conditional generation: consistency overall and per finding, negation, FD."""
+    key = "prompt_consistency_text_ldm"
+    per = {k.removeprefix(key + "_"): v for k, v in tx.items()
+           if k.startswith(key + "_") and not k.endswith(("_unconditional", "_retrieval", "_real_reference"))}
+    fd_ratio = tx["fd_cxr_text_ldm"] / tx["fd_cxr_text_ldm_real_reference"]
+    return [
+        ("text prompt consistency >= 0.80", f"{tx[key]:.3f} (without the prompt {tx[key + '_unconditional']:.3f}, "
+                                            f"retrieval {tx[key + '_retrieval']:.3f}, real images "
+                                            f"{tx[key + '_real_reference']:.3f}; w = {tx['guidance_text_ldm']:g})",
+         tx[key] >= 0.8),
+        ("text every finding >= 0.5", ", ".join(f"{k} {v:.2f}" for k, v in per.items()), min(per.values()) >= 0.5),
+        ("text negation rate not above normal reports'", f"{tx['negation_rate_text_ldm']:.3f} vs "
+                                                         f"{tx['negation_rate_text_ldm_normal_reference']:.3f}",
+         tx["negation_rate_text_ldm"] <= tx["negation_rate_text_ldm_normal_reference"]),
+        ("text fd_cxr <= 3x real-vs-real", f"{tx['fd_cxr_text_ldm']:.2f} vs {tx['fd_cxr_text_ldm_real_reference']:.2f} "
+                                           f"({fd_ratio:.2f}x)", fd_ratio <= 3.0),
+        ("text memorization: share closer to train than any real test image (features / pixels)",
+         f"{tx['memorized_share_text_ldm_feature']:.3f} / {tx['memorized_share_text_ldm_pixel']:.3f}", True),
+    ]
 
 
 def stage_rows() -> tuple[list[dict], float]:

@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 # Metric-name prefixes where lower is better; everything else (psnr, ssim, cond_acc, ...) is higher.
-LOWER_IS_BETTER = ("mae", "fd_cxr", "kid", "fid_inception", "spread", "ms_ssim")
+LOWER_IS_BETTER = ("mae", "fd_cxr", "kid", "fid_inception", "spread", "ms_ssim", "negation_rate", "memorized_share")
 
 
 def higher_is_better(metric: str) -> bool:

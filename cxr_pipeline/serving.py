@@ -15,6 +15,8 @@ takes and returns depends on its kind, read from the folder itself:
 | arbitrary-scale SR | LR images (N, 1, h, w) | (N, 1, round(h*scale), round(w*scale)) | seed, steps, strength, scale |
 | denoiser | low-dose images (N, 1, S, S) | restored images, same shape | seed, steps, strength, dose |
 | class model | class ids (N,) int64 | images (N, 1, S, S) | seed, steps, guidance |
+| text model | reports: a ``report`` column of strings | images (N, 1, S, S) | seed, steps, guidance |
+| report encoder | reports: a ``report`` column of strings | pooled embeddings (N, H) | |
 | VAE | images (N, 1, S, S) | reconstructions | |
 | classifier | images (N, 1, S, S) | class probabilities (N, C) | |
 
@@ -38,7 +40,8 @@ PIPELINE_ARTIFACT = "pipeline"
 MODEL_CODE = Path(__file__).with_name("serving_model.py")
 PACKAGE = Path(__file__).resolve().parent
 # What a registered model needs installed beside Python (the project's own code travels with it).
-REQUIREMENTS = ("torch", "diffusers", "safetensors", "numpy", "pandas", "pillow", "scipy", "mlflow")
+REQUIREMENTS = ("torch", "diffusers", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "pillow",
+                "scipy", "mlflow")
 
 
 def kind_of(folder: Path) -> str:
@@ -51,6 +54,8 @@ def kind_of(folder: Path) -> str:
     config = folder / "config.json"
     if config.exists() and json.loads(config.read_text()).get("_class_name") == "AutoencoderKL":
         return "vae"
+    if config.exists() and "model_type" in json.loads(config.read_text()):  # a transformers text encoder
+        return "report_encoder"
     raise ValueError(f"{folder} is not a model folder of this project (no model.json, classifier.json or "
                      f"AutoencoderKL config.json)")
 
@@ -58,6 +63,19 @@ def kind_of(folder: Path) -> str:
 def _given(value: float, fallback: float | None = None) -> float | None:
     """A request's knob, or ``fallback`` (None: the model's saved default) when it is negative."""
     return fallback if value < 0 else value
+
+
+def _reports(model_input: Any) -> list[str]:
+    """Report texts from a request: a DataFrame's ``report`` (or only) column, or a list."""
+    if hasattr(model_input, "columns"):
+        column = "report" if "report" in model_input.columns else model_input.columns[0]
+        return [str(text) for text in model_input[column].tolist()]
+    return [str(text) for text in np.asarray(model_input, dtype=object).reshape(-1).tolist()]
+
+
+def _report_example(folder: Path):
+    import pandas as pd
+    return pd.DataFrame({"report": ["Small right pleural effusion. No pneumothorax."]})
 
 
 def _images(model_input: Any) -> torch.Tensor:
@@ -76,7 +94,7 @@ class Task:
     load: Callable[[Path, str], Any]
     predict: Callable[[Any, Any, dict], np.ndarray]
     example: Callable[[Path], np.ndarray]  # a small valid input for the model in a folder
-    input_dtype: str  # numpy dtype name
+    input_dtype: str  # numpy dtype name, or "string": a ``report`` column of text
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     params: tuple[tuple[str, str, Any], ...] = ()  # (name, MLflow type, default)
@@ -116,6 +134,16 @@ def _task(kind: str) -> Task:
                                               steps=p["steps"], guidance=_given(p["guidance"])).numpy(),
                     lambda folder: np.zeros(1, np.int64),
                     "int64", (-1,), images, _sampling_params(("guidance", "double", -1.0)))
+    if kind.startswith("text_ldm"):
+        return Task(pipelines.TextConditionalGenerator.from_pretrained,
+                    lambda model, x, p: model(_reports(x), seed=p["seed"], steps=p["steps"],
+                                              guidance=_given(p["guidance"])).numpy(),
+                    _report_example, "string", (-1,), images, _sampling_params(("guidance", "double", -1.0)))
+    if kind == "report_encoder":
+        from .models.report_encoder import ReportEncoder
+        return Task(lambda folder, device: ReportEncoder.from_pretrained(folder, _device(device)),
+                    lambda encoder, x, p: encoder.encode(_reports(x)).pooled().cpu().numpy().astype(np.float32),
+                    _report_example, "string", (-1,), probabilities)
     if kind == "vae":
         return Task(lambda folder, device: load_vae(folder, _device(device)),
                     lambda vae, x, p: reconstruct(vae, _images(x)).numpy(),
@@ -166,10 +194,12 @@ class PipelineModel(mlflow.pyfunc.PythonModel):
 
 def signature(kind: str):
     from mlflow.models import ModelSignature
-    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
     task = _task(kind)
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(task.input_dtype), task.input_shape)]),
+    inputs = (Schema([ColSpec("string", "report")]) if task.input_dtype == "string"
+              else Schema([TensorSpec(np.dtype(task.input_dtype), task.input_shape)]))
+    return ModelSignature(inputs=inputs,
                           outputs=Schema([TensorSpec(np.dtype(np.float32), task.output_shape)]),
                           params=ParamSchema([ParamSpec(name, kind_, default) for name, kind_, default in task.params])
                           if task.params else None)

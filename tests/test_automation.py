@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 import jobs
-from assets import diffusion, evaluation, ingestion, labels, models, pairs
+from assets import diffusion, evaluation, ingestion, labels, models, pairs, text
 from definitions import defs
 from resources import CxrSettings
 
@@ -22,18 +22,18 @@ def test_jobs_cover_the_units_of_work():
         return {key.path[-1] for key in selection}
 
     assert selected("training") == {"sr_pairs", "low_dose_pairs", "vae", "latents", "latent_sr", "arbitrary_sr",
-                                    "class_ddpm", "low_dose_denoiser"}
+                                    "class_ddpm", "low_dose_denoiser", "report_encoder", "text_ldm"}
     assert selected("evaluation") == {"cxr_classifier", "sr_evaluation", "arbitrary_sr_evaluation",
-                                      "denoising_evaluation", "generation_evaluation"}
+                                      "denoising_evaluation", "generation_evaluation", "text_generation_evaluation"}
     assert selected("retrain_and_evaluate") == selected("training") | selected("evaluation")
     assert selected("all_assets") == {key.path[-1] for key in graph.get_all_asset_keys()}
 
 
 def test_heavy_steps_share_a_pool_and_only_training_retries():
     training = (models.vae, diffusion.latent_sr, diffusion.arbitrary_sr, diffusion.class_ddpm,
-                diffusion.low_dose_denoiser, evaluation.cxr_classifier)
+                diffusion.low_dose_denoiser, evaluation.cxr_classifier, text.report_encoder, text.text_ldm)
     scoring = (evaluation.sr_evaluation, evaluation.arbitrary_sr_evaluation, evaluation.denoising_evaluation,
-               evaluation.generation_evaluation)
+               evaluation.generation_evaluation, evaluation.text_generation_evaluation)
     for asset in training + scoring:
         assert asset.op.pool == "cxr_training", asset.key
     for asset in training:

@@ -37,7 +37,8 @@ def test_definitions_load_with_groups_jobs_and_checks():
                       "latent_sr": "models", "class_ddpm": "models", "low_dose_denoiser": "models",
                       "arbitrary_sr": "models", "arbitrary_sr_evaluation": "evaluation",
                       "cxr_classifier": "evaluation", "sr_evaluation": "evaluation",
-                      "denoising_evaluation": "evaluation", "generation_evaluation": "evaluation"}
+                      "denoising_evaluation": "evaluation", "generation_evaluation": "evaluation",
+                      "report_encoder": "models", "text_ldm": "models", "text_generation_evaluation": "evaluation"}
     assert {"all_assets", "ingestion"} <= {job.name for job in repository.get_all_jobs()}
     checks = {(key.asset_key.path[-1], key.name) for key in defs.resolve_asset_graph().asset_check_keys}
     assert checks == {("ingested_images", "rejected_share_within_limit"), ("ingested_images", "every_input_accounted_for"),
@@ -45,7 +46,8 @@ def test_definitions_load_with_groups_jobs_and_checks():
                       ("image_metadata", "label_coverage"), ("sr_evaluation", "beats_classical_baseline"),
                       ("denoising_evaluation", "beats_classical_baseline"),
                       ("generation_evaluation", "beats_classical_baseline"),
-                      ("arbitrary_sr_evaluation", "beats_classical_baseline")}
+                      ("arbitrary_sr_evaluation", "beats_classical_baseline"),
+                      ("text_generation_evaluation", "beats_classical_baseline")}
 
 
 def test_model_kinds_table_names_real_assets_and_distinct_registry_names():
@@ -183,6 +185,10 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     ops["arbitrary_sr_evaluation"] = {"config": {**quick_evaluation, "scales": [2.5, 4.0, 6.0]}}
     ops["denoising_evaluation"] = {"config": {**quick_evaluation, "val_images": 8, "strengths": [0.1, 0.4]}}
     ops["generation_evaluation"] = {"config": {**quick_evaluation, "samples_per_class": 4}}
+    ops["report_encoder"] = {"config": {"steps": 40, "eval_every": 20, "checkpoint_every": 20, "align_steps": 10}}
+    ops["text_ldm"] = {"config": short}
+    ops["text_generation_evaluation"] = {"config": {**quick_evaluation, "guidance_scales": [1.0, 3.0],
+                                                    "consistency_samples": 1}}
     result = job.execute_in_process(
         resources={"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)},
         run_config={"ops": ops},
@@ -201,7 +207,8 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     assert produced["class_conditional_images"].value > 400
     checks = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
     gates = {asset: checks.pop((asset, "beats_classical_baseline"))
-             for asset in ("sr_evaluation", "denoising_evaluation", "generation_evaluation", "arbitrary_sr_evaluation")}
+             for asset in ("sr_evaluation", "denoising_evaluation", "generation_evaluation", "arbitrary_sr_evaluation",
+                           "text_generation_evaluation")}
     assert all(e.passed for e in checks.values())  # data checks; the baseline gates are WARN, judged below
     paths = WorkPaths(home)
     assert all((paths.splits / f"{s}.csv").exists() for s in ("train", "val", "test"))
@@ -213,9 +220,13 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     registered = {
         result.asset_materializations_for_node(name)[0].metadata[key].value
         for name, key in (("latent_sr", "x4_registered_model"), ("class_ddpm", "registered_model"),
-                          ("low_dose_denoiser", "registered_model"), ("arbitrary_sr", "registered_model"))
+                          ("low_dose_denoiser", "registered_model"), ("arbitrary_sr", "registered_model"),
+                          ("report_encoder", "registered_model"), ("text_ldm", "registered_model"))
     }
-    assert registered == {"cxr-latent-sr-x4 v1", "cxr-class-ddpm v1", "cxr-lowdose-denoiser v1", "cxr-arbitrary-sr v1"}
+    assert registered == {"cxr-latent-sr-x4 v1", "cxr-class-ddpm v1", "cxr-lowdose-denoiser v1", "cxr-arbitrary-sr v1",
+                          "cxr-report-encoder v1", "cxr-text-ldm v1"}
+    # the demo's reports reached the metadata through the OpenI adapter, and the text model trained on them
+    assert result.asset_materializations_for_node("report_encoder")[0].metadata["train_reports"].value > 400
 
     # Evaluation: reports with tables and images, metrics in MLflow under the documented names,
     # linked to the evaluated model's run and registered version.
@@ -228,6 +239,14 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
         "denoising_evaluation": ["psnr_denoise_i0_1000_noisy", "psnr_denoise_i0_1000_nlm", "psnr_denoise_i0_1000_diffusion",
                                  "ssim_denoise_i0_10000_diffusion", "psnr_gain_denoise_i0_3000_nlm"],
         "generation_evaluation": ["fd_cxr_class_ddpm", "kid_class_ddpm", "cond_acc_class_ddpm", "ms_ssim_class_ddpm"],
+        "text_generation_evaluation": ["prompt_consistency_text_ldm", "prompt_consistency_text_ldm_unconditional",
+                                       "prompt_consistency_text_ldm_retrieval", "negation_rate_text_ldm",
+                                       "negation_rate_text_ldm_normal_reference", "fd_cxr_text_ldm",
+                                       "fd_cxr_text_ldm_real_reference", "kid_text_ldm", "precision_text_ldm",
+                                       "recall_text_ldm", "density_text_ldm", "coverage_text_ldm",
+                                       "memorized_share_text_ldm_feature", "memorized_share_text_ldm_pixel",
+                                       "ms_ssim_text_ldm_within_prompt", "val_prompt_consistency_text_ldm_w3",
+                                       "guidance_text_ldm"],
         "arbitrary_sr_evaluation": ["psnr_sr_x2p5_arbitrary", "psnr_sr_x2p5_bicubic", "psnr_sr_x2p5_bicubic_vae",
                                     "psnr_sr_x6_arbitrary", "ssim_sr_x6_arbitrary", "lr_consistency_psnr_sr_x4_arbitrary",
                                     "psnr_sr_x4_fixed", "psnr_gain_sr_x4_arbitrary_vs_fixed",

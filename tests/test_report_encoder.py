@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizerFast
 
-from cxr_pipeline.models.report_encoder import (ReportEncoderConfig, encode_reports, load_report_encoder,
-                                                pretrain_report_encoder, token_counts, train_tokenizer)
+from cxr_pipeline.models.report_encoder import (ReportEncoder, ReportEncoderConfig, pretrain_report_encoder, token_counts,
+                                                train_tokenizer)
 from cxr_pipeline.models.training import TrainConfig
 
 SIDES, SIZES = ("right", "left"), ("small", "moderate", "large")
@@ -63,15 +63,20 @@ def test_pretraining_learns_the_reports_and_saves_a_loadable_encoder(pretrained)
     # at every evaluation
     assert evals[-1]["val_mlm_accuracy"] > 0.2 and evals[-1]["val_mlm_loss"] < evals[0]["val_mlm_loss"]
     assert outcome.metrics["val_mlm_loss"] == evals[-1]["val_mlm_loss"]
-    tokenizer, encoder = load_report_encoder(outcome.model_dir)
-    assert type(encoder).__name__ == "BertModel" and not encoder.training  # the MLM head is dropped
-    hidden, mask = encode_reports(tokenizer, encoder, ["Large right pneumothorax.", "", "No pleural effusion."])
+    encoder = ReportEncoder.from_pretrained(outcome.model_dir)
+    assert type(encoder.encoder).__name__ == "BertModel" and not encoder.encoder.training  # the MLM head is dropped
+    text = encoder.encode(["Large right pneumothorax.", "", "No pleural effusion."])
+    hidden, mask = text.hidden, text.mask
     assert hidden.shape[:2] == mask.shape and hidden.shape[-1] == ENCODER.hidden_size
     assert mask.sum(1).tolist()[1] == 2  # the empty report: [CLS] [SEP]
     # padding never changes a report's embeddings: the mask keeps the other reports out
-    alone, _ = encode_reports(tokenizer, encoder, ["No pleural effusion."])
+    alone = encoder.encode(["No pleural effusion."]).hidden
     torch.testing.assert_close(hidden[2, :alone.shape[1]], alone[0], atol=1e-5, rtol=0)
-    left, _ = encode_reports(tokenizer, encoder, ["Large left pneumothorax."])
+    left = encoder.encode(["Large left pneumothorax."]).hidden
+    # saved and read back through the same path, it encodes the same
+    encoder.save_pretrained(outcome.run_dir / "copy")
+    again = ReportEncoder.from_pretrained(outcome.run_dir / "copy").encode(["Large right pneumothorax."]).hidden
+    torch.testing.assert_close(again[0], hidden[0, :again.shape[1]], atol=1e-6, rtol=0)
     assert not torch.allclose(left[0], hidden[0, :left.shape[1]])  # one word differs, so do the embeddings
 
 
@@ -98,8 +103,8 @@ def test_any_local_bert_checkpoint_loads_through_the_same_path(tmp_path):
     tokenizer.save_pretrained(str(checkpoint))
     BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=48, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=64)).save_pretrained(str(checkpoint))
-    loaded_tokenizer, encoder = load_report_encoder(checkpoint)
-    hidden, mask = encode_reports(loaded_tokenizer, encoder, ["Small left pleural effusion.", "Lungs are clear."])
+    text = ReportEncoder.from_pretrained(checkpoint).encode(["Small left pleural effusion.", "Lungs are clear."])
+    hidden, mask = text.hidden, text.mask
     assert hidden.shape == (2, mask.shape[1], 48) and mask[0].sum() == 7  # [CLS] 5 words and the period [SEP]
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        load_report_encoder(tmp_path / "nothing-here")
+        ReportEncoder.from_pretrained(tmp_path / "nothing-here")

@@ -23,7 +23,9 @@ from cxr_pipeline.models import pipelines
 from cxr_pipeline.models.classifier import ClassifierConfig, CxrClassifier, embed, load_classifier
 from cxr_pipeline.models.diffusion import Conditioning, ScheduleConfig, UNetConfig, save_model
 from cxr_pipeline.models.implicit import ImplicitDecoder
+from cxr_pipeline.models.report_encoder import ReportEncoder
 from cxr_pipeline.models.vae import VaeConfig, load_vae, reconstruct
+from tests.test_text_ldm import tiny_encoder
 
 TINY_VAE = VaeConfig(block_out_channels=(8, 16), latent_channels=2, norm_num_groups=8)  # factor 2
 
@@ -58,6 +60,13 @@ def model_folders(root: Path) -> dict[str, Path]:
     (root / "classifier" / "classifier.json").write_text(json.dumps({"config": config.as_dict(),
                                                                      "class_names": ["a", "b", "c"]}))
     folders["classifier"] = root / "classifier"
+    encoder = tiny_encoder(root / "report_encoder")
+    text_unet = UNetConfig(8, 2, 2, block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=32)
+    save_model(root / "text", text_unet.build(), "text_ldm", ScheduleConfig(100, prediction_type="v_prediction"),
+               Conditioning(text=True, text_dropout=0.1), text_unet,
+               {"default_guidance": 3.0, "space": "latent", "scaling_factor": 1.5}, vae)
+    encoder.save_pretrained(root / "text" / "text_encoder")
+    folders.update(text=root / "text", report_encoder=root / "report_encoder")
     return folders
 
 
@@ -84,8 +93,9 @@ def load(uri: str, key: str):
 
 def test_kinds_are_read_from_the_folders_and_a_foreign_folder_is_refused(registered, tmp_path):
     _, folders, versions = registered
-    assert [serving.kind_of(folders[k]) for k in ("sr", "class_model", "denoiser", "vae", "classifier")] == \
-        ["latent_sr_x2", "class_ddpm", "denoiser", "vae", "classifier"]
+    assert [serving.kind_of(folders[k]) for k in ("sr", "class_model", "denoiser", "vae", "classifier", "text",
+                                                  "report_encoder")] == \
+        ["latent_sr_x2", "class_ddpm", "denoiser", "vae", "classifier", "text_ldm", "report_encoder"]
     assert set(map(str, versions.values())) == {"1"}
     with pytest.raises(ValueError, match="not a model folder"):
         serving.kind_of(tmp_path)
@@ -127,6 +137,21 @@ def test_class_model_and_denoiser_through_pyfunc_match_the_library(registered):
     restored = load(uri, "denoiser").predict(noisy, params={"seed": 0, "steps": 5, "dose": 3000.0})
     denoiser = pipelines.LowDoseDenoiser.from_pretrained(folders["denoiser"], "cpu")
     np.testing.assert_array_equal(restored, denoiser(torch.from_numpy(noisy), seed=0, steps=5, dose=3000.0).numpy())
+
+
+def test_text_model_and_report_encoder_through_pyfunc_take_report_text(registered):
+    import pandas as pd
+
+    uri, folders, _ = registered
+    reports = ["Moderate right pleural effusion.", "The lungs are clear. No pneumothorax."]
+    images = load(uri, "text").predict(pd.DataFrame({"report": reports}), params={"seed": 2, "steps": 3, "guidance": 2.0})
+    generator = pipelines.TextConditionalGenerator.from_pretrained(folders["text"], "cpu")
+    assert images.shape == (2, 1, 16, 16)
+    np.testing.assert_array_equal(images, generator(reports, seed=2, steps=3, guidance=2.0).numpy())
+    assert load(uri, "text").metadata.get_input_schema().input_names() == ["report"]
+    pooled = load(uri, "report_encoder").predict(pd.DataFrame({"report": reports}))
+    expected = ReportEncoder.from_pretrained(folders["report_encoder"]).encode(reports).pooled().numpy()
+    np.testing.assert_allclose(pooled, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_vae_and_classifier_through_pyfunc_match_the_library(registered):

@@ -28,11 +28,12 @@ from ..data.pairs import low_dose_pair_dir, low_resolution_at, sr_pair_dir
 from ..models.batches import StoreImages
 from ..models.diffusion import describe
 from ..models.pipelines import (ArbitraryScaleSuperResolution, ClassConditionalGenerator, LatentSuperResolution,
-                                LowDoseDenoiser)
+                                LowDoseDenoiser, TextConditionalGenerator)
 from ..promotion import Decision, PromotionRule
 from ..reports.document import Figure, Report, Section, Table, markdown_table, write_report
 from ..reports.plots import interval_plot, line_plot
 from .generation import evaluate_generation
+from .text_generation import GUIDANCE_SWEEP, evaluate_text_generation, prompt_set
 from .restoration import (centre_crop, evaluate_arbitrary_scale, evaluate_denoising, evaluate_super_resolution,
                           exact_side, tune_denoiser_strength, tune_nlm)
 
@@ -373,6 +374,48 @@ def generation_suite(pointer: dict, classifier: dict, rows: pd.DataFrame, val_ro
         params={**asdict(budget), "samples_per_class": samples_per_class, "fd_samples": fd_samples,
                 "guidance_scale": guidance_scale, "fid_inception": result.fid.reason,
                 "classifier": f"v{classifier['version']}"})
+
+
+def text_generation_suite(pointer: dict, classifier: dict, metadata: pd.DataFrame, image_store: Path,
+                          budget: SamplingBudget, policy: PromotionPolicy, registry_cache: Path, *,
+                          guidance_scales: Sequence[float] = GUIDANCE_SWEEP, guidance_scale: Optional[float] = None,
+                          consistency_samples: int = 2, max_test_reports: Optional[int] = None,
+                          log: Log = print) -> EvaluationOutcome:
+    """The text-conditional model on the test split's reports: prompt consistency (against the
+    unconditional floor and retrieval), negation, fd_cxr / KID / PRDC, memorization, diversity,
+    with the guidance scale chosen on val; then promotion (under the same feature network)."""
+    store = ImageStore(image_store)
+    test, val, train = (prompt_set(metadata, store, "test", max_test_reports), prompt_set(metadata, store, "val"),
+                        prompt_set(metadata, store, "train"))
+    if not len(test) or not len(val):
+        raise ValueError("the text model's evaluation needs reports in the val and test splits")
+
+    def evaluate(model_dir: str):
+        return evaluate_text_generation(TextConditionalGenerator.from_pretrained(model_dir, budget.device),
+                                        classifier["model_dir"], test, val, train, guidance_scales=guidance_scales,
+                                        guidance=guidance_scale, consistency_samples=consistency_samples,
+                                        ddim_steps=budget.ddim_steps, seed=budget.seed, device=budget.device)
+
+    result = evaluate(pointer["model_dir"])
+    log(f"guidance {result.guidance:g} (chosen on val), prompt consistency {result.consistency:.3f}")
+    section = result.section()
+    section.figures.append(training_curve(pointer, "Text-conditional LDM"))
+    metrics = result.metrics()
+    # compared only on the same test reports and images, under the same feature network
+    comparison_key = f"{promotion.split_key(test.image_ids)}-classifier-v{classifier['version']}"
+    decision, promotion_section = challenge_champion(pointer, metrics, policy.rule(result.must_beat()), comparison_key,
+                                                     lambda d: evaluate(d).metrics(), registry_cache, log)
+    report = Report("Text-conditional generation evaluation",
+                    f"{pointer['registered_model']} v{pointer['version']} sampled from the {len(test)} test reports of "
+                    f"{len(set(test.patients))} patients, scored with {classifier['registered_model']} "
+                    f"v{classifier['version']}; guidance chosen on {len(val)} val reports.",
+                    [section, promotion_section])
+    return EvaluationOutcome(
+        "text_generation_evaluation", report, metrics, [(pointer, metrics)], [(pointer, decision)], result.must_beat(),
+        markdown_table(result.headline()) + "\n\n" + markdown_table(result.per_class()),
+        params={**asdict(budget), "guidance_scales": list(guidance_scales), "guidance_scale": guidance_scale,
+                "guidance_chosen": result.guidance, "consistency_samples": consistency_samples,
+                "classifier": f"v{classifier['version']}", "test_reports": len(test), "val_reports": len(val)})
 
 
 # --- Publishing -----------------------------------------------------------------------------------------

@@ -99,3 +99,33 @@ def conditional_accuracy(predicted: np.ndarray, wanted: np.ndarray, num_classes:
     hits = predicted == wanted
     per_class = np.array([hits[wanted == c].mean() if (wanted == c).any() else np.nan for c in range(num_classes)])
     return float(hits.mean()), per_class
+
+
+def nearest_distances(queries, references, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean distance from each query row to its nearest reference row, and that row's index.
+    ``exclude_self``: queries are the references (the nearest *other* row)."""
+    q, r = _as_tensor(queries), _as_tensor(references)
+    distances = torch.cdist(q, r)
+    if exclude_self:
+        distances.fill_diagonal_(float("inf"))
+    values, indices = distances.min(dim=1)
+    return values.numpy(), indices.numpy()
+
+
+def precision_recall_density_coverage(real_features, fake_features, k: int = 5) -> dict[str, float]:
+    """Naeem et al. 2020 on k-nearest-neighbour balls around the real features (radius: distance
+    to the k-th nearest other real sample). Precision: fakes inside some real ball (fidelity);
+    recall: reals inside some fake ball (the fakes' own k-NN radii; diversity); density: how many
+    real balls hold each fake, over k (can exceed 1); coverage: reals whose ball holds a fake."""
+    real, fake = _as_tensor(real_features), _as_tensor(fake_features)
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"need more than k = {k} real and fake samples, got {len(real)} and {len(fake)}")
+    real_radii = torch.cdist(real, real).kthvalue(k + 1, dim=1).values  # +1: each point is its own nearest
+    fake_radii = torch.cdist(fake, fake).kthvalue(k + 1, dim=1).values
+    real_to_fake = torch.cdist(real, fake)  # (R, F)
+    inside_real = real_to_fake <= real_radii[:, None]  # fake f inside real ball r
+    inside_fake = real_to_fake <= fake_radii[None, :]  # real r inside fake ball f
+    return {"precision": float(inside_real.any(dim=0).double().mean()),
+            "recall": float(inside_fake.any(dim=1).double().mean()),
+            "density": float(inside_real.sum(dim=0).double().mean() / k),
+            "coverage": float((real_to_fake.min(dim=1).values <= real_radii).double().mean())}

@@ -9,7 +9,11 @@ output the way training wrote it. The models differ only in what conditions the 
   classifier-free guidance (diffusers requires ``class_labels`` whenever ``num_class_embeds``
   is set, so "unconditional" is the extra class ``num_classes``);
 - low-dose denoising: the noisy image, concatenated (SR3-style), optionally the dose level as a
-  class embedding.
+  class embedding;
+- text-conditional generation: a ``UNet2DConditionModel`` whose transformer blocks attend to a
+  report encoder's token embeddings (with its attention mask), plus the masked mean of those
+  embeddings added to the timestep embedding (Imagen's pooled text embedding, diffusers'
+  ``class_embed_type="projection"``); the empty report is the null condition for guidance.
 A model folder is self-describing: ``unet/`` and ``scheduler/`` (``save_pretrained``), for latent
 models the autoencoder in ``vae/``, plus ``model.json`` with the kind, its conditioning and the
 latent scaling factor, so sampling needs nothing but the folder (a registered version downloaded
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from diffusers.training_utils import compute_snr
 
 
@@ -42,9 +46,28 @@ class UNetConfig:
     # "timestep": a continuous condition (a float per image, e.g. the SR scale) embedded like the
     # timestep (sinusoids, then an MLP) and added to it; None: class ids or nothing
     class_embed_type: str | None = None
+    # Text conditioning: the width of the report encoder's token embeddings. Set, the UNet is a
+    # UNet2DConditionModel with cross-attention in the middle and in the blocks of the lowest
+    # ``cross_attention_levels`` resolutions, and the pooled report embedding projected onto the
+    # timestep embedding. At demo size one level costs 0.37 s per batch of 64 on 2 CPU cores,
+    # two levels (8x8 and 4x4) 0.68 s, and bf16 autocast is slower there; on val two levels
+    # reached 0.83 prompt consistency where one stayed near 0.65 (bench/text_recipe.py).
+    cross_attention_dim: int | None = None
+    attention_head_dim: int = 8
+    cross_attention_levels: int = 1  # resolution levels, from the lowest up, whose blocks cross-attend
 
-    def build(self) -> UNet2DModel:
+    def build(self) -> UNet2DModel | UNet2DConditionModel:
         blocks = len(self.block_out_channels)
+        if self.cross_attention_dim:
+            plain, attending = blocks - min(blocks, self.cross_attention_levels), min(blocks, self.cross_attention_levels)
+            return UNet2DConditionModel(
+                sample_size=self.sample_size, in_channels=self.in_channels, out_channels=self.out_channels,
+                block_out_channels=tuple(self.block_out_channels), layers_per_block=self.layers_per_block,
+                down_block_types=("DownBlock2D",) * plain + ("CrossAttnDownBlock2D",) * attending,
+                up_block_types=("CrossAttnUpBlock2D",) * attending + ("UpBlock2D",) * plain,
+                mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=self.cross_attention_dim,
+                attention_head_dim=self.attention_head_dim, norm_num_groups=self.norm_num_groups,
+                class_embed_type="projection", projection_class_embeddings_input_dim=self.cross_attention_dim)
         down = ["DownBlock2D"] * blocks
         up = ["UpBlock2D"] * blocks
         if self.attention:
@@ -71,13 +94,15 @@ class UNetProfile:
     norm_num_groups: int
     attention: bool
     layers_per_block: int = 1
+    cross_attention_levels: int = 1
 
     def config(self, sample_size: int, in_channels: int, out_channels: int, num_class_embeds: int | None = None,
-               block_out_channels: tuple[int, ...] | None = None) -> UNetConfig:
+               block_out_channels: tuple[int, ...] | None = None, cross_attention_dim: int | None = None) -> UNetConfig:
         return UNetConfig(sample_size=sample_size, in_channels=in_channels, out_channels=out_channels,
                           block_out_channels=tuple(block_out_channels or self.block_out_channels),
                           layers_per_block=self.layers_per_block, attention=self.attention,
-                          num_class_embeds=num_class_embeds, norm_num_groups=self.norm_num_groups)
+                          num_class_embeds=num_class_embeds, norm_num_groups=self.norm_num_groups,
+                          cross_attention_dim=cross_attention_dim, cross_attention_levels=self.cross_attention_levels)
 
 
 # UNet widths by model and profile (next to the VAE's, vae.VAE_PROFILES): the demo trains in CPU
@@ -90,6 +115,7 @@ UNET_PROFILES: dict[str, dict[str, UNetProfile]] = {
                          "full": UNetProfile((64, 128, 256, 256), 32, True)},
     "class_ddpm": {"demo": UNetProfile((32, 64, 64), 8, True, 2), "full": UNetProfile((128, 256, 512), 32, True, 2)},
     "latent_sr": {"demo": UNetProfile((32, 64), 8, True), "full": UNetProfile((128, 256, 512), 32, True)},
+    "text_ldm": {"demo": UNetProfile((32, 64, 64), 8, True, 2, 2), "full": UNetProfile((128, 256, 512), 32, True, 2, 2)},
 }
 
 
@@ -117,7 +143,47 @@ class Conditioning:
     # model that predicts a zero correction returns its input, so training starts from the input's
     # quality instead of from noise. 0: the model diffuses the target itself.
     residual_scale: float = 0.0
+    text: bool = False  # conditioned on report token embeddings (batch "text", "text_mask")
+    text_dropout: float = 0.0  # share of training reports replaced by the empty report (batch "null_text")
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. VAE folder and latent scaling
+
+
+@dataclass(frozen=True)
+class TextCondition:
+    """Report token embeddings (N, L, H) and their attention mask (N, L), 1 on real tokens."""
+
+    hidden: torch.Tensor
+    mask: torch.Tensor
+
+    def pooled(self) -> torch.Tensor:
+        """The masked mean over tokens: one vector per report, added to the timestep embedding."""
+        weights = self.mask.to(self.hidden.dtype).unsqueeze(-1)
+        return (self.hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+    def to(self, device: torch.device | str) -> TextCondition:
+        return TextCondition(self.hidden.to(device), self.mask.to(device))
+
+    def repeat(self, count: int) -> TextCondition:
+        """One report (1, L, H) for ``count`` images."""
+        return TextCondition(self.hidden.expand(count, -1, -1), self.mask.expand(count, -1))
+
+    def where(self, drop: torch.Tensor, other: TextCondition) -> TextCondition:
+        """This condition, with the rows where ``drop`` is true taken from ``other``."""
+        return TextCondition(torch.where(drop[:, None, None], other.hidden, self.hidden),
+                             torch.where(drop[:, None], other.mask, self.mask))
+
+    @staticmethod
+    def cat(parts: list[TextCondition]) -> TextCondition:
+        return TextCondition(torch.cat([p.hidden for p in parts]), torch.cat([p.mask for p in parts]))
+
+
+def predict(model: UNet2DModel | UNet2DConditionModel, inputs: torch.Tensor, t: torch.Tensor,
+            labels: torch.Tensor | None = None, text: TextCondition | None = None) -> torch.Tensor:
+    """One forward pass, whichever the conditioning: class labels, or a report."""
+    if text is None:
+        return model(inputs, t, class_labels=labels).sample
+    return model(inputs, t, encoder_hidden_states=text.hidden, encoder_attention_mask=text.mask,
+                 class_labels=text.pooled()).sample
 
 
 def loss_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, snr_gamma: float | None) -> torch.Tensor:
@@ -137,7 +203,8 @@ def loss_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, snr_gamma: f
 
 
 def diffusion_step(conditioning: Conditioning, schedule: ScheduleConfig):
-    """Training step: batch = {"target", optional "condition", optional "labels"}."""
+    """Training step: batch = {"target", optional "condition", optional "labels", optional "text",
+    "text_mask" and "null_text", "null_mask" (the empty report at the same length)}."""
     scheduler = schedule.ddpm()
 
     def step(model: UNet2DModel, batch: dict[str, torch.Tensor], generator: torch.Generator):
@@ -156,8 +223,12 @@ def diffusion_step(conditioning: Conditioning, schedule: ScheduleConfig):
         if labels is not None and conditioning.class_dropout > 0:
             drop = torch.rand(count, generator=generator, device=clean.device) < conditioning.class_dropout
             labels = torch.where(drop, torch.full_like(labels, conditioning.num_classes), labels)
+        text = TextCondition(batch["text"], batch["text_mask"]) if conditioning.text else None
+        if text is not None and conditioning.text_dropout > 0:
+            drop = torch.rand(count, generator=generator, device=clean.device) < conditioning.text_dropout
+            text = text.where(drop, TextCondition(batch["null_text"], batch["null_mask"]).repeat(count))
         # predict, and weight the squared error per image
-        prediction = model(inputs, timesteps, class_labels=labels).sample.float()
+        prediction = predict(model, inputs, timesteps, labels, text).float()
         if schedule.prediction_type == "epsilon":
             target = noise
         elif schedule.prediction_type == "v_prediction":
@@ -172,10 +243,21 @@ def diffusion_step(conditioning: Conditioning, schedule: ScheduleConfig):
 
 
 def guided_prediction(model: UNet2DModel, inputs: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
-                      null_label: int | None, guidance: float) -> torch.Tensor:
+                      null_label: int | None, guidance: float, text: TextCondition | None = None,
+                      null_text: TextCondition | None = None) -> torch.Tensor:
     """Classifier-free guidance: out_uncond + w (out_cond - out_uncond), on whatever the model
     predicts (epsilon, v and x0 are all linear in it). w = 1 is the plain conditional model and
-    w = 0 the unconditional one, each with a single forward pass."""
+    w = 0 the unconditional one, each with a single forward pass. With ``text``, the null
+    condition is ``null_text`` (the empty report, padded to the same length)."""
+    if text is not None:
+        if null_text is None or guidance == 1.0:
+            return predict(model, inputs, t, text=text)
+        null = null_text.repeat(len(inputs))
+        if guidance == 0.0:
+            return predict(model, inputs, t, text=null)
+        both = predict(model, torch.cat([inputs, inputs]), torch.cat([t, t]), text=TextCondition.cat([text, null]))
+        conditional, unconditional = both.chunk(2)
+        return unconditional + guidance * (conditional - unconditional)
     if labels is None or null_label is None or guidance == 1.0:
         return model(inputs, t, class_labels=labels).sample
     null = torch.full_like(labels, null_label)
@@ -191,7 +273,8 @@ def sample(model: UNet2DModel, schedule: ScheduleConfig, shape: tuple[int, ...],
            labels: torch.Tensor | None = None, null_label: int | None = None, guidance: float = 1.0,
            sampler: str = "ddim", steps: int = 50, generator: torch.Generator | None = None,
            start: torch.Tensor | None = None, strength: float = 1.0, eta: float = 0.0,
-           residual_scale: float = 0.0) -> torch.Tensor:
+           residual_scale: float = 0.0, text: TextCondition | None = None,
+           null_text: TextCondition | None = None) -> torch.Tensor:
     """Reverse diffusion. ``sampler="ddpm"`` runs the full ancestral chain (``steps`` ignored);
     ``"ddim"`` runs ``steps`` deterministic (eta 0) steps. With ``start`` and ``strength < 1`` the
     chain begins from ``start`` noised to ``strength * T`` (SDEdit), which is far faster for
@@ -215,9 +298,11 @@ def sample(model: UNet2DModel, schedule: ScheduleConfig, shape: tuple[int, ...],
         x = noise
     if labels is not None:
         labels = labels.to(device)
+    text = text.to(device) if text is not None else None
+    null_text = null_text.to(device) if null_text is not None else None
     for t in timesteps:
         inputs = torch.cat([x, condition], dim=1) if condition is not None else x
-        prediction = guided_prediction(model, inputs, t.repeat(shape[0]), labels, null_label, guidance)
+        prediction = guided_prediction(model, inputs, t.repeat(shape[0]), labels, null_label, guidance, text, null_text)
         kwargs = {"generator": generator} if sampler == "ddpm" else {"eta": eta, "generator": generator}
         x = scheduler.step(prediction, t, x, **kwargs).prev_sample
     return condition + x / residual_scale if residual_scale else x
@@ -241,7 +326,7 @@ def save_model(folder: Path, model: UNet2DModel, kind: str, schedule: ScheduleCo
 
 @dataclass
 class DiffusionModel:
-    unet: UNet2DModel
+    unet: UNet2DModel | UNet2DConditionModel
     schedule: ScheduleConfig
     conditioning: Conditioning
     description: dict[str, Any]
@@ -268,7 +353,8 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> DiffusionMod
     folder = Path(folder)
     description = describe(folder)
     # low_cpu_mem_usage needs accelerate, which this project does not depend on: say so, not warn.
-    unet = UNet2DModel.from_pretrained(str(folder / "unet"), low_cpu_mem_usage=False).to(device).eval()
+    unet_class = UNet2DConditionModel if description["conditioning"].get("text") else UNet2DModel
+    unet = unet_class.from_pretrained(str(folder / "unet"), low_cpu_mem_usage=False).to(device).eval()
     vae = (AutoencoderKL.from_pretrained(str(folder / "vae"), low_cpu_mem_usage=False).to(device).eval()
            if (folder / "vae").is_dir() else None)
     schedule = ScheduleConfig(**description["schedule"])

@@ -20,10 +20,12 @@ CLASSIFIER = ModelKind("classifier", "cxr_classifier", "cxr-feature-classifier",
 CLASS_DDPM = ModelKind("class_ddpm", "class_ddpm", "cxr-class-ddpm", "class_ddpm")
 DENOISER = ModelKind("denoiser", "low_dose_denoiser", "cxr-lowdose-denoiser", "denoiser")
 ARBITRARY_SR = ModelKind("arbitrary_sr", "arbitrary_sr", "cxr-arbitrary-sr", "arbitrary_sr")
+REPORT_ENCODER = ModelKind("report_encoder", "report_encoder", "cxr-report-encoder", "report_encoder")
+TEXT_LDM = ModelKind("text_ldm", "text_ldm", "cxr-text-ldm", "text_ldm")
 
 
 def latent_sr(scale: int) -> ModelKind:
     return ModelKind(f"latent_sr_x{scale}", "latent_sr", f"cxr-latent-sr-x{scale}", "latent_sr")
 
 
-MODEL_KINDS = (VAE, CLASSIFIER, CLASS_DDPM, DENOISER, ARBITRARY_SR, latent_sr(4))  # latent_sr: one per scale built
+MODEL_KINDS = (VAE, CLASSIFIER, CLASS_DDPM, DENOISER, ARBITRARY_SR, REPORT_ENCODER, TEXT_LDM, latent_sr(4))  # latent_sr: one per scale built

@@ -20,8 +20,9 @@ import torch
 
 from ..data.degrade import bicubic_to, upsample_bicubic
 from ..tracking import resolve_model
-from .diffusion import DiffusionModel, UNetConfig, describe, load_model, sample, save_model
+from .diffusion import DiffusionModel, TextCondition, UNetConfig, describe, load_model, sample, save_model
 from .implicit import ImplicitDecoder, LiifHead, downsampling_factor
+from .report_encoder import ReportEncoder
 from .training import pick_device
 from .vae import encode_mean, from_model, load_vae, to_model
 
@@ -241,6 +242,49 @@ class ClassConditionalGenerator(DiffusionPipeline):
         return torch.cat(outputs)
 
 
+class TextConditionalGenerator(DiffusionPipeline):
+    """Radiographs from radiology reports: the folder's own report encoder (``text_encoder/``),
+    UNet, schedule and VAE."""
+
+    kind_prefix = "text_ldm"
+
+    def __init__(self, model: DiffusionModel, folder: Path | None = None, text_encoder: ReportEncoder | None = None):
+        super().__init__(model, folder)
+        if text_encoder is None:
+            if folder is None:
+                raise ValueError("a text-conditional model needs its report encoder: pass text_encoder or a folder")
+            text_encoder = ReportEncoder.from_pretrained(Path(folder) / "text_encoder", self.device)
+        self.text_encoder = text_encoder
+
+    def save_pretrained(self, folder: Path) -> None:
+        super().save_pretrained(folder)
+        self.text_encoder.save_pretrained(Path(folder) / "text_encoder")
+
+    def encode(self, reports: Sequence[str]) -> tuple[TextCondition, TextCondition]:
+        """(the reports, the empty report), padded to one length."""
+        both = self.text_encoder.encode([*reports, ""])
+        return (TextCondition(both.hidden[:-1], both.mask[:-1]),
+                TextCondition(both.hidden[-1:], both.mask[-1:]))
+
+    @torch.no_grad()
+    def __call__(self, reports: Sequence[str], *, guidance: float | None = None, sampler: str = "ddim",
+                 steps: int = 50, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
+        """Images (N, 1, S, S) in [0, 1], one per report, with classifier-free guidance against
+        the empty report (``guidance`` None: the scale the model was saved with; 0: unconditional)."""
+        model = self.model
+        scale = model.description["default_guidance"] if guidance is None else guidance
+        size, channels = model.unet.config.sample_size, model.unet.config.out_channels
+        reports = list(reports)
+        outputs = []
+        for start in range(0, len(reports), batch_size):
+            text, null = self.encode(reports[start:start + batch_size])
+            out = sample(model.unet, model.schedule, (len(text.hidden), channels, size, size), text=text,
+                         null_text=null, guidance=scale, sampler=sampler, steps=steps,
+                         generator=torch.Generator().manual_seed(seed + start))
+            outputs.append(to_images(out, model.vae, model.scaling_factor))
+        return torch.cat(outputs) if outputs else torch.zeros(0, 1, size, size)
+
+
 class LowDoseDenoiser(DiffusionPipeline):
     kind_prefix = "denoiser"
 
@@ -287,3 +331,8 @@ def generate(model: str | Path, class_ids: Sequence[int], *, device: str = "auto
 
 def denoise(model: str | Path, noisy: torch.Tensor, *, device: str = "auto", **options) -> torch.Tensor:
     return LowDoseDenoiser.from_pretrained(model, device)(noisy, **options)
+
+
+def generate_from_text(model: str | Path, reports: Sequence[str], *, device: str = "auto", **options) -> torch.Tensor:
+    """``generate_from_text("cxr-text-ldm", ["Moderate right pleural effusion."], guidance=3, steps=50, seed=0)``."""
+    return TextConditionalGenerator.from_pretrained(model, device)(reports, **options)

@@ -228,8 +228,11 @@ class Trainer:
         self.progress = progress or (lambda event: None)
         self.batch_size_of = batch_size_of or (lambda batch: config.batch_size)
         self.run_dir = Path(run_dir)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
-                                           weight_decay=config.weight_decay)
+        # A model may ask for its own learning rates per part (``parameter_groups(learning_rate)``),
+        # as a pretrained text encoder's layers fine-tuned beside a UNet trained from scratch do.
+        groups = (model.parameter_groups(config.learning_rate) if hasattr(model, "parameter_groups")
+                  else model.parameters())
+        self.optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, config.warmup_steps, config.steps)
         self.ema = EMAModel(model.parameters(), decay=config.ema_decay)
         self.ema.to(self.device)

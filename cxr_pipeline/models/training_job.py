@@ -21,7 +21,7 @@ from . import diffusion_training as dt
 from .diffusion import ScheduleConfig, UNetConfig
 from .training import TrainConfig, TrainingOutcome
 
-MODELS = ("latent_sr", "class_ddpm", "denoiser", "arbitrary_sr")
+MODELS = ("latent_sr", "class_ddpm", "denoiser", "arbitrary_sr", "text_ldm")
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,8 @@ class TrainingJob:
     # The model's own arguments: latent_sr {scale, vae_dir, residual}; class_ddpm {classes, balance,
     # label_dropout, guidance, and vae_dir for the latent space}; denoiser {dose_conditioning, strength, crop, residual};
     # arbitrary_sr {vae_dir, decoder_train (a TrainConfig as a dict), scale_range, draws, degradation_mix, pair_seed,
-    # residual, decoder_ratios, decoder_hidden, decoder_queries}.
+    # residual, decoder_ratios, decoder_hidden, decoder_queries}; text_ldm {vae_dir, encoder_dir, text_dropout,
+    # guidance, balance, trainable_layers}.
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -76,6 +77,12 @@ def run(job: TrainingJob, progress: Any = None, stop_after: int | None = None) -
         return dt.train_arbitrary_sr(metadata, store, paths.latents, Path(options["vae_dir"]), job.unet, job.schedule,
                                      job.train, TrainConfig(**options["decoder_train"]), job.runs_root, job.data_hash,
                                      **knobs, **common)
+    if job.model == "text_ldm":
+        return dt.train_text_ldm(metadata, paths.latents, Path(options["vae_dir"]), Path(options["encoder_dir"]),
+                                 job.unet, job.schedule, job.train, job.runs_root, job.data_hash,
+                                 text_dropout=options["text_dropout"], guidance=options["guidance"],
+                                 balance=options["balance"], trainable_layers=options.get("trainable_layers", 0),
+                                 **common)
     if job.model == "class_ddpm":
         latent = options.get("vae_dir") is not None
         return dt.train_class_ddpm(metadata, store, options["classes"], job.unet, job.schedule, job.train, job.runs_root,

@@ -71,3 +71,50 @@ def heat_maps(maps: np.ndarray, images: np.ndarray, title: str, vmax: float | No
     figure.suptitle(title, fontsize=9)
     figure.colorbar(shown, ax=axes[1, :].tolist(), fraction=0.03, pad=0.02)
     return _to_array(figure)
+
+
+def prompt_grid(samples: np.ndarray, prompts: Sequence[str], reals: np.ndarray | None = None, columns: int = 3,
+                wrap: int = 46) -> np.ndarray:
+    """Report text beside what it produced: per prompt, the real image (when given) and the sample,
+    with the text wrapped under them."""
+    import textwrap
+
+    count = len(samples)
+    rows = (count + columns - 1) // columns
+    per = 2 if reals is not None else 1
+    figure, axes = plt.subplots(rows, columns * per, figsize=(2.3 * columns * per, 2.9 * rows), dpi=90, squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for index in range(count):
+        row, column = divmod(index, columns)
+        pair = [reals[index], samples[index]] if reals is not None else [samples[index]]
+        for offset, (image, label) in enumerate(zip(pair, ["real", "generated"] if reals is not None else ["generated"])):
+            axis = axes[row, column * per + offset]
+            axis.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
+            axis.set_title(label, fontsize=7)
+        text = "\n".join(textwrap.wrap(prompts[index], wrap)[:7])
+        axes[row, column * per].text(0.0, -0.04, text, transform=axes[row, column * per].transAxes, fontsize=6,
+                                     va="top", ha="left")
+    figure.tight_layout(h_pad=4.0)
+    return _to_array(figure)
+
+
+def sweep_plot(sweep, chosen: float) -> np.ndarray:
+    """Consistency and fd_cxr against the guidance scale (val), the chosen scale marked."""
+    figure, left = plt.subplots(figsize=(6.0, 3.2), dpi=100)
+    right = left.twinx()
+    left.plot(sweep["guidance"], sweep["consistency"], marker="o", color="tab:blue", label="prompt consistency")
+    right.plot(sweep["guidance"], sweep["fd_cxr"], marker="s", color="tab:red", label="fd_cxr")
+    right.axhline(float(sweep["fd_cxr_real_reference"].iloc[0]), color="tab:red", linestyle=":", linewidth=1,
+                  label="fd_cxr, real vs real")
+    left.axvline(chosen, color="black", linewidth=0.8, linestyle="--")
+    left.set_xlabel("guidance scale w")
+    left.set_ylabel("prompt consistency", color="tab:blue")
+    right.set_ylabel("fd_cxr", color="tab:red")
+    left.set_title("Classifier-free guidance on val")
+    left.grid(alpha=0.3)
+    lines = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    labels = left.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
+    left.legend(lines, labels, fontsize=7, loc="best")
+    figure.tight_layout()
+    return _to_array(figure)
