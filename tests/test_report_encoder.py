@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizerFast
 
-from cxr_pipeline.models.report_encoder import (ReportEncoder, ReportEncoderConfig, pretrain_report_encoder, token_counts,
-                                                train_tokenizer)
+from cxr_pipeline.models.report_encoder import (ReportEncoder, ReportEncoderConfig, masked_batch, pretrain_report_encoder,
+                                                token_counts, train_tokenizer)
 from cxr_pipeline.models.training import TrainConfig
 
 SIDES, SIZES = ("right", "left"), ("small", "moderate", "large")
@@ -108,3 +108,19 @@ def test_any_local_bert_checkpoint_loads_through_the_same_path(tmp_path):
     assert hidden.shape == (2, mask.shape[1], 48) and mask[0].sum() == 7  # [CLS] 5 words and the period [SEP]
     with pytest.raises(FileNotFoundError, match="no config.json"):
         ReportEncoder.from_pretrained(tmp_path / "nothing-here")
+
+
+def _masks_in_a_worker(seed: int) -> list[list[int]]:
+    tokenizer = train_tokenizer(reports(), 120, 32)
+    ids = tokenizer(reports()[:4])["input_ids"]
+    return [masked_batch(tokenizer, ids, 0.5, seed)["labels"].tolist() for _ in range(2)]
+
+
+def test_masking_is_seeded_inside_a_subprocess_like_a_dagster_step():
+    """transformers' own collator seed refuses to run outside a DataLoader worker in a child
+    process; every Dagster step is one."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        first, second = pool.apply(_masks_in_a_worker, (3,))
+    assert first == second  # the same seed, the same masks
