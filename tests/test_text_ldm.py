@@ -102,6 +102,11 @@ def test_report_text_comes_from_the_report_source_while_labels_stay_with_the_cur
     result = build_metadata(manifest, labels, LabelOptions())
     assert (result.metadata["label_source"] == "nih").all()
     assert result.metadata["findings_text"].notna().all() and result.metadata["impression_text"].notna().all()
+    assert result.conflicts == 0  # the reports agree with the NIH labels
+    first = openi.table["match_key"] == names[0].rsplit(".", 1)[0]
+    flipped = openi.table.assign(Hernia=openi.table["Hernia"].where(~first, 1.0))
+    result = build_metadata(manifest, conform(pd.concat([nih.table, flipped], ignore_index=True)), LabelOptions())
+    assert result.conflicts == 1 and (result.metadata["label_source"] == "nih").all()
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -192,7 +192,7 @@ class MetadataResult:
     metadata: pd.DataFrame  # one row per usable image
     excluded: pd.DataFrame  # image_id, source_path, reason
     unmatched_label_rows: pd.DataFrame  # label rows whose image is not among the ingested images
-    conflicts: int  # images described by more than one source
+    conflicts: int  # images to which two sources give different labels (the higher-priority one wins)
     classes: tuple[str, ...] = DEFAULT_CLASSES
 
 
@@ -214,7 +214,12 @@ def build_metadata(manifest: pd.DataFrame, labels: pd.DataFrame, options: LabelO
     rank = {kind.value: i for i, kind in enumerate(SOURCE_PRIORITY)}
     matched["_rank"] = matched["label_source"].map(rank)
     matched = matched.sort_values(["image_id", "_rank"], kind="stable")
-    sources_per_image = matched.groupby("image_id")["label_source"].nunique()
+    # A conflict is two sources giving the same image different labels; a report source that agrees
+    # with the label file (OpenI beside NIH) is not one. DICOM headers carry no findings.
+    findings = matched[matched["label_source"] != SourceKind.DICOM.value]
+    label_sets = pd.Series(findings[list(LABEL_COLUMNS)].astype("float32").fillna(-1.0).to_numpy().tolist(),
+                           index=findings.index).map(tuple)
+    disagreeing = label_sets.groupby(findings["image_id"]).nunique()
     headers = matched[matched["label_source"] == SourceKind.DICOM.value].drop_duplicates("image_id")
     report_text = matched.groupby("image_id", sort=False)[list(REPORT_TEXT)].first()  # first non-null
     matched = matched.drop_duplicates("image_id").drop(columns=["_rank", "match_key", "match_on"])
@@ -254,7 +259,7 @@ def build_metadata(manifest: pd.DataFrame, labels: pd.DataFrame, options: LabelO
         metadata=usable,
         excluded=excluded.astype({"reason": "string"}),
         unmatched_label_rows=unmatched_rows.reset_index(drop=True),
-        conflicts=int((sources_per_image > 1).sum()),
+        conflicts=int((disagreeing > 1).sum()),
         classes=tuple(options.classes),
     )
 
