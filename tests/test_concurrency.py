@@ -24,8 +24,8 @@ DEADLINE_S = 240
 
 
 @pytest.fixture(scope="module")
-def demo_272(tmp_path_factory) -> Path:
-    """272 files (DICOM, PNG, JPEG and the planted bad inputs) from 80 demo patients."""
+def demo_448(tmp_path_factory) -> Path:
+    """448 files (DICOM, PNG, JPEG, their OpenI report XML and the planted bad inputs) from 80 demo patients."""
     root = tmp_path_factory.mktemp("concurrency") / "data"
     generate_demo_dataset(root, DemoSpec(patients=80, source_size=96, dicom_share=0.3), workers=2)
     return root
@@ -91,44 +91,44 @@ def assert_same_images(out: Path, reference: dict[str, np.ndarray]) -> None:
 
 
 @pytest.fixture(scope="module")
-def single_run(demo_272, tmp_path_factory) -> dict[str, np.ndarray]:
+def single_run(demo_448, tmp_path_factory) -> dict[str, np.ndarray]:
     out = tmp_path_factory.mktemp("single")
-    ingest_into(demo_272, out)
+    ingest_into(demo_448, out)
     return stored_images(out)
 
 
-def test_two_ingestions_at_once_both_finish_and_match_a_single_run(demo_272, single_run, tmp_path):
-    outcomes = run_two(_ingest_worker, str(demo_272), str(tmp_path))
+def test_two_ingestions_at_once_both_finish_and_match_a_single_run(demo_448, single_run, tmp_path):
+    outcomes = run_two(_ingest_worker, str(demo_448), str(tmp_path))
     processed = sorted(o[1] for o in outcomes)
     # one decoded everything; the other waited for the lock, then found nothing new
-    assert processed == [0, 272], outcomes
+    assert processed == [0, 448], outcomes
     manifest = read_manifest(tmp_path / "manifest.parquet")
     assert set(manifest["shard"]) <= ImageStore(tmp_path / "images").shard_names()
     assert_same_images(tmp_path, single_run)
 
 
-def test_deleted_shards_are_decoded_again_and_counted(demo_272, single_run, tmp_path):
-    ingest_into(demo_272, tmp_path)
+def test_deleted_shards_are_decoded_again_and_counted(demo_448, single_run, tmp_path):
+    ingest_into(demo_448, tmp_path)
     store = ImageStore(tmp_path / "images")
     manifest = read_manifest(tmp_path / "manifest.parquet")
     one = manifest["shard"].iloc[0]
     (store.shard_dir / one).unlink()  # a manifest that names a missing shard
-    summary = ingest_into(demo_272, tmp_path)
+    summary = ingest_into(demo_448, tmp_path)
     assert summary.repaired == int((manifest["shard"] == one).sum()) > 0
     assert summary.processed == summary.repaired and summary.removed == 0
     assert_same_images(tmp_path, single_run)
 
     for shard in store.shard_names():  # every shard gone
         (store.shard_dir / shard).unlink()
-    summary = ingest_into(demo_272, tmp_path)
+    summary = ingest_into(demo_448, tmp_path)
     assert summary.repaired == summary.accepted_total == len(single_run)
     assert_same_images(tmp_path, single_run)
-    assert ingest_into(demo_272, tmp_path).repaired == 0  # healed for good
+    assert ingest_into(demo_448, tmp_path).repaired == 0  # healed for good
 
 
-def test_a_lock_held_past_the_timeout_fails_clearly_and_touches_nothing(demo_272, tmp_path):
+def test_a_lock_held_past_the_timeout_fails_clearly_and_touches_nothing(demo_448, tmp_path):
     out = tmp_path / "out"
-    ingest_into(demo_272, out)
+    ingest_into(demo_448, out)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and not p.name.startswith(".writer")}
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from cxr_pipeline.data import locks\n"
@@ -139,7 +139,7 @@ def test_a_lock_held_past_the_timeout_fails_clearly_and_touches_nothing(demo_272
         waits = []
         started = time.monotonic()
         with pytest.raises(locks.LockTimeout) as raised:
-            ingest_into(demo_272, out, lock_timeout_s=1.0, on_wait=waits.append)
+            ingest_into(demo_448, out, lock_timeout_s=1.0, on_wait=waits.append)
         assert 0.9 < time.monotonic() - started < 15
     finally:
         holder.kill()
@@ -150,12 +150,12 @@ def test_a_lock_held_past_the_timeout_fails_clearly_and_touches_nothing(demo_272
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and not p.name.startswith(".writer")}
     assert after == before
     # the kernel released the dead holder's lock: the next writer goes straight through
-    assert ingest_into(demo_272, out, lock_timeout_s=1.0).processed == 0
+    assert ingest_into(demo_448, out, lock_timeout_s=1.0).processed == 0
 
 
-def test_two_pair_builds_at_once_leave_one_complete_store(demo_272, tmp_path):
+def test_two_pair_builds_at_once_leave_one_complete_store(demo_448, tmp_path):
     out = tmp_path / "ingested"
-    ingest_into(demo_272, out)
+    ingest_into(demo_448, out)
     manifest = read_manifest(out / "manifest.parquet")
     metadata = manifest[["image_id", "shard", "shard_index"]].assign(split="train")
     metadata.to_parquet(tmp_path / "metadata.parquet")
