@@ -12,13 +12,14 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import torch
+from transformers import AutoTokenizer
 
 from cxr_pipeline.data.labels.metadata import content_hash
 from cxr_pipeline.data.labels.report_text import report_prompts
 from cxr_pipeline.models import kinds as model_kinds
 from cxr_pipeline.models.diffusion_training import as_part, scaled_latents
 from cxr_pipeline.models.report_encoder import (ReportEncoder, ReportEncoderConfig, align_report_encoder,
-                                                pretrain_report_encoder)
+                                                pretrain_report_encoder, token_counts)
 from cxr_pipeline.models.training import TrainingOutcome
 from resources import CxrSettings, MlflowTracking
 
@@ -103,7 +104,8 @@ def report_encoder(context: dg.AssetExecutionContext, config: ReportEncoderTrain
             return outcome, {"source": source}
         (train_texts, train_latents), (val_texts, val_latents) = (report_latents(metadata, paths.latents, split)
                                                                   for split in ("train", "val"))
-        length = int(ReportEncoder.from_pretrained(outcome.model_dir).token_counts(train_texts).max())
+        length = int(token_counts(AutoTokenizer.from_pretrained(str(outcome.model_dir), local_files_only=True),
+                                  train_texts).max())  # the tokenizer alone: no weights loaded twice
         aligned = align_report_encoder(
             outcome.model_dir, train_texts, train_latents, val_texts, val_latents,
             replace(train_config, steps=config.align_steps, batch_size=config.align_batch_size,

@@ -52,10 +52,8 @@ def finding_mentions(text: str) -> dict[str, str]:
         for name, term in _TERMS.items():
             for match in term.finditer(sentence):
                 before = sentence[:match.start()]
-                cue = None
-                for cue in re.finditer(NEGATION_CUES, before):
-                    pass
-                negated = cue is not None and not re.search(CONTRAST, before[cue.end():])
+                cues = list(re.finditer(NEGATION_CUES, before))  # the nearest cue decides
+                negated = bool(cues) and not re.search(CONTRAST, before[cues[-1].end():])
                 if not negated:
                     mentions[name] = "positive"
                 elif name not in mentions:
