@@ -29,6 +29,7 @@ ASSETS = [
     evaluation.denoising_evaluation,
     evaluation.generation_evaluation,
     evaluation.text_generation_evaluation,
+    evaluation.synthetic_utility,
 ]
 
 ASSET_CHECKS = [

@@ -24,14 +24,16 @@ def test_jobs_cover_the_units_of_work():
     assert selected("training") == {"sr_pairs", "low_dose_pairs", "vae", "latents", "latent_sr", "arbitrary_sr",
                                     "class_ddpm", "low_dose_denoiser", "report_encoder", "text_ldm"}
     assert selected("evaluation") == {"cxr_classifier", "sr_evaluation", "arbitrary_sr_evaluation",
-                                      "denoising_evaluation", "generation_evaluation", "text_generation_evaluation"}
+                                      "denoising_evaluation", "generation_evaluation", "text_generation_evaluation",
+                                      "synthetic_utility"}
     assert selected("retrain_and_evaluate") == selected("training") | selected("evaluation")
     assert selected("all_assets") == {key.path[-1] for key in graph.get_all_asset_keys()}
 
 
 def test_heavy_steps_share_a_pool_and_only_training_retries():
     training = (models.vae, diffusion.latent_sr, diffusion.arbitrary_sr, diffusion.class_ddpm,
-                diffusion.low_dose_denoiser, evaluation.cxr_classifier, text.report_encoder, text.text_ldm)
+                diffusion.low_dose_denoiser, evaluation.cxr_classifier, text.report_encoder, text.text_ldm,
+                evaluation.synthetic_utility)  # the utility experiment's classifiers resume from checkpoints too
     scoring = (evaluation.sr_evaluation, evaluation.arbitrary_sr_evaluation, evaluation.denoising_evaluation,
                evaluation.generation_evaluation, evaluation.text_generation_evaluation)
     for asset in training + scoring:

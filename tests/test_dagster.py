@@ -38,7 +38,8 @@ def test_definitions_load_with_groups_jobs_and_checks():
                       "arbitrary_sr": "models", "arbitrary_sr_evaluation": "evaluation",
                       "cxr_classifier": "evaluation", "sr_evaluation": "evaluation",
                       "denoising_evaluation": "evaluation", "generation_evaluation": "evaluation",
-                      "report_encoder": "models", "text_ldm": "models", "text_generation_evaluation": "evaluation"}
+                      "report_encoder": "models", "text_ldm": "models", "text_generation_evaluation": "evaluation",
+                      "synthetic_utility": "evaluation"}
     assert {"all_assets", "ingestion"} <= {job.name for job in repository.get_all_jobs()}
     checks = {(key.asset_key.path[-1], key.name) for key in defs.resolve_asset_graph().asset_check_keys}
     assert checks == {("ingested_images", "rejected_share_within_limit"), ("ingested_images", "every_input_accounted_for"),
@@ -47,7 +48,8 @@ def test_definitions_load_with_groups_jobs_and_checks():
                       ("denoising_evaluation", "beats_classical_baseline"),
                       ("generation_evaluation", "beats_classical_baseline"),
                       ("arbitrary_sr_evaluation", "beats_classical_baseline"),
-                      ("text_generation_evaluation", "beats_classical_baseline")}
+                      ("text_generation_evaluation", "beats_classical_baseline"),
+                      ("synthetic_utility", "synthetic_not_worse_than_real")}
 
 
 def test_model_kinds_table_names_real_assets_and_distinct_registry_names():
@@ -189,6 +191,8 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     ops["text_ldm"] = {"config": short}
     ops["text_generation_evaluation"] = {"config": {**quick_evaluation, "guidance_scales": [1.0, 3.0],
                                                     "consistency_samples": 1}}
+    ops["synthetic_utility"] = {"config": {"seeds": 2, "classifier_steps": 20, "ddim_steps": 4,
+                                           "synthetic_ratio": 0.5, "bootstrap_resamples": 300}}
     result = job.execute_in_process(
         resources={"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)},
         run_config={"ops": ops},
@@ -209,6 +213,7 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     gates = {asset: checks.pop((asset, "beats_classical_baseline"))
              for asset in ("sr_evaluation", "denoising_evaluation", "generation_evaluation", "arbitrary_sr_evaluation",
                            "text_generation_evaluation")}
+    utility_gate = checks.pop(("synthetic_utility", "synthetic_not_worse_than_real"))
     assert all(e.passed for e in checks.values())  # data checks; the baseline gates are WARN, judged below
     paths = WorkPaths(home)
     assert all((paths.splits / f"{s}.csv").exists() for s in ("train", "val", "test"))
@@ -247,6 +252,11 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
                                        "memorized_share_text_ldm_feature", "memorized_share_text_ldm_pixel",
                                        "ms_ssim_text_ldm_within_prompt", "val_prompt_consistency_text_ldm_w3",
                                        "guidance_text_ldm"],
+        "synthetic_utility": ["auroc_utility_real", "auroc_utility_real_ci_low", "auroc_utility_real_seed_std",
+                              "auroc_utility_real_synthetic", "auroc_utility_diff_real_synthetic",
+                              "auroc_utility_diff_real_synthetic_ci_low", "auroc_utility_diff_real_synthetic_ci_high",
+                              "accuracy_utility_synthetic", "accuracy_utility_diff_real_balanced",
+                              "auroc_utility_real_balanced_Pneumonia", "auroc_utility_diff_real_balanced_Pneumonia"],
         "arbitrary_sr_evaluation": ["psnr_sr_x2p5_arbitrary", "psnr_sr_x2p5_bicubic", "psnr_sr_x2p5_bicubic_vae",
                                     "psnr_sr_x6_arbitrary", "ssim_sr_x6_arbitrary", "lr_consistency_psnr_sr_x4_arbitrary",
                                     "psnr_sr_x4_fixed", "psnr_gain_sr_x4_arbitrary_vs_fixed",
@@ -257,7 +267,7 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
         html = produced["report"].value
         text = open(html).read()
         assert text.count("<table") >= 1 and text.count("data:image/png;base64,") >= 2
-        assert any(f"| {column}" in produced["summary"].value for column in ("method", "metric", "scale"))
+        assert any(f"| {column}" in produced["summary"].value for column in ("method", "metric", "scale", "arm"))
         logged = client.get_run(produced["evaluation_mlflow_run_id"].value).data.metrics
         assert set(names) <= set(logged), (asset, sorted(set(names) - set(logged)))
     sr = result.asset_materializations_for_node("sr_evaluation")[0].metadata
@@ -268,6 +278,16 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path):
     assert "not computed" in generation["fid_inception_status"].value
     assert "fid_inception_class_ddpm" not in client.get_run(generation["evaluation_mlflow_run_id"].value).data.metrics
     assert 0.0 <= generation["cond_acc_class_ddpm"].value <= 1.0
+    # the augmentation experiment: its WARN gate is the interval of the paired difference
+    utility = result.asset_materializations_for_node("synthetic_utility")[0].metadata
+    high = utility["auroc_utility_diff_real_synthetic_ci_high"].value
+    assert utility_gate.severity == dg.AssetCheckSeverity.WARN and utility_gate.passed == (high >= 0)
+    assert utility["auroc_utility_diff_real_synthetic_ci_low"].value <= utility["auroc_utility_diff_real_synthetic"].value <= high
+    assert utility["seeds"].value == 2 and utility["generated_images"].value > 200
+    utility_report = open(utility["report"].value).read()
+    assert "Training images per source and class" in utility_report and "Generated training images: real_balanced" in utility_report
+    class_run = client.get_model_version("cxr-class-ddpm", "1").run_id
+    assert "auroc_utility_diff_real_synthetic" in client.get_run(class_run).data.metrics
     classifier = result.asset_materializations_for_node("cxr_classifier")[0].metadata
     assert classifier["registered_model"].value == "cxr-feature-classifier v1"
     version = client.get_model_version("cxr-latent-sr-x4", "1")

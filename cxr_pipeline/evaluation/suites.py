@@ -25,14 +25,20 @@ from ..data import atomic
 from ..data.degrade import DegradationMix
 from ..data.image_store import ImageStore
 from ..data.pairs import low_dose_pair_dir, low_resolution_at, sr_pair_dir
+from ..data.labels.metadata import content_hash
 from ..models.batches import StoreImages
+from ..models.classifier import labelled_rows
 from ..models.diffusion import describe
+from ..models.training import TrainConfig, run_key
 from ..models.pipelines import (ArbitraryScaleSuperResolution, ClassConditionalGenerator, LatentSuperResolution,
                                 LowDoseDenoiser, TextConditionalGenerator)
 from ..promotion import Decision, PromotionRule
 from ..reports.document import Figure, Report, Section, Table, markdown_table, write_report
 from ..reports.plots import interval_plot, line_plot
 from .generation import evaluate_generation
+from .synthetic_utility import (CLASS_GENERATOR, GENERATORS, TEXT_GENERATOR, SyntheticUtilityResult, UtilityProfile,
+                                arm_training_set, arms_named, check_provenance, example_grid, generate_pool, pool_plan,
+                                train_arm, training_reports, utility_scores)
 from .text_generation import GUIDANCE_SWEEP, evaluate_text_generation, prompt_set
 from .restoration import (centre_crop, evaluate_arbitrary_scale, evaluate_denoising, evaluate_super_resolution,
                           exact_side, tune_denoiser_strength, tune_nlm)
@@ -449,3 +455,95 @@ def log_outcome(outcome: EvaluationOutcome, folder: Path, html: Path) -> str:
         tracking.tag_model_version(pointer["registered_model"], pointer["version"],
                                    {"evaluation_run_id": run_id, "evaluation_report": str(html)})
     return run_id
+
+
+def synthetic_utility_suite(class_pointer: dict, text_pointer: dict, metadata: pd.DataFrame, image_store: Path,
+                            runs_root: Path, arms: Sequence[str], *, profile: UtilityProfile, ratio: float = 1.0,
+                            ddim_steps: int = 10, class_guidance: Optional[float] = None,
+                            text_guidance: Optional[float] = None, bootstrap_resamples: int = 2000, seed: int = 0,
+                            device: str = "auto", log: Log = print) -> EvaluationOutcome:
+    """The augmentation experiment: generate the pool once from training labels and reports,
+    train the classifier recipe on every arm and seed, score all of them on the real test split
+    with paired patient-and-seed intervals, and report."""
+    data_hash = content_hash(metadata)
+    chosen = arms_named(arms)
+    used = {g for arm in chosen for g in arm.generators}
+    pointers = {CLASS_GENERATOR: class_pointer, TEXT_GENERATOR: text_pointer}
+    for generator in sorted(used):
+        pointer = pointers[generator]
+        if pointer.get("data_hash") != data_hash:
+            raise ValueError(f"{pointer['registered_model']} v{pointer['version']} was trained on other data "
+                             f"({pointer.get('data_hash')}, now {data_hash}): its training split may hold today's "
+                             f"val or test images. Re-materialize it before this experiment.")
+    class_names = list(describe(Path(class_pointer["model_dir"]))["class_names"])
+    store = ImageStore(image_store)
+    train_rows, val_rows, test_rows = (labelled_rows(metadata, split) for split in ("train", "val", "test"))
+    if train_rows.empty or val_rows.empty or test_rows.empty:
+        raise ValueError("the experiment needs single-label images in train, val and test")
+    real_counts = np.bincount(train_rows["class_id"].astype(int), minlength=len(class_names))
+    plan = pool_plan(chosen, real_counts, ratio)
+    sampling = {"ddim_steps": ddim_steps, "class_guidance": class_guidance, "text_guidance": text_guidance,
+                "seed": seed}
+    pool_key = run_key("synthetic_pool", {g: pointers[g]["model_dir"] for g in plan}, {g: c.tolist() for g, c in plan.items()},
+                       sampling, data_hash)
+    pool_dir = Path(runs_root) / "pools" / pool_key
+
+    def class_sampler(ids: list[int], at: int) -> torch.Tensor:
+        model = ClassConditionalGenerator.from_pretrained(class_pointer["model_dir"], device)
+        return model(ids, guidance=class_guidance, steps=ddim_steps, seed=at).cpu()
+
+    def text_sampler(reports: list[str], at: int) -> torch.Tensor:
+        model = TextConditionalGenerator.from_pretrained(text_pointer["model_dir"], device)
+        return model(reports, guidance=text_guidance, steps=ddim_steps, seed=at).cpu()
+
+    pool = generate_pool(plan, class_names, training_reports(train_rows), {CLASS_GENERATOR: class_sampler,
+                                                                            TEXT_GENERATOR: text_sampler},
+                         pool_dir, seed=seed, log=log)
+    pool_store = ImageStore(pool_dir)
+    train_ids = set(train_rows["image_id"].astype(str))
+    val_images, test_images = stored_images(store, val_rows), stored_images(store, test_rows)
+    val_labels, test_labels = val_rows["class_id"].astype(int).to_numpy(), test_rows["class_id"].astype(int).to_numpy()
+    probabilities: dict[str, list[np.ndarray]] = {}
+    val_scores, arm_counts, examples = [], {}, {}
+    for arm in chosen:
+        data = arm_training_set(arm, train_rows, store, pool, pool_store, ratio, len(class_names))
+        check_provenance(data, train_ids, class_names)
+        arm_counts[arm.name] = data.counts(len(class_names))
+        example = example_grid(data, class_names)
+        if example is not None:
+            examples[arm.name] = example
+        probabilities[arm.name] = []
+        for offset in range(profile.seeds):
+            train_config = TrainConfig(steps=profile.steps, batch_size=profile.batch_size,
+                                       learning_rate=profile.learning_rate, warmup_steps=min(30, profile.steps),
+                                       checkpoint_every=max(1, profile.steps // 2), eval_every=profile.steps,
+                                       log_every=profile.steps, seed=seed + offset, device=device)
+            run_dir = Path(runs_root) / "classifiers" / run_key(
+                "utility_classifier", arm.name, pool_key if arm.generators else None, ratio if arm.generators else None,
+                profile.classifier.as_dict(), class_names, train_config.identity(), data_hash)
+            test_probabilities, val = train_arm(data, val_images, val_labels, test_images, class_names,
+                                                profile.classifier, train_config, run_dir)
+            probabilities[arm.name].append(test_probabilities)
+            val_scores.append({"arm": arm.name, "seed": seed + offset, **val})
+            log(f"{arm.name} seed {seed + offset}: {len(data.labels)} training images, "
+                f"val macro AUROC {val.get('val_auroc_macro', float('nan')):.3f}")
+    scores = utility_scores(probabilities, test_labels, test_rows["patient_key"].astype(str).to_numpy(), class_names,
+                            resamples=bootstrap_resamples, seed=seed)
+    result = SyntheticUtilityResult(chosen, class_names, real_counts, arm_counts, scores, pd.DataFrame(val_scores),
+                                    examples, test_images=len(test_rows),
+                                    test_patients=int(test_rows["patient_key"].nunique()))
+    metrics = result.metrics()
+    evaluated = [(pointers[g], metrics) for g in GENERATORS if g in used]
+    names = ", ".join(f"{pointers[g]['registered_model']} v{pointers[g]['version']}" for g in GENERATORS if g in used)
+    report = Report("Synthetic data utility",
+                    f"Does training on images from {names} help a classifier of real radiographs? "
+                    f"{len(chosen)} arms x {profile.seeds} seeds, scored on {len(test_rows)} real test images.",
+                    [result.section()])
+    return EvaluationOutcome(
+        "synthetic_utility", report, metrics, evaluated, [], (),
+        markdown_table(result.goals()) + "\n\n" + markdown_table(result.headline()),
+        params={"arms": [a.name for a in chosen], "seeds": profile.seeds, "ratio": ratio, "ddim_steps": ddim_steps,
+                "class_guidance": class_guidance, "text_guidance": text_guidance, "classifier_steps": profile.steps,
+                "classifier_batch_size": profile.batch_size, "classifier_widths": list(profile.classifier.widths),
+                "bootstrap_resamples": bootstrap_resamples, "seed": seed, "pool": pool_key,
+                "generated_images": len(pool), "rarest_class": result.rarest_class})

@@ -83,3 +83,33 @@ def aligned_crops(images: Sequence[torch.Tensor], size: int | None, seed: int, s
     lefts = rng.integers(0, width - size_x + 1, len(images[0]))
     return [torch.stack([x[i, :, t:t + size_y, l:l + size_x] for i, (t, l) in enumerate(zip(tops, lefts))])
             for x in images]
+
+
+class ConcatImages:
+    """Several image sources (``StoreImages`` of different stores) addressed as one: rows
+    0..len(first)-1 are the first source's, and so on. A training set of real images beside
+    generated ones reads both from their memory maps instead of holding them in memory."""
+
+    def __init__(self, parts: Sequence[StoreImages]):
+        self.parts = [p for p in parts if len(p)]
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+        self.image_ids = [i for p in self.parts for i in p.image_ids]
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def batch(self, rows: np.ndarray | list[int]) -> torch.Tensor:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows outside 0..{len(self) - 1}")
+        part_of = np.searchsorted(self.offsets, rows, side="right") - 1
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        for part in np.unique(part_of):
+            positions = np.flatnonzero(part_of == part)
+            images = self.parts[part].batch((rows[positions] - self.offsets[part]).tolist())
+            for position, image in zip(positions, images):
+                out[position] = image
+        return torch.stack(out) if len(rows) else torch.zeros(0, 1, 0, 0)
+
+    def stack(self) -> torch.Tensor:
+        return self.batch(np.arange(len(self)))

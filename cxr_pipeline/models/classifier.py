@@ -133,19 +133,17 @@ def classification_scores(probabilities: np.ndarray, labels: np.ndarray, class_n
 # --- Training, loading ------------------------------------------------------------------------------
 
 
-def _labelled(metadata: pd.DataFrame, split: str) -> pd.DataFrame:
+def labelled_rows(metadata: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The single-label images of one split (the classes the classifier knows)."""
     return metadata[(metadata["split"] == split) & metadata["class_id"].notna()].reset_index(drop=True)
 
 
-def train_classifier(metadata: pd.DataFrame, store: ImageStore, class_names: Sequence[str], config: ClassifierConfig,
-                     train_config: TrainConfig, runs_root: Path, data_hash: str, progress=None,
-                     stop_after: int | None = None) -> TrainingOutcome:
-    train_rows, val_rows = _labelled(metadata, "train"), _labelled(metadata, "val")
-    if train_rows.empty or val_rows.empty:
-        raise ValueError("the classifier needs single-label images in both train and val")
-    train_images, val_images = StoreImages(store, train_rows), StoreImages(store, val_rows)
-    train_labels = train_rows["class_id"].astype(int).to_numpy()
-    val_labels = val_rows["class_id"].astype(int).to_numpy()
+def classifier_trainer(train_images, train_labels: np.ndarray, val_images: torch.Tensor, val_labels: np.ndarray,
+                       class_names: Sequence[str], config: ClassifierConfig, train_config: TrainConfig, run_dir: Path,
+                       progress=None) -> Trainer:
+    """The one classifier recipe: class-balanced batches from ``train_images`` (anything with
+    ``batch(rows)``: ``StoreImages``, ``ConcatImages``), mild augmentation, validation AUROC."""
+    train_labels = np.asarray(train_labels, dtype=np.int64)
     sampler = WeightedStepSampler(train_labels, train_config.batch_size, train_config.seed)
 
     def batches(step: int) -> dict:
@@ -154,15 +152,25 @@ def train_classifier(metadata: pd.DataFrame, store: ImageStore, class_names: Seq
         return {"images": augment(train_images.batch(picked), config, rng),
                 "labels": torch.from_numpy(train_labels[picked]).long()}
 
-    val_stack = val_images.stack()
-
     def evaluate(model: nn.Module, step: int) -> dict[str, float]:
-        return classification_scores(embed(model, val_stack)[1], val_labels, class_names)
+        return classification_scores(embed(model, val_images)[1], val_labels, class_names)
 
-    run_dir = Path(runs_root) / run_key("classifier", config.as_dict(), list(class_names), train_config.identity(), data_hash)
     torch.manual_seed(train_config.seed)
-    trainer = Trainer(CxrClassifier(config, len(class_names)), classifier_step(config), batches, train_config, run_dir,
-                      evaluate=evaluate, progress=progress)
+    return Trainer(CxrClassifier(config, len(class_names)), classifier_step(config), batches, train_config, run_dir,
+                   evaluate=evaluate, progress=progress)
+
+
+def train_classifier(metadata: pd.DataFrame, store: ImageStore, class_names: Sequence[str], config: ClassifierConfig,
+                     train_config: TrainConfig, runs_root: Path, data_hash: str, progress=None,
+                     stop_after: int | None = None) -> TrainingOutcome:
+    train_rows, val_rows = labelled_rows(metadata, "train"), labelled_rows(metadata, "val")
+    if train_rows.empty or val_rows.empty:
+        raise ValueError("the classifier needs single-label images in both train and val")
+    val_stack = StoreImages(store, val_rows).stack()
+    run_dir = Path(runs_root) / run_key("classifier", config.as_dict(), list(class_names), train_config.identity(), data_hash)
+    trainer = classifier_trainer(StoreImages(store, train_rows), train_rows["class_id"].astype(int).to_numpy(), val_stack,
+                                 val_rows["class_id"].astype(int).to_numpy(), class_names, config, train_config,
+                                 run_dir, progress)
     model_dir = run_dir / "model"
 
     def save(result, folder: Path) -> None:

@@ -57,6 +57,33 @@ def interval_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float], S
     return _to_array(figure)
 
 
+def grouped_interval_bars(groups: Sequence[str], series: Mapping[str, tuple[Sequence[float], Sequence[float],
+                                                                              Sequence[float]]],
+                          title: str, ylabel: str, floor: float | None = None) -> np.ndarray:
+    """Bars per group, one per series (value, low, high) with its interval; ``floor`` draws a
+    reference line (0.5 for AUROC: chance). A NaN value leaves its bar out."""
+    figure, axis = plt.subplots(figsize=(min(10.0, max(6.0, 0.4 * len(groups) * max(1, len(series)))), 3.8), dpi=100)
+    width = 0.8 / max(1, len(series))
+    positions = np.arange(len(groups), dtype=float)
+    for i, (name, (values, lows, highs)) in enumerate(series.items()):
+        values, lows, highs = (np.asarray(v, dtype=float) for v in (values, lows, highs))
+        shown = np.isfinite(values)
+        x = positions[shown] - 0.4 + width * (i + 0.5)
+        errors = np.nan_to_num([values[shown] - lows[shown], highs[shown] - values[shown]], nan=0.0)
+        axis.bar(x, values[shown], width * 0.92, label=name, yerr=np.clip(errors, 0.0, None), capsize=2,
+                 error_kw={"linewidth": 0.9})
+    if floor is not None:
+        axis.axhline(floor, color="black", linewidth=0.8, linestyle="--")
+    axis.set_xticks(positions, list(groups), rotation=15, fontsize=8)
+    axis.set_title(title)
+    axis.set_ylabel(ylabel)
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=7, ncols=min(6, max(1, len(series))), loc="upper center", bbox_to_anchor=(0.5, -0.16),
+                frameon=False)
+    figure.tight_layout()
+    return _to_array(figure)
+
+
 def heat_maps(maps: np.ndarray, images: np.ndarray, title: str, vmax: float | None = None) -> np.ndarray:
     """Pairs of image | heat map (shared colour scale, with a colour bar), one pair per column."""
     count = len(maps)
