@@ -26,11 +26,15 @@ DOSES = ("1000", "3000", "10000")
 
 
 def latest_metrics(name: str) -> dict[str, float]:
+    return latest_run(name).data.metrics
+
+
+def latest_run(name: str):
     runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"attributes.run_name = 'evaluate-{name}'",
                               order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
     if not runs:
         raise SystemExit(f"no evaluate-{name} run in {mlflow.get_tracking_uri()}: run ./run.sh demo first")
-    return runs[0].data.metrics
+    return runs[0]
 
 
 def goal_rows() -> list[dict]:
@@ -68,6 +72,7 @@ def goal_rows() -> list[dict]:
                      dn[name + "_ci_low"] > 0))
     rows += arbitrary_rows(latest_metrics("arbitrary_sr_evaluation"))
     rows += text_rows(latest_metrics("text_generation_evaluation"))
+    rows += utility_rows(latest_run("synthetic_utility"))
     return [{"goal": g, "measured": m, "met": "yes" if ok else "NO"} for g, m, ok in rows]
 
 
@@ -112,6 +117,23 @@ def text_rows(tx: dict[str, float]) -> list[tuple[str, str, bool]]:
                                            f"({fd_ratio:.2f}x)", fd_ratio <= 3.0),
         ("text memorization: share closer to train than any real test image (features / pixels)",
          f"{tx['memorized_share_text_ldm_feature']:.3f} / {tx['memorized_share_text_ldm_pixel']:.3f}", True),
+    ]
+
+
+def utility_rows(run) -> list[tuple[str, str, bool]]:
+    """The augmentation experiment: real + synthetic not worse than real only; balancing helps
+    the rarest class."""
+    m, rarest = run.data.metrics, run.data.params["rarest_class"]
+
+    def interval(name: str) -> str:
+        return f"{m[name]:+.3f} [{m[name + '_ci_low']:+.3f}, {m[name + '_ci_high']:+.3f}]"
+
+    diff, rare = "auroc_utility_diff_real_synthetic", f"auroc_utility_diff_real_balanced_{rarest}"
+    return [
+        ("real + synthetic not worse than real only (macro AUROC difference interval reaches 0)",
+         f"{interval(diff)} (real only {m['auroc_utility_real']:.3f})", m[diff + "_ci_high"] >= 0),
+        (f"balancing improves the rarest class's AUROC ({rarest})",
+         f"{interval(rare)} (real only {m[f'auroc_utility_real_{rarest}']:.3f})", m[rare] > 0),
     ]
 
 
