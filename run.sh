@@ -3,6 +3,7 @@
 #   ./run.sh demo   set up, then materialize every asset on the built-in demo dataset
 #   ./run.sh test   set up, then run the test suite
 #   ./run.sh dev    set up, then start the Dagster UI (dagster dev) on http://127.0.0.1:3000
+#   ./run.sh app    set up, then start the interactive app over the champion models on http://127.0.0.1:8501
 #   ./run.sh setup  only create .venv and install the project
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -58,8 +59,13 @@ case "$command" in
     setup
     exec "$VENV/bin/dagster" dev -w workspace.yaml "$@"
     ;;
+  app)
+    setup
+    exec "$VENV/bin/streamlit" run cxr_pipeline/app/main.py --server.address 127.0.0.1 \
+      --browser.gatherUsageStats false "$@"
+    ;;
   *)
-    echo "usage: $0 {demo|test|dev|setup}" >&2
+    echo "usage: $0 {demo|test|dev|app|setup}" >&2
     exit 2
     ;;
 esac

@@ -191,6 +191,14 @@ def process_file(task: _Task) -> FileOutcome:
     return outcome
 
 
+def ingest_file(path: Path, options: IngestOptions) -> FileOutcome:
+    """One file through exactly the decisions ingestion makes for each file of a folder (an
+    upload in the app): accepted with its stored pixels, or rejected with a reason. Never raises
+    for bad input."""
+    path = Path(path)
+    return process_file(_Task(str(path.parent), path.name, options))
+
+
 def _crashed(task: _Task, error: BaseException) -> FileOutcome:
     path = Path(task.root) / task.relative
     try:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -268,6 +270,21 @@ def guided_prediction(model: UNet2DModel, inputs: torch.Tensor, t: torch.Tensor,
     return unconditional + guidance * (conditional - unconditional)
 
 
+_sampling_progress: ContextVar[Callable[[int, int], None] | None] = ContextVar("sampling_progress", default=None)
+
+
+@contextmanager
+def sampling_progress(callback: Callable[[int, int], None] | None):
+    """Within the block, every reverse-diffusion chain reports ``callback(steps done, steps)``
+    after each step (a progress bar in the app) without threading a callback through every
+    pipeline's signature."""
+    token = _sampling_progress.set(callback)
+    try:
+        yield
+    finally:
+        _sampling_progress.reset(token)
+
+
 @torch.no_grad()
 def sample(model: UNet2DModel, schedule: ScheduleConfig, shape: tuple[int, ...], *, condition: torch.Tensor | None = None,
            labels: torch.Tensor | None = None, null_label: int | None = None, guidance: float = 1.0,
@@ -300,11 +317,14 @@ def sample(model: UNet2DModel, schedule: ScheduleConfig, shape: tuple[int, ...],
         labels = labels.to(device)
     text = text.to(device) if text is not None else None
     null_text = null_text.to(device) if null_text is not None else None
-    for t in timesteps:
+    report = _sampling_progress.get()
+    for done, t in enumerate(timesteps, start=1):
         inputs = torch.cat([x, condition], dim=1) if condition is not None else x
         prediction = guided_prediction(model, inputs, t.repeat(shape[0]), labels, null_label, guidance, text, null_text)
         kwargs = {"generator": generator} if sampler == "ddpm" else {"eta": eta, "generator": generator}
         x = scheduler.step(prediction, t, x, **kwargs).prev_sample
+        if report is not None:
+            report(done, len(timesteps))
     return condition + x / residual_scale if residual_scale else x
 
 

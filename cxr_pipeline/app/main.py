@@ -1,0 +1,306 @@
+"""The interactive app over the champion models (``./run.sh app``): generate, restore, enhance,
+browse the dataset, and read the registry. Layout only; the work is in ``services.py``.
+
+Every caption says which image its figures describe: *raw* (the model's output, what every
+evaluation metric is computed on) or *enhanced* (a display copy through a preset).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from cxr_pipeline.app import services
+from cxr_pipeline.data.labels.vocabulary import LABEL_COLUMNS
+from cxr_pipeline.reports.enhancement import PRESETS, Enhancement
+
+PAGES = ("Generate", "Restore", "Enhance", "Dataset", "Models")
+EXAMPLE_REPORT = ("FINDINGS: Moderate right pleural effusion with blunting of the costophrenic angle. "
+                  "The left lung is clear. IMPRESSION: Right pleural effusion.")
+
+
+@st.cache_resource(show_spinner="Loading the model...")
+def load_pipeline(key: str, folder: str, device: str):
+    """Cached per model folder (a registered version's download), so a newly promoted champion is
+    loaded fresh and an unchanged one is not loaded twice."""
+    return services.APP_MODELS[key].pipeline.from_pretrained(folder, device)
+
+
+def context() -> services.AppContext:
+    return services.AppContext.from_environment()
+
+
+def describe(image: np.ndarray, label: str) -> str:
+    figures = services.image_metrics(image)
+    return (f"{label} · {image.shape[1]}x{image.shape[0]} px · contrast {figures['contrast']:.3f} · "
+            f"sharpness {figures['sharpness']:.4f} · entropy {figures['entropy']:.2f}")
+
+
+def show(image: np.ndarray, label: str, width: int = 256) -> None:
+    st.image(np.clip(image, 0, 1), caption=describe(image, label), width=width, clamp=True)
+
+
+def preset_picker(key: str) -> Enhancement:
+    name = st.selectbox("Enhancement preset (display only)", list(PRESETS), index=list(PRESETS).index("balanced"),
+                        key=key, help="Applied to a copy for display. Metrics of model outputs use the raw image.")
+    preset = PRESETS[name]
+    if preset.steps():
+        st.caption("Steps: " + "; ".join(f"{step} ({params})" for step, params in preset.steps()))
+    return preset
+
+
+def model_or_stop(key: str, ctx: services.AppContext, alias: str, device: str):
+    try:
+        located = services.locate(services.APP_MODELS[key], ctx, alias)
+    except services.ModelUnavailable as missing:
+        st.warning(str(missing))
+        st.stop()
+    return load_pipeline(key, str(located.folder), device), located
+
+
+def progress_bar(label: str):
+    bar = st.progress(0.0, text=label)
+
+    def update(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"{label}: step {done} of {total}")
+
+    return update
+
+
+# --- Pages ---------------------------------------------------------------------------------------------------
+
+
+def generate_page(ctx: services.AppContext, alias: str, device: str) -> None:
+    st.header("Generate radiographs")
+    source = st.radio("Condition on", ["a report (text model)", "a class (class model)"], horizontal=True,
+                      key="condition_on")
+    key = "text" if source.startswith("a report") else "class"
+    pipeline, located = model_or_stop(key, ctx, alias, device)
+    st.caption(f"{located.name} v{located.version} ({located.alias})")
+    if key == "text":
+        prompt = st.text_area("Report (findings and impression, as a radiologist writes them)", EXAMPLE_REPORT,
+                              key="prompt")
+        conditions_of = lambda count: [prompt] * count  # noqa: E731
+        condition_text = prompt
+    else:
+        names = pipeline.class_names
+        chosen = st.selectbox("Class", names, key="class_name")
+        conditions_of = lambda count: [names.index(chosen)] * count  # noqa: E731
+        condition_text = chosen
+    default_guidance = float(pipeline.model.description.get("default_guidance", 3.0))
+    left, middle, right = st.columns(3)
+    guidance = left.slider("Prompt adherence (guidance scale)", 0.0, 10.0, default_guidance, 0.5, key="guidance")
+    steps = middle.slider("DDIM steps", 5, 100, 20, 5, key="steps")
+    seed = right.number_input("Seed", 0, 2**31 - 1, 0, key="seed")
+    count = left.slider("Images", 1, 8, 2, key="count")
+    preset = preset_picker("generate_preset")
+    if st.button("Generate", type="primary"):
+        if key == "text" and not prompt.strip():
+            st.error("Write a report first (an empty report samples the unconditional model; use guidance 0 for that).")
+            st.stop()
+        images = services.generate(pipeline, conditions_of(count), guidance=guidance, steps=steps, seed=int(seed),
+                                   progress=progress_bar("Sampling"))
+        st.session_state["generated"] = {"images": images, "condition": condition_text, "model": located.name,
+                                         "version": located.version, "seed": int(seed), "guidance": guidance,
+                                         "steps": steps}
+    result = st.session_state.get("generated")
+    if not result:
+        return
+    for i, image in enumerate(result["images"]):
+        enhanced = preset(image)
+        raw_column, enhanced_column, files = st.columns([2, 2, 1])
+        with raw_column:
+            show(image, f"raw, seed {result['seed'] + i}")
+        with enhanced_column:
+            show(enhanced, f"enhanced ({preset.name})")
+        generator = f"{result['model']} v{result['version']}"
+        files.download_button("PNG (raw, 16-bit)", services.png_bytes(image), f"generated_{i}.png", "image/png",
+                              key=f"png_{i}")
+        files.download_button("PNG (enhanced)", services.png_bytes(enhanced), f"generated_{i}_{preset.name}.png",
+                              "image/png", key=f"png_enhanced_{i}")
+        files.download_button("DICOM (raw)", services.secondary_capture(
+            image, generator=generator, condition=str(result["condition"]), seed=result["seed"] + i,
+            guidance=result["guidance"], steps=result["steps"]), f"generated_{i}.dcm", "application/dicom",
+            key=f"dcm_{i}")
+
+
+def restore_page(ctx: services.AppContext, alias: str, device: str) -> None:
+    st.header("Restore an image")
+    st.caption("The upload goes through ingestion's own reader: the same DICOM LUT/VOI and MONOCHROME1 decisions, "
+               f"the same resizing to {ctx.profile.image_size} px, and the same reasons when a file is refused.")
+    upload = st.file_uploader("DICOM, PNG or JPEG", type=["dcm", "dicom", "png", "jpg", "jpeg"])
+    if upload is None:
+        st.info("Upload a radiograph to restore it.")
+        return
+    try:
+        image, fields = services.read_upload(upload.getvalue(), upload.name, ctx.profile.image_size)
+    except services.UploadRejected as rejected:
+        st.error(f"This file was not accepted ({rejected.reason}): {rejected.message}")
+        return
+    task = st.radio("Task", ["super-resolution", "denoising"], horizontal=True, key="task")
+    simulate = st.checkbox("Simulate the degradation from this image and score against it", value=True,
+                           help="Off: the upload is taken as the low-resolution or low-dose image itself.")
+    seeds = st.slider("Seeds (for the spread map)", 1, 5, 3, key="restore_seeds")
+    steps = st.slider("DDIM steps", 5, 50, 20, 5, key="restore_steps")
+    if task == "super-resolution":
+        pipeline, located = model_or_stop("arbitrary_sr", ctx, alias, device)
+        low, high = pipeline.scale_range
+        scale = st.slider("Scale", 1.0, float(max(high, 4.0)), float(min(2.5, high)), 0.1,
+                          help=f"The model was trained on scales {low:g} to {high:g}.", key="scale")
+    else:
+        pipeline, located = model_or_stop("denoiser", ctx, alias, device)
+        dose = st.selectbox("Dose (photons, I0)", pipeline.doses, index=0, key="dose")
+        nlm_factor = st.slider("Non-local means h / sigma", 0.4, 2.0, 1.0, 0.1)
+    st.caption(f"{located.name} v{located.version} ({located.alias})")
+    if st.button("Restore", type="primary"):
+        update = progress_bar("Restoring")
+        if task == "super-resolution":
+            result = services.super_resolve_upload(pipeline, image, scale, simulate=simulate, seeds=seeds, steps=steps,
+                                                   progress=update)
+        else:
+            result = services.denoise_upload(pipeline, image, dose, simulate=simulate, seeds=seeds, steps=steps,
+                                             nlm_factor=nlm_factor, progress=update)
+        st.session_state["restored"] = result
+    result = st.session_state.get("restored")
+    if result is None:
+        return
+    columns = st.columns(4 if result.spread is not None else 3)
+    with columns[0]:
+        show(result.input, "input (raw)")
+    with columns[1]:
+        show(result.baseline, f"{result.baseline_name} (raw)")
+    with columns[2]:
+        show(result.output, "diffusion (raw)")
+    if result.spread is not None:
+        with columns[3]:
+            spread = result.spread / max(float(result.spread.max()), 1e-6)
+            st.image(spread, caption=f"spread over seeds (max {float(result.spread.max()):.3f}, scaled to white)",
+                     width=256, clamp=True)
+    if not result.scores.empty:
+        st.subheader("Against the original (raw images)")
+        st.dataframe(result.scores, hide_index=True)
+    with st.expander("What the reader recorded"):
+        st.json({k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v)) for k, v in fields.items()})
+
+
+def enhance_page(ctx: services.AppContext) -> None:
+    st.header("One image under every preset")
+    try:
+        rows = services.metadata(ctx)
+    except FileNotFoundError as missing:
+        st.warning(str(missing))
+        return
+    image_id = st.selectbox("Image", rows["image_id"].tolist()[:500])
+    image = services.stored_image(ctx, rows.set_index("image_id").loc[image_id])
+    raw = services.image_metrics(image)
+    table = []
+    columns = st.columns(len(PRESETS))
+    for column, (name, preset) in zip(columns, PRESETS.items()):
+        enhanced = preset(image)
+        figures = services.image_metrics(enhanced)
+        table.append({"preset": name, **figures, **{f"Δ {k}": round(figures[k] - raw[k], 4) for k in figures}})
+        with column:
+            st.image(enhanced, caption=describe(enhanced, "raw" if name == "none" else name), clamp=True)
+    st.dataframe(pd.DataFrame(table), hide_index=True)
+    with st.expander("Preset parameters"):
+        st.dataframe(pd.DataFrame([p.as_dict() for p in PRESETS.values()]), hide_index=True)
+
+
+def dataset_page(ctx: services.AppContext) -> None:
+    st.header("Dataset")
+    try:
+        rows = services.metadata(ctx)
+    except FileNotFoundError as missing:
+        st.warning(str(missing))
+        return
+    left, middle, right = st.columns(3)
+    splits = left.multiselect("Split", sorted(rows["split"].dropna().unique()), key="splits")
+    classes = middle.multiselect("Class", sorted(rows["class_name"].dropna().unique()))
+    finding = right.selectbox("Finding", ["(any)", *LABEL_COLUMNS])
+    text = st.text_input("Report contains", key="report_contains")
+    chosen = services.filter_images(rows, splits=splits, classes=classes,
+                                    finding=None if finding == "(any)" else finding, text=text)
+    st.caption(f"{len(chosen)} of {len(rows)} images")
+    st.dataframe(chosen[["image_id", "patient_id", "split", "class_name", "view", "sex", "age_years", "label_source",
+                         "findings_text"]], hide_index=True)
+    samples = st.slider("Random samples", 1, 12, 4)
+    if len(chosen):
+        seed = st.number_input("Sample seed", 0, 10_000, 0)
+        picked = chosen.sample(min(samples, len(chosen)), random_state=int(seed))
+        for _, row in picked.iterrows():
+            image_column, text_column = st.columns([1, 2])
+            with image_column:
+                show(services.stored_image(ctx, row), f"{row['image_id']} (raw)", width=192)
+            with text_column:
+                st.markdown(f"**{row['class_name'] or 'several or no single-label class'}** · {row['split']} · "
+                            f"patient {row['patient_id']}")
+                report = " ".join(t for t in (row.get("findings_text"), row.get("impression_text")) if isinstance(t, str))
+                st.write(report or "(no report)")
+    st.subheader("Rejected at ingestion")
+    st.dataframe(services.rejected(ctx), hide_index=True)
+
+
+def models_page(ctx: services.AppContext) -> None:
+    st.header("Models")
+    overview = services.registry_overview(ctx)
+    if overview.empty:
+        st.warning(f"No registered models in {ctx.tracking_uri}: run `./run.sh demo` (job `all_assets`).")
+        return
+    for key, model in services.APP_MODELS.items():
+        st.subheader(model.title)
+        versions = overview[overview["model"] == model.kind.registered_name]
+        links = [f"[Dagster asset `{model.kind.asset}`]({ctx.asset_url(model.kind.asset)})",
+                 f"[evaluation `{model.evaluated_by}`]({ctx.asset_url(model.evaluated_by)})"]
+        if versions.empty:
+            st.info(f"{model.kind.registered_name} is not trained yet: materialize `{model.kind.asset}`. "
+                    + " · ".join(links))
+            continue
+        champion = versions[versions["aliases"].str.contains("champion")]
+        shown = champion.iloc[0] if len(champion) else versions.iloc[0]
+        run_url = ctx.run_url(shown["run_id"])
+        if run_url:
+            links.append(f"[MLflow run]({run_url})")
+        st.markdown(" · ".join(links))
+        st.dataframe(versions[["version", "aliases", "decision", "reason"]], hide_index=True)
+        if shown["metrics"]:
+            try:
+                figures = json.loads(shown["metrics"])
+                st.dataframe(pd.DataFrame([{"metric": k, "value": v} for k, v in figures.items()]), hide_index=True)
+            except json.JSONDecodeError:
+                st.caption(shown["metrics"])
+        try:
+            located = services.locate(model, ctx, "champion" if len(champion) else "challenger")
+            with st.expander(f"Architecture of v{located.version}"):
+                st.json(services.architecture(located.folder))
+        except services.ModelUnavailable as missing:
+            st.caption(str(missing))
+    st.subheader("Every registered version")
+    st.dataframe(overview.drop(columns=["metrics"]), hide_index=True)
+
+
+def main() -> None:
+    st.set_page_config(page_title="cxr-pipeline", layout="wide")
+    ctx = context()
+    st.sidebar.title("cxr-pipeline")
+    page = st.sidebar.radio("Mode", PAGES)
+    alias = st.sidebar.radio("Model version", ["champion", "challenger"],
+                             help="The champion passed its evaluation's promotion; the challenger is the latest "
+                                  "evaluated version.")
+    device = st.sidebar.selectbox("Device", ["auto", "cpu", "cuda"])
+    st.sidebar.caption(f"Work folder `{ctx.home}` · profile `{ctx.profile.name}` · MLflow `{ctx.tracking_uri}`")
+    if page == "Generate":
+        generate_page(ctx, alias, device)
+    elif page == "Restore":
+        restore_page(ctx, alias, device)
+    elif page == "Enhance":
+        enhance_page(ctx)
+    elif page == "Dataset":
+        dataset_page(ctx)
+    else:
+        models_page(ctx)
+
+
+main()
