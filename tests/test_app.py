@@ -104,6 +104,13 @@ def test_generate_from_a_class_with_another_preset(app):
     assert at.session_state["generated"]["images"].shape == (2, 64, 64)
     assert at.session_state["generated"]["condition"] == "Effusion"
     assert sum("enhanced (radiographic_film)" in c for c in captions(at)) == 2
+    # more resolution than the generator's, through the arbitrary-scale champion
+    at.select_slider(key="resolution").set_value(2.0)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["generated"]["images"].shape == (2, 128, 128)
+    assert "then cxr-arbitrary-sr v1 x2" in at.session_state["generated"]["model"]
+    assert all("128x128 px" in c for c in captions(at))
 
 
 def test_the_dicom_download_is_a_synthetic_secondary_capture_that_ingestion_refuses(tmp_path):

@@ -101,3 +101,11 @@ def test_appearance_figures():
     from skimage.filters import gaussian
     assert sharpness(noisy) > 10 * sharpness(gaussian(noisy, 2))
     assert set(appearance(noisy)) == {"contrast", "sharpness", "entropy"}
+
+
+def test_reports_say_their_images_are_raw(tmp_path):
+    from cxr_pipeline.reports.document import RAW_IMAGES_NOTE, Figure, Report, Section, write_report
+
+    report = Report("r", "s", [Section("one", figures=[Figure("f", np.zeros((4, 4)))])])
+    html, markdown = write_report(report, tmp_path)
+    assert RAW_IMAGES_NOTE in html.read_text() and RAW_IMAGES_NOTE in markdown.read_text()

@@ -43,6 +43,12 @@ def show(image: np.ndarray, label: str, width: int = 256) -> None:
     st.image(np.clip(image, 0, 1), caption=describe(image, label), width=width, clamp=True)
 
 
+def _latent_factor(pipeline) -> int:
+    """Pixels per latent cell (the VAE's downsampling), 1 for a pixel-space model."""
+    vae = pipeline.model.vae
+    return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+
+
 def preset_picker(key: str) -> Enhancement:
     name = st.selectbox("Enhancement preset (display only)", list(PRESETS), index=list(PRESETS).index("balanced"),
                         key=key, help="Applied to a copy for display. Metrics of model outputs use the raw image.")
@@ -96,6 +102,10 @@ def generate_page(ctx: services.AppContext, alias: str, device: str) -> None:
     steps = middle.slider("DDIM steps", 5, 100, 20, 5, key="steps")
     seed = right.number_input("Seed", 0, 2**31 - 1, 0, key="seed")
     count = left.slider("Images", 1, 8, 2, key="count")
+    resolution = middle.select_slider(
+        "Resolution", options=[1.0, 2.0, 3.0, 4.0], value=1.0, key="resolution",
+        format_func=lambda s: f"native ({pipeline.unet_config.sample_size * _latent_factor(pipeline)} px)" if s == 1
+        else f"x{s:g}, through the arbitrary-scale champion")
     preset = preset_picker("generate_preset")
     if st.button("Generate", type="primary"):
         if key == "text" and not prompt.strip():
@@ -103,9 +113,14 @@ def generate_page(ctx: services.AppContext, alias: str, device: str) -> None:
             st.stop()
         images = services.generate(pipeline, conditions_of(count), guidance=guidance, steps=steps, seed=int(seed),
                                    progress=progress_bar("Sampling"))
-        st.session_state["generated"] = {"images": images, "condition": condition_text, "model": located.name,
-                                         "version": located.version, "seed": int(seed), "guidance": guidance,
-                                         "steps": steps}
+        model_name = f"{located.name} v{located.version}"
+        if resolution > 1:
+            upscaler, sr_located = model_or_stop("arbitrary_sr", ctx, alias, device)
+            images = services.upscale(upscaler, images, resolution, steps=steps, seed=int(seed),
+                                      progress=progress_bar(f"Super-resolving x{resolution:g}"))
+            model_name += f", then {sr_located.name} v{sr_located.version} x{resolution:g}"
+        st.session_state["generated"] = {"images": images, "condition": condition_text, "model": model_name,
+                                         "seed": int(seed), "guidance": guidance, "steps": steps}
     result = st.session_state.get("generated")
     if not result:
         return
@@ -116,7 +131,7 @@ def generate_page(ctx: services.AppContext, alias: str, device: str) -> None:
             show(image, f"raw, seed {result['seed'] + i}")
         with enhanced_column:
             show(enhanced, f"enhanced ({preset.name})")
-        generator = f"{result['model']} v{result['version']}"
+        generator = result["model"]
         files.download_button("PNG (raw, 16-bit)", services.png_bytes(image), f"generated_{i}.png", "image/png",
                               key=f"png_{i}")
         files.download_button("PNG (enhanced)", services.png_bytes(enhanced), f"generated_{i}_{preset.name}.png",

@@ -165,6 +165,17 @@ def generate(pipeline: DiffusionPipeline, conditions: Sequence, *, guidance: flo
                          for i, condition in enumerate(conditions)])
 
 
+@torch.no_grad()
+def upscale(pipeline: ArbitraryScaleSuperResolution, images: np.ndarray, scale: float, *, steps: int = 20,
+            seed: int = 0, progress: Progress | None = None) -> np.ndarray:
+    """Generated images (N, S, S) brought to ``scale`` x S through the arbitrary-scale model: the
+    generators' resolution is their training resolution; this is how the app offers more."""
+    with sampling_progress(_over(progress, len(images))):
+        return np.stack([pipeline(torch.from_numpy(np.ascontiguousarray(image)).float()[None, None], scale=scale,
+                                  steps=steps, seed=seed + i)[0, 0].float().cpu().numpy()
+                         for i, image in enumerate(images)])
+
+
 def _over(progress: Progress | None, chains: int):
     """A per-step callback counting over ``chains`` reverse-diffusion chains run one after another."""
     if progress is None:

@@ -53,13 +53,19 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+# Display enhancement (reports/enhancement.py) is for people looking at images in the app; a report
+# shows what it measured.
+RAW_IMAGES_NOTE = ("Images are shown as the models produced them (raw, no display enhancement); every figure is "
+                   "computed on raw outputs.")
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     return frame.to_markdown(index=False, disable_numparse=True)
 
 
 def render_markdown(report: Report, image_folder: str = "images") -> tuple[str, dict[str, bytes]]:
     """The Markdown text and the PNG files it refers to (relative names -> bytes)."""
-    lines, files = [f"# {report.title}", "", report.summary, ""], {}
+    lines, files = [f"# {report.title}", "", report.summary, "", f"*{RAW_IMAGES_NOTE}*", ""], {}
     for section in report.sections:
         lines += [f"## {section.title}", ""]
         if section.text:
@@ -92,7 +98,7 @@ def render_html(report: Report) -> str:
     """One self-contained page: styles inline, images as data URIs."""
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>",
              f"<style>{_STYLE}</style></head><body>", f"<h1>{html.escape(report.title)}</h1>",
-             f"<p>{html.escape(report.summary)}</p>"]
+             f"<p>{html.escape(report.summary)}</p>", f"<p class='note'>{html.escape(RAW_IMAGES_NOTE)}</p>"]
     for section in report.sections:
         parts.append(f"<h2>{html.escape(section.title)}</h2>")
         if section.text:
