@@ -91,10 +91,23 @@ def model_folder(downloaded: Path) -> Path:
 
 
 def download_model(name: str, version: str, destination: Path | None = None, tracking_uri: str | None = None) -> Path:
-    """A registered version downloaded (into ``destination``); returns its model folder."""
-    uri = f"models:/{name}/{version}"
-    return model_folder(Path(mlflow.artifacts.download_artifacts(
-        uri, dst_path=str(destination) if destination else None, tracking_uri=tracking_uri)))
+    """A registered version downloaded (into ``destination``); returns its model folder. The
+    version's source is resolved through ``tracking_uri``'s own registry: a ``models:/`` URI
+    would go through the process-wide registry URI, which may be another store (or none, and
+    MLflow would create ./mlflow.db)."""
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    source = client.get_model_version_download_uri(name, str(version))
+    downloaded = Path(mlflow.artifacts.download_artifacts(
+        source, dst_path=str(destination) if destination else None, tracking_uri=tracking_uri))
+    if destination is not None and downloaded.resolve() != Path(destination).resolve():
+        # the source is a folder (".../artifacts"), downloaded as a subfolder: lift its content
+        # so ``destination`` holds the model itself, as registry_folder expects
+        staging = downloaded.rename(Path(destination) / ".downloaded")
+        for child in staging.iterdir():
+            child.rename(Path(destination) / child.name)
+        staging.rmdir()
+        downloaded = Path(destination)
+    return model_folder(downloaded)
 
 
 def registry_folder(name: str, version: str, cache: Path, tracking_uri: str | None = None) -> Path:

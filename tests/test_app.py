@@ -54,14 +54,16 @@ def home(small_demo, tmp_path_factory):
 
 
 @pytest.fixture()
-def app(home, monkeypatch):
+def app(home, monkeypatch, tmp_path):
     monkeypatch.setenv("CXR_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("CXR_PROFILE", raising=False)
+    monkeypatch.chdir(tmp_path)
     at = AppTest.from_file(APP, default_timeout=300)
     at.run()
     assert not at.exception
-    return at
+    yield at
+    assert not list(tmp_path.iterdir())  # nothing written outside the work folder (no stray ./mlflow.db)
 
 
 def mode(at: AppTest, page: str) -> AppTest:
