@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pydicom
@@ -60,12 +59,9 @@ class AppContext:
     @classmethod
     def from_environment(cls) -> AppContext:
         """From ``CXR_HOME``, ``MLFLOW_TRACKING_URI``, ``CXR_PROFILE``, ``CXR_DAGSTER_URL`` and
-        ``CXR_MLFLOW_UI_URL``; makes the store this process's MLflow tracking and registry store
-        (``models:/`` downloads resolve through the registry URI)."""
+        ``CXR_MLFLOW_UI_URL``. Every MLflow call names this store; nothing process-wide is set."""
         home = Path(os.environ.get("CXR_HOME", "work")).expanduser().resolve()
         uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(home)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
         return cls(home, uri, get_profile(os.environ.get("CXR_PROFILE", "demo")),
                    os.environ.get("CXR_DAGSTER_URL", "http://127.0.0.1:3000"),
                    os.environ.get("CXR_MLFLOW_UI_URL") or (uri if uri.startswith("http") else None))
