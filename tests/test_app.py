@@ -37,6 +37,15 @@ CONFIG = {"vae": {**FEW, "steps": 20, "checkpoint_every": 20, "eval_every": 20},
 CHAMPIONS = ("cxr-text-ldm", "cxr-class-ddpm", "cxr-arbitrary-sr", "cxr-lowdose-denoiser")
 
 
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """AppTest leaves the app script as ``sys.modules["__main__"]``; processes spawned by later
+    tests would run it as their main module. Put pytest's back."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+
+
 @pytest.fixture(scope="module")
 def home(small_demo, tmp_path_factory):
     """A work folder where every model the app serves was trained and registered, each v1 named
@@ -205,6 +214,7 @@ def test_models_page_shows_champions_and_architecture(app):
 
 
 def test_an_untrained_work_folder_says_which_asset_trains_the_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CXR_HOME", str(tmp_path / "empty"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     at = AppTest.from_file(APP, default_timeout=120)

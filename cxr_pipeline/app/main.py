@@ -318,4 +318,7 @@ def main() -> None:
         models_page(ctx)
 
 
-main()
+# Streamlit runs this file as ``__main__`` and leaves it there: a process spawned later (a
+# multiprocessing worker) imports it as ``__mp_main__`` and must not start the app again.
+if __name__ == "__main__":
+    main()
