@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import mlflow
 import numpy as np
 import pydicom
 import pytest
@@ -52,6 +53,7 @@ def home(small_demo, tmp_path_factory):
     champion in the registry (the evaluations that would promote them are tested elsewhere)."""
     root = tmp_path_factory.mktemp("app") / "home"
     settings = CxrSettings(home=str(root), data_dir=str(small_demo), workers=1)
+    ambient = os.environ.get("MLFLOW_TRACKING_URI")
     result = dg.materialize(ASSETS, resources={"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings),
                                              "pipes_subprocess_client": dg.PipesSubprocessClient()},
                             run_config={"ops": {name: {"config": config} for name, config in CONFIG.items()}})
@@ -59,6 +61,11 @@ def home(small_demo, tmp_path_factory):
     client = MlflowClient(tracking.default_tracking_uri(root))
     for name in CHAMPIONS:
         client.set_registered_model_alias(name, "champion", "1")
+    # MLflow's set_tracking_uri (the Dagster resource activates its store) also exports
+    # MLFLOW_TRACKING_URI: later tests must not write into this store
+    mlflow.set_tracking_uri(ambient)
+    if ambient is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     return root
 
 

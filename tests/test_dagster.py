@@ -169,11 +169,12 @@ def test_leakage_check_catches_a_patient_in_two_splits(small_demo, tmp_path):
     assert result.passed is False and result.metadata["patients_in_several_splits"].value == 1
 
 
-def test_main_job_on_the_builtin_demo_dataset(tmp_path):
+def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     """The README's main command, in process, on the built-in demo dataset: every asset and check.
     To keep CI short the diffusion models train 30 steps instead of 400 to 1000, the classifier 150
     instead of 600, the VAE 400 instead of 1500, and evaluation samples with 10 DDIM steps on 40
     test images; everything else runs with the demo defaults."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # its own store, whatever ran before
     home = tmp_path / "home"
     job = defs.resolve_job_def("all_assets")
     settings = CxrSettings(home=str(home))
