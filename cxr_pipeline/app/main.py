@@ -201,12 +201,18 @@ def restore_page(ctx: services.AppContext, alias: str, device: str) -> None:
         st.json({k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v)) for k, v in fields.items()})
 
 
-def enhance_page(ctx: services.AppContext) -> None:
-    st.header("One image under every preset")
+def metadata_or_warn(ctx: services.AppContext) -> pd.DataFrame | None:
     try:
-        rows = services.metadata(ctx)
+        return services.metadata(ctx)
     except FileNotFoundError as missing:
         st.warning(str(missing))
+        return None
+
+
+def enhance_page(ctx: services.AppContext) -> None:
+    st.header("One image under every preset")
+    rows = metadata_or_warn(ctx)
+    if rows is None:
         return
     image_id = st.selectbox("Image", rows["image_id"].tolist()[:500])
     image = services.stored_image(ctx, rows.set_index("image_id").loc[image_id])
@@ -226,10 +232,8 @@ def enhance_page(ctx: services.AppContext) -> None:
 
 def dataset_page(ctx: services.AppContext) -> None:
     st.header("Dataset")
-    try:
-        rows = services.metadata(ctx)
-    except FileNotFoundError as missing:
-        st.warning(str(missing))
+    rows = metadata_or_warn(ctx)
+    if rows is None:
         return
     left, middle, right = st.columns(3)
     splits = left.multiselect("Split", sorted(rows["split"].dropna().unique()), key="splits")

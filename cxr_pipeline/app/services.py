@@ -33,7 +33,7 @@ from ..data.ingest import IngestOptions, ingest_file, read_rejected
 from ..data.image_store import ImageStore, from_stored
 from ..evaluation.restoration import nlm_denoise
 from ..metrics.appearance import appearance
-from ..metrics.restoration import per_image_scores
+from ..metrics.restoration import per_image_scores, sample_spread
 from ..models import kinds
 from ..models.diffusion import describe, sampling_progress
 from ..models.pipelines import (ArbitraryScaleSuperResolution, ClassConditionalGenerator, DiffusionPipeline,
@@ -141,11 +141,6 @@ def locate(model: AppModel, context: AppContext, alias: str = "champion") -> Loc
     folder = tracking.registry_folder(name, str(version.version), context.home / "models" / "registry",
                                       context.tracking_uri)
     return LocatedModel(folder, name, str(version.version), alias, version.run_id)
-
-
-def load(model: AppModel, context: AppContext, alias: str = "champion", device: str = "auto"):
-    located = locate(model, context, alias)
-    return model.pipeline.from_pretrained(located.folder, device), located
 
 
 # --- Generation ---------------------------------------------------------------------------------------------
@@ -277,6 +272,16 @@ def _scores(reference: np.ndarray | None, methods: dict[str, np.ndarray]) -> pd.
     return pd.DataFrame(rows)
 
 
+def _over_seeds(restore: Callable[[int], torch.Tensor], seeds: int,
+                progress: Progress | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first seed's output (1, 1, H, W -> H, W) and the per-pixel spread over ``seeds`` seeds
+    (``sample_spread``; None for one seed)."""
+    with sampling_progress(_over(progress, seeds)):
+        samples = torch.stack([restore(seed).float().cpu() for seed in range(seeds)])
+    spread = sample_spread(samples)[1][0] if seeds > 1 else None
+    return samples[0, 0, 0].numpy(), spread
+
+
 @torch.no_grad()
 def super_resolve_upload(pipeline: ArbitraryScaleSuperResolution, image: np.ndarray, scale: float, *,
                          simulate: bool, seeds: int = 3, steps: int = 20,
@@ -291,14 +296,9 @@ def super_resolve_upload(pipeline: ArbitraryScaleSuperResolution, image: np.ndar
         target = (round(image.shape[0] * scale), round(image.shape[1] * scale))
     bicubic = bicubic_to(low, target)
     batch = torch.from_numpy(np.ascontiguousarray(low)).float()[None, None]
-    samples = []
-    with sampling_progress(_over(progress, seeds)):
-        for seed in range(seeds):
-            samples.append(pipeline(batch, size=target, steps=steps, seed=seed)[0, 0].float().cpu().numpy())
-    stack = np.stack(samples)
-    spread = stack.std(axis=0, ddof=1) if seeds > 1 else None
-    return Restoration("super-resolution", low, bicubic, "bicubic", stack[0], spread, reference,
-                       _scores(reference, {"bicubic": bicubic, "diffusion": stack[0]}))
+    output, spread = _over_seeds(lambda seed: pipeline(batch, size=target, steps=steps, seed=seed), seeds, progress)
+    return Restoration("super-resolution", low, bicubic, "bicubic", output, spread, reference,
+                       _scores(reference, {"bicubic": bicubic, "diffusion": output}))
 
 
 @torch.no_grad()
@@ -309,15 +309,10 @@ def denoise_upload(pipeline: LowDoseDenoiser, image: np.ndarray, dose: float, *,
     noisy = simulate_low_dose(image, dose, np.random.default_rng(0)) if simulate else image.astype(np.float32)
     batch = torch.from_numpy(np.ascontiguousarray(noisy)).float()[None, None]
     baseline = nlm_denoise(batch, nlm_factor)[0, 0].numpy()
-    samples = []
-    with sampling_progress(_over(progress, seeds)):
-        for seed in range(seeds):
-            samples.append(pipeline(batch, dose=dose, steps=steps, seed=seed)[0, 0].float().cpu().numpy())
-    stack = np.stack(samples)
-    spread = stack.std(axis=0, ddof=1) if seeds > 1 else None
+    output, spread = _over_seeds(lambda seed: pipeline(batch, dose=dose, steps=steps, seed=seed), seeds, progress)
     reference = image if simulate else None
-    return Restoration("denoising", noisy, baseline, "non-local means", stack[0], spread, reference,
-                       _scores(reference, {"low-dose input": noisy, "non-local means": baseline, "diffusion": stack[0]}))
+    return Restoration("denoising", noisy, baseline, "non-local means", output, spread, reference,
+                       _scores(reference, {"low-dose input": noisy, "non-local means": baseline, "diffusion": output}))
 
 
 # --- The work folder and the registry -----------------------------------------------------------------------
