@@ -16,36 +16,27 @@ from typing import Optional
 import dagster as dg
 import pandas as pd
 
-from cxr_pipeline.data.image_store import ImageStore
-from cxr_pipeline.data.labels.metadata import content_hash
-from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES
 from cxr_pipeline.data.pairs import doses_built, scales_built
 from cxr_pipeline.evaluation.restoration import DENOISER_STRENGTHS, NLM_FACTORS
-from cxr_pipeline.evaluation.suites import (EvaluationOutcome, PromotionPolicy, SamplingBudget,
-                                            arbitrary_super_resolution_suite, denoising_suite, evaluation_tags,
-                                            generation_suite, log_outcome, split_rows, super_resolution_suite,
-                                            synthetic_utility_suite, text_generation_suite, write_outcome)
+from cxr_pipeline.evaluation.publish import evaluation_tags, publish_outcome, write_outcome
+from cxr_pipeline.evaluation.suites import (EvaluationOutcome, PromotionPolicy, SamplingBudget, split_rows,
+                                            synthetic_utility_suite)
 from cxr_pipeline.evaluation.synthetic_utility import UTILITY_PROFILES
 from cxr_pipeline.evaluation.text_generation import GUIDANCE_SWEEP
-from cxr_pipeline.models import kinds as model_kinds
-from cxr_pipeline.models.classifier import ClassifierConfig, train_classifier
+from cxr_pipeline import kinds
+from cxr_pipeline.model_record import current_model, has_current_model
 from cxr_pipeline.reports.document import markdown_table
 from resources import CxrSettings, MlflowTracking
 
 from .diffusion import arbitrary_sr, class_ddpm, latent_sr, low_dose_denoiser
 from .labels import image_metadata
-from .models import HEAVY_STEP, TRAINING_STEP, TrainingConfig, progress_logger, read_current_model, train_and_register
+from .training import HEAVY_STEP, TRAINING_STEP, recipe_config, train_one
 from .pairs import low_dose_pairs, sr_pairs
 from .text import text_ldm
 
 
 
-class ClassifierTrainingConfig(TrainingConfig):
-    steps: int = 600
-    batch_size: int = 32
-    learning_rate: float = 2e-3
-    eval_every: int = 100  # validation AUROC every this many steps
-    classes: list[str] = list(DEFAULT_CLASSES)
+ClassifierTrainingConfig = recipe_config(kinds.CLASSIFIER.recipe, "ClassifierTrainingConfig")
 
 
 @dg.asset(group_name="evaluation", deps=[image_metadata], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
@@ -54,24 +45,14 @@ def cxr_classifier(context: dg.AssetExecutionContext, config: ClassifierTraining
     """The CXR feature network: a pathology classifier on the single-label classes, trained on the
     train split with class-balanced batches and validated (AUROC per class) on val. Its features
     and predictions score the generator; registered as ``cxr-feature-classifier``."""
-    paths = settings.paths()
-    metadata = pd.read_parquet(paths.metadata)
-    data_hash = content_hash(metadata)
-    network = ClassifierConfig(widths=tuple(config.block_out_channels)) if config.block_out_channels else ClassifierConfig()
-    train_config = config.train_config(eval_every=config.eval_every)
-    params = {**{f"classifier.{k}": v for k, v in network.as_dict().items()},
-              **{f"train.{k}": v for k, v in train_config.identity().items()}, "classes": ",".join(config.classes)}
-    outcome, produced = train_and_register(
-        context, settings, mlflow_tracking, model_kinds.CLASSIFIER, data_hash, params,
-        lambda run_id: (train_classifier(metadata, ImageStore(paths.image_store), config.classes, network, train_config,
-                                         paths.models / model_kinds.CLASSIFIER.folder, data_hash,
-                                         progress=progress_logger(context)), {}),
-        "CXR feature network for fd_cxr, KID and conditional accuracy")
-    per_class = pd.DataFrame([{"class": name, "val AUROC": f"{outcome.metrics[f'val_auroc_{name}']:.3f}"}
-                              for name in config.classes if f"val_auroc_{name}" in outcome.metrics])
+    recipe = config.recipe()
+    registered, produced = train_one(context, kinds.CLASSIFIER, recipe, settings, mlflow_tracking)
+    metrics = registered.outcome.metrics
+    per_class = pd.DataFrame([{"class": name, "val AUROC": f"{metrics[f'val_auroc_{name}']:.3f}"}
+                              for name in recipe.classes if f"val_auroc_{name}" in metrics])
     return dg.MaterializeResult(metadata={
-        "val_auroc_macro": round(outcome.metrics["val_auroc_macro"], 4),
-        "val_accuracy": round(outcome.metrics["val_accuracy"], 4),
+        "val_auroc_macro": round(metrics["val_auroc_macro"], 4),
+        "val_accuracy": round(metrics["val_accuracy"], 4),
         "val_auroc_per_class": dg.MetadataValue.md(markdown_table(per_class)),
         **produced,
     })
@@ -122,7 +103,7 @@ def _publish(context: dg.AssetExecutionContext, settings: CxrSettings, mlflow_tr
     html, markdown = write_outcome(outcome, folder)
     outcome.params = {**config.model_dump(), **outcome.params}
     with mlflow_tracking.run(context, run_name=f"evaluate-{outcome.name}", tags=evaluation_tags(outcome)) as run:
-        run_id = log_outcome(outcome, folder, html)
+        run_id = publish_outcome(outcome, folder, html)
     context.log.info(f"report: {html}")
     verdicts = outcome.baseline_verdicts()
     check = check or dg.AssetCheckResult(
@@ -132,7 +113,7 @@ def _publish(context: dg.AssetExecutionContext, settings: CxrSettings, mlflow_tr
                   "verdict": dg.MetadataValue.md("\n".join(f"- {v.describe()}" for v in verdicts))})
     return dg.MaterializeResult(metadata={
         "summary": dg.MetadataValue.md(outcome.summary),
-        **({"promotion": dg.MetadataValue.md(outcome.promotion_summary())} if outcome.decisions else {}),
+        **({"promotion": dg.MetadataValue.md(outcome.promotion_summary())} if outcome.promotions else {}),
         **extra,
         "report": dg.MetadataValue.path(str(html)),
         "report_markdown": dg.MetadataValue.path(str(markdown)),
@@ -162,10 +143,10 @@ def sr_evaluation(context: dg.AssetExecutionContext, config: SrEvaluationConfig,
     paths = settings.paths()
     mlflow_tracking.activate()
     rows = split_rows(pd.read_parquet(paths.metadata), "test", config.max_test_images)
-    models = [(scale, read_current_model(settings, model_kinds.latent_sr(scale).key))
-              for scale in scales_built(paths.pairs) if paths.model_pointer(model_kinds.latent_sr(scale).key).exists()]
-    outcome = super_resolution_suite(models, rows, paths.image_store, paths.pairs, config.budget(), config.policy(),
-                                     paths.models / "registry", full_chain=config.full_chain,
+    models = [(scale, current_model(paths, kinds.LATENT_SR.at_scale(scale).key))
+              for scale in scales_built(paths.pairs) if has_current_model(paths, kinds.LATENT_SR.at_scale(scale).key)]
+    outcome = kinds.LATENT_SR.suite(models, rows, paths.image_store, paths.pairs, config.budget(), config.policy(),
+                                     paths.registry_cache, full_chain=config.full_chain,
                                      lr_start_strength=config.lr_start_strength, log=context.log.info)
     return _publish(context, settings, mlflow_tracking, config, outcome, test_images=len(rows))
 
@@ -191,11 +172,11 @@ def arbitrary_sr_evaluation(context: dg.AssetExecutionContext, config: Arbitrary
     paths = settings.paths()
     mlflow_tracking.activate()
     rows = split_rows(pd.read_parquet(paths.metadata), "test", config.max_test_images)
-    fixed = [(scale, read_current_model(settings, model_kinds.latent_sr(scale).key))
-             for scale in scales_built(paths.pairs) if paths.model_pointer(model_kinds.latent_sr(scale).key).exists()]
-    outcome = arbitrary_super_resolution_suite(
-        read_current_model(settings, model_kinds.ARBITRARY_SR.key), fixed, rows, paths.image_store, config.scales,
-        config.budget(), config.policy(), paths.models / "registry", degradation_mix=config.degradation_mix,
+    fixed = [(scale, current_model(paths, kinds.LATENT_SR.at_scale(scale).key))
+             for scale in scales_built(paths.pairs) if has_current_model(paths, kinds.LATENT_SR.at_scale(scale).key)]
+    outcome = kinds.ARBITRARY_SR.suite(
+        current_model(paths, kinds.ARBITRARY_SR.key), fixed, rows, paths.image_store, config.scales,
+        config.budget(), config.policy(), paths.registry_cache, degradation_mix=config.degradation_mix,
         pair_seed=config.pair_seed, log=context.log.info)
     return _publish(context, settings, mlflow_tracking, config, outcome, test_images=len(rows))
 
@@ -222,9 +203,9 @@ def denoising_evaluation(context: dg.AssetExecutionContext, config: DenoisingEva
     mlflow_tracking.activate()
     metadata = pd.read_parquet(paths.metadata)
     rows = split_rows(metadata, "test", config.max_test_images)
-    outcome = denoising_suite(read_current_model(settings, model_kinds.DENOISER.key), rows,
+    outcome = kinds.DENOISER.suite(current_model(paths, kinds.DENOISER.key), rows,
                               split_rows(metadata, "val", config.val_images), paths.image_store, paths.pairs,
-                              doses_built(paths.pairs), config.budget(), config.policy(), paths.models / "registry",
+                              doses_built(paths.pairs), config.budget(), config.policy(), paths.registry_cache,
                               nlm_factors=config.nlm_factors, strengths=config.strengths, log=context.log.info)
     return _publish(context, settings, mlflow_tracking, config, outcome, test_images=len(rows))
 
@@ -250,10 +231,10 @@ def generation_evaluation(context: dg.AssetExecutionContext, config: GenerationE
     mlflow_tracking.activate()
     metadata = pd.read_parquet(paths.metadata)
     rows = split_rows(metadata, "test", config.max_test_images, labelled=True)
-    outcome = generation_suite(
-        read_current_model(settings, model_kinds.CLASS_DDPM.key), read_current_model(settings, model_kinds.CLASSIFIER.key),
+    outcome = kinds.CLASS_DDPM.suite(
+        current_model(paths, kinds.CLASS_DDPM.key), current_model(paths, kinds.CLASSIFIER.key),
         rows, split_rows(metadata, "val", labelled=True), paths.image_store, config.budget(), config.policy(),
-        paths.models / "registry", samples_per_class=config.samples_per_class, fd_samples=config.fd_samples,
+        paths.registry_cache, samples_per_class=config.samples_per_class, fd_samples=config.fd_samples,
         guidance_scale=config.guidance_scale,
         inception_weights=config.fid_inception_weights or os.environ.get("CXR_FID_INCEPTION_WEIGHTS"),
         inception_sha256=config.fid_inception_sha256, log=context.log.info)
@@ -282,9 +263,9 @@ def text_generation_evaluation(context: dg.AssetExecutionContext, config: TextGe
     paths = settings.paths()
     mlflow_tracking.activate()
     metadata = pd.read_parquet(paths.metadata)
-    outcome = text_generation_suite(
-        read_current_model(settings, model_kinds.TEXT_LDM.key), read_current_model(settings, model_kinds.CLASSIFIER.key),
-        metadata, paths.image_store, config.budget(), config.policy(), paths.models / "registry",
+    outcome = kinds.TEXT_LDM.suite(
+        current_model(paths, kinds.TEXT_LDM.key), current_model(paths, kinds.CLASSIFIER.key),
+        metadata, paths.image_store, config.budget(), config.policy(), paths.registry_cache,
         guidance_scales=config.guidance_scales, guidance_scale=config.guidance_scale,
         consistency_samples=config.consistency_samples, max_test_reports=config.max_test_reports, log=context.log.info)
     return _publish(context, settings, mlflow_tracking, config, outcome, test_reports=outcome.params["test_reports"])
@@ -335,7 +316,7 @@ def synthetic_utility(context: dg.AssetExecutionContext, config: SyntheticUtilit
     mlflow_tracking.activate()
     profile = config.profile(settings.profile_spec().name)
     outcome = synthetic_utility_suite(
-        read_current_model(settings, model_kinds.CLASS_DDPM.key), read_current_model(settings, model_kinds.TEXT_LDM.key),
+        current_model(paths, kinds.CLASS_DDPM.key), current_model(paths, kinds.TEXT_LDM.key),
         pd.read_parquet(paths.metadata), paths.image_store, paths.models / "synthetic_utility", profile.arms,
         profile=profile, ratio=config.synthetic_ratio, ddim_steps=config.ddim_steps,
         class_guidance=config.class_guidance, text_guidance=config.text_guidance,

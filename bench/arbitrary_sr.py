@@ -23,42 +23,47 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from cxr_pipeline.data.degrade import DegradationMix  # noqa: E402
-from cxr_pipeline.data.image_store import ImageStore  # noqa: E402
-from cxr_pipeline.evaluation.restoration import evaluate_arbitrary_scale  # noqa: E402
-from cxr_pipeline.evaluation.suites import arbitrary_scale_inputs, split_rows, stored_images  # noqa: E402
-from cxr_pipeline.metrics.restoration import per_image_scores  # noqa: E402
-from cxr_pipeline.models import kinds as model_kinds  # noqa: E402
-from cxr_pipeline.models.diffusion import UNET_PROFILES, ScheduleConfig  # noqa: E402
-from cxr_pipeline.models.diffusion_training import train_arbitrary_sr  # noqa: E402
-from cxr_pipeline.models.implicit import ImplicitDecoder, evaluate_rendering  # noqa: E402
-from cxr_pipeline.models.pipelines import ArbitraryScaleSuperResolution, LatentSuperResolution  # noqa: E402
-from cxr_pipeline.models.training import TrainConfig  # noqa: E402
-from cxr_pipeline.models.vae import load_vae  # noqa: E402
-from cxr_pipeline.settings import WorkPaths  # noqa: E402
+from cxr_pipeline import kinds
+from cxr_pipeline.data.degrade import DegradationMix
+from cxr_pipeline.data.image_store import ImageStore
+from cxr_pipeline.evaluation.restoration import evaluate_arbitrary_scale
+from cxr_pipeline.evaluation.suites import (
+    arbitrary_scale_inputs,
+    split_rows,
+    stored_images,
+)
+from cxr_pipeline.metrics.restoration import per_image_scores
+from cxr_pipeline.model_record import ModelRecord, current_model, has_current_model
+from cxr_pipeline.models.diffusion import ScheduleConfig
+from cxr_pipeline.models.diffusion_training import train_arbitrary_sr
+from cxr_pipeline.models.implicit import ImplicitDecoder, evaluate_rendering
+from cxr_pipeline.models.pipelines import (
+    ArbitraryScaleSuperResolution,
+    LatentSuperResolution,
+)
+from cxr_pipeline.models.training import TrainConfig
+from cxr_pipeline.models.vae import load_vae
+from cxr_pipeline.settings import WorkPaths, work_home
 
 SCALES = (2.0, 2.5, 3.0, 4.0, 6.0)
 
 
-def pointer(paths: WorkPaths, key: str) -> dict | None:
-    path = paths.model_pointer(key)
-    return json.loads(path.read_text()) if path.exists() else None
+def record(paths: WorkPaths, key: str) -> ModelRecord | None:
+    return current_model(paths, key) if has_current_model(paths, key) else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--home", default=str(ROOT / "work"))
+    parser.add_argument("--home", default=str(work_home()), help="work folder (default: CXR_HOME, else ./work)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--decoder-steps", type=int, default=300)
@@ -71,9 +76,9 @@ def main() -> None:
     args = parser.parse_args()
     paths = WorkPaths(Path(args.home))
     metadata = pd.read_parquet(paths.metadata)
-    vae_dir = Path(pointer(paths, model_kinds.VAE.key)["model_dir"])
+    vae_dir = current_model(paths, kinds.VAE.key).model_dir
     shape = json.loads((paths.latents / "latents.json").read_text())["latent_shape"]
-    unet = UNET_PROFILES["latent_sr"]["demo"].config(shape[-1], 2 * shape[0], shape[0])
+    unet = kinds.LATENT_SR.unet_profiles["demo"].config(shape[-1], 2 * shape[0], shape[0])
     if not args.no_scale_conditioning:
         unet = replace(unet, class_embed_type="timestep")
     schedule = ScheduleConfig(prediction_type="sample")
@@ -103,8 +108,8 @@ def main() -> None:
                          f"implicit, trained ({args.decoder_steps} steps)": round(trained[f"val_psnr_render_{name}"], 2)}
                         for ratio, name in ((0.8, "x0p8"), (0.95, "x0p95"))]
 
-        fixed = {float(s): LatentSuperResolution.from_pretrained(p["model_dir"], "cpu")
-                 for s in (2, 4) if (p := pointer(paths, model_kinds.latent_sr(s).key))}
+        fixed = {float(s): LatentSuperResolution.from_pretrained(p.model_dir, "cpu")
+                 for s in (2, 4) if (p := record(paths, kinds.LATENT_SR.at_scale(s).key))}
         inputs = arbitrary_scale_inputs(val, val_rows["image_id"].astype(str), SCALES, DegradationMix(), 0)
         rows = []
         for scale, (high, low) in inputs.items():

@@ -16,46 +16,45 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
-from cxr_pipeline.data.image_store import ImageStore  # noqa: E402
-from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES  # noqa: E402
-from cxr_pipeline.evaluation.generation import evaluate_generation  # noqa: E402
-from cxr_pipeline.models import diffusion_training as dt  # noqa: E402
-from cxr_pipeline.models.batches import StoreImages  # noqa: E402
-from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig  # noqa: E402
-from cxr_pipeline.models.pipelines import ClassConditionalGenerator  # noqa: E402
-from cxr_pipeline.models.training import TrainConfig  # noqa: E402
-from cxr_pipeline.reports.grid import png_bytes  # noqa: E402
-from cxr_pipeline.settings import WorkPaths  # noqa: E402
+from cxr_pipeline import kinds
+from cxr_pipeline.data.image_store import ImageStore
+from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES
+from cxr_pipeline.evaluation.generation import evaluate_generation
+from cxr_pipeline.model_record import current_model
+from cxr_pipeline.models import diffusion_training as dt
+from cxr_pipeline.models.batches import StoreImages
+from cxr_pipeline.kinds.class_ddpm import PIXEL_UNET_PROFILES
+from cxr_pipeline.models.diffusion import UNetProfile
+from cxr_pipeline.models.pipelines import ClassConditionalGenerator
+from cxr_pipeline.reports.grid import png_bytes
+from cxr_pipeline.settings import WorkPaths, work_home
 
-LATENT_TRAIN = TrainConfig(steps=1000, batch_size=64, learning_rate=2e-3, warmup_steps=50, ema_decay=0.99)
-# name -> (space, widths, layers per block, norm groups, schedule, train config); "old" is the
-# recipe before the change, "latent" the default now.
+# Variants of the kind's own recipe (kinds.CLASS_DDPM.recipe, what the asset trains: "latent"), on a
+# longer budget, each with its UNet: the kind's profile unless named. "old" is the pixel recipe
+# the latent one replaced.
+DEFAULT = kinds.CLASS_DDPM.recipe(steps=1000, cpu_bf16=False)
 RECIPES = {
-    "old": ("pixel", (16, 32, 64), 1, 8, ScheduleConfig(1000),
-            TrainConfig(steps=200, batch_size=16, learning_rate=5e-4, warmup_steps=30, ema_decay=0.995)),
-    "latent": ("latent", (32, 64, 64), 2, 8, ScheduleConfig(1000, prediction_type="v_prediction", snr_gamma=5.0),
-               LATENT_TRAIN),
-    "latent_eps": ("latent", (32, 64, 64), 2, 8, ScheduleConfig(1000), LATENT_TRAIN),
-    "latent_wide": ("latent", (64, 128), 1, 16, ScheduleConfig(1000, prediction_type="v_prediction", snr_gamma=5.0),
-                    LATENT_TRAIN),
+    "old": (replace(DEFAULT, space="pixel", prediction_type="epsilon", snr_gamma=None, steps=200, batch_size=16,
+                    learning_rate=5e-4, warmup_steps=30, ema_decay=0.995), PIXEL_UNET_PROFILES["demo"]),
+    "latent": (DEFAULT, None),
+    "latent_eps": (replace(DEFAULT, prediction_type="epsilon", snr_gamma=None), None),
+    "latent_wide": (DEFAULT, UNetProfile((64, 128), 16, True)),
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--home", default=str(ROOT / "work"))
+    parser.add_argument("--home", default=str(work_home()), help="work folder (default: CXR_HOME, else ./work)")
     parser.add_argument("--recipes", default="old,latent")
     parser.add_argument("--steps", type=int, default=None, help="override the latent recipes' steps")
     parser.add_argument("--guidance", default="1,2,3,4")
@@ -65,27 +64,27 @@ def main() -> None:
     paths = WorkPaths(Path(args.home))
     metadata = pd.read_parquet(paths.metadata)
     store = ImageStore(paths.image_store)
-    classifier = json.loads(paths.model_pointer("classifier").read_text())["model_dir"]
-    vae = json.loads(paths.model_pointer("vae").read_text())["model_dir"]
+    classifier = current_model(paths, "classifier").model_dir
+    vae = current_model(paths, "vae").model_dir
     val = metadata[(metadata["split"] == "val") & metadata["class_id"].notna()].reset_index(drop=True)
     reference = metadata[(metadata["split"] == "train") & metadata["class_id"].notna()].sample(len(val), random_state=0)
     real_val, real_reference = StoreImages(store, val).stack(), StoreImages(store, reference).stack()
     latent_shape = json.loads((paths.latents / "latents.json").read_text())["latent_shape"]
     rows = []
     for name in args.recipes.split(","):
-        space, widths, layers, groups, schedule, train = RECIPES[name.removesuffix("+bf16")]
-        if args.steps and space == "latent":
-            train = replace(train, steps=args.steps)
-        train = replace(train, checkpoint_every=train.steps, eval_every=train.steps, log_every=50, device="cpu",
-                        cpu_bf16=name.endswith("+bf16"))
+        recipe, profile = RECIPES[name.removesuffix("+bf16")]
+        if args.steps and recipe.space == "latent":
+            recipe = replace(recipe, steps=args.steps)
+        train = replace(recipe.train_config(), eval_every=recipe.steps, checkpoint_every=recipe.steps, log_every=50,
+                        device="cpu", cpu_bf16=name.endswith("+bf16"))
         classes = len(DEFAULT_CLASSES) + 1
-        if space == "latent":
-            unet = UNetConfig(latent_shape[1], latent_shape[0], latent_shape[0], widths, layers, attention=True,
-                              num_class_embeds=classes, norm_num_groups=groups)
+        schedule = recipe.schedule()
+        if recipe.space == "latent":
+            profile = profile or kinds.CLASS_DDPM.unet_profiles["demo"]
+            unet = profile.config(latent_shape[1], latent_shape[0], latent_shape[0], num_class_embeds=classes)
             space_args = {"latents_dir": paths.latents, "vae_dir": Path(vae)}
         else:
-            size = int(real_val.shape[-1])
-            unet = UNetConfig(size, 1, 1, widths, layers, num_class_embeds=classes, norm_num_groups=groups)
+            unet = profile.config(int(real_val.shape[-1]), 1, 1, num_class_embeds=classes)
             space_args = {}
         with tempfile.TemporaryDirectory() as runs:
             started = time.perf_counter()

@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from cxr_pipeline.models.diffusion import UNET_PROFILES
-from cxr_pipeline.models.vae import VAE_PROFILES
+from cxr_pipeline import kinds
+from cxr_pipeline.kinds.vae import VAE_PROFILES
 
 
 def models():
@@ -22,14 +22,14 @@ def models():
     vae = VAE_PROFILES["demo"].build()
     yield "vae (32 px crops, batch 32)", vae, lambda: (torch.randn(32, 1, 32, 32),), \
         lambda m, x: m(x, sample_posterior=True).sample
-    denoiser = UNET_PROFILES["denoiser"]["demo"].config(32, 2, 1).build()
+    denoiser = kinds.DENOISER.unet_profiles["demo"].config(32, 2, 1).build()
     yield "denoiser (32 px crops, batch 32)", denoiser, \
         lambda: (torch.randn(32, 2, 32, 32), torch.randint(0, 1000, (32,))), lambda m, x, t: m(x, t).sample
-    class_model = UNET_PROFILES["class_ddpm"]["demo"].config(16, 4, 4, num_class_embeds=7).build()
+    class_model = kinds.CLASS_DDPM.unet_profiles["demo"].config(16, 4, 4, num_class_embeds=7).build()
     yield "class (16x16x4 latents, batch 64)", class_model, \
         lambda: (torch.randn(64, 4, 16, 16), torch.randint(0, 1000, (64,)), torch.randint(0, 7, (64,))), \
         lambda m, x, t, c: m(x, t, class_labels=c).sample
-    sr = UNET_PROFILES["latent_sr"]["demo"].config(16, 8, 4).build()
+    sr = kinds.LATENT_SR.unet_profiles["demo"].config(16, 8, 4).build()
     yield "latent SR (16x16x8, batch 64)", sr, \
         lambda: (torch.randn(64, 8, 16, 16), torch.randint(0, 1000, (64,))), lambda m, x, t: m(x, t).sample
 

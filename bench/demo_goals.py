@@ -9,18 +9,16 @@ Dagster instance (the wall time of each step). Prints one table of goals and one
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import dagster as dg  # noqa: E402
-import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
+import dagster as dg
+import mlflow
+import pandas as pd
 
-from cxr_pipeline import tracking  # noqa: E402
+from cxr_pipeline.settings import tracking_uri_for, work_home
+
 
 DOSES = ("1000", "3000", "10000")
 
@@ -151,8 +149,8 @@ def stage_rows() -> tuple[list[dict], float]:
 
 
 def main() -> None:
-    home = Path(os.environ.get("CXR_HOME", ROOT / "work"))
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(home))
+    home = work_home()
+    mlflow.set_tracking_uri(tracking_uri_for(home))
     print(pd.DataFrame(goal_rows()).to_markdown(index=False))
     stages, total = stage_rows()
     print()

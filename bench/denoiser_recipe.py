@@ -19,29 +19,31 @@ A recipe name ending in ``+bf16`` trains the same recipe under CPU bf16 autocast
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import pandas as pd
+import torch
 
-from cxr_pipeline.data.image_store import ImageStore  # noqa: E402
-from cxr_pipeline.data.pairs import doses_built, low_dose_pair_dir  # noqa: E402
-from cxr_pipeline.evaluation.restoration import nlm_denoise, tune_denoiser_strength, tune_nlm  # noqa: E402
-from cxr_pipeline.metrics.restoration import per_image_scores  # noqa: E402
-from cxr_pipeline.models import diffusion_training as dt  # noqa: E402
-from cxr_pipeline.models.batches import EpochSampler, StoreImages  # noqa: E402
-from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig  # noqa: E402
-from cxr_pipeline.models.pipelines import LowDoseDenoiser  # noqa: E402
-from cxr_pipeline.models.training import TrainConfig, Trainer  # noqa: E402
-from cxr_pipeline.models.vae import from_model, to_model  # noqa: E402
-from cxr_pipeline.settings import WorkPaths  # noqa: E402
+from cxr_pipeline.data.image_store import ImageStore
+from cxr_pipeline.data.pairs import doses_built, low_dose_pair_dir
+from cxr_pipeline.evaluation.restoration import (
+    nlm_denoise,
+    tune_denoiser_strength,
+    tune_nlm,
+)
+from cxr_pipeline.metrics.restoration import per_image_scores
+from cxr_pipeline.models import diffusion_training as dt
+from cxr_pipeline.models.batches import EpochSampler, StoreImages
+from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig
+from cxr_pipeline.models.pipelines import LowDoseDenoiser
+from cxr_pipeline.models.training import TrainConfig, Trainer
+from cxr_pipeline.models.vae import from_model, to_model
+from cxr_pipeline.settings import WorkPaths, work_home
 
 WIDTHS = (16, 32, 64)
 NEW_TRAIN = TrainConfig(steps=1500, batch_size=32, learning_rate=2e-3, warmup_steps=50, ema_decay=0.99)
@@ -86,7 +88,7 @@ def regress(model: torch.nn.Module, noisy: torch.Tensor, label: int) -> torch.Te
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--home", default=str(ROOT / "work"))
+    parser.add_argument("--home", default=str(work_home()), help="work folder (default: CXR_HOME, else ./work)")
     parser.add_argument("--recipes", default="old,x0_residual,regression")
     parser.add_argument("--steps", type=int, default=None, help="override the new recipes' steps")
     parser.add_argument("--val-images", type=int, default=48)

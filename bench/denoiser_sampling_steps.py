@@ -14,35 +14,35 @@ Needs a work folder where ``low_dose_denoiser`` and ``low_dose_pairs`` are mater
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import json  # noqa: E402
 
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from cxr_pipeline.data.image_store import ImageStore  # noqa: E402
-from cxr_pipeline.data.pairs import doses_built, low_dose_pair_dir  # noqa: E402
-from cxr_pipeline.evaluation.restoration import DENOISER_STRENGTHS, tune_denoiser_strength  # noqa: E402
-from cxr_pipeline.evaluation.suites import degraded_images, split_rows, stored_images  # noqa: E402
-from cxr_pipeline.models import kinds as model_kinds  # noqa: E402
-from cxr_pipeline.models.pipelines import LowDoseDenoiser  # noqa: E402
-from cxr_pipeline.settings import WorkPaths  # noqa: E402
+from cxr_pipeline import kinds
+from cxr_pipeline.data.image_store import ImageStore
+from cxr_pipeline.data.pairs import doses_built, low_dose_pair_dir
+from cxr_pipeline.evaluation.restoration import (
+    DENOISER_STRENGTHS,
+    tune_denoiser_strength,
+)
+from cxr_pipeline.evaluation.suites import degraded_images, split_rows, stored_images
+from cxr_pipeline.model_record import current_model
+from cxr_pipeline.models.pipelines import LowDoseDenoiser
+from cxr_pipeline.settings import WorkPaths, work_home
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--home", default=str(ROOT / "work"))
+    parser.add_argument("--home", default=str(work_home()), help="work folder (default: CXR_HOME, else ./work)")
     parser.add_argument("--steps", default="50,20,10")
     parser.add_argument("--val-images", type=int, default=24)
     args = parser.parse_args()
     paths = WorkPaths(Path(args.home))
-    pointer = json.loads(paths.model_pointer(model_kinds.DENOISER.key).read_text())
-    model = LowDoseDenoiser.from_pretrained(pointer["model_dir"], "cpu")
+    model = LowDoseDenoiser.from_pretrained(current_model(paths, kinds.DENOISER.key).model_dir, "cpu")
     val = split_rows(pd.read_parquet(paths.metadata), "val", args.val_images)
     clean = stored_images(ImageStore(paths.image_store), val)
     noisy = {dose: degraded_images(low_dose_pair_dir(paths.pairs, dose), val) for dose in doses_built(paths.pairs)}

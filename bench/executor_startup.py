@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from jobs import PRELOADED_MODULES  # noqa: E402
+from jobs import PRELOADED_MODULES
 
 CONFIGS = {
     "spawn": "execution:\n  config:\n    multiprocess:\n      max_concurrent: 2\n",

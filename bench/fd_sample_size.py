@@ -14,14 +14,17 @@ Needs a work folder where ``cxr_classifier`` has been materialized (``./run.sh d
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cxr_pipeline.data.image_store import ImageStore
-from cxr_pipeline.metrics.distribution import frechet_distance, kernel_inception_distance
+from cxr_pipeline.metrics.distribution import (
+    frechet_distance,
+    kernel_inception_distance,
+)
+from cxr_pipeline.model_record import current_model
 from cxr_pipeline.models.batches import StoreImages
 from cxr_pipeline.models.classifier import embed, load_classifier
 from cxr_pipeline.settings import WorkPaths
@@ -33,8 +36,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     paths = WorkPaths(Path(args.home).resolve())
-    pointer = json.loads(paths.model_pointer("classifier").read_text())
-    model, _ = load_classifier(pointer["model_dir"], "cpu")
+    model, _ = load_classifier(current_model(paths, "classifier").model_dir, "cpu")
     metadata = pd.read_parquet(paths.metadata)
     images = StoreImages(ImageStore(paths.image_store), metadata).stack()
     features, _ = embed(model, images)

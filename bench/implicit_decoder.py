@@ -14,31 +14,33 @@ Needs a work folder where ``vae`` and ``image_metadata`` are materialized.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from cxr_pipeline.data.image_store import ImageStore  # noqa: E402
-from cxr_pipeline.models import kinds as model_kinds  # noqa: E402
-from cxr_pipeline.models.batches import StoreImages  # noqa: E402
-from cxr_pipeline.models.implicit import ImplicitDecoder, evaluate_rendering, train_implicit_decoder  # noqa: E402
-from cxr_pipeline.models.training import TrainConfig  # noqa: E402
-from cxr_pipeline.models.vae import load_vae  # noqa: E402
-from cxr_pipeline.settings import WorkPaths  # noqa: E402
+from cxr_pipeline import kinds
+from cxr_pipeline.data.image_store import ImageStore
+from cxr_pipeline.model_record import current_model
+from cxr_pipeline.models.batches import StoreImages
+from cxr_pipeline.models.implicit import (
+    ImplicitDecoder,
+    evaluate_rendering,
+    train_implicit_decoder,
+)
+from cxr_pipeline.models.training import TrainConfig
+from cxr_pipeline.models.vae import load_vae
+from cxr_pipeline.settings import WorkPaths, work_home
 
 SCALES = (1.0, 2.0, 2.5, 3.0, 4.0, 6.0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--home", default=str(ROOT / "work"))
+    parser.add_argument("--home", default=str(work_home()), help="work folder (default: CXR_HOME, else ./work)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--queries", type=int, default=1024)
@@ -46,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     paths = WorkPaths(Path(args.home))
     metadata = pd.read_parquet(paths.metadata)
-    vae_dir = Path(json.loads(paths.model_pointer(model_kinds.VAE.key).read_text())["model_dir"])
+    vae_dir = Path(current_model(paths, kinds.VAE.key).model_dir)
     val = StoreImages(ImageStore(paths.image_store), metadata[metadata["split"] == "val"].iloc[:args.val_images]).stack()
     before = evaluate_rendering(ImplicitDecoder.from_vae(load_vae(vae_dir)), val, SCALES)
     config = TrainConfig(steps=args.steps, batch_size=args.batch, learning_rate=2e-3, warmup_steps=30,

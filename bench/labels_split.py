@@ -8,7 +8,6 @@ reported as a ratio to it. A matching 112,120-row manifest stands in for the ing
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,12 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxr_pipeline.data.demo.dataset import NIH_HEADER  # noqa: E402
-from cxr_pipeline.data.labels.metadata import LabelOptions, build_metadata, combine  # noqa: E402
-from cxr_pipeline.data.labels.sources import read_nih  # noqa: E402
-from cxr_pipeline.data.labels.vocabulary import PATHOLOGIES  # noqa: E402
+from cxr_pipeline.data.demo.dataset import NIH_HEADER
+from cxr_pipeline.data.labels.metadata import LabelOptions, build_metadata, combine
+from cxr_pipeline.data.labels.sources import read_nih
+from cxr_pipeline.data.labels.vocabulary import PATHOLOGIES
 
 ROWS, PATIENTS = 112_120, 30_805
 NIH_SPELLING = [p.replace("_", " ") if p == "Pleural_Thickening" else p for p in PATHOLOGIES]

@@ -22,14 +22,13 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from cxr_pipeline.data.labels.metadata import content_hash  # noqa: E402
-from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES  # noqa: E402
-from cxr_pipeline.models import training_job  # noqa: E402
-from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig  # noqa: E402
-from cxr_pipeline.models.training import TrainConfig  # noqa: E402
-from cxr_pipeline.settings import WorkPaths  # noqa: E402
+from cxr_pipeline import kinds
+from cxr_pipeline.data.labels.metadata import content_hash
+from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES
+from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig
+from cxr_pipeline.models.training import TrainConfig
+from cxr_pipeline.settings import WorkPaths, work_home
 
 WORKER = REPO / "scripts" / "train_worker.py"
 
@@ -40,7 +39,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--processes", type=int, default=2)
     args = parser.parse_args()
-    home = Path(os.environ.get("CXR_HOME", REPO / "work"))
+    home = work_home()
     metadata = pd.read_parquet(WorkPaths(home).metadata)
     unet = UNetConfig(64, 1, 1, (16, 32, 64), num_class_embeds=len(DEFAULT_CLASSES) + 1, norm_num_groups=8)
     options = {"classes": list(DEFAULT_CLASSES), "balance": True, "label_dropout": 0.1, "guidance": 2.0}
@@ -56,7 +55,7 @@ def main() -> None:
         for steps in args.steps:
             train = TrainConfig(steps=steps, batch_size=args.batch, learning_rate=5e-4, warmup_steps=10,
                                 checkpoint_every=steps, eval_every=10**9, log_every=20)
-            job = training_job.TrainingJob("class_ddpm", "", unet, ScheduleConfig(1000), train, content_hash(metadata), options)
+            job = kinds.TrainingJob("class_ddpm", "", unet, ScheduleConfig(1000), train, content_hash(metadata), options)
             for name, launch in launchers.items():
                 own = WorkPaths(Path(scratch) / f"{len(walls)}")
                 own.ingestion.mkdir(parents=True)
@@ -65,7 +64,7 @@ def main() -> None:
                 placed = dataclasses.replace(job, home=str(own.home))
                 started = time.perf_counter()
                 if launch is None:
-                    training_job.run(placed)
+                    kinds.run_job(placed)
                 else:
                     (own.home / "job.json").write_text(placed.to_json())
                     subprocess.run([*launch, str(own.home / "job.json"), "--outcome", str(own.home / "outcome")],

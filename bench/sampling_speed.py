@@ -8,16 +8,13 @@ one (``./run.sh demo`` first), else a freshly initialized one of the demo size (
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig, load_model, sample  # noqa: E402
+from cxr_pipeline.settings import work_home
+from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig, load_model, sample
 
 
 def main() -> None:
@@ -25,7 +22,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--model", type=Path, default=None)
     args = parser.parse_args()
-    home = Path(os.environ.get("CXR_HOME", Path(__file__).resolve().parents[1] / "work"))
+    home = work_home()
     folders = sorted((home / "models" / "class_ddpm").glob("*/model")) if args.model is None else [args.model]
     if folders:
         loaded = load_model(folders[-1])

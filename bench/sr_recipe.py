@@ -20,45 +20,50 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pandas as pd
+import torch
 
-from cxr_pipeline.data.degrade import upsample_bicubic  # noqa: E402
-from cxr_pipeline.data.image_store import ImageStore  # noqa: E402
-from cxr_pipeline.data.pairs import sr_pair_dir  # noqa: E402
-from cxr_pipeline.metrics.restoration import lr_consistency_psnr, per_image_scores  # noqa: E402
-from cxr_pipeline.models import diffusion_training as dt  # noqa: E402
-from cxr_pipeline.models.batches import EpochSampler, StoreImages  # noqa: E402
-from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig  # noqa: E402
-from cxr_pipeline.models.pipelines import LatentSuperResolution  # noqa: E402
-from cxr_pipeline.models.training import TrainConfig, Trainer  # noqa: E402
-from cxr_pipeline.models.vae import encode_mean, from_model, load_vae, reconstruct  # noqa: E402
-from cxr_pipeline.settings import WorkPaths  # noqa: E402
+from cxr_pipeline import kinds
+from cxr_pipeline.data.degrade import upsample_bicubic
+from cxr_pipeline.data.image_store import ImageStore
+from cxr_pipeline.data.pairs import sr_pair_dir
+from cxr_pipeline.metrics.restoration import lr_consistency_psnr, per_image_scores
+from cxr_pipeline.model_record import current_model
+from cxr_pipeline.models import diffusion_training as dt
+from cxr_pipeline.models.batches import EpochSampler, StoreImages
+from cxr_pipeline.models.diffusion import UNetConfig
+from cxr_pipeline.models.pipelines import LatentSuperResolution
+from cxr_pipeline.models.training import TrainConfig, Trainer
+from cxr_pipeline.models.vae import encode_mean, from_model, load_vae, reconstruct
+from cxr_pipeline.settings import WorkPaths, work_home
 
-WIDTHS, LAYERS = (32, 64), 1
-NEW_TRAIN = TrainConfig(steps=1000, batch_size=64, learning_rate=2e-3, warmup_steps=50, ema_decay=0.99)
+# Variants of the kind's own recipe (kinds.LATENT_SR.recipe, what the asset trains), on a longer
+# budget; "regression" trains the same UNet without diffusion.
+DEFAULT = kinds.LATENT_SR.recipe(steps=1000)
 RECIPES = {
-    "old": (ScheduleConfig(300), TrainConfig(steps=200, batch_size=16, learning_rate=5e-4, warmup_steps=30,
-                                              ema_decay=0.995)),
-    "x0": (ScheduleConfig(1000, prediction_type="sample", snr_gamma=5.0), NEW_TRAIN),
-    "x0_residual": (ScheduleConfig(1000, prediction_type="sample"), NEW_TRAIN),
-    "v": (ScheduleConfig(1000, prediction_type="v_prediction", snr_gamma=5.0), NEW_TRAIN),
-    "regression": (None, NEW_TRAIN),
+    "old": replace(DEFAULT, prediction_type="epsilon", timesteps=300, residual=False, steps=200, batch_size=16,
+                   learning_rate=5e-4, warmup_steps=30, ema_decay=0.995),
+    "x0": replace(DEFAULT, snr_gamma=5.0, residual=False),
+    "x0_residual": DEFAULT,
+    "v": replace(DEFAULT, prediction_type="v_prediction", snr_gamma=5.0, residual=False),
+    "regression": DEFAULT,
 }
 
 
+def unet(latent_shape: list[int]) -> UNetConfig:
+    return kinds.LATENT_SR.unet("demo", latent_shape[-1], 2 * latent_shape[0], latent_shape[0])
+
+
 def train_regression(hr: torch.Tensor, lr: torch.Tensor, train: TrainConfig, runs: Path) -> torch.nn.Module:
-    unet = UNetConfig(hr.shape[-1], lr.shape[1], hr.shape[1], WIDTHS, LAYERS, attention=True, norm_num_groups=8).build()
+    unet = kinds.LATENT_SR.unet("demo", hr.shape[-1], lr.shape[1], hr.shape[1]).build()
     sampler = EpochSampler(len(hr), train.batch_size, train.seed)
 
     def step(model, batch, generator):
@@ -72,7 +77,7 @@ def train_regression(hr: torch.Tensor, lr: torch.Tensor, train: TrainConfig, run
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--home", default=str(ROOT / "work"))
+    parser.add_argument("--home", default=str(work_home()), help="work folder (default: CXR_HOME, else ./work)")
     parser.add_argument("--recipes", default="old,x0_residual,regression")
     parser.add_argument("--scale", type=int, default=4)
     parser.add_argument("--steps", type=int, default=None, help="override the new recipes' steps")
@@ -81,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     paths = WorkPaths(Path(args.home))
     metadata = pd.read_parquet(paths.metadata)
-    vae_dir = Path(json.loads(paths.model_pointer("vae").read_text())["model_dir"])
+    vae_dir = Path(current_model(paths, "vae").model_dir)
     vae = load_vae(vae_dir)
     factor = dt.latent_scaling_factor(paths.latents)
     val = metadata[metadata["split"] == "val"].reset_index(drop=True)
@@ -104,13 +109,14 @@ def main() -> None:
     score("bicubic -> VAE", torch.cat([reconstruct(vae, b) for b in bicubic.split(64)]))
     score("VAE ceiling", torch.cat([reconstruct(vae, b) for b in high.split(64)]))
     for name in args.recipes.split(","):
-        schedule, train = RECIPES[name]
+        recipe = RECIPES[name]
         if args.steps and name != "old":
-            train = replace(train, steps=args.steps)
-        train = replace(train, checkpoint_every=train.steps, eval_every=train.steps, log_every=100, device="cpu")
+            recipe = replace(recipe, steps=args.steps)
+        train = replace(recipe.train_config(), eval_every=recipe.steps, checkpoint_every=recipe.steps, log_every=100,
+                        device="cpu")
         with tempfile.TemporaryDirectory() as runs:
             started = time.perf_counter()
-            if schedule is None:
+            if name == "regression":
                 hr = dt.scaled_latents(paths.latents, "hr", "train")
                 lr = dt.scaled_latents(paths.latents, f"lr_x{args.scale}", "train")
                 model = train_regression(hr, lr, train, Path(runs))
@@ -121,9 +127,9 @@ def main() -> None:
                     images = from_model(vae.decode(out / factor).sample)
                 score(name, images, train_s)
                 continue
-            unet = UNetConfig(16, 8, 4, WIDTHS, LAYERS, attention=True, norm_num_groups=8)
-            outcome = dt.train_latent_sr(paths.latents, args.scale, vae_dir, unet, schedule, train, Path(runs), "bench",
-                                         residual=name.endswith("residual"),
+            shape = json.loads((paths.latents / "latents.json").read_text())["latent_shape"]
+            outcome = dt.train_latent_sr(paths.latents, args.scale, vae_dir, unet(shape), recipe.schedule(), train,
+                                         Path(runs), "bench", residual=recipe.residual,
                                          progress=lambda e: e.kind == "step" and print(f"{name}: {e.describe()}", flush=True))
             train_s = time.perf_counter() - started
             for strength in [float(s) for s in args.strengths.split(",")]:

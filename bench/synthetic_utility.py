@@ -14,28 +14,29 @@ on test.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
-from cxr_pipeline.data.image_store import ImageStore  # noqa: E402
-from cxr_pipeline.data.labels.metadata import content_hash  # noqa: E402
-from cxr_pipeline.evaluation import synthetic_utility as su  # noqa: E402
-from cxr_pipeline.models.batches import StoreImages  # noqa: E402
-from cxr_pipeline.models.classifier import ClassifierConfig, labelled_rows  # noqa: E402
-from cxr_pipeline.models.diffusion import describe  # noqa: E402
-from cxr_pipeline.models.pipelines import ClassConditionalGenerator, TextConditionalGenerator  # noqa: E402
-from cxr_pipeline.models.training import TrainConfig, run_key  # noqa: E402
-from cxr_pipeline.settings import WorkPaths  # noqa: E402
+from cxr_pipeline.data.image_store import ImageStore
+from cxr_pipeline.data.labels.metadata import content_hash
+from cxr_pipeline.evaluation import synthetic_utility as su
+from cxr_pipeline.model_record import current_model
+from cxr_pipeline.models.batches import StoreImages
+from cxr_pipeline.models.classifier import ClassifierConfig, labelled_rows
+from cxr_pipeline.models.diffusion import describe
+from cxr_pipeline.models.pipelines import (
+    ClassConditionalGenerator,
+    TextConditionalGenerator,
+)
+from cxr_pipeline.models.training import TrainConfig, run_key
+from cxr_pipeline.settings import WorkPaths, work_home
 
 DEMO = su.UTILITY_PROFILES["demo"]
 # name -> (profile, synthetic ratio)
@@ -50,7 +51,7 @@ CONFIGS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--home", default=str(ROOT / "work"))
+    parser.add_argument("--home", default=str(work_home()), help="work folder (default: CXR_HOME, else ./work)")
     parser.add_argument("--configs", default="demo")
     parser.add_argument("--arms", default=",".join(su.DEFAULT_ARMS))
     parser.add_argument("--seeds", type=int, default=None)
@@ -59,8 +60,8 @@ def main() -> None:
     paths = WorkPaths(Path(args.home))
     metadata = pd.read_parquet(paths.metadata)
     store = ImageStore(paths.image_store)
-    pointers = {g: json.loads(paths.model_pointer(g).read_text()) for g in su.GENERATORS}
-    class_names = list(describe(Path(pointers[su.CLASS_GENERATOR]["model_dir"]))["class_names"])
+    pointers = {g: current_model(paths, g) for g in su.GENERATORS}
+    class_names = list(describe(pointers[su.CLASS_GENERATOR].model_dir)["class_names"])
     train, val = labelled_rows(metadata, "train"), labelled_rows(metadata, "val")
     real_counts = np.bincount(train["class_id"].astype(int), minlength=len(class_names))
     arms = su.arms_named(args.arms.split(","))
@@ -69,7 +70,7 @@ def main() -> None:
     for ratio in ratios:
         for generator, counts in su.pool_plan(arms, real_counts, ratio).items():
             plan[generator] = np.maximum(plan.get(generator, counts), counts)
-    key = run_key("bench_pool", {g: pointers[g]["model_dir"] for g in plan}, {g: c.tolist() for g, c in plan.items()},
+    key = run_key("bench_pool", {g: pointers[g].model_dir for g in plan}, {g: c.tolist() for g, c in plan.items()},
                   args.ddim_steps, content_hash(metadata))
     pool_dir = paths.models / "synthetic_utility" / "pools" / key
     timings = {}
@@ -84,9 +85,9 @@ def main() -> None:
 
     samplers = {
         su.CLASS_GENERATOR: timed("class_ddpm", lambda ids, seed: ClassConditionalGenerator.from_pretrained(
-            pointers[su.CLASS_GENERATOR]["model_dir"])(ids, steps=args.ddim_steps, seed=seed).cpu()),
+            pointers[su.CLASS_GENERATOR].model_dir)(ids, steps=args.ddim_steps, seed=seed).cpu()),
         su.TEXT_GENERATOR: timed("text_ldm", lambda reports, seed: TextConditionalGenerator.from_pretrained(
-            pointers[su.TEXT_GENERATOR]["model_dir"])(reports, steps=args.ddim_steps, seed=seed).cpu()),
+            pointers[su.TEXT_GENERATOR].model_dir)(reports, steps=args.ddim_steps, seed=seed).cpu()),
     }
     pool = su.generate_pool(plan, class_names, su.training_reports(train), samplers, pool_dir)
     for name, (count, seconds) in timings.items():

@@ -14,30 +14,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
-from cxr_pipeline.data.image_store import ImageStore  # noqa: E402
-from cxr_pipeline.evaluation.text_generation import consistency, prompt_set  # noqa: E402
-from cxr_pipeline.metrics.distribution import frechet_distance  # noqa: E402
-from cxr_pipeline.models import diffusion_training as dt  # noqa: E402
-from cxr_pipeline.models.batches import StoreImages  # noqa: E402
-from cxr_pipeline.models.classifier import embed, load_classifier  # noqa: E402
-from cxr_pipeline.models.diffusion import UNET_PROFILES, ScheduleConfig  # noqa: E402
-from cxr_pipeline.models.pipelines import TextConditionalGenerator  # noqa: E402
-from cxr_pipeline.models.report_encoder import ReportEncoder  # noqa: E402
-from cxr_pipeline.models.training import TrainConfig  # noqa: E402
-from cxr_pipeline.reports.grid import png_bytes  # noqa: E402
-from cxr_pipeline.settings import WorkPaths  # noqa: E402
+from cxr_pipeline import kinds
+from cxr_pipeline.data.image_store import ImageStore
+from cxr_pipeline.evaluation.text_generation import consistency, prompt_set
+from cxr_pipeline.metrics.distribution import frechet_distance
+from cxr_pipeline.model_record import current_model
+from cxr_pipeline.models import diffusion_training as dt
+from cxr_pipeline.models.batches import StoreImages
+from cxr_pipeline.models.classifier import embed, load_classifier
+from cxr_pipeline.models.diffusion import ScheduleConfig
+from cxr_pipeline.models.pipelines import TextConditionalGenerator
+from cxr_pipeline.models.report_encoder import ReportEncoder
+from cxr_pipeline.models.training import TrainConfig
+from cxr_pipeline.reports.grid import png_bytes
+from cxr_pipeline.settings import WorkPaths, work_home
 
 TRAIN = TrainConfig(steps=600, batch_size=64, learning_rate=2e-3, warmup_steps=50, ema_decay=0.99)
 VPRED = ScheduleConfig(1000, prediction_type="v_prediction", snr_gamma=5.0)
@@ -54,7 +54,7 @@ RECIPES = {
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--home", default=str(ROOT / "work"))
+    parser.add_argument("--home", default=str(work_home()), help="work folder (default: CXR_HOME, else ./work)")
     parser.add_argument("--recipes", default="frozen")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--guidance", default="1,2,3,4,7.5")
@@ -65,9 +65,8 @@ def main() -> None:
     paths = WorkPaths(Path(args.home))
     metadata = pd.read_parquet(paths.metadata)
     store = ImageStore(paths.image_store)
-    pointer = lambda key: json.loads(paths.model_pointer(key).read_text())  # noqa: E731
-    vae_dir, classifier_dir = pointer("vae")["model_dir"], pointer("classifier")["model_dir"]
-    encoder_dir = args.encoder or pointer("report_encoder")["model_dir"]
+    vae_dir, classifier_dir = current_model(paths, "vae").model_dir, current_model(paths, "classifier").model_dir
+    encoder_dir = args.encoder or current_model(paths, "report_encoder").model_dir
     hidden = ReportEncoder.from_pretrained(encoder_dir).hidden_size
     val = prompt_set(metadata, store, "val")
     classifier, description = load_classifier(classifier_dir, "cpu")
@@ -83,7 +82,7 @@ def main() -> None:
     results = []
     for name in args.recipes.split(","):
         schedule, balance, dropout, widths, trainable, levels = RECIPES[name]
-        unet = replace(UNET_PROFILES["text_ldm"]["demo"].config(size, channels, channels, None, widths, hidden),
+        unet = replace(kinds.TEXT_LDM.unet_profiles["demo"].config(size, channels, channels, None, widths, hidden),
                        cross_attention_levels=levels)
         train = replace(TRAIN, steps=args.steps or TRAIN.steps)
         started = time.perf_counter()

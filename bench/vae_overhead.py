@@ -8,7 +8,6 @@ gradient clipping, the LR schedule, progress events and the final checkpoint.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,13 +16,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxr_pipeline.data.demo import phantom  # noqa: E402
-from cxr_pipeline.data.image_store import ImageStore, to_stored  # noqa: E402
-from cxr_pipeline.models.batches import EpochSampler, StoreImages  # noqa: E402
-from cxr_pipeline.models.training import TrainConfig, Trainer, step_generator  # noqa: E402
-from cxr_pipeline.models.vae import VaeConfig, vae_step  # noqa: E402
+from cxr_pipeline.data.demo import phantom
+from cxr_pipeline.data.image_store import ImageStore, to_stored
+from cxr_pipeline.models.batches import EpochSampler, StoreImages
+from cxr_pipeline.models.training import TrainConfig, Trainer, step_generator
+from cxr_pipeline.models.vae import VaeConfig, vae_step
 
 
 def demo_images(count: int, size: int) -> np.ndarray:

@@ -14,25 +14,24 @@ A recipe name ending in ``+bf16`` trains the same recipe under CPU bf16 autocast
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from cxr_pipeline.data.image_store import ImageStore  # noqa: E402
-from cxr_pipeline.models.training import TrainConfig  # noqa: E402
-from cxr_pipeline.models.vae import VAE_PROFILES, train_vae  # noqa: E402
-from cxr_pipeline.settings import WorkPaths  # noqa: E402
+from cxr_pipeline.data.image_store import ImageStore
+from cxr_pipeline.kinds.vae import VAE_PROFILES
+from cxr_pipeline.models.training import TrainConfig
+from cxr_pipeline.models.vae import train_vae
+from cxr_pipeline.settings import WorkPaths, work_home
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--home", default=str(ROOT / "work"))
+    parser.add_argument("--home", default=str(work_home()), help="work folder (default: CXR_HOME, else ./work)")
     parser.add_argument("--recipes", default="old,crop32")
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--batch", type=int, default=32)

@@ -6,8 +6,32 @@ place that knows the stable paths inside it, so assets, tests and notebooks agre
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+# The work folder when neither the caller nor CXR_HOME names one: ./work, relative to where the
+# command runs (run.sh and workspace.yaml run from the repository root).
+DEFAULT_HOME = "work"
+
+
+def work_home(explicit: str | Path | None = None) -> Path:
+    """The one rule for the work folder: ``explicit``, else ``CXR_HOME``, else ``./work``."""
+    return Path(explicit or os.environ.get("CXR_HOME") or DEFAULT_HOME).expanduser().resolve()
+
+
+def default_tracking_uri(home: Path) -> str:
+    """The MLflow store when none is configured: SQLite under the work folder (Model Registry included)."""
+    return f"sqlite:///{(Path(home) / 'mlflow' / 'mlflow.db').resolve()}"
+
+
+def tracking_uri_for(home: Path, explicit: str | None = None) -> str:
+    """``explicit``, else ``MLFLOW_TRACKING_URI``, else the default store under ``home``."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home)
+
+
+def profile_from_environment(explicit: str | None = None) -> Profile:
+    return get_profile(explicit or os.environ.get("CXR_PROFILE") or "demo")
 
 
 @dataclass(frozen=True)
@@ -108,6 +132,11 @@ class WorkPaths:
     @property
     def reports(self) -> Path:
         return self.home / "reports"
+
+    @property
+    def registry_cache(self) -> Path:
+        """Registered versions downloaded once (evaluation's champions, the app, resolve_model)."""
+        return self.models / "registry"
 
     def model_pointer(self, kind: str) -> Path:
         """Which trained model is current for ``kind`` (folder, MLflow run, registered version)."""

@@ -9,7 +9,6 @@ models serve`` work, and the library reads the folder inside a downloaded versio
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -18,11 +17,6 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from .data.atomic import atomic_folder
-
-
-def default_tracking_uri(home: Path) -> str:
-    return f"sqlite:///{(Path(home) / 'mlflow' / 'mlflow.db').resolve()}"
 
 
 # MLflow 3's UI opens an experiment in its GenAI view unless told what kind of work it holds.
@@ -53,7 +47,9 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
     return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def git_commit(repository: Path) -> str:
+def git_commit(repository: Path | None = None) -> str:
+    """The commit of the code that ran (this checkout's, by default)."""
+    repository = repository or Path(__file__).resolve().parents[1]
     try:
         result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repository, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
@@ -78,77 +74,6 @@ def register_folder(run_id: str, artifact_path: str, name: str, description: str
 
 def describe_registered_model(name: str, description: str) -> None:
     MlflowClient().update_registered_model(name, description=description)
-
-
-def model_folder(downloaded: Path) -> Path:
-    """The model folder inside a downloaded version: the pyfunc model's artifact, or (versions
-    registered as plain folders) the folder itself."""
-    downloaded = Path(downloaded)
-    if (downloaded / "MLmodel").exists():
-        from .serving import pipeline_folder
-        return pipeline_folder(downloaded)
-    return downloaded / "model" if (downloaded / "model").is_dir() else downloaded
-
-
-def download_model(name: str, version: str, destination: Path | None = None, tracking_uri: str | None = None) -> Path:
-    """A registered version downloaded (into ``destination``); returns its model folder. The
-    version's source is resolved through ``tracking_uri``'s own registry: a ``models:/`` URI
-    would go through the process-wide registry URI, which may be another store (or none, and
-    MLflow would create ./mlflow.db)."""
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    source = client.get_model_version_download_uri(name, str(version))
-    downloaded = Path(mlflow.artifacts.download_artifacts(
-        source, dst_path=str(destination) if destination else None, tracking_uri=tracking_uri))
-    if destination is not None and downloaded.resolve() != Path(destination).resolve():
-        # the source is a folder (".../artifacts"), downloaded as a subfolder: lift its content
-        # so ``destination`` holds the model itself, as registry_folder expects
-        staging = downloaded.rename(Path(destination) / ".downloaded")
-        for child in staging.iterdir():
-            child.rename(Path(destination) / child.name)
-        staging.rmdir()
-        downloaded = Path(destination)
-    return model_folder(downloaded)
-
-
-def registry_folder(name: str, version: str, cache: Path, tracking_uri: str | None = None) -> Path:
-    """The model folder of a registered version, downloaded into ``cache`` once."""
-    destination = Path(cache) / name / f"v{version}"
-    if not destination.exists():
-        with atomic_folder(destination) as tmp:  # an interrupted download is never taken for a model
-            download_model(name, version, tmp, tracking_uri)
-    return model_folder(destination)
-
-
-def resolve_model(model: str | Path, alias: str = "champion", tracking_uri: str | None = None) -> Path:
-    """A model folder as given, or a registered model name resolved to the version holding
-    ``alias`` (``champion`` by default), downloaded once under ``$CXR_HOME/models/registry``.
-    Without an explicit store: ``MLFLOW_TRACKING_URI``, else the default store under CXR_HOME."""
-    if Path(model).exists():
-        return Path(model)
-    home = Path(os.environ.get("CXR_HOME", "work"))
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home)
-    try:
-        version = MlflowClient(tracking_uri=uri).get_model_version_by_alias(str(model), alias)
-    except MlflowException as error:
-        raise FileNotFoundError(f"{model!r} is neither a model folder nor a registered model with alias "
-                                f"{alias!r} in {uri}{_why_no_alias(MlflowClient(tracking_uri=uri), str(model))}") from error
-    return registry_folder(str(model), str(version.version), home / "models" / "registry", uri)
-
-
-def _why_no_alias(client: MlflowClient, name: str) -> str:
-    """What the latest evaluated version's promotion said, when the model exists but has no champion."""
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return ""
-    decided = sorted((v for v in versions if v.tags.get("promotion_reason")), key=lambda v: int(v.version))
-    if not versions:
-        return ""
-    if not decided:
-        return f": {len(versions)} version(s) registered, none evaluated yet"
-    last = decided[-1]
-    return (f": {len(versions)} version(s) registered and none promoted; v{last.version} was not promoted because it "
-            f"{last.tags['promotion_reason']}. Pass a model folder or alias='challenger' to sample it anyway")
 
 
 def log_metrics_to_run(run_id: str, metrics: dict[str, float], step: int = 0) -> None:

@@ -2,15 +2,12 @@
 
 
 import os
-from typing import Optional
 from pathlib import Path
+from typing import Optional
 
 import dagster as dg
 
-from cxr_pipeline.settings import Profile, WorkPaths, get_profile
-
-REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_HOME = REPOSITORY_ROOT / "work"
+from cxr_pipeline.settings import Profile, WorkPaths, profile_from_environment, work_home
 
 
 class CxrSettings(dg.ConfigurableResource):
@@ -28,13 +25,13 @@ class CxrSettings(dg.ConfigurableResource):
     workers: int = 0  # processes for decoding and generation; 0 = every core
 
     def resolved_home(self) -> Path:
-        return Path(self.home or os.environ.get("CXR_HOME") or DEFAULT_HOME).expanduser().resolve()
+        return work_home(self.home)
 
     def paths(self) -> WorkPaths:
         return WorkPaths(self.resolved_home())
 
     def profile_spec(self) -> Profile:
-        return get_profile(self.profile or os.environ.get("CXR_PROFILE") or "demo")
+        return profile_from_environment(self.profile)
 
     def configured_data_dir(self) -> Path | None:
         value = self.data_dir or os.environ.get("CXR_DATA_DIR")

@@ -9,8 +9,9 @@ import dagster as dg
 import mlflow
 
 from cxr_pipeline import tracking
+from cxr_pipeline.settings import tracking_uri_for
 
-from .settings import REPOSITORY_ROOT, CxrSettings
+from .settings import CxrSettings
 
 
 class MlflowTracking(dg.ConfigurableResource):
@@ -24,9 +25,7 @@ class MlflowTracking(dg.ConfigurableResource):
     dagster_url: str = os.environ.get("DAGSTER_WEBSERVER_URL", "http://127.0.0.1:3000")
 
     def resolved_uri(self) -> str:
-        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(
-            self.settings.resolved_home()
-        )
+        return tracking_uri_for(self.settings.resolved_home(), self.tracking_uri)
 
     def activate(self) -> str:
         """Point the MLflow client at this store (creating the experiment); returns its id."""
@@ -45,7 +44,7 @@ class MlflowTracking(dg.ConfigurableResource):
                                    f"asset `{context.asset_key.to_user_string()}`.",
             "dagster.asset_key": context.asset_key.to_user_string(),
             "dagster.partition": context.partition_key if context.has_partition_key else "",
-            "git.commit": tracking.git_commit(REPOSITORY_ROOT),
+            "git.commit": tracking.git_commit(),
             **(tags or {}),
         }
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=lineage) as active:

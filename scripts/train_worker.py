@@ -4,7 +4,7 @@ or under torchrun for data-parallel training.
     python scripts/train_worker.py JOB.json --outcome DIR [--mlflow-run-id ID]
     torchrun --standalone --nproc-per-node 4 scripts/train_worker.py JOB.json --outcome DIR
 
-``JOB.json`` is a ``cxr_pipeline.models.training_job.TrainingJob`` (the training assets write one per
+``JOB.json`` is a ``cxr_pipeline.kinds.TrainingJob`` (the training assets write one per
 launch; ``config.launcher`` chooses the launch). Every rank trains; rank 0 alone streams progress
 to Dagster (when launched through Pipes) and to the MLflow run (when given one, with the
 tracking URI from ``MLFLOW_TRACKING_URI``), writes the outcome (model folder, steps, sample
@@ -25,7 +25,8 @@ from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
 from mlflow import MlflowClient
 
 from cxr_pipeline import tracking
-from cxr_pipeline.models import distributed, training_job
+from cxr_pipeline.kinds import TrainingJob, run_job
+from cxr_pipeline.models import distributed
 from cxr_pipeline.models.training import TrainEvent
 
 
@@ -57,17 +58,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--outcome", type=Path, required=True, help="folder for the outcome (rank 0)")
     parser.add_argument("--mlflow-run-id", default=None, help="run to add the training curves to")
     args = parser.parse_args(argv)
-    job = training_job.TrainingJob.from_json(args.job.read_text())
+    job = TrainingJob.from_json(args.job.read_text())
     with distributed.joined_from_environment() as group:
         if not group.is_main:
-            training_job.run(job)
+            run_job(job)
             return
         with _pipes_session() as pipes:
             log = pipes.log if pipes else logging.getLogger("cxr.train_worker")
             log.info(f"training {job.model} on {group.world_size} process(es), rank 0 on "
                      f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
             started, last = time.perf_counter(), {}
-            outcome = training_job.run(job, progress=_reporter(log, args.mlflow_run_id, last))
+            outcome = run_job(job, progress=_reporter(log, args.mlflow_run_id, last))
             outcome.save(args.outcome)
             if pipes:
                 pipes.report_asset_materialization(metadata={

@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from cxr_pipeline.settings import work_home
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
@@ -75,7 +76,7 @@ def app_screenshots(browser, url: str, out: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    home = Path(os.environ.get("CXR_HOME", REPOSITORY / "work")).resolve()
+    home = work_home()
     parser.add_argument("--out", type=Path, default=home / "screenshots")
     parser.add_argument("--dagster-port", type=int, default=3300)
     parser.add_argument("--mlflow-port", type=int, default=5055)

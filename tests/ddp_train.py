@@ -9,10 +9,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxr_pipeline.models import distributed  # noqa: E402
-from cxr_pipeline.models.training import TrainConfig, Trainer  # noqa: E402
+from cxr_pipeline.models import distributed
+from cxr_pipeline.models.training import TrainConfig, Trainer
 
 CONFIG = TrainConfig(steps=8, batch_size=8, learning_rate=1e-2, warmup_steps=2, checkpoint_every=4, eval_every=4,
                      log_every=2, device="cpu")

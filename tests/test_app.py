@@ -19,9 +19,9 @@ from mlflow import MlflowClient
 from streamlit.testing.v1 import AppTest
 
 from assets import diffusion, ingestion, labels, models, pairs, text
-from cxr_pipeline import tracking
 from cxr_pipeline.app import services
 from cxr_pipeline.data.ingest import IngestOptions, ingest_file
+from cxr_pipeline.settings import default_tracking_uri
 from resources import CxrSettings, MlflowTracking
 from tests.conftest import pydicom_file
 
@@ -31,10 +31,10 @@ ASSETS = [ingestion.raw_images, ingestion.ingested_images, labels.label_table, l
           diffusion.low_dose_denoiser, text.report_encoder, text.text_ldm]
 FEW = {"steps": 4, "checkpoint_every": 4, "log_every": 2, "warmup_steps": 1}
 CONFIG = {"vae": {**FEW, "steps": 20, "checkpoint_every": 20, "eval_every": 20},
-          "class_ddpm": {**FEW, "preview_every": 4}, "low_dose_denoiser": {**FEW, "preview_every": 4},
-          "arbitrary_sr": {**FEW, "preview_every": 4, "decoder_steps": 4, "draws_per_image": 1},
+          "class_ddpm": {**FEW, "eval_every": 4}, "low_dose_denoiser": {**FEW, "eval_every": 4},
+          "arbitrary_sr": {**FEW, "eval_every": 4, "decoder_steps": 4, "draws_per_image": 1},
           "report_encoder": {**FEW, "eval_every": 4, "align_steps": 2},
-          "text_ldm": {**FEW, "preview_every": 4}}
+          "text_ldm": {**FEW, "eval_every": 4}}
 CHAMPIONS = ("cxr-text-ldm", "cxr-class-ddpm", "cxr-arbitrary-sr", "cxr-lowdose-denoiser")
 
 
@@ -58,7 +58,7 @@ def home(small_demo, tmp_path_factory):
                                              "pipes_subprocess_client": dg.PipesSubprocessClient()},
                             run_config={"ops": {name: {"config": config} for name, config in CONFIG.items()}})
     assert result.success
-    client = MlflowClient(tracking.default_tracking_uri(root))
+    client = MlflowClient(default_tracking_uri(root))
     for name in CHAMPIONS:
         client.set_registered_model_alias(name, "champion", "1")
     # MLflow's set_tracking_uri (the Dagster resource activates its store) also exports

@@ -10,10 +10,16 @@ import pandas as pd
 import pytest
 import torch
 
+from cxr_pipeline import inference
 from cxr_pipeline.data.degrade import DegradationMix, low_resolution_size
 from cxr_pipeline.data.image_store import ImageStore, to_stored
 from cxr_pipeline.data.pairs import build_sr_pairs, low_resolution_at, sr_pair_dir
-from cxr_pipeline.evaluation.restoration import centre_crop, evaluate_arbitrary_scale, exact_side, scale_name
+from cxr_pipeline.evaluation.restoration import (
+    centre_crop,
+    evaluate_arbitrary_scale,
+    exact_side,
+    scale_name,
+)
 from cxr_pipeline.models import diffusion_training as dt
 from cxr_pipeline.models import pipelines
 from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig
@@ -137,7 +143,7 @@ def test_the_pipeline_super_resolves_at_non_integer_scales_and_sizes(trained, tm
     with pytest.raises(ValueError, match="either scale or size"):
         model(low, scale=2.0, size=(12, 12))
     # the one-call helper picks this pipeline from the folder's kind
-    helper = pipelines.super_resolve(outcome.model_dir, low, scale=3.3, steps=2, device="cpu")
+    helper = inference.super_resolve(outcome.model_dir, low, scale=3.3, steps=2, device="cpu")
     assert helper.shape == (3, 1, 20, 20)  # round(6 * 3.3) = 20
     # save_pretrained keeps the decoder head: a copy renders off-grid sizes the same way
     model.save_pretrained(tmp_path / "copy")

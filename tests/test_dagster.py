@@ -8,8 +8,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from assets import ingestion, labels
-from cxr_pipeline import tracking
-from cxr_pipeline.settings import WorkPaths
+from cxr_pipeline import model_source
+from cxr_pipeline.settings import WorkPaths, default_tracking_uri
 from definitions import defs
 from resources import CxrSettings, MlflowTracking
 
@@ -52,13 +52,22 @@ def test_definitions_load_with_groups_jobs_and_checks():
                       ("synthetic_utility", "synthetic_not_worse_than_real")}
 
 
-def test_model_kinds_table_names_real_assets_and_distinct_registry_names():
-    from cxr_pipeline.models.kinds import MODEL_KINDS
+def test_model_kind_registry_names_real_assets_evaluations_and_distinct_registry_names():
+    from cxr_pipeline import kinds
 
+    served = kinds.served()
     assets = {spec.key.path[-1]: spec.group_name for spec in defs.resolve_all_asset_specs()}
-    assert {kind.asset for kind in MODEL_KINDS} <= set(assets)
-    assert all(assets[kind.asset] in ("models", "evaluation") for kind in MODEL_KINDS)
-    assert len({kind.registered_name for kind in MODEL_KINDS}) == len({kind.key for kind in MODEL_KINDS}) == len(MODEL_KINDS)
+    assert {kind.asset for kind in served} <= set(assets)
+    assert all(assets[kind.asset] in ("models", "evaluation") for kind in served)
+    assert {kind.evaluated_by for kind in served if kind.evaluated_by} <= set(assets)
+    assert len({kind.registered_name for kind in served}) == len({kind.key for kind in served}) == len(served)
+    # each asset's run config is its kind's recipe, field for field, with the recipe's defaults
+    for kind in served:
+        fields = defs.resolve_assets_def(kind.asset).op.config_schema.as_field().config_type.fields
+        recipe = kind.recipe()
+        assert set(fields) == set(vars(recipe)), kind.key
+        assert all(fields[name].default_value == value for name, value in vars(recipe).items()
+                   if fields[name].default_provided), kind.key
 
 
 def test_settings_fall_back_to_environment(monkeypatch, tmp_path):
@@ -178,7 +187,7 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     home = tmp_path / "home"
     job = defs.resolve_job_def("all_assets")
     settings = CxrSettings(home=str(home))
-    short = {"steps": 30, "preview_every": 30, "checkpoint_every": 30, "log_every": 10}
+    short = {"steps": 30, "eval_every": 30, "checkpoint_every": 30, "log_every": 10}
     quick_evaluation = {"ddim_steps": 10, "spread_seeds": 2, "max_test_images": 40, "bootstrap_resamples": 500}
     ops = {name: {"config": short} for name in ("latent_sr", "class_ddpm", "low_dose_denoiser")}
     ops["cxr_classifier"] = {"config": {"steps": 150, "eval_every": 75, "checkpoint_every": 75}}
@@ -236,7 +245,7 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
 
     # Evaluation: reports with tables and images, metrics in MLflow under the documented names,
     # linked to the evaluated model's run and registered version.
-    client = MlflowClient(tracking.default_tracking_uri(home))
+    client = MlflowClient(default_tracking_uri(home))
     expected = {
         "sr_evaluation": ["psnr_sr_x4_bicubic", "psnr_sr_x4_bicubic_vae", "psnr_sr_x4_vae_ceiling", "psnr_sr_x4_ddim",
                           "psnr_sr_x4_ddim_from_lr", "lr_consistency_psnr_sr_x4_hr",
@@ -294,10 +303,10 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     version = client.get_model_version("cxr-latent-sr-x4", "1")
     assert version.tags["evaluation_run_id"] == sr["evaluation_mlflow_run_id"].value
     # the registered version, downloaded into an empty folder, samples what the training folder does
-    from cxr_pipeline.models import pipelines
+    from cxr_pipeline import inference
     from cxr_pipeline.models.pipelines import LatentSuperResolution
 
-    downloaded = tracking.download_model("cxr-latent-sr-x4", "1", tmp_path / "download")
+    downloaded = model_source.download_model("cxr-latent-sr-x4", "1", tmp_path / "download")
     low = torch.rand(2, 1, 16, 16)
     trained = result.asset_materializations_for_node("latent_sr")[0].metadata["x4_checkpoint"].value
     assert (downloaded / "vae").is_dir() and (downloaded / "scheduler").is_dir()
@@ -305,9 +314,9 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
                                LatentSuperResolution.from_pretrained(trained, "cpu")(low, steps=3, seed=1), rtol=0, atol=0)
     assert "psnr_sr_x4_ddim" in client.get_run(version.run_id).data.metrics
     # the arbitrary-scale model's registered version super-resolves at a non-integer scale
-    arbitrary = tracking.download_model("cxr-arbitrary-sr", "1", tmp_path / "download-arbitrary")
+    arbitrary = model_source.download_model("cxr-arbitrary-sr", "1", tmp_path / "download-arbitrary")
     assert (arbitrary / "head").is_dir()
-    assert pipelines.super_resolve(arbitrary, low, scale=2.5, steps=3, device="cpu").shape == (2, 1, 40, 40)
+    assert inference.super_resolve(arbitrary, low, scale=2.5, steps=3, device="cpu").shape == (2, 1, 40, 40)
     arbitrary_report = open(result.asset_materializations_for_node("arbitrary_sr_evaluation")[0].metadata["report"].value).read()
     assert "PSNR gain over bicubic by scale" in arbitrary_report and "outside the training range" in arbitrary_report
     # Promotion: each first version is the challenger; it is champion exactly when the asset's

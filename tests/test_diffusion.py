@@ -11,12 +11,21 @@ import pytest
 import torch
 from diffusers.training_utils import compute_snr
 
+from cxr_pipeline import inference
 from cxr_pipeline.data.image_store import ImageStore, to_stored
 from cxr_pipeline.data.pairs import build_low_dose_pairs, low_dose_pair_dir
 from cxr_pipeline.models import diffusion_training as dt
 from cxr_pipeline.models import pipelines
-from cxr_pipeline.models.diffusion import (Conditioning, ScheduleConfig, UNetConfig, diffusion_step, guided_prediction,
-                                           load_model, loss_weights, sample)
+from cxr_pipeline.models.diffusion import (
+    Conditioning,
+    ScheduleConfig,
+    UNetConfig,
+    diffusion_step,
+    guided_prediction,
+    load_model,
+    loss_weights,
+    sample,
+)
 from cxr_pipeline.models.training import TrainConfig
 from cxr_pipeline.models.vae import VaeConfig
 
@@ -55,9 +64,9 @@ def test_class_ddpm_learns_and_generates_per_class(data, tmp_path):
     curve = losses(events)
     assert np.mean(curve[-3:]) < 0.6 * np.mean(curve[:3]), curve
     assert sorted(outcome.previews) == [20, 40]
-    images = pipelines.generate(outcome.model_dir, [0, 1, 2, 2], steps=10, seed=3, device="cpu")
+    images = inference.generate(outcome.model_dir, [0, 1, 2, 2], steps=10, seed=3, device="cpu")
     assert images.shape == (4, 1, SIZE, SIZE) and 0.0 <= images.min() and images.max() <= 1.0
-    again = pipelines.generate(outcome.model_dir, [0, 1, 2, 2], steps=10, seed=3, device="cpu")
+    again = inference.generate(outcome.model_dir, [0, 1, 2, 2], steps=10, seed=3, device="cpu")
     torch.testing.assert_close(images, again, rtol=0, atol=0)  # seeded
     description = json.loads((outcome.model_dir / "model.json").read_text())
     assert description["conditioning"]["num_classes"] == 3 and description["class_names"] == ["a", "b", "c"]
@@ -74,9 +83,9 @@ def test_denoiser_learns_and_restores_toward_the_clean_image(data, tmp_path):
     curve = losses(events)
     assert np.mean(curve[-3:]) < 0.6 * np.mean(curve[:3]), curve
     noisy = torch.from_numpy(stores[300.0][0].read_many(list(indexes[300.0]["shard"][:6]), list(indexes[300.0]["shard_index"][:6]))).unsqueeze(1)
-    restored = pipelines.denoise(outcome.model_dir, noisy, dose=300.0, steps=10, device="cpu")
+    restored = inference.denoise(outcome.model_dir, noisy, dose=300.0, steps=10, device="cpu")
     assert restored.shape == noisy.shape and 0.0 <= restored.min() and restored.max() <= 1.0
-    unknown_dose = pipelines.denoise(outcome.model_dir, noisy, dose=None, steps=10, device="cpu")  # the null embedding
+    unknown_dose = inference.denoise(outcome.model_dir, noisy, dose=None, steps=10, device="cpu")  # the null embedding
     assert unknown_dose.shape == noisy.shape and not torch.equal(unknown_dose, restored)
 
 
@@ -213,14 +222,14 @@ def test_latent_class_model_learns_and_its_folder_stands_alone(data, tiny_latent
         trained = step(load_model(outcome.model_dir).unet, batch, torch.Generator().manual_seed(0))[0]
         untrained = step(unet.build(), batch, torch.Generator().manual_seed(0))[0]
     assert trained < 0.7 * untrained, (trained, untrained)
-    images = pipelines.generate(outcome.model_dir, [0, 1, 2], steps=8, seed=5, device="cpu")
+    images = inference.generate(outcome.model_dir, [0, 1, 2], steps=8, seed=5, device="cpu")
     assert images.shape == (3, 1, SIZE, SIZE) and 0.0 <= images.min() and images.max() <= 1.0
     # moved elsewhere, with its VAE source gone, the folder samples the same images
     moved = tmp_path / "elsewhere"
     shutil.copytree(outcome.model_dir, moved)
     shutil.rmtree(outcome.model_dir)
     shutil.rmtree(vae_source)
-    torch.testing.assert_close(pipelines.generate(moved, [0, 1, 2], steps=8, seed=5, device="cpu"), images, rtol=0, atol=0)
+    torch.testing.assert_close(inference.generate(moved, [0, 1, 2], steps=8, seed=5, device="cpu"), images, rtol=0, atol=0)
     description = json.loads((moved / "model.json").read_text())
     assert description["space"] == "latent" and description["schedule"]["prediction_type"] == "v_prediction"
     assert json.loads((moved / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"

@@ -10,10 +10,11 @@ import pytest
 from mlflow import MlflowClient
 
 from assets import ingestion, labels, models, pairs
-from cxr_pipeline import tracking
+from cxr_pipeline import model_source
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.models.batches import StoreImages
 from cxr_pipeline.models.vae import evaluate_reconstruction, load_vae
+from cxr_pipeline.settings import default_tracking_uri
 from resources import CxrSettings, MlflowTracking
 
 UPSTREAM = [ingestion.raw_images, ingestion.ingested_images, labels.label_table, labels.image_metadata]
@@ -39,7 +40,7 @@ def test_pairs_vae_latents_with_mlflow_lineage(small_demo, tmp_path):
     run_id = produced["mlflow_run_id"].value
     assert produced["registered_model"].value == "cxr-vae v1"
 
-    mlflow.set_tracking_uri(tracking.default_tracking_uri(settings.resolved_home()))
+    mlflow.set_tracking_uri(default_tracking_uri(settings.resolved_home()))
     run = mlflow.get_run(run_id)
     assert run.data.tags["dagster.run_id"] == result.run_id
     assert run.data.tags["dagster.asset_key"] == "vae"
@@ -57,7 +58,7 @@ def test_pairs_vae_latents_with_mlflow_lineage(small_demo, tmp_path):
     assert {"val_psnr", "val_ssim", "val_mse", "final_val_psnr"} <= run.data.metrics.keys()
 
     # The registered version loads back and reproduces the logged validation PSNR.
-    folder = tracking.download_model("cxr-vae", "1", tmp_path / "download")
+    folder = model_source.download_model("cxr-vae", "1", tmp_path / "download")
     model = load_vae(folder)
     metadata = pd.read_parquet(settings.paths().metadata)
     val = StoreImages(ImageStore(settings.paths().image_store), metadata[metadata["split"] == "val"])

@@ -9,14 +9,14 @@ import torch
 from mlflow import MlflowClient
 
 from assets import diffusion, ingestion, labels
-from cxr_pipeline import tracking
-from cxr_pipeline.models.pipelines import generate
-from cxr_pipeline.models.training_job import TrainingJob
+from cxr_pipeline.inference import generate
+from cxr_pipeline.kinds import TrainingJob, run_job
+from cxr_pipeline.settings import default_tracking_uri
 from resources import CxrSettings, MlflowTracking
 
 UPSTREAM = [ingestion.raw_images, ingestion.ingested_images, labels.label_table, labels.image_metadata]
 # Pixel space: these tests are about where training runs, and need no VAE upstream.
-TINY = {"steps": 4, "batch_size": 4, "preview_every": 4, "checkpoint_every": 2, "log_every": 2, "warmup_steps": 1,
+TINY = {"steps": 4, "batch_size": 4, "eval_every": 4, "checkpoint_every": 2, "log_every": 2, "warmup_steps": 1,
         "block_out_channels": [8, 16], "space": "pixel"}
 
 
@@ -59,7 +59,7 @@ def test_torchrun_through_pipes_then_a_subprocess_resumes_the_same_run(labelled)
     assert any(m.startswith("step 4/4 loss") for m in messages), "progress streamed back through Pipes"
 
     # The worker logged the curves into the run the asset opened; the asset logged the samples.
-    client = MlflowClient(tracking.default_tracking_uri(settings.resolved_home()))
+    client = MlflowClient(default_tracking_uri(settings.resolved_home()))
     run_id = produced["mlflow_run_id"].value
     assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [2, 4]
     assert client.get_run(run_id).data.params["launcher"] == "torchrun"
@@ -100,5 +100,7 @@ def test_a_training_job_survives_its_json_and_names_its_runs_folder(tmp_path):
                       {"dose_conditioning": True, "strength": 0.4})
     assert TrainingJob.from_json(job.to_json()) == job
     assert job.runs_root == tmp_path / "models" / "denoiser"
-    with pytest.raises(ValueError, match="unknown model 'vae'"):
-        TrainingJob("vae", str(tmp_path), job.unet, job.schedule, job.train, "abc")
+    with pytest.raises(ValueError, match="unknown model kind 'unet'"):
+        run_job(TrainingJob("unet", str(tmp_path), job.unet, job.schedule, job.train, "abc"))
+    with pytest.raises(ValueError, match="vae is trained in its asset's process"):
+        run_job(TrainingJob("vae", str(tmp_path), job.unet, job.schedule, job.train, "abc"))

@@ -5,9 +5,11 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
-from cxr_pipeline import promotion, tracking
+from cxr_pipeline import model_source, promotion, tracking
 from cxr_pipeline.promotion import PromotionRule, decide
+from cxr_pipeline.settings import default_tracking_uri
 
 SR_RULE = PromotionRule("psnr_sr_x4_ddim", ("lr_consistency_psnr_sr_x4_ddim",))
 
@@ -48,7 +50,7 @@ def test_lower_is_better_metrics_and_tolerance():
 
 @pytest.fixture
 def registry(tmp_path):
-    uri = tracking.default_tracking_uri(tmp_path)
+    uri = default_tracking_uri(tmp_path)
     (tmp_path / "mlflow").mkdir()
     experiment = tracking.ensure_experiment(uri, "promotion-test", tmp_path / "mlflow" / "artifacts")
     folder = tmp_path / "weights"
@@ -95,12 +97,12 @@ def test_sampling_code_resolves_a_registered_name_to_its_champion(registry, tmp_
     client.set_registered_model_alias("cxr-test-model", "champion", "2")
     monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow.get_tracking_uri())
-    folder = tracking.resolve_model("cxr-test-model")
+    folder = model_source.resolve_model("cxr-test-model")
     assert "v2" in folder.parts and (folder / "model.json").exists()
     assert folder.is_relative_to(tmp_path / "home" / "models" / "registry")
-    assert tracking.resolve_model(folder) == folder  # a folder is used as given
+    assert model_source.resolve_model(folder) == folder  # a folder is used as given
     with pytest.raises(FileNotFoundError, match="neither a model folder nor a registered model"):
-        tracking.resolve_model("no-such-model")
+        model_source.resolve_model("no-such-model")
 
 
 GATED = PromotionRule("psnr_sr_x4_ddim", (), must_beat=(("psnr_sr_x4_ddim", "psnr_sr_x4_bicubic"),))
@@ -128,29 +130,36 @@ def test_asking_for_a_champion_that_does_not_exist_says_why(registry, tmp_path, 
     monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow.get_tracking_uri())
     with pytest.raises(FileNotFoundError, match="v1 was not promoted because it does not beat its classical baseline"):
-        tracking.resolve_model("cxr-test-model")
-    assert tracking.resolve_model("cxr-test-model", alias="challenger").exists()
+        model_source.resolve_model("cxr-test-model")
+    assert model_source.resolve_model("cxr-test-model", alias="challenger").exists()
 
 
 def test_a_champion_scored_on_another_split_is_downloaded_and_evaluated_again(registry, tmp_path):
     from cxr_pipeline.evaluation.suites import PromotionPolicy, challenge_champion
+    from cxr_pipeline.model_record import ModelRecord
 
     policy = PromotionPolicy("psnr_sr_x{scale}_ddim", ("lr_consistency_psnr_sr_x{scale}_ddim",))
     rule = policy.rule((("psnr_sr_x4_ddim", "psnr_sr_x4_bicubic"),), scale=4)
     assert rule.metric == "psnr_sr_x4_ddim" and rule.guards == ("lr_consistency_psnr_sr_x4_ddim",)
     first, second = registry(), registry()
+    record = lambda version: ModelRecord(tmp_path, "run", "cxr-test-model", version)  # noqa: E731
     metrics = {"psnr_sr_x4_ddim": 26.0, "lr_consistency_psnr_sr_x4_ddim": 40.0, "psnr_sr_x4_bicubic": 24.0}
-    challenge_champion({"registered_model": "cxr-test-model", "version": first}, metrics, rule, "split-a",
-                       lambda folder: pytest.fail("no champion yet: nothing to re-evaluate"), tmp_path / "cache")
+    decided, _ = challenge_champion(record(first), metrics, rule, "split-a",
+                                    lambda folder: pytest.fail("no champion yet: nothing to re-evaluate"),
+                                    tmp_path / "cache")
+    with pytest.raises(MlflowException):  # the suite only decides: publishing writes the registry
+        MlflowClient().get_model_version_by_alias("cxr-test-model", "champion")
+    decided.publish()
     evaluated = []
 
     def evaluate(folder: str) -> dict[str, float]:
         evaluated.append(folder)
         return {**metrics, "psnr_sr_x4_ddim": 25.0}
 
-    decision, section = challenge_champion({"registered_model": "cxr-test-model", "version": second},
-                                           {**metrics, "psnr_sr_x4_ddim": 25.5}, rule, "split-b", evaluate,
-                                           tmp_path / "cache", log=lambda line: None)
+    decided, section = challenge_champion(record(second), {**metrics, "psnr_sr_x4_ddim": 25.5}, rule, "split-b",
+                                          evaluate, tmp_path / "cache", log=lambda line: None)
+    decided.publish()
+    decision = decided.decision
     assert len(evaluated) == 1 and Path(evaluated[0]).is_relative_to(tmp_path / "cache")
     assert decision.promoted and decision.champion["psnr_sr_x4_ddim"] == 25.0
     assert "promoted to champion" in section.text

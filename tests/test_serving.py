@@ -18,13 +18,24 @@ import torch
 from mlflow import MlflowClient
 from safetensors.torch import save_file
 
-from cxr_pipeline import serving, tracking
+from cxr_pipeline import kinds, model_source, serving, tracking
 from cxr_pipeline.models import pipelines
-from cxr_pipeline.models.classifier import ClassifierConfig, CxrClassifier, embed, load_classifier
-from cxr_pipeline.models.diffusion import Conditioning, ScheduleConfig, UNetConfig, save_model
+from cxr_pipeline.models.classifier import (
+    ClassifierConfig,
+    CxrClassifier,
+    embed,
+    load_classifier,
+)
+from cxr_pipeline.models.diffusion import (
+    Conditioning,
+    ScheduleConfig,
+    UNetConfig,
+    save_model,
+)
 from cxr_pipeline.models.implicit import ImplicitDecoder
 from cxr_pipeline.models.report_encoder import ReportEncoder
 from cxr_pipeline.models.vae import VaeConfig, load_vae, reconstruct
+from cxr_pipeline.settings import default_tracking_uri
 from tests.test_text_ldm import tiny_encoder
 
 TINY_VAE = VaeConfig(block_out_channels=(8, 16), latent_channels=2, norm_num_groups=8)  # factor 2
@@ -74,7 +85,7 @@ def model_folders(root: Path) -> dict[str, Path]:
 def registered(tmp_path_factory):
     """Each folder logged and registered as a pyfunc model in a real SQLite store."""
     root = tmp_path_factory.mktemp("serving")
-    uri = tracking.default_tracking_uri(root)
+    uri = default_tracking_uri(root)
     (root / "mlflow").mkdir()
     experiment = tracking.ensure_experiment(uri, "serving-test", root / "mlflow" / "artifacts")
     folders = model_folders(root / "folders")
@@ -93,12 +104,12 @@ def load(uri: str, key: str):
 
 def test_kinds_are_read_from_the_folders_and_a_foreign_folder_is_refused(registered, tmp_path):
     _, folders, versions = registered
-    assert [serving.kind_of(folders[k]) for k in ("sr", "class_model", "denoiser", "vae", "classifier", "text",
+    assert [kinds.folder_kind_name(folders[k]) for k in ("sr", "class_model", "denoiser", "vae", "classifier", "text",
                                                   "report_encoder")] == \
         ["latent_sr_x2", "class_ddpm", "denoiser", "vae", "classifier", "text_ldm", "report_encoder"]
     assert set(map(str, versions.values())) == {"1"}
     with pytest.raises(ValueError, match="not a model folder"):
-        serving.kind_of(tmp_path)
+        kinds.folder_kind_name(tmp_path)
 
 
 def test_super_resolution_through_pyfunc_matches_the_library(registered):
@@ -170,7 +181,7 @@ def test_vae_and_classifier_through_pyfunc_match_the_library(registered):
 def test_a_downloaded_version_is_the_model_folder_inside_the_pyfunc_model(registered, tmp_path):
     uri, folders, _ = registered
     mlflow.set_tracking_uri(uri)
-    folder = tracking.download_model("cxr-test-sr", "1", tmp_path / "download")
+    folder = model_source.download_model("cxr-test-sr", "1", tmp_path / "download")
     assert (folder / "model.json").exists() and (folder / "vae").is_dir()
     assert (tmp_path / "download" / "MLmodel").exists()
     assert MlflowClient().get_model_version("cxr-test-sr", "1").source.startswith("models:/")

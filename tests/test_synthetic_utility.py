@@ -9,9 +9,9 @@ from sklearn.metrics import roc_auc_score
 
 from cxr_pipeline.data.image_store import ImageStore, to_stored
 from cxr_pipeline.evaluation.synthetic_utility import (ARMS, CLASS_GENERATOR, REAL, TEXT_GENERATOR, arm_training_set,
-                                                       arms_named, check_provenance, generate_pool, patient_weights,
-                                                       pool_plan, synthetic_counts, training_reports, utility_scores,
-                                                       weighted_auroc)
+                                                       arms_named, check_provenance, generate_pool, pool_plan,
+                                                       synthetic_counts, training_reports, utility_scores)
+from cxr_pipeline.metrics.statistics import patient_weights, weighted_auroc
 
 CLASSES = ["No_Finding", "Effusion", "Pneumothorax"]
 SIDE = 8

@@ -5,10 +5,8 @@ import signal
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.test_training import tiny_setup  # noqa: E402
-from cxr_pipeline.models.vae import train_vae  # noqa: E402
+from cxr_pipeline.models.vae import train_vae
+from tests.test_training import tiny_setup
 
 
 def die_after_checkpoint(kill_at: int):

@@ -270,11 +270,11 @@ def models_page(ctx: services.AppContext) -> None:
         return
     for key, model in services.APP_MODELS.items():
         st.subheader(model.title)
-        versions = overview[overview["model"] == model.kind.registered_name]
-        links = [f"[Dagster asset `{model.kind.asset}`]({ctx.asset_url(model.kind.asset)})",
+        versions = overview[overview["model"] == model.registered_name]
+        links = [f"[Dagster asset `{model.asset}`]({ctx.asset_url(model.asset)})",
                  f"[evaluation `{model.evaluated_by}`]({ctx.asset_url(model.evaluated_by)})"]
         if versions.empty:
-            st.info(f"{model.kind.registered_name} is not trained yet: materialize `{model.kind.asset}`. "
+            st.info(f"{model.registered_name} is not trained yet: materialize `{model.asset}`. "
                     + " · ".join(links))
             continue
         champion = versions[versions["aliases"].str.contains("champion")]

@@ -27,18 +27,17 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from .. import tracking
+from .. import kinds
 from ..data.degrade import bicubic_to, resize, simulate_low_dose
 from ..data.ingest import IngestOptions, ingest_file, read_rejected
 from ..data.image_store import ImageStore, from_stored
 from ..evaluation.restoration import nlm_denoise
 from ..metrics.appearance import appearance
 from ..metrics.restoration import per_image_scores, sample_spread
-from ..models import kinds
+from ..model_source import registry_folder
 from ..models.diffusion import describe, sampling_progress
-from ..models.pipelines import (ArbitraryScaleSuperResolution, ClassConditionalGenerator, DiffusionPipeline,
-                                LowDoseDenoiser, TextConditionalGenerator)
-from ..settings import Profile, WorkPaths, get_profile
+from ..models.pipelines import ArbitraryScaleSuperResolution, DiffusionPipeline, LowDoseDenoiser
+from ..settings import Profile, WorkPaths, profile_from_environment, tracking_uri_for, work_home
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
 
@@ -60,9 +59,9 @@ class AppContext:
     def from_environment(cls) -> AppContext:
         """From ``CXR_HOME``, ``MLFLOW_TRACKING_URI``, ``CXR_PROFILE``, ``CXR_DAGSTER_URL`` and
         ``CXR_MLFLOW_UI_URL``. Every MLflow call names this store; nothing process-wide is set."""
-        home = Path(os.environ.get("CXR_HOME", "work")).expanduser().resolve()
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(home)
-        return cls(home, uri, get_profile(os.environ.get("CXR_PROFILE", "demo")),
+        home = work_home()
+        uri = tracking_uri_for(home)
+        return cls(home, uri, profile_from_environment(),
                    os.environ.get("CXR_DAGSTER_URL", "http://127.0.0.1:3000"),
                    os.environ.get("CXR_MLFLOW_UI_URL") or (uri if uri.startswith("http") else None))
 
@@ -86,24 +85,10 @@ class AppContext:
         return f"{self.mlflow_url.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
 
 
-@dataclass(frozen=True)
-class AppModel:
-    """A model the app serves: its registry name, what trains it and what can promote it."""
-
-    key: str
-    title: str
-    kind: kinds.ModelKind
-    evaluated_by: str  # the evaluation asset whose promotion names the champion
-    pipeline: type[DiffusionPipeline]
-
-
-APP_MODELS = {m.key: m for m in (
-    AppModel("text", "Text-conditional LDM", kinds.TEXT_LDM, "text_generation_evaluation", TextConditionalGenerator),
-    AppModel("class", "Class-conditional LDM", kinds.CLASS_DDPM, "generation_evaluation", ClassConditionalGenerator),
-    AppModel("arbitrary_sr", "Arbitrary-scale super-resolution", kinds.ARBITRARY_SR, "arbitrary_sr_evaluation",
-             ArbitraryScaleSuperResolution),
-    AppModel("denoiser", "Low-dose denoiser", kinds.DENOISER, "denoising_evaluation", LowDoseDenoiser),
-)}
+# The models the app serves, by the key its pages use: each kind knows its registry name, the
+# asset that trains it, the evaluation that promotes it and its pipeline.
+APP_MODELS: dict[str, kinds.ModelKind] = {"text": kinds.TEXT_LDM, "class": kinds.CLASS_DDPM,
+                                          "arbitrary_sr": kinds.ARBITRARY_SR, "denoiser": kinds.DENOISER}
 
 
 class ModelUnavailable(Exception):
@@ -119,14 +104,14 @@ class LocatedModel:
     run_id: str
 
 
-def locate(model: AppModel, context: AppContext, alias: str = "champion") -> LocatedModel:
+def locate(model: kinds.ModelKind, context: AppContext, alias: str = "champion") -> LocatedModel:
     """The registered version holding ``alias``, downloaded once under the work folder."""
-    client, name = context.client(), model.kind.registered_name
+    client, name = context.client(), model.registered_name
     try:
         client.get_registered_model(name)
     except MlflowException:
         raise ModelUnavailable(
-            f"{name} has not been trained yet in {context.home}: materialize the `{model.kind.asset}` asset "
+            f"{name} has not been trained yet in {context.home}: materialize the `{model.asset}` asset "
             f"(job `all_assets`, `training` or `retrain_and_evaluate`; `./run.sh demo` runs them all), then "
             f"`{model.evaluated_by}` to evaluate and promote it.") from None
     try:
@@ -138,7 +123,7 @@ def locate(model: AppModel, context: AppContext, alias: str = "champion") -> Loc
                if decided else f"no version has been evaluated yet (materialize `{model.evaluated_by}`)")
         raise ModelUnavailable(f"{name} has no {alias}: {len(versions)} version(s) registered; {why}. "
                                "Choose the challenger to try the latest evaluated version anyway.") from None
-    folder = tracking.registry_folder(name, str(version.version), context.home / "models" / "registry",
+    folder = registry_folder(name, str(version.version), context.paths.registry_cache,
                                       context.tracking_uri)
     return LocatedModel(folder, name, str(version.version), alias, version.run_id)
 

@@ -1,31 +1,32 @@
-"""Each evaluation asset's whole job, without Dagster: score the current model on the test split
-next to its baselines, challenge the registry's champion on the same images, assemble the report,
-then publish it (report folder, MLflow run, links both ways).
+"""The evaluation suites, without Dagster: each scores the current model on the test split next
+to its baselines, challenges the registry's champion on the same images (``score_and_challenge``,
+the skeleton they share), and assembles the report. Scoring only: publishing (report folder,
+MLflow run, registry tags and aliases) is ``publish.py``; the statistics are
+``cxr_pipeline.metrics.statistics``; rendering is ``cxr_pipeline.reports``.
 
-An asset only reads its inputs, calls one suite, opens the MLflow run its resource tags with the
-Dagster lineage, and turns the outcome into asset metadata and the baseline check.
+An asset only reads its inputs, calls one suite (its model kind's ``suite``), opens the MLflow run
+its resource tags with the Dagster lineage, publishes, and turns the outcome into asset metadata
+and the baseline check.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
 
 from .. import promotion, tracking
-from ..data import atomic
 from ..data.degrade import DegradationMix
 from ..data.image_store import ImageStore
 from ..data.pairs import low_dose_pair_dir, low_resolution_at, sr_pair_dir
 from ..data.labels.metadata import content_hash
+from ..model_record import ModelRecord
+from ..model_source import registry_folder
 from ..models.batches import StoreImages
 from ..models.classifier import labelled_rows
 from ..models.diffusion import describe
@@ -33,11 +34,12 @@ from ..models.training import TrainConfig, run_key
 from ..models.pipelines import (ArbitraryScaleSuperResolution, ClassConditionalGenerator, LatentSuperResolution,
                                 LowDoseDenoiser, TextConditionalGenerator)
 from ..promotion import Decision, PromotionRule
-from ..reports.document import Figure, Report, Section, Table, markdown_table, write_report
+from ..reports.document import Figure, Report, Section, Table, markdown_table
 from ..reports.plots import interval_plot, line_plot
 from .generation import evaluate_generation
-from .synthetic_utility import (CLASS_GENERATOR, GENERATORS, TEXT_GENERATOR, SyntheticUtilityResult, UtilityProfile,
-                                arm_training_set, arms_named, check_provenance, example_grid, generate_pool, pool_plan,
+from ..reports.synthetic_utility import arms_table, example_grid, goals_table, utility_section
+from .synthetic_utility import (CLASS_GENERATOR, GENERATORS, REAL, TEXT_GENERATOR, SyntheticUtilityResult, UtilityProfile,
+                                arm_training_set, arms_named, check_provenance, generate_pool, pool_plan,
                                 train_arm, training_reports, utility_scores)
 from .text_generation import GUIDANCE_SWEEP, evaluate_text_generation, prompt_set
 from .restoration import (centre_crop, evaluate_arbitrary_scale, evaluate_denoising, evaluate_super_resolution,
@@ -79,8 +81,8 @@ class EvaluationOutcome:
     name: str
     report: Report
     metrics: dict[str, float]
-    evaluated: list[tuple[dict, dict[str, float]]]  # (model pointer, that model's figures)
-    decisions: list[tuple[dict, Decision]]
+    evaluated: list[tuple[ModelRecord, dict[str, float]]]  # (model record, that model's figures)
+    promotions: list[Promotion]  # decided here, written to the registry when the outcome is published
     must_beat: tuple[tuple[str, str], ...]  # (model figure, baseline figure) pairs
     summary: str  # Markdown tables for the asset page
     params: dict = field(default_factory=dict)
@@ -90,9 +92,9 @@ class EvaluationOutcome:
         return {k: float(round(v, 5)) for k, v in self.metrics.items() if is_headline(k) and np.isfinite(v)}
 
     def promotion_summary(self) -> str:
-        return "\n\n".join(f"**{p['registered_model']} v{d.version}**: "
+        return "\n\n".join(f"**{p.registered_model} v{d.version}**: "
                            f"{'promoted to champion' if d.promoted else 'not promoted'} ({d.reason})\n\n"
-                           + markdown_table(d.table()) for p, d in self.decisions)
+                           + markdown_table(d.table()) for p, d, _ in self.promotions)
 
     def baseline_verdicts(self) -> list[promotion.BaselineVerdict]:
         return promotion.against_baselines(self.must_beat, self.metrics)
@@ -123,15 +125,15 @@ def degraded_images(pair_dir: Path, rows: pd.DataFrame) -> torch.Tensor:
     return stored_images(ImageStore(pair_dir), index)
 
 
-def training_curve(pointer: dict, title: str) -> Figure:
-    steps, losses = tracking.metric_history(pointer["mlflow_run_id"], "train_loss")
+def training_curve(pointer: ModelRecord, title: str) -> Figure:
+    steps, losses = tracking.metric_history(pointer.mlflow_run_id, "train_loss")
     image = line_plot({"train loss": (steps, losses)}, f"{title}: training loss", "loss", log_y=True)
-    return Figure(f"{title}: training loss", image, f"{pointer['registered_model']} v{pointer['version']}, "
-                                                    f"MLflow run {pointer['mlflow_run_id']}")
+    return Figure(f"{title}: training loss", image, f"{pointer.label}, "
+                                                    f"MLflow run {pointer.mlflow_run_id}")
 
 
-def split_description(rows: pd.DataFrame, evaluated: list[tuple[dict, dict]]) -> str:
-    models = ", ".join(f"{p['registered_model']} v{p['version']}" for p, _ in evaluated)
+def split_description(rows: pd.DataFrame, evaluated: list[tuple[ModelRecord, dict]]) -> str:
+    models = ", ".join(f"{p.label}" for p, _ in evaluated)
     return (f"{models}, evaluated on the test split: {len(rows)} images of {rows['patient_key'].nunique()} patients "
             f"(patient-level split, no patient shared with train or val). All intensities in [0, 1]; PSNR in dB with "
             f"data range 1.")
@@ -140,33 +142,75 @@ def split_description(rows: pd.DataFrame, evaluated: list[tuple[dict, dict]]) ->
 # --- Champion / challenger ------------------------------------------------------------------------------
 
 
-def challenge_champion(pointer: dict, metrics: dict[str, float], rule: PromotionRule, comparison_key: str,
+@dataclass(frozen=True)
+class Promotion:
+    """A champion/challenger decision and the test split it was made on; publishing the outcome
+    records it in the registry (tags, aliases)."""
+
+    record: ModelRecord
+    decision: Decision
+    comparison_key: str
+
+    def __iter__(self):
+        return iter((self.record, self.decision, self.comparison_key))
+
+    def publish(self) -> None:
+        promotion.record_and_promote(self.record.registered_model, self.decision, self.comparison_key)
+
+
+def challenge_champion(pointer: ModelRecord, metrics: dict[str, float], rule: PromotionRule, comparison_key: str,
                        evaluate: Callable[[str], dict[str, float]], registry_cache: Path,
-                       log: Log = print) -> tuple[Decision, Section]:
+                       log: Log = print) -> tuple[Promotion, Section]:
     """Challenger against champion on the same test split (``comparison_key``): the champion's
     recorded figures when its evaluation used the same split, else it is evaluated again now
-    (``evaluate`` takes a model folder)."""
-    name, version = pointer["registered_model"], str(pointer["version"])
+    (``evaluate`` takes a model folder). Decides only: nothing is written to the registry here."""
+    name, version = pointer.registered_model, str(pointer.version)
     champion_version, champion_tags = promotion.current_champion(name) or (None, {})
     champion_metrics = None
     if champion_version is not None and champion_version != version:
         champion_metrics = promotion.recorded_metrics(champion_tags, comparison_key)
         if champion_metrics is None:
             log(f"{name} v{champion_version} (champion) was evaluated on another test split: evaluating it now")
-            champion_metrics = evaluate(str(tracking.registry_folder(name, champion_version, registry_cache)))
+            champion_metrics = evaluate(str(registry_folder(name, champion_version, registry_cache)))
     decision = promotion.decide(rule, version, metrics, champion_version, champion_metrics)
-    promotion.record_and_promote(name, decision, comparison_key)
     verb = "promoted to champion" if decision.promoted else "not promoted"
     log(f"{name} v{version}: {verb} ({decision.reason})")
     text = (f"{name} v{version} is the challenger. Rule: {rule.metric} must improve; "
             f"{', '.join(rule.guards) or 'no guard'} must not get worse. Decision: {verb}: {decision.reason}.")
-    return decision, Section(f"Promotion: {name}", text, [Table("Challenger against champion", decision.table())])
+    return (Promotion(pointer, decision, comparison_key),
+            Section(f"Promotion: {name}", text, [Table("Challenger against champion", decision.table())]))
+
+
+@dataclass
+class Scored:
+    """One model through a suite: its results, flat figures, (figure, baseline) pairs it must beat,
+    and the promotion decided on the same test split, with the promotion's report section."""
+
+    results: Any
+    metrics: dict[str, float]
+    must_beat: tuple[tuple[str, str], ...]
+    promotion: Promotion
+    promotion_section: Section
+
+
+def score_and_challenge(record: ModelRecord, score: Callable[[str], Any],
+                        figures: Callable[[Any], tuple[dict[str, float], tuple[tuple[str, str], ...]]],
+                        policy: PromotionPolicy, comparison_key: str, registry_cache: Path, log: Log = print,
+                        rescore: Optional[Callable[[str], Any]] = None, **names) -> Scored:
+    """The skeleton every suite shares: score the model's folder (``score``), flatten the results
+    (``figures``: metrics and must-beat pairs), then challenge the champion on the same split,
+    scoring the champion (``rescore``, else ``score``) when its recorded figures are not comparable."""
+    results = score(record.model_dir)
+    metrics, must_beat = figures(results)
+    decided, section = challenge_champion(record, metrics, policy.rule(must_beat, **names), comparison_key,
+                                          lambda folder: figures((rescore or score)(folder))[0], registry_cache, log)
+    return Scored(results, metrics, must_beat, decided, section)
 
 
 # --- The suites -----------------------------------------------------------------------------------------
 
 
-def super_resolution_suite(models: Sequence[tuple[int, dict]], rows: pd.DataFrame, image_store: Path, pairs_root: Path,
+def super_resolution_suite(models: Sequence[tuple[int, ModelRecord]], rows: pd.DataFrame, image_store: Path, pairs_root: Path,
                            budget: SamplingBudget, policy: PromotionPolicy, registry_cache: Path, *,
                            full_chain: bool = False, lr_start_strength: Optional[float] = 0.3,
                            log: Log = print) -> EvaluationOutcome:
@@ -189,18 +233,17 @@ def super_resolution_suite(models: Sequence[tuple[int, dict]], rows: pd.DataFram
                 lr_start_strength=lr_start_strength, spread_seeds=budget.spread_seeds,
                 spread_images=budget.spread_images, seed=budget.seed, resamples=budget.bootstrap_resamples)
 
-        log(f"evaluating {pointer['registered_model']} v{pointer['version']} on {len(rows)} test images")
-        result = evaluate(pointer["model_dir"])
+        log(f"evaluating {pointer.label} on {len(rows)} test images")
+        scored = score_and_challenge(pointer, evaluate, lambda r: (r.metrics(), r.must_beat()), policy,
+                                     promotion.split_key(rows["image_id"]), registry_cache, log, scale=scale)
+        result = scored.results
         section = result.section()
         section.figures.append(training_curve(pointer, f"Latent SR x{scale}"))
-        decision, promotion_section = challenge_champion(
-            pointer, result.metrics(), policy.rule(result.must_beat(), scale=scale),
-            promotion.split_key(rows["image_id"]), lambda d: evaluate(d).metrics(), registry_cache, log)
-        outcome.report.sections += [section, promotion_section]
-        outcome.metrics.update(result.metrics())
-        outcome.evaluated.append((pointer, result.metrics()))
-        outcome.decisions.append((pointer, decision))
-        outcome.must_beat += result.must_beat()
+        outcome.report.sections += [section, scored.promotion_section]
+        outcome.metrics.update(scored.metrics)
+        outcome.evaluated.append((pointer, scored.metrics))
+        outcome.promotions.append(scored.promotion)
+        outcome.must_beat += scored.must_beat
         tables.append(f"**x{scale}**\n\n" + markdown_table(result.table()))
         scores.append(result.scores.assign(task=result.task))
     outcome.report.summary = split_description(rows, outcome.evaluated)
@@ -221,7 +264,7 @@ def arbitrary_scale_inputs(high_resolution: torch.Tensor, image_ids: Sequence[st
     return inputs
 
 
-def arbitrary_super_resolution_suite(pointer: dict, fixed_models: Sequence[tuple[int, dict]], rows: pd.DataFrame,
+def arbitrary_super_resolution_suite(pointer: ModelRecord, fixed_models: Sequence[tuple[int, ModelRecord]], rows: pd.DataFrame,
                                      image_store: Path, scales: Sequence[float], budget: SamplingBudget,
                                      policy: PromotionPolicy, registry_cache: Path, *, degradation_mix: bool = True,
                                      pair_seed: int = 0, log: Log = print) -> EvaluationOutcome:
@@ -237,10 +280,10 @@ def arbitrary_super_resolution_suite(pointer: dict, fixed_models: Sequence[tuple
         model = ArbitraryScaleSuperResolution.from_pretrained(model_dir, budget.device)
         results = []
         for scale, (high, low) in inputs.items():
-            reference = (LatentSuperResolution.from_pretrained(fixed[scale]["model_dir"], budget.device)
+            reference = (LatentSuperResolution.from_pretrained(fixed[scale].model_dir, budget.device)
                          if compare and scale in fixed else None)
             log(f"x{scale:g}: {len(high)} test images, LR {tuple(low.shape[-2:])} -> HR {tuple(high.shape[-2:])}"
-                + (f", beside {fixed[scale]['registered_model']} v{fixed[scale]['version']}" if reference else ""))
+                + (f", beside {fixed[scale].label}" if reference else ""))
             results.append((scale, evaluate_arbitrary_scale(
                 model, high, low, ids, groups, scale, fixed=reference, ddim_steps=budget.ddim_steps,
                 spread_seeds=budget.spread_seeds, spread_images=budget.spread_images, seed=budget.seed,
@@ -252,13 +295,13 @@ def arbitrary_super_resolution_suite(pointer: dict, fixed_models: Sequence[tuple
         metrics["psnr_gain_sr_mean_arbitrary"] = float(np.mean([r.gains["arbitrary"].mean for _, r in results]))
         return metrics
 
-    results = evaluate(pointer["model_dir"], compare=True)
-    metrics = merged_metrics(results)
-    must_beat = tuple(pair for _, result in results for pair in result.must_beat())  # every scale
-    decision, promotion_section = challenge_champion(pointer, metrics, policy.rule(must_beat),
-                                                     promotion.split_key(rows["image_id"]),
-                                                     lambda d: merged_metrics(evaluate(d)), registry_cache, log)
-    low, high = describe(pointer["model_dir"])["scale_range"]
+    # every scale must beat bicubic; the champion is rescored without the fixed-scale comparison
+    scored = score_and_challenge(
+        pointer, lambda folder: evaluate(folder, compare=True),
+        lambda results: (merged_metrics(results), tuple(pair for _, result in results for pair in result.must_beat())),
+        policy, promotion.split_key(rows["image_id"]), registry_cache, log, rescore=evaluate)
+    results, metrics, must_beat, promotion_section = scored.results, scored.metrics, scored.must_beat, scored.promotion_section
+    low, high = describe(pointer.model_dir)["scale_range"]
     def gains_of(method: str) -> tuple[list, list, list, list]:
         points = [(scale, r.gains[method]) for scale, r in results if method in r.gains]
         return ([s for s, _ in points], [g.mean for _, g in points], [g.ci_low for _, g in points],
@@ -287,13 +330,13 @@ def arbitrary_super_resolution_suite(pointer: dict, fixed_models: Sequence[tuple
     return EvaluationOutcome(
         "arbitrary_sr_evaluation", Report("Arbitrary-scale super-resolution evaluation",
                                           split_description(rows, evaluated), sections),
-        metrics, evaluated, [(pointer, decision)], must_beat, markdown_table(table),
+        metrics, evaluated, [scored.promotion], must_beat, markdown_table(table),
         params={**asdict(budget), "scales": list(scales), "degradation_mix": degradation_mix, "pair_seed": pair_seed,
-                "fixed_scale_models": ", ".join(f"{p['registered_model']} v{p['version']}" for _, p in fixed_models)},
+                "fixed_scale_models": ", ".join(f"{p.label}" for _, p in fixed_models)},
         scores=pd.concat([r.scores.assign(task=r.task) for _, r in results], ignore_index=True))
 
 
-def denoising_suite(pointer: dict, rows: pd.DataFrame, val_rows: pd.DataFrame, image_store: Path, pairs_root: Path,
+def denoising_suite(pointer: ModelRecord, rows: pd.DataFrame, val_rows: pd.DataFrame, image_store: Path, pairs_root: Path,
                     doses: Sequence[float], budget: SamplingBudget, policy: PromotionPolicy, registry_cache: Path, *,
                     nlm_factors: Sequence[float], strengths: Sequence[float], log: Log = print) -> EvaluationOutcome:
     """The low-dose denoiser per dose level on ``rows``, against the noisy input and non-local
@@ -323,25 +366,24 @@ def denoising_suite(pointer: dict, rows: pd.DataFrame, val_rows: pd.DataFrame, i
     def merged_metrics(results) -> dict[str, float]:
         return {k: v for result in results for k, v in result.metrics().items()}
 
-    results = evaluate(pointer["model_dir"])
-    metrics = merged_metrics(results)
-    must_beat = tuple(pair for result in results for pair in result.must_beat())  # every dose level
-    decision, promotion_section = challenge_champion(pointer, metrics, policy.rule(must_beat),
-                                                     promotion.split_key(rows["image_id"]),
-                                                     lambda d: merged_metrics(evaluate(d)), registry_cache, log)
+    scored = score_and_challenge(  # every dose level must beat NLM
+        pointer, evaluate,
+        lambda results: (merged_metrics(results), tuple(pair for result in results for pair in result.must_beat())),
+        policy, promotion.split_key(rows["image_id"]), registry_cache, log)
+    results, metrics, must_beat, promotion_section = scored.results, scored.metrics, scored.must_beat, scored.promotion_section
     sections = [result.section() for result in results]
     sections += [Section("Training", figures=[training_curve(pointer, "Low-dose denoiser")]), promotion_section]
     tables = [f"**I0 = {r.task.removeprefix('denoise_i0_')}**\n\n" + markdown_table(r.table()) for r in results]
     return EvaluationOutcome(
         "denoising_evaluation", Report("Low-dose denoising evaluation", split_description(rows, [(pointer, metrics)]),
                                        sections),
-        metrics, [(pointer, metrics)], [(pointer, decision)], must_beat, "\n\n".join(tables),
+        metrics, [(pointer, metrics)], [scored.promotion], must_beat, "\n\n".join(tables),
         params={**asdict(budget), "nlm_factors": list(nlm_factors), "strengths": list(strengths),
                 "val_images": len(val_rows)},
         scores=pd.concat([r.scores.assign(task=r.task) for r in results], ignore_index=True))
 
 
-def generation_suite(pointer: dict, classifier: dict, rows: pd.DataFrame, val_rows: pd.DataFrame, image_store: Path,
+def generation_suite(pointer: ModelRecord, classifier: ModelRecord, rows: pd.DataFrame, val_rows: pd.DataFrame, image_store: Path,
                      budget: SamplingBudget, policy: PromotionPolicy, registry_cache: Path, *,
                      samples_per_class: int = 10, fd_samples: Optional[int] = None,
                      guidance_scale: Optional[float] = None, inception_weights: Optional[str] = None,
@@ -354,35 +396,33 @@ def generation_suite(pointer: dict, classifier: dict, rows: pd.DataFrame, val_ro
 
     def evaluate(model_dir: str):
         return evaluate_generation(ClassConditionalGenerator.from_pretrained(model_dir, budget.device),
-                                   classifier["model_dir"], real_test, rows["class_id"].astype(int).to_numpy(),
+                                   classifier.model_dir, real_test, rows["class_id"].astype(int).to_numpy(),
                                    real_val, samples_per_class=samples_per_class, fd_samples=fd_samples,
                                    ddim_steps=budget.ddim_steps, guidance=guidance_scale, seed=budget.seed,
                                    inception_weights=inception_weights, inception_sha256=inception_sha256,
                                    device=budget.device)
 
-    result = evaluate(pointer["model_dir"])
+    # fd_cxr and KID depend on the feature network: a comparison needs the same classifier too.
+    comparison_key = f"{promotion.split_key(rows['image_id'])}-classifier-v{classifier.version}"
+    scored = score_and_challenge(pointer, evaluate, lambda r: (r.metrics(), r.must_beat()), policy, comparison_key,
+                                 registry_cache, log)
+    result, metrics, promotion_section = scored.results, scored.metrics, scored.promotion_section
     log(f"fid_inception: {result.fid.reason}")
     section = result.section()
     section.figures.append(training_curve(pointer, "Class-conditional DDPM"))
-    metrics = result.metrics()
-    # fd_cxr and KID depend on the feature network: a comparison needs the same classifier too.
-    comparison_key = f"{promotion.split_key(rows['image_id'])}-classifier-v{classifier['version']}"
-    decision, promotion_section = challenge_champion(pointer, metrics, policy.rule(result.must_beat()),
-                                                     comparison_key, lambda d: evaluate(d).metrics(),
-                                                     registry_cache, log)
     report = Report("Class-conditional generation evaluation",
-                    f"{pointer['registered_model']} v{pointer['version']} scored with {classifier['registered_model']} "
-                    f"v{classifier['version']} against the {len(rows)} single-label test images.",
+                    f"{pointer.label} scored with {classifier.registered_model} "
+                    f"v{classifier.version} against the {len(rows)} single-label test images.",
                     [section, promotion_section])
     return EvaluationOutcome(
-        "generation_evaluation", report, metrics, [(pointer, metrics)], [(pointer, decision)], result.must_beat(),
+        "generation_evaluation", report, metrics, [(pointer, metrics)], [scored.promotion], scored.must_beat,
         markdown_table(result.headline()) + "\n\n" + markdown_table(result.per_class()),
         params={**asdict(budget), "samples_per_class": samples_per_class, "fd_samples": fd_samples,
                 "guidance_scale": guidance_scale, "fid_inception": result.fid.reason,
-                "classifier": f"v{classifier['version']}"})
+                "classifier": f"v{classifier.version}"})
 
 
-def text_generation_suite(pointer: dict, classifier: dict, metadata: pd.DataFrame, image_store: Path,
+def text_generation_suite(pointer: ModelRecord, classifier: ModelRecord, metadata: pd.DataFrame, image_store: Path,
                           budget: SamplingBudget, policy: PromotionPolicy, registry_cache: Path, *,
                           guidance_scales: Sequence[float] = GUIDANCE_SWEEP, guidance_scale: Optional[float] = None,
                           consistency_samples: int = 2, max_test_reports: Optional[int] = None,
@@ -398,66 +438,32 @@ def text_generation_suite(pointer: dict, classifier: dict, metadata: pd.DataFram
 
     def evaluate(model_dir: str):
         return evaluate_text_generation(TextConditionalGenerator.from_pretrained(model_dir, budget.device),
-                                        classifier["model_dir"], test, val, train, guidance_scales=guidance_scales,
+                                        classifier.model_dir, test, val, train, guidance_scales=guidance_scales,
                                         guidance=guidance_scale, consistency_samples=consistency_samples,
                                         ddim_steps=budget.ddim_steps, seed=budget.seed, device=budget.device)
 
-    result = evaluate(pointer["model_dir"])
+    # compared only on the same test reports and images, under the same feature network
+    comparison_key = f"{promotion.split_key(test.image_ids)}-classifier-v{classifier.version}"
+    scored = score_and_challenge(pointer, evaluate, lambda r: (r.metrics(), r.must_beat()), policy, comparison_key,
+                                 registry_cache, log)
+    result, metrics, promotion_section = scored.results, scored.metrics, scored.promotion_section
     log(f"guidance {result.guidance:g} (chosen on val), prompt consistency {result.consistency:.3f}")
     section = result.section()
     section.figures.append(training_curve(pointer, "Text-conditional LDM"))
-    metrics = result.metrics()
-    # compared only on the same test reports and images, under the same feature network
-    comparison_key = f"{promotion.split_key(test.image_ids)}-classifier-v{classifier['version']}"
-    decision, promotion_section = challenge_champion(pointer, metrics, policy.rule(result.must_beat()), comparison_key,
-                                                     lambda d: evaluate(d).metrics(), registry_cache, log)
     report = Report("Text-conditional generation evaluation",
-                    f"{pointer['registered_model']} v{pointer['version']} sampled from the {len(test)} test reports of "
-                    f"{len(set(test.patients))} patients, scored with {classifier['registered_model']} "
-                    f"v{classifier['version']}; guidance chosen on {len(val)} val reports.",
+                    f"{pointer.label} sampled from the {len(test)} test reports of "
+                    f"{len(set(test.patients))} patients, scored with {classifier.registered_model} "
+                    f"v{classifier.version}; guidance chosen on {len(val)} val reports.",
                     [section, promotion_section])
     return EvaluationOutcome(
-        "text_generation_evaluation", report, metrics, [(pointer, metrics)], [(pointer, decision)], result.must_beat(),
+        "text_generation_evaluation", report, metrics, [(pointer, metrics)], [scored.promotion], scored.must_beat,
         markdown_table(result.headline()) + "\n\n" + markdown_table(result.per_class()),
         params={**asdict(budget), "guidance_scales": list(guidance_scales), "guidance_scale": guidance_scale,
                 "guidance_chosen": result.guidance, "consistency_samples": consistency_samples,
-                "classifier": f"v{classifier['version']}", "test_reports": len(test), "val_reports": len(val)})
+                "classifier": f"v{classifier.version}", "test_reports": len(test), "val_reports": len(val)})
 
 
-# --- Publishing -----------------------------------------------------------------------------------------
-
-
-def write_outcome(outcome: EvaluationOutcome, folder: Path) -> tuple[Path, Path]:
-    """The HTML report, its Markdown twin and the per-image scores, in ``folder``."""
-    html, markdown = write_report(outcome.report, folder)
-    if outcome.scores is not None:
-        atomic.write_csv(folder / "per_image_scores.csv", outcome.scores)
-    return html, markdown
-
-
-def evaluation_tags(outcome: EvaluationOutcome) -> dict[str, str]:
-    """Tags for the evaluation's MLflow run: which model versions and runs it scored."""
-    return {"evaluation.models": ", ".join(f"{p['registered_model']} v{p['version']}" for p, _ in outcome.evaluated),
-            "evaluation.model_run_ids": ",".join(p["mlflow_run_id"] for p, _ in outcome.evaluated),
-            "evaluation.split": "test"}
-
-
-def log_outcome(outcome: EvaluationOutcome, folder: Path, html: Path) -> str:
-    """Inside the active MLflow run: params, metrics and the report; then the figures into each
-    evaluated model's own run and the run's id onto each registered version. Returns the run id."""
-    run_id = mlflow.active_run().info.run_id
-    mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in outcome.params.items()})
-    mlflow.log_metrics({k: v for k, v in outcome.metrics.items() if math.isfinite(v)})
-    mlflow.log_artifacts(str(folder), artifact_path="report")
-    for pointer, model_metrics in outcome.evaluated:
-        tracking.log_metrics_to_run(pointer["mlflow_run_id"],
-                                    {k: v for k, v in model_metrics.items() if is_headline(k)})
-        tracking.tag_model_version(pointer["registered_model"], pointer["version"],
-                                   {"evaluation_run_id": run_id, "evaluation_report": str(html)})
-    return run_id
-
-
-def synthetic_utility_suite(class_pointer: dict, text_pointer: dict, metadata: pd.DataFrame, image_store: Path,
+def synthetic_utility_suite(class_pointer: ModelRecord, text_pointer: ModelRecord, metadata: pd.DataFrame, image_store: Path,
                             runs_root: Path, arms: Sequence[str], *, profile: UtilityProfile, ratio: float = 1.0,
                             ddim_steps: int = 10, class_guidance: Optional[float] = None,
                             text_guidance: Optional[float] = None, bootstrap_resamples: int = 2000, seed: int = 0,
@@ -471,11 +477,11 @@ def synthetic_utility_suite(class_pointer: dict, text_pointer: dict, metadata: p
     pointers = {CLASS_GENERATOR: class_pointer, TEXT_GENERATOR: text_pointer}
     for generator in sorted(used):
         pointer = pointers[generator]
-        if pointer.get("data_hash") != data_hash:
-            raise ValueError(f"{pointer['registered_model']} v{pointer['version']} was trained on other data "
-                             f"({pointer.get('data_hash')}, now {data_hash}): its training split may hold today's "
+        if pointer.data_hash != data_hash:
+            raise ValueError(f"{pointer.label} was trained on other data "
+                             f"({pointer.data_hash}, now {data_hash}): its training split may hold today's "
                              f"val or test images. Re-materialize it before this experiment.")
-    class_names = list(describe(Path(class_pointer["model_dir"]))["class_names"])
+    class_names = list(describe(Path(class_pointer.model_dir))["class_names"])
     store = ImageStore(image_store)
     train_rows, val_rows, test_rows = (labelled_rows(metadata, split) for split in ("train", "val", "test"))
     if train_rows.empty or val_rows.empty or test_rows.empty:
@@ -484,16 +490,16 @@ def synthetic_utility_suite(class_pointer: dict, text_pointer: dict, metadata: p
     plan = pool_plan(chosen, real_counts, ratio)
     sampling = {"ddim_steps": ddim_steps, "class_guidance": class_guidance, "text_guidance": text_guidance,
                 "seed": seed}
-    pool_key = run_key("synthetic_pool", {g: pointers[g]["model_dir"] for g in plan}, {g: c.tolist() for g, c in plan.items()},
+    pool_key = run_key("synthetic_pool", {g: pointers[g].model_dir for g in plan}, {g: c.tolist() for g, c in plan.items()},
                        sampling, data_hash)
     pool_dir = Path(runs_root) / "pools" / pool_key
 
     def class_sampler(ids: list[int], at: int) -> torch.Tensor:
-        model = ClassConditionalGenerator.from_pretrained(class_pointer["model_dir"], device)
+        model = ClassConditionalGenerator.from_pretrained(class_pointer.model_dir, device)
         return model(ids, guidance=class_guidance, steps=ddim_steps, seed=at).cpu()
 
     def text_sampler(reports: list[str], at: int) -> torch.Tensor:
-        model = TextConditionalGenerator.from_pretrained(text_pointer["model_dir"], device)
+        model = TextConditionalGenerator.from_pretrained(text_pointer.model_dir, device)
         return model(reports, guidance=text_guidance, steps=ddim_steps, seed=at).cpu()
 
     pool = generate_pool(plan, class_names, training_reports(train_rows), {CLASS_GENERATOR: class_sampler,
@@ -509,7 +515,7 @@ def synthetic_utility_suite(class_pointer: dict, text_pointer: dict, metadata: p
         data = arm_training_set(arm, train_rows, store, pool, pool_store, ratio, len(class_names))
         check_provenance(data, train_ids, class_names)
         arm_counts[arm.name] = data.counts(len(class_names))
-        example = example_grid(data, class_names)
+        example = example_grid(data.images, data.labels, data.sources, class_names, REAL)
         if example is not None:
             examples[arm.name] = example
         probabilities[arm.name] = []
@@ -534,14 +540,14 @@ def synthetic_utility_suite(class_pointer: dict, text_pointer: dict, metadata: p
                                     test_patients=int(test_rows["patient_key"].nunique()))
     metrics = result.metrics()
     evaluated = [(pointers[g], metrics) for g in GENERATORS if g in used]
-    names = ", ".join(f"{pointers[g]['registered_model']} v{pointers[g]['version']}" for g in GENERATORS if g in used)
+    names = ", ".join(f"{pointers[g].label}" for g in GENERATORS if g in used)
     report = Report("Synthetic data utility",
                     f"Does training on images from {names} help a classifier of real radiographs? "
                     f"{len(chosen)} arms x {profile.seeds} seeds, scored on {len(test_rows)} real test images.",
-                    [result.section()])
+                    [utility_section(result)])
     return EvaluationOutcome(
         "synthetic_utility", report, metrics, evaluated, [], (),
-        markdown_table(result.goals()) + "\n\n" + markdown_table(result.headline()),
+        markdown_table(goals_table(result)) + "\n\n" + markdown_table(arms_table(result)),
         params={"arms": [a.name for a in chosen], "seeds": profile.seeds, "ratio": ratio, "ddim_steps": ddim_steps,
                 "class_guidance": class_guidance, "text_guidance": text_guidance, "classifier_steps": profile.steps,
                 "classifier_batch_size": profile.batch_size, "classifier_widths": list(profile.classifier.widths),

@@ -35,10 +35,8 @@ from ..data.image_store import ImageStore, to_stored
 from ..data.labels.report_text import report_prompts
 from ..models.batches import ConcatImages, StoreImages
 from ..models.classifier import ClassifierConfig, classifier_trainer, embed
+from ..metrics.statistics import (patient_weights, percentile_interval, weighted_classification_scores)
 from ..models.training import TrainConfig
-from ..reports.document import Figure, Section, Table
-from ..reports.grid import image_grid
-from ..reports.plots import grouped_interval_bars
 
 CLASS_GENERATOR, TEXT_GENERATOR = "class_ddpm", "text_ldm"
 GENERATORS = (CLASS_GENERATOR, TEXT_GENERATOR)
@@ -267,54 +265,6 @@ def train_arm(data: ArmData, val_images: torch.Tensor, val_labels: np.ndarray, t
 # --- Scores with paired, patient-level intervals ------------------------------------------------------------
 
 
-def patient_weights(patients: Sequence, resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """(resamples + 1, N) image weights: row 0 all ones (the point estimate), then one row per
-    bootstrap draw of patients with replacement (a patient drawn twice weighs its images twice)."""
-    _, codes = np.unique(np.asarray(patients), return_inverse=True)
-    count = int(codes.max()) + 1
-    picks = rng.integers(0, count, size=(resamples, count))
-    flat = picks + np.arange(resamples)[:, None] * count
-    per_patient = np.bincount(flat.ravel(), minlength=resamples * count).reshape(resamples, count)
-    return np.vstack([np.ones(len(codes)), per_patient[:, codes]]).astype(np.float64)
-
-
-def weighted_auroc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """One-vs-rest AUROC under each row of ``weights`` (R, N): the weighted share of
-    (positive, negative) pairs ranked correctly, ties counting half. NaN where a row weighs no
-    positive or no negative. O(R N) after one sort, so full-size test sets are fine."""
-    order = np.argsort(scores, kind="stable")
-    ordered, is_positive = scores[order], positive[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # groups of tied scores
-    w = weights[:, order]
-    positives = np.add.reduceat(w * is_positive, starts, axis=1)
-    negatives = np.add.reduceat(w * ~is_positive, starts, axis=1)
-    above = positives.sum(axis=1, keepdims=True) - np.cumsum(positives, axis=1)  # positives scored higher
-    correct = (negatives * (above + 0.5 * positives)).sum(axis=1)
-    pairs = positives.sum(axis=1) * negatives.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(pairs > 0, correct / np.where(pairs > 0, pairs, 1.0), np.nan)
-
-
-def score_rows(probabilities: np.ndarray, labels: np.ndarray, weights: np.ndarray,
-               class_names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Accuracy, macro AUROC and per-class AUROC under each weight row. Macro averages the
-    classes with positives and negatives in the test split (NaN-aware per row)."""
-    labels = np.asarray(labels)
-    correct = (probabilities.argmax(axis=1) == labels).astype(np.float64)
-    out = {"accuracy": (weights * correct).sum(axis=1) / weights.sum(axis=1)}
-    present = [c for c in range(len(class_names)) if 0 < (labels == c).sum() < len(labels)]
-    per_class = {class_names[c]: weighted_auroc(probabilities[:, c], labels == c, weights) for c in present}
-    if per_class:
-        stacked = np.stack(list(per_class.values()))
-        defined = np.isfinite(stacked)
-        out["auroc_macro"] = np.where(defined.any(axis=0), np.where(defined, stacked, 0.0).sum(axis=0)
-                                      / np.maximum(defined.sum(axis=0), 1), np.nan)
-    else:
-        out["auroc_macro"] = np.full(len(weights), np.nan)
-    out.update({f"auroc_{name}": values for name, values in per_class.items()})
-    return out
-
-
 @dataclass(frozen=True)
 class UtilityScores:
     """Per arm and metric: the seed-averaged value, its interval, the spread over seeds, and the
@@ -331,15 +281,6 @@ class UtilityScores:
         return hit.iloc[0]
 
 
-def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
-    finite = values[np.isfinite(values)]
-    if not len(finite):
-        return float("nan"), float("nan")
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(finite, [tail, 100.0 - tail])
-    return float(low), float(high)
-
-
 def utility_scores(probabilities: Mapping[str, Sequence[np.ndarray]], labels: np.ndarray, patients: Sequence,
                    class_names: Sequence[str], resamples: int = 2000, seed: int = 0,
                    level: float = 0.95) -> UtilityScores:
@@ -353,7 +294,7 @@ def utility_scores(probabilities: Mapping[str, Sequence[np.ndarray]], labels: np
     per_arm: dict[str, dict[str, np.ndarray]] = {}  # arm -> metric -> (resamples + 1,) seed-mean rows
     point: dict[str, dict[str, tuple[float, float, list[float]]]] = {}
     for a, (arm, runs) in enumerate(probabilities.items()):
-        by_seed = [score_rows(np.asarray(p, dtype=np.float64), labels, weights, class_names) for p in runs]
+        by_seed = [weighted_classification_scores(np.asarray(p, dtype=np.float64), labels, weights, class_names) for p in runs]
         draws = np.random.default_rng([seed, 131, a]).integers(0, len(runs), size=(resamples, len(runs)))
         per_arm[arm], point[arm] = {}, {}
         for metric in by_seed[0]:
@@ -366,13 +307,13 @@ def utility_scores(probabilities: Mapping[str, Sequence[np.ndarray]], labels: np
     rows = []
     for arm in probabilities:
         for metric, (value, spread, seeds) in point[arm].items():
-            low, high = _percentiles(per_arm[arm][metric], level)
+            low, high = percentile_interval(per_arm[arm][metric], level)
             reference = point[REAL].get(metric)
             if reference is None or arm == REAL:
                 diff = diff_low = diff_high = float("nan")
             else:
                 diff = value - reference[0]
-                diff_low, diff_high = _percentiles(per_arm[arm][metric] - per_arm[REAL][metric], level)
+                diff_low, diff_high = percentile_interval(per_arm[arm][metric] - per_arm[REAL][metric], level)
             rows.append({"arm": arm, "metric": metric, "value": value, "ci_low": low, "ci_high": high,
                          "seed_std": spread, "seeds": seeds, "diff": diff, "diff_low": diff_low,
                          "diff_high": diff_high})
@@ -430,128 +371,11 @@ class SyntheticUtilityResult:
         except KeyError:  # the rarest class has no positives in test
             return None
 
-    def _interval(self, value: float, low: float, high: float, signed: bool = False) -> str:
-        if not np.isfinite(value):
-            return "—"
-        sign = "+" if signed else ""
-        return f"{value:{sign}.3f} [{low:{sign}.3f}, {high:{sign}.3f}]"
-
-    def headline(self) -> pd.DataFrame:
-        rows = []
-        for arm in self.arms:
-            macro, accuracy = self.scores.row(arm.name, "auroc_macro"), self.scores.row(arm.name, "accuracy")
-            counts = self.arm_counts[arm.name]
-            val = self.val_scores[self.val_scores["arm"] == arm.name]
-            rows.append({
-                "arm": arm.name,
-                "real / generated images": f"{int(counts.loc[REAL].sum()) if REAL in counts.index else 0} / "
-                                           f"{int(counts.drop(index=REAL, errors='ignore').to_numpy().sum())}",
-                "macro AUROC [95% CI]": self._interval(macro["value"], macro["ci_low"], macro["ci_high"]),
-                "Δ vs real [95% CI]": "—" if arm.name == REAL else
-                self._interval(macro["diff"], macro["diff_low"], macro["diff_high"], signed=True),
-                "seed std": "—" if not np.isfinite(macro["seed_std"]) else f"{macro['seed_std']:.3f}",
-                "accuracy [95% CI]": self._interval(accuracy["value"], accuracy["ci_low"], accuracy["ci_high"]),
-                "Δ accuracy": "—" if arm.name == REAL else
-                self._interval(accuracy["diff"], accuracy["diff_low"], accuracy["diff_high"], signed=True),
-                "val macro AUROC": f"{val['val_auroc_macro'].mean():.3f}" if len(val) else "—",
-            })
-        return pd.DataFrame(rows)
-
-    def per_class(self) -> pd.DataFrame:
-        rows = []
-        for name, count in zip(self.class_names, self.real_counts):
-            metric = f"auroc_{name}"
-            row = {"class": name, "real train images": int(count)}
-            for arm in self.arms:
-                hit = self.scores.table[(self.scores.table["arm"] == arm.name) & (self.scores.table["metric"] == metric)]
-                if hit.empty:
-                    row[arm.name] = "—"
-                    continue
-                r = hit.iloc[0]
-                row[arm.name] = self._interval(r["value"], r["ci_low"], r["ci_high"])
-                if arm.name != REAL:
-                    row[f"Δ {arm.name}"] = self._interval(r["diff"], r["diff_low"], r["diff_high"], signed=True)
-            rows.append(row)
-        return pd.DataFrame(rows)
-
-    def goals(self) -> pd.DataFrame:
-        rows = []
-        verdict = self.not_worse()
-        if verdict is not None:
-            r = self.scores.row("real_synthetic", "auroc_macro")
-            rows.append({"goal": "real + synthetic not worse than real only (macro AUROC difference interval reaches 0)",
-                         "measured": self._interval(r["diff"], r["diff_low"], r["diff_high"], signed=True),
-                         "met": "yes" if verdict else "no"})
-        gain = self.rarest_class_gain()
-        if gain is not None:
-            real = self.scores.row(REAL, f"auroc_{self.rarest_class}")["value"]
-            rows.append({"goal": f"balancing improves the rarest class ({self.rarest_class}, "
-                                 f"{int(self.real_counts.min())} real training images)",
-                         "measured": self._interval(gain["diff"], gain["diff_low"], gain["diff_high"], signed=True)
-                         + f" (real only: {real:.3f})",
-                         "met": "yes" if gain["diff"] > 0 else "no"})
-        return pd.DataFrame(rows)
-
-    def section(self) -> Section:
-        arms = pd.DataFrame([{"arm": a.name, "what it trains on": a.description} for a in self.arms])
-        counts = pd.concat({arm: table.rename(columns=dict(enumerate(self.class_names)))
-                            for arm, table in self.arm_counts.items()}, names=["arm", "source"]).reset_index()
-        figures = [self.per_class_figure()]
-        for arm, (grid, rows) in self.examples.items():
-            generators = " and ".join(next(a for a in self.arms if a.name == arm).generators)
-            figures.append(Figure(f"Generated training images: {arm}", grid,
-                                  f"from {generators}, alternating; one row per class: " + ", ".join(rows), upscale=2))
-        level = int(round(self.scores.level * 100))
-        return Section(
-            "Synthetic data for a downstream classifier",
-            f"The same classifier recipe is trained on each arm with {self.seeds} seed(s) and scored on the "
-            f"{self.test_images} single-label real test images of {self.test_patients} patients. Values are "
-            f"seed means; {level}% intervals resample test patients (shared by all arms, so differences are "
-            f"paired) and each arm's seeds ({self.scores.resamples} draws). Every arm draws class-balanced "
-            "batches, so the real-only arm already resamples its rare classes. No val or test image, and "
-            "nothing generated from one, is in any arm; val AUROC is shown for reference only (nothing is "
-            "selected on test).",
-            tables=[Table("Goals", self.goals()), Table("Arms", self.headline()),
-                    Table("AUROC per class", self.per_class()),
-                    Table("What each arm trains on", arms), Table("Training images per source and class", counts)],
-            figures=figures)
-
     @property
     def seeds(self) -> int:
         return int(self.val_scores.groupby("arm").size().max()) if len(self.val_scores) else 0
 
-    def per_class_figure(self) -> Figure:
-        series = {}
-        for arm in self.arms:
-            values, lows, highs = [], [], []
-            for name in self.class_names:
-                hit = self.scores.table[(self.scores.table["arm"] == arm.name)
-                                        & (self.scores.table["metric"] == f"auroc_{name}")]
-                r = hit.iloc[0] if len(hit) else None
-                values.append(np.nan if r is None else r["value"])
-                lows.append(np.nan if r is None else r["ci_low"])
-                highs.append(np.nan if r is None else r["ci_high"])
-            series[arm.name] = (values, lows, highs)
-        image = grouped_interval_bars(self.class_names, series, "Test AUROC per class, by training arm", "AUROC",
-                                      floor=0.5)
-        return Figure("AUROC per class", image, "seed means with their 95% patient-and-seed bootstrap intervals")
-
-
-def example_grid(data: ArmData, class_names: Sequence[str], per_class: int = 8) -> tuple[np.ndarray, list[str]] | None:
-    """Up to ``per_class`` generated images of each class an arm generated, alternating between
-    its generators, one row per class; with the rows' class names."""
-    generated = np.flatnonzero(data.sources != REAL)
-    if not len(generated):
-        return None
-    side = int(data.images.batch(generated[:1]).shape[-1])
-    rows, names = [], []
-    for c, name in enumerate(class_names):
-        of_class = generated[data.labels[generated] == c]
-        if not len(of_class):
-            continue
-        queues = [of_class[data.sources[of_class] == s] for s in dict.fromkeys(data.sources[of_class])]
-        picks = [q[k] for k in range(per_class) for q in queues if k < len(q)][:per_class]
-        images = data.images.batch(picks)[:, 0].numpy()
-        rows.append(np.concatenate([images, np.zeros((per_class - len(images), side, side), np.float32)]))
-        names.append(name)
-    return image_grid(np.concatenate(rows), columns=per_class), names
+    @property
+    def reference(self) -> str:
+        """The arm every difference is taken against."""
+        return REAL

@@ -107,18 +107,6 @@ class UNetProfile:
                           cross_attention_dim=cross_attention_dim, cross_attention_levels=self.cross_attention_levels)
 
 
-# UNet widths by model and profile (next to the VAE's, vae.VAE_PROFILES): the demo trains in CPU
-# minutes, full is the size published work uses. The class model on latents: 1.6M parameters,
-# about 0.35 s per batch of 64 on 2 CPU cores (wider UNets cost 3x per step for less gain; see
-# bench/class_recipe.py).
-UNET_PROFILES: dict[str, dict[str, UNetProfile]] = {
-    "denoiser": {"demo": UNetProfile((16, 32, 64), 8, False), "full": UNetProfile((64, 128, 256, 256), 32, True)},
-    "class_ddpm_pixel": {"demo": UNetProfile((16, 32, 64), 8, False),
-                         "full": UNetProfile((64, 128, 256, 256), 32, True)},
-    "class_ddpm": {"demo": UNetProfile((32, 64, 64), 8, True, 2), "full": UNetProfile((128, 256, 512), 32, True, 2)},
-    "latent_sr": {"demo": UNetProfile((32, 64), 8, True), "full": UNetProfile((128, 256, 512), 32, True)},
-    "text_ldm": {"demo": UNetProfile((32, 64, 64), 8, True, 2, 2), "full": UNetProfile((128, 256, 512), 32, True, 2, 2)},
-}
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ strengths, dose levels) instead of reading the folder on every call.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -19,8 +20,8 @@ import numpy as np
 import torch
 
 from ..data.degrade import bicubic_to, upsample_bicubic
-from ..tracking import resolve_model
-from .diffusion import DiffusionModel, TextCondition, UNetConfig, describe, load_model, sample, save_model
+from ..model_source import resolve_model
+from .diffusion import DiffusionModel, TextCondition, UNetConfig, load_model, sample, save_model
 from .implicit import ImplicitDecoder, LiifHead, downsampling_factor
 from .report_encoder import ReportEncoder
 from .training import pick_device
@@ -40,12 +41,12 @@ def to_images(out: torch.Tensor, vae: torch.nn.Module | None, factor: float) -> 
 class DiffusionPipeline:
     """A loaded model folder; subclasses are the model kinds and know how to call it."""
 
-    kind_prefix = ""  # model.json "kind" starts with this
+    kind = ""  # the model.json "kind" this pipeline loads (per-scale kinds without their "_x<scale>")
 
     def __init__(self, model: DiffusionModel, folder: Path | None = None):
-        kind = model.description.get("kind", "")
-        if not kind.startswith(self.kind_prefix):
-            raise ValueError(f"{folder or 'this model'} holds a {kind!r} model, not a {self.kind_prefix!r} one")
+        held = model.description.get("kind", "")
+        if re.sub(r"_x\d+$", "", held) != self.kind:
+            raise ValueError(f"{folder or 'this model'} holds a {held!r} model, not a {self.kind!r} one")
         self.model, self.folder = model, folder
 
     @classmethod
@@ -75,7 +76,7 @@ class DiffusionPipeline:
 
 
 class LatentSuperResolution(DiffusionPipeline):
-    kind_prefix = "latent_sr"
+    kind = "latent_sr"
 
     def __init__(self, model: DiffusionModel, folder: Path | None = None):
         super().__init__(model, folder)
@@ -133,7 +134,7 @@ class ArbitraryScaleSuperResolution(DiffusionPipeline):
     upsample a latent scored below bicubic from the same input on this data
     (bench/implicit_decoder.py), so it renders only the last fraction of a grid step."""
 
-    kind_prefix = "arbitrary_sr"
+    kind = "arbitrary_sr"
 
     def __init__(self, model: DiffusionModel, folder: Path | None = None):
         super().__init__(model, folder)
@@ -217,7 +218,7 @@ class ArbitraryScaleSuperResolution(DiffusionPipeline):
 
 
 class ClassConditionalGenerator(DiffusionPipeline):
-    kind_prefix = "class_ddpm"
+    kind = "class_ddpm"
 
     @property
     def class_names(self) -> list[str]:
@@ -246,7 +247,7 @@ class TextConditionalGenerator(DiffusionPipeline):
     """Radiographs from radiology reports: the folder's own report encoder (``text_encoder/``),
     UNet, schedule and VAE."""
 
-    kind_prefix = "text_ldm"
+    kind = "text_ldm"
 
     def __init__(self, model: DiffusionModel, folder: Path | None = None, text_encoder: ReportEncoder | None = None):
         super().__init__(model, folder)
@@ -286,7 +287,7 @@ class TextConditionalGenerator(DiffusionPipeline):
 
 
 class LowDoseDenoiser(DiffusionPipeline):
-    kind_prefix = "denoiser"
+    kind = "denoiser"
 
     @property
     def doses(self) -> list[float]:
@@ -311,28 +312,3 @@ class LowDoseDenoiser(DiffusionPipeline):
                          generator=torch.Generator().manual_seed(seed + start))
             outputs.append(from_model(out.float().cpu()))
         return torch.cat(outputs)
-
-
-# --- One-call helpers: load, sample once (notebooks; load the pipeline to sample many times) -----------
-
-
-def super_resolve(model: str | Path, low_resolution: torch.Tensor, *, device: str = "auto", **options) -> torch.Tensor:
-    """With a fixed-scale model (``cxr-latent-sr-x4``) at its scale; with the arbitrary-scale one
-    (``cxr-arbitrary-sr``) at ``scale=3.3`` or ``size=(h, w)``."""
-    folder = resolve_model(model)
-    kind = describe(folder).get("kind", "")
-    pipeline = ArbitraryScaleSuperResolution if kind.startswith("arbitrary_sr") else LatentSuperResolution
-    return pipeline.from_pretrained(folder, device)(low_resolution, **options)
-
-
-def generate(model: str | Path, class_ids: Sequence[int], *, device: str = "auto", **options) -> torch.Tensor:
-    return ClassConditionalGenerator.from_pretrained(model, device)(class_ids, **options)
-
-
-def denoise(model: str | Path, noisy: torch.Tensor, *, device: str = "auto", **options) -> torch.Tensor:
-    return LowDoseDenoiser.from_pretrained(model, device)(noisy, **options)
-
-
-def generate_from_text(model: str | Path, reports: Sequence[str], *, device: str = "auto", **options) -> torch.Tensor:
-    """``generate_from_text("cxr-text-ldm", ["Moderate right pleural effusion."], guidance=3, steps=50, seed=0)``."""
-    return TextConditionalGenerator.from_pretrained(model, device)(reports, **options)

@@ -53,12 +53,6 @@ class VaeConfig:
         return {**asdict(self), "block_out_channels": list(self.block_out_channels)}
 
 
-# Sizes by profile: demo 64 px -> 16x16x4 latents; full 256 px -> 32x32x8 (published CXR LDMs).
-VAE_PROFILES = {
-    "demo": VaeConfig(),
-    "full": VaeConfig(block_out_channels=(64, 128, 256, 256), latent_channels=8, layers_per_block=2, norm_num_groups=32),
-}
-
 
 def to_model(images: torch.Tensor) -> torch.Tensor:
     return images * 2.0 - 1.0

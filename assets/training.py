@@ -1,0 +1,144 @@
+"""What every training asset shares: step tags and retries, the run config made from the kind's
+recipe, progress into Dagster logs and MLflow, and the launch (in process, or a worker through
+Dagster Pipes). Each training asset is then a few lines: plan the kind, train and register each
+plan, report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import pydantic
+
+from cxr_pipeline.data import atomic
+from cxr_pipeline.kinds import ModelKind, TrainingPlan, TrainingRecipe
+from cxr_pipeline.models.training import TrainEvent, TrainingOutcome
+from cxr_pipeline.registration import Registered, train_and_register
+from cxr_pipeline.reports.grid import markdown_image, png_bytes
+from resources import CxrSettings, MlflowTracking
+
+# Training steps use every core (or the GPU). Within a run the executor runs one of them at a time
+# (tag limit, see jobs/); across runs they share the "cxr_training" pool, whose limit comes from the
+# instance (run.sh writes default_limit 1 into $DAGSTER_HOME/dagster.yaml). A failed
+# training attempt is retried and resumes from its last checkpoint.
+TRAINING_TAGS = {"cxr/compute": "training"}
+# On Kubernetes (deploy/definitions.py) each training step is its own pod asking for one GPU.
+GPU_POD = {"container_config": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}}}
+# Heavy steps (training and evaluation) share the tags and the pool.
+HEAVY_STEP = {"op_tags": {**TRAINING_TAGS, "dagster-k8s/config": GPU_POD}, "pool": "cxr_training"}
+# Training also retries: a lost node or OOM resumes from the checkpoint. Evaluation does not,
+# since it has no checkpoint and its failures are deterministic (a retry repeats them).
+TRAINING_STEP = {**HEAVY_STEP, "retry_policy": dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)}
+
+TRAIN_WORKER = Path(__file__).resolve().parents[1] / "scripts" / "train_worker.py"
+
+
+def recipe_config(recipe: type[TrainingRecipe], name: str) -> type[dg.Config]:
+    """The asset's run config, field for field the kind's recipe (same names, types and defaults),
+    so the launchpad shows the library's recipe and no default is written twice."""
+    hints = typing.get_type_hints(recipe)
+    fields = {}
+    for spec in dataclasses.fields(recipe):
+        default = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+        fields[spec.name] = (hints[spec.name], pydantic.Field(default=default))
+    config = pydantic.create_model(name, __base__=dg.Config, __module__=__name__, **fields)
+    config.__doc__ = f"The {recipe.__module__.rsplit('.', 1)[-1]} recipe (``{recipe.__module__}.Recipe``)."
+    config.recipe = lambda self: recipe(**self.model_dump())
+    return config
+
+
+def progress_logger(context: dg.AssetExecutionContext):
+    """Training events -> Dagster log lines and MLflow step metrics."""
+
+    def report(event: TrainEvent) -> None:
+        if event.kind in ("resume", "wait"):
+            context.log.warning(event.describe())
+        if event.kind == "resume":
+            mlflow.set_tag(f"{event.part}_resumed_from_step" if event.part else "resumed_from_step", str(event.step))
+        if event.kind in ("step", "eval"):
+            context.log.info(event.describe())
+            mlflow.log_metrics(event.logged_metrics(), step=event.step)
+
+    return report
+
+
+def worker_command(recipe, job_file: Path, outcome: Path, mlflow_run_id: str) -> list[str]:
+    """The command line of an out-of-process training (the same one a user can run by hand)."""
+    arguments = [str(TRAIN_WORKER), str(job_file), "--outcome", str(outcome), "--mlflow-run-id", mlflow_run_id]
+    if recipe.launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={recipe.processes}",
+                *arguments]
+    return [sys.executable, *arguments]
+
+
+def _launch(context: dg.AssetExecutionContext, settings: CxrSettings, recipe, plan: TrainingPlan, mlflow_run_id: str,
+            pipes: dg.PipesSubprocessClient) -> tuple[TrainingOutcome, dict]:
+    """Launch the worker through Pipes and read its outcome back; returns the outcome and the
+    metadata the worker reported."""
+    ranks = recipe.processes if recipe.launcher == "torchrun" else 1
+    if ranks < 1 or recipe.batch_size % ranks:
+        raise dg.Failure(f"batch_size {recipe.batch_size} must be a positive multiple of processes {ranks}: "
+                         "every rank takes an equal slice of the batch", allow_retries=False)
+    folder = settings.paths().models / "launches" / context.run.run_id / plan.kind.key
+    atomic.write_text(folder / "job.json", plan.job.to_json())
+    command = worker_command(recipe, folder / "job.json", folder / "outcome", mlflow_run_id)
+    context.log.info(f"launching {' '.join(command)}")
+    invocation = pipes.run(context=context, command=command, env={"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()})
+    reported = invocation.get_materialize_result().metadata
+    return TrainingOutcome.load(folder / "outcome"), {**reported, "launcher": recipe.launcher}
+
+
+def train_kind(context: dg.AssetExecutionContext, kind: ModelKind, recipe: TrainingRecipe, settings: CxrSettings,
+               mlflow_tracking: MlflowTracking,
+               pipes: dg.PipesSubprocessClient | None = None) -> list[tuple[TrainingPlan, Registered, dict]]:
+    """Plan the kind from the recipe and the work folder, then train and register each planned
+    model; returns each with the asset metadata every training reports."""
+    paths = settings.paths()
+    try:
+        plans = kind.plan(recipe, paths, settings.profile_spec().name)
+    except (ValueError, FileNotFoundError) as error:  # inputs this asset cannot train on: a retry repeats it
+        raise dg.Failure(str(error), allow_retries=False) from error
+    launcher = getattr(recipe, "launcher", "in_process")
+    done = []
+    for plan in plans:
+        def train(run_id: str, plan: TrainingPlan = plan) -> tuple[TrainingOutcome, dict]:
+            if launcher == "in_process" or plan.job is None:
+                return plan.train_in_process(progress_logger(context))
+            return _launch(context, settings, recipe, plan, run_id, pipes)
+
+        registered = train_and_register(plan, paths, lambda name, tags: mlflow_tracking.run(context, name, tags), train,
+                                        {"launcher": launcher} if plan.job is not None else None)
+        done.append((plan, registered, training_metadata(registered, mlflow_tracking)))
+    return done
+
+
+def training_metadata(registered: Registered, mlflow_tracking: MlflowTracking) -> dict:
+    outcome, record, last = registered.outcome, registered.record, registered.last_preview
+    return {
+        **registered.reported,
+        "mlflow_run_id": record.mlflow_run_id,
+        **mlflow_tracking.run_link(registered.run),
+        "registered_model": record.label,
+        "checkpoint": dg.MetadataValue.path(str(outcome.model_dir)),
+        "steps": outcome.final_step,
+        "resumed_from_step": outcome.resumed_from if outcome.resumed_from is not None else -1,
+        **({"samples": dg.MetadataValue.md(markdown_image(png_bytes(last, upscale=2), record.registered_model))}
+           if last is not None else {}),
+    }
+
+
+def train_one(context: dg.AssetExecutionContext, kind: ModelKind, recipe: TrainingRecipe, settings: CxrSettings,
+              mlflow_tracking: MlflowTracking, pipes: dg.PipesSubprocessClient | None = None) -> tuple[Registered, dict]:
+    """A kind that trains one model per materialization: its registration and asset metadata,
+    with what the plan knew before training."""
+    ((plan, registered, metadata),) = train_kind(context, kind, recipe, settings, mlflow_tracking, pipes)
+    return registered, {**metadata, **{k: _metadata_value(v) for k, v in plan.reported.items()}}
+
+
+def _metadata_value(value):
+    return dg.MetadataValue.json(value) if isinstance(value, (dict, list)) else value

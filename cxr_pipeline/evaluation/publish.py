@@ -1,0 +1,49 @@
+"""Publishing an evaluation, apart from scoring it: the report folder, the MLflow run (params,
+metrics, the report as artifacts), the headline figures copied into each evaluated model's own
+run, and the registry writes (the promotion decisions' tags and aliases, the evaluation run on
+each registered version). The suites only score and decide (``suites.py``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import mlflow
+
+from .. import tracking
+from ..data import atomic
+from ..reports.document import write_report
+from .suites import EvaluationOutcome, is_headline
+
+
+def write_outcome(outcome: EvaluationOutcome, folder: Path) -> tuple[Path, Path]:
+    """The HTML report, its Markdown twin and the per-image scores, in ``folder``."""
+    html, markdown = write_report(outcome.report, folder)
+    if outcome.scores is not None:
+        atomic.write_csv(folder / "per_image_scores.csv", outcome.scores)
+    return html, markdown
+
+
+def evaluation_tags(outcome: EvaluationOutcome) -> dict[str, str]:
+    """Tags for the evaluation's MLflow run: which model versions and runs it scored."""
+    return {"evaluation.models": ", ".join(record.label for record, _ in outcome.evaluated),
+            "evaluation.model_run_ids": ",".join(record.mlflow_run_id for record, _ in outcome.evaluated),
+            "evaluation.split": "test"}
+
+
+def publish_outcome(outcome: EvaluationOutcome, folder: Path, html: Path) -> str:
+    """Inside the active MLflow run: the promotion decisions into the registry; params, metrics
+    and the report; then the figures into each evaluated model's own run and the run's id onto
+    each registered version. Returns the run id."""
+    run_id = mlflow.active_run().info.run_id
+    for promotion in outcome.promotions:
+        promotion.publish()
+    mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in outcome.params.items()})
+    mlflow.log_metrics({k: v for k, v in outcome.metrics.items() if math.isfinite(v)})
+    mlflow.log_artifacts(str(folder), artifact_path="report")
+    for record, model_metrics in outcome.evaluated:
+        tracking.log_metrics_to_run(record.mlflow_run_id, {k: v for k, v in model_metrics.items() if is_headline(k)})
+        tracking.tag_model_version(record.registered_model, record.version,
+                                   {"evaluation_run_id": run_id, "evaluation_report": str(html)})
+    return run_id

@@ -1,0 +1,251 @@
+"""What a model kind is: the one object every layer looks a kind up in (training jobs, serving,
+the app, the Dagster assets, bench scripts), instead of branching on its name.
+
+A kind owns its names (registry name, pointer key, runs folder, asset), its default recipe
+(a dataclass of hyperparameters, with the why of each value beside it), its named UNet profiles,
+how one training is planned and run, its pipeline class, its serving spec and its evaluation
+suite. ``docs/models.md`` lists the steps to add one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..models.diffusion import ScheduleConfig, UNetConfig, UNetProfile
+from ..models.training import TrainConfig, TrainEvent, TrainingOutcome
+from ..settings import WorkPaths
+
+Progress = Optional[Callable[[TrainEvent], None]]
+
+
+# --- Recipes: the hyperparameters of one training, defaults per kind ---------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingRecipe(TrainConfig):
+    """The hyperparameters of one training: the training loop's own config (``TrainConfig``, every
+    field of it) plus what the kind adds; each kind's recipe subclasses it with its own defaults.
+    The Dagster layer turns a recipe into the asset's run config, field for field."""
+
+    steps: int = 300
+    learning_rate: float = 2e-3
+    warmup_steps: int = 30
+    block_out_channels: Optional[list[int]] = None  # None: the profile's architecture
+
+    def train_config(self) -> TrainConfig:
+        """The loop's config: this recipe's values of its fields (the warm-up no longer than the run)."""
+        values = {spec.name: getattr(self, spec.name) for spec in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**{**values, "warmup_steps": min(self.warmup_steps, self.steps)})
+
+    def widths(self) -> Optional[tuple[int, ...]]:
+        return tuple(self.block_out_channels) if self.block_out_channels else None
+
+
+@dataclass(frozen=True)
+class DiffusionRecipe(TrainingRecipe):
+    # What the diffusion recipes share (bench/*_recipe.py): a small UNet's learning rate with a short
+    # warm-up and a fast EMA, for budgets of hundreds of steps (the reference recipe's 1e-4 at
+    # batch 8, 256 px, is for full runs).
+    steps: int = 200
+    learning_rate: float = 2e-3
+    warmup_steps: int = 50
+    ema_decay: float = 0.99
+    checkpoint_every: int = 200
+    eval_every: int = 200  # a sample grid to MLflow every this many steps
+    timesteps: int = 1000
+    beta_schedule: str = "linear"
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+    snr_gamma: Optional[float] = None  # min-SNR-gamma loss weighting (5 in Hang et al. 2023); None: off
+    # Where the training runs: in this step's process (the default), in a subprocess, or under
+    # torchrun with ``processes`` data-parallel ranks (GPUs, or CPU processes), both through Dagster
+    # Pipes with scripts/train_worker.py. batch_size is the global batch either way.
+    launcher: Literal["in_process", "subprocess", "torchrun"] = "in_process"
+    processes: int = 2
+
+    def schedule(self) -> ScheduleConfig:
+        return ScheduleConfig(timesteps=self.timesteps, beta_schedule=self.beta_schedule,
+                              prediction_type=self.prediction_type, snr_gamma=self.snr_gamma)
+
+    def schedule_params(self) -> dict:
+        return {"timesteps": self.timesteps, "beta_schedule": self.beta_schedule,
+                "prediction_type": self.prediction_type, "snr_gamma": self.snr_gamma, "launcher": self.launcher}
+
+
+# --- Training jobs: one diffusion training as data, runnable in any process --------------------------
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """One diffusion training described as data, so the same run can happen in this process or in
+    another one (a subprocess, or ``torchrun`` over several GPUs) from a JSON file. A job names its
+    inputs by the work folder, never by in-memory objects: the process that runs it loads the
+    metadata, image stores and latents itself; ``options`` are the kind's own arguments."""
+
+    model: str  # the kind's key
+    home: str  # the work folder holding the inputs and the runs
+    unet: UNetConfig
+    schedule: ScheduleConfig
+    train: TrainConfig
+    data_hash: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainingJob:
+        raw = json.loads(text)
+        unet = {**raw["unet"], "block_out_channels": tuple(raw["unet"]["block_out_channels"])}
+        return cls(model=raw["model"], home=raw["home"], unet=UNetConfig(**unet), schedule=ScheduleConfig(**raw["schedule"]),
+                   train=TrainConfig(**raw["train"]), data_hash=raw["data_hash"], options=raw["options"])
+
+    @property
+    def paths(self) -> WorkPaths:
+        return WorkPaths(Path(self.home))
+
+    @property
+    def runs_root(self) -> Path:
+        return self.paths.models / self.model
+
+
+@dataclass
+class TrainingPlan:
+    """One model to train and register, planned from a recipe and the work folder: the kind (per
+    scale for latent SR), the data it sees, its MLflow params, and either a ``job`` (diffusion
+    kinds: runnable in or out of process) or ``run`` (trained in this process)."""
+
+    kind: ModelKind
+    data_hash: str
+    params: dict[str, Any]
+    job: Optional[TrainingJob] = None
+    run: Optional[Callable[[Progress], tuple[TrainingOutcome, dict]]] = None
+    reported: dict[str, Any] = field(default_factory=dict)  # extra asset metadata known before training
+
+    def train_in_process(self, progress: Progress = None) -> tuple[TrainingOutcome, dict]:
+        if self.job is not None:
+            return self.kind.train(self.job, progress=progress), {}
+        return self.run(progress)
+
+
+# --- Serving: what a registered model takes and returns -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    """How one model kind is served as an MLflow pyfunc model: load the folder, answer a request,
+    describe both (signature and input example)."""
+
+    load: Callable[[Path, str], Any]
+    predict: Callable[[Any, Any, dict], np.ndarray]
+    example: Callable[[Path], Any]  # a small valid input for the model in a folder
+    input_dtype: str  # numpy dtype name, or "string": a ``report`` column of text
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    params: tuple[tuple[str, str, Any], ...] = ()  # (name, MLflow type, default)
+
+    def defaults(self) -> dict[str, Any]:
+        return {name: default for name, _, default in self.params}
+
+
+IMAGES, VECTORS = (-1, 1, -1, -1), (-1, -1)
+
+
+def sampling_params(*extra: tuple[str, str, Any]) -> tuple[tuple[str, str, Any], ...]:
+    return (("seed", "long", 0), ("steps", "long", 50), *extra)
+
+
+def given(value: float, fallback: float | None = None) -> float | None:
+    """A request's knob, or ``fallback`` (None: the model's saved default) when it is negative."""
+    return fallback if value < 0 else value
+
+
+def request_images(model_input: Any) -> torch.Tensor:
+    array = np.asarray(model_input, dtype=np.float32)
+    if array.ndim == 3:  # (N, h, w): one channel implied
+        array = array[:, None]
+    if array.ndim != 4 or array.shape[1] != 1:
+        raise ValueError(f"expected images shaped (N, 1, h, w) in [0, 1], got {array.shape}")
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def request_reports(model_input: Any) -> list[str]:
+    """Report texts from a request: a DataFrame's ``report`` (or only) column, or a list."""
+    if hasattr(model_input, "columns"):
+        column = "report" if "report" in model_input.columns else model_input.columns[0]
+        return [str(text) for text in model_input[column].tolist()]
+    return [str(text) for text in np.asarray(model_input, dtype=object).reshape(-1).tolist()]
+
+
+def report_example(folder: Path) -> pd.DataFrame:
+    return pd.DataFrame({"report": ["Small right pleural effusion. No pneumothorax."]})
+
+
+def gray(size: int) -> np.ndarray:
+    return np.full((1, 1, size, size), 0.5, np.float32)
+
+
+def native_size(folder: Path) -> int:
+    """The image size a diffusion model folder was trained at (its UNet's, times its VAE's
+    downsampling), read from the configs without loading weights."""
+    folder = Path(folder)
+    size = int(json.loads((folder / "unet" / "config.json").read_text())["sample_size"])
+    if (folder / "vae" / "config.json").exists():
+        size *= 2 ** (len(json.loads((folder / "vae" / "config.json").read_text())["block_out_channels"]) - 1)
+    return size
+
+
+def model_description(folder: Path) -> dict:
+    return json.loads((Path(folder) / "model.json").read_text())
+
+
+# --- The kind -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    key: str  # models/current/<key>.json, and the "kind" a diffusion model folder's model.json names
+    asset: str  # the Dagster asset that trains it
+    registered_name: str  # MLflow Model Registry name
+    folder: str  # training runs under models/<folder>/<run key>/
+    title: str  # for people: reports, the app
+    description: str  # the registered model's description
+    recipe: type[TrainingRecipe]  # the default recipe
+    plan: Callable[..., list[TrainingPlan]]  # (recipe, paths, profile name) -> the trainings to run
+    serving: ServingSpec
+    train: Optional[Callable[..., TrainingOutcome]] = None  # (job, progress=, stop_after=): diffusion kinds
+    pipeline: Optional[type] = None  # the loaded-model class (diffusers habit: from_pretrained, __call__)
+    unet_profiles: Optional[dict[str, UNetProfile]] = None  # by profile name
+    evaluated_by: Optional[str] = None  # the evaluation asset whose promotion names the champion
+    suite: Optional[Callable[..., Any]] = None  # the evaluation suite scoring it (cxr_pipeline.evaluation)
+    per_scale: bool = False  # one registered model per scale (``<key>_x<scale>``)
+
+    def at_scale(self, scale: int) -> ModelKind:
+        """The per-scale kind (latent SR): key ``latent_sr_x4``, name ``cxr-latent-sr-x4``."""
+        if not self.per_scale:
+            raise ValueError(f"{self.key} is not trained per scale")
+        return dataclasses.replace(self, key=f"{self.key}_x{scale}", registered_name=f"{self.registered_name}-x{scale}",
+                                   title=f"{self.title} x{scale}", description=f"{self.title} x{scale} (EMA weights)",
+                                   per_scale=False)
+
+    def holds(self, folder_kind: str) -> bool:
+        """Whether a model folder's own kind (model.json) is this kind, at any scale for per-scale kinds."""
+        if self.per_scale:
+            prefix = f"{self.key}_x"
+            return folder_kind.startswith(prefix) and folder_kind[len(prefix):].isdigit()
+        return folder_kind == self.key
+
+    def unet(self, profile: str, size: int, in_channels: int, out_channels: int, *,
+             widths: Optional[tuple[int, ...]] = None, num_class_embeds: Optional[int] = None,
+             cross_attention_dim: Optional[int] = None) -> UNetConfig:
+        """The kind's UNet at ``profile`` (sizes from the data), with ``widths`` when set."""
+        return self.unet_profiles[profile].config(size, in_channels, out_channels, num_class_embeds, widths,
+                                                  cross_attention_dim)

@@ -1,0 +1,50 @@
+"""The CXR feature network: a pathology classifier on the single-label classes whose features
+and predictions score the generators (fd_cxr, KID, conditional accuracy). ``cxr-feature-classifier``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..data.image_store import ImageStore
+from ..data.labels.metadata import content_hash
+from ..data.labels.vocabulary import DEFAULT_CLASSES
+from ..models.classifier import ClassifierConfig, embed, load_classifier, train_classifier
+from ..settings import WorkPaths
+from .base import IMAGES, VECTORS, ModelKind, ServingSpec, TrainingPlan, TrainingRecipe, gray, request_images
+
+
+@dataclass(frozen=True)
+class Recipe(TrainingRecipe):
+    steps: int = 600
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    eval_every: int = 100  # validation AUROC every this many steps
+    classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
+
+
+def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
+    metadata = pd.read_parquet(paths.metadata)
+    data_hash = content_hash(metadata)
+    network = ClassifierConfig(widths=recipe.widths()) if recipe.widths() else ClassifierConfig()
+    train_config = recipe.train_config()
+    params = {**{f"classifier.{k}": v for k, v in network.as_dict().items()},
+              **{f"train.{k}": v for k, v in train_config.identity().items()}, "classes": ",".join(recipe.classes)}
+
+    def run(progress):
+        return train_classifier(metadata, ImageStore(paths.image_store), recipe.classes, network, train_config,
+                                paths.models / CLASSIFIER.folder, data_hash, progress=progress), {}
+
+    return [TrainingPlan(CLASSIFIER, data_hash, params, run=run)]
+
+
+SERVING = ServingSpec(lambda folder, device: load_classifier(folder, device)[0],
+                      lambda model, x, p: embed(model, request_images(x))[1].astype(np.float32),
+                      lambda folder: gray(32), "float32", IMAGES, VECTORS)
+
+CLASSIFIER = ModelKind(
+    key="classifier", asset="cxr_classifier", registered_name="cxr-feature-classifier", folder="classifier",
+    title="CXR feature classifier", description="CXR feature network for fd_cxr, KID and conditional accuracy",
+    recipe=Recipe, plan=plan, serving=SERVING)

@@ -1,0 +1,69 @@
+"""The one path from a planned training to the registry, for every model kind: one MLflow run
+with the parameters, the training (which logs its own curves), the final validation metrics,
+the preview grids, the model folder as a pyfunc model and a registered version; then the model
+record downstream steps read (``models/current/<key>.json``).
+
+The caller opens the MLflow run (``start_run(run_name, tags)``), so the Dagster layer can tag it
+with its lineage while scripts and notebooks open a plain run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow
+import numpy as np
+
+from . import serving, tracking
+from .kinds import TrainingPlan
+from .model_record import ModelRecord
+from .models.training import TrainingOutcome
+from .settings import WorkPaths
+
+StartRun = Callable[[str, dict], AbstractContextManager]
+
+
+@dataclass
+class Registered:
+    outcome: TrainingOutcome
+    record: ModelRecord
+    run: Any  # the MLflow run (info.run_id, info.experiment_id)
+    reported: dict = field(default_factory=dict)  # what the training reported beside its outcome
+
+    @property
+    def last_preview(self) -> np.ndarray | None:
+        previews = self.outcome.previews
+        return previews[max(previews)] if previews else None
+
+
+def plan_params(plan: TrainingPlan) -> dict:
+    """The MLflow params of a planned training: a diffusion job's training config and schedule,
+    then the kind's own."""
+    if plan.job is None:
+        return dict(plan.params)
+    job = plan.job
+    return {**{f"train.{k}": v for k, v in job.train.identity().items()},
+            "timesteps": job.schedule.timesteps, "beta_schedule": job.schedule.beta_schedule,
+            "prediction_type": job.schedule.prediction_type, "snr_gamma": job.schedule.snr_gamma, **plan.params}
+
+
+def train_and_register(plan: TrainingPlan, paths: WorkPaths, start_run: StartRun,
+                       train: Callable[[str], tuple[TrainingOutcome, dict]], extra_params: dict | None = None) -> Registered:
+    """``train(mlflow_run_id)`` trains (in this process or another) and returns the outcome and
+    what it reported."""
+    kind = plan.kind
+    with start_run(kind.registered_name, {"data.split_hash": plan.data_hash, "model": kind.registered_name}) as run:
+        mlflow.log_params({**plan_params(plan), **(extra_params or {})})
+        outcome, reported = train(run.info.run_id)
+        if outcome.metrics:
+            mlflow.log_metrics({f"final_{k}": v for k, v in outcome.metrics.items()})
+        for step, grid in sorted(outcome.previews.items()):
+            mlflow.log_image(np.asarray(grid), f"samples/step_{step:07d}.png")
+        version = str(serving.log_pyfunc(outcome.model_dir, kind.registered_name).registered_model_version)
+        tracking.describe_registered_model(kind.registered_name, kind.description)
+    record = ModelRecord(outcome.model_dir, run.info.run_id, kind.registered_name, version, plan.data_hash)
+    record.write(paths.model_pointer(kind.key))
+    return Registered(outcome, record, run, reported)
