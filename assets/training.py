@@ -103,7 +103,7 @@ def train_kind(context: dg.AssetExecutionContext, kind: ModelKind, recipe: Train
         plans = kind.plan(recipe, paths, settings.profile_spec().name)
     except (ValueError, FileNotFoundError) as error:  # inputs this asset cannot train on: a retry repeats it
         raise dg.Failure(str(error), allow_retries=False) from error
-    launcher = getattr(recipe, "launcher", "in_process")
+    launcher = getattr(recipe, "launcher", "in_process")  # only diffusion recipes can train out of process
     done = []
     for plan in plans:
         def train(run_id: str, plan: TrainingPlan = plan) -> tuple[TrainingOutcome, dict]:

@@ -92,9 +92,9 @@ class EvaluationOutcome:
         return {k: float(round(v, 5)) for k, v in self.metrics.items() if is_headline(k) and np.isfinite(v)}
 
     def promotion_summary(self) -> str:
-        return "\n\n".join(f"**{p.registered_model} v{d.version}**: "
-                           f"{'promoted to champion' if d.promoted else 'not promoted'} ({d.reason})\n\n"
-                           + markdown_table(d.table()) for p, d, _ in self.promotions)
+        return "\n\n".join(f"**{p.record.registered_model} v{p.decision.version}**: "
+                           f"{'promoted to champion' if p.decision.promoted else 'not promoted'} "
+                           f"({p.decision.reason})\n\n" + markdown_table(p.decision.table()) for p in self.promotions)
 
     def baseline_verdicts(self) -> list[promotion.BaselineVerdict]:
         return promotion.against_baselines(self.must_beat, self.metrics)
@@ -125,15 +125,14 @@ def degraded_images(pair_dir: Path, rows: pd.DataFrame) -> torch.Tensor:
     return stored_images(ImageStore(pair_dir), index)
 
 
-def training_curve(pointer: ModelRecord, title: str) -> Figure:
-    steps, losses = tracking.metric_history(pointer.mlflow_run_id, "train_loss")
+def training_curve(record: ModelRecord, title: str) -> Figure:
+    steps, losses = tracking.metric_history(record.mlflow_run_id, "train_loss")
     image = line_plot({"train loss": (steps, losses)}, f"{title}: training loss", "loss", log_y=True)
-    return Figure(f"{title}: training loss", image, f"{pointer.label}, "
-                                                    f"MLflow run {pointer.mlflow_run_id}")
+    return Figure(f"{title}: training loss", image, f"{record.label}, MLflow run {record.mlflow_run_id}")
 
 
 def split_description(rows: pd.DataFrame, evaluated: list[tuple[ModelRecord, dict]]) -> str:
-    models = ", ".join(f"{p.label}" for p, _ in evaluated)
+    models = ", ".join(p.label for p, _ in evaluated)
     return (f"{models}, evaluated on the test split: {len(rows)} images of {rows['patient_key'].nunique()} patients "
             f"(patient-level split, no patient shared with train or val). All intensities in [0, 1]; PSNR in dB with "
             f"data range 1.")
@@ -151,20 +150,17 @@ class Promotion:
     decision: Decision
     comparison_key: str
 
-    def __iter__(self):
-        return iter((self.record, self.decision, self.comparison_key))
-
     def publish(self) -> None:
         promotion.record_and_promote(self.record.registered_model, self.decision, self.comparison_key)
 
 
-def challenge_champion(pointer: ModelRecord, metrics: dict[str, float], rule: PromotionRule, comparison_key: str,
+def challenge_champion(record: ModelRecord, metrics: dict[str, float], rule: PromotionRule, comparison_key: str,
                        evaluate: Callable[[str], dict[str, float]], registry_cache: Path,
                        log: Log = print) -> tuple[Promotion, Section]:
     """Challenger against champion on the same test split (``comparison_key``): the champion's
     recorded figures when its evaluation used the same split, else it is evaluated again now
     (``evaluate`` takes a model folder). Decides only: nothing is written to the registry here."""
-    name, version = pointer.registered_model, str(pointer.version)
+    name, version = record.registered_model, str(record.version)
     champion_version, champion_tags = promotion.current_champion(name) or (None, {})
     champion_metrics = None
     if champion_version is not None and champion_version != version:
@@ -177,7 +173,7 @@ def challenge_champion(pointer: ModelRecord, metrics: dict[str, float], rule: Pr
     log(f"{name} v{version}: {verb} ({decision.reason})")
     text = (f"{name} v{version} is the challenger. Rule: {rule.metric} must improve; "
             f"{', '.join(rule.guards) or 'no guard'} must not get worse. Decision: {verb}: {decision.reason}.")
-    return (Promotion(pointer, decision, comparison_key),
+    return (Promotion(record, decision, comparison_key),
             Section(f"Promotion: {name}", text, [Table("Challenger against champion", decision.table())]))
 
 
@@ -214,7 +210,7 @@ def super_resolution_suite(models: Sequence[tuple[int, ModelRecord]], rows: pd.D
                            budget: SamplingBudget, policy: PromotionPolicy, registry_cache: Path, *,
                            full_chain: bool = False, lr_start_strength: Optional[float] = 0.3,
                            log: Log = print) -> EvaluationOutcome:
-    """Each latent SR model ((scale, pointer) pairs) on ``rows`` against bicubic, bicubic through
+    """Each latent SR model ((scale, record) pairs) on ``rows`` against bicubic, bicubic through
     the VAE and the VAE ceiling, then promotion per scale."""
     if not models:
         raise FileNotFoundError("no trained latent SR model: materialize latent_sr first")
@@ -223,7 +219,7 @@ def super_resolution_suite(models: Sequence[tuple[int, ModelRecord]], rows: pd.D
                                 params={**asdict(budget), "full_chain": full_chain,
                                         "lr_start_strength": lr_start_strength})
     tables, scores = [], []
-    for scale, pointer in models:
+    for scale, record in models:
         low_resolution = degraded_images(sr_pair_dir(pairs_root, scale), rows)
 
         def evaluate(model_dir: str):
@@ -233,15 +229,15 @@ def super_resolution_suite(models: Sequence[tuple[int, ModelRecord]], rows: pd.D
                 lr_start_strength=lr_start_strength, spread_seeds=budget.spread_seeds,
                 spread_images=budget.spread_images, seed=budget.seed, resamples=budget.bootstrap_resamples)
 
-        log(f"evaluating {pointer.label} on {len(rows)} test images")
-        scored = score_and_challenge(pointer, evaluate, lambda r: (r.metrics(), r.must_beat()), policy,
+        log(f"evaluating {record.label} on {len(rows)} test images")
+        scored = score_and_challenge(record, evaluate, lambda r: (r.metrics(), r.must_beat()), policy,
                                      promotion.split_key(rows["image_id"]), registry_cache, log, scale=scale)
         result = scored.results
         section = result.section()
-        section.figures.append(training_curve(pointer, f"Latent SR x{scale}"))
+        section.figures.append(training_curve(record, f"Latent SR x{scale}"))
         outcome.report.sections += [section, scored.promotion_section]
         outcome.metrics.update(scored.metrics)
-        outcome.evaluated.append((pointer, scored.metrics))
+        outcome.evaluated.append((record, scored.metrics))
         outcome.promotions.append(scored.promotion)
         outcome.must_beat += scored.must_beat
         tables.append(f"**x{scale}**\n\n" + markdown_table(result.table()))
@@ -264,7 +260,7 @@ def arbitrary_scale_inputs(high_resolution: torch.Tensor, image_ids: Sequence[st
     return inputs
 
 
-def arbitrary_super_resolution_suite(pointer: ModelRecord, fixed_models: Sequence[tuple[int, ModelRecord]], rows: pd.DataFrame,
+def arbitrary_super_resolution_suite(record: ModelRecord, fixed_models: Sequence[tuple[int, ModelRecord]], rows: pd.DataFrame,
                                      image_store: Path, scales: Sequence[float], budget: SamplingBudget,
                                      policy: PromotionPolicy, registry_cache: Path, *, degradation_mix: bool = True,
                                      pair_seed: int = 0, log: Log = print) -> EvaluationOutcome:
@@ -297,11 +293,11 @@ def arbitrary_super_resolution_suite(pointer: ModelRecord, fixed_models: Sequenc
 
     # every scale must beat bicubic; the champion is rescored without the fixed-scale comparison
     scored = score_and_challenge(
-        pointer, lambda folder: evaluate(folder, compare=True),
+        record, lambda folder: evaluate(folder, compare=True),
         lambda results: (merged_metrics(results), tuple(pair for _, result in results for pair in result.must_beat())),
         policy, promotion.split_key(rows["image_id"]), registry_cache, log, rescore=evaluate)
     results, metrics, must_beat, promotion_section = scored.results, scored.metrics, scored.must_beat, scored.promotion_section
-    low, high = describe(pointer.model_dir)["scale_range"]
+    low, high = describe(record.model_dir)["scale_range"]
     def gains_of(method: str) -> tuple[list, list, list, list]:
         points = [(scale, r.gains[method]) for scale, r in results if method in r.gains]
         return ([s for s, _ in points], [g.mean for _, g in points], [g.ci_low for _, g in points],
@@ -325,18 +321,18 @@ def arbitrary_super_resolution_suite(pointer: ModelRecord, fixed_models: Sequenc
     table = pd.DataFrame(rows_)
     sections = [Section("Gain by scale", "", [Table("Arbitrary-scale SR by scale", table)], [plot])]
     sections += [result.section() for _, result in results]
-    sections += [Section("Training", figures=[training_curve(pointer, "Arbitrary-scale SR")]), promotion_section]
-    evaluated = [(pointer, metrics)]
+    sections += [Section("Training", figures=[training_curve(record, "Arbitrary-scale SR")]), promotion_section]
+    evaluated = [(record, metrics)]
     return EvaluationOutcome(
         "arbitrary_sr_evaluation", Report("Arbitrary-scale super-resolution evaluation",
                                           split_description(rows, evaluated), sections),
         metrics, evaluated, [scored.promotion], must_beat, markdown_table(table),
         params={**asdict(budget), "scales": list(scales), "degradation_mix": degradation_mix, "pair_seed": pair_seed,
-                "fixed_scale_models": ", ".join(f"{p.label}" for _, p in fixed_models)},
+                "fixed_scale_models": ", ".join(p.label for _, p in fixed_models)},
         scores=pd.concat([r.scores.assign(task=r.task) for _, r in results], ignore_index=True))
 
 
-def denoising_suite(pointer: ModelRecord, rows: pd.DataFrame, val_rows: pd.DataFrame, image_store: Path, pairs_root: Path,
+def denoising_suite(record: ModelRecord, rows: pd.DataFrame, val_rows: pd.DataFrame, image_store: Path, pairs_root: Path,
                     doses: Sequence[float], budget: SamplingBudget, policy: PromotionPolicy, registry_cache: Path, *,
                     nlm_factors: Sequence[float], strengths: Sequence[float], log: Log = print) -> EvaluationOutcome:
     """The low-dose denoiser per dose level on ``rows``, against the noisy input and non-local
@@ -367,23 +363,23 @@ def denoising_suite(pointer: ModelRecord, rows: pd.DataFrame, val_rows: pd.DataF
         return {k: v for result in results for k, v in result.metrics().items()}
 
     scored = score_and_challenge(  # every dose level must beat NLM
-        pointer, evaluate,
+        record, evaluate,
         lambda results: (merged_metrics(results), tuple(pair for result in results for pair in result.must_beat())),
         policy, promotion.split_key(rows["image_id"]), registry_cache, log)
     results, metrics, must_beat, promotion_section = scored.results, scored.metrics, scored.must_beat, scored.promotion_section
     sections = [result.section() for result in results]
-    sections += [Section("Training", figures=[training_curve(pointer, "Low-dose denoiser")]), promotion_section]
+    sections += [Section("Training", figures=[training_curve(record, "Low-dose denoiser")]), promotion_section]
     tables = [f"**I0 = {r.task.removeprefix('denoise_i0_')}**\n\n" + markdown_table(r.table()) for r in results]
     return EvaluationOutcome(
-        "denoising_evaluation", Report("Low-dose denoising evaluation", split_description(rows, [(pointer, metrics)]),
+        "denoising_evaluation", Report("Low-dose denoising evaluation", split_description(rows, [(record, metrics)]),
                                        sections),
-        metrics, [(pointer, metrics)], [scored.promotion], must_beat, "\n\n".join(tables),
+        metrics, [(record, metrics)], [scored.promotion], must_beat, "\n\n".join(tables),
         params={**asdict(budget), "nlm_factors": list(nlm_factors), "strengths": list(strengths),
                 "val_images": len(val_rows)},
         scores=pd.concat([r.scores.assign(task=r.task) for r in results], ignore_index=True))
 
 
-def generation_suite(pointer: ModelRecord, classifier: ModelRecord, rows: pd.DataFrame, val_rows: pd.DataFrame, image_store: Path,
+def generation_suite(record: ModelRecord, classifier: ModelRecord, rows: pd.DataFrame, val_rows: pd.DataFrame, image_store: Path,
                      budget: SamplingBudget, policy: PromotionPolicy, registry_cache: Path, *,
                      samples_per_class: int = 10, fd_samples: Optional[int] = None,
                      guidance_scale: Optional[float] = None, inception_weights: Optional[str] = None,
@@ -404,25 +400,25 @@ def generation_suite(pointer: ModelRecord, classifier: ModelRecord, rows: pd.Dat
 
     # fd_cxr and KID depend on the feature network: a comparison needs the same classifier too.
     comparison_key = f"{promotion.split_key(rows['image_id'])}-classifier-v{classifier.version}"
-    scored = score_and_challenge(pointer, evaluate, lambda r: (r.metrics(), r.must_beat()), policy, comparison_key,
+    scored = score_and_challenge(record, evaluate, lambda r: (r.metrics(), r.must_beat()), policy, comparison_key,
                                  registry_cache, log)
     result, metrics, promotion_section = scored.results, scored.metrics, scored.promotion_section
     log(f"fid_inception: {result.fid.reason}")
     section = result.section()
-    section.figures.append(training_curve(pointer, "Class-conditional DDPM"))
+    section.figures.append(training_curve(record, "Class-conditional DDPM"))
     report = Report("Class-conditional generation evaluation",
-                    f"{pointer.label} scored with {classifier.registered_model} "
+                    f"{record.label} scored with {classifier.registered_model} "
                     f"v{classifier.version} against the {len(rows)} single-label test images.",
                     [section, promotion_section])
     return EvaluationOutcome(
-        "generation_evaluation", report, metrics, [(pointer, metrics)], [scored.promotion], scored.must_beat,
+        "generation_evaluation", report, metrics, [(record, metrics)], [scored.promotion], scored.must_beat,
         markdown_table(result.headline()) + "\n\n" + markdown_table(result.per_class()),
         params={**asdict(budget), "samples_per_class": samples_per_class, "fd_samples": fd_samples,
                 "guidance_scale": guidance_scale, "fid_inception": result.fid.reason,
                 "classifier": f"v{classifier.version}"})
 
 
-def text_generation_suite(pointer: ModelRecord, classifier: ModelRecord, metadata: pd.DataFrame, image_store: Path,
+def text_generation_suite(record: ModelRecord, classifier: ModelRecord, metadata: pd.DataFrame, image_store: Path,
                           budget: SamplingBudget, policy: PromotionPolicy, registry_cache: Path, *,
                           guidance_scales: Sequence[float] = GUIDANCE_SWEEP, guidance_scale: Optional[float] = None,
                           consistency_samples: int = 2, max_test_reports: Optional[int] = None,
@@ -444,26 +440,26 @@ def text_generation_suite(pointer: ModelRecord, classifier: ModelRecord, metadat
 
     # compared only on the same test reports and images, under the same feature network
     comparison_key = f"{promotion.split_key(test.image_ids)}-classifier-v{classifier.version}"
-    scored = score_and_challenge(pointer, evaluate, lambda r: (r.metrics(), r.must_beat()), policy, comparison_key,
+    scored = score_and_challenge(record, evaluate, lambda r: (r.metrics(), r.must_beat()), policy, comparison_key,
                                  registry_cache, log)
     result, metrics, promotion_section = scored.results, scored.metrics, scored.promotion_section
     log(f"guidance {result.guidance:g} (chosen on val), prompt consistency {result.consistency:.3f}")
     section = result.section()
-    section.figures.append(training_curve(pointer, "Text-conditional LDM"))
+    section.figures.append(training_curve(record, "Text-conditional LDM"))
     report = Report("Text-conditional generation evaluation",
-                    f"{pointer.label} sampled from the {len(test)} test reports of "
+                    f"{record.label} sampled from the {len(test)} test reports of "
                     f"{len(set(test.patients))} patients, scored with {classifier.registered_model} "
                     f"v{classifier.version}; guidance chosen on {len(val)} val reports.",
                     [section, promotion_section])
     return EvaluationOutcome(
-        "text_generation_evaluation", report, metrics, [(pointer, metrics)], [scored.promotion], scored.must_beat,
+        "text_generation_evaluation", report, metrics, [(record, metrics)], [scored.promotion], scored.must_beat,
         markdown_table(result.headline()) + "\n\n" + markdown_table(result.per_class()),
         params={**asdict(budget), "guidance_scales": list(guidance_scales), "guidance_scale": guidance_scale,
                 "guidance_chosen": result.guidance, "consistency_samples": consistency_samples,
                 "classifier": f"v{classifier.version}", "test_reports": len(test), "val_reports": len(val)})
 
 
-def synthetic_utility_suite(class_pointer: ModelRecord, text_pointer: ModelRecord, metadata: pd.DataFrame, image_store: Path,
+def synthetic_utility_suite(class_record: ModelRecord, text_record: ModelRecord, metadata: pd.DataFrame, image_store: Path,
                             runs_root: Path, arms: Sequence[str], *, profile: UtilityProfile, ratio: float = 1.0,
                             ddim_steps: int = 10, class_guidance: Optional[float] = None,
                             text_guidance: Optional[float] = None, bootstrap_resamples: int = 2000, seed: int = 0,
@@ -474,14 +470,14 @@ def synthetic_utility_suite(class_pointer: ModelRecord, text_pointer: ModelRecor
     data_hash = content_hash(metadata)
     chosen = arms_named(arms)
     used = {g for arm in chosen for g in arm.generators}
-    pointers = {CLASS_GENERATOR: class_pointer, TEXT_GENERATOR: text_pointer}
+    records = {CLASS_GENERATOR: class_record, TEXT_GENERATOR: text_record}
     for generator in sorted(used):
-        pointer = pointers[generator]
-        if pointer.data_hash != data_hash:
-            raise ValueError(f"{pointer.label} was trained on other data "
-                             f"({pointer.data_hash}, now {data_hash}): its training split may hold today's "
+        record = records[generator]
+        if record.data_hash != data_hash:
+            raise ValueError(f"{record.label} was trained on other data "
+                             f"({record.data_hash}, now {data_hash}): its training split may hold today's "
                              f"val or test images. Re-materialize it before this experiment.")
-    class_names = list(describe(Path(class_pointer.model_dir))["class_names"])
+    class_names = list(describe(Path(class_record.model_dir))["class_names"])
     store = ImageStore(image_store)
     train_rows, val_rows, test_rows = (labelled_rows(metadata, split) for split in ("train", "val", "test"))
     if train_rows.empty or val_rows.empty or test_rows.empty:
@@ -490,16 +486,16 @@ def synthetic_utility_suite(class_pointer: ModelRecord, text_pointer: ModelRecor
     plan = pool_plan(chosen, real_counts, ratio)
     sampling = {"ddim_steps": ddim_steps, "class_guidance": class_guidance, "text_guidance": text_guidance,
                 "seed": seed}
-    pool_key = run_key("synthetic_pool", {g: pointers[g].model_dir for g in plan}, {g: c.tolist() for g, c in plan.items()},
+    pool_key = run_key("synthetic_pool", {g: records[g].model_dir for g in plan}, {g: c.tolist() for g, c in plan.items()},
                        sampling, data_hash)
     pool_dir = Path(runs_root) / "pools" / pool_key
 
     def class_sampler(ids: list[int], at: int) -> torch.Tensor:
-        model = ClassConditionalGenerator.from_pretrained(class_pointer.model_dir, device)
+        model = ClassConditionalGenerator.from_pretrained(class_record.model_dir, device)
         return model(ids, guidance=class_guidance, steps=ddim_steps, seed=at).cpu()
 
     def text_sampler(reports: list[str], at: int) -> torch.Tensor:
-        model = TextConditionalGenerator.from_pretrained(text_pointer.model_dir, device)
+        model = TextConditionalGenerator.from_pretrained(text_record.model_dir, device)
         return model(reports, guidance=text_guidance, steps=ddim_steps, seed=at).cpu()
 
     pool = generate_pool(plan, class_names, training_reports(train_rows), {CLASS_GENERATOR: class_sampler,
@@ -539,8 +535,8 @@ def synthetic_utility_suite(class_pointer: ModelRecord, text_pointer: ModelRecor
                                     examples, test_images=len(test_rows),
                                     test_patients=int(test_rows["patient_key"].nunique()))
     metrics = result.metrics()
-    evaluated = [(pointers[g], metrics) for g in GENERATORS if g in used]
-    names = ", ".join(f"{pointers[g].label}" for g in GENERATORS if g in used)
+    evaluated = [(records[g], metrics) for g in GENERATORS if g in used]
+    names = ", ".join(records[g].label for g in GENERATORS if g in used)
     report = Report("Synthetic data utility",
                     f"Does training on images from {names} help a classifier of real radiographs? "
                     f"{len(chosen)} arms x {profile.seeds} seeds, scored on {len(test_rows)} real test images.",

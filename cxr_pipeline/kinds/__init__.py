@@ -5,7 +5,7 @@ here; nothing outside this package branches on a model's name.
 
 Adding a kind: a module here (recipe, profiles, ``plan``, ``train`` for diffusion kinds, pipeline,
 serving spec, evaluation suite, ``ModelKind``), its line in ``KINDS``, and its asset
-(see docs/models.md).
+(see docs/architecture.md).
 """
 
 from __future__ import annotations

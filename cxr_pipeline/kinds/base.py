@@ -4,7 +4,7 @@ the app, the Dagster assets, bench scripts), instead of branching on its name.
 A kind owns its names (registry name, pointer key, runs folder, asset), its default recipe
 (a dataclass of hyperparameters, with the why of each value beside it), its named UNet profiles,
 how one training is planned and run, its pipeline class, its serving spec and its evaluation
-suite. ``docs/models.md`` lists the steps to add one.
+suite. ``docs/architecture.md`` lists the steps to add one.
 """
 
 from __future__ import annotations
