@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from .data.atomic import atomic_folder
-from .settings import tracking_uri_for, work_home
+from .settings import WorkPaths, tracking_uri_for, work_home
 
 PIPELINE_ARTIFACT = "pipeline"
 
@@ -80,7 +80,7 @@ def resolve_model(model: str | Path, alias: str = "champion", tracking_uri: str 
     except MlflowException as error:
         raise FileNotFoundError(f"{model!r} is neither a model folder nor a registered model with alias "
                                 f"{alias!r} in {uri}{_why_no_alias(MlflowClient(tracking_uri=uri), str(model))}") from error
-    return registry_folder(str(model), str(version.version), home / "models" / "registry", uri)
+    return registry_folder(str(model), str(version.version), WorkPaths(home).registry_cache, uri)
 
 
 def _why_no_alias(client: MlflowClient, name: str) -> str:

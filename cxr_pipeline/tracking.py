@@ -1,9 +1,7 @@
 """MLflow plumbing shared by every training and evaluation step (no Dagster here).
 
-Default store: SQLite under the work folder, so the Model Registry works with no server.
-Models are registered as pyfunc models (serving.py) whose one artifact is the model folder
-(safetensors + config files, diffusers style), so ``mlflow.pyfunc.load_model`` and ``mlflow
-models serve`` work, and the library reads the folder inside a downloaded version directly.
+Runs, metrics and tags; registering a plain folder. Resolving a registered name to a model
+folder is ``model_source.py``; registered models as pyfunc models are ``serving.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-
 
 
 # MLflow 3's UI opens an experiment in its GenAI view unless told what kind of work it holds.

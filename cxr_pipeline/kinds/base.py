@@ -203,10 +203,6 @@ def native_size(folder: Path) -> int:
     return size
 
 
-def model_description(folder: Path) -> dict:
-    return json.loads((Path(folder) / "model.json").read_text())
-
-
 # --- The kind -----------------------------------------------------------------------------------------
 
 

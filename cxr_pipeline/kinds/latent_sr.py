@@ -14,11 +14,11 @@ from ..data.labels.metadata import content_hash
 from ..evaluation.suites import super_resolution_suite
 from ..model_record import current_model
 from ..models import diffusion_training
-from ..models.diffusion import UNetProfile
+from ..models.diffusion import UNetProfile, describe
 from ..models.pipelines import LatentSuperResolution
 from ..settings import WorkPaths
 from .base import (IMAGES, DiffusionRecipe, ModelKind, ServingSpec, TrainingJob, TrainingPlan, given, gray,
-                   model_description, native_size, request_images, sampling_params)
+                   native_size, request_images, sampling_params)
 from .vae import VAE
 
 # Widths by profile (next to the VAE's): the demo trains in CPU minutes, full is the size
@@ -71,7 +71,7 @@ def train(job: TrainingJob, progress=None, stop_after: int | None = None):
 SERVING = ServingSpec(
     LatentSuperResolution.from_pretrained,
     lambda sr, x, p: sr(request_images(x), seed=p["seed"], steps=p["steps"], strength=given(p["strength"], 1.0)).numpy(),
-    lambda folder: gray(native_size(folder) // int(model_description(folder)["scale"])),
+    lambda folder: gray(native_size(folder) // int(describe(folder)["scale"])),
     "float32", IMAGES, IMAGES, sampling_params(("strength", "double", 1.0)))
 
 LATENT_SR = ModelKind(
