@@ -74,6 +74,8 @@ class EvaluationConfig(dg.Config):
     promotion_metric: str = ""
     promotion_guards: list[str] = []
     promotion_tolerance: float = 0.0
+    # Fine detail (metrics/detail.py) may not fall below the champion's beyond the challenger's interval.
+    promotion_detail_guards: list[str] = []
 
     def budget(self) -> SamplingBudget:
         return SamplingBudget(ddim_steps=self.ddim_steps, spread_seeds=self.spread_seeds,
@@ -81,7 +83,8 @@ class EvaluationConfig(dg.Config):
                               seed=self.seed, device=self.device)
 
     def policy(self) -> PromotionPolicy:
-        return PromotionPolicy(self.promotion_metric, tuple(self.promotion_guards), self.promotion_tolerance)
+        return PromotionPolicy(self.promotion_metric, tuple(self.promotion_guards), self.promotion_tolerance,
+                               tuple(self.promotion_detail_guards))
 
 
 BEATS_BASELINE = "beats_classical_baseline"
@@ -131,6 +134,7 @@ class SrEvaluationConfig(EvaluationConfig):
     lr_start_strength: Optional[float] = 0.3  # also sample from the LR latent noised to this share of T; None: off
     promotion_metric: str = "psnr_sr_x{scale}_ddim"
     promotion_guards: list[str] = ["lr_consistency_psnr_sr_x{scale}_ddim"]
+    promotion_detail_guards: list[str] = ["detail_sr_x{scale}_ddim"]
 
 
 @dg.asset(group_name="evaluation", deps=[latent_sr, sr_pairs], kinds={"pytorch", "mlflow"},
@@ -160,6 +164,7 @@ class ArbitrarySrEvaluationConfig(EvaluationConfig):
     pair_seed: int = 0
     promotion_metric: str = "psnr_gain_sr_mean_arbitrary"  # the paired gain over bicubic, averaged over scales
     promotion_guards: list[str] = ["lr_consistency_psnr_sr_x4_arbitrary"]
+    promotion_detail_guards: list[str] = ["detail_sr_x4_arbitrary"]
 
 
 @dg.asset(group_name="evaluation", deps=[arbitrary_sr, latent_sr, sr_pairs], kinds={"pytorch", "mlflow"},
@@ -191,6 +196,7 @@ class DenoisingEvaluationConfig(EvaluationConfig):
     val_images: int = 24  # validation images both are tuned on
     promotion_metric: str = "psnr_denoise_i0_1000_diffusion"  # the lowest dose: the hardest case
     promotion_guards: list[str] = ["ssim_denoise_i0_1000_diffusion"]
+    promotion_detail_guards: list[str] = ["detail_denoise_i0_1000_diffusion"]
 
 
 @dg.asset(group_name="evaluation", deps=[low_dose_denoiser, low_dose_pairs], kinds={"pytorch", "mlflow"},
@@ -218,6 +224,7 @@ class GenerationEvaluationConfig(EvaluationConfig):
     fid_inception_sha256: Optional[str] = None  # pin the file's full digest
     promotion_metric: str = "fd_cxr_class_ddpm"
     promotion_guards: list[str] = ["cond_acc_class_ddpm"]
+    promotion_detail_guards: list[str] = ["detail_class_ddpm"]
 
 
 @dg.asset(group_name="evaluation", deps=[class_ddpm, cxr_classifier], kinds={"pytorch", "mlflow"},
@@ -250,6 +257,7 @@ class TextGenerationEvaluationConfig(EvaluationConfig):
     max_test_reports: Optional[int] = None
     promotion_metric: str = "prompt_consistency_text_ldm"
     promotion_guards: list[str] = ["fd_cxr_text_ldm", "memorized_share_text_ldm_feature"]
+    promotion_detail_guards: list[str] = ["detail_text_ldm"]
 
 
 @dg.asset(group_name="evaluation", deps=[text_ldm, cxr_classifier], kinds={"pytorch", "mlflow"},

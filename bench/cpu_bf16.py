@@ -25,13 +25,14 @@ def models():
     denoiser = kinds.DENOISER.unet_profiles["demo"].config(32, 2, 1).build()
     yield "denoiser (32 px crops, batch 32)", denoiser, \
         lambda: (torch.randn(32, 2, 32, 32), torch.randint(0, 1000, (32,))), lambda m, x, t: m(x, t).sample
-    class_model = kinds.CLASS_DDPM.unet_profiles["demo"].config(16, 4, 4, num_class_embeds=7).build()
-    yield "class (16x16x4 latents, batch 64)", class_model, \
-        lambda: (torch.randn(64, 4, 16, 16), torch.randint(0, 1000, (64,)), torch.randint(0, 7, (64,))), \
+    side = 64 // VAE_PROFILES["demo"].downsampling_factor  # the latent grid at the demo's 64 px
+    class_model = kinds.CLASS_DDPM.unet_profiles["demo"].config(side, 4, 4, num_class_embeds=7).build()
+    yield f"class ({side}x{side}x4 latents, batch 64)", class_model, \
+        lambda: (torch.randn(64, 4, side, side), torch.randint(0, 1000, (64,)), torch.randint(0, 7, (64,))), \
         lambda m, x, t, c: m(x, t, class_labels=c).sample
-    sr = kinds.LATENT_SR.unet_profiles["demo"].config(16, 8, 4).build()
-    yield "latent SR (16x16x8, batch 64)", sr, \
-        lambda: (torch.randn(64, 8, 16, 16), torch.randint(0, 1000, (64,))), lambda m, x, t: m(x, t).sample
+    sr = kinds.LATENT_SR.unet_profiles["demo"].config(side, 8, 4).build()
+    yield f"latent SR ({side}x{side}x8, batch 64)", sr, \
+        lambda: (torch.randn(64, 8, side, side), torch.randint(0, 1000, (64,))), lambda m, x, t: m(x, t).sample
 
 
 def time_steps(module, inputs, forward, steps: int, bf16: bool, channels_last: bool) -> float:

@@ -37,9 +37,11 @@ class PromotionRule:
     tolerance: float = 0.0
     # (model metric, baseline metric) pairs from the same evaluation; the model must be better on each
     must_beat: tuple[tuple[str, str], ...] = ()
+    # must not fall below the champion's value beyond the challenger's own interval (``<metric>_ci_high``)
+    interval_guards: tuple[str, ...] = ()
 
     def metrics(self) -> tuple[str, ...]:
-        return (self.metric, *self.guards)
+        return (self.metric, *self.guards, *self.interval_guards)
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,11 @@ def decide(rule: PromotionRule, version: str, challenger: dict[str, float], cham
         if metric == rule.metric:
             ok = change > rule.min_gain
             verdicts[metric] = f"{'better' if ok else 'not better'} by {change:+.4f}"
+        elif metric in rule.interval_guards:
+            bound = challenger.get(f"{metric}_ci_high" if sign > 0 else f"{metric}_ci_low", challenger[metric])
+            ok = sign * (bound - champion[metric]) >= 0
+            verdicts[metric] = (f"{'within' if ok else 'below'} its interval of the champion's "
+                                f"({change:+.4f}, interval bound {bound:.4f})")
         else:
             ok = change >= -rule.tolerance
             verdicts[metric] = f"{'not worse' if ok else 'worse'} ({change:+.4f})"

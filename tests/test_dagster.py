@@ -231,7 +231,7 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     assert trained["val_psnr"].value > 25.0  # the demo VAE learns (about 31 dB at its 1500 steps)
     assert trained["registered_model"].value == "cxr-vae v1"
     encoded = result.asset_materializations_for_node("latents")[0].metadata
-    assert encoded["latent_shape"].value == [4, 16, 16]
+    assert encoded["latent_shape"].value == [4, 32, 32]  # the demo grid: one downsampling of 64 px
     registered = {
         result.asset_materializations_for_node(name)[0].metadata[key].value
         for name, key in (("latent_sr", "x4_registered_model"), ("class_ddpm", "registered_model"),

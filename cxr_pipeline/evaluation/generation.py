@@ -6,7 +6,9 @@ Two sample sets come from one sampling pass:
   the class mix alone);
 - a *balanced* set, ``samples_per_class`` of each class, for conditional accuracy and diversity.
 Each figure comes with its reference: the classifier's accuracy on real test images, FD/KID
-between real val and real test images (the floor at this sample size), MS-SSIM of real images.
+between real val and real test images (the floor at this sample size), MS-SSIM of real images,
+and the fine-detail ratio (metrics/detail.py) of real val against real test images. FD on a
+findings classifier does not see whether ribs are drawn; the detail ratio does.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..metrics.detail import set_detail_interval, set_detail_ratio
 from ..metrics.distribution import (conditional_accuracy, frechet_distance, kernel_inception_distance,
                                     mean_pairwise_ms_ssim)
 from ..metrics.inception import InceptionFid, inception_fid
@@ -45,12 +48,14 @@ class GenerationEvaluation:
     fid: InceptionFid
     counts: dict[str, int]
     guidance: float
+    detail: tuple[float, float, float]  # the samples' fine-detail ratio against real test images, 95% interval
+    detail_real: float  # real val against real test images
     figures: list[Figure] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
         """Flat MLflow names, ``<metric>_class_ddpm[_<class>]``; FID only when computed."""
         key = MODEL_KEY
-        flat = {f"fd_cxr_{key}": self.fd_cxr, f"kid_{key}": self.kid[0], f"kid_{key}_std": self.kid[1],
+        flat = {f"fd_cxr_{key}": self.fd_cxr, **detail_metrics(key, self.detail, self.detail_real), f"kid_{key}": self.kid[0], f"kid_{key}_std": self.kid[1],
                 f"fd_cxr_{key}_real_reference": self.fd_cxr_real, f"kid_{key}_real_reference": self.kid_real[0],
                 f"cond_acc_{key}": self.cond_acc, f"cond_acc_{key}_real_reference": self.real_accuracy,
                 f"cond_acc_{key}_chance": 1.0 / len(self.class_names),
@@ -81,6 +86,7 @@ class GenerationEvaluation:
              f"{counts['fd_generated']} generated vs {counts['real_test']} real"),
             ("kid", f"{self.kid[0]:.4f} ± {self.kid[1]:.4f}", f"{self.kid_real[0]:.4f} ± {self.kid_real[1]:.4f}",
              f"{counts['fd_generated']} generated vs {counts['real_test']} real"),
+            detail_row(self.detail, self.detail_real, f"{counts['fd_generated']} generated vs {counts['real_test']} real"),
             ("fid_inception", f"{self.fid.value:.2f}" if self.fid.computed else "not computed", "—", self.fid.reason),
             ("cond_acc", f"{self.cond_acc:.3f}", f"{self.real_accuracy:.3f} (classifier on real test images)",
              f"{counts['balanced_generated']} generated, {counts['balanced_generated'] // len(self.class_names)} per class"),
@@ -105,6 +111,17 @@ class GenerationEvaluation:
         tables = [Table("Generation: headline", self.headline()),
                   Table("Generation: per class", self.per_class(), "NaN: no test images of that class.")]
         return Section("Class-conditional generation", text, tables, self.figures)
+
+
+def detail_metrics(key: str, detail: tuple[float, float, float], real: float) -> dict[str, float]:
+    return {f"detail_{key}": detail[0], f"detail_{key}_ci_low": detail[1], f"detail_{key}_ci_high": detail[2],
+            f"detail_{key}_real_reference": real}
+
+
+def detail_row(detail: tuple[float, float, float], real: float, samples: str) -> tuple[str, str, str, str]:
+    """The headline row of the fine-detail ratio: 1 draws the real images' fine anatomy."""
+    return ("detail (fine anatomy, 1 = real)", f"{detail[0]:.3f} [{detail[1]:.3f}, {detail[2]:.3f}]",
+            f"{real:.3f} (real val vs real test)", samples)
 
 
 def _fmt(value: float) -> str:
@@ -142,9 +159,12 @@ def evaluate_generation(model: ClassConditionalGenerator, classifier_dir: Path, 
         diversity[name] = (generated, real)
 
     used_guidance = guidance if guidance is not None else model.description["default_guidance"]
-    figures = [Figure("Samples per class", image_grid(_per_class_rows(balanced_set, balanced, len(class_names)),
-                                                        columns=min(samples_per_class, 8)),
-                      "One row per class, top to bottom: " + ", ".join(class_names) + ".", upscale=2)]
+    columns = min(samples_per_class, 8)
+    figures = [Figure("Samples per class", image_grid(_per_class_rows(balanced_set, balanced, len(class_names), real_test,
+                                                                      labels, columns), columns=columns + 1),
+                      "One row per class, top to bottom: " + ", ".join(class_names) + ". First column: a real test "
+                      "image of the class (blank when the test split has none), at the same display scale; compare "
+                      "the ribs and lung markings, not only the outline.", upscale=2)]
     return GenerationEvaluation(
         class_names=class_names,
         fd_cxr=frechet_distance(real_features, fake_features),
@@ -155,10 +175,15 @@ def evaluate_generation(model: ClassConditionalGenerator, classifier_dir: Path, 
         diversity=diversity, fid=inception_fid(real_test, fd_set, inception_weights, inception_sha256),
         counts={"fd_generated": count, "real_test": len(labels), "real_val": len(real_val),
                 "balanced_generated": len(balanced)},
-        guidance=float(used_guidance), figures=figures)
+        guidance=float(used_guidance), detail=set_detail_interval(fd_set, real_test, seed=seed),
+        detail_real=set_detail_ratio(real_val, real_test), figures=figures)
 
 
-def _per_class_rows(images: torch.Tensor, classes: np.ndarray, num_classes: int, per_row: int = 8) -> np.ndarray:
+def _per_class_rows(images: torch.Tensor, classes: np.ndarray, num_classes: int, real: torch.Tensor,
+                    real_classes: np.ndarray, per_row: int = 8) -> np.ndarray:
+    """Per class, a real test image of the class then ``per_row`` samples."""
     rows = [images[classes == c][:per_row, 0] for c in range(num_classes)]
     width = min(per_row, min(len(r) for r in rows))
-    return torch.cat([r[:width] for r in rows]).numpy()
+    blank = torch.zeros_like(images[0, 0])
+    return torch.cat([torch.cat([(real[real_classes == c][:1, 0] if (real_classes == c).any() else blank[None]),
+                                 r[:width]]) for c, r in enumerate(rows)]).numpy()

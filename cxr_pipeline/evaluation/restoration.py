@@ -84,7 +84,7 @@ class RestorationEvaluation:
         for method, scores in self.summaries.items():
             row = {"method": self.labels[method], "metric suffix": f"{self.task}_{method}"}
             for score, summary in scores.items():
-                digits = 4 if score in ("ssim", "mae", "spread") else 2
+                digits = 4 if score in ("ssim", "mae", "spread") else 3 if score == "detail" else 2
                 row[score] = summary.text(digits)
             gain = self.gains.get(method)
             row[f"PSNR gain vs {self.labels[self.baseline]}"] = gain.text(2) if gain else "—"

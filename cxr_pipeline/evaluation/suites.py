@@ -67,10 +67,12 @@ class PromotionPolicy:
     metric: str
     guards: tuple[str, ...] = ()
     tolerance: float = 0.0
+    detail_guards: tuple[str, ...] = ()  # fine detail: not below the champion's beyond the interval
 
     def rule(self, must_beat: tuple[tuple[str, str], ...], **names) -> PromotionRule:
         return PromotionRule(self.metric.format(**names), tuple(g.format(**names) for g in self.guards),
-                             tolerance=self.tolerance, must_beat=must_beat)
+                             tolerance=self.tolerance, must_beat=must_beat,
+                             interval_guards=tuple(g.format(**names) for g in self.detail_guards))
 
 
 @dataclass

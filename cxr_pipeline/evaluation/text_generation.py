@@ -35,6 +35,7 @@ from ..data.image_store import ImageStore
 from ..data.labels.report_text import finding_mentions, report_prompts
 from ..data.labels.vocabulary import LABEL_COLUMNS, NO_FINDING
 from ..models.batches import StoreImages
+from ..metrics.detail import set_detail_interval, set_detail_ratio
 from ..metrics.distribution import (frechet_distance, kernel_inception_distance, mean_pairwise_ms_ssim,
                                     nearest_distances, precision_recall_density_coverage)
 from ..models.classifier import embed, load_classifier
@@ -42,6 +43,7 @@ from ..models.pipelines import TextConditionalGenerator
 from ..reports.document import Figure, Section, Table
 from ..reports.grid import image_grid
 from ..reports.plots import prompt_grid, sweep_plot
+from .generation import detail_metrics, detail_row
 
 MODEL_KEY = "text_ldm"
 GUIDANCE_SWEEP = (1.0, 2.0, 4.0, 7.5)
@@ -191,6 +193,8 @@ class TextGenerationEvaluation:
     memorization: Memorization
     sweep: pd.DataFrame
     counts: dict[str, int]
+    detail: tuple[float, float, float]  # fine-detail ratio of one sample per report against the real test images
+    detail_real: float  # real val against real test images
     figures: list[Figure] = field(default_factory=list)
 
     def negation_rates(self) -> tuple[float, float]:
@@ -208,6 +212,7 @@ class TextGenerationEvaluation:
                 f"prompt_consistency_{key}_real_reference": self.real_accuracy,
                 f"negation_rate_{key}": denied, f"negation_rate_{key}_normal_reference": normal,
                 f"fd_cxr_{key}": self.fd_cxr, f"fd_cxr_{key}_real_reference": self.fd_cxr_real,
+                **detail_metrics(key, self.detail, self.detail_real),
                 f"kid_{key}": self.kid[0], f"kid_{key}_std": self.kid[1], f"kid_{key}_real_reference": self.kid_real[0],
                 f"ms_ssim_{key}_within_prompt": self.diversity, f"ms_ssim_{key}_real_reference": self.diversity_real,
                 f"memorized_share_{key}_feature": self.memorization.share_closer("feature"),
@@ -249,6 +254,7 @@ class TextGenerationEvaluation:
             ("negation rate", f"{denied:.3f}", f"{normal:.3f} (normal reports)", "mean over findings denied somewhere"),
             ("fd_cxr", f"{self.fd_cxr:.3f}", f"{self.fd_cxr_real:.3f} (real val vs real test)",
              f"{c['prompts']} generated vs {c['prompts']} real"),
+            detail_row(self.detail, self.detail_real, f"{c['prompts']} generated vs {c['prompts']} real"),
             ("kid", f"{self.kid[0]:.4f} ± {self.kid[1]:.4f}", f"{self.kid_real[0]:.4f} ± {self.kid_real[1]:.4f}", ""),
             *[(name, f"{self.prdc[name]:.3f}", f"{self.prdc_real[name]:.3f}", f"k = {PRDC_K}") for name in self.prdc],
             ("MS-SSIM within a prompt", f"{self.diversity:.3f}", f"{self.diversity_real:.3f} (real, within a class)",
@@ -367,7 +373,8 @@ def evaluate_text_generation(model: TextConditionalGenerator, classifier_dir: Pa
         prdc=precision_recall_density_coverage(real_features, features, PRDC_K),
         prdc_real=precision_recall_density_coverage(real_features, val_features[:len(test)], PRDC_K),
         diversity=diversity, diversity_real=float(np.mean(real_within)) if real_within else float("nan"),
-        memorization=memo, sweep=sweep,
+        memorization=memo, sweep=sweep, detail=set_detail_interval(generated, test.images, seed=seed),
+        detail_real=set_detail_ratio(val.images, test.images),
         counts={"prompts": len(test), "consistency_prompts": len(single), "consistency_samples": len(predicted),
                 "diversity_prompts": len(chosen), "diversity_samples": diversity_samples, "train_images": len(train)},
         figures=figures)

@@ -2,7 +2,8 @@
 
 Images are (N, 1, H, W) float tensors in [0, 1], so the data range of every score is 1.0:
 PSNR = 10 log10(1 / MSE), SSIM with the standard 11-pixel Gaussian window (sigma 1.5,
-K1 0.01, K2 0.03), MAE in the same intensity units.
+K1 0.01, K2 0.03), MAE in the same intensity units, and the fine-detail ratio (``detail.py``),
+the one of these that a smooth average cannot win.
 """
 
 from __future__ import annotations
@@ -13,19 +14,22 @@ import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from ..data.degrade import resize
+from .detail import paired_detail_ratios
 
 DATA_RANGE = 1.0
 
 
 def per_image_scores(prediction: torch.Tensor, target: torch.Tensor) -> pd.DataFrame:
-    """PSNR (dB), SSIM and MAE of each image pair."""
+    """PSNR (dB), SSIM, MAE and the fine-detail ratio (metrics/detail.py: 1 keeps the target's fine
+    anatomy, below 1 smooths it away, above 1 adds texture the target does not have) of each pair."""
     if prediction.shape != target.shape or prediction.ndim != 4:
         raise ValueError(f"expected equal (N, C, H, W) shapes, got {tuple(prediction.shape)} and {tuple(target.shape)}")
     prediction, target = prediction.detach().double(), target.detach().double()
     psnr = peak_signal_noise_ratio(prediction, target, data_range=DATA_RANGE, reduction="none", dim=(1, 2, 3))
     ssim = structural_similarity_index_measure(prediction, target, data_range=DATA_RANGE, reduction="none")
     mae = (prediction - target).abs().mean(dim=(1, 2, 3))
-    return pd.DataFrame({"psnr": psnr.numpy(), "ssim": ssim.numpy(), "mae": mae.numpy()})
+    return pd.DataFrame({"psnr": psnr.numpy(), "ssim": ssim.numpy(), "mae": mae.numpy(),
+                         "detail": paired_detail_ratios(prediction, target)})
 
 
 def lr_consistency_psnr(super_resolved: torch.Tensor, low_resolution: torch.Tensor) -> np.ndarray:
