@@ -4,8 +4,9 @@
 Needs a work folder where ``latents`` and ``cxr_classifier`` are materialized (``./run.sh demo``,
 or ``dagster asset materialize --select '+latents,cxr_classifier'``). Each recipe trains in this
 process from scratch into a temporary run folder; the table gives training wall time, conditional
-accuracy (worst class too), fd_cxr against its real-vs-real reference, and within-class MS-SSIM
-against real, at each guidance scale.
+accuracy (worst class too), fd_cxr against its real-vs-real reference, the fine-detail ratio
+(metrics/detail.py) against its real-vs-real reference, and within-class MS-SSIM against real, at
+each guidance scale.
 
     python bench/class_recipe.py --recipes old,latent [--steps 1000] [--guidance 1,2,3,4]
 
@@ -48,6 +49,8 @@ RECIPES = {
                     learning_rate=5e-4, warmup_steps=30, ema_decay=0.995), PIXEL_UNET_PROFILES["demo"]),
     "latent": (DEFAULT, None),
     "latent_eps": (replace(DEFAULT, prediction_type="epsilon", snr_gamma=None), None),
+    # min-SNR weighting lowers the weight of the low-noise steps, where fine texture is drawn
+    "latent_flat": (replace(DEFAULT, snr_gamma=None), None),
     "latent_wide": (DEFAULT, UNetProfile((64, 128), 16, True)),
 }
 
@@ -103,6 +106,7 @@ def main() -> None:
                              "worst class": round(float(np.nanmin(result.cond_acc_per_class)), 3),
                              "fd_cxr": round(result.fd_cxr, 2), "fd real-vs-real": round(result.fd_cxr_real, 2),
                              "fd ratio": round(result.fd_cxr / result.fd_cxr_real, 2),
+                             "detail": round(result.detail[0], 3), "detail real-vs-real": round(result.detail_real, 3),
                              "ms-ssim gen": round(float(np.mean(generated)), 3),
                              "ms-ssim real": round(float(np.mean(real)), 3)})
                 print(rows[-1], flush=True)

@@ -125,9 +125,15 @@ def test_the_pipeline_super_resolves_at_non_integer_scales_and_sizes(trained, tm
     outcome, _, _ = trained
     model = pipelines.ArbitraryScaleSuperResolution.from_pretrained(outcome.model_dir, "cpu")
     low = torch.rand(3, 1, 6, 6)
-    out = model(low, scale=2.5, steps=4, seed=1)  # 6 * 2.5 = 15 px: off the VAE's grid, rendered by the decoder
+    out = model(low, scale=2.5, steps=4, seed=1)  # 6 * 2.5 = 15 px: off the grid, decoded on 16 px and resized
     assert out.shape == (3, 1, 15, 15) and 0.0 <= out.min() and out.max() <= 1.0
     torch.testing.assert_close(model(low, scale=2.5, steps=4, seed=1), out, rtol=0, atol=0)  # seeded
+    assert model.rendering == "resize"
+    model.rendering = "implicit"  # the same latents, rendered at 15 px by the implicit decoder head
+    rendered = model(low, scale=2.5, steps=4, seed=1)
+    model.rendering = "resize"
+    assert rendered.shape == out.shape and not torch.equal(rendered, out)
+    assert (rendered - out).abs().mean() < 0.2  # two renderings of one latent, not two different images
     assert model(low, size=(13, 21), steps=2).shape == (3, 1, 13, 21)
     assert model(low, scale=1.0 / 3, steps=2).shape == (3, 1, 2, 2)
     # on the grid the VAE's own decoder renders: no diffusion is exactly bicubic -> VAE -> decode
@@ -145,10 +151,12 @@ def test_the_pipeline_super_resolves_at_non_integer_scales_and_sizes(trained, tm
     # the one-call helper picks this pipeline from the folder's kind
     helper = inference.super_resolve(outcome.model_dir, low, scale=3.3, steps=2, device="cpu")
     assert helper.shape == (3, 1, 20, 20)  # round(6 * 3.3) = 20
-    # save_pretrained keeps the decoder head: a copy renders off-grid sizes the same way
+    # save_pretrained keeps the decoder head: a copy renders off-grid sizes the same ways
     model.save_pretrained(tmp_path / "copy")
-    again = pipelines.ArbitraryScaleSuperResolution.from_pretrained(tmp_path / "copy", "cpu")(low, scale=2.5, steps=4, seed=1)
-    torch.testing.assert_close(again, out, rtol=0, atol=0)
+    copy = pipelines.ArbitraryScaleSuperResolution.from_pretrained(tmp_path / "copy", "cpu")
+    torch.testing.assert_close(copy(low, scale=2.5, steps=4, seed=1), out, rtol=0, atol=0)
+    copy.rendering = "implicit"
+    torch.testing.assert_close(copy(low, scale=2.5, steps=4, seed=1), rendered, rtol=0, atol=0)
     with pytest.raises(ValueError, match="arbitrary_sr"):
         pipelines.LatentSuperResolution.from_pretrained(tmp_path / "copy", "cpu")
 

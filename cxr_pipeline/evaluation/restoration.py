@@ -31,6 +31,7 @@ from ..reports.grid import image_grid
 from ..reports.plots import heat_maps
 
 PREVIEW_ROWS = 6
+RENDERING = {"resize": "resize", "implicit": "implicit decoder"}  # how the arbitrary-scale model leaves its grid
 
 
 @dataclass
@@ -255,7 +256,7 @@ def evaluate_arbitrary_scale(model: ArbitraryScaleSuperResolution, high_resoluti
         return {"lr_consistency_psnr": lr_consistency_psnr(images, low_resolution)}
 
     methods = [Method("bicubic", "Bicubic", bicubic, consistency(bicubic)),
-               Method("bicubic_vae", "Bicubic → VAE → implicit decoder (the latent path, no diffusion)", through_vae,
+               Method("bicubic_vae", f"Bicubic → VAE → {RENDERING[model.rendering]} (the latent path, no diffusion)", through_vae,
                       consistency(through_vae)),
                Method("arbitrary", f"Arbitrary-scale latent SR, DDIM {ddim_steps}", restored, consistency(restored))]
     nearest = torch.from_numpy(np.stack([resize(x[0].numpy(), size, Image.Resampling.NEAREST)

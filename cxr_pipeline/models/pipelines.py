@@ -19,7 +19,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from ..data.degrade import bicubic_to, upsample_bicubic
+from ..data.degrade import bicubic_to, resize, upsample_bicubic
 from ..model_source import resolve_model
 from .diffusion import DiffusionModel, TextCondition, UNetConfig, load_model, sample, save_model
 from .implicit import ImplicitDecoder, LiifHead, downsampling_factor
@@ -127,8 +127,12 @@ class ArbitraryScaleSuperResolution(DiffusionPipeline):
     (bicubic) to the requested size rounded up to the latent grid (the VAE's factor times the
     UNet's) and encoded; the diffusion model, trained on continuous scales and told the scale,
     restores that latent (the correction to the bicubic latent, as the fixed-scale model does);
-    the implicit decoder (:mod:`.implicit`) renders it at exactly the requested size. On the grid
-    itself the VAE's own decoder renders it (the exact plain decode).
+    the VAE decodes it on that canvas and an antialiased (Lanczos) resize brings it to exactly the
+    requested size (``rendering="resize"``, the default), or the implicit decoder (:mod:`.implicit`)
+    renders it there (``rendering="implicit"``). On val, off the grid (x2.5, x3, x6), the implicit
+    decoder scored 0.3 to 1 dB more PSNR but kept only 0.48 to 0.60 of the fine detail, the resize
+    0.86 to 0.89 (a perception-distortion choice: both beat bicubic at every scale). On the grid
+    itself both are the VAE's own decoder.
 
     The scale work happens in latent space, not in the decoder: an implicit decoder asked to
     upsample a latent scored below bicubic from the same input on this data
@@ -149,6 +153,7 @@ class ArbitraryScaleSuperResolution(DiffusionPipeline):
         # three trainings (bench/arbitrary_sr.py); False tells it the nearest end instead
         self.scale_conditioned = model.unet.config.class_embed_type == "timestep"
         self.extrapolate = True
+        self.rendering = "resize"  # off the latent grid: "resize" (decode, then Lanczos) or "implicit"
 
     @property
     def scale_range(self) -> tuple[float, float]:
@@ -212,8 +217,13 @@ class ArbitraryScaleSuperResolution(DiffusionPipeline):
             latents = restore(encode_mean(model.vae, canvas) * factor, start)
             if tuple(canvas.shape[-2:]) == target:
                 outputs.append(to_images(latents, model.vae, factor))
-            else:
+            elif self.rendering == "implicit":
                 outputs.append(self.decoder.images(latents.to(self.device) / factor, target))
+            elif self.rendering == "resize":
+                decoded = to_images(latents, model.vae, factor)
+                outputs.append(torch.from_numpy(np.stack([resize(x[0].numpy(), target) for x in decoded])).unsqueeze(1))
+            else:
+                raise ValueError(f"rendering must be 'resize' or 'implicit', got {self.rendering!r}")
         return torch.cat(outputs)
 
 
