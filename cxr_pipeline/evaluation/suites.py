@@ -174,7 +174,9 @@ def challenge_champion(record: ModelRecord, metrics: dict[str, float], rule: Pro
     verb = "promoted to champion" if decision.promoted else "not promoted"
     log(f"{name} v{version}: {verb} ({decision.reason})")
     text = (f"{name} v{version} is the challenger. Rule: {rule.metric} must improve; "
-            f"{', '.join(rule.guards) or 'no guard'} must not get worse. Decision: {verb}: {decision.reason}.")
+            f"{', '.join(rule.guards) or 'no guard'} must not get worse"
+            + (f"; {', '.join(rule.interval_guards)} must not fall below the champion's beyond its 95% interval"
+               if rule.interval_guards else "") + f". Decision: {verb}: {decision.reason}.")
     return (Promotion(record, decision, comparison_key),
             Section(f"Promotion: {name}", text, [Table("Challenger against champion", decision.table())]))
 

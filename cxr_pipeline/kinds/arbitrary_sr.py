@@ -1,6 +1,6 @@
 """Arbitrary-scale super-resolution: one latent diffusion model for any scale or output size,
-trained on continuous scales and told the scale, with an implicit (LIIF) decoder head that
-renders exact sizes. ``cxr-arbitrary-sr``."""
+trained on continuous scales and told the scale; exact sizes off the latent grid are the decode
+resized (the default) or rendered by its implicit (LIIF) decoder head. ``cxr-arbitrary-sr``."""
 
 from __future__ import annotations
 
