@@ -1,8 +1,13 @@
-"""The report encoder: a WordPiece tokenizer trained on reports, a small BERT pretrained on them by
-masked-language modelling, and one loading path for it and for any local BERT-family checkpoint."""
+"""The report encoder: a WordPiece tokenizer built on reports (the same files in every process), a
+small BERT pretrained on them by masked-language modelling, and one loading path for it and for any
+local BERT-family checkpoint."""
 
+import hashlib
 import itertools
-import shutil
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +16,8 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizerFast
 
 from cxr_pipeline.models.report_encoder import (ReportEncoder, ReportEncoderConfig, masked_batch, pretrain_report_encoder,
-                                                token_counts, train_tokenizer)
+                                                token_counts)
+from cxr_pipeline.models.report_tokenizer import train_tokenizer, word_counts, wordpiece_vocabulary
 from cxr_pipeline.models.training import TrainConfig
 
 SIDES, SIZES = ("right", "left"), ("small", "moderate", "large")
@@ -45,6 +51,52 @@ def test_the_tokenizer_round_trips_through_save_pretrained(tmp_path):
     assert token_counts(loaded, ["Small left pneumothorax."]).tolist() == [len(loaded("Small left pneumothorax.")["input_ids"])]
 
 
+TOKENIZER_IN_A_FRESH_PROCESS = """
+import sys
+from tests.test_report_encoder import reports
+from cxr_pipeline.models.report_tokenizer import train_tokenizer
+for vocab_size in (60, 400):  # words left out (pieces spell them), and every word kept
+    train_tokenizer(reports() * 3 + reports()[::2], vocab_size, 24).save_pretrained(f"{sys.argv[1]}/{vocab_size}")
+"""
+
+
+def _folder_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_tokenizer_files_are_the_same_in_every_process(tmp_path):
+    """Two fresh interpreters with different hash seeds (Python's, and the per-process random
+    state of the hash maps inside ``tokenizers``) write byte-identical tokenizer files."""
+    root = Path(__file__).resolve().parents[1]
+    digests = []
+    for seed in ("1", "2"):
+        subprocess.run([sys.executable, "-c", TOKENIZER_IN_A_FRESH_PROCESS, str(tmp_path / seed)], check=True, cwd=root,
+                       env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(root)})
+        digests.append(_folder_digest(tmp_path / seed))
+    assert {"60/tokenizer.json", "400/tokenizer.json", "400/tokenizer_config.json"} <= set(digests[0])
+    assert digests[0] == digests[1]
+
+
+def test_a_vocabulary_too_small_for_every_word_keeps_the_frequent_ones_and_spells_the_rest():
+    counts = word_counts(reports())
+    full, small = wordpiece_vocabulary(counts, 1000), wordpiece_vocabulary(counts, 60)
+    assert len(small) == 60 and len(set(small)) == 60 and len(set(full)) == len(full)
+    assert small[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert {w for w in counts if len(w) > 1} <= set(full)  # room for every word: all kept whole
+    assert "pneumothorax" in small  # in 10 of 32 reports: kept whole
+    assert "atelectasis" not in small  # in 6: left out, and the most tokens saved by pieces of it
+    tokenizer = train_tokenizer(reports(), 60, 64)
+    pieces = tokenizer.tokenize("Atelectasis. Left pneumothorax.")
+    assert pieces[-4:] == [".", "left", "pneumothorax", "."] and 1 < len(pieces) - 4 <= 3  # a few pieces, not 11 letters
+    ids = tokenizer("Atelectasis. Left pneumothorax.")["input_ids"]
+    assert tokenizer.unk_token_id not in ids
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "atelectasis. left pneumothorax."
+    assert tokenizer.tokenize("Atelectasis, left.")[2] == "[UNK]"  # a character no report used: that word unknown
+    with pytest.raises(ValueError, match="cannot hold"):
+        wordpiece_vocabulary(counts, 20)
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     runs = tmp_path_factory.mktemp("encoder")
@@ -59,8 +111,7 @@ def test_pretraining_learns_the_reports_and_saves_a_loadable_encoder(pretrained)
     evals = [e.metrics for e in events if e.kind == "eval"]
     losses = [e.metrics["loss"] for e in events if e.kind == "step"]
     assert np.mean(losses[-2:]) < 0.7 * np.mean(losses[:2]), losses
-    # chance is about 1 / 146 tokens (0.27 to 0.30 measured over runs, whose vocabularies differ); the same masks
-    # at every evaluation
+    # chance is about 1 / 150 tokens; the same masks at every evaluation
     assert evals[-1]["val_mlm_accuracy"] > 0.2 and evals[-1]["val_mlm_loss"] < evals[0]["val_mlm_loss"]
     assert outcome.metrics["val_mlm_loss"] == evals[-1]["val_mlm_loss"]
     encoder = ReportEncoder.from_pretrained(outcome.model_dir)
@@ -83,8 +134,6 @@ def test_pretraining_learns_the_reports_and_saves_a_loadable_encoder(pretrained)
 def test_a_resumed_pretraining_ends_where_an_uninterrupted_one_does(tmp_path):
     first = pretrain_report_encoder(reports(), reports()[::3], ENCODER, TRAIN, tmp_path / "a", "tiny", stop_after=60)
     assert first.final_step == 60
-    # the same vocabulary for the uninterrupted run (training a tokenizer breaks ties in hash order)
-    shutil.copytree(first.run_dir / "tokenizer", tmp_path / "b" / first.run_dir.name / "tokenizer")
     uninterrupted = pretrain_report_encoder(reports(), reports()[::3], ENCODER, TRAIN, tmp_path / "b", "tiny")
     resumed = pretrain_report_encoder(reports(), reports()[::3], ENCODER, TRAIN, tmp_path / "a", "tiny")
     assert resumed.resumed_from == 50 and resumed.final_step == TRAIN.steps  # from the checkpoint at 50

@@ -3,8 +3,8 @@
 One loading path serves every encoder: a local folder read with ``AutoTokenizer`` /
 ``AutoModel`` and ``local_files_only=True``, so nothing is ever downloaded. The folder is either
 a pretrained biomedical checkpoint a user configures (BioBERT, CXR-BERT, PubMedBERT, ...) or the
-small encoder this project pretrains when none is configured: a WordPiece tokenizer trained on the
-training split's reports (``tokenizers``) and a small BERT pretrained on them by masked-language
+small encoder this project pretrains when none is configured: a WordPiece tokenizer built on the
+training split's reports (:mod:`.report_tokenizer`, the same files on every run) and a small BERT pretrained on them by masked-language
 modelling (``BertForMaskedLM``), both written with ``save_pretrained``.
 
 The diffusion model attends to the encoder's last hidden states with the attention mask; the
@@ -21,17 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (AutoModel, AutoTokenizer, BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling,
                           PreTrainedTokenizerFast)
 
 from ..data.atomic import atomic_folder
 from .batches import EpochSampler
 from .diffusion import TextCondition
+from .report_tokenizer import train_tokenizer
 from .training import TrainConfig, Trainer, TrainingOutcome, run_key
 
-SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
-                  "mask_token": "[MASK]"}
 ENCODER_FILE = "report_encoder.json"  # beside the weights: what the project's own pretraining recorded
 
 
@@ -46,25 +44,6 @@ class ReportEncoderConfig:
     intermediate_size: int = 256
     max_length: int = 128  # tokens per report, [CLS] and [SEP] included (demo reports: 40 to 110)
     mlm_probability: float = 0.15  # BERT's masking rate: 80% [MASK], 10% random, 10% kept
-
-
-def train_tokenizer(texts: Sequence[str], vocab_size: int, max_length: int) -> PreTrainedTokenizerFast:
-    """A BERT-style WordPiece tokenizer (lower-cased, accents stripped) trained on ``texts``. The
-    ``tokenizers`` trainer breaks frequency ties in hash order, so two trainings can differ in
-    token ids (and, with ties at the vocabulary limit, in tokens): a training run keeps the one it
-    made first (:func:`pretrain_report_encoder`)."""
-    tokenizer = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk_token"]))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
-                                        show_progress=False)
-    tokenizer.train_from_iterator(list(texts), trainer)
-    cls, sep = SPECIAL_TOKENS["cls_token"], SPECIAL_TOKENS["sep_token"]
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
-        special_tokens=[(cls, tokenizer.token_to_id(cls)), (sep, tokenizer.token_to_id(sep))])
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=max_length, **SPECIAL_TOKENS)
 
 
 def build_encoder(config: ReportEncoderConfig, tokenizer: PreTrainedTokenizerFast) -> BertForMaskedLM:
@@ -112,7 +91,7 @@ def pretrain_report_encoder(train_texts: Sequence[str], val_texts: Sequence[str]
     if not texts:
         raise ValueError("no non-empty training reports to pretrain the report encoder on")
     run_dir = Path(runs_root) / run_key("report_encoder", asdict(config), train_config.identity(), data_hash)
-    tokenizer_dir = run_dir / "tokenizer"  # the run's own vocabulary: a resumed run reads it back
+    tokenizer_dir = run_dir / "tokenizer"  # the run's vocabulary, kept with its checkpoints; a resumed run reads it
     if (tokenizer_dir / "tokenizer.json").exists():
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     else:
