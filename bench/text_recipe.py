@@ -7,7 +7,9 @@ Each recipe trains in this process from scratch into a temporary run folder; the
 training wall time and, per guidance scale, prompt consistency on val's normal and single-finding
 reports (per finding too) and fd_cxr against its real-vs-real reference.
 
-    python bench/text_recipe.py --recipes default,uniform [--steps 600] [--guidance 1,2,3,4,7.5]
+    python bench/text_recipe.py --recipes levels2,warm [--steps 600] [--guidance 1,2,3,4,7.5] [--samples 2]
+
+``--samples``: samples per val report for prompt consistency (seeds 0, 1000, ...), fd_cxr on the first.
 """
 
 from __future__ import annotations
@@ -42,13 +44,14 @@ from cxr_pipeline.settings import WorkPaths, work_home
 TRAIN = TrainConfig(steps=600, batch_size=64, learning_rate=2e-3, warmup_steps=50, ema_decay=0.99)
 VPRED = ScheduleConfig(1000, prediction_type="v_prediction", snr_gamma=5.0)
 # name -> (schedule, balance, text dropout, widths or None for the profile's, trainable encoder layers,
-# resolution levels with cross-attention)
+# resolution levels with cross-attention, warm start from the current class model)
 RECIPES = {
-    "frozen": (VPRED, True, 0.1, None, 0, 1),
-    "trainable": (VPRED, True, 0.1, None, 1, 1),
-    "levels2": (VPRED, True, 0.1, None, 0, 2),
-    "uniform": (VPRED, False, 0.1, None, 0, 1),
-    "eps": (ScheduleConfig(1000), True, 0.1, None, 0, 1),
+    "frozen": (VPRED, True, 0.1, None, 0, 1, False),
+    "trainable": (VPRED, True, 0.1, None, 1, 1, False),
+    "levels2": (VPRED, True, 0.1, None, 0, 2, False),
+    "warm": (VPRED, True, 0.1, None, 0, 2, True),
+    "uniform": (VPRED, False, 0.1, None, 0, 1, False),
+    "eps": (ScheduleConfig(1000), True, 0.1, None, 0, 1, False),
 }
 
 
@@ -59,6 +62,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--guidance", default="1,2,3,4,7.5")
     parser.add_argument("--ddim-steps", type=int, default=20)
+    parser.add_argument("--samples", type=int, default=1)
     parser.add_argument("--encoder", default=None, help="report encoder folder (default: the current one)")
     parser.add_argument("--out", default=None, help="folder for sample grids and results.json")
     args = parser.parse_args()
@@ -81,21 +85,27 @@ def main() -> None:
     channels, size = json.loads((paths.latents / "latents.json").read_text())["latent_shape"][:2]
     results = []
     for name in args.recipes.split(","):
-        schedule, balance, dropout, widths, trainable, levels = RECIPES[name]
+        schedule, balance, dropout, widths, trainable, levels, warm = RECIPES[name]
         unet = replace(kinds.TEXT_LDM.unet_profiles["demo"].config(size, channels, channels, None, widths, hidden),
                        cross_attention_levels=levels)
         train = replace(TRAIN, steps=args.steps or TRAIN.steps)
         started = time.perf_counter()
         outcome = dt.train_text_ldm(metadata, paths.latents, Path(vae_dir), Path(encoder_dir), unet, schedule, train,
                                     Path(tempfile.mkdtemp(prefix=f"{name}_")), "bench", text_dropout=dropout,
-                                    balance=balance, trainable_layers=trainable)
+                                    balance=balance, trainable_layers=trainable,
+                                    warm_start_from=current_model(paths, "class_ddpm").model_dir if warm else None)
         seconds = time.perf_counter() - started
         model = TextConditionalGenerator.from_pretrained(outcome.model_dir, "cpu")
         for scale in [float(g) for g in args.guidance.split(",")]:
             images = model(val.prompts, guidance=scale, steps=args.ddim_steps, seed=0)
             features, probabilities = embed(classifier, images)
-            overall, per = consistency(probabilities[single].argmax(1), val.class_ids[single], class_names)
+            predicted = [probabilities[single].argmax(1)] + [
+                embed(classifier, model([val.prompts[i] for i in single], guidance=scale, steps=args.ddim_steps,
+                                        seed=1000 * k))[1].argmax(1) for k in range(1, args.samples)]
+            overall, per = consistency(np.concatenate(predicted), np.tile(val.class_ids[single], args.samples),
+                                       class_names)
             row = {"recipe": name, "steps": train.steps, "train_s": round(seconds, 1), "guidance": scale,
+                   "samples": args.samples,
                    "consistency": round(overall, 3), "worst": round(min(v for v in per.values() if np.isfinite(v)), 3),
                    "fd_cxr": round(frechet_distance(val_features, features), 3), "fd_real": round(fd_real, 3),
                    **{k: round(v, 2) for k, v in per.items()}}

@@ -332,6 +332,23 @@ def save_model(folder: Path, model: UNet2DModel, kind: str, schedule: ScheduleCo
     (folder / "model.json").write_text(json.dumps(description, indent=2))
 
 
+def warm_start(unet: torch.nn.Module, model_folder: Path) -> list[str]:
+    """Copy into ``unet`` every weight of a saved model's UNet (``model_folder/unet``) with the
+    same name and shape: a text model starts from the class model of the same latent space, whose
+    convolutions, normalizations and timestep embedding already draw the anatomy; what differs
+    (the condition's embedding, cross-attention) keeps its fresh initialization. Returns the
+    names copied."""
+    from safetensors.torch import load_file
+
+    saved = load_file(str(Path(model_folder) / "unet" / "diffusion_pytorch_model.safetensors"))
+    own = unet.state_dict()
+    copied = sorted(name for name, tensor in saved.items() if name in own and own[name].shape == tensor.shape)
+    if not copied:
+        raise ValueError(f"no weight of {model_folder} fits this UNet: warm starts need the same widths and depth")
+    unet.load_state_dict({name: saved[name] for name in copied}, strict=False)
+    return copied
+
+
 @dataclass
 class DiffusionModel:
     unet: UNet2DModel | UNet2DConditionModel

@@ -22,7 +22,8 @@ from ..data.image_store import ImageStore
 from ..data.labels.report_text import report_prompts
 from . import distributed
 from .batches import EpochSampler, StoreImages, WeightedStepSampler, aligned_crops
-from .diffusion import Conditioning, ScheduleConfig, TextCondition, UNetConfig, diffusion_step, sample, save_model
+from .diffusion import (Conditioning, ScheduleConfig, TextCondition, UNetConfig, diffusion_step, sample, save_model,
+                        warm_start)
 from .implicit import ImplicitDecoder, downsampling_factor, train_implicit_decoder
 from .pipelines import bicubic_canvas, scale_label, to_images
 from .report_encoder import ReportEncoder
@@ -38,10 +39,14 @@ def _train(kind: str, unet_config: UNetConfig, schedule: ScheduleConfig, conditi
            stop_after: int | None = None, vae: torch.nn.Module | None = None,
            parts: dict[str, torch.nn.Module] | None = None,
            wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
-           unwrap: Callable[[torch.nn.Module], tuple[torch.nn.Module, dict]] | None = None) -> TrainingOutcome:
+           unwrap: Callable[[torch.nn.Module], tuple[torch.nn.Module, dict]] | None = None,
+           warm_start_from: Path | None = None) -> TrainingOutcome:
     """``parts``: more ``save_pretrained`` models the folder carries, by subfolder. ``wrap``: the
     module trained around the UNet (say, with text-encoder layers); ``unwrap`` gives back from it
-    the UNet and the parts it trained, to save."""
+    the UNet and the parts it trained, to save. ``warm_start_from``: a saved model whose matching
+    UNet weights the training starts from (:func:`warm_start`)."""
+    if warm_start_from is not None:
+        extra = {**extra, "warm_start_from": str(warm_start_from)}
     run_dir = Path(runs_root) / run_key(kind, asdict(unet_config), asdict(schedule), asdict(conditioning),
                                          train_config.identity(), data_hash, extra)
     torch.manual_seed(train_config.seed)
@@ -51,7 +56,10 @@ def _train(kind: str, unet_config: UNetConfig, schedule: ScheduleConfig, conditi
         previews[step] = preview(model, step)
         return {"preview_mean": float(previews[step].mean())}
 
-    trainer = Trainer((wrap or (lambda unet: unet))(unet_config.build()), diffusion_step(conditioning, schedule),
+    unet = unet_config.build()
+    if warm_start_from is not None:
+        extra = {**extra, "warm_start_tensors": f"{len(warm_start(unet, warm_start_from))} of {len(unet.state_dict())}"}
+    trainer = Trainer((wrap or (lambda unet: unet))(unet), diffusion_step(conditioning, schedule),
                       batches, train_config, run_dir, batch_size_of=lambda b: int(b["target"].shape[0]),
                       evaluate=evaluate, progress=progress)
     model_dir = run_dir / "model"
@@ -374,15 +382,17 @@ def report_groups(rows: pd.DataFrame) -> np.ndarray:
 def train_text_ldm(metadata: pd.DataFrame, latents_dir: Path, vae_dir: Path, encoder_dir: Path,
                    unet_config: UNetConfig, schedule: ScheduleConfig, train_config: TrainConfig, runs_root: Path,
                    data_hash: str, *, text_dropout: float = 0.1, guidance: float = 3.0, balance: bool = True,
-                   trainable_layers: int = 0, progress=None, stop_after: int | None = None) -> TrainingOutcome:
+                   trainable_layers: int = 0, warm_start_from: Path | None = None, progress=None,
+                   stop_after: int | None = None) -> TrainingOutcome:
     """Latent diffusion conditioned on radiology reports: the frozen report encoder's token
     embeddings (computed once for the training split's reports, all padded to one length) feed
     the UNet's cross-attention and, pooled, its timestep embedding; ``text_dropout`` of the
     reports are swapped for the empty one (classifier-free guidance). ``balance``: batches even
     over the single-label classes (and one group for the rest), as real findings are skewed.
     ``trainable_layers``: the encoder's last layers train with the UNet (the rest stays frozen and
-    is run once); 0 keeps it frozen. Images without a report are left out. The model folder
-    carries the encoder (``text_encoder/``), with its trained layers."""
+    is run once); 0 keeps it frozen. ``warm_start_from``: a model of the same latent space (the
+    class model) whose matching UNet weights the training starts from. Images without a report are
+    left out. The model folder carries the encoder (``text_encoder/``), with its trained layers."""
     encoder = ReportEncoder.from_pretrained(encoder_dir)
     index = pd.read_parquet(Path(latents_dir) / "index_train.parquet")
     rows = metadata.set_index("image_id").loc[index["image_id"]].reset_index()
@@ -422,8 +432,10 @@ def train_text_ldm(metadata: pd.DataFrame, latents_dir: Path, vae_dir: Path, enc
              "balanced": balance, "preview_prompts": val_prompts, "trainable_layers": trainable_layers}
     if not trainable_layers:
         return _train("text_ldm", unet_config, schedule, conditioning, batches, train_config, runs_root, data_hash,
-                      preview, extra, progress, stop_after, vae=vae, parts={"text_encoder": encoder})
+                      preview, extra, progress, stop_after, vae=vae, parts={"text_encoder": encoder},
+                      warm_start_from=warm_start_from)
     return _train("text_ldm", unet_config, schedule, conditioning, batches, train_config, runs_root, data_hash,
                   preview, extra, progress, stop_after, vae=vae,
                   wrap=lambda unet: TextLayersAndUNet(encoder.top_layers(trainable_layers), unet),
-                  unwrap=lambda model: (model.unet, {"text_encoder": encoder.with_top_layers(model.text_layers)}))
+                  unwrap=lambda model: (model.unet, {"text_encoder": encoder.with_top_layers(model.text_layers)}),
+                  warm_start_from=warm_start_from)
