@@ -27,7 +27,7 @@ from transformers import (AutoModel, AutoTokenizer, BertConfig, BertForMaskedLM,
 from ..data.atomic import atomic_folder
 from .batches import EpochSampler
 from .diffusion import TextCondition
-from .report_tokenizer import train_tokenizer
+from .report_tokenizer import VOCABULARY_RULE, train_tokenizer
 from .training import TrainConfig, Trainer, TrainingOutcome, run_key
 
 ENCODER_FILE = "report_encoder.json"  # beside the weights: what the project's own pretraining recorded
@@ -90,7 +90,8 @@ def pretrain_report_encoder(train_texts: Sequence[str], val_texts: Sequence[str]
     texts = [t for t in train_texts if t.strip()]
     if not texts:
         raise ValueError("no non-empty training reports to pretrain the report encoder on")
-    run_dir = Path(runs_root) / run_key("report_encoder", asdict(config), train_config.identity(), data_hash)
+    run_dir = Path(runs_root) / run_key("report_encoder", asdict(config), train_config.identity(), data_hash,
+                                        VOCABULARY_RULE)
     tokenizer_dir = run_dir / "tokenizer"  # the run's vocabulary, kept with its checkpoints; a resumed run reads it
     if (tokenizer_dir / "tokenizer.json").exists():
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)

@@ -26,6 +26,9 @@ from transformers import PreTrainedTokenizerFast
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
                   "mask_token": "[MASK]"}
 CONTINUATION = "##"
+# Part of every pretraining run's key: a run folder made under another rule (or by the hash-ordered
+# trainer) is never resumed with this one's vocabulary
+VOCABULARY_RULE = "wordpiece-sorted-counts-1"
 PIECE_SHARE = 4  # at most one part in this many of the room left after the alphabet goes to pieces
 
 
