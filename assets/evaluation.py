@@ -254,6 +254,7 @@ class TextGenerationEvaluationConfig(EvaluationConfig):
     guidance_scales: list[float] = list(GUIDANCE_SWEEP)  # swept on val; the most consistent within 3x the real FD
     guidance_scale: Optional[float] = None  # set: use it and skip the sweep
     consistency_samples: int = 2  # samples per normal or single-finding test report for prompt consistency
+    sweep_samples: int = 2  # the same on val, per guidance scale of the sweep
     max_test_reports: Optional[int] = None
     promotion_metric: str = "prompt_consistency_text_ldm"
     promotion_guards: list[str] = ["fd_cxr_text_ldm", "memorized_share_text_ldm_feature"]
@@ -275,7 +276,8 @@ def text_generation_evaluation(context: dg.AssetExecutionContext, config: TextGe
         current_model(paths, kinds.TEXT_LDM.key), current_model(paths, kinds.CLASSIFIER.key),
         metadata, paths.image_store, config.budget(), config.policy(), paths.registry_cache,
         guidance_scales=config.guidance_scales, guidance_scale=config.guidance_scale,
-        consistency_samples=config.consistency_samples, max_test_reports=config.max_test_reports, log=context.log.info)
+        consistency_samples=config.consistency_samples, sweep_samples=config.sweep_samples,
+        max_test_reports=config.max_test_reports, log=context.log.info)
     return _publish(context, settings, mlflow_tracking, config, outcome, test_reports=outcome.params["test_reports"])
 
 

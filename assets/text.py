@@ -11,6 +11,7 @@ from cxr_pipeline import kinds
 from cxr_pipeline.kinds.report_encoder import split_prompts, summary
 from resources import CxrSettings, MlflowTracking
 
+from .diffusion import class_ddpm
 from .labels import image_metadata
 from .models import latents
 from .training import TRAINING_STEP, recipe_config, train_one
@@ -36,13 +37,14 @@ def report_encoder(context: dg.AssetExecutionContext, config: ReportEncoderTrain
     })
 
 
-@dg.asset(group_name="models", deps=[report_encoder, latents], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
+@dg.asset(group_name="models", deps=[report_encoder, latents, class_ddpm], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
 def text_ldm(context: dg.AssetExecutionContext, config: TextLdmConfig, settings: CxrSettings,
              mlflow_tracking: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """Latent diffusion from radiology reports: a UNet2DConditionModel on the VAE latents whose
     cross-attention reads the report encoder's token embeddings (with the attention mask), trained
-    with 10% empty reports for classifier-free guidance; the folder carries its tokenizer,
-    encoder, UNet, scheduler and VAE. Registered as ``cxr-text-ldm``."""
+    with 10% empty reports for classifier-free guidance, starting from the class model's UNet when
+    it shares the latents and widths; the folder carries its tokenizer, encoder, UNet, scheduler
+    and VAE. Registered as ``cxr-text-ldm``."""
     _, produced = train_one(context, kinds.TEXT_LDM, config.recipe(), settings, mlflow_tracking,
                             pipes_subprocess_client)
     return dg.MaterializeResult(metadata=produced)

@@ -100,10 +100,13 @@ def text_rows(tx: dict[str, float]) -> list[tuple[str, str, bool]]:
     """Text-conditional generation: consistency overall and per finding, negation, FD."""
     key = "prompt_consistency_text_ldm"
     per = {k.removeprefix(key + "_"): v for k, v in tx.items()
-           if k.startswith(key + "_") and not k.endswith(("_unconditional", "_retrieval", "_real_reference"))}
+           if k.startswith(key + "_") and not k.endswith(("_unconditional", "_retrieval", "_real_reference", "_ci_low",
+                                                           "_ci_high"))}
     fd_ratio = tx["fd_cxr_text_ldm"] / tx["fd_cxr_text_ldm_real_reference"]
     return [
-        ("text prompt consistency >= 0.80", f"{tx[key]:.3f} (without the prompt {tx[key + '_unconditional']:.3f}, "
+        ("text prompt consistency >= 0.80", f"{tx[key]:.3f} [{tx.get(key + '_ci_low', float('nan')):.3f}, "
+                                            f"{tx.get(key + '_ci_high', float('nan')):.3f}] "
+                                            f"(without the prompt {tx[key + '_unconditional']:.3f}, "
                                             f"retrieval {tx[key + '_retrieval']:.3f}, real images "
                                             f"{tx[key + '_real_reference']:.3f}; w = {tx['guidance_text_ldm']:g})",
          tx[key] >= 0.8),
@@ -113,8 +116,9 @@ def text_rows(tx: dict[str, float]) -> list[tuple[str, str, bool]]:
          tx["negation_rate_text_ldm"] <= tx["negation_rate_text_ldm_normal_reference"]),
         ("text fd_cxr <= 3x real-vs-real", f"{tx['fd_cxr_text_ldm']:.2f} vs {tx['fd_cxr_text_ldm_real_reference']:.2f} "
                                            f"({fd_ratio:.2f}x)", fd_ratio <= 3.0),
-        ("text memorization: share closer to train than any real test image (features / pixels)",
-         f"{tx['memorized_share_text_ldm_feature']:.3f} / {tx['memorized_share_text_ldm_pixel']:.3f}", True),
+        ("text memorization: share closer to train than any real test image (features / pixels) = 0",
+         f"{tx['memorized_share_text_ldm_feature']:.3f} / {tx['memorized_share_text_ldm_pixel']:.3f}",
+         tx["memorized_share_text_ldm_feature"] == 0 and tx["memorized_share_text_ldm_pixel"] == 0),
     ]
 
 

@@ -200,7 +200,7 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     ops["report_encoder"] = {"config": {"steps": 40, "eval_every": 20, "checkpoint_every": 20, "align_steps": 10}}
     ops["text_ldm"] = {"config": short}
     ops["text_generation_evaluation"] = {"config": {**quick_evaluation, "guidance_scales": [1.0, 3.0],
-                                                    "consistency_samples": 1}}
+                                                    "consistency_samples": 1, "sweep_samples": 1}}
     ops["synthetic_utility"] = {"config": {"seeds": 2, "classifier_steps": 20, "ddim_steps": 4,
                                            "synthetic_ratio": 0.5, "bootstrap_resamples": 300}}
     result = job.execute_in_process(
@@ -259,7 +259,8 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
         "denoising_evaluation": ["psnr_denoise_i0_1000_noisy", "psnr_denoise_i0_1000_nlm", "psnr_denoise_i0_1000_diffusion",
                                  "ssim_denoise_i0_10000_diffusion", "psnr_gain_denoise_i0_3000_nlm"],
         "generation_evaluation": ["fd_cxr_class_ddpm", "kid_class_ddpm", "cond_acc_class_ddpm", "ms_ssim_class_ddpm"],
-        "text_generation_evaluation": ["prompt_consistency_text_ldm", "prompt_consistency_text_ldm_unconditional",
+        "text_generation_evaluation": ["prompt_consistency_text_ldm", "prompt_consistency_text_ldm_ci_low",
+                                       "prompt_consistency_text_ldm_ci_high", "prompt_consistency_text_ldm_unconditional",
                                        "prompt_consistency_text_ldm_retrieval", "negation_rate_text_ldm",
                                        "negation_rate_text_ldm_normal_reference", "fd_cxr_text_ldm",
                                        "fd_cxr_text_ldm_real_reference", "kid_text_ldm", "precision_text_ldm",

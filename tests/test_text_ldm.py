@@ -16,7 +16,7 @@ from cxr_pipeline.data.labels.sources import conform, read_indiana_xml, read_nih
 from cxr_pipeline.evaluation.text_generation import negation_table, PromptSet, retrieval_baseline
 from cxr_pipeline.metrics.distribution import nearest_distances, precision_recall_density_coverage
 from cxr_pipeline.models.diffusion import (Conditioning, DiffusionModel, ScheduleConfig, TextCondition, UNetConfig,
-                                           guided_prediction, predict)
+                                           guided_prediction, predict, save_model, warm_start)
 from cxr_pipeline.models.pipelines import TextConditionalGenerator
 from cxr_pipeline.models.report_encoder import ReportEncoder
 
@@ -139,6 +139,27 @@ def test_cross_attention_reads_the_report_and_the_mask_hides_padding(tmp_path):
         assert long.hidden.shape[1] == 30 > short.hidden.shape[1]
         torch.testing.assert_close(predict(unet, x[:1], t[:1], text=short), predict(unet, x[:1], t[:1], text=long),
                                    atol=1e-5, rtol=1e-4)
+
+
+def test_a_warm_start_takes_every_fitting_weight_of_the_class_model_and_leaves_the_condition_fresh(tmp_path):
+    class_config = UNetConfig(8, 4, 4, (16, 32), 1, True, 3, 8)
+    torch.manual_seed(1)
+    class_unet = class_config.build()
+    save_model(tmp_path / "class", class_unet, "class_ddpm", ScheduleConfig(), Conditioning(num_classes=2), class_config)
+    text_unet, fresh = tiny_unet(), tiny_unet().state_dict()
+    copied = warm_start(text_unet, tmp_path / "class")
+    saved, now = class_unet.state_dict(), text_unet.state_dict()
+    assert {"conv_in.weight", "conv_out.weight", "time_embedding.linear_1.weight", "down_blocks.0.resnets.0.conv1.weight",
+            "mid_block.resnets.1.conv2.weight"} <= set(copied)
+    for name in copied:
+        torch.testing.assert_close(now[name], saved[name], rtol=0, atol=0)
+    # the class embedding table and cross-attention have no counterpart: they keep their initialization
+    untouched = [name for name in now if name.startswith("class_embedding") or ".attn2." in name]
+    assert untouched and not set(untouched) & set(copied)
+    for name in untouched:
+        torch.testing.assert_close(now[name], fresh[name], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="no weight"):
+        warm_start(UNetConfig(8, 2, 2, (24, 48), 1, True, None, 8, cross_attention_dim=32).build(), tmp_path / "class")
 
 
 def test_guidance_zero_and_one_are_the_unconditional_and_conditional_models(tmp_path):

@@ -425,8 +425,8 @@ def generation_suite(record: ModelRecord, classifier: ModelRecord, rows: pd.Data
 def text_generation_suite(record: ModelRecord, classifier: ModelRecord, metadata: pd.DataFrame, image_store: Path,
                           budget: SamplingBudget, policy: PromotionPolicy, registry_cache: Path, *,
                           guidance_scales: Sequence[float] = GUIDANCE_SWEEP, guidance_scale: Optional[float] = None,
-                          consistency_samples: int = 2, max_test_reports: Optional[int] = None,
-                          log: Log = print) -> EvaluationOutcome:
+                          consistency_samples: int = 2, sweep_samples: int = 2,
+                          max_test_reports: Optional[int] = None, log: Log = print) -> EvaluationOutcome:
     """The text-conditional model on the test split's reports: prompt consistency (against the
     unconditional floor and retrieval), negation, fd_cxr / KID / PRDC, memorization, diversity,
     with the guidance scale chosen on val; then promotion (under the same feature network)."""
@@ -440,7 +440,7 @@ def text_generation_suite(record: ModelRecord, classifier: ModelRecord, metadata
         return evaluate_text_generation(TextConditionalGenerator.from_pretrained(model_dir, budget.device),
                                         classifier.model_dir, test, val, train, guidance_scales=guidance_scales,
                                         guidance=guidance_scale, consistency_samples=consistency_samples,
-                                        ddim_steps=budget.ddim_steps, seed=budget.seed, device=budget.device)
+                                        sweep_samples=sweep_samples, ddim_steps=budget.ddim_steps, seed=budget.seed, device=budget.device)
 
     # compared only on the same test reports and images, under the same feature network
     comparison_key = f"{promotion.split_key(test.image_ids)}-classifier-v{classifier.version}"
@@ -460,6 +460,7 @@ def text_generation_suite(record: ModelRecord, classifier: ModelRecord, metadata
         markdown_table(result.headline()) + "\n\n" + markdown_table(result.per_class()),
         params={**asdict(budget), "guidance_scales": list(guidance_scales), "guidance_scale": guidance_scale,
                 "guidance_chosen": result.guidance, "consistency_samples": consistency_samples,
+                "sweep_samples": sweep_samples,
                 "classifier": f"v{classifier.version}", "test_reports": len(test), "val_reports": len(val)})
 
 

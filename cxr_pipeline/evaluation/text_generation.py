@@ -36,6 +36,7 @@ from ..data.labels.report_text import finding_mentions, report_prompts
 from ..data.labels.vocabulary import LABEL_COLUMNS, NO_FINDING
 from ..models.batches import StoreImages
 from ..metrics.detail import set_detail_interval, set_detail_ratio
+from ..metrics.statistics import summarize
 from ..metrics.distribution import (frechet_distance, kernel_inception_distance, mean_pairwise_ms_ssim,
                                     nearest_distances, precision_recall_density_coverage)
 from ..models.classifier import embed, load_classifier
@@ -149,10 +150,12 @@ def retrieval_baseline(train_prompts: Sequence[str], prompts: Sequence[str]) -> 
 
 def guidance_sweep(model: TextConditionalGenerator, classifier, class_names: Sequence[str], val: PromptSet,
                    reference: torch.Tensor, scales: Sequence[float], *, steps: int, seed: int,
-                   fd_bound: float = 3.0) -> tuple[pd.DataFrame, float]:
-    """Consistency and fd_cxr on val at each guidance scale, and the scale chosen: the most
-    consistent among those within ``fd_bound`` times the real reference (real ``reference``
-    images against real val images), else the lowest FD."""
+                   samples: int = 2, fd_bound: float = 3.0) -> tuple[pd.DataFrame, float]:
+    """Consistency (over ``samples`` samples of each normal or single-finding val report: with
+    one, the chosen scale flipped between runs) and fd_cxr (one sample per report) on val at each
+    guidance scale, and the scale chosen: the most consistent among those within ``fd_bound``
+    times the real reference (real ``reference`` images against real val images), else the
+    lowest FD."""
     val_features, _ = embed(classifier, val.images)
     reference_features, _ = embed(classifier, reference)
     fd_real = frechet_distance(val_features, reference_features)
@@ -161,9 +164,12 @@ def guidance_sweep(model: TextConditionalGenerator, classifier, class_names: Seq
     for scale in scales:
         images = model(val.prompts, guidance=scale, steps=steps, seed=seed)
         features, probabilities = embed(classifier, images)
-        overall, _ = consistency(probabilities[single].argmax(1), val.class_ids[single], class_names)
+        predicted = [probabilities[single].argmax(1)] + [
+            embed(classifier, model([val.prompts[i] for i in single], guidance=scale, steps=steps,
+                                    seed=seed + 1000 * k))[1].argmax(1) for k in range(1, samples)]
+        overall, _ = consistency(np.concatenate(predicted), np.tile(val.class_ids[single], samples), class_names)
         rows.append({"guidance": float(scale), "consistency": overall, "fd_cxr": frechet_distance(val_features, features),
-                     "fd_cxr_real_reference": fd_real})
+                     "fd_cxr_real_reference": fd_real, "consistency_samples": len(single) * samples})
     sweep = pd.DataFrame(rows)
     admissible = sweep[sweep["fd_cxr"] <= fd_bound * fd_real]
     chosen = (admissible.sort_values(["consistency", "fd_cxr"], ascending=[False, True]).iloc[0] if len(admissible)
@@ -176,6 +182,7 @@ class TextGenerationEvaluation:
     class_names: list[str]
     guidance: float
     consistency: float
+    consistency_interval: tuple[float, float]  # patient bootstrap, 95%
     consistency_per_class: dict[str, float]
     consistency_unconditional: float
     consistency_retrieval: float
@@ -207,6 +214,8 @@ class TextGenerationEvaluation:
         key = MODEL_KEY
         denied, normal = self.negation_rates()
         flat = {f"prompt_consistency_{key}": self.consistency,
+                f"prompt_consistency_{key}_ci_low": self.consistency_interval[0],
+                f"prompt_consistency_{key}_ci_high": self.consistency_interval[1],
                 f"prompt_consistency_{key}_unconditional": self.consistency_unconditional,
                 f"prompt_consistency_{key}_retrieval": self.consistency_retrieval,
                 f"prompt_consistency_{key}_real_reference": self.real_accuracy,
@@ -247,10 +256,12 @@ class TextGenerationEvaluation:
         denied, normal = self.negation_rates()
         c = self.counts
         rows = [
-            ("prompt consistency", f"{self.consistency:.3f}",
+            ("prompt consistency", f"{self.consistency:.3f} [{self.consistency_interval[0]:.3f}, "
+                                   f"{self.consistency_interval[1]:.3f}]",
              f"{self.real_accuracy:.3f} (classifier on the real images); {self.consistency_unconditional:.3f} "
              f"without the prompt; {self.consistency_retrieval:.3f} retrieval",
-             f"{c['consistency_samples']} samples of {c['consistency_prompts']} normal and single-finding reports"),
+             f"{c['consistency_samples']} samples of {c['consistency_prompts']} normal and single-finding reports "
+             f"of {c['consistency_patients']} patients (95% patient bootstrap)"),
             ("negation rate", f"{denied:.3f}", f"{normal:.3f} (normal reports)", "mean over findings denied somewhere"),
             ("fd_cxr", f"{self.fd_cxr:.3f}", f"{self.fd_cxr_real:.3f} (real val vs real test)",
              f"{c['prompts']} generated vs {c['prompts']} real"),
@@ -303,17 +314,18 @@ def _fmt(value: float) -> str:
 
 def evaluate_text_generation(model: TextConditionalGenerator, classifier_dir: Path, test: PromptSet, val: PromptSet,
                              train: PromptSet, *, guidance_scales: Sequence[float] = GUIDANCE_SWEEP,
-                             guidance: float | None = None, consistency_samples: int = 2, diversity_prompts: int = 6,
+                             guidance: float | None = None, consistency_samples: int = 2, sweep_samples: int = 2,
+                             diversity_prompts: int = 6,
                              diversity_samples: int = 4, ddim_steps: int = 20, seed: int = 0,
                              device: str = "auto") -> TextGenerationEvaluation:
     """``guidance`` None: chosen on val over ``guidance_scales``; a number skips the sweep."""
     classifier, description = load_classifier(classifier_dir, device)
     class_names = list(description["class_names"])
     reference = train.images[np.random.default_rng(seed).permutation(len(train))[:len(val)]]
-    sweep = pd.DataFrame(columns=["guidance", "consistency", "fd_cxr", "fd_cxr_real_reference"])
+    sweep = pd.DataFrame(columns=["guidance", "consistency", "fd_cxr", "fd_cxr_real_reference", "consistency_samples"])
     if guidance is None:
         sweep, guidance = guidance_sweep(model, classifier, class_names, val, reference, guidance_scales,
-                                         steps=ddim_steps, seed=seed)
+                                         steps=ddim_steps, seed=seed, samples=sweep_samples)
 
     # one sample per report (the distribution set), more for consistency, several of a few reports for diversity
     single = test.single_label()
@@ -333,6 +345,8 @@ def evaluate_text_generation(model: TextConditionalGenerator, classifier_dir: Pa
     wanted = np.tile(test.class_ids[single], consistency_samples)
     predicted = np.concatenate([probabilities[single].argmax(1), *[embed(classifier, x)[1].argmax(1) for x in extra]])
     overall, per_class = consistency(predicted, wanted, class_names)
+    interval = summarize((predicted == wanted).astype(float), np.tile(test.patients[single], consistency_samples),
+                         seed=seed)
     unconditional_overall, _ = consistency(embed(classifier, unconditional)[1].argmax(1), test.class_ids[single],
                                            class_names)
     retrieved = retrieval_baseline(train.prompts, test.prompts)
@@ -363,7 +377,8 @@ def evaluate_text_generation(model: TextConditionalGenerator, classifier_dir: Pa
         figures.append(Figure("Guidance on val", sweep_plot(sweep, guidance), "Chosen on val: the most consistent scale "
                                                                               "within 3x the real FD reference."))
     return TextGenerationEvaluation(
-        class_names=class_names, guidance=float(guidance), consistency=overall, consistency_per_class=per_class,
+        class_names=class_names, guidance=float(guidance), consistency=overall,
+        consistency_interval=(interval.ci_low, interval.ci_high), consistency_per_class=per_class,
         consistency_unconditional=unconditional_overall, consistency_retrieval=retrieval_overall,
         real_accuracy=real_overall, real_accuracy_per_class=real_per_class,
         negation=negation_table(test, probabilities.argmax(1), class_names),
@@ -376,5 +391,6 @@ def evaluate_text_generation(model: TextConditionalGenerator, classifier_dir: Pa
         memorization=memo, sweep=sweep, detail=set_detail_interval(generated, test.images, seed=seed),
         detail_real=set_detail_ratio(val.images, test.images),
         counts={"prompts": len(test), "consistency_prompts": len(single), "consistency_samples": len(predicted),
+                "consistency_patients": len(set(test.patients[single])),
                 "diversity_prompts": len(chosen), "diversity_samples": diversity_samples, "train_images": len(train)},
         figures=figures)
