@@ -41,8 +41,9 @@ class Recipe(DiffusionRecipe):
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
     snr_gamma: Optional[float] = 5.0
     text_dropout: float = 0.1
-    # The saved default; text_generation_evaluation chooses its own on val. On val (bench/text_recipe.py):
-    # prompt consistency 0.80 / 0.83 / 0.74 at w = 2 / 4 / 7.5, fd_cxr 1.3x / 1.5x / 1.9x the real reference.
+    # The saved default (the app's, the previews'); text_generation_evaluation chooses its own on val.
+    # On val (bench/text_recipe.py, warm start, 2 samples per report): prompt consistency 0.74 / 0.85 /
+    # 0.86 at w = 2 / 4 / 7.5, fd_cxr 0.6x / 1.0x / 1.7x the real reference; 7.5 saturates lesions.
     guidance_scale: float = 4.0
     balance: bool = True
     # The report encoder's last layers trained with the UNet (at 0.05x its learning rate); 0: frozen.
