@@ -112,7 +112,9 @@ def text_rows(tx: dict[str, float]) -> list[tuple[str, str, bool]]:
          tx[key] >= 0.8),
         ("text every finding >= 0.5", ", ".join(f"{k} {v:.2f}" for k, v in per.items()), min(per.values()) >= 0.5),
         ("text negation rate not above normal reports'", f"{tx['negation_rate_text_ldm']:.3f} vs "
-                                                         f"{tx['negation_rate_text_ldm_normal_reference']:.3f}",
+                                                         f"{tx['negation_rate_text_ldm_normal_reference']:.3f} (real "
+                                                         f"images of the denying reports "
+                                                         f"{tx.get('negation_rate_text_ldm_real_reference', float('nan')):.3f})",
          tx["negation_rate_text_ldm"] <= tx["negation_rate_text_ldm_normal_reference"]),
         ("text fd_cxr <= 3x real-vs-real", f"{tx['fd_cxr_text_ldm']:.2f} vs {tx['fd_cxr_text_ldm_real_reference']:.2f} "
                                            f"({fd_ratio:.2f}x)", fd_ratio <= 3.0),

@@ -245,12 +245,15 @@ def test_negation_and_retrieval_on_constructed_reports():
     test = PromptSet(prompts, np.array([0, 0, 3, 5]), [{"No_Finding"}, {"No_Finding"}, {"Effusion"}, {"Pneumothorax"}],
                      torch.zeros(4, 1, 8, 8), np.array(["a", "b", "c", "d"]), ["1", "2", "3", "4"])
     names = ["No_Finding", "Atelectasis", "Cardiomegaly", "Effusion", "Pneumonia", "Pneumothorax"]
-    table = negation_table(test, np.array([5, 0, 5, 5]), names).set_index("finding")
+    table = negation_table(test, np.array([5, 0, 5, 5]), names, real_predicted=np.array([0, 0, 5, 5])).set_index("finding")
     # pneumothorax is denied in the first three reports and produced for two of them (1st, 3rd)
     assert table.loc["Pneumothorax", "denying reports"] == 3
     assert table.loc["Pneumothorax", "rate when denied"] == pytest.approx(2 / 3)
     assert table.loc["Pneumothorax", "rate for normal reports"] == pytest.approx(1 / 2)
     assert table.loc["Pneumothorax", "rate when denied beside another finding"] == 1.0
+    # the classifier calls the real image of the third report (an effusion) a pneumothorax too
+    assert table.loc["Pneumothorax", "rate on the real images of the denying reports"] == pytest.approx(1 / 3)
+    assert "rate on the real images of the denying reports" not in negation_table(test, np.zeros(4, int), names)
     assert retrieval_baseline(["Small left pneumothorax.", "No acute disease."],
                               ["Moderate left pneumothorax.", "No acute cardiopulmonary disease."]).tolist() == [0, 1]
 
