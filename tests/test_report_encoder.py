@@ -4,6 +4,7 @@ local BERT-family checkpoint."""
 
 import hashlib
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -52,11 +53,11 @@ def test_the_tokenizer_round_trips_through_save_pretrained(tmp_path):
 
 
 TOKENIZER_IN_A_FRESH_PROCESS = """
-import sys
-from tests.test_report_encoder import reports
+import json, sys
 from cxr_pipeline.models.report_tokenizer import train_tokenizer
+texts = json.loads(open(sys.argv[1]).read())
 for vocab_size in (60, 400):  # words left out (pieces spell them), and every word kept
-    train_tokenizer(reports() * 3 + reports()[::2], vocab_size, 24).save_pretrained(f"{sys.argv[1]}/{vocab_size}")
+    train_tokenizer(texts, vocab_size, 24).save_pretrained(f"{sys.argv[2]}/{vocab_size}")
 """
 
 
@@ -68,11 +69,11 @@ def _folder_digest(folder: Path) -> dict[str, str]:
 def test_the_tokenizer_files_are_the_same_in_every_process(tmp_path):
     """Two fresh interpreters with different hash seeds (Python's, and the per-process random
     state of the hash maps inside ``tokenizers``) write byte-identical tokenizer files."""
-    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "reports.json").write_text(json.dumps(reports() * 3 + reports()[::2]))
     digests = []
     for seed in ("1", "2"):
-        subprocess.run([sys.executable, "-c", TOKENIZER_IN_A_FRESH_PROCESS, str(tmp_path / seed)], check=True, cwd=root,
-                       env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(root)})
+        subprocess.run([sys.executable, "-c", TOKENIZER_IN_A_FRESH_PROCESS, str(tmp_path / "reports.json"),
+                        str(tmp_path / seed)], check=True, env={**os.environ, "PYTHONHASHSEED": seed})
         digests.append(_folder_digest(tmp_path / seed))
     assert {"60/tokenizer.json", "400/tokenizer.json", "400/tokenizer_config.json"} <= set(digests[0])
     assert digests[0] == digests[1]
