@@ -28,7 +28,7 @@ import pandas as pd
 
 from cxr_pipeline import kinds
 from cxr_pipeline.data.image_store import ImageStore
-from cxr_pipeline.evaluation.text_generation import consistency, prompt_set
+from cxr_pipeline.evaluation.text_generation import consistency, predicted_classes, prompt_set
 from cxr_pipeline.metrics.distribution import frechet_distance
 from cxr_pipeline.model_record import current_model
 from cxr_pipeline.models import diffusion_training as dt
@@ -99,11 +99,10 @@ def main() -> None:
         for scale in [float(g) for g in args.guidance.split(",")]:
             images = model(val.prompts, guidance=scale, steps=args.ddim_steps, seed=0)
             features, probabilities = embed(classifier, images)
-            predicted = [probabilities[single].argmax(1)] + [
-                embed(classifier, model([val.prompts[i] for i in single], guidance=scale, steps=args.ddim_steps,
-                                        seed=1000 * k))[1].argmax(1) for k in range(1, args.samples)]
-            overall, per = consistency(np.concatenate(predicted), np.tile(val.class_ids[single], args.samples),
-                                       class_names)
+            predicted = predicted_classes(model, classifier, [val.prompts[i] for i in single],
+                                          probabilities[single].argmax(1), args.samples, guidance=scale,
+                                          steps=args.ddim_steps, seed=0)
+            overall, per = consistency(predicted, np.tile(val.class_ids[single], args.samples), class_names)
             row = {"recipe": name, "steps": train.steps, "train_s": round(seconds, 1), "guidance": scale,
                    "samples": args.samples,
                    "consistency": round(overall, 3), "worst": round(min(v for v in per.values() if np.isfinite(v)), 3),

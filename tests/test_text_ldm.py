@@ -253,7 +253,6 @@ def test_negation_and_retrieval_on_constructed_reports():
     assert table.loc["Pneumothorax", "rate when denied beside another finding"] == 1.0
     # the classifier calls the real image of the third report (an effusion) a pneumothorax too
     assert table.loc["Pneumothorax", "rate on the real images of the denying reports"] == pytest.approx(1 / 3)
-    assert "rate on the real images of the denying reports" not in negation_table(test, np.zeros(4, int), names)
     assert retrieval_baseline(["Small left pneumothorax.", "No acute disease."],
                               ["Moderate left pneumothorax.", "No acute cardiopulmonary disease."]).tolist() == [0, 1]
 

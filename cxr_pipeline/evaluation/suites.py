@@ -440,7 +440,8 @@ def text_generation_suite(record: ModelRecord, classifier: ModelRecord, metadata
         return evaluate_text_generation(TextConditionalGenerator.from_pretrained(model_dir, budget.device),
                                         classifier.model_dir, test, val, train, guidance_scales=guidance_scales,
                                         guidance=guidance_scale, consistency_samples=consistency_samples,
-                                        sweep_samples=sweep_samples, ddim_steps=budget.ddim_steps, seed=budget.seed, device=budget.device)
+                                        sweep_samples=sweep_samples, ddim_steps=budget.ddim_steps, seed=budget.seed,
+                                        device=budget.device)
 
     # compared only on the same test reports and images, under the same feature network
     comparison_key = f"{promotion.split_key(test.image_ids)}-classifier-v{classifier.version}"

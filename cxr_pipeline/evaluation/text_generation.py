@@ -94,15 +94,24 @@ def consistency(predicted: np.ndarray, wanted: np.ndarray, class_names: Sequence
     return float(hits.mean()) if len(hits) else float("nan"), per
 
 
+def predicted_classes(model: TextConditionalGenerator, classifier, prompts: Sequence[str], first: np.ndarray,
+                      samples: int, *, guidance: float, steps: int, seed: int) -> np.ndarray:
+    """The classifier's class for ``samples`` samples of each prompt, sample by sample: ``first``
+    is the one already drawn at ``seed``, the others are drawn at ``seed + 1000 k``."""
+    more = [embed(classifier, model(list(prompts), guidance=guidance, steps=steps, seed=seed + 1000 * k))[1].argmax(1)
+            for k in range(1, samples)]
+    return np.concatenate([np.asarray(first), *more])
+
+
 REAL_NEGATION = "rate on the real images of the denying reports"
 
 
 def negation_table(prompts: PromptSet, predicted: np.ndarray, class_names: Sequence[str],
-                   real_predicted: np.ndarray | None = None) -> pd.DataFrame:
+                   real_predicted: np.ndarray) -> pd.DataFrame:
     """Per finding: the rate at which samples of reports denying it (without it in the labels)
     are classified as it, beside the rate for samples of normal reports; also for denying
-    reports that state another finding (where the two sets do not overlap). ``real_predicted``
-    (the classifier on the reports' real images) adds the same rate on the real images: most
+    reports that state another finding (where the two sets do not overlap), and on the reports'
+    real images (``real_predicted``, the classifier's class for each): most
     denying reports state another finding, which the classifier can mistake for the denied one
     on real images too, so normal reports are a floor the real data itself need not reach."""
     mentions = [finding_mentions(p) for p in prompts.prompts]
@@ -120,8 +129,7 @@ def negation_table(prompts: PromptSet, predicted: np.ndarray, class_names: Seque
                      "rate for normal reports": float(produced[normal].mean()) if normal.any() else np.nan,
                      "denying reports with another finding": int(other.sum()),
                      "rate when denied beside another finding": float(produced[other].mean()) if other.any() else np.nan,
-                     **({REAL_NEGATION: float((real_predicted[denied] == c).mean()) if denied.any() else np.nan}
-                        if real_predicted is not None else {})})
+                     REAL_NEGATION: float((real_predicted[denied] == c).mean()) if denied.any() else np.nan})
     return pd.DataFrame(rows)
 
 
@@ -173,10 +181,9 @@ def guidance_sweep(model: TextConditionalGenerator, classifier, class_names: Seq
     for scale in scales:
         images = model(val.prompts, guidance=scale, steps=steps, seed=seed)
         features, probabilities = embed(classifier, images)
-        predicted = [probabilities[single].argmax(1)] + [
-            embed(classifier, model([val.prompts[i] for i in single], guidance=scale, steps=steps,
-                                    seed=seed + 1000 * k))[1].argmax(1) for k in range(1, samples)]
-        overall, _ = consistency(np.concatenate(predicted), np.tile(val.class_ids[single], samples), class_names)
+        predicted = predicted_classes(model, classifier, [val.prompts[i] for i in single],
+                                      probabilities[single].argmax(1), samples, guidance=scale, steps=steps, seed=seed)
+        overall, _ = consistency(predicted, np.tile(val.class_ids[single], samples), class_names)
         rows.append({"guidance": float(scale), "consistency": overall, "fd_cxr": frechet_distance(val_features, features),
                      "fd_cxr_real_reference": fd_real, "consistency_samples": len(single) * samples})
     sweep = pd.DataFrame(rows)
@@ -344,8 +351,6 @@ def evaluate_text_generation(model: TextConditionalGenerator, classifier_dir: Pa
     # one sample per report (the distribution set), more for consistency, several of a few reports for diversity
     single = test.single_label()
     generated = model(test.prompts, guidance=guidance, steps=ddim_steps, seed=seed)
-    extra = [model([test.prompts[i] for i in single], guidance=guidance, steps=ddim_steps, seed=seed + 1000 * (k + 1))
-             for k in range(consistency_samples - 1)]
     unconditional = model([test.prompts[i] for i in single], guidance=0.0, steps=ddim_steps, seed=seed)
     chosen = [int(single[test.class_ids[single] == c][0]) for c in range(len(class_names))
               if (test.class_ids[single] == c).any()][:diversity_prompts]
@@ -357,7 +362,8 @@ def evaluate_text_generation(model: TextConditionalGenerator, classifier_dir: Pa
     train_features, _ = embed(classifier, train.images)
     features, probabilities = embed(classifier, generated)
     wanted = np.tile(test.class_ids[single], consistency_samples)
-    predicted = np.concatenate([probabilities[single].argmax(1), *[embed(classifier, x)[1].argmax(1) for x in extra]])
+    predicted = predicted_classes(model, classifier, [test.prompts[i] for i in single], probabilities[single].argmax(1),
+                                  consistency_samples, guidance=guidance, steps=ddim_steps, seed=seed)
     overall, per_class = consistency(predicted, wanted, class_names)
     interval = summarize((predicted == wanted).astype(float), np.tile(test.patients[single], consistency_samples),
                          seed=seed)

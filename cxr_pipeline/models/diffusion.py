@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from diffusers.training_utils import compute_snr
+from safetensors.torch import load_file
 
 
 @dataclass(frozen=True)
@@ -338,8 +339,6 @@ def warm_start(unet: torch.nn.Module, model_folder: Path) -> list[str]:
     convolutions, normalizations and timestep embedding already draw the anatomy; what differs
     (the condition's embedding, cross-attention) keeps its fresh initialization. Returns the
     names copied."""
-    from safetensors.torch import load_file
-
     saved = load_file(str(Path(model_folder) / "unet" / "diffusion_pytorch_model.safetensors"))
     own = unet.state_dict()
     copied = sorted(name for name, tensor in saved.items() if name in own and own[name].shape == tensor.shape)

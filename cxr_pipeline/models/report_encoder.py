@@ -4,8 +4,9 @@ One loading path serves every encoder: a local folder read with ``AutoTokenizer`
 ``AutoModel`` and ``local_files_only=True``, so nothing is ever downloaded. The folder is either
 a pretrained biomedical checkpoint a user configures (BioBERT, CXR-BERT, PubMedBERT, ...) or the
 small encoder this project pretrains when none is configured: a WordPiece tokenizer built on the
-training split's reports (:mod:`.report_tokenizer`, the same files on every run) and a small BERT pretrained on them by masked-language
-modelling (``BertForMaskedLM``), both written with ``save_pretrained``.
+training split's reports (:mod:`.report_tokenizer`, the same files on every run) and a small BERT
+pretrained on them by masked-language modelling (``BertForMaskedLM``), both written with
+``save_pretrained``.
 
 The diffusion model attends to the encoder's last hidden states with the attention mask; the
 empty report (``""``, just ``[CLS] [SEP]``) is the null condition of classifier-free guidance.
@@ -24,7 +25,6 @@ import torch
 from transformers import (AutoModel, AutoTokenizer, BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling,
                           PreTrainedTokenizerFast)
 
-from ..data.atomic import atomic_folder
 from .batches import EpochSampler
 from .diffusion import TextCondition
 from .report_tokenizer import VOCABULARY_RULE, train_tokenizer
@@ -92,13 +92,7 @@ def pretrain_report_encoder(train_texts: Sequence[str], val_texts: Sequence[str]
         raise ValueError("no non-empty training reports to pretrain the report encoder on")
     run_dir = Path(runs_root) / run_key("report_encoder", asdict(config), train_config.identity(), data_hash,
                                         VOCABULARY_RULE)
-    tokenizer_dir = run_dir / "tokenizer"  # the run's vocabulary, kept with its checkpoints; a resumed run reads it
-    if (tokenizer_dir / "tokenizer.json").exists():
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
-    else:
-        tokenizer = train_tokenizer(texts, config.vocab_size, config.max_length)
-        with atomic_folder(tokenizer_dir) as tmp:
-            tokenizer.save_pretrained(str(tmp))
+    tokenizer = train_tokenizer(texts, config.vocab_size, config.max_length)  # the same on every run and resume
     token_ids = tokenizer(texts, truncation=True, max_length=config.max_length)["input_ids"]
     val_ids = tokenizer([t for t in val_texts if t.strip()][:256], truncation=True, max_length=config.max_length)["input_ids"]
     torch.manual_seed(train_config.seed)  # the initial weights: the same run starts the same
