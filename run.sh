@@ -4,6 +4,7 @@
 #   ./run.sh test   set up, then run the test suite
 #   ./run.sh dev    set up, then start the Dagster UI (dagster dev) on http://127.0.0.1:3000
 #   ./run.sh app    set up, then start the interactive app over the champion models on http://127.0.0.1:8501
+#   ./run.sh mlflow set up, then start the MLflow UI over the work folder's store on http://127.0.0.1:5000
 #   ./run.sh setup  only create .venv and install the project
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -38,6 +39,9 @@ init_instance() {
 export CXR_HOME="${CXR_HOME:-$PWD/work}"
 export DAGSTER_HOME="${DAGSTER_HOME:-$CXR_HOME/dagster_home}"
 mkdir -p "$CXR_HOME" "$DAGSTER_HOME"
+# Where the UIs are served: links in Dagster metadata, MLflow run notes and the app use these.
+export CXR_DAGSTER_URL="${CXR_DAGSTER_URL:-http://127.0.0.1:3000}"
+export CXR_MLFLOW_UI_URL="${CXR_MLFLOW_UI_URL:-http://127.0.0.1:5000}"
 # Training steps share the "cxr_training" concurrency pool: one at a time across runs by default.
 if [ ! -f "$DAGSTER_HOME/dagster.yaml" ]; then
   printf 'concurrency:\n  pools:\n    default_limit: 1\n' > "$DAGSTER_HOME/dagster.yaml"
@@ -64,8 +68,14 @@ case "$command" in
     exec "$VENV/bin/streamlit" run cxr_pipeline/app/main.py --server.address 127.0.0.1 \
       --browser.gatherUsageStats false "$@"
     ;;
+  mlflow)
+    setup
+    store="${MLFLOW_TRACKING_URI:-sqlite:///$CXR_HOME/mlflow/mlflow.db}"
+    port="${CXR_MLFLOW_UI_URL##*:}"
+    exec "$VENV/bin/mlflow" ui --backend-store-uri "$store" --host 127.0.0.1 --port "${port%%/*}" "$@"
+    ;;
   *)
-    echo "usage: $0 {demo|test|dev|app|setup}" >&2
+    echo "usage: $0 {demo|test|dev|app|mlflow|setup}" >&2
     exit 2
     ;;
 esac

@@ -52,7 +52,10 @@ def class_ddpm(context: dg.AssetExecutionContext, config: ClassDdpmConfig, setti
     return dg.MaterializeResult(metadata=produced)
 
 
-@dg.asset(group_name="models", deps=[low_dose_pairs, image_metadata], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
+# After ``latents`` though it trains in pixel space: its registered version carries the input
+# distribution ``latents`` fits, so its inputs can be checked against its training data.
+@dg.asset(group_name="models", deps=[low_dose_pairs, image_metadata, latents], kinds={"pytorch", "mlflow"},
+          **TRAINING_STEP)
 def low_dose_denoiser(context: dg.AssetExecutionContext, config: DenoiserConfig, settings: CxrSettings,
                       mlflow_tracking: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """Conditional diffusion restoring normal dose from low dose (noisy image concatenated at the

@@ -3,8 +3,8 @@
 Each evaluation asset calls one suite from ``cxr_pipeline.evaluation.suites`` and publishes what
 it returns as one MLflow run tagged with the Dagster lineage and the model versions it evaluated:
 every figure as a metric (``<metric>_<task>_<method>``, see the README), a self-contained HTML
-report and its Markdown twin (also artifacts), the headline figures copied into each evaluated
-model's own run, the registered version tagged with the evaluation run, and a WARN check that
+report and its Markdown twin (also artifacts), a link to it from each evaluated model's
+training run, the registered version tagged with the evaluation run, and a WARN check that
 says whether the model beats its classical baseline.
 """
 

@@ -8,6 +8,7 @@ import pandas as pd
 
 from cxr_pipeline.data import ingest as ingestion
 from cxr_pipeline.data.demo.dataset import DemoSpec, generate_demo_dataset
+from cxr_pipeline.provenance import record_source
 from cxr_pipeline.data.geometry import AspectPolicy
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.parallel import default_workers
@@ -88,6 +89,7 @@ def ingested_images(
         rate = p.done / p.elapsed_s if p.elapsed_s else 0.0
         context.log.info(f"ingested {p.done}/{p.total} files ({p.accepted} accepted, {p.rejected} rejected, {rate:.0f} files/s)")
 
+    record_source(paths, settings.raw_data_dir())  # what every model trained on this data says it learnt from
     summary = ingestion.ingest(
         settings.raw_data_dir(),
         manifest_path=paths.manifest,

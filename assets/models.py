@@ -6,10 +6,12 @@ import dagster as dg
 import pandas as pd
 
 from cxr_pipeline import kinds
+from cxr_pipeline.kinds.vae import FINE_DETAIL_FLOOR
 from cxr_pipeline.data import atomic
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.data.pairs import scales_built, sr_pair_dir
 from cxr_pipeline.model_record import current_model
+from cxr_pipeline.models.input_distribution import InputDistribution
 from cxr_pipeline.models.vae import encode_latents
 from resources import CxrSettings, MlflowTracking
 
@@ -20,10 +22,6 @@ from .training import TRAINING_STEP, recipe_config, train_one
 
 VaeTrainingConfig = recipe_config(kinds.VAE.recipe, "VaeTrainingConfig")
 
-
-# No latent model can draw what its autoencoder loses: below this share of the val images' fine
-# detail (metrics/detail.py), reconstructions look blurred (a 0.7 px blur scores about 0.27).
-FINE_DETAIL_FLOOR = 0.9
 
 
 @dg.asset(group_name="models", deps=[image_metadata], kinds={"pytorch", "mlflow"}, **TRAINING_STEP,
@@ -58,6 +56,10 @@ def latents(context: dg.AssetExecutionContext, settings: CxrSettings) -> dg.Mate
         lr_stores[scale] = (ImageStore(folder), pd.read_parquet(folder / "index.parquet"))
     summary = encode_latents(metadata, ImageStore(paths.image_store), str(record.model_dir), lr_stores, paths.latents)
     atomic.write_text(paths.latents / "vae.json", json.dumps(record.as_dict(), indent=2))
+    reference = InputDistribution.load(paths.latents)
+    if reference is not None:  # the autoencoder these latents came from, for scoring new inputs
+        reference.vae = record.as_dict()
+        reference.save(paths.latents)
     context.log.info(f"latents {summary['latent_shape']} for {summary['splits']}, scaling factor {summary['scaling_factor']:.4f}")
     return dg.MaterializeResult(metadata={
         "scaling_factor": round(summary["scaling_factor"], 6),
@@ -65,5 +67,7 @@ def latents(context: dg.AssetExecutionContext, settings: CxrSettings) -> dg.Mate
         "scales": dg.MetadataValue.json(summary["scales"]),
         **{f"{split}_images": n for split, n in summary["splits"].items()},
         "vae": record.label,
+        **({"ood_threshold": round(reference.threshold, 3), "ood_val_median": round(reference.val_median, 3),
+            "ood_test_flagged_share": reference.test_flagged_share} if reference is not None else {}),
         "path": dg.MetadataValue.path(str(paths.latents)),
     })

@@ -112,7 +112,8 @@ def train_kind(context: dg.AssetExecutionContext, kind: ModelKind, recipe: Train
             return _launch(context, settings, recipe, plan, run_id, pipes)
 
         registered = train_and_register(plan, paths, lambda name, tags: mlflow_tracking.run(context, name, tags), train,
-                                        {"launcher": launcher} if plan.job is not None else None)
+                                        {"launcher": launcher} if plan.job is not None else None,
+                                        profile=settings.profile_spec().name)
         done.append((plan, registered, training_metadata(registered, mlflow_tracking)))
     return done
 

@@ -1,12 +1,14 @@
 """Champion / challenger promotion in the MLflow Model Registry.
 
-Every newly evaluated version gets the alias ``challenger``. It takes ``champion`` only when it
+A newly evaluated version takes ``champion`` only when it
 beats its classical baseline on the same images (bicubic, non-local means, chance-level
 conditional accuracy: a model that samples noise is never champion, not even the first one), and
 beats the champion on the rule's metric *on the same test split* and is not worse on the guard
 metrics (for super-resolution: PSNR up, LR-consistency not down, so a sharper but invented image
-never wins). The decision, both sets of numbers and the reason are recorded as model-version tags
-and returned for the report and the asset metadata.
+never wins). Otherwise it is the ``challenger``: the latest evaluated version that is not the
+champion (the two aliases never name the same version; a promotion leaves no challenger). The
+decision, both sets of numbers and the reason are recorded as model-version tags and returned for
+the report and the asset metadata.
 """
 
 from __future__ import annotations
@@ -43,6 +45,15 @@ class PromotionRule:
     def metrics(self) -> tuple[str, ...]:
         return (self.metric, *self.guards, *self.interval_guards)
 
+    def importance(self) -> tuple[str, ...]:
+        """The figures people should read first: the promotion metric and the baseline it must
+        beat, the other model/baseline pairs, then the guards."""
+        ordered: list[str] = [self.metric]
+        for model, baseline in sorted(self.must_beat, key=lambda pair: pair[0] != self.metric):
+            ordered += [model, baseline]
+        ordered += [*self.guards, *self.interval_guards]
+        return tuple(dict.fromkeys(ordered))
+
 
 @dataclass(frozen=True)
 class BaselineVerdict:
@@ -76,6 +87,7 @@ class Decision:
     challenger: dict[str, float]
     champion: dict[str, float] | None = None
     verdicts: dict[str, str] = field(default_factory=dict)
+    importance: tuple[str, ...] = ()  # the rule's figures, most important first (``PromotionRule.importance``)
 
     def table(self) -> pd.DataFrame:
         rows = []
@@ -94,6 +106,13 @@ def _fmt(value: float | None) -> str:
 def decide(rule: PromotionRule, version: str, challenger: dict[str, float], champion_version: str | None,
            champion: dict[str, float] | None) -> Decision:
     """Pure: the decision from two sets of test-split metrics."""
+    decision = _decide(rule, version, challenger, champion_version, champion)
+    decision.importance = rule.importance()
+    return decision
+
+
+def _decide(rule: PromotionRule, version: str, challenger: dict[str, float], champion_version: str | None,
+            champion: dict[str, float] | None) -> Decision:
     missing = [m for m in rule.metrics() if m not in challenger]
     if missing:
         return Decision(False, f"challenger lacks {', '.join(missing)}", version, champion_version, challenger, champion)
@@ -135,6 +154,12 @@ def decide(rule: PromotionRule, version: str, challenger: dict[str, float], cham
                           f"{', '.join(rule.guards) or 'any guard'}", version, champion_version, challenger, champion, verdicts)
 
 
+def by_importance(metrics: dict[str, float], importance: tuple[str, ...]) -> dict[str, float]:
+    """``metrics`` with the headline figures first, in ``importance`` order, then the rest by name."""
+    first = {k: metrics[k] for k in importance if k in metrics}
+    return {**first, **{k: v for k, v in sorted(metrics.items()) if k not in first}}
+
+
 def split_key(image_ids) -> str:
     """Identifies a test set: two evaluations compare only when they scored the same images."""
     return hashlib.sha256("\n".join(sorted(map(str, image_ids))).encode()).hexdigest()[:16]
@@ -157,15 +182,43 @@ def recorded_metrics(tags: dict[str, str], split_hash: str) -> dict[str, float] 
 
 
 def record_and_promote(name: str, decision: Decision, split_hash: str) -> None:
-    """Tag the challenger with its metrics and the decision; move the aliases."""
+    """Tag the evaluated version with its metrics and the decision; move the aliases: champion
+    when promoted (and no challenger left), else challenger."""
     client = MlflowClient()
     metrics = {k: round(v, 6) for k, v in sorted(decision.challenger.items())
                if not k.endswith(("_std", "_ci_low", "_ci_high")) and math.isfinite(v)}
+    metrics = by_importance(metrics, decision.importance)
     tags = {"evaluation_split_hash": split_hash, "evaluation_metrics": json.dumps(metrics),
             "promotion_decision": "promoted" if decision.promoted else "not promoted",
             "promotion_reason": decision.reason}
     for key, value in tags.items():
         client.set_model_version_tag(name, decision.version, key, value)
-    client.set_registered_model_alias(name, CHALLENGER, decision.version)
+    record_aliases(name, decision)
+
+
+def record_aliases(name: str, decision: Decision) -> None:
+    client = MlflowClient()
     if decision.promoted:
         client.set_registered_model_alias(name, CHAMPION, decision.version)
+        try:
+            client.delete_registered_model_alias(name, CHALLENGER)
+        except MlflowException:  # there was none
+            pass
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, decision.version)
+
+
+def accept(name: str, version: str, acceptance: tuple[tuple[str, float, str], ...], metrics: dict[str, float]) -> bool:
+    """For a model no evaluation promotes (VAE, classifier, report encoder): champion when its own
+    final validation reaches every ``(metric, minimum, why)``; else challenger. Recorded as tags."""
+    failed = [f"{metric} = {metrics.get(metric, math.nan):.4f} < {minimum:g} (needed: {why})"
+              for metric, minimum, why in acceptance if not metrics.get(metric, -math.inf) >= minimum]
+    passed = not failed
+    reason = ("passes its own validation: " + ", ".join(f"{m} = {metrics[m]:.4f} >= {v:g}" for m, v, _ in acceptance)
+              if passed else "does not pass its own validation: " + "; ".join(failed))
+    client = MlflowClient()
+    client.set_model_version_tag(name, version, "promotion_decision", "promoted" if passed else "not promoted")
+    client.set_model_version_tag(name, version, "promotion_reason", reason)
+    decision = Decision(passed, reason, version, None, {})
+    record_aliases(name, decision)
+    return passed

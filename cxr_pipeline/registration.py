@@ -17,8 +17,12 @@ from typing import Any
 import mlflow
 import numpy as np
 
-from . import serving, tracking
+from . import provenance, serving, tracking
 from .kinds import TrainingPlan
+from .kinds.base import IMAGES
+from .models.input_distribution import FILE as INPUT_DISTRIBUTION_FILE
+from .models.input_distribution import InputDistribution
+from .promotion import accept
 from .model_record import ModelRecord
 from .models.training import TrainingOutcome
 from .settings import WorkPaths
@@ -51,9 +55,12 @@ def plan_params(plan: TrainingPlan) -> dict:
 
 
 def train_and_register(plan: TrainingPlan, paths: WorkPaths, start_run: StartRun,
-                       train: Callable[[str], tuple[TrainingOutcome, dict]], extra_params: dict | None = None) -> Registered:
+                       train: Callable[[str], tuple[TrainingOutcome, dict]], extra_params: dict | None = None,
+                       profile: str = "unknown") -> Registered:
     """``train(mlflow_run_id)`` trains (in this process or another) and returns the outcome and
-    what it reported."""
+    what it reported. The model folder gets its provenance (and, for a model that takes images,
+    the input distribution of its training data) before it is logged, so the registered version
+    carries both."""
     kind = plan.kind
     with start_run(kind.registered_name, {"data.split_hash": plan.data_hash, "model": kind.registered_name}) as run:
         mlflow.log_params({**plan_params(plan), **(extra_params or {})})
@@ -62,8 +69,20 @@ def train_and_register(plan: TrainingPlan, paths: WorkPaths, start_run: StartRun
             mlflow.log_metrics({f"final_{k}": v for k, v in outcome.metrics.items()})
         for step, grid in sorted(outcome.previews.items()):
             mlflow.log_image(np.asarray(grid), f"samples/step_{step:07d}.png")
-        version = str(serving.log_pyfunc(outcome.model_dir, kind.registered_name).registered_model_version)
+        lineage = provenance.training_provenance(paths, profile)
+        provenance.write(outcome.model_dir, lineage)
+        reference = InputDistribution.load(paths.latents) if kind.serving.input_shape == IMAGES else None
+        if reference is not None:
+            reference.save(outcome.model_dir)
+        mlflow.set_tags(provenance.as_tags(lineage))
+        metadata = {"provenance": lineage, **({"input_distribution": {
+            "file": INPUT_DISTRIBUTION_FILE, "threshold": reference.threshold, "vae": reference.vae}} if reference else {})}
+        version = str(serving.log_pyfunc(outcome.model_dir, kind.registered_name, metadata=metadata)
+                      .registered_model_version)
         tracking.describe_registered_model(kind.registered_name, kind.description)
+        tracking.tag_model_version(kind.registered_name, version, provenance.as_tags(lineage))
+        if kind.acceptance:
+            accept(kind.registered_name, version, kind.acceptance, outcome.metrics)
     record = ModelRecord(outcome.model_dir, run.info.run_id, kind.registered_name, version, plan.data_hash)
     record.write(paths.model_pointer(kind.key))
     return Registered(outcome, record, run, reported)

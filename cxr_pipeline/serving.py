@@ -71,12 +71,13 @@ def input_example(folder: Path):
     return kind_of_folder(folder).serving.example(Path(folder))
 
 
-def log_pyfunc(folder: Path, registered_name: str | None = None, name: str = "model"):
+def log_pyfunc(folder: Path, registered_name: str | None = None, name: str = "model", metadata: dict | None = None):
     """Log ``folder`` as a pyfunc model in the active run (and register it when a name is given);
-    returns MLflow's ModelInfo (``registered_model_version`` is the new version)."""
+    returns MLflow's ModelInfo (``registered_model_version`` is the new version). ``metadata``
+    (the training data's provenance) goes into the MLmodel file, read back by ``mlflow.models.get_model_info``."""
     folder = Path(folder)
     spec = kind_of_folder(folder).serving
     return mlflow.pyfunc.log_model(
         name=name, python_model=str(MODEL_CODE), artifacts={PIPELINE_ARTIFACT: str(folder)},
         code_paths=[str(PACKAGE)], signature=signature(spec), input_example=spec.example(folder),
-        pip_requirements=list(REQUIREMENTS), registered_model_name=registered_name)
+        pip_requirements=list(REQUIREMENTS), registered_model_name=registered_name, metadata=metadata)

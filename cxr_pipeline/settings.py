@@ -30,6 +30,28 @@ def tracking_uri_for(home: Path, explicit: str | None = None) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home)
 
 
+# Where people open the two UIs. Links in Dagster metadata, MLflow run notes and the app are built
+# from these, never from a fixed port (run.sh sets both for the commands it starts).
+DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
+
+
+def dagster_ui_url(explicit: str | None = None) -> str:
+    """``explicit``, else ``CXR_DAGSTER_URL`` (or Dagster's own ``DAGSTER_WEBSERVER_URL``), else
+    the address ``dagster dev`` uses by default."""
+    return (explicit or os.environ.get("CXR_DAGSTER_URL") or os.environ.get("DAGSTER_WEBSERVER_URL")
+            or DEFAULT_DAGSTER_URL).rstrip("/")
+
+
+def mlflow_ui_url(tracking_uri: str, explicit: str | None = None) -> str | None:
+    """Where the MLflow UI over ``tracking_uri`` is served: ``explicit``, else ``CXR_MLFLOW_UI_URL``,
+    else the tracking server itself; None for a local store with no UI configured (a SQLite
+    file has no web address of its own: ``./run.sh mlflow`` serves it and sets the URL)."""
+    url = explicit or os.environ.get("CXR_MLFLOW_UI_URL")
+    if not url and tracking_uri.startswith(("http://", "https://")):
+        url = tracking_uri
+    return url.rstrip("/") if url else None
+
+
 def profile_from_environment(explicit: str | None = None) -> Profile:
     return get_profile(explicit or os.environ.get("CXR_PROFILE") or "demo")
 

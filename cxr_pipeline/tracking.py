@@ -37,11 +37,23 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path) -> str:
     return experiment.experiment_id
 
 
-def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
-    """The run's page in the MLflow UI when the store is a tracking server; None for a local store."""
-    if not tracking_uri.startswith(("http://", "https://")):
+# MLflow 3.17's UI reads its view (model training or GenAI) from the page address first, then from
+# the browser's last choice (GenAI on a fresh browser); the experiment's kind tag alone is ignored.
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def experiment_url(ui_url: str | None, experiment_id: str) -> str | None:
+    """The experiment's runs table in the MLflow UI's model-training view; None without a UI."""
+    if not ui_url:
         return None
-    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
+
+
+def run_url(ui_url: str | None, experiment_id: str, run_id: str) -> str | None:
+    """The run's page in the MLflow UI (model-training view); None without a UI."""
+    if not ui_url:
+        return None
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
 
 
 def git_commit(repository: Path | None = None) -> str:
@@ -74,9 +86,8 @@ def describe_registered_model(name: str, description: str) -> None:
 
 
 def log_metrics_to_run(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-    """Add metrics to a run that is not this process's active run: an evaluation's headline figures
-    to the model's training run (so MLflow's run comparison shows them next to the
-    hyperparameters), or an out-of-process training's curves to the run its asset opened."""
+    """Add metrics to a run that is not this process's active run: an out-of-process training's
+    curves to the run its asset opened."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
@@ -90,6 +101,14 @@ def metric_history(run_id: str, key: str) -> tuple[list[int], list[float]]:
     """(steps, values) of one metric of a run, in step order."""
     history = sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
     return [m.step for m in history], [m.value for m in history]
+
+
+def tag_run(run_id: str, tags: dict[str, str]) -> None:
+    """Tags on a run that is not this process's active run (an evaluation's link from the
+    training run it scored)."""
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
 
 
 def tag_model_version(name: str, version: str, tags: dict[str, str]) -> None:

@@ -1,6 +1,5 @@
 """A thin MLflow resource: where the tracking store is, and one run per asset materialization."""
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -9,7 +8,7 @@ import dagster as dg
 import mlflow
 
 from cxr_pipeline import tracking
-from cxr_pipeline.settings import tracking_uri_for
+from cxr_pipeline.settings import dagster_ui_url, mlflow_ui_url, tracking_uri_for
 
 from .settings import CxrSettings
 
@@ -21,8 +20,10 @@ class MlflowTracking(dg.ConfigurableResource):
     settings: CxrSettings
     tracking_uri: Optional[str] = None
     experiment: str = "cxr-pipeline"
-    # Where people open the Dagster UI, for the link back from each MLflow run
-    dagster_url: str = os.environ.get("DAGSTER_WEBSERVER_URL", "http://127.0.0.1:3000")
+    # Where people open the two UIs: empty falls back to CXR_DAGSTER_URL / CXR_MLFLOW_UI_URL
+    # (cxr_pipeline.settings), so every link into Dagster and MLflow follows one setting.
+    dagster_url: Optional[str] = None
+    mlflow_ui_url: Optional[str] = None
 
     def resolved_uri(self) -> str:
         return tracking_uri_for(self.settings.resolved_home(), self.tracking_uri)
@@ -35,7 +36,7 @@ class MlflowTracking(dg.ConfigurableResource):
     def run(self, context: dg.AssetExecutionContext, run_name: str, tags: Optional[dict] = None):
         """One MLflow run, tagged with the Dagster lineage (run id, asset, partition, commit)."""
         experiment_id = self.activate()
-        dagster_run = f"{self.dagster_url.rstrip('/')}/runs/{context.run.run_id}"
+        dagster_run = f"{dagster_ui_url(self.dagster_url)}/runs/{context.run.run_id}"
         lineage = {
             "dagster.run_id": context.run.run_id,
             "dagster.run_url": dagster_run,
@@ -51,7 +52,8 @@ class MlflowTracking(dg.ConfigurableResource):
             yield active
 
     def run_link(self, run: mlflow.ActiveRun, key: str = "mlflow_run_url") -> dict:
-        """Asset metadata linking to the run's page in the MLflow UI, when the store is a tracking
-        server (a local SQLite store has no URL; the run id is in the metadata either way)."""
-        url = tracking.run_url(self.resolved_uri(), run.info.experiment_id, run.info.run_id)
+        """Asset metadata linking to the run's page in the MLflow UI, when one is configured or the
+        store is a tracking server (the run id is in the metadata either way)."""
+        url = tracking.run_url(mlflow_ui_url(self.resolved_uri(), self.mlflow_ui_url), run.info.experiment_id,
+                               run.info.run_id)
         return {key: dg.MetadataValue.url(url)} if url else {}

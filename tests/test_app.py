@@ -36,6 +36,7 @@ CONFIG = {"vae": {**FEW, "steps": 20, "checkpoint_every": 20, "eval_every": 20},
           "report_encoder": {**FEW, "eval_every": 4, "align_steps": 2},
           "text_ldm": {**FEW, "eval_every": 4}}
 CHAMPIONS = ("cxr-text-ldm", "cxr-class-ddpm", "cxr-arbitrary-sr", "cxr-lowdose-denoiser")
+DAGSTER_URL, MLFLOW_UI_URL = "http://127.0.0.1:3033", "http://127.0.0.1:5055"  # never the default ports
 
 
 @pytest.fixture(autouse=True)
@@ -74,6 +75,8 @@ def app(home, monkeypatch, tmp_path):
     monkeypatch.setenv("CXR_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("CXR_PROFILE", raising=False)
+    monkeypatch.setenv("CXR_DAGSTER_URL", DAGSTER_URL)
+    monkeypatch.setenv("CXR_MLFLOW_UI_URL", MLFLOW_UI_URL)
     monkeypatch.chdir(tmp_path)
     at = AppTest.from_file(APP, default_timeout=300)
     at.run()
@@ -122,13 +125,9 @@ def test_generate_from_a_class_with_another_preset(app):
     assert at.session_state["generated"]["images"].shape == (2, 64, 64)
     assert at.session_state["generated"]["condition"] == "Effusion"
     assert sum("enhanced (radiographic_film)" in c for c in captions(at)) == 2
-    # more resolution than the generator's, through the arbitrary-scale champion
-    at.select_slider(key="resolution").set_value(2.0)
-    at.button[0].click().run()
-    assert not at.exception, at.exception
-    assert at.session_state["generated"]["images"].shape == (2, 128, 128)
-    assert "then cxr-arbitrary-sr v1 x2" in at.session_state["generated"]["model"]
-    assert all("128x128 px" in c for c in captions(at))
+    # no zoom beyond the size the arbitrary-scale model was evaluated at (its training images')
+    assert not at.get("select_slider")
+    assert any("Zoom beyond 64 px is not offered" in c.value for c in at.caption)
 
 
 def test_the_dicom_download_is_a_synthetic_secondary_capture_that_ingestion_refuses(tmp_path):
@@ -155,6 +154,7 @@ def test_restore_super_resolves_and_denoises_an_upload_beside_its_baselines(app,
     at.slider(key="restore_seeds").set_value(2)
     at.slider(key="restore_steps").set_value(5)
     at.slider(key="scale").set_value(2.0)
+    assert not at.checkbox  # super-resolution always scores a simulated degradation (its measured range)
     at.button[0].click().run()
     assert not at.exception, at.exception
     result = at.session_state["restored"]
@@ -162,6 +162,11 @@ def test_restore_super_resolves_and_denoises_an_upload_beside_its_baselines(app,
     assert result.spread.shape == (64, 64)
     assert list(result.scores["method"]) == ["bicubic", "diffusion"] and (result.scores["psnr"] > 5).all()
     assert any(c.startswith("spread over seeds") for c in captions(at))
+    assert captions(at)[0].startswith("original (reference, raw)")  # the image the scores are against
+    # a demo image, like the training images: the provenance line and no out-of-distribution warning
+    assert not at.session_state["novelty"].out_of_distribution
+    assert any("synthetic demo data" in i.value for i in at.info) and not at.error
+    assert any("Within the training distribution" in c.value for c in at.caption)
 
     at.radio(key="task").set_value("denoising").run()
     at.button[0].click().run()
@@ -169,6 +174,22 @@ def test_restore_super_resolves_and_denoises_an_upload_beside_its_baselines(app,
     result = at.session_state["restored"]
     assert result.task == "denoising" and result.output.shape == (64, 64)
     assert list(result.scores["method"]) == ["low-dose input", "non-local means", "diffusion"]
+
+
+def test_a_real_radiograph_is_flagged_out_of_distribution_and_its_resizing_said(app):
+    """A real chest CR (pydicom-data) against models trained on the demo phantom."""
+    at = mode(app, "Restore")
+    data = pydicom_file("RG1_UNCR.dcm").read_bytes()
+    at.file_uploader[0].set_value(("chest.dcm", data, "application/dicom")).run()
+    assert not at.exception, at.exception
+    assert any("1841x1955 px" in w.value and "64x64 px" in w.value for w in at.warning)
+    for task in ("super-resolution", "denoising"):  # the pixel-space denoiser scores it with its reference's VAE
+        at.radio(key="task").set_value(task).run()
+        assert not at.exception, at.exception
+        novelty = at.session_state["novelty"]
+        assert novelty.out_of_distribution and novelty.distance > novelty.threshold
+        assert len(at.error) == 1 and at.error[0].value.startswith("Out of distribution")
+        assert any("synthetic demo data" in i.value for i in at.info)
 
 
 def test_a_corrupt_upload_gets_ingestions_reason(app):
@@ -207,14 +228,18 @@ def test_enhance_page_shows_every_preset_with_the_change_in_metrics(app):
     assert (table.loc[table["preset"] != "none", "Δ sharpness"] > 0).all()  # every preset sharpens
 
 
-def test_models_page_shows_champions_and_architecture(app):
+def test_models_page_shows_champions_and_architecture(app, home):
     at = mode(app, "Models")
     assert not at.exception
     versions = at.dataframe[-1].value
     assert {"cxr-text-ldm", "cxr-class-ddpm", "cxr-vae"} <= set(versions["model"])
     assert "champion" in set(versions.loc[versions["model"] == "cxr-text-ldm", "aliases"])
     links = " ".join(m.value for m in at.markdown)
-    assert "http://127.0.0.1:3000/assets/text_ldm" in links
+    assert f"{DAGSTER_URL}/assets/text_ldm" in links and "127.0.0.1:3000" not in links
+    text_run = MlflowClient(default_tracking_uri(home)).get_model_version("cxr-text-ldm", "1").run_id
+    assert f"/runs/{text_run}?workflowType=machine_learning)" in links and f"({MLFLOW_UI_URL}/#/experiments/" in links
+    # what each model learnt from, from its registered version's tags
+    assert sum("synthetic demo data" in c.value for c in at.caption) >= 4
     architectures = [json.loads(j.value) if isinstance(j.value, str) else j.value for j in at.json]
     assert {"text_ldm", "class_ddpm", "denoiser"} <= {a.get("kind") for a in architectures}
     assert any(a.get("unet", {}).get("cross_attention_dim") for a in architectures)

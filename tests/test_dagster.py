@@ -5,7 +5,6 @@ import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from assets import ingestion, labels
 from cxr_pipeline import model_source
@@ -303,8 +302,16 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     assert utility["seeds"].value == 2 and utility["generated_images"].value > 200
     utility_report = open(utility["report"].value).read()
     assert "Training images per source and class" in utility_report and "Generated training images: real_balanced" in utility_report
-    class_run = client.get_model_version("cxr-class-ddpm", "1").run_id
-    assert "auroc_utility_diff_real_synthetic" in client.get_run(class_run).data.metrics
+    # Each evaluation's figures live in its own run; the training runs it scored link to it
+    class_run = client.get_run(client.get_model_version("cxr-class-ddpm", "1").run_id)
+    assert class_run.data.tags["evaluation.synthetic_utility.run_id"] == utility["evaluation_mlflow_run_id"].value
+    evaluation_metrics = set()
+    for asset in expected:
+        evaluation_metrics |= set(client.get_run(result.asset_materializations_for_node(asset)[0]
+                                                 .metadata["evaluation_mlflow_run_id"].value).data.metrics)
+    for registered_model in client.search_registered_models():
+        training_run = client.get_run(client.get_model_version(registered_model.name, "1").run_id)
+        assert not set(training_run.data.metrics) & evaluation_metrics, registered_model.name
     classifier = result.asset_materializations_for_node("cxr_classifier")[0].metadata
     assert classifier["registered_model"].value == "cxr-feature-classifier v1"
     version = client.get_model_version("cxr-latent-sr-x4", "1")
@@ -319,15 +326,17 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     assert (downloaded / "vae").is_dir() and (downloaded / "scheduler").is_dir()
     torch.testing.assert_close(LatentSuperResolution.from_pretrained(downloaded, "cpu")(low, steps=3, seed=1),
                                LatentSuperResolution.from_pretrained(trained, "cpu")(low, steps=3, seed=1), rtol=0, atol=0)
-    assert "psnr_sr_x4_ddim" in client.get_run(version.run_id).data.metrics
+    assert client.get_run(version.run_id).data.tags["evaluation.sr_evaluation.run_id"] == \
+        sr["evaluation_mlflow_run_id"].value
     # the arbitrary-scale model's registered version super-resolves at a non-integer scale
     arbitrary = model_source.download_model("cxr-arbitrary-sr", "1", tmp_path / "download-arbitrary")
     assert (arbitrary / "head").is_dir()
     assert inference.super_resolve(arbitrary, low, scale=2.5, steps=3, device="cpu").shape == (2, 1, 40, 40)
     arbitrary_report = open(result.asset_materializations_for_node("arbitrary_sr_evaluation")[0].metadata["report"].value).read()
     assert "PSNR gain over bicubic by scale" in arbitrary_report and "outside the training range" in arbitrary_report
-    # Promotion: each first version is the challenger; it is champion exactly when the asset's
-    # baseline check passed (these 30-step models may well not beat bicubic, NLM or chance).
+    # Promotion: each first version is champion exactly when the asset's baseline check passed
+    # (these 30-step models may well not beat bicubic, NLM or chance), and the challenger
+    # otherwise: the two aliases never name the same version.
     for name, asset in (("cxr-latent-sr-x4", "sr_evaluation"), ("cxr-lowdose-denoiser", "denoising_evaluation"),
                         ("cxr-class-ddpm", "generation_evaluation"), ("cxr-arbitrary-sr", "arbitrary_sr_evaluation")):
         gate = gates[asset]
@@ -336,12 +345,11 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
         pairs = [key for key in gate.metadata if key != "verdict"]
         assert all(gate.metadata[key].value == pytest.approx(produced[key].value, abs=1e-4) for key in pairs
                    if key in produced)
-        assert str(client.get_model_version_by_alias(name, "challenger").version) == "1"
+        aliases = client.get_registered_model(name).aliases
         if gate.passed:
-            assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+            assert {k: str(v) for k, v in aliases.items()} == {"champion": "1"}
             assert "promoted to champion (no champion yet)" in produced["promotion"].value
         else:
-            with pytest.raises(MlflowException):
-                client.get_model_version_by_alias(name, "champion")
+            assert {k: str(v) for k, v in aliases.items()} == {"challenger": "1"}
             assert "does not beat its classical baseline" in produced["promotion"].value
         assert "Promotion:" in open(produced["report"].value).read()

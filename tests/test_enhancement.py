@@ -69,21 +69,23 @@ def test_presets_are_the_reference_table_and_keep_images_in_range():
     balanced = PRESETS["balanced"]
     assert (balanced.window_center, balanced.window_width, balanced.edge_amount, balanced.median_size,
             balanced.clahe_clip, balanced.clahe_grid, balanced.vignette, balanced.histogram_equalization) == \
-        (0.5, 0.8, 1.3, 3, 2.5, (8, 8), 0.25, True)
+        (0.5, 1.0, 0.7, 0, 0.0, (8, 8), 0.0, False)
     assert PRESETS["sharp_detail"].histogram_equalization is False and PRESETS["radiographic_film"].clahe_grid == (7, 7)
     image = ramp()
     for name, preset in PRESETS.items():
         out = enhance(image, name)
         assert out.shape == image.shape and out.min() >= 0.0 and out.max() <= 1.0, name
     np.testing.assert_array_equal(enhance(image, "none"), image)
-    assert [s for s, _ in balanced.steps()] == ["window", "CLAHE", "median", "unsharp mask",
-                                                "histogram equalization", "vignette"]
+    assert [s for s, _ in balanced.steps()] == ["unsharp mask"]
+    film = PRESETS["radiographic_film"]
+    assert [s for s, _ in film.steps()] == ["window", "CLAHE", "median", "unsharp mask", "histogram equalization",
+                                            "vignette"]
 
 
 def test_a_custom_preset_runs_only_its_steps():
     only_window = Enhancement(window_center=0.5, window_width=0.5)
     np.testing.assert_allclose(only_window(ramp()), window(ramp(), 0.5, 0.5))
-    assert PRESETS["balanced"].with_changes(vignette=0.0).steps()[-1][0] == "histogram equalization"
+    assert PRESETS["radiographic_film"].with_changes(vignette=0.0).steps()[-1][0] == "histogram equalization"
     with pytest.raises(ValueError, match="odd"):
         Enhancement(median_size=4)
     with pytest.raises(ValueError, match="invalid"):
@@ -109,3 +111,32 @@ def test_reports_say_their_images_are_raw(tmp_path):
     report = Report("r", "s", [Section("one", figures=[Figure("f", np.zeros((4, 4)))])])
     html, markdown = write_report(report, tmp_path)
     assert RAW_IMAGES_NOTE in html.read_text() and RAW_IMAGES_NOTE in markdown.read_text()
+
+
+def _saturated(image: np.ndarray) -> float:
+    return float(np.mean((image <= 0.005) | (image >= 0.995)))
+
+
+def test_the_default_preset_stays_close_to_the_raw_image_on_demo_and_real_radiographs(small_demo):
+    """The preset shown beside every generated image must not posterize, blotch or clip: a real
+    chest CR (pydicom-data) at 256 and 64 px and a demo image, each against its raw self."""
+    from skimage.metrics import structural_similarity
+    from skimage.transform import resize
+
+    from cxr_pipeline.data.ingest import IngestOptions, ingest_file
+    from cxr_pipeline.data.image_store import from_stored
+    from tests.conftest import pydicom_file
+
+    def read(path, size):
+        return from_stored(ingest_file(path, IngestOptions(image_size=size, workers=1)).stored).astype(np.float64)
+
+    real = read(pydicom_file("RG1_UNCR.dcm"), 256)
+    images = {"real 256 px": real, "real 64 px": resize(real, (64, 64), anti_aliasing=True),
+              "demo 64 px": read(next(small_demo.rglob("*.png")), 64)}
+    for name, raw in images.items():
+        shown = PRESETS["balanced"](raw)
+        assert structural_similarity(raw, shown, data_range=1.0) > 0.9, name  # no blotches
+        assert _saturated(shown) <= _saturated(raw) + 0.025, name  # nothing clipped away
+        levels = lambda x: len(np.unique(np.round(x * 255)))  # noqa: E731
+        assert levels(shown) >= 0.9 * levels(raw), name  # no posterization
+        assert sharpness(shown) > sharpness(raw), name  # it still enhances

@@ -147,3 +147,23 @@ def test_inception_fid_is_not_computed_without_a_verified_weights_file(tmp_path)
     assert wrong.value is None and sha256_of(impostor) in wrong.reason and PUBLISHED_SHA256_PREFIX in wrong.reason
     pinned = inception_fid(images, images, str(impostor), expected_sha256="0" * 64)
     assert pinned.value is None and "expected " + "0" * 64 in pinned.reason
+
+
+def test_a_planted_hatch_is_found_at_its_period_and_real_anatomy_has_no_such_peak():
+    import pydicom
+    from skimage.transform import resize
+
+    from cxr_pipeline.metrics.periodic import strongest_peak
+    from tests.conftest import pydicom_file
+
+    pixels = pydicom.dcmread(pydicom_file("RG1_UNCR.dcm")).pixel_array.astype(np.float64)
+    tiles = [resize(pixels[y:y + 640, x:x + 640], (128, 128), anti_aliasing=True) for y, x in ((400, 300), (500, 900), (900, 500))]
+    tiles = np.stack([(t - t.min()) / (t.max() - t.min()) for t in tiles])
+    clean = strongest_peak(tiles)
+    y, x = np.mgrid[0:128, 0:128]
+    hatch = 0.03 * np.sin(2 * np.pi * (x + y) / 4.0)  # a faint diagonal pattern, period 4 / sqrt(2) px
+    hatched = strongest_peak(tiles + hatch)
+    assert hatched.db > clean.db + 10 and hatched.db > 20
+    assert hatched.period_px == pytest.approx(4 / math.sqrt(2), rel=0.05)
+    assert abs(hatched.frequency[0]) == abs(hatched.frequency[1]) == 32  # (x + y) / 4: 32 cycles each way
+    assert clean.db < 15  # real anatomy: no narrow peak tens of dB above its ring

@@ -33,6 +33,8 @@ def test_pairs_vae_latents_with_mlflow_lineage(small_demo, tmp_path):
     settings = CxrSettings(home=str(tmp_path / "home"), data_dir=str(small_demo), workers=1)
     resources = {"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)}
     assert dg.materialize(UPSTREAM, resources=resources).success
+    resources["mlflow_tracking"] = MlflowTracking(settings=settings, mlflow_ui_url="http://127.0.0.1:5055",
+                                                  dagster_url="http://127.0.0.1:3033")
     result = dg.materialize(STAGES, resources=resources, selection=[a.key for a in STAGES],
                             run_config={"ops": {"vae": {"config": TINY_VAE}}})
     assert result.success
@@ -44,15 +46,31 @@ def test_pairs_vae_latents_with_mlflow_lineage(small_demo, tmp_path):
     run = mlflow.get_run(run_id)
     assert run.data.tags["dagster.run_id"] == result.run_id
     assert run.data.tags["dagster.asset_key"] == "vae"
-    assert run.data.tags["dagster.run_url"].endswith(f"/runs/{result.run_id}")  # the way back to Dagster
+    # the way back to Dagster, and the way into MLflow's model-training view with the SQLite store
+    assert run.data.tags["dagster.run_url"] == f"http://127.0.0.1:3033/runs/{result.run_id}"
     assert result.run_id[:8] in run.data.tags["mlflow.note.content"]
-    assert "mlflow_run_url" not in produced  # a local store has no run page URL
+    assert produced["mlflow_run_url"].value == (f"http://127.0.0.1:5055/#/experiments/{run.info.experiment_id}/runs/"
+                                                f"{run_id}?workflowType=machine_learning")
     experiment = mlflow.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the model-training view
     # registered as a pyfunc model: MLflow users load it the usual way
     reconstruction = mlflow.pyfunc.load_model("models:/cxr-vae/1").predict(np.full((1, 1, 64, 64), 0.5, np.float32))
     assert reconstruction.shape == (1, 1, 64, 64)
     assert run.data.tags["data.split_hash"] and run.data.params["train.steps"] == "6"
+    # what it learnt from, on the run, the registered version and the pyfunc model
+    assert run.data.tags["data.synthetic_demo"] == "True" and "synthetic demo data" in run.data.tags["data.summary"]
+    lineage = mlflow.models.get_model_info("models:/cxr-vae/1").metadata["provenance"]
+    assert lineage["synthetic_demo"] and lineage["splits"]["train"]["images"] == int(run.data.tags["data.train_images"])
+    # no evaluation promotes the VAE: its own validation names it champion, or challenger when it
+    # falls short (six steps do), with the reason on the version
+    client = MlflowClient()
+    version = client.get_model_version("cxr-vae", "1")
+    aliases = {k: str(v) for k, v in client.get_registered_model("cxr-vae").aliases.items()}
+    assert "own validation" in version.tags["promotion_reason"]
+    assert aliases == ({"champion": "1"} if version.tags["promotion_decision"] == "promoted" else {"challenger": "1"})
+    # the latents step fitted the input distribution new inputs are scored against
+    latents = result.asset_materializations_for_node("latents")[0].metadata
+    assert latents["ood_threshold"].value > latents["ood_val_median"].value > 0
     history = MlflowClient().get_metric_history(run_id, "train_loss")
     assert [m.step for m in history] == [2, 4, 6]
     assert {"val_psnr", "val_ssim", "val_mse", "final_val_psnr"} <= run.data.metrics.keys()

@@ -9,7 +9,7 @@ from mlflow.exceptions import MlflowException
 
 from cxr_pipeline import model_source, promotion, tracking
 from cxr_pipeline.promotion import PromotionRule, decide
-from cxr_pipeline.settings import default_tracking_uri
+from cxr_pipeline.settings import dagster_ui_url, default_tracking_uri, mlflow_ui_url
 
 SR_RULE = PromotionRule("psnr_sr_x4_ddim", ("lr_consistency_psnr_sr_x4_ddim",))
 
@@ -79,11 +79,12 @@ def test_aliases_follow_the_decisions_in_a_real_registry(registry):
         decision = decide(SR_RULE, version, metrics, champion[0] if champion else None, recorded)
         promotion.record_and_promote("cxr-test-model", decision, split)
         outcomes[version] = decision.promoted
-        assert str(client.get_model_version_by_alias("cxr-test-model", "challenger").version) == version
-        if version == "2":  # worse: v1 stays champion
-            assert str(client.get_model_version_by_alias("cxr-test-model", "champion").version) == "1"
+        aliases = {k: str(v) for k, v in client.get_registered_model("cxr-test-model").aliases.items()}
+        if version == "2":  # worse: v1 stays champion, v2 is the challenger
+            assert aliases == {"champion": "1", "challenger": "2"}
+        else:  # promoted: champion, and no challenger is left (never both on one version)
+            assert aliases == {"champion": version}
     assert outcomes == {"1": True, "2": False, "3": True}
-    assert str(client.get_model_version_by_alias("cxr-test-model", "champion").version) == "3"
     tags = client.get_model_version("cxr-test-model", "2").tags
     assert tags["promotion_decision"] == "not promoted" and "v1 stays champion" in tags["promotion_reason"]
     assert promotion.recorded_metrics(tags, split)["psnr_sr_x4_ddim"] == 24.0
@@ -166,6 +167,15 @@ def test_a_champion_scored_on_another_split_is_downloaded_and_evaluated_again(re
     assert str(MlflowClient().get_model_version_by_alias("cxr-test-model", "champion").version) == second
 
 
-def test_run_urls_exist_only_for_tracking_servers():
-    assert tracking.run_url("http://mlflow.internal:5000/", "3", "abc") == "http://mlflow.internal:5000/#/experiments/3/runs/abc"
-    assert tracking.run_url("sqlite:////tmp/mlflow.db", "3", "abc") is None
+def test_run_urls_open_the_model_training_view_wherever_a_ui_is_configured(monkeypatch):
+    monkeypatch.delenv("CXR_MLFLOW_UI_URL", raising=False)
+    server = mlflow_ui_url("http://mlflow.internal:5000/")  # a tracking server is its own UI
+    assert tracking.run_url(server, "3", "abc") == \
+        "http://mlflow.internal:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    assert mlflow_ui_url("sqlite:////tmp/mlflow.db") is None  # a local store without a UI: no link
+    assert tracking.run_url(None, "3", "abc") is None
+    monkeypatch.setenv("CXR_MLFLOW_UI_URL", "http://127.0.0.1:5055/")  # ./run.sh mlflow serves the SQLite store
+    assert tracking.experiment_url(mlflow_ui_url("sqlite:////tmp/mlflow.db"), "3") == \
+        "http://127.0.0.1:5055/#/experiments/3/runs?workflowType=machine_learning"
+    monkeypatch.setenv("CXR_DAGSTER_URL", "http://dagster.internal:8080/")
+    assert dagster_ui_url() == "http://dagster.internal:8080"

@@ -86,6 +86,7 @@ def generate_page(ctx: services.AppContext, alias: str, device: str) -> None:
     key = "text" if source.startswith("a report") else "class"
     pipeline, located = model_or_stop(key, ctx, alias, device)
     st.caption(f"{located.name} v{located.version} ({located.alias})")
+    st.info(services.training_data(located.folder))
     if key == "text":
         prompt = st.text_area("Report (findings and impression, as a radiologist writes them)", EXAMPLE_REPORT,
                               key="prompt")
@@ -102,10 +103,13 @@ def generate_page(ctx: services.AppContext, alias: str, device: str) -> None:
     steps = middle.slider("DDIM steps", 5, 100, 20, 5, key="steps")
     seed = right.number_input("Seed", 0, 2**31 - 1, 0, key="seed")
     count = left.slider("Images", 1, 8, 2, key="count")
-    resolution = middle.select_slider(
-        "Resolution", options=[1.0, 2.0, 3.0, 4.0], value=1.0, key="resolution",
-        format_func=lambda s: f"native ({pipeline.unet_config.sample_size * _latent_factor(pipeline)} px)" if s == 1
-        else f"x{s:g}, through the arbitrary-scale champion")
+    native = pipeline.unet_config.sample_size * _latent_factor(pipeline)
+    zooms, why_not = services.zoom_offered(ctx, alias, native)
+    resolution = 1.0 if len(zooms) == 1 else middle.select_slider(
+        "Resolution", options=zooms, value=1.0, key="resolution",
+        format_func=lambda s: f"native ({native} px)" if s == 1 else f"x{s:g}, through the arbitrary-scale champion")
+    if why_not:
+        middle.caption(why_not)
     preset = preset_picker("generate_preset")
     if st.button("Generate", type="primary"):
         if key == "text" and not prompt.strip():
@@ -155,9 +159,19 @@ def restore_page(ctx: services.AppContext, alias: str, device: str) -> None:
     except services.UploadRejected as rejected:
         st.error(f"This file was not accepted ({rejected.reason}): {rejected.message}")
         return
+    resized = services.resize_note(fields, ctx.profile.image_size)
+    if resized:
+        st.warning(resized)
     task = st.radio("Task", ["super-resolution", "denoising"], horizontal=True, key="task")
-    simulate = st.checkbox("Simulate the degradation from this image and score against it", value=True,
-                           help="Off: the upload is taken as the low-resolution or low-dose image itself.")
+    if task == "super-resolution":  # an output above the model's size was never measured (services.zoom_offered)
+        simulate = True
+        st.caption("Super-resolution restores this image from a simulated low-resolution copy, back to the model's "
+                   f"{ctx.profile.image_size} px and scored against it: the arbitrary-scale model was evaluated only at "
+                   "output sizes up to its training images', and above them it paints texture at its native pixel period "
+                   "instead of enlarging the anatomy (bench/zoom_artifacts.py).")
+    else:
+        simulate = st.checkbox("Simulate the degradation from this image and score against it", value=True,
+                               help="Off: the upload is taken as the low-dose image itself.")
     seeds = st.slider("Seeds (for the spread map)", 1, 5, 3, key="restore_seeds")
     steps = st.slider("DDIM steps", 5, 50, 20, 5, key="restore_steps")
     if task == "super-resolution":
@@ -170,6 +184,16 @@ def restore_page(ctx: services.AppContext, alias: str, device: str) -> None:
         dose = st.selectbox("Dose (photons, I0)", pipeline.doses, index=0, key="dose")
         nlm_factor = st.slider("Non-local means h / sigma", 0.4, 2.0, 1.0, 0.1)
     st.caption(f"{located.name} v{located.version} ({located.alias})")
+    st.info(services.training_data(located.folder))
+    novelty = services.input_novelty(pipeline, located, image, ctx)
+    st.session_state["novelty"] = novelty
+    if novelty is None:
+        st.caption("This model version has no record of its training images' distribution: the upload cannot be "
+                   "checked against it.")
+    elif novelty.out_of_distribution:
+        st.error(novelty.message())
+    else:
+        st.caption(novelty.message())
     if st.button("Restore", type="primary"):
         update = progress_bar("Restoring")
         if task == "super-resolution":
@@ -182,15 +206,18 @@ def restore_page(ctx: services.AppContext, alias: str, device: str) -> None:
     result = st.session_state.get("restored")
     if result is None:
         return
-    columns = st.columns(4 if result.spread is not None else 3)
-    with columns[0]:
+    columns = iter(st.columns(3 + (result.spread is not None) + (result.reference is not None)))
+    if result.reference is not None:  # simulated degradation: the image every score is against
+        with next(columns):
+            show(result.reference, "original (reference, raw)")
+    with next(columns):
         show(result.input, "input (raw)")
-    with columns[1]:
+    with next(columns):
         show(result.baseline, f"{result.baseline_name} (raw)")
-    with columns[2]:
+    with next(columns):
         show(result.output, "diffusion (raw)")
     if result.spread is not None:
-        with columns[3]:
+        with next(columns):
             spread = result.spread / max(float(result.spread.max()), 1e-6)
             st.image(spread, caption=f"spread over seeds (max {float(result.spread.max()):.3f}, scaled to white)",
                      width=256, clamp=True)
@@ -283,9 +310,11 @@ def models_page(ctx: services.AppContext) -> None:
         if run_url:
             links.append(f"[MLflow run]({run_url})")
         st.markdown(" · ".join(links))
+        if shown["training_data"]:
+            st.caption(shown["training_data"])
         st.dataframe(versions[["version", "aliases", "decision", "reason"]], hide_index=True)
         if shown["metrics"]:
-            try:
+            try:  # recorded headline first (the promotion metric and its baseline), then by name
                 figures = json.loads(shown["metrics"])
                 st.dataframe(pd.DataFrame([{"metric": k, "value": v} for k, v in figures.items()]), hide_index=True)
             except json.JSONDecodeError:
@@ -297,7 +326,7 @@ def models_page(ctx: services.AppContext) -> None:
         except services.ModelUnavailable as missing:
             st.caption(str(missing))
     st.subheader("Every registered version")
-    st.dataframe(overview.drop(columns=["metrics"]), hide_index=True)
+    st.dataframe(overview.drop(columns=["metrics", "training_data"]), hide_index=True)
 
 
 def main() -> None:
@@ -307,7 +336,7 @@ def main() -> None:
     page = st.sidebar.radio("Mode", PAGES)
     alias = st.sidebar.radio("Model version", ["champion", "challenger"],
                              help="The champion passed its evaluation's promotion; the challenger is the latest "
-                                  "evaluated version.")
+                                  "evaluated version that did not (never the champion itself).")
     device = st.sidebar.selectbox("Device", ["auto", "cpu", "cuda"])
     st.sidebar.caption(f"Work folder `{ctx.home}` · profile `{ctx.profile.name}` · MLflow `{ctx.tracking_uri}`")
     if page == "Generate":

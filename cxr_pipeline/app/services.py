@@ -10,10 +10,10 @@ against the original) are always computed on raw outputs.
 from __future__ import annotations
 
 import io
-import os
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,7 +27,8 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from .. import kinds
+from .. import kinds, provenance, tracking
+from ..kinds.base import native_size
 from ..data.degrade import bicubic_to, resize, simulate_low_dose
 from ..data.ingest import IngestOptions, ingest_file, read_rejected
 from ..data.image_store import ImageStore, from_stored
@@ -36,8 +37,11 @@ from ..metrics.appearance import appearance
 from ..metrics.restoration import per_image_scores, sample_spread
 from ..model_source import registry_folder
 from ..models.diffusion import describe, sampling_progress
+from ..models.input_distribution import InputDistribution, Novelty, novelty
 from ..models.pipelines import ArbitraryScaleSuperResolution, DiffusionPipeline, LowDoseDenoiser
-from ..settings import Profile, WorkPaths, profile_from_environment, tracking_uri_for, work_home
+from ..models.vae import encode_mean, load_vae
+from ..settings import (DEFAULT_DAGSTER_URL, Profile, WorkPaths, dagster_ui_url, mlflow_ui_url,
+                        profile_from_environment, tracking_uri_for, work_home)
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
 
@@ -52,8 +56,8 @@ class AppContext:
     home: Path
     tracking_uri: str
     profile: Profile
-    dagster_url: str = "http://127.0.0.1:3000"
-    mlflow_url: str | None = None  # the MLflow UI, when one is running (mlflow ui / a tracking server)
+    dagster_url: str = DEFAULT_DAGSTER_URL
+    mlflow_url: str | None = None  # the MLflow UI, when one is configured (./run.sh mlflow / a tracking server)
 
     @classmethod
     def from_environment(cls) -> AppContext:
@@ -61,9 +65,7 @@ class AppContext:
         ``CXR_MLFLOW_UI_URL``. Every MLflow call names this store; nothing process-wide is set."""
         home = work_home()
         uri = tracking_uri_for(home)
-        return cls(home, uri, profile_from_environment(),
-                   os.environ.get("CXR_DAGSTER_URL", "http://127.0.0.1:3000"),
-                   os.environ.get("CXR_MLFLOW_UI_URL") or (uri if uri.startswith("http") else None))
+        return cls(home, uri, profile_from_environment(), dagster_ui_url(), mlflow_ui_url(uri))
 
     @property
     def paths(self) -> WorkPaths:
@@ -82,7 +84,7 @@ class AppContext:
             experiment = self.client().get_run(run_id).info.experiment_id
         except MlflowException:
             return None
-        return f"{self.mlflow_url.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+        return tracking.run_url(self.mlflow_url, experiment, run_id)
 
 
 # The models the app serves, by the key its pages use: each kind knows its registry name, the
@@ -119,6 +121,11 @@ def locate(model: kinds.ModelKind, context: AppContext, alias: str = "champion")
     except MlflowException:
         versions = client.search_model_versions(f"name = '{name}'")
         decided = sorted((v for v in versions if v.tags.get("promotion_reason")), key=lambda v: int(v.version))
+        champion = (client.get_registered_model(name).aliases or {}).get("champion")
+        if alias == "challenger" and champion is not None:
+            raise ModelUnavailable(f"{name} has no challenger: its latest evaluated version won its evaluation and is "
+                                   f"the champion (v{champion}). A challenger appears when a newer version is "
+                                   "evaluated and does not beat it.") from None
         why = (f"v{decided[-1].version} was not promoted because it {decided[-1].tags['promotion_reason']}"
                if decided else f"no version has been evaluated yet (materialize `{model.evaluated_by}`)")
         raise ModelUnavailable(f"{name} has no {alias}: {len(versions)} version(s) registered; {why}. "
@@ -207,6 +214,72 @@ def secondary_capture(image: np.ndarray, *, generator: str, condition: str, seed
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+# --- What a model can be trusted with -------------------------------------------------------------------------
+
+
+def training_data(folder: Path) -> str:
+    """The one-line provenance of a model folder (``cxr_pipeline.provenance``)."""
+    return provenance.summary(provenance.read(folder))
+
+
+@lru_cache(maxsize=4)
+def _autoencoder(folder: str):
+    return load_vae(Path(folder), "cpu")
+
+
+def input_novelty(pipeline: DiffusionPipeline, located: LocatedModel, image: np.ndarray,
+                  context: AppContext) -> Novelty | None:
+    """How far ``image`` (at the model's size) lies from the model's training images, in the latent
+    space of the autoencoder the reference was fitted with (``models/input_distribution.py``);
+    None when the model folder has no reference (trained before references existed)."""
+    reference = InputDistribution.load(located.folder)
+    if reference is None:
+        return None
+    vae = pipeline.model.vae
+    if vae is None:  # a pixel-space model: the autoencoder its reference names
+        recorded = reference.vae or {}
+        folder = Path(recorded.get("model_dir", ""))
+        if not (folder / "config.json").exists():
+            folder = registry_folder(recorded["registered_model"], recorded["version"], context.paths.registry_cache,
+                                     context.tracking_uri)
+        vae = _autoencoder(str(folder))
+    latents = encode_mean(vae, torch.from_numpy(np.ascontiguousarray(image)).float()[None, None])
+    return novelty(reference, latents)[0]
+
+
+ZOOMS = (1.0, 2.0, 3.0, 4.0)
+
+
+def zoom_offered(context: AppContext, alias: str, side: int) -> tuple[list[float], str | None]:
+    """The zooms of a ``side``-px generated image the app offers, and why the others are not: only
+    output sizes the arbitrary-scale model was evaluated at (up to its training images' side).
+    Above it, at x4 on the demo, it paints the texture of its native pixel grid at output-pixel
+    period (a diagonal hatch at 2.7 px at x1, x2, x3 and x4 alike: bench/zoom_artifacts.py)
+    instead of enlarging the anatomy."""
+    try:
+        located = locate(APP_MODELS["arbitrary_sr"], context, alias)
+    except ModelUnavailable:
+        return [1.0], "Zoom needs the arbitrary-scale model, which is not available."
+    measured = native_size(located.folder)
+    offered = [z for z in ZOOMS if side * z <= measured]
+    if len(offered) == len(ZOOMS):
+        return offered, None
+    return offered, (f"Zoom beyond {measured} px is not offered: {located.name} v{located.version} was evaluated only "
+                     f"up to its training images' {measured} px, and above that it draws a periodic texture instead "
+                     "of enlarging the anatomy.")
+
+
+def resize_note(fields: dict, size: int) -> str | None:
+    """What the reader did to the upload's size, for people, when it changed it."""
+    height, width = fields.get("original_height"), fields.get("original_width")
+    if not height or not width or (height, width) == (size, size):
+        return None
+    factor = size / max(height, width)
+    return (f"Resized: the upload is {width}x{height} px; the models work at {size}x{size} px (the profile's image size), "
+            f"so it was scaled by {factor:.3g} ({1 / factor:.1f}x smaller){', padded to a square' if height != width else ''}. "
+            "Every figure below is at the model's size; detail finer than that is not seen by the model.")
 
 
 # --- Uploads and restoration --------------------------------------------------------------------------------
@@ -353,7 +426,8 @@ def registry_overview(context: AppContext) -> pd.DataFrame:
                          "aliases": ", ".join(sorted(aliases.get(str(version.version), []))),
                          "decision": tags.get("promotion_decision", "not evaluated"),
                          "reason": tags.get("promotion_reason", ""), "metrics": tags.get("evaluation_metrics", ""),
-                         "run_id": version.run_id, "evaluation_run_id": tags.get("evaluation_run_id", "")})
+                         "run_id": version.run_id, "evaluation_run_id": tags.get("evaluation_run_id", ""),
+                         "training_data": tags.get("data.summary", "")})
     return pd.DataFrame(rows).sort_values(["model", "version"], ascending=[True, False]) if rows else pd.DataFrame()
 
 

@@ -1,7 +1,10 @@
 """Publishing an evaluation, apart from scoring it: the report folder, the MLflow run (params,
-metrics, the report as artifacts), the headline figures copied into each evaluated model's own
-run, and the registry writes (the promotion decisions' tags and aliases, the evaluation run on
-each registered version). The suites only score and decide (``suites.py``)."""
+metrics, the report as artifacts), a link from each evaluated model's training run to it, and
+the registry writes (the promotion decisions' tags and aliases, the evaluation run on each
+registered version). The suites only score and decide (``suites.py``).
+
+An evaluation's figures live in its own run and nowhere else: a training run holds what its
+training logged, and tags ``evaluation.<name>.run_id`` that lead to each evaluation of it."""
 
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ import mlflow
 from .. import tracking
 from ..data import atomic
 from ..reports.document import write_report
-from .suites import EvaluationOutcome, is_headline
+from ..settings import mlflow_ui_url
+from .suites import EvaluationOutcome
 
 
 def write_outcome(outcome: EvaluationOutcome, folder: Path) -> tuple[Path, Path]:
@@ -34,16 +38,19 @@ def evaluation_tags(outcome: EvaluationOutcome) -> dict[str, str]:
 
 def publish_outcome(outcome: EvaluationOutcome, folder: Path, html: Path) -> str:
     """Inside the active MLflow run: the promotion decisions into the registry; params, metrics
-    and the report; then the figures into each evaluated model's own run and the run's id onto
-    each registered version. Returns the run id."""
-    run_id = mlflow.active_run().info.run_id
+    and the report; then this run's id onto each evaluated model's training run and registered
+    version. Returns the run id."""
+    active = mlflow.active_run().info
+    run_id = active.run_id
     for promotion in outcome.promotions:
         promotion.publish()
     mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in outcome.params.items()})
     mlflow.log_metrics({k: v for k, v in outcome.metrics.items() if math.isfinite(v)})
     mlflow.log_artifacts(str(folder), artifact_path="report")
-    for record, model_metrics in outcome.evaluated:
-        tracking.log_metrics_to_run(record.mlflow_run_id, {k: v for k, v in model_metrics.items() if is_headline(k)})
+    url = tracking.run_url(mlflow_ui_url(mlflow.get_tracking_uri()), active.experiment_id, run_id)
+    for record, _ in outcome.evaluated:
+        tracking.tag_run(record.mlflow_run_id, {f"evaluation.{outcome.name}.run_id": run_id,
+                                                **({f"evaluation.{outcome.name}.url": url} if url else {})})
         tracking.tag_model_version(record.registered_model, record.version,
                                    {"evaluation_run_id": run_id, "evaluation_report": str(html)})
     return run_id

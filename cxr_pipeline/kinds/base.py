@@ -223,6 +223,9 @@ class ModelKind:
     evaluated_by: Optional[str] = None  # the evaluation asset whose promotion names the champion
     suite: Optional[Callable[..., Any]] = None  # the evaluation suite scoring it (cxr_pipeline.evaluation)
     per_scale: bool = False  # one registered model per scale (``<key>_x<scale>``)
+    # For models no evaluation asset promotes (the VAE, the classifier, the report encoder): the
+    # final validation figures a version must reach to be named champion, (metric, minimum, why).
+    acceptance: tuple[tuple[str, float, str], ...] = ()
 
     def at_scale(self, scale: int) -> ModelKind:
         """The per-scale kind (latent SR): key ``latent_sr_x4``, name ``cxr-latent-sr-x4``."""

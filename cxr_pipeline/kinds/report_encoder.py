@@ -129,4 +129,4 @@ SERVING = ServingSpec(
 REPORT_ENCODER = ModelKind(
     key="report_encoder", asset="report_encoder", registered_name="cxr-report-encoder", folder="report_encoder",
     title="Report encoder", description="Radiology report encoder (tokenizer + BERT)", recipe=Recipe, plan=plan,
-    serving=SERVING)
+    serving=SERVING, acceptance=(("mlm_val_mlm_accuracy", 0.5, "predicts most masked val report tokens"),))

@@ -22,6 +22,7 @@ from ..data.degrade import upsample_bicubic
 from ..data.image_store import ImageStore
 from ..metrics.detail import paired_detail_ratios
 from .batches import EpochSampler, StoreImages, aligned_crops
+from .input_distribution import InputDistribution, latent_features
 from .training import TrainConfig, Trainer, TrainingOutcome, pick_device, run_key
 
 
@@ -177,12 +178,13 @@ def _encode_locked(metadata: pd.DataFrame, store: ImageStore, vae_dir: Path,
                    lr_stores: dict[int, tuple[ImageStore, pd.DataFrame]], out_dir: Path, device: str,
                    batch_size: int) -> dict:
     model = load_vae(vae_dir, pick_device(device))
-    shapes, summary = {}, {"vae_dir": str(vae_dir), "splits": {}}
+    shapes, summary, features = {}, {"vae_dir": str(vae_dir), "splits": {}}, {}
     for split in ("train", "val", "test"):
         rows = metadata[metadata["split"] == split].reset_index(drop=True)
         images = StoreImages(store, rows)
         hr = torch.cat([encode_mean(model, batch) for batch in images.all(batch_size)]) if len(rows) else torch.zeros(0)
         atomic.write_npy(out_dir / f"hr_{split}.npy", hr.numpy())
+        features[split] = latent_features(hr) if len(rows) else None
         shapes["hr"] = list(hr.shape[1:])
         for scale, (lr_store, lr_index) in lr_stores.items():
             positions = lr_index.set_index("image_id").loc[rows["image_id"]]
@@ -198,5 +200,10 @@ def _encode_locked(metadata: pd.DataFrame, store: ImageStore, vae_dir: Path,
         if split == "train":
             summary["scaling_factor"] = float(1.0 / hr.std()) if len(rows) else 1.0
     summary.update(latent_shape=shapes["hr"], scales=sorted(lr_stores))
+    if features["train"] is not None and features["val"] is not None:
+        reference = InputDistribution.fit(features["train"], features["val"], features["test"])
+        reference.save(out_dir)
+        summary["input_distribution"] = {"threshold": reference.threshold, "val_median": reference.val_median,
+                                         "test_flagged_share": reference.test_flagged_share}
     atomic.write_text(out_dir / "latents.json", json.dumps(summary, indent=2))
     return summary
