@@ -16,12 +16,14 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 
 from . import provenance, serving, tracking
 from .kinds import TrainingPlan
 from .kinds.base import IMAGES
+from .data.labels.report_text import report_prompts
 from .models.input_distribution import FILE as INPUT_DISTRIBUTION_FILE
-from .models.input_distribution import InputDistribution
+from .models.input_distribution import REPORT_FILE, InputDistribution, ReportDistribution
 from .promotion import accept
 from .model_record import ModelRecord
 from .models.training import TrainingOutcome
@@ -54,6 +56,27 @@ def plan_params(plan: TrainingPlan) -> dict:
             "prediction_type": job.schedule.prediction_type, "snr_gamma": job.schedule.snr_gamma, **plan.params}
 
 
+def input_references(kind, paths: WorkPaths, model_dir) -> dict:
+    """Into the model folder, what its inputs are checked against (``models/input_distribution.py``):
+    for a model that takes images, the latents' input distribution; for one that takes reports, the
+    training reports' vocabulary calibrated on val. Returns their summary for the pyfunc metadata."""
+    if kind.serving.input_shape == IMAGES:
+        reference = InputDistribution.load(paths.latents)
+        if reference is not None:
+            reference.save(model_dir)
+            return {"input_distribution": {"file": INPUT_DISTRIBUTION_FILE, "threshold": reference.threshold,
+                                           "vae": reference.vae}}
+    if kind.serving.input_dtype == "string":
+        metadata = pd.read_parquet(paths.metadata)
+        reports = {split: [p for p in report_prompts(metadata[metadata["split"] == split]) if p] for split in ("train", "val")}
+        if reports["train"] and reports["val"]:
+            vocabulary = ReportDistribution.fit(reports["train"], reports["val"])
+            vocabulary.save(model_dir)
+            return {"report_distribution": {"file": REPORT_FILE, "threshold": vocabulary.threshold,
+                                            "words": len(vocabulary.vocabulary)}}
+    return {}
+
+
 def train_and_register(plan: TrainingPlan, paths: WorkPaths, start_run: StartRun,
                        train: Callable[[str], tuple[TrainingOutcome, dict]], extra_params: dict | None = None,
                        profile: str = "unknown") -> Registered:
@@ -71,12 +94,8 @@ def train_and_register(plan: TrainingPlan, paths: WorkPaths, start_run: StartRun
             mlflow.log_image(np.asarray(grid), f"samples/step_{step:07d}.png")
         lineage = provenance.training_provenance(paths, profile)
         provenance.write(outcome.model_dir, lineage)
-        reference = InputDistribution.load(paths.latents) if kind.serving.input_shape == IMAGES else None
-        if reference is not None:
-            reference.save(outcome.model_dir)
+        metadata = {"provenance": lineage, **input_references(kind, paths, outcome.model_dir)}
         mlflow.set_tags(provenance.as_tags(lineage))
-        metadata = {"provenance": lineage, **({"input_distribution": {
-            "file": INPUT_DISTRIBUTION_FILE, "threshold": reference.threshold, "vae": reference.vae}} if reference else {})}
         version = str(serving.log_pyfunc(outcome.model_dir, kind.registered_name, metadata=metadata)
                       .registered_model_version)
         tracking.describe_registered_model(kind.registered_name, kind.description)

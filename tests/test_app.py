@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 import mlflow
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from mlflow import MlflowClient
@@ -95,8 +96,16 @@ def captions(at: AppTest) -> list[str]:
     return [caption for image in at.image for caption in image.captions]
 
 
-def test_generate_from_a_report_shows_raw_and_enhanced_images_with_downloads(app):
+def test_generate_from_a_report_shows_raw_and_enhanced_images_with_downloads(app, home):
     at = mode(app, "Generate")
+    val_reports = pd.read_parquet(home / "metadata.parquet").query("split == 'val'")["findings_text"].dropna()
+    at.text_area(key="prompt").input(val_reports.iloc[0]).run()  # a held-out report of the training data
+    assert not at.session_state["report_novelty"].out_of_distribution and not at.error
+    at.text_area(key="prompt").input("FINDINGS: Biventricular pacemaker leads terminate appropriately. "
+                                     "IMPRESSION: Unremarkable hardware.").run()
+    novelty = at.session_state["report_novelty"]
+    assert novelty.out_of_distribution and "pacemaker" in novelty.unseen
+    assert at.error[0].value.startswith("Out of distribution") and "pacemaker" in at.error[0].value
     at.text_area(key="prompt").input("FINDINGS: Small left pneumothorax. IMPRESSION: Left pneumothorax.")
     at.slider(key="steps").set_value(5)
     at.slider(key="count").set_value(3)
@@ -298,7 +307,11 @@ def test_a_real_browser_generates_an_image(home, tmp_path):
                         raise
                     time.sleep(1)
             page.get_by_role("button", name="Generate").click(timeout=120_000)
-            page.get_by_text("enhanced (balanced)").first.wait_for(timeout=240_000)
+            try:
+                page.get_by_text("enhanced (balanced)").first.wait_for(timeout=240_000)
+            except Exception:  # say what the page showed instead
+                page.screenshot(path=str(tmp_path / "failed.png"), full_page=True)
+                raise AssertionError(f"no generated image; the page said: {page.inner_text('body')[:3000]}")
             # the raw and the enhanced image of both samples decoded in the page
             page.wait_for_function("() => [...document.images].filter(i => i.complete && i.naturalWidth >= 64)"
                                    ".length >= 4", timeout=60_000)

@@ -203,10 +203,18 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     ops["synthetic_utility"] = {"config": {"seeds": 2, "classifier_steps": 20, "ddim_steps": 4,
                                            "synthetic_ratio": 0.5, "bootstrap_resamples": 300}}
     result = job.execute_in_process(
-        resources={"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)},
+        resources={"settings": settings,
+                   "mlflow_tracking": MlflowTracking(settings=settings, mlflow_ui_url="http://127.0.0.1:5055")},
         run_config={"ops": ops},
     )
     assert result.success
+    # every training and evaluation materialization links to its MLflow run's model-training view
+    for node, key in (("vae", "mlflow_run_url"), ("cxr_classifier", "mlflow_run_url"), ("text_ldm", "mlflow_run_url"),
+                      ("report_encoder", "mlflow_run_url"), ("low_dose_denoiser", "mlflow_run_url"),
+                      ("sr_evaluation", "evaluation_mlflow_run_url"), ("synthetic_utility", "evaluation_mlflow_run_url"),
+                      ("text_generation_evaluation", "evaluation_mlflow_run_url")):
+        url = result.asset_materializations_for_node(node)[0].metadata[key].value
+        assert url.startswith("http://127.0.0.1:5055/#/experiments/") and url.endswith("?workflowType=machine_learning")
     raw = result.asset_materializations_for_node("raw_images")[0].metadata
     assert raw["source"].value == "built-in demo dataset"
     assert raw["patients"].value == 300
@@ -236,6 +244,8 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     assert trained["registered_model"].value == "cxr-vae v1"
     encoded = result.asset_materializations_for_node("latents")[0].metadata
     assert encoded["latent_shape"].value == [4, 32, 32]  # the demo grid: one downsampling of 64 px
+    # the input distribution, calibrated on val to flag 1 in 100, flags few of the unseen test images
+    assert encoded["ood_test_flagged_share"].value <= 0.1
     registered = {
         result.asset_materializations_for_node(name)[0].metadata[key].value
         for name, key in (("latent_sr", "x4_registered_model"), ("class_ddpm", "registered_model"),
@@ -287,6 +297,9 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
         logged = client.get_run(produced["evaluation_mlflow_run_id"].value).data.metrics
         assert set(names) <= set(logged), (asset, sorted(set(names) - set(logged)))
     sr = result.asset_materializations_for_node("sr_evaluation")[0].metadata
+    for asset in ("sr_evaluation", "text_generation_evaluation"):  # what the scored models learnt from, first
+        report = open(result.asset_materializations_for_node(asset)[0].metadata["report"].value).read()
+        assert report.index("Training data") < report.index("<table") and "synthetic demo data" in report
     assert sr["psnr_sr_x4_vae_ceiling"].value > sr["psnr_sr_x4_bicubic"].value  # the ceiling is above bicubic
     denoising = result.asset_materializations_for_node("denoising_evaluation")[0].metadata
     assert denoising["psnr_denoise_i0_1000_nlm"].value > denoising["psnr_denoise_i0_1000_noisy"].value
@@ -312,6 +325,13 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     for registered_model in client.search_registered_models():
         training_run = client.get_run(client.get_model_version(registered_model.name, "1").run_id)
         assert not set(training_run.data.metrics) & evaluation_metrics, registered_model.name
+        assert training_run.data.tags["data.synthetic_demo"] == "True"  # provenance on every model
+    # the models no evaluation promotes are named by their own validation
+    for name in ("cxr-vae", "cxr-feature-classifier", "cxr-report-encoder"):
+        version = client.get_model_version(name, "1")
+        alias = "champion" if version.tags["promotion_decision"] == "promoted" else "challenger"
+        assert {k: str(v) for k, v in client.get_registered_model(name).aliases.items()} == {alias: "1"}
+        assert "own validation" in version.tags["promotion_reason"]
     classifier = result.asset_materializations_for_node("cxr_classifier")[0].metadata
     assert classifier["registered_model"].value == "cxr-feature-classifier v1"
     version = client.get_model_version("cxr-latent-sr-x4", "1")

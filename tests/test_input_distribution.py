@@ -32,3 +32,19 @@ def test_the_threshold_flags_about_one_in_a_hundred_held_out_images_and_every_fa
 def test_too_few_images_are_refused_with_a_reason():
     with pytest.raises(ValueError, match="needs >= 2 train and >= 1 val images"):
         InputDistribution.fit(latent_features(latents(1, 0)), latent_features(latents(3, 1)))
+
+
+def test_a_report_with_words_no_training_report_has_is_flagged():
+    from cxr_pipeline.models.input_distribution import ReportDistribution
+
+    train = ["FINDINGS: The lungs are clear. No pleural effusion. IMPRESSION: Normal chest.",
+             "FINDINGS: Small right pleural effusion. IMPRESSION: Right effusion.",
+             "FINDINGS: Heart size is enlarged. IMPRESSION: Cardiomegaly."] * 5
+    val = ["FINDINGS: The lungs are clear. IMPRESSION: No effusion.", "FINDINGS: Heart size is normal."]
+    vocabulary = ReportDistribution.fit(train, val)
+    assert vocabulary.threshold == 0.0  # every val word occurs in training
+    known = vocabulary.check("Findings: small left pleural effusion.")  # "left" is new, 1 of 5 words
+    assert known.unseen == ("left",) and known.out_of_distribution
+    assert not vocabulary.check("IMPRESSION: NORMAL CHEST, 2.").out_of_distribution  # case, numbers
+    flagged = vocabulary.check("Biventricular pacemaker leads terminate appropriately.")
+    assert flagged.share == 1.0 and "pacemaker" in flagged.message()

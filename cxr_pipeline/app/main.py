@@ -90,6 +90,12 @@ def generate_page(ctx: services.AppContext, alias: str, device: str) -> None:
     if key == "text":
         prompt = st.text_area("Report (findings and impression, as a radiologist writes them)", EXAMPLE_REPORT,
                               key="prompt")
+        checked = services.report_novelty(located.folder, prompt)
+        st.session_state["report_novelty"] = checked
+        if checked is not None and checked.out_of_distribution:
+            st.error(checked.message())
+        elif checked is not None:
+            st.caption(checked.message())
         conditions_of = lambda count: [prompt] * count  # noqa: E731
         condition_text = prompt
     else:

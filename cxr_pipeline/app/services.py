@@ -37,7 +37,8 @@ from ..metrics.appearance import appearance
 from ..metrics.restoration import per_image_scores, sample_spread
 from ..model_source import registry_folder
 from ..models.diffusion import describe, sampling_progress
-from ..models.input_distribution import InputDistribution, Novelty, novelty
+from ..models.input_distribution import (InputDistribution, Novelty, ReportDistribution, ReportNovelty,
+                                         novelty)
 from ..models.pipelines import ArbitraryScaleSuperResolution, DiffusionPipeline, LowDoseDenoiser
 from ..models.vae import encode_mean, load_vae
 from ..settings import (DEFAULT_DAGSTER_URL, Profile, WorkPaths, dagster_ui_url, mlflow_ui_url,
@@ -269,6 +270,13 @@ def zoom_offered(context: AppContext, alias: str, side: int) -> tuple[list[float
     return offered, (f"Zoom beyond {measured} px is not offered: {located.name} v{located.version} was evaluated only "
                      f"up to its training images' {measured} px, and above that it draws a periodic texture instead "
                      "of enlarging the anatomy.")
+
+
+def report_novelty(folder: Path, report: str) -> ReportNovelty | None:
+    """The report's words against the text model's training reports; None when the model folder
+    has no record of them (trained before records existed) or the report is empty."""
+    vocabulary = ReportDistribution.load(folder)
+    return vocabulary.check(report) if vocabulary is not None and report.strip() else None
 
 
 def resize_note(fields: dict, size: int) -> str | None:

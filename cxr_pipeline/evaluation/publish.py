@@ -13,16 +13,28 @@ import math
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 
-from .. import tracking
+from .. import provenance, tracking
 from ..data import atomic
-from ..reports.document import write_report
+from ..reports.document import Section, Table, write_report
 from ..settings import mlflow_ui_url
 from .suites import EvaluationOutcome
 
 
+def training_data_section(outcome: EvaluationOutcome) -> Section:
+    """What each evaluated model learnt from (``cxr_pipeline.provenance``), first in the report:
+    figures on a test split of the synthetic demo say nothing about real radiographs."""
+    rows = [{"model": record.label, "training data": provenance.summary(provenance.read(record.model_dir)).replace("**", "")}
+            for record, _ in outcome.evaluated]
+    return Section("Training data", tables=[Table("What each evaluated model was trained on", pd.DataFrame(rows))])
+
+
 def write_outcome(outcome: EvaluationOutcome, folder: Path) -> tuple[Path, Path]:
-    """The HTML report, its Markdown twin and the per-image scores, in ``folder``."""
+    """The HTML report (the models' training data first), its Markdown twin and the per-image
+    scores, in ``folder``."""
+    if outcome.evaluated and not any(section.title == "Training data" for section in outcome.report.sections):
+        outcome.report.sections.insert(0, training_data_section(outcome))
     html, markdown = write_report(outcome.report, folder)
     if outcome.scores is not None:
         atomic.write_csv(folder / "per_image_scores.csv", outcome.scores)

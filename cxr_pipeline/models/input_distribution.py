@@ -16,6 +16,10 @@ every latent model works in:
 Fitted by the ``latents`` step from the latents it already encodes, saved as
 ``input_distribution.json`` and copied into each image-input model's folder at registration, so a
 registered version carries the reference of the data it was trained on.
+
+For the text model, whose input is a report, the same question is asked of words: the share of
+the report's words that never occur in the training reports, against val reports
+(``ReportDistribution``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch
 from sklearn.covariance import LedoitWolf
 
 from ..data import atomic
+from .report_tokenizer import word_counts
 
 FILE = "input_distribution.json"
 GRID = 4  # pooled latent cells per side
@@ -117,3 +122,79 @@ class Novelty:
 
 def novelty(reference: InputDistribution, latents) -> list[Novelty]:
     return [Novelty(float(d), reference.threshold, reference.val_median) for d in reference.distance(latents)]
+
+
+# --- Reports: the text model's input ---------------------------------------------------------------------
+
+REPORT_FILE = "report_distribution.json"
+
+
+def report_words(report: str) -> list[str]:
+    """The words of a report as the tokenizer cuts them (BERT's normalizer and pre-tokenizer),
+    letters only: punctuation and numbers carry no learnt meaning of their own."""
+    return [word for word in word_counts([report]) if any(c.isalpha() for c in word)]
+
+
+@dataclass
+class ReportDistribution:
+    """A report is out of distribution when more of its words never occur in the training reports
+    than in all but 1% of val reports: the text model has learnt nothing about those words (the
+    tokenizer still cuts them into pieces, so nothing fails; the image just ignores them)."""
+
+    vocabulary: list[str]  # every word of the training reports, sorted
+    threshold: float  # share of unseen words: the 99th percentile over val reports
+    val_median: float
+    train_reports: int
+    val_reports: int
+
+    @classmethod
+    def fit(cls, train_reports: list[str], val_reports: list[str]) -> ReportDistribution:
+        if not train_reports or not val_reports:
+            raise ValueError(f"a report distribution needs train and val reports, got {len(train_reports)} and "
+                             f"{len(val_reports)}")
+        vocabulary = sorted({w for report in train_reports for w in report_words(report)})
+        fitted = cls(vocabulary, 0.0, 0.0, len(train_reports), len(val_reports))
+        shares = np.array([fitted.unseen_share(report) for report in val_reports])
+        fitted.threshold, fitted.val_median = float(np.quantile(shares, QUANTILE)), float(np.median(shares))
+        return fitted
+
+    def unseen(self, report: str) -> list[str]:
+        known = set(self.vocabulary)
+        return [word for word in report_words(report) if word not in known]
+
+    def unseen_share(self, report: str) -> float:
+        words = report_words(report)
+        return len(self.unseen(report)) / len(words) if words else 0.0
+
+    def check(self, report: str) -> ReportNovelty:
+        return ReportNovelty(self.unseen_share(report), self.threshold, tuple(dict.fromkeys(self.unseen(report))))
+
+    def save(self, folder: Path) -> Path:
+        path = Path(folder) / REPORT_FILE
+        atomic.write_text(path, json.dumps(asdict(self)))
+        return path
+
+    @classmethod
+    def load(cls, folder: Path) -> ReportDistribution | None:
+        path = Path(folder) / REPORT_FILE
+        return cls(**json.loads(path.read_text())) if path.exists() else None
+
+
+@dataclass(frozen=True)
+class ReportNovelty:
+    share: float
+    threshold: float
+    unseen: tuple[str, ...]
+
+    @property
+    def out_of_distribution(self) -> bool:
+        return self.share > self.threshold
+
+    def message(self) -> str:
+        listed = ", ".join(self.unseen[:12]) + (" ..." if len(self.unseen) > 12 else "")
+        if self.out_of_distribution:
+            return (f"Out of distribution: {self.share:.0%} of this report's words never occur in the training reports "
+                    f"(at most {self.threshold:.0%} in 99% of validation reports): {listed}. The model has learnt "
+                    "nothing about them; the image will not follow them.")
+        return (f"Within the training reports' vocabulary ({self.share:.0%} unseen words"
+                + (f": {listed})." if self.unseen else ")."))
