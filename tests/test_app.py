@@ -274,7 +274,8 @@ def _free_port() -> int:
 
 def test_a_real_browser_generates_an_image(home, tmp_path):
     """Headless Chromium (Debian's package, driven by Playwright) opens the app served by
-    ``streamlit run``, generates one image and saves a screenshot. Required where CI installs
+    ``streamlit run``, generates one image, uploads a real chest CR to Restore (the
+    out-of-distribution warning and the provenance line show) and saves screenshots. Required where CI installs
     the browser (CXR_BROWSER_TESTS=1); elsewhere it runs when /usr/bin/chromium exists."""
     chromium = Path(os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium"))
     if not chromium.exists():
@@ -318,6 +319,12 @@ def test_a_real_browser_generates_an_image(home, tmp_path):
             screenshot = tmp_path / "app_generate.png"
             page.screenshot(path=str(screenshot), full_page=True)
             shown = page.locator("img").evaluate_all("images => images.map(i => i.naturalWidth)")
+            # a real chest CR uploaded to Restore: the warning and the provenance line are on the page
+            page.get_by_text("Restore", exact=True).first.click()
+            page.locator("input[type=file]").set_input_files(str(pydicom_file("RG1_UNCR.dcm")))
+            page.get_by_text("Out of distribution").first.wait_for(timeout=240_000)
+            restore_text = page.inner_text("body")
+            page.screenshot(path=str(tmp_path / "app_restore_real_radiograph.png"), full_page=True)
             browser.close()
     finally:
         server.terminate()
@@ -325,6 +332,8 @@ def test_a_real_browser_generates_an_image(home, tmp_path):
     keep = os.environ.get("CXR_SCREENSHOT_DIR")
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
-        (Path(keep) / screenshot.name).write_bytes(screenshot.read_bytes())
+        for taken in tmp_path.glob("*.png"):
+            (Path(keep) / taken.name).write_bytes(taken.read_bytes())
     assert screenshot.stat().st_size > 10_000
     assert sum(1 for width in shown if width >= 64) >= 4
+    assert "synthetic demo data" in restore_text and "1841x1955 px" in restore_text

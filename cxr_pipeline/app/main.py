@@ -169,6 +169,19 @@ def restore_page(ctx: services.AppContext, alias: str, device: str) -> None:
     if resized:
         st.warning(resized)
     task = st.radio("Task", ["super-resolution", "denoising"], horizontal=True, key="task")
+    pipeline, located = model_or_stop("arbitrary_sr" if task == "super-resolution" else "denoiser", ctx, alias, device)
+    # what the model learnt from and whether this upload is like it, before any control
+    st.caption(f"{located.name} v{located.version} ({located.alias})")
+    st.info(services.training_data(located.folder))
+    novelty = services.input_novelty(pipeline, located, image, ctx)
+    st.session_state["novelty"] = novelty
+    if novelty is None:
+        st.caption("This model version has no record of its training images' distribution: the upload cannot be "
+                   "checked against it.")
+    elif novelty.out_of_distribution:
+        st.error(novelty.message())
+    else:
+        st.caption(novelty.message())
     if task == "super-resolution":  # an output above the model's size was never measured (services.zoom_offered)
         simulate = True
         st.caption("Super-resolution restores this image from a simulated low-resolution copy, back to the model's "
@@ -181,25 +194,12 @@ def restore_page(ctx: services.AppContext, alias: str, device: str) -> None:
     seeds = st.slider("Seeds (for the spread map)", 1, 5, 3, key="restore_seeds")
     steps = st.slider("DDIM steps", 5, 50, 20, 5, key="restore_steps")
     if task == "super-resolution":
-        pipeline, located = model_or_stop("arbitrary_sr", ctx, alias, device)
         low, high = pipeline.scale_range
         scale = st.slider("Scale", 1.0, float(max(high, 4.0)), float(min(2.5, high)), 0.1,
                           help=f"The model was trained on scales {low:g} to {high:g}.", key="scale")
     else:
-        pipeline, located = model_or_stop("denoiser", ctx, alias, device)
         dose = st.selectbox("Dose (photons, I0)", pipeline.doses, index=0, key="dose")
         nlm_factor = st.slider("Non-local means h / sigma", 0.4, 2.0, 1.0, 0.1)
-    st.caption(f"{located.name} v{located.version} ({located.alias})")
-    st.info(services.training_data(located.folder))
-    novelty = services.input_novelty(pipeline, located, image, ctx)
-    st.session_state["novelty"] = novelty
-    if novelty is None:
-        st.caption("This model version has no record of its training images' distribution: the upload cannot be "
-                   "checked against it.")
-    elif novelty.out_of_distribution:
-        st.error(novelty.message())
-    else:
-        st.caption(novelty.message())
     if st.button("Restore", type="primary"):
         update = progress_bar("Restoring")
         if task == "super-resolution":
