@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,25 @@ def latent_features(latents: torch.Tensor | np.ndarray) -> np.ndarray:
     return torch.cat([pooled, z.flatten(2).std(-1)], dim=1).double().numpy()
 
 
+class _Reference:
+    """A fitted reference saved as ``file_name`` in a model folder (travels with the version)."""
+
+    file_name: ClassVar[str]
+
+    def save(self, folder: Path) -> Path:
+        path = Path(folder) / self.file_name
+        atomic.write_text(path, json.dumps(asdict(self)))
+        return path
+
+    @classmethod
+    def load(cls, folder: Path):
+        """The reference in ``folder``, or None when the folder has none."""
+        path = Path(folder) / cls.file_name
+        return cls(**json.loads(path.read_text())) if path.exists() else None
+
+
 @dataclass
-class InputDistribution:
+class InputDistribution(_Reference):
     mean: list[float]
     precision: list[list[float]]
     threshold: float
@@ -57,6 +75,7 @@ class InputDistribution:
     val_images: int
     test_flagged_share: float | None = None  # the calibration checked on held-out images
     vae: dict | None = None  # the autoencoder record whose latents these are (name, version, folder)
+    file_name: ClassVar[str] = FILE
 
     @classmethod
     def fit(cls, train: np.ndarray, val: np.ndarray, test: np.ndarray | None = None,
@@ -80,15 +99,6 @@ class InputDistribution:
     def distance(self, latents) -> np.ndarray:
         return self.distance_of_features(latent_features(latents))
 
-    def save(self, folder: Path) -> Path:
-        path = Path(folder) / FILE
-        atomic.write_text(path, json.dumps(asdict(self)))
-        return path
-
-    @classmethod
-    def load(cls, folder: Path) -> InputDistribution | None:
-        path = Path(folder) / FILE
-        return cls(**json.loads(path.read_text())) if path.exists() else None
 
 
 @dataclass(frozen=True)
@@ -136,7 +146,7 @@ def report_words(report: str) -> list[str]:
 
 
 @dataclass
-class ReportDistribution:
+class ReportDistribution(_Reference):
     """A report is out of distribution when more of its words never occur in the training reports
     than in all but 1% of val reports: the text model has learnt nothing about those words (the
     tokenizer still cuts them into pieces, so nothing fails; the image just ignores them)."""
@@ -146,6 +156,7 @@ class ReportDistribution:
     val_median: float
     train_reports: int
     val_reports: int
+    file_name: ClassVar[str] = REPORT_FILE
 
     @classmethod
     def fit(cls, train_reports: list[str], val_reports: list[str]) -> ReportDistribution:
@@ -169,15 +180,6 @@ class ReportDistribution:
     def check(self, report: str) -> ReportNovelty:
         return ReportNovelty(self.unseen_share(report), self.threshold, tuple(dict.fromkeys(self.unseen(report))))
 
-    def save(self, folder: Path) -> Path:
-        path = Path(folder) / REPORT_FILE
-        atomic.write_text(path, json.dumps(asdict(self)))
-        return path
-
-    @classmethod
-    def load(cls, folder: Path) -> ReportDistribution | None:
-        path = Path(folder) / REPORT_FILE
-        return cls(**json.loads(path.read_text())) if path.exists() else None
 
 
 @dataclass(frozen=True)
