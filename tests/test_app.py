@@ -99,7 +99,8 @@ def captions(at: AppTest) -> list[str]:
 def test_generate_from_a_report_shows_raw_and_enhanced_images_with_downloads(app, home):
     at = mode(app, "Generate")
     val_reports = pd.read_parquet(home / "metadata.parquet").query("split == 'val'")["findings_text"].dropna()
-    at.text_area(key="prompt").input(val_reports.iloc[0]).run()  # a held-out report of the training data
+    # a held-out report of the training data, typed with its section header
+    at.text_area(key="prompt").input(f"FINDINGS: {val_reports.iloc[0]}").run()
     assert not at.session_state["report_novelty"].out_of_distribution and not at.error
     at.text_area(key="prompt").input("FINDINGS: Biventricular pacemaker leads terminate appropriately. "
                                      "IMPRESSION: Unremarkable hardware.").run()

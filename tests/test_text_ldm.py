@@ -11,7 +11,7 @@ from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from cxr_pipeline.data.demo import phantom, reports
 from cxr_pipeline.data.labels.metadata import LabelOptions, build_metadata
-from cxr_pipeline.data.labels.report_text import finding_mentions, report_prompt
+from cxr_pipeline.data.labels.report_text import finding_mentions, prompt_from_report, report_prompt
 from cxr_pipeline.data.labels.sources import conform, read_indiana_xml, read_nih
 from cxr_pipeline.evaluation.text_generation import negation_table, PromptSet, retrieval_baseline
 from cxr_pipeline.metrics.distribution import nearest_distances, precision_recall_density_coverage
@@ -221,6 +221,22 @@ def test_pipeline_saves_and_loads_its_encoder_and_samples_the_same(tmp_path):
     loaded = TextConditionalGenerator.from_pretrained(tmp_path / "model", "cpu")
     torch.testing.assert_close(loaded(prompts, steps=3, seed=1), first)
     assert not torch.allclose(loaded(prompts, steps=3, seed=1, guidance=0.0), first)
+    # a report typed with section headers is read as the training prompts were made (no headers)
+    headed = ["FINDINGS: Small right pneumothorax. IMPRESSION: Pneumothorax.", "Findings: The lungs are clear."]
+    torch.testing.assert_close(loaded(headed, steps=3, seed=1),
+                               loaded(["Small right pneumothorax. Pneumothorax.", "The lungs are clear."], steps=3, seed=1))
+
+
+@pytest.mark.parametrize("typed, prompt", [
+    ("FINDINGS: Moderate right effusion. The left lung is clear. IMPRESSION: Right effusion.",
+     "Moderate right effusion. The left lung is clear. Right effusion."),
+    ("EXAMINATION: CHEST PA.\nINDICATION: cough.\nFINDINGS:\n  Lungs clear; NG tube: tip in stomach.\n\n"
+     "IMPRESSION: No acute process.\nRECOMMENDATION(S): none", "Lungs clear; NG tube: tip in stomach. No acute process."),
+    ("Impression: small left pneumothorax.", "small left pneumothorax."),
+    ("No acute cardiopulmonary process.", "No acute cardiopulmonary process."),  # no headers: as typed
+])
+def test_a_typed_report_becomes_the_prompt_the_model_was_trained_on(typed, prompt):
+    assert prompt_from_report(typed) == prompt
 
 
 # --- Evaluation metrics ------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import torch
 from sklearn.covariance import LedoitWolf
 
 from ..data import atomic
+from ..data.labels.report_text import prompt_from_report
 from .report_tokenizer import word_counts
 
 FILE = "input_distribution.json"
@@ -178,6 +179,8 @@ class ReportDistribution(_Reference):
         return len(self.unseen(report)) / len(words) if words else 0.0
 
     def check(self, report: str) -> ReportNovelty:
+        """The report as the text model reads it (headers removed: ``prompt_from_report``)."""
+        report = prompt_from_report(report)
         return ReportNovelty(self.unseen_share(report), self.threshold, tuple(dict.fromkeys(self.unseen(report))))
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..data.degrade import bicubic_to, resize, upsample_bicubic
+from ..data.labels.report_text import prompt_from_report
 from ..model_source import resolve_model
 from .diffusion import DiffusionModel, TextCondition, UNetConfig, load_model, sample, save_model
 from .implicit import ImplicitDecoder, LiifHead, downsampling_factor
@@ -272,8 +273,9 @@ class TextConditionalGenerator(DiffusionPipeline):
         self.text_encoder.save_pretrained(Path(folder) / "text_encoder")
 
     def encode(self, reports: Sequence[str]) -> tuple[TextCondition, TextCondition]:
-        """(the reports, the empty report), padded to one length."""
-        both = self.text_encoder.encode([*reports, ""])
+        """(the reports, the empty report), padded to one length; a report with FINDINGS /
+        IMPRESSION headers is read as the training prompts were made (``prompt_from_report``)."""
+        both = self.text_encoder.encode([*(prompt_from_report(report) for report in reports), ""])
         return (TextCondition(both.hidden[:-1], both.mask[:-1]),
                 TextCondition(both.hidden[-1:], both.mask[-1:]))
 

@@ -36,6 +36,28 @@ def report_prompt(findings: object, impression: object) -> str:
     return " ".join(parts)
 
 
+# A section header as radiologists type it, anywhere in the text: Findings / Impression in any
+# case, or any other upper-case words and a colon ("COMPARISON:", "CLINICAL HISTORY:"), which end a
+# section. (A lower-case "tube:" inside a sentence is not a header.)
+_HEADER = re.compile(r"\b((?i:findings|impression)|[A-Z][A-Z /&()]*[A-Z)])\s*:")
+
+
+def prompt_from_report(text: str) -> str:
+    """A report as a person writes it, with section headers, brought to what the text model was
+    trained on (``report_prompt``: the FINDINGS text, then the IMPRESSION text, no headers): the
+    training prompts come from parsed sections, so a header word such as "IMPRESSION" is a word
+    the model never saw. Text without FINDINGS or IMPRESSION headers is returned as it is."""
+    headers = list(_HEADER.finditer(text))
+    sections: dict[str, str] = {}
+    for header, following in zip(headers, headers[1:] + [None]):
+        name = header.group(1).strip().upper()
+        if name in ("FINDINGS", "IMPRESSION") and name not in sections:
+            sections[name] = text[header.end():following.start() if following else len(text)]
+    if not sections:
+        return text.strip()
+    return report_prompt(" ".join(sections.get("FINDINGS", "").split()), " ".join(sections.get("IMPRESSION", "").split()))
+
+
 def report_prompts(metadata: pd.DataFrame) -> pd.Series:
     """One prompt per metadata row (image_id index); "" where the row has no report."""
     findings = metadata.get("findings_text", pd.Series(None, index=metadata.index, dtype=object))
