@@ -105,7 +105,8 @@ def _publish(context: dg.AssetExecutionContext, settings: CxrSettings, mlflow_tr
     folder = settings.paths().reports / outcome.name / f"{time.strftime('%Y%m%d-%H%M%S')}-{context.run.run_id[:8]}"
     html, markdown = write_outcome(outcome, folder)
     outcome.params = {**config.model_dump(), **outcome.params}
-    with mlflow_tracking.run(context, run_name=f"evaluate-{outcome.name}", tags=evaluation_tags(outcome)) as run:
+    with mlflow_tracking.run(context, run_name=f"evaluate-{outcome.name}", tags=evaluation_tags(outcome),
+                             experiment=mlflow_tracking.evaluation_experiment) as run:
         run_id = publish_outcome(outcome, folder, html)
     context.log.info(f"report: {html}")
     verdicts = outcome.baseline_verdicts()

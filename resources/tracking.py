@@ -19,7 +19,10 @@ class MlflowTracking(dg.ConfigurableResource):
 
     settings: CxrSettings
     tracking_uri: Optional[str] = None
-    experiment: str = "cxr-pipeline"
+    experiment: str = "cxr-pipeline"  # training runs (and registered models' runs)
+    # Evaluations and the synthetic-data experiment: each run holds hundreds of figures (per scale,
+    # dose, class, interval) that would otherwise be columns of the training runs' table.
+    evaluation_experiment: str = "cxr-pipeline-evaluation"
     # Where people open the two UIs: empty falls back to CXR_DAGSTER_URL / CXR_MLFLOW_UI_URL
     # (cxr_pipeline.settings), so every link into Dagster and MLflow follows one setting.
     dagster_url: Optional[str] = None
@@ -28,14 +31,18 @@ class MlflowTracking(dg.ConfigurableResource):
     def resolved_uri(self) -> str:
         return tracking_uri_for(self.settings.resolved_home(), self.tracking_uri)
 
-    def activate(self) -> str:
-        """Point the MLflow client at this store (creating the experiment); returns its id."""
-        return tracking.ensure_experiment(self.resolved_uri(), self.experiment, Path(self.settings.paths().mlflow) / "artifacts")
+    def activate(self, experiment: Optional[str] = None) -> str:
+        """Point the MLflow client at this store (creating ``experiment``, default the training
+        one); returns its id."""
+        return tracking.ensure_experiment(self.resolved_uri(), experiment or self.experiment,
+                                          Path(self.settings.paths().mlflow) / "artifacts")
 
     @contextmanager
-    def run(self, context: dg.AssetExecutionContext, run_name: str, tags: Optional[dict] = None):
-        """One MLflow run, tagged with the Dagster lineage (run id, asset, partition, commit)."""
-        experiment_id = self.activate()
+    def run(self, context: dg.AssetExecutionContext, run_name: str, tags: Optional[dict] = None,
+            experiment: Optional[str] = None):
+        """One MLflow run in ``experiment`` (default the training one), tagged with the Dagster
+        lineage (run id, asset, partition, commit)."""
+        experiment_id = self.activate(experiment)
         dagster_run = f"{dagster_ui_url(self.dagster_url)}/runs/{context.run.run_id}"
         lineage = {
             "dagster.run_id": context.run.run_id,

@@ -128,8 +128,9 @@ def main() -> int:
         wait_for(f"{mlflow_ui}/health", 120)
         client = MlflowClient(store)
         experiment = client.get_experiment_by_name("cxr-pipeline")
-        evaluation = client.search_runs([experiment.experiment_id], "tags.mlflow.runName = 'evaluate-sr_evaluation'",
-                                        max_results=1) if experiment else []
+        evaluations = client.get_experiment_by_name("cxr-pipeline-evaluation")
+        evaluation = client.search_runs([evaluations.experiment_id], "tags.mlflow.runName = 'evaluate-sr_evaluation'",
+                                        max_results=1) if evaluations else []
         pages = [("dagster_lineage.png", f"{dagster}/asset-groups"), ("dagster_catalog.png", f"{dagster}/assets"),
                  ("dagster_runs.png", f"{dagster}/runs"),
                  # the latest materialization's metadata, with its link to the MLflow run

@@ -322,8 +322,15 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     for asset in expected:
         evaluation_metrics |= set(client.get_run(result.asset_materializations_for_node(asset)[0]
                                                  .metadata["evaluation_mlflow_run_id"].value).data.metrics)
+    # ... and in an experiment of their own, so the training runs' table is not hundreds of columns wide
+    training, evaluations = (client.get_experiment_by_name(name) for name in ("cxr-pipeline", "cxr-pipeline-evaluation"))
+    assert {run.info.run_name for run in client.search_runs([evaluations.experiment_id])} == \
+        {f"evaluate-{asset}" for asset in expected}
+    training_columns = {key for run in client.search_runs([training.experiment_id]) for key in run.data.metrics}
+    assert not training_columns & evaluation_metrics and len(training_columns) < len(evaluation_metrics) / 3
     for registered_model in client.search_registered_models():
         training_run = client.get_run(client.get_model_version(registered_model.name, "1").run_id)
+        assert training_run.info.experiment_id == training.experiment_id
         assert not set(training_run.data.metrics) & evaluation_metrics, registered_model.name
         assert training_run.data.tags["data.synthetic_demo"] == "True"  # provenance on every model
     # the models no evaluation promotes are named by their own validation
