@@ -11,7 +11,6 @@ from cxr_pipeline.data import atomic
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.data.pairs import scales_built, sr_pair_dir
 from cxr_pipeline.model_record import current_model
-from cxr_pipeline.models.input_distribution import InputDistribution
 from cxr_pipeline.models.vae import encode_latents
 from resources import CxrSettings, MlflowTracking
 
@@ -54,12 +53,10 @@ def latents(context: dg.AssetExecutionContext, settings: CxrSettings) -> dg.Mate
     for scale in scales_built(paths.pairs):
         folder = sr_pair_dir(paths.pairs, scale)
         lr_stores[scale] = (ImageStore(folder), pd.read_parquet(folder / "index.parquet"))
-    summary = encode_latents(metadata, ImageStore(paths.image_store), str(record.model_dir), lr_stores, paths.latents)
+    summary = encode_latents(metadata, ImageStore(paths.image_store), str(record.model_dir), lr_stores, paths.latents,
+                             vae_record=record.as_dict())
     atomic.write_text(paths.latents / "vae.json", json.dumps(record.as_dict(), indent=2))
-    reference = InputDistribution.load(paths.latents)
-    if reference is not None:  # the autoencoder these latents came from, for scoring new inputs
-        reference.vae = record.as_dict()
-        reference.save(paths.latents)
+    reference = summary.get("input_distribution")
     context.log.info(f"latents {summary['latent_shape']} for {summary['splits']}, scaling factor {summary['scaling_factor']:.4f}")
     return dg.MaterializeResult(metadata={
         "scaling_factor": round(summary["scaling_factor"], 6),
@@ -67,7 +64,7 @@ def latents(context: dg.AssetExecutionContext, settings: CxrSettings) -> dg.Mate
         "scales": dg.MetadataValue.json(summary["scales"]),
         **{f"{split}_images": n for split, n in summary["splits"].items()},
         "vae": record.label,
-        **({"ood_threshold": round(reference.threshold, 3), "ood_val_median": round(reference.val_median, 3),
-            "ood_test_flagged_share": reference.test_flagged_share} if reference is not None else {}),
+        **({"ood_threshold": round(reference["threshold"], 3), "ood_val_median": round(reference["val_median"], 3),
+            "ood_test_flagged_share": reference["test_flagged_share"]} if reference else {}),
         "path": dg.MetadataValue.path(str(paths.latents)),
     })

@@ -193,19 +193,20 @@ def record_and_promote(name: str, decision: Decision, split_hash: str) -> None:
             "promotion_reason": decision.reason}
     for key, value in tags.items():
         client.set_model_version_tag(name, decision.version, key, value)
-    record_aliases(name, decision)
+    record_aliases(name, decision.version, decision.promoted)
 
 
-def record_aliases(name: str, decision: Decision) -> None:
+def record_aliases(name: str, version: str, promoted: bool) -> None:
+    """``champion`` (and no challenger left) when promoted, else ``challenger``."""
     client = MlflowClient()
-    if decision.promoted:
-        client.set_registered_model_alias(name, CHAMPION, decision.version)
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
         try:
             client.delete_registered_model_alias(name, CHALLENGER)
         except MlflowException:  # there was none
             pass
     else:
-        client.set_registered_model_alias(name, CHALLENGER, decision.version)
+        client.set_registered_model_alias(name, CHALLENGER, version)
 
 
 def accept(name: str, version: str, acceptance: tuple[tuple[str, float, str], ...], metrics: dict[str, float]) -> bool:
@@ -219,6 +220,5 @@ def accept(name: str, version: str, acceptance: tuple[tuple[str, float, str], ..
     client = MlflowClient()
     client.set_model_version_tag(name, version, "promotion_decision", "promoted" if passed else "not promoted")
     client.set_model_version_tag(name, version, "promotion_reason", reason)
-    decision = Decision(passed, reason, version, None, {})
-    record_aliases(name, decision)
+    record_aliases(name, version, passed)
     return passed

@@ -179,3 +179,17 @@ def test_run_urls_open_the_model_training_view_wherever_a_ui_is_configured(monke
         "http://127.0.0.1:5055/#/experiments/3/runs?workflowType=machine_learning"
     monkeypatch.setenv("CXR_DAGSTER_URL", "http://dagster.internal:8080/")
     assert dagster_ui_url() == "http://dagster.internal:8080"
+
+
+def test_a_model_no_evaluation_promotes_is_named_by_its_own_validation(registry):
+    client = MlflowClient()
+    gate = (("val_detail", 0.9, "keeps fine detail"), ("val_ssim", 0.9, "reconstructs faithfully"))
+    first = registry()
+    assert promotion.accept("cxr-test-model", first, gate, {"val_detail": 0.95, "val_ssim": 0.96})
+    second = registry()
+    assert not promotion.accept("cxr-test-model", second, gate, {"val_detail": 0.80, "val_ssim": 0.97})
+    aliases = {k: str(v) for k, v in client.get_registered_model("cxr-test-model").aliases.items()}
+    assert aliases == {"champion": first, "challenger": second}
+    reason = client.get_model_version("cxr-test-model", second).tags["promotion_reason"]
+    assert reason == "does not pass its own validation: val_detail = 0.8000 < 0.9 (needed: keeps fine detail)"
+    assert not promotion.accept("cxr-test-model", registry(), gate, {"val_detail": 0.95})  # a missing figure fails

@@ -49,6 +49,12 @@ def _latent_factor(pipeline) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
 
 
+def show_check(check) -> None:
+    """An input's out-of-distribution check (an image's or a report's): an error when it is out,
+    a caption with the figures when it is not."""
+    (st.error if check.out_of_distribution else st.caption)(check.message())
+
+
 def preset_picker(key: str) -> Enhancement:
     name = st.selectbox("Enhancement preset (display only)", list(PRESETS), index=list(PRESETS).index("balanced"),
                         key=key, help="Applied to a copy for display. Metrics of model outputs use the raw image.")
@@ -92,10 +98,8 @@ def generate_page(ctx: services.AppContext, alias: str, device: str) -> None:
                               key="prompt")
         checked = services.report_novelty(located.folder, prompt)
         st.session_state["report_novelty"] = checked
-        if checked is not None and checked.out_of_distribution:
-            st.error(checked.message())
-        elif checked is not None:
-            st.caption(checked.message())
+        if checked is not None:
+            show_check(checked)
         conditions_of = lambda count: [prompt] * count  # noqa: E731
         condition_text = prompt
     else:
@@ -178,10 +182,8 @@ def restore_page(ctx: services.AppContext, alias: str, device: str) -> None:
     if novelty is None:
         st.caption("This model version has no record of its training images' distribution: the upload cannot be "
                    "checked against it.")
-    elif novelty.out_of_distribution:
-        st.error(novelty.message())
     else:
-        st.caption(novelty.message())
+        show_check(novelty)
     if task == "super-resolution":  # an output above the model's size was never measured (services.zoom_offered)
         simulate = True
         st.caption("Super-resolution restores this image from a simulated low-resolution copy, back to the model's "

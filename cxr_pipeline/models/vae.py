@@ -22,6 +22,7 @@ from ..data.degrade import upsample_bicubic
 from ..data.image_store import ImageStore
 from ..metrics.detail import paired_detail_ratios
 from .batches import EpochSampler, StoreImages, aligned_crops
+from .input_distribution import FILE as INPUT_DISTRIBUTION_FILE
 from .input_distribution import InputDistribution, latent_features
 from .training import TrainConfig, Trainer, TrainingOutcome, pick_device, run_key
 
@@ -166,17 +167,19 @@ def train_vae(metadata: pd.DataFrame, store: ImageStore, runs_root: Path, vae_co
 
 
 def encode_latents(metadata: pd.DataFrame, store: ImageStore, vae_dir: Path, lr_stores: dict[int, tuple[ImageStore, pd.DataFrame]],
-                   out_dir: Path, device: str = "auto", batch_size: int = 128) -> dict:
+                   out_dir: Path, device: str = "auto", batch_size: int = 128, vae_record: dict | None = None) -> dict:
     """HR latents and, per scale, latents of the LR image upsampled (bicubic) to HR size, for every
-    split; plus the scaling factor (1 / std of train HR latents) diffusion training multiplies by.
-    Rewritten whole on every run, under the folder's writer lock, so a damaged folder heals."""
+    split; plus the scaling factor (1 / std of train HR latents) diffusion training multiplies by,
+    and the input distribution new inputs are scored against (naming ``vae_record``, the
+    autoencoder's registry record). Rewritten whole on every run, under the folder's writer lock,
+    so a damaged folder heals."""
     with locks.exclusive(out_dir, "latents"):
-        return _encode_locked(metadata, store, vae_dir, lr_stores, Path(out_dir), device, batch_size)
+        return _encode_locked(metadata, store, vae_dir, lr_stores, Path(out_dir), device, batch_size, vae_record)
 
 
 def _encode_locked(metadata: pd.DataFrame, store: ImageStore, vae_dir: Path,
                    lr_stores: dict[int, tuple[ImageStore, pd.DataFrame]], out_dir: Path, device: str,
-                   batch_size: int) -> dict:
+                   batch_size: int, vae_record: dict | None) -> dict:
     model = load_vae(vae_dir, pick_device(device))
     shapes, summary, features = {}, {"vae_dir": str(vae_dir), "splits": {}}, {}
     for split in ("train", "val", "test"):
@@ -200,8 +203,9 @@ def _encode_locked(metadata: pd.DataFrame, store: ImageStore, vae_dir: Path,
         if split == "train":
             summary["scaling_factor"] = float(1.0 / hr.std()) if len(rows) else 1.0
     summary.update(latent_shape=shapes["hr"], scales=sorted(lr_stores))
+    (out_dir / INPUT_DISTRIBUTION_FILE).unlink(missing_ok=True)  # never a reference of other latents
     if features["train"] is not None and features["val"] is not None:
-        reference = InputDistribution.fit(features["train"], features["val"], features["test"])
+        reference = InputDistribution.fit(features["train"], features["val"], features["test"], vae=vae_record)
         reference.save(out_dir)
         summary["input_distribution"] = {"threshold": reference.threshold, "val_median": reference.val_median,
                                          "test_flagged_share": reference.test_flagged_share}
