@@ -124,6 +124,7 @@ PADCHEST = textwrap.dedent("""\
     135803415504923515076821959678074435083_fzis7d.png,0,20150714,135803415504923515076821959678074435083,313572750430997347502932654319389875966,1966.0,M,POSTEROANTERIOR,PA,Manual review of DICOM fields,No,CR,PhilipsMedicalSystems,MONOCHROME2,0,1\\1,0.139,12,2047,4095,2176,2472,320,1.0,1000,4,,4991845,derrame pleural izquierdo . cardiomegalia .,RNN_model,"['pleural effusion', 'cardiomegaly', ' laminar atelectasis']","['loc left']","[['pleural effusion', 'loc left'], ['cardiomegaly']]",[],[]
     113855343774216031107737439268449652301_pd8bvc.png,0,20150714,135803415504923515076821959678074435083,313572750430997347502932654319389875966,1966.0,M,LATERAL,L,Manual review of DICOM fields,No,CR,PhilipsMedicalSystems,MONOCHROME2,0,1\\1,0.139,12,2047,4095,2176,2472,320,1.0,1000,4,,4991845,derrame pleural izquierdo .,RNN_model,['pleural effusion'],[],[],[],[]
     216840111366964012819207061112010307142388019_ci10ha.png,0,20161002,216840111366964012819207061112010307142388019,16969431451196545627566087768082543233,1950.0,M,ANTEROPOSTERIOR,AP_horizontal,Manual review of DICOM fields,No,CR,PhilipsMedicalSystems,MONOCHROME2,0,1\\1,0.139,12,2047,4095,2176,2472,320,1.0,1000,4,,5035424,,RNN_model,[unreadable,[],[],[],[]
+    246421712427862553530412549843478426185_wdc2ij.png,0,20160505,246421712427862553530412549843478426185,2874154316573254217346917849722411838,1957.0,M,,COSTAL,Manual review of DICOM fields,No,CR,PhilipsMedicalSystems,MONOCHROME2,0,1\\1,0.139,12,2047,4095,2176,2472,320,1.0,1000,4,,5035425,fractura costal .,Physician,['callus rib fracture'],[],[],[],[]
 """)
 
 
@@ -137,7 +138,9 @@ def test_padchest_list_literals_projections_and_reports(tmp_path):
     assert len(sources[0].problems) == 1 and "unreadable Labels" in sources[0].problems[0]
     result = build_metadata(manifest_for(images), combine(sources), options)
     rows = result.metadata.set_index(result.metadata["source_path"].str[2:8])
-    assert sorted(rows.index) == ["135803", "205366", "216840"]  # the L projection is excluded
+    assert sorted(rows.index) == ["135803", "205366", "216840"]  # the L and COSTAL projections are excluded
+    reasons = result.excluded.set_index(result.excluded["source_path"].str[2:8])["reason"]
+    assert reasons.to_dict() == {"113855": "lateral_view", "246421": "not_frontal_view: COSTAL"}
     assert rows.loc["205366", "class_name"] == "No_Finding" and rows.loc["205366", "sex"] == "F"
     assert rows.loc["205366", "age_years"] == 84  # 2014 study, born 1930
     effusion = rows.loc["135803"]

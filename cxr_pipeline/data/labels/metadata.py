@@ -50,6 +50,10 @@ DEMOGRAPHICS = ("patient_id", "study_id", "view", "sex", "age_years")
 # CheXpert labels): the first source in priority order that has it gives it.
 REPORT_TEXT = ("findings_text", "impression_text")
 LATERAL_VIEWS = frozenset({"LATERAL", "LL", "RL", "LAT"})
+# What frontal_only keeps: PA and AP (PadChest's AP_HORIZONTAL arrives as AP), a source's plain
+# "frontal" (CheXpert, Indiana), and images no source gives a view for. Anything else a source
+# names (PadChest's COSTAL rib series, decubitus views) is excluded with its view as the reason.
+FRONTAL_VIEWS = frozenset({"PA", "AP", "FRONTAL"})
 IMAGE_COLUMNS = ["image_id", "source_path", "shard", "shard_index", "pixel_hash", "format"]
 
 
@@ -232,13 +236,17 @@ def build_metadata(manifest: pd.DataFrame, labels: pd.DataFrame, options: LabelO
 
     images = manifest[IMAGE_COLUMNS].merge(matched, on="image_id", how="left", indicator=True)
     no_label = images["_merge"] == "left_only"
-    lateral = images["view"].isin(LATERAL_VIEWS) & options.frontal_only
+    view = images["view"].astype("string").str.upper()
+    lateral = view.isin(LATERAL_VIEWS).fillna(False).astype(bool) & options.frontal_only
+    other_view = (~view.isna() & ~view.isin(FRONTAL_VIEWS) & ~view.isin(LATERAL_VIEWS)).fillna(False).astype(bool)
+    other_view &= options.frontal_only & ~no_label
     excluded = pd.concat([
         images.loc[no_label, ["image_id", "source_path"]].assign(reason="no_label_row"),
         images.loc[lateral & ~no_label, ["image_id", "source_path"]].assign(reason="lateral_view"),
+        images.loc[other_view, ["image_id", "source_path"]].assign(reason="not_frontal_view: " + view[other_view]),
     ], ignore_index=True)
 
-    usable = images[~no_label & ~lateral].drop(columns="_merge").reset_index(drop=True)
+    usable = images[~no_label & ~lateral & ~other_view].drop(columns="_merge").reset_index(drop=True)
     usable["patient_key"] = usable["label_source"].astype(str) + ":" + usable["patient_id"].astype(str)
     missing_patient = usable["patient_id"].isna()
     excluded = pd.concat([excluded, usable.loc[missing_patient, ["image_id", "source_path"]].assign(reason="no_patient_id")],

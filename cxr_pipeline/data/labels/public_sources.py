@@ -92,7 +92,7 @@ def read_mimic(chexpert_path: Path, metadata_path: Path, split_path: Path | None
 
 # --- PadChest ------------------------------------------------------------------------------------------
 
-PADCHEST_VIEWS = {"PA": "PA", "AP": "AP", "AP_HORIZONTAL": "AP", "L": "LATERAL", "COSTAL": "OTHER"}
+PADCHEST_VIEWS = {"PA": "PA", "AP": "AP", "AP_HORIZONTAL": "AP", "L": "LATERAL", "COSTAL": "COSTAL"}
 
 
 def _literal_list(text: str) -> list[str] | None:
@@ -124,7 +124,7 @@ def read_padchest(path: Path) -> LabelSource:
         "match_key": frame["ImageID"].str.strip(),
         "patient_id": frame["PatientID"].str.strip(),
         "study_id": frame.get("StudyID", frame["PatientID"]).str.strip(),
-        "view": projection.map(PADCHEST_VIEWS),
+        "view": projection.map(PADCHEST_VIEWS).fillna(projection.where(projection != "")),  # others by name
         "sex": _sex(frame.get("PatientSex_DICOM", pd.Series("", index=frame.index))),
         "age_years": _years_from_birth(frame),
         "other_findings": others,
