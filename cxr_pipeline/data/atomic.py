@@ -53,6 +53,39 @@ def write_npy(dest: Path, array: np.ndarray) -> None:
     _write_with(dest, lambda handle: np.save(handle, array, allow_pickle=False))
 
 
+class NpyRows:
+    """An ``.npy`` file of ``rows`` rows written batch by batch through a memory map, so an array
+    bigger than memory never has to be held whole (``npy_rows``). The row shape and dtype come
+    from the first batch."""
+
+    def __init__(self, path: Path, rows: int):
+        self.path, self.rows, self.written, self.array = path, rows, 0, None
+
+    def append(self, batch: np.ndarray) -> None:
+        if self.array is None:
+            self.array = np.lib.format.open_memmap(self.path, mode="w+", dtype=batch.dtype,
+                                                   shape=(self.rows, *batch.shape[1:]))
+        self.array[self.written:self.written + len(batch)] = batch
+        self.written += len(batch)
+
+
+@contextmanager
+def npy_rows(dest: Path, rows: int, empty_dtype=np.float32) -> Iterator[NpyRows]:
+    """Write ``dest`` (the same bytes ``np.save`` writes) batch by batch, atomically; every row
+    must be appended before the block ends. No rows: an empty array of ``empty_dtype``."""
+    with atomic_path(dest) as tmp:
+        writer = NpyRows(tmp, rows)
+        yield writer
+        if writer.written != rows:
+            raise ValueError(f"{dest.name}: {writer.written} rows written, {rows} expected")
+        if writer.array is None:
+            with open(tmp, "wb") as handle:
+                np.save(handle, np.zeros(0, empty_dtype), allow_pickle=False)
+        else:
+            writer.array.flush()
+            del writer.array
+
+
 def write_parquet(dest: Path, frame: pd.DataFrame) -> None:
     with atomic_path(dest) as tmp:
         frame.to_parquet(tmp, index=False)

@@ -53,6 +53,7 @@ class Recipe(DiffusionRecipe):
     decoder_min_ratio: float = 0.75
     decoder_hidden: list[int] = field(default_factory=lambda: [64, 64])
     decoder_queries: int = 1024  # output pixels per image per step
+    decoder_val_images: int = 48  # val images the head is scored on (rendering every pixel is the costly part)
 
     def decoder_train_config(self) -> TrainConfig:
         return TrainConfig(steps=self.decoder_steps, batch_size=self.decoder_batch_size,
@@ -76,7 +77,7 @@ def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
                "draws_by_area": recipe.draws_by_area, "degradation_mix": recipe.degradation_mix,
                "pair_seed": recipe.pair_seed, "residual": recipe.residual,
                "decoder_ratios": [recipe.decoder_min_ratio, 1.0], "decoder_hidden": list(recipe.decoder_hidden),
-               "decoder_queries": recipe.decoder_queries}
+               "decoder_queries": recipe.decoder_queries, "decoder_val_images": recipe.decoder_val_images}
     job = TrainingJob(ARBITRARY_SR.key, str(paths.home), unet, recipe.schedule(),
                       recipe.train_config(), data_hash, options)
     params = {"scale_range": f"[{recipe.scale_min:g}, {recipe.scale_max:g}]", "draws_per_image": recipe.draws_per_image,

@@ -67,7 +67,7 @@ def report_latents(metadata: pd.DataFrame, latents_dir: Path, split: str) -> tup
     index = pd.read_parquet(latents_dir / f"index_{split}.parquet")
     prompts = report_prompts(metadata.set_index("image_id").loc[index["image_id"]].reset_index()).to_numpy()
     keep = np.flatnonzero([bool(p) for p in prompts])
-    return list(prompts[keep]), scaled_latents(latents_dir, "hr", split)[torch.from_numpy(keep)]
+    return list(prompts[keep]), scaled_latents(latents_dir, "hr", split).subset(keep)
 
 
 def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:

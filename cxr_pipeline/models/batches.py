@@ -113,3 +113,27 @@ class ConcatImages:
 
     def stack(self) -> torch.Tensor:
         return self.batch(np.arange(len(self)))
+
+
+class RunningMoments:
+    """Mean and variance of every value seen, batch by batch (Chan et al.'s merge, in float64), so
+    the scaling factor needs no copy of all latents in memory."""
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, values: torch.Tensor) -> None:
+        batch = values.double().flatten()
+        n, mean = batch.numel(), float(batch.mean()) if batch.numel() else 0.0
+        if not n:
+            return
+        m2 = float(((batch - mean) ** 2).sum())
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+
+    def std(self) -> float:
+        """The unbiased standard deviation, rounded to float32 as ``torch.std`` of float32 values is."""
+        return float(torch.tensor((self.m2 / max(1, self.count - 1)) ** 0.5, dtype=torch.float32))

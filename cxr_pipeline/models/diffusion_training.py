@@ -8,6 +8,7 @@ object (:mod:`cxr_pipeline.models.pipelines`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
@@ -17,11 +18,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..data import atomic
 from ..data.degrade import DegradationMix, image_rng, make_low_resolution
 from ..data.image_store import ImageStore
 from ..data.labels.report_text import report_prompts
 from . import distributed
-from .batches import EpochSampler, StoreImages, WeightedStepSampler, aligned_crops
+from .batches import EpochSampler, RunningMoments, StoreImages, WeightedStepSampler, aligned_crops
 from .diffusion import (Conditioning, ScheduleConfig, TextCondition, UNetConfig, diffusion_step, sample, save_model,
                         warm_start)
 from .implicit import ImplicitDecoder, downsampling_factor, train_implicit_decoder
@@ -30,7 +32,6 @@ from .report_encoder import ReportEncoder
 from .training import TrainConfig, TrainEvent, Trainer, TrainingOutcome, run_key, step_generator
 from .vae import encode_mean, from_model, load_vae, to_model
 
-PREVIEW_STEPS = 20  # DDIM steps for the grids logged during training
 
 
 def _train(kind: str, unet_config: UNetConfig, schedule: ScheduleConfig, conditioning: Conditioning,
@@ -76,10 +77,16 @@ def _train(kind: str, unet_config: UNetConfig, schedule: ScheduleConfig, conditi
     return TrainingOutcome(kind, run_dir, model_dir, result.final_step, result.resumed_from, previews=previews)
 
 
-def residual_scale(targets: torch.Tensor, conditions: torch.Tensor) -> float:
+def residual_scale(targets, conditions, chunk: int = 256) -> float:
     """1 / std of (target - condition) in the model's units: what puts a residual model's
-    diffusion at unit variance (the latent scaling factor's role, for corrections)."""
-    return float(1.0 / (targets.float() - conditions.float()).std().clamp_min(1e-6))
+    diffusion at unit variance (the latent scaling factor's role, for corrections). Both are
+    read ``chunk`` rows at a time (tensors or ``LatentRows``), so a training set on disk is never
+    loaded whole."""
+    moments = RunningMoments()
+    for start in range(0, len(targets), chunk):
+        rows = slice(start, min(len(targets), start + chunk))
+        moments.add(targets[rows].float() - conditions[rows].float())
+    return float(1.0 / torch.tensor(moments.std()).clamp_min(1e-6))
 
 
 # --- Latent space --------------------------------------------------------------------------------
@@ -89,9 +96,40 @@ def latent_scaling_factor(latents_dir: Path) -> float:
     return float(json.loads((Path(latents_dir) / "latents.json").read_text())["scaling_factor"])
 
 
-def scaled_latents(latents_dir: Path, name: str, split: str) -> torch.Tensor:
-    """``<name>_<split>.npy`` times the scaling factor: unit variance, as the diffusion sees it."""
-    return torch.from_numpy(np.load(Path(latents_dir) / f"{name}_{split}.npy")) * latent_scaling_factor(latents_dir)
+class LatentRows:
+    """The rows of a latents file times the scaling factor (unit variance, as the diffusion sees
+    them), read from a memory map as they are indexed: a training holds its batches, never the
+    whole split (89,000 NIH training latents of 8x64x64 are 11.7 GB). Indexed like a tensor
+    (``rows[picked]``, ``rows[:4]``); ``subset`` narrows it without reading anything."""
+
+    def __init__(self, path: Path, factor: float, positions: np.ndarray | None = None):
+        self.path, self.factor = Path(path), factor
+        self.array = np.load(self.path, mmap_mode="r")
+        self.positions = positions
+
+    def __len__(self) -> int:
+        return len(self.positions) if self.positions is not None else len(self.array)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.array.shape[1:])
+
+    def _positions(self, index) -> np.ndarray:
+        index = index.numpy() if isinstance(index, torch.Tensor) else index
+        picked = np.arange(len(self))[index]
+        return self.positions[picked] if self.positions is not None else picked
+
+    def subset(self, index) -> LatentRows:
+        return LatentRows(self.path, self.factor, np.atleast_1d(self._positions(index)))
+
+    def __getitem__(self, index) -> torch.Tensor:
+        picked = self._positions(index)
+        return torch.from_numpy(np.array(self.array[picked])) * self.factor
+
+
+def scaled_latents(latents_dir: Path, name: str, split: str) -> LatentRows:
+    """``<name>_<split>.npy`` times the scaling factor, read lazily (``LatentRows``)."""
+    return LatentRows(Path(latents_dir) / f"{name}_{split}.npy", latent_scaling_factor(latents_dir))
 
 
 # --- 1. Latent super-resolution -------------------------------------------------------------------
@@ -115,7 +153,7 @@ def train_latent_sr(latents_dir: Path, scale: int, vae_dir: Path, unet_config: U
 
     def preview(model: torch.nn.Module, step: int) -> np.ndarray:
         device = next(model.parameters()).device
-        out = sample(model, schedule, tuple(val_hr.shape), condition=val_lr.to(device), steps=PREVIEW_STEPS,
+        out = sample(model, schedule, tuple(val_hr.shape), condition=val_lr.to(device), steps=train_config.preview_steps,
                      generator=step_generator(train_config.seed, 10**6), residual_scale=conditioning.residual_scale)
         decoded = [from_model(vae.decode(x.cpu() / factor).sample)[:, 0] for x in (val_lr, out, val_hr)]
         return torch.cat([torch.cat(list(row), dim=1) for row in decoded], dim=0).numpy()
@@ -139,7 +177,7 @@ def train_class_ddpm(metadata: pd.DataFrame, store: ImageStore, class_names: Seq
     if latent:
         index = pd.read_parquet(Path(latents_dir) / "index_train.parquet")
         labelled = index["class_id"].notna().to_numpy(dtype=bool, copy=True)
-        targets = scaled_latents(latents_dir, "hr", "train")[torch.from_numpy(labelled)]
+        targets = scaled_latents(latents_dir, "hr", "train").subset(labelled)
         labels = index.loc[labelled, "class_id"].astype(int).to_numpy()
         factor, vae = latent_scaling_factor(latents_dir), load_vae(vae_dir)
         extra_space = {"space": "latent", "scaling_factor": factor, "vae_source": str(vae_dir)}
@@ -162,7 +200,7 @@ def train_class_ddpm(metadata: pd.DataFrame, store: ImageStore, class_names: Seq
         wanted = torch.arange(num_classes).repeat_interleave(2)
         shape = (len(wanted), unet_config.out_channels, unet_config.sample_size, unet_config.sample_size)
         out = sample(model, schedule, shape, labels=wanted, null_label=num_classes, guidance=guidance,
-                     steps=PREVIEW_STEPS, generator=step_generator(train_config.seed, 10**6))
+                     steps=train_config.preview_steps, generator=step_generator(train_config.seed, 10**6))
         images_ = to_images(out, vae, factor)[:, 0]  # one column per class, two rows
         return torch.cat([torch.cat(list(images_[i::2]), dim=1) for i in range(2)], dim=0).numpy()
 
@@ -219,7 +257,7 @@ def train_denoiser(metadata: pd.DataFrame, store: ImageStore, dose_stores: dict[
         condition = to_model(noisy[lowest].batch(preview_rows))
         labels = torch.full((len(preview_rows),), lowest) if dose_conditioning else None
         out = sample(model, schedule, tuple(condition.shape), condition=condition, labels=labels,
-                     null_label=conditioning.num_classes if dose_conditioning else None, steps=PREVIEW_STEPS,
+                     null_label=conditioning.num_classes if dose_conditioning else None, steps=train_config.preview_steps,
                      start=condition, strength=strength, generator=step_generator(train_config.seed, 10**6),
                      residual_scale=conditioning.residual_scale)
         columns = [from_model(condition)[:, 0], from_model(out.cpu())[:, 0], clean.batch(preview_rows)[:, 0]]
@@ -249,25 +287,36 @@ def scale_draws(image_id: str, draws: int, scale_range: tuple[float, float], see
 @torch.no_grad()
 def scale_pair_latents(images: StoreImages, vae: torch.nn.Module, draws: int, scale_range: tuple[float, float],
                        mix: DegradationMix | None, seed: int, by_area: bool = False,
-                       batch_size: int = 32) -> tuple[torch.Tensor, np.ndarray]:
+                       batch_size: int = 32, dest: Path | None = None) -> tuple[torch.Tensor | LatentRows, np.ndarray]:
     """Training conditions built on the fly: each image degraded (``mix``) and shrunk at each of
     its ``scale_draws``, resampled back (bicubic) to the image's grid and encoded. Returns the
     latents, ``draws`` consecutive rows per image, and the size ratios the rounded LR grids make
-    (what the model is told as its scale). Deterministic per (seed, image, draw)."""
+    (what the model is told as its scale). Deterministic per (seed, image, draw). With ``dest``
+    the latents are written there batch by batch and returned as ``LatentRows`` over it (at NIH
+    size, six draws of 89,000 training images are 70 GB: never held in memory)."""
     factor = downsampling_factor(vae)
     latents, ratios = [], []
-    for start in range(0, len(images), batch_size):
-        rows = list(range(start, min(len(images), start + batch_size)))
-        lows = []
-        for row, image in zip(rows, images.batch(rows)):
-            image_id = images.image_ids[row]
-            for k, scale in enumerate(scale_draws(image_id, draws, scale_range, seed, by_area)):
-                low, _, _ = make_low_resolution(image[0].numpy(), scale, image_rng(seed, image_id, f"arbitrary_sr_{k}"), mix)
-                lows.append((low, tuple(image.shape[-2:])))
-                ratios.append((image.shape[-2] / low.shape[0] + image.shape[-1] / low.shape[1]) / 2)
-        canvases = torch.cat([bicubic_canvas(torch.from_numpy(low)[None, None], size, factor) for low, size in lows])
-        # the encoder runs 1.6x faster on CPU in chunks of 64 than of several hundred
-        latents += [encode_mean(vae, canvases[i:i + 64]) for i in range(0, len(canvases), 64)]
+    writer = atomic.npy_rows(dest, len(images) * draws) if dest is not None else contextlib.nullcontext()
+    with writer as out:
+        for start in range(0, len(images), batch_size):
+            rows = list(range(start, min(len(images), start + batch_size)))
+            lows = []
+            for row, image in zip(rows, images.batch(rows)):
+                image_id = images.image_ids[row]
+                for k, scale in enumerate(scale_draws(image_id, draws, scale_range, seed, by_area)):
+                    low, _, _ = make_low_resolution(image[0].numpy(), scale, image_rng(seed, image_id, f"arbitrary_sr_{k}"), mix)
+                    lows.append((low, tuple(image.shape[-2:])))
+                    ratios.append((image.shape[-2] / low.shape[0] + image.shape[-1] / low.shape[1]) / 2)
+            canvases = torch.cat([bicubic_canvas(torch.from_numpy(low)[None, None], size, factor) for low, size in lows])
+            # the encoder runs 1.6x faster on CPU in chunks of 64 than of several hundred
+            for i in range(0, len(canvases), 64):
+                encoded = encode_mean(vae, canvases[i:i + 64])
+                if dest is not None:
+                    out.append(encoded.numpy())
+                else:
+                    latents.append(encoded)
+    if dest is not None:
+        return LatentRows(dest, 1.0), np.asarray(ratios)
     return torch.cat(latents), np.asarray(ratios)
 
 
@@ -284,7 +333,8 @@ def train_arbitrary_sr(metadata: pd.DataFrame, store: ImageStore, latents_dir: P
                        scale_range: tuple[float, float] = (1.0, 4.0), draws: int = 6, draws_by_area: bool = False,
                        degradation_mix: bool = True, pair_seed: int = 0, residual: bool = True,
                        decoder_ratios: tuple[float, float] = (0.75, 1.0),
-                       decoder_hidden: Sequence[int] = (64, 64), decoder_queries: int = 1024, progress=None,
+                       decoder_hidden: Sequence[int] = (64, 64), decoder_queries: int = 1024,
+                       decoder_val_images: int = 48, progress=None,
                        stop_after: int | None = None) -> TrainingOutcome:
     """Two stages over the frozen VAE. First the implicit decoder head (LIIF, :mod:`.implicit`),
     trained to render latents at sizes between the encoder's grid steps (``decoder_ratios`` of
@@ -296,7 +346,7 @@ def train_arbitrary_sr(metadata: pd.DataFrame, store: ImageStore, latents_dir: P
     ``stop_after`` interrupts the second."""
     runs_root = Path(runs_root)
     decoder = train_implicit_decoder(metadata, store, vae_dir, decoder_config, runs_root / "decoder", data_hash,
-                                     ratios=decoder_ratios, eval_ratios=(0.8, 0.95), val_images=48,
+                                     ratios=decoder_ratios, eval_ratios=(0.8, 0.95), val_images=decoder_val_images,
                                      hidden=decoder_hidden, query_points=decoder_queries,
                                      progress=as_part(progress, "decoder"))
     # only the main process saves, and only after its own decoder stage wrote the head
@@ -306,14 +356,23 @@ def train_arbitrary_sr(metadata: pd.DataFrame, store: ImageStore, latents_dir: P
     order = pd.read_parquet(Path(latents_dir) / "index_train.parquet")["image_id"]
     rows = metadata.set_index("image_id").loc[order].reset_index()
     hr = scaled_latents(latents_dir, "hr", "train")
-    conditions, ratios = scale_pair_latents(StoreImages(store, rows), vae, draws, scale_range, mix, pair_seed,
-                                            draws_by_area)
-    conditions = conditions * factor
+    # the conditions go to a file beside the runs, named by everything that makes them, so a
+    # resumed or repeated training reads them back instead of encoding every image again
+    conditions_file = runs_root / "conditions" / (run_key("arbitrary_sr_conditions", str(vae_dir), draws, list(scale_range),
+                                                          degradation_mix, pair_seed, draws_by_area, data_hash) + ".npy")
+    ratios_file = conditions_file.with_suffix(".ratios.npy")
+    if conditions_file.exists() and ratios_file.exists():
+        ratios = np.load(ratios_file)
+    else:
+        _, ratios = scale_pair_latents(StoreImages(store, rows), vae, draws, scale_range, mix, pair_seed, draws_by_area,
+                                       dest=conditions_file)
+        atomic.write_npy(ratios_file, ratios)
+    conditions = LatentRows(conditions_file, factor)
     scale_conditioned = unet_config.class_embed_type == "timestep"
     labels = torch.tensor([scale_label(r) for r in ratios], dtype=torch.float32)
     targets_of = torch.arange(len(conditions)) // draws  # the HR latent each condition belongs to
     conditioning = Conditioning(concat_channels=hr.shape[1],
-                                residual_scale=residual_scale(hr[targets_of], conditions) if residual else 0.0)
+                                residual_scale=residual_scale(hr.subset(targets_of), conditions) if residual else 0.0)
     sampler = EpochSampler(len(conditions), train_config.batch_size, train_config.seed)
 
     def batches(step: int) -> dict:
@@ -333,7 +392,7 @@ def train_arbitrary_sr(metadata: pd.DataFrame, store: ImageStore, latents_dir: P
         device = next(model.parameters()).device
         preview_labels = torch.full((len(preview_condition),), scale_label(preview_scale)) if scale_conditioned else None
         out = sample(model, schedule, tuple(preview_condition.shape), condition=preview_condition.to(device),
-                     labels=preview_labels, steps=PREVIEW_STEPS, generator=step_generator(train_config.seed, 10**6),
+                     labels=preview_labels, steps=train_config.preview_steps, generator=step_generator(train_config.seed, 10**6),
                      residual_scale=conditioning.residual_scale)
         rows_ = [preview_canvas[:, 0], to_images(out, vae, factor)[:, 0], val[:, 0]]
         return torch.cat([torch.cat(list(row), dim=1) for row in rows_], dim=0).numpy()
@@ -401,7 +460,7 @@ def train_text_ldm(metadata: pd.DataFrame, latents_dir: Path, vae_dir: Path, enc
     if not len(reported):
         raise ValueError("no training image has a report: the text model needs report text (findings_text / "
                          "impression_text in the metadata)")
-    targets = scaled_latents(latents_dir, "hr", "train")[torch.from_numpy(reported)]
+    targets = scaled_latents(latents_dir, "hr", "train").subset(reported)
     rows, prompts = rows.iloc[reported].reset_index(drop=True), prompts[reported]
     length = min(encoder.max_length, int(encoder.token_counts(list(prompts)).max()))
     frozen = encoder.layer_count - trainable_layers  # the layers whose output is computed once
@@ -423,7 +482,7 @@ def train_text_ldm(metadata: pd.DataFrame, latents_dir: Path, vae_dir: Path, enc
 
     def preview(model: torch.nn.Module, step: int) -> np.ndarray:
         shape = (len(val_prompts), unet_config.out_channels, unet_config.sample_size, unet_config.sample_size)
-        out = sample(model, schedule, shape, text=preview_text, null_text=null, guidance=guidance, steps=PREVIEW_STEPS,
+        out = sample(model, schedule, shape, text=preview_text, null_text=null, guidance=guidance, steps=train_config.preview_steps,
                      generator=step_generator(train_config.seed, 10**6))
         return torch.cat(list(to_images(out, vae, factor)[:, 0]), dim=1).numpy()
 

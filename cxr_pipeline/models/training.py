@@ -76,11 +76,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "auto"  # "auto" | "no" | "bf16" | "fp16"; see autocast_dtype
+    preview_steps: int = 20  # DDIM steps of the sample grids a diffusion training logs at each validation
     cpu_bf16: bool = False  # "auto" also autocasts to bf16 on CPUs with native bf16 instructions
 
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same run (so a restart resumes): not logging or device."""
-        ignored = {"log_every", "keep_checkpoints", "device", "checkpoint_every"}
+        ignored = {"log_every", "keep_checkpoints", "device", "checkpoint_every", "preview_steps"}
         return {k: v for k, v in asdict(self).items() if k not in ignored}
 
 
@@ -147,7 +148,8 @@ class TrainEvent:
         """The metrics this event adds to the training curves (``train_*`` for steps), prefixed
         with the part's name (``decoder_train_loss``) when it has one."""
         if self.kind == "step":
-            metrics = {f"train_{k}": v for k, v in self.metrics.items()} | {"images_per_s": self.images_per_s}
+            metrics = ({f"train_{k}": v for k, v in self.metrics.items()}
+                       | {"images_per_s": self.images_per_s, "eta_s": self.eta_s})
         elif self.kind == "eval":
             metrics = dict(self.metrics)
         else:

@@ -20,8 +20,9 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from ..data import atomic, locks
 from ..data.degrade import upsample_bicubic
 from ..data.image_store import ImageStore
+from ..data.splits import patient_subset
 from ..metrics.detail import paired_detail_ratios
-from .batches import EpochSampler, StoreImages, aligned_crops
+from .batches import EpochSampler, RunningMoments, StoreImages, aligned_crops
 from .input_distribution import FILE as INPUT_DISTRIBUTION_FILE
 from .input_distribution import InputDistribution, latent_features
 from .training import TrainConfig, Trainer, TrainingOutcome, pick_device, run_key
@@ -133,11 +134,12 @@ def encode_mean(model: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
 
 def train_vae(metadata: pd.DataFrame, store: ImageStore, runs_root: Path, vae_config: VaeConfig,
               train_config: TrainConfig, data_hash: str, progress=None, stop_after: int | None = None,
-              crop: int | None = None) -> TrainingOutcome:
+              crop: int | None = None, val_images: int | None = None) -> TrainingOutcome:
     """``crop``: train on random windows of this size (the autoencoder is convolutional; validation
-    and every later use see whole images); None trains on whole images."""
+    and every later use see whole images); None trains on whole images. ``val_images``: validate
+    on at most this many val images, whole patients (``patient_subset``)."""
     train = StoreImages(store, metadata[metadata["split"] == "train"])
-    val = StoreImages(store, metadata[metadata["split"] == "val"])
+    val = StoreImages(store, patient_subset(metadata[metadata["split"] == "val"], val_images))
     sampler = EpochSampler(len(train), train_config.batch_size, train_config.seed)
     identity = (train_config.identity(), {"crop": crop}) if crop else (train_config.identity(),)
     run_dir = Path(runs_root) / run_key("vae", vae_config.as_dict(), *identity, data_hash)
@@ -177,32 +179,45 @@ def encode_latents(metadata: pd.DataFrame, store: ImageStore, vae_dir: Path, lr_
         return _encode_locked(metadata, store, vae_dir, lr_stores, Path(out_dir), device, batch_size, vae_record)
 
 
+def _encode_split(model: AutoencoderKL, images: StoreImages, dest: Path, batch_size: int,
+                  prepare=None, moments: RunningMoments | None = None) -> list[np.ndarray]:
+    """Encode ``images`` batch by batch into ``dest`` through a memory map (``prepare`` turns a
+    batch into the encoder's input); returns each batch's input-distribution features."""
+    features = []
+    with atomic.npy_rows(dest, len(images)) as out:
+        for batch in images.all(batch_size):
+            latent = encode_mean(model, prepare(batch) if prepare else batch)
+            out.append(latent.numpy())
+            features.append(latent_features(latent))
+            if moments is not None:
+                moments.add(latent)
+    return features
+
+
 def _encode_locked(metadata: pd.DataFrame, store: ImageStore, vae_dir: Path,
                    lr_stores: dict[int, tuple[ImageStore, pd.DataFrame]], out_dir: Path, device: str,
                    batch_size: int, vae_record: dict | None) -> dict:
     model = load_vae(vae_dir, pick_device(device))
-    shapes, summary, features = {}, {"vae_dir": str(vae_dir), "splits": {}}, {}
+    summary, features = {"vae_dir": str(vae_dir), "splits": {}}, {}
     for split in ("train", "val", "test"):
         rows = metadata[metadata["split"] == split].reset_index(drop=True)
-        images = StoreImages(store, rows)
-        hr = torch.cat([encode_mean(model, batch) for batch in images.all(batch_size)]) if len(rows) else torch.zeros(0)
-        atomic.write_npy(out_dir / f"hr_{split}.npy", hr.numpy())
-        features[split] = latent_features(hr) if len(rows) else None
-        shapes["hr"] = list(hr.shape[1:])
+        moments = RunningMoments() if split == "train" else None
+        encoded = _encode_split(model, StoreImages(store, rows), out_dir / f"hr_{split}.npy", batch_size, moments=moments)
+        features[split] = np.concatenate(encoded) if encoded else None
         for scale, (lr_store, lr_index) in lr_stores.items():
             positions = lr_index.set_index("image_id").loc[rows["image_id"]]
-            lr_images = StoreImages(lr_store, positions.reset_index())
-            encoded = []
-            for batch in lr_images.all(batch_size):
-                up = np.stack([upsample_bicubic(image[0].numpy(), scale) for image in batch])
-                encoded.append(encode_mean(model, torch.from_numpy(up).unsqueeze(1)))
-            lr = torch.cat(encoded) if encoded else torch.zeros(0)
-            atomic.write_npy(out_dir / f"lr_x{scale}_{split}.npy", lr.numpy())
+
+            def upsampled(batch: torch.Tensor, scale: int = scale) -> torch.Tensor:
+                return torch.from_numpy(np.stack([upsample_bicubic(image[0].numpy(), scale) for image in batch])).unsqueeze(1)
+
+            _encode_split(model, StoreImages(lr_store, positions.reset_index()), out_dir / f"lr_x{scale}_{split}.npy",
+                          batch_size, prepare=upsampled)
         atomic.write_parquet(out_dir / f"index_{split}.parquet", rows[["image_id", "split", "class_id"]])
         summary["splits"][split] = len(rows)
         if split == "train":
-            summary["scaling_factor"] = float(1.0 / hr.std()) if len(rows) else 1.0
-    summary.update(latent_shape=shapes["hr"], scales=sorted(lr_stores))
+            summary["scaling_factor"] = float(1.0 / torch.tensor(moments.std())) if len(rows) else 1.0
+    summary["latent_shape"] = list(np.load(out_dir / "hr_train.npy", mmap_mode="r").shape[1:])
+    summary["scales"] = sorted(lr_stores)
     (out_dir / INPUT_DISTRIBUTION_FILE).unlink(missing_ok=True)  # never a reference of other latents
     if features["train"] is not None and features["val"] is not None:
         reference = InputDistribution.fit(features["train"], features["val"], features["test"], vae=vae_record)
