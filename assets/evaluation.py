@@ -19,6 +19,7 @@ import pandas as pd
 from cxr_pipeline.data.pairs import doses_built, scales_built
 from cxr_pipeline.evaluation.restoration import DENOISER_STRENGTHS, NLM_FACTORS
 from cxr_pipeline.evaluation.publish import evaluation_tags, publish_outcome, write_outcome
+from cxr_pipeline.evaluation.caps import Draw, EvaluationCaps, caps_for, split_draw
 from cxr_pipeline.evaluation.suites import (EvaluationOutcome, PromotionPolicy, SamplingBudget, split_rows,
                                             synthetic_utility_suite)
 from cxr_pipeline.evaluation.synthetic_utility import UTILITY_PROFILES
@@ -65,7 +66,11 @@ class EvaluationConfig(dg.Config):
     ddim_steps: int = 50
     spread_seeds: int = 4  # seeds per input for the sample-spread guard (1 turns it off)
     spread_images: int = 16  # the first this many test images get the extra seeds
-    max_test_images: Optional[int] = None  # None: the whole test split
+    # Caps on the images scored per split, drawn as whole patients (cxr_pipeline/evaluation/caps.py);
+    # None: the profile's cap (demo: above every split, so all of it; full: 1000 test images)
+    max_test_images: Optional[int] = None
+    max_val_images: Optional[int] = None  # val-side choices and references (guidance sweeps, real-val FD)
+    max_train_reference: Optional[int] = None  # training images memorization and retrieval compare against
     bootstrap_resamples: int = 2000
     seed: int = 0
     device: str = "auto"
@@ -86,6 +91,19 @@ class EvaluationConfig(dg.Config):
         return PromotionPolicy(self.promotion_metric, tuple(self.promotion_guards), self.promotion_tolerance,
                                tuple(self.promotion_detail_guards))
 
+    def caps(self, settings: CxrSettings) -> EvaluationCaps:
+        return _caps(self, settings)
+
+
+def _caps(config: dg.Config, settings: CxrSettings) -> EvaluationCaps:
+    """The profile's caps with the ones the config sets."""
+    base = caps_for(settings.profile_spec().name)
+    overrides = {"test_images": getattr(config, "max_test_images", None),
+                 "val_images": getattr(config, "max_val_images", None),
+                 "train_reference": getattr(config, "max_train_reference", None),
+                 "utility_train_images": getattr(config, "max_train_images", None)}
+    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
 
 BEATS_BASELINE = "beats_classical_baseline"
 
@@ -98,10 +116,14 @@ def _baseline_check_spec(asset_name: str) -> list[dg.AssetCheckSpec]:
 
 def _publish(context: dg.AssetExecutionContext, settings: CxrSettings, mlflow_tracking: MlflowTracking,
              config: dg.Config, outcome: EvaluationOutcome, check: Optional[dg.AssetCheckResult] = None,
-             **extra) -> dg.MaterializeResult:
+             draws: tuple[Draw, ...] = (), **extra) -> dg.MaterializeResult:
     """Report folder, MLflow run (tagged with the Dagster lineage), asset metadata, and the
     promotion gate shown in the UI as a check: each model figure beside its baseline figure
-    (or the asset's own ``check``)."""
+    (or the asset's own ``check``). ``draws``: the test (and val) images the asset drew for
+    the suite; suites that draw their own have noted them already."""
+    outcome.note_draws(draws)
+    for draw in outcome.draws:
+        context.log.info(f"scored {draw.describe()}")
     folder = settings.paths().reports / outcome.name / f"{time.strftime('%Y%m%d-%H%M%S')}-{context.run.run_id[:8]}"
     html, markdown = write_outcome(outcome, folder)
     outcome.params = {**config.model_dump(), **outcome.params}
@@ -119,6 +141,7 @@ def _publish(context: dg.AssetExecutionContext, settings: CxrSettings, mlflow_tr
         "summary": dg.MetadataValue.md(outcome.summary),
         **({"promotion": dg.MetadataValue.md(outcome.promotion_summary())} if outcome.promotions else {}),
         **extra,
+        "images_scored": dg.MetadataValue.md("\n".join(f"- {d.describe()}" for d in outcome.draws)),
         "report": dg.MetadataValue.path(str(html)),
         "report_markdown": dg.MetadataValue.path(str(markdown)),
         "evaluation_mlflow_run_id": run_id,
@@ -147,13 +170,14 @@ def sr_evaluation(context: dg.AssetExecutionContext, config: SrEvaluationConfig,
     from the LR latent) and optionally the full chain; then champion/challenger promotion per scale."""
     paths = settings.paths()
     mlflow_tracking.activate()
-    rows = split_rows(pd.read_parquet(paths.metadata), "test", config.max_test_images)
+    test = split_draw(pd.read_parquet(paths.metadata), "test", config.caps(settings).test_images, seed=config.seed)
+    rows = test.rows
     models = [(scale, current_model(paths, kinds.LATENT_SR.at_scale(scale).key))
               for scale in scales_built(paths.pairs) if has_current_model(paths, kinds.LATENT_SR.at_scale(scale).key)]
     outcome = kinds.LATENT_SR.suite(models, rows, paths.image_store, paths.pairs, config.budget(), config.policy(),
                                      paths.registry_cache, full_chain=config.full_chain,
                                      lr_start_strength=config.lr_start_strength, log=context.log.info)
-    return _publish(context, settings, mlflow_tracking, config, outcome, test_images=len(rows))
+    return _publish(context, settings, mlflow_tracking, config, outcome, draws=(test,), test_images=len(rows))
 
 
 class ArbitrarySrEvaluationConfig(EvaluationConfig):
@@ -177,14 +201,15 @@ def arbitrary_sr_evaluation(context: dg.AssetExecutionContext, config: Arbitrary
     PSNR/SSIM/MAE, LR-consistency, spread, the gain by scale; then champion/challenger promotion."""
     paths = settings.paths()
     mlflow_tracking.activate()
-    rows = split_rows(pd.read_parquet(paths.metadata), "test", config.max_test_images)
+    test = split_draw(pd.read_parquet(paths.metadata), "test", config.caps(settings).test_images, seed=config.seed)
+    rows = test.rows
     fixed = [(scale, current_model(paths, kinds.LATENT_SR.at_scale(scale).key))
              for scale in scales_built(paths.pairs) if has_current_model(paths, kinds.LATENT_SR.at_scale(scale).key)]
     outcome = kinds.ARBITRARY_SR.suite(
         current_model(paths, kinds.ARBITRARY_SR.key), fixed, rows, paths.image_store, config.scales,
         config.budget(), config.policy(), paths.registry_cache, degradation_mix=config.degradation_mix,
         pair_seed=config.pair_seed, log=context.log.info)
-    return _publish(context, settings, mlflow_tracking, config, outcome, test_images=len(rows))
+    return _publish(context, settings, mlflow_tracking, config, outcome, draws=(test,), test_images=len(rows))
 
 
 class DenoisingEvaluationConfig(EvaluationConfig):
@@ -209,12 +234,13 @@ def denoising_evaluation(context: dg.AssetExecutionContext, config: DenoisingEva
     paths = settings.paths()
     mlflow_tracking.activate()
     metadata = pd.read_parquet(paths.metadata)
-    rows = split_rows(metadata, "test", config.max_test_images)
+    test = split_draw(metadata, "test", config.caps(settings).test_images, seed=config.seed)
+    rows = test.rows
     outcome = kinds.DENOISER.suite(current_model(paths, kinds.DENOISER.key), rows,
                               split_rows(metadata, "val", config.val_images), paths.image_store, paths.pairs,
                               doses_built(paths.pairs), config.budget(), config.policy(), paths.registry_cache,
                               nlm_factors=config.nlm_factors, strengths=config.strengths, log=context.log.info)
-    return _publish(context, settings, mlflow_tracking, config, outcome, test_images=len(rows))
+    return _publish(context, settings, mlflow_tracking, config, outcome, draws=(test,), test_images=len(rows))
 
 
 class GenerationEvaluationConfig(EvaluationConfig):
@@ -238,15 +264,18 @@ def generation_evaluation(context: dg.AssetExecutionContext, config: GenerationE
     paths = settings.paths()
     mlflow_tracking.activate()
     metadata = pd.read_parquet(paths.metadata)
-    rows = split_rows(metadata, "test", config.max_test_images, labelled=True)
+    caps = config.caps(settings)
+    test, val = (split_draw(metadata, split, cap, labelled=True, seed=config.seed)
+                 for split, cap in (("test", caps.test_images), ("val", caps.val_images)))
+    rows = test.rows
     outcome = kinds.CLASS_DDPM.suite(
         current_model(paths, kinds.CLASS_DDPM.key), current_model(paths, kinds.CLASSIFIER.key),
-        rows, split_rows(metadata, "val", labelled=True), paths.image_store, config.budget(), config.policy(),
+        rows, val.rows, paths.image_store, config.budget(), config.policy(),
         paths.registry_cache, samples_per_class=config.samples_per_class, fd_samples=config.fd_samples,
         guidance_scale=config.guidance_scale,
         inception_weights=config.fid_inception_weights or os.environ.get("CXR_FID_INCEPTION_WEIGHTS"),
         inception_sha256=config.fid_inception_sha256, log=context.log.info)
-    return _publish(context, settings, mlflow_tracking, config, outcome, test_images=len(rows),
+    return _publish(context, settings, mlflow_tracking, config, outcome, draws=(test, val), test_images=len(rows),
                     fid_inception_status=outcome.params["fid_inception"])
 
 
@@ -256,7 +285,6 @@ class TextGenerationEvaluationConfig(EvaluationConfig):
     guidance_scale: Optional[float] = None  # set: use it and skip the sweep
     consistency_samples: int = 2  # samples per normal or single-finding test report for prompt consistency
     sweep_samples: int = 2  # the same on val, per guidance scale of the sweep
-    max_test_reports: Optional[int] = None
     promotion_metric: str = "prompt_consistency_text_ldm"
     promotion_guards: list[str] = ["fd_cxr_text_ldm", "memorized_share_text_ldm_feature"]
     promotion_detail_guards: list[str] = ["detail_text_ldm"]
@@ -276,9 +304,8 @@ def text_generation_evaluation(context: dg.AssetExecutionContext, config: TextGe
     outcome = kinds.TEXT_LDM.suite(
         current_model(paths, kinds.TEXT_LDM.key), current_model(paths, kinds.CLASSIFIER.key),
         metadata, paths.image_store, config.budget(), config.policy(), paths.registry_cache,
-        guidance_scales=config.guidance_scales, guidance_scale=config.guidance_scale,
-        consistency_samples=config.consistency_samples, sweep_samples=config.sweep_samples,
-        max_test_reports=config.max_test_reports, log=context.log.info)
+        caps=config.caps(settings), guidance_scales=config.guidance_scales, guidance_scale=config.guidance_scale,
+        consistency_samples=config.consistency_samples, sweep_samples=config.sweep_samples, log=context.log.info)
     return _publish(context, settings, mlflow_tracking, config, outcome, test_reports=outcome.params["test_reports"])
 
 
@@ -299,6 +326,11 @@ class SyntheticUtilityConfig(dg.Config):
     bootstrap_resamples: int = 2000
     seed: int = 0
     device: str = "auto"
+    # Caps on the real images per split, drawn as whole patients (cxr_pipeline/evaluation/caps.py);
+    # None: the profile's. The training cap also sizes the generated pool.
+    max_train_images: Optional[int] = None
+    max_val_images: Optional[int] = None
+    max_test_images: Optional[int] = None
 
     def profile(self, name: str):
         base = UTILITY_PROFILES[name]
@@ -329,7 +361,7 @@ def synthetic_utility(context: dg.AssetExecutionContext, config: SyntheticUtilit
     outcome = synthetic_utility_suite(
         current_model(paths, kinds.CLASS_DDPM.key), current_model(paths, kinds.TEXT_LDM.key),
         pd.read_parquet(paths.metadata), paths.image_store, paths.models / "synthetic_utility", profile.arms,
-        profile=profile, ratio=config.synthetic_ratio, ddim_steps=config.ddim_steps,
+        profile=profile, caps=_caps(config, settings), ratio=config.synthetic_ratio, ddim_steps=config.ddim_steps,
         class_guidance=config.class_guidance, text_guidance=config.text_guidance,
         bootstrap_resamples=config.bootstrap_resamples, seed=config.seed, device=config.device, log=context.log.info)
     metrics = outcome.metrics

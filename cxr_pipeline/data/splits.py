@@ -35,3 +35,22 @@ def assign_splits(patient_keys: pd.Series, fractions: Sequence[float] = (0.8, 0.
     position = np.fromiter((unit_hash(str(key), salt) for key in uniques), dtype=np.float64, count=len(uniques))
     per_patient = np.where(position < train, 0, np.where(position < train + val, 1, 2))
     return pd.Series(np.asarray(SPLITS)[per_patient[codes]], index=patient_keys.index, name="split")
+
+
+def patient_subset(rows: pd.DataFrame, cap: int | None, seed: int = 0) -> pd.DataFrame:
+    """At most ``cap`` of ``rows`` (which need a ``patient_key``), whole patients at a time, in a
+    random order fixed by each patient's own hash (the same patients on every machine, and a
+    patient once drawn stays drawn as data arrives); ``rows`` unchanged, in their order, when they
+    fit. At least one patient even when it alone is over the cap: validation and evaluation
+    sets whose cost should not grow with the dataset."""
+    rows = rows.reset_index(drop=True)
+    if cap is None or len(rows) <= cap:
+        return rows
+    if cap < 1:
+        raise ValueError(f"a cap on images must be at least 1, got {cap}")
+    sizes = rows.groupby("patient_key", sort=False).size()
+    order = np.argsort([unit_hash(str(key), f"subset-{seed}") for key in sizes.index], kind="stable")
+    ordered = sizes.iloc[order]
+    keep = ordered.index[ordered.cumsum().to_numpy() <= cap]
+    keep = keep if len(keep) else ordered.index[:1]
+    return rows[rows["patient_key"].isin(set(keep))].reset_index(drop=True)

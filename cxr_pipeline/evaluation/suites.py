@@ -41,7 +41,8 @@ from ..reports.synthetic_utility import arms_table, example_grid, goals_table, u
 from .synthetic_utility import (CLASS_GENERATOR, GENERATORS, REAL, TEXT_GENERATOR, SyntheticUtilityResult, UtilityProfile,
                                 arm_training_set, arms_named, check_provenance, generate_pool, pool_plan,
                                 train_arm, training_reports, utility_scores)
-from .text_generation import GUIDANCE_SWEEP, evaluate_text_generation, prompt_set
+from .caps import Draw, EvaluationCaps, draw_patients
+from .text_generation import GUIDANCE_SWEEP, evaluate_text_generation, prompts_of, reported_rows
 from .restoration import (centre_crop, evaluate_arbitrary_scale, evaluate_denoising, evaluate_super_resolution,
                           exact_side, tune_denoiser_strength, tune_nlm)
 
@@ -89,6 +90,16 @@ class EvaluationOutcome:
     summary: str  # Markdown tables for the asset page
     params: dict = field(default_factory=dict)
     scores: Optional[pd.DataFrame] = None  # per image, per method
+    draws: list[Draw] = field(default_factory=list)  # which images of each split were scored
+
+    def note_draws(self, draws: Sequence[Draw]) -> None:
+        """Say in the report and the run's params how many images of each split were scored and
+        how they were drawn (``caps.py``)."""
+        self.draws = [*self.draws, *draws]
+        if self.draws:
+            self.report.summary += " Images scored: " + "; ".join(d.describe() for d in self.draws) + "."
+            for draw in self.draws:
+                self.params.update(draw.params())
 
     def headline(self) -> dict[str, float]:
         return {k: float(round(v, 5)) for k, v in self.metrics.items() if is_headline(k) and np.isfinite(v)}
@@ -424,15 +435,18 @@ def generation_suite(record: ModelRecord, classifier: ModelRecord, rows: pd.Data
 
 def text_generation_suite(record: ModelRecord, classifier: ModelRecord, metadata: pd.DataFrame, image_store: Path,
                           budget: SamplingBudget, policy: PromotionPolicy, registry_cache: Path, *,
-                          guidance_scales: Sequence[float] = GUIDANCE_SWEEP, guidance_scale: Optional[float] = None,
-                          consistency_samples: int = 2, sweep_samples: int = 2,
-                          max_test_reports: Optional[int] = None, log: Log = print) -> EvaluationOutcome:
+                          caps: EvaluationCaps, guidance_scales: Sequence[float] = GUIDANCE_SWEEP,
+                          guidance_scale: Optional[float] = None, consistency_samples: int = 2, sweep_samples: int = 2,
+                          log: Log = print) -> EvaluationOutcome:
     """The text-conditional model on the test split's reports: prompt consistency (against the
     unconditional floor and retrieval), negation, fd_cxr / KID / PRDC, memorization, diversity,
-    with the guidance scale chosen on val; then promotion (under the same feature network)."""
+    with the guidance scale chosen on val; then promotion (under the same feature network).
+    Each split's reports are drawn under ``caps``: test, val (the sweep) and the training
+    reports memorization and retrieval compare against."""
     store = ImageStore(image_store)
-    test, val, train = (prompt_set(metadata, store, "test", max_test_reports), prompt_set(metadata, store, "val"),
-                        prompt_set(metadata, store, "train"))
+    draws = [draw_patients(reported_rows(metadata, split), cap, split, budget.seed, unit="reports")
+             for split, cap in (("test", caps.test_images), ("val", caps.val_images), ("train", caps.train_reference))]
+    test, val, train = (prompts_of(draw.rows, store) for draw in draws)
     if not len(test) or not len(val):
         raise ValueError("the text model's evaluation needs reports in the val and test splits")
 
@@ -456,23 +470,27 @@ def text_generation_suite(record: ModelRecord, classifier: ModelRecord, metadata
                     f"{len(set(test.patients))} patients, scored with {classifier.registered_model} "
                     f"v{classifier.version}; guidance chosen on {len(val)} val reports.",
                     [section, promotion_section])
-    return EvaluationOutcome(
+    outcome = EvaluationOutcome(
         "text_generation_evaluation", report, metrics, [(record, metrics)], [scored.promotion], scored.must_beat,
         markdown_table(result.headline()) + "\n\n" + markdown_table(result.per_class()),
         params={**asdict(budget), "guidance_scales": list(guidance_scales), "guidance_scale": guidance_scale,
                 "guidance_chosen": result.guidance, "consistency_samples": consistency_samples,
                 "sweep_samples": sweep_samples,
                 "classifier": f"v{classifier.version}", "test_reports": len(test), "val_reports": len(val)})
+    outcome.note_draws(draws)
+    return outcome
 
 
 def synthetic_utility_suite(class_record: ModelRecord, text_record: ModelRecord, metadata: pd.DataFrame, image_store: Path,
-                            runs_root: Path, arms: Sequence[str], *, profile: UtilityProfile, ratio: float = 1.0,
+                            runs_root: Path, arms: Sequence[str], *, profile: UtilityProfile, caps: EvaluationCaps,
+                            ratio: float = 1.0,
                             ddim_steps: int = 10, class_guidance: Optional[float] = None,
                             text_guidance: Optional[float] = None, bootstrap_resamples: int = 2000, seed: int = 0,
                             device: str = "auto", log: Log = print) -> EvaluationOutcome:
     """The augmentation experiment: generate the pool once from training labels and reports,
     train the classifier recipe on every arm and seed, score all of them on the real test split
-    with paired patient-and-seed intervals, and report."""
+    with paired patient-and-seed intervals, and report. The real images are drawn under ``caps``
+    (training images per arm, which also size the generated pool; val; test)."""
     data_hash = content_hash(metadata)
     chosen = arms_named(arms)
     used = {g for arm in chosen for g in arm.generators}
@@ -485,7 +503,10 @@ def synthetic_utility_suite(class_record: ModelRecord, text_record: ModelRecord,
                              f"val or test images. Re-materialize it before this experiment.")
     class_names = list(describe(Path(class_record.model_dir))["class_names"])
     store = ImageStore(image_store)
-    train_rows, val_rows, test_rows = (labelled_rows(metadata, split) for split in ("train", "val", "test"))
+    draws = [draw_patients(labelled_rows(metadata, split), cap, split, seed)
+             for split, cap in (("train", caps.utility_train_images), ("val", caps.val_images),
+                                ("test", caps.test_images))]
+    train_rows, val_rows, test_rows = (draw.rows for draw in draws)
     if train_rows.empty or val_rows.empty or test_rows.empty:
         raise ValueError("the experiment needs single-label images in train, val and test")
     real_counts = np.bincount(train_rows["class_id"].astype(int), minlength=len(class_names))
@@ -528,7 +549,8 @@ def synthetic_utility_suite(class_record: ModelRecord, text_record: ModelRecord,
                                        log_every=profile.steps, seed=seed + offset, device=device)
             run_dir = Path(runs_root) / "classifiers" / run_key(
                 "utility_classifier", arm.name, pool_key if arm.generators else None, ratio if arm.generators else None,
-                profile.classifier.as_dict(), class_names, train_config.identity(), data_hash)
+                profile.classifier.as_dict(), class_names, train_config.identity(), data_hash,
+                *([] if draws[0].whole else [content_hash(train_rows)]))
             test_probabilities, val = train_arm(data, val_images, val_labels, test_images, class_names,
                                                 profile.classifier, train_config, run_dir)
             probabilities[arm.name].append(test_probabilities)
@@ -547,7 +569,7 @@ def synthetic_utility_suite(class_record: ModelRecord, text_record: ModelRecord,
                     f"Does training on images from {names} help a classifier of real radiographs? "
                     f"{len(chosen)} arms x {profile.seeds} seeds, scored on {len(test_rows)} real test images.",
                     [utility_section(result)])
-    return EvaluationOutcome(
+    outcome = EvaluationOutcome(
         "synthetic_utility", report, metrics, evaluated, [], (),
         markdown_table(goals_table(result)) + "\n\n" + markdown_table(arms_table(result)),
         params={"arms": [a.name for a in chosen], "seeds": profile.seeds, "ratio": ratio, "ddim_steps": ddim_steps,
@@ -555,3 +577,5 @@ def synthetic_utility_suite(class_record: ModelRecord, text_record: ModelRecord,
                 "classifier_batch_size": profile.batch_size, "classifier_widths": list(profile.classifier.widths),
                 "bootstrap_resamples": bootstrap_resamples, "seed": seed, "pool": pool_key,
                 "generated_images": len(pool), "rarest_class": result.rarest_class})
+    outcome.note_draws(draws)
+    return outcome

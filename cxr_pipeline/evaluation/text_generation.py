@@ -77,13 +77,23 @@ class PromptSet:
         return np.flatnonzero(self.class_ids >= 0)
 
 
-def prompt_set(metadata: pd.DataFrame, store: ImageStore, split: str, limit: int | None = None) -> PromptSet:
-    """The reports of one split (rows without one are left out), with their stored images."""
+def reported_rows(metadata: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The rows of one split that have a report (a non-empty prompt)."""
     rows = metadata[metadata["split"] == split].reset_index(drop=True)
     prompts = report_prompts(rows).to_numpy()
-    rows = rows[[bool(p) for p in prompts]].reset_index(drop=True)
-    rows = rows.iloc[:limit] if limit else rows
+    return rows[[bool(p) for p in prompts]].reset_index(drop=True)
+
+
+def prompts_of(rows: pd.DataFrame, store: ImageStore) -> PromptSet:
+    """The reports of ``rows`` (all with one: ``reported_rows``) with their stored images."""
+    rows = rows.reset_index(drop=True)
     return PromptSet.from_rows(rows, report_prompts(rows).tolist(), StoreImages(store, rows).stack(), LABEL_COLUMNS)
+
+
+def prompt_set(metadata: pd.DataFrame, store: ImageStore, split: str, limit: int | None = None) -> PromptSet:
+    """The reports of one split (rows without one are left out), the first ``limit`` of them."""
+    rows = reported_rows(metadata, split)
+    return prompts_of(rows.iloc[:limit] if limit else rows, store)
 
 
 def consistency(predicted: np.ndarray, wanted: np.ndarray, class_names: Sequence[str]) -> tuple[float, dict[str, float]]:

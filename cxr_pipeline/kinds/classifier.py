@@ -22,6 +22,7 @@ class Recipe(TrainingRecipe):
     batch_size: int = 32
     learning_rate: float = 2e-3
     eval_every: int = 100  # validation AUROC every this many steps
+    val_images: int = 2000  # validated on at most this many val images (whole patients): bounded at any dataset size
     classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
 
 
@@ -35,7 +36,8 @@ def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
 
     def run(progress):
         return train_classifier(metadata, ImageStore(paths.image_store), recipe.classes, network, train_config,
-                                paths.models / CLASSIFIER.folder, data_hash, progress=progress), {}
+                                paths.models / CLASSIFIER.folder, data_hash, progress=progress,
+                                val_images=recipe.val_images), {}
 
     return [TrainingPlan(CLASSIFIER, data_hash, params, run=run)]
 

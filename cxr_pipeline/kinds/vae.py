@@ -21,8 +21,8 @@ from .base import IMAGES, ModelKind, ServingSpec, TrainingPlan, TrainingRecipe, 
 # detail 0.96, 35.4 dB, and 0.65x the training time, "d2flat"). No self-attention in the middle:
 # trained on 32 px windows, it saw a quarter of the positions it meets on whole images, and
 # without it the same grid keeps more detail, faster. The full profile follows the same two rules
-# (a grid 4x coarser than 256 px, so 64x64x8 latents, no middle attention); it has not been
-# measured at 256 px yet.
+# (a grid 4x coarser than 256 px, so 64x64x8 latents, no middle attention); it runs end to end in
+# CI (tests/test_full_profile.py) but its quality at 256 px has not been measured yet.
 VAE_PROFILES = {
     "demo": VaeConfig(block_out_channels=(16, 32), mid_attention=False),
     "full": VaeConfig(block_out_channels=(64, 128, 256), latent_channels=8, layers_per_block=2, norm_num_groups=32,
@@ -41,6 +41,7 @@ class Recipe(TrainingRecipe):
     cpu_bf16: bool = True
     checkpoint_every: int = 500
     eval_every: int = 500  # validation (whole val images) every this many steps
+    val_images: int = 1000  # validated on at most this many val images (whole patients): bounded at any dataset size
     crop: Optional[int] = 32  # train on random windows of this many pixels; None: whole images
     latent_channels: Optional[int] = None
 
@@ -67,7 +68,7 @@ def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
 
     def run(progress):
         return train_vae(metadata, ImageStore(paths.image_store), paths.models / VAE.folder, vae_config, train_config,
-                         data_hash, progress=progress, crop=recipe.crop), {}
+                         data_hash, progress=progress, crop=recipe.crop, val_images=recipe.val_images), {}
 
     return [TrainingPlan(VAE, data_hash, params, run=run,
                          reported={"downsampling_factor": vae_config.downsampling_factor,

@@ -25,6 +25,7 @@ from torch import nn
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_auroc
 
 from ..data.image_store import ImageStore
+from ..data.splits import patient_subset
 from .batches import StoreImages, WeightedStepSampler
 from .training import TrainConfig, Trainer, TrainingOutcome, pick_device, run_key
 
@@ -162,8 +163,9 @@ def classifier_trainer(train_images, train_labels: np.ndarray, val_images: torch
 
 def train_classifier(metadata: pd.DataFrame, store: ImageStore, class_names: Sequence[str], config: ClassifierConfig,
                      train_config: TrainConfig, runs_root: Path, data_hash: str, progress=None,
-                     stop_after: int | None = None) -> TrainingOutcome:
-    train_rows, val_rows = labelled_rows(metadata, "train"), labelled_rows(metadata, "val")
+                     stop_after: int | None = None, val_images: int | None = None) -> TrainingOutcome:
+    """``val_images``: validate on at most this many val images, whole patients (``patient_subset``)."""
+    train_rows, val_rows = labelled_rows(metadata, "train"), patient_subset(labelled_rows(metadata, "val"), val_images)
     if train_rows.empty or val_rows.empty:
         raise ValueError("the classifier needs single-label images in both train and val")
     val_stack = StoreImages(store, val_rows).stack()
