@@ -155,7 +155,8 @@ def evaluate_generation(model: ClassConditionalGenerator, classifier_dir: Path, 
     for index, name in enumerate(class_names):
         real_of_class = real_test[labels == index]
         generated = mean_pairwise_ms_ssim(balanced_set[balanced == index]) if samples_per_class >= 2 else np.nan
-        real = mean_pairwise_ms_ssim(real_of_class[:samples_per_class]) if len(real_of_class) >= 2 else np.nan
+        real = (mean_pairwise_ms_ssim(real_of_class[:samples_per_class])
+                if min(len(real_of_class), samples_per_class) >= 2 else np.nan)
         diversity[name] = (generated, real)
 
     used_guidance = guidance if guidance is not None else model.description["default_guidance"]
