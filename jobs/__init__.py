@@ -7,6 +7,8 @@ import dagster as dg
 from cxr_pipeline.data.ingest import listing_hash
 from resources import CxrSettings
 
+from .budgets import tiny_run_config
+
 # What every step imports. Each step runs in its own process; with forkserver these are imported
 # once, in the server, and every step's process is forked from it with them loaded, instead of
 # importing torch, diffusers and MLflow again (see bench/executor_startup.py).
@@ -40,6 +42,11 @@ def compute_jobs(executor: dg.ExecutorDefinition) -> dict:
         "evaluation": dg.define_asset_job(
             "evaluation", selection=dg.AssetSelection.groups("evaluation"), executor_def=executor,
             description="Train the CXR feature classifier and evaluate the current models on the test split."),
+        "smoke": dg.define_asset_job(
+            "smoke", selection=dg.AssetSelection.all(), executor_def=executor, config=tiny_run_config(),
+            description="Every asset at a tiny budget (2 training steps, 2 sampling steps, 4 test images): "
+                        "minutes on CPU under any profile, to check a profile or dataset end to end before a "
+                        "real run. Measures nothing about quality."),
         "retrain_and_evaluate": dg.define_asset_job(
             "retrain_and_evaluate", selection=dg.AssetSelection.groups("pairs", "models", "evaluation"),
             executor_def=executor,
