@@ -95,11 +95,12 @@ class EvaluationOutcome:
     def note_draws(self, draws: Sequence[Draw]) -> None:
         """Say in the report and the run's params how many images of each split were scored and
         how they were drawn (``caps.py``)."""
+        if not draws:
+            return
         self.draws = [*self.draws, *draws]
-        if self.draws:
-            self.report.summary += " Images scored: " + "; ".join(d.describe() for d in self.draws) + "."
-            for draw in self.draws:
-                self.params.update(draw.params())
+        self.report.summary += " Images scored: " + "; ".join(d.describe() for d in draws) + "."
+        for draw in draws:
+            self.params.update(draw.params())
 
     def headline(self) -> dict[str, float]:
         return {k: float(round(v, 5)) for k, v in self.metrics.items() if is_headline(k) and np.isfinite(v)}
