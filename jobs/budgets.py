@@ -33,7 +33,11 @@ def tiny_run_config() -> dict:
     # precision / recall / density / coverage need more than k = 5 reports on each side
     ops["text_generation_evaluation"] = {**TINY_EVALUATION, "guidance_scales": [3.0], "consistency_samples": 1,
                                          "sweep_samples": 1, "max_test_images": 16, "max_val_images": 16}
-    ops["synthetic_utility"] = {"seeds": 1, "classifier_steps": 2, "ddim_steps": 2, "synthetic_ratio": 0.25,
+    # real against real + generated (both generators, each class as often as in the real mix); the
+    # balancing arm is left out: it asks the text model for classes a small dataset may have no
+    # training report of
+    ops["synthetic_utility"] = {"arms": ["real", "real_synthetic"], "seeds": 1, "classifier_steps": 2, "ddim_steps": 2,
+                                "synthetic_ratio": 0.25,
                                 "bootstrap_resamples": 50, "max_train_images": 64, "max_val_images": 8,
                                 "max_test_images": 8}
     return {"ops": {name: {"config": config} for name, config in ops.items()}}
