@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -70,8 +71,13 @@ class MemorySampler(threading.Thread):
             time.sleep(self.interval)
 
     def peak(self, start: float, end: float) -> float:
+        """What a step added at its peak: the highest sample during it over the last one before
+        it (the process keeps what earlier steps allocated, so absolute figures would mix them)."""
+        before = [gb for t, gb in self.samples if t <= start]
         inside = [gb for t, gb in self.samples if start <= t <= end]
-        return max(inside) if inside else float("nan")
+        if not inside:
+            return 0.0
+        return max(0.0, max(inside) - (before[-1] if before else inside[0]))
 
 
 def run_once(patients: int, workers: int, root: Path) -> dict:
@@ -86,6 +92,7 @@ def run_once(patients: int, workers: int, root: Path) -> dict:
     from jobs.budgets import tiny_run_config
     from resources import CxrSettings, MlflowTracking
 
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # MLflow exports the last store it was pointed at
     data, home = root / "data", root / "home"
     generate_demo_dataset(data, DemoSpec(patients=patients, source_size=512, dicom_share=0.1), workers=workers)
     settings = CxrSettings(home=str(home), data_dir=str(data), profile="full", workers=workers)
@@ -98,6 +105,12 @@ def run_once(patients: int, workers: int, root: Path) -> dict:
     run_config = tiny_run_config()
     for labels in ("label_table", "image_metadata"):
         run_config["ops"][labels] = {"config": {"split_fractions": [0.5, 0.25, 0.25]}}
+    # caps below the smaller dataset's splits, so that both sizes score the same number of images
+    # (the tiny budget's own caps are above them for the text model and the utility experiment)
+    text = run_config["ops"]["text_generation_evaluation"]["config"]
+    text.update(max_test_images=8, max_val_images=8)
+    run_config["ops"]["synthetic_utility"]["config"].update(arms=["real", "real_class"], max_train_images=16,
+                                                            max_val_images=8, max_test_images=4)
     instance = dg.DagsterInstance.ephemeral()
     result = definitions.defs.resolve_job_def("all_assets").execute_in_process(
         run_config=run_config, resources={"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)},
@@ -189,7 +202,7 @@ def plan_rows(small: dict, large: dict) -> list[dict]:
             else:
                 seconds = a["seconds"] * evaluation_scale(stage)
             row[f"{dataset}_hours"] = seconds / 3600
-            row[f"{dataset}_gb"] = max(a["peak_gb"], b["peak_gb"]) + max(0.0, memory_per_image) * (images - large["images"])
+            row[f"{dataset}_gb"] = b["peak_gb"] + max(0.0, memory_per_image) * (images - large["images"])
         flags = []
         if row["time_ratio"] > 1.1 * data_ratio:
             flags.append("time grows faster than the data")
@@ -210,6 +223,7 @@ def main() -> None:
     parser.add_argument("--factor", type=int, default=4)
     parser.add_argument("--workers", type=int, default=0, help="processes for decoding (0: every core)")
     parser.add_argument("--json", type=Path, default=None, help="also write the measurements and the plan here")
+    parser.add_argument("--single", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     from cxr_pipeline.parallel import default_workers
@@ -217,11 +231,18 @@ def main() -> None:
 
     workers = args.workers or default_workers()
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.single:  # one size in this (fresh) process: what the parent runs for each size
+        with tempfile.TemporaryDirectory(prefix="full-plan-") as tmp:
+            args.json.write_text(json.dumps(run_once(args.single, workers, Path(tmp)), default=str))
+        return
     runs = []
-    with tempfile.TemporaryDirectory(prefix="full-plan-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="full-plan-runs-") as tmp:
         for patients in (args.patients, args.patients * args.factor):
-            print(f"full profile, tiny budget, {patients} patients at 512 px ...", flush=True)
-            run = run_once(patients, workers, Path(tmp) / str(patients))
+            print(f"full profile, tiny budget, {patients} patients at 512 px, in a fresh process ...", flush=True)
+            out = Path(tmp) / f"{patients}.json"
+            subprocess.run([sys.executable, __file__, "--single", str(patients), "--workers", str(workers),
+                            "--json", str(out)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            run = json.loads(out.read_text())
             print(f"  {run['images']} images {run['splits']}: {run['total_seconds'] / 60:.1f} min, "
                   f"{'all steps passed' if run['success'] else 'FAILED'}", flush=True)
             runs.append(run)
@@ -232,7 +253,7 @@ def main() -> None:
     table = pd.DataFrame(rows)
     print(f"\nDevice: {device}, {torch.get_num_threads()} threads, {workers} workers. "
           f"Data: {small['images']} and {large['images']} images ({large['images'] / small['images']:.2f}x).")
-    print("Per stage: seconds and peak anonymous memory (GiB) at both sizes; projected hours and GiB on this "
+    print("Per stage: seconds and the anonymous memory (GiB) the step added at its peak, at both sizes; projected hours and GiB on this "
           "machine at NIH ChestX-ray14 (112,120 images) and MIMIC-CXR-JPG (377,110 images) with the default "
           "recipes and the full profile's evaluation caps.\n")
     shown = table.assign(**{c: table[c].round(2) for c in table.columns if table[c].dtype.kind == "f"})
