@@ -197,6 +197,7 @@ def plan_rows(small: dict, large: dict) -> list[dict]:
                 rate = large["throughput"].get(name) or small["throughput"].get(name)
                 draws = 6 if stage == "arbitrary_sr" else 1
                 seconds = fixed + grows * draws + (steps * batch / rate if rate else float("nan"))
+                row["hours_per_10k_steps"] = 1e4 * batch / rate / 3600 if rate else float("nan")
             elif stage == "raw_images":
                 seconds = 0.0  # the data is there; generating the demo is not part of a real run
             else:
@@ -224,6 +225,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="processes for decoding (0: every core)")
     parser.add_argument("--json", type=Path, default=None, help="also write the measurements and the plan here")
     parser.add_argument("--single", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--replan", type=Path, default=None, help="print the plan again from a --json file's runs")
     args = parser.parse_args()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     from cxr_pipeline.parallel import default_workers
@@ -236,8 +238,11 @@ def main() -> None:
             args.json.write_text(json.dumps(run_once(args.single, workers, Path(tmp)), default=str))
         return
     runs = []
+    if args.replan:
+        saved = json.loads(args.replan.read_text())
+        runs, device = saved["runs"], saved["device"]
     with tempfile.TemporaryDirectory(prefix="full-plan-runs-") as tmp:
-        for patients in (args.patients, args.patients * args.factor):
+        for patients in (args.patients, args.patients * args.factor) if not runs else ():
             print(f"full profile, tiny budget, {patients} patients at 512 px, in a fresh process ...", flush=True)
             out = Path(tmp) / f"{patients}.json"
             subprocess.run([sys.executable, __file__, "--single", str(patients), "--workers", str(workers),
