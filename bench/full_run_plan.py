@@ -40,8 +40,6 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 NIH_IMAGES, MIMIC_IMAGES = 112_120, 377_110
 MEMORY_LIMIT_GB = 16.0
