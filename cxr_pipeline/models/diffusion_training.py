@@ -115,8 +115,14 @@ class LatentRows:
         return (len(self), *self.array.shape[1:])
 
     def _positions(self, index) -> np.ndarray:
+        """Row numbers in the file for a slice, a boolean mask or integer rows of this view
+        (without building an index of every row: this runs once per training batch)."""
         index = index.numpy() if isinstance(index, torch.Tensor) else index
-        picked = np.arange(len(self))[index]
+        if isinstance(index, slice):
+            picked = np.arange(*index.indices(len(self)))
+        else:
+            index = np.asarray(index)
+            picked = np.flatnonzero(index) if index.dtype == bool else index.astype(np.int64)
         return self.positions[picked] if self.positions is not None else picked
 
     def subset(self, index) -> LatentRows:
