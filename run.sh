@@ -24,6 +24,14 @@ setup() {
   fi
   "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
   init_instance
+  size_training_pool
+}
+
+# Heavy steps (training and evaluation) share the "cxr_training" concurrency pool across runs: as
+# many at once as the machine's share (cxr_pipeline/compute.py; CXR_HEAVY_STEPS overrides). Every
+# other pool (the work-folder writers) takes one step at a time (default_limit in dagster.yaml).
+size_training_pool() {
+  "$VENV/bin/dagster" instance concurrency set cxr_training "$("$VENV/bin/python" -m cxr_pipeline.compute)" >/dev/null
 }
 
 # Create the Dagster instance's SQLite storage once, before any run: two runs started together on
@@ -42,7 +50,6 @@ mkdir -p "$CXR_HOME" "$DAGSTER_HOME"
 # Where the UIs are served: links in Dagster metadata, MLflow run notes and the app use these.
 export CXR_DAGSTER_URL="${CXR_DAGSTER_URL:-http://127.0.0.1:3000}"
 export CXR_MLFLOW_UI_URL="${CXR_MLFLOW_UI_URL:-http://127.0.0.1:5000}"
-# Training steps share the "cxr_training" concurrency pool: one at a time across runs by default.
 if [ ! -f "$DAGSTER_HOME/dagster.yaml" ]; then
   printf 'concurrency:\n  pools:\n    default_limit: 1\n' > "$DAGSTER_HOME/dagster.yaml"
 fi

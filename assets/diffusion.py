@@ -11,7 +11,7 @@ from resources import CxrSettings, MlflowTracking
 from .labels import image_metadata
 from .models import latents
 from .pairs import low_dose_pairs
-from .training import TRAINING_STEP, recipe_config, train_kind, train_one
+from .training import TRAINING_STEP, ahead, recipe_config, train_kind, train_one
 
 LatentSrConfig = recipe_config(kinds.LATENT_SR.recipe, "LatentSrConfig")
 ArbitrarySrConfig = recipe_config(kinds.ARBITRARY_SR.recipe, "ArbitrarySrConfig")
@@ -41,7 +41,7 @@ def arbitrary_sr(context: dg.AssetExecutionContext, config: ArbitrarySrConfig, s
     return dg.MaterializeResult(metadata=produced)
 
 
-@dg.asset(group_name="models", deps=[image_metadata, latents], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
+@dg.asset(group_name="models", deps=[image_metadata, latents], kinds={"pytorch", "mlflow"}, **ahead(TRAINING_STEP, 3))
 def class_ddpm(context: dg.AssetExecutionContext, config: ClassDdpmConfig, settings: CxrSettings,
                mlflow_tracking: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """Class-conditional diffusion over the single-label classes plus a learned null class

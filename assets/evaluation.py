@@ -31,7 +31,7 @@ from resources import CxrSettings, MlflowTracking
 
 from .diffusion import arbitrary_sr, class_ddpm, latent_sr, low_dose_denoiser
 from .labels import image_metadata
-from .training import HEAVY_STEP, TRAINING_STEP, recipe_config, train_one
+from .training import HEAVY_STEP, TRAINING_STEP, ahead, recipe_config, train_one
 from .pairs import low_dose_pairs, sr_pairs
 from .text import text_ldm
 
@@ -291,7 +291,7 @@ class TextGenerationEvaluationConfig(EvaluationConfig):
 
 
 @dg.asset(group_name="evaluation", deps=[text_ldm, cxr_classifier], kinds={"pytorch", "mlflow"},
-          check_specs=_baseline_check_spec("text_generation_evaluation"), **HEAVY_STEP)
+          check_specs=_baseline_check_spec("text_generation_evaluation"), **ahead(HEAVY_STEP, 1))
 def text_generation_evaluation(context: dg.AssetExecutionContext, config: TextGenerationEvaluationConfig,
                                settings: CxrSettings, mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """The text-conditional model sampled from the test split's own reports: prompt consistency
@@ -348,7 +348,7 @@ NOT_WORSE = "synthetic_not_worse_than_real"
                                          description="Warns when a classifier trained on real plus generated images "
                                                      "is worse on the real test split than one trained on real images "
                                                      "only (the macro-AUROC difference's interval lies below 0)")],
-          **TRAINING_STEP)
+          **ahead(TRAINING_STEP, 1))
 def synthetic_utility(context: dg.AssetExecutionContext, config: SyntheticUtilityConfig, settings: CxrSettings,
                       mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """Does the synthetic data help? One classifier recipe trained on real, real + generated,

@@ -17,13 +17,13 @@ from resources import CxrSettings, MlflowTracking
 from .labels import image_metadata
 from .pairs import sr_pairs
 from .pools import WORK_FOLDER_WRITER
-from .training import TRAINING_STEP, recipe_config, train_one
+from .training import TRAINING_STEP, ahead, recipe_config, train_one
 
 VaeTrainingConfig = recipe_config(kinds.VAE.recipe, "VaeTrainingConfig")
 
 
 
-@dg.asset(group_name="models", deps=[image_metadata], kinds={"pytorch", "mlflow"}, **TRAINING_STEP,
+@dg.asset(group_name="models", deps=[image_metadata], kinds={"pytorch", "mlflow"}, **ahead(TRAINING_STEP, 4),
           check_specs=[dg.AssetCheckSpec("keeps_fine_detail", asset="vae",
                                          description=f"Warns when val reconstructions keep less than {FINE_DETAIL_FLOOR} "
                                                      "of the images' fine detail (ribs, vessel markings)")])

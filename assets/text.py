@@ -14,13 +14,13 @@ from resources import CxrSettings, MlflowTracking
 from .diffusion import class_ddpm
 from .labels import image_metadata
 from .models import latents
-from .training import TRAINING_STEP, recipe_config, train_one
+from .training import TRAINING_STEP, ahead, recipe_config, train_one
 
 ReportEncoderTrainingConfig = recipe_config(kinds.REPORT_ENCODER.recipe, "ReportEncoderTrainingConfig")
 TextLdmConfig = recipe_config(kinds.TEXT_LDM.recipe, "TextLdmConfig")
 
 
-@dg.asset(group_name="models", deps=[image_metadata, latents], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
+@dg.asset(group_name="models", deps=[image_metadata, latents], kinds={"pytorch", "mlflow"}, **ahead(TRAINING_STEP, 3))
 def report_encoder(context: dg.AssetExecutionContext, config: ReportEncoderTrainingConfig, settings: CxrSettings,
                    mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """The encoder the text model reads reports with: a configured local checkpoint, or (the
@@ -37,7 +37,8 @@ def report_encoder(context: dg.AssetExecutionContext, config: ReportEncoderTrain
     })
 
 
-@dg.asset(group_name="models", deps=[report_encoder, latents, class_ddpm], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
+@dg.asset(group_name="models", deps=[report_encoder, latents, class_ddpm], kinds={"pytorch", "mlflow"},
+          **ahead(TRAINING_STEP, 2))
 def text_ldm(context: dg.AssetExecutionContext, config: TextLdmConfig, settings: CxrSettings,
              mlflow_tracking: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """Latent diffusion from radiology reports: a UNet2DConditionModel on the VAE latents whose

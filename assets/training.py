@@ -22,10 +22,11 @@ from cxr_pipeline.registration import Registered, train_and_register
 from cxr_pipeline.reports.grid import markdown_image, png_bytes
 from resources import CxrSettings, MlflowTracking
 
-# Training steps use every core (or the GPU). Within a run the executor runs one of them at a time
-# (tag limit, see jobs/); across runs they share the "cxr_training" pool, whose limit comes from the
-# instance (run.sh writes default_limit 1 into $DAGSTER_HOME/dagster.yaml). A failed
-# training attempt is retried and resumes from its last checkpoint.
+# Heavy steps (training and evaluation) run side by side, each on its share of the cores, or one
+# at a time on a GPU (cxr_pipeline.compute). Within a run the executor's tag limit counts them
+# (see jobs/); across runs they share the "cxr_training" pool, which run.sh sizes to the same share
+# (`dagster instance concurrency set cxr_training N`). A failed training attempt is retried and
+# resumes from its last checkpoint.
 TRAINING_TAGS = {"cxr/compute": "training"}
 # On Kubernetes (deploy/definitions.py) each training step is its own pod asking for one GPU.
 GPU_POD = {"container_config": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}}}
@@ -34,6 +35,14 @@ HEAVY_STEP = {"op_tags": {**TRAINING_TAGS, "dagster-k8s/config": GPU_POD}, "pool
 # Training also retries: a lost node or OOM resumes from the checkpoint. Evaluation does not,
 # since it has no checkpoint and its failures are deterministic (a retry repeats them).
 TRAINING_STEP = {**HEAVY_STEP, "retry_policy": dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)}
+
+
+def ahead(step: dict, priority: int) -> dict:
+    """``step`` with a Dagster priority: of the heavy steps ready when a slot frees, the highest
+    starts first. The main job's longest chain (vae -> latents -> class model -> text model ->
+    its evaluations; the report encoder feeds the text model) goes first, so the shorter
+    trainings fill the other slots around it instead of delaying it."""
+    return {**step, "op_tags": {**step["op_tags"], "dagster/priority": str(priority)}}
 
 TRAIN_WORKER = Path(__file__).resolve().parents[1] / "scripts" / "train_worker.py"
 

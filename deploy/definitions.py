@@ -20,4 +20,4 @@ gpu_cluster_executor = k8s_job_executor.configured({
     "step_k8s_config": {"container_config": {"image": IMAGE, "resources": {"requests": {"cpu": "2", "memory": "8Gi"}}}},
 })
 
-defs = build_definitions(compute_jobs(gpu_cluster_executor))
+defs = build_definitions(compute_jobs(gpu_cluster_executor))  # each pod's step on every core it requested

@@ -4,6 +4,7 @@ import os
 
 import dagster as dg
 
+from cxr_pipeline.compute import core_share
 from cxr_pipeline.data.ingest import listing_hash
 from resources import CxrSettings
 
@@ -14,11 +15,15 @@ from .budgets import tiny_run_config
 # importing torch, diffusers and MLflow again (see bench/executor_startup.py).
 PRELOADED_MODULES = ["dagster", "torch", "diffusers", "mlflow", "pandas", "pyarrow.parquet", "skimage.metrics"]
 
-# Two trainings on the same cores are each about five times slower (thread oversubscription):
-# light steps run side by side, training steps one at a time.
+# Heavy steps (trainings and evaluations) run side by side, each on its share of the cores
+# (cxr_pipeline.compute: up to 4 on a CPU machine, one at a time with a GPU; CXR_HEAVY_STEPS and
+# CXR_STEP_THREADS override). Each step's process keeps to its threads (CxrSettings.step_threads):
+# two steps on the same cores with every thread each are about five times slower. Light steps run
+# beside them.
+CORE_SHARE = core_share()
 training_executor = dg.multiprocess_executor.configured({
-    "max_concurrent": 2,
-    "tag_concurrency_limits": [{"key": "cxr/compute", "value": "training", "limit": 1}],
+    "max_concurrent": CORE_SHARE.heavy_steps + 1,
+    "tag_concurrency_limits": [{"key": "cxr/compute", "value": "training", "limit": CORE_SHARE.heavy_steps}],
     "start_method": {"forkserver": {"preload_modules": PRELOADED_MODULES}},
 })
 

@@ -25,7 +25,7 @@ from skimage.restoration import denoise_nl_means, estimate_sigma
 from ..data.degrade import bicubic_to, resize, upsample_bicubic
 from ..metrics.restoration import lr_consistency_psnr, per_image_scores, sample_spread
 from ..metrics.statistics import Summary, summarize
-from ..parallel import default_workers
+from ..compute import step_threads
 from ..models.pipelines import ArbitraryScaleSuperResolution, LatentSuperResolution, LowDoseDenoiser
 from ..models.vae import reconstruct
 from ..reports.document import Figure, Section, Table
@@ -306,11 +306,11 @@ def _nlm_one(image: np.ndarray, factor: float) -> np.ndarray:
 def nlm_denoise(noisy: torch.Tensor, factor: float, threads: int | None = None) -> torch.Tensor:
     """Non-local means (5x5 patches, 13x13 search) with h = factor x the noise sigma estimated
     per image (wavelet MAD), so one factor serves images of different noise levels. Images run
-    on ``threads`` threads (default: every core; scikit-image's NLM releases the GIL, so 2 cores
+    on ``threads`` threads (default: the step's share of the cores; scikit-image's NLM releases the GIL, so 2 cores
     give 1.8x at 256 px, the same output): the CPU baseline never waits on one core while the
     diffusion model has a GPU."""
     images = list(noisy[:, 0].double().numpy())
-    with ThreadPoolExecutor(max_workers=threads or default_workers()) as pool:
+    with ThreadPoolExecutor(max_workers=threads or step_threads()) as pool:
         out = list(pool.map(lambda image: _nlm_one(image, factor), images))
     return torch.from_numpy(np.clip(np.stack(out), 0, 1)).float().unsqueeze(1)
 
