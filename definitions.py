@@ -5,7 +5,7 @@
 import dagster as dg
 
 from assets import diffusion, evaluation, ingestion, labels, models, pairs, text
-from jobs import CORE_SHARE, ingestion_job, local_jobs, raw_data_changed, retraining_schedule
+from jobs import ingestion_job, local_jobs, raw_data_changed, retraining_schedule
 from resources import CxrSettings, MlflowTracking
 
 ASSETS = [
@@ -41,25 +41,25 @@ ASSET_CHECKS = [
 ]
 
 
-def resources(step_threads: int) -> dict:
-    settings = CxrSettings(step_threads=step_threads)
+def resources(share_cores: bool) -> dict:
+    settings = CxrSettings(share_cores=share_cores)
     return {"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings),
             # launches scripts/train_worker.py when a training asset's launcher is not in_process
             "pipes_subprocess_client": dg.PipesSubprocessClient()}
 
 
-def build_definitions(compute: dict, step_threads: int = 0) -> dg.Definitions:
-    """Everything, with the training and evaluation jobs of ``compute`` (see jobs.compute_jobs),
-    each step's process on ``step_threads`` threads (0: every core it has)."""
+def build_definitions(compute: dict, share_cores: bool = False) -> dg.Definitions:
+    """Everything, with the training and evaluation jobs of ``compute`` (see jobs.compute_jobs);
+    ``share_cores``: steps side by side on one machine share its cores (CxrSettings)."""
     return dg.Definitions(
         assets=ASSETS,
         asset_checks=ASSET_CHECKS,
         jobs=[ingestion_job, *compute.values()],
         schedules=[retraining_schedule(compute["retrain_and_evaluate"])],
         sensors=[raw_data_changed],
-        resources=resources(step_threads),
+        resources=resources(share_cores),
     )
 
 
 # Steps side by side on this machine, each on its share of the cores.
-defs = build_definitions(local_jobs, step_threads=CORE_SHARE.threads)
+defs = build_definitions(local_jobs, share_cores=True)

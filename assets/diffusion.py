@@ -29,7 +29,7 @@ def latent_sr(context: dg.AssetExecutionContext, config: LatentSrConfig, setting
                                           for plan, _, produced in trained for k, v in produced.items()})
 
 
-@dg.asset(group_name="models", deps=[latents], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
+@dg.asset(group_name="models", deps=[latents, latent_sr], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
 def arbitrary_sr(context: dg.AssetExecutionContext, config: ArbitrarySrConfig, settings: CxrSettings,
                  mlflow_tracking: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """One super-resolution model for any scale or output size: latent diffusion conditioned on

@@ -24,7 +24,7 @@ from cxr_pipeline.evaluation.suites import (EvaluationOutcome, PromotionPolicy, 
                                             synthetic_utility_suite)
 from cxr_pipeline.evaluation.synthetic_utility import UTILITY_PROFILES
 from cxr_pipeline.evaluation.text_generation import GUIDANCE_SWEEP
-from cxr_pipeline import kinds
+from cxr_pipeline import compute, kinds
 from cxr_pipeline.model_record import current_model, has_current_model
 from cxr_pipeline.reports.document import markdown_table
 from resources import CxrSettings, MlflowTracking
@@ -169,6 +169,7 @@ def sr_evaluation(context: dg.AssetExecutionContext, config: SrEvaluationConfig,
     ceiling: PSNR/SSIM/MAE, LR-consistency and the spread over seeds, with DDIM (from noise and
     from the LR latent) and optionally the full chain; then champion/challenger promotion per scale."""
     paths = settings.paths()
+    compute.count_as_heavy_step()  # its share of the cores beside the other heavy steps
     mlflow_tracking.activate()
     test = split_draw(pd.read_parquet(paths.metadata), "test", config.caps(settings).test_images, seed=config.seed)
     rows = test.rows
@@ -200,6 +201,7 @@ def arbitrary_sr_evaluation(context: dg.AssetExecutionContext, config: Arbitrary
     latent path without diffusion and, where trained, the fixed-scale model on the same inputs:
     PSNR/SSIM/MAE, LR-consistency, spread, the gain by scale; then champion/challenger promotion."""
     paths = settings.paths()
+    compute.count_as_heavy_step()  # its share of the cores beside the other heavy steps
     mlflow_tracking.activate()
     test = split_draw(pd.read_parquet(paths.metadata), "test", config.caps(settings).test_images, seed=config.seed)
     rows = test.rows
@@ -232,6 +234,7 @@ def denoising_evaluation(context: dg.AssetExecutionContext, config: DenoisingEva
     """The low-dose denoiser per dose level on the test split, against the noisy input and
     non-local means (both tuned on val), then champion/challenger promotion."""
     paths = settings.paths()
+    compute.count_as_heavy_step()  # its share of the cores beside the other heavy steps
     mlflow_tracking.activate()
     metadata = pd.read_parquet(paths.metadata)
     test = split_draw(metadata, "test", config.caps(settings).test_images, seed=config.seed)
@@ -262,6 +265,7 @@ def generation_evaluation(context: dg.AssetExecutionContext, config: GenerationE
     network, conditional accuracy, MS-SSIM diversity, and Inception FID when its weights are
     available locally."""
     paths = settings.paths()
+    compute.count_as_heavy_step()  # its share of the cores beside the other heavy steps
     mlflow_tracking.activate()
     metadata = pd.read_parquet(paths.metadata)
     caps = config.caps(settings)
@@ -299,6 +303,7 @@ def text_generation_evaluation(context: dg.AssetExecutionContext, config: TextGe
     fd_cxr / KID / precision-recall-density-coverage, memorization against the training images,
     within-prompt diversity; guidance chosen on val; then champion/challenger promotion."""
     paths = settings.paths()
+    compute.count_as_heavy_step()  # its share of the cores beside the other heavy steps
     mlflow_tracking.activate()
     metadata = pd.read_parquet(paths.metadata)
     outcome = kinds.TEXT_LDM.suite(
@@ -356,6 +361,7 @@ def synthetic_utility(context: dg.AssetExecutionContext, config: SyntheticUtilit
     real test split: accuracy, macro and per-class AUROC with paired patient-bootstrap intervals
     of the difference to real only. Generated from training labels and reports only."""
     paths = settings.paths()
+    compute.count_as_heavy_step()  # its share of the cores beside the other heavy steps
     mlflow_tracking.activate()
     profile = config.profile(settings.profile_spec().name)
     outcome = synthetic_utility_suite(

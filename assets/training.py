@@ -15,6 +15,7 @@ import dagster as dg
 import mlflow
 import pydantic
 
+from cxr_pipeline import compute
 from cxr_pipeline.data import atomic
 from cxr_pipeline.kinds import ModelKind, TrainingPlan, TrainingRecipe
 from cxr_pipeline.models.training import TrainEvent, TrainingOutcome
@@ -107,6 +108,7 @@ def train_kind(context: dg.AssetExecutionContext, kind: ModelKind, recipe: Train
                pipes: dg.PipesSubprocessClient | None = None) -> list[tuple[TrainingPlan, Registered, dict]]:
     """Plan the kind from the recipe and the work folder, then train and register each planned
     model; returns each with the asset metadata every training reports."""
+    compute.count_as_heavy_step()
     paths = settings.paths()
     try:
         plans = kind.plan(recipe, paths, settings.profile_spec().name)

@@ -16,7 +16,11 @@ was trained for, all on the same inputs. Also prints:
 Needs a work folder where ``latents`` (and for the comparison ``latent_sr``) are materialized.
 
     python bench/arbitrary_sr.py [--steps 600] [--decoder-steps 300] [--draws 6] [--scale-max 4]
-                                 [--no-scale-conditioning] [--linear-strata]
+                                 [--no-scale-conditioning] [--linear-strata] [--warm-start]
+                                 [--runs DIR]
+
+``--warm-start`` starts the UNet from the work folder's fixed-scale model (x4), as the recipe
+does; ``--runs`` keeps the runs, so variants share the decoder head and the encoded conditions.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ def main() -> None:
     parser.add_argument("--scale-max", type=float, default=4.0)
     parser.add_argument("--no-scale-conditioning", action="store_true", help="do not tell the UNet the scale")
     parser.add_argument("--linear-strata", action="store_true", help="scale strata equal in scale, not in scale squared")
+    parser.add_argument("--warm-start", action="store_true", help="start from the fixed-scale x4 model")
     parser.add_argument("--val-images", type=int, default=48)
     parser.add_argument("--runs", default=None, help="keep the training runs here (default: a temporary folder)")
     args = parser.parse_args()
@@ -93,7 +98,10 @@ def main() -> None:
         started = time.perf_counter()
         outcome = train_arbitrary_sr(metadata, ImageStore(paths.image_store), paths.latents, vae_dir, unet, schedule,
                                      train, decoder_train, runs, "bench", scale_range=(1.0, args.scale_max),
-                                     draws=args.draws, draws_by_area=not args.linear_strata, progress=lambda e: e.kind == "step" and print(e.describe(),
+                                     draws=args.draws, draws_by_area=not args.linear_strata,
+                                     warm_start_from=(current_model(paths, kinds.LATENT_SR.at_scale(4).key).model_dir
+                                                      if args.warm_start else None),
+                                     progress=lambda e: e.kind == "step" and print(e.describe(),
                                                                                                      flush=True))
         stages["training, both stages"] = time.perf_counter() - started
         model = ArbitraryScaleSuperResolution.from_pretrained(outcome.model_dir, "cpu")
@@ -141,7 +149,8 @@ def main() -> None:
                          "LR-consistency": round(summaries["arbitrary"]["lr_consistency_psnr"].mean, 1)})
     print(f"\nval: {len(val_rows)} images; training {args.steps} x {args.batch} (diffusion), {args.decoder_steps} x 16 "
           f"(decoder), {args.draws} scales per image in [1, {args.scale_max:g}], "
-          f"scale conditioning {'off' if args.no_scale_conditioning else 'on'}, strata {'linear' if args.linear_strata else 'by area'}\n")
+          f"scale conditioning {'off' if args.no_scale_conditioning else 'on'}, strata {'linear' if args.linear_strata else 'by area'}, "
+          f"{'from the fixed-scale x4 model' if args.warm_start else 'from scratch'}\n")
     print(pd.DataFrame(rows).to_markdown(index=False))
     print("\ndecoder head off the latent grid (val PSNR against the antialiased shrink of the image):\n")
     print(pd.DataFrame(decoder_rows).to_markdown(index=False))

@@ -141,27 +141,63 @@ def utility_rows(run) -> list[tuple[str, str, bool]]:
     ]
 
 
-def stage_rows() -> tuple[list[dict], float]:
+def stage_rows() -> tuple[list[dict], float, dict]:
+    """Each step's seconds and when it started and ended (minutes into the run), the run's wall
+    time, and how the time was spent: heavy steps at once on average, and the longest chain of
+    dependent steps at the measured durations (the floor no number of cores lowers)."""
     instance = dg.DagsterInstance.get()
     records = instance.get_run_records(dg.RunsFilter(job_name="all_assets", statuses=[dg.DagsterRunStatus.SUCCESS]),
                                        limit=1)
     if not records:
         raise SystemExit("no successful all_assets run in this Dagster instance")
     record = records[0]
-    stats = instance.get_run_step_stats(record.dagster_run.run_id)
-    rows = sorted(({"step": s.step_key, "seconds": round(s.end_time - s.start_time, 1)} for s in stats
-                   if s.end_time and s.start_time), key=lambda r: -r["seconds"])
-    return rows, record.end_time - record.start_time
+    stats = [s for s in instance.get_run_step_stats(record.dagster_run.run_id) if s.end_time and s.start_time]
+    begin, wall = record.start_time, record.end_time - record.start_time
+    seconds = {s.step_key: s.end_time - s.start_time for s in stats}
+    rows = sorted(({"step": s.step_key, "seconds": round(seconds[s.step_key], 1),
+                    "start (min)": round((s.start_time - begin) / 60, 1), "end (min)": round((s.end_time - begin) / 60, 1)}
+                   for s in stats), key=lambda r: -r["seconds"])
+    heavy = {key.to_user_string() for key in heavy_assets()}
+    chain, chain_s = longest_chain(seconds)
+    return rows, wall, {"heavy_at_once": sum(v for k, v in seconds.items() if k in heavy) / wall,
+                        "steps_s": sum(seconds.values()), "chain": chain, "chain_s": chain_s}
+
+
+def heavy_assets():
+    """The assets whose steps count against the heavy-step limit (training and evaluation)."""
+    from definitions import defs
+    return [key for key in defs.resolve_asset_graph().get_all_asset_keys()
+            if defs.resolve_assets_def(key).op.tags.get("cxr/compute") == "training"]
+
+
+def longest_chain(seconds: dict[str, float]) -> tuple[list[str], float]:
+    """The asset graph's longest path, each asset weighted by its step's measured seconds."""
+    from definitions import defs
+    graph = defs.resolve_asset_graph()
+    parents = {key.to_user_string(): [p.to_user_string() for p in graph.get(key).parent_keys]
+               for key in graph.get_all_asset_keys()}
+    best: dict[str, tuple[float, list[str]]] = {}
+
+    def finish(name: str) -> tuple[float, list[str]]:
+        if name not in best:
+            before = max((finish(p) for p in parents.get(name, []) if p in seconds), default=(0.0, []))
+            best[name] = (before[0] + seconds.get(name, 0.0), [*before[1], name])
+        return best[name]
+
+    total, chain = max(finish(name) for name in parents if name in seconds)
+    return chain, total
 
 
 def main() -> None:
     home = work_home()
     mlflow.set_tracking_uri(tracking_uri_for(home))
     print(pd.DataFrame(goal_rows()).to_markdown(index=False))
-    stages, total = stage_rows()
+    stages, total, spent = stage_rows()
     print()
     print(pd.DataFrame(stages).to_markdown(index=False))
-    print(f"\nall_assets run, start to success: {total / 60:.1f} min")
+    print(f"\nall_assets run, start to success: {total / 60:.1f} min; the steps' time added up: "
+          f"{spent['steps_s'] / 60:.1f} min; heavy steps at once on average: {spent['heavy_at_once']:.2f}")
+    print(f"longest chain at these durations: {spent['chain_s'] / 60:.1f} min ({' -> '.join(spent['chain'])})")
 
 
 if __name__ == "__main__":

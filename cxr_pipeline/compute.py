@@ -6,14 +6,26 @@ more done. On a GPU the steps share the device instead, and one at a time is the
 (a full-profile training fills a small GPU). ``bench/parallel_training.py`` measures the trade on
 a machine: one step with every thread against steps side by side.
 
-Overrides: ``CXR_HEAVY_STEPS`` (heavy steps at once) and ``CXR_STEP_THREADS`` (torch threads of
-each); both default from the cores this process may run on (``taskset`` and cgroup CPU sets count).
+Two numbers: how many heavy steps may run at once (:func:`core_share`, the executor's and the
+pool's limit), and how many threads each uses. The threads follow what runs *now*: every core
+divided by the heavy steps running on the machine, each registered for its lifetime as a file
+in one folder (:func:`count_as_heavy_step`), and re-read as steps start and end (:func:`rebalance`,
+called by the training loop and the samplers), so a step alone on the machine gets every core
+and two side by side get half each.
+
+Overrides: ``CXR_HEAVY_STEPS`` (heavy steps at once) and ``CXR_STEP_THREADS`` (a fixed number of
+threads per step); both default from the cores this process may run on (``taskset`` and cgroup
+CPU sets count).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 # More steps side by side than this rarely find work: the main job's graph is at most about
 # four trainings wide, and each step's model, data and process cost memory.
@@ -73,15 +85,113 @@ def use_threads(threads: int) -> None:
     """Give this process, and the processes it starts (a training worker, a decoding pool),
     ``threads`` compute threads: torch's own, and OpenMP's and MKL's as read at start-up."""
     import torch
-    torch.set_num_threads(threads)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
-    os.environ["CXR_STEP_THREADS"] = str(threads)
 
 
 def step_threads() -> int:
     """The threads this step may use for its own thread pools: its share, or every core."""
-    return _positive_int("CXR_STEP_THREADS") or available_cores()
+    fixed = _positive_int("CXR_STEP_THREADS")
+    if fixed:
+        return fixed
+    return fair_threads() if sharing() else available_cores()
+
+
+# --- the share of the cores that follows the heavy steps running now -----------------------------
+
+SHARING = "CXR_SHARE_CORES"  # "1": this process and its children take their share (set by start_sharing)
+REBALANCE_EVERY_S = 5.0
+_last_rebalance = 0.0
+
+
+def _cpu_set() -> str:
+    """The cores this process may run on, as ranges ("0-3,8")."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows
+        return "all"
+    ranges: list[list[int]] = []
+    for cpu in cpus:
+        if ranges and cpu == ranges[-1][1] + 1:
+            ranges[-1][1] = cpu
+        else:
+            ranges.append([cpu, cpu])
+    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in ranges)
+
+
+def running_dir() -> Path:
+    """One folder per user and set of cores (processes pinned elsewhere do not compete), where
+    each running heavy step leaves a file named by its process id (``CXR_RUNNING_STEPS_DIR``
+    overrides)."""
+    folder = Path(os.environ.get("CXR_RUNNING_STEPS_DIR")
+                  or Path(tempfile.gettempdir()) / f"cxr-heavy-steps-{os.getuid()}-cpus-{_cpu_set()}")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def running_heavy_steps() -> int:
+    """Heavy steps running now on this machine; files left by processes that died are removed."""
+    count = 0
+    for entry in running_dir().iterdir():
+        if not entry.name.isdigit():
+            continue
+        if _alive(int(entry.name)):
+            count += 1
+        else:
+            entry.unlink(missing_ok=True)
+    return count
+
+
+def fair_threads(cores: int | None = None) -> int:
+    return max(1, (cores or available_cores()) // max(1, running_heavy_steps()))
+
+
+def sharing() -> bool:
+    return os.environ.get(SHARING) == "1"
+
+
+def start_sharing() -> None:
+    """From now on this process and those it starts take their share of the cores."""
+    os.environ[SHARING] = "1"
+    rebalance(force=True)
+
+
+def count_as_heavy_step() -> None:
+    """Count this process as a running heavy step until it exits (only while sharing): under
+    Dagster's multiprocess executor every step has a process of its own, which ends with it; a
+    process killed outright leaves a file that the next count removes."""
+    if not sharing():
+        return
+    entry = running_dir() / str(os.getpid())
+    if not entry.exists():
+        entry.touch()
+        atexit.register(entry.unlink, missing_ok=True)
+    rebalance(force=True)
+
+
+def rebalance(force: bool = False) -> None:
+    """Set this process's threads to its share of the cores now; cheap, so loops call it every
+    step (it looks at most every few seconds). A fixed ``CXR_STEP_THREADS`` wins."""
+    global _last_rebalance
+    if not sharing():
+        return
+    now = time.monotonic()
+    if not force and now - _last_rebalance < REBALANCE_EVERY_S:
+        return
+    _last_rebalance = now
+    use_threads(step_threads())
 
 
 if __name__ == "__main__":  # run.sh sizes the instance's pool with this

@@ -7,7 +7,7 @@ from typing import Optional
 
 import dagster as dg
 
-from cxr_pipeline.compute import use_threads
+from cxr_pipeline.compute import start_sharing
 from cxr_pipeline.settings import Profile, WorkPaths, profile_from_environment, work_home
 
 
@@ -18,21 +18,21 @@ class CxrSettings(dg.ConfigurableResource):
     - ``data_dir`` / ``CXR_DATA_DIR``: the raw data to ingest (default: the built-in demo
       dataset, generated on first use into ``<home>/demo_data``).
     - ``profile`` / ``CXR_PROFILE``: ``demo`` (default) or ``full``.
-    - ``step_threads``: the compute threads of every step's process (torch, OpenMP, MKL and the
-      step's own thread pools), set when the step starts; 0 leaves every core to each step. The
-      Definitions set it to the machine's share (``cxr_pipeline.compute.core_share``), so
-      trainings side by side do not fight over the cores.
+    - ``share_cores``: every step's process takes its share of the cores (torch, OpenMP, MKL and
+      its own thread pools): every core divided by the heavy steps running on the machine now,
+      rebalanced as they start and end (``cxr_pipeline.compute``). The Definitions turn it on for
+      the local executor, where steps run side by side; off, every step uses every core.
     """
 
     home: Optional[str] = None
     data_dir: Optional[str] = None
     profile: Optional[str] = None
     workers: int = 0  # processes for decoding and generation; 0 = every core
-    step_threads: int = 0
+    share_cores: bool = False
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        if self.step_threads:
-            use_threads(self.step_threads)
+        if self.share_cores:
+            start_sharing()
 
     def resolved_home(self) -> Path:
         return work_home(self.home)

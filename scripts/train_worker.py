@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
             if pipes:
                 pipes.report_asset_materialization(metadata={
                     "processes": group.world_size,
+                    "threads": torch.get_num_threads(),  # the step's share of the cores (cxr_pipeline.compute)
                     "training_wall_s": round(time.perf_counter() - started, 1),
                     **{k: round(v, 6) for k, v in last.items() if k in ("train_loss", "images_per_s")},
                 })

@@ -121,6 +121,23 @@ def test_two_stages_train_into_one_folder_with_both_curves(trained):
     assert description["conditioning"]["residual_scale"] > 0
 
 
+def test_a_warm_start_takes_the_fixed_scale_unet_and_leaves_the_scale_embedding_fresh(data, tmp_path):
+    """The recipe's warm start: the fixed-scale model (no scale embedding) gives every other weight."""
+    root, metadata, store = data
+    fixed = UNetConfig(SIZE // 2, 4, 2, block_out_channels=(16, 32), norm_num_groups=8, attention=True)
+    torch.manual_seed(1)
+    fixed.build().save_pretrained(str(tmp_path / "fixed" / "unet"))
+    told = replace(fixed, class_embed_type="timestep")
+    outcome = dt.train_arbitrary_sr(metadata, store, root / "latents", root / "vae", told,
+                                    ScheduleConfig(timesteps=100, prediction_type="sample"), replace(TRAIN, steps=1),
+                                    DECODER_TRAIN, tmp_path / "runs", "tiny", draws=3, decoder_hidden=(16, 16),
+                                    decoder_queries=64, warm_start_from=tmp_path / "fixed")
+    saved = json.loads((outcome.model_dir / "model.json").read_text())
+    copied, total = (int(n) for n in saved["warm_start_tensors"].split(" of "))
+    fresh = [name for name in told.build().state_dict() if name.startswith("class_embedding.")]
+    assert saved["warm_start_from"] == str(tmp_path / "fixed") and copied == total - len(fresh) and fresh
+
+
 def test_the_pipeline_super_resolves_at_non_integer_scales_and_sizes(trained, tmp_path):
     outcome, _, _ = trained
     model = pipelines.ArbitraryScaleSuperResolution.from_pretrained(outcome.model_dir, "cpu")

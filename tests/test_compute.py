@@ -3,6 +3,8 @@ run in which two heavy steps run side by side, each process on its share of the 
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +13,9 @@ import pytest
 import torch
 
 from assets.training import HEAVY_STEP
-from cxr_pipeline.compute import MAX_SIDE_BY_SIDE, core_share, use_threads
+from cxr_pipeline import compute
+from cxr_pipeline.compute import (MAX_SIDE_BY_SIDE, SHARING, available_cores, core_share, fair_threads,
+                                  running_heavy_steps, step_threads, use_threads)
 from jobs import CORE_SHARE, training_executor
 from resources import CxrSettings
 
@@ -54,9 +58,35 @@ def test_a_step_keeps_to_its_threads_and_passes_them_to_the_processes_it_starts(
     try:
         use_threads(1)
         assert torch.get_num_threads() == 1
-        assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == os.environ["CXR_STEP_THREADS"] == "1"
+        assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "1"
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_share_follows_the_heavy_steps_alive_now_and_forgets_dead_ones(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_RUNNING_STEPS_DIR", str(tmp_path))
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / str(os.getpid())).touch()
+        (tmp_path / str(sleeper.pid)).touch()
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        (tmp_path / dead.stdout.strip()).touch()  # a step killed outright left its file
+        assert running_heavy_steps() == 2 and fair_threads(cores=8) == 4
+        assert not (tmp_path / dead.stdout.strip()).exists()
+        sleeper.kill()
+        sleeper.wait()
+        assert running_heavy_steps() == 1 and fair_threads(cores=8) == 8
+    finally:
+        sleeper.kill()
+
+
+def test_a_fixed_thread_count_wins_over_the_share(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_RUNNING_STEPS_DIR", str(tmp_path))
+    monkeypatch.setenv(SHARING, "1")
+    monkeypatch.setenv("CXR_STEP_THREADS", "3")
+    assert step_threads() == 3
+    monkeypatch.delenv("CXR_STEP_THREADS")
+    assert step_threads() == available_cores()  # nothing else running: every core
 
 
 # --- a real run: two heavy steps on the main job's executor ------------------------------------------------
@@ -65,41 +95,56 @@ class Record(dg.Config):
     folder: str
 
 
-def _record(name: str, config: Record) -> None:
-    started = time.time()
-    time.sleep(2.0)  # long enough for a second step's process to start beside this one
-    Path(config.folder, f"{name}.json").write_text(json.dumps({
-        "start": started, "end": time.time(), "torch_threads": torch.get_num_threads(),
-        "omp": os.environ.get("OMP_NUM_THREADS"), "pid": os.getpid()}))
+def _wait_for(condition, what: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:.0f} s for {what}")
+        time.sleep(0.05)
 
 
 @dg.asset(**HEAVY_STEP)
 def heavy_a(config: Record, settings: CxrSettings) -> None:
-    _record("heavy_a", config)
+    """Counts itself, waits for heavy_b to run beside it, then for heavy_b to end."""
+    folder = Path(config.folder)
+    compute.count_as_heavy_step()
+    (folder / "a.running").touch()
+    _wait_for((folder / "b.running").exists, "heavy_b to start")
+    compute.rebalance(force=True)
+    beside = torch.get_num_threads()
+    (folder / "a.measured").touch()
+    _wait_for(lambda: running_heavy_steps() == 1, "heavy_b to end")
+    compute.rebalance(force=True)
+    (folder / "a.json").write_text(json.dumps({"beside": beside, "alone": torch.get_num_threads(), "pid": os.getpid(),
+                                               "omp": os.environ.get("OMP_NUM_THREADS")}))
 
 
 @dg.asset(**HEAVY_STEP)
 def heavy_b(config: Record, settings: CxrSettings) -> None:
-    _record("heavy_b", config)
+    folder = Path(config.folder)
+    compute.count_as_heavy_step()
+    (folder / "b.running").touch()
+    _wait_for((folder / "a.measured").exists, "heavy_a to measure")
+    (folder / "b.json").write_text(json.dumps({"beside": torch.get_num_threads(), "pid": os.getpid()}))
 
 
 two_heavy_steps = dg.Definitions(
-    assets=[heavy_a, heavy_b], resources={"settings": CxrSettings(step_threads=CORE_SHARE.threads)},
+    assets=[heavy_a, heavy_b], resources={"settings": CxrSettings(share_cores=True)},
     jobs=[dg.define_asset_job("two_heavy_steps", executor_def=training_executor)],
 ).resolve_job_def("two_heavy_steps")
 
 
-def test_heavy_steps_run_side_by_side_each_on_its_share_of_the_threads(tmp_path):
+@pytest.mark.skipif(CORE_SHARE.heavy_steps < 2 or CORE_SHARE.cores < 2, reason="one core: heavy steps run one at a time")
+def test_heavy_steps_side_by_side_split_the_cores_and_one_left_alone_takes_them_all(tmp_path):
     config = {"ops": {name: {"config": {"folder": str(tmp_path)}} for name in ("heavy_a", "heavy_b")}}
     with dg.instance_for_test() as instance:
         result = dg.execute_job(dg.reconstructable(_two_heavy_steps), instance=instance, run_config=config)
         assert result.success
-    a, b = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("heavy_a", "heavy_b"))
+    a, b = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("a", "b"))
     assert a["pid"] != b["pid"]  # each step in its own process
-    for step in (a, b):
-        assert step["torch_threads"] == CORE_SHARE.threads and step["omp"] == str(CORE_SHARE.threads)
-    overlapped = a["start"] < b["end"] and b["start"] < a["end"]
-    assert overlapped == (CORE_SHARE.heavy_steps >= 2)
+    cores = CORE_SHARE.cores
+    assert a["beside"] == b["beside"] == max(1, cores // 2)
+    assert a["alone"] == cores and a["omp"] == str(cores)
 
 
 def _two_heavy_steps() -> dg.JobDefinition:

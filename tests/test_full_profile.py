@@ -62,6 +62,10 @@ def test_full_profile_materializes_every_asset_at_256_px(tmp_path):
     paths = WorkPaths(tmp_path / "home")
     unet = json.loads((current_model(paths, "class_ddpm").model_dir / "unet" / "config.json").read_text())
     assert unet["sample_size"] == 64 and unet["block_out_channels"] == [64, 128, 256, 512]
+    # warm starts: the text model from the class model, the arbitrary-scale model from the fixed-scale x4 one
+    for model, source in (("text_ldm", "class_ddpm"), ("arbitrary_sr", "latent_sr_x4")):
+        saved = json.loads((current_model(paths, model).model_dir / "model.json").read_text())
+        assert saved["warm_start_from"] == str(current_model(paths, source).model_dir), model
     client = MlflowClient(default_tracking_uri(paths.home))
     assert {m.name for m in client.search_registered_models()} == REGISTERED
     for name in REGISTERED:

@@ -13,14 +13,15 @@ import pandas as pd
 from ..data.image_store import ImageStore
 from ..data.labels.metadata import content_hash
 from ..evaluation.suites import arbitrary_super_resolution_suite
-from ..model_record import current_model
+from ..model_record import ModelRecord, current_model, has_current_model
 from ..models import diffusion_training
+from ..models.diffusion import UNetConfig
 from ..models.pipelines import ArbitraryScaleSuperResolution
 from ..models.training import TrainConfig
 from ..settings import WorkPaths
 from .base import (IMAGES, DiffusionRecipe, ModelKind, ServingSpec, TrainingJob, TrainingPlan, given, gray,
-                   native_size, request_images, sampling_params)
-from .latent_sr import UNET_PROFILES, latent_shape
+                   native_size, request_images, sampling_params, warm_start_source)
+from .latent_sr import LATENT_SR, UNET_PROFILES, latent_shape
 from .vae import VAE
 
 
@@ -54,6 +55,10 @@ class Recipe(DiffusionRecipe):
     decoder_hidden: list[int] = field(default_factory=lambda: [64, 64])
     decoder_queries: int = 1024  # output pixels per image per step
     decoder_val_images: int = 48  # val images the head is scored on (rendering every pixel is the costly part)
+    # Start the diffusion UNet from the fixed-scale model (latent_sr at the largest trained scale
+    # in the range) when it shares the latents and the widths: the same residual recipe, so only
+    # the scale's embedding starts fresh.
+    warm_start: bool = True
 
     def decoder_train_config(self) -> TrainConfig:
         return TrainConfig(steps=self.decoder_steps, batch_size=self.decoder_batch_size,
@@ -72,31 +77,46 @@ def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
     if recipe.scale_conditioning:
         unet = replace(unet, class_embed_type="timestep")
     data_hash = content_hash(pd.read_parquet(paths.metadata))
+    start, start_text = (fixed_scale_start(paths, recipe, unet, vae.model_dir) if recipe.warm_start
+                         else (None, "from scratch (warm_start off)"))
     options = {"vae_dir": str(vae.model_dir), "decoder_train": asdict(recipe.decoder_train_config()),
                "scale_range": [recipe.scale_min, recipe.scale_max], "draws": recipe.draws_per_image,
                "draws_by_area": recipe.draws_by_area, "degradation_mix": recipe.degradation_mix,
                "pair_seed": recipe.pair_seed, "residual": recipe.residual,
                "decoder_ratios": [recipe.decoder_min_ratio, 1.0], "decoder_hidden": list(recipe.decoder_hidden),
-               "decoder_queries": recipe.decoder_queries, "decoder_val_images": recipe.decoder_val_images}
+               "decoder_queries": recipe.decoder_queries, "decoder_val_images": recipe.decoder_val_images,
+               "warm_start_from": str(start.model_dir) if start else None}
     job = TrainingJob(ARBITRARY_SR.key, str(paths.home), unet, recipe.schedule(),
                       recipe.train_config(), data_hash, options)
     params = {"scale_range": f"[{recipe.scale_min:g}, {recipe.scale_max:g}]", "draws_per_image": recipe.draws_per_image,
               "draws_by_area": recipe.draws_by_area, "degradation_mix": recipe.degradation_mix,
               "residual": recipe.residual, "scale_conditioning": recipe.scale_conditioning, "vae": vae.label,
+              "unet_start": start_text,
               "decoder.steps": recipe.decoder_steps, "decoder.batch_size": recipe.decoder_batch_size,
               "decoder.min_ratio": recipe.decoder_min_ratio, "decoder.hidden": ",".join(map(str, recipe.decoder_hidden))}
     return [TrainingPlan(ARBITRARY_SR, data_hash, params, job=job)]
 
 
+def fixed_scale_start(paths: WorkPaths, recipe: Recipe, unet: UNetConfig, vae_dir: Path) -> tuple[ModelRecord | None, str]:
+    """The fixed-scale model to start from: the largest scale the work folder has trained inside
+    the recipe's range (the large scales are the hard ones, and the draws favour them)."""
+    scales = sorted((s for s in range(2, int(recipe.scale_max) + 1) if s >= recipe.scale_min
+                     and has_current_model(paths, LATENT_SR.at_scale(s).key)), reverse=True)
+    if not scales:
+        return None, "from scratch: no fixed-scale model in the scale range"
+    return warm_start_source(paths, LATENT_SR.at_scale(scales[0]).key, unet, vae_dir)
+
+
 def train(job: TrainingJob, progress=None, stop_after: int | None = None):
     paths, options = job.paths, job.options
-    knobs = {k: v for k, v in options.items() if k not in ("vae_dir", "decoder_train")}
+    knobs = {k: v for k, v in options.items() if k not in ("vae_dir", "decoder_train", "warm_start_from")}
     for name in ("scale_range", "decoder_ratios", "decoder_hidden"):
         if name in knobs:
             knobs[name] = tuple(knobs[name])
     return diffusion_training.train_arbitrary_sr(
         pd.read_parquet(paths.metadata), ImageStore(paths.image_store), paths.latents, Path(options["vae_dir"]), job.unet,
         job.schedule, job.train, TrainConfig(**options["decoder_train"]), job.runs_root, job.data_hash, **knobs,
+        warm_start_from=Path(options["warm_start_from"]) if options.get("warm_start_from") else None,
         progress=progress, stop_after=stop_after)
 
 

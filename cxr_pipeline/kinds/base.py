@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..models.diffusion import ScheduleConfig, UNetConfig, UNetProfile
+from ..model_record import ModelRecord, current_model, has_current_model
+from ..models.diffusion import ScheduleConfig, UNetConfig, UNetProfile, describe
 from ..models.training import TrainConfig, TrainEvent, TrainingOutcome
 from ..settings import WorkPaths
 
@@ -157,6 +158,22 @@ class ServingSpec:
 
 
 IMAGES, VECTORS = (-1, 1, -1, -1), (-1, -1)
+
+
+def warm_start_source(paths: WorkPaths, key: str, unet: UNetConfig, vae_dir: Path) -> tuple[ModelRecord | None, str]:
+    """The current model of ``key`` a new latent model can start from (trained on the same
+    autoencoder's latents, with the same UNet widths and depth: its convolutions already draw
+    the anatomy), or None; and a line saying which, or why none."""
+    if not has_current_model(paths, key):
+        return None, f"from scratch: no {key} model trained yet"
+    record = current_model(paths, key)
+    saved = describe(record.model_dir)
+    if saved.get("vae_source") != str(vae_dir):
+        return None, f"from scratch: {record.label} is not trained on the current autoencoder's latents"
+    if (tuple(saved["unet"]["block_out_channels"]), saved["unet"]["layers_per_block"]) != (
+            tuple(unet.block_out_channels), unet.layers_per_block):
+        return None, f"from scratch: {record.label} has another UNet width or depth"
+    return record, f"from {record.label}"
 
 
 def sampling_params(*extra: tuple[str, str, Any]) -> tuple[tuple[str, str, Any], ...]:

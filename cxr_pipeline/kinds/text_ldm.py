@@ -12,14 +12,14 @@ import pandas as pd
 
 from ..data.labels.metadata import content_hash
 from ..evaluation.suites import text_generation_suite
-from ..model_record import ModelRecord, current_model, has_current_model
+from ..model_record import current_model
 from ..models import diffusion_training
-from ..models.diffusion import UNetConfig, UNetProfile, describe
+from ..models.diffusion import UNetProfile
 from ..models.pipelines import TextConditionalGenerator
 from ..models.report_encoder import ReportEncoder
 from ..settings import WorkPaths
 from .base import (IMAGES, DiffusionRecipe, ModelKind, ServingSpec, TrainingJob, TrainingPlan, given, report_example,
-                   request_reports, sampling_params)
+                   request_reports, sampling_params, warm_start_source)
 from .class_ddpm import CLASS_DDPM
 from .latent_sr import latent_shape
 from .report_encoder import REPORT_ENCODER, split_prompts
@@ -58,21 +58,6 @@ class Recipe(DiffusionRecipe):
     warm_start: bool = True
 
 
-def class_model_start(paths: WorkPaths, unet: UNetConfig, vae_dir: Path) -> tuple[ModelRecord | None, str]:
-    """The class model a text model can start from (same VAE latents, same UNet widths and depth),
-    or None and why not."""
-    if not has_current_model(paths, CLASS_DDPM.key):
-        return None, "from scratch: no class model trained yet"
-    record = current_model(paths, CLASS_DDPM.key)
-    saved = describe(record.model_dir)
-    if saved.get("space") != "latent" or saved.get("vae_source") != str(vae_dir):
-        return None, f"from scratch: {record.label} is not trained on the current autoencoder's latents"
-    if (tuple(saved["unet"]["block_out_channels"]), saved["unet"]["layers_per_block"]) != (
-            tuple(unet.block_out_channels), unet.layers_per_block):
-        return None, f"from scratch: {record.label} has another UNet width or depth"
-    return record, f"from {record.label}"
-
-
 def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
     metadata = pd.read_parquet(paths.metadata)
     vae, encoder_record = current_model(paths, VAE.key), current_model(paths, REPORT_ENCODER.key)
@@ -81,7 +66,7 @@ def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
     unet = TEXT_LDM.unet(profile, size, channels, channels, widths=recipe.widths(),
                          cross_attention_dim=encoder.hidden_size)
     data_hash = content_hash(metadata)
-    start, start_text = (class_model_start(paths, unet, vae.model_dir) if recipe.warm_start
+    start, start_text = (warm_start_source(paths, CLASS_DDPM.key, unet, vae.model_dir) if recipe.warm_start
                          else (None, "from scratch (warm_start off)"))
     job = TrainingJob(TEXT_LDM.key, str(paths.home), unet, recipe.schedule(),
                       recipe.train_config(), data_hash,

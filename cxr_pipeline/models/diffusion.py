@@ -35,6 +35,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditi
 from diffusers.training_utils import compute_snr
 from safetensors.torch import load_file
 
+from .. import compute
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -308,6 +310,7 @@ def sample(model: UNet2DModel, schedule: ScheduleConfig, shape: tuple[int, ...],
     null_text = null_text.to(device) if null_text is not None else None
     report = _sampling_progress.get()
     for done, t in enumerate(timesteps, start=1):
+        compute.rebalance()
         inputs = torch.cat([x, condition], dim=1) if condition is not None else x
         prediction = guided_prediction(model, inputs, t.repeat(shape[0]), labels, null_label, guidance, text, null_text)
         kwargs = {"generator": generator} if sampler == "ddpm" else {"eta": eta, "generator": generator}

@@ -340,7 +340,7 @@ def train_arbitrary_sr(metadata: pd.DataFrame, store: ImageStore, latents_dir: P
                        degradation_mix: bool = True, pair_seed: int = 0, residual: bool = True,
                        decoder_ratios: tuple[float, float] = (0.75, 1.0),
                        decoder_hidden: Sequence[int] = (64, 64), decoder_queries: int = 1024,
-                       decoder_val_images: int = 48, progress=None,
+                       decoder_val_images: int = 48, warm_start_from: Path | None = None, progress=None,
                        stop_after: int | None = None) -> TrainingOutcome:
     """Two stages over the frozen VAE. First the implicit decoder head (LIIF, :mod:`.implicit`),
     trained to render latents at sizes between the encoder's grid steps (``decoder_ratios`` of
@@ -349,7 +349,8 @@ def train_arbitrary_sr(metadata: pd.DataFrame, store: ImageStore, latents_dir: P
     ``scale_range`` (built on the fly, :func:`scale_pair_latents`), diffusing the correction to
     the HR latent like the fixed-scale recipe, and told the scale when ``unet_config`` has a
     ``"timestep"`` class embedding. Each stage resumes from its own checkpoints;
-    ``stop_after`` interrupts the second."""
+    ``stop_after`` interrupts the second. ``warm_start_from``: a fixed-scale model of the same
+    latents whose UNet the second stage starts from (the scale's embedding starts fresh)."""
     runs_root = Path(runs_root)
     decoder = train_implicit_decoder(metadata, store, vae_dir, decoder_config, runs_root / "decoder", data_hash,
                                      ratios=decoder_ratios, eval_ratios=(0.8, 0.95), val_images=decoder_val_images,
@@ -407,7 +408,7 @@ def train_arbitrary_sr(metadata: pd.DataFrame, store: ImageStore, latents_dir: P
              "draws_by_area": draws_by_area, "degradation_mix": degradation_mix, "pair_seed": pair_seed,
              "decoder_run": decoder.run_dir.name, "decoder_ratios": list(decoder_ratios)}
     outcome = _train("arbitrary_sr", unet_config, schedule, conditioning, batches, train_config, runs_root, data_hash,
-                     preview, extra, progress, stop_after, vae=vae, parts=parts)
+                     preview, extra, progress, stop_after, vae=vae, parts=parts, warm_start_from=warm_start_from)
     outcome.metrics.update({f"decoder_{k}": v for k, v in decoder.metrics.items()})
     return outcome
 

@@ -34,6 +34,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 
+from .. import compute
 from ..data import atomic, locks
 from . import distributed
 
@@ -339,6 +340,7 @@ class Trainer:
         self.model.train()
         main = self.group.is_main
         for step in range(start, end):
+            compute.rebalance()  # the step's share of the cores, as other steps start and end
             batch = _to_device(distributed.shard(self.batches(step), self.group), self.device)
             generator = step_generator(config.seed, step, self.device, stream=self.group.rank)
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
