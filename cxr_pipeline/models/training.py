@@ -135,8 +135,9 @@ class TrainEvent:
 
     def _describe(self) -> str:
         if self.kind == "step":
+            threads = f" on {self.metrics['threads']} threads" if "threads" in self.metrics else ""
             return (f"step {self.step}/{self.total_steps} loss {self.metrics['loss']:.5f} "
-                    f"{self.images_per_s:.1f} img/s, ETA {self.eta_s:.0f}s")
+                    f"{self.images_per_s:.1f} img/s{threads}, ETA {self.eta_s:.0f}s")
         if self.kind == "eval":
             return f"step {self.step} validation {self.metrics}"
         if self.kind == "resume":
@@ -364,8 +365,9 @@ class Trainer:
                 elapsed = time.perf_counter() - window_started
                 rate = window_images / elapsed if elapsed > 0 else 0.0
                 remaining = (config.steps - done) * config.batch_size / rate if rate else math.inf
+                # threads: the step's share of the cores, which changes as steps beside it start and end
                 metrics = {"loss": float(loss.item()), "lr": self.scheduler.get_last_lr()[0],
-                           "grad_norm": float(grad_norm), **extra}
+                           "grad_norm": float(grad_norm), "threads": torch.get_num_threads(), **extra}
                 event = TrainEvent("step", done, config.steps, metrics, rate, remaining)
                 history.append(event)
                 self.progress(event)
