@@ -61,7 +61,8 @@ class Recipe(DiffusionRecipe):
     decoder_val_images: int = 48  # val images the head is scored on (rendering every pixel is the costly part)
     # Start the diffusion UNet from the fixed-scale model (latent_sr at the largest trained scale
     # in the range) when it shares the latents and the widths: the same residual recipe, so only
-    # the scale's embedding starts fresh. Off: 600 steps from scratch score about what 450 do on.
+    # the scale's embedding starts fresh. From scratch (off, or no fixed-scale model yet: the run's
+    # unet_start param says which), set steps to 600 for what 450 reach with it.
     warm_start: bool = True
 
     def decoder_train_config(self) -> TrainConfig:
