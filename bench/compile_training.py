@@ -17,6 +17,7 @@ import torch
 
 from cxr_pipeline import kinds
 from cxr_pipeline.kinds.vae import VAE_PROFILES
+from cxr_pipeline.models.training import fixed_batch_step
 
 
 def models():
@@ -31,17 +32,7 @@ def models():
 def timed(build, make_inputs, forward, bf16: bool, compiled: bool, steps: int) -> tuple[float, float]:
     """(seconds of the first two steps, seconds per step after them)."""
     torch.manual_seed(0)
-    module = build().train()
-    inputs = make_inputs()
-    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = forward(module, *inputs)
-        loss = out.float().pow(2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    step = fixed_batch_step(build().train(), make_inputs(), forward, bf16)
 
     if compiled:
         step = torch.compile(step)

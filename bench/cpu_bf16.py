@@ -15,6 +15,7 @@ import torch
 
 from cxr_pipeline import kinds
 from cxr_pipeline.kinds.vae import VAE_PROFILES
+from cxr_pipeline.models.training import fixed_batch_step
 
 
 def models():
@@ -40,16 +41,7 @@ def time_steps(module, inputs, forward, steps: int, bf16: bool, channels_last: b
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
         inputs = tuple(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in inputs)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = forward(module, *inputs)
-        loss = out.float().pow(2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    step = fixed_batch_step(module, inputs, forward, bf16)
     for _ in range(3):
         step()
     start = time.perf_counter()

@@ -45,19 +45,12 @@ def _models():
 
 def _time(index: int, threads: int, steps: int, barrier, results) -> None:
     import torch
+
+    from cxr_pipeline.models.training import fixed_batch_step
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     name, bf16, build, make_inputs, forward = list(_models())[index]
-    module, inputs = build().train(), make_inputs()
-    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = forward(module, *inputs)
-        loss = out.float().pow(2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    step = fixed_batch_step(build().train(), make_inputs(), forward, bf16)
 
     for _ in range(3):
         step()
