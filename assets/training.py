@@ -45,6 +45,7 @@ def ahead(step: dict, priority: int) -> dict:
     trainings fill the other slots around it instead of delaying it."""
     return {**step, "op_tags": {**step["op_tags"], "dagster/priority": str(priority)}}
 
+
 TRAIN_WORKER = Path(__file__).resolve().parents[1] / "scripts" / "train_worker.py"
 
 

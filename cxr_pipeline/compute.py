@@ -56,11 +56,7 @@ def _positive_int(name: str) -> int | None:
 class CoreShare:
     cores: int
     heavy_steps: int  # trainings and evaluations at once
-    threads: int  # torch threads of each
-
-    def describe(self) -> str:
-        return (f"{self.heavy_steps} heavy step(s) at once on {self.cores} core(s), "
-                f"{self.threads} thread(s) each")
+    threads: int  # torch threads of each when every slot is busy
 
 
 def core_share(cores: int | None = None, gpus: int | None = None) -> CoreShare:
@@ -142,7 +138,7 @@ def _alive(pid: int) -> bool:
 
 
 def running_heavy_steps() -> int:
-    """Heavy steps running now on this machine; files left by processes that died are removed."""
+    """Heavy steps running now on these cores; files left by processes that died are removed."""
     count = 0
     for entry in running_dir().iterdir():
         if not entry.name.isdigit():
