@@ -103,10 +103,17 @@ def _wait_for(condition, what: str, timeout_s: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+def _own_running_dir(config: Record) -> Path:
+    """This run's steps count each other only: another test session on the same cores (a second
+    checkout's CI, say) registers its own steps in the machine's folder."""
+    os.environ["CXR_RUNNING_STEPS_DIR"] = str(Path(config.folder) / "running")
+    return Path(config.folder)
+
+
 @dg.asset(**HEAVY_STEP)
 def heavy_a(config: Record, settings: CxrSettings) -> None:
     """Counts itself, waits for heavy_b to run beside it, then for heavy_b to end."""
-    folder = Path(config.folder)
+    folder = _own_running_dir(config)
     compute.count_as_heavy_step()
     (folder / "a.running").touch()
     _wait_for((folder / "b.running").exists, "heavy_b to start")
@@ -121,7 +128,7 @@ def heavy_a(config: Record, settings: CxrSettings) -> None:
 
 @dg.asset(**HEAVY_STEP)
 def heavy_b(config: Record, settings: CxrSettings) -> None:
-    folder = Path(config.folder)
+    folder = _own_running_dir(config)
     compute.count_as_heavy_step()
     (folder / "b.running").touch()
     _wait_for((folder / "a.measured").exists, "heavy_a to measure")
