@@ -132,6 +132,7 @@ def heavy_b(config: Record, settings: CxrSettings) -> None:
     compute.count_as_heavy_step()
     (folder / "b.running").touch()
     _wait_for((folder / "a.measured").exists, "heavy_a to measure")
+    compute.rebalance(force=True)
     (folder / "b.json").write_text(json.dumps({"beside": torch.get_num_threads(), "pid": os.getpid()}))
 
 
