@@ -22,3 +22,19 @@ def small_demo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo") / "data"
     generate_demo_dataset(root, SMALL_DEMO, workers=2)
     return root
+
+
+THREAD_SETTINGS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CXR_SHARE_CORES", "CXR_STEP_THREADS", "CXR_RUNNING_STEPS_DIR")
+
+
+@pytest.fixture(autouse=True)
+def thread_settings_do_not_leak():
+    """A test that leaves the process's threads changed makes later tests differ from their own
+    subprocesses (a resumed training then no longer matches to the bit): it fails here, by name."""
+    import os
+
+    import torch
+    before = torch.get_num_threads(), {name: os.environ.get(name) for name in THREAD_SETTINGS}
+    yield
+    after = torch.get_num_threads(), {name: os.environ.get(name) for name in THREAD_SETTINGS}
+    assert after == before, f"this test left the thread settings changed: {before} -> {after}"

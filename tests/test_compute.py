@@ -54,7 +54,9 @@ def test_the_environment_overrides_the_share_and_a_bad_value_is_named(monkeypatc
 def test_a_step_keeps_to_its_threads_and_passes_them_to_the_processes_it_starts(monkeypatch):
     before = torch.get_num_threads()
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        monkeypatch.delenv(name, raising=False)
+        # setenv, not delenv: monkeypatch restores only what it recorded, and a variable left at
+        # 1 would give every later subprocess of this session one thread
+        monkeypatch.setenv(name, str(before))
     try:
         use_threads(1)
         assert torch.get_num_threads() == 1

@@ -57,8 +57,10 @@ def test_hard_kill_then_restart_resumes_at_the_checkpoint_with_identical_weights
     data = tmp_path / "data"
     data.mkdir()
     metadata, store, vae_config, train_config = tiny_setup(data)
-    killed = subprocess.run([sys.executable, "-m", "tests.train_until_killed", str(data),
-                             str(tmp_path / "crashed"), "6"], cwd=REPO, capture_output=True, text=True)
+    # bit-identical weights need the same thread count in both processes (CPU kernels round
+    # differently at different counts), whatever the environment passes to a subprocess
+    killed = subprocess.run([sys.executable, "-m", "tests.train_until_killed", str(data), str(tmp_path / "crashed"),
+                             "6", str(torch.get_num_threads())], cwd=REPO, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not list((tmp_path / "crashed").rglob("model/config.json"))  # it died before finishing
 
