@@ -9,6 +9,7 @@ Dagster instance (the wall time of each step). Prints one table of goals and one
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +146,8 @@ def stage_rows() -> tuple[list[dict], float, dict]:
     """Each step's seconds and when it started and ended (minutes into the run), the run's wall
     time, and how the time was spent: heavy steps at once on average, and the longest chain of
     dependent steps at the measured durations (the floor no number of cores lowers)."""
+    # the instance run.sh uses (DAGSTER_HOME, else the work folder's), not one this shell may lack
+    os.environ.setdefault("DAGSTER_HOME", str(work_home() / "dagster_home"))
     instance = dg.DagsterInstance.get()
     records = instance.get_run_records(dg.RunsFilter(job_name="all_assets", statuses=[dg.DagsterRunStatus.SUCCESS]),
                                        limit=1)
