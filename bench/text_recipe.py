@@ -7,7 +7,7 @@ Each recipe trains in this process from scratch into a temporary run folder; the
 training wall time and, per guidance scale, prompt consistency on val's normal and single-finding
 reports (per finding too) and fd_cxr against its real-vs-real reference.
 
-    python bench/text_recipe.py --recipes levels2,warm [--steps 600] [--guidance 1,2,3,4,7.5] [--samples 2]
+    python bench/text_recipe.py --recipes levels2,warm [--steps 600] [--batch 64] [--guidance 1,2,3,4,7.5] [--samples 2]
 
 ``--samples``: samples per val report for prompt consistency (seeds 0, 1000, ...), fd_cxr on the first.
 """
@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--home", default=str(work_home()), help="work folder (default: CXR_HOME, else ./work)")
     parser.add_argument("--recipes", default="frozen")
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=None, help="override the batch size (64)")
     parser.add_argument("--guidance", default="1,2,3,4,7.5")
     parser.add_argument("--ddim-steps", type=int, default=20)
     parser.add_argument("--samples", type=int, default=1)
@@ -88,7 +89,7 @@ def main() -> None:
         schedule, balance, dropout, widths, trainable, levels, warm = RECIPES[name]
         unet = replace(kinds.TEXT_LDM.unet_profiles["demo"].config(size, channels, channels, None, widths, hidden),
                        cross_attention_levels=levels)
-        train = replace(TRAIN, steps=args.steps or TRAIN.steps)
+        train = replace(TRAIN, steps=args.steps or TRAIN.steps, batch_size=args.batch or TRAIN.batch_size)
         started = time.perf_counter()
         outcome = dt.train_text_ldm(metadata, paths.latents, Path(vae_dir), Path(encoder_dir), unet, schedule, train,
                                     Path(tempfile.mkdtemp(prefix=f"{name}_")), "bench", text_dropout=dropout,
@@ -103,7 +104,7 @@ def main() -> None:
                                           probabilities[single].argmax(1), args.samples, guidance=scale,
                                           steps=args.ddim_steps, seed=0)
             overall, per = consistency(predicted, np.tile(val.class_ids[single], args.samples), class_names)
-            row = {"recipe": name, "steps": train.steps, "train_s": round(seconds, 1), "guidance": scale,
+            row = {"recipe": name, "steps": train.steps, "batch": train.batch_size, "train_s": round(seconds, 1), "guidance": scale,
                    "samples": args.samples,
                    "consistency": round(overall, 3), "worst": round(min(v for v in per.values() if np.isfinite(v)), 3),
                    "fd_cxr": round(frechet_distance(val_features, features), 3), "fd_real": round(fd_real, 3),

@@ -7,6 +7,7 @@ their attention mask, PyTorch's scaled-dot-product attention, fp32), and of one 
 - ``classic attention``: diffusers' ``AttnProcessor`` (baddbmm + softmax) instead of SDPA;
 - ``bf16 everywhere``: CPU bf16 autocast over the whole UNet (what the class model uses);
 - ``bf16 in ResNet blocks``: autocast around the convolution blocks only, attention in fp32;
+- ``classic attention + bf16 in ResNet blocks``: the two candidates that keep the architecture;
 - ``1 cross-attention level``: the 4x4 level and the middle only.
 
 Steps are timed round-robin (every variant once per round) and the median is reported, so a
@@ -72,8 +73,9 @@ def main() -> None:
         return unet(x, t, class_labels=labels).sample
 
     full, short = report(args.length), report(40)
-    classic = text_unet()
+    classic, classic_bf16 = text_unet(), bf16_resnet_blocks(text_unet())
     classic.set_attn_processor(AttnProcessor())
+    classic_bf16.set_attn_processor(AttnProcessor())
     class_unet = kinds.CLASS_DDPM.unet_profiles["demo"].config(SIZE, CHANNELS, CHANNELS, 7).build()
     labels = torch.randint(0, 7, (BATCH,))
     variants = {
@@ -82,6 +84,7 @@ def main() -> None:
         "classic attention": fixed_batch_step(classic, (latents, t, *full), text_forward),
         "bf16 everywhere": fixed_batch_step(text_unet(), (latents, t, *full), text_forward, bf16=True),
         "bf16 in ResNet blocks": fixed_batch_step(bf16_resnet_blocks(text_unet()), (latents, t, *full), text_forward),
+        "classic attention + bf16 in ResNet blocks": fixed_batch_step(classic_bf16, (latents, t, *full), text_forward),
         "1 cross-attention level": fixed_batch_step(text_unet(levels=1), (latents, t, *full), text_forward),
         "class UNet, fp32": fixed_batch_step(class_unet, (latents, t, labels), class_forward),
         "class UNet, bf16 (its recipe)": fixed_batch_step(class_unet, (latents, t, labels), class_forward, bf16=True),
