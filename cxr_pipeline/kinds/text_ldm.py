@@ -56,7 +56,8 @@ class Recipe(DiffusionRecipe):
     # 0.85 / 0.86 at w = 4 / 7.5, worst finding 0.68 / 0.77; from scratch the best scale reached
     # 0.51 (w = 2, worst 0.09), with the same encoder and the same time. Warm but 400 steps: 0.66 /
     # 0.74 at w = 4 / 7.5, worst finding 0.18 / 0.27 (the 600-step model of the same work folder:
-    # 0.86 / 0.85 in its evaluation's val sweep), so 600 stays.
+    # 0.86 / 0.85 in its evaluation's val sweep), so 600 stays; 600 at batch 32 (half the work):
+    # 0.70 / 0.77, worst finding 0.32 / 0.45, so 64 stays too.
     warm_start: bool = True
 
 
