@@ -36,6 +36,9 @@ class Recipe(DiffusionRecipe):
     # The class model's latent recipe (v-prediction, min-SNR-5, balanced batches), with the report
     # as the condition: 10% empty reports for classifier-free guidance. fp32: bf16 autocast made
     # the cross-attention UNet's CPU step slower (0.88 s against 0.68 s per batch of 64).
+    # Less work falls short on val (bench/text_recipe.py, warm, 2 samples per report), against 0.86 /
+    # 0.85 at w = 4 / 7.5 for 600 x 64 in the same work folder: 400 x 64 0.66 / 0.74 (worst finding
+    # 0.18 / 0.27), 600 x 32 0.70 / 0.77 (worst 0.32 / 0.45).
     steps: int = 600
     batch_size: int = 64
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
@@ -54,10 +57,7 @@ class Recipe(DiffusionRecipe):
     # convolutions already draw the anatomy; the report's embedding and cross-attention start
     # fresh). On val, 600 steps (bench/text_recipe.py, 2 samples per report): prompt consistency
     # 0.85 / 0.86 at w = 4 / 7.5, worst finding 0.68 / 0.77; from scratch the best scale reached
-    # 0.51 (w = 2, worst 0.09), with the same encoder and the same time. Warm but 400 steps: 0.66 /
-    # 0.74 at w = 4 / 7.5, worst finding 0.18 / 0.27 (the 600-step model of the same work folder:
-    # 0.86 / 0.85 in its evaluation's val sweep), so 600 stays; 600 at batch 32 (half the work):
-    # 0.70 / 0.77, worst finding 0.32 / 0.45, so 64 stays too.
+    # 0.51 (w = 2, worst 0.09), with the same encoder and the same time.
     warm_start: bool = True
 
 
