@@ -16,6 +16,7 @@ A recipe name ending in ``+bf16`` trains the same recipe under CPU bf16 autocast
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--guidance", default="1,2,3,4")
     parser.add_argument("--samples-per-class", type=int, default=16)
     parser.add_argument("--ddim-steps", type=int, default=50)
+    parser.add_argument("--keep", default=None, help="train into this folder and keep it (say, for bench/text_recipe.py --class-model)")
     args = parser.parse_args()
     paths = WorkPaths(Path(args.home))
     metadata = pd.read_parquet(paths.metadata)
@@ -89,12 +91,13 @@ def main() -> None:
         else:
             unet = profile.config(int(real_val.shape[-1]), 1, 1, num_class_embeds=classes)
             space_args = {}
-        with tempfile.TemporaryDirectory() as runs:
+        with (contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory()) as runs:
             started = time.perf_counter()
             outcome = dt.train_class_ddpm(metadata, store, DEFAULT_CLASSES, unet, schedule, train, Path(runs),
                                           "bench", guidance=2.0, progress=lambda e: e.kind == "step" and print(
                                               f"{name}: {e.describe()}", flush=True), **space_args)
             train_s = time.perf_counter() - started
+            print(f"{name}: model in {outcome.model_dir}", flush=True)
             generator = ClassConditionalGenerator.from_pretrained(outcome.model_dir, "cpu")
             for guidance in [float(g) for g in args.guidance.split(",")]:
                 result = evaluate_generation(generator, classifier, real_val, val["class_id"].astype(int), real_reference, samples_per_class=args.samples_per_class,

@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--ddim-steps", type=int, default=20)
     parser.add_argument("--samples", type=int, default=1)
     parser.add_argument("--encoder", default=None, help="report encoder folder (default: the current one)")
+    parser.add_argument("--class-model", default=None, help="class model folder to warm-start from (default: the current one)")
     parser.add_argument("--out", default=None, help="folder for sample grids and results.json")
     args = parser.parse_args()
     paths = WorkPaths(Path(args.home))
@@ -94,7 +95,7 @@ def main() -> None:
         outcome = dt.train_text_ldm(metadata, paths.latents, Path(vae_dir), Path(encoder_dir), unet, schedule, train,
                                     Path(tempfile.mkdtemp(prefix=f"{name}_")), "bench", text_dropout=dropout,
                                     balance=balance, trainable_layers=trainable,
-                                    warm_start_from=current_model(paths, "class_ddpm").model_dir if warm else None)
+                                    warm_start_from=(args.class_model or current_model(paths, "class_ddpm").model_dir) if warm else None)
         seconds = time.perf_counter() - started
         model = TextConditionalGenerator.from_pretrained(outcome.model_dir, "cpu")
         for scale in [float(g) for g in args.guidance.split(",")]:
