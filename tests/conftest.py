@@ -1,6 +1,8 @@
+import os
 from pathlib import Path
 
 import pytest
+import torch
 from pydicom.data import get_testdata_file
 
 from cxr_pipeline.data.demo.dataset import DemoSpec, generate_demo_dataset
@@ -31,9 +33,6 @@ THREAD_SETTINGS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CXR_SHARE_CORES", "CXR
 def thread_settings_do_not_leak():
     """A test that leaves the process's threads changed makes later tests differ from their own
     subprocesses (a resumed training then no longer matches to the bit): it fails here, by name."""
-    import os
-
-    import torch
     before = torch.get_num_threads(), {name: os.environ.get(name) for name in THREAD_SETTINGS}
     yield
     after = torch.get_num_threads(), {name: os.environ.get(name) for name in THREAD_SETTINGS}
