@@ -21,7 +21,9 @@ CPU sets count).
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -188,6 +190,33 @@ def rebalance(force: bool = False) -> None:
         return
     _last_rebalance = now
     use_threads(step_threads())
+
+
+# --- the allocator ---------------------------------------------------------------------------------
+
+# glibc's malloc serves every block above a threshold (at most 32 MiB by default) from a mapping of
+# its own and unmaps it on free, so a step whose tensors are tens to hundreds of MiB (a 256 px VAE
+# decode, a batch of activations) makes the kernel fault in and zero fresh pages for nearly every
+# op. Keeping freed memory in the heap for reuse removes that cost (``bench/allocator.py``); the
+# price is that a process holds on to its peak memory until it exits, which suits a step's process.
+REUSE_FREED_MEMORY = "CXR_REUSE_FREED_MEMORY"  # "0": leave the C library's defaults
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt options
+_REUSE_SETTINGS = ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20))
+
+
+def reuse_freed_memory() -> bool:
+    """Let this process's malloc keep freed memory for reuse instead of handing it back to the
+    kernel at once: blocks below 1 GiB come from the heap, and the heap shrinks only past 1 GiB
+    free. glibc only (Linux); elsewhere, or with ``CXR_REUSE_FREED_MEMORY=0``, nothing changes.
+    Returns whether every setting took."""
+    if os.environ.get(REUSE_FREED_MEMORY, "1").strip() == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # a C library without mallopt (musl)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return all([mallopt(option, value) == 1 for option, value in _REUSE_SETTINGS])
 
 
 if __name__ == "__main__":  # run.sh sizes the instance's pool with this

@@ -7,7 +7,7 @@ from typing import Optional
 
 import dagster as dg
 
-from cxr_pipeline.compute import start_sharing
+from cxr_pipeline.compute import reuse_freed_memory, start_sharing
 from cxr_pipeline.settings import Profile, WorkPaths, profile_from_environment, work_home
 
 
@@ -22,6 +22,9 @@ class CxrSettings(dg.ConfigurableResource):
       its own thread pools): every core divided by the heavy steps running on the machine now,
       rebalanced as they start and end (``cxr_pipeline.compute``). The Definitions turn it on for
       the local executor, where steps run side by side; off, every step uses every core.
+
+    Every step's process also keeps freed memory for reuse (``reuse_freed_memory``; set
+    ``CXR_REUSE_FREED_MEMORY=0`` for the C library's defaults).
     """
 
     home: Optional[str] = None
@@ -31,6 +34,7 @@ class CxrSettings(dg.ConfigurableResource):
     share_cores: bool = False
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        reuse_freed_memory()
         if self.share_cores:
             start_sharing()
 

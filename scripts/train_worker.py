@@ -24,7 +24,7 @@ import torch
 from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
 from mlflow import MlflowClient
 
-from cxr_pipeline import tracking
+from cxr_pipeline import compute, tracking
 from cxr_pipeline.kinds import TrainingJob, run_job
 from cxr_pipeline.models import distributed
 from cxr_pipeline.models.training import TrainEvent
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--outcome", type=Path, required=True, help="folder for the outcome (rank 0)")
     parser.add_argument("--mlflow-run-id", default=None, help="run to add the training curves to")
     args = parser.parse_args(argv)
+    compute.reuse_freed_memory()
     job = TrainingJob.from_json(args.job.read_text())
     with distributed.joined_from_environment() as group:
         if not group.is_main:

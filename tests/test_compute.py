@@ -82,6 +82,42 @@ def test_the_share_follows_the_heavy_steps_alive_now_and_forgets_dead_ones(tmp_p
         sleeper.kill()
 
 
+# A fresh process (the setting is for the life of a process): a 96 MiB block, freed. glibc's
+# mallinfo2 says whether the block had a mapping of its own and whether the heap kept it.
+_FREED_BLOCK_PROBE = """
+import ctypes, json
+import numpy as np
+from cxr_pipeline.compute import reuse_freed_memory
+took = reuse_freed_memory()
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = Info
+block = np.ones(96 << 20, dtype=np.uint8)
+own_mapping = mallinfo2().hblkhd >= 96 << 20
+del block
+print(json.dumps({"took": took, "own_mapping": own_mapping, "kept": mallinfo2().fordblks >= 96 << 20}))
+"""
+
+
+def _freed_block(reuse: str) -> dict:
+    env = {**os.environ, compute.REUSE_FREED_MEMORY: reuse}
+    done = subprocess.run([sys.executable, "-c", _FREED_BLOCK_PROBE], env=env, capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    if "mallinfo2" in done.stderr:
+        pytest.skip("not glibc 2.33 or later: no mallinfo2 to look into the heap with")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_step_process_keeps_freed_memory_for_reuse_and_the_override_leaves_the_defaults():
+    # the C library's defaults: a large block gets a mapping of its own, unmapped when freed
+    assert _freed_block("0") == {"took": False, "own_mapping": True, "kept": False}
+    # kept for reuse: from the heap, and still there after the free
+    assert _freed_block("1") == {"took": True, "own_mapping": False, "kept": True}
+
+
 def test_a_fixed_thread_count_wins_over_the_share(tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_RUNNING_STEPS_DIR", str(tmp_path))
     monkeypatch.setenv(SHARING, "1")

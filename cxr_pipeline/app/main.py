@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from cxr_pipeline import compute
 from cxr_pipeline.app import services
 from cxr_pipeline.data.labels.vocabulary import LABEL_COLUMNS
 from cxr_pipeline.reports.enhancement import PRESETS, Enhancement
@@ -339,6 +340,7 @@ def models_page(ctx: services.AppContext) -> None:
 
 def main() -> None:
     st.set_page_config(page_title="cxr-pipeline", layout="wide")
+    compute.reuse_freed_memory()  # a process of its own, decoding full-size images on every click
     ctx = context()
     st.sidebar.title("cxr-pipeline")
     page = st.sidebar.radio("Mode", PAGES)
