@@ -24,11 +24,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _full_vae():
-    from cxr_pipeline.kinds.vae import VAE_PROFILES
-    return VAE_PROFILES["full"].build().eval()
-
-
 def _timed(operation, repeats: int) -> float:
     operation()  # warm-up
     start = time.perf_counter()
@@ -53,16 +48,17 @@ def run_workload(name: str) -> float:
     import torch
     torch.manual_seed(0)
     if name in ("full_decode", "full_encode"):  # 256 px, what the full profile's evaluations and latents do
-        vae = _full_vae()
+        from cxr_pipeline.kinds.vae import VAE_PROFILES
+        vae = VAE_PROFILES["full"].build().eval()
         with torch.no_grad():
             if name == "full_decode":
                 latents = torch.randn(8, vae.config.latent_channels, 64, 64)
                 return _timed(lambda: vae.decode(latents), 2) / 8
             images = torch.rand(8, 1, 256, 256) * 2 - 1
             return _timed(lambda: vae.encode(images), 2) / 8
+    from cxr_pipeline.models.training import fixed_batch_step
     if name == "full_class_step":  # the full profile's class UNet on 64x64x8 latents, batch 8
         from cxr_pipeline import kinds
-        from cxr_pipeline.models.training import fixed_batch_step
         unet = kinds.CLASS_DDPM.unet_profiles["full"].config(64, 8, 8, num_class_embeds=7).build().train()
         inputs = (torch.randn(8, 8, 64, 64), torch.randint(0, 1000, (8,)), torch.randint(0, 7, (8,)))
         step = fixed_batch_step(unet, inputs, lambda m, x, t, c: m(x, t, class_labels=c).sample, False)
