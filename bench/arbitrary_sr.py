@@ -17,10 +17,11 @@ Needs a work folder where ``latents`` (and for the comparison ``latent_sr``) are
 
     python bench/arbitrary_sr.py [--steps 600] [--decoder-steps 300] [--draws 6] [--scale-max 4]
                                  [--no-scale-conditioning] [--linear-strata] [--warm-start]
-                                 [--runs DIR]
+                                 [--fp32] [--runs DIR]
 
 ``--warm-start`` starts the UNet from the work folder's fixed-scale model (x4), as the recipe
-does; ``--runs`` keeps the runs, so variants share the decoder head and the encoded conditions.
+does; ``--fp32`` trains the UNet without the recipe's CPU bf16 autocast; ``--runs`` keeps the
+runs, so variants share the decoder head and the encoded conditions.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--no-scale-conditioning", action="store_true", help="do not tell the UNet the scale")
     parser.add_argument("--linear-strata", action="store_true", help="scale strata equal in scale, not in scale squared")
     parser.add_argument("--warm-start", action="store_true", help="start from the fixed-scale x4 model")
+    parser.add_argument("--fp32", action="store_true", help="train the UNet without CPU bf16 autocast (the recipe's)")
     parser.add_argument("--val-images", type=int, default=48)
     parser.add_argument("--runs", default=None, help="keep the training runs here (default: a temporary folder)")
     args = parser.parse_args()
@@ -88,7 +90,8 @@ def main() -> None:
         unet = replace(unet, class_embed_type="timestep")
     schedule = ScheduleConfig(prediction_type="sample")
     train = TrainConfig(steps=args.steps, batch_size=args.batch, learning_rate=2e-3, warmup_steps=50, ema_decay=0.99,
-                        checkpoint_every=args.steps, eval_every=args.steps, log_every=100, device="cpu")
+                        checkpoint_every=args.steps, eval_every=args.steps, log_every=100, device="cpu",
+                        cpu_bf16=not args.fp32)
     decoder_train = TrainConfig(steps=args.decoder_steps, batch_size=16, learning_rate=2e-3, warmup_steps=30,
                                 ema_decay=0.99, checkpoint_every=args.decoder_steps, eval_every=args.decoder_steps,
                                 log_every=100, device="cpu")

@@ -11,6 +11,9 @@ Recipes:
 - ``regression``: the same UNet trained as a plain L2 regression (bicubic latent -> HR latent,
   no diffusion) on the same budget: what the sampling buys, or costs, in PSNR.
 
+A recipe name ending in ``+fp32`` trains the same recipe without CPU bf16 autocast (the kind's
+recipe uses it on CPUs that have it).
+
 Needs a work folder where ``latents`` and ``sr_pairs`` are materialized.
 
     python bench/sr_recipe.py --recipes old,x0_residual,regression [--steps 1000] [--strengths 1,0.5,0.3]
@@ -109,14 +112,16 @@ def main() -> None:
     score("bicubic -> VAE", torch.cat([reconstruct(vae, b) for b in bicubic.split(64)]))
     score("VAE ceiling", torch.cat([reconstruct(vae, b) for b in high.split(64)]))
     for name in args.recipes.split(","):
-        recipe = RECIPES[name]
+        recipe = RECIPES[name.removesuffix("+fp32")]
+        if name.endswith("+fp32"):
+            recipe = replace(recipe, cpu_bf16=False)
         if args.steps and name != "old":
             recipe = replace(recipe, steps=args.steps)
         train = replace(recipe.train_config(), eval_every=recipe.steps, checkpoint_every=recipe.steps, log_every=100,
                         device="cpu")
         with tempfile.TemporaryDirectory() as runs:
             started = time.perf_counter()
-            if name == "regression":
+            if name.startswith("regression"):
                 hr = dt.scaled_latents(paths.latents, "hr", "train")
                 lr = dt.scaled_latents(paths.latents, f"lr_x{args.scale}", "train")
                 model = train_regression(hr, lr, train, Path(runs))

@@ -10,6 +10,8 @@ reports (per finding too) and fd_cxr against its real-vs-real reference.
     python bench/text_recipe.py --recipes levels2,warm [--steps 600] [--batch 64] [--guidance 1,2,3,4,7.5] [--samples 2]
 
 ``--samples``: samples per val report for prompt consistency (seeds 0, 1000, ...), fd_cxr on the first.
+A recipe name ending in ``+bf16`` trains under CPU bf16 autocast (TrainConfig.cpu_bf16, with the
+Trainer's explicit attention), as the asset does on CPUs that have it; without it, fp32.
 """
 
 from __future__ import annotations
@@ -87,10 +89,11 @@ def main() -> None:
     channels, size = json.loads((paths.latents / "latents.json").read_text())["latent_shape"][:2]
     results = []
     for name in args.recipes.split(","):
-        schedule, balance, dropout, widths, trainable, levels, warm = RECIPES[name]
+        schedule, balance, dropout, widths, trainable, levels, warm = RECIPES[name.removesuffix("+bf16")]
         unet = replace(kinds.TEXT_LDM.unet_profiles["demo"].config(size, channels, channels, None, widths, hidden),
                        cross_attention_levels=levels)
-        train = replace(TRAIN, steps=args.steps or TRAIN.steps, batch_size=args.batch or TRAIN.batch_size)
+        train = replace(TRAIN, steps=args.steps or TRAIN.steps, batch_size=args.batch or TRAIN.batch_size,
+                        cpu_bf16=name.endswith("+bf16"))
         started = time.perf_counter()
         outcome = dt.train_text_ldm(metadata, paths.latents, Path(vae_dir), Path(encoder_dir), unet, schedule, train,
                                     Path(tempfile.mkdtemp(prefix=f"{name}_")), "bench", text_dropout=dropout,

@@ -172,3 +172,40 @@ def test_a_batch_that_does_not_split_evenly_is_a_clear_error():
     assert shard(batch, ProcessGroup()) is batch
     with pytest.raises(ValueError, match="divisible by the number of processes"):
         shard(batch, ProcessGroup(rank=0, world_size=4))
+
+
+def test_cpu_bf16_training_computes_attention_explicitly_with_the_same_values(tmp_path):
+    from dataclasses import replace
+
+    from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+
+    from cxr_pipeline.models.diffusion import UNetConfig
+    from cxr_pipeline.models.training import Trainer, explicit_attention
+
+    def text_unet():
+        torch.manual_seed(0)
+        return UNetConfig(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                          norm_num_groups=8, cross_attention_dim=12, attention_head_dim=4,
+                          cross_attention_levels=1).build()
+
+    def processors(model):
+        return {type(m.processor) for m in model.modules() if isinstance(m, Attention)}
+
+    x, t = torch.randn(3, 4, 8, 8), torch.tensor([1, 500, 999])
+    hidden, mask = torch.randn(3, 5, 12), torch.tensor([[1, 1, 1, 0, 0], [1] * 5, [1, 0, 0, 0, 0]])
+    fused, explicit = text_unet(), text_unet()
+    assert processors(fused) == {AttnProcessor2_0}
+    assert explicit_attention(explicit) == len([m for m in explicit.modules() if isinstance(m, Attention)]) > 0
+    with torch.no_grad():
+        outputs = [m(x, t, encoder_hidden_states=hidden, encoder_attention_mask=mask, class_labels=hidden.mean(1)).sample
+                   for m in (fused, explicit)]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)  # masked padding included
+
+    config = TrainConfig(steps=1, batch_size=3, device="cpu")
+    trainer = Trainer(text_unet(), lambda *a: None, lambda step: None, replace(config, mixed_precision="bf16"),
+                      tmp_path / "bf16")
+    assert processors(trainer.model) == {AttnProcessor}
+    assert processors(trainer.ema_model()) == {AttnProcessor}
+    trainer = Trainer(text_unet(), lambda *a: None, lambda step: None, replace(config, mixed_precision="no"),
+                      tmp_path / "fp32")
+    assert processors(trainer.model) == {AttnProcessor2_0}

@@ -34,11 +34,13 @@ class Recipe(DiffusionRecipe):
     # The residual recipe (bench/sr_recipe.py, chosen on val): the chain diffuses the correction
     # from the bicubic latent to the HR latent, the UNet predicts it clean (x0 target, flat
     # weighting), 400 x 64 at 2e-3 (1000 steps gain 0.04 dB on val). The old epsilon recipe
-    # sampled noise from pure noise. Stays fp32 on CPU: under bf16 autocast its step was 1.5x slower
-    # (bench/cpu_bf16.py).
+    # sampled noise from pure noise. bf16 autocast on CPUs that have it, with explicit attention
+    # (training.explicit_attention): 1.35x faster than fp32; with PyTorch's fused attention kernel
+    # bf16 was slower than fp32 (bench/cpu_bf16.py).
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "sample"
     steps: int = 400
     batch_size: int = 64
+    cpu_bf16: bool = True
     residual: bool = True  # diffuse the correction to the bicubic latent, not the HR latent itself
     scales: list[int] = field(default_factory=lambda: [4])
 
