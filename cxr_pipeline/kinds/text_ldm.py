@@ -35,8 +35,10 @@ UNET_PROFILES = {"demo": UNetProfile((16, 32, 64, 64), 8, True, 2, 2),
 class Recipe(DiffusionRecipe):
     # The class model's latent recipe (v-prediction, min-SNR-5, balanced batches), with the report
     # as the condition: 10% empty reports for classifier-free guidance. bf16 autocast on CPUs that
-    # have it, with explicit attention (training.explicit_attention): 0.6x the fp32 step; with
-    # PyTorch's fused attention kernel bf16 was 1.1x slower than fp32 (bench/cpu_bf16.py).
+    # have it, with explicit attention (training.explicit_attention; with PyTorch's fused kernel
+    # bf16 was slower than fp32): 1.39x faster, the same on val (bench/text_recipe.py warm+bf16 vs
+    # warm, 2 samples per report: 0.825 / 0.863 at w = 4 / 7.5 against 0.831 / 0.856, worst finding
+    # 0.545 / 0.682 in both).
     # Less work falls short on val (bench/text_recipe.py, warm, 2 samples per report), against 0.86 /
     # 0.85 at w = 4 / 7.5 for 600 x 64 in the same work folder: 400 x 64 0.66 / 0.74 (worst finding
     # 0.18 / 0.27), 600 x 32 0.70 / 0.77 (worst 0.32 / 0.45).
