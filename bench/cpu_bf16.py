@@ -80,8 +80,7 @@ def main() -> None:
         last = time_steps(module, inputs, forward, args.steps, bf16=False, channels_last=True)
         both = time_steps(module, inputs, forward, args.steps, bf16=True, channels_last=True)
         print(f"{name:36s} {fp32:12.3f} {bf16:8.3f} {fp32 / bf16:6.2f} {explicit:9.3f} {fp32 / explicit:6.2f} "
-              f"{last:8.3f} {fp32 / last:6.2f} "
-              f"{both:8.3f} {fp32 / both:6.2f}")
+              f"{last:8.3f} {fp32 / last:6.2f} {both:8.3f} {fp32 / both:6.2f}")
 
 
 if __name__ == "__main__":

@@ -55,8 +55,9 @@ class UNetConfig:
     # UNet2DConditionModel with cross-attention in the middle and in the blocks of the lowest
     # ``cross_attention_levels`` resolutions, and the pooled report embedding projected onto the
     # timestep embedding. At demo size one level costs 0.37 s per batch of 64 on 2 CPU cores,
-    # two levels (8x8 and 4x4) 0.68 s, in fp32 (bf16 with explicit attention: 0.6x); on val two
-    # levels reached 0.83 prompt consistency where one stayed near 0.65 (bench/text_recipe.py).
+    # two levels (8x8 and 4x4) 0.68 s, in fp32 (bf16 with explicit attention: 0.62x to 0.75x);
+    # on val two levels reached 0.83 prompt consistency where one stayed near 0.65
+    # (bench/text_recipe.py).
     cross_attention_dim: int | None = None
     attention_head_dim: int = 8
     cross_attention_levels: int = 1  # resolution levels, from the lowest up, whose blocks cross-attend

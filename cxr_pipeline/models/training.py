@@ -216,9 +216,10 @@ def explicit_attention(model: torch.nn.Module) -> int:
     """Every diffusers attention layer of ``model`` computed as two matmuls and a softmax
     (``AttnProcessor``) instead of PyTorch's fused scaled-dot-product kernel; returns how many.
     For CPU bf16 training: the CPU flash kernel's backward is slow in bf16 at narrow heads (the
-    demo's 8 channels): 1.9 of the text model's 4.2 s per step, which made bf16 slower than fp32
-    there; with explicit attention the step is 0.6x fp32's (bench/cpu_bf16.py). The values are the
-    same to bf16's rounding; the processor is not saved with the model, so inference is unchanged."""
+    demo's 8 channels): 1.9 of 4.2 s over three text-model steps, which made bf16 slower than fp32
+    there; with explicit attention the step is 0.62x to 0.75x fp32's (bench/text_unet_step.py,
+    bench/cpu_bf16.py). The values are the same to bf16's rounding; the processor is not saved with
+    the model, so inference is unchanged."""
     layers = [module for module in model.modules() if isinstance(module, Attention)]
     for layer in layers:
         layer.set_processor(AttnProcessor())
