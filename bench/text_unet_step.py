@@ -27,7 +27,6 @@ from dataclasses import replace
 
 import pandas as pd
 import torch
-from diffusers.models.attention_processor import AttnProcessor
 from diffusers.models.resnet import ResnetBlock2D
 
 from cxr_pipeline import kinds
@@ -75,11 +74,9 @@ def main() -> None:
         return unet(x, t, class_labels=labels).sample
 
     full, short = report(args.length), report(40)
-    classic, classic_bf16 = text_unet(), bf16_resnet_blocks(text_unet())
-    classic.set_attn_processor(AttnProcessor())
-    classic_bf16.set_attn_processor(AttnProcessor())
-    explicit_bf16 = text_unet()
-    explicit_attention(explicit_bf16)
+    classic, classic_bf16, explicit_bf16 = text_unet(), bf16_resnet_blocks(text_unet()), text_unet()
+    for unet in (classic, classic_bf16, explicit_bf16):
+        explicit_attention(unet)
     class_unet = kinds.CLASS_DDPM.unet_profiles["demo"].config(SIZE, CHANNELS, CHANNELS, 7).build()
     labels = torch.randint(0, 7, (BATCH,))
     variants = {
