@@ -74,6 +74,9 @@ class EvaluationConfig(dg.Config):
     bootstrap_resamples: int = 2000
     seed: int = 0
     device: str = "auto"
+    # The UNet's autocast while sampling: "auto" (bf16 on CUDA, and on CPUs with native bf16 for the
+    # kinds whose val figures held in bf16: bench/sampling_precision.py), "no" (fp32), "bf16", "fp16"
+    precision: str = "auto"
     # Champion / challenger: the new version becomes champion only if promotion_metric improves
     # and no guard gets worse by more than promotion_tolerance, on the same test split.
     promotion_metric: str = ""
@@ -85,7 +88,7 @@ class EvaluationConfig(dg.Config):
     def budget(self) -> SamplingBudget:
         return SamplingBudget(ddim_steps=self.ddim_steps, spread_seeds=self.spread_seeds,
                               spread_images=self.spread_images, bootstrap_resamples=self.bootstrap_resamples,
-                              seed=self.seed, device=self.device)
+                              seed=self.seed, device=self.device, precision=self.precision)
 
     def policy(self) -> PromotionPolicy:
         return PromotionPolicy(self.promotion_metric, tuple(self.promotion_guards), self.promotion_tolerance,
@@ -331,6 +334,7 @@ class SyntheticUtilityConfig(dg.Config):
     bootstrap_resamples: int = 2000
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # the generators' sampling precision, as in EvaluationConfig
     # Caps on the real images per split, drawn as whole patients (cxr_pipeline/evaluation/caps.py);
     # None: the profile's. The training cap also sizes the generated pool.
     max_train_images: Optional[int] = None
@@ -369,7 +373,8 @@ def synthetic_utility(context: dg.AssetExecutionContext, config: SyntheticUtilit
         pd.read_parquet(paths.metadata), paths.image_store, paths.models / "synthetic_utility", profile.arms,
         profile=profile, caps=_caps(config, settings), ratio=config.synthetic_ratio, ddim_steps=config.ddim_steps,
         class_guidance=config.class_guidance, text_guidance=config.text_guidance,
-        bootstrap_resamples=config.bootstrap_resamples, seed=config.seed, device=config.device, log=context.log.info)
+        bootstrap_resamples=config.bootstrap_resamples, seed=config.seed, device=config.device,
+        precision=config.precision, log=context.log.info)
     metrics = outcome.metrics
     high = metrics.get("auroc_utility_diff_real_synthetic_ci_high")
     difference = {k: float(round(metrics[k], 5)) for k in ("auroc_utility_diff_real_synthetic",

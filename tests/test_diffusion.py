@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from diffusers.models.attention_processor import Attention
 from diffusers.training_utils import compute_snr
 
 from cxr_pipeline import inference
@@ -121,6 +122,18 @@ def test_latent_sr_learns_and_super_resolves(data, tmp_path):
     torch.testing.assert_close(again, out, rtol=0, atol=0)
     with pytest.raises(ValueError, match="latent_sr_x4"):  # a folder of another kind is refused by name
         pipelines.ClassConditionalGenerator.from_pretrained(tmp_path / "copy", "cpu")
+    # the sampling precision: bf16 forward passes (explicit attention on CPU) land near fp32's and say so
+    half = pipelines.LatentSuperResolution.from_pretrained(tmp_path / "copy", "cpu", precision="bf16")
+    full = pipelines.LatentSuperResolution.from_pretrained(tmp_path / "copy", "cpu", precision="no")
+    assert (half.precision, full.precision) == ("bf16", "fp32")
+    def processors(unet):
+        return {type(layer.processor).__name__ for layer in unet.modules() if isinstance(layer, Attention)}
+
+    assert processors(half.model.unet) == {"AttnProcessor"} and "AttnProcessor" not in processors(full.model.unet)
+    difference = (half(low, steps=5, seed=2) - full(low, steps=5, seed=2)).abs()
+    assert 0 < difference.max() and difference.mean() < 0.01, difference.mean()
+    with pytest.raises(ValueError, match="mixed precision"):
+        pipelines.LatentSuperResolution.from_pretrained(tmp_path / "copy", "cpu", precision="half")
 
 
 @pytest.fixture(scope="module")

@@ -119,6 +119,20 @@ def test_mixed_precision_choice_per_device():
     assert autocast_dtype(replace(config, mixed_precision="bf16"), cpu) == torch.bfloat16
     assert autocast_dtype(replace(config, mixed_precision="fp16"), cuda) == torch.float16
     assert autocast_dtype(config, torch.device("mps")) is None
+    with pytest.raises(ValueError, match="mixed precision"):
+        autocast_dtype(replace(config, mixed_precision="fp32"), cpu)
+
+
+def test_sampling_precision_follows_the_kind_and_the_machine():
+    from cxr_pipeline.models.pipelines import DiffusionPipeline
+    from cxr_pipeline.models.training import cpu_has_native_bf16
+    kinds = [DiffusionPipeline, *DiffusionPipeline.__subclasses__()]
+    assert len(kinds) == 6 and not DiffusionPipeline.cpu_bf16  # a new kind samples in fp32 until val says otherwise
+    for kind in kinds:
+        assert kind.resolved_precision("no", "cpu") == "fp32"
+        assert kind.resolved_precision("bf16", "cpu") == "bf16"
+        native = kind.cpu_bf16 and cpu_has_native_bf16()
+        assert kind.resolved_precision("auto", "cpu") == ("bf16" if native else "fp32"), kind
 
 
 def test_bf16_autocast_on_cpu_trains_fp32_weights_that_reconstruct(tmp_path):

@@ -31,8 +31,8 @@ from ..models.batches import StoreImages
 from ..models.classifier import labelled_rows
 from ..models.diffusion import describe
 from ..models.training import TrainConfig, run_key
-from ..models.pipelines import (ArbitraryScaleSuperResolution, ClassConditionalGenerator, LatentSuperResolution,
-                                LowDoseDenoiser, TextConditionalGenerator)
+from ..models.pipelines import (ArbitraryScaleSuperResolution, ClassConditionalGenerator, DiffusionPipeline,
+                                LatentSuperResolution, LowDoseDenoiser, TextConditionalGenerator)
 from ..promotion import Decision, PromotionRule
 from ..reports.document import Figure, Report, Section, Table, markdown_table
 from ..reports.plots import interval_plot, line_plot
@@ -59,6 +59,11 @@ class SamplingBudget:
     bootstrap_resamples: int = 2000
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # the UNet's autocast while sampling (DiffusionPipeline): "auto", "no", "bf16", "fp16"
+
+    def params(self, pipeline: type[DiffusionPipeline]) -> dict:
+        """The budget for the run's params, with the precision this machine samples ``pipeline`` in."""
+        return {**asdict(self), "sampling_precision": pipeline.resolved_precision(self.precision, self.device)}
 
 
 @dataclass(frozen=True)
@@ -232,7 +237,7 @@ def super_resolution_suite(models: Sequence[tuple[int, ModelRecord]], rows: pd.D
         raise FileNotFoundError("no trained latent SR model: materialize latent_sr first")
     high_resolution = stored_images(ImageStore(image_store), rows)
     outcome = EvaluationOutcome("sr_evaluation", Report("Super-resolution evaluation", "", []), {}, [], [], (), "",
-                                params={**asdict(budget), "full_chain": full_chain,
+                                params={**budget.params(LatentSuperResolution), "full_chain": full_chain,
                                         "lr_start_strength": lr_start_strength})
     tables, scores = [], []
     for scale, record in models:
@@ -240,7 +245,8 @@ def super_resolution_suite(models: Sequence[tuple[int, ModelRecord]], rows: pd.D
 
         def evaluate(model_dir: str):
             return evaluate_super_resolution(
-                LatentSuperResolution.from_pretrained(model_dir, budget.device), high_resolution, low_resolution,
+                LatentSuperResolution.from_pretrained(model_dir, budget.device, precision=budget.precision),
+                high_resolution, low_resolution,
                 rows["image_id"], rows["patient_key"], ddim_steps=budget.ddim_steps, full_chain=full_chain,
                 lr_start_strength=lr_start_strength, spread_seeds=budget.spread_seeds,
                 spread_images=budget.spread_images, seed=budget.seed, resamples=budget.bootstrap_resamples)
@@ -289,10 +295,11 @@ def arbitrary_super_resolution_suite(record: ModelRecord, fixed_models: Sequence
     fixed = {float(scale): p for scale, p in fixed_models}
 
     def evaluate(model_dir: str, compare: bool = False):
-        model = ArbitraryScaleSuperResolution.from_pretrained(model_dir, budget.device)
+        model = ArbitraryScaleSuperResolution.from_pretrained(model_dir, budget.device, precision=budget.precision)
         results = []
         for scale, (high, low) in inputs.items():
-            reference = (LatentSuperResolution.from_pretrained(fixed[scale].model_dir, budget.device)
+            reference = (LatentSuperResolution.from_pretrained(fixed[scale].model_dir, budget.device,
+                                                             precision=budget.precision)
                          if compare and scale in fixed else None)
             log(f"x{scale:g}: {len(high)} test images, LR {tuple(low.shape[-2:])} -> HR {tuple(high.shape[-2:])}"
                 + (f", beside {fixed[scale].label}" if reference else ""))
@@ -343,7 +350,7 @@ def arbitrary_super_resolution_suite(record: ModelRecord, fixed_models: Sequence
         "arbitrary_sr_evaluation", Report("Arbitrary-scale super-resolution evaluation",
                                           split_description(rows, evaluated), sections),
         metrics, evaluated, [scored.promotion], must_beat, markdown_table(table),
-        params={**asdict(budget), "scales": list(scales), "degradation_mix": degradation_mix, "pair_seed": pair_seed,
+        params={**budget.params(ArbitraryScaleSuperResolution), "scales": list(scales), "degradation_mix": degradation_mix, "pair_seed": pair_seed,
                 "fixed_scale_models": ", ".join(p.label for _, p in fixed_models)},
         scores=pd.concat([r.scores.assign(task=r.task) for _, r in results], ignore_index=True))
 
@@ -361,7 +368,7 @@ def denoising_suite(record: ModelRecord, rows: pd.DataFrame, val_rows: pd.DataFr
                     degraded_images(low_dose_pair_dir(pairs_root, dose), rows)) for dose in doses}
 
     def evaluate(model_dir: str):
-        results, model = [], LowDoseDenoiser.from_pretrained(model_dir, budget.device)
+        results, model = [], LowDoseDenoiser.from_pretrained(model_dir, budget.device, precision=budget.precision)
         for dose, (val_noisy, test_noisy) in noisy.items():
             factor, nlm_search = tune_nlm(val_clean, val_noisy, nlm_factors)
             strength, strength_search = tune_denoiser_strength(model, val_clean, val_noisy, dose, strengths,
@@ -390,7 +397,7 @@ def denoising_suite(record: ModelRecord, rows: pd.DataFrame, val_rows: pd.DataFr
         "denoising_evaluation", Report("Low-dose denoising evaluation", split_description(rows, [(record, metrics)]),
                                        sections),
         metrics, [(record, metrics)], [scored.promotion], must_beat, "\n\n".join(tables),
-        params={**asdict(budget), "nlm_factors": list(nlm_factors), "strengths": list(strengths),
+        params={**budget.params(LowDoseDenoiser), "nlm_factors": list(nlm_factors), "strengths": list(strengths),
                 "val_images": len(val_rows)},
         scores=pd.concat([r.scores.assign(task=r.task) for r in results], ignore_index=True))
 
@@ -407,8 +414,8 @@ def generation_suite(record: ModelRecord, classifier: ModelRecord, rows: pd.Data
     real_test, real_val = stored_images(store, rows), stored_images(store, val_rows)
 
     def evaluate(model_dir: str):
-        return evaluate_generation(ClassConditionalGenerator.from_pretrained(model_dir, budget.device),
-                                   classifier.model_dir, real_test, rows["class_id"].astype(int).to_numpy(),
+        model = ClassConditionalGenerator.from_pretrained(model_dir, budget.device, precision=budget.precision)
+        return evaluate_generation(model, classifier.model_dir, real_test, rows["class_id"].astype(int).to_numpy(),
                                    real_val, samples_per_class=samples_per_class, fd_samples=fd_samples,
                                    ddim_steps=budget.ddim_steps, guidance=guidance_scale, seed=budget.seed,
                                    inception_weights=inception_weights, inception_sha256=inception_sha256,
@@ -429,7 +436,7 @@ def generation_suite(record: ModelRecord, classifier: ModelRecord, rows: pd.Data
     return EvaluationOutcome(
         "generation_evaluation", report, metrics, [(record, metrics)], [scored.promotion], scored.must_beat,
         markdown_table(result.headline()) + "\n\n" + markdown_table(result.per_class()),
-        params={**asdict(budget), "samples_per_class": samples_per_class, "fd_samples": fd_samples,
+        params={**budget.params(ClassConditionalGenerator), "samples_per_class": samples_per_class, "fd_samples": fd_samples,
                 "guidance_scale": guidance_scale, "fid_inception": result.fid.reason,
                 "classifier": f"v{classifier.version}"})
 
@@ -452,8 +459,8 @@ def text_generation_suite(record: ModelRecord, classifier: ModelRecord, metadata
         raise ValueError("the text model's evaluation needs reports in the val and test splits")
 
     def evaluate(model_dir: str):
-        return evaluate_text_generation(TextConditionalGenerator.from_pretrained(model_dir, budget.device),
-                                        classifier.model_dir, test, val, train, guidance_scales=guidance_scales,
+        model = TextConditionalGenerator.from_pretrained(model_dir, budget.device, precision=budget.precision)
+        return evaluate_text_generation(model, classifier.model_dir, test, val, train, guidance_scales=guidance_scales,
                                         guidance=guidance_scale, consistency_samples=consistency_samples,
                                         sweep_samples=sweep_samples, ddim_steps=budget.ddim_steps, seed=budget.seed,
                                         device=budget.device)
@@ -474,7 +481,7 @@ def text_generation_suite(record: ModelRecord, classifier: ModelRecord, metadata
     outcome = EvaluationOutcome(
         "text_generation_evaluation", report, metrics, [(record, metrics)], [scored.promotion], scored.must_beat,
         markdown_table(result.headline()) + "\n\n" + markdown_table(result.per_class()),
-        params={**asdict(budget), "guidance_scales": list(guidance_scales), "guidance_scale": guidance_scale,
+        params={**budget.params(TextConditionalGenerator), "guidance_scales": list(guidance_scales), "guidance_scale": guidance_scale,
                 "guidance_chosen": result.guidance, "consistency_samples": consistency_samples,
                 "sweep_samples": sweep_samples,
                 "classifier": f"v{classifier.version}", "test_reports": len(test), "val_reports": len(val)})
@@ -487,7 +494,7 @@ def synthetic_utility_suite(class_record: ModelRecord, text_record: ModelRecord,
                             ratio: float = 1.0,
                             ddim_steps: int = 10, class_guidance: Optional[float] = None,
                             text_guidance: Optional[float] = None, bootstrap_resamples: int = 2000, seed: int = 0,
-                            device: str = "auto", log: Log = print) -> EvaluationOutcome:
+                            device: str = "auto", precision: str = "auto", log: Log = print) -> EvaluationOutcome:
     """The augmentation experiment: generate the pool once from training labels and reports,
     train the classifier recipe on every arm and seed, score all of them on the real test split
     with paired patient-and-seed intervals, and report. The real images are drawn under ``caps``
@@ -513,17 +520,18 @@ def synthetic_utility_suite(class_record: ModelRecord, text_record: ModelRecord,
     real_counts = np.bincount(train_rows["class_id"].astype(int), minlength=len(class_names))
     plan = pool_plan(chosen, real_counts, ratio)
     sampling = {"ddim_steps": ddim_steps, "class_guidance": class_guidance, "text_guidance": text_guidance,
-                "seed": seed}
+                "seed": seed, "class_precision": ClassConditionalGenerator.resolved_precision(precision, device),
+                "text_precision": TextConditionalGenerator.resolved_precision(precision, device)}
     pool_key = run_key("synthetic_pool", {g: records[g].model_dir for g in plan}, {g: c.tolist() for g, c in plan.items()},
                        sampling, data_hash)
     pool_dir = Path(runs_root) / "pools" / pool_key
 
     def class_sampler(ids: list[int], at: int) -> torch.Tensor:
-        model = ClassConditionalGenerator.from_pretrained(class_record.model_dir, device)
+        model = ClassConditionalGenerator.from_pretrained(class_record.model_dir, device, precision=precision)
         return model(ids, guidance=class_guidance, steps=ddim_steps, seed=at).cpu()
 
     def text_sampler(reports: list[str], at: int) -> torch.Tensor:
-        model = TextConditionalGenerator.from_pretrained(text_record.model_dir, device)
+        model = TextConditionalGenerator.from_pretrained(text_record.model_dir, device, precision=precision)
         return model(reports, guidance=text_guidance, steps=ddim_steps, seed=at).cpu()
 
     pool = generate_pool(plan, class_names, training_reports(train_rows), {CLASS_GENERATOR: class_sampler,
@@ -576,6 +584,7 @@ def synthetic_utility_suite(class_record: ModelRecord, text_record: ModelRecord,
         params={"arms": [a.name for a in chosen], "seeds": profile.seeds, "ratio": ratio, "ddim_steps": ddim_steps,
                 "class_guidance": class_guidance, "text_guidance": text_guidance, "classifier_steps": profile.steps,
                 "classifier_batch_size": profile.batch_size, "classifier_widths": list(profile.classifier.widths),
+                "class_precision": sampling["class_precision"], "text_precision": sampling["text_precision"],
                 "bootstrap_resamples": bootstrap_resamples, "seed": seed, "pool": pool_key,
                 "generated_images": len(pool), "rarest_class": result.rarest_class})
     outcome.note_draws(draws)

@@ -283,12 +283,14 @@ def sample(model: UNet2DModel, schedule: ScheduleConfig, shape: tuple[int, ...],
            sampler: str = "ddim", steps: int = 50, generator: torch.Generator | None = None,
            start: torch.Tensor | None = None, strength: float = 1.0, eta: float = 0.0,
            residual_scale: float = 0.0, text: TextCondition | None = None,
-           null_text: TextCondition | None = None) -> torch.Tensor:
+           null_text: TextCondition | None = None, autocast: torch.dtype | None = None) -> torch.Tensor:
     """Reverse diffusion. ``sampler="ddpm"`` runs the full ancestral chain (``steps`` ignored);
     ``"ddim"`` runs ``steps`` deterministic (eta 0) steps. With ``start`` and ``strength < 1`` the
     chain begins from ``start`` noised to ``strength * T`` (SDEdit), which is far faster for
     restoration, where the input is already close to the answer. ``residual_scale`` (the model's
-    :class:`Conditioning`) turns the chain's output, a scaled correction, back into the target."""
+    :class:`Conditioning`) turns the chain's output, a scaled correction, back into the target.
+    ``autocast`` (a pipeline's precision) runs the UNet's forward passes in that type; the chain
+    itself (noise, scheduler steps, the residual) stays in fp32."""
     device = next(model.parameters()).device
     ddpm = schedule.ddpm()
     scheduler = ddpm if sampler == "ddpm" else DDIMScheduler.from_config(ddpm.config)
@@ -313,7 +315,10 @@ def sample(model: UNet2DModel, schedule: ScheduleConfig, shape: tuple[int, ...],
     for done, t in enumerate(timesteps, start=1):
         compute.rebalance()
         inputs = torch.cat([x, condition], dim=1) if condition is not None else x
-        prediction = guided_prediction(model, inputs, t.repeat(shape[0]), labels, null_label, guidance, text, null_text)
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            prediction = guided_prediction(model, inputs, t.repeat(shape[0]), labels, null_label, guidance, text,
+                                           null_text)
+        prediction = prediction.float()
         kwargs = {"generator": generator} if sampler == "ddpm" else {"eta": eta, "generator": generator}
         x = scheduler.step(prediction, t, x, **kwargs).prev_sample
         if report is not None:
