@@ -7,7 +7,7 @@ with explicit attention (``training.explicit_attention``, what the Trainer uses 
 and in fp32 with channels-last memory and with both, timed back to back in one process after a
 warm-up. Prints seconds per step and the ratio to fp32.
 
-    python bench/cpu_bf16.py [--steps 20]
+    python bench/cpu_bf16.py [--steps 20] [--models classifier,vae]
 """
 
 import argparse
@@ -18,11 +18,14 @@ import torch
 
 from cxr_pipeline import kinds
 from cxr_pipeline.kinds.vae import VAE_PROFILES
+from cxr_pipeline.models.classifier import ClassifierConfig, CxrClassifier
 from cxr_pipeline.models.training import explicit_attention, fixed_batch_step
 
 
 def models():
     """(name, module, make inputs, forward) at the demo recipes' batch and input sizes."""
+    classifier = CxrClassifier(ClassifierConfig(), 6)
+    yield "classifier (64 px, batch 32)", classifier, lambda: (torch.rand(32, 1, 64, 64),), lambda m, x: m(x)
     vae = VAE_PROFILES["demo"].build()
     yield "vae (32 px crops, batch 32)", vae, lambda: (torch.randn(32, 1, 32, 32),), \
         lambda m, x: m(x, sample_posterior=True).sample
@@ -67,12 +70,16 @@ def time_steps(module, inputs, forward, steps: int, bf16: bool, channels_last: b
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--models", default="", help="comma-separated name prefixes (default: all)")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'model':36s} {'fp32 s/step':>12s} {'bf16':>8s} {'ratio':>6s} {'bf16+expl':>9s} {'ratio':>6s} "
           f"{'ch-last':>8s} {'ratio':>6s} {'both':>8s} {'ratio':>6s}")
+    wanted = [w for w in args.models.split(",") if w]
     for name, module, make_inputs, forward in models():
+        if wanted and not any(name.startswith(w) for w in wanted):
+            continue
         inputs = make_inputs()
         fp32 = time_steps(module, inputs, forward, args.steps, bf16=False, channels_last=False)
         bf16 = time_steps(module, inputs, forward, args.steps, bf16=True, channels_last=False)

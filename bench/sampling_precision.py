@@ -12,11 +12,12 @@ Per model, with the evaluations' own DDIM steps and defaults, on the val split (
   the real val images, at the saved guidance;
 - text model: prompt consistency (two samples of each single-finding val report) and fd_cxr, at
   the saved guidance.
-The two precisions run one after the other on the same inputs and seeds, ``--rounds`` times
-(timing medians; the figures are deterministic). Needs a work folder where the models are
+The precisions run one after the other on the same inputs and seeds, ``--rounds`` times
+(timing medians; the figures are deterministic). ``--fused`` adds bf16 with PyTorch's fused
+attention kernel: what explicit attention saves in sampling. Needs a work folder where the models are
 materialized (``./run.sh demo``).
 
-    python bench/sampling_precision.py [--home work] [--models latent_sr,arbitrary_sr,denoiser,class_ddpm,text_ldm]
+    python bench/sampling_precision.py [--home work] [--models latent_sr,arbitrary_sr,denoiser,class_ddpm,text_ldm] [--fused]
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ from cxr_pipeline.metrics.distribution import conditional_accuracy, frechet_dist
 from cxr_pipeline.metrics.restoration import per_image_scores
 from cxr_pipeline.model_record import current_model
 from cxr_pipeline.models.classifier import embed, load_classifier
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
 from cxr_pipeline.models.pipelines import (ArbitraryScaleSuperResolution, ClassConditionalGenerator,
                                            LatentSuperResolution, LowDoseDenoiser, TextConditionalGenerator)
 from cxr_pipeline.settings import WorkPaths, work_home
 
-PRECISIONS = ("no", "bf16")
+VARIANTS = {"fp32": "no", "bf16": "bf16", "bf16, fused attention": "bf16"}
 Scorer = Callable[[object], dict[str, float]]
 
 
@@ -142,26 +145,33 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--per-class", type=int, default=20, help="class model: samples per class")
+    parser.add_argument("--fused", action="store_true", help="also bf16 with the fused attention kernel")
     args = parser.parse_args()
     paths = WorkPaths(Path(args.home))
     val = split_rows(pd.read_parquet(paths.metadata), "val")
     rows = []
     for name in args.models.split(","):
         pipeline, folder, score = MODELS[name](paths, val, args)
-        loaded = {precision: pipeline.from_pretrained(folder, "cpu", precision=precision) for precision in PRECISIONS}
-        seconds = {precision: [] for precision in PRECISIONS}
+        variants = [v for v in VARIANTS if args.fused or "fused" not in v]
+        loaded = {variant: pipeline.from_pretrained(folder, "cpu", precision=VARIANTS[variant]) for variant in variants}
+        for variant, model in loaded.items():
+            if "fused" in variant:
+                for layer in model.model.unet.modules():
+                    if isinstance(layer, Attention):
+                        layer.set_processor(AttnProcessor2_0())
+        seconds = {variant: [] for variant in variants}
         figures = {}
         for _ in range(args.rounds):
-            for precision, model in loaded.items():
+            for variant, model in loaded.items():
                 started = time.perf_counter()
-                figures[precision] = score(model)
-                seconds[precision].append(time.perf_counter() - started)
-        fp32 = statistics.median(seconds["no"])
-        for precision, model in loaded.items():
-            taken = statistics.median(seconds[precision])
-            rows.append({"model": name, "sampling": model.precision, "seconds": round(taken, 1),
+                figures[variant] = score(model)
+                seconds[variant].append(time.perf_counter() - started)
+        fp32 = statistics.median(seconds["fp32"])
+        for variant in variants:
+            taken = statistics.median(seconds[variant])
+            rows.append({"model": name, "sampling": variant, "seconds": round(taken, 1),
                          "speed vs fp32": f"{fp32 / taken:.2f}x",
-                         **{key: round(value, 3) for key, value in figures[precision].items()}})
+                         **{key: round(value, 3) for key, value in figures[variant].items()}})
             print(rows[-1], flush=True)
     for name, table in pd.DataFrame(rows).groupby("model", sort=False):
         print(f"\n{name} (val, {len(val)} images)\n" + table.dropna(axis=1, how="all").to_markdown(index=False))
