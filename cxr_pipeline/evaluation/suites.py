@@ -350,7 +350,8 @@ def arbitrary_super_resolution_suite(record: ModelRecord, fixed_models: Sequence
         "arbitrary_sr_evaluation", Report("Arbitrary-scale super-resolution evaluation",
                                           split_description(rows, evaluated), sections),
         metrics, evaluated, [scored.promotion], must_beat, markdown_table(table),
-        params={**budget.params(ArbitraryScaleSuperResolution), "scales": list(scales), "degradation_mix": degradation_mix, "pair_seed": pair_seed,
+        params={**budget.params(ArbitraryScaleSuperResolution), "scales": list(scales),
+                "degradation_mix": degradation_mix, "pair_seed": pair_seed,
                 "fixed_scale_models": ", ".join(p.label for _, p in fixed_models)},
         scores=pd.concat([r.scores.assign(task=r.task) for _, r in results], ignore_index=True))
 
@@ -436,7 +437,8 @@ def generation_suite(record: ModelRecord, classifier: ModelRecord, rows: pd.Data
     return EvaluationOutcome(
         "generation_evaluation", report, metrics, [(record, metrics)], [scored.promotion], scored.must_beat,
         markdown_table(result.headline()) + "\n\n" + markdown_table(result.per_class()),
-        params={**budget.params(ClassConditionalGenerator), "samples_per_class": samples_per_class, "fd_samples": fd_samples,
+        params={**budget.params(ClassConditionalGenerator), "samples_per_class": samples_per_class,
+                "fd_samples": fd_samples,
                 "guidance_scale": guidance_scale, "fid_inception": result.fid.reason,
                 "classifier": f"v{classifier.version}"})
 
@@ -460,7 +462,8 @@ def text_generation_suite(record: ModelRecord, classifier: ModelRecord, metadata
 
     def evaluate(model_dir: str):
         model = TextConditionalGenerator.from_pretrained(model_dir, budget.device, precision=budget.precision)
-        return evaluate_text_generation(model, classifier.model_dir, test, val, train, guidance_scales=guidance_scales,
+        return evaluate_text_generation(model, classifier.model_dir, test, val, train,
+                                        guidance_scales=guidance_scales,
                                         guidance=guidance_scale, consistency_samples=consistency_samples,
                                         sweep_samples=sweep_samples, ddim_steps=budget.ddim_steps, seed=budget.seed,
                                         device=budget.device)
@@ -481,7 +484,8 @@ def text_generation_suite(record: ModelRecord, classifier: ModelRecord, metadata
     outcome = EvaluationOutcome(
         "text_generation_evaluation", report, metrics, [(record, metrics)], [scored.promotion], scored.must_beat,
         markdown_table(result.headline()) + "\n\n" + markdown_table(result.per_class()),
-        params={**budget.params(TextConditionalGenerator), "guidance_scales": list(guidance_scales), "guidance_scale": guidance_scale,
+        params={**budget.params(TextConditionalGenerator), "guidance_scales": list(guidance_scales),
+                "guidance_scale": guidance_scale,
                 "guidance_chosen": result.guidance, "consistency_samples": consistency_samples,
                 "sweep_samples": sweep_samples,
                 "classifier": f"v{classifier.version}", "test_reports": len(test), "val_reports": len(val)})
