@@ -68,8 +68,7 @@ class DiffusionPipeline:
                         precision: str = "auto") -> P:
         """A model folder, or a registered model name (its ``champion`` version)."""
         folder = resolve_model(model)
-        return cls(load_model(folder, pick_device(device) if isinstance(device, str) else device), folder,
-                   precision=precision)
+        return cls(load_model(folder, pick_device(device)), folder, precision=precision)
 
     @property
     def precision(self) -> str:
@@ -79,8 +78,7 @@ class DiffusionPipeline:
     @classmethod
     def resolved_precision(cls, precision: str, device: str | torch.device = "auto") -> str:
         """What ``precision`` means for this kind on ``device``, before loading a model."""
-        device = pick_device(device) if isinstance(device, str) else device
-        return precision_name(precision_dtype(precision, device, cpu_bf16=cls.cpu_bf16))
+        return precision_name(precision_dtype(precision, pick_device(device), cpu_bf16=cls.cpu_bf16))
 
     def save_pretrained(self, folder: Path) -> None:
         description = self.model.description

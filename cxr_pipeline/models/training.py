@@ -40,8 +40,8 @@ from ..data import atomic, locks
 from . import distributed
 
 
-def pick_device(preference: str = "auto") -> torch.device:
-    """CUDA, then Apple MPS, then CPU; or exactly what was asked for."""
+def pick_device(preference: str | torch.device = "auto") -> torch.device:
+    """CUDA, then Apple MPS, then CPU; or exactly what was asked for (a name or a device)."""
     if preference != "auto":
         return torch.device(preference)
     if torch.cuda.is_available():
