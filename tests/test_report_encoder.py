@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizerFast
 
-from cxr_pipeline.models.report_encoder import (ReportEncoder, ReportEncoderConfig, masked_batch, pretrain_report_encoder,
-                                                token_counts)
+from cxr_pipeline.models.report_encoder import (ReportEncoder, ReportEncoderConfig, build_encoder, masked_batch,
+                                                masked_lm_loss, masked_lm_scores, pretrain_report_encoder, token_counts)
 from cxr_pipeline.models.report_tokenizer import train_tokenizer, word_counts, wordpiece_vocabulary
 from cxr_pipeline.models.training import TrainConfig
 
@@ -96,6 +96,31 @@ def test_a_vocabulary_too_small_for_every_word_keeps_the_frequent_ones_and_spell
     assert tokenizer.tokenize("Atelectasis, left.")[2] == "[UNK]"  # a character no report used: that word unknown
     with pytest.raises(ValueError, match="cannot hold"):
         wordpiece_vocabulary(counts, 20)
+
+
+def test_the_loss_from_the_masked_positions_alone_is_bert_for_masked_lm_s_own():
+    tokenizer = train_tokenizer(reports(), ENCODER.vocab_size, ENCODER.max_length)
+    ids = tokenizer(reports(), truncation=True, max_length=ENCODER.max_length)["input_ids"]
+    torch.manual_seed(0)
+    model = build_encoder(ENCODER, tokenizer).eval()  # no dropout: both forwards see the same network
+    batch = masked_batch(tokenizer, ids, ENCODER.mlm_probability, seed=3)
+    assert 0 < int((batch["labels"] != -100).sum()) < batch["labels"].numel()
+    with torch.no_grad():
+        own = model(**batch)
+        torch.testing.assert_close(masked_lm_loss(model, batch), own.loss, atol=1e-5, rtol=0)
+        scores = masked_lm_scores(model, batch)
+    masked = batch["labels"] != -100
+    accuracy = float((own.logits.argmax(-1) == batch["labels"])[masked].float().mean())
+    assert scores["mlm_accuracy"] == pytest.approx(accuracy) and scores["mlm_loss"] == pytest.approx(float(own.loss), abs=1e-5)
+    # and the gradient it trains with is the same
+    model.train(False).zero_grad()
+    model(**batch).loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    masked_lm_loss(model, batch).backward()
+    for name, p in model.named_parameters():
+        if name in expected:
+            torch.testing.assert_close(p.grad, expected[name], atol=1e-5, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
