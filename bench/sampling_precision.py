@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from cxr_pipeline import kinds
 from cxr_pipeline.data.degrade import DegradationMix
@@ -43,8 +44,6 @@ from cxr_pipeline.metrics.distribution import conditional_accuracy, frechet_dist
 from cxr_pipeline.metrics.restoration import per_image_scores
 from cxr_pipeline.model_record import current_model
 from cxr_pipeline.models.classifier import embed, load_classifier
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
-
 from cxr_pipeline.models.pipelines import (ArbitraryScaleSuperResolution, ClassConditionalGenerator,
                                            LatentSuperResolution, LowDoseDenoiser, TextConditionalGenerator)
 from cxr_pipeline.settings import WorkPaths, work_home
