@@ -23,7 +23,7 @@ ASSETS = [
     diffusion.low_dose_denoiser,
     text.report_encoder,
     text.text_ldm,
-    evaluation.cxr_classifier,
+    models.cxr_classifier,
     evaluation.sr_evaluation,
     evaluation.arbitrary_sr_evaluation,
     evaluation.denoising_evaluation,

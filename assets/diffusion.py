@@ -13,10 +13,19 @@ from .models import latents
 from .pairs import low_dose_pairs
 from .training import TRAINING_STEP, ahead, recipe_config, train_kind, train_one
 
-LatentSrConfig = recipe_config(kinds.LATENT_SR.recipe, "LatentSrConfig")
-ArbitrarySrConfig = recipe_config(kinds.ARBITRARY_SR.recipe, "ArbitrarySrConfig")
-ClassDdpmConfig = recipe_config(kinds.CLASS_DDPM.recipe, "ClassDdpmConfig")
-DenoiserConfig = recipe_config(kinds.DENOISER.recipe, "DenoiserConfig")
+
+class LatentSrConfig(recipe_config(kinds.LATENT_SR.recipe, "LatentSrConfig")):  # type: ignore[misc]  # fields generated from the recipe
+    """The run config of the asset: its kind's recipe, field for field."""
+
+class ArbitrarySrConfig(recipe_config(kinds.ARBITRARY_SR.recipe, "ArbitrarySrConfig")):  # type: ignore[misc]  # fields generated from the recipe
+    """The run config of the asset: its kind's recipe, field for field."""
+
+class ClassDdpmConfig(recipe_config(kinds.CLASS_DDPM.recipe, "ClassDdpmConfig")):  # type: ignore[misc]  # fields generated from the recipe
+    """The run config of the asset: its kind's recipe, field for field."""
+
+class DenoiserConfig(recipe_config(kinds.DENOISER.recipe, "DenoiserConfig")):  # type: ignore[misc]  # fields generated from the recipe
+    """The run config of the asset: its kind's recipe, field for field."""
+
 
 
 @dg.asset(group_name="models", deps=[latents], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
@@ -25,7 +34,7 @@ def latent_sr(context: dg.AssetExecutionContext, config: LatentSrConfig, setting
     """Latent diffusion conditioned on the bicubic-upsampled LR latent (channel concatenation),
     diffusing the correction from it to the HR latent; one registered model per scale."""
     trained = train_kind(context, kinds.LATENT_SR, config.recipe(), settings, mlflow_tracking, pipes_subprocess_client)
-    return dg.MaterializeResult(metadata={f"x{plan.job.options['scale']}_{k}": v
+    return dg.MaterializeResult(metadata={f"{plan.kind.key.removeprefix('latent_sr_')}_{k}": v
                                           for plan, _, produced in trained for k, v in produced.items()})
 
 

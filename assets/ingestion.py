@@ -1,19 +1,20 @@
 """Ingestion stage: raw files -> image store + manifest + rejected list."""
 
 
-from typing import Optional
+
+from typing import Any
 
 import dagster as dg
 import pandas as pd
 
+from cxr_pipeline.data import atomic
 from cxr_pipeline.data import ingest as ingestion
 from cxr_pipeline.data.demo.dataset import DemoSpec, generate_demo_dataset
-from cxr_pipeline.provenance import record_source
 from cxr_pipeline.data.geometry import AspectPolicy
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.parallel import default_workers
+from cxr_pipeline.provenance import record_source
 from cxr_pipeline.reports.grid import image_grid, markdown_image, png_bytes
-from cxr_pipeline.data import atomic
 from resources import CxrSettings
 
 from .pools import WORK_FOLDER_WRITER
@@ -25,7 +26,7 @@ PREVIEW_COUNT = 32
 def raw_images(context: dg.AssetExecutionContext, settings: CxrSettings) -> dg.MaterializeResult:
     """The raw data folder: ``CXR_DATA_DIR``, or the built-in demo dataset generated on first use."""
     root = settings.raw_data_dir()
-    metadata: dict[str, object] = {}
+    metadata: dict[str, Any] = {}
     if settings.uses_demo_data():
         profile = settings.profile_spec()
         spec = DemoSpec(patients=profile.demo_patients, source_size=profile.demo_source_size)
@@ -59,7 +60,7 @@ class IngestionConfig(dg.Config):
     aspect_policy: str = AspectPolicy.PAD.value  # pad | crop | stretch
     allowed_modalities: list[str] = ["CR", "DX"]
     frontal_only: bool = True
-    min_side: Optional[int] = None  # None: half the profile's training size
+    min_side: int | None = None  # None: half the profile's training size
     shard_size: int = 512
 
 
@@ -104,7 +105,7 @@ def ingested_images(
     manifest, rejected = summary.manifest, summary.rejected
     content_hash = ingestion.manifest_hash(manifest, summary.fingerprint)
 
-    metadata: dict[str, object] = {
+    metadata: dict[str, Any] = {
         "accepted": summary.accepted_total,
         "rejected": summary.rejected_total,
         "rejected_share": round(summary.rejected_share, 4),

@@ -1,7 +1,6 @@
 """Labels stage: label sources -> label table -> metadata.parquet and patient-level splits."""
 
 from collections import Counter
-from typing import Optional
 
 import dagster as dg
 import pandas as pd
@@ -22,7 +21,7 @@ class LabelConfig(dg.Config):
     # siim_pneumothorax, indiana_csv, indiana_xml, filename, dicom
     sources: list[str] = []
     chexpert_uncertainty: str = UncertaintyPolicy.U_IGNORE.value  # u_ones | u_zeros | u_ignore
-    filename_pattern: Optional[str] = None  # regex with (?P<patient>...) and optionally (?P<label>...)
+    filename_pattern: str | None = None  # regex with (?P<patient>...) and optionally (?P<label>...)
     classes: list[str] = list(DEFAULT_CLASSES)
     frontal_only: bool = True
     split_fractions: list[float] = [0.8, 0.1, 0.1]

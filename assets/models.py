@@ -1,17 +1,19 @@
 """Models stage: the VAE (one MLflow run per materialization) and the latents it produces."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
 from cxr_pipeline import kinds
-from cxr_pipeline.kinds.vae import FINE_DETAIL_FLOOR
 from cxr_pipeline.data import atomic
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.data.pairs import scales_built, sr_pair_dir
+from cxr_pipeline.kinds.vae import FINE_DETAIL_FLOOR
 from cxr_pipeline.model_record import current_model
 from cxr_pipeline.models.vae import encode_latents
+from cxr_pipeline.reports.document import markdown_table
 from resources import CxrSettings, MlflowTracking
 
 from .labels import image_metadata
@@ -19,7 +21,10 @@ from .pairs import sr_pairs
 from .pools import WORK_FOLDER_WRITER
 from .training import TRAINING_STEP, ahead, recipe_config, train_one
 
-VaeTrainingConfig = recipe_config(kinds.VAE.recipe, "VaeTrainingConfig")
+
+class VaeTrainingConfig(recipe_config(kinds.VAE.recipe, "VaeTrainingConfig")):  # type: ignore[misc]  # fields generated from the recipe
+    """The run config of the asset: its kind's recipe, field for field."""
+
 
 
 
@@ -53,7 +58,7 @@ def latents(context: dg.AssetExecutionContext, settings: CxrSettings) -> dg.Mate
     for scale in scales_built(paths.pairs):
         folder = sr_pair_dir(paths.pairs, scale)
         lr_stores[scale] = (ImageStore(folder), pd.read_parquet(folder / "index.parquet"))
-    summary = encode_latents(metadata, ImageStore(paths.image_store), str(record.model_dir), lr_stores, paths.latents,
+    summary = encode_latents(metadata, ImageStore(paths.image_store), Path(record.model_dir), lr_stores, paths.latents,
                              vae_record=record.as_dict())
     atomic.write_text(paths.latents / "vae.json", json.dumps(record.as_dict(), indent=2))
     reference = summary.get("input_distribution")
@@ -67,4 +72,28 @@ def latents(context: dg.AssetExecutionContext, settings: CxrSettings) -> dg.Mate
         **({"ood_threshold": round(reference["threshold"], 3), "ood_val_median": round(reference["val_median"], 3),
             "ood_test_flagged_share": reference["test_flagged_share"]} if reference else {}),
         "path": dg.MetadataValue.path(str(paths.latents)),
+    })
+
+
+class ClassifierTrainingConfig(recipe_config(kinds.CLASSIFIER.recipe, "ClassifierTrainingConfig")):  # type: ignore[misc]  # fields generated from the recipe
+    """The run config of the asset: its kind's recipe, field for field."""
+
+
+
+@dg.asset(group_name="models", deps=[image_metadata], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
+def cxr_classifier(context: dg.AssetExecutionContext, config: ClassifierTrainingConfig, settings: CxrSettings,
+                   mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+    """The CXR feature network: a pathology classifier on the single-label classes, trained on the
+    train split with class-balanced batches and validated (AUROC per class) on val. Its features
+    and predictions score the generator; registered as ``cxr-feature-classifier``."""
+    recipe = config.recipe()
+    registered, produced = train_one(context, kinds.CLASSIFIER, recipe, settings, mlflow_tracking)
+    metrics = registered.outcome.metrics
+    per_class = pd.DataFrame([{"class": name, "val AUROC": f"{metrics[f'val_auroc_{name}']:.3f}"}
+                              for name in recipe.classes if f"val_auroc_{name}" in metrics])
+    return dg.MaterializeResult(metadata={
+        "val_auroc_macro": round(metrics["val_auroc_macro"], 4),
+        "val_accuracy": round(metrics["val_accuracy"], 4),
+        "val_auroc_per_class": dg.MetadataValue.md(markdown_table(per_class)),
+        **produced,
     })

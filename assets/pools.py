@@ -8,4 +8,6 @@ limit is unset. ``run.sh`` writes ``default_limit: 1`` into ``$DAGSTER_HOME/dags
 holds this pool to one step; it sizes the ``cxr_training`` pool on its own (see assets/training.py).
 """
 
-WORK_FOLDER_WRITER = {"pool": "cxr_work_folder"}
+from typing import Any
+
+WORK_FOLDER_WRITER: dict[str, Any] = {"pool": "cxr_work_folder"}

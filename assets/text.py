@@ -16,8 +16,13 @@ from .labels import image_metadata
 from .models import latents
 from .training import TRAINING_STEP, ahead, recipe_config, train_one
 
-ReportEncoderTrainingConfig = recipe_config(kinds.REPORT_ENCODER.recipe, "ReportEncoderTrainingConfig")
-TextLdmConfig = recipe_config(kinds.TEXT_LDM.recipe, "TextLdmConfig")
+
+class ReportEncoderTrainingConfig(recipe_config(kinds.REPORT_ENCODER.recipe, "ReportEncoderTrainingConfig")):  # type: ignore[misc]  # fields generated from the recipe
+    """The run config of the asset: its kind's recipe, field for field."""
+
+class TextLdmConfig(recipe_config(kinds.TEXT_LDM.recipe, "TextLdmConfig")):  # type: ignore[misc]  # fields generated from the recipe
+    """The run config of the asset: its kind's recipe, field for field."""
+
 
 
 @dg.asset(group_name="models", deps=[image_metadata, latents], kinds={"pytorch", "mlflow"}, **ahead(TRAINING_STEP, 3))

@@ -10,6 +10,7 @@ import dataclasses
 import sys
 import typing
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import mlflow
@@ -32,13 +33,13 @@ TRAINING_TAGS = {"cxr/compute": "training"}
 # On Kubernetes (deploy/definitions.py) each training step is its own pod asking for one GPU.
 GPU_POD = {"container_config": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}}}
 # Heavy steps (training and evaluation) share the tags and the pool.
-HEAVY_STEP = {"op_tags": {**TRAINING_TAGS, "dagster-k8s/config": GPU_POD}, "pool": "cxr_training"}
+HEAVY_STEP: dict[str, Any] = {"op_tags": {**TRAINING_TAGS, "dagster-k8s/config": GPU_POD}, "pool": "cxr_training"}
 # Training also retries: a lost node or OOM resumes from the checkpoint. Evaluation does not,
 # since it has no checkpoint and its failures are deterministic (a retry repeats them).
-TRAINING_STEP = {**HEAVY_STEP, "retry_policy": dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)}
+TRAINING_STEP: dict[str, Any] = {**HEAVY_STEP, "retry_policy": dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)}
 
 
-def ahead(step: dict, priority: int) -> dict:
+def ahead(step: dict[str, Any], priority: int) -> dict[str, Any]:
     """``step`` with a Dagster priority: of the heavy steps ready when a slot frees, the highest
     starts first. The main job's longest chain (vae -> latents -> class model -> text model ->
     its evaluations; the report encoder feeds the text model) goes first, so the shorter
@@ -49,15 +50,24 @@ def ahead(step: dict, priority: int) -> dict:
 TRAIN_WORKER = Path(__file__).resolve().parents[1] / "scripts" / "train_worker.py"
 
 
-def recipe_config(recipe: type[TrainingRecipe], name: str) -> type[dg.Config]:
+def field_default(spec: dataclasses.Field) -> Any:
+    """A dataclass field's default, made fresh where it has a factory."""
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return spec.default
+
+
+def dataclass_fields(cls: type) -> dict[str, Any]:
+    """A dataclass's fields as pydantic field definitions: the same names, types and defaults."""
+    hints = typing.get_type_hints(cls)
+    return {spec.name: (hints[spec.name], pydantic.Field(default=field_default(spec))) for spec in dataclasses.fields(cls)}
+
+
+def recipe_config(recipe: type[TrainingRecipe], name: str) -> Any:
     """The asset's run config, field for field the kind's recipe (same names, types and defaults),
-    so the launchpad shows the library's recipe and no default is written twice."""
-    hints = typing.get_type_hints(recipe)
-    fields = {}
-    for spec in dataclasses.fields(recipe):
-        default = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
-        fields[spec.name] = (hints[spec.name], pydantic.Field(default=default))
-    config = pydantic.create_model(name, __base__=dg.Config, __module__=__name__, **fields)
+    so the launchpad shows the library's recipe and no default is written twice. Generated, so
+    typed as Any: each asset module subclasses it under its own name."""
+    config: Any = pydantic.create_model(name, __base__=dg.Config, __module__=__name__, **dataclass_fields(recipe))
     config.__doc__ = f"The {recipe.__module__.rsplit('.', 1)[-1]} recipe (``{recipe.__module__}.Recipe``)."
     config.recipe = lambda self: recipe(**self.model_dump())
     return config
@@ -96,12 +106,14 @@ def _launch(context: dg.AssetExecutionContext, settings: CxrSettings, recipe, pl
         raise dg.Failure(f"batch_size {recipe.batch_size} must be a positive multiple of processes {ranks}: "
                          "every rank takes an equal slice of the batch", allow_retries=False)
     folder = settings.paths().models / "launches" / context.run.run_id / plan.kind.key
+    if plan.job is None:
+        raise ValueError(f"{plan.kind.key} trains in the asset's process: it has no job to launch")
     atomic.write_text(folder / "job.json", plan.job.to_json())
     command = worker_command(recipe, folder / "job.json", folder / "outcome", mlflow_run_id)
     context.log.info(f"launching {' '.join(command)}")
     invocation = pipes.run(context=context, command=command, env={"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()})
     reported = invocation.get_materialize_result().metadata
-    return TrainingOutcome.load(folder / "outcome"), {**reported, "launcher": recipe.launcher}
+    return TrainingOutcome.load(folder / "outcome"), {**(reported or {}), "launcher": recipe.launcher}
 
 
 def train_kind(context: dg.AssetExecutionContext, kind: ModelKind, recipe: TrainingRecipe, settings: CxrSettings,
@@ -119,7 +131,7 @@ def train_kind(context: dg.AssetExecutionContext, kind: ModelKind, recipe: Train
     done = []
     for plan in plans:
         def train(run_id: str, plan: TrainingPlan = plan) -> tuple[TrainingOutcome, dict]:
-            if launcher == "in_process" or plan.job is None:
+            if launcher == "in_process" or plan.job is None or pipes is None:
                 return plan.train_in_process(progress_logger(context))
             return _launch(context, settings, recipe, plan, run_id, pipes)
 

@@ -19,14 +19,14 @@ import numpy as np
 import pandas as pd
 
 from . import provenance, serving, tracking
+from .data.labels.report_text import report_prompts
 from .kinds import TrainingPlan
 from .kinds.base import IMAGES
-from .data.labels.report_text import report_prompts
+from .model_record import ModelRecord
 from .models.input_distribution import FILE as INPUT_DISTRIBUTION_FILE
 from .models.input_distribution import REPORT_FILE, InputDistribution, ReportDistribution
-from .promotion import accept
-from .model_record import ModelRecord
 from .models.training import TrainingOutcome
+from .promotion import accept
 from .settings import WorkPaths
 
 StartRun = Callable[[str, dict], AbstractContextManager]

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from mlflow.pyfunc import PythonModel
 
 from .kinds import ServingSpec, kind_of_folder
 from .model_source import PIPELINE_ARTIFACT
@@ -43,7 +44,7 @@ REQUIREMENTS = ("torch", "diffusers", "transformers", "tokenizers", "safetensors
                 "scipy", "mlflow")
 
 
-class PipelineModel(mlflow.pyfunc.PythonModel):
+class PipelineModel(PythonModel):
     """The pyfunc model: the folder's pipeline, loaded once, answering requests."""
 
     def load_context(self, context) -> None:
@@ -61,10 +62,11 @@ def signature(spec: ServingSpec):
 
     inputs = (Schema([ColSpec("string", "report")]) if spec.input_dtype == "string"
               else Schema([TensorSpec(np.dtype(spec.input_dtype), spec.input_shape)]))
-    return ModelSignature(inputs=inputs,
-                          outputs=Schema([TensorSpec(np.dtype(np.float32), spec.output_shape)]),
-                          params=ParamSchema([ParamSpec(name, kind_, default) for name, kind_, default in spec.params])
-                          if spec.params else None)
+    outputs = Schema([TensorSpec(np.dtype(np.float32), spec.output_shape)])
+    if not spec.params:
+        return ModelSignature(inputs=inputs, outputs=outputs)
+    return ModelSignature(inputs=inputs, outputs=outputs,
+                          params=ParamSchema([ParamSpec(name, kind_, default) for name, kind_, default in spec.params]))
 
 
 def input_example(folder: Path):

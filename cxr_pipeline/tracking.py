@@ -15,7 +15,6 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-
 # MLflow 3's UI opens an experiment in its GenAI view unless told what kind of work it holds.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
@@ -29,7 +28,10 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path) -> str:
             experiment_id = mlflow.create_experiment(name, artifact_location=Path(artifact_root).resolve().as_uri(),
                                                      tags=EXPERIMENT_KIND)
         except MlflowException:  # created concurrently by another run
-            experiment_id = mlflow.get_experiment_by_name(name).experiment_id
+            existing = mlflow.get_experiment_by_name(name)
+            if existing is None:
+                raise
+            experiment_id = existing.experiment_id
         return experiment_id
     if any(experiment.tags.get(key) != value for key, value in EXPERIMENT_KIND.items()):
         for key, value in EXPERIMENT_KIND.items():  # experiments created before the tag existed

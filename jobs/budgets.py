@@ -2,23 +2,25 @@
 config: the whole graph in minutes on a CPU under any profile. It shows that a profile's shapes,
 memory and plumbing hold (every asset materializes, every model registers, every report is
 written) before hours go into a real run; it measures nothing about quality. The ``smoke`` job
-runs it; the CI's full-profile test and ``bench/full_run_plan.py`` use the same config.
+runs it; the CI's full-profile test and ``scripts/full_run_plan.py`` use the same config.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 # Two optimizer steps of two images, a validation (its sample grid drawn in 2 DDIM steps) and a checkpoint.
-TINY_TRAINING = {"steps": 2, "batch_size": 2, "eval_every": 2, "checkpoint_every": 2, "log_every": 1,
+TINY_TRAINING: dict[str, Any] = {"steps": 2, "batch_size": 2, "eval_every": 2, "checkpoint_every": 2, "log_every": 1,
                  "warmup_steps": 1, "preview_steps": 2}
 # Two DDIM steps on at most 4 test and 8 val images (whole patients), few resamples: every image
 # scored costs a few VAE decodes, seconds each at 256 px on a CPU.
-TINY_EVALUATION = {"ddim_steps": 2, "spread_seeds": 2, "spread_images": 2, "max_test_images": 4, "max_val_images": 8,
+TINY_EVALUATION: dict[str, Any] = {"ddim_steps": 2, "spread_seeds": 2, "spread_images": 2, "max_test_images": 4, "max_val_images": 8,
                    "max_train_reference": 16, "bootstrap_resamples": 50}
 
 
 def tiny_run_config() -> dict:
     """The run config of the main job at the tiny budget (Dagster's ``{"ops": ...}`` form)."""
-    ops = {name: dict(TINY_TRAINING) for name in ("latent_sr", "class_ddpm", "low_dose_denoiser", "text_ldm")}
+    ops: dict[str, dict[str, Any]] = {name: dict(TINY_TRAINING) for name in ("latent_sr", "class_ddpm", "low_dose_denoiser", "text_ldm")}
     ops["vae"] = {**TINY_TRAINING, "val_images": 4}
     ops["cxr_classifier"] = {**TINY_TRAINING, "val_images": 8}
     ops["arbitrary_sr"] = {**TINY_TRAINING, "decoder_steps": 2, "decoder_batch_size": 2, "draws_per_image": 1,

@@ -1,4 +1,4 @@
-from .tracking import MlflowTracking
 from .settings import CxrSettings
+from .tracking import MlflowTracking
 
 __all__ = ["CxrSettings", "MlflowTracking"]

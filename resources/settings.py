@@ -3,7 +3,6 @@
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import dagster as dg
 
@@ -27,9 +26,9 @@ class CxrSettings(dg.ConfigurableResource):
     ``CXR_REUSE_FREED_MEMORY=0`` for the C library's defaults).
     """
 
-    home: Optional[str] = None
-    data_dir: Optional[str] = None
-    profile: Optional[str] = None
+    home: str | None = None
+    data_dir: str | None = None
+    profile: str | None = None
     workers: int = 0  # processes for decoding and generation; 0 = every core
     share_cores: bool = False
 

@@ -2,7 +2,6 @@
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
 
 import dagster as dg
 import mlflow
@@ -18,28 +17,28 @@ class MlflowTracking(dg.ConfigurableResource):
     (artifacts beside it), so the Model Registry works out of the box."""
 
     settings: CxrSettings
-    tracking_uri: Optional[str] = None
+    tracking_uri: str | None = None
     experiment: str = "cxr-pipeline"  # training runs (and registered models' runs)
     # Evaluations and the synthetic-data experiment: each run holds hundreds of figures (per scale,
     # dose, class, interval) that would otherwise be columns of the training runs' table.
     evaluation_experiment: str = "cxr-pipeline-evaluation"
     # Where people open the two UIs: empty falls back to CXR_DAGSTER_URL / CXR_MLFLOW_UI_URL
     # (cxr_pipeline.settings), so every link into Dagster and MLflow follows one setting.
-    dagster_url: Optional[str] = None
-    mlflow_ui_url: Optional[str] = None
+    dagster_url: str | None = None
+    mlflow_ui_url: str | None = None
 
     def resolved_uri(self) -> str:
         return tracking_uri_for(self.settings.resolved_home(), self.tracking_uri)
 
-    def activate(self, experiment: Optional[str] = None) -> str:
+    def activate(self, experiment: str | None = None) -> str:
         """Point the MLflow client at this store (creating ``experiment``, default the training
         one); returns its id."""
         return tracking.ensure_experiment(self.resolved_uri(), experiment or self.experiment,
                                           Path(self.settings.paths().mlflow) / "artifacts")
 
     @contextmanager
-    def run(self, context: dg.AssetExecutionContext, run_name: str, tags: Optional[dict] = None,
-            experiment: Optional[str] = None):
+    def run(self, context: dg.AssetExecutionContext, run_name: str, tags: dict | None = None,
+            experiment: str | None = None):
         """One MLflow run in ``experiment`` (default the training one), tagged with the Dagster
         lineage (run id, asset, partition, commit)."""
         experiment_id = self.activate(experiment)

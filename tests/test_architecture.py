@@ -95,7 +95,8 @@ def test_no_import_circle_inside_the_library():
 
 
 def test_no_path_tricks_in_bench_scripts_or_tests():
-    offenders = [str(p.relative_to(ROOT)) for folder in ("bench", "scripts", "tests") for p in (ROOT / folder).glob("*.py")
+    offenders = [str(p.relative_to(ROOT)) for folder in ("bench", "experiments", "scripts", "tests")
+                 for p in (ROOT / folder).rglob("*.py")
                  if p.name != "test_architecture.py" and re.search(r"sys\.path\.(insert|append)|PYTHONPATH", p.read_text())]
     assert not offenders
 
@@ -103,8 +104,19 @@ def test_no_path_tricks_in_bench_scripts_or_tests():
 def test_no_dispatch_on_model_names_outside_the_registry():
     names = "latent_sr|arbitrary_sr|class_ddpm|denoiser|text_ldm|report_encoder|vae|classifier"
     pattern = re.compile(rf"""(kind|model)\s*==\s*["']({names})|\.startswith\(\s*["']({names})""")
-    outside = [p for folder in ("cxr_pipeline", "assets", "resources", "jobs", "scripts", "bench")
+    outside = [p for folder in ("cxr_pipeline", "assets", "resources", "jobs", "scripts", "bench", "experiments")
                for p in (ROOT / folder).rglob("*.py") if "kinds" not in p.relative_to(ROOT).parts]
     offenders = [f"{p.relative_to(ROOT)}:{n}" for p in outside for n, line in enumerate(p.read_text().splitlines(), 1)
                  if pattern.search(line)]
     assert not offenders
+
+
+def test_tests_mirror_the_source_tree():
+    """Every test module sits in the folder of the package it tests; helper programs in helpers/."""
+    packages = {"data", "models", "metrics", "reports", "evaluation", "assets", "app", "serving"}
+    tests = ROOT / "tests"
+    loose = [p.name for p in tests.glob("*.py") if p.name not in ("__init__.py", "conftest.py", "test_architecture.py")]
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
+    assert not loose and folders <= packages | {"helpers"}
+    assert all((tests / folder / "__init__.py").exists() for folder in folders)
+    assert not [p for p in (tests / "helpers").glob("test_*.py")]

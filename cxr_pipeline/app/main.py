@@ -27,7 +27,10 @@ EXAMPLE_REPORT = ("FINDINGS: Moderate right pleural effusion with blunting of th
 def load_pipeline(key: str, folder: str, device: str):
     """Cached per model folder (a registered version's download), so a newly promoted champion is
     loaded fresh and an unchanged one is not loaded twice."""
-    return services.APP_MODELS[key].pipeline.from_pretrained(folder, device)
+    pipeline = services.APP_MODELS[key].pipeline
+    if pipeline is None:
+        raise ValueError(f"{key} has no sampling pipeline")
+    return pipeline.from_pretrained(folder, device)
 
 
 def context() -> services.AppContext:
@@ -57,8 +60,8 @@ def show_check(check) -> None:
 
 
 def preset_picker(key: str) -> Enhancement:
-    name = st.selectbox("Enhancement preset (display only)", list(PRESETS), index=list(PRESETS).index("balanced"),
-                        key=key, help="Applied to a copy for display. Metrics of model outputs use the raw image.")
+    name = str(st.selectbox("Enhancement preset (display only)", list(PRESETS), index=list(PRESETS).index("balanced"),
+                        key=key, help="Applied to a copy for display. Metrics of model outputs use the raw image."))
     preset = PRESETS[name]
     if preset.steps():
         st.caption("Steps: " + "; ".join(f"{step} ({params})" for step, params in preset.steps()))
@@ -88,8 +91,8 @@ def progress_bar(label: str):
 
 def generate_page(ctx: services.AppContext, alias: str, device: str) -> None:
     st.header("Generate radiographs")
-    source = st.radio("Condition on", ["a report (text model)", "a class (class model)"], horizontal=True,
-                      key="condition_on")
+    source = str(st.radio("Condition on", ["a report (text model)", "a class (class model)"], horizontal=True,
+                          key="condition_on"))
     key = "text" if source.startswith("a report") else "class"
     pipeline, located = model_or_stop(key, ctx, alias, device)
     st.caption(f"{located.name} v{located.version} ({located.alias})")
@@ -101,14 +104,14 @@ def generate_page(ctx: services.AppContext, alias: str, device: str) -> None:
         st.session_state["report_novelty"] = checked
         if checked is not None:
             show_check(checked)
-        conditions_of = lambda count: [prompt] * count  # noqa: E731
+        conditions_of = lambda count: [prompt] * count
         condition_text = prompt
     else:
         names = pipeline.class_names
         chosen = st.selectbox("Class", names, key="class_name")
-        conditions_of = lambda count: [names.index(chosen)] * count  # noqa: E731
+        conditions_of = lambda count: [names.index(chosen)] * count
         condition_text = chosen
-    default_guidance = float(pipeline.model.description.get("default_guidance", 3.0))
+    default_guidance = float(pipeline.settings.guidance_scale)
     left, middle, right = st.columns(3)
     guidance = left.slider("Prompt adherence (guidance scale)", 0.0, 10.0, default_guidance, 0.5, key="guidance")
     steps = middle.slider("DDIM steps", 5, 100, 20, 5, key="steps")
@@ -190,7 +193,7 @@ def restore_page(ctx: services.AppContext, alias: str, device: str) -> None:
         st.caption("Super-resolution restores this image from a simulated low-resolution copy, back to the model's "
                    f"{ctx.profile.image_size} px and scored against it: the arbitrary-scale model was evaluated only at "
                    "output sizes up to its training images', and above them it paints texture at its native pixel period "
-                   "instead of enlarging the anatomy (bench/zoom_artifacts.py).")
+                   "instead of enlarging the anatomy (docs/recipes.md, the app's zoom).")
     else:
         simulate = st.checkbox("Simulate the degradation from this image and score against it", value=True,
                                help="Off: the upload is taken as the low-dose image itself.")
@@ -212,9 +215,10 @@ def restore_page(ctx: services.AppContext, alias: str, device: str) -> None:
             result = services.denoise_upload(pipeline, image, dose, simulate=simulate, seeds=seeds, steps=steps,
                                              nlm_factor=nlm_factor, progress=update)
         st.session_state["restored"] = result
-    result = st.session_state.get("restored")
-    if result is None:
+    shown: services.Restoration | None = st.session_state.get("restored")
+    if shown is None:
         return
+    result = shown
     columns = iter(st.columns(3 + (result.spread is not None) + (result.reference is not None)))
     if result.reference is not None:  # simulated degradation: the image every score is against
         with next(columns):
@@ -304,11 +308,11 @@ def models_page(ctx: services.AppContext) -> None:
     if overview.empty:
         st.warning(f"No registered models in {ctx.tracking_uri}: run `./run.sh demo` (job `all_assets`).")
         return
-    for key, model in services.APP_MODELS.items():
+    for model in services.APP_MODELS.values():
         st.subheader(model.title)
         versions = overview[overview["model"] == model.registered_name]
         links = [f"[Dagster asset `{model.asset}`]({ctx.asset_url(model.asset)})",
-                 f"[evaluation `{model.evaluated_by}`]({ctx.asset_url(model.evaluated_by)})"]
+                 f"[evaluation `{model.evaluated_by}`]({ctx.asset_url(model.evaluated_by or '')})"]
         if versions.empty:
             st.info(f"{model.registered_name} is not trained yet: materialize `{model.asset}`. "
                     + " · ".join(links))
@@ -344,10 +348,10 @@ def main() -> None:
     ctx = context()
     st.sidebar.title("cxr-pipeline")
     page = st.sidebar.radio("Mode", PAGES)
-    alias = st.sidebar.radio("Model version", ["champion", "challenger"],
+    alias = str(st.sidebar.radio("Model version", ["champion", "challenger"],
                              help="The champion passed its evaluation's promotion; the challenger is the latest "
-                                  "evaluated version that did not (never the champion itself).")
-    device = st.sidebar.selectbox("Device", ["auto", "cpu", "cuda"])
+                                  "evaluated version that did not (never the champion itself)."))
+    device = str(st.sidebar.selectbox("Device", ["auto", "cpu", "cuda"]))
     st.sidebar.caption(f"Work folder `{ctx.home}` · profile `{ctx.profile.name}` · MLflow `{ctx.tracking_uri}`")
     if page == "Generate":
         generate_page(ctx, alias, device)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import io
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -28,21 +28,28 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from .. import kinds, provenance, tracking
-from ..kinds.base import native_size
 from ..data.degrade import bicubic_to, resize, simulate_low_dose
-from ..data.ingest import IngestOptions, ingest_file, read_rejected
 from ..data.image_store import ImageStore, from_stored
+from ..data.ingest import IngestOptions, ingest_file, read_rejected
 from ..evaluation.restoration import nlm_denoise
+from ..kinds.base import native_size
 from ..metrics.appearance import appearance
 from ..metrics.restoration import per_image_scores, sample_spread
 from ..model_source import registry_folder
 from ..models.diffusion import describe, sampling_progress
-from ..models.input_distribution import (InputDistribution, Novelty, ReportDistribution, ReportNovelty,
-                                         novelty)
+from ..models.input_distribution import InputDistribution, Novelty, ReportDistribution, ReportNovelty, novelty
 from ..models.pipelines import ArbitraryScaleSuperResolution, DiffusionPipeline, LowDoseDenoiser
 from ..models.vae import encode_mean, load_vae
-from ..settings import (DEFAULT_DAGSTER_URL, Profile, WorkPaths, dagster_ui_url, mlflow_ui_url,
-                        profile_from_environment, tracking_uri_for, work_home)
+from ..settings import (
+    DEFAULT_DAGSTER_URL,
+    Profile,
+    WorkPaths,
+    dagster_ui_url,
+    mlflow_ui_url,
+    profile_from_environment,
+    tracking_uri_for,
+    work_home,
+)
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
 
@@ -133,7 +140,7 @@ def locate(model: kinds.ModelKind, context: AppContext, alias: str = "champion")
                                "Choose the challenger to try the latest evaluated version anyway.") from None
     folder = registry_folder(name, str(version.version), context.paths.registry_cache,
                                       context.tracking_uri)
-    return LocatedModel(folder, name, str(version.version), alias, version.run_id)
+    return LocatedModel(folder, name, str(version.version), alias, version.run_id or "")
 
 
 # --- Generation ---------------------------------------------------------------------------------------------
@@ -257,7 +264,7 @@ def zoom_offered(context: AppContext, alias: str, side: int) -> tuple[list[float
     """The zooms of a ``side``-px generated image the app offers, and why the others are not: only
     output sizes the arbitrary-scale model was evaluated at (up to its training images' side).
     Above it, at x4 on the demo, it paints the texture of its native pixel grid at output-pixel
-    period (a diagonal hatch at 2.7 px at x1, x2, x3 and x4 alike: bench/zoom_artifacts.py)
+    period (a diagonal hatch at 2.7 px at x1, x2, x3 and x4 alike: docs/recipes.md#the-apps-zoom)
     instead of enlarging the anatomy."""
     try:
         located = locate(APP_MODELS["arbitrary_sr"], context, alias)
@@ -310,6 +317,7 @@ def read_upload(data: bytes, name: str, image_size: int) -> tuple[np.ndarray, di
         outcome = ingest_file(path, IngestOptions(image_size=image_size, workers=1))
     if not outcome.accepted:
         raise UploadRejected(outcome.reason or "rejected", outcome.message or "the file was not accepted")
+    assert outcome.stored is not None, "an accepted file was read"
     return from_stored(outcome.stored), {"file kind": outcome.file_kind, **outcome.fields}
 
 
@@ -441,6 +449,7 @@ def registry_overview(context: AppContext) -> pd.DataFrame:
 
 def architecture(folder: Path) -> dict:
     """What the model folder says it is: kind, UNet, schedule, conditioning, training."""
-    description = describe(folder)
-    return {k: description[k] for k in ("kind", "unet", "schedule", "conditioning", "train", "step")
-            if k in description}
+    saved = describe(folder)
+    return {"kind": saved.kind, "unet": asdict(saved.unet), "schedule": asdict(saved.schedule),
+            "conditioning": asdict(saved.conditioning), "settings": saved.settings.to_dict(),
+            "training": saved.training.to_dict()}

@@ -42,7 +42,10 @@ def _write_with(dest: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 
 def write_bytes(dest: Path, data: bytes) -> None:
-    _write_with(dest, lambda handle: handle.write(data))
+    def write(handle: IO[bytes]) -> None:
+        handle.write(data)
+
+    _write_with(dest, write)
 
 
 def write_text(dest: Path, text: str) -> None:
@@ -59,13 +62,15 @@ class NpyRows:
     from the first batch."""
 
     def __init__(self, path: Path, rows: int):
-        self.path, self.rows, self.written, self.array = path, rows, 0, None
+        self.path, self.rows, self.written = path, rows, 0
+        self.array: np.ndarray | None = None
 
     def append(self, batch: np.ndarray) -> None:
         if self.array is None:
             self.array = np.lib.format.open_memmap(self.path, mode="w+", dtype=batch.dtype,
                                                    shape=(self.rows, *batch.shape[1:]))
-        self.array[self.written:self.written + len(batch)] = batch
+        array = self.array
+        array[self.written:self.written + len(batch)] = batch
         self.written += len(batch)
 
 
@@ -82,7 +87,7 @@ def npy_rows(dest: Path, rows: int, empty_dtype=np.float32) -> Iterator[NpyRows]
             with open(tmp, "wb") as handle:
                 np.save(handle, np.zeros(0, empty_dtype), allow_pickle=False)
         else:
-            writer.array.flush()
+            writer.array.flush()  # type: ignore[attr-defined]  # a numpy memmap
             del writer.array
 
 

@@ -19,7 +19,7 @@ def image_rng(seed: int, image_id: str, tag: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def resize(image: np.ndarray, size: tuple[int, int], resample: Image.Resampling = Image.Resampling.LANCZOS) -> np.ndarray:
+def resize(image: np.ndarray, size: tuple[int, ...], resample: Image.Resampling = Image.Resampling.LANCZOS) -> np.ndarray:
     """``image`` resized to ``size`` (height, width), clipped to [0, 1]. Pillow's filters scale
     their support with the ratio, so Lanczos shrinking is antialiased at any ratio."""
     height, width = size
@@ -29,7 +29,8 @@ def resize(image: np.ndarray, size: tuple[int, int], resample: Image.Resampling 
 
 def low_resolution_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
     """The LR grid of an HR grid at ``scale`` (rounded; exact when ``scale`` divides the size)."""
-    return tuple(max(1, int(round(side / scale))) for side in size)
+    height, width = (max(1, int(round(side / scale))) for side in size)
+    return height, width
 
 
 def downsample(image: np.ndarray, scale: int) -> np.ndarray:
@@ -46,7 +47,7 @@ def upsample_bicubic(image: np.ndarray, scale: int) -> np.ndarray:
     return resize(image, (height * scale, width * scale), Image.Resampling.BICUBIC)
 
 
-def bicubic_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def bicubic_to(image: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
     """Bicubic resampling to any size: the baseline at non-integer scales."""
     return resize(image, size, Image.Resampling.BICUBIC)
 

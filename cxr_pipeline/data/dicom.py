@@ -147,7 +147,7 @@ def decode_stored_values(ds: Dataset) -> tuple[np.ndarray, str]:
     if not decoder.is_encapsulated:
         try:
             values, _ = decoder.as_array(ds)
-        except Exception as error:  # noqa: BLE001 - any failure here is a corrupt file
+        except Exception as error:
             raise Rejected(Reason.CORRUPT, f"native pixel data unreadable: {error}") from None
         return values, "native"
     plugins = [name for name in DECODER_PREFERENCE if name in decoder.available_plugins]
@@ -163,7 +163,7 @@ def decode_stored_values(ds: Dataset) -> tuple[np.ndarray, str]:
         try:
             values, _ = decoder.as_array(ds, decoding_plugin=plugin)
             return values, plugin
-        except Exception as error:  # noqa: BLE001 - try the next plugin, report all
+        except Exception as error:
             errors.append(f"{plugin}: {error}")
     raise Rejected(Reason.CORRUPT, f"{syntax.name} pixel data failed to decode ({'; '.join(errors)})")
 

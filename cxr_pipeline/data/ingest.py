@@ -359,11 +359,12 @@ def _ingest_locked(data_dir: Path, manifest_path: Path, rejected_path: Path, sto
     done = accepted = rejected = 0
     for outcome in parallel.ordered_map(process_file, tasks, workers=workers, on_crash=_crashed):
         done += 1
-        if outcome.accepted and outcome.pixel_hash in seen_hashes:
+        if outcome.accepted and outcome.pixel_hash is not None and outcome.pixel_hash in seen_hashes:
             outcome.accepted = False
             outcome.reason = Reason.DUPLICATE.value
             outcome.message = f"same pixels as accepted {seen_hashes[outcome.pixel_hash]}"
         if outcome.accepted:
+            assert outcome.pixel_hash is not None and outcome.stored is not None, "an accepted file was read"
             accepted += 1
             seen_hashes[outcome.pixel_hash] = outcome.source_path
             buffer.append(outcome.stored)

@@ -17,7 +17,6 @@ Each evaluation asset's config overrides its caps (``max_test_images``, ``max_va
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import pandas as pd
 
@@ -55,7 +54,7 @@ class Draw:
     rows: pd.DataFrame
     available_images: int
     available_patients: int
-    cap: Optional[int]
+    cap: int | None
     seed: int
     unit: str = "images"
 
@@ -78,7 +77,7 @@ class Draw:
                 f"{self.split}_cap": self.cap}
 
 
-def draw_patients(rows: pd.DataFrame, cap: Optional[int], split: str, seed: int = 0, unit: str = "images") -> Draw:
+def draw_patients(rows: pd.DataFrame, cap: int | None, split: str, seed: int = 0, unit: str = "images") -> Draw:
     """At most ``cap`` of ``rows``, whole patients at a time (``data.splits.patient_subset``), with
     what the report says of the draw."""
     rows = rows.reset_index(drop=True)
@@ -86,7 +85,7 @@ def draw_patients(rows: pd.DataFrame, cap: Optional[int], split: str, seed: int 
     return Draw(split, patient_subset(rows, cap, seed), len(rows), available_patients, cap, seed, unit)
 
 
-def split_draw(metadata: pd.DataFrame, split: str, cap: Optional[int], *, labelled: bool = False,
+def split_draw(metadata: pd.DataFrame, split: str, cap: int | None, *, labelled: bool = False,
                seed: int = 0) -> Draw:
     """The rows of one split (only single-label ones when ``labelled``), drawn under ``cap``."""
     rows = metadata[metadata["split"] == split]

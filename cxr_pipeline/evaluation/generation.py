@@ -22,8 +22,12 @@ import pandas as pd
 import torch
 
 from ..metrics.detail import set_detail_interval, set_detail_ratio
-from ..metrics.distribution import (conditional_accuracy, frechet_distance, kernel_inception_distance,
-                                    mean_pairwise_ms_ssim)
+from ..metrics.distribution import (
+    conditional_accuracy,
+    frechet_distance,
+    kernel_inception_distance,
+    mean_pairwise_ms_ssim,
+)
 from ..metrics.inception import InceptionFid, inception_fid
 from ..models.classifier import embed, load_classifier
 from ..models.pipelines import ClassConditionalGenerator
@@ -70,7 +74,7 @@ class GenerationEvaluation:
             flat[f"ms_ssim_{key}"] = float(np.mean(generated))
         if real:
             flat[f"ms_ssim_{key}_real_reference"] = float(np.mean(real))
-        if self.fid.computed:
+        if self.fid.computed and self.fid.value is not None:
             flat[f"fid_inception_{key}"] = self.fid.value
         return flat
 
@@ -133,8 +137,8 @@ def evaluate_generation(model: ClassConditionalGenerator, classifier_dir: Path, 
                         ddim_steps: int = 50, guidance: float | None = None, seed: int = 0,
                         inception_weights: str | None = None, inception_sha256: str | None = None,
                         device: str = "auto") -> GenerationEvaluation:
-    classifier, description = load_classifier(classifier_dir, device)
-    class_names = list(description["class_names"])
+    classifier, classifier_settings = load_classifier(classifier_dir, device)
+    class_names = list(classifier_settings.classes)
     labels = np.asarray(real_test_labels, dtype=int)
     count = fd_samples or len(labels)
     prior_matched = np.resize(labels, count)  # the test class mix, repeated or cut to the count
@@ -159,7 +163,7 @@ def evaluate_generation(model: ClassConditionalGenerator, classifier_dir: Path, 
                 if min(len(real_of_class), samples_per_class) >= 2 else np.nan)
         diversity[name] = (generated, real)
 
-    used_guidance = guidance if guidance is not None else model.description["default_guidance"]
+    used_guidance = guidance if guidance is not None else model.settings.guidance_scale
     columns = min(samples_per_class, 8)
     figures = [Figure("Samples per class", image_grid(_per_class_rows(balanced_set, balanced, len(class_names), real_test,
                                                                       labels, columns), columns=columns + 1),

@@ -19,7 +19,7 @@ from .. import provenance, tracking
 from ..data import atomic
 from ..reports.document import Section, Table, write_report
 from ..settings import mlflow_ui_url
-from .suites import EvaluationOutcome
+from .outcome import EvaluationOutcome
 
 
 def training_data_section(outcome: EvaluationOutcome) -> Section:
@@ -52,7 +52,10 @@ def publish_outcome(outcome: EvaluationOutcome, folder: Path, html: Path) -> str
     """Inside the active MLflow run: the promotion decisions into the registry; params, metrics
     and the report; then this run's id onto each evaluated model's training run and registered
     version. Returns the run id."""
-    active = mlflow.active_run().info
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("publish_outcome runs inside an active MLflow run")
+    active = run.info
     run_id = active.run_id
     for promotion in outcome.promotions:
         promotion.publish()

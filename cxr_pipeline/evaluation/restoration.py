@@ -22,10 +22,10 @@ import torch
 from PIL import Image
 from skimage.restoration import denoise_nl_means, estimate_sigma
 
+from ..compute import step_threads
 from ..data.degrade import bicubic_to, resize, upsample_bicubic
 from ..metrics.restoration import lr_consistency_psnr, per_image_scores, sample_spread
 from ..metrics.statistics import Summary, summarize
-from ..compute import step_threads
 from ..models.pipelines import ArbitraryScaleSuperResolution, LatentSuperResolution, LowDoseDenoiser
 from ..models.vae import reconstruct
 from ..reports.document import Figure, Section, Table
@@ -169,7 +169,7 @@ def evaluate_super_resolution(model: LatentSuperResolution, high_resolution: tor
                               image_ids, groups, *, ddim_steps: int = 50, full_chain: bool = False,
                               lr_start_strength: float | None = 0.3, spread_seeds: int = 4, spread_images: int = 16,
                               seed: int = 0, resamples: int = 2000) -> RestorationEvaluation:
-    description, scale = model.description, model.scale
+    scale = model.scale
     task = f"sr_x{scale}"
     bicubic = torch.from_numpy(np.stack([upsample_bicubic(x[0].numpy(), scale) for x in low_resolution])).unsqueeze(1)
     vae = model.model.vae
@@ -197,7 +197,7 @@ def evaluate_super_resolution(model: LatentSuperResolution, high_resolution: tor
         columns.append(from_lr)
     if full_chain:
         chain = model(low_resolution, sampler="ddpm", seed=seed)
-        methods.append(Method("ddpm", f"Latent SR, full chain ({description['schedule']['timesteps']} steps)", chain,
+        methods.append(Method("ddpm", f"Latent SR, full chain ({model.model.schedule.timesteps} steps)", chain,
                               consistency(chain)))
         columns.append(chain)
     columns += [high_resolution, _error_map(ddim, high_resolution)]

@@ -33,9 +33,9 @@ import torch
 from ..data import atomic
 from ..data.image_store import ImageStore, to_stored
 from ..data.labels.report_text import report_prompts
+from ..metrics.statistics import patient_weights, percentile_interval, weighted_classification_scores
 from ..models.batches import ConcatImages, StoreImages
 from ..models.classifier import ClassifierConfig, classifier_trainer, embed
-from ..metrics.statistics import (patient_weights, percentile_interval, weighted_classification_scores)
 from ..models.training import TrainConfig
 
 CLASS_GENERATOR, TEXT_GENERATOR = "class_ddpm", "text_ldm"
@@ -231,6 +231,8 @@ def arm_training_set(arm: Arm, real_rows: pd.DataFrame, real_store: ImageStore, 
     parts = [StoreImages(real_store, real)]
     labels, sources, origins = [real["class_id"].astype(int).to_numpy()], [REAL] * len(real), real["image_id"].astype(str).tolist()
     if synthetic is not None and len(synthetic):
+        if pool_store is None:
+            raise ValueError(f"arm {arm.name} takes generated images, and no pool store was given")
         parts.append(StoreImages(pool_store, synthetic))
         labels.append(synthetic["class_id"].astype(int).to_numpy())
         sources += synthetic["generator"].tolist()

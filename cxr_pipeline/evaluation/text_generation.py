@@ -34,11 +34,16 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from ..data.image_store import ImageStore
 from ..data.labels.report_text import finding_mentions, report_prompts
 from ..data.labels.vocabulary import LABEL_COLUMNS, NO_FINDING
-from ..models.batches import StoreImages
 from ..metrics.detail import set_detail_interval, set_detail_ratio
+from ..metrics.distribution import (
+    frechet_distance,
+    kernel_inception_distance,
+    mean_pairwise_ms_ssim,
+    nearest_distances,
+    precision_recall_density_coverage,
+)
 from ..metrics.statistics import summarize
-from ..metrics.distribution import (frechet_distance, kernel_inception_distance, mean_pairwise_ms_ssim,
-                                    nearest_distances, precision_recall_density_coverage)
+from ..models.batches import StoreImages
 from ..models.classifier import embed, load_classifier
 from ..models.pipelines import TextConditionalGenerator
 from ..reports.document import Figure, Section, Table
@@ -160,7 +165,7 @@ class Memorization:
 
 def memorization(generated: torch.Tensor, generated_features: np.ndarray, real: torch.Tensor,
                  real_features: np.ndarray, train: torch.Tensor, train_features: np.ndarray) -> Memorization:
-    flat = lambda x: x.reshape(len(x), -1).double().numpy() / np.sqrt(x[0].numel())  # noqa: E731 (RMS distance)
+    flat = lambda x: x.reshape(len(x), -1).double().numpy() / np.sqrt(x[0].numel())
     generated_pixel, nearest = nearest_distances(flat(generated), flat(train))
     real_pixel, _ = nearest_distances(flat(real), flat(train))
     return Memorization(nearest_distances(generated_features, train_features)[0],
@@ -350,8 +355,8 @@ def evaluate_text_generation(model: TextConditionalGenerator, classifier_dir: Pa
                              diversity_samples: int = 4, ddim_steps: int = 20, seed: int = 0,
                              device: str = "auto") -> TextGenerationEvaluation:
     """``guidance`` None: chosen on val over ``guidance_scales``; a number skips the sweep."""
-    classifier, description = load_classifier(classifier_dir, device)
-    class_names = list(description["class_names"])
+    classifier, classifier_settings = load_classifier(classifier_dir, device)
+    class_names = list(classifier_settings.classes)
     reference = train.images[np.random.default_rng(seed).permutation(len(train))[:len(val)]]
     sweep = pd.DataFrame(columns=["guidance", "consistency", "fd_cxr", "fd_cxr_real_reference", "consistency_samples"])
     if guidance is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..evaluation.outcome import Evaluation
 from .arbitrary_sr import ARBITRARY_SR
 from .base import ModelKind, Progress, ServingSpec, TrainingJob, TrainingPlan, TrainingRecipe
 from .class_ddpm import CLASS_DDPM
@@ -20,14 +21,36 @@ from .classifier import CLASSIFIER
 from .denoiser import DENOISER
 from .latent_sr import LATENT_SR
 from .report_encoder import REPORT_ENCODER
+from .synthetic_utility import SYNTHETIC_UTILITY
 from .text_ldm import TEXT_LDM
 from .vae import VAE
 
 KINDS: tuple[ModelKind, ...] = (VAE, CLASSIFIER, LATENT_SR, ARBITRARY_SR, CLASS_DDPM, DENOISER, REPORT_ENCODER, TEXT_LDM)
+# Every evaluation asset: each kind's, then the experiment over the generators
+EVALUATIONS: tuple[Evaluation, ...] = (*(k.evaluation for k in KINDS if k.evaluation is not None), SYNTHETIC_UTILITY)
 
-__all__ = ["ARBITRARY_SR", "CLASSIFIER", "CLASS_DDPM", "DENOISER", "KINDS", "LATENT_SR", "REPORT_ENCODER", "TEXT_LDM",
-           "VAE", "ModelKind", "Progress", "ServingSpec", "TrainingJob", "TrainingPlan", "TrainingRecipe", "kind",
-           "kind_of_folder", "run_job"]
+__all__ = [
+    "ARBITRARY_SR",
+    "CLASSIFIER",
+    "CLASS_DDPM",
+    "DENOISER",
+    "EVALUATIONS",
+    "KINDS",
+    "LATENT_SR",
+    "REPORT_ENCODER",
+    "SYNTHETIC_UTILITY",
+    "TEXT_LDM",
+    "VAE",
+    "ModelKind",
+    "Progress",
+    "ServingSpec",
+    "TrainingJob",
+    "TrainingPlan",
+    "TrainingRecipe",
+    "kind",
+    "kind_of_folder",
+    "run_job",
+]
 
 
 def kind(key: str) -> ModelKind:

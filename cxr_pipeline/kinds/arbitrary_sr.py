@@ -4,7 +4,7 @@ resized (the default) or rendered by its implicit (LIIF) decoder head. ``cxr-arb
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -12,16 +12,31 @@ import pandas as pd
 
 from ..data.image_store import ImageStore
 from ..data.labels.metadata import content_hash
-from ..evaluation.suites import arbitrary_super_resolution_suite
+from ..evaluation.outcome import Evaluation, EvaluationOutcome, PromotionPolicy, SamplingBudget, SuiteInputs
+from ..evaluation.suites import ArbitrarySrOptions, arbitrary_super_resolution_suite
 from ..model_record import ModelRecord, current_model, has_current_model
 from ..models import diffusion_training
 from ..models.diffusion import UNetConfig
 from ..models.pipelines import ArbitraryScaleSuperResolution
-from ..models.training import TrainConfig
+from ..models.training import TrainConfig, TrainingOutcome
 from ..settings import WorkPaths
-from .base import (IMAGES, DiffusionRecipe, ModelKind, ServingSpec, TrainingJob, TrainingPlan, given, gray,
-                   native_size, request_images, sampling_params, warm_start_source)
-from .latent_sr import LATENT_SR, UNET_PROFILES, latent_shape
+from .base import (
+    IMAGES,
+    DiffusionRecipe,
+    ModelInputs,
+    ModelKind,
+    Progress,
+    ServingSpec,
+    TrainingJob,
+    TrainingPlan,
+    given,
+    gray,
+    native_size,
+    request_images,
+    sampling_params,
+    warm_start_source,
+)
+from .latent_sr import LATENT_SR, UNET_PROFILES, latent_shape, trained_scales
 from .vae import VAE
 
 
@@ -30,16 +45,8 @@ class Recipe(DiffusionRecipe):
     # The fixed-scale residual recipe (x0 target, flat weighting) on continuous scales: each training
     # image degraded like sr_pairs at draws_per_image scales, one per stratum of [scale_min,
     # scale_max], the conditions built on the fly at the start of training (deterministic per
-    # image and draw; nothing is written to pairs/). The diffusion UNet trains in bf16 on CPU like
-    # the fixed-scale model (bench/arbitrary_sr.py --warm-start against --fp32, val PSNR x2 / x2.5 /
-    # x3 / x4 / x6: 31.52 / 29.73 / 30.18 / 30.08 / 20.47 dB against 31.52 / 29.73 / 30.16 / 30.06 /
-    # 20.46; both stages 222 s against 251); the decoder head stays fp32.
-    # Chosen on val (bench/arbitrary_sr.py), x4 against the fixed-scale model: 400 steps, not told
-    # the scale -0.80 dB; told the scale -0.52; 600 steps -0.31; strata by area -0.14. On the fine
-    # latent grid, started from the fixed-scale model (warm_start), 450 steps score what 600 from
-    # scratch did and better (val PSNR x2 / x2.5 / x3 / x4 / x6: 31.55 / 29.74 / 30.12 / 30.05 /
-    # 20.53 dB against 31.65 / 29.61 / 30.00 / 29.79 / 19.65; x4 against the fixed-scale model
-    # -0.37 dB against -0.64) in 3/4 of the diffusion steps; 300 steps lost 0.46 dB at x2.
+    # image and draw; nothing is written to pairs/). The UNet trains in bf16 on CPU, the decoder
+    # head in fp32; steps, scale conditioning and strata chosen on val (docs/recipes.md#arbitrary-scale-super-resolution-arbitrary_sr).
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "sample"
     steps: int = 450
     batch_size: int = 64
@@ -53,9 +60,7 @@ class Recipe(DiffusionRecipe):
     degradation_mix: bool = True  # random blur and mild noise before downsampling, as in sr_pairs
     pair_seed: int = 0
     # The implicit decoder head, trained first over the frozen VAE to render sizes from
-    # decoder_min_ratio of the latent's grid up to the grid itself (the sizes between grid steps).
-    # On val at 0.8 / 0.95 of the grid: 33.80 / 32.89 dB after 300 steps, against 33.54 / 32.65
-    # for the plain decode resized and 33.58 / 32.65 after 100 steps.
+    # decoder_min_ratio of the latent's grid up to the grid itself (the sizes between grid steps; docs/recipes.md#arbitrary-scale-super-resolution-arbitrary_sr).
     decoder_steps: int = 300
     decoder_batch_size: int = 16
     decoder_learning_rate: float = 2e-3
@@ -88,15 +93,8 @@ def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
     data_hash = content_hash(pd.read_parquet(paths.metadata))
     start, start_text = (fixed_scale_start(paths, recipe, unet, vae.model_dir) if recipe.warm_start
                          else (None, "from scratch (warm_start off)"))
-    options = {"vae_dir": str(vae.model_dir), "decoder_train": asdict(recipe.decoder_train_config()),
-               "scale_range": [recipe.scale_min, recipe.scale_max], "draws": recipe.draws_per_image,
-               "draws_by_area": recipe.draws_by_area, "degradation_mix": recipe.degradation_mix,
-               "pair_seed": recipe.pair_seed, "residual": recipe.residual,
-               "decoder_ratios": [recipe.decoder_min_ratio, 1.0], "decoder_hidden": list(recipe.decoder_hidden),
-               "decoder_queries": recipe.decoder_queries, "decoder_val_images": recipe.decoder_val_images,
-               "warm_start_from": str(start.model_dir) if start else None}
-    job = TrainingJob(ARBITRARY_SR.key, str(paths.home), unet, recipe.schedule(),
-                      recipe.train_config(), data_hash, options)
+    job = TrainingJob(ARBITRARY_SR.key, str(paths.home), unet, recipe, data_hash,
+                      ModelInputs(vae_dir=str(vae.model_dir), warm_start_from=str(start.model_dir) if start else None))
     params = {"scale_range": f"[{recipe.scale_min:g}, {recipe.scale_max:g}]", "draws_per_image": recipe.draws_per_image,
               "draws_by_area": recipe.draws_by_area, "degradation_mix": recipe.degradation_mix,
               "residual": recipe.residual, "scale_conditioning": recipe.scale_conditioning, "vae": vae.label,
@@ -116,16 +114,17 @@ def fixed_scale_start(paths: WorkPaths, recipe: Recipe, unet: UNetConfig, vae_di
     return warm_start_source(paths, LATENT_SR.at_scale(scales[0]).key, unet, vae_dir)
 
 
-def train(job: TrainingJob, progress=None, stop_after: int | None = None):
-    paths, options = job.paths, job.options
-    knobs = {k: v for k, v in options.items() if k not in ("vae_dir", "decoder_train", "warm_start_from")}
-    for name in ("scale_range", "decoder_ratios", "decoder_hidden"):
-        if name in knobs:
-            knobs[name] = tuple(knobs[name])
+def train(job: TrainingJob, progress: Progress = None, stop_after: int | None = None) -> TrainingOutcome:
+    paths, recipe = job.paths, job.recipe
+    assert isinstance(recipe, Recipe)
     return diffusion_training.train_arbitrary_sr(
-        pd.read_parquet(paths.metadata), ImageStore(paths.image_store), paths.latents, Path(options["vae_dir"]), job.unet,
-        job.schedule, job.train, TrainConfig(**options["decoder_train"]), job.runs_root, job.data_hash, **knobs,
-        warm_start_from=Path(options["warm_start_from"]) if options.get("warm_start_from") else None,
+        pd.read_parquet(paths.metadata), ImageStore(paths.image_store), paths.latents, job.input_dir("vae_dir"),
+        job.unet, job.schedule, job.train, recipe.decoder_train_config(), job.runs_root, job.data_hash,
+        scale_min=recipe.scale_min, scale_max=recipe.scale_max, draws_per_image=recipe.draws_per_image,
+        draws_by_area=recipe.draws_by_area, degradation_mix=recipe.degradation_mix, pair_seed=recipe.pair_seed,
+        residual=recipe.residual, decoder_min_ratio=recipe.decoder_min_ratio, decoder_hidden=tuple(recipe.decoder_hidden),
+        decoder_queries=recipe.decoder_queries, decoder_val_images=recipe.decoder_val_images,
+        warm_start_from=job.input_dir("warm_start_from") if job.inputs.warm_start_from else None,
         progress=progress, stop_after=stop_after)
 
 
@@ -136,8 +135,32 @@ SERVING = ServingSpec(
     lambda folder: gray(native_size(folder) // 4),
     "float32", IMAGES, IMAGES, sampling_params(("strength", "double", 1.0), ("scale", "double", 2.0)))
 
+def evaluate(inputs: SuiteInputs, budget: SamplingBudget, policy: PromotionPolicy,
+             options: ArbitrarySrOptions) -> EvaluationOutcome:
+    paths, test = inputs.paths, inputs.draw("test", budget.seed)
+    outcome = arbitrary_super_resolution_suite(
+        current_model(paths, ARBITRARY_SR.key), trained_scales(paths), test.rows, paths.image_store, options.scales,
+        budget, policy, paths.registry_cache, degradation_mix=options.degradation_mix, pair_seed=options.pair_seed,
+        log=inputs.log)
+    outcome.note_draws([test])
+    outcome.asset_metadata["test_images"] = len(test.rows)
+    return outcome
+
+
+EVALUATION = Evaluation(
+    "arbitrary_sr_evaluation", "The arbitrary-scale model on the test split at each scale against bicubic at that "
+    "scale, its latent path without diffusion and, where trained, the fixed-scale model on the same inputs: "
+    "PSNR/SSIM/MAE, LR-consistency, spread, the gain by scale; then champion/challenger promotion.",
+    evaluate, ArbitrarySrOptions,
+    # x0 prediction of a residual: on val 20 DDIM steps score what 50 do, for the arbitrary-scale and the
+    # fixed-scale model alike (docs/recipes.md), in less than half the time
+    budget=SamplingBudget(ddim_steps=20),
+    # the paired gain over bicubic, averaged over scales
+    policy=PromotionPolicy("psnr_gain_sr_mean_arbitrary", ("lr_consistency_psnr_sr_x4_arbitrary",),
+                           detail_guards=("detail_sr_x4_arbitrary",)))
+
 ARBITRARY_SR = ModelKind(
     key="arbitrary_sr", asset="arbitrary_sr", registered_name="cxr-arbitrary-sr", folder="arbitrary_sr",
     title="Arbitrary-scale super-resolution", description="arbitrary_sr (EMA weights)", recipe=Recipe, plan=plan,
     serving=SERVING, train=train, pipeline=ArbitraryScaleSuperResolution, unet_profiles=UNET_PROFILES,
-    evaluated_by="arbitrary_sr_evaluation", suite=arbitrary_super_resolution_suite)
+    evaluation=EVALUATION)

@@ -14,18 +14,20 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ..evaluation.outcome import Evaluation
 from ..model_record import ModelRecord, current_model, has_current_model
 from ..models.diffusion import ScheduleConfig, UNetConfig, UNetProfile, describe
-from ..models.training import TrainConfig, TrainEvent, TrainingOutcome
+from ..models.pipelines import DiffusionPipeline
+from ..models.training import TrainConfig, TrainingOutcome, TrainProgress
 from ..settings import WorkPaths
 
-Progress = Optional[Callable[[TrainEvent], None]]
+Progress = TrainProgress | None
 
 
 # --- Recipes: the hyperparameters of one training, defaults per kind ---------------------------------
@@ -40,22 +42,20 @@ class TrainingRecipe(TrainConfig):
     steps: int = 300
     learning_rate: float = 2e-3
     warmup_steps: int = 30
-    block_out_channels: Optional[list[int]] = None  # None: the profile's architecture
+    block_out_channels: list[int] | None = None  # None: the profile's architecture
 
     def train_config(self) -> TrainConfig:
         """The loop's config: this recipe's values of its fields (the warm-up no longer than the run)."""
         values = {spec.name: getattr(self, spec.name) for spec in dataclasses.fields(TrainConfig)}
         return TrainConfig(**{**values, "warmup_steps": min(self.warmup_steps, self.steps)})
 
-    def widths(self) -> Optional[tuple[int, ...]]:
+    def widths(self) -> tuple[int, ...] | None:
         return tuple(self.block_out_channels) if self.block_out_channels else None
 
 
 @dataclass(frozen=True)
 class DiffusionRecipe(TrainingRecipe):
-    # What the diffusion recipes share (bench/*_recipe.py): a small UNet's learning rate with a short
-    # warm-up and a fast EMA, for budgets of hundreds of steps (the reference recipe's 1e-4 at
-    # batch 8, 256 px, is for full runs).
+    # What the diffusion recipes share, for budgets of hundreds of steps (docs/recipes.md#shared-diffusion-recipe).
     steps: int = 200
     learning_rate: float = 2e-3
     warmup_steps: int = 50
@@ -65,7 +65,7 @@ class DiffusionRecipe(TrainingRecipe):
     timesteps: int = 1000
     beta_schedule: str = "linear"
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
-    snr_gamma: Optional[float] = None  # min-SNR-gamma loss weighting (5 in Hang et al. 2023); None: off
+    snr_gamma: float | None = None  # min-SNR-gamma loss weighting (5 in Hang et al. 2023); None: off
     # Where the training runs: in this step's process (the default), in a subprocess, or under
     # torchrun with ``processes`` data-parallel ranks (GPUs, or CPU processes), both through Dagster
     # Pipes with scripts/train_worker.py. batch_size is the global batch either way.
@@ -85,29 +85,51 @@ class DiffusionRecipe(TrainingRecipe):
 
 
 @dataclass(frozen=True)
+class ModelInputs:
+    """The trained models a training starts from, found by its plan in the work folder."""
+
+    vae_dir: str | None = None  # latent kinds: the autoencoder whose latents they learn
+    encoder_dir: str | None = None  # the text model: the pretrained report encoder
+    warm_start_from: str | None = None  # a model whose matching UNet weights the training starts from
+
+
+@dataclass(frozen=True)
 class TrainingJob:
     """One diffusion training described as data, so the same run can happen in this process or in
     another one (a subprocess, or ``torchrun`` over several GPUs) from a JSON file. A job names its
     inputs by the work folder, never by in-memory objects: the process that runs it loads the
-    metadata, image stores and latents itself; ``options`` are the kind's own arguments."""
+    metadata, image stores and latents itself. ``recipe`` is the kind's own recipe, typed, as
+    the asset's config gave it (per-scale kinds: one scale)."""
 
     model: str  # the kind's key
     home: str  # the work folder holding the inputs and the runs
     unet: UNetConfig
-    schedule: ScheduleConfig
-    train: TrainConfig
+    recipe: TrainingRecipe
     data_hash: str
-    options: dict[str, Any] = field(default_factory=dict)
+    inputs: ModelInputs = field(default_factory=ModelInputs)
+
+    @property
+    def schedule(self) -> ScheduleConfig:
+        if not isinstance(self.recipe, DiffusionRecipe):
+            raise ValueError(f"a {self.model} job has no noise schedule: its recipe is not a diffusion recipe")
+        return self.recipe.schedule()
+
+    @property
+    def train(self) -> TrainConfig:
+        return self.recipe.train_config()
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> TrainingJob:
+        from . import kind  # the registry imports this module
+
         raw = json.loads(text)
         unet = {**raw["unet"], "block_out_channels": tuple(raw["unet"]["block_out_channels"])}
-        return cls(model=raw["model"], home=raw["home"], unet=UNetConfig(**unet), schedule=ScheduleConfig(**raw["schedule"]),
-                   train=TrainConfig(**raw["train"]), data_hash=raw["data_hash"], options=raw["options"])
+        return cls(model=raw["model"], home=raw["home"], unet=UNetConfig(**unet),
+                   recipe=kind(raw["model"]).recipe(**raw["recipe"]), data_hash=raw["data_hash"],
+                   inputs=ModelInputs(**raw["inputs"]))
 
     @property
     def paths(self) -> WorkPaths:
@@ -116,6 +138,13 @@ class TrainingJob:
     @property
     def runs_root(self) -> Path:
         return self.paths.models / self.model
+
+    def input_dir(self, name: str) -> Path:
+        """One of the job's input folders, which its plan must have found."""
+        value = getattr(self.inputs, name)
+        if value is None:
+            raise ValueError(f"a {self.model} job needs inputs.{name}, and its plan set none")
+        return Path(value)
 
 
 @dataclass
@@ -127,13 +156,15 @@ class TrainingPlan:
     kind: ModelKind
     data_hash: str
     params: dict[str, Any]
-    job: Optional[TrainingJob] = None
-    run: Optional[Callable[[Progress], tuple[TrainingOutcome, dict]]] = None
+    job: TrainingJob | None = None
+    run: Callable[[Progress], tuple[TrainingOutcome, dict]] | None = None
     reported: dict[str, Any] = field(default_factory=dict)  # extra asset metadata known before training
 
     def train_in_process(self, progress: Progress = None) -> tuple[TrainingOutcome, dict]:
-        if self.job is not None:
+        if self.job is not None and self.kind.train is not None:
             return self.kind.train(self.job, progress=progress), {}
+        if self.run is None:
+            raise ValueError(f"the plan of {self.kind.key} has neither a job nor a run")
         return self.run(progress)
 
 
@@ -168,10 +199,10 @@ def warm_start_source(paths: WorkPaths, key: str, unet: UNetConfig, vae_dir: Pat
         return None, f"from scratch: no {key} model trained yet"
     record = current_model(paths, key)
     saved = describe(record.model_dir)
-    if saved.get("vae_source") != str(vae_dir):
+    if getattr(saved.settings, "vae_source", None) != str(vae_dir):
         return None, f"from scratch: {record.label} is not trained on the current autoencoder's latents"
-    if (tuple(saved["unet"]["block_out_channels"]), saved["unet"]["layers_per_block"]) != (
-            tuple(unet.block_out_channels), unet.layers_per_block):
+    if (saved.unet.block_out_channels, saved.unet.layers_per_block) != (tuple(unet.block_out_channels),
+                                                                         unet.layers_per_block):
         return None, f"from scratch: {record.label} has another UNet width or depth"
     return record, f"from {record.label}"
 
@@ -234,15 +265,19 @@ class ModelKind:
     recipe: type[TrainingRecipe]  # the default recipe
     plan: Callable[..., list[TrainingPlan]]  # (recipe, paths, profile name) -> the trainings to run
     serving: ServingSpec
-    train: Optional[Callable[..., TrainingOutcome]] = None  # (job, progress=, stop_after=): diffusion kinds
-    pipeline: Optional[type] = None  # the loaded-model class (diffusers habit: from_pretrained, __call__)
-    unet_profiles: Optional[dict[str, UNetProfile]] = None  # by profile name
-    evaluated_by: Optional[str] = None  # the evaluation asset whose promotion names the champion
-    suite: Optional[Callable[..., Any]] = None  # the evaluation suite scoring it (cxr_pipeline.evaluation)
+    train: Callable[..., TrainingOutcome] | None = None  # (job, progress=, stop_after=): diffusion kinds
+    pipeline: type[DiffusionPipeline] | None = None  # the loaded-model class (diffusers habit: from_pretrained, __call__)
+    unet_profiles: dict[str, UNetProfile] | None = None  # by profile name
+    evaluation: Evaluation | None = None  # its suite bound to the models it reads; promotion names the champion
     per_scale: bool = False  # one registered model per scale (``<key>_x<scale>``)
     # For models no evaluation asset promotes (the VAE, the classifier, the report encoder): the
     # final validation figures a version must reach to be named champion, (metric, minimum, why).
     acceptance: tuple[tuple[str, float, str], ...] = ()
+
+    @property
+    def evaluated_by(self) -> str | None:
+        """The evaluation asset whose promotion names the champion."""
+        return self.evaluation.name if self.evaluation else None
 
     def at_scale(self, scale: int) -> ModelKind:
         """The per-scale kind (latent SR): key ``latent_sr_x4``, name ``cxr-latent-sr-x4``."""
@@ -260,8 +295,10 @@ class ModelKind:
         return folder_kind == self.key
 
     def unet(self, profile: str, size: int, in_channels: int, out_channels: int, *,
-             widths: Optional[tuple[int, ...]] = None, num_class_embeds: Optional[int] = None,
-             cross_attention_dim: Optional[int] = None) -> UNetConfig:
+             widths: tuple[int, ...] | None = None, num_class_embeds: int | None = None,
+             cross_attention_dim: int | None = None) -> UNetConfig:
         """The kind's UNet at ``profile`` (sizes from the data), with ``widths`` when set."""
+        if self.unet_profiles is None:
+            raise ValueError(f"{self.key} has no UNet")
         return self.unet_profiles[profile].config(size, in_channels, out_channels, num_class_embeds, widths,
                                                   cross_attention_dim)

@@ -29,7 +29,8 @@ class Recipe(TrainingRecipe):
 def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
     metadata = pd.read_parquet(paths.metadata)
     data_hash = content_hash(metadata)
-    network = ClassifierConfig(widths=recipe.widths()) if recipe.widths() else ClassifierConfig()
+    widths = recipe.widths()
+    network = ClassifierConfig(widths=widths) if widths else ClassifierConfig()
     train_config = recipe.train_config()
     params = {**{f"classifier.{k}": v for k, v in network.as_dict().items()},
               **{f"train.{k}": v for k, v in train_config.identity().items()}, "classes": ",".join(recipe.classes)}

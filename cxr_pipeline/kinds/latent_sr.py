@@ -4,40 +4,49 @@ registered model per scale (``cxr-latent-sr-x4``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import pandas as pd
 
 from ..data.labels.metadata import content_hash
-from ..evaluation.suites import super_resolution_suite
-from ..model_record import current_model
+from ..data.pairs import scales_built
+from ..evaluation.outcome import Evaluation, EvaluationOutcome, PromotionPolicy, SamplingBudget, SuiteInputs
+from ..evaluation.suites import SrOptions, super_resolution_suite
+from ..model_record import ModelRecord, current_model, has_current_model
 from ..models import diffusion_training
 from ..models.diffusion import UNetProfile, describe
+from ..models.model_settings import LatentSRSettings
 from ..models.pipelines import LatentSuperResolution
+from ..models.training import TrainingOutcome
 from ..settings import WorkPaths
-from .base import (IMAGES, DiffusionRecipe, ModelKind, ServingSpec, TrainingJob, TrainingPlan, given, gray,
-                   native_size, request_images, sampling_params)
+from .base import (
+    IMAGES,
+    DiffusionRecipe,
+    ModelInputs,
+    ModelKind,
+    Progress,
+    ServingSpec,
+    TrainingJob,
+    TrainingPlan,
+    given,
+    gray,
+    native_size,
+    request_images,
+    sampling_params,
+)
 from .vae import VAE
 
 # Widths by profile (next to the VAE's): the demo trains in CPU minutes, full is the size
-# published work uses. The arbitrary-scale model uses the same UNet. The first level is narrow and
-# downsamples at once: on the autoencoder's fine grid (32x32 latents at 64 px) the old levels keep
-# their resolutions, and a step costs 1.17x the old UNet's on 16x16 latents where the old UNet
-# would cost 6.4x (16 wide: 1.8x; bench/latent_unet_cost.py).
+# published work uses; the arbitrary-scale model uses the same UNet. A narrow first level that
+# downsamples at once (docs/recipes.md#latent-super-resolution-latent_sr).
 UNET_PROFILES = {"demo": UNetProfile((8, 32, 64), 8, True), "full": UNetProfile((64, 128, 256, 512), 32, True)}
 
 
 @dataclass(frozen=True)
 class Recipe(DiffusionRecipe):
-    # The residual recipe (bench/sr_recipe.py, chosen on val): the chain diffuses the correction
-    # from the bicubic latent to the HR latent, the UNet predicts it clean (x0 target, flat
-    # weighting), 400 x 64 at 2e-3 (1000 steps gain 0.04 dB on val). The old epsilon recipe
-    # sampled noise from pure noise. bf16 autocast on CPUs that have it, with explicit attention
-    # (training.explicit_attention; with PyTorch's fused kernel bf16 was slower than fp32): 1.27x
-    # faster, the same on val (bench/sr_recipe.py x0_residual vs x0_residual+fp32: 30.27 against
-    # 30.29 dB from noise, 30.83 against 30.85 from the LR latent).
+    # The residual recipe: the UNet predicts the correction to the bicubic latent clean (x0, flat
+    # weighting), 400 x 64, bf16 on CPU; chosen on val (docs/recipes.md#latent-super-resolution-latent_sr).
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "sample"
     steps: int = 400
     batch_size: int = 64
@@ -58,30 +67,53 @@ def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
     unet = LATENT_SR.unet(profile, shape[-1], 2 * shape[0], shape[0], widths=recipe.widths())
     plans = []
     for scale in recipe.scales:
-        job = TrainingJob(LATENT_SR.key, str(paths.home), unet, recipe.schedule(),
-                          recipe.train_config(), data_hash,
-                          {"scale": scale, "vae_dir": str(vae.model_dir), "residual": recipe.residual})
+        job = TrainingJob(LATENT_SR.key, str(paths.home), unet, replace(recipe, scales=[scale]), data_hash,
+                          ModelInputs(vae_dir=str(vae.model_dir)))
         plans.append(TrainingPlan(LATENT_SR.at_scale(scale), data_hash,
                                   {"scale": scale, "vae": vae.label, "residual": recipe.residual}, job=job))
     return plans
 
 
-def train(job: TrainingJob, progress=None, stop_after: int | None = None):
-    options = job.options
+def train(job: TrainingJob, progress: Progress = None, stop_after: int | None = None) -> TrainingOutcome:
+    recipe = job.recipe
+    assert isinstance(recipe, Recipe) and len(recipe.scales) == 1, "a latent SR job trains one scale"
     return diffusion_training.train_latent_sr(
-        job.paths.latents, int(options["scale"]), Path(options["vae_dir"]), job.unet, job.schedule, job.train,
-        job.runs_root, job.data_hash, residual=options.get("residual", False), progress=progress,
-        stop_after=stop_after)
+        job.paths.latents, recipe.scales[0], job.input_dir("vae_dir"), job.unet, job.schedule, job.train,
+        job.runs_root, job.data_hash, residual=recipe.residual, progress=progress, stop_after=stop_after)
 
 
 SERVING = ServingSpec(
     LatentSuperResolution.from_pretrained,
     lambda sr, x, p: sr(request_images(x), seed=p["seed"], steps=p["steps"], strength=given(p["strength"], 1.0)).numpy(),
-    lambda folder: gray(native_size(folder) // int(describe(folder)["scale"])),
+    lambda folder: gray(native_size(folder) // describe(folder).settings_as(LatentSRSettings).scale),
     "float32", IMAGES, IMAGES, sampling_params(("strength", "double", 1.0)))
+
+def trained_scales(paths: WorkPaths) -> list[tuple[int, ModelRecord]]:
+    """(scale, current model) for every scale the pairs were built at and a model was trained for."""
+    return [(scale, current_model(paths, LATENT_SR.at_scale(scale).key)) for scale in scales_built(paths.pairs)
+            if has_current_model(paths, LATENT_SR.at_scale(scale).key)]
+
+
+def evaluate(inputs: SuiteInputs, budget: SamplingBudget, policy: PromotionPolicy, options: SrOptions) -> EvaluationOutcome:
+    paths, test = inputs.paths, inputs.draw("test", budget.seed)
+    outcome = super_resolution_suite(trained_scales(paths), test.rows, paths.image_store, paths.pairs, budget, policy,
+                                     paths.registry_cache, full_chain=options.full_chain,
+                                     lr_start_strength=options.lr_start_strength, log=inputs.log)
+    outcome.note_draws([test])
+    outcome.asset_metadata["test_images"] = len(test.rows)
+    return outcome
+
+
+EVALUATION = Evaluation(
+    "sr_evaluation", "Each latent SR model on the test split against bicubic, bicubic through the VAE and the VAE "
+    "ceiling: PSNR/SSIM/MAE, LR-consistency and the spread over seeds, with DDIM (from noise and from the LR latent) "
+    "and optionally the full chain; then champion/challenger promotion per scale.",
+    evaluate, SrOptions,
+    policy=PromotionPolicy("psnr_sr_x{scale}_ddim", ("lr_consistency_psnr_sr_x{scale}_ddim",),
+                           detail_guards=("detail_sr_x{scale}_ddim",)))
 
 LATENT_SR = ModelKind(
     key="latent_sr", asset="latent_sr", registered_name="cxr-latent-sr", folder="latent_sr",
     title="Latent super-resolution", description="latent_sr (EMA weights)", recipe=Recipe, plan=plan,
     serving=SERVING, train=train, pipeline=LatentSuperResolution, unet_profiles=UNET_PROFILES,
-    evaluated_by="sr_evaluation", suite=super_resolution_suite, per_scale=True)
+    evaluation=EVALUATION, per_scale=True)

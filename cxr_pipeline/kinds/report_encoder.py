@@ -7,18 +7,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
-import torch
 from transformers import AutoTokenizer
 
 from ..data.labels.metadata import content_hash
 from ..data.labels.report_text import report_prompts
-from ..models.diffusion_training import as_part, scaled_latents
-from ..models.report_encoder import (ReportEncoder, ReportEncoderConfig, align_report_encoder, pretrain_report_encoder,
-                                     token_counts)
+from ..models.diffusion_training import as_part
+from ..models.latents import LatentRows, scaled_latents
+from ..models.report_encoder import (
+    ReportEncoder,
+    ReportEncoderConfig,
+    align_report_encoder,
+    pretrain_report_encoder,
+    token_counts,
+)
 from ..models.training import TrainingOutcome, pick_device
 from ..settings import WorkPaths
 from .base import VECTORS, ModelKind, ServingSpec, TrainingPlan, TrainingRecipe, report_example, request_reports
@@ -29,11 +33,8 @@ class Recipe(TrainingRecipe):
     # A local BERT-family checkpoint (BioBERT, CXR-BERT, PubMedBERT, ...; a folder with config.json
     # and the tokenizer files), never downloaded. None: pretrain the project's own small encoder on
     # the training split's reports by masked-language modelling.
-    checkpoint: Optional[str] = None
-    # Masked-language modelling, 1500 x 32 at 2e-3 (bench/text_recipe.py, val): masked-token
-    # accuracy 0.87 against 0.39 after 400 steps at 1e-3, and the text model on it 0.69 against
-    # 0.50 prompt consistency; 1000 steps (bf16) reach 0.76. fp32 on CPU: bf16 made the whole pretraining
-    # only 1.07x faster on 2 cores (169 against 181 s), too little to re-check the text model for.
+    checkpoint: str | None = None
+    # Masked-language modelling, 1500 x 32 at 2e-3, fp32 (docs/recipes.md#report-encoder-report_encoder).
     steps: int = 1500
     batch_size: int = 32
     learning_rate: float = 2e-3
@@ -46,9 +47,8 @@ class Recipe(TrainingRecipe):
     layers: int = 2
     heads: int = 4
     max_length: int = 128
-    # Then contrastive report-image alignment (ConVIRT) on the training pairs; 0 skips it. On val
-    # (bench/text_recipe.py) the text model's fd_cxr at guidance 2 fell from 2.5x to 1.2x the real
-    # reference at the same prompt consistency; 200 x 64 at 5e-4 (more overfits the 600 pairs).
+    # Then contrastive report-image alignment (ConVIRT) on the training pairs; 0 skips it
+    # (docs/recipes.md#report-encoder-report_encoder).
     align_steps: int = 200
     align_batch_size: int = 64
     align_learning_rate: float = 5e-4
@@ -63,7 +63,7 @@ def split_prompts(metadata: pd.DataFrame, split: str) -> list[str]:
     return [p for p in report_prompts(metadata[metadata["split"] == split]).tolist() if p]
 
 
-def report_latents(metadata: pd.DataFrame, latents_dir: Path, split: str) -> tuple[list[str], torch.Tensor]:
+def report_latents(metadata: pd.DataFrame, latents_dir: Path, split: str) -> tuple[list[str], LatentRows]:
     """The reports of one split and the VAE latents of their images, paired."""
     index = pd.read_parquet(latents_dir / f"index_{split}.parquet")
     prompts = report_prompts(metadata.set_index("image_id").loc[index["image_id"]].reset_index()).to_numpy()

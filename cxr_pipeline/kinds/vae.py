@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any
 
 import pandas as pd
 
@@ -16,13 +16,8 @@ from ..models.vae import VaeConfig, load_vae, reconstruct, train_vae
 from ..settings import WorkPaths, get_profile
 from .base import IMAGES, ModelKind, ServingSpec, TrainingPlan, TrainingRecipe, gray, request_images
 
-# Sizes by profile. A latent grid 4x coarser than the image erased the ribs (val detail ratio 0.33,
-# 31.7 dB: bench/vae_recipe.py "d4"); one twice as fine keeps them (demo 64 px -> 32x32x4 latents:
-# detail 0.96, 35.4 dB, and 0.65x the training time, "d2flat"). No self-attention in the middle:
-# trained on 32 px windows, it saw a quarter of the positions it meets on whole images, and
-# without it the same grid keeps more detail, faster. The full profile follows the same two rules
-# (a grid 4x coarser than 256 px, so 64x64x8 latents, no middle attention); it runs end to end in
-# CI (tests/test_full_profile.py) but its quality at 256 px has not been measured yet.
+# Sizes by profile: a latent grid twice as fine as the old one (the ribs stay), no middle attention
+# (docs/recipes.md#autoencoder-vae).
 VAE_PROFILES = {
     "demo": VaeConfig(block_out_channels=(16, 32), mid_attention=False),
     "full": VaeConfig(block_out_channels=(64, 128, 256), latent_channels=8, layers_per_block=2, norm_num_groups=32,
@@ -32,23 +27,20 @@ VAE_PROFILES = {
 
 @dataclass(frozen=True)
 class Recipe(TrainingRecipe):
-    # Random 32 px windows, 1500 x 32 (bench/vae_recipe.py, on val: 31.1 dB at 1200 steps in 3.8 min
-    # against 29.3 dB for the old 300 x 16 whole images): the reconstruction ceiling of every
-    # latent model, so it is worth the minutes. bf16 autocast on CPUs that have it: 1.29x faster at
-    # the same val PSNR (31.54 against 31.51 dB, bench/vae_recipe.py crop32 vs crop32+bf16).
+    # Random 32 px windows, 1500 x 32, bf16 on CPU: chosen on val (docs/recipes.md#autoencoder-vae).
     steps: int = 1500
     batch_size: int = 32
     cpu_bf16: bool = True
     checkpoint_every: int = 500
     eval_every: int = 500  # validation (whole val images) every this many steps
     val_images: int = 1000  # validated on at most this many val images (whole patients): bounded at any dataset size
-    crop: Optional[int] = 32  # train on random windows of this many pixels; None: whole images
-    latent_channels: Optional[int] = None
+    crop: int | None = 32  # train on random windows of this many pixels; None: whole images
+    latent_channels: int | None = None
 
 
 def architecture(recipe: Recipe, profile: str) -> VaeConfig:
     """The profile's VAE with the recipe's widths and latent channels when set."""
-    overrides = {}
+    overrides: dict[str, Any] = {}
     if recipe.block_out_channels:
         overrides["block_out_channels"] = tuple(recipe.block_out_channels)
     if recipe.latent_channels:

@@ -8,6 +8,8 @@ the one of these that a smooth average cannot win.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pandas as pd
 import torch
@@ -26,7 +28,8 @@ def per_image_scores(prediction: torch.Tensor, target: torch.Tensor) -> pd.DataF
         raise ValueError(f"expected equal (N, C, H, W) shapes, got {tuple(prediction.shape)} and {tuple(target.shape)}")
     prediction, target = prediction.detach().double(), target.detach().double()
     psnr = peak_signal_noise_ratio(prediction, target, data_range=DATA_RANGE, reduction="none", dim=(1, 2, 3))
-    ssim = structural_similarity_index_measure(prediction, target, data_range=DATA_RANGE, reduction="none")
+    ssim = cast(torch.Tensor, structural_similarity_index_measure(prediction, target, data_range=DATA_RANGE,
+                                                                  reduction="none"))
     mae = (prediction - target).abs().mean(dim=(1, 2, 3))
     return pd.DataFrame({"psnr": psnr.numpy(), "ssim": ssim.numpy(), "mae": mae.numpy(),
                          "detail": paired_detail_ratios(prediction, target)})
@@ -36,7 +39,7 @@ def lr_consistency_psnr(super_resolved: torch.Tensor, low_resolution: torch.Tens
     """PSNR between the SR output brought back down to the LR grid (the same antialiased
     downsampling that made the pairs, at any scale) and the LR input. Detail the LR image does not
     support lowers it: a model that invents structure fails here even when its output looks plausible."""
-    size = tuple(low_resolution.shape[-2:])
+    size = (int(low_resolution.shape[-2]), int(low_resolution.shape[-1]))
     reduced = torch.from_numpy(np.stack([resize(image[0].numpy(), size) for image in super_resolved.float()]))
     return peak_signal_noise_ratio(reduced.unsqueeze(1).double(), low_resolution.double(), data_range=DATA_RANGE,
                                    reduction="none", dim=(1, 2, 3)).numpy()

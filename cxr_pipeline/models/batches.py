@@ -58,10 +58,10 @@ class StoreImages:
 class WeightedStepSampler:
     """Class-balanced batches: draws with probability ~ 1 / class frequency, seeded by step."""
 
-    def __init__(self, labels: Sequence[int], batch_size: int, seed: int):
-        labels = np.asarray(labels)
-        counts = np.bincount(labels)
-        weights = 1.0 / counts[labels]
+    def __init__(self, labels: Sequence[int] | np.ndarray, batch_size: int, seed: int):
+        ids = np.asarray(labels)
+        counts = np.bincount(ids)
+        weights = 1.0 / counts[ids]
         self.p = weights / weights.sum()
         self.batch_size, self.seed = batch_size, seed
 
@@ -81,7 +81,7 @@ def aligned_crops(images: Sequence[torch.Tensor], size: int | None, seed: int, s
     rng = np.random.default_rng([seed, step, 23])
     tops = rng.integers(0, height - size_y + 1, len(images[0]))
     lefts = rng.integers(0, width - size_x + 1, len(images[0]))
-    return [torch.stack([x[i, :, t:t + size_y, l:l + size_x] for i, (t, l) in enumerate(zip(tops, lefts))])
+    return [torch.stack([x[i, :, top:top + size_y, left:left + size_x] for i, (top, left) in enumerate(zip(tops, lefts))])
             for x in images]
 
 
@@ -109,7 +109,7 @@ class ConcatImages:
             images = self.parts[part].batch((rows[positions] - self.offsets[part]).tolist())
             for position, image in zip(positions, images):
                 out[position] = image
-        return torch.stack(out) if len(rows) else torch.zeros(0, 1, 0, 0)
+        return torch.stack([image for image in out if image is not None]) if len(rows) else torch.zeros(0, 1, 0, 0)
 
     def stack(self) -> torch.Tensor:
         return self.batch(np.arange(len(self)))

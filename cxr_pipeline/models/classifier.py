@@ -16,6 +16,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,7 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 from ..data.image_store import ImageStore
 from ..data.splits import patient_subset
 from .batches import StoreImages, WeightedStepSampler
+from .model_settings import TrainingRecord, upgrade_classifier_json
 from .training import TrainConfig, Trainer, TrainingOutcome, pick_device, run_key
 
 
@@ -40,6 +42,32 @@ class ClassifierConfig:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "widths": list(self.widths)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassifierSettings:
+    """What a trained classifier's ``classifier.json`` records, typed: its network, the classes
+    (the recipe's ``classes``; index = output), the image size, its last validation."""
+
+    config: ClassifierConfig
+    classes: list[str]
+    image_size: int
+    num_features: int
+    metrics: dict[str, float]
+    training: TrainingRecord
+
+    def to_json(self) -> str:
+        return json.dumps({"config": self.config.as_dict(), "classes": list(self.classes), "image_size": self.image_size,
+                           "num_features": self.num_features, "metrics": self.metrics,
+                           "training": self.training.to_dict()}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ClassifierSettings:
+        raw = upgrade_classifier_json(json.loads(text))
+        config = ClassifierConfig(**{**raw["config"], "widths": tuple(raw["config"]["widths"])})
+        return cls(config=config, classes=list(raw["classes"]), image_size=int(raw["image_size"]),
+                   num_features=int(raw["num_features"]), metrics=dict(raw["metrics"]),
+                   training=TrainingRecord.from_dict(raw["training"]))
 
 
 class _ResidualStage(nn.Module):
@@ -105,8 +133,10 @@ def classifier_step(config: ClassifierConfig):
 
 
 @torch.no_grad()
-def embed(model: CxrClassifier, images: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Penultimate features (N, D) and class probabilities (N, C) of images in [0, 1]."""
+def embed(network: nn.Module, images: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Penultimate features (N, D) and class probabilities (N, C) of images in [0, 1] (a
+    ``CxrClassifier``, or the EMA copy of one a Trainer returns)."""
+    model = cast(CxrClassifier, network)
     device = next(model.parameters()).device
     model.eval()
     features, probabilities = [], []
@@ -178,20 +208,19 @@ def train_classifier(metadata: pd.DataFrame, store: ImageStore, class_names: Seq
     def save(result, folder: Path) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in result.ema_model.state_dict().items()},
                   folder / "model.safetensors")
-        (folder / "classifier.json").write_text(json.dumps({
-            "config": config.as_dict(), "class_names": list(class_names), "image_size": int(val_stack.shape[-1]),
-            "num_features": result.ema_model.num_features, "metrics": result.last_eval, "step": result.final_step,
-            "data_hash": data_hash, "train": train_config.identity(),
-        }, indent=2))
+        (folder / "classifier.json").write_text(ClassifierSettings(
+            config=config, classes=list(class_names), image_size=int(val_stack.shape[-1]),
+            num_features=result.ema_model.num_features, metrics=result.last_eval,
+            training=TrainingRecord(step=result.final_step, data_hash=data_hash, train=train_config.identity()),
+        ).to_json())
 
     result = trainer.fit_and_save(model_dir, save, stop_after)
     return TrainingOutcome("classifier", run_dir, model_dir, result.final_step, result.resumed_from, result.last_eval)
 
 
-def load_classifier(folder: Path, device: torch.device | str = "auto") -> tuple[CxrClassifier, dict]:
+def load_classifier(folder: Path, device: torch.device | str = "auto") -> tuple[CxrClassifier, ClassifierSettings]:
     folder = Path(folder)
-    description = json.loads((folder / "classifier.json").read_text())
-    config = ClassifierConfig(**{**description["config"], "widths": tuple(description["config"]["widths"])})
-    model = CxrClassifier(config, len(description["class_names"]))
+    settings = ClassifierSettings.from_json((folder / "classifier.json").read_text())
+    model = CxrClassifier(settings.config, len(settings.classes))
     model.load_state_dict(load_file(folder / "model.safetensors"))
-    return model.to(pick_device(device)).eval(), description
+    return model.to(pick_device(device)).eval(), settings

@@ -15,8 +15,8 @@ output the way training wrote it. The models differ only in what conditions the 
   embeddings added to the timestep embedding (Imagen's pooled text embedding, diffusers'
   ``class_embed_type="projection"``); the empty report is the null condition for guidance.
 A model folder is self-describing: ``unet/`` and ``scheduler/`` (``save_pretrained``), for latent
-models the autoencoder in ``vae/``, plus ``model.json`` with the kind, its conditioning and the
-latent scaling factor, so sampling needs nothing but the folder (a registered version downloaded
+models the autoencoder in ``vae/``, plus ``model.json`` with the kind, its conditioning and its typed settings
+(:mod:`.model_settings`), so sampling needs nothing but the folder (a registered version downloaded
 anywhere samples as it is).
 """
 
@@ -26,9 +26,8 @@ import json
 from collections.abc import Callable
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel
@@ -36,6 +35,7 @@ from diffusers.training_utils import compute_snr
 from safetensors.torch import load_file
 
 from .. import compute
+from .model_settings import ModelSettings, S, TrainingRecord, read_model_json
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,7 @@ class UNetConfig:
     # Text conditioning: the width of the report encoder's token embeddings. Set, the UNet is a
     # UNet2DConditionModel with cross-attention in the middle and in the blocks of the lowest
     # ``cross_attention_levels`` resolutions, and the pooled report embedding projected onto the
-    # timestep embedding. At demo size one level costs 0.37 s per batch of 64 on 2 CPU cores,
-    # two levels (8x8 and 4x4) 0.68 s, in fp32 (bf16 with explicit attention: 0.62x to 0.75x);
-    # on val two levels reached 0.83 prompt consistency where one stayed near 0.65
-    # (bench/text_recipe.py).
+    # timestep embedding (levels: docs/recipes.md#text-conditional-model-text_ldm).
     cross_attention_dim: int | None = None
     attention_head_dim: int = 8
     cross_attention_levels: int = 1  # resolution levels, from the lowest up, whose blocks cross-attend
@@ -139,7 +136,6 @@ class Conditioning:
     residual_scale: float = 0.0
     text: bool = False  # conditioned on report token embeddings (batch "text", "text_mask")
     text_dropout: float = 0.0  # share of training reports replaced by the empty report (batch "null_text")
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. VAE folder and latent scaling
 
 
 @dataclass(frozen=True)
@@ -246,10 +242,10 @@ def guided_prediction(model: UNet2DModel, inputs: torch.Tensor, t: torch.Tensor,
     if text is not None:
         if null_text is None or guidance == 1.0:
             return predict(model, inputs, t, text=text)
-        null = null_text.repeat(len(inputs))
+        null_text = null_text.repeat(len(inputs))
         if guidance == 0.0:
-            return predict(model, inputs, t, text=null)
-        both = predict(model, torch.cat([inputs, inputs]), torch.cat([t, t]), text=TextCondition.cat([text, null]))
+            return predict(model, inputs, t, text=null_text)
+        both = predict(model, torch.cat([inputs, inputs]), torch.cat([t, t]), text=TextCondition.cat([text, null_text]))
         conditional, unconditional = both.chunk(2)
         return unconditional + guidance * (conditional - unconditional)
     if labels is None or null_label is None or guidance == 1.0:
@@ -299,6 +295,8 @@ def sample(model: UNet2DModel, schedule: ScheduleConfig, shape: tuple[int, ...],
     if condition is not None:
         condition = condition.to(device)
     if residual_scale and start is not None:
+        if condition is None:
+            raise ValueError("a residual model samples from its condition: pass condition with start")
         start = (start.to(device) - condition) * residual_scale
     noise = torch.randn(shape, generator=generator, device="cpu").to(device)
     if start is not None and strength < 1.0:
@@ -329,17 +327,48 @@ def sample(model: UNet2DModel, schedule: ScheduleConfig, shape: tuple[int, ...],
 # --- Model folders --------------------------------------------------------------------------------
 
 
-def save_model(folder: Path, model: UNet2DModel, kind: str, schedule: ScheduleConfig, conditioning: Conditioning,
-               unet_config: UNetConfig, extra: dict[str, Any] | None = None, vae: AutoencoderKL | None = None) -> None:
+@dataclass(frozen=True)
+class SavedModel:
+    """A model folder's ``model.json``, typed: what it is, its UNet, schedule and conditioning, the
+    kind's settings and how it was trained. Read without loading any weights."""
+
+    kind: str  # the kind's key, per scale for per-scale kinds (``latent_sr_x4``)
+    unet: UNetConfig
+    schedule: ScheduleConfig
+    conditioning: Conditioning
+    settings: ModelSettings
+    training: TrainingRecord
+
+    def settings_as(self, cls: type[S]) -> S:
+        """The settings as ``cls``, the caller's kind: a folder of another kind is an error that says so."""
+        if not isinstance(self.settings, cls):
+            raise ValueError(f"this folder holds a {self.kind!r} model, not a {cls.kind!r} one")
+        return self.settings
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, "schedule": asdict(self.schedule), "conditioning": asdict(self.conditioning),
+                           "unet": {**asdict(self.unet), "block_out_channels": list(self.unet.block_out_channels)},
+                           "settings": self.settings.to_dict(), "training": self.training.to_dict()}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> SavedModel:
+        raw = json.loads(text)
+        settings, training = read_model_json(raw)
+        # folders from before typed settings carried an always-empty "extra" in their conditioning
+        conditioning = {k: v for k, v in raw["conditioning"].items() if k != "extra"}
+        unet = {**raw["unet"], "block_out_channels": tuple(raw["unet"]["block_out_channels"])}
+        return cls(raw["kind"], UNetConfig(**unet), ScheduleConfig(**raw["schedule"]), Conditioning(**conditioning),
+                   settings, training)
+
+
+def save_model(folder: Path, model: UNet2DModel | UNet2DConditionModel, saved: SavedModel,
+               vae: AutoencoderKL | None = None) -> None:
     folder = Path(folder)
     model.save_pretrained(str(folder / "unet"))
-    schedule.ddpm().save_pretrained(str(folder / "scheduler"))
+    saved.schedule.ddpm().save_pretrained(str(folder / "scheduler"))
     if vae is not None:
         vae.save_pretrained(str(folder / "vae"))
-    description = {"kind": kind, "schedule": asdict(schedule), "conditioning": asdict(conditioning),
-                   "unet": {**asdict(unet_config), "block_out_channels": list(unet_config.block_out_channels)},
-                   **(extra or {})}
-    (folder / "model.json").write_text(json.dumps(description, indent=2))
+    (folder / "model.json").write_text(saved.to_json())
 
 
 def warm_start(unet: torch.nn.Module, model_folder: Path) -> list[str]:
@@ -360,10 +389,20 @@ def warm_start(unet: torch.nn.Module, model_folder: Path) -> list[str]:
 @dataclass
 class DiffusionModel:
     unet: UNet2DModel | UNet2DConditionModel
-    schedule: ScheduleConfig
-    conditioning: Conditioning
-    description: dict[str, Any]
+    saved: SavedModel  # the folder's model.json; the schedule as the saved scheduler/ config says
     vae: AutoencoderKL | None = None  # latent models: the autoencoder saved beside the UNet
+
+    @property
+    def schedule(self) -> ScheduleConfig:
+        return self.saved.schedule
+
+    @property
+    def conditioning(self) -> Conditioning:
+        return self.saved.conditioning
+
+    @property
+    def settings(self) -> ModelSettings:
+        return self.saved.settings
 
     @property
     def null_label(self) -> int | None:
@@ -371,12 +410,12 @@ class DiffusionModel:
 
     @property
     def scaling_factor(self) -> float:
-        return float(self.description.get("scaling_factor", 1.0))
+        return self.settings.scaling_factor
 
 
-def describe(folder: Path) -> dict[str, Any]:
-    """A model folder's ``model.json``: kind, schedule, conditioning and the kind's extras."""
-    return json.loads((Path(folder) / "model.json").read_text())
+def describe(folder: Path) -> SavedModel:
+    """A model folder's ``model.json``, typed (no weights loaded)."""
+    return SavedModel.from_json((Path(folder) / "model.json").read_text())
 
 
 def load_model(folder: Path, device: torch.device | str = "cpu") -> DiffusionModel:
@@ -384,18 +423,17 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> DiffusionMod
     parametrization from the saved ``scheduler/`` config (the diffusers source of truth);
     ``model.json`` adds what only training used (the loss weighting)."""
     folder = Path(folder)
-    description = describe(folder)
+    saved = describe(folder)
     # low_cpu_mem_usage needs accelerate, which this project does not depend on: say so, not warn.
-    unet_class = UNet2DConditionModel if description["conditioning"].get("text") else UNet2DModel
+    unet_class = UNet2DConditionModel if saved.conditioning.text else UNet2DModel
     unet = unet_class.from_pretrained(str(folder / "unet"), low_cpu_mem_usage=False).to(device).eval()
     vae = (AutoencoderKL.from_pretrained(str(folder / "vae"), low_cpu_mem_usage=False).to(device).eval()
            if (folder / "vae").is_dir() else None)
-    schedule = ScheduleConfig(**description["schedule"])
     if (folder / "scheduler").is_dir():
-        saved = DDPMScheduler.load_config(str(folder / "scheduler"))
-        schedule = replace(schedule, timesteps=int(saved["num_train_timesteps"]), beta_schedule=saved["beta_schedule"],
-                           prediction_type=saved["prediction_type"])
-    return DiffusionModel(unet, schedule, Conditioning(**description["conditioning"]), description, vae)
+        config = DDPMScheduler.load_config(str(folder / "scheduler"))
+        saved = replace(saved, schedule=replace(saved.schedule, timesteps=int(config["num_train_timesteps"]),
+                                                beta_schedule=config["beta_schedule"],
+                                                prediction_type=config["prediction_type"]))
+    return DiffusionModel(unet, saved, vae)
 
 
-ProgressFn = Callable[[int, int], None]

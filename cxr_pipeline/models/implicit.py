@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 import torch
@@ -63,15 +64,16 @@ class LiifHead(ModelMixin, ConfigMixin):
             width = size
         layers.append(nn.Linear(width, out_channels))
         self.mlp = nn.Sequential(*layers)
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        nn.init.zeros_(cast(nn.Linear, self.mlp[-1]).weight)
+        nn.init.zeros_(cast(nn.Linear, self.mlp[-1]).bias)
 
     def start_from(self, conv_out: nn.Conv2d) -> None:
         """The linear path becomes the VAE's last 3x3 convolution (unfold order: channel, then
         kernel row, then kernel column, which is the convolution weight's own order)."""
         with torch.no_grad():
             self.linear.weight.copy_(conv_out.weight.reshape(conv_out.out_channels, -1))
-            self.linear.bias.copy_(conv_out.bias)
+            if conv_out.bias is not None:
+                self.linear.bias.copy_(conv_out.bias)
 
     def forward(self, features: torch.Tensor, offsets: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
         return self.linear(features) + self.mlp(torch.cat([features, offsets, cells], dim=-1))
@@ -231,13 +233,13 @@ def evaluate_rendering(model: ImplicitDecoder, images: torch.Tensor, ratios: Seq
             latents = model.vae.encode(to_model(source)).latent_dist.mode()
             if ratio < 1:
                 other = antialiased(from_model(model.vae.decode(latents).sample.float()), target.shape[-1])
-            rendered.append(from_model(model.render(latents, tuple(target.shape[-2:])).float()).cpu())
+            rendered.append(from_model(model.render(latents, (int(target.shape[-2]), int(target.shape[-1]))).float()).cpu())
             baseline.append(other.cpu())
             targets.append(target.cpu())
-        name, targets = ratio_name(ratio), torch.cat(targets)
-        out[f"val_psnr_render_{name}"] = float(per_image_scores(torch.cat(rendered), targets)["psnr"].mean())
+        name, stacked = ratio_name(ratio), torch.cat(targets)
+        out[f"val_psnr_render_{name}"] = float(per_image_scores(torch.cat(rendered), stacked)["psnr"].mean())
         baseline_name = "bicubic" if ratio >= 1 else "resized"
-        out[f"val_psnr_{baseline_name}_{name}"] = float(per_image_scores(torch.cat(baseline), targets)["psnr"].mean())
+        out[f"val_psnr_{baseline_name}_{name}"] = float(per_image_scores(torch.cat(baseline), stacked)["psnr"].mean())
     return out
 
 
@@ -258,9 +260,11 @@ def train_implicit_decoder(metadata: pd.DataFrame, store: ImageStore, vae_dir: P
                                                              "query_points": query_points, "vae": str(vae_dir)},
                                         train_config.identity(), data_hash)
     trainer = Trainer(decoder, render_step(ratios, query_points), lambda step: train.batch(sampler.indices(step)),
-                      train_config, run_dir, evaluate=lambda model, step: evaluate_rendering(model, val, eval_ratios),
+                      train_config, run_dir,
+                      evaluate=lambda model, step: evaluate_rendering(cast(ImplicitDecoder, model), val, eval_ratios),
                       progress=progress)
     model_dir = run_dir / "model"
-    result = trainer.fit_and_save(model_dir, lambda result, tmp: result.ema_model.save_pretrained(tmp), stop_after)
+    result = trainer.fit_and_save(model_dir, lambda result, tmp: cast(ImplicitDecoder, result.ema_model).save_pretrained(tmp),
+                                  stop_after)
     return TrainingOutcome("implicit_decoder", run_dir, model_dir, result.final_step, result.resumed_from,
                            result.last_eval)

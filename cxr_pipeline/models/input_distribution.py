@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ class _Reference:
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / self.file_name
-        atomic.write_text(path, json.dumps(asdict(self)))
+        atomic.write_text(path, json.dumps(asdict(self)))  # type: ignore[call-overload]  # every subclass is a dataclass
         return path
 
     @classmethod

@@ -14,32 +14,34 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL
 
 from ..data.degrade import bicubic_to, resize, upsample_bicubic
 from ..data.labels.report_text import prompt_from_report
 from ..model_source import resolve_model
 from .diffusion import DiffusionModel, TextCondition, UNetConfig, load_model, sample, save_model
 from .implicit import ImplicitDecoder, LiifHead, downsampling_factor
+from .model_settings import ArbitrarySRSettings, ClassDDPMSettings, DenoiserSettings, LatentSRSettings, TextLDMSettings
 from .report_encoder import ReportEncoder
 from .training import explicit_attention, pick_device, precision_dtype
-from .vae import encode_mean, from_model, load_vae, to_model
+from .vae import encode_mean, from_model, to_model
 
 P = TypeVar("P", bound="DiffusionPipeline")
 
 
 def precision_name(autocast: torch.dtype | None) -> str:
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast, "fp32")
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast, "fp32") if autocast is not None else "fp32"
 
 
 @torch.no_grad()
 def to_images(out: torch.Tensor, vae: torch.nn.Module | None, factor: float) -> torch.Tensor:
     """Model output -> images in [0, 1] on the CPU: decoded by the VAE for latent models."""
     if vae is not None:
-        out = vae.decode(out.to(next(vae.parameters()).device) / factor).sample
+        out = cast(AutoencoderKL, vae).decode(out.to(next(vae.parameters()).device) / factor).sample
     return from_model(out.float().cpu())
 
 
@@ -48,14 +50,14 @@ class DiffusionPipeline:
 
     ``precision`` is the UNet's autocast type while sampling, in the Trainer's words: "auto" is
     bf16 on CUDA, and on CPUs with native bf16 only for the kinds whose val figures held in bf16
-    (``cpu_bf16``, bench/sampling_precision.py); "no" is fp32. The VAE and the sampling chain stay
+    (``cpu_bf16``, docs/recipes.md#sampling-precision-per-kind-cpu_bf16); "no" is fp32. The VAE and the sampling chain stay
     fp32."""
 
     kind = ""  # the model.json "kind" this pipeline loads (per-scale kinds without their "_x<scale>")
     cpu_bf16 = False  # "auto" samples in bf16 on CPUs with native bf16
 
     def __init__(self, model: DiffusionModel, folder: Path | None = None, *, precision: str = "auto"):
-        held = model.description.get("kind", "")
+        held = model.saved.kind
         if re.sub(r"_x\d+$", "", held) != self.kind:
             raise ValueError(f"{folder or 'this model'} holds a {held!r} model, not a {self.kind!r} one")
         self.model, self.folder = model, folder
@@ -81,34 +83,30 @@ class DiffusionPipeline:
         return precision_name(precision_dtype(precision, pick_device(device), cpu_bf16=cls.cpu_bf16))
 
     def save_pretrained(self, folder: Path) -> None:
-        description = self.model.description
-        extra = {k: v for k, v in description.items() if k not in ("kind", "schedule", "conditioning", "unet")}
-        save_model(folder, self.model.unet, description["kind"], self.model.schedule, self.model.conditioning,
-                   self.unet_config, extra, self.model.vae)
+        save_model(folder, self.model.unet, self.model.saved, self.model.vae)
 
     @property
     def unet_config(self) -> UNetConfig:
-        raw = self.model.description["unet"]
-        return UNetConfig(**{**raw, "block_out_channels": tuple(raw["block_out_channels"])})
+        return self.model.saved.unet
 
     @property
     def device(self) -> torch.device:
         return next(self.model.unet.parameters()).device
 
-    @property
-    def description(self) -> dict:
-        return self.model.description
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not sample")
 
 
 class LatentSuperResolution(DiffusionPipeline):
     kind = "latent_sr"
-    cpu_bf16 = True  # val x4 30.44 / 30.44 dB from noise, bf16 / fp32; sampling 1.10x (the VAE stays fp32)
+    cpu_bf16 = True  # the same on val in bf16, faster
 
     def __init__(self, model: DiffusionModel, folder: Path | None = None, *, precision: str = "auto"):
         super().__init__(model, folder, precision=precision)
-        if model.vae is None:  # folders saved before models carried their VAE
-            model.vae = load_vae(model.description["vae_dir"], self.device)
-        self.scale = int(model.description["scale"])
+        if model.vae is None:
+            raise ValueError(f"{folder or 'this model'} has no vae/: a latent model folder carries its autoencoder")
+        self.settings = model.saved.settings_as(LatentSRSettings)
+        self.scale = self.settings.scale
 
     @torch.no_grad()
     def __call__(self, low_resolution: torch.Tensor, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
@@ -135,7 +133,7 @@ def canvas_side(side: int, factor: int) -> int:
     return -(-side // factor) * factor
 
 
-def bicubic_canvas(low_resolution: torch.Tensor, size: tuple[int, int], factor: int) -> torch.Tensor:
+def bicubic_canvas(low_resolution: torch.Tensor, size: tuple[int, ...], factor: int) -> torch.Tensor:
     """LR images (N, 1, h, w) bicubic-resampled over the same field of view to ``size``, rounded up
     to a multiple of ``factor``: the arbitrary-scale model's condition, in training and in use alike."""
     canvas = (canvas_side(size[0], factor), canvas_side(size[1], factor))
@@ -162,42 +160,43 @@ class ArbitraryScaleSuperResolution(DiffusionPipeline):
 
     The scale work happens in latent space, not in the decoder: an implicit decoder asked to
     upsample a latent scored below bicubic from the same input on this data
-    (bench/implicit_decoder.py), so it renders only the last fraction of a grid step."""
+    (docs/recipes.md#arbitrary-scale-super-resolution-arbitrary_sr), so it renders only the last fraction of a grid step."""
 
     kind = "arbitrary_sr"
-    cpu_bf16 = True  # val x2 to x6 within +0.02 dB of fp32; 1.19x
+    cpu_bf16 = True
 
     def __init__(self, model: DiffusionModel, folder: Path | None = None, *, precision: str = "auto"):
         super().__init__(model, folder, precision=precision)
         if folder is None:
             raise ValueError("an arbitrary-scale model loads from its folder (its decoder head is saved beside it)")
+        self.settings = model.saved.settings_as(ArbitrarySRSettings)
         head = LiifHead.from_pretrained(str(Path(folder) / "head"), low_cpu_mem_usage=False)
         self.decoder = ImplicitDecoder(model.vae, head).to(self.device).eval()
         # canvases are whole multiples of what the VAE and then the UNet's down blocks divide by
         self.factor = downsampling_factor(model.vae) * 2 ** (len(model.unet.config.block_out_channels) - 1)
         # told the scale (a timestep-style embedding) when trained so; beyond the training range the
-        # true scale too, which scored 0.1 dB above the nearest end of the range at x6 on val in
-        # three trainings (bench/arbitrary_sr.py); False tells it the nearest end instead
+        # true scale too (chosen on val: docs/recipes.md#arbitrary-scale-super-resolution-arbitrary_sr);
+        # False tells it the nearest end instead
         self.scale_conditioned = model.unet.config.class_embed_type == "timestep"
         self.extrapolate = True
         self.rendering = "resize"  # off the latent grid: "resize" (decode, then Lanczos) or "implicit"
 
     @property
     def scale_range(self) -> tuple[float, float]:
-        low, high = self.description["scale_range"]
-        return float(low), float(high)
+        return self.settings.scale_range
 
     def save_pretrained(self, folder: Path) -> None:
         super().save_pretrained(folder)
         self.decoder.head.save_pretrained(str(Path(folder) / "head"))
 
     @staticmethod
-    def output_size(low_size: tuple[int, int], scale: float | None, size: tuple[int, int] | None) -> tuple[int, int]:
+    def output_size(low_size: tuple[int, int], scale: float | None, size: tuple[int, ...] | None) -> tuple[int, int]:
         if (scale is None) == (size is None):
             raise ValueError("give either scale or size")
         if size is not None:
             height, width = (int(v) for v in size)
         else:
+            assert scale is not None  # one of the two, checked above
             if scale <= 0:
                 raise ValueError(f"scale must be positive, got {scale}")
             height, width = (max(1, int(round(side * scale))) for side in low_size)
@@ -206,13 +205,13 @@ class ArbitraryScaleSuperResolution(DiffusionPipeline):
         return height, width
 
     @torch.no_grad()
-    def __call__(self, low_resolution: torch.Tensor, *, scale: float | None = None, size: tuple[int, int] | None = None,
+    def __call__(self, low_resolution: torch.Tensor, *, scale: float | None = None, size: tuple[int, ...] | None = None,
                  sampler: str = "ddim", steps: int = 50, seed: int = 0, strength: float = 1.0,
                  batch_size: int = 64) -> torch.Tensor:
         """LR images (N, 1, h, w) in [0, 1] -> SR images (N, 1, H, W) in [0, 1], with (H, W) the
         LR size times ``scale`` (rounded) or ``size``. ``strength`` as in :class:`LatentSuperResolution`."""
         model = self.model
-        target = self.output_size(tuple(low_resolution.shape[-2:]), scale, size)
+        target = self.output_size((int(low_resolution.shape[-2]), int(low_resolution.shape[-1])), scale, size)
         ratio = (target[0] / low_resolution.shape[-2] + target[1] / low_resolution.shape[-1]) / 2
         if not self.extrapolate:
             ratio = min(max(ratio, self.scale_range[0]), self.scale_range[1])
@@ -228,10 +227,10 @@ class ArbitraryScaleSuperResolution(DiffusionPipeline):
 
     @torch.no_grad()
     def without_diffusion(self, low_resolution: torch.Tensor, *, scale: float | None = None,
-                          size: tuple[int, int] | None = None, batch_size: int = 64) -> torch.Tensor:
+                          size: tuple[int, ...] | None = None, batch_size: int = 64) -> torch.Tensor:
         """The same path with a zero correction (bicubic canvas -> VAE -> rendering): the baseline
         that keeps the diffusion model from being credited with the decoder's work."""
-        target = self.output_size(tuple(low_resolution.shape[-2:]), scale, size)
+        target = self.output_size((int(low_resolution.shape[-2]), int(low_resolution.shape[-1])), scale, size)
         return self._through_latents(low_resolution, target, batch_size, lambda condition, start: condition)
 
     def _through_latents(self, low_resolution: torch.Tensor, target: tuple[int, int], batch_size: int,
@@ -256,11 +255,15 @@ class ArbitraryScaleSuperResolution(DiffusionPipeline):
 
 class ClassConditionalGenerator(DiffusionPipeline):
     kind = "class_ddpm"
-    cpu_bf16 = True  # val cond_acc 0.992 in both, fd_cxr 6.42 / 6.48; 1.84x
+    cpu_bf16 = True
+
+    def __init__(self, model: DiffusionModel, folder: Path | None = None, *, precision: str = "auto"):
+        super().__init__(model, folder, precision=precision)
+        self.settings = model.saved.settings_as(ClassDDPMSettings)
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.model.description["class_names"])
+        return list(self.settings.classes)
 
     @torch.no_grad()
     def __call__(self, class_ids: Sequence[int], *, guidance: float | None = None, sampler: str = "ddim",
@@ -268,7 +271,7 @@ class ClassConditionalGenerator(DiffusionPipeline):
         """Images (N, 1, S, S) in [0, 1] for the given classes, with classifier-free guidance
         (``guidance`` None: the scale the model was saved with)."""
         model = self.model
-        scale = model.description["default_guidance"] if guidance is None else guidance
+        scale = self.settings.guidance_scale if guidance is None else guidance
         size, channels = model.unet.config.sample_size, model.unet.config.out_channels
         labels = torch.as_tensor(list(class_ids), dtype=torch.long)
         outputs = []
@@ -286,11 +289,12 @@ class TextConditionalGenerator(DiffusionPipeline):
     UNet, schedule and VAE."""
 
     kind = "text_ldm"
-    cpu_bf16 = True  # val prompt consistency 0.825 in both, fd_cxr 1.70 / 1.71; 1.47x
+    cpu_bf16 = True
 
     def __init__(self, model: DiffusionModel, folder: Path | None = None, text_encoder: ReportEncoder | None = None,
                  *, precision: str = "auto"):
         super().__init__(model, folder, precision=precision)
+        self.settings = model.saved.settings_as(TextLDMSettings)
         if text_encoder is None:
             if folder is None:
                 raise ValueError("a text-conditional model needs its report encoder: pass text_encoder or a folder")
@@ -314,7 +318,7 @@ class TextConditionalGenerator(DiffusionPipeline):
         """Images (N, 1, S, S) in [0, 1], one per report, with classifier-free guidance against
         the empty report (``guidance`` None: the scale the model was saved with; 0: unconditional)."""
         model = self.model
-        scale = model.description["default_guidance"] if guidance is None else guidance
+        scale = self.settings.guidance_scale if guidance is None else guidance
         size, channels = model.unet.config.sample_size, model.unet.config.out_channels
         reports = list(reports)
         outputs = []
@@ -329,11 +333,15 @@ class TextConditionalGenerator(DiffusionPipeline):
 
 class LowDoseDenoiser(DiffusionPipeline):
     kind = "denoiser"
-    cpu_bf16 = True  # val best PSNR per dose within 0.012 dB of fp32, same strengths; 1.58x
+    cpu_bf16 = True
+
+    def __init__(self, model: DiffusionModel, folder: Path | None = None, *, precision: str = "auto"):
+        super().__init__(model, folder, precision=precision)
+        self.settings = model.saved.settings_as(DenoiserSettings)
 
     @property
     def doses(self) -> list[float]:
-        return list(self.model.description["doses"])
+        return list(self.settings.doses)
 
     @torch.no_grad()
     def __call__(self, noisy: torch.Tensor, *, dose: float | None = None, strength: float | None = None,
@@ -341,13 +349,13 @@ class LowDoseDenoiser(DiffusionPipeline):
         """Low-dose images (N, 1, S, S) in [0, 1] -> restored images. ``strength`` 1 samples from
         pure noise; lower values start from the noisy input partially noised (faster, closer to
         the input). ``dose`` (photons) selects the dose embedding; unknown doses use the null one."""
-        model, description = self.model, self.model.description
-        strength = description["default_strength"] if strength is None else strength
+        model = self.model
+        strength = self.settings.sampling_strength if strength is None else strength
         label = self.doses.index(dose) if dose in self.doses else model.null_label
         outputs = []
         for start in range(0, len(noisy), batch_size):
             condition = to_model(noisy[start:start + batch_size])
-            labels = torch.full((len(condition),), label) if description["dose_conditioning"] else None
+            labels = torch.full((len(condition),), label) if self.settings.dose_conditioning and label is not None else None
             out = sample(model.unet, model.schedule, tuple(condition.shape), condition=condition, labels=labels,
                          null_label=model.null_label, sampler=sampler, steps=steps, start=condition, strength=strength,
                          residual_scale=model.conditioning.residual_scale,

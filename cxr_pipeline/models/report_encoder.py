@@ -19,11 +19,19 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
-from transformers import (AutoModel, AutoTokenizer, BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling,
-                          PreTrainedTokenizerFast)
+from transformers import (
+    AutoModel,
+    AutoTokenizer,
+    BertConfig,
+    BertForMaskedLM,
+    DataCollatorForLanguageModeling,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 
 from .batches import EpochSampler
 from .diffusion import TextCondition
@@ -154,7 +162,7 @@ class ReportImageAligner(torch.nn.Module):
     space and pulled together by a symmetric InfoNCE loss with a learned temperature (CLIP). The
     masked-mean pooling is the one the diffusion UNet reads, so what aligns is what it sees."""
 
-    def __init__(self, encoder: torch.nn.Module, latent_channels: int, width: int = 64, dim: int = 128):
+    def __init__(self, encoder: PreTrainedModel, latent_channels: int, width: int = 64, dim: int = 128):
         super().__init__()
         self.encoder = encoder
         hidden = int(encoder.config.hidden_size)
@@ -185,8 +193,8 @@ class ReportImageAligner(torch.nn.Module):
         return loss, hits
 
 
-def align_report_encoder(encoder_dir: Path, train_texts: Sequence[str], train_latents: torch.Tensor,
-                         val_texts: Sequence[str], val_latents: torch.Tensor, train_config: TrainConfig,
+def align_report_encoder(encoder_dir: Path, train_texts: Sequence[str], train_latents: Any,
+                         val_texts: Sequence[str], val_latents: Any, train_config: TrainConfig,
                          runs_root: Path, data_hash: str, *, max_length: int | None = None, progress=None,
                          stop_after: int | None = None) -> TrainingOutcome:
     """Second stage of the project's own encoder: contrastive report-image alignment on the
@@ -210,9 +218,9 @@ def align_report_encoder(encoder_dir: Path, train_texts: Sequence[str], train_la
         return {"input_ids": tokens["input_ids"][picked], "attention_mask": tokens["attention_mask"][picked],
                 "latents": train_latents[picked]}
 
-    def step_fn(network: ReportImageAligner, batch: dict[str, torch.Tensor], generator: torch.Generator):
+    def step_fn(network: torch.nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)))  # dropout
-        return network.loss(batch)[0], {}
+        return cast(ReportImageAligner, network).loss(batch)[0], {}
 
     @torch.no_grad()
     def evaluate(network: torch.nn.Module, step: int) -> dict[str, float]:
@@ -221,10 +229,11 @@ def align_report_encoder(encoder_dir: Path, train_texts: Sequence[str], train_la
         losses, hits = [], []
         for first in range(0, len(val_texts) - train_config.batch_size + 1, train_config.batch_size):
             rows = slice(first, first + train_config.batch_size)
-            loss, hit = network.loss({"input_ids": val["input_ids"][rows].to(device),
+            loss, hit = cast(ReportImageAligner, network).loss({"input_ids": val["input_ids"][rows].to(device),
                                       "attention_mask": val["attention_mask"][rows].to(device),
                                       "latents": val_latents[rows].to(device)})
-            losses.append(float(loss)), hits.append(float(hit))
+            losses.append(float(loss))
+            hits.append(float(hit))
         network.train()
         return {"val_contrastive_loss": float(np.mean(losses)), "val_retrieval_top1": float(np.mean(hits))} if losses else {}
 
@@ -248,7 +257,7 @@ class ReportEncoder:
     project's own pretrained encoder or any configured checkpoint (an MLM head, if saved, is
     dropped). Frozen: the text model reads its last hidden states."""
 
-    def __init__(self, tokenizer, encoder: torch.nn.Module):
+    def __init__(self, tokenizer, encoder: PreTrainedModel):
         self.tokenizer, self.encoder = tokenizer, encoder.eval().requires_grad_(False)
 
     @classmethod

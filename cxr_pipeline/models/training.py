@@ -103,7 +103,8 @@ class TrainingOutcome:
     def save(self, folder: Path) -> None:
         """For the process that launched an out-of-process run to read back."""
         with atomic.atomic_folder(Path(folder)) as tmp:
-            np.savez(tmp / "previews.npz", **{f"step_{step}": grid for step, grid in self.previews.items()})
+            grids: dict[str, Any] = {f"step_{step}": grid for step, grid in self.previews.items()}
+            np.savez(tmp / "previews.npz", **grids)
             (tmp / "outcome.json").write_text(json.dumps(
                 {"kind": self.kind, "run_dir": str(self.run_dir), "model_dir": str(self.model_dir),
                  "final_step": self.final_step, "resumed_from": self.resumed_from, "metrics": self.metrics}, indent=2))
@@ -160,6 +161,9 @@ class TrainEvent:
         return {f"{self.part}_{k}": v for k, v in metrics.items()} if self.part else metrics
 
 
+# Who hears a training's events: an asset's log and MLflow curves, a worker's stdout, a bench's print.
+TrainProgress = Callable[[TrainEvent], None]
+
 # A training step: (model, batch on device, the step's generator) -> (loss, extra metrics).
 StepFn = Callable[[torch.nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
 # Batches by step number, on the CPU: deterministic data order.
@@ -175,23 +179,6 @@ class TrainResult:
     ema_model: torch.nn.Module
     last_eval: dict[str, float]
     history: list[TrainEvent]
-
-
-def fixed_batch_step(module: torch.nn.Module, inputs: tuple, forward: Callable[..., torch.Tensor],
-                     bf16: bool = False) -> Callable[[], None]:
-    """One AdamW step of ``module`` on the same ``inputs`` each call (a squared-output loss): what
-    the benches time when they compare precisions, threads or compilation, not what trains."""
-    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = forward(module, *inputs)
-        loss = out.float().pow(2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -217,10 +204,9 @@ def explicit_attention(model: torch.nn.Module) -> int:
     (``AttnProcessor``) instead of PyTorch's fused scaled-dot-product kernel; returns how many.
     For CPU bf16 training: the CPU flash kernel's backward is slow in bf16 at narrow heads (the
     demo's 8 channels): 1.9 of 4.2 s over three text-model steps, which made bf16 slower than fp32
-    there; with explicit attention the step is 0.62x to 0.75x fp32's (bench/text_unet_step.py,
-    bench/cpu_bf16.py). The values are the same to bf16's rounding; the processor is not saved with
-    the model. Sampling in CPU bf16 uses it too: on val, the text model samples 1.25x faster than
-    with the fused kernel, the latent SR and class models 1.05x (bench/sampling_precision.py --fused)."""
+    there; with explicit attention the step is 0.62x to 0.75x fp32's (bench/cpu_bf16.py). The values
+    are the same to bf16's rounding; the processor is not saved with the model. Sampling in CPU bf16
+    uses it too (docs/recipes.md#sampling-precision-per-kind-cpu_bf16)."""
     layers = [module for module in model.modules() if isinstance(module, Attention)]
     for layer in layers:
         layer.set_processor(AttnProcessor())
@@ -276,8 +262,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         # A model may ask for its own learning rates per part (``parameter_groups(learning_rate)``),
         # as a pretrained text encoder's layers fine-tuned beside a UNet trained from scratch do.
-        groups = (model.parameter_groups(config.learning_rate) if hasattr(model, "parameter_groups")
-                  else model.parameters())
+        parameter_groups = getattr(model, "parameter_groups", None)
+        groups = parameter_groups(config.learning_rate) if parameter_groups is not None else model.parameters()
         self.optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, config.warmup_steps, config.steps)
         self.ema = EMAModel(model.parameters(), decay=config.ema_decay)

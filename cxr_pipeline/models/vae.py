@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -96,12 +97,15 @@ def reconstruct(model: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
 def evaluate_reconstruction(model: AutoencoderKL, images: StoreImages, batch_size: int = 64) -> dict[str, float]:
     """Mean MSE, PSNR (data range 1) and SSIM over a split, per image then averaged, and the fine
     detail the reconstructions keep (the mean detail ratio against their inputs, metrics/detail.py)."""
-    mse, psnr, ssim, detail = [], [], [], []
+    mse: list[torch.Tensor] = []
+    psnr: list[torch.Tensor] = []
+    ssim: list[torch.Tensor] = []
+    detail: list[np.ndarray] = []
     for batch in images.all(batch_size):
         output = reconstruct(model, batch)
         mse.append(((output - batch) ** 2).mean(dim=(1, 2, 3)))
         psnr.append(peak_signal_noise_ratio(output, batch, data_range=1.0, reduction="none", dim=(1, 2, 3)))
-        ssim.append(structural_similarity_index_measure(output, batch, data_range=1.0, reduction="none"))
+        ssim.append(cast(torch.Tensor, structural_similarity_index_measure(output, batch, data_range=1.0, reduction="none")))
         detail.append(paired_detail_ratios(output, batch))
     return {
         "val_mse": float(torch.cat(mse).mean()),
@@ -198,7 +202,8 @@ def _encode_locked(metadata: pd.DataFrame, store: ImageStore, vae_dir: Path,
                    lr_stores: dict[int, tuple[ImageStore, pd.DataFrame]], out_dir: Path, device: str,
                    batch_size: int, vae_record: dict | None) -> dict:
     model = load_vae(vae_dir, pick_device(device))
-    summary, features = {"vae_dir": str(vae_dir), "splits": {}}, {}
+    summary: dict[str, Any] = {"vae_dir": str(vae_dir), "splits": {}}
+    features: dict[str, np.ndarray | None] = {}
     for split in ("train", "val", "test"):
         rows = metadata[metadata["split"] == split].reset_index(drop=True)
         moments = RunningMoments() if split == "train" else None
@@ -214,7 +219,7 @@ def _encode_locked(metadata: pd.DataFrame, store: ImageStore, vae_dir: Path,
                           batch_size, prepare=upsampled)
         atomic.write_parquet(out_dir / f"index_{split}.parquet", rows[["image_id", "split", "class_id"]])
         summary["splits"][split] = len(rows)
-        if split == "train":
+        if moments is not None:
             summary["scaling_factor"] = float(1.0 / torch.tensor(moments.std())) if len(rows) else 1.0
     summary["latent_shape"] = list(np.load(out_dir / "hr_train.npy", mmap_mode="r").shape[1:])
     summary["scales"] = sorted(lr_stores)

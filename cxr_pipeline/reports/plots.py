@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def _to_array(figure) -> np.ndarray:
@@ -44,8 +44,8 @@ def interval_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float], S
     if shade is not None:
         axis.axvspan(*shade, color="tab:blue", alpha=0.08, label="training range")
     axis.axhline(0.0, color="black", linewidth=0.8)
-    for name, (xs, means, lows, highs) in series.items():
-        means, lows, highs = (np.asarray(v, dtype=float) for v in (means, lows, highs))
+    for name, (xs, mean_list, low_list, high_list) in series.items():
+        means, lows, highs = (np.asarray(v, dtype=float) for v in (mean_list, low_list, high_list))
         axis.errorbar(xs, means, yerr=[means - lows, highs - means], label=name, marker="o", markersize=4,
                       linewidth=1.2, capsize=3)
     axis.set_title(title)
@@ -65,8 +65,8 @@ def grouped_interval_bars(groups: Sequence[str], series: Mapping[str, tuple[Sequ
     figure, axis = plt.subplots(figsize=(min(10.0, max(6.0, 0.4 * len(groups) * max(1, len(series)))), 3.8), dpi=100)
     width = 0.8 / max(1, len(series))
     positions = np.arange(len(groups), dtype=float)
-    for i, (name, (values, lows, highs)) in enumerate(series.items()):
-        values, lows, highs = (np.asarray(v, dtype=float) for v in (values, lows, highs))
+    for i, (name, (value_list, low_list, high_list)) in enumerate(series.items()):
+        values, lows, highs = (np.asarray(v, dtype=float) for v in (value_list, low_list, high_list))
         shown = np.isfinite(values)
         x = positions[shown] - 0.4 + width * (i + 0.5)
         errors = np.nan_to_num([values[shown] - lows[shown], highs[shown] - values[shown]], nan=0.0)
@@ -96,7 +96,8 @@ def heat_maps(maps: np.ndarray, images: np.ndarray, title: str, vmax: float | No
         for row in range(2):
             axes[row, column].set_axis_off()
     figure.suptitle(title, fontsize=9)
-    figure.colorbar(shown, ax=axes[1, :].tolist(), fraction=0.03, pad=0.02)
+    if shown is not None:
+        figure.colorbar(shown, ax=axes[1, :].tolist(), fraction=0.03, pad=0.02)
     return _to_array(figure)
 
 

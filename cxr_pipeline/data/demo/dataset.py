@@ -33,8 +33,9 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
-    CTImageStorage,
+    UID,
     ComputedRadiographyImageStorage,
+    CTImageStorage,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -130,7 +131,7 @@ def _save_raster(image: np.ndarray, path: Path, kind: str) -> None:
 def _dicom_dataset(meta: dict[str, Any], sop_class: str) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
     ds.file_meta.MediaStorageSOPInstanceUID = meta["sop_uid"]
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = sop_class
@@ -349,7 +350,10 @@ def generate_demo_dataset(dest: Path, spec: DemoSpec, *, workers: int = 1) -> di
     tmp.mkdir(parents=True)
     try:
         tasks = (_PatientTask(str(tmp), i, spec) for i in range(1, spec.patients + 1))
-        rows, nih_files, dicom_files, report_files = [], [], [], []
+        rows: list[dict] = []
+        nih_files: list[Any] = []
+        dicom_files: list[Any] = []
+        report_files: list[Any] = []
         for result in parallel.ordered_map(_make_patient, tasks, workers=workers, on_crash=_raise_crash):
             rows.extend(result["rows"])
             for source, path in result["files"]:

@@ -80,7 +80,7 @@ class DrawnFinding:
     measure: float | None = None  # the number behind the severity (cardiothoracic ratio, ...)
 
 
-def _side_name(side: int) -> str:
+def _side_name(side: float) -> str:
     return "right" if side < 0 else "left"
 
 
@@ -272,7 +272,7 @@ def render(traits: PatientTraits, study: StudyParams, size: int, drawn: list[Dra
     canvas = _Canvas(size, study)
     u, v = canvas.u, canvas.v
     findings = set(study.findings)
-    side_of = lambda name: study.finding_side.get(name, 1)  # noqa: E731
+    side_of = lambda name: study.finding_side.get(name, 1)
 
     # --- Geometry that findings modify -----------------------------------------------------
     dome = {-1: 0.27 + study.inspiration, 1: 0.31 + study.inspiration}
@@ -434,30 +434,30 @@ def render(traits: PatientTraits, study: StudyParams, size: int, drawn: list[Dra
     if "Nodule" in findings:
         nodules = []
         for _ in range(int(rng.integers(1, 3))):
-            cu = rng.uniform(0.25, 0.6) * (1 if rng.random() < 0.5 else -1)
-            cv = rng.uniform(-0.45, 0.1)
-            r = rng.uniform(0.025, 0.04)
-            spot = ((u - cu) ** 2 + (v - cv) ** 2 <= r * r).astype(np.float32)
+            nodule_u = rng.uniform(0.25, 0.6) * (1 if rng.random() < 0.5 else -1)
+            nodule_v = rng.uniform(-0.45, 0.1)
+            nodule_r = rng.uniform(0.025, 0.04)
+            spot = ((u - nodule_u) ** 2 + (v - nodule_v) ** 2 <= nodule_r * nodule_r).astype(np.float32)
             mu += 0.35 * canvas.blur(spot, 0.006)
-            nodules.append((cu, cv, r))
-        sides = {_side_name(n[0]) for n in nodules}
+            nodules.append((nodule_u, nodule_v, nodule_r))
+        nodule_sides = {_side_name(n[0]) for n in nodules}
         largest = max(nodules, key=lambda n: n[2])
-        drawn.append(DrawnFinding("Nodule", side=sides.pop() if len(sides) == 1 else "bilateral",
+        drawn.append(DrawnFinding("Nodule", side=nodule_sides.pop() if len(nodule_sides) == 1 else "bilateral",
                                   zone=_zone(largest[1]), size_mm=round(2 * largest[2] * study.scale * MM_PER_UNIT),
                                   count=len(nodules)))
     if "Mass" in findings:
-        cu = rng.uniform(0.3, 0.55) * side_of("Mass")
-        cv = rng.uniform(-0.4, 0.05)
+        mass_u = rng.uniform(0.3, 0.55) * side_of("Mass")
+        mass_v = rng.uniform(-0.4, 0.05)
         mass = np.zeros_like(mu)
         for _ in range(3):
-            r = rng.uniform(0.06, 0.1)
+            mass_r = rng.uniform(0.06, 0.1)
             ou, ov = rng.normal(0, 0.03, 2)
-            mass = np.maximum(mass, ((u - cu - ou) ** 2 + (v - cv - ov) ** 2 <= r * r).astype(np.float32))
+            mass = np.maximum(mass, ((u - mass_u - ou) ** 2 + (v - mass_v - ov) ** 2 <= mass_r * mass_r).astype(np.float32))
         mu += 0.5 * canvas.blur(mass, 0.01)
         rows, columns = np.nonzero(mass > 0.5)
-        extent = max(np.ptp(rows), np.ptp(columns)) + 1 if len(rows) else 0
-        drawn.append(DrawnFinding("Mass", side=_side_name(side_of("Mass")), zone=_zone(cv),
-                                  size_mm=round(extent / size * 2 * MM_PER_UNIT)))
+        mass_extent = max(np.ptp(rows), np.ptp(columns)) + 1 if len(rows) else 0
+        drawn.append(DrawnFinding("Mass", side=_side_name(side_of("Mass")), zone=_zone(mass_v),
+                                  size_mm=round(mass_extent / size * 2 * MM_PER_UNIT)))
 
     # --- Projection, exposure, detector ------------------------------------------------------
     mu = np.clip(mu, 0.0, None)

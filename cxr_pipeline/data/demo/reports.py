@@ -38,7 +38,8 @@ def _pick(rng: np.random.Generator, options: list[str] | tuple[str, ...]) -> str
     return options[int(rng.integers(len(options)))]
 
 
-def _cap(text: str) -> str:
+def _cap(text: str | None) -> str:
+    text = text or ""
     return text[:1].upper() + text[1:]
 
 

@@ -8,7 +8,6 @@ table; an image described by two sources is counted as a conflict (the higher-pr
 from __future__ import annotations
 
 import hashlib
-
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +63,7 @@ class LabelOptions:
     filename_pattern: str | None = None  # enables the file-name adapter
     classes: tuple[str, ...] = DEFAULT_CLASSES
     frontal_only: bool = True
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1)  # train, val, test (check_fractions)
     split_salt: str = "cxr-v1"
     official_split: bool = False  # use a dataset's own split where it ships one (MIMIC-CXR), else hash
 
@@ -185,8 +184,8 @@ def assign_classes(labels: pd.DataFrame, classes: Sequence[str] = DEFAULT_CLASSE
     certain = labels["n_uncertain"].to_numpy() == 0
     only = np.asarray(PATHOLOGIES, dtype=object)[positive.argmax(axis=1)]
     name = np.where((labels[NO_FINDING].to_numpy() == 1.0) & (count == 0), NO_FINDING,
-                    np.where(count == 1, only, None))
-    name = np.where(certain, name, None)
+                    np.where(count == 1, only, np.asarray(None)))
+    name = np.where(certain, name, np.asarray(None))
     class_id = pd.Series(name, index=labels.index).map({c: i for i, c in enumerate(classes)})
     return class_id.astype("Int64").rename("class_id")
 

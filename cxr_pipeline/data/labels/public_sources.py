@@ -18,8 +18,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .sources import (LabelSource, SourceKind, UncertaintyPolicy, _age, _clean_text, _labels_from_terms, _sex,
-                      chexpert_labels, conform, conform_boxes)
+from .sources import (
+    LabelSource,
+    SourceKind,
+    UncertaintyPolicy,
+    _age,
+    _clean_text,
+    _labels_from_terms,
+    _sex,
+    chexpert_labels,
+    conform,
+    conform_boxes,
+)
 from .vocabulary import LABEL_COLUMNS, NO_FINDING, PATHOLOGIES, normalize_label
 
 

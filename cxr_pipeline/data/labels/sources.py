@@ -144,7 +144,8 @@ def read_nih(path: Path) -> LabelSource:
     """``Data_Entry_2017.csv`` (and ``_v2020``). The header ``OriginalImage[Width,Height]`` holds a
     comma, so it spills into two columns (and a trailing comma adds an empty one): we read fields by
     position after checking the names that matter."""
-    header = Path(path).open(encoding="utf-8-sig").readline().strip()
+    with Path(path).open(encoding="utf-8-sig") as file:
+        header = file.readline().strip()
     names = [name.strip().strip('"') for name in header.split(",")]
     if tuple(names[:5]) != NIH_FIELDS:
         raise ValueError(f"{path}: not an NIH Data_Entry file (header starts {names[:5]})")

@@ -1,0 +1,73 @@
+"""Latent super-resolution at fixed scales against bicubic, bicubic through the VAE and the VAE ceiling."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ... import promotion
+from ...data.image_store import ImageStore
+from ...data.pairs import sr_pair_dir
+from ...model_record import ModelRecord
+from ...models.pipelines import (
+    LatentSuperResolution,
+)
+from ...reports.document import Report, markdown_table
+from ..challenge import score_and_challenge
+from ..inputs import degraded_images, split_description, stored_images, training_curve
+from ..outcome import EvaluationOutcome, Log, PromotionPolicy, SamplingBudget
+from ..restoration import evaluate_super_resolution
+
+
+@dataclass(frozen=True)
+class SrOptions:
+    full_chain: bool = False  # also sample with the full ancestral chain (T = 1000 steps: minutes on CPU)
+    lr_start_strength: float | None = 0.3  # also sample from the LR latent noised to this share of T; None: off
+
+
+def super_resolution_suite(models: Sequence[tuple[int, ModelRecord]], rows: pd.DataFrame, image_store: Path, pairs_root: Path,
+                           budget: SamplingBudget, policy: PromotionPolicy, registry_cache: Path, *,
+                           full_chain: bool = False, lr_start_strength: float | None = 0.3,
+                           log: Log = print) -> EvaluationOutcome:
+    """Each latent SR model ((scale, record) pairs) on ``rows`` against bicubic, bicubic through
+    the VAE and the VAE ceiling, then promotion per scale."""
+    if not models:
+        raise FileNotFoundError("no trained latent SR model: materialize latent_sr first")
+    high_resolution = stored_images(ImageStore(image_store), rows)
+    outcome = EvaluationOutcome("sr_evaluation", Report("Super-resolution evaluation", "", []), {}, [], [], (), "",
+                                params={**budget.params(LatentSuperResolution), "full_chain": full_chain,
+                                        "lr_start_strength": lr_start_strength})
+    tables, scores = [], []
+    for scale, record in models:
+        low_resolution = degraded_images(sr_pair_dir(pairs_root, scale), rows)
+
+        def evaluate(model_dir: str, low_resolution: torch.Tensor = low_resolution):
+            return evaluate_super_resolution(
+                LatentSuperResolution.from_pretrained(model_dir, budget.device, precision=budget.precision),
+                high_resolution, low_resolution,
+                rows["image_id"], rows["patient_key"], ddim_steps=budget.ddim_steps, full_chain=full_chain,
+                lr_start_strength=lr_start_strength, spread_seeds=budget.spread_seeds,
+                spread_images=budget.spread_images, seed=budget.seed, resamples=budget.bootstrap_resamples)
+
+        log(f"evaluating {record.label} on {len(rows)} test images")
+        scored = score_and_challenge(record, evaluate, lambda r: (r.metrics(), r.must_beat()), policy,
+                                     promotion.split_key(rows["image_id"]), registry_cache, log, scale=scale)
+        result = scored.results
+        section = result.section()
+        section.figures.append(training_curve(record, f"Latent SR x{scale}"))
+        outcome.report.sections += [section, scored.promotion_section]
+        outcome.metrics.update(scored.metrics)
+        outcome.evaluated.append((record, scored.metrics))
+        outcome.promotions.append(scored.promotion)
+        outcome.must_beat += scored.must_beat
+        tables.append(f"**x{scale}**\n\n" + markdown_table(result.table()))
+        scores.append(result.scores.assign(task=result.task))
+    outcome.report.summary = split_description(rows, outcome.evaluated)
+    outcome.summary = "\n\n".join(tables)
+    outcome.scores = pd.concat(scores, ignore_index=True)
+    return outcome
+
