@@ -35,8 +35,7 @@ def _timed(operation, repeats: int) -> float:
 def _training_step(name: str):
     """A demo model's whole training step (forward, loss, backward, AdamW), as bench/cpu_bf16.py builds it."""
     from cpu_bf16 import models  # beside this script
-
-    from cxr_pipeline.models.training import fixed_batch_step
+    from steps import fixed_batch_step
     for label, module, make_inputs, forward in models():
         if label.startswith(name):
             return fixed_batch_step(module.train(), make_inputs(), forward, bf16=name == "class")
@@ -56,7 +55,7 @@ def run_workload(name: str) -> float:
                 return _timed(lambda: vae.decode(latents), 2) / 8
             images = torch.rand(8, 1, 256, 256) * 2 - 1
             return _timed(lambda: vae.encode(images), 2) / 8
-    from cxr_pipeline.models.training import fixed_batch_step
+    from steps import fixed_batch_step
     if name == "full_class_step":  # the full profile's class UNet on 64x64x8 latents, batch 8
         from cxr_pipeline import kinds
         unet = kinds.CLASS_DDPM.unet_profiles["full"].config(64, 8, 8, num_class_embeds=7).build().train()

@@ -15,11 +15,12 @@ import copy
 import time
 
 import torch
+from steps import fixed_batch_step
 
 from cxr_pipeline import kinds
 from cxr_pipeline.kinds.vae import VAE_PROFILES
 from cxr_pipeline.models.classifier import ClassifierConfig, CxrClassifier
-from cxr_pipeline.models.training import explicit_attention, fixed_batch_step
+from cxr_pipeline.models.training import explicit_attention
 
 
 def models():

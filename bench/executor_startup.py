@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from jobs import PRELOADED_MODULES
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = {
     "spawn": "execution:\n  config:\n    multiprocess:\n      max_concurrent: 2\n",

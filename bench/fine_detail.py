@@ -24,16 +24,21 @@ import pandas as pd
 import torch
 
 from cxr_pipeline import kinds
-from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.data.degrade import upsample_bicubic
+from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.data.pairs import doses_built, low_dose_pair_dir, sr_pair_dir
-from cxr_pipeline.evaluation.suites import degraded_images, split_rows, stored_images
+from cxr_pipeline.evaluation.inputs import degraded_images, split_rows, stored_images
 from cxr_pipeline.evaluation.text_generation import prompt_set
 from cxr_pipeline.metrics.detail import set_detail_ratio
 from cxr_pipeline.metrics.restoration import per_image_scores
 from cxr_pipeline.model_record import current_model, has_current_model
-from cxr_pipeline.models.pipelines import (ArbitraryScaleSuperResolution, ClassConditionalGenerator,
-                                           LatentSuperResolution, LowDoseDenoiser, TextConditionalGenerator)
+from cxr_pipeline.models.pipelines import (
+    ArbitraryScaleSuperResolution,
+    ClassConditionalGenerator,
+    LatentSuperResolution,
+    LowDoseDenoiser,
+    TextConditionalGenerator,
+)
 from cxr_pipeline.models.vae import load_vae, reconstruct
 from cxr_pipeline.settings import WorkPaths
 

@@ -60,7 +60,7 @@ def main() -> None:
     }
     rows = []
     for name, (old, first, conditioned, extra) in kinds.items():
-        def cost(profile, size, channels):
+        def cost(profile, size, channels, conditioned=conditioned, extra=extra):
             return step_seconds(profile, size, channels, channels if conditioned else 0, args.batch, args.repeats, **extra)
         base = cost(old, 16, 4)
         narrow = replace(first, block_out_channels=(8, *first.block_out_channels[1:]))

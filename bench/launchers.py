@@ -21,14 +21,13 @@ from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-
 from cxr_pipeline import kinds
 from cxr_pipeline.data.labels.metadata import content_hash
 from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES
-from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig
-from cxr_pipeline.models.training import TrainConfig
+from cxr_pipeline.models.diffusion import UNetConfig
 from cxr_pipeline.settings import WorkPaths, work_home
+
+REPO = Path(__file__).resolve().parents[1]
 
 WORKER = REPO / "scripts" / "train_worker.py"
 
@@ -42,7 +41,6 @@ def main() -> None:
     home = work_home()
     metadata = pd.read_parquet(WorkPaths(home).metadata)
     unet = UNetConfig(64, 1, 1, (16, 32, 64), num_class_embeds=len(DEFAULT_CLASSES) + 1, norm_num_groups=8)
-    options = {"classes": list(DEFAULT_CLASSES), "balance": True, "label_dropout": 0.1, "guidance": 2.0}
     launchers = {
         "in process": None,
         "subprocess (worker)": [sys.executable, str(WORKER)],
@@ -53,9 +51,11 @@ def main() -> None:
     walls: dict[tuple[str, int], float] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for steps in args.steps:
-            train = TrainConfig(steps=steps, batch_size=args.batch, learning_rate=5e-4, warmup_steps=10,
-                                checkpoint_every=steps, eval_every=10**9, log_every=20)
-            job = kinds.TrainingJob("class_ddpm", "", unet, ScheduleConfig(1000), train, content_hash(metadata), options)
+            recipe = kinds.CLASS_DDPM.recipe(steps=steps, batch_size=args.batch, learning_rate=5e-4, warmup_steps=10,
+                                             checkpoint_every=steps, eval_every=10**9, log_every=20, space="pixel",
+                                             prediction_type="epsilon", snr_gamma=None, guidance_scale=2.0,
+                                             classes=list(DEFAULT_CLASSES), ema_decay=0.995, cpu_bf16=False)
+            job = kinds.TrainingJob("class_ddpm", "", unet, recipe, content_hash(metadata))
             for name, launch in launchers.items():
                 own = WorkPaths(Path(scratch) / f"{len(walls)}")
                 own.ingestion.mkdir(parents=True)

@@ -45,8 +45,7 @@ def _models():
 
 def _time(index: int, threads: int, steps: int, barrier, results) -> None:
     import torch
-
-    from cxr_pipeline.models.training import fixed_batch_step
+    from steps import fixed_batch_step
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     name, bf16, build, make_inputs, forward = list(_models())[index]

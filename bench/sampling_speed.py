@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from cxr_pipeline.settings import work_home
 from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig, load_model, sample
+from cxr_pipeline.settings import work_home
 
 
 def main() -> None:

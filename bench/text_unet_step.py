@@ -28,9 +28,10 @@ from dataclasses import replace
 import pandas as pd
 import torch
 from diffusers.models.resnet import ResnetBlock2D
+from steps import fixed_batch_step
 
 from cxr_pipeline import kinds
-from cxr_pipeline.models.training import explicit_attention, fixed_batch_step
+from cxr_pipeline.models.training import explicit_attention
 
 BATCH, CHANNELS, SIZE, HIDDEN = 64, 4, 32, 128
 

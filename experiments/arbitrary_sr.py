@@ -15,7 +15,7 @@ was trained for, all on the same inputs. Also prints:
 
 Needs a work folder where ``latents`` (and for the comparison ``latent_sr``) are materialized.
 
-    python bench/arbitrary_sr.py [--steps 600] [--decoder-steps 300] [--draws 6] [--scale-max 4]
+    python experiments/arbitrary_sr.py [--steps 600] [--decoder-steps 300] [--draws 6] [--scale-max 4]
                                  [--no-scale-conditioning] [--linear-strata] [--warm-start]
                                  [--fp32] [--runs DIR]
 
@@ -33,19 +33,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import pandas as pd
 
 from cxr_pipeline import kinds
 from cxr_pipeline.data.degrade import DegradationMix
 from cxr_pipeline.data.image_store import ImageStore
+from cxr_pipeline.evaluation.inputs import split_rows, stored_images
 from cxr_pipeline.evaluation.restoration import evaluate_arbitrary_scale
-from cxr_pipeline.evaluation.suites import (
-    arbitrary_scale_inputs,
-    split_rows,
-    stored_images,
-)
+from cxr_pipeline.evaluation.suites import arbitrary_scale_inputs
 from cxr_pipeline.metrics.restoration import per_image_scores
 from cxr_pipeline.model_record import ModelRecord, current_model, has_current_model
 from cxr_pipeline.models.diffusion import ScheduleConfig
@@ -58,6 +53,8 @@ from cxr_pipeline.models.pipelines import (
 from cxr_pipeline.models.training import TrainConfig
 from cxr_pipeline.models.vae import load_vae
 from cxr_pipeline.settings import WorkPaths, work_home
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SCALES = (2.0, 2.5, 3.0, 4.0, 6.0)
 
@@ -100,8 +97,8 @@ def main() -> None:
         runs = Path(args.runs or scratch)
         started = time.perf_counter()
         outcome = train_arbitrary_sr(metadata, ImageStore(paths.image_store), paths.latents, vae_dir, unet, schedule,
-                                     train, decoder_train, runs, "bench", scale_range=(1.0, args.scale_max),
-                                     draws=args.draws, draws_by_area=not args.linear_strata,
+                                     train, decoder_train, runs, "bench", scale_min=1.0, scale_max=args.scale_max,
+                                     draws_per_image=args.draws, draws_by_area=not args.linear_strata,
                                      warm_start_from=(current_model(paths, kinds.LATENT_SR.at_scale(4).key).model_dir
                                                       if args.warm_start else None),
                                      progress=lambda e: e.kind == "step" and print(e.describe(),

@@ -8,7 +8,7 @@ accuracy (worst class too), fd_cxr against its real-vs-real reference, the fine-
 (metrics/detail.py) against its real-vs-real reference, and within-class MS-SSIM against real, at
 each guidance scale.
 
-    python bench/class_recipe.py --recipes old,latent [--steps 1000] [--guidance 1,2,3,4]
+    python experiments/class_recipe.py --recipes old,latent [--steps 1000] [--guidance 1,2,3,4]
 
 A recipe name ending in ``+bf16`` trains the same recipe under CPU bf16 autocast (TrainConfig.cpu_bf16).
 """
@@ -23,8 +23,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import numpy as np
 import pandas as pd
 
@@ -32,14 +30,16 @@ from cxr_pipeline import kinds
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES
 from cxr_pipeline.evaluation.generation import evaluate_generation
+from cxr_pipeline.kinds.class_ddpm import PIXEL_UNET_PROFILES
 from cxr_pipeline.model_record import current_model
 from cxr_pipeline.models import diffusion_training as dt
 from cxr_pipeline.models.batches import StoreImages
-from cxr_pipeline.kinds.class_ddpm import PIXEL_UNET_PROFILES
 from cxr_pipeline.models.diffusion import UNetProfile
 from cxr_pipeline.models.pipelines import ClassConditionalGenerator
 from cxr_pipeline.reports.grid import png_bytes
 from cxr_pipeline.settings import WorkPaths, work_home
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Variants of the kind's own recipe (kinds.CLASS_DDPM.recipe, what the asset trains: "latent"), on a
 # longer budget, each with its UNet: the kind's profile unless named. "old" is the pixel recipe
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--guidance", default="1,2,3,4")
     parser.add_argument("--samples-per-class", type=int, default=16)
     parser.add_argument("--ddim-steps", type=int, default=50)
-    parser.add_argument("--keep", default=None, help="train into this folder and keep it (say, for bench/text_recipe.py --class-model)")
+    parser.add_argument("--keep", default=None, help="train into this folder and keep it (say, for experiments/text_recipe.py --class-model)")
     args = parser.parse_args()
     paths = WorkPaths(Path(args.home))
     metadata = pd.read_parquet(paths.metadata)
@@ -94,7 +94,7 @@ def main() -> None:
         with (contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory()) as runs:
             started = time.perf_counter()
             outcome = dt.train_class_ddpm(metadata, store, DEFAULT_CLASSES, unet, schedule, train, Path(runs),
-                                          "bench", guidance=2.0, progress=lambda e: e.kind == "step" and print(
+                                          "bench", guidance_scale=2.0, progress=lambda e, name=name: e.kind == "step" and print(
                                               f"{name}: {e.describe()}", flush=True), **space_args)
             train_s = time.perf_counter() - started
             print(f"{name}: model in {outcome.model_dir}", flush=True)

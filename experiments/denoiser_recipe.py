@@ -11,7 +11,7 @@ Recipes:
 
 Needs a work folder where ``low_dose_pairs`` is materialized.
 
-    python bench/denoiser_recipe.py --recipes old,x0_residual,regression [--steps 1500]
+    python experiments/denoiser_recipe.py --recipes old,x0_residual,regression [--steps 1500]
 
 A recipe name ending in ``+bf16`` trains the same recipe under CPU bf16 autocast (TrainConfig.cpu_bf16).
 """
@@ -23,8 +23,6 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 import pandas as pd
 import torch
@@ -44,6 +42,8 @@ from cxr_pipeline.models.pipelines import LowDoseDenoiser
 from cxr_pipeline.models.training import TrainConfig, Trainer
 from cxr_pipeline.models.vae import from_model, to_model
 from cxr_pipeline.settings import WorkPaths, work_home
+
+ROOT = Path(__file__).resolve().parents[1]
 
 WIDTHS = (16, 32, 64)
 NEW_TRAIN = TrainConfig(steps=1500, batch_size=32, learning_rate=2e-3, warmup_steps=50, ema_decay=0.99)
@@ -137,7 +137,7 @@ def main() -> None:
                 continue
             unet = UNetConfig(64, 2, 1, WIDTHS, 1, num_class_embeds=len(doses) + 1, norm_num_groups=8)
             outcome = dt.train_denoiser(metadata, store, dose_stores, unet, schedule, train, Path(runs), "bench",
-                                        crop=crop, residual=residual, progress=lambda e: e.kind == "step" and print(
+                                        crop=crop, residual=residual, progress=lambda e, name=name: e.kind == "step" and print(
                                             f"{name}: {e.describe()}", flush=True))
             train_s = time.perf_counter() - started
             for dose in doses:

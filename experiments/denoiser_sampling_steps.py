@@ -8,7 +8,7 @@ dose, the strength it picks, and the wall time of the search, against 50 steps i
 
 Needs a work folder where ``low_dose_denoiser`` and ``low_dose_pairs`` are materialized.
 
-    python bench/denoiser_sampling_steps.py [--steps 50,20,10] [--val-images 24]
+    python experiments/denoiser_sampling_steps.py [--steps 50,20,10] [--val-images 24]
 """
 
 from __future__ import annotations
@@ -17,22 +17,21 @@ import argparse
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 import pandas as pd
 
 from cxr_pipeline import kinds
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.data.pairs import doses_built, low_dose_pair_dir
+from cxr_pipeline.evaluation.inputs import degraded_images, split_rows, stored_images
 from cxr_pipeline.evaluation.restoration import (
     DENOISER_STRENGTHS,
     tune_denoiser_strength,
 )
-from cxr_pipeline.evaluation.suites import degraded_images, split_rows, stored_images
 from cxr_pipeline.model_record import current_model
 from cxr_pipeline.models.pipelines import LowDoseDenoiser
 from cxr_pipeline.settings import WorkPaths, work_home
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ val PSNR per scale before and after training, and the training wall time.
 
 Needs a work folder where ``vae`` and ``image_metadata`` are materialized.
 
-    python bench/implicit_decoder.py [--steps 600] [--batch 16] [--queries 1024]
+    python experiments/implicit_decoder.py [--steps 600] [--batch 16] [--queries 1024]
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 import pandas as pd
 
@@ -34,6 +32,8 @@ from cxr_pipeline.models.implicit import (
 from cxr_pipeline.models.training import TrainConfig
 from cxr_pipeline.models.vae import load_vae
 from cxr_pipeline.settings import WorkPaths, work_home
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SCALES = (1.0, 2.0, 2.5, 3.0, 4.0, 6.0)
 

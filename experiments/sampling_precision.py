@@ -17,7 +17,7 @@ The precisions run one after the other on the same inputs and seeds, ``--rounds`
 attention kernel: what explicit attention saves in sampling. Needs a work folder where the models are
 materialized (``./run.sh demo``).
 
-    python bench/sampling_precision.py [--home work] [--models latent_sr,arbitrary_sr,denoiser,class_ddpm,text_ldm] [--fused]
+    python experiments/sampling_precision.py [--home work] [--models latent_sr,arbitrary_sr,denoiser,class_ddpm,text_ldm] [--fused]
 """
 
 from __future__ import annotations
@@ -37,15 +37,21 @@ from cxr_pipeline import kinds
 from cxr_pipeline.data.degrade import DegradationMix
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.data.pairs import doses_built, low_dose_pair_dir, sr_pair_dir
+from cxr_pipeline.evaluation.inputs import degraded_images, split_rows, stored_images
 from cxr_pipeline.evaluation.restoration import DENOISER_STRENGTHS, tune_denoiser_strength
-from cxr_pipeline.evaluation.suites import arbitrary_scale_inputs, degraded_images, split_rows, stored_images
+from cxr_pipeline.evaluation.suites import arbitrary_scale_inputs
 from cxr_pipeline.evaluation.text_generation import guidance_sweep, prompt_set
 from cxr_pipeline.metrics.distribution import conditional_accuracy, frechet_distance
 from cxr_pipeline.metrics.restoration import per_image_scores
 from cxr_pipeline.model_record import current_model
 from cxr_pipeline.models.classifier import embed, load_classifier
-from cxr_pipeline.models.pipelines import (ArbitraryScaleSuperResolution, ClassConditionalGenerator,
-                                           LatentSuperResolution, LowDoseDenoiser, TextConditionalGenerator)
+from cxr_pipeline.models.pipelines import (
+    ArbitraryScaleSuperResolution,
+    ClassConditionalGenerator,
+    LatentSuperResolution,
+    LowDoseDenoiser,
+    TextConditionalGenerator,
+)
 from cxr_pipeline.settings import WorkPaths, work_home
 
 VARIANTS = {"fp32": "no", "bf16": "bf16", "bf16, fused attention": "bf16"}
@@ -100,8 +106,8 @@ def denoiser(paths: WorkPaths, val: pd.DataFrame, args) -> tuple[type, str, Scor
 
 def class_ddpm(paths: WorkPaths, val: pd.DataFrame, args) -> tuple[type, str, Scorer]:
     record = current_model(paths, kinds.CLASS_DDPM.key)
-    classifier, description = load_classifier(Path(current_model(paths, kinds.CLASSIFIER.key).model_dir), "cpu")
-    classes = len(description["class_names"])
+    classifier, classifier_settings = load_classifier(Path(current_model(paths, kinds.CLASSIFIER.key).model_dir), "cpu")
+    classes = len(classifier_settings.classes)
     labelled = val[val["class_id"].notna()]
     real_features, _ = embed(classifier, stored_images(ImageStore(paths.image_store), labelled))
     wanted = np.repeat(np.arange(classes), args.per_class)
@@ -117,15 +123,15 @@ def class_ddpm(paths: WorkPaths, val: pd.DataFrame, args) -> tuple[type, str, Sc
 
 def text_ldm(paths: WorkPaths, val: pd.DataFrame, args) -> tuple[type, str, Scorer]:
     record = current_model(paths, kinds.TEXT_LDM.key)
-    classifier, description = load_classifier(Path(current_model(paths, kinds.CLASSIFIER.key).model_dir), "cpu")
+    classifier, classifier_settings = load_classifier(Path(current_model(paths, kinds.CLASSIFIER.key).model_dir), "cpu")
     metadata = pd.read_parquet(paths.metadata)
     store = ImageStore(paths.image_store)
     prompts, reference = prompt_set(metadata, store, "val"), prompt_set(metadata, store, "train")
     reference_images = reference.images[np.random.default_rng(0).permutation(len(reference))[:len(prompts)]]
 
     def score(model: TextConditionalGenerator) -> dict[str, float]:
-        guidance = float(model.description["default_guidance"])
-        sweep, _ = guidance_sweep(model, classifier, description["class_names"], prompts, reference_images,
+        guidance = float(model.settings.guidance_scale)
+        sweep, _ = guidance_sweep(model, classifier, classifier_settings.classes, prompts, reference_images,
                                   [guidance], steps=20, seed=0, samples=2)
         row = sweep.iloc[0]
         return {f"consistency w={guidance:g}": float(row["consistency"]), "fd_cxr vs val": float(row["fd_cxr"]),

@@ -16,7 +16,7 @@ recipe uses it on CPUs that have it).
 
 Needs a work folder where ``latents`` and ``sr_pairs`` are materialized.
 
-    python bench/sr_recipe.py --recipes old,x0_residual,regression [--steps 1000] [--strengths 1,0.5,0.3]
+    python experiments/sr_recipe.py --recipes old,x0_residual,regression [--steps 1000] [--strengths 1,0.5,0.3]
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np
 import pandas as pd
@@ -47,6 +45,8 @@ from cxr_pipeline.models.pipelines import LatentSuperResolution
 from cxr_pipeline.models.training import TrainConfig, Trainer
 from cxr_pipeline.models.vae import encode_mean, from_model, load_vae, reconstruct
 from cxr_pipeline.settings import WorkPaths, work_home
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Variants of the kind's own recipe (kinds.LATENT_SR.recipe, what the asset trains), on a longer
 # budget; "regression" trains the same UNet without diffusion.
@@ -73,7 +73,7 @@ def train_regression(hr: torch.Tensor, lr: torch.Tensor, train: TrainConfig, run
         zero = torch.zeros(len(batch["target"]), dtype=torch.long)
         return ((model(batch["condition"], zero).sample.float() - batch["target"]) ** 2).mean(), {}
 
-    batches = lambda s: {"target": hr[sampler.indices(s)], "condition": lr[sampler.indices(s)]}  # noqa: E731
+    batches = lambda s: {"target": hr[sampler.indices(s)], "condition": lr[sampler.indices(s)]}
     trainer = Trainer(unet, step, batches, train, runs / "regression", batch_size_of=lambda b: len(b["target"]))
     return trainer.fit().ema_model.eval()
 
@@ -135,7 +135,7 @@ def main() -> None:
             shape = json.loads((paths.latents / "latents.json").read_text())["latent_shape"]
             outcome = dt.train_latent_sr(paths.latents, args.scale, vae_dir, unet(shape), recipe.schedule(), train,
                                          Path(runs), "bench", residual=recipe.residual,
-                                         progress=lambda e: e.kind == "step" and print(f"{name}: {e.describe()}", flush=True))
+                                         progress=lambda e, name=name: e.kind == "step" and print(f"{name}: {e.describe()}", flush=True))
             train_s = time.perf_counter() - started
             for strength in [float(s) for s in args.strengths.split(",")]:
                 images = LatentSuperResolution.from_pretrained(outcome.model_dir, "cpu")(

@@ -8,7 +8,7 @@ configuration then trains every arm and seed in a temporary folder and scores it
 split's single-label images, with the same paired patient-and-seed intervals the asset reports
 on test.
 
-    python bench/synthetic_utility.py --configs demo,wide [--arms real,real_synthetic,synthetic,real_balanced]
+    python experiments/synthetic_utility.py --configs demo,wide [--arms real,real_synthetic,synthetic,real_balanced]
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np
 import pandas as pd
@@ -31,12 +29,15 @@ from cxr_pipeline.model_record import current_model
 from cxr_pipeline.models.batches import StoreImages
 from cxr_pipeline.models.classifier import ClassifierConfig, labelled_rows
 from cxr_pipeline.models.diffusion import describe
+from cxr_pipeline.models.model_settings import ClassDDPMSettings
 from cxr_pipeline.models.pipelines import (
     ClassConditionalGenerator,
     TextConditionalGenerator,
 )
 from cxr_pipeline.models.training import TrainConfig, run_key
 from cxr_pipeline.settings import WorkPaths, work_home
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DEMO = su.UTILITY_PROFILES["demo"]
 # name -> (profile, synthetic ratio)
@@ -61,7 +62,7 @@ def main() -> None:
     metadata = pd.read_parquet(paths.metadata)
     store = ImageStore(paths.image_store)
     pointers = {g: current_model(paths, g) for g in su.GENERATORS}
-    class_names = list(describe(pointers[su.CLASS_GENERATOR].model_dir)["class_names"])
+    class_names = list(describe(pointers[su.CLASS_GENERATOR].model_dir).settings_as(ClassDDPMSettings).classes)
     train, val = labelled_rows(metadata, "train"), labelled_rows(metadata, "val")
     real_counts = np.bincount(train["class_id"].astype(int), minlength=len(class_names))
     arms = su.arms_named(args.arms.split(","))

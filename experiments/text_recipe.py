@@ -7,7 +7,7 @@ Each recipe trains in this process from scratch into a temporary run folder; the
 training wall time and, per guidance scale, prompt consistency on val's normal and single-finding
 reports (per finding too) and fd_cxr against its real-vs-real reference.
 
-    python bench/text_recipe.py --recipes levels2,warm [--steps 600] [--batch 64] [--guidance 1,2,3,4,7.5] [--samples 2]
+    python experiments/text_recipe.py --recipes levels2,warm [--steps 600] [--batch 64] [--guidance 1,2,3,4,7.5] [--samples 2]
 
 ``--samples``: samples per val report for prompt consistency (seeds 0, 1000, ...), fd_cxr on the first.
 A recipe name ending in ``+bf16`` trains under CPU bf16 autocast (TrainConfig.cpu_bf16, with the
@@ -22,8 +22,6 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np
 import pandas as pd
@@ -42,6 +40,8 @@ from cxr_pipeline.models.report_encoder import ReportEncoder
 from cxr_pipeline.models.training import TrainConfig
 from cxr_pipeline.reports.grid import png_bytes
 from cxr_pipeline.settings import WorkPaths, work_home
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TRAIN = TrainConfig(steps=600, batch_size=64, learning_rate=2e-3, warmup_steps=50, ema_decay=0.99)
 VPRED = ScheduleConfig(1000, prediction_type="v_prediction", snr_gamma=5.0)
@@ -77,8 +77,8 @@ def main() -> None:
     encoder_dir = args.encoder or current_model(paths, "report_encoder").model_dir
     hidden = ReportEncoder.from_pretrained(encoder_dir).hidden_size
     val = prompt_set(metadata, store, "val")
-    classifier, description = load_classifier(classifier_dir, "cpu")
-    class_names = list(description["class_names"])
+    classifier, classifier_settings = load_classifier(classifier_dir, "cpu")
+    class_names = list(classifier_settings.classes)
     val_features, _ = embed(classifier, val.images)
     train_images = StoreImages(store, metadata[metadata["split"] == "train"].reset_index(drop=True)).stack()
     reference, _ = embed(classifier, train_images[np.random.default_rng(0).permutation(len(train_images))[:len(val)]])
@@ -97,7 +97,7 @@ def main() -> None:
         started = time.perf_counter()
         outcome = dt.train_text_ldm(metadata, paths.latents, Path(vae_dir), Path(encoder_dir), unet, schedule, train,
                                     Path(tempfile.mkdtemp(prefix=f"{name}_")), "bench", text_dropout=dropout,
-                                    balance=balance, trainable_layers=trainable,
+                                    balance=balance, trainable_encoder_layers=trainable,
                                     warm_start_from=(args.class_model or current_model(paths, "class_ddpm").model_dir) if warm else None)
         seconds = time.perf_counter() - started
         model = TextConditionalGenerator.from_pretrained(outcome.model_dir, "cpu")

@@ -14,7 +14,7 @@ ceiling) against training wall time, trained in this process on the demo's train
 
 Needs a work folder where ``image_metadata`` is materialized.
 
-    python bench/vae_recipe.py --recipes old,crop32 [--steps 1200] [--batch 32]
+    python experiments/vae_recipe.py --recipes old,crop32 [--steps 1200] [--batch 32]
 
 A recipe name ending in ``+bf16`` trains the same recipe under CPU bf16 autocast (TrainConfig.cpu_bf16).
 """
@@ -22,21 +22,20 @@ A recipe name ending in ``+bf16`` trains the same recipe under CPU bf16 autocast
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import pandas as pd
-
-import dataclasses
 
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.kinds.vae import VAE_PROFILES
 from cxr_pipeline.models.training import TrainConfig
 from cxr_pipeline.models.vae import VaeConfig, train_vae
 from cxr_pipeline.settings import WorkPaths, work_home
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -74,7 +73,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as runs:
             started = time.perf_counter()
             outcome = train_vae(metadata, store, Path(runs), vae_config, train, "bench", crop=crop,
-                                progress=lambda e: e.kind == "step" and print(f"{name}: {e.describe()}", flush=True))
+                                progress=lambda e, name=name: e.kind == "step" and print(f"{name}: {e.describe()}", flush=True))
             rows.append({"recipe": name, "latents": f"/{vae_config.downsampling_factor} x{vae_config.latent_channels}",
                          "steps": train.steps, "batch": train.batch_size, "crop": crop or "whole",
                          "train s": round(time.perf_counter() - started), "val PSNR": round(outcome.metrics["val_psnr"], 2),

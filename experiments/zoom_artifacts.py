@@ -8,7 +8,7 @@ height in dB and its period in output pixels. Enlarged anatomy moves its texture
 times longer at zoom s; a texture painted per pixel keeps the same period in output pixels at
 every zoom. Writes a PNG of the first images at each zoom for looking at.
 
-    python bench/zoom_artifacts.py [--home work] [--images 6] [--steps 10] [--out /tmp/zoom.png]
+    python experiments/zoom_artifacts.py [--home work] [--images 6] [--steps 10] [--out /tmp/zoom.png]
 """
 
 from __future__ import annotations

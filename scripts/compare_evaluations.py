@@ -20,7 +20,6 @@ from mlflow import MlflowClient
 
 from cxr_pipeline.settings import default_tracking_uri
 
-
 WALL_CLOCK = ("per_s", "eta_s", "wall_s", "_seconds")  # throughput and timings: not figures of the models
 
 

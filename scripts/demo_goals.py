@@ -4,7 +4,7 @@ Reads the work folder after ``./run.sh demo``: the latest evaluation runs in MLf
 on the **test** split, with its patient-bootstrap interval) and the latest ``all_assets`` run in the
 Dagster instance (the wall time of each step). Prints one table of goals and one of stage times.
 
-    CXR_HOME=work DAGSTER_HOME=work/dagster_home python bench/demo_goals.py
+    CXR_HOME=work DAGSTER_HOME=work/dagster_home python scripts/demo_goals.py
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import dagster as dg
 import mlflow
 import pandas as pd
 
 from cxr_pipeline.settings import tracking_uri_for, work_home
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 DOSES = ("1000", "3000", "10000")

@@ -23,7 +23,7 @@ MIMIC size:
 Flags: time growing faster than the data (more than 1.1x the data's growth), an evaluation growing
 at all (over 1.2x), memory growing with the data, and a projected peak over 16 GiB.
 
-    python bench/full_run_plan.py [--patients 16] [--factor 4] [--workers 2] [--json plan.json]
+    python scripts/full_run_plan.py [--patients 16] [--factor 4] [--workers 2] [--json plan.json]
 
 On a machine with CUDA the same script measures the GPU (device ``auto``).
 """
@@ -39,7 +39,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-
 
 NIH_IMAGES, MIMIC_IMAGES = 112_120, 377_110
 MEMORY_LIMIT_GB = 16.0
@@ -159,18 +158,13 @@ def recipe_work(asset: str) -> tuple[int, int]:
 def evaluation_scale(asset: str) -> float:
     """How much more a default evaluation samples than the tiny one: the profile's test cap over
     the 4 tiny images, times the default DDIM steps over the tiny 2."""
-    from assets import evaluation
+    from cxr_pipeline import kinds
     from cxr_pipeline.evaluation.caps import caps_for
     from jobs.budgets import TINY_EVALUATION
 
-    configs = {"sr_evaluation": evaluation.SrEvaluationConfig, "arbitrary_sr_evaluation": evaluation.ArbitrarySrEvaluationConfig,
-               "denoising_evaluation": evaluation.DenoisingEvaluationConfig,
-               "generation_evaluation": evaluation.GenerationEvaluationConfig,
-               "text_generation_evaluation": evaluation.TextGenerationEvaluationConfig,
-               "synthetic_utility": evaluation.SyntheticUtilityConfig}
-    defaults = {name: info.default for name, info in configs[asset].model_fields.items()}
+    evaluation = next(e for e in kinds.EVALUATIONS if e.name == asset)
     cap = caps_for("full").test_images
-    return cap / TINY_EVALUATION["max_test_images"] * defaults.get("ddim_steps", 10) / TINY_EVALUATION["ddim_steps"]
+    return cap / TINY_EVALUATION["max_test_images"] * evaluation.budget.ddim_steps / TINY_EVALUATION["ddim_steps"]
 
 
 def plan_rows(small: dict, large: dict) -> list[dict]:
@@ -226,8 +220,9 @@ def main() -> None:
     parser.add_argument("--replan", type=Path, default=None, help="print the plan again from a --json file's runs")
     args = parser.parse_args()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    from cxr_pipeline.parallel import default_workers
     import torch
+
+    from cxr_pipeline.parallel import default_workers
 
     workers = args.workers or default_workers()
     device = "cuda" if torch.cuda.is_available() else "cpu"

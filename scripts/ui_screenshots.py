@@ -22,6 +22,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
 from cxr_pipeline import tracking
 from cxr_pipeline.settings import work_home
 
