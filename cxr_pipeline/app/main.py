@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from cxr_pipeline import compute
-from cxr_pipeline.app import services
+from cxr_pipeline.app import dicom_export, registry, services, trust
 from cxr_pipeline.data.labels.vocabulary import LABEL_COLUMNS
 from cxr_pipeline.reports.enhancement import PRESETS, Enhancement
 
@@ -27,14 +27,14 @@ EXAMPLE_REPORT = ("FINDINGS: Moderate right pleural effusion with blunting of th
 def load_pipeline(key: str, folder: str, device: str):
     """Cached per model folder (a registered version's download), so a newly promoted champion is
     loaded fresh and an unchanged one is not loaded twice."""
-    pipeline = services.APP_MODELS[key].pipeline
+    pipeline = registry.APP_MODELS[key].pipeline
     if pipeline is None:
         raise ValueError(f"{key} has no sampling pipeline")
     return pipeline.from_pretrained(folder, device)
 
 
-def context() -> services.AppContext:
-    return services.AppContext.from_environment()
+def context() -> registry.AppContext:
+    return registry.AppContext.from_environment()
 
 
 def describe(image: np.ndarray, label: str) -> str:
@@ -68,10 +68,10 @@ def preset_picker(key: str) -> Enhancement:
     return preset
 
 
-def model_or_stop(key: str, ctx: services.AppContext, alias: str, device: str):
+def model_or_stop(key: str, ctx: registry.AppContext, alias: str, device: str):
     try:
-        located = services.locate(services.APP_MODELS[key], ctx, alias)
-    except services.ModelUnavailable as missing:
+        located = registry.locate(registry.APP_MODELS[key], ctx, alias)
+    except registry.ModelUnavailable as missing:
         st.warning(str(missing))
         st.stop()
     return load_pipeline(key, str(located.folder), device), located
@@ -89,18 +89,18 @@ def progress_bar(label: str):
 # --- Pages ---------------------------------------------------------------------------------------------------
 
 
-def generate_page(ctx: services.AppContext, alias: str, device: str) -> None:
+def generate_page(ctx: registry.AppContext, alias: str, device: str) -> None:
     st.header("Generate radiographs")
     source = str(st.radio("Condition on", ["a report (text model)", "a class (class model)"], horizontal=True,
                           key="condition_on"))
     key = "text" if source.startswith("a report") else "class"
     pipeline, located = model_or_stop(key, ctx, alias, device)
     st.caption(f"{located.name} v{located.version} ({located.alias})")
-    st.info(services.training_data(located.folder))
+    st.info(trust.training_data(located.folder))
     if key == "text":
         prompt = st.text_area("Report (findings and impression, as a radiologist writes them)", EXAMPLE_REPORT,
                               key="prompt")
-        checked = services.report_novelty(located.folder, prompt)
+        checked = trust.report_novelty(located.folder, prompt)
         st.session_state["report_novelty"] = checked
         if checked is not None:
             show_check(checked)
@@ -118,7 +118,7 @@ def generate_page(ctx: services.AppContext, alias: str, device: str) -> None:
     seed = right.number_input("Seed", 0, 2**31 - 1, 0, key="seed")
     count = left.slider("Images", 1, 8, 2, key="count")
     native = pipeline.unet_config.sample_size * _latent_factor(pipeline)
-    zooms, why_not = services.zoom_offered(ctx, alias, native)
+    zooms, why_not = trust.zoom_offered(ctx, alias, native)
     resolution = 1.0 if len(zooms) == 1 else middle.select_slider(
         "Resolution", options=zooms, value=1.0, key="resolution",
         format_func=lambda s: f"native ({native} px)" if s == 1 else f"x{s:g}, through the arbitrary-scale champion")
@@ -150,17 +150,17 @@ def generate_page(ctx: services.AppContext, alias: str, device: str) -> None:
         with enhanced_column:
             show(enhanced, f"enhanced ({preset.name})")
         generator = result["model"]
-        files.download_button("PNG (raw, 16-bit)", services.png_bytes(image), f"generated_{i}.png", "image/png",
+        files.download_button("PNG (raw, 16-bit)", dicom_export.png_bytes(image), f"generated_{i}.png", "image/png",
                               key=f"png_{i}")
-        files.download_button("PNG (enhanced)", services.png_bytes(enhanced), f"generated_{i}_{preset.name}.png",
+        files.download_button("PNG (enhanced)", dicom_export.png_bytes(enhanced), f"generated_{i}_{preset.name}.png",
                               "image/png", key=f"png_enhanced_{i}")
-        files.download_button("DICOM (raw)", services.secondary_capture(
+        files.download_button("DICOM (raw)", dicom_export.secondary_capture(
             image, generator=generator, condition=str(result["condition"]), seed=result["seed"] + i,
             guidance=result["guidance"], steps=result["steps"]), f"generated_{i}.dcm", "application/dicom",
             key=f"dcm_{i}")
 
 
-def restore_page(ctx: services.AppContext, alias: str, device: str) -> None:
+def restore_page(ctx: registry.AppContext, alias: str, device: str) -> None:
     st.header("Restore an image")
     st.caption("The upload goes through ingestion's own reader: the same DICOM LUT/VOI and MONOCHROME1 decisions, "
                f"the same resizing to {ctx.profile.image_size} px, and the same reasons when a file is refused.")
@@ -173,22 +173,22 @@ def restore_page(ctx: services.AppContext, alias: str, device: str) -> None:
     except services.UploadRejected as rejected:
         st.error(f"This file was not accepted ({rejected.reason}): {rejected.message}")
         return
-    resized = services.resize_note(fields, ctx.profile.image_size)
+    resized = trust.resize_note(fields, ctx.profile.image_size)
     if resized:
         st.warning(resized)
     task = st.radio("Task", ["super-resolution", "denoising"], horizontal=True, key="task")
     pipeline, located = model_or_stop("arbitrary_sr" if task == "super-resolution" else "denoiser", ctx, alias, device)
     # what the model learnt from and whether this upload is like it, before any control
     st.caption(f"{located.name} v{located.version} ({located.alias})")
-    st.info(services.training_data(located.folder))
-    novelty = services.input_novelty(pipeline, located, image, ctx)
+    st.info(trust.training_data(located.folder))
+    novelty = trust.input_novelty(pipeline, located, image, ctx)
     st.session_state["novelty"] = novelty
     if novelty is None:
         st.caption("This model version has no record of its training images' distribution: the upload cannot be "
                    "checked against it.")
     else:
         show_check(novelty)
-    if task == "super-resolution":  # an output above the model's size was never measured (services.zoom_offered)
+    if task == "super-resolution":  # an output above the model's size was never measured (trust.zoom_offered)
         simulate = True
         st.caption("Super-resolution restores this image from a simulated low-resolution copy, back to the model's "
                    f"{ctx.profile.image_size} px and scored against it: the arbitrary-scale model was evaluated only at "
@@ -241,7 +241,7 @@ def restore_page(ctx: services.AppContext, alias: str, device: str) -> None:
         st.json({k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v)) for k, v in fields.items()})
 
 
-def metadata_or_warn(ctx: services.AppContext) -> pd.DataFrame | None:
+def metadata_or_warn(ctx: registry.AppContext) -> pd.DataFrame | None:
     try:
         return services.metadata(ctx)
     except FileNotFoundError as missing:
@@ -249,7 +249,7 @@ def metadata_or_warn(ctx: services.AppContext) -> pd.DataFrame | None:
         return None
 
 
-def enhance_page(ctx: services.AppContext) -> None:
+def enhance_page(ctx: registry.AppContext) -> None:
     st.header("One image under every preset")
     rows = metadata_or_warn(ctx)
     if rows is None:
@@ -270,7 +270,7 @@ def enhance_page(ctx: services.AppContext) -> None:
         st.dataframe(pd.DataFrame([p.as_dict() for p in PRESETS.values()]), hide_index=True)
 
 
-def dataset_page(ctx: services.AppContext) -> None:
+def dataset_page(ctx: registry.AppContext) -> None:
     st.header("Dataset")
     rows = metadata_or_warn(ctx)
     if rows is None:
@@ -302,13 +302,13 @@ def dataset_page(ctx: services.AppContext) -> None:
     st.dataframe(services.rejected(ctx), hide_index=True)
 
 
-def models_page(ctx: services.AppContext) -> None:
+def models_page(ctx: registry.AppContext) -> None:
     st.header("Models")
-    overview = services.registry_overview(ctx)
+    overview = registry.registry_overview(ctx)
     if overview.empty:
         st.warning(f"No registered models in {ctx.tracking_uri}: run `./run.sh demo` (job `all_assets`).")
         return
-    for model in services.APP_MODELS.values():
+    for model in registry.APP_MODELS.values():
         st.subheader(model.title)
         versions = overview[overview["model"] == model.registered_name]
         links = [f"[Dagster asset `{model.asset}`]({ctx.asset_url(model.asset)})",
@@ -333,10 +333,10 @@ def models_page(ctx: services.AppContext) -> None:
             except json.JSONDecodeError:
                 st.caption(shown["metrics"])
         try:
-            located = services.locate(model, ctx, "champion" if len(champion) else "challenger")
+            located = registry.locate(model, ctx, "champion" if len(champion) else "challenger")
             with st.expander(f"Architecture of v{located.version}"):
-                st.json(services.architecture(located.folder))
-        except services.ModelUnavailable as missing:
+                st.json(registry.architecture(located.folder))
+        except registry.ModelUnavailable as missing:
             st.caption(str(missing))
     st.subheader("Every registered version")
     st.dataframe(overview.drop(columns=["metrics", "training_data"]), hide_index=True)

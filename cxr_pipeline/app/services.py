@@ -9,138 +9,26 @@ against the original) are always computed on raw outputs.
 
 from __future__ import annotations
 
-import io
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from functools import lru_cache
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pydicom
 import torch
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from .. import kinds, provenance, tracking
 from ..data.degrade import bicubic_to, resize, simulate_low_dose
 from ..data.image_store import ImageStore, from_stored
 from ..data.ingest import IngestOptions, ingest_file, read_rejected
 from ..evaluation.restoration import nlm_denoise
-from ..kinds.base import native_size
 from ..metrics.appearance import appearance
 from ..metrics.restoration import per_image_scores, sample_spread
-from ..model_source import registry_folder
-from ..models.diffusion import describe, sampling_progress
-from ..models.input_distribution import InputDistribution, Novelty, ReportDistribution, ReportNovelty, novelty
+from ..models.diffusion import sampling_progress
 from ..models.pipelines import ArbitraryScaleSuperResolution, DiffusionPipeline, LowDoseDenoiser
-from ..models.vae import encode_mean, load_vae
-from ..settings import (
-    DEFAULT_DAGSTER_URL,
-    Profile,
-    WorkPaths,
-    dagster_ui_url,
-    mlflow_ui_url,
-    profile_from_environment,
-    tracking_uri_for,
-    work_home,
-)
+from .registry import AppContext
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
-
-
-# --- Where things are -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AppContext:
-    """The work folder the pipeline writes, its MLflow store, and where its UIs are."""
-
-    home: Path
-    tracking_uri: str
-    profile: Profile
-    dagster_url: str = DEFAULT_DAGSTER_URL
-    mlflow_url: str | None = None  # the MLflow UI, when one is configured (./run.sh mlflow / a tracking server)
-
-    @classmethod
-    def from_environment(cls) -> AppContext:
-        """From ``CXR_HOME``, ``MLFLOW_TRACKING_URI``, ``CXR_PROFILE``, ``CXR_DAGSTER_URL`` and
-        ``CXR_MLFLOW_UI_URL``. Every MLflow call names this store; nothing process-wide is set."""
-        home = work_home()
-        uri = tracking_uri_for(home)
-        return cls(home, uri, profile_from_environment(), dagster_ui_url(), mlflow_ui_url(uri))
-
-    @property
-    def paths(self) -> WorkPaths:
-        return WorkPaths(self.home)
-
-    def client(self) -> MlflowClient:
-        return MlflowClient(tracking_uri=self.tracking_uri)
-
-    def asset_url(self, asset: str) -> str:
-        return f"{self.dagster_url.rstrip('/')}/assets/{asset}"
-
-    def run_url(self, run_id: str) -> str | None:
-        if not self.mlflow_url:
-            return None
-        try:
-            experiment = self.client().get_run(run_id).info.experiment_id
-        except MlflowException:
-            return None
-        return tracking.run_url(self.mlflow_url, experiment, run_id)
-
-
-# The models the app serves, by the key its pages use: each kind knows its registry name, the
-# asset that trains it, the evaluation that promotes it and its pipeline.
-APP_MODELS: dict[str, kinds.ModelKind] = {"text": kinds.TEXT_LDM, "class": kinds.CLASS_DDPM,
-                                          "arbitrary_sr": kinds.ARBITRARY_SR, "denoiser": kinds.DENOISER}
-
-
-class ModelUnavailable(Exception):
-    """A model the app cannot load, with what to do about it."""
-
-
-@dataclass(frozen=True)
-class LocatedModel:
-    folder: Path
-    name: str
-    version: str
-    alias: str
-    run_id: str
-
-
-def locate(model: kinds.ModelKind, context: AppContext, alias: str = "champion") -> LocatedModel:
-    """The registered version holding ``alias``, downloaded once under the work folder."""
-    client, name = context.client(), model.registered_name
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        raise ModelUnavailable(
-            f"{name} has not been trained yet in {context.home}: materialize the `{model.asset}` asset "
-            f"(job `all_assets`, `training` or `retrain_and_evaluate`; `./run.sh demo` runs them all), then "
-            f"`{model.evaluated_by}` to evaluate and promote it.") from None
-    try:
-        version = client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        versions = client.search_model_versions(f"name = '{name}'")
-        decided = sorted((v for v in versions if v.tags.get("promotion_reason")), key=lambda v: int(v.version))
-        champion = (client.get_registered_model(name).aliases or {}).get("champion")
-        if alias == "challenger" and champion is not None:
-            raise ModelUnavailable(f"{name} has no challenger: its latest evaluated version won its evaluation and is "
-                                   f"the champion (v{champion}). A challenger appears when a newer version is "
-                                   "evaluated and does not beat it.") from None
-        why = (f"v{decided[-1].version} was not promoted because it {decided[-1].tags['promotion_reason']}"
-               if decided else f"no version has been evaluated yet (materialize `{model.evaluated_by}`)")
-        raise ModelUnavailable(f"{name} has no {alias}: {len(versions)} version(s) registered; {why}. "
-                               "Choose the challenger to try the latest evaluated version anyway.") from None
-    folder = registry_folder(name, str(version.version), context.paths.registry_cache,
-                                      context.tracking_uri)
-    return LocatedModel(folder, name, str(version.version), alias, version.run_id or "")
 
 
 # --- Generation ---------------------------------------------------------------------------------------------
@@ -179,122 +67,6 @@ def _over(progress: Progress | None, chains: int):
             state["chain"] += 1
 
     return step
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """16-bit grayscale PNG of an image in [0, 1] (what the model produced, at full precision)."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.round(np.clip(image, 0, 1) * 65535).astype(np.uint16)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def secondary_capture(image: np.ndarray, *, generator: str, condition: str, seed: int, guidance: float,
-                      steps: int, enhancement: str = "none") -> bytes:
-    """A generated image as a DICOM Secondary Capture that cannot pass for a patient's: no patient
-    identity, ConversionType SYN (synthesized), the generator and its prompt in the header."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    now = datetime.now(timezone.utc)
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.StudyDate = ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
-    ds.StudyTime = ds.ContentTime = now.strftime("%H%M%S")
-    ds.Modality, ds.ConversionType = "OT", "SYN"
-    ds.PatientName, ds.PatientID = "SYNTHETIC^IMAGE", "SYNTHETIC"
-    ds.PatientIdentityRemoved = "YES"
-    ds.BurnedInAnnotation = "NO"
-    ds.ImageType = ["DERIVED", "SECONDARY", "SYNTHETIC"]
-    ds.Manufacturer = "cxr-pipeline"
-    ds.ManufacturerModelName = generator[:64]
-    ds.SeriesDescription = "Synthetic chest radiograph (generated, not a patient)"
-    ds.DerivationDescription = (f"Generated by {generator}, seed {seed}, guidance {guidance:g}, {steps} DDIM steps, "
-                                f"enhancement {enhancement}")[:1024]
-    ds.ImageComments = f"Condition: {condition}"[:10240]
-    pixels = np.round(np.clip(image, 0, 1) * 65535).astype(np.uint16)
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = pixels.tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-# --- What a model can be trusted with -------------------------------------------------------------------------
-
-
-def training_data(folder: Path) -> str:
-    """The one-line provenance of a model folder (``cxr_pipeline.provenance``)."""
-    return provenance.summary(provenance.read(folder))
-
-
-@lru_cache(maxsize=4)
-def _autoencoder(folder: str):
-    return load_vae(Path(folder), "cpu")
-
-
-def input_novelty(pipeline: DiffusionPipeline, located: LocatedModel, image: np.ndarray,
-                  context: AppContext) -> Novelty | None:
-    """How far ``image`` (at the model's size) lies from the model's training images, in the latent
-    space of the autoencoder the reference was fitted with (``models/input_distribution.py``);
-    None when the model folder has no reference (trained before references existed)."""
-    reference = InputDistribution.load(located.folder)
-    if reference is None:
-        return None
-    vae = pipeline.model.vae
-    if vae is None:  # a pixel-space model: the autoencoder its reference names
-        recorded = reference.vae or {}
-        folder = Path(recorded.get("model_dir", ""))
-        if not (folder / "config.json").exists():
-            folder = registry_folder(recorded["registered_model"], recorded["version"], context.paths.registry_cache,
-                                     context.tracking_uri)
-        vae = _autoencoder(str(folder))
-    latents = encode_mean(vae, torch.from_numpy(np.ascontiguousarray(image)).float()[None, None])
-    return novelty(reference, latents)[0]
-
-
-ZOOMS = (1.0, 2.0, 3.0, 4.0)
-
-
-def zoom_offered(context: AppContext, alias: str, side: int) -> tuple[list[float], str | None]:
-    """The zooms of a ``side``-px generated image the app offers, and why the others are not: only
-    output sizes the arbitrary-scale model was evaluated at (up to its training images' side).
-    Above it, at x4 on the demo, it paints the texture of its native pixel grid at output-pixel
-    period (a diagonal hatch at 2.7 px at x1, x2, x3 and x4 alike: docs/recipes.md#the-apps-zoom)
-    instead of enlarging the anatomy."""
-    try:
-        located = locate(APP_MODELS["arbitrary_sr"], context, alias)
-    except ModelUnavailable:
-        return [1.0], "Zoom needs the arbitrary-scale model, which is not available."
-    measured = native_size(located.folder)
-    offered = [z for z in ZOOMS if side * z <= measured]
-    if len(offered) == len(ZOOMS):
-        return offered, None
-    return offered, (f"Zoom beyond {measured} px is not offered: {located.name} v{located.version} was evaluated only "
-                     f"up to its training images' {measured} px, and above that it draws a periodic texture instead "
-                     "of enlarging the anatomy.")
-
-
-def report_novelty(folder: Path, report: str) -> ReportNovelty | None:
-    """The report's words against the text model's training reports; None when the model folder
-    has no record of them (trained before records existed) or the report is empty."""
-    vocabulary = ReportDistribution.load(folder)
-    return vocabulary.check(report) if vocabulary is not None and report.strip() else None
-
-
-def resize_note(fields: dict, size: int) -> str | None:
-    """What the reader did to the upload's size, for people, when it changed it."""
-    height, width = fields.get("original_height"), fields.get("original_width")
-    if not height or not width or (height, width) == (size, size):
-        return None
-    factor = size / max(height, width)
-    return (f"Resized: the upload is {width}x{height} px; the models work at {size}x{size} px (the profile's image size), "
-            f"so it was scaled by {factor:.3g} ({1 / factor:.1f}x smaller){', padded to a square' if height != width else ''}. "
-            "Every figure below is at the model's size; detail finer than that is not seen by the model.")
 
 
 # --- Uploads and restoration --------------------------------------------------------------------------------
@@ -389,7 +161,7 @@ def denoise_upload(pipeline: LowDoseDenoiser, image: np.ndarray, dose: float, *,
                        _scores(reference, {"low-dose input": noisy, "non-local means": baseline, "diffusion": output}))
 
 
-# --- The work folder and the registry -----------------------------------------------------------------------
+# --- The work folder -----------------------------------------------------------------------
 
 
 def metadata(context: AppContext) -> pd.DataFrame:
@@ -427,29 +199,3 @@ def stored_image(context: AppContext, row: pd.Series) -> np.ndarray:
 
 def image_metrics(image: np.ndarray) -> dict[str, float]:
     return {k: round(v, 4) for k, v in appearance(image).items()}
-
-
-def registry_overview(context: AppContext) -> pd.DataFrame:
-    """Every registered model's versions with their aliases, headline figures and promotion."""
-    client, rows = context.client(), []
-    for registered in client.search_registered_models():
-        aliases: dict[str, list[str]] = {}
-        for alias, version in (registered.aliases or {}).items():
-            aliases.setdefault(str(version), []).append(alias)
-        for version in client.search_model_versions(f"name = '{registered.name}'"):
-            tags = version.tags or {}
-            rows.append({"model": registered.name, "version": int(version.version),
-                         "aliases": ", ".join(sorted(aliases.get(str(version.version), []))),
-                         "decision": tags.get("promotion_decision", "not evaluated"),
-                         "reason": tags.get("promotion_reason", ""), "metrics": tags.get("evaluation_metrics", ""),
-                         "run_id": version.run_id, "evaluation_run_id": tags.get("evaluation_run_id", ""),
-                         "training_data": tags.get("data.summary", "")})
-    return pd.DataFrame(rows).sort_values(["model", "version"], ascending=[True, False]) if rows else pd.DataFrame()
-
-
-def architecture(folder: Path) -> dict:
-    """What the model folder says it is: kind, UNet, schedule, conditioning, training."""
-    saved = describe(folder)
-    return {"kind": saved.kind, "unet": asdict(saved.unet), "schedule": asdict(saved.schedule),
-            "conditioning": asdict(saved.conditioning), "settings": saved.settings.to_dict(),
-            "training": saved.training.to_dict()}

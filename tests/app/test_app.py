@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from streamlit.testing.v1 import AppTest
 
 from assets import diffusion, ingestion, labels, models, pairs, text
-from cxr_pipeline.app import services
+from cxr_pipeline.app import dicom_export
 from cxr_pipeline.data.ingest import IngestOptions, ingest_file
 from cxr_pipeline.settings import default_tracking_uri
 from resources import CxrSettings, MlflowTracking
@@ -144,7 +144,7 @@ def test_generate_from_a_class_with_another_preset(app):
 
 def test_the_dicom_download_is_a_synthetic_secondary_capture_that_ingestion_refuses(tmp_path):
     image = np.linspace(0, 1, 64 * 64).reshape(64, 64)
-    data = services.secondary_capture(image, generator="cxr-text-ldm v1", condition="Right pleural effusion.", seed=3,
+    data = dicom_export.secondary_capture(image, generator="cxr-text-ldm v1", condition="Right pleural effusion.", seed=3,
                                       guidance=4.0, steps=20)
     path = tmp_path / "generated.dcm"
     path.write_bytes(data)
