@@ -43,9 +43,12 @@ ASSET_CHECKS = [
 
 def resources(share_cores: bool) -> dict:
     settings = CxrSettings(share_cores=share_cores)
-    return {"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings),
-            # launches scripts/train_worker.py when a training asset's launcher is not in_process
-            "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    return {
+        "settings": settings,
+        "mlflow_tracking": MlflowTracking(settings=settings),
+        # launches scripts/train_worker.py when a training asset's launcher is not in_process
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }
 
 
 def build_definitions(compute: dict, share_cores: bool = False) -> dg.Definitions:

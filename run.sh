@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for people and CI.
 #   ./run.sh demo   set up, then materialize every asset on the built-in demo dataset
-#   ./run.sh test   set up, then run the test suite
+#   ./run.sh test   set up, then lint, format and type checks, then the test suite
+#   ./run.sh lint   set up, then only the lint, format and type checks
 #   ./run.sh dev    set up, then start the Dagster UI (dagster dev) on http://127.0.0.1:3000
 #   ./run.sh app    set up, then start the interactive app over the champion models on http://127.0.0.1:8501
 #   ./run.sh mlflow set up, then start the MLflow UI over the work folder's store on http://127.0.0.1:5000
@@ -25,6 +26,14 @@ setup() {
   "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
   init_instance
   size_training_pool
+}
+
+# Lint, format and types before the tests (configured in pyproject.toml): ruff on the whole tree,
+# mypy on the library and the Dagster layer.
+lint() {
+  "$VENV/bin/ruff" check .
+  "$VENV/bin/ruff" format --check .
+  "$VENV/bin/mypy"
 }
 
 # Heavy steps (training and evaluation) share the "cxr_training" concurrency pool across runs: as
@@ -64,7 +73,12 @@ case "$command" in
     ;;
   test)
     setup
+    lint
     "$VENV/bin/python" -m pytest "$@"
+    ;;
+  lint)
+    setup
+    lint
     ;;
   dev)
     setup
@@ -82,7 +96,7 @@ case "$command" in
     exec "$VENV/bin/mlflow" ui --backend-store-uri "$store" --host 127.0.0.1 --port "${port%%/*}" "$@"
     ;;
   *)
-    echo "usage: $0 {demo|test|dev|app|mlflow|setup}" >&2
+    echo "usage: $0 {demo|test|lint|dev|app|mlflow|setup}" >&2
     exit 2
     ;;
 esac

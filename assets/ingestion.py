@@ -1,7 +1,5 @@
 """Ingestion stage: raw files -> image store + manifest + rejected list."""
 
-
-
 from typing import Any
 
 import dagster as dg
@@ -34,25 +32,29 @@ def raw_images(context: dg.AssetExecutionContext, settings: CxrSettings) -> dg.M
         context.log.info(f"demo dataset ({profile.name}): {spec.patients} patients at {spec.source_size}px in {root}")
         summary = generate_demo_dataset(root, spec, workers=workers)
         labels = pd.Series(summary["label_counts"], name="images").rename_axis("Finding Labels")
-        metadata.update({
-            "source": "built-in demo dataset",
-            "patients": summary["patients"],
-            "nih_layout_images": summary["nih_images"],
-            "dicom_images": summary["dicom_images"],
-            "deliberately_bad_inputs": dg.MetadataValue.json(summary["bad_inputs"]),
-            "label_combinations": dg.MetadataValue.md(labels.sort_values(ascending=False).head(20).to_markdown()),
-        })
+        metadata.update(
+            {
+                "source": "built-in demo dataset",
+                "patients": summary["patients"],
+                "nih_layout_images": summary["nih_images"],
+                "dicom_images": summary["dicom_images"],
+                "deliberately_bad_inputs": dg.MetadataValue.json(summary["bad_inputs"]),
+                "label_combinations": dg.MetadataValue.md(labels.sort_values(ascending=False).head(20).to_markdown()),
+            }
+        )
     else:
         if not root.is_dir():
             raise dg.Failure(f"CXR_DATA_DIR={root} does not exist or is not a folder")
         metadata["source"] = "CXR_DATA_DIR"
     count, total_bytes, digest = ingestion.listing_hash(root)
-    metadata.update({
-        "path": dg.MetadataValue.path(str(root)),
-        "files": count,
-        "size_mb": round(total_bytes / 2**20, 1),
-        "listing_hash": digest,
-    })
+    metadata.update(
+        {
+            "path": dg.MetadataValue.path(str(root)),
+            "files": count,
+            "size_mb": round(total_bytes / 2**20, 1),
+            "listing_hash": digest,
+        }
+    )
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(digest))
 
 
@@ -88,7 +90,9 @@ def ingested_images(
 
     def log_progress(p: ingestion.IngestProgress) -> None:
         rate = p.done / p.elapsed_s if p.elapsed_s else 0.0
-        context.log.info(f"ingested {p.done}/{p.total} files ({p.accepted} accepted, {p.rejected} rejected, {rate:.0f} files/s)")
+        context.log.info(
+            f"ingested {p.done}/{p.total} files ({p.accepted} accepted, {p.rejected} rejected, {rate:.0f} files/s)"
+        )
 
     record_source(paths, settings.raw_data_dir())  # what every model trained on this data says it learnt from
     summary = ingestion.ingest(

@@ -65,8 +65,15 @@ def label_table(context: dg.AssetExecutionContext, config: LabelConfig, settings
     for token, count in unknown.most_common(20):
         context.log.warning(f"unknown finding token {token!r} in {count} rows (not mapped to a label)")
     per_source = pd.DataFrame(
-        [{"source": s.kind.value, "rows": len(s.table), "boxes": 0 if s.boxes is None else len(s.boxes),
-          "files": len(s.files)} for s in sources]
+        [
+            {
+                "source": s.kind.value,
+                "rows": len(s.table),
+                "boxes": 0 if s.boxes is None else len(s.boxes),
+                "files": len(s.files),
+            }
+            for s in sources
+        ]
     )
     return dg.MaterializeResult(
         metadata={
@@ -81,7 +88,9 @@ def label_table(context: dg.AssetExecutionContext, config: LabelConfig, settings
 
 
 @dg.asset(group_name="labels", deps=[label_table, ingested_images], kinds={"parquet", "csv"}, **WORK_FOLDER_WRITER)
-def image_metadata(context: dg.AssetExecutionContext, config: LabelConfig, settings: CxrSettings) -> dg.MaterializeResult:
+def image_metadata(
+    context: dg.AssetExecutionContext, config: LabelConfig, settings: CxrSettings
+) -> dg.MaterializeResult:
     """``metadata.parquet`` (one row per usable image) and ``splits/{train,val,test}.csv``:
     patient-level splits by a stable hash, the single-label ``class_id``, and the accounting of
     every image and label row that did not make it."""
@@ -109,7 +118,8 @@ def image_metadata(context: dg.AssetExecutionContext, config: LabelConfig, setti
             "label_rows_without_image": len(result.unmatched_label_rows),
             "boxes": len(boxes),
             "boxes_by_finding": dg.MetadataValue.json(
-                {str(k): int(v) for k, v in boxes["finding"].value_counts().head(20).items()}),
+                {str(k): int(v) for k, v in boxes["finding"].value_counts().head(20).items()}
+            ),
             "images_with_conflicting_sources": result.conflicts,
             "label_balance": dg.MetadataValue.md(balance.to_markdown()),
             "content_hash": content_hash,

@@ -36,7 +36,10 @@ GPU_POD = {"container_config": {"resources": {"requests": {"nvidia.com/gpu": "1"
 HEAVY_STEP: dict[str, Any] = {"op_tags": {**TRAINING_TAGS, "dagster-k8s/config": GPU_POD}, "pool": "cxr_training"}
 # Training also retries: a lost node or OOM resumes from the checkpoint. Evaluation does not,
 # since it has no checkpoint and its failures are deterministic (a retry repeats them).
-TRAINING_STEP: dict[str, Any] = {**HEAVY_STEP, "retry_policy": dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)}
+TRAINING_STEP: dict[str, Any] = {
+    **HEAVY_STEP,
+    "retry_policy": dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
+}
 
 
 def ahead(step: dict[str, Any], priority: int) -> dict[str, Any]:
@@ -60,7 +63,9 @@ def field_default(spec: dataclasses.Field) -> Any:
 def dataclass_fields(cls: type) -> dict[str, Any]:
     """A dataclass's fields as pydantic field definitions: the same names, types and defaults."""
     hints = typing.get_type_hints(cls)
-    return {spec.name: (hints[spec.name], pydantic.Field(default=field_default(spec))) for spec in dataclasses.fields(cls)}
+    return {
+        spec.name: (hints[spec.name], pydantic.Field(default=field_default(spec))) for spec in dataclasses.fields(cls)
+    }
 
 
 def recipe_config(recipe: type[TrainingRecipe], name: str) -> Any:
@@ -92,19 +97,34 @@ def worker_command(recipe, job_file: Path, outcome: Path, mlflow_run_id: str) ->
     """The command line of an out-of-process training (the same one a user can run by hand)."""
     arguments = [str(TRAIN_WORKER), str(job_file), "--outcome", str(outcome), "--mlflow-run-id", mlflow_run_id]
     if recipe.launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={recipe.processes}",
-                *arguments]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={recipe.processes}",
+            *arguments,
+        ]
     return [sys.executable, *arguments]
 
 
-def _launch(context: dg.AssetExecutionContext, settings: CxrSettings, recipe, plan: TrainingPlan, mlflow_run_id: str,
-            pipes: dg.PipesSubprocessClient) -> tuple[TrainingOutcome, dict]:
+def _launch(
+    context: dg.AssetExecutionContext,
+    settings: CxrSettings,
+    recipe,
+    plan: TrainingPlan,
+    mlflow_run_id: str,
+    pipes: dg.PipesSubprocessClient,
+) -> tuple[TrainingOutcome, dict]:
     """Launch the worker through Pipes and read its outcome back; returns the outcome and the
     metadata the worker reported."""
     ranks = recipe.processes if recipe.launcher == "torchrun" else 1
     if ranks < 1 or recipe.batch_size % ranks:
-        raise dg.Failure(f"batch_size {recipe.batch_size} must be a positive multiple of processes {ranks}: "
-                         "every rank takes an equal slice of the batch", allow_retries=False)
+        raise dg.Failure(
+            f"batch_size {recipe.batch_size} must be a positive multiple of processes {ranks}: "
+            "every rank takes an equal slice of the batch",
+            allow_retries=False,
+        )
     folder = settings.paths().models / "launches" / context.run.run_id / plan.kind.key
     if plan.job is None:
         raise ValueError(f"{plan.kind.key} trains in the asset's process: it has no job to launch")
@@ -116,9 +136,14 @@ def _launch(context: dg.AssetExecutionContext, settings: CxrSettings, recipe, pl
     return TrainingOutcome.load(folder / "outcome"), {**(reported or {}), "launcher": recipe.launcher}
 
 
-def train_kind(context: dg.AssetExecutionContext, kind: ModelKind, recipe: TrainingRecipe, settings: CxrSettings,
-               mlflow_tracking: MlflowTracking,
-               pipes: dg.PipesSubprocessClient | None = None) -> list[tuple[TrainingPlan, Registered, dict]]:
+def train_kind(
+    context: dg.AssetExecutionContext,
+    kind: ModelKind,
+    recipe: TrainingRecipe,
+    settings: CxrSettings,
+    mlflow_tracking: MlflowTracking,
+    pipes: dg.PipesSubprocessClient | None = None,
+) -> list[tuple[TrainingPlan, Registered, dict]]:
     """Plan the kind from the recipe and the work folder, then train and register each planned
     model; returns each with the asset metadata every training reports."""
     compute.count_as_heavy_step()
@@ -130,14 +155,20 @@ def train_kind(context: dg.AssetExecutionContext, kind: ModelKind, recipe: Train
     launcher = getattr(recipe, "launcher", "in_process")  # only diffusion recipes can train out of process
     done = []
     for plan in plans:
+
         def train(run_id: str, plan: TrainingPlan = plan) -> tuple[TrainingOutcome, dict]:
             if launcher == "in_process" or plan.job is None or pipes is None:
                 return plan.train_in_process(progress_logger(context))
             return _launch(context, settings, recipe, plan, run_id, pipes)
 
-        registered = train_and_register(plan, paths, lambda name, tags: mlflow_tracking.run(context, name, tags), train,
-                                        {"launcher": launcher} if plan.job is not None else None,
-                                        profile=settings.profile_spec().name)
+        registered = train_and_register(
+            plan,
+            paths,
+            lambda name, tags: mlflow_tracking.run(context, name, tags),
+            train,
+            {"launcher": launcher} if plan.job is not None else None,
+            profile=settings.profile_spec().name,
+        )
         done.append((plan, registered, training_metadata(registered, mlflow_tracking)))
     return done
 
@@ -152,13 +183,22 @@ def training_metadata(registered: Registered, mlflow_tracking: MlflowTracking) -
         "checkpoint": dg.MetadataValue.path(str(outcome.model_dir)),
         "steps": outcome.final_step,
         "resumed_from_step": outcome.resumed_from if outcome.resumed_from is not None else -1,
-        **({"samples": dg.MetadataValue.md(markdown_image(png_bytes(last, upscale=2), record.registered_model))}
-           if last is not None else {}),
+        **(
+            {"samples": dg.MetadataValue.md(markdown_image(png_bytes(last, upscale=2), record.registered_model))}
+            if last is not None
+            else {}
+        ),
     }
 
 
-def train_one(context: dg.AssetExecutionContext, kind: ModelKind, recipe: TrainingRecipe, settings: CxrSettings,
-              mlflow_tracking: MlflowTracking, pipes: dg.PipesSubprocessClient | None = None) -> tuple[Registered, dict]:
+def train_one(
+    context: dg.AssetExecutionContext,
+    kind: ModelKind,
+    recipe: TrainingRecipe,
+    settings: CxrSettings,
+    mlflow_tracking: MlflowTracking,
+    pipes: dg.PipesSubprocessClient | None = None,
+) -> tuple[Registered, dict]:
     """A kind that trains one model per materialization: its registration and asset metadata,
     with what the plan knew before training."""
     ((plan, registered, metadata),) = train_kind(context, kind, recipe, settings, mlflow_tracking, pipes)

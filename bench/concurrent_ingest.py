@@ -24,16 +24,32 @@ def inner(data: str, out: str, image_size: int) -> None:
     from cxr_pipeline.data.image_store import ImageStore
     from cxr_pipeline.data.ingest import IngestOptions, ingest
 
-    summary = ingest(Path(data), manifest_path=Path(out) / "manifest.parquet",
-                     rejected_path=Path(out) / "rejected.parquet", store=ImageStore(Path(out) / "images"),
-                     options=IngestOptions(image_size=image_size))
-    print(json.dumps({"processed": summary.processed, "repaired": summary.repaired,
-                      "accepted": summary.accepted_total, "seconds": summary.elapsed_s}))
+    summary = ingest(
+        Path(data),
+        manifest_path=Path(out) / "manifest.parquet",
+        rejected_path=Path(out) / "rejected.parquet",
+        store=ImageStore(Path(out) / "images"),
+        options=IngestOptions(image_size=image_size),
+    )
+    print(
+        json.dumps(
+            {
+                "processed": summary.processed,
+                "repaired": summary.repaired,
+                "accepted": summary.accepted_total,
+                "seconds": summary.elapsed_s,
+            }
+        )
+    )
 
 
 def launch(data: Path, out: Path, image_size: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, __file__, "--inner", str(data), str(out), str(image_size)],
-                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, __file__, "--inner", str(data), str(out), str(image_size)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
 
 
 def finish(process: subprocess.Popen) -> dict:
@@ -81,11 +97,14 @@ def main() -> None:
     print(f"{files} files ({alone['accepted']} accepted), {args.source_size}px sources -> {size}px")
     print(f"{'run':<44}{'wall s':>8}{'decoded':>9}{'repaired':>9}")
     print(f"{'one ingestion alone (baseline)':<44}{alone_s:>8.1f}{alone['processed']:>9}{alone['repaired']:>9}")
-    print(f"{'two started together, same folder':<44}{two_s:>8.1f}"
-          f"{'+'.join(str(r['processed']) for r in both):>9}{'':>9}")
+    print(
+        f"{'two started together, same folder':<44}{two_s:>8.1f}{'+'.join(str(r['processed']) for r in both):>9}{'':>9}"
+    )
     print(f"{'repair after deleting every shard':<44}{repair_s:>8.1f}{repair['processed']:>9}{repair['repaired']:>9}")
-    print(f"two together / one alone: {two_s / alone_s:.2f}x; repair / one alone: {repair_s / alone_s:.2f}x; "
-          f"manifest rows with a missing shard after the two: {len(missing)}")
+    print(
+        f"two together / one alone: {two_s / alone_s:.2f}x; repair / one alone: {repair_s / alone_s:.2f}x; "
+        f"manifest rows with a missing shard after the two: {len(missing)}"
+    )
 
 
 if __name__ == "__main__":

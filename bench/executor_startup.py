@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = {
     "spawn": "execution:\n  config:\n    multiprocess:\n      max_concurrent: 2\n",
-    "forkserver + preload": ("execution:\n  config:\n    multiprocess:\n      max_concurrent: 2\n      start_method:\n"
-                             "        forkserver:\n          preload_modules: [" + ", ".join(PRELOADED_MODULES) + "]\n"),
+    "forkserver + preload": (
+        "execution:\n  config:\n    multiprocess:\n      max_concurrent: 2\n      start_method:\n"
+        "        forkserver:\n          preload_modules: [" + ", ".join(PRELOADED_MODULES) + "]\n"
+    ),
 }
 
 
@@ -42,8 +44,13 @@ def main() -> None:
                 path = Path(tmp) / "run.yaml"
                 path.write_text(config)
                 started = time.perf_counter()
-                done = subprocess.run([str(dagster), "job", "execute", "-f", "definitions.py", "-j", "ingestion", "-c",
-                                       str(path)], cwd=ROOT, env=os.environ, capture_output=True, text=True)
+                done = subprocess.run(
+                    [str(dagster), "job", "execute", "-f", "definitions.py", "-j", "ingestion", "-c", str(path)],
+                    cwd=ROOT,
+                    env=os.environ,
+                    capture_output=True,
+                    text=True,
+                )
                 times[name].append(time.perf_counter() - started)
                 if done.returncode:
                     raise SystemExit(done.stdout[-3000:] + done.stderr[-3000:])

@@ -47,11 +47,12 @@ def main() -> None:
         fds, kids = [], []
         for repeat in range(args.repeats):
             order = np.random.default_rng(repeat).permutation(len(features))
-            first, second = features[order[:n]], features[order[n:2 * n]]
+            first, second = features[order[:n]], features[order[n : 2 * n]]
             fds.append(frechet_distance(first, second))
             kids.append(kernel_inception_distance(first, second, seed=repeat)[0])
-        rows.append({"N": n, "FD mean": np.mean(fds), "FD std": np.std(fds), "KID mean": np.mean(kids),
-                     "KID std": np.std(kids)})
+        rows.append(
+            {"N": n, "FD mean": np.mean(fds), "FD std": np.std(fds), "KID mean": np.mean(kids), "KID std": np.std(kids)}
+        )
     table = pd.DataFrame(rows)
     table["FD / FD at largest N"] = table["FD mean"] / table["FD mean"].iloc[-1]
     print(f"{len(features)} real images, {features.shape[1]}-d features, {args.repeats} repeats per N")

@@ -28,7 +28,7 @@ from cxr_pipeline.data.degrade import upsample_bicubic
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.data.pairs import doses_built, low_dose_pair_dir, sr_pair_dir
 from cxr_pipeline.evaluation.inputs import degraded_images, split_rows, stored_images
-from cxr_pipeline.evaluation.text_generation import prompt_set
+from cxr_pipeline.evaluation.text_measures import prompt_set
 from cxr_pipeline.metrics.detail import set_detail_ratio
 from cxr_pipeline.metrics.restoration import per_image_scores
 from cxr_pipeline.model_record import current_model, has_current_model
@@ -45,7 +45,11 @@ from cxr_pipeline.settings import WorkPaths
 
 def paired(name: str, output: torch.Tensor, target: torch.Tensor) -> dict:
     scores = per_image_scores(output.double(), target.double())
-    return {"output": name, "detail": round(float(scores["detail"].mean()), 3), "PSNR": round(float(scores["psnr"].mean()), 2)}
+    return {
+        "output": name,
+        "detail": round(float(scores["detail"].mean()), 3),
+        "PSNR": round(float(scores["psnr"].mean()), 2),
+    }
 
 
 def figures(home: Path, limit: int) -> list[dict]:
@@ -64,7 +68,9 @@ def figures(home: Path, limit: int) -> list[dict]:
         sr = LatentSuperResolution.from_pretrained(current_model(paths, "latent_sr_x4").model_dir)
         out.append(paired("latent SR x4, DDIM 50", sr(low4, steps=50), real))
     if has_current_model(paths, kinds.ARBITRARY_SR.key):
-        arbitrary = ArbitraryScaleSuperResolution.from_pretrained(current_model(paths, kinds.ARBITRARY_SR.key).model_dir)
+        arbitrary = ArbitraryScaleSuperResolution.from_pretrained(
+            current_model(paths, kinds.ARBITRARY_SR.key).model_dir
+        )
         for scale in (2, 4):
             low = degraded_images(sr_pair_dir(paths.pairs, scale), rows)
             out.append(paired(f"arbitrary SR x{scale}, DDIM 20", arbitrary(low, scale=scale, steps=20), real))
@@ -72,11 +78,21 @@ def figures(home: Path, limit: int) -> list[dict]:
     if has_current_model(paths, kinds.CLASS_DDPM.key):
         generator = ClassConditionalGenerator.from_pretrained(current_model(paths, kinds.CLASS_DDPM.key).model_dir)
         samples = generator(labelled["class_id"].astype(int).tolist(), steps=50)
-        out.append({"output": "class samples, DDIM 50", "detail": round(set_detail_ratio(samples, stored_images(store, labelled)), 3)})
+        out.append(
+            {
+                "output": "class samples, DDIM 50",
+                "detail": round(set_detail_ratio(samples, stored_images(store, labelled)), 3),
+            }
+        )
     if has_current_model(paths, kinds.TEXT_LDM.key):
         test = prompt_set(metadata, store, "test", limit)
         text = TextConditionalGenerator.from_pretrained(current_model(paths, kinds.TEXT_LDM.key).model_dir)
-        out.append({"output": "text samples, DDIM 20", "detail": round(set_detail_ratio(text(test.prompts, steps=20), test.images), 3)})
+        out.append(
+            {
+                "output": "text samples, DDIM 20",
+                "detail": round(set_detail_ratio(text(test.prompts, steps=20), test.images), 3),
+            }
+        )
     if has_current_model(paths, kinds.DENOISER.key):
         dose = min(doses_built(paths.pairs))
         noisy = degraded_images(low_dose_pair_dir(paths.pairs, dose), rows)

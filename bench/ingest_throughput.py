@@ -34,14 +34,18 @@ def inner(data: str, out: str, workers: int, image_size: int) -> None:
         options=IngestOptions(image_size=image_size, workers=workers),
     )
     elapsed = time.perf_counter() - started
-    print(json.dumps({
-        "files": summary.files_seen,
-        "accepted": summary.accepted_total,
-        "seconds": elapsed,
-        "files_per_s": summary.files_seen / elapsed,
-        "parent_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "largest_worker_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-    }))
+    print(
+        json.dumps(
+            {
+                "files": summary.files_seen,
+                "accepted": summary.accepted_total,
+                "seconds": elapsed,
+                "files_per_s": summary.files_seen / elapsed,
+                "parent_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "largest_worker_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 def measure(data: Path, workers: int, image_size: int) -> dict:
@@ -73,7 +77,9 @@ def main() -> None:
         data = Path(tmp) / "demo"
         started = time.perf_counter()
         generate_demo_dataset(data, DemoSpec(patients=args.patients, source_size=args.source_size), workers=workers)
-        print(f"generated {len(list_input_files(data))} files at {args.source_size}px in {time.perf_counter() - started:.1f}s")
+        print(
+            f"generated {len(list_input_files(data))} files at {args.source_size}px in {time.perf_counter() - started:.1f}s"
+        )
         half = Path(tmp) / "half"
         files = list_input_files(data)
         for relative in files[: len(files) // 2]:
@@ -85,9 +91,15 @@ def main() -> None:
         parallel_half = measure(half, workers, args.image_size)
 
     print(f"{'run':<28}{'files':>7}{'seconds':>9}{'files/s':>9}{'parent MB':>11}{'worker MB':>11}")
-    for name, row in [("1 process (baseline)", serial), (f"{workers} workers", parallel), (f"{workers} workers, half data", parallel_half)]:
-        print(f"{name:<28}{row['files']:>7}{row['seconds']:>9.2f}{row['files_per_s']:>9.1f}"
-              f"{row['parent_peak_mb']:>11.0f}{row['largest_worker_peak_mb']:>11.0f}")
+    for name, row in [
+        ("1 process (baseline)", serial),
+        (f"{workers} workers", parallel),
+        (f"{workers} workers, half data", parallel_half),
+    ]:
+        print(
+            f"{name:<28}{row['files']:>7}{row['seconds']:>9.2f}{row['files_per_s']:>9.1f}"
+            f"{row['parent_peak_mb']:>11.0f}{row['largest_worker_peak_mb']:>11.0f}"
+        )
     print(f"speed-up, {workers} workers vs 1 process: {parallel['files_per_s'] / serial['files_per_s']:.2f}x")
     print(f"peak parent memory, full vs half data: {parallel['parent_peak_mb'] / parallel_half['parent_peak_mb']:.2f}x")
 

@@ -38,11 +38,22 @@ def make_table(path: Path, rng: np.random.Generator) -> pd.DataFrame:
             k = 1 + rng.poisson(0.6)
             labels.append("|".join(sorted(rng.choice(NIH_SPELLING, size=min(k, 5), replace=False))))
     names = [f"{p:08d}_{f:03d}.png" for p, f in zip(patient, follow_up)]
-    frame = pd.DataFrame({
-        "Image Index": names, "Finding Labels": labels, "Follow-up #": follow_up, "Patient ID": patient,
-        "Patient Age": rng.integers(1, 95, ROWS), "Patient Gender": rng.choice(["M", "F"], ROWS),
-        "View Position": rng.choice(["PA", "AP"], ROWS), "w": 2500, "h": 2048, "x": 0.143, "y": 0.143, "": "",
-    })
+    frame = pd.DataFrame(
+        {
+            "Image Index": names,
+            "Finding Labels": labels,
+            "Follow-up #": follow_up,
+            "Patient ID": patient,
+            "Patient Age": rng.integers(1, 95, ROWS),
+            "Patient Gender": rng.choice(["M", "F"], ROWS),
+            "View Position": rng.choice(["PA", "AP"], ROWS),
+            "w": 2500,
+            "h": 2048,
+            "x": 0.143,
+            "y": 0.143,
+            "": "",
+        }
+    )
     with open(path, "w") as handle:
         handle.write(NIH_HEADER + "\n")
         frame.to_csv(handle, header=False, index=False)
@@ -51,16 +62,21 @@ def make_table(path: Path, rng: np.random.Generator) -> pd.DataFrame:
 
 def manifest_for(names: list[str]) -> pd.DataFrame:
     count = len(names)
-    return pd.DataFrame({
-        "image_id": [f"{i:016x}" for i in range(count)],
-        "source_path": [f"images_{i // 10_000 + 1:03d}/images/{n}" for i, n in enumerate(names)],
-        "shard": [f"{i // 512:06d}.npy" for i in range(count)],
-        "shard_index": np.arange(count) % 512,
-        "pixel_hash": [f"{i:064x}" for i in range(count)],
-        "format": "png",
-        "patient_id": pd.Series([None] * count, dtype="string"),
-        "study_uid": None, "view_position": None, "sex": None, "age_years": np.nan,
-    })
+    return pd.DataFrame(
+        {
+            "image_id": [f"{i:016x}" for i in range(count)],
+            "source_path": [f"images_{i // 10_000 + 1:03d}/images/{n}" for i, n in enumerate(names)],
+            "shard": [f"{i // 512:06d}.npy" for i in range(count)],
+            "shard_index": np.arange(count) % 512,
+            "pixel_hash": [f"{i:064x}" for i in range(count)],
+            "format": "png",
+            "patient_id": pd.Series([None] * count, dtype="string"),
+            "study_uid": None,
+            "view_position": None,
+            "sex": None,
+            "age_years": np.nan,
+        }
+    )
 
 
 def main() -> None:
@@ -81,8 +97,10 @@ def main() -> None:
         total = time.perf_counter() - started
 
     metadata = result.metadata
-    print(f"rows {len(source.table):,}, patients {metadata['patient_key'].nunique():,}, "
-          f"usable images {len(metadata):,}, single-label {int(metadata['class_id'].notna().sum()):,}")
+    print(
+        f"rows {len(source.table):,}, patients {metadata['patient_key'].nunique():,}, "
+        f"usable images {len(metadata):,}, single-label {int(metadata['class_id'].notna().sum()):,}"
+    )
     print(f"split sizes {metadata['split'].value_counts().to_dict()}")
     print(f"pandas.read_csv baseline      {baseline:6.2f} s")
     print(f"parse (read_nih)              {parsed:6.2f} s  ({parsed / baseline:.1f}x baseline)")

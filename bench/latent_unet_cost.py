@@ -22,10 +22,19 @@ import torch
 from cxr_pipeline.models.diffusion import UNetProfile
 
 
-def step_seconds(profile: UNetProfile, size: int, channels: int, condition: int, batch: int, repeats: int,
-                 num_class_embeds: int | None = None, cross_attention_dim: int | None = None) -> float:
-    unet = profile.config(size, channels + condition, channels, num_class_embeds,
-                          cross_attention_dim=cross_attention_dim).build()
+def step_seconds(
+    profile: UNetProfile,
+    size: int,
+    channels: int,
+    condition: int,
+    batch: int,
+    repeats: int,
+    num_class_embeds: int | None = None,
+    cross_attention_dim: int | None = None,
+) -> float:
+    unet = profile.config(
+        size, channels + condition, channels, num_class_embeds, cross_attention_dim=cross_attention_dim
+    ).build()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
     x = torch.randn(batch, channels + condition, size, size)
     t = torch.randint(0, 1000, (batch,))
@@ -53,23 +62,44 @@ def main() -> None:
     args = parser.parse_args()
     kinds = {  # old profile, its "downsample first" counterpart, conditioning channels, extras
         "latent_sr / arbitrary_sr": (UNetProfile((32, 64), 8, True), UNetProfile((16, 32, 64), 8, True), True, {}),
-        "class_ddpm": (UNetProfile((32, 64, 64), 8, True, 2), UNetProfile((16, 32, 64, 64), 8, True, 2), False,
-                       {"num_class_embeds": 6}),
-        "text_ldm": (UNetProfile((32, 64, 64), 8, True, 2, 2), UNetProfile((16, 32, 64, 64), 8, True, 2, 2), False,
-                     {"cross_attention_dim": 128}),
+        "class_ddpm": (
+            UNetProfile((32, 64, 64), 8, True, 2),
+            UNetProfile((16, 32, 64, 64), 8, True, 2),
+            False,
+            {"num_class_embeds": 6},
+        ),
+        "text_ldm": (
+            UNetProfile((32, 64, 64), 8, True, 2, 2),
+            UNetProfile((16, 32, 64, 64), 8, True, 2, 2),
+            False,
+            {"cross_attention_dim": 128},
+        ),
     }
     rows = []
     for name, (old, first, conditioned, extra) in kinds.items():
+
         def cost(profile, size, channels, conditioned=conditioned, extra=extra):
-            return step_seconds(profile, size, channels, channels if conditioned else 0, args.batch, args.repeats, **extra)
+            return step_seconds(
+                profile, size, channels, channels if conditioned else 0, args.batch, args.repeats, **extra
+            )
+
         base = cost(old, 16, 4)
         narrow = replace(first, block_out_channels=(8, *first.block_out_channels[1:]))
-        for label, seconds in [("old: 16x16x4", base), ("same UNet, 32x32x4", cost(old, 32, 4)),
-                               ("downsample first, 32x32x4", cost(first, 32, 4)),
-                               ("downsample first at 8 wide, 32x32x4", cost(narrow, 32, 4)),
-                               ("patches of 2, 16x16x16", cost(old, 16, 16))]:
-            rows.append({"kind": name, "latents / UNet": label, "s per step": round(seconds, 3),
-                         "x old": round(seconds / base, 2)})
+        for label, seconds in [
+            ("old: 16x16x4", base),
+            ("same UNet, 32x32x4", cost(old, 32, 4)),
+            ("downsample first, 32x32x4", cost(first, 32, 4)),
+            ("downsample first at 8 wide, 32x32x4", cost(narrow, 32, 4)),
+            ("patches of 2, 16x16x16", cost(old, 16, 16)),
+        ]:
+            rows.append(
+                {
+                    "kind": name,
+                    "latents / UNet": label,
+                    "s per step": round(seconds, 3),
+                    "x old": round(seconds / base, 2),
+                }
+            )
             print(rows[-1], flush=True)
     print(pd.DataFrame(rows).to_markdown(index=False))
 

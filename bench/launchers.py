@@ -44,17 +44,35 @@ def main() -> None:
     launchers = {
         "in process": None,
         "subprocess (worker)": [sys.executable, str(WORKER)],
-        f"torchrun, {args.processes} ranks": [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                               f"--nproc-per-node={args.processes}", str(WORKER)],
+        f"torchrun, {args.processes} ranks": [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={args.processes}",
+            str(WORKER),
+        ],
     }
     print(f"class_ddpm, demo UNet, batch {args.batch}, {args.steps} steps, work folder {home}, {os.cpu_count()} cores")
     walls: dict[tuple[str, int], float] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for steps in args.steps:
-            recipe = kinds.CLASS_DDPM.recipe(steps=steps, batch_size=args.batch, learning_rate=5e-4, warmup_steps=10,
-                                             checkpoint_every=steps, eval_every=10**9, log_every=20, space="pixel",
-                                             prediction_type="epsilon", snr_gamma=None, guidance_scale=2.0,
-                                             classes=list(DEFAULT_CLASSES), ema_decay=0.995, cpu_bf16=False)
+            recipe = kinds.CLASS_DDPM.recipe(
+                steps=steps,
+                batch_size=args.batch,
+                learning_rate=5e-4,
+                warmup_steps=10,
+                checkpoint_every=steps,
+                eval_every=10**9,
+                log_every=20,
+                space="pixel",
+                prediction_type="epsilon",
+                snr_gamma=None,
+                guidance_scale=2.0,
+                classes=list(DEFAULT_CLASSES),
+                ema_decay=0.995,
+                cpu_bf16=False,
+            )
             job = kinds.TrainingJob("class_ddpm", "", unet, recipe, content_hash(metadata))
             for name, launch in launchers.items():
                 own = WorkPaths(Path(scratch) / f"{len(walls)}")
@@ -67,18 +85,25 @@ def main() -> None:
                     kinds.run_job(placed)
                 else:
                     (own.home / "job.json").write_text(placed.to_json())
-                    subprocess.run([*launch, str(own.home / "job.json"), "--outcome", str(own.home / "outcome")],
-                                   check=True, capture_output=True)
+                    subprocess.run(
+                        [*launch, str(own.home / "job.json"), "--outcome", str(own.home / "outcome")],
+                        check=True,
+                        capture_output=True,
+                    )
                 walls[name, steps] = time.perf_counter() - started
                 print(f"{name:24s} {steps:4d} steps {walls[name, steps]:7.1f} s", flush=True)
     short, long = args.steps
     base_step = (walls["in process", long] - walls["in process", short]) / (long - short)
-    print(f"\n{'launcher':24s} {'wall at ' + str(long):>12s} {'vs in-process':>14s} {'start-up s':>11s} {'s/step':>8s} {'step vs in-process':>19s}")
+    print(
+        f"\n{'launcher':24s} {'wall at ' + str(long):>12s} {'vs in-process':>14s} {'start-up s':>11s} {'s/step':>8s} {'step vs in-process':>19s}"
+    )
     for name in launchers:
         per_step = (walls[name, long] - walls[name, short]) / (long - short)
         fixed = walls[name, short] - short * per_step
-        print(f"{name:24s} {walls[name, long]:12.1f} {walls[name, long] / walls['in process', long]:13.2f}x "
-              f"{fixed:11.1f} {per_step:8.3f} {per_step / base_step:18.2f}x")
+        print(
+            f"{name:24s} {walls[name, long]:12.1f} {walls[name, long] / walls['in process', long]:13.2f}x "
+            f"{fixed:11.1f} {per_step:8.3f} {per_step / base_step:18.2f}x"
+        )
 
 
 if __name__ == "__main__":

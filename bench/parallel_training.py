@@ -27,25 +27,43 @@ def _models():
 
     from cxr_pipeline import kinds
     from cxr_pipeline.kinds.vae import VAE_PROFILES
+
     vae = VAE_PROFILES["demo"]
     side = 64 // vae.downsampling_factor
-    yield "vae (32 px crops, batch 32, bf16)", True, lambda: vae.build(), \
-        lambda: (torch.randn(32, 1, 32, 32),), lambda m, x: m(x, sample_posterior=True).sample
-    yield "denoiser (32 px crops, batch 32)", False, \
-        lambda: kinds.DENOISER.unet_profiles["demo"].config(32, 2, 1).build(), \
-        lambda: (torch.randn(32, 2, 32, 32), torch.randint(0, 1000, (32,))), lambda m, x, t: m(x, t).sample
-    yield f"class ({side}x{side}x4, batch 64, bf16)", True, \
-        lambda: kinds.CLASS_DDPM.unet_profiles["demo"].config(side, 4, 4, num_class_embeds=7).build(), \
-        lambda: (torch.randn(64, 4, side, side), torch.randint(0, 1000, (64,)), torch.randint(0, 7, (64,))), \
-        lambda m, x, t, c: m(x, t, class_labels=c).sample
-    yield f"latent SR ({side}x{side}x8, batch 64)", False, \
-        lambda: kinds.LATENT_SR.unet_profiles["demo"].config(side, 8, 4).build(), \
-        lambda: (torch.randn(64, 8, side, side), torch.randint(0, 1000, (64,))), lambda m, x, t: m(x, t).sample
+    yield (
+        "vae (32 px crops, batch 32, bf16)",
+        True,
+        lambda: vae.build(),
+        lambda: (torch.randn(32, 1, 32, 32),),
+        lambda m, x: m(x, sample_posterior=True).sample,
+    )
+    yield (
+        "denoiser (32 px crops, batch 32)",
+        False,
+        lambda: kinds.DENOISER.unet_profiles["demo"].config(32, 2, 1).build(),
+        lambda: (torch.randn(32, 2, 32, 32), torch.randint(0, 1000, (32,))),
+        lambda m, x, t: m(x, t).sample,
+    )
+    yield (
+        f"class ({side}x{side}x4, batch 64, bf16)",
+        True,
+        lambda: kinds.CLASS_DDPM.unet_profiles["demo"].config(side, 4, 4, num_class_embeds=7).build(),
+        lambda: (torch.randn(64, 4, side, side), torch.randint(0, 1000, (64,)), torch.randint(0, 7, (64,))),
+        lambda m, x, t, c: m(x, t, class_labels=c).sample,
+    )
+    yield (
+        f"latent SR ({side}x{side}x8, batch 64)",
+        False,
+        lambda: kinds.LATENT_SR.unet_profiles["demo"].config(side, 8, 4).build(),
+        lambda: (torch.randn(64, 8, side, side), torch.randint(0, 1000, (64,))),
+        lambda m, x, t: m(x, t).sample,
+    )
 
 
 def _time(index: int, threads: int, steps: int, barrier, results) -> None:
     import torch
     from steps import fixed_batch_step
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     name, bf16, build, make_inputs, forward = list(_models())[index]
@@ -80,18 +98,22 @@ def main() -> None:
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     each = max(1, cores // args.workers)
-    print(f"{cores} cores; {args.workers} steps side by side with {each} thread(s) each, "
-          f"against one with {cores}")
-    print(f"{'model':36s} {'alone ' + str(cores) + 't':>10s} {'alone ' + str(each) + 't':>10s} "
-          f"{'side by side':>13s} {'throughput':>11s} {'shared ' + str(cores) + 't':>10s} {'throughput':>11s}")
+    print(f"{cores} cores; {args.workers} steps side by side with {each} thread(s) each, against one with {cores}")
+    print(
+        f"{'model':36s} {'alone ' + str(cores) + 't':>10s} {'alone ' + str(each) + 't':>10s} "
+        f"{'side by side':>13s} {'throughput':>11s} {'shared ' + str(cores) + 't':>10s} {'throughput':>11s}"
+    )
     for index, (name, *_rest) in enumerate(_models()):
         alone = seconds_per_step(index, cores, 1, args.steps)
         alone_each = seconds_per_step(index, each, 1, args.steps)
         side = seconds_per_step(index, each, args.workers, args.steps)
         # every step with every core's thread, the cores shared (oversubscribed)
         shared = seconds_per_step(index, cores, args.workers, args.steps)
-        print(f"{name:36s} {alone:10.3f} {alone_each:10.3f} {side:13.3f} {args.workers * alone / side:10.2f}x "
-              f"{shared:10.3f} {args.workers * alone / shared:10.2f}x", flush=True)
+        print(
+            f"{name:36s} {alone:10.3f} {alone_each:10.3f} {side:13.3f} {args.workers * alone / side:10.2f}x "
+            f"{shared:10.3f} {args.workers * alone / shared:10.2f}x",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

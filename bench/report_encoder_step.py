@@ -42,21 +42,27 @@ def main() -> None:
     tokenizer = train_tokenizer(reports, config.vocab_size, config.max_length)
     ids = tokenizer(reports, truncation=True, max_length=config.max_length)["input_ids"]
     size = recipe.batch_size
-    batches = [masked_batch(tokenizer, [ids[(i * size + j) % len(ids)] for j in range(size)], config.mlm_probability,
-                            seed=i) for i in range(args.steps)]
+    batches = [
+        masked_batch(tokenizer, [ids[(i * size + j) % len(ids)] for j in range(size)], config.mlm_probability, seed=i)
+        for i in range(args.steps)
+    ]
     torch.manual_seed(0)
     model = build_encoder(config, tokenizer)
     with torch.no_grad():
         model.eval()
         whole, masked = float(model(**batches[0]).loss), float(masked_lm_loss(model, batches[0]))
         model.train()
-    print(f"{len(reports)} training reports, batch {size}, {torch.get_num_threads()} threads; "
-          f"loss with the whole head {whole:.6f}, with the masked head {masked:.6f}")
+    print(
+        f"{len(reports)} training reports, batch {size}, {torch.get_num_threads()} threads; "
+        f"loss with the whole head {whole:.6f}, with the masked head {masked:.6f}"
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    variants = {"whole head, fp32": (lambda b: model(**b).loss, False),
-                "masked head, fp32": (lambda b: masked_lm_loss(model, b), False),
-                "whole head, bf16": (lambda b: model(**b).loss, True),
-                "masked head, bf16": (lambda b: masked_lm_loss(model, b), True)}
+    variants = {
+        "whole head, fp32": (lambda b: model(**b).loss, False),
+        "masked head, fp32": (lambda b: masked_lm_loss(model, b), False),
+        "whole head, bf16": (lambda b: model(**b).loss, True),
+        "masked head, bf16": (lambda b: masked_lm_loss(model, b), True),
+    }
     times: dict[str, list[float]] = {name: [] for name in variants}
     for round_ in range(args.rounds + 1):  # round 0 warms up
         for name, (loss_of, bf16) in variants.items():
@@ -70,8 +76,10 @@ def main() -> None:
             if round_:
                 times[name].append((time.perf_counter() - started) / len(batches))
     base = min(times["whole head, fp32"])
-    rows = [{"variant": name, "s/step (best round)": round(min(t), 4), "speed-up": round(base / min(t), 2)}
-            for name, t in times.items()]
+    rows = [
+        {"variant": name, "s/step (best round)": round(min(t), 4), "speed-up": round(base / min(t), 2)}
+        for name, t in times.items()
+    ]
     print(pd.DataFrame(rows).to_markdown(index=False))
 
 

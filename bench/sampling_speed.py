@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig, load_model, sample
+from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig, sample
+from cxr_pipeline.models.model_folder import load_model
 from cxr_pipeline.settings import work_home
 
 
@@ -36,8 +37,17 @@ def main() -> None:
 
     def per_image(sampler: str, steps: int) -> float:
         started = time.perf_counter()
-        sample(unet, schedule, (args.batch, unet.config.in_channels, size, size), labels=labels, null_label=6,
-               guidance=2.0, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(0))
+        sample(
+            unet,
+            schedule,
+            (args.batch, unet.config.in_channels, size, size),
+            labels=labels,
+            null_label=6,
+            guidance=2.0,
+            sampler=sampler,
+            steps=steps,
+            generator=torch.Generator().manual_seed(0),
+        )
         return (time.perf_counter() - started) / args.batch
 
     print(f"model: {source}; batch {args.batch}; guidance 2.0 (two UNet passes per step); T={schedule.timesteps}")
@@ -45,7 +55,9 @@ def main() -> None:
     print(f"DDPM full chain ({schedule.timesteps} steps): {full:7.2f} s/image  (1.00x)")
     for steps in (25, 50, 100):
         seconds = per_image("ddim", steps)
-        print(f"DDIM {steps:4d} steps:               {seconds:7.3f} s/image  ({seconds / full:.3f}x the full chain, {full / seconds:.1f}x faster)")
+        print(
+            f"DDIM {steps:4d} steps:               {seconds:7.3f} s/image  ({seconds / full:.3f}x the full chain, {full / seconds:.1f}x faster)"
+        )
 
 
 if __name__ == "__main__":

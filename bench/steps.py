@@ -8,8 +8,9 @@ from collections.abc import Callable
 import torch
 
 
-def fixed_batch_step(module: torch.nn.Module, inputs: tuple, forward: Callable[..., torch.Tensor],
-                     bf16: bool = False) -> Callable[[], None]:
+def fixed_batch_step(
+    module: torch.nn.Module, inputs: tuple, forward: Callable[..., torch.Tensor], bf16: bool = False
+) -> Callable[[], None]:
     """One AdamW step of ``module`` on the same ``inputs`` each call (a squared-output loss): what
     the benches time when they compare precisions, threads or compilation, not what trains."""
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)

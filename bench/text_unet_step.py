@@ -47,9 +47,11 @@ def bf16_resnet_blocks(unet: torch.nn.Module) -> torch.nn.Module:
     """Autocast each ResNet block to bf16 and hand fp32 on, so attention stays fp32."""
     for block in unet.modules():
         if isinstance(block, ResnetBlock2D):
+
             def forward(*args, _forward=block.forward, **kwargs):
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     return _forward(*args, **kwargs).float()
+
             block.forward = forward
     return unet
 
@@ -85,8 +87,9 @@ def main() -> None:
         "40 tokens": fixed_batch_step(text_unet(), (latents, t, *short), text_forward),
         "classic attention": fixed_batch_step(classic, (latents, t, *full), text_forward),
         "bf16 everywhere": fixed_batch_step(text_unet(), (latents, t, *full), text_forward, bf16=True),
-        "bf16 everywhere, explicit attention (the recipe)": fixed_batch_step(explicit_bf16, (latents, t, *full),
-                                                                             text_forward, bf16=True),
+        "bf16 everywhere, explicit attention (the recipe)": fixed_batch_step(
+            explicit_bf16, (latents, t, *full), text_forward, bf16=True
+        ),
         "bf16 in ResNet blocks": fixed_batch_step(bf16_resnet_blocks(text_unet()), (latents, t, *full), text_forward),
         "classic attention + bf16 in ResNet blocks": fixed_batch_step(classic_bf16, (latents, t, *full), text_forward),
         "1 cross-attention level": fixed_batch_step(text_unet(levels=1), (latents, t, *full), text_forward),
@@ -102,8 +105,14 @@ def main() -> None:
             step()
             seconds[name].append(time.perf_counter() - started)
     base = statistics.median(seconds["text UNet in fp32 (SDPA, masked)"])
-    rows = [{"variant": name, "s per step (median)": round(statistics.median(v), 3),
-             "x fp32 step": round(statistics.median(v) / base, 2)} for name, v in seconds.items()]
+    rows = [
+        {
+            "variant": name,
+            "s per step (median)": round(statistics.median(v), 3),
+            "x fp32 step": round(statistics.median(v) / base, 2),
+        }
+        for name, v in seconds.items()
+    ]
     print(f"{torch.get_num_threads()} threads, batch {BATCH}, {args.rounds} rounds")
     print(pd.DataFrame(rows).to_markdown(index=False))
 

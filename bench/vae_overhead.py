@@ -48,7 +48,9 @@ def bare_loop(images: torch.Tensor, config: TrainConfig, vae_config: VaeConfig) 
     return config.steps * config.batch_size / (time.perf_counter() - started)
 
 
-def pipeline_loop(store: ImageStore, rows: pd.DataFrame, config: TrainConfig, vae_config: VaeConfig, run_dir: Path) -> tuple[float, float]:
+def pipeline_loop(
+    store: ImageStore, rows: pd.DataFrame, config: TrainConfig, vae_config: VaeConfig, run_dir: Path
+) -> tuple[float, float]:
     torch.manual_seed(0)
     data = StoreImages(store, rows)
     sampler = EpochSampler(len(data), config.batch_size, 0)
@@ -74,15 +76,24 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=2e-3, warmup_steps=5,
-                         checkpoint_every=10**9, eval_every=10**9, log_every=10, device="cpu")
+    config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=2e-3,
+        warmup_steps=5,
+        checkpoint_every=10**9,
+        eval_every=10**9,
+        log_every=10,
+        device="cpu",
+    )
     vae_config = VaeConfig()
     images = demo_images(args.images, 64)
     with tempfile.TemporaryDirectory() as tmp:
         store = ImageStore(Path(tmp) / "store")
         shard = store.write_shard(to_stored(images))
-        rows = pd.DataFrame({"image_id": [str(i) for i in range(len(images))], "shard": shard,
-                             "shard_index": range(len(images))})
+        rows = pd.DataFrame(
+            {"image_id": [str(i) for i in range(len(images))], "shard": shard, "shard_index": range(len(images))}
+        )
         tensor = torch.from_numpy(store.read_many([shard] * len(images), list(range(len(images))))).unsqueeze(1)
         # CPU throughput drifts by several percent between runs: alternate the two loops and
         # compare each pipeline run with the bare runs either side of it.
@@ -97,10 +108,14 @@ def main() -> None:
     step_s = args.batch_size / float(np.median(ours))
     print(f"bare PyTorch loop  img/s: {', '.join(f'{b:.1f}' for b in bare)}")
     print(f"pipeline Trainer   img/s: {', '.join(f'{o:.1f}' for o in ours)}")
-    print(f"pipeline / bare, per round: {', '.join(f'{r:.3f}' for r in ratios)}; "
-          f"median {np.median(ratios):.3f}x (overhead {100 * (1 - np.median(ratios)):+.1f}%)")
-    print(f"batch read from the store: {1000 * np.mean(loads):.2f} ms of a {1000 * step_s:.0f} ms step "
-          f"({100 * np.mean(loads) / step_s:.2f}%)")
+    print(
+        f"pipeline / bare, per round: {', '.join(f'{r:.3f}' for r in ratios)}; "
+        f"median {np.median(ratios):.3f}x (overhead {100 * (1 - np.median(ratios)):+.1f}%)"
+    )
+    print(
+        f"batch read from the store: {1000 * np.mean(loads):.2f} ms of a {1000 * step_s:.0f} ms step "
+        f"({100 * np.mean(loads) / step_s:.2f}%)"
+    )
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ def core_share(cores: int | None = None, gpus: int | None = None) -> CoreShare:
 
 def cuda_devices() -> int:
     import torch
+
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
@@ -83,6 +84,7 @@ def use_threads(threads: int) -> None:
     """Give this process, and the processes it starts (a training worker, a decoding pool),
     ``threads`` compute threads: torch's own, and OpenMP's and MKL's as read at start-up."""
     import torch
+
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -123,8 +125,10 @@ def running_dir() -> Path:
     """One folder per user and set of cores (processes pinned elsewhere do not compete), where
     each running heavy step leaves a file named by its process id (``CXR_RUNNING_STEPS_DIR``
     overrides)."""
-    folder = Path(os.environ.get("CXR_RUNNING_STEPS_DIR")
-                  or Path(tempfile.gettempdir()) / f"cxr-heavy-steps-{os.getuid()}-cpus-{_cpu_set()}")
+    folder = Path(
+        os.environ.get("CXR_RUNNING_STEPS_DIR")
+        or Path(tempfile.gettempdir()) / f"cxr-heavy-steps-{os.getuid()}-cpus-{_cpu_set()}"
+    )
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

@@ -29,16 +29,26 @@ class ModelRecord:
         return f"{self.registered_model} v{self.version}"
 
     def as_dict(self) -> dict:
-        return {"model_dir": str(self.model_dir), "mlflow_run_id": self.mlflow_run_id,
-                "registered_model": self.registered_model, "version": str(self.version), "data_hash": self.data_hash}
+        return {
+            "model_dir": str(self.model_dir),
+            "mlflow_run_id": self.mlflow_run_id,
+            "registered_model": self.registered_model,
+            "version": str(self.version),
+            "data_hash": self.data_hash,
+        }
 
     def write(self, path: Path) -> None:
         atomic.write_text(Path(path), json.dumps(self.as_dict(), indent=2))
 
     @classmethod
     def from_dict(cls, raw: dict) -> ModelRecord:
-        return cls(Path(raw["model_dir"]), str(raw["mlflow_run_id"]), str(raw["registered_model"]),
-                   str(raw["version"]), raw.get("data_hash"))
+        return cls(
+            Path(raw["model_dir"]),
+            str(raw["mlflow_run_id"]),
+            str(raw["registered_model"]),
+            str(raw["version"]),
+            raw.get("data_hash"),
+        )
 
     @classmethod
     def read(cls, path: Path) -> ModelRecord:

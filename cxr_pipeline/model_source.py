@@ -45,8 +45,11 @@ def download_model(name: str, version: str, destination: Path | None = None, tra
     MLflow would create ./mlflow.db)."""
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     source = client.get_model_version_download_uri(name, str(version))
-    downloaded = Path(mlflow.artifacts.download_artifacts(
-        source, dst_path=str(destination) if destination else None, tracking_uri=tracking_uri))
+    downloaded = Path(
+        mlflow.artifacts.download_artifacts(
+            source, dst_path=str(destination) if destination else None, tracking_uri=tracking_uri
+        )
+    )
     if destination is not None and downloaded.resolve() != Path(destination).resolve():
         # the source is a folder (".../artifacts"), downloaded as a subfolder: lift its content
         # so ``destination`` holds the model itself, as registry_folder expects
@@ -78,8 +81,10 @@ def resolve_model(model: str | Path, alias: str = "champion", tracking_uri: str 
     try:
         version = MlflowClient(tracking_uri=uri).get_model_version_by_alias(str(model), alias)
     except MlflowException as error:
-        raise FileNotFoundError(f"{model!r} is neither a model folder nor a registered model with alias "
-                                f"{alias!r} in {uri}{_why_no_alias(MlflowClient(tracking_uri=uri), str(model))}") from error
+        raise FileNotFoundError(
+            f"{model!r} is neither a model folder nor a registered model with alias "
+            f"{alias!r} in {uri}{_why_no_alias(MlflowClient(tracking_uri=uri), str(model))}"
+        ) from error
     return registry_folder(str(model), str(version.version), WorkPaths(home).registry_cache, uri)
 
 
@@ -95,5 +100,7 @@ def _why_no_alias(client: MlflowClient, name: str) -> str:
     if not decided:
         return f": {len(versions)} version(s) registered, none evaluated yet"
     last = decided[-1]
-    return (f": {len(versions)} version(s) registered and none promoted; v{last.version} was not promoted because it "
-            f"{last.tags['promotion_reason']}. Pass a model folder or alias='challenger' to sample it anyway")
+    return (
+        f": {len(versions)} version(s) registered and none promoted; v{last.version} was not promoted because it "
+        f"{last.tags['promotion_reason']}. Pass a model folder or alias='challenger' to sample it anyway"
+    )

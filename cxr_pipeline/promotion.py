@@ -74,8 +74,10 @@ class BaselineVerdict:
 
 def against_baselines(pairs: tuple[tuple[str, str], ...], metrics: dict[str, float]) -> list[BaselineVerdict]:
     """Each model figure against its baseline figure; a missing figure is a failure (NaN)."""
-    return [BaselineVerdict(metric, baseline, float(metrics.get(metric, math.nan)),
-                            float(metrics.get(baseline, math.nan))) for metric, baseline in pairs]
+    return [
+        BaselineVerdict(metric, baseline, float(metrics.get(metric, math.nan)), float(metrics.get(baseline, math.nan)))
+        for metric, baseline in pairs
+    ]
 
 
 @dataclass
@@ -92,10 +94,17 @@ class Decision:
     def table(self) -> pd.DataFrame:
         rows = []
         for metric, verdict in self.verdicts.items():
-            rows.append({"metric": metric, f"challenger v{self.version}": _fmt(self.challenger.get(metric)),
-                         f"champion v{self.champion_version}" if self.champion_version else "champion":
-                             _fmt((self.champion or {}).get(metric)),
-                         "better is": "higher" if higher_is_better(metric) else "lower", "verdict": verdict})
+            rows.append(
+                {
+                    "metric": metric,
+                    f"challenger v{self.version}": _fmt(self.challenger.get(metric)),
+                    f"champion v{self.champion_version}" if self.champion_version else "champion": _fmt(
+                        (self.champion or {}).get(metric)
+                    ),
+                    "better is": "higher" if higher_is_better(metric) else "lower",
+                    "verdict": verdict,
+                }
+            )
         return pd.DataFrame(rows)
 
 
@@ -103,29 +112,56 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
-def decide(rule: PromotionRule, version: str, challenger: dict[str, float], champion_version: str | None,
-           champion: dict[str, float] | None) -> Decision:
+def decide(
+    rule: PromotionRule,
+    version: str,
+    challenger: dict[str, float],
+    champion_version: str | None,
+    champion: dict[str, float] | None,
+) -> Decision:
     """Pure: the decision from two sets of test-split metrics."""
     decision = _decide(rule, version, challenger, champion_version, champion)
     decision.importance = rule.importance()
     return decision
 
 
-def _decide(rule: PromotionRule, version: str, challenger: dict[str, float], champion_version: str | None,
-            champion: dict[str, float] | None) -> Decision:
+def _decide(
+    rule: PromotionRule,
+    version: str,
+    challenger: dict[str, float],
+    champion_version: str | None,
+    champion: dict[str, float] | None,
+) -> Decision:
     missing = [m for m in rule.metrics() if m not in challenger]
     if missing:
-        return Decision(False, f"challenger lacks {', '.join(missing)}", version, champion_version, challenger, champion)
+        return Decision(
+            False, f"challenger lacks {', '.join(missing)}", version, champion_version, challenger, champion
+        )
     failed = [v for v in against_baselines(rule.must_beat, challenger) if not v.beaten]
     if failed:
-        return Decision(False, "does not beat its classical baseline: " + "; ".join(v.describe() for v in failed),
-                        version, champion_version, challenger, champion,
-                        {v.metric: f"not better than {v.baseline}" for v in failed})
+        return Decision(
+            False,
+            "does not beat its classical baseline: " + "; ".join(v.describe() for v in failed),
+            version,
+            champion_version,
+            challenger,
+            champion,
+            {v.metric: f"not better than {v.baseline}" for v in failed},
+        )
     if champion is None or champion_version is None:
-        return Decision(True, "no champion yet", version, None, challenger, None, {m: "first model" for m in rule.metrics()})
+        return Decision(
+            True, "no champion yet", version, None, challenger, None, {m: "first model" for m in rule.metrics()}
+        )
     if champion_version == version:
-        return Decision(True, f"v{version} is the champion (re-evaluated)", version, champion_version, challenger,
-                        champion, {m: "same version" for m in rule.metrics()})
+        return Decision(
+            True,
+            f"v{version} is the champion (re-evaluated)",
+            version,
+            champion_version,
+            challenger,
+            champion,
+            {m: "same version" for m in rule.metrics()},
+        )
     verdicts, failures = {}, []
     for metric in rule.metrics():
         if metric not in champion:
@@ -139,19 +175,35 @@ def _decide(rule: PromotionRule, version: str, challenger: dict[str, float], cha
         elif metric in rule.interval_guards:
             bound = challenger.get(f"{metric}_ci_high" if sign > 0 else f"{metric}_ci_low", challenger[metric])
             ok = sign * (bound - champion[metric]) >= 0
-            verdicts[metric] = (f"{'within' if ok else 'below'} its interval of the champion's "
-                                f"({change:+.4f}, interval bound {bound:.4f})")
+            verdicts[metric] = (
+                f"{'within' if ok else 'below'} its interval of the champion's "
+                f"({change:+.4f}, interval bound {bound:.4f})"
+            )
         else:
             ok = change >= -rule.tolerance
             verdicts[metric] = f"{'not worse' if ok else 'worse'} ({change:+.4f})"
         if not ok:
             failures.append(metric)
     if failures:
-        return Decision(False, f"v{champion_version} stays champion: {', '.join(failures)} "
-                               f"{'does' if len(failures) == 1 else 'do'} not pass", version, champion_version,
-                        challenger, champion, verdicts)
-    return Decision(True, f"beats v{champion_version} on {rule.metric} without losing on "
-                          f"{', '.join(rule.guards) or 'any guard'}", version, champion_version, challenger, champion, verdicts)
+        return Decision(
+            False,
+            f"v{champion_version} stays champion: {', '.join(failures)} "
+            f"{'does' if len(failures) == 1 else 'do'} not pass",
+            version,
+            champion_version,
+            challenger,
+            champion,
+            verdicts,
+        )
+    return Decision(
+        True,
+        f"beats v{champion_version} on {rule.metric} without losing on {', '.join(rule.guards) or 'any guard'}",
+        version,
+        champion_version,
+        challenger,
+        champion,
+        verdicts,
+    )
 
 
 def by_importance(metrics: dict[str, float], importance: tuple[str, ...]) -> dict[str, float]:
@@ -185,12 +237,18 @@ def record_and_promote(name: str, decision: Decision, split_hash: str) -> None:
     """Tag the evaluated version with its metrics and the decision; move the aliases: champion
     when promoted (and no challenger left), else challenger."""
     client = MlflowClient()
-    metrics = {k: round(v, 6) for k, v in sorted(decision.challenger.items())
-               if not k.endswith(("_std", "_ci_low", "_ci_high")) and math.isfinite(v)}
+    metrics = {
+        k: round(v, 6)
+        for k, v in sorted(decision.challenger.items())
+        if not k.endswith(("_std", "_ci_low", "_ci_high")) and math.isfinite(v)
+    }
     metrics = by_importance(metrics, decision.importance)
-    tags = {"evaluation_split_hash": split_hash, "evaluation_metrics": json.dumps(metrics),
-            "promotion_decision": "promoted" if decision.promoted else "not promoted",
-            "promotion_reason": decision.reason}
+    tags = {
+        "evaluation_split_hash": split_hash,
+        "evaluation_metrics": json.dumps(metrics),
+        "promotion_decision": "promoted" if decision.promoted else "not promoted",
+        "promotion_reason": decision.reason,
+    }
     for key, value in tags.items():
         client.set_model_version_tag(name, decision.version, key, value)
     record_aliases(name, decision.version, decision.promoted)
@@ -212,11 +270,17 @@ def record_aliases(name: str, version: str, promoted: bool) -> None:
 def accept(name: str, version: str, acceptance: tuple[tuple[str, float, str], ...], metrics: dict[str, float]) -> bool:
     """For a model no evaluation promotes (VAE, classifier, report encoder): champion when its own
     final validation reaches every ``(metric, minimum, why)``; else challenger. Recorded as tags."""
-    failed = [f"{metric} = {metrics.get(metric, math.nan):.4f} < {minimum:g} (needed: {why})"
-              for metric, minimum, why in acceptance if not metrics.get(metric, -math.inf) >= minimum]
+    failed = [
+        f"{metric} = {metrics.get(metric, math.nan):.4f} < {minimum:g} (needed: {why})"
+        for metric, minimum, why in acceptance
+        if not metrics.get(metric, -math.inf) >= minimum
+    ]
     passed = not failed
-    reason = ("passes its own validation: " + ", ".join(f"{m} = {metrics[m]:.4f} >= {v:g}" for m, v, _ in acceptance)
-              if passed else "does not pass its own validation: " + "; ".join(failed))
+    reason = (
+        "passes its own validation: " + ", ".join(f"{m} = {metrics[m]:.4f} >= {v:g}" for m, v, _ in acceptance)
+        if passed
+        else "does not pass its own validation: " + "; ".join(failed)
+    )
     client = MlflowClient()
     client.set_model_version_tag(name, version, "promotion_decision", "promoted" if passed else "not promoted")
     client.set_model_version_tag(name, version, "promotion_reason", reason)

@@ -27,8 +27,11 @@ def record_source(paths: WorkPaths, data_dir: Path) -> dict:
     """Written by ingestion: the data folder and whether it is the generated demo (its spec file)."""
     data_dir = Path(data_dir).resolve()
     spec = data_dir / SPEC_FILE
-    source = {"data_dir": str(data_dir), "synthetic_demo": spec.exists(),
-              "demo_spec": json.loads(spec.read_text()).get("spec") if spec.exists() else None}
+    source = {
+        "data_dir": str(data_dir),
+        "synthetic_demo": spec.exists(),
+        "demo_spec": json.loads(spec.read_text()).get("spec") if spec.exists() else None,
+    }
     atomic.write_text(paths.ingestion / SOURCE_FILE, json.dumps(source, indent=2))
     return source
 
@@ -36,14 +39,21 @@ def record_source(paths: WorkPaths, data_dir: Path) -> dict:
 def training_provenance(paths: WorkPaths, profile: str) -> dict:
     """The data a model trained now in this work folder learns from."""
     source_file = paths.ingestion / SOURCE_FILE
-    source = json.loads(source_file.read_text()) if source_file.exists() else {"data_dir": "unknown",
-                                                                               "synthetic_demo": None}
+    source = (
+        json.loads(source_file.read_text()) if source_file.exists() else {"data_dir": "unknown", "synthetic_demo": None}
+    )
     metadata = pd.read_parquet(paths.metadata, columns=["split", "patient_id", "label_source"])
-    splits = {split: {"images": int(len(rows)), "patients": int(rows["patient_id"].nunique())}
-              for split, rows in metadata.groupby("split", observed=True)}
-    return {"data_dir": source["data_dir"], "synthetic_demo": source["synthetic_demo"], "profile": profile,
-            "splits": splits,
-            "label_sources": {str(k): int(v) for k, v in metadata["label_source"].value_counts().items()}}
+    splits = {
+        split: {"images": int(len(rows)), "patients": int(rows["patient_id"].nunique())}
+        for split, rows in metadata.groupby("split", observed=True)
+    }
+    return {
+        "data_dir": source["data_dir"],
+        "synthetic_demo": source["synthetic_demo"],
+        "profile": profile,
+        "splits": splits,
+        "label_sources": {str(k): int(v) for k, v in metadata["label_source"].value_counts().items()},
+    }
 
 
 def summary(provenance: dict | None) -> str:
@@ -54,8 +64,10 @@ def summary(provenance: dict | None) -> str:
     counts = f"{train.get('images', '?')} training images of {train.get('patients', '?')} patients"
     profile = f"profile `{provenance.get('profile', '?')}`"
     if provenance.get("synthetic_demo"):
-        return (f"Trained on the built-in **synthetic demo data** (a generated phantom, not patient images): {counts}, "
-                f"{profile}. Expect it to reshape real anatomy; train on your own data (`CXR_DATA_DIR`) for real use.")
+        return (
+            f"Trained on the built-in **synthetic demo data** (a generated phantom, not patient images): {counts}, "
+            f"{profile}. Expect it to reshape real anatomy; train on your own data (`CXR_DATA_DIR`) for real use."
+        )
     return f"Trained on `{provenance.get('data_dir')}` (`CXR_DATA_DIR`): {counts}, {profile}."
 
 
@@ -71,6 +83,11 @@ def read(folder: Path) -> dict | None:
 def as_tags(provenance: dict) -> dict[str, str]:
     """Flat MLflow tags (run and registered version), so the registry UI shows them."""
     train = provenance.get("splits", {}).get("train", {})
-    return {"data.dir": str(provenance.get("data_dir")), "data.synthetic_demo": str(provenance.get("synthetic_demo")),
-            "data.profile": str(provenance.get("profile")), "data.train_images": str(train.get("images", "")),
-            "data.train_patients": str(train.get("patients", "")), "data.summary": summary(provenance)}
+    return {
+        "data.dir": str(provenance.get("data_dir")),
+        "data.synthetic_demo": str(provenance.get("synthetic_demo")),
+        "data.profile": str(provenance.get("profile")),
+        "data.train_images": str(train.get("images", "")),
+        "data.train_patients": str(train.get("patients", "")),
+        "data.summary": summary(provenance),
+    }

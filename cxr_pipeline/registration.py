@@ -51,9 +51,14 @@ def plan_params(plan: TrainingPlan) -> dict:
     if plan.job is None:
         return dict(plan.params)
     job = plan.job
-    return {**{f"train.{k}": v for k, v in job.train.identity().items()},
-            "timesteps": job.schedule.timesteps, "beta_schedule": job.schedule.beta_schedule,
-            "prediction_type": job.schedule.prediction_type, "snr_gamma": job.schedule.snr_gamma, **plan.params}
+    return {
+        **{f"train.{k}": v for k, v in job.train.identity().items()},
+        "timesteps": job.schedule.timesteps,
+        "beta_schedule": job.schedule.beta_schedule,
+        "prediction_type": job.schedule.prediction_type,
+        "snr_gamma": job.schedule.snr_gamma,
+        **plan.params,
+    }
 
 
 def input_references(kind, paths: WorkPaths, model_dir) -> dict:
@@ -64,22 +69,39 @@ def input_references(kind, paths: WorkPaths, model_dir) -> dict:
         reference = InputDistribution.load(paths.latents)
         if reference is not None:
             reference.save(model_dir)
-            return {"input_distribution": {"file": INPUT_DISTRIBUTION_FILE, "threshold": reference.threshold,
-                                           "vae": reference.vae}}
+            return {
+                "input_distribution": {
+                    "file": INPUT_DISTRIBUTION_FILE,
+                    "threshold": reference.threshold,
+                    "vae": reference.vae,
+                }
+            }
     if kind.serving.input_dtype == "string":
         metadata = pd.read_parquet(paths.metadata)
-        reports = {split: [p for p in report_prompts(metadata[metadata["split"] == split]) if p] for split in ("train", "val")}
+        reports = {
+            split: [p for p in report_prompts(metadata[metadata["split"] == split]) if p] for split in ("train", "val")
+        }
         if reports["train"] and reports["val"]:
             vocabulary = ReportDistribution.fit(reports["train"], reports["val"])
             vocabulary.save(model_dir)
-            return {"report_distribution": {"file": REPORT_FILE, "threshold": vocabulary.threshold,
-                                            "words": len(vocabulary.vocabulary)}}
+            return {
+                "report_distribution": {
+                    "file": REPORT_FILE,
+                    "threshold": vocabulary.threshold,
+                    "words": len(vocabulary.vocabulary),
+                }
+            }
     return {}
 
 
-def train_and_register(plan: TrainingPlan, paths: WorkPaths, start_run: StartRun,
-                       train: Callable[[str], tuple[TrainingOutcome, dict]], extra_params: dict | None = None,
-                       profile: str = "unknown") -> Registered:
+def train_and_register(
+    plan: TrainingPlan,
+    paths: WorkPaths,
+    start_run: StartRun,
+    train: Callable[[str], tuple[TrainingOutcome, dict]],
+    extra_params: dict | None = None,
+    profile: str = "unknown",
+) -> Registered:
     """``train(mlflow_run_id)`` trains (in this process or another) and returns the outcome and
     what it reported. The model folder gets its provenance (and, for a model that takes images,
     the input distribution of its training data) before it is logged, so the registered version
@@ -96,8 +118,9 @@ def train_and_register(plan: TrainingPlan, paths: WorkPaths, start_run: StartRun
         provenance.write(outcome.model_dir, lineage)
         metadata = {"provenance": lineage, **input_references(kind, paths, outcome.model_dir)}
         mlflow.set_tags(provenance.as_tags(lineage))
-        version = str(serving.log_pyfunc(outcome.model_dir, kind.registered_name, metadata=metadata)
-                      .registered_model_version)
+        version = str(
+            serving.log_pyfunc(outcome.model_dir, kind.registered_name, metadata=metadata).registered_model_version
+        )
         tracking.describe_registered_model(kind.registered_name, kind.description)
         tracking.tag_model_version(kind.registered_name, version, provenance.as_tags(lineage))
         if kind.acceptance:

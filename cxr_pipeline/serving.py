@@ -40,8 +40,18 @@ from .model_source import PIPELINE_ARTIFACT
 MODEL_CODE = Path(__file__).with_name("serving_model.py")
 PACKAGE = Path(__file__).resolve().parent
 # What a registered model needs installed beside Python (the project's own code travels with it).
-REQUIREMENTS = ("torch", "diffusers", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "pillow",
-                "scipy", "mlflow")
+REQUIREMENTS = (
+    "torch",
+    "diffusers",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "pandas",
+    "pillow",
+    "scipy",
+    "mlflow",
+)
 
 
 class PipelineModel(PythonModel):
@@ -60,13 +70,19 @@ def signature(spec: ServingSpec):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
-    inputs = (Schema([ColSpec("string", "report")]) if spec.input_dtype == "string"
-              else Schema([TensorSpec(np.dtype(spec.input_dtype), spec.input_shape)]))
+    inputs = (
+        Schema([ColSpec("string", "report")])
+        if spec.input_dtype == "string"
+        else Schema([TensorSpec(np.dtype(spec.input_dtype), spec.input_shape)])
+    )
     outputs = Schema([TensorSpec(np.dtype(np.float32), spec.output_shape)])
     if not spec.params:
         return ModelSignature(inputs=inputs, outputs=outputs)
-    return ModelSignature(inputs=inputs, outputs=outputs,
-                          params=ParamSchema([ParamSpec(name, kind_, default) for name, kind_, default in spec.params]))
+    return ModelSignature(
+        inputs=inputs,
+        outputs=outputs,
+        params=ParamSchema([ParamSpec(name, kind_, default) for name, kind_, default in spec.params]),
+    )
 
 
 def input_example(folder: Path):
@@ -80,6 +96,13 @@ def log_pyfunc(folder: Path, registered_name: str | None = None, name: str = "mo
     folder = Path(folder)
     spec = kind_of_folder(folder).serving
     return mlflow.pyfunc.log_model(
-        name=name, python_model=str(MODEL_CODE), artifacts={PIPELINE_ARTIFACT: str(folder)},
-        code_paths=[str(PACKAGE)], signature=signature(spec), input_example=spec.example(folder),
-        pip_requirements=list(REQUIREMENTS), registered_model_name=registered_name, metadata=metadata)
+        name=name,
+        python_model=str(MODEL_CODE),
+        artifacts={PIPELINE_ARTIFACT: str(folder)},
+        code_paths=[str(PACKAGE)],
+        signature=signature(spec),
+        input_example=spec.example(folder),
+        pip_requirements=list(REQUIREMENTS),
+        registered_model_name=registered_name,
+        metadata=metadata,
+    )

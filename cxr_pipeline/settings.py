@@ -38,8 +38,9 @@ DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
 def dagster_ui_url(explicit: str | None = None) -> str:
     """``explicit``, else ``CXR_DAGSTER_URL`` (or Dagster's own ``DAGSTER_WEBSERVER_URL``), else
     the address ``dagster dev`` uses by default."""
-    return (explicit or os.environ.get("CXR_DAGSTER_URL") or os.environ.get("DAGSTER_WEBSERVER_URL")
-            or DEFAULT_DAGSTER_URL).rstrip("/")
+    return (
+        explicit or os.environ.get("CXR_DAGSTER_URL") or os.environ.get("DAGSTER_WEBSERVER_URL") or DEFAULT_DAGSTER_URL
+    ).rstrip("/")
 
 
 def mlflow_ui_url(tracking_uri: str, explicit: str | None = None) -> str | None:

@@ -25,8 +25,9 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path) -> str:
     if experiment is None:
         Path(artifact_root).mkdir(parents=True, exist_ok=True)
         try:
-            experiment_id = mlflow.create_experiment(name, artifact_location=Path(artifact_root).resolve().as_uri(),
-                                                     tags=EXPERIMENT_KIND)
+            experiment_id = mlflow.create_experiment(
+                name, artifact_location=Path(artifact_root).resolve().as_uri(), tags=EXPERIMENT_KIND
+            )
         except MlflowException:  # created concurrently by another run
             existing = mlflow.get_experiment_by_name(name)
             if existing is None:
@@ -62,7 +63,9 @@ def git_commit(repository: Path | None = None) -> str:
     """The commit of the code that ran (this checkout's, by default)."""
     repository = repository or Path(__file__).resolve().parents[1]
     try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repository, capture_output=True, text=True, timeout=10)
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repository, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return result.stdout.strip() if result.returncode == 0 else "unknown"
@@ -96,7 +99,7 @@ def log_metrics_to_run(run_id: str, metrics: dict[str, float], step: int = 0) ->
     entries = [Metric(key, float(value), now, step) for key, value in metrics.items() if math.isfinite(float(value))]
     client = MlflowClient()
     for start in range(0, len(entries), 1000):  # the batch limit of the tracking API
-        client.log_batch(run_id, metrics=entries[start:start + 1000])
+        client.log_batch(run_id, metrics=entries[start : start + 1000])
 
 
 def metric_history(run_id: str, key: str) -> tuple[list[int], list[float]]:

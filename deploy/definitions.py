@@ -13,11 +13,15 @@ from jobs import compute_jobs
 
 IMAGE = os.environ.get("CXR_IMAGE", "cxr-pipeline:latest")
 
-gpu_cluster_executor = k8s_job_executor.configured({
-    "image_pull_policy": "IfNotPresent",
-    "max_concurrent": 4,
-    "env_secrets": ["cxr-pipeline-secrets"],
-    "step_k8s_config": {"container_config": {"image": IMAGE, "resources": {"requests": {"cpu": "2", "memory": "8Gi"}}}},
-})
+gpu_cluster_executor = k8s_job_executor.configured(
+    {
+        "image_pull_policy": "IfNotPresent",
+        "max_concurrent": 4,
+        "env_secrets": ["cxr-pipeline-secrets"],
+        "step_k8s_config": {
+            "container_config": {"image": IMAGE, "resources": {"requests": {"cpu": "2", "memory": "8Gi"}}}
+        },
+    }
+)
 
 defs = build_definitions(compute_jobs(gpu_cluster_executor))  # each pod's step on every core it requested

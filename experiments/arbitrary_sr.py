@@ -72,7 +72,9 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=6)
     parser.add_argument("--scale-max", type=float, default=4.0)
     parser.add_argument("--no-scale-conditioning", action="store_true", help="do not tell the UNet the scale")
-    parser.add_argument("--linear-strata", action="store_true", help="scale strata equal in scale, not in scale squared")
+    parser.add_argument(
+        "--linear-strata", action="store_true", help="scale strata equal in scale, not in scale squared"
+    )
     parser.add_argument("--warm-start", action="store_true", help="start from the fixed-scale x4 model")
     parser.add_argument("--fp32", action="store_true", help="train the UNet without CPU bf16 autocast (the recipe's)")
     parser.add_argument("--val-images", type=int, default=48)
@@ -86,23 +88,53 @@ def main() -> None:
     if not args.no_scale_conditioning:
         unet = replace(unet, class_embed_type="timestep")
     schedule = ScheduleConfig(prediction_type="sample")
-    train = TrainConfig(steps=args.steps, batch_size=args.batch, learning_rate=2e-3, warmup_steps=50, ema_decay=0.99,
-                        checkpoint_every=args.steps, eval_every=args.steps, log_every=100, device="cpu",
-                        cpu_bf16=not args.fp32)
-    decoder_train = TrainConfig(steps=args.decoder_steps, batch_size=16, learning_rate=2e-3, warmup_steps=30,
-                                ema_decay=0.99, checkpoint_every=args.decoder_steps, eval_every=args.decoder_steps,
-                                log_every=100, device="cpu")
+    train = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch,
+        learning_rate=2e-3,
+        warmup_steps=50,
+        ema_decay=0.99,
+        checkpoint_every=args.steps,
+        eval_every=args.steps,
+        log_every=100,
+        device="cpu",
+        cpu_bf16=not args.fp32,
+    )
+    decoder_train = TrainConfig(
+        steps=args.decoder_steps,
+        batch_size=16,
+        learning_rate=2e-3,
+        warmup_steps=30,
+        ema_decay=0.99,
+        checkpoint_every=args.decoder_steps,
+        eval_every=args.decoder_steps,
+        log_every=100,
+        device="cpu",
+    )
     stages: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as scratch:
         runs = Path(args.runs or scratch)
         started = time.perf_counter()
-        outcome = train_arbitrary_sr(metadata, ImageStore(paths.image_store), paths.latents, vae_dir, unet, schedule,
-                                     train, decoder_train, runs, "bench", scale_min=1.0, scale_max=args.scale_max,
-                                     draws_per_image=args.draws, draws_by_area=not args.linear_strata,
-                                     warm_start_from=(current_model(paths, kinds.LATENT_SR.at_scale(4).key).model_dir
-                                                      if args.warm_start else None),
-                                     progress=lambda e: e.kind == "step" and print(e.describe(),
-                                                                                                     flush=True))
+        outcome = train_arbitrary_sr(
+            metadata,
+            ImageStore(paths.image_store),
+            paths.latents,
+            vae_dir,
+            unet,
+            schedule,
+            train,
+            decoder_train,
+            runs,
+            "bench",
+            scale_min=1.0,
+            scale_max=args.scale_max,
+            draws_per_image=args.draws,
+            draws_by_area=not args.linear_strata,
+            warm_start_from=(
+                current_model(paths, kinds.LATENT_SR.at_scale(4).key).model_dir if args.warm_start else None
+            ),
+            progress=lambda e: e.kind == "step" and print(e.describe(), flush=True),
+        )
         stages["training, both stages"] = time.perf_counter() - started
         model = ArbitraryScaleSuperResolution.from_pretrained(outcome.model_dir, "cpu")
 
@@ -110,20 +142,37 @@ def main() -> None:
         val = stored_images(ImageStore(paths.image_store), val_rows)
         untrained = evaluate_rendering(ImplicitDecoder.from_vae(load_vae(vae_dir)), val, (0.8, 0.95))
         trained = evaluate_rendering(model.decoder, val, (0.8, 0.95))
-        decoder_rows = [{"ratio of the grid": ratio,
-                         "decode + antialiased bicubic resize": round(trained[f"val_psnr_resized_{name}"], 2),
-                         "implicit, untrained (bilinear)": round(untrained[f"val_psnr_render_{name}"], 2),
-                         f"implicit, trained ({args.decoder_steps} steps)": round(trained[f"val_psnr_render_{name}"], 2)}
-                        for ratio, name in ((0.8, "x0p8"), (0.95, "x0p95"))]
+        decoder_rows = [
+            {
+                "ratio of the grid": ratio,
+                "decode + antialiased bicubic resize": round(trained[f"val_psnr_resized_{name}"], 2),
+                "implicit, untrained (bilinear)": round(untrained[f"val_psnr_render_{name}"], 2),
+                f"implicit, trained ({args.decoder_steps} steps)": round(trained[f"val_psnr_render_{name}"], 2),
+            }
+            for ratio, name in ((0.8, "x0p8"), (0.95, "x0p95"))
+        ]
 
-        fixed = {float(s): LatentSuperResolution.from_pretrained(p.model_dir, "cpu")
-                 for s in (2, 4) if (p := record(paths, kinds.LATENT_SR.at_scale(s).key))}
+        fixed = {
+            float(s): LatentSuperResolution.from_pretrained(p.model_dir, "cpu")
+            for s in (2, 4)
+            if (p := record(paths, kinds.LATENT_SR.at_scale(s).key))
+        }
         inputs = arbitrary_scale_inputs(val, val_rows["image_id"].astype(str), SCALES, DegradationMix(), 0)
         rows = []
         for scale, (high, low) in inputs.items():
             started = time.perf_counter()
-            result = evaluate_arbitrary_scale(model, high, low, val_rows["image_id"], val_rows["patient_key"], scale,
-                                              fixed=fixed.get(scale), ddim_steps=50, spread_seeds=1, resamples=500)
+            result = evaluate_arbitrary_scale(
+                model,
+                high,
+                low,
+                val_rows["image_id"],
+                val_rows["patient_key"],
+                scale,
+                fixed=fixed.get(scale),
+                ddim_steps=50,
+                spread_seeds=1,
+                resamples=500,
+            )
             stages[f"val x{scale:g}, 50 steps"] = time.perf_counter() - started
             started = time.perf_counter()
             coarse = model(low, size=tuple(high.shape[-2:]), steps=20, seed=0)
@@ -135,22 +184,33 @@ def main() -> None:
                 model.extrapolate = True
                 clamped = round(float(per_image_scores(told, high)["psnr"].mean()), 2)
             summaries, versus = result.summaries, result.versus
-            rows.append({"scale": f"x{scale:g}", "LR px": low.shape[-1], "HR px": high.shape[-1],
-                         "bicubic": round(summaries["bicubic"]["psnr"].mean, 2),
-                         "no diffusion": round(summaries["bicubic_vae"]["psnr"].mean, 2),
-                         "arbitrary (50)": round(summaries["arbitrary"]["psnr"].mean, 2),
-                         "arbitrary (20)": round(float(per_image_scores(coarse, high)["psnr"].mean()), 2),
-                         "told the range's end (20)": clamped,
-                         "gain over bicubic": result.gains["arbitrary"].text(2),
-                         "fixed-scale": round(summaries["fixed"]["psnr"].mean, 2) if "fixed" in summaries else "—",
-                         "fixed-scale (20)": round(float(per_image_scores(fixed[scale](low, steps=20, seed=0), high)[
-                             "psnr"].mean()), 2) if scale in fixed else "—",
-                         "arbitrary - fixed": versus["fixed"].text(2) if "fixed" in versus else "—",
-                         "LR-consistency": round(summaries["arbitrary"]["lr_consistency_psnr"].mean, 1)})
-    print(f"\nval: {len(val_rows)} images; training {args.steps} x {args.batch} (diffusion), {args.decoder_steps} x 16 "
-          f"(decoder), {args.draws} scales per image in [1, {args.scale_max:g}], "
-          f"scale conditioning {'off' if args.no_scale_conditioning else 'on'}, strata {'linear' if args.linear_strata else 'by area'}, "
-          f"{'from the fixed-scale x4 model' if args.warm_start else 'from scratch'}\n")
+            rows.append(
+                {
+                    "scale": f"x{scale:g}",
+                    "LR px": low.shape[-1],
+                    "HR px": high.shape[-1],
+                    "bicubic": round(summaries["bicubic"]["psnr"].mean, 2),
+                    "no diffusion": round(summaries["bicubic_vae"]["psnr"].mean, 2),
+                    "arbitrary (50)": round(summaries["arbitrary"]["psnr"].mean, 2),
+                    "arbitrary (20)": round(float(per_image_scores(coarse, high)["psnr"].mean()), 2),
+                    "told the range's end (20)": clamped,
+                    "gain over bicubic": result.gains["arbitrary"].text(2),
+                    "fixed-scale": round(summaries["fixed"]["psnr"].mean, 2) if "fixed" in summaries else "—",
+                    "fixed-scale (20)": round(
+                        float(per_image_scores(fixed[scale](low, steps=20, seed=0), high)["psnr"].mean()), 2
+                    )
+                    if scale in fixed
+                    else "—",
+                    "arbitrary - fixed": versus["fixed"].text(2) if "fixed" in versus else "—",
+                    "LR-consistency": round(summaries["arbitrary"]["lr_consistency_psnr"].mean, 1),
+                }
+            )
+    print(
+        f"\nval: {len(val_rows)} images; training {args.steps} x {args.batch} (diffusion), {args.decoder_steps} x 16 "
+        f"(decoder), {args.draws} scales per image in [1, {args.scale_max:g}], "
+        f"scale conditioning {'off' if args.no_scale_conditioning else 'on'}, strata {'linear' if args.linear_strata else 'by area'}, "
+        f"{'from the fixed-scale x4 model' if args.warm_start else 'from scratch'}\n"
+    )
     print(pd.DataFrame(rows).to_markdown(index=False))
     print("\ndecoder head off the latent grid (val PSNR against the antialiased shrink of the image):\n")
     print(pd.DataFrame(decoder_rows).to_markdown(index=False))

@@ -46,8 +46,20 @@ ROOT = Path(__file__).resolve().parents[1]
 # the latent one replaced.
 DEFAULT = kinds.CLASS_DDPM.recipe(steps=1000, cpu_bf16=False)
 RECIPES = {
-    "old": (replace(DEFAULT, space="pixel", prediction_type="epsilon", snr_gamma=None, steps=200, batch_size=16,
-                    learning_rate=5e-4, warmup_steps=30, ema_decay=0.995), PIXEL_UNET_PROFILES["demo"]),
+    "old": (
+        replace(
+            DEFAULT,
+            space="pixel",
+            prediction_type="epsilon",
+            snr_gamma=None,
+            steps=200,
+            batch_size=16,
+            learning_rate=5e-4,
+            warmup_steps=30,
+            ema_decay=0.995,
+        ),
+        PIXEL_UNET_PROFILES["demo"],
+    ),
     "latent": (DEFAULT, None),
     "latent_eps": (replace(DEFAULT, prediction_type="epsilon", snr_gamma=None), None),
     # min-SNR weighting lowers the weight of the low-noise steps, where fine texture is drawn
@@ -64,7 +76,11 @@ def main() -> None:
     parser.add_argument("--guidance", default="1,2,3,4")
     parser.add_argument("--samples-per-class", type=int, default=16)
     parser.add_argument("--ddim-steps", type=int, default=50)
-    parser.add_argument("--keep", default=None, help="train into this folder and keep it (say, for experiments/text_recipe.py --class-model)")
+    parser.add_argument(
+        "--keep",
+        default=None,
+        help="train into this folder and keep it (say, for experiments/text_recipe.py --class-model)",
+    )
     args = parser.parse_args()
     paths = WorkPaths(Path(args.home))
     metadata = pd.read_parquet(paths.metadata)
@@ -80,8 +96,14 @@ def main() -> None:
         recipe, profile = RECIPES[name.removesuffix("+bf16")]
         if args.steps and recipe.space == "latent":
             recipe = replace(recipe, steps=args.steps)
-        train = replace(recipe.train_config(), eval_every=recipe.steps, checkpoint_every=recipe.steps, log_every=50,
-                        device="cpu", cpu_bf16=name.endswith("+bf16"))
+        train = replace(
+            recipe.train_config(),
+            eval_every=recipe.steps,
+            checkpoint_every=recipe.steps,
+            log_every=50,
+            device="cpu",
+            cpu_bf16=name.endswith("+bf16"),
+        )
         classes = len(DEFAULT_CLASSES) + 1
         schedule = recipe.schedule()
         if recipe.space == "latent":
@@ -91,27 +113,55 @@ def main() -> None:
         else:
             unet = profile.config(int(real_val.shape[-1]), 1, 1, num_class_embeds=classes)
             space_args = {}
-        with (contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory()) as runs:
+        with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory() as runs:
             started = time.perf_counter()
-            outcome = dt.train_class_ddpm(metadata, store, DEFAULT_CLASSES, unet, schedule, train, Path(runs),
-                                          "bench", guidance_scale=2.0, progress=lambda e, name=name: e.kind == "step" and print(
-                                              f"{name}: {e.describe()}", flush=True), **space_args)
+            outcome = dt.train_class_ddpm(
+                metadata,
+                store,
+                DEFAULT_CLASSES,
+                unet,
+                schedule,
+                train,
+                Path(runs),
+                "bench",
+                guidance_scale=2.0,
+                progress=lambda e, name=name: e.kind == "step" and print(f"{name}: {e.describe()}", flush=True),
+                **space_args,
+            )
             train_s = time.perf_counter() - started
             print(f"{name}: model in {outcome.model_dir}", flush=True)
             generator = ClassConditionalGenerator.from_pretrained(outcome.model_dir, "cpu")
             for guidance in [float(g) for g in args.guidance.split(",")]:
-                result = evaluate_generation(generator, classifier, real_val, val["class_id"].astype(int), real_reference, samples_per_class=args.samples_per_class,
-                                             ddim_steps=args.ddim_steps, guidance=guidance, device="cpu")
+                result = evaluate_generation(
+                    generator,
+                    classifier,
+                    real_val,
+                    val["class_id"].astype(int),
+                    real_reference,
+                    samples_per_class=args.samples_per_class,
+                    ddim_steps=args.ddim_steps,
+                    guidance=guidance,
+                    device="cpu",
+                )
                 generated = [g for g, _ in result.diversity.values() if not np.isnan(g)]
                 real = [r for _, r in result.diversity.values() if not np.isnan(r)]
-                rows.append({"recipe": name, "train s": round(train_s), "steps": train.steps, "guidance": guidance,
-                             "cond_acc": round(result.cond_acc, 3),
-                             "worst class": round(float(np.nanmin(result.cond_acc_per_class)), 3),
-                             "fd_cxr": round(result.fd_cxr, 2), "fd real-vs-real": round(result.fd_cxr_real, 2),
-                             "fd ratio": round(result.fd_cxr / result.fd_cxr_real, 2),
-                             "detail": round(result.detail[0], 3), "detail real-vs-real": round(result.detail_real, 3),
-                             "ms-ssim gen": round(float(np.mean(generated)), 3),
-                             "ms-ssim real": round(float(np.mean(real)), 3)})
+                rows.append(
+                    {
+                        "recipe": name,
+                        "train s": round(train_s),
+                        "steps": train.steps,
+                        "guidance": guidance,
+                        "cond_acc": round(result.cond_acc, 3),
+                        "worst class": round(float(np.nanmin(result.cond_acc_per_class)), 3),
+                        "fd_cxr": round(result.fd_cxr, 2),
+                        "fd real-vs-real": round(result.fd_cxr_real, 2),
+                        "fd ratio": round(result.fd_cxr / result.fd_cxr_real, 2),
+                        "detail": round(result.detail[0], 3),
+                        "detail real-vs-real": round(result.detail_real, 3),
+                        "ms-ssim gen": round(float(np.mean(generated)), 3),
+                        "ms-ssim real": round(float(np.mean(real)), 3),
+                    }
+                )
                 print(rows[-1], flush=True)
                 if guidance == 2.0 or len(args.guidance.split(",")) == 1:
                     grid = result.figures[0].image

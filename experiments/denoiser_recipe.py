@@ -29,11 +29,7 @@ import torch
 
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.data.pairs import doses_built, low_dose_pair_dir
-from cxr_pipeline.evaluation.restoration import (
-    nlm_denoise,
-    tune_denoiser_strength,
-    tune_nlm,
-)
+from cxr_pipeline.evaluation.denoising import nlm_denoise, tune_denoiser_strength, tune_nlm
 from cxr_pipeline.metrics.restoration import per_image_scores
 from cxr_pipeline.models import diffusion_training as dt
 from cxr_pipeline.models.batches import EpochSampler, StoreImages
@@ -50,20 +46,35 @@ NEW_TRAIN = TrainConfig(steps=1500, batch_size=32, learning_rate=2e-3, warmup_st
 X0 = ScheduleConfig(1000, "squaredcos_cap_v2", prediction_type="sample", snr_gamma=5.0)
 # name -> (schedule, train config, crop, residual); "regression" reuses the new recipe's budget and crop.
 RECIPES = {
-    "old": (ScheduleConfig(1000, "squaredcos_cap_v2"),
-            TrainConfig(steps=200, batch_size=16, learning_rate=5e-4, warmup_steps=30, ema_decay=0.995), None, False),
+    "old": (
+        ScheduleConfig(1000, "squaredcos_cap_v2"),
+        TrainConfig(steps=200, batch_size=16, learning_rate=5e-4, warmup_steps=30, ema_decay=0.995),
+        None,
+        False,
+    ),
     "x0_crop": (X0, NEW_TRAIN, 32, False),
     "x0_residual": (X0, NEW_TRAIN, 32, True),
     "x0_residual_flat": (replace(X0, snr_gamma=None), NEW_TRAIN, 32, True),
-    "v_residual": (ScheduleConfig(1000, "squaredcos_cap_v2", prediction_type="v_prediction", snr_gamma=5.0),
-                   NEW_TRAIN, 32, True),
+    "v_residual": (
+        ScheduleConfig(1000, "squaredcos_cap_v2", prediction_type="v_prediction", snr_gamma=5.0),
+        NEW_TRAIN,
+        32,
+        True,
+    ),
     "regression": (None, NEW_TRAIN, 32, False),
 }
 STRENGTHS = (0.05, 0.1, 0.2, 0.4, 0.7, 1.0)
 
 
-def train_regression(rows: pd.DataFrame, clean: StoreImages, noisy: list[StoreImages], doses: list[float],
-                     train: TrainConfig, crop: int, runs: Path) -> torch.nn.Module:
+def train_regression(
+    rows: pd.DataFrame,
+    clean: StoreImages,
+    noisy: list[StoreImages],
+    doses: list[float],
+    train: TrainConfig,
+    crop: int,
+    runs: Path,
+) -> torch.nn.Module:
     """The same UNet, dose-conditioned the same way, mapping the noisy image to the clean one at t = 0."""
     unet = UNetConfig(64, 1, 1, WIDTHS, 1, num_class_embeds=len(doses) + 1, norm_num_groups=8).build()
     sampler = EpochSampler(len(rows) * len(doses), train.batch_size, train.seed)
@@ -99,7 +110,7 @@ def main() -> None:
     store = ImageStore(paths.image_store)
     doses = doses_built(paths.pairs)
     rows = metadata[metadata["split"] == "train"].reset_index(drop=True)
-    val = metadata[metadata["split"] == "val"].reset_index(drop=True).iloc[:args.val_images]
+    val = metadata[metadata["split"] == "val"].reset_index(drop=True).iloc[: args.val_images]
     clean, val_clean = StoreImages(store, rows), StoreImages(store, val).stack()
     dose_stores, noisy, val_noisy = {}, [], {}
     for dose in doses:
@@ -112,17 +123,34 @@ def main() -> None:
     table = []
     for dose in doses:
         factor, _ = tune_nlm(val_clean, val_noisy[dose])
-        for name, images in (("noisy input", val_noisy[dose]), (f"NLM (h = {factor:g} sigma)", nlm_denoise(val_noisy[dose], factor))):
+        for name, images in (
+            ("noisy input", val_noisy[dose]),
+            (f"NLM (h = {factor:g} sigma)", nlm_denoise(val_noisy[dose], factor)),
+        ):
             scores = per_image_scores(images, val_clean)
-            table.append({"recipe": name, "I0": dose, "train s": 0, "val PSNR": round(float(scores["psnr"].mean()), 2),
-                          "val SSIM": round(float(scores["ssim"].mean()), 4), "setting": ""})
+            table.append(
+                {
+                    "recipe": name,
+                    "I0": dose,
+                    "train s": 0,
+                    "val PSNR": round(float(scores["psnr"].mean()), 2),
+                    "val SSIM": round(float(scores["ssim"].mean()), 4),
+                    "setting": "",
+                }
+            )
             print(table[-1], flush=True)
     for name in args.recipes.split(","):
         schedule, train, crop, residual = RECIPES[name.removesuffix("+bf16")]
         if args.steps and name != "old":
             train = replace(train, steps=args.steps)
-        train = replace(train, checkpoint_every=train.steps, eval_every=train.steps, log_every=100, device="cpu",
-                        cpu_bf16=name.endswith("+bf16"))
+        train = replace(
+            train,
+            checkpoint_every=train.steps,
+            eval_every=train.steps,
+            log_every=100,
+            device="cpu",
+            cpu_bf16=name.endswith("+bf16"),
+        )
         with tempfile.TemporaryDirectory() as runs:
             started = time.perf_counter()
             if schedule is None:
@@ -130,26 +158,53 @@ def main() -> None:
                 train_s = time.perf_counter() - started
                 for i, dose in enumerate(doses):
                     scores = per_image_scores(regress(model, val_noisy[dose], i), val_clean)
-                    table.append({"recipe": name, "I0": dose, "train s": round(train_s), "steps": train.steps,
-                                  "val PSNR": round(float(scores["psnr"].mean()), 2),
-                                  "val SSIM": round(float(scores["ssim"].mean()), 4), "setting": ""})
+                    table.append(
+                        {
+                            "recipe": name,
+                            "I0": dose,
+                            "train s": round(train_s),
+                            "steps": train.steps,
+                            "val PSNR": round(float(scores["psnr"].mean()), 2),
+                            "val SSIM": round(float(scores["ssim"].mean()), 4),
+                            "setting": "",
+                        }
+                    )
                     print(table[-1], flush=True)
                 continue
             unet = UNetConfig(64, 2, 1, WIDTHS, 1, num_class_embeds=len(doses) + 1, norm_num_groups=8)
-            outcome = dt.train_denoiser(metadata, store, dose_stores, unet, schedule, train, Path(runs), "bench",
-                                        crop=crop, residual=residual, progress=lambda e, name=name: e.kind == "step" and print(
-                                            f"{name}: {e.describe()}", flush=True))
+            outcome = dt.train_denoiser(
+                metadata,
+                store,
+                dose_stores,
+                unet,
+                schedule,
+                train,
+                Path(runs),
+                "bench",
+                crop=crop,
+                residual=residual,
+                progress=lambda e, name=name: e.kind == "step" and print(f"{name}: {e.describe()}", flush=True),
+            )
             train_s = time.perf_counter() - started
             for dose in doses:
                 denoiser = LowDoseDenoiser.from_pretrained(outcome.model_dir, "cpu")
-                strength, search = tune_denoiser_strength(denoiser, val_clean, val_noisy[dose], dose, STRENGTHS,
-                                                          args.ddim_steps)
+                strength, search = tune_denoiser_strength(
+                    denoiser, val_clean, val_noisy[dose], dose, STRENGTHS, args.ddim_steps
+                )
                 best = search.loc[search["val PSNR"].idxmax()]
                 restored = denoiser(val_noisy[dose], dose=dose, strength=strength, steps=args.ddim_steps)
                 scores = per_image_scores(restored, val_clean)
-                table.append({"recipe": name, "I0": dose, "train s": round(train_s), "steps": train.steps,
-                              "val PSNR": round(float(best["val PSNR"]), 2), "val SSIM": round(float(scores["ssim"].mean()), 4),
-                              "setting": f"strength {strength:g}"})
+                table.append(
+                    {
+                        "recipe": name,
+                        "I0": dose,
+                        "train s": round(train_s),
+                        "steps": train.steps,
+                        "val PSNR": round(float(best["val PSNR"]), 2),
+                        "val SSIM": round(float(scores["ssim"].mean()), 4),
+                        "setting": f"strength {strength:g}",
+                    }
+                )
                 print(table[-1], flush=True)
     print(pd.DataFrame(table).to_markdown(index=False))
 

@@ -22,11 +22,8 @@ import pandas as pd
 from cxr_pipeline import kinds
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.data.pairs import doses_built, low_dose_pair_dir
+from cxr_pipeline.evaluation.denoising import DENOISER_STRENGTHS, tune_denoiser_strength
 from cxr_pipeline.evaluation.inputs import degraded_images, split_rows, stored_images
-from cxr_pipeline.evaluation.restoration import (
-    DENOISER_STRENGTHS,
-    tune_denoiser_strength,
-)
 from cxr_pipeline.model_record import current_model
 from cxr_pipeline.models.pipelines import LowDoseDenoiser
 from cxr_pipeline.settings import WorkPaths, work_home
@@ -48,14 +45,23 @@ def main() -> None:
     rows, reference = [], None
     for steps in [int(s) for s in args.steps.split(",")]:
         started = time.perf_counter()
-        found = {dose: tune_denoiser_strength(model, clean, images, dose, DENOISER_STRENGTHS, steps)
-                 for dose, images in noisy.items()}
+        found = {
+            dose: tune_denoiser_strength(model, clean, images, dose, DENOISER_STRENGTHS, steps)
+            for dose, images in noisy.items()
+        }
         seconds = time.perf_counter() - started
         reference = reference or seconds
         for dose, (strength, search) in found.items():
-            rows.append({"DDIM steps": steps, "I0": dose, "best val PSNR": round(float(search["val PSNR"].max()), 2),
-                         "strength": strength, "search s": round(seconds, 1),
-                         "time vs first": round(seconds / reference, 2)})
+            rows.append(
+                {
+                    "DDIM steps": steps,
+                    "I0": dose,
+                    "best val PSNR": round(float(search["val PSNR"].max()), 2),
+                    "strength": strength,
+                    "search s": round(seconds, 1),
+                    "time vs first": round(seconds / reference, 2),
+                }
+            )
             print(rows[-1], flush=True)
     print(pd.DataFrame(rows).to_markdown(index=False))
 

@@ -49,30 +49,58 @@ def main() -> None:
     paths = WorkPaths(Path(args.home))
     metadata = pd.read_parquet(paths.metadata)
     vae_dir = Path(current_model(paths, kinds.VAE.key).model_dir)
-    val = StoreImages(ImageStore(paths.image_store), metadata[metadata["split"] == "val"].iloc[:args.val_images]).stack()
+    val = StoreImages(
+        ImageStore(paths.image_store), metadata[metadata["split"] == "val"].iloc[: args.val_images]
+    ).stack()
     before = evaluate_rendering(ImplicitDecoder.from_vae(load_vae(vae_dir)), val, SCALES)
-    config = TrainConfig(steps=args.steps, batch_size=args.batch, learning_rate=2e-3, warmup_steps=30,
-                         ema_decay=0.99, checkpoint_every=args.steps, eval_every=args.steps, log_every=50, device="cpu")
+    config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch,
+        learning_rate=2e-3,
+        warmup_steps=30,
+        ema_decay=0.99,
+        checkpoint_every=args.steps,
+        eval_every=args.steps,
+        log_every=50,
+        device="cpu",
+    )
     with tempfile.TemporaryDirectory() as runs:
         started = time.perf_counter()
-        outcome = train_implicit_decoder(metadata, ImageStore(paths.image_store), vae_dir, config, Path(runs), "bench",
-                                         query_points=args.queries, progress=lambda e: e.kind == "step" and print(
-                                             e.describe(), flush=True))
+        outcome = train_implicit_decoder(
+            metadata,
+            ImageStore(paths.image_store),
+            vae_dir,
+            config,
+            Path(runs),
+            "bench",
+            query_points=args.queries,
+            progress=lambda e: e.kind == "step" and print(e.describe(), flush=True),
+        )
         seconds = time.perf_counter() - started
         after = evaluate_rendering(ImplicitDecoder.from_pretrained(outcome.model_dir), val, SCALES)
     rows = []
     for scale in SCALES:
         name = f"x{scale:g}".replace(".", "p")
         if scale == 1.0:  # nothing to upsample: the untrained column is the VAE's ceiling
-            rows.append({"scale": scale, "bicubic": "—", "untrained (VAE decode, bilinear)":
-                         round(before[f"val_psnr_render_{name}"], 2),
-                         f"trained ({args.steps} steps)": round(after[f"val_psnr_render_{name}"], 2),
-                         "gain over bicubic": "—"})
+            rows.append(
+                {
+                    "scale": scale,
+                    "bicubic": "—",
+                    "untrained (VAE decode, bilinear)": round(before[f"val_psnr_render_{name}"], 2),
+                    f"trained ({args.steps} steps)": round(after[f"val_psnr_render_{name}"], 2),
+                    "gain over bicubic": "—",
+                }
+            )
             continue
-        rows.append({"scale": scale, "bicubic": round(before[f"val_psnr_bicubic_{name}"], 2),
-                     "untrained (VAE decode, bilinear)": round(before[f"val_psnr_render_{name}"], 2),
-                     f"trained ({args.steps} steps)": round(after[f"val_psnr_render_{name}"], 2),
-                     "gain over bicubic": round(after[f"val_psnr_render_{name}"] - after[f"val_psnr_bicubic_{name}"], 2)})
+        rows.append(
+            {
+                "scale": scale,
+                "bicubic": round(before[f"val_psnr_bicubic_{name}"], 2),
+                "untrained (VAE decode, bilinear)": round(before[f"val_psnr_render_{name}"], 2),
+                f"trained ({args.steps} steps)": round(after[f"val_psnr_render_{name}"], 2),
+                "gain over bicubic": round(after[f"val_psnr_render_{name}"] - after[f"val_psnr_bicubic_{name}"], 2),
+            }
+        )
     print(f"training: {seconds:.0f} s for {args.steps} steps of {args.batch} images")
     print(pd.DataFrame(rows).to_markdown(index=False))
 

@@ -37,10 +37,10 @@ from cxr_pipeline import kinds
 from cxr_pipeline.data.degrade import DegradationMix
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.data.pairs import doses_built, low_dose_pair_dir, sr_pair_dir
+from cxr_pipeline.evaluation.denoising import DENOISER_STRENGTHS, tune_denoiser_strength
 from cxr_pipeline.evaluation.inputs import degraded_images, split_rows, stored_images
-from cxr_pipeline.evaluation.restoration import DENOISER_STRENGTHS, tune_denoiser_strength
 from cxr_pipeline.evaluation.suites import arbitrary_scale_inputs
-from cxr_pipeline.evaluation.text_generation import guidance_sweep, prompt_set
+from cxr_pipeline.evaluation.text_measures import guidance_sweep, prompt_set
 from cxr_pipeline.metrics.distribution import conditional_accuracy, frechet_distance
 from cxr_pipeline.metrics.restoration import per_image_scores
 from cxr_pipeline.model_record import current_model
@@ -69,21 +69,31 @@ def latent_sr(paths: WorkPaths, val: pd.DataFrame, args) -> tuple[type, str, Sco
     low = degraded_images(sr_pair_dir(paths.pairs, 4), val)
 
     def score(model: LatentSuperResolution) -> dict[str, float]:
-        return {**restoration_scores("x4 from noise", model(low, steps=50), high),
-                **restoration_scores("x4 from LR", model(low, steps=50, strength=0.3), high)}
+        return {
+            **restoration_scores("x4 from noise", model(low, steps=50), high),
+            **restoration_scores("x4 from LR", model(low, steps=50, strength=0.3), high),
+        }
 
     return LatentSuperResolution, record.model_dir, score
 
 
 def arbitrary_sr(paths: WorkPaths, val: pd.DataFrame, args) -> tuple[type, str, Scorer]:
     record = current_model(paths, kinds.ARBITRARY_SR.key)
-    inputs = arbitrary_scale_inputs(stored_images(ImageStore(paths.image_store), val), val["image_id"].astype(str),
-                                    (2.0, 2.5, 3.0, 4.0, 6.0), DegradationMix(), 0)
+    inputs = arbitrary_scale_inputs(
+        stored_images(ImageStore(paths.image_store), val),
+        val["image_id"].astype(str),
+        (2.0, 2.5, 3.0, 4.0, 6.0),
+        DegradationMix(),
+        0,
+    )
 
     def score(model: ArbitraryScaleSuperResolution) -> dict[str, float]:
-        return {f"x{scale:g} PSNR": float(per_image_scores(model(low, size=tuple(high.shape[-2:]), steps=20),
-                                                           high)["psnr"].mean())
-                for scale, (high, low) in inputs.items()}
+        return {
+            f"x{scale:g} PSNR": float(
+                per_image_scores(model(low, size=tuple(high.shape[-2:]), steps=20), high)["psnr"].mean()
+            )
+            for scale, (high, low) in inputs.items()
+        }
 
     return ArbitraryScaleSuperResolution, record.model_dir, score
 
@@ -115,8 +125,11 @@ def class_ddpm(paths: WorkPaths, val: pd.DataFrame, args) -> tuple[type, str, Sc
     def score(model: ClassConditionalGenerator) -> dict[str, float]:
         features, probabilities = embed(classifier, model(wanted.tolist(), steps=50))
         accuracy, per_class = conditional_accuracy(probabilities.argmax(1), wanted, classes)
-        return {"cond_acc": accuracy, "worst class": float(np.nanmin(per_class)),
-                "fd_cxr vs val": frechet_distance(real_features, features)}
+        return {
+            "cond_acc": accuracy,
+            "worst class": float(np.nanmin(per_class)),
+            "fd_cxr vs val": frechet_distance(real_features, features),
+        }
 
     return ClassConditionalGenerator, record.model_dir, score
 
@@ -127,21 +140,38 @@ def text_ldm(paths: WorkPaths, val: pd.DataFrame, args) -> tuple[type, str, Scor
     metadata = pd.read_parquet(paths.metadata)
     store = ImageStore(paths.image_store)
     prompts, reference = prompt_set(metadata, store, "val"), prompt_set(metadata, store, "train")
-    reference_images = reference.images[np.random.default_rng(0).permutation(len(reference))[:len(prompts)]]
+    reference_images = reference.images[np.random.default_rng(0).permutation(len(reference))[: len(prompts)]]
 
     def score(model: TextConditionalGenerator) -> dict[str, float]:
         guidance = float(model.settings.guidance_scale)
-        sweep, _ = guidance_sweep(model, classifier, classifier_settings.classes, prompts, reference_images,
-                                  [guidance], steps=20, seed=0, samples=2)
+        sweep, _ = guidance_sweep(
+            model,
+            classifier,
+            classifier_settings.classes,
+            prompts,
+            reference_images,
+            [guidance],
+            steps=20,
+            seed=0,
+            samples=2,
+        )
         row = sweep.iloc[0]
-        return {f"consistency w={guidance:g}": float(row["consistency"]), "fd_cxr vs val": float(row["fd_cxr"]),
-                "fd_cxr real reference": float(row["fd_cxr_real_reference"])}
+        return {
+            f"consistency w={guidance:g}": float(row["consistency"]),
+            "fd_cxr vs val": float(row["fd_cxr"]),
+            "fd_cxr real reference": float(row["fd_cxr_real_reference"]),
+        }
 
     return TextConditionalGenerator, record.model_dir, score
 
 
-MODELS = {"latent_sr": latent_sr, "arbitrary_sr": arbitrary_sr, "denoiser": denoiser, "class_ddpm": class_ddpm,
-          "text_ldm": text_ldm}
+MODELS = {
+    "latent_sr": latent_sr,
+    "arbitrary_sr": arbitrary_sr,
+    "denoiser": denoiser,
+    "class_ddpm": class_ddpm,
+    "text_ldm": text_ldm,
+}
 
 
 def main() -> None:
@@ -174,9 +204,15 @@ def main() -> None:
         fp32 = statistics.median(seconds["fp32"])
         for variant in variants:
             taken = statistics.median(seconds[variant])
-            rows.append({"model": name, "sampling": variant, "seconds": round(taken, 1),
-                         "speed vs fp32": f"{fp32 / taken:.2f}x",
-                         **{key: round(value, 3) for key, value in figures[variant].items()}})
+            rows.append(
+                {
+                    "model": name,
+                    "sampling": variant,
+                    "seconds": round(taken, 1),
+                    "speed vs fp32": f"{fp32 / taken:.2f}x",
+                    **{key: round(value, 3) for key, value in figures[variant].items()},
+                }
+            )
             print(rows[-1], flush=True)
     for name, table in pd.DataFrame(rows).groupby("model", sort=False):
         print(f"\n{name} (val, {len(val)} images)\n" + table.dropna(axis=1, how="all").to_markdown(index=False))

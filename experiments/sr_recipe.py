@@ -52,8 +52,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # budget; "regression" trains the same UNet without diffusion.
 DEFAULT = kinds.LATENT_SR.recipe(steps=1000)
 RECIPES = {
-    "old": replace(DEFAULT, prediction_type="epsilon", timesteps=300, residual=False, steps=200, batch_size=16,
-                   learning_rate=5e-4, warmup_steps=30, ema_decay=0.995),
+    "old": replace(
+        DEFAULT,
+        prediction_type="epsilon",
+        timesteps=300,
+        residual=False,
+        steps=200,
+        batch_size=16,
+        learning_rate=5e-4,
+        warmup_steps=30,
+        ema_decay=0.995,
+    ),
     "x0": replace(DEFAULT, snr_gamma=5.0, residual=False),
     "x0_residual": DEFAULT,
     "v": replace(DEFAULT, prediction_type="v_prediction", snr_gamma=5.0, residual=False),
@@ -103,9 +112,16 @@ def main() -> None:
 
     def score(name: str, images: torch.Tensor, train_s: float = 0, setting: str = "") -> None:
         scores = per_image_scores(images, high)
-        table.append({"recipe": name, "setting": setting, "train s": round(train_s),
-                      "val PSNR": round(float(scores["psnr"].mean()), 2), "val SSIM": round(float(scores["ssim"].mean()), 4),
-                      "LR-consistency": round(float(np.mean(lr_consistency_psnr(images, low))), 2)})
+        table.append(
+            {
+                "recipe": name,
+                "setting": setting,
+                "train s": round(train_s),
+                "val PSNR": round(float(scores["psnr"].mean()), 2),
+                "val SSIM": round(float(scores["ssim"].mean()), 4),
+                "LR-consistency": round(float(np.mean(lr_consistency_psnr(images, low))), 2),
+            }
+        )
         print(table[-1], flush=True)
 
     score("bicubic", bicubic)
@@ -117,8 +133,9 @@ def main() -> None:
             recipe = replace(recipe, cpu_bf16=False)
         if args.steps and name != "old":
             recipe = replace(recipe, steps=args.steps)
-        train = replace(recipe.train_config(), eval_every=recipe.steps, checkpoint_every=recipe.steps, log_every=100,
-                        device="cpu")
+        train = replace(
+            recipe.train_config(), eval_every=recipe.steps, checkpoint_every=recipe.steps, log_every=100, device="cpu"
+        )
         with tempfile.TemporaryDirectory() as runs:
             started = time.perf_counter()
             if name.startswith("regression"):
@@ -133,13 +150,23 @@ def main() -> None:
                 score(name, images, train_s)
                 continue
             shape = json.loads((paths.latents / "latents.json").read_text())["latent_shape"]
-            outcome = dt.train_latent_sr(paths.latents, args.scale, vae_dir, unet(shape), recipe.schedule(), train,
-                                         Path(runs), "bench", residual=recipe.residual,
-                                         progress=lambda e, name=name: e.kind == "step" and print(f"{name}: {e.describe()}", flush=True))
+            outcome = dt.train_latent_sr(
+                paths.latents,
+                args.scale,
+                vae_dir,
+                unet(shape),
+                recipe.schedule(),
+                train,
+                Path(runs),
+                "bench",
+                residual=recipe.residual,
+                progress=lambda e, name=name: e.kind == "step" and print(f"{name}: {e.describe()}", flush=True),
+            )
             train_s = time.perf_counter() - started
             for strength in [float(s) for s in args.strengths.split(",")]:
                 images = LatentSuperResolution.from_pretrained(outcome.model_dir, "cpu")(
-                    low, steps=args.ddim_steps, strength=strength)
+                    low, steps=args.ddim_steps, strength=strength
+                )
                 score(name, images, train_s, f"DDIM {args.ddim_steps}, strength {strength:g}")
     print(pd.DataFrame(table).to_markdown(index=False))
 

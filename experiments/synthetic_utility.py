@@ -28,7 +28,7 @@ from cxr_pipeline.evaluation import synthetic_utility as su
 from cxr_pipeline.model_record import current_model
 from cxr_pipeline.models.batches import StoreImages
 from cxr_pipeline.models.classifier import ClassifierConfig, labelled_rows
-from cxr_pipeline.models.diffusion import describe
+from cxr_pipeline.models.model_folder import describe
 from cxr_pipeline.models.model_settings import ClassDDPMSettings
 from cxr_pipeline.models.pipelines import (
     ClassConditionalGenerator,
@@ -71,8 +71,13 @@ def main() -> None:
     for ratio in ratios:
         for generator, counts in su.pool_plan(arms, real_counts, ratio).items():
             plan[generator] = np.maximum(plan.get(generator, counts), counts)
-    key = run_key("bench_pool", {g: pointers[g].model_dir for g in plan}, {g: c.tolist() for g, c in plan.items()},
-                  args.ddim_steps, content_hash(metadata))
+    key = run_key(
+        "bench_pool",
+        {g: pointers[g].model_dir for g in plan},
+        {g: c.tolist() for g, c in plan.items()},
+        args.ddim_steps,
+        content_hash(metadata),
+    )
     pool_dir = paths.models / "synthetic_utility" / "pools" / key
     timings = {}
 
@@ -82,13 +87,22 @@ def main() -> None:
             images = sampler(requests, seed)
             timings[name] = (len(images), time.perf_counter() - started)
             return images
+
         return run
 
     samplers = {
-        su.CLASS_GENERATOR: timed("class_ddpm", lambda ids, seed: ClassConditionalGenerator.from_pretrained(
-            pointers[su.CLASS_GENERATOR].model_dir)(ids, steps=args.ddim_steps, seed=seed).cpu()),
-        su.TEXT_GENERATOR: timed("text_ldm", lambda reports, seed: TextConditionalGenerator.from_pretrained(
-            pointers[su.TEXT_GENERATOR].model_dir)(reports, steps=args.ddim_steps, seed=seed).cpu()),
+        su.CLASS_GENERATOR: timed(
+            "class_ddpm",
+            lambda ids, seed: ClassConditionalGenerator.from_pretrained(pointers[su.CLASS_GENERATOR].model_dir)(
+                ids, steps=args.ddim_steps, seed=seed
+            ).cpu(),
+        ),
+        su.TEXT_GENERATOR: timed(
+            "text_ldm",
+            lambda reports, seed: TextConditionalGenerator.from_pretrained(pointers[su.TEXT_GENERATOR].model_dir)(
+                reports, steps=args.ddim_steps, seed=seed
+            ).cpu(),
+        ),
     }
     pool = su.generate_pool(plan, class_names, su.training_reports(train), samplers, pool_dir)
     for name, (count, seconds) in timings.items():
@@ -107,27 +121,53 @@ def main() -> None:
                 su.check_provenance(data, set(train["image_id"]), class_names)
                 probabilities[arm.name], started = [], time.perf_counter()
                 for seed in range(seeds):
-                    config = TrainConfig(steps=profile.steps, batch_size=profile.batch_size,
-                                         learning_rate=profile.learning_rate, warmup_steps=min(30, profile.steps),
-                                         checkpoint_every=profile.steps, eval_every=profile.steps,
-                                         log_every=profile.steps, seed=seed)
-                    probs, _ = su.train_arm(data, val_images, val_labels, val_images, class_names, profile.classifier,
-                                            config, Path(scratch) / f"{arm.name}-{seed}")
+                    config = TrainConfig(
+                        steps=profile.steps,
+                        batch_size=profile.batch_size,
+                        learning_rate=profile.learning_rate,
+                        warmup_steps=min(30, profile.steps),
+                        checkpoint_every=profile.steps,
+                        eval_every=profile.steps,
+                        log_every=profile.steps,
+                        seed=seed,
+                    )
+                    probs, _ = su.train_arm(
+                        data,
+                        val_images,
+                        val_labels,
+                        val_images,
+                        class_names,
+                        profile.classifier,
+                        config,
+                        Path(scratch) / f"{arm.name}-{seed}",
+                    )
                     probabilities[arm.name].append(probs)
                 seconds[arm.name] = (time.perf_counter() - started) / seeds
         scores = su.utility_scores(probabilities, val_labels, val["patient_key"].astype(str).to_numpy(), class_names)
-        print(f"\n## {name}: {profile.steps} steps x {profile.batch_size}, widths {profile.classifier.widths}, "
-              f"ratio {ratio}, {seeds} seeds (val, {len(val)} images)")
-        print("| arm | s per seed | macro AUROC [95% CI] | Δ vs real [95% CI] | seed std | "
-              f"{rarest} AUROC | Δ {rarest} |")
+        print(
+            f"\n## {name}: {profile.steps} steps x {profile.batch_size}, widths {profile.classifier.widths}, "
+            f"ratio {ratio}, {seeds} seeds (val, {len(val)} images)"
+        )
+        print(
+            f"| arm | s per seed | macro AUROC [95% CI] | Δ vs real [95% CI] | seed std | {rarest} AUROC | Δ {rarest} |"
+        )
         print("|---|---|---|---|---|---|---|")
         for arm in arms:
             macro, rare = scores.row(arm.name, "auroc_macro"), scores.row(arm.name, f"auroc_{rarest}")
-            diff = ("—" if arm.name == su.REAL else
-                    f"{macro['diff']:+.3f} [{macro['diff_low']:+.3f}, {macro['diff_high']:+.3f}]")
-            rare_diff = "—" if arm.name == su.REAL else f"{rare['diff']:+.3f} [{rare['diff_low']:+.3f}, {rare['diff_high']:+.3f}]"
-            print(f"| {arm.name} | {seconds[arm.name]:.1f} | {macro['value']:.3f} [{macro['ci_low']:.3f}, "
-                  f"{macro['ci_high']:.3f}] | {diff} | {macro['seed_std']:.3f} | {rare['value']:.3f} | {rare_diff} |")
+            diff = (
+                "—"
+                if arm.name == su.REAL
+                else f"{macro['diff']:+.3f} [{macro['diff_low']:+.3f}, {macro['diff_high']:+.3f}]"
+            )
+            rare_diff = (
+                "—"
+                if arm.name == su.REAL
+                else f"{rare['diff']:+.3f} [{rare['diff_low']:+.3f}, {rare['diff_high']:+.3f}]"
+            )
+            print(
+                f"| {arm.name} | {seconds[arm.name]:.1f} | {macro['value']:.3f} [{macro['ci_low']:.3f}, "
+                f"{macro['ci_high']:.3f}] | {diff} | {macro['seed_std']:.3f} | {rare['value']:.3f} | {rare_diff} |"
+            )
 
 
 if __name__ == "__main__":

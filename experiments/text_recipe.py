@@ -28,7 +28,7 @@ import pandas as pd
 
 from cxr_pipeline import kinds
 from cxr_pipeline.data.image_store import ImageStore
-from cxr_pipeline.evaluation.text_generation import consistency, predicted_classes, prompt_set
+from cxr_pipeline.evaluation.text_measures import consistency, predicted_classes, prompt_set
 from cxr_pipeline.metrics.distribution import frechet_distance
 from cxr_pipeline.model_record import current_model
 from cxr_pipeline.models import diffusion_training as dt
@@ -67,7 +67,9 @@ def main() -> None:
     parser.add_argument("--ddim-steps", type=int, default=20)
     parser.add_argument("--samples", type=int, default=1)
     parser.add_argument("--encoder", default=None, help="report encoder folder (default: the current one)")
-    parser.add_argument("--class-model", default=None, help="class model folder to warm-start from (default: the current one)")
+    parser.add_argument(
+        "--class-model", default=None, help="class model folder to warm-start from (default: the current one)"
+    )
     parser.add_argument("--out", default=None, help="folder for sample grids and results.json")
     args = parser.parse_args()
     paths = WorkPaths(Path(args.home))
@@ -81,7 +83,7 @@ def main() -> None:
     class_names = list(classifier_settings.classes)
     val_features, _ = embed(classifier, val.images)
     train_images = StoreImages(store, metadata[metadata["split"] == "train"].reset_index(drop=True)).stack()
-    reference, _ = embed(classifier, train_images[np.random.default_rng(0).permutation(len(train_images))[:len(val)]])
+    reference, _ = embed(classifier, train_images[np.random.default_rng(0).permutation(len(train_images))[: len(val)]])
     fd_real = frechet_distance(val_features, reference)
     single = val.single_label()
     out = Path(args.out or tempfile.mkdtemp(prefix="text_recipe_"))
@@ -90,34 +92,75 @@ def main() -> None:
     results = []
     for name in args.recipes.split(","):
         schedule, balance, dropout, widths, trainable, levels, warm = RECIPES[name.removesuffix("+bf16")]
-        unet = replace(kinds.TEXT_LDM.unet_profiles["demo"].config(size, channels, channels, None, widths, hidden),
-                       cross_attention_levels=levels)
-        train = replace(TRAIN, steps=args.steps or TRAIN.steps, batch_size=args.batch or TRAIN.batch_size,
-                        cpu_bf16=name.endswith("+bf16"))
+        unet = replace(
+            kinds.TEXT_LDM.unet_profiles["demo"].config(size, channels, channels, None, widths, hidden),
+            cross_attention_levels=levels,
+        )
+        train = replace(
+            TRAIN,
+            steps=args.steps or TRAIN.steps,
+            batch_size=args.batch or TRAIN.batch_size,
+            cpu_bf16=name.endswith("+bf16"),
+        )
         started = time.perf_counter()
-        outcome = dt.train_text_ldm(metadata, paths.latents, Path(vae_dir), Path(encoder_dir), unet, schedule, train,
-                                    Path(tempfile.mkdtemp(prefix=f"{name}_")), "bench", text_dropout=dropout,
-                                    balance=balance, trainable_encoder_layers=trainable,
-                                    warm_start_from=(args.class_model or current_model(paths, "class_ddpm").model_dir) if warm else None)
+        outcome = dt.train_text_ldm(
+            metadata,
+            paths.latents,
+            Path(vae_dir),
+            Path(encoder_dir),
+            unet,
+            schedule,
+            train,
+            Path(tempfile.mkdtemp(prefix=f"{name}_")),
+            "bench",
+            text_dropout=dropout,
+            balance=balance,
+            trainable_encoder_layers=trainable,
+            warm_start_from=(args.class_model or current_model(paths, "class_ddpm").model_dir) if warm else None,
+        )
         seconds = time.perf_counter() - started
         model = TextConditionalGenerator.from_pretrained(outcome.model_dir, "cpu")
         for scale in [float(g) for g in args.guidance.split(",")]:
             images = model(val.prompts, guidance=scale, steps=args.ddim_steps, seed=0)
             features, probabilities = embed(classifier, images)
-            predicted = predicted_classes(model, classifier, [val.prompts[i] for i in single],
-                                          probabilities[single].argmax(1), args.samples, guidance=scale,
-                                          steps=args.ddim_steps, seed=0)
+            predicted = predicted_classes(
+                model,
+                classifier,
+                [val.prompts[i] for i in single],
+                probabilities[single].argmax(1),
+                args.samples,
+                guidance=scale,
+                steps=args.ddim_steps,
+                seed=0,
+            )
             overall, per = consistency(predicted, np.tile(val.class_ids[single], args.samples), class_names)
-            row = {"recipe": name, "steps": train.steps, "batch": train.batch_size, "train_s": round(seconds, 1), "guidance": scale,
-                   "samples": args.samples,
-                   "consistency": round(overall, 3), "worst": round(min(v for v in per.values() if np.isfinite(v)), 3),
-                   "fd_cxr": round(frechet_distance(val_features, features), 3), "fd_real": round(fd_real, 3),
-                   **{k: round(v, 2) for k, v in per.items()}}
+            row = {
+                "recipe": name,
+                "steps": train.steps,
+                "batch": train.batch_size,
+                "train_s": round(seconds, 1),
+                "guidance": scale,
+                "samples": args.samples,
+                "consistency": round(overall, 3),
+                "worst": round(min(v for v in per.values() if np.isfinite(v)), 3),
+                "fd_cxr": round(frechet_distance(val_features, features), 3),
+                "fd_real": round(fd_real, 3),
+                **{k: round(v, 2) for k, v in per.items()},
+            }
             results.append(row)
             print(row, flush=True)
-            (out / f"{name}_w{scale:g}.png").write_bytes(png_bytes(
-                np.concatenate([np.concatenate(list(images[i:i + 8, 0].numpy()), axis=1)
-                                for i in range(0, min(32, len(images)), 8)], axis=0), upscale=2))
+            (out / f"{name}_w{scale:g}.png").write_bytes(
+                png_bytes(
+                    np.concatenate(
+                        [
+                            np.concatenate(list(images[i : i + 8, 0].numpy()), axis=1)
+                            for i in range(0, min(32, len(images)), 8)
+                        ],
+                        axis=0,
+                    ),
+                    upscale=2,
+                )
+            )
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(pd.DataFrame(results).drop(columns=[c for c in class_names if c in results[0]]).to_string(index=False))
     print(f"grids: {out}")

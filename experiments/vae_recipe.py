@@ -50,8 +50,10 @@ def main() -> None:
     store = ImageStore(paths.image_store)
     recipes = {
         "old": (TrainConfig(steps=300, batch_size=16, learning_rate=2e-3, warmup_steps=30, ema_decay=0.995), None),
-        "crop32": (TrainConfig(steps=args.steps, batch_size=args.batch, learning_rate=2e-3, warmup_steps=30,
-                               ema_decay=0.995), 32),
+        "crop32": (
+            TrainConfig(steps=args.steps, batch_size=args.batch, learning_rate=2e-3, warmup_steps=30, ema_decay=0.995),
+            32,
+        ),
     }
     base = VaeConfig()  # the grid before the fine one: (16, 32, 64), /4, self-attention at the latent grid
     architectures = {
@@ -68,17 +70,41 @@ def main() -> None:
         key = name.removesuffix("+bf16")
         vae_config = architectures.get(key, VAE_PROFILES["demo"])
         train, crop = recipes["crop32" if key in architectures else key]
-        train = TrainConfig(**{**train.__dict__, "eval_every": train.steps, "checkpoint_every": train.steps,
-                               "log_every": 100, "device": "cpu", "cpu_bf16": name.endswith("+bf16")})
+        train = TrainConfig(
+            **{
+                **train.__dict__,
+                "eval_every": train.steps,
+                "checkpoint_every": train.steps,
+                "log_every": 100,
+                "device": "cpu",
+                "cpu_bf16": name.endswith("+bf16"),
+            }
+        )
         with tempfile.TemporaryDirectory() as runs:
             started = time.perf_counter()
-            outcome = train_vae(metadata, store, Path(runs), vae_config, train, "bench", crop=crop,
-                                progress=lambda e, name=name: e.kind == "step" and print(f"{name}: {e.describe()}", flush=True))
-            rows.append({"recipe": name, "latents": f"/{vae_config.downsampling_factor} x{vae_config.latent_channels}",
-                         "steps": train.steps, "batch": train.batch_size, "crop": crop or "whole",
-                         "train s": round(time.perf_counter() - started), "val PSNR": round(outcome.metrics["val_psnr"], 2),
-                         "val SSIM": round(outcome.metrics["val_ssim"], 4),
-                         "val detail": round(outcome.metrics["val_detail"], 3)})
+            outcome = train_vae(
+                metadata,
+                store,
+                Path(runs),
+                vae_config,
+                train,
+                "bench",
+                crop=crop,
+                progress=lambda e, name=name: e.kind == "step" and print(f"{name}: {e.describe()}", flush=True),
+            )
+            rows.append(
+                {
+                    "recipe": name,
+                    "latents": f"/{vae_config.downsampling_factor} x{vae_config.latent_channels}",
+                    "steps": train.steps,
+                    "batch": train.batch_size,
+                    "crop": crop or "whole",
+                    "train s": round(time.perf_counter() - started),
+                    "val PSNR": round(outcome.metrics["val_psnr"], 2),
+                    "val SSIM": round(outcome.metrics["val_ssim"], 4),
+                    "val detail": round(outcome.metrics["val_detail"], 3),
+                }
+            )
             print(rows[-1], flush=True)
     print(pd.DataFrame(rows).to_markdown(index=False))
 

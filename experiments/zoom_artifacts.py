@@ -42,21 +42,36 @@ def main() -> None:
     model = ArbitraryScaleSuperResolution.from_pretrained(record.model_dir, "auto")
     rows = pd.read_parquet(paths.metadata)
     rows = rows[rows["split"] == "val"].head(args.images)
-    images = np.stack(ImageStore(paths.image_store).read_many(rows["shard"].tolist(),
-                                                               rows["shard_index"].astype(int).tolist())).astype(np.float32)
+    images = np.stack(
+        ImageStore(paths.image_store).read_many(rows["shard"].tolist(), rows["shard_index"].astype(int).tolist())
+    ).astype(np.float32)
     print(f"{record.label}, {len(images)} val images at {images.shape[-1]} px, DDIM {args.steps}")
     table, strips = [], []
     for zoom in (1, 2, 3, 4):
         side = images.shape[-1] * zoom
         started = time.perf_counter()
-        zoomed = images if zoom == 1 else model(torch.from_numpy(images)[:, None], scale=zoom, steps=args.steps,
-                                                 seed=0)[:, 0].float().cpu().numpy()
+        zoomed = (
+            images
+            if zoom == 1
+            else model(torch.from_numpy(images)[:, None], scale=zoom, steps=args.steps, seed=0)[:, 0]
+            .float()
+            .cpu()
+            .numpy()
+        )
         seconds = time.perf_counter() - started
         bicubic = np.stack([bicubic_to(image, (side, side)) for image in images])
         model_peak, bicubic_peak = strongest_peak(zoomed), strongest_peak(bicubic)
-        table.append({"zoom": f"x{zoom}", "output px": side, "model peak dB": round(model_peak.db, 1),
-                      "model period px": round(model_peak.period_px, 2), "bicubic peak dB": round(bicubic_peak.db, 1),
-                      "bicubic period px": round(bicubic_peak.period_px, 2), "seconds": round(seconds, 1)})
+        table.append(
+            {
+                "zoom": f"x{zoom}",
+                "output px": side,
+                "model peak dB": round(model_peak.db, 1),
+                "model period px": round(model_peak.period_px, 2),
+                "bicubic peak dB": round(bicubic_peak.db, 1),
+                "bicubic period px": round(bicubic_peak.period_px, 2),
+                "seconds": round(seconds, 1),
+            }
+        )
         shown = images.shape[-1] * 4  # every zoom shown at the x4 size (nearest), so periods compare by eye
         strips.append(np.concatenate([resize(z, (shown, shown), order=0) for z in zoomed[:3]], axis=1))
     print(pd.DataFrame(table).to_markdown(index=False))

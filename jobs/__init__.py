@@ -21,11 +21,13 @@ PRELOADED_MODULES = ["dagster", "torch", "diffusers", "mlflow", "pandas", "pyarr
 # two steps on the same cores with every thread each are about five times slower. Light steps run
 # beside them.
 CORE_SHARE = core_share()
-training_executor = dg.multiprocess_executor.configured({
-    "max_concurrent": CORE_SHARE.heavy_steps + 1,
-    "tag_concurrency_limits": [{"key": "cxr/compute", "value": "training", "limit": CORE_SHARE.heavy_steps}],
-    "start_method": {"forkserver": {"preload_modules": PRELOADED_MODULES}},
-})
+training_executor = dg.multiprocess_executor.configured(
+    {
+        "max_concurrent": CORE_SHARE.heavy_steps + 1,
+        "tag_concurrency_limits": [{"key": "cxr/compute", "value": "training", "limit": CORE_SHARE.heavy_steps}],
+        "start_method": {"forkserver": {"preload_modules": PRELOADED_MODULES}},
+    }
+)
 
 ingestion_job = dg.define_asset_job(
     "ingestion",
@@ -39,23 +41,38 @@ def compute_jobs(executor: dg.ExecutorDefinition) -> dict:
     the Kubernetes one in deploy/definitions.py."""
     return {
         "all_assets": dg.define_asset_job(
-            "all_assets", selection=dg.AssetSelection.all(), executor_def=executor,
-            description="Materialize every asset: the main job (on the demo dataset by default)."),
-        "training": dg.define_asset_job(
-            "training", selection=dg.AssetSelection.groups("pairs", "models"), executor_def=executor,
-            description="Build training pairs, train the VAE and the diffusion models on the current splits."),
-        "evaluation": dg.define_asset_job(
-            "evaluation", selection=dg.AssetSelection.groups("evaluation"), executor_def=executor,
-            description="Train the CXR feature classifier and evaluate the current models on the test split."),
-        "smoke": dg.define_asset_job(
-            "smoke", selection=dg.AssetSelection.all(), executor_def=executor, config=tiny_run_config(),
-            description="Every asset at a tiny budget (2 training steps, 2 sampling steps, 4 test images): "
-                        "minutes on CPU under any profile, to check a profile or dataset end to end before a "
-                        "real run. Measures nothing about quality."),
-        "retrain_and_evaluate": dg.define_asset_job(
-            "retrain_and_evaluate", selection=dg.AssetSelection.groups("pairs", "models", "evaluation"),
+            "all_assets",
+            selection=dg.AssetSelection.all(),
             executor_def=executor,
-            description="Retrain every model on the current data and evaluate it: what the schedule runs."),
+            description="Materialize every asset: the main job (on the demo dataset by default).",
+        ),
+        "training": dg.define_asset_job(
+            "training",
+            selection=dg.AssetSelection.groups("pairs", "models"),
+            executor_def=executor,
+            description="Build training pairs, train the VAE and the diffusion models on the current splits.",
+        ),
+        "evaluation": dg.define_asset_job(
+            "evaluation",
+            selection=dg.AssetSelection.groups("evaluation"),
+            executor_def=executor,
+            description="Train the CXR feature classifier and evaluate the current models on the test split.",
+        ),
+        "smoke": dg.define_asset_job(
+            "smoke",
+            selection=dg.AssetSelection.all(),
+            executor_def=executor,
+            config=tiny_run_config(),
+            description="Every asset at a tiny budget (2 training steps, 2 sampling steps, 4 test images): "
+            "minutes on CPU under any profile, to check a profile or dataset end to end before a "
+            "real run. Measures nothing about quality.",
+        ),
+        "retrain_and_evaluate": dg.define_asset_job(
+            "retrain_and_evaluate",
+            selection=dg.AssetSelection.groups("pairs", "models", "evaluation"),
+            executor_def=executor,
+            description="Retrain every model on the current data and evaluate it: what the schedule runs.",
+        ),
     }
 
 
@@ -76,14 +93,21 @@ def retraining_schedule(job=local_jobs["retrain_and_evaluate"]) -> dg.ScheduleDe
         job=job,
         cron_schedule=os.environ.get("CXR_RETRAIN_CRON", RETRAIN_CRON_DEFAULT),
         execution_timezone="UTC",
-        default_status=(dg.DefaultScheduleStatus.RUNNING if _switched_on("CXR_RETRAIN_SCHEDULE")
-                        else dg.DefaultScheduleStatus.STOPPED),
+        default_status=(
+            dg.DefaultScheduleStatus.RUNNING
+            if _switched_on("CXR_RETRAIN_SCHEDULE")
+            else dg.DefaultScheduleStatus.STOPPED
+        ),
         description="Retrain and evaluate every model on the current data.",
     )
 
 
-@dg.sensor(job=ingestion_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Launches ingestion when files in CXR_DATA_DIR are added, removed or changed.")
+@dg.sensor(
+    job=ingestion_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Launches ingestion when files in CXR_DATA_DIR are added, removed or changed.",
+)
 def raw_data_changed(context: dg.SensorEvaluationContext, settings: CxrSettings):
     """The cursor is the listing hash (paths, sizes, mtimes) of the last launch, and the run key
     is the hash itself, so the same files never trigger twice. Downstream assets then show as
@@ -97,5 +121,6 @@ def raw_data_changed(context: dg.SensorEvaluationContext, settings: CxrSettings)
     if digest == context.cursor:
         return dg.SkipReason(f"no change in {count} files since the last launch")
     context.update_cursor(digest)
-    return dg.RunRequest(run_key=digest, tags={"cxr/listing_hash": digest, "cxr/files": str(count),
-                                               "cxr/bytes": str(total_bytes)})
+    return dg.RunRequest(
+        run_key=digest, tags={"cxr/listing_hash": digest, "cxr/files": str(count), "cxr/bytes": str(total_bytes)}
+    )

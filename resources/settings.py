@@ -1,6 +1,5 @@
 """Where data comes from, where outputs go, and which profile sizes them."""
 
-
 import os
 from pathlib import Path
 

@@ -33,12 +33,14 @@ class MlflowTracking(dg.ConfigurableResource):
     def activate(self, experiment: str | None = None) -> str:
         """Point the MLflow client at this store (creating ``experiment``, default the training
         one); returns its id."""
-        return tracking.ensure_experiment(self.resolved_uri(), experiment or self.experiment,
-                                          Path(self.settings.paths().mlflow) / "artifacts")
+        return tracking.ensure_experiment(
+            self.resolved_uri(), experiment or self.experiment, Path(self.settings.paths().mlflow) / "artifacts"
+        )
 
     @contextmanager
-    def run(self, context: dg.AssetExecutionContext, run_name: str, tags: dict | None = None,
-            experiment: str | None = None):
+    def run(
+        self, context: dg.AssetExecutionContext, run_name: str, tags: dict | None = None, experiment: str | None = None
+    ):
         """One MLflow run in ``experiment`` (default the training one), tagged with the Dagster
         lineage (run id, asset, partition, commit)."""
         experiment_id = self.activate(experiment)
@@ -48,7 +50,7 @@ class MlflowTracking(dg.ConfigurableResource):
             "dagster.run_url": dagster_run,
             # the run's description in the MLflow UI (Markdown): the way back to Dagster
             "mlflow.note.content": f"Materialized by Dagster run [{context.run.run_id[:8]}]({dagster_run}), "
-                                   f"asset `{context.asset_key.to_user_string()}`.",
+            f"asset `{context.asset_key.to_user_string()}`.",
             "dagster.asset_key": context.asset_key.to_user_string(),
             "dagster.partition": context.partition_key if context.has_partition_key else "",
             "git.commit": tracking.git_commit(),
@@ -60,6 +62,7 @@ class MlflowTracking(dg.ConfigurableResource):
     def run_link(self, run: mlflow.ActiveRun, key: str = "mlflow_run_url") -> dict:
         """Asset metadata linking to the run's page in the MLflow UI, when one is configured or the
         store is a tracking server (the run id is in the metadata either way)."""
-        url = tracking.run_url(mlflow_ui_url(self.resolved_uri(), self.mlflow_ui_url), run.info.experiment_id,
-                               run.info.run_id)
+        url = tracking.run_url(
+            mlflow_ui_url(self.resolved_uri(), self.mlflow_ui_url), run.info.experiment_id, run.info.run_id
+        )
         return {key: dg.MetadataValue.url(url)} if url else {}

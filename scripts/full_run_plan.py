@@ -106,12 +106,16 @@ def run_once(patients: int, workers: int, root: Path) -> dict:
     # (the tiny budget's own caps are above them for the text model and the utility experiment)
     text = run_config["ops"]["text_generation_evaluation"]["config"]
     text.update(max_test_images=8, max_val_images=8)
-    run_config["ops"]["synthetic_utility"]["config"].update(arms=["real", "real_class"], max_train_images=16,
-                                                            max_val_images=8, max_test_images=4)
+    run_config["ops"]["synthetic_utility"]["config"].update(
+        arms=["real", "real_class"], max_train_images=16, max_val_images=8, max_test_images=4
+    )
     instance = dg.DagsterInstance.ephemeral()
     result = definitions.defs.resolve_job_def("all_assets").execute_in_process(
-        run_config=run_config, resources={"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)},
-        instance=instance, raise_on_error=False)
+        run_config=run_config,
+        resources={"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)},
+        instance=instance,
+        raise_on_error=False,
+    )
     total = time.time() - started
     sampler.running = False
     begun, stages = {}, {}
@@ -123,8 +127,11 @@ def run_once(patients: int, workers: int, root: Path) -> dict:
             begun[event.step_key] = entry.timestamp
         elif event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
             start = begun[event.step_key]
-            stages[event.step_key] = {"seconds": entry.timestamp - start, "peak_gb": sampler.peak(start, entry.timestamp),
-                                      "ok": event.event_type == dg.DagsterEventType.STEP_SUCCESS}
+            stages[event.step_key] = {
+                "seconds": entry.timestamp - start,
+                "peak_gb": sampler.peak(start, entry.timestamp),
+                "ok": event.event_type == dg.DagsterEventType.STEP_SUCCESS,
+            }
     import pandas as pd
 
     metadata = pd.read_parquet(home / "metadata.parquet")
@@ -135,15 +142,28 @@ def run_once(patients: int, workers: int, root: Path) -> dict:
         history = client.get_metric_history(version.run_id, "images_per_s")
         if history:
             throughput[model.name] = float(pd.Series([m.value for m in history]).median())
-    return {"patients": patients, "images": len(metadata), "splits": metadata["split"].value_counts().to_dict(),
-            "success": result.success, "total_seconds": total, "stages": stages, "throughput": throughput}
+    return {
+        "patients": patients,
+        "images": len(metadata),
+        "splits": metadata["split"].value_counts().to_dict(),
+        "success": result.success,
+        "total_seconds": total,
+        "stages": stages,
+        "throughput": throughput,
+    }
 
 
 # The recipe behind each training asset's throughput, and the registered model whose runs log it
-TRAINING = {"vae": ("vae", "cxr-vae"), "latent_sr": ("latent_sr", "cxr-latent-sr-x4"),
-            "class_ddpm": ("class_ddpm", "cxr-class-ddpm"), "low_dose_denoiser": ("denoiser", "cxr-lowdose-denoiser"),
-            "arbitrary_sr": ("arbitrary_sr", "cxr-arbitrary-sr"), "report_encoder": ("report_encoder", "cxr-report-encoder"),
-            "text_ldm": ("text_ldm", "cxr-text-ldm"), "cxr_classifier": ("classifier", "cxr-feature-classifier")}
+TRAINING = {
+    "vae": ("vae", "cxr-vae"),
+    "latent_sr": ("latent_sr", "cxr-latent-sr-x4"),
+    "class_ddpm": ("class_ddpm", "cxr-class-ddpm"),
+    "low_dose_denoiser": ("denoiser", "cxr-lowdose-denoiser"),
+    "arbitrary_sr": ("arbitrary_sr", "cxr-arbitrary-sr"),
+    "report_encoder": ("report_encoder", "cxr-report-encoder"),
+    "text_ldm": ("text_ldm", "cxr-text-ldm"),
+    "cxr_classifier": ("classifier", "cxr-feature-classifier"),
+}
 
 
 def recipe_work(asset: str) -> tuple[int, int]:
@@ -177,8 +197,14 @@ def plan_rows(small: dict, large: dict) -> list[dict]:
         per_image = (b["seconds"] - a["seconds"]) / (large["images"] - small["images"])
         fixed = max(0.0, a["seconds"] - per_image * small["images"])
         memory_per_image = (b["peak_gb"] - a["peak_gb"]) / (large["images"] - small["images"])
-        row = {"stage": stage, "s_small": a["seconds"], "s_large": b["seconds"],
-               "time_ratio": b["seconds"] / max(a["seconds"], 1e-6), "gb_small": a["peak_gb"], "gb_large": b["peak_gb"]}
+        row = {
+            "stage": stage,
+            "s_small": a["seconds"],
+            "s_large": b["seconds"],
+            "time_ratio": b["seconds"] / max(a["seconds"], 1e-6),
+            "gb_small": a["peak_gb"],
+            "gb_large": b["peak_gb"],
+        }
         for dataset, images in (("nih", NIH_IMAGES), ("mimic", MIMIC_IMAGES)):
             grows = max(0.0, per_image) * images
             if stage in DATA_STAGES:
@@ -238,27 +264,40 @@ def main() -> None:
         for patients in (args.patients, args.patients * args.factor) if not runs else ():
             print(f"full profile, tiny budget, {patients} patients at 512 px, in a fresh process ...", flush=True)
             out = Path(tmp) / f"{patients}.json"
-            subprocess.run([sys.executable, __file__, "--single", str(patients), "--workers", str(workers),
-                            "--json", str(out)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [sys.executable, __file__, "--single", str(patients), "--workers", str(workers), "--json", str(out)],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             run = json.loads(out.read_text())
-            print(f"  {run['images']} images {run['splits']}: {run['total_seconds'] / 60:.1f} min, "
-                  f"{'all steps passed' if run['success'] else 'FAILED'}", flush=True)
+            print(
+                f"  {run['images']} images {run['splits']}: {run['total_seconds'] / 60:.1f} min, "
+                f"{'all steps passed' if run['success'] else 'FAILED'}",
+                flush=True,
+            )
             runs.append(run)
     small, large = runs
     rows = plan_rows(small, large)
     import pandas as pd
 
     table = pd.DataFrame(rows)
-    print(f"\nDevice: {device}, {torch.get_num_threads()} threads, {workers} workers. "
-          f"Data: {small['images']} and {large['images']} images ({large['images'] / small['images']:.2f}x).")
-    print("Per stage: seconds and the anonymous memory (GiB) the step added at its peak, at both sizes; projected hours and GiB on this "
-          "machine at NIH ChestX-ray14 (112,120 images) and MIMIC-CXR-JPG (377,110 images) with the default "
-          "recipes and the full profile's evaluation caps.\n")
+    print(
+        f"\nDevice: {device}, {torch.get_num_threads()} threads, {workers} workers. "
+        f"Data: {small['images']} and {large['images']} images ({large['images'] / small['images']:.2f}x)."
+    )
+    print(
+        "Per stage: seconds and the anonymous memory (GiB) the step added at its peak, at both sizes; projected hours and GiB on this "
+        "machine at NIH ChestX-ray14 (112,120 images) and MIMIC-CXR-JPG (377,110 images) with the default "
+        "recipes and the full profile's evaluation caps.\n"
+    )
     shown = table.assign(**{c: table[c].round(2) for c in table.columns if table[c].dtype.kind == "f"})
     print(shown.to_markdown(index=False))
     for dataset in ("nih", "mimic"):
-        print(f"\n{dataset.upper()}: {table[f'{dataset}_hours'].sum():.1f} h in all, "
-              f"largest peak {table[f'{dataset}_gb'].max():.1f} GiB ({table.loc[table[f'{dataset}_gb'].idxmax(), 'stage']})")
+        print(
+            f"\n{dataset.upper()}: {table[f'{dataset}_hours'].sum():.1f} h in all, "
+            f"largest peak {table[f'{dataset}_gb'].max():.1f} GiB ({table.loc[table[f'{dataset}_gb'].idxmax(), 'stage']})"
+        )
     flagged = table[table["flags"] != ""]
     print("\nFlags:" if len(flagged) else "\nNo stage flagged.")
     for _, row in flagged.iterrows():

@@ -66,18 +66,22 @@ def main(argv: list[str] | None = None) -> None:
             return
         with _pipes_session() as pipes:
             log = pipes.log if pipes else logging.getLogger("cxr.train_worker")
-            log.info(f"training {job.model} on {group.world_size} process(es), rank 0 on "
-                     f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
+            log.info(
+                f"training {job.model} on {group.world_size} process(es), rank 0 on "
+                f"{'cuda' if torch.cuda.is_available() else 'cpu'}"
+            )
             started, last = time.perf_counter(), {}
             outcome = run_job(job, progress=_reporter(log, args.mlflow_run_id, last))
             outcome.save(args.outcome)
             if pipes:
-                pipes.report_asset_materialization(metadata={
-                    "processes": group.world_size,
-                    "threads": torch.get_num_threads(),  # the step's share of the cores (cxr_pipeline.compute)
-                    "training_wall_s": round(time.perf_counter() - started, 1),
-                    **{k: round(v, 6) for k, v in last.items() if k in ("train_loss", "images_per_s")},
-                })
+                pipes.report_asset_materialization(
+                    metadata={
+                        "processes": group.world_size,
+                        "threads": torch.get_num_threads(),  # the step's share of the cores (cxr_pipeline.compute)
+                        "training_wall_s": round(time.perf_counter() - started, 1),
+                        **{k: round(v, 6) for k, v in last.items() if k in ("train_loss", "images_per_s")},
+                    }
+                )
 
 
 if __name__ == "__main__":

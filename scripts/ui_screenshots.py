@@ -27,8 +27,16 @@ from cxr_pipeline import tracking
 from cxr_pipeline.settings import work_home
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                  "--disable-background-networking", "--disable-component-update"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 
 # Keys pressed on a page before its screenshot: Alt+E expands every group of the lineage graph,
 # so each asset of each stage shows.
@@ -80,8 +88,11 @@ def app_screenshots(browser, url: str, out: Path) -> None:
     page.wait_for_timeout(3000)
     page.screenshot(path=str(out / "app_restore_real_radiograph.png"))
     print(out / "app_restore_real_radiograph.png")
-    for mode, marker in (("Enhance", "One image under every preset"), ("Dataset", "Rejected at ingestion"),
-                         ("Models", "Every registered version")):
+    for mode, marker in (
+        ("Enhance", "One image under every preset"),
+        ("Dataset", "Rejected at ingestion"),
+        ("Models", "Every registered version"),
+    ):
         page.get_by_text(mode, exact=True).first.click()
         page.get_by_text(marker).wait_for(timeout=120_000)
         page.wait_for_timeout(4000)
@@ -107,20 +118,53 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     args.out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "CXR_HOME": str(home), "DAGSTER_HOME": os.environ.get("DAGSTER_HOME", str(home / "dagster_home"))}
+    env = {
+        **os.environ,
+        "CXR_HOME": str(home),
+        "DAGSTER_HOME": os.environ.get("DAGSTER_HOME", str(home / "dagster_home")),
+    }
     store = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
     bin_dir = Path(sys.executable).parent
     servers = [
-        subprocess.Popen([str(bin_dir / "dagster"), "dev", "-w", "workspace.yaml", "-p", str(args.dagster_port)],
-                         cwd=REPOSITORY, env=env, stdout=open(args.out / "dagster-dev.log", "w"), stderr=subprocess.STDOUT),
-        subprocess.Popen([str(bin_dir / "mlflow"), "ui", "--backend-store-uri", store, "--port", str(args.mlflow_port)],
-                         cwd=REPOSITORY, env=env, stdout=open(args.out / "mlflow-ui.log", "w"), stderr=subprocess.STDOUT),
-        subprocess.Popen([sys.executable, "-m", "streamlit", "run", "cxr_pipeline/app/main.py", "--server.headless",
-                          "true", "--server.address", "127.0.0.1", "--server.port", str(args.app_port),
-                          "--browser.gatherUsageStats", "false"], cwd=REPOSITORY,
-                         env={**env, "CXR_DAGSTER_URL": f"http://127.0.0.1:{args.dagster_port}",
-                              "CXR_MLFLOW_UI_URL": f"http://127.0.0.1:{args.mlflow_port}"},
-                         stdout=open(args.out / "app.log", "w"), stderr=subprocess.STDOUT),
+        subprocess.Popen(
+            [str(bin_dir / "dagster"), "dev", "-w", "workspace.yaml", "-p", str(args.dagster_port)],
+            cwd=REPOSITORY,
+            env=env,
+            stdout=open(args.out / "dagster-dev.log", "w"),
+            stderr=subprocess.STDOUT,
+        ),
+        subprocess.Popen(
+            [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", store, "--port", str(args.mlflow_port)],
+            cwd=REPOSITORY,
+            env=env,
+            stdout=open(args.out / "mlflow-ui.log", "w"),
+            stderr=subprocess.STDOUT,
+        ),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "cxr_pipeline/app/main.py",
+                "--server.headless",
+                "true",
+                "--server.address",
+                "127.0.0.1",
+                "--server.port",
+                str(args.app_port),
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            cwd=REPOSITORY,
+            env={
+                **env,
+                "CXR_DAGSTER_URL": f"http://127.0.0.1:{args.dagster_port}",
+                "CXR_MLFLOW_UI_URL": f"http://127.0.0.1:{args.mlflow_port}",
+            },
+            stdout=open(args.out / "app.log", "w"),
+            stderr=subprocess.STDOUT,
+        ),
     ]
     try:
         dagster = f"http://127.0.0.1:{args.dagster_port}"
@@ -130,12 +174,20 @@ def main() -> int:
         client = MlflowClient(store)
         experiment = client.get_experiment_by_name("cxr-pipeline")
         evaluations = client.get_experiment_by_name("cxr-pipeline-evaluation")
-        evaluation = client.search_runs([evaluations.experiment_id], "tags.mlflow.runName = 'evaluate-sr_evaluation'",
-                                        max_results=1) if evaluations else []
-        pages = [("dagster_lineage.png", f"{dagster}/asset-groups"), ("dagster_catalog.png", f"{dagster}/assets"),
-                 ("dagster_runs.png", f"{dagster}/runs"),
-                 # the latest materialization's metadata, with its link to the MLflow run
-                 ("dagster_text_ldm_asset.png", f"{dagster}/assets/text_ldm")]
+        evaluation = (
+            client.search_runs(
+                [evaluations.experiment_id], "tags.mlflow.runName = 'evaluate-sr_evaluation'", max_results=1
+            )
+            if evaluations
+            else []
+        )
+        pages = [
+            ("dagster_lineage.png", f"{dagster}/asset-groups"),
+            ("dagster_catalog.png", f"{dagster}/assets"),
+            ("dagster_runs.png", f"{dagster}/runs"),
+            # the latest materialization's metadata, with its link to the MLflow run
+            ("dagster_text_ldm_asset.png", f"{dagster}/assets/text_ldm"),
+        ]
         latest = _latest_run_id(env["DAGSTER_HOME"])
         if latest:  # its step logs, including what a Pipes-launched training streamed back
             pages.append(("dagster_latest_run.png", f"{dagster}/runs/{latest}?logs=step%3Alatent_sr"))
@@ -143,7 +195,9 @@ def main() -> int:
             pages.append(("mlflow_runs.png", tracking.experiment_url(mlflow_ui, experiment.experiment_id)))
         if evaluation:
             run = evaluation[0].info
-            pages.append(("mlflow_sr_evaluation_metrics.png", tracking.run_url(mlflow_ui, run.experiment_id, run.run_id)))
+            pages.append(
+                ("mlflow_sr_evaluation_metrics.png", tracking.run_url(mlflow_ui, run.experiment_id, run.run_id))
+            )
         pages.append(("mlflow_models.png", f"{mlflow_ui}/#/models"))
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)

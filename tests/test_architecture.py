@@ -25,7 +25,7 @@ def imports_of(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = package[:len(package) - node.level + 1] if node.level else []
+            base = package[: len(package) - node.level + 1] if node.level else []
             target = ".".join([*base, node.module] if node.module else base)
             found.add(target)
             found.update(f"{target}.{alias.name}" for alias in node.names)  # `from . import kinds`
@@ -41,22 +41,42 @@ def library_imports(path: Path) -> set[str]:
 
 
 def test_the_library_imports_no_dagster():
-    offenders = {module_name(p) for p in LIBRARY_FILES
-                 if any(name == "dagster" or name.startswith(("dagster.", "dagster_")) for name in imports_of(p))}
+    offenders = {
+        module_name(p)
+        for p in LIBRARY_FILES
+        if any(name == "dagster" or name.startswith(("dagster.", "dagster_")) for name in imports_of(p))
+    }
     assert not offenders
 
 
-@pytest.mark.parametrize("package, forbidden", [
-    ("cxr_pipeline.data", ("cxr_pipeline.models", "cxr_pipeline.kinds", "cxr_pipeline.evaluation")),
-    ("cxr_pipeline.models", ("cxr_pipeline.evaluation", "cxr_pipeline.tracking", "cxr_pipeline.kinds",
-                             "cxr_pipeline.serving", "cxr_pipeline.registration", "cxr_pipeline.app")),
-    ("cxr_pipeline.metrics", ("cxr_pipeline.evaluation", "cxr_pipeline.kinds", "cxr_pipeline.reports")),
-    ("cxr_pipeline.reports", ("cxr_pipeline.evaluation", "cxr_pipeline.kinds")),
-    ("cxr_pipeline.evaluation", ("cxr_pipeline.kinds", "cxr_pipeline.serving", "cxr_pipeline.registration")),
-])
+@pytest.mark.parametrize(
+    "package, forbidden",
+    [
+        ("cxr_pipeline.data", ("cxr_pipeline.models", "cxr_pipeline.kinds", "cxr_pipeline.evaluation")),
+        (
+            "cxr_pipeline.models",
+            (
+                "cxr_pipeline.evaluation",
+                "cxr_pipeline.tracking",
+                "cxr_pipeline.kinds",
+                "cxr_pipeline.serving",
+                "cxr_pipeline.registration",
+                "cxr_pipeline.app",
+            ),
+        ),
+        ("cxr_pipeline.metrics", ("cxr_pipeline.evaluation", "cxr_pipeline.kinds", "cxr_pipeline.reports")),
+        ("cxr_pipeline.reports", ("cxr_pipeline.evaluation", "cxr_pipeline.kinds")),
+        ("cxr_pipeline.evaluation", ("cxr_pipeline.kinds", "cxr_pipeline.serving", "cxr_pipeline.registration")),
+    ],
+)
 def test_imports_go_one_way(package, forbidden):
-    offenders = {(name, imported) for name, path in LIBRARY_MODULES.items() if name.startswith(package)
-                 for imported in library_imports(path) if imported.startswith(forbidden)}
+    offenders = {
+        (name, imported)
+        for name, path in LIBRARY_MODULES.items()
+        if name.startswith(package)
+        for imported in library_imports(path)
+        if imported.startswith(forbidden)
+    }
     assert not offenders
 
 
@@ -95,19 +115,30 @@ def test_no_import_circle_inside_the_library():
 
 
 def test_no_path_tricks_in_bench_scripts_or_tests():
-    offenders = [str(p.relative_to(ROOT)) for folder in ("bench", "experiments", "scripts", "tests")
-                 for p in (ROOT / folder).rglob("*.py")
-                 if p.name != "test_architecture.py" and re.search(r"sys\.path\.(insert|append)|PYTHONPATH", p.read_text())]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for folder in ("bench", "experiments", "scripts", "tests")
+        for p in (ROOT / folder).rglob("*.py")
+        if p.name != "test_architecture.py" and re.search(r"sys\.path\.(insert|append)|PYTHONPATH", p.read_text())
+    ]
     assert not offenders
 
 
 def test_no_dispatch_on_model_names_outside_the_registry():
     names = "latent_sr|arbitrary_sr|class_ddpm|denoiser|text_ldm|report_encoder|vae|classifier"
     pattern = re.compile(rf"""(kind|model)\s*==\s*["']({names})|\.startswith\(\s*["']({names})""")
-    outside = [p for folder in ("cxr_pipeline", "assets", "resources", "jobs", "scripts", "bench", "experiments")
-               for p in (ROOT / folder).rglob("*.py") if "kinds" not in p.relative_to(ROOT).parts]
-    offenders = [f"{p.relative_to(ROOT)}:{n}" for p in outside for n, line in enumerate(p.read_text().splitlines(), 1)
-                 if pattern.search(line)]
+    outside = [
+        p
+        for folder in ("cxr_pipeline", "assets", "resources", "jobs", "scripts", "bench", "experiments")
+        for p in (ROOT / folder).rglob("*.py")
+        if "kinds" not in p.relative_to(ROOT).parts
+    ]
+    offenders = [
+        f"{p.relative_to(ROOT)}:{n}"
+        for p in outside
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert not offenders
 
 
@@ -120,3 +151,9 @@ def test_tests_mirror_the_source_tree():
     assert not loose and folders <= packages | {"helpers"}
     assert all((tests / folder / "__init__.py").exists() for folder in folders)
     assert not [p for p in (tests / "helpers").glob("test_*.py")]
+
+
+def test_a_long_library_file_is_one_idea_named_in_the_architecture_doc():
+    listed = set(re.findall(r"^\| `([\w/.]+\.py)` \|", (ROOT / "docs" / "architecture.md").read_text(), re.M))
+    long_files = {str(p.relative_to(LIBRARY)) for p in LIBRARY_FILES if len(p.read_text().splitlines()) > 400}
+    assert long_files <= listed, f"over 400 lines and not in docs/architecture.md: {sorted(long_files - listed)}"

@@ -19,8 +19,10 @@ from cxr_pipeline.data.labels.vocabulary import LABEL_COLUMNS
 from cxr_pipeline.reports.enhancement import PRESETS, Enhancement
 
 PAGES = ("Generate", "Restore", "Enhance", "Dataset", "Models")
-EXAMPLE_REPORT = ("FINDINGS: Moderate right pleural effusion with blunting of the costophrenic angle. "
-                  "The left lung is clear. IMPRESSION: Right pleural effusion.")
+EXAMPLE_REPORT = (
+    "FINDINGS: Moderate right pleural effusion with blunting of the costophrenic angle. "
+    "The left lung is clear. IMPRESSION: Right pleural effusion."
+)
 
 
 @st.cache_resource(show_spinner="Loading the model...")
@@ -39,8 +41,10 @@ def context() -> registry.AppContext:
 
 def describe(image: np.ndarray, label: str) -> str:
     figures = services.image_metrics(image)
-    return (f"{label} · {image.shape[1]}x{image.shape[0]} px · contrast {figures['contrast']:.3f} · "
-            f"sharpness {figures['sharpness']:.4f} · entropy {figures['entropy']:.2f}")
+    return (
+        f"{label} · {image.shape[1]}x{image.shape[0]} px · contrast {figures['contrast']:.3f} · "
+        f"sharpness {figures['sharpness']:.4f} · entropy {figures['entropy']:.2f}"
+    )
 
 
 def show(image: np.ndarray, label: str, width: int = 256) -> None:
@@ -60,8 +64,15 @@ def show_check(check) -> None:
 
 
 def preset_picker(key: str) -> Enhancement:
-    name = str(st.selectbox("Enhancement preset (display only)", list(PRESETS), index=list(PRESETS).index("balanced"),
-                        key=key, help="Applied to a copy for display. Metrics of model outputs use the raw image."))
+    name = str(
+        st.selectbox(
+            "Enhancement preset (display only)",
+            list(PRESETS),
+            index=list(PRESETS).index("balanced"),
+            key=key,
+            help="Applied to a copy for display. Metrics of model outputs use the raw image.",
+        )
+    )
     preset = PRESETS[name]
     if preset.steps():
         st.caption("Steps: " + "; ".join(f"{step} ({params})" for step, params in preset.steps()))
@@ -91,15 +102,19 @@ def progress_bar(label: str):
 
 def generate_page(ctx: registry.AppContext, alias: str, device: str) -> None:
     st.header("Generate radiographs")
-    source = str(st.radio("Condition on", ["a report (text model)", "a class (class model)"], horizontal=True,
-                          key="condition_on"))
+    source = str(
+        st.radio(
+            "Condition on", ["a report (text model)", "a class (class model)"], horizontal=True, key="condition_on"
+        )
+    )
     key = "text" if source.startswith("a report") else "class"
     pipeline, located = model_or_stop(key, ctx, alias, device)
     st.caption(f"{located.name} v{located.version} ({located.alias})")
     st.info(trust.training_data(located.folder))
     if key == "text":
-        prompt = st.text_area("Report (findings and impression, as a radiologist writes them)", EXAMPLE_REPORT,
-                              key="prompt")
+        prompt = st.text_area(
+            "Report (findings and impression, as a radiologist writes them)", EXAMPLE_REPORT, key="prompt"
+        )
         checked = trust.report_novelty(located.folder, prompt)
         st.session_state["report_novelty"] = checked
         if checked is not None:
@@ -119,9 +134,19 @@ def generate_page(ctx: registry.AppContext, alias: str, device: str) -> None:
     count = left.slider("Images", 1, 8, 2, key="count")
     native = pipeline.unet_config.sample_size * _latent_factor(pipeline)
     zooms, why_not = trust.zoom_offered(ctx, alias, native)
-    resolution = 1.0 if len(zooms) == 1 else middle.select_slider(
-        "Resolution", options=zooms, value=1.0, key="resolution",
-        format_func=lambda s: f"native ({native} px)" if s == 1 else f"x{s:g}, through the arbitrary-scale champion")
+    resolution = (
+        1.0
+        if len(zooms) == 1
+        else middle.select_slider(
+            "Resolution",
+            options=zooms,
+            value=1.0,
+            key="resolution",
+            format_func=lambda s: (
+                f"native ({native} px)" if s == 1 else f"x{s:g}, through the arbitrary-scale champion"
+            ),
+        )
+    )
     if why_not:
         middle.caption(why_not)
     preset = preset_picker("generate_preset")
@@ -129,16 +154,34 @@ def generate_page(ctx: registry.AppContext, alias: str, device: str) -> None:
         if key == "text" and not prompt.strip():
             st.error("Write a report first (an empty report samples the unconditional model; use guidance 0 for that).")
             st.stop()
-        images = services.generate(pipeline, conditions_of(count), guidance=guidance, steps=steps, seed=int(seed),
-                                   progress=progress_bar("Sampling"))
+        images = services.generate(
+            pipeline,
+            conditions_of(count),
+            guidance=guidance,
+            steps=steps,
+            seed=int(seed),
+            progress=progress_bar("Sampling"),
+        )
         model_name = f"{located.name} v{located.version}"
         if resolution > 1:
             upscaler, sr_located = model_or_stop("arbitrary_sr", ctx, alias, device)
-            images = services.upscale(upscaler, images, resolution, steps=steps, seed=int(seed),
-                                      progress=progress_bar(f"Super-resolving x{resolution:g}"))
+            images = services.upscale(
+                upscaler,
+                images,
+                resolution,
+                steps=steps,
+                seed=int(seed),
+                progress=progress_bar(f"Super-resolving x{resolution:g}"),
+            )
             model_name += f", then {sr_located.name} v{sr_located.version} x{resolution:g}"
-        st.session_state["generated"] = {"images": images, "condition": condition_text, "model": model_name,
-                                         "seed": int(seed), "guidance": guidance, "steps": steps}
+        st.session_state["generated"] = {
+            "images": images,
+            "condition": condition_text,
+            "model": model_name,
+            "seed": int(seed),
+            "guidance": guidance,
+            "steps": steps,
+        }
     result = st.session_state.get("generated")
     if not result:
         return
@@ -150,20 +193,38 @@ def generate_page(ctx: registry.AppContext, alias: str, device: str) -> None:
         with enhanced_column:
             show(enhanced, f"enhanced ({preset.name})")
         generator = result["model"]
-        files.download_button("PNG (raw, 16-bit)", dicom_export.png_bytes(image), f"generated_{i}.png", "image/png",
-                              key=f"png_{i}")
-        files.download_button("PNG (enhanced)", dicom_export.png_bytes(enhanced), f"generated_{i}_{preset.name}.png",
-                              "image/png", key=f"png_enhanced_{i}")
-        files.download_button("DICOM (raw)", dicom_export.secondary_capture(
-            image, generator=generator, condition=str(result["condition"]), seed=result["seed"] + i,
-            guidance=result["guidance"], steps=result["steps"]), f"generated_{i}.dcm", "application/dicom",
-            key=f"dcm_{i}")
+        files.download_button(
+            "PNG (raw, 16-bit)", dicom_export.png_bytes(image), f"generated_{i}.png", "image/png", key=f"png_{i}"
+        )
+        files.download_button(
+            "PNG (enhanced)",
+            dicom_export.png_bytes(enhanced),
+            f"generated_{i}_{preset.name}.png",
+            "image/png",
+            key=f"png_enhanced_{i}",
+        )
+        files.download_button(
+            "DICOM (raw)",
+            dicom_export.secondary_capture(
+                image,
+                generator=generator,
+                condition=str(result["condition"]),
+                seed=result["seed"] + i,
+                guidance=result["guidance"],
+                steps=result["steps"],
+            ),
+            f"generated_{i}.dcm",
+            "application/dicom",
+            key=f"dcm_{i}",
+        )
 
 
 def restore_page(ctx: registry.AppContext, alias: str, device: str) -> None:
     st.header("Restore an image")
-    st.caption("The upload goes through ingestion's own reader: the same DICOM LUT/VOI and MONOCHROME1 decisions, "
-               f"the same resizing to {ctx.profile.image_size} px, and the same reasons when a file is refused.")
+    st.caption(
+        "The upload goes through ingestion's own reader: the same DICOM LUT/VOI and MONOCHROME1 decisions, "
+        f"the same resizing to {ctx.profile.image_size} px, and the same reasons when a file is refused."
+    )
     upload = st.file_uploader("DICOM, PNG or JPEG", type=["dcm", "dicom", "png", "jpg", "jpeg"])
     if upload is None:
         st.info("Upload a radiograph to restore it.")
@@ -184,36 +245,59 @@ def restore_page(ctx: registry.AppContext, alias: str, device: str) -> None:
     novelty = trust.input_novelty(pipeline, located, image, ctx)
     st.session_state["novelty"] = novelty
     if novelty is None:
-        st.caption("This model version has no record of its training images' distribution: the upload cannot be "
-                   "checked against it.")
+        st.caption(
+            "This model version has no record of its training images' distribution: the upload cannot be "
+            "checked against it."
+        )
     else:
         show_check(novelty)
     if task == "super-resolution":  # an output above the model's size was never measured (trust.zoom_offered)
         simulate = True
-        st.caption("Super-resolution restores this image from a simulated low-resolution copy, back to the model's "
-                   f"{ctx.profile.image_size} px and scored against it: the arbitrary-scale model was evaluated only at "
-                   "output sizes up to its training images', and above them it paints texture at its native pixel period "
-                   "instead of enlarging the anatomy (docs/recipes.md, the app's zoom).")
+        st.caption(
+            "Super-resolution restores this image from a simulated low-resolution copy, back to the model's "
+            f"{ctx.profile.image_size} px and scored against it: the arbitrary-scale model was evaluated only at "
+            "output sizes up to its training images', and above them it paints texture at its native pixel period "
+            "instead of enlarging the anatomy (docs/recipes.md, the app's zoom)."
+        )
     else:
-        simulate = st.checkbox("Simulate the degradation from this image and score against it", value=True,
-                               help="Off: the upload is taken as the low-dose image itself.")
+        simulate = st.checkbox(
+            "Simulate the degradation from this image and score against it",
+            value=True,
+            help="Off: the upload is taken as the low-dose image itself.",
+        )
     seeds = st.slider("Seeds (for the spread map)", 1, 5, 3, key="restore_seeds")
     steps = st.slider("DDIM steps", 5, 50, 20, 5, key="restore_steps")
     if task == "super-resolution":
         low, high = pipeline.scale_range
-        scale = st.slider("Scale", 1.0, float(max(high, 4.0)), float(min(2.5, high)), 0.1,
-                          help=f"The model was trained on scales {low:g} to {high:g}.", key="scale")
+        scale = st.slider(
+            "Scale",
+            1.0,
+            float(max(high, 4.0)),
+            float(min(2.5, high)),
+            0.1,
+            help=f"The model was trained on scales {low:g} to {high:g}.",
+            key="scale",
+        )
     else:
         dose = st.selectbox("Dose (photons, I0)", pipeline.doses, index=0, key="dose")
         nlm_factor = st.slider("Non-local means h / sigma", 0.4, 2.0, 1.0, 0.1)
     if st.button("Restore", type="primary"):
         update = progress_bar("Restoring")
         if task == "super-resolution":
-            result = services.super_resolve_upload(pipeline, image, scale, simulate=simulate, seeds=seeds, steps=steps,
-                                                   progress=update)
+            result = services.super_resolve_upload(
+                pipeline, image, scale, simulate=simulate, seeds=seeds, steps=steps, progress=update
+            )
         else:
-            result = services.denoise_upload(pipeline, image, dose, simulate=simulate, seeds=seeds, steps=steps,
-                                             nlm_factor=nlm_factor, progress=update)
+            result = services.denoise_upload(
+                pipeline,
+                image,
+                dose,
+                simulate=simulate,
+                seeds=seeds,
+                steps=steps,
+                nlm_factor=nlm_factor,
+                progress=update,
+            )
         st.session_state["restored"] = result
     shown: services.Restoration | None = st.session_state.get("restored")
     if shown is None:
@@ -232,8 +316,12 @@ def restore_page(ctx: registry.AppContext, alias: str, device: str) -> None:
     if result.spread is not None:
         with next(columns):
             spread = result.spread / max(float(result.spread.max()), 1e-6)
-            st.image(spread, caption=f"spread over seeds (max {float(result.spread.max()):.3f}, scaled to white)",
-                     width=256, clamp=True)
+            st.image(
+                spread,
+                caption=f"spread over seeds (max {float(result.spread.max()):.3f}, scaled to white)",
+                width=256,
+                clamp=True,
+            )
     if not result.scores.empty:
         st.subheader("Against the original (raw images)")
         st.dataframe(result.scores, hide_index=True)
@@ -280,11 +368,26 @@ def dataset_page(ctx: registry.AppContext) -> None:
     classes = middle.multiselect("Class", sorted(rows["class_name"].dropna().unique()))
     finding = right.selectbox("Finding", ["(any)", *LABEL_COLUMNS])
     text = st.text_input("Report contains", key="report_contains")
-    chosen = services.filter_images(rows, splits=splits, classes=classes,
-                                    finding=None if finding == "(any)" else finding, text=text)
+    chosen = services.filter_images(
+        rows, splits=splits, classes=classes, finding=None if finding == "(any)" else finding, text=text
+    )
     st.caption(f"{len(chosen)} of {len(rows)} images")
-    st.dataframe(chosen[["image_id", "patient_id", "split", "class_name", "view", "sex", "age_years", "label_source",
-                         "findings_text"]], hide_index=True)
+    st.dataframe(
+        chosen[
+            [
+                "image_id",
+                "patient_id",
+                "split",
+                "class_name",
+                "view",
+                "sex",
+                "age_years",
+                "label_source",
+                "findings_text",
+            ]
+        ],
+        hide_index=True,
+    )
     samples = st.slider("Random samples", 1, 12, 4)
     if len(chosen):
         seed = st.number_input("Sample seed", 0, 10_000, 0)
@@ -294,9 +397,13 @@ def dataset_page(ctx: registry.AppContext) -> None:
             with image_column:
                 show(services.stored_image(ctx, row), f"{row['image_id']} (raw)", width=192)
             with text_column:
-                st.markdown(f"**{row['class_name'] or 'several or no single-label class'}** · {row['split']} · "
-                            f"patient {row['patient_id']}")
-                report = " ".join(t for t in (row.get("findings_text"), row.get("impression_text")) if isinstance(t, str))
+                st.markdown(
+                    f"**{row['class_name'] or 'several or no single-label class'}** · {row['split']} · "
+                    f"patient {row['patient_id']}"
+                )
+                report = " ".join(
+                    t for t in (row.get("findings_text"), row.get("impression_text")) if isinstance(t, str)
+                )
                 st.write(report or "(no report)")
     st.subheader("Rejected at ingestion")
     st.dataframe(services.rejected(ctx), hide_index=True)
@@ -311,11 +418,12 @@ def models_page(ctx: registry.AppContext) -> None:
     for model in registry.APP_MODELS.values():
         st.subheader(model.title)
         versions = overview[overview["model"] == model.registered_name]
-        links = [f"[Dagster asset `{model.asset}`]({ctx.asset_url(model.asset)})",
-                 f"[evaluation `{model.evaluated_by}`]({ctx.asset_url(model.evaluated_by or '')})"]
+        links = [
+            f"[Dagster asset `{model.asset}`]({ctx.asset_url(model.asset)})",
+            f"[evaluation `{model.evaluated_by}`]({ctx.asset_url(model.evaluated_by or '')})",
+        ]
         if versions.empty:
-            st.info(f"{model.registered_name} is not trained yet: materialize `{model.asset}`. "
-                    + " · ".join(links))
+            st.info(f"{model.registered_name} is not trained yet: materialize `{model.asset}`. " + " · ".join(links))
             continue
         champion = versions[versions["aliases"].str.contains("champion")]
         shown = champion.iloc[0] if len(champion) else versions.iloc[0]
@@ -348,9 +456,14 @@ def main() -> None:
     ctx = context()
     st.sidebar.title("cxr-pipeline")
     page = st.sidebar.radio("Mode", PAGES)
-    alias = str(st.sidebar.radio("Model version", ["champion", "challenger"],
-                             help="The champion passed its evaluation's promotion; the challenger is the latest "
-                                  "evaluated version that did not (never the champion itself)."))
+    alias = str(
+        st.sidebar.radio(
+            "Model version",
+            ["champion", "challenger"],
+            help="The champion passed its evaluation's promotion; the challenger is the latest "
+            "evaluated version that did not (never the champion itself).",
+        )
+    )
     device = str(st.sidebar.selectbox("Device", ["auto", "cpu", "cuda"]))
     st.sidebar.caption(f"Work folder `{ctx.home}` · profile `{ctx.profile.name}` · MLflow `{ctx.tracking_uri}`")
     if page == "Generate":

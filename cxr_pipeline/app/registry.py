@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from .. import kinds, tracking
 from ..model_source import registry_folder
-from ..models.diffusion import describe
+from ..models.model_folder import describe
 from ..settings import (
     DEFAULT_DAGSTER_URL,
     Profile,
@@ -67,8 +67,12 @@ class AppContext:
 
 # The models the app serves, by the key its pages use: each kind knows its registry name, the
 # asset that trains it, the evaluation that promotes it and its pipeline.
-APP_MODELS: dict[str, kinds.ModelKind] = {"text": kinds.TEXT_LDM, "class": kinds.CLASS_DDPM,
-                                          "arbitrary_sr": kinds.ARBITRARY_SR, "denoiser": kinds.DENOISER}
+APP_MODELS: dict[str, kinds.ModelKind] = {
+    "text": kinds.TEXT_LDM,
+    "class": kinds.CLASS_DDPM,
+    "arbitrary_sr": kinds.ARBITRARY_SR,
+    "denoiser": kinds.DENOISER,
+}
 
 
 class ModelUnavailable(Exception):
@@ -93,7 +97,8 @@ def locate(model: kinds.ModelKind, context: AppContext, alias: str = "champion")
         raise ModelUnavailable(
             f"{name} has not been trained yet in {context.home}: materialize the `{model.asset}` asset "
             f"(job `all_assets`, `training` or `retrain_and_evaluate`; `./run.sh demo` runs them all), then "
-            f"`{model.evaluated_by}` to evaluate and promote it.") from None
+            f"`{model.evaluated_by}` to evaluate and promote it."
+        ) from None
     try:
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException:
@@ -101,15 +106,21 @@ def locate(model: kinds.ModelKind, context: AppContext, alias: str = "champion")
         decided = sorted((v for v in versions if v.tags.get("promotion_reason")), key=lambda v: int(v.version))
         champion = (client.get_registered_model(name).aliases or {}).get("champion")
         if alias == "challenger" and champion is not None:
-            raise ModelUnavailable(f"{name} has no challenger: its latest evaluated version won its evaluation and is "
-                                   f"the champion (v{champion}). A challenger appears when a newer version is "
-                                   "evaluated and does not beat it.") from None
-        why = (f"v{decided[-1].version} was not promoted because it {decided[-1].tags['promotion_reason']}"
-               if decided else f"no version has been evaluated yet (materialize `{model.evaluated_by}`)")
-        raise ModelUnavailable(f"{name} has no {alias}: {len(versions)} version(s) registered; {why}. "
-                               "Choose the challenger to try the latest evaluated version anyway.") from None
-    folder = registry_folder(name, str(version.version), context.paths.registry_cache,
-                                      context.tracking_uri)
+            raise ModelUnavailable(
+                f"{name} has no challenger: its latest evaluated version won its evaluation and is "
+                f"the champion (v{champion}). A challenger appears when a newer version is "
+                "evaluated and does not beat it."
+            ) from None
+        why = (
+            f"v{decided[-1].version} was not promoted because it {decided[-1].tags['promotion_reason']}"
+            if decided
+            else f"no version has been evaluated yet (materialize `{model.evaluated_by}`)"
+        )
+        raise ModelUnavailable(
+            f"{name} has no {alias}: {len(versions)} version(s) registered; {why}. "
+            "Choose the challenger to try the latest evaluated version anyway."
+        ) from None
+    folder = registry_folder(name, str(version.version), context.paths.registry_cache, context.tracking_uri)
     return LocatedModel(folder, name, str(version.version), alias, version.run_id or "")
 
 
@@ -122,18 +133,30 @@ def registry_overview(context: AppContext) -> pd.DataFrame:
             aliases.setdefault(str(version), []).append(alias)
         for version in client.search_model_versions(f"name = '{registered.name}'"):
             tags = version.tags or {}
-            rows.append({"model": registered.name, "version": int(version.version),
-                         "aliases": ", ".join(sorted(aliases.get(str(version.version), []))),
-                         "decision": tags.get("promotion_decision", "not evaluated"),
-                         "reason": tags.get("promotion_reason", ""), "metrics": tags.get("evaluation_metrics", ""),
-                         "run_id": version.run_id, "evaluation_run_id": tags.get("evaluation_run_id", ""),
-                         "training_data": tags.get("data.summary", "")})
+            rows.append(
+                {
+                    "model": registered.name,
+                    "version": int(version.version),
+                    "aliases": ", ".join(sorted(aliases.get(str(version.version), []))),
+                    "decision": tags.get("promotion_decision", "not evaluated"),
+                    "reason": tags.get("promotion_reason", ""),
+                    "metrics": tags.get("evaluation_metrics", ""),
+                    "run_id": version.run_id,
+                    "evaluation_run_id": tags.get("evaluation_run_id", ""),
+                    "training_data": tags.get("data.summary", ""),
+                }
+            )
     return pd.DataFrame(rows).sort_values(["model", "version"], ascending=[True, False]) if rows else pd.DataFrame()
 
 
 def architecture(folder: Path) -> dict:
     """What the model folder says it is: kind, UNet, schedule, conditioning, training."""
     saved = describe(folder)
-    return {"kind": saved.kind, "unet": asdict(saved.unet), "schedule": asdict(saved.schedule),
-            "conditioning": asdict(saved.conditioning), "settings": saved.settings.to_dict(),
-            "training": saved.training.to_dict()}
+    return {
+        "kind": saved.kind,
+        "unet": asdict(saved.unet),
+        "schedule": asdict(saved.schedule),
+        "conditioning": asdict(saved.conditioning),
+        "settings": saved.settings.to_dict(),
+        "training": saved.training.to_dict(),
+    }

@@ -21,7 +21,7 @@ import torch
 from ..data.degrade import bicubic_to, resize, simulate_low_dose
 from ..data.image_store import ImageStore, from_stored
 from ..data.ingest import IngestOptions, ingest_file, read_rejected
-from ..evaluation.restoration import nlm_denoise
+from ..evaluation.denoising import nlm_denoise
 from ..metrics.appearance import appearance
 from ..metrics.restoration import per_image_scores, sample_spread
 from ..models.diffusion import sampling_progress
@@ -35,24 +35,53 @@ Progress = Callable[[int, int], None]  # (steps done, steps in all)
 
 
 @torch.no_grad()
-def generate(pipeline: DiffusionPipeline, conditions: Sequence, *, guidance: float, steps: int, seed: int,
-             progress: Progress | None = None) -> np.ndarray:
+def generate(
+    pipeline: DiffusionPipeline,
+    conditions: Sequence,
+    *,
+    guidance: float,
+    steps: int,
+    seed: int,
+    progress: Progress | None = None,
+) -> np.ndarray:
     """(N, S, S) raw images in [0, 1]: one per condition (a report for the text model, a class id
     for the class model), the i-th from seed ``seed + i`` (so image i is reproducible alone)."""
     with sampling_progress(_over(progress, len(conditions))):
-        return np.stack([pipeline([condition], guidance=guidance, steps=steps, seed=seed + i)[0, 0].float().cpu().numpy()
-                         for i, condition in enumerate(conditions)])
+        return np.stack(
+            [
+                pipeline([condition], guidance=guidance, steps=steps, seed=seed + i)[0, 0].float().cpu().numpy()
+                for i, condition in enumerate(conditions)
+            ]
+        )
 
 
 @torch.no_grad()
-def upscale(pipeline: ArbitraryScaleSuperResolution, images: np.ndarray, scale: float, *, steps: int = 20,
-            seed: int = 0, progress: Progress | None = None) -> np.ndarray:
+def upscale(
+    pipeline: ArbitraryScaleSuperResolution,
+    images: np.ndarray,
+    scale: float,
+    *,
+    steps: int = 20,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> np.ndarray:
     """Generated images (N, S, S) brought to ``scale`` x S through the arbitrary-scale model: the
     generators' resolution is their training resolution; this is how the app offers more."""
     with sampling_progress(_over(progress, len(images))):
-        return np.stack([pipeline(torch.from_numpy(np.ascontiguousarray(image)).float()[None, None], scale=scale,
-                                  steps=steps, seed=seed + i)[0, 0].float().cpu().numpy()
-                         for i, image in enumerate(images)])
+        return np.stack(
+            [
+                pipeline(
+                    torch.from_numpy(np.ascontiguousarray(image)).float()[None, None],
+                    scale=scale,
+                    steps=steps,
+                    seed=seed + i,
+                )[0, 0]
+                .float()
+                .cpu()
+                .numpy()
+                for i, image in enumerate(images)
+            ]
+        )
 
 
 def _over(progress: Progress | None, chains: int):
@@ -118,8 +147,9 @@ def _scores(reference: np.ndarray | None, methods: dict[str, np.ndarray]) -> pd.
     return pd.DataFrame(rows)
 
 
-def _over_seeds(restore: Callable[[int], torch.Tensor], seeds: int,
-                progress: Progress | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _over_seeds(
+    restore: Callable[[int], torch.Tensor], seeds: int, progress: Progress | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The first seed's output (1, 1, H, W -> H, W) and the per-pixel spread over ``seeds`` seeds
     (``sample_spread``; None for one seed)."""
     with sampling_progress(_over(progress, seeds)):
@@ -129,9 +159,16 @@ def _over_seeds(restore: Callable[[int], torch.Tensor], seeds: int,
 
 
 @torch.no_grad()
-def super_resolve_upload(pipeline: ArbitraryScaleSuperResolution, image: np.ndarray, scale: float, *,
-                         simulate: bool, seeds: int = 3, steps: int = 20,
-                         progress: Progress | None = None) -> Restoration:
+def super_resolve_upload(
+    pipeline: ArbitraryScaleSuperResolution,
+    image: np.ndarray,
+    scale: float,
+    *,
+    simulate: bool,
+    seeds: int = 3,
+    steps: int = 20,
+    progress: Progress | None = None,
+) -> Restoration:
     """``simulate``: shrink the image by ``scale`` (antialiased, as the pairs are made), restore it
     to its size and score both against the original; otherwise super-resolve it as it is."""
     if simulate:
@@ -143,13 +180,30 @@ def super_resolve_upload(pipeline: ArbitraryScaleSuperResolution, image: np.ndar
     bicubic = bicubic_to(low, target)
     batch = torch.from_numpy(np.ascontiguousarray(low)).float()[None, None]
     output, spread = _over_seeds(lambda seed: pipeline(batch, size=target, steps=steps, seed=seed), seeds, progress)
-    return Restoration("super-resolution", low, bicubic, "bicubic", output, spread, reference,
-                       _scores(reference, {"bicubic": bicubic, "diffusion": output}))
+    return Restoration(
+        "super-resolution",
+        low,
+        bicubic,
+        "bicubic",
+        output,
+        spread,
+        reference,
+        _scores(reference, {"bicubic": bicubic, "diffusion": output}),
+    )
 
 
 @torch.no_grad()
-def denoise_upload(pipeline: LowDoseDenoiser, image: np.ndarray, dose: float, *, simulate: bool, seeds: int = 3,
-                   steps: int = 20, nlm_factor: float = 1.0, progress: Progress | None = None) -> Restoration:
+def denoise_upload(
+    pipeline: LowDoseDenoiser,
+    image: np.ndarray,
+    dose: float,
+    *,
+    simulate: bool,
+    seeds: int = 3,
+    steps: int = 20,
+    nlm_factor: float = 1.0,
+    progress: Progress | None = None,
+) -> Restoration:
     """``simulate``: a low-dose acquisition of the image at ``dose`` photons (the pairs' physics),
     restored and scored against the original; otherwise the image is taken as the low-dose one."""
     noisy = simulate_low_dose(image, dose, np.random.default_rng(0)) if simulate else image.astype(np.float32)
@@ -157,8 +211,16 @@ def denoise_upload(pipeline: LowDoseDenoiser, image: np.ndarray, dose: float, *,
     baseline = nlm_denoise(batch, nlm_factor)[0, 0].numpy()
     output, spread = _over_seeds(lambda seed: pipeline(batch, dose=dose, steps=steps, seed=seed), seeds, progress)
     reference = image if simulate else None
-    return Restoration("denoising", noisy, baseline, "non-local means", output, spread, reference,
-                       _scores(reference, {"low-dose input": noisy, "non-local means": baseline, "diffusion": output}))
+    return Restoration(
+        "denoising",
+        noisy,
+        baseline,
+        "non-local means",
+        output,
+        spread,
+        reference,
+        _scores(reference, {"low-dose input": noisy, "non-local means": baseline, "diffusion": output}),
+    )
 
 
 # --- The work folder -----------------------------------------------------------------------
@@ -176,8 +238,14 @@ def rejected(context: AppContext) -> pd.DataFrame:
     return read_rejected(path) if path.exists() else pd.DataFrame(columns=["source_path", "reason", "message"])
 
 
-def filter_images(rows: pd.DataFrame, *, splits: Sequence[str] = (), classes: Sequence[str] = (),
-                  finding: str | None = None, text: str = "") -> pd.DataFrame:
+def filter_images(
+    rows: pd.DataFrame,
+    *,
+    splits: Sequence[str] = (),
+    classes: Sequence[str] = (),
+    finding: str | None = None,
+    text: str = "",
+) -> pd.DataFrame:
     """Rows in any of ``splits`` and ``classes`` (empty: all), positive for ``finding``, whose
     report contains ``text`` (case-insensitive)."""
     keep = pd.Series(True, index=rows.index)

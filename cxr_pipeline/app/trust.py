@@ -30,8 +30,9 @@ def _autoencoder(folder: str):
     return load_vae(Path(folder), "cpu")
 
 
-def input_novelty(pipeline: DiffusionPipeline, located: LocatedModel, image: np.ndarray,
-                  context: AppContext) -> Novelty | None:
+def input_novelty(
+    pipeline: DiffusionPipeline, located: LocatedModel, image: np.ndarray, context: AppContext
+) -> Novelty | None:
     """How far ``image`` (at the model's size) lies from the model's training images, in the latent
     space of the autoencoder the reference was fitted with (``models/input_distribution.py``);
     None when the model folder has no reference (trained before references existed)."""
@@ -43,8 +44,9 @@ def input_novelty(pipeline: DiffusionPipeline, located: LocatedModel, image: np.
         recorded = reference.vae or {}
         folder = Path(recorded.get("model_dir", ""))
         if not (folder / "config.json").exists():
-            folder = registry_folder(recorded["registered_model"], recorded["version"], context.paths.registry_cache,
-                                     context.tracking_uri)
+            folder = registry_folder(
+                recorded["registered_model"], recorded["version"], context.paths.registry_cache, context.tracking_uri
+            )
         vae = _autoencoder(str(folder))
     latents = encode_mean(vae, torch.from_numpy(np.ascontiguousarray(image)).float()[None, None])
     return novelty(reference, latents)[0]
@@ -67,9 +69,11 @@ def zoom_offered(context: AppContext, alias: str, side: int) -> tuple[list[float
     offered = [z for z in ZOOMS if side * z <= measured]
     if len(offered) == len(ZOOMS):
         return offered, None
-    return offered, (f"Zoom beyond {measured} px is not offered: {located.name} v{located.version} was evaluated only "
-                     f"up to its training images' {measured} px, and above that it draws a periodic texture instead "
-                     "of enlarging the anatomy.")
+    return offered, (
+        f"Zoom beyond {measured} px is not offered: {located.name} v{located.version} was evaluated only "
+        f"up to its training images' {measured} px, and above that it draws a periodic texture instead "
+        "of enlarging the anatomy."
+    )
 
 
 def report_novelty(folder: Path, report: str) -> ReportNovelty | None:
@@ -85,6 +89,8 @@ def resize_note(fields: dict, size: int) -> str | None:
     if not height or not width or (height, width) == (size, size):
         return None
     factor = size / max(height, width)
-    return (f"Resized: the upload is {width}x{height} px; the models work at {size}x{size} px (the profile's image size), "
-            f"so it was scaled by {factor:.3g} ({1 / factor:.1f}x smaller){', padded to a square' if height != width else ''}. "
-            "Every figure below is at the model's size; detail finer than that is not seen by the model.")
+    return (
+        f"Resized: the upload is {width}x{height} px; the models work at {size}x{size} px (the profile's image size), "
+        f"so it was scaled by {factor:.3g} ({1 / factor:.1f}x smaller){', padded to a square' if height != width else ''}. "
+        "Every figure below is at the model's size; detail finer than that is not seen by the model."
+    )

@@ -67,10 +67,11 @@ class NpyRows:
 
     def append(self, batch: np.ndarray) -> None:
         if self.array is None:
-            self.array = np.lib.format.open_memmap(self.path, mode="w+", dtype=batch.dtype,
-                                                   shape=(self.rows, *batch.shape[1:]))
+            self.array = np.lib.format.open_memmap(
+                self.path, mode="w+", dtype=batch.dtype, shape=(self.rows, *batch.shape[1:])
+            )
         array = self.array
-        array[self.written:self.written + len(batch)] = batch
+        array[self.written : self.written + len(batch)] = batch
         self.written += len(batch)
 
 

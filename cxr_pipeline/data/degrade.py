@@ -19,7 +19,9 @@ def image_rng(seed: int, image_id: str, tag: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def resize(image: np.ndarray, size: tuple[int, ...], resample: Image.Resampling = Image.Resampling.LANCZOS) -> np.ndarray:
+def resize(
+    image: np.ndarray, size: tuple[int, ...], resample: Image.Resampling = Image.Resampling.LANCZOS
+) -> np.ndarray:
     """``image`` resized to ``size`` (height, width), clipped to [0, 1]. Pillow's filters scale
     their support with the ratio, so Lanczos shrinking is antialiased at any ratio."""
     height, width = size
@@ -70,16 +72,18 @@ class DegradationMix:
         return np.clip(out, 0.0, 1.0).astype(np.float32), sigma, noise
 
 
-def make_low_resolution(image: np.ndarray, scale: float, rng: np.random.Generator,
-                        mix: DegradationMix | None) -> tuple[np.ndarray, float, float]:
+def make_low_resolution(
+    image: np.ndarray, scale: float, rng: np.random.Generator, mix: DegradationMix | None
+) -> tuple[np.ndarray, float, float]:
     """Blur and noise from ``mix``, then antialiased downsampling by ``scale``, integer or not
     (to the rounded LR grid, :func:`low_resolution_size`)."""
     blurred, sigma, noise = mix.apply(image, rng) if mix else (image, 0.0, 0.0)
     return resize(blurred, low_resolution_size(image.shape, scale)), sigma, noise
 
 
-def simulate_low_dose(image: np.ndarray, photons: float, rng: np.random.Generator,
-                      electronic_noise: float = 5.0, mu_max: float = 4.0) -> np.ndarray:
+def simulate_low_dose(
+    image: np.ndarray, photons: float, rng: np.random.Generator, electronic_noise: float = 5.0, mu_max: float = 4.0
+) -> np.ndarray:
     """A lower-dose acquisition of the same anatomy.
 
     The normalized image is taken as the attenuation line integral ``mu = image * mu_max``. The

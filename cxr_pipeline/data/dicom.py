@@ -86,9 +86,7 @@ def _is_lateral(ds: Dataset) -> str | None:
     return None
 
 
-def check_header(
-    ds: Dataset, *, allowed_modalities: Collection[str], frontal_only: bool
-) -> None:
+def check_header(ds: Dataset, *, allowed_modalities: Collection[str], frontal_only: bool) -> None:
     """Reject from the header alone, before spending time on pixels."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         sop = ds.get("SOPClassUID")
@@ -209,8 +207,7 @@ def to_display(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, dict[str, A
         decisions["modality_lut"] = "lut_sequence"
     elif ds.get("RescaleSlope") is not None or ds.get("RescaleIntercept") is not None:
         decisions["modality_lut"] = (
-            f"rescale slope={float(ds.get('RescaleSlope', 1))} "
-            f"intercept={float(ds.get('RescaleIntercept', 0))}"
+            f"rescale slope={float(ds.get('RescaleSlope', 1))} intercept={float(ds.get('RescaleIntercept', 0))}"
         )
     else:
         decisions["modality_lut"] = "none"
@@ -231,8 +228,7 @@ def to_display(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, dict[str, A
         voi = np.asarray(modality_values, dtype=np.float64)
         low, high = (float(v) for v in np.percentile(voi, PERCENTILE_RANGE))
         decisions["voi"] = (
-            f"percentile p{PERCENTILE_RANGE[0]:g}-p{PERCENTILE_RANGE[1]:g} "
-            f"({low:g}..{high:g}); no VOI LUT or window"
+            f"percentile p{PERCENTILE_RANGE[0]:g}-p{PERCENTILE_RANGE[1]:g} ({low:g}..{high:g}); no VOI LUT or window"
         )
     if high <= low:
         raise Rejected(Reason.CORRUPT, "image has no dynamic range (constant pixel values)")

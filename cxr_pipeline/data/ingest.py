@@ -147,8 +147,15 @@ def process_file(task: _Task) -> FileOutcome:
         stat = path.stat()
         kind = sniff_file(path)
     except OSError as error:
-        return FileOutcome(task.relative, 0, 0, FileKind.UNKNOWN.value, False,
-                           reason=Reason.UNREADABLE.value, message=f"cannot read file: {error}")
+        return FileOutcome(
+            task.relative,
+            0,
+            0,
+            FileKind.UNKNOWN.value,
+            False,
+            reason=Reason.UNREADABLE.value,
+            message=f"cannot read file: {error}",
+        )
     outcome = FileOutcome(task.relative, stat.st_size, stat.st_mtime_ns, kind.value, False)
     try:
         if kind in (FileKind.DICOM, FileKind.DICOM_NO_PREAMBLE):
@@ -206,9 +213,15 @@ def _crashed(task: _Task, error: BaseException) -> FileOutcome:
         size, mtime = stat.st_size, stat.st_mtime_ns
     except OSError:
         size, mtime = 0, 0
-    return FileOutcome(task.relative, size, mtime, FileKind.UNKNOWN.value, False,
-                       reason=Reason.CORRUPT.value,
-                       message=f"decoding crashed the worker process ({type(error).__name__})")
+    return FileOutcome(
+        task.relative,
+        size,
+        mtime,
+        FileKind.UNKNOWN.value,
+        False,
+        reason=Reason.CORRUPT.value,
+        message=f"decoding crashed the worker process ({type(error).__name__})",
+    )
 
 
 def list_input_files(root: Path) -> list[str]:
@@ -295,13 +308,20 @@ def ingest(
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder {data_dir} does not exist or is not a folder")
-    with locks.exclusive(Path(manifest_path).parent, f"ingestion of {data_dir}", timeout_s=lock_timeout_s,
-                         on_wait=on_wait):
+    with locks.exclusive(
+        Path(manifest_path).parent, f"ingestion of {data_dir}", timeout_s=lock_timeout_s, on_wait=on_wait
+    ):
         return _ingest_locked(data_dir, manifest_path, rejected_path, store, options, progress)
 
 
-def _ingest_locked(data_dir: Path, manifest_path: Path, rejected_path: Path, store: ImageStore,
-                   options: IngestOptions, progress: Callable[[IngestProgress], None] | None) -> IngestSummary:
+def _ingest_locked(
+    data_dir: Path,
+    manifest_path: Path,
+    rejected_path: Path,
+    store: ImageStore,
+    options: IngestOptions,
+    progress: Callable[[IngestProgress], None] | None,
+) -> IngestSummary:
     started = time.perf_counter()
     fingerprint = options.fingerprint()
     store_meta = store.meta() or {}
@@ -368,28 +388,32 @@ def _ingest_locked(data_dir: Path, manifest_path: Path, rejected_path: Path, sto
             accepted += 1
             seen_hashes[outcome.pixel_hash] = outcome.source_path
             buffer.append(outcome.stored)
-            buffer_rows.append({
-                **outcome.fields,
-                "image_id": outcome.pixel_hash[:16],
-                "source_path": outcome.source_path,
-                "source_size": outcome.source_size,
-                "source_mtime_ns": outcome.source_mtime_ns,
-                "pixel_hash": outcome.pixel_hash,
-                "ingested_at": now,
-            })
+            buffer_rows.append(
+                {
+                    **outcome.fields,
+                    "image_id": outcome.pixel_hash[:16],
+                    "source_path": outcome.source_path,
+                    "source_size": outcome.source_size,
+                    "source_mtime_ns": outcome.source_mtime_ns,
+                    "pixel_hash": outcome.pixel_hash,
+                    "ingested_at": now,
+                }
+            )
             if len(buffer) >= options.shard_size:
                 flush()
         else:
             rejected += 1
-            new_rejected.append({
-                "source_path": outcome.source_path,
-                "source_size": outcome.source_size,
-                "source_mtime_ns": outcome.source_mtime_ns,
-                "file_kind": outcome.file_kind,
-                "reason": outcome.reason,
-                "message": outcome.message,
-                "rejected_at": now,
-            })
+            new_rejected.append(
+                {
+                    "source_path": outcome.source_path,
+                    "source_size": outcome.source_size,
+                    "source_mtime_ns": outcome.source_mtime_ns,
+                    "file_kind": outcome.file_kind,
+                    "reason": outcome.reason,
+                    "message": outcome.message,
+                    "rejected_at": now,
+                }
+            )
         if progress and (done % report_every == 0 or done == len(todo)):
             progress(IngestProgress(done, len(todo), accepted, rejected, time.perf_counter() - started))
     flush()

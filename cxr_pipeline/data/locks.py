@@ -52,13 +52,16 @@ def describe_holder(folder: Path) -> str:
         holder = json.loads((Path(folder) / HOLDER_NAME).read_text())
     except (OSError, ValueError):
         return "an unknown process"
-    return (f"{holder.get('purpose', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
-            f"since {holder.get('since', '?')})")
+    return (
+        f"{holder.get('purpose', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+        f"since {holder.get('since', '?')})"
+    )
 
 
 @contextmanager
-def exclusive(folder: Path, purpose: str, *, timeout_s: float | None = None,
-              on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+def exclusive(
+    folder: Path, purpose: str, *, timeout_s: float | None = None, on_wait: Callable[[str], None] | None = None
+) -> Iterator[None]:
     """Hold ``folder``'s writer lock for the block. ``purpose`` names this writer in the note other
     waiters read; ``on_wait`` is told once, with the holder, when the lock is busy."""
     folder = Path(folder)
@@ -80,10 +83,15 @@ def exclusive(folder: Path, purpose: str, *, timeout_s: float | None = None,
             raise LockTimeout(
                 f"{purpose}: gave up after {time.monotonic() - started:.0f} s waiting for the writer lock "
                 f"{folder / LOCK_NAME}, held by {describe_holder(folder)}. Nothing was written. Wait for that "
-                f"run to finish, or raise {TIMEOUT_ENV}.") from None
+                f"run to finish, or raise {TIMEOUT_ENV}."
+            ) from None
     try:
-        note = {"purpose": purpose, "pid": os.getpid(), "host": socket.gethostname(),
-                "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        note = {
+            "purpose": purpose,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         atomic.write_text(folder / HOLDER_NAME, json.dumps(note))
         yield
     finally:

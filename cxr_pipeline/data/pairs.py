@@ -40,7 +40,9 @@ def low_dose_pair_dir(root: Path, photons: float) -> Path:
 
 def doses_built(root: Path) -> list[float]:
     """The low-dose levels (photons) whose pair store is complete."""
-    return sorted(float(p.parent.name.removeprefix("lowdose_i0_")) for p in Path(root).glob("lowdose_i0_*/index.parquet"))
+    return sorted(
+        float(p.parent.name.removeprefix("lowdose_i0_")) for p in Path(root).glob("lowdose_i0_*/index.parquet")
+    )
 
 
 def derive_store(
@@ -60,8 +62,15 @@ def derive_store(
         return _derive_locked(metadata, source, ImageStore(out_dir), degradation, seed, tag, shard_size)
 
 
-def _derive_locked(metadata: pd.DataFrame, source: ImageStore, store: ImageStore, degradation: Degradation,
-                   seed: int, tag: str, shard_size: int) -> pd.DataFrame:
+def _derive_locked(
+    metadata: pd.DataFrame,
+    source: ImageStore,
+    store: ImageStore,
+    degradation: Degradation,
+    seed: int,
+    tag: str,
+    shard_size: int,
+) -> pd.DataFrame:
     rows: list[dict] = []
     for start in range(0, len(metadata), shard_size):
         chunk = metadata.iloc[start : start + shard_size]
@@ -81,34 +90,48 @@ def _derive_locked(metadata: pd.DataFrame, source: ImageStore, store: ImageStore
     return index
 
 
-def build_sr_pairs(metadata: pd.DataFrame, source: ImageStore, root: Path, scales: Sequence[int],
-                   mix: DegradationMix | None, seed: int) -> dict[int, pd.DataFrame]:
+def build_sr_pairs(
+    metadata: pd.DataFrame, source: ImageStore, root: Path, scales: Sequence[int], mix: DegradationMix | None, seed: int
+) -> dict[int, pd.DataFrame]:
     def make(scale: int) -> Degradation:
         def degrade(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
             low, sigma, noise = make_low_resolution(image, scale, rng, mix)
             return low, {"blur_sigma": sigma, "noise_std": noise}
+
         return degrade
 
-    return {scale: derive_store(metadata, source, sr_pair_dir(root, scale), make(scale),
-                                seed=seed, tag=f"sr_x{scale}") for scale in scales}
+    return {
+        scale: derive_store(metadata, source, sr_pair_dir(root, scale), make(scale), seed=seed, tag=f"sr_x{scale}")
+        for scale in scales
+    }
 
 
-def low_resolution_at(images: np.ndarray, image_ids: Sequence[str], scale: float, mix: DegradationMix | None,
-                      seed: int) -> np.ndarray:
+def low_resolution_at(
+    images: np.ndarray, image_ids: Sequence[str], scale: float, mix: DegradationMix | None, seed: int
+) -> np.ndarray:
     """What :func:`build_sr_pairs` makes of each image, at any scale (integer or not), computed on
     the fly from the same per-image random stream and quantized as a stored pair is: at an integer
     scale, with the same mix and seed, the very images the pair store holds."""
-    return from_stored(np.stack([to_stored(make_low_resolution(image, scale, image_rng(seed, str(image_id),
-                                                                                        f"sr_x{scale:g}"), mix)[0])
-                                 for image, image_id in zip(images, image_ids)]))
+    return from_stored(
+        np.stack(
+            [
+                to_stored(make_low_resolution(image, scale, image_rng(seed, str(image_id), f"sr_x{scale:g}"), mix)[0])
+                for image, image_id in zip(images, image_ids)
+            ]
+        )
+    )
 
 
-def build_low_dose_pairs(metadata: pd.DataFrame, source: ImageStore, root: Path, photons: Sequence[float],
-                         electronic_noise: float, seed: int) -> dict[float, pd.DataFrame]:
+def build_low_dose_pairs(
+    metadata: pd.DataFrame, source: ImageStore, root: Path, photons: Sequence[float], electronic_noise: float, seed: int
+) -> dict[float, pd.DataFrame]:
     def make(i0: float) -> Degradation:
         def degrade(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
             return simulate_low_dose(image, i0, rng, electronic_noise), {"photons": float(i0)}
+
         return degrade
 
-    return {i0: derive_store(metadata, source, low_dose_pair_dir(root, i0), make(i0),
-                             seed=seed, tag=f"lowdose_{i0:g}") for i0 in photons}
+    return {
+        i0: derive_store(metadata, source, low_dose_pair_dir(root, i0), make(i0), seed=seed, tag=f"lowdose_{i0:g}")
+        for i0 in photons
+    }

@@ -26,7 +26,9 @@ def unit_hash(key: str, salt: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def assign_splits(patient_keys: pd.Series, fractions: Sequence[float] = (0.8, 0.1, 0.1), salt: str = "cxr-v1") -> pd.Series:
+def assign_splits(
+    patient_keys: pd.Series, fractions: Sequence[float] = (0.8, 0.1, 0.1), salt: str = "cxr-v1"
+) -> pd.Series:
     """Map every row's patient key to train/val/test; rows of one patient always share a split."""
     train, val, _ = check_fractions(fractions)
     codes, uniques = pd.factorize(patient_keys, sort=False)

@@ -66,15 +66,22 @@ class Draw:
         patients = self.rows["patient_key"].nunique() if len(self.rows) else 0
         if self.whole:
             limit = f", under the cap of {self.cap:,}" if self.cap else ""
-            return (f"{self.split}: all {self.available_images:,} {self.unit} of {self.available_patients:,} "
-                    f"patients{limit}")
-        return (f"{self.split}: {len(self.rows):,} of {self.available_images:,} {self.unit} "
-                f"({patients:,} of {self.available_patients:,} patients), whole patients drawn at random by a "
-                f"stable hash (seed {self.seed}) up to the cap of {self.cap:,}")
+            return (
+                f"{self.split}: all {self.available_images:,} {self.unit} of {self.available_patients:,} "
+                f"patients{limit}"
+            )
+        return (
+            f"{self.split}: {len(self.rows):,} of {self.available_images:,} {self.unit} "
+            f"({patients:,} of {self.available_patients:,} patients), whole patients drawn at random by a "
+            f"stable hash (seed {self.seed}) up to the cap of {self.cap:,}"
+        )
 
     def params(self) -> dict:
-        return {f"{self.split}_{self.unit}_scored": len(self.rows), f"{self.split}_{self.unit}_available": self.available_images,
-                f"{self.split}_cap": self.cap}
+        return {
+            f"{self.split}_{self.unit}_scored": len(self.rows),
+            f"{self.split}_{self.unit}_available": self.available_images,
+            f"{self.split}_cap": self.cap,
+        }
 
 
 def draw_patients(rows: pd.DataFrame, cap: int | None, split: str, seed: int = 0, unit: str = "images") -> Draw:
@@ -85,8 +92,7 @@ def draw_patients(rows: pd.DataFrame, cap: int | None, split: str, seed: int = 0
     return Draw(split, patient_subset(rows, cap, seed), len(rows), available_patients, cap, seed, unit)
 
 
-def split_draw(metadata: pd.DataFrame, split: str, cap: int | None, *, labelled: bool = False,
-               seed: int = 0) -> Draw:
+def split_draw(metadata: pd.DataFrame, split: str, cap: int | None, *, labelled: bool = False, seed: int = 0) -> Draw:
     """The rows of one split (only single-label ones when ``labelled``), drawn under ``cap``."""
     rows = metadata[metadata["split"] == split]
     if labelled:

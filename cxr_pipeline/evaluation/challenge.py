@@ -17,9 +17,15 @@ from ..reports.document import Section, Table
 from .outcome import Log, Promotion, PromotionPolicy
 
 
-def challenge_champion(record: ModelRecord, metrics: dict[str, float], rule: PromotionRule, comparison_key: str,
-                       evaluate: Callable[[str], dict[str, float]], registry_cache: Path,
-                       log: Log = print) -> tuple[Promotion, Section]:
+def challenge_champion(
+    record: ModelRecord,
+    metrics: dict[str, float],
+    rule: PromotionRule,
+    comparison_key: str,
+    evaluate: Callable[[str], dict[str, float]],
+    registry_cache: Path,
+    log: Log = print,
+) -> tuple[Promotion, Section]:
     """Challenger against champion on the same test split (``comparison_key``): the champion's
     recorded figures when its evaluation used the same split, else it is evaluated again now
     (``evaluate`` takes a model folder). Decides only: nothing is written to the registry here."""
@@ -34,12 +40,20 @@ def challenge_champion(record: ModelRecord, metrics: dict[str, float], rule: Pro
     decision = promotion.decide(rule, version, metrics, champion_version, champion_metrics)
     verb = "promoted to champion" if decision.promoted else "not promoted"
     log(f"{name} v{version}: {verb} ({decision.reason})")
-    text = (f"{name} v{version} is the challenger. Rule: {rule.metric} must improve; "
-            f"{', '.join(rule.guards) or 'no guard'} must not get worse"
-            + (f"; {', '.join(rule.interval_guards)} must not fall below the champion's beyond its 95% interval"
-               if rule.interval_guards else "") + f". Decision: {verb}: {decision.reason}.")
-    return (Promotion(record, decision, comparison_key),
-            Section(f"Promotion: {name}", text, [Table("Challenger against champion", decision.table())]))
+    text = (
+        f"{name} v{version} is the challenger. Rule: {rule.metric} must improve; "
+        f"{', '.join(rule.guards) or 'no guard'} must not get worse"
+        + (
+            f"; {', '.join(rule.interval_guards)} must not fall below the champion's beyond its 95% interval"
+            if rule.interval_guards
+            else ""
+        )
+        + f". Decision: {verb}: {decision.reason}."
+    )
+    return (
+        Promotion(record, decision, comparison_key),
+        Section(f"Promotion: {name}", text, [Table("Challenger against champion", decision.table())]),
+    )
 
 
 @dataclass
@@ -54,16 +68,29 @@ class Scored:
     promotion_section: Section
 
 
-def score_and_challenge(record: ModelRecord, score: Callable[[str], Any],
-                        figures: Callable[[Any], tuple[dict[str, float], tuple[tuple[str, str], ...]]],
-                        policy: PromotionPolicy, comparison_key: str, registry_cache: Path, log: Log = print,
-                        rescore: Callable[[str], Any] | None = None, **names) -> Scored:
+def score_and_challenge(
+    record: ModelRecord,
+    score: Callable[[str], Any],
+    figures: Callable[[Any], tuple[dict[str, float], tuple[tuple[str, str], ...]]],
+    policy: PromotionPolicy,
+    comparison_key: str,
+    registry_cache: Path,
+    log: Log = print,
+    rescore: Callable[[str], Any] | None = None,
+    **names,
+) -> Scored:
     """The skeleton every suite shares: score the model's folder (``score``), flatten the results
     (``figures``: metrics and must-beat pairs), then challenge the champion on the same split,
     scoring the champion (``rescore``, else ``score``) when its recorded figures are not comparable."""
     results = score(str(record.model_dir))
     metrics, must_beat = figures(results)
-    decided, section = challenge_champion(record, metrics, policy.rule(must_beat, **names), comparison_key,
-                                          lambda folder: figures((rescore or score)(folder))[0], registry_cache, log)
+    decided, section = challenge_champion(
+        record,
+        metrics,
+        policy.rule(must_beat, **names),
+        comparison_key,
+        lambda folder: figures((rescore or score)(folder))[0],
+        registry_cache,
+        log,
+    )
     return Scored(results, metrics, must_beat, decided, section)
-

@@ -59,12 +59,19 @@ class GenerationEvaluation:
     def metrics(self) -> dict[str, float]:
         """Flat MLflow names, ``<metric>_class_ddpm[_<class>]``; FID only when computed."""
         key = MODEL_KEY
-        flat = {f"fd_cxr_{key}": self.fd_cxr, **detail_metrics(key, self.detail, self.detail_real), f"kid_{key}": self.kid[0], f"kid_{key}_std": self.kid[1],
-                f"fd_cxr_{key}_real_reference": self.fd_cxr_real, f"kid_{key}_real_reference": self.kid_real[0],
-                f"cond_acc_{key}": self.cond_acc, f"cond_acc_{key}_real_reference": self.real_accuracy,
-                f"cond_acc_{key}_chance": 1.0 / len(self.class_names),
-                f"fd_samples_{key}": float(self.counts["fd_generated"]),
-                f"cond_acc_samples_{key}": float(self.counts["balanced_generated"])}
+        flat = {
+            f"fd_cxr_{key}": self.fd_cxr,
+            **detail_metrics(key, self.detail, self.detail_real),
+            f"kid_{key}": self.kid[0],
+            f"kid_{key}_std": self.kid[1],
+            f"fd_cxr_{key}_real_reference": self.fd_cxr_real,
+            f"kid_{key}_real_reference": self.kid_real[0],
+            f"cond_acc_{key}": self.cond_acc,
+            f"cond_acc_{key}_real_reference": self.real_accuracy,
+            f"cond_acc_{key}_chance": 1.0 / len(self.class_names),
+            f"fd_samples_{key}": float(self.counts["fd_generated"]),
+            f"cond_acc_samples_{key}": float(self.counts["balanced_generated"]),
+        }
         for name, accuracy in zip(self.class_names, self.cond_acc_per_class):
             if not np.isnan(accuracy):
                 flat[f"cond_acc_{key}_{name}"] = float(accuracy)
@@ -86,14 +93,28 @@ class GenerationEvaluation:
     def headline(self) -> pd.DataFrame:
         counts = self.counts
         rows = [
-            ("fd_cxr", f"{self.fd_cxr:.3f}", f"{self.fd_cxr_real:.3f} (real val vs real test)",
-             f"{counts['fd_generated']} generated vs {counts['real_test']} real"),
-            ("kid", f"{self.kid[0]:.4f} ± {self.kid[1]:.4f}", f"{self.kid_real[0]:.4f} ± {self.kid_real[1]:.4f}",
-             f"{counts['fd_generated']} generated vs {counts['real_test']} real"),
-            detail_row(self.detail, self.detail_real, f"{counts['fd_generated']} generated vs {counts['real_test']} real"),
+            (
+                "fd_cxr",
+                f"{self.fd_cxr:.3f}",
+                f"{self.fd_cxr_real:.3f} (real val vs real test)",
+                f"{counts['fd_generated']} generated vs {counts['real_test']} real",
+            ),
+            (
+                "kid",
+                f"{self.kid[0]:.4f} ± {self.kid[1]:.4f}",
+                f"{self.kid_real[0]:.4f} ± {self.kid_real[1]:.4f}",
+                f"{counts['fd_generated']} generated vs {counts['real_test']} real",
+            ),
+            detail_row(
+                self.detail, self.detail_real, f"{counts['fd_generated']} generated vs {counts['real_test']} real"
+            ),
             ("fid_inception", f"{self.fid.value:.2f}" if self.fid.computed else "not computed", "—", self.fid.reason),
-            ("cond_acc", f"{self.cond_acc:.3f}", f"{self.real_accuracy:.3f} (classifier on real test images)",
-             f"{counts['balanced_generated']} generated, {counts['balanced_generated'] // len(self.class_names)} per class"),
+            (
+                "cond_acc",
+                f"{self.cond_acc:.3f}",
+                f"{self.real_accuracy:.3f} (classifier on real test images)",
+                f"{counts['balanced_generated']} generated, {counts['balanced_generated'] // len(self.class_names)} per class",
+            ),
         ]
         return pd.DataFrame(rows, columns=["metric", "generated", "real reference", "samples"])
 
@@ -101,42 +122,71 @@ class GenerationEvaluation:
         rows = []
         for index, name in enumerate(self.class_names):
             generated, real = self.diversity.get(name, (np.nan, np.nan))
-            rows.append({"class": name, "cond_acc": _fmt(self.cond_acc_per_class[index]),
-                         "classifier accuracy on real test": _fmt(self.real_accuracy_per_class[index]),
-                         "MS-SSIM generated": _fmt(generated), "MS-SSIM real": _fmt(real)})
+            rows.append(
+                {
+                    "class": name,
+                    "cond_acc": _fmt(self.cond_acc_per_class[index]),
+                    "classifier accuracy on real test": _fmt(self.real_accuracy_per_class[index]),
+                    "MS-SSIM generated": _fmt(generated),
+                    "MS-SSIM real": _fmt(real),
+                }
+            )
         return pd.DataFrame(rows)
 
     def section(self) -> Section:
-        text = (f"Class-conditional DDPM sampled with classifier-free guidance w = {self.guidance:g}. Features and "
-                "predictions come from the CXR feature classifier trained on the train split. FD and KID are biased at "
-                "small sample counts: compare them only at equal counts, and against the real-vs-real reference. "
-                "MS-SSIM is the mean over pairs within a class: lower is more diverse; generated far above real means "
-                "mode collapse.")
-        tables = [Table("Generation: headline", self.headline()),
-                  Table("Generation: per class", self.per_class(), "NaN: no test images of that class.")]
+        text = (
+            f"Class-conditional DDPM sampled with classifier-free guidance w = {self.guidance:g}. Features and "
+            "predictions come from the CXR feature classifier trained on the train split. FD and KID are biased at "
+            "small sample counts: compare them only at equal counts, and against the real-vs-real reference. "
+            "MS-SSIM is the mean over pairs within a class: lower is more diverse; generated far above real means "
+            "mode collapse."
+        )
+        tables = [
+            Table("Generation: headline", self.headline()),
+            Table("Generation: per class", self.per_class(), "NaN: no test images of that class."),
+        ]
         return Section("Class-conditional generation", text, tables, self.figures)
 
 
 def detail_metrics(key: str, detail: tuple[float, float, float], real: float) -> dict[str, float]:
-    return {f"detail_{key}": detail[0], f"detail_{key}_ci_low": detail[1], f"detail_{key}_ci_high": detail[2],
-            f"detail_{key}_real_reference": real}
+    return {
+        f"detail_{key}": detail[0],
+        f"detail_{key}_ci_low": detail[1],
+        f"detail_{key}_ci_high": detail[2],
+        f"detail_{key}_real_reference": real,
+    }
 
 
 def detail_row(detail: tuple[float, float, float], real: float, samples: str) -> tuple[str, str, str, str]:
     """The headline row of the fine-detail ratio: 1 draws the real images' fine anatomy."""
-    return ("detail (fine anatomy, 1 = real)", f"{detail[0]:.3f} [{detail[1]:.3f}, {detail[2]:.3f}]",
-            f"{real:.3f} (real val vs real test)", samples)
+    return (
+        "detail (fine anatomy, 1 = real)",
+        f"{detail[0]:.3f} [{detail[1]:.3f}, {detail[2]:.3f}]",
+        f"{real:.3f} (real val vs real test)",
+        samples,
+    )
 
 
 def _fmt(value: float) -> str:
     return "—" if value is None or np.isnan(value) else f"{value:.3f}"
 
 
-def evaluate_generation(model: ClassConditionalGenerator, classifier_dir: Path, real_test: torch.Tensor, real_test_labels: Sequence[int],
-                        real_val: torch.Tensor, *, samples_per_class: int = 16, fd_samples: int | None = None,
-                        ddim_steps: int = 50, guidance: float | None = None, seed: int = 0,
-                        inception_weights: str | None = None, inception_sha256: str | None = None,
-                        device: str = "auto") -> GenerationEvaluation:
+def evaluate_generation(
+    model: ClassConditionalGenerator,
+    classifier_dir: Path,
+    real_test: torch.Tensor,
+    real_test_labels: Sequence[int],
+    real_val: torch.Tensor,
+    *,
+    samples_per_class: int = 16,
+    fd_samples: int | None = None,
+    ddim_steps: int = 50,
+    guidance: float | None = None,
+    seed: int = 0,
+    inception_weights: str | None = None,
+    inception_sha256: str | None = None,
+    device: str = "auto",
+) -> GenerationEvaluation:
     classifier, classifier_settings = load_classifier(classifier_dir, device)
     class_names = list(classifier_settings.classes)
     labels = np.asarray(real_test_labels, dtype=int)
@@ -159,36 +209,68 @@ def evaluate_generation(model: ClassConditionalGenerator, classifier_dir: Path, 
     for index, name in enumerate(class_names):
         real_of_class = real_test[labels == index]
         generated = mean_pairwise_ms_ssim(balanced_set[balanced == index]) if samples_per_class >= 2 else np.nan
-        real = (mean_pairwise_ms_ssim(real_of_class[:samples_per_class])
-                if min(len(real_of_class), samples_per_class) >= 2 else np.nan)
+        real = (
+            mean_pairwise_ms_ssim(real_of_class[:samples_per_class])
+            if min(len(real_of_class), samples_per_class) >= 2
+            else np.nan
+        )
         diversity[name] = (generated, real)
 
     used_guidance = guidance if guidance is not None else model.settings.guidance_scale
     columns = min(samples_per_class, 8)
-    figures = [Figure("Samples per class", image_grid(_per_class_rows(balanced_set, balanced, len(class_names), real_test,
-                                                                      labels, columns), columns=columns + 1),
-                      "One row per class, top to bottom: " + ", ".join(class_names) + ". First column: a real test "
-                      "image of the class (blank when the test split has none), at the same display scale; compare "
-                      "the ribs and lung markings, not only the outline.", upscale=2)]
+    figures = [
+        Figure(
+            "Samples per class",
+            image_grid(
+                _per_class_rows(balanced_set, balanced, len(class_names), real_test, labels, columns),
+                columns=columns + 1,
+            ),
+            "One row per class, top to bottom: " + ", ".join(class_names) + ". First column: a real test "
+            "image of the class (blank when the test split has none), at the same display scale; compare "
+            "the ribs and lung markings, not only the outline.",
+            upscale=2,
+        )
+    ]
     return GenerationEvaluation(
         class_names=class_names,
         fd_cxr=frechet_distance(real_features, fake_features),
         kid=kernel_inception_distance(real_features, fake_features, seed=seed),
         fd_cxr_real=frechet_distance(real_features, val_features),
         kid_real=kernel_inception_distance(real_features, val_features, seed=seed),
-        cond_acc=cond_acc, cond_acc_per_class=per_class, real_accuracy=real_accuracy, real_accuracy_per_class=real_per_class,
-        diversity=diversity, fid=inception_fid(real_test, fd_set, inception_weights, inception_sha256),
-        counts={"fd_generated": count, "real_test": len(labels), "real_val": len(real_val),
-                "balanced_generated": len(balanced)},
-        guidance=float(used_guidance), detail=set_detail_interval(fd_set, real_test, seed=seed),
-        detail_real=set_detail_ratio(real_val, real_test), figures=figures)
+        cond_acc=cond_acc,
+        cond_acc_per_class=per_class,
+        real_accuracy=real_accuracy,
+        real_accuracy_per_class=real_per_class,
+        diversity=diversity,
+        fid=inception_fid(real_test, fd_set, inception_weights, inception_sha256),
+        counts={
+            "fd_generated": count,
+            "real_test": len(labels),
+            "real_val": len(real_val),
+            "balanced_generated": len(balanced),
+        },
+        guidance=float(used_guidance),
+        detail=set_detail_interval(fd_set, real_test, seed=seed),
+        detail_real=set_detail_ratio(real_val, real_test),
+        figures=figures,
+    )
 
 
-def _per_class_rows(images: torch.Tensor, classes: np.ndarray, num_classes: int, real: torch.Tensor,
-                    real_classes: np.ndarray, per_row: int = 8) -> np.ndarray:
+def _per_class_rows(
+    images: torch.Tensor,
+    classes: np.ndarray,
+    num_classes: int,
+    real: torch.Tensor,
+    real_classes: np.ndarray,
+    per_row: int = 8,
+) -> np.ndarray:
     """Per class, a real test image of the class then ``per_row`` samples."""
     rows = [images[classes == c][:per_row, 0] for c in range(num_classes)]
     width = min(per_row, min(len(r) for r in rows))
     blank = torch.zeros_like(images[0, 0])
-    return torch.cat([torch.cat([(real[real_classes == c][:1, 0] if (real_classes == c).any() else blank[None]),
-                                 r[:width]]) for c, r in enumerate(rows)]).numpy()
+    return torch.cat(
+        [
+            torch.cat([(real[real_classes == c][:1, 0] if (real_classes == c).any() else blank[None]), r[:width]])
+            for c, r in enumerate(rows)
+        ]
+    ).numpy()

@@ -41,7 +41,8 @@ def training_curve(record: ModelRecord, title: str) -> Figure:
 
 def split_description(rows: pd.DataFrame, evaluated: list[tuple[ModelRecord, dict]]) -> str:
     models = ", ".join(p.label for p, _ in evaluated)
-    return (f"{models}, evaluated on the test split: {len(rows)} images of {rows['patient_key'].nunique()} patients "
-            f"(patient-level split, no patient shared with train or val). All intensities in [0, 1]; PSNR in dB with "
-            f"data range 1.")
-
+    return (
+        f"{models}, evaluated on the test split: {len(rows)} images of {rows['patient_key'].nunique()} patients "
+        f"(patient-level split, no patient shared with train or val). All intensities in [0, 1]; PSNR in dB with "
+        f"data range 1."
+    )

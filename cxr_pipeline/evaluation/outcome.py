@@ -55,9 +55,13 @@ class PromotionPolicy:
     detail_guards: tuple[str, ...] = ()  # fine detail: not below the champion's beyond the interval
 
     def rule(self, must_beat: tuple[tuple[str, str], ...], **names) -> PromotionRule:
-        return PromotionRule(self.metric.format(**names), tuple(g.format(**names) for g in self.guards),
-                             tolerance=self.tolerance, must_beat=must_beat,
-                             interval_guards=tuple(g.format(**names) for g in self.detail_guards))
+        return PromotionRule(
+            self.metric.format(**names),
+            tuple(g.format(**names) for g in self.guards),
+            tolerance=self.tolerance,
+            must_beat=must_beat,
+            interval_guards=tuple(g.format(**names) for g in self.detail_guards),
+        )
 
 
 @dataclass(frozen=True)
@@ -104,9 +108,12 @@ class EvaluationOutcome:
         return {k: float(round(v, 5)) for k, v in self.metrics.items() if is_headline(k) and np.isfinite(v)}
 
     def promotion_summary(self) -> str:
-        return "\n\n".join(f"**{p.record.registered_model} v{p.decision.version}**: "
-                           f"{'promoted to champion' if p.decision.promoted else 'not promoted'} "
-                           f"({p.decision.reason})\n\n" + markdown_table(p.decision.table()) for p in self.promotions)
+        return "\n\n".join(
+            f"**{p.record.registered_model} v{p.decision.version}**: "
+            f"{'promoted to champion' if p.decision.promoted else 'not promoted'} "
+            f"({p.decision.reason})\n\n" + markdown_table(p.decision.table())
+            for p in self.promotions
+        )
 
     def baseline_verdicts(self) -> list[promotion.BaselineVerdict]:
         return promotion.against_baselines(self.must_beat, self.metrics)
@@ -114,7 +121,6 @@ class EvaluationOutcome:
 
 def is_headline(name: str) -> bool:
     return not name.endswith(("_std", "_ci_low", "_ci_high"))
-
 
 
 NO_PROMOTION = PromotionPolicy("")  # an evaluation that names no champion

@@ -25,8 +25,13 @@ from .outcome import EvaluationOutcome
 def training_data_section(outcome: EvaluationOutcome) -> Section:
     """What each evaluated model learnt from (``cxr_pipeline.provenance``), first in the report:
     figures on a test split of the synthetic demo say nothing about real radiographs."""
-    rows = [{"model": record.label, "training data": provenance.summary(provenance.read(record.model_dir)).replace("**", "")}
-            for record, _ in outcome.evaluated]
+    rows = [
+        {
+            "model": record.label,
+            "training data": provenance.summary(provenance.read(record.model_dir)).replace("**", ""),
+        }
+        for record, _ in outcome.evaluated
+    ]
     return Section("Training data", tables=[Table("What each evaluated model was trained on", pd.DataFrame(rows))])
 
 
@@ -43,9 +48,11 @@ def write_outcome(outcome: EvaluationOutcome, folder: Path) -> tuple[Path, Path]
 
 def evaluation_tags(outcome: EvaluationOutcome) -> dict[str, str]:
     """Tags for the evaluation's MLflow run: which model versions and runs it scored."""
-    return {"evaluation.models": ", ".join(record.label for record, _ in outcome.evaluated),
-            "evaluation.model_run_ids": ",".join(record.mlflow_run_id for record, _ in outcome.evaluated),
-            "evaluation.split": "test"}
+    return {
+        "evaluation.models": ", ".join(record.label for record, _ in outcome.evaluated),
+        "evaluation.model_run_ids": ",".join(record.mlflow_run_id for record, _ in outcome.evaluated),
+        "evaluation.split": "test",
+    }
 
 
 def publish_outcome(outcome: EvaluationOutcome, folder: Path, html: Path) -> str:
@@ -64,8 +71,11 @@ def publish_outcome(outcome: EvaluationOutcome, folder: Path, html: Path) -> str
     mlflow.log_artifacts(str(folder), artifact_path="report")
     url = tracking.run_url(mlflow_ui_url(mlflow.get_tracking_uri()), active.experiment_id, run_id)
     for record, _ in outcome.evaluated:
-        tracking.tag_run(record.mlflow_run_id, {f"evaluation.{outcome.name}.run_id": run_id,
-                                                **({f"evaluation.{outcome.name}.url": url} if url else {})})
-        tracking.tag_model_version(record.registered_model, record.version,
-                                   {"evaluation_run_id": run_id, "evaluation_report": str(html)})
+        tracking.tag_run(
+            record.mlflow_run_id,
+            {f"evaluation.{outcome.name}.run_id": run_id, **({f"evaluation.{outcome.name}.url": url} if url else {})},
+        )
+        tracking.tag_model_version(
+            record.registered_model, record.version, {"evaluation_run_id": run_id, "evaluation_report": str(html)}
+        )
     return run_id

@@ -13,20 +13,17 @@ SR; the spread over seeds for the diffusion models).
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from skimage.restoration import denoise_nl_means, estimate_sigma
 
-from ..compute import step_threads
 from ..data.degrade import bicubic_to, resize, upsample_bicubic
 from ..metrics.restoration import lr_consistency_psnr, per_image_scores, sample_spread
 from ..metrics.statistics import Summary, summarize
-from ..models.pipelines import ArbitraryScaleSuperResolution, LatentSuperResolution, LowDoseDenoiser
+from ..models.pipelines import ArbitraryScaleSuperResolution, LatentSuperResolution
 from ..models.vae import reconstruct
 from ..reports.document import Figure, Section, Table
 from ..reports.grid import image_grid
@@ -72,8 +69,14 @@ class RestorationEvaluation:
         for method, scores in self.summaries.items():
             for score, summary in scores.items():
                 name = f"{score}_{self.task}_{method}"
-                flat.update({name: summary.mean, f"{name}_std": summary.std,
-                             f"{name}_ci_low": summary.ci_low, f"{name}_ci_high": summary.ci_high})
+                flat.update(
+                    {
+                        name: summary.mean,
+                        f"{name}_std": summary.std,
+                        f"{name}_ci_low": summary.ci_low,
+                        f"{name}_ci_high": summary.ci_high,
+                    }
+                )
         for method, gain in self.gains.items():
             name = f"psnr_gain_{self.task}_{method}"
             flat.update({name: gain.mean, f"{name}_ci_low": gain.ci_low, f"{name}_ci_high": gain.ci_high})
@@ -96,26 +99,35 @@ class RestorationEvaluation:
 
     def section(self) -> Section:
         count = int(self.scores["image_id"].nunique())
-        versus = " ".join(f"Paired PSNR gain of {self.labels[self.model]} over {self.labels[reference]}: "
-                          f"{gain.text(2)} dB." for reference, gain in self.versus.items())
-        text = (f"{count} test images. Cells: mean ± std across images [95% bootstrap interval of the mean, "
-                "resampling patients]. " + versus + " " + " ".join(self.notes))
+        versus = " ".join(
+            f"Paired PSNR gain of {self.labels[self.model]} over {self.labels[reference]}: {gain.text(2)} dB."
+            for reference, gain in self.versus.items()
+        )
+        text = (
+            f"{count} test images. Cells: mean ± std across images [95% bootstrap interval of the mean, "
+            "resampling patients]. " + versus + " " + " ".join(self.notes)
+        )
         return Section(self.title, text, [Table(f"{self.title}: scores", self.table()), *self.tables], self.figures)
 
 
-def _score(methods: list[Method], target: torch.Tensor, image_ids, groups, baseline: str,
-           resamples: int) -> tuple[pd.DataFrame, dict, dict]:
+def score_methods(
+    methods: list[Method], target: torch.Tensor, image_ids, groups, baseline: str, resamples: int
+) -> tuple[pd.DataFrame, dict, dict]:
     frames, summaries, per_method_psnr = [], {}, {}
     for method in methods:
         frame = per_image_scores(method.images, target)
         for name, values in method.extra.items():
             frame[name] = values
         per_method_psnr[method.key] = frame["psnr"].to_numpy()
-        summaries[method.key] = {column: summarize(frame[column].to_numpy(), groups, resamples=resamples)
-                                 for column in frame.columns}
+        summaries[method.key] = {
+            column: summarize(frame[column].to_numpy(), groups, resamples=resamples) for column in frame.columns
+        }
         frames.append(frame.assign(method=method.key, image_id=list(image_ids), patient=list(groups)))
-    gains = {key: summarize(values - per_method_psnr[baseline], groups, resamples=resamples)
-             for key, values in per_method_psnr.items() if key != baseline}
+    gains = {
+        key: summarize(values - per_method_psnr[baseline], groups, resamples=resamples)
+        for key, values in per_method_psnr.items()
+        if key != baseline
+    }
     return pd.concat(frames, ignore_index=True), summaries, gains
 
 
@@ -134,7 +146,7 @@ def comparison_grid(columns: list[torch.Tensor], rows: int = PREVIEW_ROWS) -> np
     return image_grid(stacked.reshape(-1, *stacked.shape[2:]).numpy(), columns=len(columns))
 
 
-def _error_map(images: torch.Tensor, target: torch.Tensor, gain: float = 4.0) -> torch.Tensor:
+def error_map(images: torch.Tensor, target: torch.Tensor, gain: float = 4.0) -> torch.Tensor:
     return ((images - target).abs() * gain).clamp(0, 1)
 
 
@@ -142,15 +154,25 @@ def _nearest_enlarged(images: torch.Tensor, scale: int) -> torch.Tensor:
     return images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
 
 
-def _spread_figure(maps: np.ndarray, images: torch.Tensor, title: str) -> Figure:
+def spread_figure(maps: np.ndarray, images: torch.Tensor, title: str) -> Figure:
     count = min(PREVIEW_ROWS, len(maps))
     picture = heat_maps(maps[:count], images[:count, 0].numpy(), title)
-    return Figure(title, picture, "Top: one sample. Bottom: per-pixel standard deviation over seeds (intensity units, "
-                                  "shared colour scale). Bright structure is where the model is guessing.")
+    return Figure(
+        title,
+        picture,
+        "Top: one sample. Bottom: per-pixel standard deviation over seeds (intensity units, "
+        "shared colour scale). Bright structure is where the model is guessing.",
+    )
 
 
-def _spread(sample_with_seed: Callable[[torch.Tensor, int], torch.Tensor], inputs: torch.Tensor, first: torch.Tensor,
-            seeds: int, images: int, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+def seed_spread(
+    sample_with_seed: Callable[[torch.Tensor, int], torch.Tensor],
+    inputs: torch.Tensor,
+    first: torch.Tensor,
+    seeds: int,
+    images: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Spread over ``seeds`` samples of the first ``images`` inputs (the first sample is reused):
     per-image mean std and the std maps; None when one seed was asked for."""
     if seeds < 2:
@@ -162,13 +184,26 @@ def _spread(sample_with_seed: Callable[[torch.Tensor, int], torch.Tensor], input
 
 @torch.no_grad()
 def _batched_reconstruction(vae, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    return torch.cat([reconstruct(vae, images[start:start + batch_size]) for start in range(0, len(images), batch_size)])
+    return torch.cat(
+        [reconstruct(vae, images[start : start + batch_size]) for start in range(0, len(images), batch_size)]
+    )
 
 
-def evaluate_super_resolution(model: LatentSuperResolution, high_resolution: torch.Tensor, low_resolution: torch.Tensor,
-                              image_ids, groups, *, ddim_steps: int = 50, full_chain: bool = False,
-                              lr_start_strength: float | None = 0.3, spread_seeds: int = 4, spread_images: int = 16,
-                              seed: int = 0, resamples: int = 2000) -> RestorationEvaluation:
+def evaluate_super_resolution(
+    model: LatentSuperResolution,
+    high_resolution: torch.Tensor,
+    low_resolution: torch.Tensor,
+    image_ids,
+    groups,
+    *,
+    ddim_steps: int = 50,
+    full_chain: bool = False,
+    lr_start_strength: float | None = 0.3,
+    spread_seeds: int = 4,
+    spread_images: int = 16,
+    seed: int = 0,
+    resamples: int = 2000,
+) -> RestorationEvaluation:
     scale = model.scale
     task = f"sr_x{scale}"
     bicubic = torch.from_numpy(np.stack([upsample_bicubic(x[0].numpy(), scale) for x in low_resolution])).unsqueeze(1)
@@ -180,45 +215,79 @@ def evaluate_super_resolution(model: LatentSuperResolution, high_resolution: tor
     def consistency(images: torch.Tensor) -> dict[str, np.ndarray]:
         return {"lr_consistency_psnr": lr_consistency_psnr(images, low_resolution)}
 
-    methods = [Method("bicubic", "Bicubic", bicubic, consistency(bicubic)),
-               Method("bicubic_vae", "Bicubic → VAE (the latent path, no diffusion)", through_vae, consistency(through_vae)),
-               Method("vae_ceiling", "VAE ceiling (HR → VAE → HR)", ceiling, consistency(ceiling))]
+    methods = [
+        Method("bicubic", "Bicubic", bicubic, consistency(bicubic)),
+        Method("bicubic_vae", "Bicubic → VAE (the latent path, no diffusion)", through_vae, consistency(through_vae)),
+        Method("vae_ceiling", "VAE ceiling (HR → VAE → HR)", ceiling, consistency(ceiling)),
+    ]
     figures, notes = [], []
-    spread = _spread(lambda inputs, s: model(inputs, sampler="ddim", steps=ddim_steps, seed=s),
-                     low_resolution, ddim, spread_seeds, spread_images, seed)
+    spread = seed_spread(
+        lambda inputs, s: model(inputs, sampler="ddim", steps=ddim_steps, seed=s),
+        low_resolution,
+        ddim,
+        spread_seeds,
+        spread_images,
+        seed,
+    )
     if spread is not None:
-        figures.append(_spread_figure(spread[1], ddim, f"Sample spread, x{scale}, {spread_seeds} seeds"))
+        figures.append(spread_figure(spread[1], ddim, f"Sample spread, x{scale}, {spread_seeds} seeds"))
     methods.append(Method("ddim", f"Latent SR, DDIM {ddim_steps}", ddim, consistency(ddim)))
     columns = [_nearest_enlarged(low_resolution, scale), bicubic, ddim]
     if lr_start_strength is not None:
         from_lr = model(low_resolution, sampler="ddim", steps=ddim_steps, seed=seed, strength=lr_start_strength)
-        methods.append(Method("ddim_from_lr", f"Latent SR, DDIM {ddim_steps} from the LR latent (strength "
-                                              f"{lr_start_strength:g})", from_lr, consistency(from_lr)))
+        methods.append(
+            Method(
+                "ddim_from_lr",
+                f"Latent SR, DDIM {ddim_steps} from the LR latent (strength {lr_start_strength:g})",
+                from_lr,
+                consistency(from_lr),
+            )
+        )
         columns.append(from_lr)
     if full_chain:
         chain = model(low_resolution, sampler="ddpm", seed=seed)
-        methods.append(Method("ddpm", f"Latent SR, full chain ({model.model.schedule.timesteps} steps)", chain,
-                              consistency(chain)))
+        methods.append(
+            Method("ddpm", f"Latent SR, full chain ({model.model.schedule.timesteps} steps)", chain, consistency(chain))
+        )
         columns.append(chain)
-    columns += [high_resolution, _error_map(ddim, high_resolution)]
-    header = ("LR (nearest) | bicubic | SR DDIM" + (" | SR DDIM from LR" if lr_start_strength is not None else "")
-              + (" | SR full chain" if full_chain else "") + " | HR | 4x |SR DDIM - HR|")
+    columns += [high_resolution, error_map(ddim, high_resolution)]
+    header = (
+        "LR (nearest) | bicubic | SR DDIM"
+        + (" | SR DDIM from LR" if lr_start_strength is not None else "")
+        + (" | SR full chain" if full_chain else "")
+        + " | HR | 4x |SR DDIM - HR|"
+    )
     figures.insert(0, Figure(f"Super-resolution x{scale}", comparison_grid(columns), header, upscale=2))
     reference = float(np.median(lr_consistency_psnr(high_resolution, low_resolution)))
-    notes.append(f"LR-consistency PSNR: the output downsampled back to LR (the filter that made the pairs) against "
-                 f"the LR input. The ground truth scores a median {reference:.1f} dB: near-exact where the pair was made "
-                 "without blur or noise, lower where they were drawn. A method far below bicubic here puts structure "
-                 "into the image that the input does not support.")
-    scores, summaries, gains = _score(methods, high_resolution, image_ids, groups, "bicubic", resamples)
+    notes.append(
+        f"LR-consistency PSNR: the output downsampled back to LR (the filter that made the pairs) against "
+        f"the LR input. The ground truth scores a median {reference:.1f} dB: near-exact where the pair was made "
+        "without blur or noise, lower where they were drawn. A method far below bicubic here puts structure "
+        "into the image that the input does not support."
+    )
+    scores, summaries, gains = score_methods(methods, high_resolution, image_ids, groups, "bicubic", resamples)
     if spread is not None:
-        summaries["ddim"]["spread"] = summarize(spread[0], np.asarray(groups)[:len(spread[0])], resamples=resamples)
-        notes.append(f"Spread: mean per-pixel standard deviation of DDIM outputs over {spread_seeds} seeds, on the "
-                     f"first {len(spread[0])} test images.")
+        summaries["ddim"]["spread"] = summarize(spread[0], np.asarray(groups)[: len(spread[0])], resamples=resamples)
+        notes.append(
+            f"Spread: mean per-pixel standard deviation of DDIM outputs over {spread_seeds} seeds, on the "
+            f"first {len(spread[0])} test images."
+        )
     versus = {ref: paired_gain(scores, "ddim", ref, resamples) for ref in ("bicubic_vae",)}
-    return RestorationEvaluation(task, f"Super-resolution x{scale}", "bicubic", scores, summaries, gains,
-                                 {m.key: m.label for m in methods}, figures, notes,
-                                 references={f"lr_consistency_psnr_{task}_hr": reference}, model="ddim",
-                                 classical="bicubic", versus=versus)
+    return RestorationEvaluation(
+        task,
+        f"Super-resolution x{scale}",
+        "bicubic",
+        scores,
+        summaries,
+        gains,
+        {m.key: m.label for m in methods},
+        figures,
+        notes,
+        references={f"lr_consistency_psnr_{task}_hr": reference},
+        model="ddim",
+        classical="bicubic",
+        versus=versus,
+    )
 
 
 def scale_name(scale: float) -> str:
@@ -238,13 +307,24 @@ def exact_side(side: int, scale: float) -> int:
 
 def centre_crop(images: torch.Tensor, side: int) -> torch.Tensor:
     top, left = (images.shape[-2] - side) // 2, (images.shape[-1] - side) // 2
-    return images[..., top:top + side, left:left + side]
+    return images[..., top : top + side, left : left + side]
 
 
-def evaluate_arbitrary_scale(model: ArbitraryScaleSuperResolution, high_resolution: torch.Tensor,
-                             low_resolution: torch.Tensor, image_ids, groups, scale: float, *,
-                             fixed: LatentSuperResolution | None = None, ddim_steps: int = 50, spread_seeds: int = 4,
-                             spread_images: int = 16, seed: int = 0, resamples: int = 2000) -> RestorationEvaluation:
+def evaluate_arbitrary_scale(
+    model: ArbitraryScaleSuperResolution,
+    high_resolution: torch.Tensor,
+    low_resolution: torch.Tensor,
+    image_ids,
+    groups,
+    scale: float,
+    *,
+    fixed: LatentSuperResolution | None = None,
+    ddim_steps: int = 50,
+    spread_seeds: int = 4,
+    spread_images: int = 16,
+    seed: int = 0,
+    resamples: int = 2000,
+) -> RestorationEvaluation:
     """The arbitrary-scale model at one scale (``high_resolution`` already cropped so ``scale``
     is exact) against bicubic at the same scale, the same latent path without diffusion, and,
     where one was trained for this scale, the fixed-scale model on the same inputs."""
@@ -257,110 +337,69 @@ def evaluate_arbitrary_scale(model: ArbitraryScaleSuperResolution, high_resoluti
     def consistency(images: torch.Tensor) -> dict[str, np.ndarray]:
         return {"lr_consistency_psnr": lr_consistency_psnr(images, low_resolution)}
 
-    methods = [Method("bicubic", "Bicubic", bicubic, consistency(bicubic)),
-               Method("bicubic_vae", f"Bicubic → VAE → {RENDERING[model.rendering]} (the latent path, no diffusion)", through_vae,
-                      consistency(through_vae)),
-               Method("arbitrary", f"Arbitrary-scale latent SR, DDIM {ddim_steps}", restored, consistency(restored))]
-    nearest = torch.from_numpy(np.stack([resize(x[0].numpy(), size, Image.Resampling.NEAREST)
-                                         for x in low_resolution])).unsqueeze(1)
+    methods = [
+        Method("bicubic", "Bicubic", bicubic, consistency(bicubic)),
+        Method(
+            "bicubic_vae",
+            f"Bicubic → VAE → {RENDERING[model.rendering]} (the latent path, no diffusion)",
+            through_vae,
+            consistency(through_vae),
+        ),
+        Method("arbitrary", f"Arbitrary-scale latent SR, DDIM {ddim_steps}", restored, consistency(restored)),
+    ]
+    nearest = torch.from_numpy(
+        np.stack([resize(x[0].numpy(), size, Image.Resampling.NEAREST) for x in low_resolution])
+    ).unsqueeze(1)
     columns, header = [nearest, bicubic, restored], "LR (nearest) | bicubic | arbitrary-scale SR"
     if fixed is not None:
         fixed_out = fixed(low_resolution, steps=ddim_steps, seed=seed)
-        methods.append(Method("fixed", f"Fixed-scale latent SR x{fixed.scale}, DDIM {ddim_steps}", fixed_out,
-                              consistency(fixed_out)))
+        methods.append(
+            Method(
+                "fixed", f"Fixed-scale latent SR x{fixed.scale}, DDIM {ddim_steps}", fixed_out, consistency(fixed_out)
+            )
+        )
         columns.append(fixed_out)
         header += f" | fixed x{fixed.scale} SR"
-    columns += [high_resolution, _error_map(restored, high_resolution)]
+    columns += [high_resolution, error_map(restored, high_resolution)]
     header += " | HR | 4x |arbitrary - HR|"
     range_note = "inside" if range_low <= scale <= range_high else "outside"
     figures = [Figure(f"Super-resolution x{scale:g} (arbitrary scale)", comparison_grid(columns), header, upscale=2)]
-    notes = [f"x{scale:g} is {range_note} the training range [{range_low:g}, {range_high:g}]. HR crops of "
-             f"{size[0]} x {size[1]} px (centred) make the scale exact: LR {low_resolution.shape[-2]} x "
-             f"{low_resolution.shape[-1]} px."]
-    spread = _spread(lambda inputs, s: model(inputs, size=size, steps=ddim_steps, seed=s), low_resolution, restored,
-                     spread_seeds, spread_images, seed)
+    notes = [
+        f"x{scale:g} is {range_note} the training range [{range_low:g}, {range_high:g}]. HR crops of "
+        f"{size[0]} x {size[1]} px (centred) make the scale exact: LR {low_resolution.shape[-2]} x "
+        f"{low_resolution.shape[-1]} px."
+    ]
+    spread = seed_spread(
+        lambda inputs, s: model(inputs, size=size, steps=ddim_steps, seed=s),
+        low_resolution,
+        restored,
+        spread_seeds,
+        spread_images,
+        seed,
+    )
     if spread is not None:
-        figures.append(_spread_figure(spread[1], restored, f"Sample spread, x{scale:g}, {spread_seeds} seeds"))
-    scores, summaries, gains = _score(methods, high_resolution, image_ids, groups, "bicubic", resamples)
+        figures.append(spread_figure(spread[1], restored, f"Sample spread, x{scale:g}, {spread_seeds} seeds"))
+    scores, summaries, gains = score_methods(methods, high_resolution, image_ids, groups, "bicubic", resamples)
     if spread is not None:
-        summaries["arbitrary"]["spread"] = summarize(spread[0], np.asarray(groups)[:len(spread[0])], resamples=resamples)
-    versus = {ref: paired_gain(scores, "arbitrary", ref, resamples) for ref in ("bicubic_vae", "fixed")
-              if ref in summaries}
+        summaries["arbitrary"]["spread"] = summarize(
+            spread[0], np.asarray(groups)[: len(spread[0])], resamples=resamples
+        )
+    versus = {
+        ref: paired_gain(scores, "arbitrary", ref, resamples) for ref in ("bicubic_vae", "fixed") if ref in summaries
+    }
     reference = float(np.median(lr_consistency_psnr(high_resolution, low_resolution)))
-    return RestorationEvaluation(task, f"Super-resolution x{scale:g} (arbitrary scale)", "bicubic", scores, summaries,
-                                 gains, {m.key: m.label for m in methods}, figures, notes,
-                                 references={f"lr_consistency_psnr_{task}_hr": reference}, model="arbitrary",
-                                 classical="bicubic", versus=versus)
-
-
-# --- Denoising --------------------------------------------------------------------------------------
-
-NLM_FACTORS = (0.4, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0)  # h as a multiple of the estimated noise sigma
-
-
-def _nlm_one(image: np.ndarray, factor: float) -> np.ndarray:
-    sigma = float(estimate_sigma(image))
-    return denoise_nl_means(image, h=factor * sigma, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True)
-
-
-def nlm_denoise(noisy: torch.Tensor, factor: float, threads: int | None = None) -> torch.Tensor:
-    """Non-local means (5x5 patches, 13x13 search) with h = factor x the noise sigma estimated
-    per image (wavelet MAD), so one factor serves images of different noise levels. Images run
-    on ``threads`` threads (default: the step's share of the cores; scikit-image's NLM releases the GIL, so 2 cores
-    give 1.8x at 256 px, the same output): the CPU baseline never waits on one core while the
-    diffusion model has a GPU."""
-    images = list(noisy[:, 0].double().numpy())
-    with ThreadPoolExecutor(max_workers=threads or step_threads()) as pool:
-        out = list(pool.map(lambda image: _nlm_one(image, factor), images))
-    return torch.from_numpy(np.clip(np.stack(out), 0, 1)).float().unsqueeze(1)
-
-
-def tune_nlm(clean: torch.Tensor, noisy: torch.Tensor, factors=NLM_FACTORS) -> tuple[float, pd.DataFrame]:
-    """The factor with the best mean PSNR on validation images, and the whole search."""
-    rows = [{"h / sigma": factor, "val PSNR": float(per_image_scores(nlm_denoise(noisy, factor), clean)["psnr"].mean())}
-            for factor in factors]
-    table = pd.DataFrame(rows)
-    return float(table.loc[table["val PSNR"].idxmax(), "h / sigma"]), table
-
-
-DENOISER_STRENGTHS = (0.05, 0.1, 0.2, 0.4, 0.7, 1.0)  # share of T the sampler starts from; 1: pure noise
-
-
-def tune_denoiser_strength(model: LowDoseDenoiser, clean: torch.Tensor, noisy: torch.Tensor, dose: float,
-                           strengths=DENOISER_STRENGTHS, ddim_steps: int = 50, seed: int = 0) -> tuple[float, pd.DataFrame]:
-    """The sampling strength with the best mean PSNR on validation images: the diffusion model gets
-    the same val-tuned treatment as NLM's h, never a choice made on test."""
-    rows = [{"strength": strength, "val PSNR": float(per_image_scores(
-        model(noisy, dose=dose, strength=strength, steps=ddim_steps, seed=seed), clean)["psnr"].mean())}
-        for strength in strengths]
-    table = pd.DataFrame(rows)
-    return float(table.loc[table["val PSNR"].idxmax(), "strength"]), table
-
-
-def evaluate_denoising(model: LowDoseDenoiser, clean: torch.Tensor, noisy: torch.Tensor, image_ids, groups, dose: float,
-                       nlm_factor: float, strength: float, tuning: list[Table] | None = None, *, ddim_steps: int = 50,
-                       spread_seeds: int = 4, spread_images: int = 16, seed: int = 0,
-                       resamples: int = 2000) -> RestorationEvaluation:
-    task = f"denoise_i0_{dose:g}"
-    nlm = nlm_denoise(noisy, nlm_factor)
-    restored = model(noisy, dose=dose, strength=strength, steps=ddim_steps, seed=seed)
-    figures = []
-    spread = _spread(lambda inputs, s: model(inputs, dose=dose, strength=strength, steps=ddim_steps, seed=s),
-                     noisy, restored, spread_seeds, spread_images, seed)
-    if spread is not None:
-        figures.append(_spread_figure(spread[1], restored, f"Sample spread, I0 = {dose:g}, {spread_seeds} seeds"))
-    methods = [Method("noisy", "Low-dose input", noisy), Method("nlm", f"Non-local means (h = {nlm_factor:g} σ)", nlm),
-               Method("diffusion", f"Diffusion denoiser, DDIM {ddim_steps} from strength {strength:g}", restored)]
-    figures.insert(0, Figure(f"Denoising, I0 = {dose:g} photons",
-                             comparison_grid([noisy, nlm, restored, clean, _error_map(restored, clean)]),
-                             "low dose | NLM | diffusion | normal dose | 4x |diffusion - normal dose|", upscale=2))
-    notes = [f"Chosen on the validation split, never on test: NLM's h ({nlm_factor:g} x the estimated sigma) and the "
-             f"denoiser's starting strength ({strength:g} of T)."]
-    scores, summaries, gains = _score(methods, clean, image_ids, groups, "noisy", resamples)
-    if spread is not None:
-        summaries["diffusion"]["spread"] = summarize(spread[0], np.asarray(groups)[:len(spread[0])], resamples=resamples)
-        notes.append(f"Spread: over {spread_seeds} seeds, on the first {len(spread[0])} test images.")
-    return RestorationEvaluation(task, f"Low-dose denoising, I0 = {dose:g} photons", "noisy", scores, summaries, gains,
-                                 {m.key: m.label for m in methods}, figures, notes, tables=list(tuning or []),
-                                 model="diffusion", classical="nlm",
-                                 versus={"nlm": paired_gain(scores, "diffusion", "nlm", resamples)})
+    return RestorationEvaluation(
+        task,
+        f"Super-resolution x{scale:g} (arbitrary scale)",
+        "bicubic",
+        scores,
+        summaries,
+        gains,
+        {m.key: m.label for m in methods},
+        figures,
+        notes,
+        references={f"lr_consistency_psnr_{task}_hr": reference},
+        model="arbitrary",
+        classical="bicubic",
+        versus=versus,
+    )

@@ -52,17 +52,41 @@ class Arm:
     description: str
 
 
-ARMS = {arm.name: arm for arm in (
-    Arm(REAL, True, (), "none", "the real training images"),
-    Arm("real_synthetic", True, GENERATORS, "matched",
-        "real, plus generated images per class (ratio x its real count), half class-, half text-conditional"),
-    Arm("real_class", True, (CLASS_GENERATOR,), "matched", "real, plus class-conditional images (ratio x each class)"),
-    Arm("real_text", True, (TEXT_GENERATOR,), "matched",
-        "real, plus text-conditional images from training reports (ratio x each class)"),
-    Arm("synthetic", False, GENERATORS, "matched", "generated images only, in the real images' class mix"),
-    Arm("real_balanced", True, GENERATORS, "balance",
-        "real, plus generated images of each rarer class up to the commonest class's count"),
-)}
+ARMS = {
+    arm.name: arm
+    for arm in (
+        Arm(REAL, True, (), "none", "the real training images"),
+        Arm(
+            "real_synthetic",
+            True,
+            GENERATORS,
+            "matched",
+            "real, plus generated images per class (ratio x its real count), half class-, half text-conditional",
+        ),
+        Arm(
+            "real_class",
+            True,
+            (CLASS_GENERATOR,),
+            "matched",
+            "real, plus class-conditional images (ratio x each class)",
+        ),
+        Arm(
+            "real_text",
+            True,
+            (TEXT_GENERATOR,),
+            "matched",
+            "real, plus text-conditional images from training reports (ratio x each class)",
+        ),
+        Arm("synthetic", False, GENERATORS, "matched", "generated images only, in the real images' class mix"),
+        Arm(
+            "real_balanced",
+            True,
+            GENERATORS,
+            "balance",
+            "real, plus generated images of each rarer class up to the commonest class's count",
+        ),
+    )
+}
 DEFAULT_ARMS = (REAL, "real_synthetic", "synthetic", "real_balanced")
 
 
@@ -149,13 +173,22 @@ def _text_requests(reports: pd.DataFrame, counts: np.ndarray, seed: int) -> pd.D
         order = np.random.default_rng([seed, c, 41]).permutation(len(of_class))
         picks = order[np.arange(wanted) % len(order)]
         chosen.append(of_class.iloc[picks].assign(rank=np.arange(wanted)))
-    return pd.concat(chosen, ignore_index=True) if chosen else pd.DataFrame(columns=["image_id", "class_id",
-                                                                                       "prompt", "rank"])
+    return (
+        pd.concat(chosen, ignore_index=True)
+        if chosen
+        else pd.DataFrame(columns=["image_id", "class_id", "prompt", "rank"])
+    )
 
 
-def generate_pool(plan: Mapping[str, np.ndarray], class_names: Sequence[str], reports: pd.DataFrame,
-                  samplers: Mapping[str, Callable], folder: Path, seed: int = 0,
-                  log: Callable[[str], None] = print) -> pd.DataFrame:
+def generate_pool(
+    plan: Mapping[str, np.ndarray],
+    class_names: Sequence[str],
+    reports: pd.DataFrame,
+    samplers: Mapping[str, Callable],
+    folder: Path,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> pd.DataFrame:
     """Generate the pool into ``folder`` (an image store and ``index.parquet``: class, generator,
     origin, prompt, and the rank that arms take prefixes by), written atomically. A folder that
     is already complete is reused: the key the caller names it by covers everything it depends on."""
@@ -184,11 +217,21 @@ def generate_pool(plan: Mapping[str, np.ndarray], class_names: Sequence[str], re
                 size = int(images.shape[-1])
                 store.initialize(image_size=size, fingerprint="synthetic")
             shard = store.write_shard(to_stored(images[:, 0].float().cpu().numpy()))
-            tables.append(requests.assign(generator=generator, shard=shard, shard_index=np.arange(len(requests)),
-                                          image_id=[f"{generator}-{i:06d}" for i in range(len(requests))]))
-        index = (pd.concat(tables, ignore_index=True) if tables else
-                 pd.DataFrame(columns=["class_id", "rank", "origin", "prompt", "generator", "shard", "shard_index",
-                                       "image_id"]))
+            tables.append(
+                requests.assign(
+                    generator=generator,
+                    shard=shard,
+                    shard_index=np.arange(len(requests)),
+                    image_id=[f"{generator}-{i:06d}" for i in range(len(requests))],
+                )
+            )
+        index = (
+            pd.concat(tables, ignore_index=True)
+            if tables
+            else pd.DataFrame(
+                columns=["class_id", "rank", "origin", "prompt", "generator", "shard", "shard_index", "image_id"]
+            )
+        )
         index["class_id"] = index["class_id"].astype(int)
         atomic.write_parquet(tmp / "index.parquet", index)
     return index
@@ -213,8 +256,15 @@ class ArmData:
         return table.reindex(columns=range(num_classes), fill_value=0)
 
 
-def arm_training_set(arm: Arm, real_rows: pd.DataFrame, real_store: ImageStore, pool: pd.DataFrame,
-                     pool_store: ImageStore | None, ratio: float, num_classes: int) -> ArmData:
+def arm_training_set(
+    arm: Arm,
+    real_rows: pd.DataFrame,
+    real_store: ImageStore,
+    pool: pd.DataFrame,
+    pool_store: ImageStore | None,
+    ratio: float,
+    num_classes: int,
+) -> ArmData:
     """The real training rows (when the arm has them) followed by the pool's images the arm
     takes: for each generator and class, the first ``synthetic_counts`` by rank."""
     real_counts = np.bincount(real_rows["class_id"].astype(int), minlength=num_classes)
@@ -229,7 +279,11 @@ def arm_training_set(arm: Arm, real_rows: pd.DataFrame, real_store: ImageStore, 
         taken.append(rows)
     synthetic = pd.concat(taken, ignore_index=True) if taken else None
     parts = [StoreImages(real_store, real)]
-    labels, sources, origins = [real["class_id"].astype(int).to_numpy()], [REAL] * len(real), real["image_id"].astype(str).tolist()
+    labels, sources, origins = (
+        [real["class_id"].astype(int).to_numpy()],
+        [REAL] * len(real),
+        real["image_id"].astype(str).tolist(),
+    )
     if synthetic is not None and len(synthetic):
         if pool_store is None:
             raise ValueError(f"arm {arm.name} takes generated images, and no pool store was given")
@@ -237,8 +291,13 @@ def arm_training_set(arm: Arm, real_rows: pd.DataFrame, real_store: ImageStore, 
         labels.append(synthetic["class_id"].astype(int).to_numpy())
         sources += synthetic["generator"].tolist()
         origins += synthetic["origin"].astype(str).tolist()
-    return ArmData(arm, ConcatImages(parts), np.concatenate(labels), np.array(sources, dtype=object),
-                   np.array(origins, dtype=object))
+    return ArmData(
+        arm,
+        ConcatImages(parts),
+        np.concatenate(labels),
+        np.array(sources, dtype=object),
+        np.array(origins, dtype=object),
+    )
 
 
 def check_provenance(data: ArmData, train_image_ids: set[str], class_names: Sequence[str]) -> None:
@@ -253,13 +312,22 @@ def check_provenance(data: ArmData, train_image_ids: set[str], class_names: Sequ
             raise ValueError(f"arm {data.arm.name}: {what} {origin!r} is not in the training split")
 
 
-def train_arm(data: ArmData, val_images: torch.Tensor, val_labels: np.ndarray, test_images: torch.Tensor,
-              class_names: Sequence[str], config: ClassifierConfig, train_config: TrainConfig, run_dir: Path,
-              progress=None) -> tuple[np.ndarray, dict[str, float]]:
+def train_arm(
+    data: ArmData,
+    val_images: torch.Tensor,
+    val_labels: np.ndarray,
+    test_images: torch.Tensor,
+    class_names: Sequence[str],
+    config: ClassifierConfig,
+    train_config: TrainConfig,
+    run_dir: Path,
+    progress=None,
+) -> tuple[np.ndarray, dict[str, float]]:
     """Train one seed of one arm (resuming from its checkpoint); its test class probabilities and
     its last validation scores."""
-    trainer = classifier_trainer(data.images, data.labels, val_images, val_labels, class_names, config, train_config,
-                                 run_dir, progress)
+    trainer = classifier_trainer(
+        data.images, data.labels, val_images, val_labels, class_names, config, train_config, run_dir, progress
+    )
     result = trainer.fit()
     return embed(result.ema_model, test_images)[1], result.last_eval
 
@@ -283,9 +351,15 @@ class UtilityScores:
         return hit.iloc[0]
 
 
-def utility_scores(probabilities: Mapping[str, Sequence[np.ndarray]], labels: np.ndarray, patients: Sequence,
-                   class_names: Sequence[str], resamples: int = 2000, seed: int = 0,
-                   level: float = 0.95) -> UtilityScores:
+def utility_scores(
+    probabilities: Mapping[str, Sequence[np.ndarray]],
+    labels: np.ndarray,
+    patients: Sequence,
+    class_names: Sequence[str],
+    resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> UtilityScores:
     """``probabilities[arm]`` holds one (N, C) array per training seed, on the same test images.
     One patient draw per bootstrap row is shared by every arm (paired); each arm also redraws
     its seeds with replacement, so the interval carries the training noise too."""
@@ -296,7 +370,9 @@ def utility_scores(probabilities: Mapping[str, Sequence[np.ndarray]], labels: np
     per_arm: dict[str, dict[str, np.ndarray]] = {}  # arm -> metric -> (resamples + 1,) seed-mean rows
     point: dict[str, dict[str, tuple[float, float, list[float]]]] = {}
     for a, (arm, runs) in enumerate(probabilities.items()):
-        by_seed = [weighted_classification_scores(np.asarray(p, dtype=np.float64), labels, weights, class_names) for p in runs]
+        by_seed = [
+            weighted_classification_scores(np.asarray(p, dtype=np.float64), labels, weights, class_names) for p in runs
+        ]
         draws = np.random.default_rng([seed, 131, a]).integers(0, len(runs), size=(resamples, len(runs)))
         per_arm[arm], point[arm] = {}, {}
         for metric in by_seed[0]:
@@ -316,9 +392,20 @@ def utility_scores(probabilities: Mapping[str, Sequence[np.ndarray]], labels: np
             else:
                 diff = value - reference[0]
                 diff_low, diff_high = percentile_interval(per_arm[arm][metric] - per_arm[REAL][metric], level)
-            rows.append({"arm": arm, "metric": metric, "value": value, "ci_low": low, "ci_high": high,
-                         "seed_std": spread, "seeds": seeds, "diff": diff, "diff_low": diff_low,
-                         "diff_high": diff_high})
+            rows.append(
+                {
+                    "arm": arm,
+                    "metric": metric,
+                    "value": value,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "seed_std": spread,
+                    "seeds": seeds,
+                    "diff": diff,
+                    "diff_low": diff_low,
+                    "diff_high": diff_high,
+                }
+            )
     return UtilityScores(pd.DataFrame(rows), level, resamples)
 
 

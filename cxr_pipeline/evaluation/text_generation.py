@@ -29,183 +29,35 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.feature_extraction.text import TfidfVectorizer
 
-from ..data.image_store import ImageStore
-from ..data.labels.report_text import finding_mentions, report_prompts
-from ..data.labels.vocabulary import LABEL_COLUMNS, NO_FINDING
 from ..metrics.detail import set_detail_interval, set_detail_ratio
 from ..metrics.distribution import (
     frechet_distance,
     kernel_inception_distance,
     mean_pairwise_ms_ssim,
-    nearest_distances,
     precision_recall_density_coverage,
 )
 from ..metrics.statistics import summarize
-from ..models.batches import StoreImages
 from ..models.classifier import embed, load_classifier
 from ..models.pipelines import TextConditionalGenerator
 from ..reports.document import Figure, Section, Table
 from ..reports.grid import image_grid
 from ..reports.plots import prompt_grid, sweep_plot
 from .generation import detail_metrics, detail_row
-
-MODEL_KEY = "text_ldm"
-GUIDANCE_SWEEP = (1.0, 2.0, 4.0, 7.5)
-PRDC_K = 5
-
-
-@dataclass
-class PromptSet:
-    """Reports of one split with their real images and what the labels say they show."""
-
-    prompts: list[str]
-    class_ids: np.ndarray  # the single-label class (-1: several findings, or none the classifier knows)
-    positives: list[set[str]]  # label columns that are 1
-    images: torch.Tensor  # (N, 1, S, S) real images of the reports
-    patients: np.ndarray
-    image_ids: list[str]
-
-    @classmethod
-    def from_rows(cls, rows: pd.DataFrame, prompts: Sequence[str], images: torch.Tensor,
-                  label_columns: Sequence[str]) -> PromptSet:
-        values = rows[list(label_columns)].astype("float32").to_numpy()
-        positives = [{c for c, v in zip(label_columns, row) if v == 1.0} for row in values]
-        return cls(list(prompts), rows["class_id"].astype("Int64").fillna(-1).astype(int).to_numpy(), positives,
-                   images, rows["patient_key"].astype(str).to_numpy(), rows["image_id"].astype(str).tolist())
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def single_label(self) -> np.ndarray:
-        return np.flatnonzero(self.class_ids >= 0)
-
-
-def reported_rows(metadata: pd.DataFrame, split: str) -> pd.DataFrame:
-    """The rows of one split that have a report (a non-empty prompt)."""
-    rows = metadata[metadata["split"] == split].reset_index(drop=True)
-    prompts = report_prompts(rows).to_numpy()
-    return rows[[bool(p) for p in prompts]].reset_index(drop=True)
-
-
-def prompts_of(rows: pd.DataFrame, store: ImageStore) -> PromptSet:
-    """The reports of ``rows`` (all with one: ``reported_rows``) with their stored images."""
-    rows = rows.reset_index(drop=True)
-    return PromptSet.from_rows(rows, report_prompts(rows).tolist(), StoreImages(store, rows).stack(), LABEL_COLUMNS)
-
-
-def prompt_set(metadata: pd.DataFrame, store: ImageStore, split: str, limit: int | None = None) -> PromptSet:
-    """The reports of one split (rows without one are left out), the first ``limit`` of them."""
-    rows = reported_rows(metadata, split)
-    return prompts_of(rows.iloc[:limit] if limit else rows, store)
-
-
-def consistency(predicted: np.ndarray, wanted: np.ndarray, class_names: Sequence[str]) -> tuple[float, dict[str, float]]:
-    """Share of samples whose predicted class is the report's, overall and per class (NaN: none)."""
-    hits = np.asarray(predicted) == np.asarray(wanted)
-    per = {name: float(hits[wanted == c].mean()) if (wanted == c).any() else float("nan")
-           for c, name in enumerate(class_names)}
-    return float(hits.mean()) if len(hits) else float("nan"), per
-
-
-def predicted_classes(model: TextConditionalGenerator, classifier, prompts: Sequence[str], first: np.ndarray,
-                      samples: int, *, guidance: float, steps: int, seed: int) -> np.ndarray:
-    """The classifier's class for ``samples`` samples of each prompt, sample by sample: ``first``
-    is the one already drawn at ``seed``, the others are drawn at ``seed + 1000 k``."""
-    more = [embed(classifier, model(list(prompts), guidance=guidance, steps=steps, seed=seed + 1000 * k))[1].argmax(1)
-            for k in range(1, samples)]
-    return np.concatenate([np.asarray(first), *more])
-
-
-REAL_NEGATION = "rate on the real images of the denying reports"
-
-
-def negation_table(prompts: PromptSet, predicted: np.ndarray, class_names: Sequence[str],
-                   real_predicted: np.ndarray) -> pd.DataFrame:
-    """Per finding: the rate at which samples of reports denying it (without it in the labels)
-    are classified as it, beside the rate for samples of normal reports; also for denying
-    reports that state another finding (where the two sets do not overlap), and on the reports'
-    real images (``real_predicted``, the classifier's class for each): most
-    denying reports state another finding, which the classifier can mistake for the denied one
-    on real images too, so normal reports are a floor the real data itself need not reach."""
-    mentions = [finding_mentions(p) for p in prompts.prompts]
-    normal = prompts.class_ids == class_names.index(NO_FINDING) if NO_FINDING in class_names else np.zeros(len(prompts), bool)
-    rows = []
-    for c, name in enumerate(class_names):
-        if name == NO_FINDING:
-            continue
-        denied = np.array([m.get(name) == "negated" and name not in pos
-                           for m, pos in zip(mentions, prompts.positives)], dtype=bool)
-        other = denied & ~normal
-        produced = predicted == c
-        rows.append({"finding": name, "denying reports": int(denied.sum()),
-                     "rate when denied": float(produced[denied].mean()) if denied.any() else np.nan,
-                     "rate for normal reports": float(produced[normal].mean()) if normal.any() else np.nan,
-                     "denying reports with another finding": int(other.sum()),
-                     "rate when denied beside another finding": float(produced[other].mean()) if other.any() else np.nan,
-                     REAL_NEGATION: float((real_predicted[denied] == c).mean()) if denied.any() else np.nan})
-    return pd.DataFrame(rows)
-
-
-@dataclass
-class Memorization:
-    generated_feature: np.ndarray  # each sample's distance to its nearest training image
-    real_feature: np.ndarray  # each real test image's
-    generated_pixel: np.ndarray
-    real_pixel: np.ndarray
-    nearest_pixel: np.ndarray  # index of each sample's nearest training image (pixels)
-
-    def share_closer(self, space: str) -> float:
-        """Share of samples closer to a training image than the closest real test image is."""
-        generated, real = (self.generated_feature, self.real_feature) if space == "feature" else (
-            self.generated_pixel, self.real_pixel)
-        return float((generated < real.min()).mean())
-
-
-def memorization(generated: torch.Tensor, generated_features: np.ndarray, real: torch.Tensor,
-                 real_features: np.ndarray, train: torch.Tensor, train_features: np.ndarray) -> Memorization:
-    flat = lambda x: x.reshape(len(x), -1).double().numpy() / np.sqrt(x[0].numel())
-    generated_pixel, nearest = nearest_distances(flat(generated), flat(train))
-    real_pixel, _ = nearest_distances(flat(real), flat(train))
-    return Memorization(nearest_distances(generated_features, train_features)[0],
-                        nearest_distances(real_features, train_features)[0], generated_pixel, real_pixel, nearest)
-
-
-def retrieval_baseline(train_prompts: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
-    """For each prompt, the index of the training report closest in TF-IDF (word 1- and 2-grams,
-    cosine): a retrieval system returns that report's image."""
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(list(train_prompts))
-    similarity = vectorizer.transform(list(prompts)) @ vectorizer.transform(list(train_prompts)).T
-    return np.asarray(similarity.argmax(axis=1)).reshape(-1)
-
-
-def guidance_sweep(model: TextConditionalGenerator, classifier, class_names: Sequence[str], val: PromptSet,
-                   reference: torch.Tensor, scales: Sequence[float], *, steps: int, seed: int,
-                   samples: int = 2, fd_bound: float = 3.0) -> tuple[pd.DataFrame, float]:
-    """Consistency (over ``samples`` samples of each normal or single-finding val report: with
-    one, the chosen scale flipped between runs) and fd_cxr (one sample per report) on val at each
-    guidance scale, and the scale chosen: the most consistent among those within ``fd_bound``
-    times the real reference (real ``reference`` images against real val images), else the
-    lowest FD."""
-    val_features, _ = embed(classifier, val.images)
-    reference_features, _ = embed(classifier, reference)
-    fd_real = frechet_distance(val_features, reference_features)
-    single = val.single_label()
-    rows = []
-    for scale in scales:
-        images = model(val.prompts, guidance=scale, steps=steps, seed=seed)
-        features, probabilities = embed(classifier, images)
-        predicted = predicted_classes(model, classifier, [val.prompts[i] for i in single],
-                                      probabilities[single].argmax(1), samples, guidance=scale, steps=steps, seed=seed)
-        overall, _ = consistency(predicted, np.tile(val.class_ids[single], samples), class_names)
-        rows.append({"guidance": float(scale), "consistency": overall, "fd_cxr": frechet_distance(val_features, features),
-                     "fd_cxr_real_reference": fd_real, "consistency_samples": len(single) * samples})
-    sweep = pd.DataFrame(rows)
-    admissible = sweep[sweep["fd_cxr"] <= fd_bound * fd_real]
-    chosen = (admissible.sort_values(["consistency", "fd_cxr"], ascending=[False, True]).iloc[0] if len(admissible)
-              else sweep.sort_values("fd_cxr").iloc[0])
-    return sweep, float(chosen["guidance"])
+from .text_measures import (
+    GUIDANCE_SWEEP,
+    MODEL_KEY,
+    PRDC_K,
+    REAL_NEGATION,
+    Memorization,
+    PromptSet,
+    consistency,
+    guidance_sweep,
+    memorization,
+    negation_table,
+    predicted_classes,
+    retrieval_baseline,
+)
 
 
 @dataclass
@@ -239,33 +91,43 @@ class TextGenerationEvaluation:
         """Means over the findings that some report denies: of the rate when denied, of the rate
         for normal reports, and of the rate on the real images of the denying reports."""
         known = self.negation.dropna(subset=["rate when denied"])
-        return (float(known["rate when denied"].mean()), float(known["rate for normal reports"].mean()),
-                float(known[REAL_NEGATION].mean()))
+        return (
+            float(known["rate when denied"].mean()),
+            float(known["rate for normal reports"].mean()),
+            float(known[REAL_NEGATION].mean()),
+        )
 
     def metrics(self) -> dict[str, float]:
         key = MODEL_KEY
         denied, normal, real = self.negation_rates()
-        flat = {f"prompt_consistency_{key}": self.consistency,
-                f"prompt_consistency_{key}_ci_low": self.consistency_interval[0],
-                f"prompt_consistency_{key}_ci_high": self.consistency_interval[1],
-                f"prompt_consistency_{key}_unconditional": self.consistency_unconditional,
-                f"prompt_consistency_{key}_retrieval": self.consistency_retrieval,
-                f"prompt_consistency_{key}_real_reference": self.real_accuracy,
-                f"negation_rate_{key}": denied, f"negation_rate_{key}_normal_reference": normal,
-                f"negation_rate_{key}_real_reference": real,
-                f"fd_cxr_{key}": self.fd_cxr, f"fd_cxr_{key}_real_reference": self.fd_cxr_real,
-                **detail_metrics(key, self.detail, self.detail_real),
-                f"kid_{key}": self.kid[0], f"kid_{key}_std": self.kid[1], f"kid_{key}_real_reference": self.kid_real[0],
-                f"ms_ssim_{key}_within_prompt": self.diversity, f"ms_ssim_{key}_real_reference": self.diversity_real,
-                f"memorized_share_{key}_feature": self.memorization.share_closer("feature"),
-                f"memorized_share_{key}_pixel": self.memorization.share_closer("pixel"),
-                f"nn_distance_{key}_feature": float(np.median(self.memorization.generated_feature)),
-                f"nn_distance_{key}_feature_real_reference": float(np.median(self.memorization.real_feature)),
-                f"nn_distance_{key}_pixel": float(np.median(self.memorization.generated_pixel)),
-                f"nn_distance_{key}_pixel_real_reference": float(np.median(self.memorization.real_pixel)),
-                f"guidance_{key}": self.guidance,
-                f"prompts_{key}": float(self.counts["prompts"]),
-                f"consistency_samples_{key}": float(self.counts["consistency_samples"])}
+        flat = {
+            f"prompt_consistency_{key}": self.consistency,
+            f"prompt_consistency_{key}_ci_low": self.consistency_interval[0],
+            f"prompt_consistency_{key}_ci_high": self.consistency_interval[1],
+            f"prompt_consistency_{key}_unconditional": self.consistency_unconditional,
+            f"prompt_consistency_{key}_retrieval": self.consistency_retrieval,
+            f"prompt_consistency_{key}_real_reference": self.real_accuracy,
+            f"negation_rate_{key}": denied,
+            f"negation_rate_{key}_normal_reference": normal,
+            f"negation_rate_{key}_real_reference": real,
+            f"fd_cxr_{key}": self.fd_cxr,
+            f"fd_cxr_{key}_real_reference": self.fd_cxr_real,
+            **detail_metrics(key, self.detail, self.detail_real),
+            f"kid_{key}": self.kid[0],
+            f"kid_{key}_std": self.kid[1],
+            f"kid_{key}_real_reference": self.kid_real[0],
+            f"ms_ssim_{key}_within_prompt": self.diversity,
+            f"ms_ssim_{key}_real_reference": self.diversity_real,
+            f"memorized_share_{key}_feature": self.memorization.share_closer("feature"),
+            f"memorized_share_{key}_pixel": self.memorization.share_closer("pixel"),
+            f"nn_distance_{key}_feature": float(np.median(self.memorization.generated_feature)),
+            f"nn_distance_{key}_feature_real_reference": float(np.median(self.memorization.real_feature)),
+            f"nn_distance_{key}_pixel": float(np.median(self.memorization.generated_pixel)),
+            f"nn_distance_{key}_pixel_real_reference": float(np.median(self.memorization.real_pixel)),
+            f"guidance_{key}": self.guidance,
+            f"prompts_{key}": float(self.counts["prompts"]),
+            f"consistency_samples_{key}": float(self.counts["consistency_samples"]),
+        }
         for name, value in self.prdc.items():
             flat[f"{name}_{key}"] = value
             flat[f"{name}_{key}_real_reference"] = self.prdc_real[name]
@@ -289,44 +151,83 @@ class TextGenerationEvaluation:
         denied, normal, real = self.negation_rates()
         c = self.counts
         rows = [
-            ("prompt consistency", f"{self.consistency:.3f} [{self.consistency_interval[0]:.3f}, "
-                                   f"{self.consistency_interval[1]:.3f}]",
-             f"{self.real_accuracy:.3f} (classifier on the real images); {self.consistency_unconditional:.3f} "
-             f"without the prompt; {self.consistency_retrieval:.3f} retrieval",
-             f"{c['consistency_samples']} samples of {c['consistency_prompts']} normal and single-finding reports "
-             f"of {c['consistency_patients']} patients (95% patient bootstrap)"),
-            ("negation rate", f"{denied:.3f}", f"{normal:.3f} (normal reports); {real:.3f} (the classifier on the real "
-                                               f"images of the denying reports)", "mean over findings denied somewhere"),
-            ("fd_cxr", f"{self.fd_cxr:.3f}", f"{self.fd_cxr_real:.3f} (real val vs real test)",
-             f"{c['prompts']} generated vs {c['prompts']} real"),
+            (
+                "prompt consistency",
+                f"{self.consistency:.3f} [{self.consistency_interval[0]:.3f}, {self.consistency_interval[1]:.3f}]",
+                f"{self.real_accuracy:.3f} (classifier on the real images); {self.consistency_unconditional:.3f} "
+                f"without the prompt; {self.consistency_retrieval:.3f} retrieval",
+                f"{c['consistency_samples']} samples of {c['consistency_prompts']} normal and single-finding reports "
+                f"of {c['consistency_patients']} patients (95% patient bootstrap)",
+            ),
+            (
+                "negation rate",
+                f"{denied:.3f}",
+                f"{normal:.3f} (normal reports); {real:.3f} (the classifier on the real images of the denying reports)",
+                "mean over findings denied somewhere",
+            ),
+            (
+                "fd_cxr",
+                f"{self.fd_cxr:.3f}",
+                f"{self.fd_cxr_real:.3f} (real val vs real test)",
+                f"{c['prompts']} generated vs {c['prompts']} real",
+            ),
             detail_row(self.detail, self.detail_real, f"{c['prompts']} generated vs {c['prompts']} real"),
             ("kid", f"{self.kid[0]:.4f} ± {self.kid[1]:.4f}", f"{self.kid_real[0]:.4f} ± {self.kid_real[1]:.4f}", ""),
             *[(name, f"{self.prdc[name]:.3f}", f"{self.prdc_real[name]:.3f}", f"k = {PRDC_K}") for name in self.prdc],
-            ("MS-SSIM within a prompt", f"{self.diversity:.3f}", f"{self.diversity_real:.3f} (real, within a class)",
-             f"{c['diversity_prompts']} reports x {c['diversity_samples']} samples"),
-            ("closer to a training image than any real test image (features)",
-             f"{self.memorization.share_closer('feature'):.3f}", "0 by definition", ""),
-            ("closer to a training image than any real test image (pixels)",
-             f"{self.memorization.share_closer('pixel'):.3f}", "0 by definition", ""),
-            ("median distance to the nearest training image (features)",
-             f"{np.median(self.memorization.generated_feature):.3f}", f"{np.median(self.memorization.real_feature):.3f}", ""),
-            ("median distance to the nearest training image (pixels, RMS)",
-             f"{np.median(self.memorization.generated_pixel):.4f}", f"{np.median(self.memorization.real_pixel):.4f}", ""),
+            (
+                "MS-SSIM within a prompt",
+                f"{self.diversity:.3f}",
+                f"{self.diversity_real:.3f} (real, within a class)",
+                f"{c['diversity_prompts']} reports x {c['diversity_samples']} samples",
+            ),
+            (
+                "closer to a training image than any real test image (features)",
+                f"{self.memorization.share_closer('feature'):.3f}",
+                "0 by definition",
+                "",
+            ),
+            (
+                "closer to a training image than any real test image (pixels)",
+                f"{self.memorization.share_closer('pixel'):.3f}",
+                "0 by definition",
+                "",
+            ),
+            (
+                "median distance to the nearest training image (features)",
+                f"{np.median(self.memorization.generated_feature):.3f}",
+                f"{np.median(self.memorization.real_feature):.3f}",
+                "",
+            ),
+            (
+                "median distance to the nearest training image (pixels, RMS)",
+                f"{np.median(self.memorization.generated_pixel):.4f}",
+                f"{np.median(self.memorization.real_pixel):.4f}",
+                "",
+            ),
         ]
         return pd.DataFrame(rows, columns=["metric", "generated", "reference", "samples"])
 
     def per_class(self) -> pd.DataFrame:
-        return pd.DataFrame([{"finding": name, "prompt consistency": _fmt(self.consistency_per_class[name]),
-                              "classifier on the real images": _fmt(self.real_accuracy_per_class[name])}
-                             for name in self.class_names])
+        return pd.DataFrame(
+            [
+                {
+                    "finding": name,
+                    "prompt consistency": _fmt(self.consistency_per_class[name]),
+                    "classifier on the real images": _fmt(self.real_accuracy_per_class[name]),
+                }
+                for name in self.class_names
+            ]
+        )
 
     def section(self) -> Section:
-        text = (f"Samples from the test split's own reports, classifier-free guidance w = {self.guidance:g} (chosen on "
-                "val, below). Prompt consistency uses the normal and single-finding reports whose finding the CXR "
-                "feature classifier knows. FD, KID and precision/recall/density/coverage use one sample per report "
-                "against the real test images, at equal counts, beside two real sets at the same count. Memorization "
-                "compares each sample's distance to its nearest training image with the same distance for real test "
-                "images, which no model saw.")
+        text = (
+            f"Samples from the test split's own reports, classifier-free guidance w = {self.guidance:g} (chosen on "
+            "val, below). Prompt consistency uses the normal and single-finding reports whose finding the CXR "
+            "feature classifier knows. FD, KID and precision/recall/density/coverage use one sample per report "
+            "against the real test images, at equal counts, beside two real sets at the same count. Memorization "
+            "compares each sample's distance to its nearest training image with the same distance for real test "
+            "images, which no model saw."
+        )
         negation = self.negation.copy()
         for column in negation.columns[2:]:
             if negation[column].dtype.kind == "f":
@@ -334,13 +235,19 @@ class TextGenerationEvaluation:
         sweep = self.sweep.copy()
         for column in ("consistency", "fd_cxr", "fd_cxr_real_reference"):
             sweep[column] = sweep[column].map(_fmt)
-        tables = [Table("Text-conditional generation: headline", self.headline()),
-                  Table("Prompt consistency per finding", self.per_class()),
-                  Table("Negation", negation, "A report that denies a finding should produce it no more often than a "
-                                              "normal report does; most denying reports state another finding, "
-                                              "which the classifier can mistake for the denied one on the real "
-                                              "images too (last column)."),
-                  Table("Guidance on val", sweep, f"Chosen: w = {self.guidance:g}.")]
+        tables = [
+            Table("Text-conditional generation: headline", self.headline()),
+            Table("Prompt consistency per finding", self.per_class()),
+            Table(
+                "Negation",
+                negation,
+                "A report that denies a finding should produce it no more often than a "
+                "normal report does; most denying reports state another finding, "
+                "which the classifier can mistake for the denied one on the real "
+                "images too (last column).",
+            ),
+            Table("Guidance on val", sweep, f"Chosen: w = {self.guidance:g}."),
+        ]
         return Section("Text-conditional generation", text, tables, self.figures)
 
 
@@ -348,27 +255,50 @@ def _fmt(value: float) -> str:
     return "—" if value is None or not np.isfinite(value) else f"{value:.3f}"
 
 
-def evaluate_text_generation(model: TextConditionalGenerator, classifier_dir: Path, test: PromptSet, val: PromptSet,
-                             train: PromptSet, *, guidance_scales: Sequence[float] = GUIDANCE_SWEEP,
-                             guidance: float | None = None, consistency_samples: int = 2, sweep_samples: int = 2,
-                             diversity_prompts: int = 6,
-                             diversity_samples: int = 4, ddim_steps: int = 20, seed: int = 0,
-                             device: str = "auto") -> TextGenerationEvaluation:
+def evaluate_text_generation(
+    model: TextConditionalGenerator,
+    classifier_dir: Path,
+    test: PromptSet,
+    val: PromptSet,
+    train: PromptSet,
+    *,
+    guidance_scales: Sequence[float] = GUIDANCE_SWEEP,
+    guidance: float | None = None,
+    consistency_samples: int = 2,
+    sweep_samples: int = 2,
+    diversity_prompts: int = 6,
+    diversity_samples: int = 4,
+    ddim_steps: int = 20,
+    seed: int = 0,
+    device: str = "auto",
+) -> TextGenerationEvaluation:
     """``guidance`` None: chosen on val over ``guidance_scales``; a number skips the sweep."""
     classifier, classifier_settings = load_classifier(classifier_dir, device)
     class_names = list(classifier_settings.classes)
-    reference = train.images[np.random.default_rng(seed).permutation(len(train))[:len(val)]]
+    reference = train.images[np.random.default_rng(seed).permutation(len(train))[: len(val)]]
     sweep = pd.DataFrame(columns=["guidance", "consistency", "fd_cxr", "fd_cxr_real_reference", "consistency_samples"])
     if guidance is None:
-        sweep, guidance = guidance_sweep(model, classifier, class_names, val, reference, guidance_scales,
-                                         steps=ddim_steps, seed=seed, samples=sweep_samples)
+        sweep, guidance = guidance_sweep(
+            model,
+            classifier,
+            class_names,
+            val,
+            reference,
+            guidance_scales,
+            steps=ddim_steps,
+            seed=seed,
+            samples=sweep_samples,
+        )
 
     # one sample per report (the distribution set), more for consistency, several of a few reports for diversity
     single = test.single_label()
     generated = model(test.prompts, guidance=guidance, steps=ddim_steps, seed=seed)
     unconditional = model([test.prompts[i] for i in single], guidance=0.0, steps=ddim_steps, seed=seed)
-    chosen = [int(single[test.class_ids[single] == c][0]) for c in range(len(class_names))
-              if (test.class_ids[single] == c).any()][:diversity_prompts]
+    chosen = [
+        int(single[test.class_ids[single] == c][0])
+        for c in range(len(class_names))
+        if (test.class_ids[single] == c).any()
+    ][:diversity_prompts]
     repeated = [test.prompts[i] for i in chosen for _ in range(diversity_samples)]
     diverse = model(repeated, guidance=guidance, steps=ddim_steps, seed=seed + 7)
 
@@ -377,55 +307,115 @@ def evaluate_text_generation(model: TextConditionalGenerator, classifier_dir: Pa
     train_features, _ = embed(classifier, train.images)
     features, probabilities = embed(classifier, generated)
     wanted = np.tile(test.class_ids[single], consistency_samples)
-    predicted = predicted_classes(model, classifier, [test.prompts[i] for i in single], probabilities[single].argmax(1),
-                                  consistency_samples, guidance=guidance, steps=ddim_steps, seed=seed)
+    predicted = predicted_classes(
+        model,
+        classifier,
+        [test.prompts[i] for i in single],
+        probabilities[single].argmax(1),
+        consistency_samples,
+        guidance=guidance,
+        steps=ddim_steps,
+        seed=seed,
+    )
     overall, per_class = consistency(predicted, wanted, class_names)
-    interval = summarize((predicted == wanted).astype(float), np.tile(test.patients[single], consistency_samples),
-                         seed=seed)
-    unconditional_overall, _ = consistency(embed(classifier, unconditional)[1].argmax(1), test.class_ids[single],
-                                           class_names)
+    interval = summarize(
+        (predicted == wanted).astype(float), np.tile(test.patients[single], consistency_samples), seed=seed
+    )
+    unconditional_overall, _ = consistency(
+        embed(classifier, unconditional)[1].argmax(1), test.class_ids[single], class_names
+    )
     retrieved = retrieval_baseline(train.prompts, test.prompts)
     retrieval_overall, _ = consistency(train.class_ids[retrieved][single], test.class_ids[single], class_names)
-    real_overall, real_per_class = consistency(real_probabilities[single].argmax(1), test.class_ids[single], class_names)
+    real_overall, real_per_class = consistency(
+        real_probabilities[single].argmax(1), test.class_ids[single], class_names
+    )
 
-    diversity = float(np.mean([mean_pairwise_ms_ssim(diverse[k * diversity_samples:(k + 1) * diversity_samples])
-                               for k in range(len(chosen))])) if chosen and diversity_samples > 1 else float("nan")
-    real_within = [mean_pairwise_ms_ssim(test.images[test.class_ids == c][:8]) for c in range(len(class_names))
-                   if (test.class_ids == c).sum() >= 2]
+    diversity = (
+        float(
+            np.mean(
+                [
+                    mean_pairwise_ms_ssim(diverse[k * diversity_samples : (k + 1) * diversity_samples])
+                    for k in range(len(chosen))
+                ]
+            )
+        )
+        if chosen and diversity_samples > 1
+        else float("nan")
+    )
+    real_within = [
+        mean_pairwise_ms_ssim(test.images[test.class_ids == c][:8])
+        for c in range(len(class_names))
+        if (test.class_ids == c).sum() >= 2
+    ]
     memo = memorization(generated, features, test.images, real_features, train.images, train_features)
 
-    figures = [Figure("Reports and their samples", prompt_grid(generated[:12, 0].numpy(), test.prompts[:12],
-                                                               test.images[:12, 0].numpy()),
-                      "Each test report (left: the real image it belongs to; right: a sample from the report).")]
+    figures = [
+        Figure(
+            "Reports and their samples",
+            prompt_grid(generated[:12, 0].numpy(), test.prompts[:12], test.images[:12, 0].numpy()),
+            "Each test report (left: the real image it belongs to; right: a sample from the report).",
+        )
+    ]
     if chosen:
-        figures.append(Figure("Several samples of one report", image_grid(diverse[:, 0].numpy(), columns=diversity_samples),
-                              "One row per report: " + " | ".join(f"({k + 1}) {test.prompts[i]}" for k, i in enumerate(chosen)),
-                              upscale=2))
+        figures.append(
+            Figure(
+                "Several samples of one report",
+                image_grid(diverse[:, 0].numpy(), columns=diversity_samples),
+                "One row per report: " + " | ".join(f"({k + 1}) {test.prompts[i]}" for k, i in enumerate(chosen)),
+                upscale=2,
+            )
+        )
     closest = np.argsort(memo.generated_pixel)[:6]
     pairs = torch.stack([torch.stack([generated[i, 0], train.images[memo.nearest_pixel[i], 0]]) for i in closest])
-    figures.append(Figure("Closest to a training image", image_grid(pairs.reshape(-1, *generated.shape[-2:]).numpy(),
-                                                                   columns=2),
-                          "The six samples nearest (pixels) to a training image: sample | training image. Distances "
-                          + ", ".join(f"{memo.generated_pixel[i]:.4f}" for i in closest)
-                          + f"; the closest real test image is at {memo.real_pixel.min():.4f}.", upscale=2))
+    figures.append(
+        Figure(
+            "Closest to a training image",
+            image_grid(pairs.reshape(-1, *generated.shape[-2:]).numpy(), columns=2),
+            "The six samples nearest (pixels) to a training image: sample | training image. Distances "
+            + ", ".join(f"{memo.generated_pixel[i]:.4f}" for i in closest)
+            + f"; the closest real test image is at {memo.real_pixel.min():.4f}.",
+            upscale=2,
+        )
+    )
     if len(sweep):
-        figures.append(Figure("Guidance on val", sweep_plot(sweep, guidance), "Chosen on val: the most consistent scale "
-                                                                              "within 3x the real FD reference."))
+        figures.append(
+            Figure(
+                "Guidance on val",
+                sweep_plot(sweep, guidance),
+                "Chosen on val: the most consistent scale within 3x the real FD reference.",
+            )
+        )
     return TextGenerationEvaluation(
-        class_names=class_names, guidance=float(guidance), consistency=overall,
-        consistency_interval=(interval.ci_low, interval.ci_high), consistency_per_class=per_class,
-        consistency_unconditional=unconditional_overall, consistency_retrieval=retrieval_overall,
-        real_accuracy=real_overall, real_accuracy_per_class=real_per_class,
+        class_names=class_names,
+        guidance=float(guidance),
+        consistency=overall,
+        consistency_interval=(interval.ci_low, interval.ci_high),
+        consistency_per_class=per_class,
+        consistency_unconditional=unconditional_overall,
+        consistency_retrieval=retrieval_overall,
+        real_accuracy=real_overall,
+        real_accuracy_per_class=real_per_class,
         negation=negation_table(test, probabilities.argmax(1), class_names, real_probabilities.argmax(1)),
-        fd_cxr=frechet_distance(real_features, features), fd_cxr_real=frechet_distance(real_features, val_features[:len(test)]),
+        fd_cxr=frechet_distance(real_features, features),
+        fd_cxr_real=frechet_distance(real_features, val_features[: len(test)]),
         kid=kernel_inception_distance(real_features, features, seed=seed),
-        kid_real=kernel_inception_distance(real_features, val_features[:len(test)], seed=seed),
+        kid_real=kernel_inception_distance(real_features, val_features[: len(test)], seed=seed),
         prdc=precision_recall_density_coverage(real_features, features, PRDC_K),
-        prdc_real=precision_recall_density_coverage(real_features, val_features[:len(test)], PRDC_K),
-        diversity=diversity, diversity_real=float(np.mean(real_within)) if real_within else float("nan"),
-        memorization=memo, sweep=sweep, detail=set_detail_interval(generated, test.images, seed=seed),
+        prdc_real=precision_recall_density_coverage(real_features, val_features[: len(test)], PRDC_K),
+        diversity=diversity,
+        diversity_real=float(np.mean(real_within)) if real_within else float("nan"),
+        memorization=memo,
+        sweep=sweep,
+        detail=set_detail_interval(generated, test.images, seed=seed),
         detail_real=set_detail_ratio(val.images, test.images),
-        counts={"prompts": len(test), "consistency_prompts": len(single), "consistency_samples": len(predicted),
-                "consistency_patients": len(set(test.patients[single])),
-                "diversity_prompts": len(chosen), "diversity_samples": diversity_samples, "train_images": len(train)},
-        figures=figures)
+        counts={
+            "prompts": len(test),
+            "consistency_prompts": len(single),
+            "consistency_samples": len(predicted),
+            "consistency_patients": len(set(test.patients[single])),
+            "diversity_prompts": len(chosen),
+            "diversity_samples": diversity_samples,
+            "train_images": len(train),
+        },
+        figures=figures,
+    )

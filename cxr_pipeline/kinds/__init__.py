@@ -25,7 +25,16 @@ from .synthetic_utility import SYNTHETIC_UTILITY
 from .text_ldm import TEXT_LDM
 from .vae import VAE
 
-KINDS: tuple[ModelKind, ...] = (VAE, CLASSIFIER, LATENT_SR, ARBITRARY_SR, CLASS_DDPM, DENOISER, REPORT_ENCODER, TEXT_LDM)
+KINDS: tuple[ModelKind, ...] = (
+    VAE,
+    CLASSIFIER,
+    LATENT_SR,
+    ARBITRARY_SR,
+    CLASS_DDPM,
+    DENOISER,
+    REPORT_ENCODER,
+    TEXT_LDM,
+)
 # Every evaluation asset: each kind's, then the experiment over the generators
 EVALUATIONS: tuple[Evaluation, ...] = (*(k.evaluation for k in KINDS if k.evaluation is not None), SYNTHETIC_UTILITY)
 
@@ -79,8 +88,9 @@ def folder_kind_name(folder: Path) -> str:
             return VAE.key
         if "model_type" in raw:
             return REPORT_ENCODER.key
-    raise ValueError(f"{folder} is not a model folder of this project (no model.json, classifier.json or "
-                     f"AutoencoderKL config.json)")
+    raise ValueError(
+        f"{folder} is not a model folder of this project (no model.json, classifier.json or AutoencoderKL config.json)"
+    )
 
 
 def kind_of_folder(folder: Path) -> ModelKind:

@@ -75,11 +75,19 @@ class Recipe(DiffusionRecipe):
     warm_start: bool = True
 
     def decoder_train_config(self) -> TrainConfig:
-        return TrainConfig(steps=self.decoder_steps, batch_size=self.decoder_batch_size,
-                           learning_rate=self.decoder_learning_rate, warmup_steps=min(30, self.decoder_steps),
-                           ema_decay=0.99, checkpoint_every=self.checkpoint_every, eval_every=self.decoder_steps,
-                           log_every=self.log_every, seed=self.seed, device=self.device,
-                           mixed_precision=self.mixed_precision)
+        return TrainConfig(
+            steps=self.decoder_steps,
+            batch_size=self.decoder_batch_size,
+            learning_rate=self.decoder_learning_rate,
+            warmup_steps=min(30, self.decoder_steps),
+            ema_decay=0.99,
+            checkpoint_every=self.checkpoint_every,
+            eval_every=self.decoder_steps,
+            log_every=self.log_every,
+            seed=self.seed,
+            device=self.device,
+            mixed_precision=self.mixed_precision,
+        )
 
 
 def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
@@ -91,24 +99,49 @@ def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
     if recipe.scale_conditioning:
         unet = replace(unet, class_embed_type="timestep")
     data_hash = content_hash(pd.read_parquet(paths.metadata))
-    start, start_text = (fixed_scale_start(paths, recipe, unet, vae.model_dir) if recipe.warm_start
-                         else (None, "from scratch (warm_start off)"))
-    job = TrainingJob(ARBITRARY_SR.key, str(paths.home), unet, recipe, data_hash,
-                      ModelInputs(vae_dir=str(vae.model_dir), warm_start_from=str(start.model_dir) if start else None))
-    params = {"scale_range": f"[{recipe.scale_min:g}, {recipe.scale_max:g}]", "draws_per_image": recipe.draws_per_image,
-              "draws_by_area": recipe.draws_by_area, "degradation_mix": recipe.degradation_mix,
-              "residual": recipe.residual, "scale_conditioning": recipe.scale_conditioning, "vae": vae.label,
-              "unet_start": start_text,
-              "decoder.steps": recipe.decoder_steps, "decoder.batch_size": recipe.decoder_batch_size,
-              "decoder.min_ratio": recipe.decoder_min_ratio, "decoder.hidden": ",".join(map(str, recipe.decoder_hidden))}
+    start, start_text = (
+        fixed_scale_start(paths, recipe, unet, vae.model_dir)
+        if recipe.warm_start
+        else (None, "from scratch (warm_start off)")
+    )
+    job = TrainingJob(
+        ARBITRARY_SR.key,
+        str(paths.home),
+        unet,
+        recipe,
+        data_hash,
+        ModelInputs(vae_dir=str(vae.model_dir), warm_start_from=str(start.model_dir) if start else None),
+    )
+    params = {
+        "scale_range": f"[{recipe.scale_min:g}, {recipe.scale_max:g}]",
+        "draws_per_image": recipe.draws_per_image,
+        "draws_by_area": recipe.draws_by_area,
+        "degradation_mix": recipe.degradation_mix,
+        "residual": recipe.residual,
+        "scale_conditioning": recipe.scale_conditioning,
+        "vae": vae.label,
+        "unet_start": start_text,
+        "decoder.steps": recipe.decoder_steps,
+        "decoder.batch_size": recipe.decoder_batch_size,
+        "decoder.min_ratio": recipe.decoder_min_ratio,
+        "decoder.hidden": ",".join(map(str, recipe.decoder_hidden)),
+    }
     return [TrainingPlan(ARBITRARY_SR, data_hash, params, job=job)]
 
 
-def fixed_scale_start(paths: WorkPaths, recipe: Recipe, unet: UNetConfig, vae_dir: Path) -> tuple[ModelRecord | None, str]:
+def fixed_scale_start(
+    paths: WorkPaths, recipe: Recipe, unet: UNetConfig, vae_dir: Path
+) -> tuple[ModelRecord | None, str]:
     """The fixed-scale model to start from: the largest scale the work folder has trained inside
     the recipe's range (the large scales are the hard ones, and the draws favour them)."""
-    scales = sorted((s for s in range(2, int(recipe.scale_max) + 1) if s >= recipe.scale_min
-                     and has_current_model(paths, LATENT_SR.at_scale(s).key)), reverse=True)
+    scales = sorted(
+        (
+            s
+            for s in range(2, int(recipe.scale_max) + 1)
+            if s >= recipe.scale_min and has_current_model(paths, LATENT_SR.at_scale(s).key)
+        ),
+        reverse=True,
+    )
     if not scales:
         return None, "from scratch: no fixed-scale model in the scale range"
     return warm_start_source(paths, LATENT_SR.at_scale(scales[0]).key, unet, vae_dir)
@@ -118,49 +151,98 @@ def train(job: TrainingJob, progress: Progress = None, stop_after: int | None = 
     paths, recipe = job.paths, job.recipe
     assert isinstance(recipe, Recipe)
     return diffusion_training.train_arbitrary_sr(
-        pd.read_parquet(paths.metadata), ImageStore(paths.image_store), paths.latents, job.input_dir("vae_dir"),
-        job.unet, job.schedule, job.train, recipe.decoder_train_config(), job.runs_root, job.data_hash,
-        scale_min=recipe.scale_min, scale_max=recipe.scale_max, draws_per_image=recipe.draws_per_image,
-        draws_by_area=recipe.draws_by_area, degradation_mix=recipe.degradation_mix, pair_seed=recipe.pair_seed,
-        residual=recipe.residual, decoder_min_ratio=recipe.decoder_min_ratio, decoder_hidden=tuple(recipe.decoder_hidden),
-        decoder_queries=recipe.decoder_queries, decoder_val_images=recipe.decoder_val_images,
+        pd.read_parquet(paths.metadata),
+        ImageStore(paths.image_store),
+        paths.latents,
+        job.input_dir("vae_dir"),
+        job.unet,
+        job.schedule,
+        job.train,
+        recipe.decoder_train_config(),
+        job.runs_root,
+        job.data_hash,
+        scale_min=recipe.scale_min,
+        scale_max=recipe.scale_max,
+        draws_per_image=recipe.draws_per_image,
+        draws_by_area=recipe.draws_by_area,
+        degradation_mix=recipe.degradation_mix,
+        pair_seed=recipe.pair_seed,
+        residual=recipe.residual,
+        decoder_min_ratio=recipe.decoder_min_ratio,
+        decoder_hidden=tuple(recipe.decoder_hidden),
+        decoder_queries=recipe.decoder_queries,
+        decoder_val_images=recipe.decoder_val_images,
         warm_start_from=job.input_dir("warm_start_from") if job.inputs.warm_start_from else None,
-        progress=progress, stop_after=stop_after)
+        progress=progress,
+        stop_after=stop_after,
+    )
 
 
 SERVING = ServingSpec(
     ArbitraryScaleSuperResolution.from_pretrained,
-    lambda sr, x, p: sr(request_images(x), scale=p["scale"], seed=p["seed"], steps=p["steps"],
-                        strength=given(p["strength"], 1.0)).numpy(),
+    lambda sr, x, p: sr(
+        request_images(x), scale=p["scale"], seed=p["seed"], steps=p["steps"], strength=given(p["strength"], 1.0)
+    ).numpy(),
     lambda folder: gray(native_size(folder) // 4),
-    "float32", IMAGES, IMAGES, sampling_params(("strength", "double", 1.0), ("scale", "double", 2.0)))
+    "float32",
+    IMAGES,
+    IMAGES,
+    sampling_params(("strength", "double", 1.0), ("scale", "double", 2.0)),
+)
 
-def evaluate(inputs: SuiteInputs, budget: SamplingBudget, policy: PromotionPolicy,
-             options: ArbitrarySrOptions) -> EvaluationOutcome:
+
+def evaluate(
+    inputs: SuiteInputs, budget: SamplingBudget, policy: PromotionPolicy, options: ArbitrarySrOptions
+) -> EvaluationOutcome:
     paths, test = inputs.paths, inputs.draw("test", budget.seed)
     outcome = arbitrary_super_resolution_suite(
-        current_model(paths, ARBITRARY_SR.key), trained_scales(paths), test.rows, paths.image_store, options.scales,
-        budget, policy, paths.registry_cache, degradation_mix=options.degradation_mix, pair_seed=options.pair_seed,
-        log=inputs.log)
+        current_model(paths, ARBITRARY_SR.key),
+        trained_scales(paths),
+        test.rows,
+        paths.image_store,
+        options.scales,
+        budget,
+        policy,
+        paths.registry_cache,
+        degradation_mix=options.degradation_mix,
+        pair_seed=options.pair_seed,
+        log=inputs.log,
+    )
     outcome.note_draws([test])
     outcome.asset_metadata["test_images"] = len(test.rows)
     return outcome
 
 
 EVALUATION = Evaluation(
-    "arbitrary_sr_evaluation", "The arbitrary-scale model on the test split at each scale against bicubic at that "
+    "arbitrary_sr_evaluation",
+    "The arbitrary-scale model on the test split at each scale against bicubic at that "
     "scale, its latent path without diffusion and, where trained, the fixed-scale model on the same inputs: "
     "PSNR/SSIM/MAE, LR-consistency, spread, the gain by scale; then champion/challenger promotion.",
-    evaluate, ArbitrarySrOptions,
+    evaluate,
+    ArbitrarySrOptions,
     # x0 prediction of a residual: on val 20 DDIM steps score what 50 do, for the arbitrary-scale and the
     # fixed-scale model alike (docs/recipes.md), in less than half the time
     budget=SamplingBudget(ddim_steps=20),
     # the paired gain over bicubic, averaged over scales
-    policy=PromotionPolicy("psnr_gain_sr_mean_arbitrary", ("lr_consistency_psnr_sr_x4_arbitrary",),
-                           detail_guards=("detail_sr_x4_arbitrary",)))
+    policy=PromotionPolicy(
+        "psnr_gain_sr_mean_arbitrary",
+        ("lr_consistency_psnr_sr_x4_arbitrary",),
+        detail_guards=("detail_sr_x4_arbitrary",),
+    ),
+)
 
 ARBITRARY_SR = ModelKind(
-    key="arbitrary_sr", asset="arbitrary_sr", registered_name="cxr-arbitrary-sr", folder="arbitrary_sr",
-    title="Arbitrary-scale super-resolution", description="arbitrary_sr (EMA weights)", recipe=Recipe, plan=plan,
-    serving=SERVING, train=train, pipeline=ArbitraryScaleSuperResolution, unet_profiles=UNET_PROFILES,
-    evaluation=EVALUATION)
+    key="arbitrary_sr",
+    asset="arbitrary_sr",
+    registered_name="cxr-arbitrary-sr",
+    folder="arbitrary_sr",
+    title="Arbitrary-scale super-resolution",
+    description="arbitrary_sr (EMA weights)",
+    recipe=Recipe,
+    plan=plan,
+    serving=SERVING,
+    train=train,
+    pipeline=ArbitraryScaleSuperResolution,
+    unet_profiles=UNET_PROFILES,
+    evaluation=EVALUATION,
+)

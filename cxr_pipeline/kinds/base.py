@@ -22,7 +22,8 @@ import torch
 
 from ..evaluation.outcome import Evaluation
 from ..model_record import ModelRecord, current_model, has_current_model
-from ..models.diffusion import ScheduleConfig, UNetConfig, UNetProfile, describe
+from ..models.diffusion import ScheduleConfig, UNetConfig, UNetProfile
+from ..models.model_folder import describe
 from ..models.pipelines import DiffusionPipeline
 from ..models.training import TrainConfig, TrainingOutcome, TrainProgress
 from ..settings import WorkPaths
@@ -73,12 +74,21 @@ class DiffusionRecipe(TrainingRecipe):
     processes: int = 2
 
     def schedule(self) -> ScheduleConfig:
-        return ScheduleConfig(timesteps=self.timesteps, beta_schedule=self.beta_schedule,
-                              prediction_type=self.prediction_type, snr_gamma=self.snr_gamma)
+        return ScheduleConfig(
+            timesteps=self.timesteps,
+            beta_schedule=self.beta_schedule,
+            prediction_type=self.prediction_type,
+            snr_gamma=self.snr_gamma,
+        )
 
     def schedule_params(self) -> dict:
-        return {"timesteps": self.timesteps, "beta_schedule": self.beta_schedule,
-                "prediction_type": self.prediction_type, "snr_gamma": self.snr_gamma, "launcher": self.launcher}
+        return {
+            "timesteps": self.timesteps,
+            "beta_schedule": self.beta_schedule,
+            "prediction_type": self.prediction_type,
+            "snr_gamma": self.snr_gamma,
+            "launcher": self.launcher,
+        }
 
 
 # --- Training jobs: one diffusion training as data, runnable in any process --------------------------
@@ -127,9 +137,14 @@ class TrainingJob:
 
         raw = json.loads(text)
         unet = {**raw["unet"], "block_out_channels": tuple(raw["unet"]["block_out_channels"])}
-        return cls(model=raw["model"], home=raw["home"], unet=UNetConfig(**unet),
-                   recipe=kind(raw["model"]).recipe(**raw["recipe"]), data_hash=raw["data_hash"],
-                   inputs=ModelInputs(**raw["inputs"]))
+        return cls(
+            model=raw["model"],
+            home=raw["home"],
+            unet=UNetConfig(**unet),
+            recipe=kind(raw["model"]).recipe(**raw["recipe"]),
+            data_hash=raw["data_hash"],
+            inputs=ModelInputs(**raw["inputs"]),
+        )
 
     @property
     def paths(self) -> WorkPaths:
@@ -201,8 +216,10 @@ def warm_start_source(paths: WorkPaths, key: str, unet: UNetConfig, vae_dir: Pat
     saved = describe(record.model_dir)
     if getattr(saved.settings, "vae_source", None) != str(vae_dir):
         return None, f"from scratch: {record.label} is not trained on the current autoencoder's latents"
-    if (saved.unet.block_out_channels, saved.unet.layers_per_block) != (tuple(unet.block_out_channels),
-                                                                         unet.layers_per_block):
+    if (saved.unet.block_out_channels, saved.unet.layers_per_block) != (
+        tuple(unet.block_out_channels),
+        unet.layers_per_block,
+    ):
         return None, f"from scratch: {record.label} has another UNet width or depth"
     return record, f"from {record.label}"
 
@@ -266,7 +283,9 @@ class ModelKind:
     plan: Callable[..., list[TrainingPlan]]  # (recipe, paths, profile name) -> the trainings to run
     serving: ServingSpec
     train: Callable[..., TrainingOutcome] | None = None  # (job, progress=, stop_after=): diffusion kinds
-    pipeline: type[DiffusionPipeline] | None = None  # the loaded-model class (diffusers habit: from_pretrained, __call__)
+    pipeline: type[DiffusionPipeline] | None = (
+        None  # the loaded-model class (diffusers habit: from_pretrained, __call__)
+    )
     unet_profiles: dict[str, UNetProfile] | None = None  # by profile name
     evaluation: Evaluation | None = None  # its suite bound to the models it reads; promotion names the champion
     per_scale: bool = False  # one registered model per scale (``<key>_x<scale>``)
@@ -283,22 +302,36 @@ class ModelKind:
         """The per-scale kind (latent SR): key ``latent_sr_x4``, name ``cxr-latent-sr-x4``."""
         if not self.per_scale:
             raise ValueError(f"{self.key} is not trained per scale")
-        return dataclasses.replace(self, key=f"{self.key}_x{scale}", registered_name=f"{self.registered_name}-x{scale}",
-                                   title=f"{self.title} x{scale}", description=f"{self.title} x{scale} (EMA weights)",
-                                   per_scale=False)
+        return dataclasses.replace(
+            self,
+            key=f"{self.key}_x{scale}",
+            registered_name=f"{self.registered_name}-x{scale}",
+            title=f"{self.title} x{scale}",
+            description=f"{self.title} x{scale} (EMA weights)",
+            per_scale=False,
+        )
 
     def holds(self, folder_kind: str) -> bool:
         """Whether a model folder's own kind (model.json) is this kind, at any scale for per-scale kinds."""
         if self.per_scale:
             prefix = f"{self.key}_x"
-            return folder_kind.startswith(prefix) and folder_kind[len(prefix):].isdigit()
+            return folder_kind.startswith(prefix) and folder_kind[len(prefix) :].isdigit()
         return folder_kind == self.key
 
-    def unet(self, profile: str, size: int, in_channels: int, out_channels: int, *,
-             widths: tuple[int, ...] | None = None, num_class_embeds: int | None = None,
-             cross_attention_dim: int | None = None) -> UNetConfig:
+    def unet(
+        self,
+        profile: str,
+        size: int,
+        in_channels: int,
+        out_channels: int,
+        *,
+        widths: tuple[int, ...] | None = None,
+        num_class_embeds: int | None = None,
+        cross_attention_dim: int | None = None,
+    ) -> UNetConfig:
         """The kind's UNet at ``profile`` (sizes from the data), with ``widths`` when set."""
         if self.unet_profiles is None:
             raise ValueError(f"{self.key} has no UNet")
-        return self.unet_profiles[profile].config(size, in_channels, out_channels, num_class_embeds, widths,
-                                                  cross_attention_dim)
+        return self.unet_profiles[profile].config(
+            size, in_channels, out_channels, num_class_embeds, widths, cross_attention_dim
+        )

@@ -38,8 +38,10 @@ from .latent_sr import latent_shape
 from .vae import VAE
 
 # The class model on latents: a narrow first level that downsamples at once (docs/recipes.md#class-conditional-model-class_ddpm).
-UNET_PROFILES = {"demo": UNetProfile((16, 32, 64, 64), 8, True, 2),
-                 "full": UNetProfile((64, 128, 256, 512), 32, True, 2)}
+UNET_PROFILES = {
+    "demo": UNetProfile((16, 32, 64, 64), 8, True, 2),
+    "full": UNetProfile((64, 128, 256, 512), 32, True, 2),
+}
 # On pixels (space="pixel"), the model the latent one replaced
 PIXEL_UNET_PROFILES = {"demo": UNetProfile((16, 32, 64), 8, False), "full": UNetProfile((64, 128, 256, 256), 32, True)}
 
@@ -67,8 +69,9 @@ def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
     if recipe.space == "latent":
         vae = current_model(paths, VAE.key)
         channels, size = latent_shape(paths)[:2]
-        unet = CLASS_DDPM.unet(profile, size, channels, channels, widths=recipe.widths(),
-                               num_class_embeds=num_class_embeds)
+        unet = CLASS_DDPM.unet(
+            profile, size, channels, channels, widths=recipe.widths(), num_class_embeds=num_class_embeds
+        )
         inputs = ModelInputs(vae_dir=str(vae.model_dir))
     else:
         size = get_profile(profile).image_size
@@ -77,8 +80,13 @@ def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
     data_hash = content_hash(metadata)
     job = TrainingJob(CLASS_DDPM.key, str(paths.home), unet, recipe, data_hash, inputs)
     counts = metadata[(metadata["split"] == "train")]["class_name"].value_counts().to_dict()
-    params = {"space": recipe.space, "classes": ",".join(recipe.classes), "class_balance": recipe.class_balance,
-              "label_dropout": recipe.label_dropout, "guidance_scale": recipe.guidance_scale}
+    params = {
+        "space": recipe.space,
+        "classes": ",".join(recipe.classes),
+        "class_balance": recipe.class_balance,
+        "label_dropout": recipe.label_dropout,
+        "guidance_scale": recipe.guidance_scale,
+    }
     return [TrainingPlan(CLASS_DDPM, data_hash, params, job=job, reported={"train_images_per_class": counts})]
 
 
@@ -87,43 +95,88 @@ def train(job: TrainingJob, progress: Progress = None, stop_after: int | None = 
     assert isinstance(recipe, Recipe)
     latent = recipe.space == "latent"
     return diffusion_training.train_class_ddpm(
-        pd.read_parquet(paths.metadata), ImageStore(paths.image_store), recipe.classes, job.unet, job.schedule,
-        job.train, job.runs_root, job.data_hash, latents_dir=paths.latents if latent else None,
-        vae_dir=job.input_dir("vae_dir") if latent else None, class_balance=recipe.class_balance,
-        label_dropout=recipe.label_dropout, guidance_scale=recipe.guidance_scale, progress=progress,
-        stop_after=stop_after)
+        pd.read_parquet(paths.metadata),
+        ImageStore(paths.image_store),
+        recipe.classes,
+        job.unet,
+        job.schedule,
+        job.train,
+        job.runs_root,
+        job.data_hash,
+        latents_dir=paths.latents if latent else None,
+        vae_dir=job.input_dir("vae_dir") if latent else None,
+        class_balance=recipe.class_balance,
+        label_dropout=recipe.label_dropout,
+        guidance_scale=recipe.guidance_scale,
+        progress=progress,
+        stop_after=stop_after,
+    )
 
 
 SERVING = ServingSpec(
     ClassConditionalGenerator.from_pretrained,
-    lambda model, x, p: model(np.asarray(x, dtype=np.int64).reshape(-1).tolist(), seed=p["seed"], steps=p["steps"],
-                              guidance=given(p["guidance"])).numpy(),
-    lambda folder: np.zeros(1, np.int64), "int64", (-1,), IMAGES, sampling_params(("guidance", "double", -1.0)))
+    lambda model, x, p: model(
+        np.asarray(x, dtype=np.int64).reshape(-1).tolist(),
+        seed=p["seed"],
+        steps=p["steps"],
+        guidance=given(p["guidance"]),
+    ).numpy(),
+    lambda folder: np.zeros(1, np.int64),
+    "int64",
+    (-1,),
+    IMAGES,
+    sampling_params(("guidance", "double", -1.0)),
+)
 
-def evaluate(inputs: SuiteInputs, budget: SamplingBudget, policy: PromotionPolicy,
-             options: GenerationOptions) -> EvaluationOutcome:
+
+def evaluate(
+    inputs: SuiteInputs, budget: SamplingBudget, policy: PromotionPolicy, options: GenerationOptions
+) -> EvaluationOutcome:
     paths = inputs.paths
     test, val = (inputs.draw(split, budget.seed, labelled=True) for split in ("test", "val"))
     outcome = generation_suite(
-        current_model(paths, CLASS_DDPM.key), current_model(paths, CLASSIFIER.key), test.rows, val.rows,
-        paths.image_store, budget, policy, paths.registry_cache, samples_per_class=options.samples_per_class,
-        fd_samples=options.fd_samples, guidance_scale=options.guidance_scale,
+        current_model(paths, CLASS_DDPM.key),
+        current_model(paths, CLASSIFIER.key),
+        test.rows,
+        val.rows,
+        paths.image_store,
+        budget,
+        policy,
+        paths.registry_cache,
+        samples_per_class=options.samples_per_class,
+        fd_samples=options.fd_samples,
+        guidance_scale=options.guidance_scale,
         inception_weights=options.fid_inception_weights or os.environ.get("CXR_FID_INCEPTION_WEIGHTS"),
-        inception_sha256=options.fid_inception_sha256, log=inputs.log)
+        inception_sha256=options.fid_inception_sha256,
+        log=inputs.log,
+    )
     outcome.note_draws([test, val])
     outcome.asset_metadata.update(test_images=len(test.rows), fid_inception_status=outcome.params["fid_inception"])
     return outcome
 
 
 EVALUATION = Evaluation(
-    "generation_evaluation", "The class-conditional model against real test images: fd_cxr and KID on the CXR "
+    "generation_evaluation",
+    "The class-conditional model against real test images: fd_cxr and KID on the CXR "
     "feature network, conditional accuracy, MS-SSIM diversity, and Inception FID when its weights are available "
     "locally; then champion/challenger promotion.",
-    evaluate, GenerationOptions,
-    policy=PromotionPolicy("fd_cxr_class_ddpm", ("cond_acc_class_ddpm",), detail_guards=("detail_class_ddpm",)))
+    evaluate,
+    GenerationOptions,
+    policy=PromotionPolicy("fd_cxr_class_ddpm", ("cond_acc_class_ddpm",), detail_guards=("detail_class_ddpm",)),
+)
 
 CLASS_DDPM = ModelKind(
-    key="class_ddpm", asset="class_ddpm", registered_name="cxr-class-ddpm", folder="class_ddpm",
-    title="Class-conditional LDM", description="class_ddpm (EMA weights)", recipe=Recipe, plan=plan, serving=SERVING,
-    train=train, pipeline=ClassConditionalGenerator, unet_profiles=UNET_PROFILES,
-    evaluation=EVALUATION)
+    key="class_ddpm",
+    asset="class_ddpm",
+    registered_name="cxr-class-ddpm",
+    folder="class_ddpm",
+    title="Class-conditional LDM",
+    description="class_ddpm (EMA weights)",
+    recipe=Recipe,
+    plan=plan,
+    serving=SERVING,
+    train=train,
+    pipeline=ClassConditionalGenerator,
+    unet_profiles=UNET_PROFILES,
+    evaluation=EVALUATION,
+)

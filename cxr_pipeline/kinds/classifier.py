@@ -32,24 +32,47 @@ def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
     widths = recipe.widths()
     network = ClassifierConfig(widths=widths) if widths else ClassifierConfig()
     train_config = recipe.train_config()
-    params = {**{f"classifier.{k}": v for k, v in network.as_dict().items()},
-              **{f"train.{k}": v for k, v in train_config.identity().items()}, "classes": ",".join(recipe.classes)}
+    params = {
+        **{f"classifier.{k}": v for k, v in network.as_dict().items()},
+        **{f"train.{k}": v for k, v in train_config.identity().items()},
+        "classes": ",".join(recipe.classes),
+    }
 
     def run(progress):
-        return train_classifier(metadata, ImageStore(paths.image_store), recipe.classes, network, train_config,
-                                paths.models / CLASSIFIER.folder, data_hash, progress=progress,
-                                val_images=recipe.val_images), {}
+        return train_classifier(
+            metadata,
+            ImageStore(paths.image_store),
+            recipe.classes,
+            network,
+            train_config,
+            paths.models / CLASSIFIER.folder,
+            data_hash,
+            progress=progress,
+            val_images=recipe.val_images,
+        ), {}
 
     return [TrainingPlan(CLASSIFIER, data_hash, params, run=run)]
 
 
-SERVING = ServingSpec(lambda folder, device: load_classifier(folder, device)[0],
-                      lambda model, x, p: embed(model, request_images(x))[1].astype(np.float32),
-                      lambda folder: gray(32), "float32", IMAGES, VECTORS)
+SERVING = ServingSpec(
+    lambda folder, device: load_classifier(folder, device)[0],
+    lambda model, x, p: embed(model, request_images(x))[1].astype(np.float32),
+    lambda folder: gray(32),
+    "float32",
+    IMAGES,
+    VECTORS,
+)
 
 CLASSIFIER = ModelKind(
-    key="classifier", asset="cxr_classifier", registered_name="cxr-feature-classifier", folder="classifier",
-    title="CXR feature classifier", description="CXR feature network for fd_cxr, KID and conditional accuracy",
-    recipe=Recipe, plan=plan, serving=SERVING,
+    key="classifier",
+    asset="cxr_classifier",
+    registered_name="cxr-feature-classifier",
+    folder="classifier",
+    title="CXR feature classifier",
+    description="CXR feature network for fd_cxr, KID and conditional accuracy",
+    recipe=Recipe,
+    plan=plan,
+    serving=SERVING,
     # its features and predictions score every generator: a weak classifier makes every score noise
-    acceptance=(("val_auroc_macro", 0.8, "separates the classes on val (chance is 0.5)"),))
+    acceptance=(("val_auroc_macro", 0.8, "separates the classes on val (chance is 0.5)"),),
+)

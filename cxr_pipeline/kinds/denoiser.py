@@ -57,12 +57,23 @@ class Recipe(DiffusionRecipe):
 def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
     doses = doses_built(paths.pairs)
     size = get_profile(profile).image_size
-    unet = DENOISER.unet(profile, size, 2, 1, widths=recipe.widths(),
-                         num_class_embeds=len(doses) + 1 if recipe.dose_conditioning else None)
+    unet = DENOISER.unet(
+        profile,
+        size,
+        2,
+        1,
+        widths=recipe.widths(),
+        num_class_embeds=len(doses) + 1 if recipe.dose_conditioning else None,
+    )
     data_hash = content_hash(pd.read_parquet(paths.metadata))
     job = TrainingJob(DENOISER.key, str(paths.home), unet, recipe, data_hash)
-    params = {"doses": ",".join(f"{d:g}" for d in doses), "dose_conditioning": recipe.dose_conditioning,
-              "sampling_strength": recipe.sampling_strength, "crop": recipe.crop, "residual": recipe.residual}
+    params = {
+        "doses": ",".join(f"{d:g}" for d in doses),
+        "dose_conditioning": recipe.dose_conditioning,
+        "sampling_strength": recipe.sampling_strength,
+        "crop": recipe.crop,
+        "residual": recipe.residual,
+    }
     return [TrainingPlan(DENOISER, data_hash, params, job=job)]
 
 
@@ -74,44 +85,88 @@ def train(job: TrainingJob, progress: Progress = None, stop_after: int | None = 
         folder = low_dose_pair_dir(paths.pairs, dose)
         dose_stores[dose] = (ImageStore(folder), pd.read_parquet(folder / "index.parquet"))
     return diffusion_training.train_denoiser(
-        pd.read_parquet(paths.metadata), ImageStore(paths.image_store), dose_stores, job.unet, job.schedule, job.train,
-        job.runs_root, job.data_hash, dose_conditioning=recipe.dose_conditioning,
-        sampling_strength=recipe.sampling_strength, crop=recipe.crop, residual=recipe.residual, progress=progress,
-        stop_after=stop_after)
+        pd.read_parquet(paths.metadata),
+        ImageStore(paths.image_store),
+        dose_stores,
+        job.unet,
+        job.schedule,
+        job.train,
+        job.runs_root,
+        job.data_hash,
+        dose_conditioning=recipe.dose_conditioning,
+        sampling_strength=recipe.sampling_strength,
+        crop=recipe.crop,
+        residual=recipe.residual,
+        progress=progress,
+        stop_after=stop_after,
+    )
 
 
 SERVING = ServingSpec(
     LowDoseDenoiser.from_pretrained,
-    lambda model, x, p: model(request_images(x), seed=p["seed"], steps=p["steps"], strength=given(p["strength"]),
-                              dose=given(p["dose"])).numpy(),
+    lambda model, x, p: model(
+        request_images(x), seed=p["seed"], steps=p["steps"], strength=given(p["strength"]), dose=given(p["dose"])
+    ).numpy(),
     lambda folder: gray(native_size(folder)),
-    "float32", IMAGES, IMAGES, sampling_params(("strength", "double", -1.0), ("dose", "double", -1.0)))
+    "float32",
+    IMAGES,
+    IMAGES,
+    sampling_params(("strength", "double", -1.0), ("dose", "double", -1.0)),
+)
 
-def evaluate(inputs: SuiteInputs, budget: SamplingBudget, policy: PromotionPolicy,
-             options: DenoisingOptions) -> EvaluationOutcome:
+
+def evaluate(
+    inputs: SuiteInputs, budget: SamplingBudget, policy: PromotionPolicy, options: DenoisingOptions
+) -> EvaluationOutcome:
     paths, test = inputs.paths, inputs.draw("test", budget.seed)
-    outcome = denoising_suite(current_model(paths, DENOISER.key), test.rows,
-                              split_rows(inputs.metadata, "val", options.val_images), paths.image_store, paths.pairs,
-                              doses_built(paths.pairs), budget, policy, paths.registry_cache,
-                              nlm_factors=options.nlm_factors, strengths=options.strengths, log=inputs.log)
+    outcome = denoising_suite(
+        current_model(paths, DENOISER.key),
+        test.rows,
+        split_rows(inputs.metadata, "val", options.val_images),
+        paths.image_store,
+        paths.pairs,
+        doses_built(paths.pairs),
+        budget,
+        policy,
+        paths.registry_cache,
+        nlm_factors=options.nlm_factors,
+        strengths=options.strengths,
+        log=inputs.log,
+    )
     outcome.note_draws([test])
     outcome.asset_metadata["test_images"] = len(test.rows)
     return outcome
 
 
 EVALUATION = Evaluation(
-    "denoising_evaluation", "The low-dose denoiser per dose level on the test split, against the noisy input and "
+    "denoising_evaluation",
+    "The low-dose denoiser per dose level on the test split, against the noisy input and "
     "non-local means (both tuned on val), then champion/challenger promotion.",
-    evaluate, DenoisingOptions,
+    evaluate,
+    DenoisingOptions,
     # The denoiser predicts x0 of a residual, so a coarse chain loses nothing: on val, 20 DDIM steps against
     # 50 are +0.18 / +0.09 / -0.13 dB at I0 1000 / 3000 / 10000 in 0.43x the time (docs/recipes.md).
     budget=SamplingBudget(ddim_steps=20),
     # the lowest dose: the hardest case
-    policy=PromotionPolicy("psnr_denoise_i0_1000_diffusion", ("ssim_denoise_i0_1000_diffusion",),
-                           detail_guards=("detail_denoise_i0_1000_diffusion",)))
+    policy=PromotionPolicy(
+        "psnr_denoise_i0_1000_diffusion",
+        ("ssim_denoise_i0_1000_diffusion",),
+        detail_guards=("detail_denoise_i0_1000_diffusion",),
+    ),
+)
 
 DENOISER = ModelKind(
-    key="denoiser", asset="low_dose_denoiser", registered_name="cxr-lowdose-denoiser", folder="denoiser",
-    title="Low-dose denoiser", description="denoiser (EMA weights)", recipe=Recipe, plan=plan, serving=SERVING,
-    train=train, pipeline=LowDoseDenoiser, unet_profiles=UNET_PROFILES,
-    evaluation=EVALUATION)
+    key="denoiser",
+    asset="low_dose_denoiser",
+    registered_name="cxr-lowdose-denoiser",
+    folder="denoiser",
+    title="Low-dose denoiser",
+    description="denoiser (EMA weights)",
+    recipe=Recipe,
+    plan=plan,
+    serving=SERVING,
+    train=train,
+    pipeline=LowDoseDenoiser,
+    unet_profiles=UNET_PROFILES,
+    evaluation=EVALUATION,
+)

@@ -15,7 +15,8 @@ from ..evaluation.outcome import Evaluation, EvaluationOutcome, PromotionPolicy,
 from ..evaluation.suites import SrOptions, super_resolution_suite
 from ..model_record import ModelRecord, current_model, has_current_model
 from ..models import diffusion_training
-from ..models.diffusion import UNetProfile, describe
+from ..models.diffusion import UNetProfile
+from ..models.model_folder import describe
 from ..models.model_settings import LatentSRSettings
 from ..models.pipelines import LatentSuperResolution
 from ..models.training import TrainingOutcome
@@ -67,10 +68,22 @@ def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
     unet = LATENT_SR.unet(profile, shape[-1], 2 * shape[0], shape[0], widths=recipe.widths())
     plans = []
     for scale in recipe.scales:
-        job = TrainingJob(LATENT_SR.key, str(paths.home), unet, replace(recipe, scales=[scale]), data_hash,
-                          ModelInputs(vae_dir=str(vae.model_dir)))
-        plans.append(TrainingPlan(LATENT_SR.at_scale(scale), data_hash,
-                                  {"scale": scale, "vae": vae.label, "residual": recipe.residual}, job=job))
+        job = TrainingJob(
+            LATENT_SR.key,
+            str(paths.home),
+            unet,
+            replace(recipe, scales=[scale]),
+            data_hash,
+            ModelInputs(vae_dir=str(vae.model_dir)),
+        )
+        plans.append(
+            TrainingPlan(
+                LATENT_SR.at_scale(scale),
+                data_hash,
+                {"scale": scale, "vae": vae.label, "residual": recipe.residual},
+                job=job,
+            )
+        )
     return plans
 
 
@@ -78,42 +91,88 @@ def train(job: TrainingJob, progress: Progress = None, stop_after: int | None = 
     recipe = job.recipe
     assert isinstance(recipe, Recipe) and len(recipe.scales) == 1, "a latent SR job trains one scale"
     return diffusion_training.train_latent_sr(
-        job.paths.latents, recipe.scales[0], job.input_dir("vae_dir"), job.unet, job.schedule, job.train,
-        job.runs_root, job.data_hash, residual=recipe.residual, progress=progress, stop_after=stop_after)
+        job.paths.latents,
+        recipe.scales[0],
+        job.input_dir("vae_dir"),
+        job.unet,
+        job.schedule,
+        job.train,
+        job.runs_root,
+        job.data_hash,
+        residual=recipe.residual,
+        progress=progress,
+        stop_after=stop_after,
+    )
 
 
 SERVING = ServingSpec(
     LatentSuperResolution.from_pretrained,
-    lambda sr, x, p: sr(request_images(x), seed=p["seed"], steps=p["steps"], strength=given(p["strength"], 1.0)).numpy(),
+    lambda sr, x, p: sr(
+        request_images(x), seed=p["seed"], steps=p["steps"], strength=given(p["strength"], 1.0)
+    ).numpy(),
     lambda folder: gray(native_size(folder) // describe(folder).settings_as(LatentSRSettings).scale),
-    "float32", IMAGES, IMAGES, sampling_params(("strength", "double", 1.0)))
+    "float32",
+    IMAGES,
+    IMAGES,
+    sampling_params(("strength", "double", 1.0)),
+)
+
 
 def trained_scales(paths: WorkPaths) -> list[tuple[int, ModelRecord]]:
     """(scale, current model) for every scale the pairs were built at and a model was trained for."""
-    return [(scale, current_model(paths, LATENT_SR.at_scale(scale).key)) for scale in scales_built(paths.pairs)
-            if has_current_model(paths, LATENT_SR.at_scale(scale).key)]
+    return [
+        (scale, current_model(paths, LATENT_SR.at_scale(scale).key))
+        for scale in scales_built(paths.pairs)
+        if has_current_model(paths, LATENT_SR.at_scale(scale).key)
+    ]
 
 
-def evaluate(inputs: SuiteInputs, budget: SamplingBudget, policy: PromotionPolicy, options: SrOptions) -> EvaluationOutcome:
+def evaluate(
+    inputs: SuiteInputs, budget: SamplingBudget, policy: PromotionPolicy, options: SrOptions
+) -> EvaluationOutcome:
     paths, test = inputs.paths, inputs.draw("test", budget.seed)
-    outcome = super_resolution_suite(trained_scales(paths), test.rows, paths.image_store, paths.pairs, budget, policy,
-                                     paths.registry_cache, full_chain=options.full_chain,
-                                     lr_start_strength=options.lr_start_strength, log=inputs.log)
+    outcome = super_resolution_suite(
+        trained_scales(paths),
+        test.rows,
+        paths.image_store,
+        paths.pairs,
+        budget,
+        policy,
+        paths.registry_cache,
+        full_chain=options.full_chain,
+        lr_start_strength=options.lr_start_strength,
+        log=inputs.log,
+    )
     outcome.note_draws([test])
     outcome.asset_metadata["test_images"] = len(test.rows)
     return outcome
 
 
 EVALUATION = Evaluation(
-    "sr_evaluation", "Each latent SR model on the test split against bicubic, bicubic through the VAE and the VAE "
+    "sr_evaluation",
+    "Each latent SR model on the test split against bicubic, bicubic through the VAE and the VAE "
     "ceiling: PSNR/SSIM/MAE, LR-consistency and the spread over seeds, with DDIM (from noise and from the LR latent) "
     "and optionally the full chain; then champion/challenger promotion per scale.",
-    evaluate, SrOptions,
-    policy=PromotionPolicy("psnr_sr_x{scale}_ddim", ("lr_consistency_psnr_sr_x{scale}_ddim",),
-                           detail_guards=("detail_sr_x{scale}_ddim",)))
+    evaluate,
+    SrOptions,
+    policy=PromotionPolicy(
+        "psnr_sr_x{scale}_ddim", ("lr_consistency_psnr_sr_x{scale}_ddim",), detail_guards=("detail_sr_x{scale}_ddim",)
+    ),
+)
 
 LATENT_SR = ModelKind(
-    key="latent_sr", asset="latent_sr", registered_name="cxr-latent-sr", folder="latent_sr",
-    title="Latent super-resolution", description="latent_sr (EMA weights)", recipe=Recipe, plan=plan,
-    serving=SERVING, train=train, pipeline=LatentSuperResolution, unet_profiles=UNET_PROFILES,
-    evaluation=EVALUATION, per_scale=True)
+    key="latent_sr",
+    asset="latent_sr",
+    registered_name="cxr-latent-sr",
+    folder="latent_sr",
+    title="Latent super-resolution",
+    description="latent_sr (EMA weights)",
+    recipe=Recipe,
+    plan=plan,
+    serving=SERVING,
+    train=train,
+    pipeline=LatentSuperResolution,
+    unet_profiles=UNET_PROFILES,
+    evaluation=EVALUATION,
+    per_scale=True,
+)

@@ -54,8 +54,14 @@ class Recipe(TrainingRecipe):
     align_learning_rate: float = 5e-4
 
     def encoder(self) -> ReportEncoderConfig:
-        return ReportEncoderConfig(vocab_size=self.vocab_size, hidden_size=self.hidden_size, layers=self.layers,
-                                   heads=self.heads, intermediate_size=2 * self.hidden_size, max_length=self.max_length)
+        return ReportEncoderConfig(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            layers=self.layers,
+            heads=self.heads,
+            intermediate_size=2 * self.hidden_size,
+            max_length=self.max_length,
+        )
 
 
 def split_prompts(metadata: pd.DataFrame, split: str) -> list[str]:
@@ -75,8 +81,10 @@ def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
     metadata = pd.read_parquet(paths.metadata)
     train, val = split_prompts(metadata, "train"), split_prompts(metadata, "val")
     if not train:
-        raise ValueError("no training image has a report (findings_text / impression_text): the text model needs "
-                         "a report source, e.g. OpenI ecgen-radiology XML or the Indiana CSV pair")
+        raise ValueError(
+            "no training image has a report (findings_text / impression_text): the text model needs "
+            "a report source, e.g. OpenI ecgen-radiology XML or the Indiana CSV pair"
+        )
     data_hash = content_hash(metadata)
     train_config = recipe.train_config()
     runs_root = paths.models / REPORT_ENCODER.folder
@@ -87,29 +95,51 @@ def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
             ReportEncoder.from_pretrained(folder)  # fails here, clearly, on a folder that is not a checkpoint
             outcome, source = TrainingOutcome("report_encoder", folder, folder, 0, None), "configured checkpoint"
         else:
-            outcome = pretrain_report_encoder(train, val, recipe.encoder(), train_config, runs_root, data_hash,
-                                              progress=progress)
+            outcome = pretrain_report_encoder(
+                train, val, recipe.encoder(), train_config, runs_root, data_hash, progress=progress
+            )
             source = "pretrained here (masked-language modelling)"
         if not recipe.align_steps:
             return outcome, {"source": source}
-        (train_texts, train_latents), (val_texts, val_latents) = (report_latents(metadata, paths.latents, split)
-                                                                  for split in ("train", "val"))
-        length = int(token_counts(AutoTokenizer.from_pretrained(str(outcome.model_dir), local_files_only=True),
-                                  train_texts).max())  # the tokenizer alone: no weights loaded twice
+        (train_texts, train_latents), (val_texts, val_latents) = (
+            report_latents(metadata, paths.latents, split) for split in ("train", "val")
+        )
+        length = int(
+            token_counts(
+                AutoTokenizer.from_pretrained(str(outcome.model_dir), local_files_only=True), train_texts
+            ).max()
+        )  # the tokenizer alone: no weights loaded twice
         aligned = align_report_encoder(
-            outcome.model_dir, train_texts, train_latents, val_texts, val_latents,
-            replace(train_config, steps=recipe.align_steps, batch_size=recipe.align_batch_size,
-                    learning_rate=recipe.align_learning_rate, eval_every=recipe.align_steps),
-            runs_root / "aligned", data_hash, max_length=length, progress=as_part(progress, "align"))
+            outcome.model_dir,
+            train_texts,
+            train_latents,
+            val_texts,
+            val_latents,
+            replace(
+                train_config,
+                steps=recipe.align_steps,
+                batch_size=recipe.align_batch_size,
+                learning_rate=recipe.align_learning_rate,
+                eval_every=recipe.align_steps,
+            ),
+            runs_root / "aligned",
+            data_hash,
+            max_length=length,
+            progress=as_part(progress, "align"),
+        )
         aligned.metrics.update({f"mlm_{k}": v for k, v in outcome.metrics.items()})
         return aligned, {"source": f"{source}, aligned to the images (ConVIRT)"}
 
     own = not recipe.checkpoint
-    params = {"checkpoint": recipe.checkpoint or "none (pretrained here)", "train_reports": len(train),
-              **({f"encoder.{k}": v for k, v in vars(recipe.encoder()).items()} if own else {}),
-              **({f"train.{k}": v for k, v in train_config.identity().items()} if own else {}),
-              "align.steps": recipe.align_steps, "align.batch_size": recipe.align_batch_size,
-              "align.learning_rate": recipe.align_learning_rate}
+    params = {
+        "checkpoint": recipe.checkpoint or "none (pretrained here)",
+        "train_reports": len(train),
+        **({f"encoder.{k}": v for k, v in vars(recipe.encoder()).items()} if own else {}),
+        **({f"train.{k}": v for k, v in train_config.identity().items()} if own else {}),
+        "align.steps": recipe.align_steps,
+        "align.batch_size": recipe.align_batch_size,
+        "align.learning_rate": recipe.align_learning_rate,
+    }
     return [TrainingPlan(REPORT_ENCODER, data_hash, params, run=run)]
 
 
@@ -117,17 +147,33 @@ def summary(model_dir: Path, train_reports: list[str]) -> dict:
     """What the trained encoder makes of the training reports: vocabulary, width, lengths."""
     encoder = ReportEncoder.from_pretrained(model_dir)
     tokens = encoder.token_counts(train_reports)
-    return {"vocabulary": len(encoder.tokenizer), "hidden_size": encoder.hidden_size, "train_reports": len(train_reports),
-            "tokens_per_report_median": int(np.median(tokens)),
-            "reports_truncated": int((tokens > encoder.max_length).sum())}
+    return {
+        "vocabulary": len(encoder.tokenizer),
+        "hidden_size": encoder.hidden_size,
+        "train_reports": len(train_reports),
+        "tokens_per_report_median": int(np.median(tokens)),
+        "reports_truncated": int((tokens > encoder.max_length).sum()),
+    }
 
 
 SERVING = ServingSpec(
     lambda folder, device: ReportEncoder.from_pretrained(folder, pick_device(device)),
     lambda encoder, x, p: encoder.encode(request_reports(x)).pooled().cpu().numpy().astype(np.float32),
-    report_example, "string", (-1,), VECTORS)
+    report_example,
+    "string",
+    (-1,),
+    VECTORS,
+)
 
 REPORT_ENCODER = ModelKind(
-    key="report_encoder", asset="report_encoder", registered_name="cxr-report-encoder", folder="report_encoder",
-    title="Report encoder", description="Radiology report encoder (tokenizer + BERT)", recipe=Recipe, plan=plan,
-    serving=SERVING, acceptance=(("mlm_val_mlm_accuracy", 0.5, "predicts most masked val report tokens"),))
+    key="report_encoder",
+    asset="report_encoder",
+    registered_name="cxr-report-encoder",
+    folder="report_encoder",
+    title="Report encoder",
+    description="Radiology report encoder (tokenizer + BERT)",
+    recipe=Recipe,
+    plan=plan,
+    serving=SERVING,
+    acceptance=(("mlm_val_mlm_accuracy", 0.5, "predicts most masked val report tokens"),),
+)

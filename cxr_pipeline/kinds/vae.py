@@ -20,8 +20,13 @@ from .base import IMAGES, ModelKind, ServingSpec, TrainingPlan, TrainingRecipe, 
 # (docs/recipes.md#autoencoder-vae).
 VAE_PROFILES = {
     "demo": VaeConfig(block_out_channels=(16, 32), mid_attention=False),
-    "full": VaeConfig(block_out_channels=(64, 128, 256), latent_channels=8, layers_per_block=2, norm_num_groups=32,
-                      mid_attention=False),
+    "full": VaeConfig(
+        block_out_channels=(64, 128, 256),
+        latent_channels=8,
+        layers_per_block=2,
+        norm_num_groups=32,
+        mid_attention=False,
+    ),
 }
 
 
@@ -53,30 +58,66 @@ def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
     vae_config = architecture(recipe, profile)
     train_config = recipe.train_config()
     data_hash = content_hash(metadata)
-    params = {**{f"vae.{k}": v for k, v in vae_config.as_dict().items()},
-              **{f"train.{k}": v for k, v in train_config.identity().items()},
-              "train_images": int((metadata["split"] == "train").sum()),
-              "image_size": get_profile(profile).image_size, "train.crop": recipe.crop}
+    params = {
+        **{f"vae.{k}": v for k, v in vae_config.as_dict().items()},
+        **{f"train.{k}": v for k, v in train_config.identity().items()},
+        "train_images": int((metadata["split"] == "train").sum()),
+        "image_size": get_profile(profile).image_size,
+        "train.crop": recipe.crop,
+    }
 
     def run(progress):
-        return train_vae(metadata, ImageStore(paths.image_store), paths.models / VAE.folder, vae_config, train_config,
-                         data_hash, progress=progress, crop=recipe.crop, val_images=recipe.val_images), {}
+        return train_vae(
+            metadata,
+            ImageStore(paths.image_store),
+            paths.models / VAE.folder,
+            vae_config,
+            train_config,
+            data_hash,
+            progress=progress,
+            crop=recipe.crop,
+            val_images=recipe.val_images,
+        ), {}
 
-    return [TrainingPlan(VAE, data_hash, params, run=run,
-                         reported={"downsampling_factor": vae_config.downsampling_factor,
-                                   "latent_channels": vae_config.latent_channels})]
+    return [
+        TrainingPlan(
+            VAE,
+            data_hash,
+            params,
+            run=run,
+            reported={
+                "downsampling_factor": vae_config.downsampling_factor,
+                "latent_channels": vae_config.latent_channels,
+            },
+        )
+    ]
 
 
-SERVING = ServingSpec(lambda folder, device: load_vae(folder, pick_device(device)),
-                      lambda vae, x, p: reconstruct(vae, request_images(x)).numpy(),
-                      lambda folder: gray(16), "float32", IMAGES, IMAGES)
+SERVING = ServingSpec(
+    lambda folder, device: load_vae(folder, pick_device(device)),
+    lambda vae, x, p: reconstruct(vae, request_images(x)).numpy(),
+    lambda folder: gray(16),
+    "float32",
+    IMAGES,
+    IMAGES,
+)
 
 # No latent model can draw what its autoencoder loses: below this share of the val images' fine
 # detail (metrics/detail.py), reconstructions look blurred (a 0.7 px blur scores about 0.27).
 FINE_DETAIL_FLOOR = 0.9
 
 VAE = ModelKind(
-    key="vae", asset="vae", registered_name="cxr-vae", folder="vae", title="Autoencoder (VAE)",
-    description="AutoencoderKL for chest radiographs (EMA weights)", recipe=Recipe, plan=plan, serving=SERVING,
-    acceptance=(("val_detail", FINE_DETAIL_FLOOR, "keeps the val images' fine detail (ribs, vessels)"),
-                ("val_ssim", 0.9, "reconstructs the val images faithfully")))
+    key="vae",
+    asset="vae",
+    registered_name="cxr-vae",
+    folder="vae",
+    title="Autoencoder (VAE)",
+    description="AutoencoderKL for chest radiographs (EMA weights)",
+    recipe=Recipe,
+    plan=plan,
+    serving=SERVING,
+    acceptance=(
+        ("val_detail", FINE_DETAIL_FLOOR, "keeps the val images' fine detail (ribs, vessels)"),
+        ("val_ssim", 0.9, "reconstructs the val images faithfully"),
+    ),
+)

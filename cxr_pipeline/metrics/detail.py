@@ -50,7 +50,7 @@ def radial_power_spectra(images, band: tuple[float, float] = BAND) -> tuple[np.n
     height, width = images.shape[1:]
     window = np.outer(np.hanning(height), np.hanning(width))
     centred = (images - images.mean(axis=(1, 2), keepdims=True)) * window
-    power = np.abs(np.fft.fft2(centred)) ** 2 / (window ** 2).sum()
+    power = np.abs(np.fft.fft2(centred)) ** 2 / (window**2).sum()
     radius = np.hypot(*np.meshgrid(np.fft.fftfreq(height), np.fft.fftfreq(width), indexing="ij"))
     step = 1.0 / min(height, width)
     bins = np.round(radius / step).astype(int)
@@ -86,12 +86,18 @@ def paired_detail_ratios(prediction, target, band: tuple[float, float] = BAND) -
     return np.exp(np.mean(np.log((mine + FLOOR) / (theirs + FLOOR)), axis=1))
 
 
-def set_detail_interval(images, reference, band: tuple[float, float] = BAND, resamples: int = 1000,
-                        seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+def set_detail_interval(
+    images, reference, band: tuple[float, float] = BAND, resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
     """``set_detail_ratio`` with a percentile bootstrap interval, both sets resampled image by image."""
     mine, theirs = _set_spectra(images, reference, band)
     rng = np.random.default_rng(seed)
-    draws = np.array([_ratio_of_mean_spectra(mine[rng.integers(0, len(mine), len(mine))],
-                                             theirs[rng.integers(0, len(theirs), len(theirs))])
-                      for _ in range(resamples)])
+    draws = np.array(
+        [
+            _ratio_of_mean_spectra(
+                mine[rng.integers(0, len(mine), len(mine))], theirs[rng.integers(0, len(theirs), len(theirs))]
+            )
+            for _ in range(resamples)
+        ]
+    )
     return (_ratio_of_mean_spectra(mine, theirs), *percentile_interval(draws, level))

@@ -45,8 +45,9 @@ def frechet_distance(real_features, fake_features) -> float:
     return float(metric.compute())
 
 
-def kernel_inception_distance(real_features, fake_features, subset_size: int | None = None, subsets: int = 100,
-                              seed: int = 0) -> tuple[float, float]:
+def kernel_inception_distance(
+    real_features, fake_features, subset_size: int | None = None, subsets: int = 100, seed: int = 0
+) -> tuple[float, float]:
     """Unbiased squared MMD with the cubic polynomial kernel, mean and std over random subsets of
     ``subset_size`` (default: half the smaller set, so the std says how stable the figure is;
     the estimate is unbiased at any subset size)."""
@@ -88,7 +89,8 @@ def mean_pairwise_ms_ssim(images: torch.Tensor, max_pairs: int = 200, seed: int 
         pairs = pairs[np.random.default_rng(seed).choice(len(pairs), max_pairs, replace=False)]
     first, second = images[pairs[:, 0]].double(), images[pairs[:, 1]].double()
     scores = multiscale_structural_similarity_index_measure(
-        first, second, data_range=1.0, betas=ms_ssim_betas(images.shape[-1]), normalize="relu", reduction="none")
+        first, second, data_range=1.0, betas=ms_ssim_betas(images.shape[-1]), normalize="relu", reduction="none"
+    )
     return float(scores.mean())
 
 
@@ -125,7 +127,9 @@ def precision_recall_density_coverage(real_features, fake_features, k: int = 5) 
     real_to_fake = torch.cdist(real, fake)  # (R, F)
     inside_real = real_to_fake <= real_radii[:, None]  # fake f inside real ball r
     inside_fake = real_to_fake <= fake_radii[None, :]  # real r inside fake ball f
-    return {"precision": float(inside_real.any(dim=0).double().mean()),
-            "recall": float(inside_fake.any(dim=1).double().mean()),
-            "density": float(inside_real.sum(dim=0).double().mean() / k),
-            "coverage": float((real_to_fake.min(dim=1).values <= real_radii).double().mean())}
+    return {
+        "precision": float(inside_real.any(dim=0).double().mean()),
+        "recall": float(inside_fake.any(dim=1).double().mean()),
+        "density": float(inside_real.sum(dim=0).double().mean() / k),
+        "coverage": float((real_to_fake.min(dim=1).values <= real_radii).double().mean()),
+    }

@@ -49,12 +49,15 @@ def verify_weights(weights_path: str | None, expected_sha256: str | None = None)
         if actual.lower() != expected_sha256.lower():
             return f"not computed: SHA-256 of {path.name} is {actual}, expected {expected_sha256}"
     elif not actual.startswith(PUBLISHED_SHA256_PREFIX):
-        return f"not computed: SHA-256 of {path.name} is {actual}, expected the published prefix {PUBLISHED_SHA256_PREFIX}"
+        return (
+            f"not computed: SHA-256 of {path.name} is {actual}, expected the published prefix {PUBLISHED_SHA256_PREFIX}"
+        )
     return None
 
 
-def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | None,
-                  expected_sha256: str | None = None) -> InceptionFid:
+def inception_fid(
+    real: torch.Tensor, fake: torch.Tensor, weights_path: str | None, expected_sha256: str | None = None
+) -> InceptionFid:
     """Gray (N, 1, H, W) images in [0, 1], replicated to RGB and resized to 299 px by torchmetrics'
     torch-fidelity Inception, as published FIDs are computed."""
     problem = verify_weights(weights_path, expected_sha256)
@@ -63,10 +66,15 @@ def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | No
     try:
         from torchmetrics.image.fid import FrechetInceptionDistance
 
-        metric = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(weights_path))
+        metric = FrechetInceptionDistance(
+            feature=2048, normalize=True, feature_extractor_weights_path=str(weights_path)
+        )
     except (ImportError, ModuleNotFoundError, RuntimeError) as error:
-        return InceptionFid(None, f"not computed: torch-fidelity's Inception is unavailable ({error}); "
-                                  "pip install 'cxr-pipeline[fid]'")
+        return InceptionFid(
+            None, f"not computed: torch-fidelity's Inception is unavailable ({error}); pip install 'cxr-pipeline[fid]'"
+        )
     metric.update(real.float().repeat(1, 3, 1, 1), real=True)
     metric.update(fake.float().repeat(1, 3, 1, 1), real=False)
-    return InceptionFid(float(metric.compute()), f"Inception-v3 pool3 (2048-d), {len(real)} real vs {len(fake)} generated")
+    return InceptionFid(
+        float(metric.compute()), f"Inception-v3 pool3 (2048-d), {len(real)} real vs {len(fake)} generated"
+    )

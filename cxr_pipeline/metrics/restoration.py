@@ -28,11 +28,18 @@ def per_image_scores(prediction: torch.Tensor, target: torch.Tensor) -> pd.DataF
         raise ValueError(f"expected equal (N, C, H, W) shapes, got {tuple(prediction.shape)} and {tuple(target.shape)}")
     prediction, target = prediction.detach().double(), target.detach().double()
     psnr = peak_signal_noise_ratio(prediction, target, data_range=DATA_RANGE, reduction="none", dim=(1, 2, 3))
-    ssim = cast(torch.Tensor, structural_similarity_index_measure(prediction, target, data_range=DATA_RANGE,
-                                                                  reduction="none"))
+    ssim = cast(
+        torch.Tensor, structural_similarity_index_measure(prediction, target, data_range=DATA_RANGE, reduction="none")
+    )
     mae = (prediction - target).abs().mean(dim=(1, 2, 3))
-    return pd.DataFrame({"psnr": psnr.numpy(), "ssim": ssim.numpy(), "mae": mae.numpy(),
-                         "detail": paired_detail_ratios(prediction, target)})
+    return pd.DataFrame(
+        {
+            "psnr": psnr.numpy(),
+            "ssim": ssim.numpy(),
+            "mae": mae.numpy(),
+            "detail": paired_detail_ratios(prediction, target),
+        }
+    )
 
 
 def lr_consistency_psnr(super_resolved: torch.Tensor, low_resolution: torch.Tensor) -> np.ndarray:
@@ -41,8 +48,9 @@ def lr_consistency_psnr(super_resolved: torch.Tensor, low_resolution: torch.Tens
     support lowers it: a model that invents structure fails here even when its output looks plausible."""
     size = (int(low_resolution.shape[-2]), int(low_resolution.shape[-1]))
     reduced = torch.from_numpy(np.stack([resize(image[0].numpy(), size) for image in super_resolved.float()]))
-    return peak_signal_noise_ratio(reduced.unsqueeze(1).double(), low_resolution.double(), data_range=DATA_RANGE,
-                                   reduction="none", dim=(1, 2, 3)).numpy()
+    return peak_signal_noise_ratio(
+        reduced.unsqueeze(1).double(), low_resolution.double(), data_range=DATA_RANGE, reduction="none", dim=(1, 2, 3)
+    ).numpy()
 
 
 def sample_spread(samples: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -29,8 +29,9 @@ class Summary:
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} [{self.ci_low:.{digits}f}, {self.ci_high:.{digits}f}]"
 
 
-def bootstrap_means(values: np.ndarray, groups: np.ndarray | None = None, resamples: int = 2000,
-                    seed: int = 0) -> np.ndarray:
+def bootstrap_means(
+    values: np.ndarray, groups: np.ndarray | None = None, resamples: int = 2000, seed: int = 0
+) -> np.ndarray:
     """Means of ``resamples`` bootstrap resamples, resampling whole groups when given."""
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 1 or not len(values):
@@ -87,8 +88,9 @@ def weighted_auroc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray
         return np.where(pairs > 0, correct / np.where(pairs > 0, pairs, 1.0), np.nan)
 
 
-def weighted_classification_scores(probabilities: np.ndarray, labels: np.ndarray, weights: np.ndarray,
-               class_names: Sequence[str]) -> dict[str, np.ndarray]:
+def weighted_classification_scores(
+    probabilities: np.ndarray, labels: np.ndarray, weights: np.ndarray, class_names: Sequence[str]
+) -> dict[str, np.ndarray]:
     """Accuracy, macro AUROC and per-class AUROC under each weight row. Macro averages the
     classes with positives and negatives in the test split (NaN-aware per row)."""
     labels = np.asarray(labels)
@@ -99,8 +101,11 @@ def weighted_classification_scores(probabilities: np.ndarray, labels: np.ndarray
     if per_class:
         stacked = np.stack(list(per_class.values()))
         defined = np.isfinite(stacked)
-        out["auroc_macro"] = np.where(defined.any(axis=0), np.where(defined, stacked, 0.0).sum(axis=0)
-                                      / np.maximum(defined.sum(axis=0), 1), np.nan)
+        out["auroc_macro"] = np.where(
+            defined.any(axis=0),
+            np.where(defined, stacked, 0.0).sum(axis=0) / np.maximum(defined.sum(axis=0), 1),
+            np.nan,
+        )
     else:
         out["auroc_macro"] = np.full(len(weights), np.nan)
     out.update({f"auroc_{name}": values for name, values in per_class.items()})

@@ -81,8 +81,12 @@ def aligned_crops(images: Sequence[torch.Tensor], size: int | None, seed: int, s
     rng = np.random.default_rng([seed, step, 23])
     tops = rng.integers(0, height - size_y + 1, len(images[0]))
     lefts = rng.integers(0, width - size_x + 1, len(images[0]))
-    return [torch.stack([x[i, :, top:top + size_y, left:left + size_x] for i, (top, left) in enumerate(zip(tops, lefts))])
-            for x in images]
+    return [
+        torch.stack(
+            [x[i, :, top : top + size_y, left : left + size_x] for i, (top, left) in enumerate(zip(tops, lefts))]
+        )
+        for x in images
+    ]
 
 
 class ConcatImages:

@@ -57,17 +57,30 @@ class ClassifierSettings:
     training: TrainingRecord
 
     def to_json(self) -> str:
-        return json.dumps({"config": self.config.as_dict(), "classes": list(self.classes), "image_size": self.image_size,
-                           "num_features": self.num_features, "metrics": self.metrics,
-                           "training": self.training.to_dict()}, indent=2)
+        return json.dumps(
+            {
+                "config": self.config.as_dict(),
+                "classes": list(self.classes),
+                "image_size": self.image_size,
+                "num_features": self.num_features,
+                "metrics": self.metrics,
+                "training": self.training.to_dict(),
+            },
+            indent=2,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> ClassifierSettings:
         raw = upgrade_classifier_json(json.loads(text))
         config = ClassifierConfig(**{**raw["config"], "widths": tuple(raw["config"]["widths"])})
-        return cls(config=config, classes=list(raw["classes"]), image_size=int(raw["image_size"]),
-                   num_features=int(raw["num_features"]), metrics=dict(raw["metrics"]),
-                   training=TrainingRecord.from_dict(raw["training"]))
+        return cls(
+            config=config,
+            classes=list(raw["classes"]),
+            image_size=int(raw["image_size"]),
+            num_features=int(raw["num_features"]),
+            metrics=dict(raw["metrics"]),
+            training=TrainingRecord.from_dict(raw["training"]),
+        )
 
 
 class _ResidualStage(nn.Module):
@@ -75,11 +88,15 @@ class _ResidualStage(nn.Module):
         super().__init__()
         groups = min(8, channels_out)
         self.body = nn.Sequential(
-            nn.Conv2d(channels_in, channels_out, 3, stride, 1, bias=False), nn.GroupNorm(groups, channels_out), nn.SiLU(),
-            nn.Conv2d(channels_out, channels_out, 3, 1, 1, bias=False), nn.GroupNorm(groups, channels_out),
+            nn.Conv2d(channels_in, channels_out, 3, stride, 1, bias=False),
+            nn.GroupNorm(groups, channels_out),
+            nn.SiLU(),
+            nn.Conv2d(channels_out, channels_out, 3, 1, 1, bias=False),
+            nn.GroupNorm(groups, channels_out),
         )
-        self.shortcut = nn.Sequential(nn.Conv2d(channels_in, channels_out, 1, stride, bias=False),
-                                      nn.GroupNorm(groups, channels_out))
+        self.shortcut = nn.Sequential(
+            nn.Conv2d(channels_in, channels_out, 1, stride, bias=False), nn.GroupNorm(groups, channels_out)
+        )
         self.activation = nn.SiLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,8 +110,9 @@ class CxrClassifier(nn.Module):
     def __init__(self, config: ClassifierConfig, num_classes: int):
         super().__init__()
         widths = config.widths
-        self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 3, 1, 1, bias=False), nn.GroupNorm(min(8, widths[0]), widths[0]),
-                                  nn.SiLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, widths[0], 3, 1, 1, bias=False), nn.GroupNorm(min(8, widths[0]), widths[0]), nn.SiLU()
+        )
         stages, channels = [], widths[0]
         for width in widths:
             stages.append(_ResidualStage(channels, width, stride=2))
@@ -117,7 +135,7 @@ def augment(images: torch.Tensor, config: ClassifierConfig, rng: np.random.Gener
     pad = config.max_shift
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad), mode="replicate")
     shifts = rng.integers(0, 2 * pad + 1, size=(count, 2))
-    shifted = torch.stack([padded[i, :, dy:dy + height, dx:dx + width] for i, (dy, dx) in enumerate(shifts)])
+    shifted = torch.stack([padded[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(shifts)])
     gammas = torch.from_numpy(rng.uniform(1 - config.gamma_jitter, 1 + config.gamma_jitter, count)).float()
     return shifted.clamp(1e-6, 1.0) ** gammas.view(-1, 1, 1, 1)
 
@@ -141,22 +159,26 @@ def embed(network: nn.Module, images: torch.Tensor, batch_size: int = 256) -> tu
     model.eval()
     features, probabilities = [], []
     for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size].to(device).float()
+        chunk = images[start : start + batch_size].to(device).float()
         pooled = model.features(chunk)
         features.append(pooled.cpu())
         probabilities.append(torch.softmax(model.head(pooled), dim=1).cpu())
     return torch.cat(features).double().numpy(), torch.cat(probabilities).double().numpy()
 
 
-def classification_scores(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+def classification_scores(
+    probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
+) -> dict[str, float]:
     """Accuracy, macro AUROC, and one-vs-rest AUROC per class (only classes present in ``labels``
     with negatives too; the others have no defined AUROC and are left out)."""
     probs, target = torch.tensor(np.array(probabilities)), torch.tensor(np.array(labels)).long()
     num_classes = len(class_names)
     per_class = multiclass_auroc(probs, target, num_classes=num_classes, average=None)
     present = [c for c in range(num_classes) if 0 < int((target == c).sum()) < len(target)]
-    scores = {"val_accuracy": float(multiclass_accuracy(probs, target, num_classes=num_classes, average="micro")),
-              "val_auroc_macro": float(per_class[present].mean()) if present else float("nan")}
+    scores = {
+        "val_accuracy": float(multiclass_accuracy(probs, target, num_classes=num_classes, average="micro")),
+        "val_auroc_macro": float(per_class[present].mean()) if present else float("nan"),
+    }
     scores.update({f"val_auroc_{class_names[c]}": float(per_class[c]) for c in present})
     return scores
 
@@ -169,9 +191,17 @@ def labelled_rows(metadata: pd.DataFrame, split: str) -> pd.DataFrame:
     return metadata[(metadata["split"] == split) & metadata["class_id"].notna()].reset_index(drop=True)
 
 
-def classifier_trainer(train_images, train_labels: np.ndarray, val_images: torch.Tensor, val_labels: np.ndarray,
-                       class_names: Sequence[str], config: ClassifierConfig, train_config: TrainConfig, run_dir: Path,
-                       progress=None) -> Trainer:
+def classifier_trainer(
+    train_images,
+    train_labels: np.ndarray,
+    val_images: torch.Tensor,
+    val_labels: np.ndarray,
+    class_names: Sequence[str],
+    config: ClassifierConfig,
+    train_config: TrainConfig,
+    run_dir: Path,
+    progress=None,
+) -> Trainer:
     """The one classifier recipe: class-balanced batches from ``train_images`` (anything with
     ``batch(rows)``: ``StoreImages``, ``ConcatImages``), mild augmentation, validation AUROC."""
     train_labels = np.asarray(train_labels, dtype=np.int64)
@@ -180,39 +210,74 @@ def classifier_trainer(train_images, train_labels: np.ndarray, val_images: torch
     def batches(step: int) -> dict:
         picked = sampler.indices(step)
         rng = np.random.default_rng([train_config.seed, step, 29])
-        return {"images": augment(train_images.batch(picked), config, rng),
-                "labels": torch.from_numpy(train_labels[picked]).long()}
+        return {
+            "images": augment(train_images.batch(picked), config, rng),
+            "labels": torch.from_numpy(train_labels[picked]).long(),
+        }
 
     def evaluate(model: nn.Module, step: int) -> dict[str, float]:
         return classification_scores(embed(model, val_images)[1], val_labels, class_names)
 
     torch.manual_seed(train_config.seed)
-    return Trainer(CxrClassifier(config, len(class_names)), classifier_step(config), batches, train_config, run_dir,
-                   evaluate=evaluate, progress=progress)
+    return Trainer(
+        CxrClassifier(config, len(class_names)),
+        classifier_step(config),
+        batches,
+        train_config,
+        run_dir,
+        evaluate=evaluate,
+        progress=progress,
+    )
 
 
-def train_classifier(metadata: pd.DataFrame, store: ImageStore, class_names: Sequence[str], config: ClassifierConfig,
-                     train_config: TrainConfig, runs_root: Path, data_hash: str, progress=None,
-                     stop_after: int | None = None, val_images: int | None = None) -> TrainingOutcome:
+def train_classifier(
+    metadata: pd.DataFrame,
+    store: ImageStore,
+    class_names: Sequence[str],
+    config: ClassifierConfig,
+    train_config: TrainConfig,
+    runs_root: Path,
+    data_hash: str,
+    progress=None,
+    stop_after: int | None = None,
+    val_images: int | None = None,
+) -> TrainingOutcome:
     """``val_images``: validate on at most this many val images, whole patients (``patient_subset``)."""
     train_rows, val_rows = labelled_rows(metadata, "train"), patient_subset(labelled_rows(metadata, "val"), val_images)
     if train_rows.empty or val_rows.empty:
         raise ValueError("the classifier needs single-label images in both train and val")
     val_stack = StoreImages(store, val_rows).stack()
-    run_dir = Path(runs_root) / run_key("classifier", config.as_dict(), list(class_names), train_config.identity(), data_hash)
-    trainer = classifier_trainer(StoreImages(store, train_rows), train_rows["class_id"].astype(int).to_numpy(), val_stack,
-                                 val_rows["class_id"].astype(int).to_numpy(), class_names, config, train_config,
-                                 run_dir, progress)
+    run_dir = Path(runs_root) / run_key(
+        "classifier", config.as_dict(), list(class_names), train_config.identity(), data_hash
+    )
+    trainer = classifier_trainer(
+        StoreImages(store, train_rows),
+        train_rows["class_id"].astype(int).to_numpy(),
+        val_stack,
+        val_rows["class_id"].astype(int).to_numpy(),
+        class_names,
+        config,
+        train_config,
+        run_dir,
+        progress,
+    )
     model_dir = run_dir / "model"
 
     def save(result, folder: Path) -> None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in result.ema_model.state_dict().items()},
-                  folder / "model.safetensors")
-        (folder / "classifier.json").write_text(ClassifierSettings(
-            config=config, classes=list(class_names), image_size=int(val_stack.shape[-1]),
-            num_features=result.ema_model.num_features, metrics=result.last_eval,
-            training=TrainingRecord(step=result.final_step, data_hash=data_hash, train=train_config.identity()),
-        ).to_json())
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in result.ema_model.state_dict().items()},
+            folder / "model.safetensors",
+        )
+        (folder / "classifier.json").write_text(
+            ClassifierSettings(
+                config=config,
+                classes=list(class_names),
+                image_size=int(val_stack.shape[-1]),
+                num_features=result.ema_model.num_features,
+                metrics=result.last_eval,
+                training=TrainingRecord(step=result.final_step, data_hash=data_hash, train=train_config.identity()),
+            ).to_json()
+        )
 
     result = trainer.fit_and_save(model_dir, save, stop_after)
     return TrainingOutcome("classifier", run_dir, model_dir, result.final_step, result.resumed_from, result.last_eval)

@@ -14,28 +14,21 @@ output the way training wrote it. The models differ only in what conditions the 
   report encoder's token embeddings (with its attention mask), plus the masked mean of those
   embeddings added to the timestep embedding (Imagen's pooled text embedding, diffusers'
   ``class_embed_type="projection"``); the empty report is the null condition for guidance.
-A model folder is self-describing: ``unet/`` and ``scheduler/`` (``save_pretrained``), for latent
-models the autoencoder in ``vae/``, plus ``model.json`` with the kind, its conditioning and its typed settings
-(:mod:`.model_settings`), so sampling needs nothing but the folder (a registered version downloaded
-anywhere samples as it is).
+A trained model's folder (weights, schedule, typed settings) is :mod:`.model_folder`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from diffusers.training_utils import compute_snr
-from safetensors.torch import load_file
 
 from .. import compute
-from .model_settings import ModelSettings, S, TrainingRecord, read_model_json
 
 
 @dataclass(frozen=True)
@@ -62,15 +55,25 @@ class UNetConfig:
     def build(self) -> UNet2DModel | UNet2DConditionModel:
         blocks = len(self.block_out_channels)
         if self.cross_attention_dim:
-            plain, attending = blocks - min(blocks, self.cross_attention_levels), min(blocks, self.cross_attention_levels)
+            plain, attending = (
+                blocks - min(blocks, self.cross_attention_levels),
+                min(blocks, self.cross_attention_levels),
+            )
             return UNet2DConditionModel(
-                sample_size=self.sample_size, in_channels=self.in_channels, out_channels=self.out_channels,
-                block_out_channels=tuple(self.block_out_channels), layers_per_block=self.layers_per_block,
+                sample_size=self.sample_size,
+                in_channels=self.in_channels,
+                out_channels=self.out_channels,
+                block_out_channels=tuple(self.block_out_channels),
+                layers_per_block=self.layers_per_block,
                 down_block_types=("DownBlock2D",) * plain + ("CrossAttnDownBlock2D",) * attending,
                 up_block_types=("CrossAttnUpBlock2D",) * attending + ("UpBlock2D",) * plain,
-                mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=self.cross_attention_dim,
-                attention_head_dim=self.attention_head_dim, norm_num_groups=self.norm_num_groups,
-                class_embed_type="projection", projection_class_embeddings_input_dim=self.cross_attention_dim)
+                mid_block_type="UNetMidBlock2DCrossAttn",
+                cross_attention_dim=self.cross_attention_dim,
+                attention_head_dim=self.attention_head_dim,
+                norm_num_groups=self.norm_num_groups,
+                class_embed_type="projection",
+                projection_class_embeddings_input_dim=self.cross_attention_dim,
+            )
         down = ["DownBlock2D"] * blocks
         up = ["UpBlock2D"] * blocks
         if self.attention:
@@ -99,15 +102,27 @@ class UNetProfile:
     layers_per_block: int = 1
     cross_attention_levels: int = 1
 
-    def config(self, sample_size: int, in_channels: int, out_channels: int, num_class_embeds: int | None = None,
-               block_out_channels: tuple[int, ...] | None = None, cross_attention_dim: int | None = None) -> UNetConfig:
-        return UNetConfig(sample_size=sample_size, in_channels=in_channels, out_channels=out_channels,
-                          block_out_channels=tuple(block_out_channels or self.block_out_channels),
-                          layers_per_block=self.layers_per_block, attention=self.attention,
-                          num_class_embeds=num_class_embeds, norm_num_groups=self.norm_num_groups,
-                          cross_attention_dim=cross_attention_dim, cross_attention_levels=self.cross_attention_levels)
-
-
+    def config(
+        self,
+        sample_size: int,
+        in_channels: int,
+        out_channels: int,
+        num_class_embeds: int | None = None,
+        block_out_channels: tuple[int, ...] | None = None,
+        cross_attention_dim: int | None = None,
+    ) -> UNetConfig:
+        return UNetConfig(
+            sample_size=sample_size,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            block_out_channels=tuple(block_out_channels or self.block_out_channels),
+            layers_per_block=self.layers_per_block,
+            attention=self.attention,
+            num_class_embeds=num_class_embeds,
+            norm_num_groups=self.norm_num_groups,
+            cross_attention_dim=cross_attention_dim,
+            cross_attention_levels=self.cross_attention_levels,
+        )
 
 
 @dataclass(frozen=True)
@@ -118,8 +133,12 @@ class ScheduleConfig:
     snr_gamma: float | None = None  # min-SNR-gamma loss weighting; None: plain MSE on the target
 
     def ddpm(self) -> DDPMScheduler:
-        return DDPMScheduler(num_train_timesteps=self.timesteps, beta_schedule=self.beta_schedule,
-                             prediction_type=self.prediction_type, clip_sample=False)
+        return DDPMScheduler(
+            num_train_timesteps=self.timesteps,
+            beta_schedule=self.beta_schedule,
+            prediction_type=self.prediction_type,
+            clip_sample=False,
+        )
 
 
 @dataclass(frozen=True)
@@ -159,21 +178,29 @@ class TextCondition:
 
     def where(self, drop: torch.Tensor, other: TextCondition) -> TextCondition:
         """This condition, with the rows where ``drop`` is true taken from ``other``."""
-        return TextCondition(torch.where(drop[:, None, None], other.hidden, self.hidden),
-                             torch.where(drop[:, None], other.mask, self.mask))
+        return TextCondition(
+            torch.where(drop[:, None, None], other.hidden, self.hidden),
+            torch.where(drop[:, None], other.mask, self.mask),
+        )
 
     @staticmethod
     def cat(parts: list[TextCondition]) -> TextCondition:
         return TextCondition(torch.cat([p.hidden for p in parts]), torch.cat([p.mask for p in parts]))
 
 
-def predict(model: UNet2DModel | UNet2DConditionModel, inputs: torch.Tensor, t: torch.Tensor,
-            labels: torch.Tensor | None = None, text: TextCondition | None = None) -> torch.Tensor:
+def predict(
+    model: UNet2DModel | UNet2DConditionModel,
+    inputs: torch.Tensor,
+    t: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    text: TextCondition | None = None,
+) -> torch.Tensor:
     """One forward pass, whichever the conditioning: class labels, or a report."""
     if text is None:
         return model(inputs, t, class_labels=labels).sample
-    return model(inputs, t, encoder_hidden_states=text.hidden, encoder_attention_mask=text.mask,
-                 class_labels=text.pooled()).sample
+    return model(
+        inputs, t, encoder_hidden_states=text.hidden, encoder_attention_mask=text.mask, class_labels=text.pooled()
+    ).sample
 
 
 def loss_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, snr_gamma: float | None) -> torch.Tensor:
@@ -204,8 +231,9 @@ def diffusion_step(conditioning: Conditioning, schedule: ScheduleConfig):
         count = clean.shape[0]
         # sample noise and a timestep per image, and noise the clean target
         noise = torch.randn(clean.shape, generator=generator, device=clean.device)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (count,), generator=generator,
-                                  device=clean.device)
+        timesteps = torch.randint(
+            0, scheduler.config.num_train_timesteps, (count,), generator=generator, device=clean.device
+        )
         noisy = scheduler.add_noise(clean, noise, timesteps)
         inputs = torch.cat([noisy, batch["condition"]], dim=1) if conditioning.concat_channels else noisy
         # drop labels to the null class, so the same network learns the unconditional model
@@ -232,9 +260,16 @@ def diffusion_step(conditioning: Conditioning, schedule: ScheduleConfig):
     return step
 
 
-def guided_prediction(model: UNet2DModel, inputs: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
-                      null_label: int | None, guidance: float, text: TextCondition | None = None,
-                      null_text: TextCondition | None = None) -> torch.Tensor:
+def guided_prediction(
+    model: UNet2DModel,
+    inputs: torch.Tensor,
+    t: torch.Tensor,
+    labels: torch.Tensor | None,
+    null_label: int | None,
+    guidance: float,
+    text: TextCondition | None = None,
+    null_text: TextCondition | None = None,
+) -> torch.Tensor:
     """Classifier-free guidance: out_uncond + w (out_cond - out_uncond), on whatever the model
     predicts (epsilon, v and x0 are all linear in it). w = 1 is the plain conditional model and
     w = 0 the unconditional one, each with a single forward pass. With ``text``, the null
@@ -274,12 +309,26 @@ def sampling_progress(callback: Callable[[int, int], None] | None):
 
 
 @torch.no_grad()
-def sample(model: UNet2DModel, schedule: ScheduleConfig, shape: tuple[int, ...], *, condition: torch.Tensor | None = None,
-           labels: torch.Tensor | None = None, null_label: int | None = None, guidance: float = 1.0,
-           sampler: str = "ddim", steps: int = 50, generator: torch.Generator | None = None,
-           start: torch.Tensor | None = None, strength: float = 1.0, eta: float = 0.0,
-           residual_scale: float = 0.0, text: TextCondition | None = None,
-           null_text: TextCondition | None = None, autocast: torch.dtype | None = None) -> torch.Tensor:
+def sample(
+    model: UNet2DModel,
+    schedule: ScheduleConfig,
+    shape: tuple[int, ...],
+    *,
+    condition: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    null_label: int | None = None,
+    guidance: float = 1.0,
+    sampler: str = "ddim",
+    steps: int = 50,
+    generator: torch.Generator | None = None,
+    start: torch.Tensor | None = None,
+    strength: float = 1.0,
+    eta: float = 0.0,
+    residual_scale: float = 0.0,
+    text: TextCondition | None = None,
+    null_text: TextCondition | None = None,
+    autocast: torch.dtype | None = None,
+) -> torch.Tensor:
     """Reverse diffusion. ``sampler="ddpm"`` runs the full ancestral chain (``steps`` ignored);
     ``"ddim"`` runs ``steps`` deterministic (eta 0) steps. With ``start`` and ``strength < 1`` the
     chain begins from ``start`` noised to ``strength * T`` (SDEdit), which is far faster for
@@ -301,7 +350,7 @@ def sample(model: UNet2DModel, schedule: ScheduleConfig, shape: tuple[int, ...],
     noise = torch.randn(shape, generator=generator, device="cpu").to(device)
     if start is not None and strength < 1.0:
         keep = max(1, int(round(len(timesteps) * strength)))
-        timesteps = timesteps[len(timesteps) - keep:]
+        timesteps = timesteps[len(timesteps) - keep :]
         x = ddpm.add_noise(start.to(device), noise, timesteps[:1].repeat(shape[0]))
     else:
         x = noise
@@ -314,126 +363,12 @@ def sample(model: UNet2DModel, schedule: ScheduleConfig, shape: tuple[int, ...],
         compute.rebalance()
         inputs = torch.cat([x, condition], dim=1) if condition is not None else x
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            prediction = guided_prediction(model, inputs, t.repeat(shape[0]), labels, null_label, guidance, text,
-                                           null_text)
+            prediction = guided_prediction(
+                model, inputs, t.repeat(shape[0]), labels, null_label, guidance, text, null_text
+            )
         prediction = prediction.float()
         kwargs = {"generator": generator} if sampler == "ddpm" else {"eta": eta, "generator": generator}
         x = scheduler.step(prediction, t, x, **kwargs).prev_sample
         if report is not None:
             report(done, len(timesteps))
     return condition + x / residual_scale if residual_scale else x
-
-
-# --- Model folders --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SavedModel:
-    """A model folder's ``model.json``, typed: what it is, its UNet, schedule and conditioning, the
-    kind's settings and how it was trained. Read without loading any weights."""
-
-    kind: str  # the kind's key, per scale for per-scale kinds (``latent_sr_x4``)
-    unet: UNetConfig
-    schedule: ScheduleConfig
-    conditioning: Conditioning
-    settings: ModelSettings
-    training: TrainingRecord
-
-    def settings_as(self, cls: type[S]) -> S:
-        """The settings as ``cls``, the caller's kind: a folder of another kind is an error that says so."""
-        if not isinstance(self.settings, cls):
-            raise ValueError(f"this folder holds a {self.kind!r} model, not a {cls.kind!r} one")
-        return self.settings
-
-    def to_json(self) -> str:
-        return json.dumps({"kind": self.kind, "schedule": asdict(self.schedule), "conditioning": asdict(self.conditioning),
-                           "unet": {**asdict(self.unet), "block_out_channels": list(self.unet.block_out_channels)},
-                           "settings": self.settings.to_dict(), "training": self.training.to_dict()}, indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> SavedModel:
-        raw = json.loads(text)
-        settings, training = read_model_json(raw)
-        # folders from before typed settings carried an always-empty "extra" in their conditioning
-        conditioning = {k: v for k, v in raw["conditioning"].items() if k != "extra"}
-        unet = {**raw["unet"], "block_out_channels": tuple(raw["unet"]["block_out_channels"])}
-        return cls(raw["kind"], UNetConfig(**unet), ScheduleConfig(**raw["schedule"]), Conditioning(**conditioning),
-                   settings, training)
-
-
-def save_model(folder: Path, model: UNet2DModel | UNet2DConditionModel, saved: SavedModel,
-               vae: AutoencoderKL | None = None) -> None:
-    folder = Path(folder)
-    model.save_pretrained(str(folder / "unet"))
-    saved.schedule.ddpm().save_pretrained(str(folder / "scheduler"))
-    if vae is not None:
-        vae.save_pretrained(str(folder / "vae"))
-    (folder / "model.json").write_text(saved.to_json())
-
-
-def warm_start(unet: torch.nn.Module, model_folder: Path) -> list[str]:
-    """Copy into ``unet`` every weight of a saved model's UNet (``model_folder/unet``) with the
-    same name and shape: a text model starts from the class model of the same latent space, whose
-    convolutions, normalizations and timestep embedding already draw the anatomy; what differs
-    (the condition's embedding, cross-attention) keeps its fresh initialization. Returns the
-    names copied."""
-    saved = load_file(str(Path(model_folder) / "unet" / "diffusion_pytorch_model.safetensors"))
-    own = unet.state_dict()
-    copied = sorted(name for name, tensor in saved.items() if name in own and own[name].shape == tensor.shape)
-    if not copied:
-        raise ValueError(f"no weight of {model_folder} fits this UNet: warm starts need the same widths and depth")
-    unet.load_state_dict({name: saved[name] for name in copied}, strict=False)
-    return copied
-
-
-@dataclass
-class DiffusionModel:
-    unet: UNet2DModel | UNet2DConditionModel
-    saved: SavedModel  # the folder's model.json; the schedule as the saved scheduler/ config says
-    vae: AutoencoderKL | None = None  # latent models: the autoencoder saved beside the UNet
-
-    @property
-    def schedule(self) -> ScheduleConfig:
-        return self.saved.schedule
-
-    @property
-    def conditioning(self) -> Conditioning:
-        return self.saved.conditioning
-
-    @property
-    def settings(self) -> ModelSettings:
-        return self.saved.settings
-
-    @property
-    def null_label(self) -> int | None:
-        return self.conditioning.num_classes if self.conditioning.num_classes else None
-
-    @property
-    def scaling_factor(self) -> float:
-        return self.settings.scaling_factor
-
-
-def describe(folder: Path) -> SavedModel:
-    """A model folder's ``model.json``, typed (no weights loaded)."""
-    return SavedModel.from_json((Path(folder) / "model.json").read_text())
-
-
-def load_model(folder: Path, device: torch.device | str = "cpu") -> DiffusionModel:
-    """The folder's UNet, VAE and schedule. Sampling reads the noise schedule and the output
-    parametrization from the saved ``scheduler/`` config (the diffusers source of truth);
-    ``model.json`` adds what only training used (the loss weighting)."""
-    folder = Path(folder)
-    saved = describe(folder)
-    # low_cpu_mem_usage needs accelerate, which this project does not depend on: say so, not warn.
-    unet_class = UNet2DConditionModel if saved.conditioning.text else UNet2DModel
-    unet = unet_class.from_pretrained(str(folder / "unet"), low_cpu_mem_usage=False).to(device).eval()
-    vae = (AutoencoderKL.from_pretrained(str(folder / "vae"), low_cpu_mem_usage=False).to(device).eval()
-           if (folder / "vae").is_dir() else None)
-    if (folder / "scheduler").is_dir():
-        config = DDPMScheduler.load_config(str(folder / "scheduler"))
-        saved = replace(saved, schedule=replace(saved.schedule, timesteps=int(config["num_train_timesteps"]),
-                                                beta_schedule=config["beta_schedule"],
-                                                prediction_type=config["prediction_type"]))
-    return DiffusionModel(unet, saved, vae)
-
-

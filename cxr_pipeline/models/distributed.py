@@ -63,10 +63,12 @@ def shard(batch: Any, group: ProcessGroup) -> Any:
         return batch
     if isinstance(batch, torch.Tensor):
         if batch.shape[0] % group.world_size:
-            raise ValueError(f"a batch of {batch.shape[0]} cannot be split evenly over {group.world_size} "
-                             f"processes: choose a batch_size divisible by the number of processes")
+            raise ValueError(
+                f"a batch of {batch.shape[0]} cannot be split evenly over {group.world_size} "
+                f"processes: choose a batch_size divisible by the number of processes"
+            )
         size = batch.shape[0] // group.world_size
-        return batch[group.rank * size:(group.rank + 1) * size]
+        return batch[group.rank * size : (group.rank + 1) * size]
     if isinstance(batch, dict):
         return {key: shard(value, group) for key, value in batch.items()}
     if isinstance(batch, (list, tuple)):

@@ -132,13 +132,20 @@ class ImplicitDecoder(nn.Module):
         """Latents -> images (B, C, h, w) in the model's units ([-1, 1]) at any ``size``, ``images``
         latents and ``chunk`` output pixels at a time (1.5x faster on CPU than the whole batch)."""
         if len(latents) > images:
-            return torch.cat([self.render(latents[i:i + images], size, chunk, images)
-                              for i in range(0, len(latents), images)])
+            return torch.cat(
+                [self.render(latents[i : i + images], size, chunk, images) for i in range(0, len(latents), images)]
+            )
         features = self.features(latents)
         coords, cells = queries(*size)
         coords, cells = coords.to(features), cells.to(features)
-        out = [self.query(features, coords[i:i + chunk].expand(len(latents), -1, -1),
-                          cells[i:i + chunk].expand(len(latents), -1, -1)) for i in range(0, len(coords), chunk)]
+        out = [
+            self.query(
+                features,
+                coords[i : i + chunk].expand(len(latents), -1, -1),
+                cells[i : i + chunk].expand(len(latents), -1, -1),
+            )
+            for i in range(0, len(coords), chunk)
+        ]
         return torch.cat(out, dim=1).transpose(1, 2).reshape(len(latents), -1, *size)
 
     @torch.no_grad()
@@ -212,8 +219,9 @@ def render_step(ratios: tuple[float, float], query_points: int):
 
 
 @torch.no_grad()
-def evaluate_rendering(model: ImplicitDecoder, images: torch.Tensor, ratios: Sequence[float] = (1.0, 2.0, 4.0),
-                       batch_size: int = 64) -> dict[str, float]:
+def evaluate_rendering(
+    model: ImplicitDecoder, images: torch.Tensor, ratios: Sequence[float] = (1.0, 2.0, 4.0), batch_size: int = 64
+) -> dict[str, float]:
     """Val PSNR of the rendering at each ratio next to what it must beat. r >= 1: shrink by r,
     encode, render at the original size, against bicubic from the same shrunk image. r < 1:
     encode, render at r times the size, against the plain decode resized (antialiased) to it;
@@ -224,7 +232,7 @@ def evaluate_rendering(model: ImplicitDecoder, images: torch.Tensor, ratios: Seq
     for ratio in ratios:
         rendered, baseline, targets = [], [], []
         for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size].to(device)
+            chunk = images[start : start + batch_size].to(device)
             if ratio >= 1:
                 source, target = shrink(chunk, ratio, factor), chunk
                 other = antialiased(source, size)
@@ -233,7 +241,9 @@ def evaluate_rendering(model: ImplicitDecoder, images: torch.Tensor, ratios: Seq
             latents = model.vae.encode(to_model(source)).latent_dist.mode()
             if ratio < 1:
                 other = antialiased(from_model(model.vae.decode(latents).sample.float()), target.shape[-1])
-            rendered.append(from_model(model.render(latents, (int(target.shape[-2]), int(target.shape[-1]))).float()).cpu())
+            rendered.append(
+                from_model(model.render(latents, (int(target.shape[-2]), int(target.shape[-1]))).float()).cpu()
+            )
             baseline.append(other.cpu())
             targets.append(target.cpu())
         name, stacked = ratio_name(ratio), torch.cat(targets)
@@ -243,11 +253,22 @@ def evaluate_rendering(model: ImplicitDecoder, images: torch.Tensor, ratios: Seq
     return out
 
 
-def train_implicit_decoder(metadata: pd.DataFrame, store: ImageStore, vae_dir: Path, train_config: TrainConfig,
-                           runs_root: Path, data_hash: str, *, ratios: tuple[float, float] = (1.0, 4.0),
-                           eval_ratios: Sequence[float] = (1.0, 2.0, 4.0), query_points: int = 1024,
-                           hidden: Sequence[int] = (128, 128), val_images: int | None = None, progress=None,
-                           stop_after: int | None = None) -> TrainingOutcome:
+def train_implicit_decoder(
+    metadata: pd.DataFrame,
+    store: ImageStore,
+    vae_dir: Path,
+    train_config: TrainConfig,
+    runs_root: Path,
+    data_hash: str,
+    *,
+    ratios: tuple[float, float] = (1.0, 4.0),
+    eval_ratios: Sequence[float] = (1.0, 2.0, 4.0),
+    query_points: int = 1024,
+    hidden: Sequence[int] = (128, 128),
+    val_images: int | None = None,
+    progress=None,
+    stop_after: int | None = None,
+) -> TrainingOutcome:
     """A LIIF head over the project's frozen VAE, trained on the train split at output ratios in
     ``ratios`` (:func:`render_step`), validated on val (the first ``val_images``) at ``eval_ratios``."""
     train = StoreImages(store, metadata[metadata["split"] == "train"])
@@ -256,15 +277,25 @@ def train_implicit_decoder(metadata: pd.DataFrame, store: ImageStore, vae_dir: P
     vae = load_vae(vae_dir).requires_grad_(False)
     torch.manual_seed(train_config.seed)  # the head's initial weights: the same run starts the same
     decoder = ImplicitDecoder.from_vae(vae, hidden)
-    run_dir = Path(runs_root) / run_key("implicit_decoder", {"hidden": list(hidden), "ratios": list(ratios),
-                                                             "query_points": query_points, "vae": str(vae_dir)},
-                                        train_config.identity(), data_hash)
-    trainer = Trainer(decoder, render_step(ratios, query_points), lambda step: train.batch(sampler.indices(step)),
-                      train_config, run_dir,
-                      evaluate=lambda model, step: evaluate_rendering(cast(ImplicitDecoder, model), val, eval_ratios),
-                      progress=progress)
+    run_dir = Path(runs_root) / run_key(
+        "implicit_decoder",
+        {"hidden": list(hidden), "ratios": list(ratios), "query_points": query_points, "vae": str(vae_dir)},
+        train_config.identity(),
+        data_hash,
+    )
+    trainer = Trainer(
+        decoder,
+        render_step(ratios, query_points),
+        lambda step: train.batch(sampler.indices(step)),
+        train_config,
+        run_dir,
+        evaluate=lambda model, step: evaluate_rendering(cast(ImplicitDecoder, model), val, eval_ratios),
+        progress=progress,
+    )
     model_dir = run_dir / "model"
-    result = trainer.fit_and_save(model_dir, lambda result, tmp: cast(ImplicitDecoder, result.ema_model).save_pretrained(tmp),
-                                  stop_after)
-    return TrainingOutcome("implicit_decoder", run_dir, model_dir, result.final_step, result.resumed_from,
-                           result.last_eval)
+    result = trainer.fit_and_save(
+        model_dir, lambda result, tmp: cast(ImplicitDecoder, result.ema_model).save_pretrained(tmp), stop_after
+    )
+    return TrainingOutcome(
+        "implicit_decoder", run_dir, model_dir, result.final_step, result.resumed_from, result.last_eval
+    )

@@ -79,11 +79,14 @@ class InputDistribution(_Reference):
     file_name: ClassVar[str] = FILE
 
     @classmethod
-    def fit(cls, train: np.ndarray, val: np.ndarray, test: np.ndarray | None = None,
-            vae: dict | None = None) -> InputDistribution:
+    def fit(
+        cls, train: np.ndarray, val: np.ndarray, test: np.ndarray | None = None, vae: dict | None = None
+    ) -> InputDistribution:
         """From the ``latent_features`` of the train, val (and test) splits."""
         if len(train) < 2 or len(val) < 1:
-            raise ValueError(f"an input distribution needs >= 2 train and >= 1 val images, got {len(train)} and {len(val)}")
+            raise ValueError(
+                f"an input distribution needs >= 2 train and >= 1 val images, got {len(train)} and {len(val)}"
+            )
         shrunk = LedoitWolf().fit(train)
         fitted = cls(shrunk.location_.tolist(), shrunk.precision_.tolist(), 0.0, 0.0, len(train), len(val), vae=vae)
         val_distances = fitted.distance_of_features(val)
@@ -99,7 +102,6 @@ class InputDistribution(_Reference):
 
     def distance(self, latents) -> np.ndarray:
         return self.distance_of_features(latent_features(latents))
-
 
 
 @dataclass(frozen=True)
@@ -119,16 +121,23 @@ class Novelty:
         return self.distance / self.threshold if self.threshold > 0 else float("inf")
 
     def message(self) -> str:
-        figures = (f"distance {self.distance:.1f} to the training images, against {self.threshold:.1f} for the "
-                   f"farthest 1% of validation images (median {self.val_median:.1f})")
+        figures = (
+            f"distance {self.distance:.1f} to the training images, against {self.threshold:.1f} for the "
+            f"farthest 1% of validation images (median {self.val_median:.1f})"
+        )
         if self.out_of_distribution:
-            return (f"Out of distribution: this image is unlike the images the model was trained on ({figures}). "
-                    "The output may reshape it towards the training data; do not trust it for this image.")
+            return (
+                f"Out of distribution: this image is unlike the images the model was trained on ({figures}). "
+                "The output may reshape it towards the training data; do not trust it for this image."
+            )
         return f"Within the training distribution ({figures})."
 
     def as_dict(self) -> dict:
-        return {"ood_distance": round(self.distance, 3), "ood_threshold": round(self.threshold, 3),
-                "out_of_distribution": self.out_of_distribution}
+        return {
+            "ood_distance": round(self.distance, 3),
+            "ood_threshold": round(self.threshold, 3),
+            "out_of_distribution": self.out_of_distribution,
+        }
 
 
 def novelty(reference: InputDistribution, latents) -> list[Novelty]:
@@ -162,8 +171,9 @@ class ReportDistribution(_Reference):
     @classmethod
     def fit(cls, train_reports: list[str], val_reports: list[str]) -> ReportDistribution:
         if not train_reports or not val_reports:
-            raise ValueError(f"a report distribution needs train and val reports, got {len(train_reports)} and "
-                             f"{len(val_reports)}")
+            raise ValueError(
+                f"a report distribution needs train and val reports, got {len(train_reports)} and {len(val_reports)}"
+            )
         vocabulary = sorted({w for report in train_reports for w in report_words(report)})
         fitted = cls(vocabulary, 0.0, 0.0, len(train_reports), len(val_reports))
         shares = np.array([fitted.unseen_share(report) for report in val_reports])
@@ -184,7 +194,6 @@ class ReportDistribution(_Reference):
         return ReportNovelty(self.unseen_share(report), self.threshold, tuple(dict.fromkeys(self.unseen(report))))
 
 
-
 @dataclass(frozen=True)
 class ReportNovelty:
     share: float
@@ -198,8 +207,11 @@ class ReportNovelty:
     def message(self) -> str:
         listed = ", ".join(self.unseen[:12]) + (" ..." if len(self.unseen) > 12 else "")
         if self.out_of_distribution:
-            return (f"Out of distribution: {self.share:.0%} of this report's words never occur in the training reports "
-                    f"(at most {self.threshold:.0%} in 99% of validation reports): {listed}. The model has learnt "
-                    "nothing about them; the image will not follow them.")
-        return (f"Within the training reports' vocabulary ({self.share:.0%} unseen words"
-                + (f": {listed})." if self.unseen else ")."))
+            return (
+                f"Out of distribution: {self.share:.0%} of this report's words never occur in the training reports "
+                f"(at most {self.threshold:.0%} in 99% of validation reports): {listed}. The model has learnt "
+                "nothing about them; the image will not follow them."
+            )
+        return f"Within the training reports' vocabulary ({self.share:.0%} unseen words" + (
+            f": {listed})." if self.unseen else ")."
+        )

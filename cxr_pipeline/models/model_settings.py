@@ -25,13 +25,21 @@ def _strict(cls: type, raw: dict[str, Any], what: str) -> dict[str, Any]:
     """``raw`` checked against ``cls``'s fields: an unknown or missing key is an error that names it."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
-    required = {name for name, f in fields.items()
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    required = {
+        name
+        for name, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
     missing = sorted(required - set(raw))
     if unknown or missing:
-        raise ValueError(f"{what}: " + "; ".join(
-            part for part in (f"unknown keys {unknown}" if unknown else "",
-                              f"missing keys {missing}" if missing else "") if part))
+        raise ValueError(
+            f"{what}: "
+            + "; ".join(
+                part
+                for part in (f"unknown keys {unknown}" if unknown else "", f"missing keys {missing}" if missing else "")
+                if part
+            )
+        )
     return raw
 
 
@@ -129,8 +137,10 @@ class TextLDMSettings(ModelSettings):
     preview_prompts: list[str] = field(default_factory=list)  # val reports of the training previews
 
 
-SETTINGS: dict[str, type[ModelSettings]] = {cls.kind: cls for cls in (
-    LatentSRSettings, ArbitrarySRSettings, ClassDDPMSettings, DenoiserSettings, TextLDMSettings)}
+SETTINGS: dict[str, type[ModelSettings]] = {
+    cls.kind: cls
+    for cls in (LatentSRSettings, ArbitrarySRSettings, ClassDDPMSettings, DenoiserSettings, TextLDMSettings)
+}
 
 
 def settings_type(folder_kind: str) -> type[ModelSettings]:
@@ -147,8 +157,11 @@ _RECORD_KEYS = ("step", "data_hash", "train", "warm_start_from", "warm_start_ten
 # per kind: the old top-level name of each field whose name changed
 _RENAMED = {
     "class_ddpm": {"classes": "class_names", "class_balance": "balanced", "guidance_scale": "default_guidance"},
-    "text_ldm": {"guidance_scale": "default_guidance", "balance": "balanced",
-                 "trainable_encoder_layers": "trainable_layers"},
+    "text_ldm": {
+        "guidance_scale": "default_guidance",
+        "balance": "balanced",
+        "trainable_encoder_layers": "trainable_layers",
+    },
     "denoiser": {"sampling_strength": "default_strength"},
     "arbitrary_sr": {"draws_per_image": "draws"},
 }
@@ -187,6 +200,11 @@ def upgrade_classifier_json(raw: dict[str, Any]) -> dict[str, Any]:
     ``class_names`` for the recipe's ``classes``)."""
     if "training" in raw:
         return raw
-    return {"config": raw["config"], "classes": raw["class_names"], "image_size": raw["image_size"],
-            "num_features": raw["num_features"], "metrics": raw["metrics"],
-            "training": {k: raw[k] for k in ("step", "data_hash", "train")}}
+    return {
+        "config": raw["config"],
+        "classes": raw["class_names"],
+        "image_size": raw["image_size"],
+        "num_features": raw["num_features"],
+        "metrics": raw["metrics"],
+        "training": {k: raw[k] for k in ("step", "data_hash", "train")},
+    }

@@ -23,8 +23,9 @@ from diffusers import AutoencoderKL
 from ..data.degrade import bicubic_to, resize, upsample_bicubic
 from ..data.labels.report_text import prompt_from_report
 from ..model_source import resolve_model
-from .diffusion import DiffusionModel, TextCondition, UNetConfig, load_model, sample, save_model
+from .diffusion import TextCondition, UNetConfig, sample
 from .implicit import ImplicitDecoder, LiifHead, downsampling_factor
+from .model_folder import DiffusionModel, load_model, save_model
 from .model_settings import ArbitrarySRSettings, ClassDDPMSettings, DenoiserSettings, LatentSRSettings, TextLDMSettings
 from .report_encoder import ReportEncoder
 from .training import explicit_attention, pick_device, precision_dtype
@@ -66,8 +67,9 @@ class DiffusionPipeline:
             explicit_attention(model.unet)
 
     @classmethod
-    def from_pretrained(cls: type[P], model: str | Path, device: str | torch.device = "auto", *,
-                        precision: str = "auto") -> P:
+    def from_pretrained(
+        cls: type[P], model: str | Path, device: str | torch.device = "auto", *, precision: str = "auto"
+    ) -> P:
         """A model folder, or a registered model name (its ``champion`` version)."""
         folder = resolve_model(model)
         return cls(load_model(folder, pick_device(device)), folder, precision=precision)
@@ -109,21 +111,38 @@ class LatentSuperResolution(DiffusionPipeline):
         self.scale = self.settings.scale
 
     @torch.no_grad()
-    def __call__(self, low_resolution: torch.Tensor, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
-                 strength: float = 1.0, batch_size: int = 64) -> torch.Tensor:
+    def __call__(
+        self,
+        low_resolution: torch.Tensor,
+        *,
+        sampler: str = "ddim",
+        steps: int = 50,
+        seed: int = 0,
+        strength: float = 1.0,
+        batch_size: int = 64,
+    ) -> torch.Tensor:
         """LR images (N, 1, h, w) in [0, 1] -> SR images (N, 1, h*scale, w*scale) in [0, 1].
         ``strength`` 1 samples from pure noise; lower values start from the LR latent noised to
         that share of T (SDEdit): fewer steps, and the output cannot drift far from the input."""
         model, factor = self.model, self.model.scaling_factor
         outputs = []
         for start in range(0, len(low_resolution), batch_size):
-            chunk = low_resolution[start:start + batch_size]
+            chunk = low_resolution[start : start + batch_size]
             up = torch.from_numpy(np.stack([upsample_bicubic(x[0].numpy(), self.scale) for x in chunk])).unsqueeze(1)
             condition = encode_mean(model.vae, up) * factor
-            latents = sample(model.unet, model.schedule, tuple(condition.shape), condition=condition, sampler=sampler,
-                             steps=steps, start=condition, strength=strength,
-                             residual_scale=model.conditioning.residual_scale,
-                             generator=torch.Generator().manual_seed(seed + start), autocast=self.autocast)
+            latents = sample(
+                model.unet,
+                model.schedule,
+                tuple(condition.shape),
+                condition=condition,
+                sampler=sampler,
+                steps=steps,
+                start=condition,
+                strength=strength,
+                residual_scale=model.conditioning.residual_scale,
+                generator=torch.Generator().manual_seed(seed + start),
+                autocast=self.autocast,
+            )
             outputs.append(to_images(latents, model.vae, factor))
         return torch.cat(outputs)
 
@@ -205,9 +224,18 @@ class ArbitraryScaleSuperResolution(DiffusionPipeline):
         return height, width
 
     @torch.no_grad()
-    def __call__(self, low_resolution: torch.Tensor, *, scale: float | None = None, size: tuple[int, ...] | None = None,
-                 sampler: str = "ddim", steps: int = 50, seed: int = 0, strength: float = 1.0,
-                 batch_size: int = 64) -> torch.Tensor:
+    def __call__(
+        self,
+        low_resolution: torch.Tensor,
+        *,
+        scale: float | None = None,
+        size: tuple[int, ...] | None = None,
+        sampler: str = "ddim",
+        steps: int = 50,
+        seed: int = 0,
+        strength: float = 1.0,
+        batch_size: int = 64,
+    ) -> torch.Tensor:
         """LR images (N, 1, h, w) in [0, 1] -> SR images (N, 1, H, W) in [0, 1], with (H, W) the
         LR size times ``scale`` (rounded) or ``size``. ``strength`` as in :class:`LatentSuperResolution`."""
         model = self.model
@@ -218,28 +246,49 @@ class ArbitraryScaleSuperResolution(DiffusionPipeline):
 
         def restore(condition: torch.Tensor, start: int) -> torch.Tensor:
             labels = torch.full((len(condition),), scale_label(ratio)) if self.scale_conditioned else None
-            return sample(model.unet, model.schedule, tuple(condition.shape), condition=condition, labels=labels,
-                          sampler=sampler, steps=steps, start=condition, strength=strength,
-                          residual_scale=model.conditioning.residual_scale,
-                          generator=torch.Generator().manual_seed(seed + start), autocast=self.autocast)
+            return sample(
+                model.unet,
+                model.schedule,
+                tuple(condition.shape),
+                condition=condition,
+                labels=labels,
+                sampler=sampler,
+                steps=steps,
+                start=condition,
+                strength=strength,
+                residual_scale=model.conditioning.residual_scale,
+                generator=torch.Generator().manual_seed(seed + start),
+                autocast=self.autocast,
+            )
 
         return self._through_latents(low_resolution, target, batch_size, restore)
 
     @torch.no_grad()
-    def without_diffusion(self, low_resolution: torch.Tensor, *, scale: float | None = None,
-                          size: tuple[int, ...] | None = None, batch_size: int = 64) -> torch.Tensor:
+    def without_diffusion(
+        self,
+        low_resolution: torch.Tensor,
+        *,
+        scale: float | None = None,
+        size: tuple[int, ...] | None = None,
+        batch_size: int = 64,
+    ) -> torch.Tensor:
         """The same path with a zero correction (bicubic canvas -> VAE -> rendering): the baseline
         that keeps the diffusion model from being credited with the decoder's work."""
         target = self.output_size((int(low_resolution.shape[-2]), int(low_resolution.shape[-1])), scale, size)
         return self._through_latents(low_resolution, target, batch_size, lambda condition, start: condition)
 
-    def _through_latents(self, low_resolution: torch.Tensor, target: tuple[int, int], batch_size: int,
-                         restore: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
+    def _through_latents(
+        self,
+        low_resolution: torch.Tensor,
+        target: tuple[int, int],
+        batch_size: int,
+        restore: Callable[[torch.Tensor, int], torch.Tensor],
+    ) -> torch.Tensor:
         """Canvas -> latent -> ``restore(scaled latent, first row)`` -> rendering at ``target``."""
         model, factor = self.model, self.model.scaling_factor
         outputs = []
         for start in range(0, len(low_resolution), batch_size):
-            canvas = bicubic_canvas(low_resolution[start:start + batch_size], target, self.factor)
+            canvas = bicubic_canvas(low_resolution[start : start + batch_size], target, self.factor)
             latents = restore(encode_mean(model.vae, canvas) * factor, start)
             if tuple(canvas.shape[-2:]) == target:
                 outputs.append(to_images(latents, model.vae, factor))
@@ -266,8 +315,16 @@ class ClassConditionalGenerator(DiffusionPipeline):
         return list(self.settings.classes)
 
     @torch.no_grad()
-    def __call__(self, class_ids: Sequence[int], *, guidance: float | None = None, sampler: str = "ddim",
-                 steps: int = 50, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
+    def __call__(
+        self,
+        class_ids: Sequence[int],
+        *,
+        guidance: float | None = None,
+        sampler: str = "ddim",
+        steps: int = 50,
+        seed: int = 0,
+        batch_size: int = 64,
+    ) -> torch.Tensor:
         """Images (N, 1, S, S) in [0, 1] for the given classes, with classifier-free guidance
         (``guidance`` None: the scale the model was saved with)."""
         model = self.model
@@ -276,10 +333,19 @@ class ClassConditionalGenerator(DiffusionPipeline):
         labels = torch.as_tensor(list(class_ids), dtype=torch.long)
         outputs = []
         for start in range(0, len(labels), batch_size):
-            chunk = labels[start:start + batch_size]
-            out = sample(model.unet, model.schedule, (len(chunk), channels, size, size), labels=chunk,
-                         null_label=model.null_label, guidance=scale, sampler=sampler, steps=steps,
-                         generator=torch.Generator().manual_seed(seed + start), autocast=self.autocast)
+            chunk = labels[start : start + batch_size]
+            out = sample(
+                model.unet,
+                model.schedule,
+                (len(chunk), channels, size, size),
+                labels=chunk,
+                null_label=model.null_label,
+                guidance=scale,
+                sampler=sampler,
+                steps=steps,
+                generator=torch.Generator().manual_seed(seed + start),
+                autocast=self.autocast,
+            )
             outputs.append(to_images(out, model.vae, model.scaling_factor))
         return torch.cat(outputs)
 
@@ -291,8 +357,14 @@ class TextConditionalGenerator(DiffusionPipeline):
     kind = "text_ldm"
     cpu_bf16 = True
 
-    def __init__(self, model: DiffusionModel, folder: Path | None = None, text_encoder: ReportEncoder | None = None,
-                 *, precision: str = "auto"):
+    def __init__(
+        self,
+        model: DiffusionModel,
+        folder: Path | None = None,
+        text_encoder: ReportEncoder | None = None,
+        *,
+        precision: str = "auto",
+    ):
         super().__init__(model, folder, precision=precision)
         self.settings = model.saved.settings_as(TextLDMSettings)
         if text_encoder is None:
@@ -309,12 +381,19 @@ class TextConditionalGenerator(DiffusionPipeline):
         """(the reports, the empty report), padded to one length; a report with FINDINGS /
         IMPRESSION headers is read as the training prompts were made (``prompt_from_report``)."""
         both = self.text_encoder.encode([*(prompt_from_report(report) for report in reports), ""])
-        return (TextCondition(both.hidden[:-1], both.mask[:-1]),
-                TextCondition(both.hidden[-1:], both.mask[-1:]))
+        return (TextCondition(both.hidden[:-1], both.mask[:-1]), TextCondition(both.hidden[-1:], both.mask[-1:]))
 
     @torch.no_grad()
-    def __call__(self, reports: Sequence[str], *, guidance: float | None = None, sampler: str = "ddim",
-                 steps: int = 50, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
+    def __call__(
+        self,
+        reports: Sequence[str],
+        *,
+        guidance: float | None = None,
+        sampler: str = "ddim",
+        steps: int = 50,
+        seed: int = 0,
+        batch_size: int = 64,
+    ) -> torch.Tensor:
         """Images (N, 1, S, S) in [0, 1], one per report, with classifier-free guidance against
         the empty report (``guidance`` None: the scale the model was saved with; 0: unconditional)."""
         model = self.model
@@ -323,10 +402,19 @@ class TextConditionalGenerator(DiffusionPipeline):
         reports = list(reports)
         outputs = []
         for start in range(0, len(reports), batch_size):
-            text, null = self.encode(reports[start:start + batch_size])
-            out = sample(model.unet, model.schedule, (len(text.hidden), channels, size, size), text=text,
-                         null_text=null, guidance=scale, sampler=sampler, steps=steps,
-                         generator=torch.Generator().manual_seed(seed + start), autocast=self.autocast)
+            text, null = self.encode(reports[start : start + batch_size])
+            out = sample(
+                model.unet,
+                model.schedule,
+                (len(text.hidden), channels, size, size),
+                text=text,
+                null_text=null,
+                guidance=scale,
+                sampler=sampler,
+                steps=steps,
+                generator=torch.Generator().manual_seed(seed + start),
+                autocast=self.autocast,
+            )
             outputs.append(to_images(out, model.vae, model.scaling_factor))
         return torch.cat(outputs) if outputs else torch.zeros(0, 1, size, size)
 
@@ -344,8 +432,17 @@ class LowDoseDenoiser(DiffusionPipeline):
         return list(self.settings.doses)
 
     @torch.no_grad()
-    def __call__(self, noisy: torch.Tensor, *, dose: float | None = None, strength: float | None = None,
-                 sampler: str = "ddim", steps: int = 50, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
+    def __call__(
+        self,
+        noisy: torch.Tensor,
+        *,
+        dose: float | None = None,
+        strength: float | None = None,
+        sampler: str = "ddim",
+        steps: int = 50,
+        seed: int = 0,
+        batch_size: int = 64,
+    ) -> torch.Tensor:
         """Low-dose images (N, 1, S, S) in [0, 1] -> restored images. ``strength`` 1 samples from
         pure noise; lower values start from the noisy input partially noised (faster, closer to
         the input). ``dose`` (photons) selects the dose embedding; unknown doses use the null one."""
@@ -354,11 +451,24 @@ class LowDoseDenoiser(DiffusionPipeline):
         label = self.doses.index(dose) if dose in self.doses else model.null_label
         outputs = []
         for start in range(0, len(noisy), batch_size):
-            condition = to_model(noisy[start:start + batch_size])
-            labels = torch.full((len(condition),), label) if self.settings.dose_conditioning and label is not None else None
-            out = sample(model.unet, model.schedule, tuple(condition.shape), condition=condition, labels=labels,
-                         null_label=model.null_label, sampler=sampler, steps=steps, start=condition, strength=strength,
-                         residual_scale=model.conditioning.residual_scale,
-                         generator=torch.Generator().manual_seed(seed + start), autocast=self.autocast)
+            condition = to_model(noisy[start : start + batch_size])
+            labels = (
+                torch.full((len(condition),), label) if self.settings.dose_conditioning and label is not None else None
+            )
+            out = sample(
+                model.unet,
+                model.schedule,
+                tuple(condition.shape),
+                condition=condition,
+                labels=labels,
+                null_label=model.null_label,
+                sampler=sampler,
+                steps=steps,
+                start=condition,
+                strength=strength,
+                residual_scale=model.conditioning.residual_scale,
+                generator=torch.Generator().manual_seed(seed + start),
+                autocast=self.autocast,
+            )
             outputs.append(from_model(out.float().cpu()))
         return torch.cat(outputs)

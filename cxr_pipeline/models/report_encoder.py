@@ -57,15 +57,23 @@ class ReportEncoderConfig:
 def build_encoder(config: ReportEncoderConfig, tokenizer: PreTrainedTokenizerFast) -> BertForMaskedLM:
     """A small BERT with its masked-language-modelling head. The output layer is not tied to the
     input embeddings, so checkpoints are plain tensors (safetensors refuses shared ones)."""
-    return BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=config.hidden_size,
-                                      num_hidden_layers=config.layers, num_attention_heads=config.heads,
-                                      intermediate_size=config.intermediate_size,
-                                      max_position_embeddings=config.max_length, pad_token_id=tokenizer.pad_token_id,
-                                      tie_word_embeddings=False))
+    return BertForMaskedLM(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=config.hidden_size,
+            num_hidden_layers=config.layers,
+            num_attention_heads=config.heads,
+            intermediate_size=config.intermediate_size,
+            max_position_embeddings=config.max_length,
+            pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=False,
+        )
+    )
 
 
-def masked_batch(tokenizer: PreTrainedTokenizerFast, token_ids: Sequence[Sequence[int]], probability: float,
-                 seed: int) -> dict[str, torch.Tensor]:
+def masked_batch(
+    tokenizer: PreTrainedTokenizerFast, token_ids: Sequence[Sequence[int]], probability: float, seed: int
+) -> dict[str, torch.Tensor]:
     """Padded reports with BERT's masking, seeded: the same seed masks the same tokens (a resumed
     training replays its batches exactly)."""
     # The collator's own ``seed`` refuses to run in a subprocess that is not a DataLoader worker
@@ -100,13 +108,23 @@ def masked_lm_scores(model: BertForMaskedLM, batch: dict[str, torch.Tensor]) -> 
     """Masked-token loss and accuracy (over the masked positions only)."""
     device = next(model.parameters()).device
     logits, labels = masked_lm_logits(model, {k: v.to(device) for k, v in batch.items()})
-    return {"mlm_loss": float(torch.nn.functional.cross_entropy(logits.float(), labels)),
-            "mlm_accuracy": float((logits.argmax(-1) == labels).float().mean())}
+    return {
+        "mlm_loss": float(torch.nn.functional.cross_entropy(logits.float(), labels)),
+        "mlm_accuracy": float((logits.argmax(-1) == labels).float().mean()),
+    }
 
 
-def pretrain_report_encoder(train_texts: Sequence[str], val_texts: Sequence[str], config: ReportEncoderConfig,
-                            train_config: TrainConfig, runs_root: Path, data_hash: str, *, progress=None,
-                            stop_after: int | None = None) -> TrainingOutcome:
+def pretrain_report_encoder(
+    train_texts: Sequence[str],
+    val_texts: Sequence[str],
+    config: ReportEncoderConfig,
+    train_config: TrainConfig,
+    runs_root: Path,
+    data_hash: str,
+    *,
+    progress=None,
+    stop_after: int | None = None,
+) -> TrainingOutcome:
     """The tokenizer trained on ``train_texts``, then the BERT pretrained on them by masked-language
     modelling with the project's Trainer (checkpoints, exact resume, EMA), validated on
     ``val_texts`` (masked-token loss and accuracy, the same masks every time). The model folder
@@ -114,18 +132,22 @@ def pretrain_report_encoder(train_texts: Sequence[str], val_texts: Sequence[str]
     texts = [t for t in train_texts if t.strip()]
     if not texts:
         raise ValueError("no non-empty training reports to pretrain the report encoder on")
-    run_dir = Path(runs_root) / run_key("report_encoder", asdict(config), train_config.identity(), data_hash,
-                                        VOCABULARY_RULE)
+    run_dir = Path(runs_root) / run_key(
+        "report_encoder", asdict(config), train_config.identity(), data_hash, VOCABULARY_RULE
+    )
     tokenizer = train_tokenizer(texts, config.vocab_size, config.max_length)  # the same on every run and resume
     token_ids = tokenizer(texts, truncation=True, max_length=config.max_length)["input_ids"]
-    val_ids = tokenizer([t for t in val_texts if t.strip()][:256], truncation=True, max_length=config.max_length)["input_ids"]
+    val_ids = tokenizer([t for t in val_texts if t.strip()][:256], truncation=True, max_length=config.max_length)[
+        "input_ids"
+    ]
     torch.manual_seed(train_config.seed)  # the initial weights: the same run starts the same
     sampler = EpochSampler(len(token_ids), train_config.batch_size, train_config.seed)
 
     def batches(step: int) -> dict[str, torch.Tensor]:
         picked = sampler.indices(step)
-        return masked_batch(tokenizer, [token_ids[i] for i in picked], config.mlm_probability,
-                            train_config.seed * 1_000_003 + step)
+        return masked_batch(
+            tokenizer, [token_ids[i] for i in picked], config.mlm_probability, train_config.seed * 1_000_003 + step
+        )
 
     def step_fn(model: BertForMaskedLM, batch: dict[str, torch.Tensor], generator: torch.Generator):
         # BERT's dropout draws from the global generator: seed it from the step's own, so a resumed
@@ -136,24 +158,44 @@ def pretrain_report_encoder(train_texts: Sequence[str], val_texts: Sequence[str]
     def evaluate(model: torch.nn.Module, step: int) -> dict[str, float]:
         if not val_ids:
             return {}
-        return {f"val_{k}": v for k, v in masked_lm_scores(model, masked_batch(
-            tokenizer, val_ids, config.mlm_probability, seed=train_config.seed)).items()}
+        return {
+            f"val_{k}": v
+            for k, v in masked_lm_scores(
+                model, masked_batch(tokenizer, val_ids, config.mlm_probability, seed=train_config.seed)
+            ).items()
+        }
 
-    trainer = Trainer(build_encoder(config, tokenizer), step_fn, batches, train_config, run_dir,
-                      batch_size_of=lambda batch: int(batch["input_ids"].shape[0]), evaluate=evaluate,
-                      progress=progress)
+    trainer = Trainer(
+        build_encoder(config, tokenizer),
+        step_fn,
+        batches,
+        train_config,
+        run_dir,
+        batch_size_of=lambda batch: int(batch["input_ids"].shape[0]),
+        evaluate=evaluate,
+        progress=progress,
+    )
     model_dir = run_dir / "model"
 
     def save(result, folder: Path) -> None:
         result.ema_model.bert.save_pretrained(str(folder))  # the encoder alone: the MLM head only served pretraining
         tokenizer.save_pretrained(str(folder))
-        (folder / ENCODER_FILE).write_text(json.dumps({"config": asdict(config), "train_reports": len(texts),
-                                                       "step": result.final_step, "vocabulary": len(tokenizer)},
-                                                      indent=2))
+        (folder / ENCODER_FILE).write_text(
+            json.dumps(
+                {
+                    "config": asdict(config),
+                    "train_reports": len(texts),
+                    "step": result.final_step,
+                    "vocabulary": len(tokenizer),
+                },
+                indent=2,
+            )
+        )
 
     result = trainer.fit_and_save(model_dir, save, stop_after)
-    return TrainingOutcome("report_encoder", run_dir, model_dir, result.final_step, result.resumed_from,
-                           result.last_eval)
+    return TrainingOutcome(
+        "report_encoder", run_dir, model_dir, result.final_step, result.resumed_from, result.last_eval
+    )
 
 
 class ReportImageAligner(torch.nn.Module):
@@ -166,12 +208,20 @@ class ReportImageAligner(torch.nn.Module):
         super().__init__()
         self.encoder = encoder
         hidden = int(encoder.config.hidden_size)
-        self.text_projection = torch.nn.Sequential(torch.nn.Linear(hidden, dim), torch.nn.GELU(), torch.nn.Linear(dim, dim))
+        self.text_projection = torch.nn.Sequential(
+            torch.nn.Linear(hidden, dim), torch.nn.GELU(), torch.nn.Linear(dim, dim)
+        )
         self.image = torch.nn.Sequential(
-            torch.nn.Conv2d(latent_channels, width, 3, padding=1), torch.nn.GELU(),
-            torch.nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), torch.nn.GELU(),
-            torch.nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), torch.nn.GELU(),
-            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(2 * width, dim))
+            torch.nn.Conv2d(latent_channels, width, 3, padding=1),
+            torch.nn.GELU(),
+            torch.nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            torch.nn.GELU(),
+            torch.nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1),
+            torch.nn.GELU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(2 * width, dim),
+        )
         self.log_temperature = torch.nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
 
     def text_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -188,15 +238,27 @@ class ReportImageAligner(torch.nn.Module):
         image = self.image_embedding(batch["latents"])
         logits = self.log_temperature.clamp(max=float(np.log(100.0))).exp() * text @ image.T
         target = torch.arange(len(text), device=text.device)
-        loss = (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+        loss = (
+            torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)
+        ) / 2
         hits = ((logits.argmax(1) == target).float().mean() + (logits.argmax(0) == target).float().mean()) / 2
         return loss, hits
 
 
-def align_report_encoder(encoder_dir: Path, train_texts: Sequence[str], train_latents: Any,
-                         val_texts: Sequence[str], val_latents: Any, train_config: TrainConfig,
-                         runs_root: Path, data_hash: str, *, max_length: int | None = None, progress=None,
-                         stop_after: int | None = None) -> TrainingOutcome:
+def align_report_encoder(
+    encoder_dir: Path,
+    train_texts: Sequence[str],
+    train_latents: Any,
+    val_texts: Sequence[str],
+    val_latents: Any,
+    train_config: TrainConfig,
+    runs_root: Path,
+    data_hash: str,
+    *,
+    max_length: int | None = None,
+    progress=None,
+    stop_after: int | None = None,
+) -> TrainingOutcome:
     """Second stage of the project's own encoder: contrastive report-image alignment on the
     training pairs (report text, VAE latent of its image), from the masked-language-model weights
     in ``encoder_dir``. MLM alone teaches which words go together; it barely separates "No
@@ -205,8 +267,9 @@ def align_report_encoder(encoder_dir: Path, train_texts: Sequence[str], train_la
     start = ReportEncoder.from_pretrained(encoder_dir)
     tokenizer = start.tokenizer
     length = max_length or start.max_length
-    run_dir = Path(runs_root) / run_key("report_encoder_alignment", str(encoder_dir), train_config.identity(), data_hash,
-                                        length)
+    run_dir = Path(runs_root) / run_key(
+        "report_encoder_alignment", str(encoder_dir), train_config.identity(), data_hash, length
+    )
     tokens = tokenizer(list(train_texts), padding="max_length", truncation=True, max_length=length, return_tensors="pt")
     val = tokenizer(list(val_texts), padding="max_length", truncation=True, max_length=length, return_tensors="pt")
     torch.manual_seed(train_config.seed)
@@ -215,8 +278,11 @@ def align_report_encoder(encoder_dir: Path, train_texts: Sequence[str], train_la
 
     def batches(step: int) -> dict[str, torch.Tensor]:
         picked = torch.from_numpy(sampler.indices(step))
-        return {"input_ids": tokens["input_ids"][picked], "attention_mask": tokens["attention_mask"][picked],
-                "latents": train_latents[picked]}
+        return {
+            "input_ids": tokens["input_ids"][picked],
+            "attention_mask": tokens["attention_mask"][picked],
+            "latents": train_latents[picked],
+        }
 
     def step_fn(network: torch.nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)))  # dropout
@@ -229,27 +295,51 @@ def align_report_encoder(encoder_dir: Path, train_texts: Sequence[str], train_la
         losses, hits = [], []
         for first in range(0, len(val_texts) - train_config.batch_size + 1, train_config.batch_size):
             rows = slice(first, first + train_config.batch_size)
-            loss, hit = cast(ReportImageAligner, network).loss({"input_ids": val["input_ids"][rows].to(device),
-                                      "attention_mask": val["attention_mask"][rows].to(device),
-                                      "latents": val_latents[rows].to(device)})
+            loss, hit = cast(ReportImageAligner, network).loss(
+                {
+                    "input_ids": val["input_ids"][rows].to(device),
+                    "attention_mask": val["attention_mask"][rows].to(device),
+                    "latents": val_latents[rows].to(device),
+                }
+            )
             losses.append(float(loss))
             hits.append(float(hit))
         network.train()
-        return {"val_contrastive_loss": float(np.mean(losses)), "val_retrieval_top1": float(np.mean(hits))} if losses else {}
+        return (
+            {"val_contrastive_loss": float(np.mean(losses)), "val_retrieval_top1": float(np.mean(hits))}
+            if losses
+            else {}
+        )
 
-    trainer = Trainer(model, step_fn, batches, train_config, run_dir,
-                      batch_size_of=lambda batch: int(batch["input_ids"].shape[0]), evaluate=evaluate, progress=progress)
+    trainer = Trainer(
+        model,
+        step_fn,
+        batches,
+        train_config,
+        run_dir,
+        batch_size_of=lambda batch: int(batch["input_ids"].shape[0]),
+        evaluate=evaluate,
+        progress=progress,
+    )
     model_dir = run_dir / "model"
 
     def save(result, folder: Path) -> None:
         ReportEncoder(tokenizer, result.ema_model.encoder).save_pretrained(folder)
-        recorded = json.loads((Path(encoder_dir) / ENCODER_FILE).read_text()) if (Path(encoder_dir) / ENCODER_FILE).exists() else {}
-        (folder / ENCODER_FILE).write_text(json.dumps({**recorded, "alignment": {"step": result.final_step,
-                                                                                 "train_pairs": len(train_texts)}},
-                                                      indent=2))
+        recorded = (
+            json.loads((Path(encoder_dir) / ENCODER_FILE).read_text())
+            if (Path(encoder_dir) / ENCODER_FILE).exists()
+            else {}
+        )
+        (folder / ENCODER_FILE).write_text(
+            json.dumps(
+                {**recorded, "alignment": {"step": result.final_step, "train_pairs": len(train_texts)}}, indent=2
+            )
+        )
 
     result = trainer.fit_and_save(model_dir, save, stop_after)
-    return TrainingOutcome("report_encoder", run_dir, model_dir, result.final_step, result.resumed_from, result.last_eval)
+    return TrainingOutcome(
+        "report_encoder", run_dir, model_dir, result.final_step, result.resumed_from, result.last_eval
+    )
 
 
 class ReportEncoder:
@@ -264,8 +354,10 @@ class ReportEncoder:
     def from_pretrained(cls, folder: str | Path, device: torch.device | str = "cpu") -> ReportEncoder:
         folder = Path(folder)
         if not (folder / "config.json").exists():
-            raise FileNotFoundError(f"{folder} holds no transformers model (no config.json): point the report "
-                                    f"encoder at a local checkpoint folder, or let the pipeline pretrain its own")
+            raise FileNotFoundError(
+                f"{folder} holds no transformers model (no config.json): point the report "
+                f"encoder at a local checkpoint folder, or let the pipeline pretrain its own"
+            )
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         encoder = AutoModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=False)
         return cls(tokenizer, encoder.to(device))
@@ -291,8 +383,9 @@ class ReportEncoder:
         return len(self.encoder.encoder.layer)
 
     @torch.no_grad()
-    def encode(self, texts: Sequence[str], pad_to: int | None = None, batch_size: int = 256,
-               layers: int | None = None) -> TextCondition:
+    def encode(
+        self, texts: Sequence[str], pad_to: int | None = None, batch_size: int = 256, layers: int | None = None
+    ) -> TextCondition:
         """Reports -> token embeddings (N, L, H) and attention mask (N, L), what cross-attention
         reads. Padded to the longest report (or to ``pad_to``), truncated at :attr:`max_length`.
         The empty report is ``[CLS] [SEP]``: the null condition. ``layers``: the output of the
@@ -302,11 +395,17 @@ class ReportEncoder:
         length = pad_to or min(self.max_length, int(self.token_counts(texts).max(initial=2)))
         hidden, masks = [], []
         for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(texts[start:start + batch_size], padding="max_length", truncation=True,
-                                   max_length=length, return_tensors="pt")
+            batch = self.tokenizer(
+                texts[start : start + batch_size],
+                padding="max_length",
+                truncation=True,
+                max_length=length,
+                return_tensors="pt",
+            )
             mask = batch["attention_mask"].to(device)
-            out = self.encoder(input_ids=batch["input_ids"].to(device), attention_mask=mask,
-                               output_hidden_states=layers is not None)
+            out = self.encoder(
+                input_ids=batch["input_ids"].to(device), attention_mask=mask, output_hidden_states=layers is not None
+            )
             hidden.append(out.last_hidden_state if layers is None else out.hidden_states[layers])
             masks.append(mask)
         return TextCondition(torch.cat(hidden).float(), torch.cat(masks))

@@ -23,8 +23,13 @@ from collections.abc import Iterable, Sequence
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
-                  "mask_token": "[MASK]"}
+SPECIAL_TOKENS = {
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
 CONTINUATION = "##"
 # Part of every pretraining run's key: a run folder made under another rule (or by the hash-ordered
 # trainer) is never resumed with this one's vocabulary
@@ -33,8 +38,9 @@ PIECE_SHARE = 4  # at most one part in this many of the room left after the alph
 
 
 def _bert_tokenizer(vocabulary: dict[str, int]) -> Tokenizer:
-    tokenizer = Tokenizer(models.WordPiece(vocabulary, unk_token=SPECIAL_TOKENS["unk_token"],
-                                           continuing_subword_prefix=CONTINUATION))
+    tokenizer = Tokenizer(
+        models.WordPiece(vocabulary, unk_token=SPECIAL_TOKENS["unk_token"], continuing_subword_prefix=CONTINUATION)
+    )
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece(prefix=CONTINUATION)
@@ -54,7 +60,7 @@ def word_counts(texts: Iterable[str]) -> Counter[str]:
 
 def _ranked(scores: dict[str, int], limit: int) -> list[str]:
     """The ``limit`` best by score, ties broken by the text: never by hash or insertion order."""
-    return [token for token, _ in sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:max(limit, 0)]]
+    return [token for token, _ in sorted(scores.items(), key=lambda item: (-item[1], item[0]))[: max(limit, 0)]]
 
 
 def _affix_savings(words: dict[str, int]) -> dict[str, int]:
@@ -64,7 +70,7 @@ def _affix_savings(words: dict[str, int]) -> dict[str, int]:
     for word, count in words.items():
         for end in range(2, len(word)):
             savings[word[:end]] += count * (end - 1)
-            savings[CONTINUATION + word[len(word) - end:]] += count * (end - 1)
+            savings[CONTINUATION + word[len(word) - end :]] += count * (end - 1)
     return dict(savings)
 
 
@@ -74,9 +80,11 @@ def wordpiece_vocabulary(counts: dict[str, int], vocab_size: int) -> list[str]:
     alphabet = sorted({word[0] for word in counts} | {CONTINUATION + c for word in counts for c in word[1:]})
     room = vocab_size - len(specials) - len(alphabet)
     if room < 0:
-        raise ValueError(f"vocab_size {vocab_size} cannot hold the {len(specials)} special tokens and the "
-                         f"{len(alphabet)} characters of the reports: raise it to at least "
-                         f"{len(specials) + len(alphabet)}")
+        raise ValueError(
+            f"vocab_size {vocab_size} cannot hold the {len(specials)} special tokens and the "
+            f"{len(alphabet)} characters of the reports: raise it to at least "
+            f"{len(specials) + len(alphabet)}"
+        )
     words = {word: count for word, count in counts.items() if len(word) > 1}
     kept = _ranked(words, room if len(words) <= room else room - room // PIECE_SHARE)
     # pieces serve the words left out or, when every word fits, words no report has used yet
@@ -92,6 +100,8 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, max_length: int) -> P
     tokenizer = _bert_tokenizer({token: index for index, token in enumerate(vocabulary)})
     cls, sep = SPECIAL_TOKENS["cls_token"], SPECIAL_TOKENS["sep_token"]
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
-        special_tokens=[(cls, tokenizer.token_to_id(cls)), (sep, tokenizer.token_to_id(sep))])
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, tokenizer.token_to_id(cls)), (sep, tokenizer.token_to_id(sep))],
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=max_length, **SPECIAL_TOKENS)

@@ -105,9 +105,19 @@ class TrainingOutcome:
         with atomic.atomic_folder(Path(folder)) as tmp:
             grids: dict[str, Any] = {f"step_{step}": grid for step, grid in self.previews.items()}
             np.savez(tmp / "previews.npz", **grids)
-            (tmp / "outcome.json").write_text(json.dumps(
-                {"kind": self.kind, "run_dir": str(self.run_dir), "model_dir": str(self.model_dir),
-                 "final_step": self.final_step, "resumed_from": self.resumed_from, "metrics": self.metrics}, indent=2))
+            (tmp / "outcome.json").write_text(
+                json.dumps(
+                    {
+                        "kind": self.kind,
+                        "run_dir": str(self.run_dir),
+                        "model_dir": str(self.model_dir),
+                        "final_step": self.final_step,
+                        "resumed_from": self.resumed_from,
+                        "metrics": self.metrics,
+                    },
+                    indent=2,
+                )
+            )
 
     @classmethod
     def load(cls, folder: Path) -> TrainingOutcome:
@@ -116,8 +126,15 @@ class TrainingOutcome:
         raw = json.loads((Path(folder) / "outcome.json").read_text())
         with np.load(Path(folder) / "previews.npz") as stored:
             previews = {int(name.removeprefix("step_")): stored[name] for name in stored.files}
-        return cls(raw["kind"], Path(raw["run_dir"]), Path(raw["model_dir"]), raw["final_step"], raw["resumed_from"],
-                   raw.get("metrics", {}), previews)
+        return cls(
+            raw["kind"],
+            Path(raw["run_dir"]),
+            Path(raw["model_dir"]),
+            raw["final_step"],
+            raw["resumed_from"],
+            raw.get("metrics", {}),
+            previews,
+        )
 
 
 @dataclass
@@ -138,8 +155,10 @@ class TrainEvent:
     def _describe(self) -> str:
         if self.kind == "step":
             threads = f" on {self.metrics['threads']} threads" if "threads" in self.metrics else ""
-            return (f"step {self.step}/{self.total_steps} loss {self.metrics['loss']:.5f} "
-                    f"{self.images_per_s:.1f} img/s{threads}, ETA {self.eta_s:.0f}s")
+            return (
+                f"step {self.step}/{self.total_steps} loss {self.metrics['loss']:.5f} "
+                f"{self.images_per_s:.1f} img/s{threads}, ETA {self.eta_s:.0f}s"
+            )
         if self.kind == "eval":
             return f"step {self.step} validation {self.metrics}"
         if self.kind == "resume":
@@ -152,8 +171,10 @@ class TrainEvent:
         """The metrics this event adds to the training curves (``train_*`` for steps), prefixed
         with the part's name (``decoder_train_loss``) when it has one."""
         if self.kind == "step":
-            metrics = ({f"train_{k}": v for k, v in self.metrics.items()}
-                       | {"images_per_s": self.images_per_s, "eta_s": self.eta_s})
+            metrics = {f"train_{k}": v for k, v in self.metrics.items()} | {
+                "images_per_s": self.images_per_s,
+                "eta_s": self.eta_s,
+            }
         elif self.kind == "eval":
             metrics = dict(self.metrics)
         else:
@@ -242,9 +263,18 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
 
 
 class Trainer:
-    def __init__(self, model: torch.nn.Module, step_fn: StepFn, batches: BatchFn, config: TrainConfig,
-                 run_dir: Path, *, batch_size_of: Callable[[Any], int] | None = None,
-                 evaluate: EvalFn | None = None, progress: Callable[[TrainEvent], None] | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        step_fn: StepFn,
+        batches: BatchFn,
+        config: TrainConfig,
+        run_dir: Path,
+        *,
+        batch_size_of: Callable[[Any], int] | None = None,
+        evaluate: EvalFn | None = None,
+        progress: Callable[[TrainEvent], None] | None = None,
+    ):
         self.config = config
         self.group = distributed.current()
         self.device = pick_device(config.device)
@@ -253,9 +283,13 @@ class Trainer:
         self.model = model.to(self.device)
         # The module the step runs: DDP averages gradients over ranks; ``model`` stays the plain
         # module for checkpoints, EMA and evaluation.
-        self.network = (torch.nn.parallel.DistributedDataParallel(
-            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            if self.group.distributed else self.model)
+        self.network = (
+            torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+            if self.group.distributed
+            else self.model
+        )
         self.step_fn, self.batches, self.evaluate = step_fn, batches, evaluate
         self.progress = progress or (lambda event: None)
         self.batch_size_of = batch_size_of or (lambda batch: config.batch_size)
@@ -289,13 +323,21 @@ class Trainer:
     def save_checkpoint(self, step: int) -> Path:
         final = self.checkpoint_dir / f"step-{step:07d}"
         with atomic.atomic_folder(final) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
-                      tmp / "model.safetensors")
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+                tmp / "model.safetensors",
+            )
             shadow = {f"p{i}": p.detach().cpu().contiguous() for i, p in enumerate(self.ema.shadow_params)}
             save_file(shadow, tmp / "ema.safetensors")
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                        "scaler": self.scaler.state_dict(), "ema_step": self.ema.optimization_step},
-                       tmp / "trainer.pt")
+            torch.save(
+                {
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                    "ema_step": self.ema.optimization_step,
+                },
+                tmp / "trainer.pt",
+            )
             (tmp / "state.json").write_text(json.dumps({"step": step, "config": self.config.identity()}, indent=2))
         atomic.write_text(self.checkpoint_dir / "latest", final.name)
         kept = sorted(p for p in self.checkpoint_dir.glob("step-*") if p.is_dir())
@@ -325,12 +367,16 @@ class Trainer:
         if not self.group.is_main:
             yield
             return
-        with locks.exclusive(self.run_dir, f"training {self.run_dir.name}",
-                             on_wait=lambda holder: self.progress(TrainEvent("wait", 0, self.config.steps, note=holder))):
+        with locks.exclusive(
+            self.run_dir,
+            f"training {self.run_dir.name}",
+            on_wait=lambda holder: self.progress(TrainEvent("wait", 0, self.config.steps, note=holder)),
+        ):
             yield
 
-    def fit_and_save(self, model_dir: Path, save: Callable[[TrainResult, Path], None],
-                     stop_after: int | None = None) -> TrainResult:
+    def fit_and_save(
+        self, model_dir: Path, save: Callable[[TrainResult, Path], None], stop_after: int | None = None
+    ) -> TrainResult:
         """``fit``, then ``save(result, folder)`` writes the model folder atomically from the main
         process, both under the run folder's lock: a waiting run resumes only after both, and
         nobody reads a half-written model."""
@@ -396,8 +442,13 @@ class Trainer:
                 rate = window_images / elapsed if elapsed > 0 else 0.0
                 remaining = (config.steps - done) * config.batch_size / rate if rate else math.inf
                 # threads: the step's share of the cores, which changes as steps beside it start and end
-                metrics = {"loss": float(loss.item()), "lr": self.scheduler.get_last_lr()[0],
-                           "grad_norm": float(grad_norm), "threads": torch.get_num_threads(), **extra}
+                metrics = {
+                    "loss": float(loss.item()),
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm),
+                    "threads": torch.get_num_threads(),
+                    **extra,
+                }
                 event = TrainEvent("step", done, config.steps, metrics, rate, remaining)
                 history.append(event)
                 self.progress(event)

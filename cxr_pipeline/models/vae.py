@@ -62,7 +62,6 @@ class VaeConfig:
         return {**asdict(self), "block_out_channels": list(self.block_out_channels)}
 
 
-
 def to_model(images: torch.Tensor) -> torch.Tensor:
     return images * 2.0 - 1.0
 
@@ -105,7 +104,9 @@ def evaluate_reconstruction(model: AutoencoderKL, images: StoreImages, batch_siz
         output = reconstruct(model, batch)
         mse.append(((output - batch) ** 2).mean(dim=(1, 2, 3)))
         psnr.append(peak_signal_noise_ratio(output, batch, data_range=1.0, reduction="none", dim=(1, 2, 3)))
-        ssim.append(cast(torch.Tensor, structural_similarity_index_measure(output, batch, data_range=1.0, reduction="none")))
+        ssim.append(
+            cast(torch.Tensor, structural_similarity_index_measure(output, batch, data_range=1.0, reduction="none"))
+        )
         detail.append(paired_detail_ratios(output, batch))
     return {
         "val_mse": float(torch.cat(mse).mean()),
@@ -136,9 +137,18 @@ def encode_mean(model: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
 # --- Training and encoding, as whole steps (what the Dagster assets call) ----------------------
 
 
-def train_vae(metadata: pd.DataFrame, store: ImageStore, runs_root: Path, vae_config: VaeConfig,
-              train_config: TrainConfig, data_hash: str, progress=None, stop_after: int | None = None,
-              crop: int | None = None, val_images: int | None = None) -> TrainingOutcome:
+def train_vae(
+    metadata: pd.DataFrame,
+    store: ImageStore,
+    runs_root: Path,
+    vae_config: VaeConfig,
+    train_config: TrainConfig,
+    data_hash: str,
+    progress=None,
+    stop_after: int | None = None,
+    crop: int | None = None,
+    val_images: int | None = None,
+) -> TrainingOutcome:
     """``crop``: train on random windows of this size (the autoencoder is convolutional; validation
     and every later use see whole images); None trains on whole images. ``val_images``: validate
     on at most this many val images, whole patients (``patient_subset``)."""
@@ -153,27 +163,50 @@ def train_vae(metadata: pd.DataFrame, store: ImageStore, runs_root: Path, vae_co
         return aligned_crops([train.batch(sampler.indices(step))], crop, train_config.seed, step)[0]
 
     trainer = Trainer(
-        vae_config.build(), vae_step(vae_config.kl_weight), batches,
-        train_config, run_dir, evaluate=lambda model, step: evaluate_reconstruction(model, val), progress=progress,
+        vae_config.build(),
+        vae_step(vae_config.kl_weight),
+        batches,
+        train_config,
+        run_dir,
+        evaluate=lambda model, step: evaluate_reconstruction(model, val),
+        progress=progress,
     )
     model_dir = run_dir / "model"
 
     def save(result, folder: Path) -> None:
         result.ema_model.save_pretrained(str(folder))
-        (folder / "training.json").write_text(json.dumps({
-            "step": result.final_step, "data_hash": data_hash, "metrics": result.last_eval,
-            "vae": vae_config.as_dict(), "train": train_config.identity(), "crop": crop,
-        }, indent=2))
+        (folder / "training.json").write_text(
+            json.dumps(
+                {
+                    "step": result.final_step,
+                    "data_hash": data_hash,
+                    "metrics": result.last_eval,
+                    "vae": vae_config.as_dict(),
+                    "train": train_config.identity(),
+                    "crop": crop,
+                },
+                indent=2,
+            )
+        )
 
     result = trainer.fit_and_save(model_dir, save, stop_after)
     grid = reconstruction_grid(result.ema_model, val.batch(list(range(min(8, len(val))))))
     # the preview: rows of val input | reconstruction | 4x error
-    return TrainingOutcome("vae", run_dir, model_dir, result.final_step, result.resumed_from, result.last_eval,
-                           {result.final_step: grid})
+    return TrainingOutcome(
+        "vae", run_dir, model_dir, result.final_step, result.resumed_from, result.last_eval, {result.final_step: grid}
+    )
 
 
-def encode_latents(metadata: pd.DataFrame, store: ImageStore, vae_dir: Path, lr_stores: dict[int, tuple[ImageStore, pd.DataFrame]],
-                   out_dir: Path, device: str = "auto", batch_size: int = 128, vae_record: dict | None = None) -> dict:
+def encode_latents(
+    metadata: pd.DataFrame,
+    store: ImageStore,
+    vae_dir: Path,
+    lr_stores: dict[int, tuple[ImageStore, pd.DataFrame]],
+    out_dir: Path,
+    device: str = "auto",
+    batch_size: int = 128,
+    vae_record: dict | None = None,
+) -> dict:
     """HR latents and, per scale, latents of the LR image upsampled (bicubic) to HR size, for every
     split; plus the scaling factor (1 / std of train HR latents) diffusion training multiplies by,
     and the input distribution new inputs are scored against (naming ``vae_record``, the
@@ -183,8 +216,14 @@ def encode_latents(metadata: pd.DataFrame, store: ImageStore, vae_dir: Path, lr_
         return _encode_locked(metadata, store, vae_dir, lr_stores, Path(out_dir), device, batch_size, vae_record)
 
 
-def _encode_split(model: AutoencoderKL, images: StoreImages, dest: Path, batch_size: int,
-                  prepare=None, moments: RunningMoments | None = None) -> list[np.ndarray]:
+def _encode_split(
+    model: AutoencoderKL,
+    images: StoreImages,
+    dest: Path,
+    batch_size: int,
+    prepare=None,
+    moments: RunningMoments | None = None,
+) -> list[np.ndarray]:
     """Encode ``images`` batch by batch into ``dest`` through a memory map (``prepare`` turns a
     batch into the encoder's input); returns each batch's input-distribution features."""
     features = []
@@ -198,25 +237,41 @@ def _encode_split(model: AutoencoderKL, images: StoreImages, dest: Path, batch_s
     return features
 
 
-def _encode_locked(metadata: pd.DataFrame, store: ImageStore, vae_dir: Path,
-                   lr_stores: dict[int, tuple[ImageStore, pd.DataFrame]], out_dir: Path, device: str,
-                   batch_size: int, vae_record: dict | None) -> dict:
+def _encode_locked(
+    metadata: pd.DataFrame,
+    store: ImageStore,
+    vae_dir: Path,
+    lr_stores: dict[int, tuple[ImageStore, pd.DataFrame]],
+    out_dir: Path,
+    device: str,
+    batch_size: int,
+    vae_record: dict | None,
+) -> dict:
     model = load_vae(vae_dir, pick_device(device))
     summary: dict[str, Any] = {"vae_dir": str(vae_dir), "splits": {}}
     features: dict[str, np.ndarray | None] = {}
     for split in ("train", "val", "test"):
         rows = metadata[metadata["split"] == split].reset_index(drop=True)
         moments = RunningMoments() if split == "train" else None
-        encoded = _encode_split(model, StoreImages(store, rows), out_dir / f"hr_{split}.npy", batch_size, moments=moments)
+        encoded = _encode_split(
+            model, StoreImages(store, rows), out_dir / f"hr_{split}.npy", batch_size, moments=moments
+        )
         features[split] = np.concatenate(encoded) if encoded else None
         for scale, (lr_store, lr_index) in lr_stores.items():
             positions = lr_index.set_index("image_id").loc[rows["image_id"]]
 
             def upsampled(batch: torch.Tensor, scale: int = scale) -> torch.Tensor:
-                return torch.from_numpy(np.stack([upsample_bicubic(image[0].numpy(), scale) for image in batch])).unsqueeze(1)
+                return torch.from_numpy(
+                    np.stack([upsample_bicubic(image[0].numpy(), scale) for image in batch])
+                ).unsqueeze(1)
 
-            _encode_split(model, StoreImages(lr_store, positions.reset_index()), out_dir / f"lr_x{scale}_{split}.npy",
-                          batch_size, prepare=upsampled)
+            _encode_split(
+                model,
+                StoreImages(lr_store, positions.reset_index()),
+                out_dir / f"lr_x{scale}_{split}.npy",
+                batch_size,
+                prepare=upsampled,
+            )
         atomic.write_parquet(out_dir / f"index_{split}.parquet", rows[["image_id", "split", "class_id"]])
         summary["splits"][split] = len(rows)
         if moments is not None:
@@ -227,7 +282,10 @@ def _encode_locked(metadata: pd.DataFrame, store: ImageStore, vae_dir: Path,
     if features["train"] is not None and features["val"] is not None:
         reference = InputDistribution.fit(features["train"], features["val"], features["test"], vae=vae_record)
         reference.save(out_dir)
-        summary["input_distribution"] = {"threshold": reference.threshold, "val_median": reference.val_median,
-                                         "test_flagged_share": reference.test_flagged_share}
+        summary["input_distribution"] = {
+            "threshold": reference.threshold,
+            "val_median": reference.val_median,
+            "test_flagged_share": reference.test_flagged_share,
+        }
     atomic.write_text(out_dir / "latents.json", json.dumps(summary, indent=2))
     return summary

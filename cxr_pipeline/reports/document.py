@@ -55,8 +55,10 @@ def _slug(text: str) -> str:
 
 # Display enhancement (reports/enhancement.py) is for people looking at images in the app; a report
 # shows what it measured.
-RAW_IMAGES_NOTE = ("Images are shown as the models produced them (raw, no display enhancement); every figure is "
-                   "computed on raw outputs.")
+RAW_IMAGES_NOTE = (
+    "Images are shown as the models produced them (raw, no display enhancement); every figure is "
+    "computed on raw outputs."
+)
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -96,9 +98,13 @@ img { image-rendering: pixelated; max-width: 100%; border: 1px solid #ddd; }
 
 def render_html(report: Report) -> str:
     """One self-contained page: styles inline, images as data URIs."""
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>",
-             f"<style>{_STYLE}</style></head><body>", f"<h1>{html.escape(report.title)}</h1>",
-             f"<p>{html.escape(report.summary)}</p>", f"<p class='note'>{html.escape(RAW_IMAGES_NOTE)}</p>"]
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>{html.escape(report.title)}</h1>",
+        f"<p>{html.escape(report.summary)}</p>",
+        f"<p class='note'>{html.escape(RAW_IMAGES_NOTE)}</p>",
+    ]
     for section in report.sections:
         parts.append(f"<h2>{html.escape(section.title)}</h2>")
         if section.text:
@@ -110,8 +116,10 @@ def render_html(report: Report) -> str:
                 parts.append(f"<p class='note'>{html.escape(table.note)}</p>")
         for figure in section.figures:
             encoded = base64.b64encode(figure.png()).decode("ascii")
-            parts.append(f"<figure><h3>{html.escape(figure.title)}</h3>"
-                         f"<img alt='{html.escape(figure.title)}' src='data:image/png;base64,{encoded}'>")
+            parts.append(
+                f"<figure><h3>{html.escape(figure.title)}</h3>"
+                f"<img alt='{html.escape(figure.title)}' src='data:image/png;base64,{encoded}'>"
+            )
             if figure.caption:
                 parts.append(f"<figcaption>{html.escape(figure.caption)}</figcaption>")
             parts.append("</figure>")

@@ -52,8 +52,9 @@ def clahe(image: np.ndarray, clip_limit: float, grid: tuple[int, int]) -> np.nda
     (down, across)."""
     image = _check(image)
     tile = (max(1, math.ceil(image.shape[0] / grid[0])), max(1, math.ceil(image.shape[1] / grid[1])))
-    return exposure.equalize_adapthist(np.clip(image, 0.0, 1.0), kernel_size=tile,
-                                       clip_limit=clip_limit / HISTOGRAM_BINS, nbins=HISTOGRAM_BINS)
+    return exposure.equalize_adapthist(
+        np.clip(image, 0.0, 1.0), kernel_size=tile, clip_limit=clip_limit / HISTOGRAM_BINS, nbins=HISTOGRAM_BINS
+    )
 
 
 def median(image: np.ndarray, size: int) -> np.ndarray:
@@ -141,17 +142,20 @@ class Enhancement:
 
 
 NONE = Enhancement("none")
-PRESETS: dict[str, Enhancement] = {preset.name: preset for preset in (
-    NONE,
-    # The default beside every generated image: a light unsharp mask and nothing else. A median,
-    # window and global equalization posterized and blotched it; CLAHE, even at clip 1.2, turned
-    # up to a fifth of a bright, even region white on demo and real images (the tiles' tops map
-    # to 1). test_enhancement checks it stays close to the raw image on both.
-    Enhancement("balanced", 0.50, 1.00, 0.0, (8, 8), 0, 0.7, 1.0),
-    Enhancement("high_contrast", 0.45, 0.70, 3.0, (8, 8), 3, 1.5, histogram_equalization=True, vignette=0.30),
-    Enhancement("sharp_detail", 0.55, 0.85, 2.0, (6, 6), 3, 1.8, histogram_equalization=False, vignette=0.20),
-    Enhancement("radiographic_film", 0.48, 0.75, 2.8, (7, 7), 3, 1.4, histogram_equalization=True, vignette=0.35),
-)}
+PRESETS: dict[str, Enhancement] = {
+    preset.name: preset
+    for preset in (
+        NONE,
+        # The default beside every generated image: a light unsharp mask and nothing else. A median,
+        # window and global equalization posterized and blotched it; CLAHE, even at clip 1.2, turned
+        # up to a fifth of a bright, even region white on demo and real images (the tiles' tops map
+        # to 1). test_enhancement checks it stays close to the raw image on both.
+        Enhancement("balanced", 0.50, 1.00, 0.0, (8, 8), 0, 0.7, 1.0),
+        Enhancement("high_contrast", 0.45, 0.70, 3.0, (8, 8), 3, 1.5, histogram_equalization=True, vignette=0.30),
+        Enhancement("sharp_detail", 0.55, 0.85, 2.0, (6, 6), 3, 1.8, histogram_equalization=False, vignette=0.20),
+        Enhancement("radiographic_film", 0.48, 0.75, 2.8, (7, 7), 3, 1.4, histogram_equalization=True, vignette=0.35),
+    )
+}
 
 
 def enhance(image: np.ndarray, preset: str | Enhancement = "balanced") -> np.ndarray:

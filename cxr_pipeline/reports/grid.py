@@ -19,7 +19,7 @@ def image_grid(images: np.ndarray, columns: int = 8, gap: int = 2) -> np.ndarray
     grid = np.zeros((rows * (height + gap) - gap, columns * (width + gap) - gap), dtype=np.float32)
     for index, image in enumerate(images):
         r, c = divmod(index, columns)
-        grid[r * (height + gap): r * (height + gap) + height, c * (width + gap): c * (width + gap) + width] = image
+        grid[r * (height + gap) : r * (height + gap) + height, c * (width + gap) : c * (width + gap) + width] = image
     return grid
 
 

@@ -18,8 +18,9 @@ def _to_array(figure) -> np.ndarray:
     return rgba[..., :3].astype(np.float32) / 255.0
 
 
-def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], title: str, ylabel: str,
-              log_y: bool = False) -> np.ndarray:
+def line_plot(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]], title: str, ylabel: str, log_y: bool = False
+) -> np.ndarray:
     """One line per name: (steps, values)."""
     figure, axis = plt.subplots(figsize=(6.0, 3.2), dpi=100)
     for name, (steps, values) in series.items():
@@ -36,8 +37,13 @@ def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], tit
     return _to_array(figure)
 
 
-def interval_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float], Sequence[float]]],
-                  title: str, xlabel: str, ylabel: str, shade: tuple[float, float] | None = None) -> np.ndarray:
+def interval_plot(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float], Sequence[float]]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    shade: tuple[float, float] | None = None,
+) -> np.ndarray:
     """One line of means with interval bars per name: (x, mean, low, high); a zero line, and
     ``shade`` (x from, x to) marked, for example a training range."""
     figure, axis = plt.subplots(figsize=(6.0, 3.4), dpi=100)
@@ -46,8 +52,16 @@ def interval_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float], S
     axis.axhline(0.0, color="black", linewidth=0.8)
     for name, (xs, mean_list, low_list, high_list) in series.items():
         means, lows, highs = (np.asarray(v, dtype=float) for v in (mean_list, low_list, high_list))
-        axis.errorbar(xs, means, yerr=[means - lows, highs - means], label=name, marker="o", markersize=4,
-                      linewidth=1.2, capsize=3)
+        axis.errorbar(
+            xs,
+            means,
+            yerr=[means - lows, highs - means],
+            label=name,
+            marker="o",
+            markersize=4,
+            linewidth=1.2,
+            capsize=3,
+        )
     axis.set_title(title)
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
@@ -57,9 +71,13 @@ def interval_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float], S
     return _to_array(figure)
 
 
-def grouped_interval_bars(groups: Sequence[str], series: Mapping[str, tuple[Sequence[float], Sequence[float],
-                                                                              Sequence[float]]],
-                          title: str, ylabel: str, floor: float | None = None) -> np.ndarray:
+def grouped_interval_bars(
+    groups: Sequence[str],
+    series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
+    title: str,
+    ylabel: str,
+    floor: float | None = None,
+) -> np.ndarray:
     """Bars per group, one per series (value, low, high) with its interval; ``floor`` draws a
     reference line (0.5 for AUROC: chance). A NaN value leaves its bar out."""
     figure, axis = plt.subplots(figsize=(min(10.0, max(6.0, 0.4 * len(groups) * max(1, len(series)))), 3.8), dpi=100)
@@ -70,16 +88,24 @@ def grouped_interval_bars(groups: Sequence[str], series: Mapping[str, tuple[Sequ
         shown = np.isfinite(values)
         x = positions[shown] - 0.4 + width * (i + 0.5)
         errors = np.nan_to_num([values[shown] - lows[shown], highs[shown] - values[shown]], nan=0.0)
-        axis.bar(x, values[shown], width * 0.92, label=name, yerr=np.clip(errors, 0.0, None), capsize=2,
-                 error_kw={"linewidth": 0.9})
+        axis.bar(
+            x,
+            values[shown],
+            width * 0.92,
+            label=name,
+            yerr=np.clip(errors, 0.0, None),
+            capsize=2,
+            error_kw={"linewidth": 0.9},
+        )
     if floor is not None:
         axis.axhline(floor, color="black", linewidth=0.8, linestyle="--")
     axis.set_xticks(positions, list(groups), rotation=15, fontsize=8)
     axis.set_title(title)
     axis.set_ylabel(ylabel)
     axis.grid(axis="y", alpha=0.3)
-    axis.legend(fontsize=7, ncols=min(6, max(1, len(series))), loc="upper center", bbox_to_anchor=(0.5, -0.16),
-                frameon=False)
+    axis.legend(
+        fontsize=7, ncols=min(6, max(1, len(series))), loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False
+    )
     figure.tight_layout()
     return _to_array(figure)
 
@@ -101,8 +127,9 @@ def heat_maps(maps: np.ndarray, images: np.ndarray, title: str, vmax: float | No
     return _to_array(figure)
 
 
-def prompt_grid(samples: np.ndarray, prompts: Sequence[str], reals: np.ndarray | None = None, columns: int = 3,
-                wrap: int = 46) -> np.ndarray:
+def prompt_grid(
+    samples: np.ndarray, prompts: Sequence[str], reals: np.ndarray | None = None, columns: int = 3, wrap: int = 46
+) -> np.ndarray:
     """Report text beside what it produced: per prompt, the real image (when given) and the sample,
     with the text wrapped under them."""
     import textwrap
@@ -116,13 +143,16 @@ def prompt_grid(samples: np.ndarray, prompts: Sequence[str], reals: np.ndarray |
     for index in range(count):
         row, column = divmod(index, columns)
         pair = [reals[index], samples[index]] if reals is not None else [samples[index]]
-        for offset, (image, label) in enumerate(zip(pair, ["real", "generated"] if reals is not None else ["generated"])):
+        for offset, (image, label) in enumerate(
+            zip(pair, ["real", "generated"] if reals is not None else ["generated"])
+        ):
             axis = axes[row, column * per + offset]
             axis.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
             axis.set_title(label, fontsize=7)
         text = "\n".join(textwrap.wrap(prompts[index], wrap)[:7])
-        axes[row, column * per].text(0.0, -0.04, text, transform=axes[row, column * per].transAxes, fontsize=6,
-                                     va="top", ha="left")
+        axes[row, column * per].text(
+            0.0, -0.04, text, transform=axes[row, column * per].transAxes, fontsize=6, va="top", ha="left"
+        )
     figure.tight_layout(h_pad=4.0)
     return _to_array(figure)
 
@@ -133,8 +163,13 @@ def sweep_plot(sweep, chosen: float) -> np.ndarray:
     right = left.twinx()
     left.plot(sweep["guidance"], sweep["consistency"], marker="o", color="tab:blue", label="prompt consistency")
     right.plot(sweep["guidance"], sweep["fd_cxr"], marker="s", color="tab:red", label="fd_cxr")
-    right.axhline(float(sweep["fd_cxr_real_reference"].iloc[0]), color="tab:red", linestyle=":", linewidth=1,
-                  label="fd_cxr, real vs real")
+    right.axhline(
+        float(sweep["fd_cxr_real_reference"].iloc[0]),
+        color="tab:red",
+        linestyle=":",
+        linewidth=1,
+        label="fd_cxr, real vs real",
+    )
     left.axvline(chosen, color="black", linewidth=0.8, linestyle="--")
     left.set_xlabel("guidance scale w")
     left.set_ylabel("prompt consistency", color="tab:blue")

@@ -30,19 +30,23 @@ def arms_table(result: Any) -> pd.DataFrame:
         macro, accuracy = result.scores.row(arm.name, "auroc_macro"), result.scores.row(arm.name, "accuracy")
         counts = result.arm_counts[arm.name]
         val = result.val_scores[result.val_scores["arm"] == arm.name]
-        rows.append({
-            "arm": arm.name,
-            "real / generated images": f"{int(counts.loc[reference].sum()) if reference in counts.index else 0} / "
-                                       f"{int(counts.drop(index=reference, errors='ignore').to_numpy().sum())}",
-            "macro AUROC [95% CI]": interval_text(macro["value"], macro["ci_low"], macro["ci_high"]),
-            "Δ vs real [95% CI]": "—" if arm.name == reference else
-            interval_text(macro["diff"], macro["diff_low"], macro["diff_high"], signed=True),
-            "seed std": "—" if not np.isfinite(macro["seed_std"]) else f"{macro['seed_std']:.3f}",
-            "accuracy [95% CI]": interval_text(accuracy["value"], accuracy["ci_low"], accuracy["ci_high"]),
-            "Δ accuracy": "—" if arm.name == reference else
-            interval_text(accuracy["diff"], accuracy["diff_low"], accuracy["diff_high"], signed=True),
-            "val macro AUROC": f"{val['val_auroc_macro'].mean():.3f}" if len(val) else "—",
-        })
+        rows.append(
+            {
+                "arm": arm.name,
+                "real / generated images": f"{int(counts.loc[reference].sum()) if reference in counts.index else 0} / "
+                f"{int(counts.drop(index=reference, errors='ignore').to_numpy().sum())}",
+                "macro AUROC [95% CI]": interval_text(macro["value"], macro["ci_low"], macro["ci_high"]),
+                "Δ vs real [95% CI]": "—"
+                if arm.name == reference
+                else interval_text(macro["diff"], macro["diff_low"], macro["diff_high"], signed=True),
+                "seed std": "—" if not np.isfinite(macro["seed_std"]) else f"{macro['seed_std']:.3f}",
+                "accuracy [95% CI]": interval_text(accuracy["value"], accuracy["ci_low"], accuracy["ci_high"]),
+                "Δ accuracy": "—"
+                if arm.name == reference
+                else interval_text(accuracy["diff"], accuracy["diff_low"], accuracy["diff_high"], signed=True),
+                "val macro AUROC": f"{val['val_auroc_macro'].mean():.3f}" if len(val) else "—",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -69,17 +73,25 @@ def goals_table(result: Any) -> pd.DataFrame:
     verdict = result.not_worse()
     if verdict is not None:
         r = result.scores.row("real_synthetic", "auroc_macro")
-        rows.append({"goal": "real + synthetic not worse than real only (macro AUROC difference interval reaches 0)",
-                     "measured": interval_text(r["diff"], r["diff_low"], r["diff_high"], signed=True),
-                     "met": "yes" if verdict else "no"})
+        rows.append(
+            {
+                "goal": "real + synthetic not worse than real only (macro AUROC difference interval reaches 0)",
+                "measured": interval_text(r["diff"], r["diff_low"], r["diff_high"], signed=True),
+                "met": "yes" if verdict else "no",
+            }
+        )
     gain = result.rarest_class_gain()
     if gain is not None:
         real = result.scores.row(result.reference, f"auroc_{result.rarest_class}")["value"]
-        rows.append({"goal": f"balancing improves the rarest class ({result.rarest_class}, "
-                             f"{int(result.real_counts.min())} real training images)",
-                     "measured": interval_text(gain["diff"], gain["diff_low"], gain["diff_high"], signed=True)
-                     + f" (real only: {real:.3f})",
-                     "met": "yes" if gain["diff"] > 0 else "no"})
+        rows.append(
+            {
+                "goal": f"balancing improves the rarest class ({result.rarest_class}, "
+                f"{int(result.real_counts.min())} real training images)",
+                "measured": interval_text(gain["diff"], gain["diff_low"], gain["diff_high"], signed=True)
+                + f" (real only: {real:.3f})",
+                "met": "yes" if gain["diff"] > 0 else "no",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -94,20 +106,29 @@ def per_class_figure(result: Any) -> Figure:
             lows.append(np.nan if r is None else r["ci_low"])
             highs.append(np.nan if r is None else r["ci_high"])
         series[arm.name] = (values, lows, highs)
-    image = grouped_interval_bars(result.class_names, series, "Test AUROC per class, by training arm", "AUROC",
-                                  floor=0.5)
+    image = grouped_interval_bars(
+        result.class_names, series, "Test AUROC per class, by training arm", "AUROC", floor=0.5
+    )
     return Figure("AUROC per class", image, "seed means with their 95% patient-and-seed bootstrap intervals")
 
 
 def utility_section(result: Any) -> Section:
     arms = pd.DataFrame([{"arm": a.name, "what it trains on": a.description} for a in result.arms])
-    counts = pd.concat({arm: table.rename(columns=dict(enumerate(result.class_names)))
-                        for arm, table in result.arm_counts.items()}, names=["arm", "source"]).reset_index()
+    counts = pd.concat(
+        {arm: table.rename(columns=dict(enumerate(result.class_names))) for arm, table in result.arm_counts.items()},
+        names=["arm", "source"],
+    ).reset_index()
     figures = [per_class_figure(result)]
     for arm, (grid, rows) in result.examples.items():
         generators = " and ".join(next(a for a in result.arms if a.name == arm).generators)
-        figures.append(Figure(f"Generated training images: {arm}", grid,
-                              f"from {generators}, alternating; one row per class: " + ", ".join(rows), upscale=2))
+        figures.append(
+            Figure(
+                f"Generated training images: {arm}",
+                grid,
+                f"from {generators}, alternating; one row per class: " + ", ".join(rows),
+                upscale=2,
+            )
+        )
     level = int(round(result.scores.level * 100))
     return Section(
         "Synthetic data for a downstream classifier",
@@ -118,14 +139,20 @@ def utility_section(result: Any) -> Section:
         "batches, so the real-only arm already resamples its rare classes. No val or test image, and "
         "nothing generated from one, is in any arm; val AUROC is shown for reference only (nothing is "
         "selected on test).",
-        tables=[Table("Goals", goals_table(result)), Table("Arms", arms_table(result)),
-                Table("AUROC per class", per_class_table(result)),
-                Table("What each arm trains on", arms), Table("Training images per source and class", counts)],
-        figures=figures)
+        tables=[
+            Table("Goals", goals_table(result)),
+            Table("Arms", arms_table(result)),
+            Table("AUROC per class", per_class_table(result)),
+            Table("What each arm trains on", arms),
+            Table("Training images per source and class", counts),
+        ],
+        figures=figures,
+    )
 
 
-def example_grid(images: Any, labels: np.ndarray, sources: np.ndarray, class_names: Sequence[str], reference: str,
-                 per_class: int = 8) -> tuple[np.ndarray, list[str]] | None:
+def example_grid(
+    images: Any, labels: np.ndarray, sources: np.ndarray, class_names: Sequence[str], reference: str, per_class: int = 8
+) -> tuple[np.ndarray, list[str]] | None:
     """Up to ``per_class`` generated images of each class an arm generated (``sources`` other
     than ``reference``), alternating between its generators, one row per class; with the rows'
     class names."""

@@ -29,15 +29,30 @@ from tests.conftest import pydicom_file
 pytestmark = pytest.mark.slow  # the app over a work folder whose every served model was trained
 
 APP = str(Path(__file__).resolve().parents[2] / "cxr_pipeline" / "app" / "main.py")
-ASSETS = [ingestion.raw_images, ingestion.ingested_images, labels.label_table, labels.image_metadata, pairs.sr_pairs,
-          pairs.low_dose_pairs, models.vae, models.latents, diffusion.class_ddpm, diffusion.arbitrary_sr,
-          diffusion.low_dose_denoiser, text.report_encoder, text.text_ldm]
+ASSETS = [
+    ingestion.raw_images,
+    ingestion.ingested_images,
+    labels.label_table,
+    labels.image_metadata,
+    pairs.sr_pairs,
+    pairs.low_dose_pairs,
+    models.vae,
+    models.latents,
+    diffusion.class_ddpm,
+    diffusion.arbitrary_sr,
+    diffusion.low_dose_denoiser,
+    text.report_encoder,
+    text.text_ldm,
+]
 FEW = {"steps": 4, "checkpoint_every": 4, "log_every": 2, "warmup_steps": 1}
-CONFIG = {"vae": {**FEW, "steps": 20, "checkpoint_every": 20, "eval_every": 20},
-          "class_ddpm": {**FEW, "eval_every": 4}, "low_dose_denoiser": {**FEW, "eval_every": 4},
-          "arbitrary_sr": {**FEW, "eval_every": 4, "decoder_steps": 4, "draws_per_image": 1},
-          "report_encoder": {**FEW, "eval_every": 4, "align_steps": 2},
-          "text_ldm": {**FEW, "eval_every": 4}}
+CONFIG = {
+    "vae": {**FEW, "steps": 20, "checkpoint_every": 20, "eval_every": 20},
+    "class_ddpm": {**FEW, "eval_every": 4},
+    "low_dose_denoiser": {**FEW, "eval_every": 4},
+    "arbitrary_sr": {**FEW, "eval_every": 4, "decoder_steps": 4, "draws_per_image": 1},
+    "report_encoder": {**FEW, "eval_every": 4, "align_steps": 2},
+    "text_ldm": {**FEW, "eval_every": 4},
+}
 CHAMPIONS = ("cxr-text-ldm", "cxr-class-ddpm", "cxr-arbitrary-sr", "cxr-lowdose-denoiser")
 DAGSTER_URL, MLFLOW_UI_URL = "http://127.0.0.1:3033", "http://127.0.0.1:5055"  # never the default ports
 
@@ -58,9 +73,15 @@ def home(small_demo, tmp_path_factory):
     root = tmp_path_factory.mktemp("app") / "home"
     settings = CxrSettings(home=str(root), data_dir=str(small_demo), workers=1)
     ambient = os.environ.get("MLFLOW_TRACKING_URI")
-    result = dg.materialize(ASSETS, resources={"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings),
-                                             "pipes_subprocess_client": dg.PipesSubprocessClient()},
-                            run_config={"ops": {name: {"config": config} for name, config in CONFIG.items()}})
+    result = dg.materialize(
+        ASSETS,
+        resources={
+            "settings": settings,
+            "mlflow_tracking": MlflowTracking(settings=settings),
+            "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        },
+        run_config={"ops": {name: {"config": config} for name, config in CONFIG.items()}},
+    )
     assert result.success
     client = MlflowClient(default_tracking_uri(root))
     for name in CHAMPIONS:
@@ -104,8 +125,9 @@ def test_generate_from_a_report_shows_raw_and_enhanced_images_with_downloads(app
     # a held-out report of the training data, typed with its section header
     at.text_area(key="prompt").input(f"FINDINGS: {val_reports.iloc[0]}").run()
     assert not at.session_state["report_novelty"].out_of_distribution and not at.error
-    at.text_area(key="prompt").input("FINDINGS: Biventricular pacemaker leads terminate appropriately. "
-                                     "IMPRESSION: Unremarkable hardware.").run()
+    at.text_area(key="prompt").input(
+        "FINDINGS: Biventricular pacemaker leads terminate appropriately. IMPRESSION: Unremarkable hardware."
+    ).run()
     novelty = at.session_state["report_novelty"]
     assert novelty.out_of_distribution and "pacemaker" in novelty.unseen
     assert at.error[0].value.startswith("Out of distribution") and "pacemaker" in at.error[0].value
@@ -144,8 +166,9 @@ def test_generate_from_a_class_with_another_preset(app):
 
 def test_the_dicom_download_is_a_synthetic_secondary_capture_that_ingestion_refuses(tmp_path):
     image = np.linspace(0, 1, 64 * 64).reshape(64, 64)
-    data = dicom_export.secondary_capture(image, generator="cxr-text-ldm v1", condition="Right pleural effusion.", seed=3,
-                                      guidance=4.0, steps=20)
+    data = dicom_export.secondary_capture(
+        image, generator="cxr-text-ldm v1", condition="Right pleural effusion.", seed=3, guidance=4.0, steps=20
+    )
     path = tmp_path / "generated.dcm"
     path.write_bytes(data)
     ds = pydicom.dcmread(path)
@@ -291,16 +314,41 @@ def test_a_real_browser_generates_an_image(home, tmp_path):
     port = _free_port()
     env = {**os.environ, "CXR_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", APP, "--server.headless", "true",
-                               "--server.port", str(port), "--server.address", "127.0.0.1",
-                               "--browser.gatherUsageStats", "false"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            APP,
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=str(chromium),
-                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                      "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+                args=[
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                ],
+            )
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             deadline = time.time() + 60
             while True:
@@ -318,8 +366,9 @@ def test_a_real_browser_generates_an_image(home, tmp_path):
                 page.screenshot(path=str(tmp_path / "failed.png"), full_page=True)
                 raise AssertionError(f"no generated image; the page said: {page.inner_text('body')[:3000]}") from None
             # the raw and the enhanced image of both samples decoded in the page
-            page.wait_for_function("() => [...document.images].filter(i => i.complete && i.naturalWidth >= 64)"
-                                   ".length >= 4", timeout=60_000)
+            page.wait_for_function(
+                "() => [...document.images].filter(i => i.complete && i.naturalWidth >= 64).length >= 4", timeout=60_000
+            )
             screenshot = tmp_path / "app_generate.png"
             page.screenshot(path=str(screenshot), full_page=True)
             shown = page.locator("img").evaluate_all("images => images.map(i => i.naturalWidth)")

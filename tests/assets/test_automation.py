@@ -21,21 +21,50 @@ def test_jobs_cover_the_units_of_work():
         selection = defs.resolve_job_def(job_name).asset_layer.selected_asset_keys
         return {key.path[-1] for key in selection}
 
-    assert selected("training") == {"sr_pairs", "low_dose_pairs", "vae", "latents", "latent_sr", "arbitrary_sr",
-                                    "class_ddpm", "low_dose_denoiser", "report_encoder", "text_ldm", "cxr_classifier"}
-    assert selected("evaluation") == {"sr_evaluation", "arbitrary_sr_evaluation",
-                                      "denoising_evaluation", "generation_evaluation", "text_generation_evaluation",
-                                      "synthetic_utility"}
+    assert selected("training") == {
+        "sr_pairs",
+        "low_dose_pairs",
+        "vae",
+        "latents",
+        "latent_sr",
+        "arbitrary_sr",
+        "class_ddpm",
+        "low_dose_denoiser",
+        "report_encoder",
+        "text_ldm",
+        "cxr_classifier",
+    }
+    assert selected("evaluation") == {
+        "sr_evaluation",
+        "arbitrary_sr_evaluation",
+        "denoising_evaluation",
+        "generation_evaluation",
+        "text_generation_evaluation",
+        "synthetic_utility",
+    }
     assert selected("retrain_and_evaluate") == selected("training") | selected("evaluation")
     assert selected("all_assets") == {key.path[-1] for key in graph.get_all_asset_keys()}
 
 
 def test_heavy_steps_share_a_pool_and_only_training_retries():
-    training = (models.vae, diffusion.latent_sr, diffusion.arbitrary_sr, diffusion.class_ddpm,
-                diffusion.low_dose_denoiser, models.cxr_classifier, text.report_encoder, text.text_ldm,
-                evaluation.synthetic_utility)  # the utility experiment's classifiers resume from checkpoints too
-    scoring = (evaluation.sr_evaluation, evaluation.arbitrary_sr_evaluation, evaluation.denoising_evaluation,
-               evaluation.generation_evaluation, evaluation.text_generation_evaluation)
+    training = (
+        models.vae,
+        diffusion.latent_sr,
+        diffusion.arbitrary_sr,
+        diffusion.class_ddpm,
+        diffusion.low_dose_denoiser,
+        models.cxr_classifier,
+        text.report_encoder,
+        text.text_ldm,
+        evaluation.synthetic_utility,
+    )  # the utility experiment's classifiers resume from checkpoints too
+    scoring = (
+        evaluation.sr_evaluation,
+        evaluation.arbitrary_sr_evaluation,
+        evaluation.denoising_evaluation,
+        evaluation.generation_evaluation,
+        evaluation.text_generation_evaluation,
+    )
     for asset in training + scoring:
         assert asset.op.pool == "cxr_training", asset.key
     for asset in training:
@@ -46,8 +75,14 @@ def test_heavy_steps_share_a_pool_and_only_training_retries():
 
 
 def test_writers_of_shared_files_queue_in_one_pool():
-    writers = (ingestion.ingested_images, labels.label_table, labels.image_metadata, pairs.sr_pairs,
-               pairs.low_dose_pairs, models.latents)
+    writers = (
+        ingestion.ingested_images,
+        labels.label_table,
+        labels.image_metadata,
+        pairs.sr_pairs,
+        pairs.low_dose_pairs,
+        models.latents,
+    )
     for asset in writers:
         assert asset.op.pool == "cxr_work_folder", asset.key
 

@@ -32,25 +32,45 @@ def test_definitions_load_with_groups_jobs_and_checks():
     dg.Definitions.validate_loadable(defs)
     repository = defs.get_repository_def()
     groups = {spec.key.path[-1]: spec.group_name for spec in defs.resolve_all_asset_specs()}
-    assert groups == {"raw_images": "ingestion", "ingested_images": "ingestion",
-                      "label_table": "labels", "image_metadata": "labels",
-                      "sr_pairs": "pairs", "low_dose_pairs": "pairs", "vae": "models", "latents": "models",
-                      "latent_sr": "models", "class_ddpm": "models", "low_dose_denoiser": "models",
-                      "arbitrary_sr": "models", "arbitrary_sr_evaluation": "evaluation",
-                      "cxr_classifier": "models", "sr_evaluation": "evaluation",
-                      "denoising_evaluation": "evaluation", "generation_evaluation": "evaluation",
-                      "report_encoder": "models", "text_ldm": "models", "text_generation_evaluation": "evaluation",
-                      "synthetic_utility": "evaluation"}
+    assert groups == {
+        "raw_images": "ingestion",
+        "ingested_images": "ingestion",
+        "label_table": "labels",
+        "image_metadata": "labels",
+        "sr_pairs": "pairs",
+        "low_dose_pairs": "pairs",
+        "vae": "models",
+        "latents": "models",
+        "latent_sr": "models",
+        "class_ddpm": "models",
+        "low_dose_denoiser": "models",
+        "arbitrary_sr": "models",
+        "arbitrary_sr_evaluation": "evaluation",
+        "cxr_classifier": "models",
+        "sr_evaluation": "evaluation",
+        "denoising_evaluation": "evaluation",
+        "generation_evaluation": "evaluation",
+        "report_encoder": "models",
+        "text_ldm": "models",
+        "text_generation_evaluation": "evaluation",
+        "synthetic_utility": "evaluation",
+    }
     assert {"all_assets", "ingestion"} <= {job.name for job in repository.get_all_jobs()}
     checks = {(key.asset_key.path[-1], key.name) for key in defs.resolve_asset_graph().asset_check_keys}
-    assert checks == {("ingested_images", "rejected_share_within_limit"), ("ingested_images", "every_input_accounted_for"),
-                      ("image_metadata", "no_leakage_between_splits"), ("image_metadata", "every_split_non_empty"),
-                      ("image_metadata", "label_coverage"), ("sr_evaluation", "beats_classical_baseline"),
-                      ("denoising_evaluation", "beats_classical_baseline"),
-                      ("generation_evaluation", "beats_classical_baseline"),
-                      ("arbitrary_sr_evaluation", "beats_classical_baseline"),
-                      ("text_generation_evaluation", "beats_classical_baseline"),
-                      ("synthetic_utility", "synthetic_not_worse_than_real"), ("vae", "keeps_fine_detail")}
+    assert checks == {
+        ("ingested_images", "rejected_share_within_limit"),
+        ("ingested_images", "every_input_accounted_for"),
+        ("image_metadata", "no_leakage_between_splits"),
+        ("image_metadata", "every_split_non_empty"),
+        ("image_metadata", "label_coverage"),
+        ("sr_evaluation", "beats_classical_baseline"),
+        ("denoising_evaluation", "beats_classical_baseline"),
+        ("generation_evaluation", "beats_classical_baseline"),
+        ("arbitrary_sr_evaluation", "beats_classical_baseline"),
+        ("text_generation_evaluation", "beats_classical_baseline"),
+        ("synthetic_utility", "synthetic_not_worse_than_real"),
+        ("vae", "keeps_fine_detail"),
+    }
 
 
 def test_model_kind_registry_names_real_assets_evaluations_and_distinct_registry_names():
@@ -67,8 +87,9 @@ def test_model_kind_registry_names_real_assets_evaluations_and_distinct_registry
         fields = defs.resolve_assets_def(kind.asset).op.config_schema.as_field().config_type.fields
         recipe = kind.recipe()
         assert set(fields) == set(vars(recipe)), kind.key
-        assert all(fields[name].default_value == value for name, value in vars(recipe).items()
-                   if fields[name].default_provided), kind.key
+        assert all(
+            fields[name].default_value == value for name, value in vars(recipe).items() if fields[name].default_provided
+        ), kind.key
 
 
 def test_settings_fall_back_to_environment(monkeypatch, tmp_path):
@@ -153,7 +174,9 @@ def test_labels_and_splits_materialize_on_the_demo_layout(small_demo, tmp_path):
     manifest = pd.read_parquet(paths.manifest)
     metadata = pd.read_parquet(paths.metadata)
     assert set(metadata["image_id"]) == set(manifest["image_id"])  # every demo image is usable
-    splits = pd.concat([pd.read_csv(paths.splits / f"{s}.csv", dtype={"image_id": str}) for s in ("train", "val", "test")])
+    splits = pd.concat(
+        [pd.read_csv(paths.splits / f"{s}.csv", dtype={"image_id": str}) for s in ("train", "val", "test")]
+    )
     assert sorted(splits["image_id"]) == sorted(metadata["image_id"])
     nih = metadata[metadata["label_source"] == "nih"]
     assert nih["patient_id"].notna().all() and nih["No_Finding"].notna().all()
@@ -202,21 +225,37 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     ops["generation_evaluation"] = {"config": {**quick_evaluation, "samples_per_class": 4}}
     ops["report_encoder"] = {"config": {"steps": 40, "eval_every": 20, "checkpoint_every": 20, "align_steps": 10}}
     ops["text_ldm"] = {"config": {**short, "batch_size": 16}}  # its cross-attention makes it the costliest step
-    ops["text_generation_evaluation"] = {"config": {**quick_evaluation, "guidance_scales": [1.0, 3.0],
-                                                    "consistency_samples": 1, "sweep_samples": 1}}
-    ops["synthetic_utility"] = {"config": {"seeds": 2, "classifier_steps": 20, "ddim_steps": 4,
-                                           "synthetic_ratio": 0.5, "bootstrap_resamples": 300}}
+    ops["text_generation_evaluation"] = {
+        "config": {**quick_evaluation, "guidance_scales": [1.0, 3.0], "consistency_samples": 1, "sweep_samples": 1}
+    }
+    ops["synthetic_utility"] = {
+        "config": {
+            "seeds": 2,
+            "classifier_steps": 20,
+            "ddim_steps": 4,
+            "synthetic_ratio": 0.5,
+            "bootstrap_resamples": 300,
+        }
+    }
     result = job.execute_in_process(
-        resources={"settings": settings,
-                   "mlflow_tracking": MlflowTracking(settings=settings, mlflow_ui_url="http://127.0.0.1:5055")},
+        resources={
+            "settings": settings,
+            "mlflow_tracking": MlflowTracking(settings=settings, mlflow_ui_url="http://127.0.0.1:5055"),
+        },
         run_config={"ops": ops},
     )
     assert result.success
     # every training and evaluation materialization links to its MLflow run's model-training view
-    for node, key in (("vae", "mlflow_run_url"), ("cxr_classifier", "mlflow_run_url"), ("text_ldm", "mlflow_run_url"),
-                      ("report_encoder", "mlflow_run_url"), ("low_dose_denoiser", "mlflow_run_url"),
-                      ("sr_evaluation", "evaluation_mlflow_run_url"), ("synthetic_utility", "evaluation_mlflow_run_url"),
-                      ("text_generation_evaluation", "evaluation_mlflow_run_url")):
+    for node, key in (
+        ("vae", "mlflow_run_url"),
+        ("cxr_classifier", "mlflow_run_url"),
+        ("text_ldm", "mlflow_run_url"),
+        ("report_encoder", "mlflow_run_url"),
+        ("low_dose_denoiser", "mlflow_run_url"),
+        ("sr_evaluation", "evaluation_mlflow_run_url"),
+        ("synthetic_utility", "evaluation_mlflow_run_url"),
+        ("text_generation_evaluation", "evaluation_mlflow_run_url"),
+    ):
         url = result.asset_materializations_for_node(node)[0].metadata[key].value
         assert url.startswith("http://127.0.0.1:5055/#/experiments/") and url.endswith("?workflowType=machine_learning")
     raw = result.asset_materializations_for_node("raw_images")[0].metadata
@@ -231,9 +270,16 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     assert min(produced[f"{s}_images"].value for s in ("train", "val", "test")) > 50
     assert produced["class_conditional_images"].value > 400
     checks = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
-    gates = {asset: checks.pop((asset, "beats_classical_baseline"))
-             for asset in ("sr_evaluation", "denoising_evaluation", "generation_evaluation", "arbitrary_sr_evaluation",
-                           "text_generation_evaluation")}
+    gates = {
+        asset: checks.pop((asset, "beats_classical_baseline"))
+        for asset in (
+            "sr_evaluation",
+            "denoising_evaluation",
+            "generation_evaluation",
+            "arbitrary_sr_evaluation",
+            "text_generation_evaluation",
+        )
+    }
     utility_gate = checks.pop(("synthetic_utility", "synthetic_not_worse_than_real"))
     detail_check = checks.pop(("vae", "keeps_fine_detail"))  # WARN; its goal is for the full 1500 steps
     assert all(e.passed for e in checks.values())  # data checks; the baseline gates are WARN, judged below
@@ -252,12 +298,23 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     assert encoded["ood_test_flagged_share"].value <= 0.1
     registered = {
         result.asset_materializations_for_node(name)[0].metadata[key].value
-        for name, key in (("latent_sr", "x4_registered_model"), ("class_ddpm", "registered_model"),
-                          ("low_dose_denoiser", "registered_model"), ("arbitrary_sr", "registered_model"),
-                          ("report_encoder", "registered_model"), ("text_ldm", "registered_model"))
+        for name, key in (
+            ("latent_sr", "x4_registered_model"),
+            ("class_ddpm", "registered_model"),
+            ("low_dose_denoiser", "registered_model"),
+            ("arbitrary_sr", "registered_model"),
+            ("report_encoder", "registered_model"),
+            ("text_ldm", "registered_model"),
+        )
     }
-    assert registered == {"cxr-latent-sr-x4 v1", "cxr-class-ddpm v1", "cxr-lowdose-denoiser v1", "cxr-arbitrary-sr v1",
-                          "cxr-report-encoder v1", "cxr-text-ldm v1"}
+    assert registered == {
+        "cxr-latent-sr-x4 v1",
+        "cxr-class-ddpm v1",
+        "cxr-lowdose-denoiser v1",
+        "cxr-arbitrary-sr v1",
+        "cxr-report-encoder v1",
+        "cxr-text-ldm v1",
+    }
     # the demo's reports reached the metadata through the OpenI adapter, and the text model trained on them
     assert result.asset_materializations_for_node("report_encoder")[0].metadata["train_reports"].value > 400
 
@@ -265,32 +322,75 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     # linked to the evaluated model's run and registered version.
     client = MlflowClient(default_tracking_uri(home))
     expected = {
-        "sr_evaluation": ["psnr_sr_x4_bicubic", "psnr_sr_x4_bicubic_vae", "psnr_sr_x4_vae_ceiling", "psnr_sr_x4_ddim",
-                          "psnr_sr_x4_ddim_from_lr", "lr_consistency_psnr_sr_x4_hr",
-                          "ssim_sr_x4_ddim", "mae_sr_x4_ddim", "lr_consistency_psnr_sr_x4_ddim", "spread_sr_x4_ddim",
-                          "psnr_sr_x4_ddim_ci_low", "psnr_gain_sr_x4_ddim"],
-        "denoising_evaluation": ["psnr_denoise_i0_1000_noisy", "psnr_denoise_i0_1000_nlm", "psnr_denoise_i0_1000_diffusion",
-                                 "ssim_denoise_i0_10000_diffusion", "psnr_gain_denoise_i0_3000_nlm"],
+        "sr_evaluation": [
+            "psnr_sr_x4_bicubic",
+            "psnr_sr_x4_bicubic_vae",
+            "psnr_sr_x4_vae_ceiling",
+            "psnr_sr_x4_ddim",
+            "psnr_sr_x4_ddim_from_lr",
+            "lr_consistency_psnr_sr_x4_hr",
+            "ssim_sr_x4_ddim",
+            "mae_sr_x4_ddim",
+            "lr_consistency_psnr_sr_x4_ddim",
+            "spread_sr_x4_ddim",
+            "psnr_sr_x4_ddim_ci_low",
+            "psnr_gain_sr_x4_ddim",
+        ],
+        "denoising_evaluation": [
+            "psnr_denoise_i0_1000_noisy",
+            "psnr_denoise_i0_1000_nlm",
+            "psnr_denoise_i0_1000_diffusion",
+            "ssim_denoise_i0_10000_diffusion",
+            "psnr_gain_denoise_i0_3000_nlm",
+        ],
         "generation_evaluation": ["fd_cxr_class_ddpm", "kid_class_ddpm", "cond_acc_class_ddpm", "ms_ssim_class_ddpm"],
-        "text_generation_evaluation": ["prompt_consistency_text_ldm", "prompt_consistency_text_ldm_ci_low",
-                                       "prompt_consistency_text_ldm_ci_high", "prompt_consistency_text_ldm_unconditional",
-                                       "prompt_consistency_text_ldm_retrieval", "negation_rate_text_ldm",
-                                       "negation_rate_text_ldm_normal_reference", "negation_rate_text_ldm_real_reference",
-                                       "fd_cxr_text_ldm",
-                                       "fd_cxr_text_ldm_real_reference", "kid_text_ldm", "precision_text_ldm",
-                                       "recall_text_ldm", "density_text_ldm", "coverage_text_ldm",
-                                       "memorized_share_text_ldm_feature", "memorized_share_text_ldm_pixel",
-                                       "ms_ssim_text_ldm_within_prompt", "val_prompt_consistency_text_ldm_w3",
-                                       "guidance_text_ldm"],
-        "synthetic_utility": ["auroc_utility_real", "auroc_utility_real_ci_low", "auroc_utility_real_seed_std",
-                              "auroc_utility_real_synthetic", "auroc_utility_diff_real_synthetic",
-                              "auroc_utility_diff_real_synthetic_ci_low", "auroc_utility_diff_real_synthetic_ci_high",
-                              "accuracy_utility_synthetic", "accuracy_utility_diff_real_balanced",
-                              "auroc_utility_real_balanced_Pneumonia", "auroc_utility_diff_real_balanced_Pneumonia"],
-        "arbitrary_sr_evaluation": ["psnr_sr_x2p5_arbitrary", "psnr_sr_x2p5_bicubic", "psnr_sr_x2p5_bicubic_vae",
-                                    "psnr_sr_x6_arbitrary", "ssim_sr_x6_arbitrary", "lr_consistency_psnr_sr_x4_arbitrary",
-                                    "psnr_sr_x4_fixed", "psnr_gain_sr_x4_arbitrary_vs_fixed",
-                                    "psnr_gain_sr_x6_arbitrary", "psnr_gain_sr_mean_arbitrary"],
+        "text_generation_evaluation": [
+            "prompt_consistency_text_ldm",
+            "prompt_consistency_text_ldm_ci_low",
+            "prompt_consistency_text_ldm_ci_high",
+            "prompt_consistency_text_ldm_unconditional",
+            "prompt_consistency_text_ldm_retrieval",
+            "negation_rate_text_ldm",
+            "negation_rate_text_ldm_normal_reference",
+            "negation_rate_text_ldm_real_reference",
+            "fd_cxr_text_ldm",
+            "fd_cxr_text_ldm_real_reference",
+            "kid_text_ldm",
+            "precision_text_ldm",
+            "recall_text_ldm",
+            "density_text_ldm",
+            "coverage_text_ldm",
+            "memorized_share_text_ldm_feature",
+            "memorized_share_text_ldm_pixel",
+            "ms_ssim_text_ldm_within_prompt",
+            "val_prompt_consistency_text_ldm_w3",
+            "guidance_text_ldm",
+        ],
+        "synthetic_utility": [
+            "auroc_utility_real",
+            "auroc_utility_real_ci_low",
+            "auroc_utility_real_seed_std",
+            "auroc_utility_real_synthetic",
+            "auroc_utility_diff_real_synthetic",
+            "auroc_utility_diff_real_synthetic_ci_low",
+            "auroc_utility_diff_real_synthetic_ci_high",
+            "accuracy_utility_synthetic",
+            "accuracy_utility_diff_real_balanced",
+            "auroc_utility_real_balanced_Pneumonia",
+            "auroc_utility_diff_real_balanced_Pneumonia",
+        ],
+        "arbitrary_sr_evaluation": [
+            "psnr_sr_x2p5_arbitrary",
+            "psnr_sr_x2p5_bicubic",
+            "psnr_sr_x2p5_bicubic_vae",
+            "psnr_sr_x6_arbitrary",
+            "ssim_sr_x6_arbitrary",
+            "lr_consistency_psnr_sr_x4_arbitrary",
+            "psnr_sr_x4_fixed",
+            "psnr_gain_sr_x4_arbitrary_vs_fixed",
+            "psnr_gain_sr_x6_arbitrary",
+            "psnr_gain_sr_mean_arbitrary",
+        ],
     }
     for asset, names in expected.items():
         produced = result.asset_materializations_for_node(asset)[0].metadata
@@ -318,18 +418,27 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     assert low <= utility["auroc_utility_diff_real_synthetic"].value <= high
     assert utility["seeds"].value == 2 and utility["generated_images"].value > 200
     utility_report = Path(utility["report"].value).read_text()
-    assert "Training images per source and class" in utility_report and "Generated training images: real_balanced" in utility_report
+    assert (
+        "Training images per source and class" in utility_report
+        and "Generated training images: real_balanced" in utility_report
+    )
     # Each evaluation's figures live in its own run; the training runs it scored link to it
     class_run = client.get_run(client.get_model_version("cxr-class-ddpm", "1").run_id)
     assert class_run.data.tags["evaluation.synthetic_utility.run_id"] == utility["evaluation_mlflow_run_id"].value
     evaluation_metrics = set()
     for asset in expected:
-        evaluation_metrics |= set(client.get_run(result.asset_materializations_for_node(asset)[0]
-                                                 .metadata["evaluation_mlflow_run_id"].value).data.metrics)
+        evaluation_metrics |= set(
+            client.get_run(
+                result.asset_materializations_for_node(asset)[0].metadata["evaluation_mlflow_run_id"].value
+            ).data.metrics
+        )
     # ... and in an experiment of their own, so the training runs' table is not hundreds of columns wide
-    training, evaluations = (client.get_experiment_by_name(name) for name in ("cxr-pipeline", "cxr-pipeline-evaluation"))
-    assert {run.info.run_name for run in client.search_runs([evaluations.experiment_id])} == \
-        {f"evaluate-{asset}" for asset in expected}
+    training, evaluations = (
+        client.get_experiment_by_name(name) for name in ("cxr-pipeline", "cxr-pipeline-evaluation")
+    )
+    assert {run.info.run_name for run in client.search_runs([evaluations.experiment_id])} == {
+        f"evaluate-{asset}" for asset in expected
+    }
     training_columns = {key for run in client.search_runs([training.experiment_id]) for key in run.data.metrics}
     assert not training_columns & evaluation_metrics and len(training_columns) < len(evaluation_metrics) / 3
     for registered_model in client.search_registered_models():
@@ -355,27 +464,40 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     low = torch.rand(2, 1, 16, 16)
     trained = result.asset_materializations_for_node("latent_sr")[0].metadata["x4_checkpoint"].value
     assert (downloaded / "vae").is_dir() and (downloaded / "scheduler").is_dir()
-    torch.testing.assert_close(LatentSuperResolution.from_pretrained(downloaded, "cpu")(low, steps=3, seed=1),
-                               LatentSuperResolution.from_pretrained(trained, "cpu")(low, steps=3, seed=1), rtol=0, atol=0)
-    assert client.get_run(version.run_id).data.tags["evaluation.sr_evaluation.run_id"] == \
-        sr["evaluation_mlflow_run_id"].value
+    torch.testing.assert_close(
+        LatentSuperResolution.from_pretrained(downloaded, "cpu")(low, steps=3, seed=1),
+        LatentSuperResolution.from_pretrained(trained, "cpu")(low, steps=3, seed=1),
+        rtol=0,
+        atol=0,
+    )
+    assert (
+        client.get_run(version.run_id).data.tags["evaluation.sr_evaluation.run_id"]
+        == sr["evaluation_mlflow_run_id"].value
+    )
     # the arbitrary-scale model's registered version super-resolves at a non-integer scale
     arbitrary = model_source.download_model("cxr-arbitrary-sr", "1", tmp_path / "download-arbitrary")
     assert (arbitrary / "head").is_dir()
     assert inference.super_resolve(arbitrary, low, scale=2.5, steps=3, device="cpu").shape == (2, 1, 40, 40)
-    arbitrary_report = Path(result.asset_materializations_for_node("arbitrary_sr_evaluation")[0].metadata["report"].value).read_text()
+    arbitrary_report = Path(
+        result.asset_materializations_for_node("arbitrary_sr_evaluation")[0].metadata["report"].value
+    ).read_text()
     assert "PSNR gain over bicubic by scale" in arbitrary_report and "outside the training range" in arbitrary_report
     # Promotion: each first version is champion exactly when the asset's baseline check passed
     # (these 30-step models may well not beat bicubic, NLM or chance), and the challenger
     # otherwise: the two aliases never name the same version.
-    for name, asset in (("cxr-latent-sr-x4", "sr_evaluation"), ("cxr-lowdose-denoiser", "denoising_evaluation"),
-                        ("cxr-class-ddpm", "generation_evaluation"), ("cxr-arbitrary-sr", "arbitrary_sr_evaluation")):
+    for name, asset in (
+        ("cxr-latent-sr-x4", "sr_evaluation"),
+        ("cxr-lowdose-denoiser", "denoising_evaluation"),
+        ("cxr-class-ddpm", "generation_evaluation"),
+        ("cxr-arbitrary-sr", "arbitrary_sr_evaluation"),
+    ):
         gate = gates[asset]
         assert gate.severity == dg.AssetCheckSeverity.WARN and "verdict" in gate.metadata
         produced = result.asset_materializations_for_node(asset)[0].metadata
         pairs = [key for key in gate.metadata if key != "verdict"]
-        assert all(gate.metadata[key].value == pytest.approx(produced[key].value, abs=1e-4) for key in pairs
-                   if key in produced)
+        assert all(
+            gate.metadata[key].value == pytest.approx(produced[key].value, abs=1e-4) for key in pairs if key in produced
+        )
         aliases = client.get_registered_model(name).aliases
         if gate.passed:
             assert {k: str(v) for k, v in aliases.items()} == {"champion": "1"}

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from cxr_pipeline.data.demo.dataset import DemoSpec, generate_demo_dataset
 from cxr_pipeline.model_record import current_model
-from cxr_pipeline.models.diffusion import describe
+from cxr_pipeline.models.model_folder import describe
 from cxr_pipeline.settings import WorkPaths, default_tracking_uri
 from definitions import defs
 from jobs.budgets import TINY_EVALUATION, tiny_run_config
@@ -21,10 +21,24 @@ from resources import CxrSettings, MlflowTracking
 
 pytestmark = pytest.mark.slow  # the smoke job under the full profile, end to end
 
-REGISTERED = {"cxr-vae", "cxr-feature-classifier", "cxr-latent-sr-x4", "cxr-class-ddpm", "cxr-lowdose-denoiser",
-              "cxr-arbitrary-sr", "cxr-report-encoder", "cxr-text-ldm"}
-EVALUATIONS = ("sr_evaluation", "arbitrary_sr_evaluation", "denoising_evaluation", "generation_evaluation",
-               "text_generation_evaluation", "synthetic_utility")
+REGISTERED = {
+    "cxr-vae",
+    "cxr-feature-classifier",
+    "cxr-latent-sr-x4",
+    "cxr-class-ddpm",
+    "cxr-lowdose-denoiser",
+    "cxr-arbitrary-sr",
+    "cxr-report-encoder",
+    "cxr-text-ldm",
+}
+EVALUATIONS = (
+    "sr_evaluation",
+    "arbitrary_sr_evaluation",
+    "denoising_evaluation",
+    "generation_evaluation",
+    "text_generation_evaluation",
+    "synthetic_utility",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -44,15 +58,24 @@ def test_full_profile_materializes_every_asset_at_256_px(tmp_path):
     for labels in ("label_table", "image_metadata"):
         run_config["ops"][labels] = {"config": {"split_fractions": [0.5, 0.25, 0.25]}}
     result = defs.resolve_job_def("all_assets").execute_in_process(
-        run_config=run_config,
-        resources={"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)})
+        run_config=run_config, resources={"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)}
+    )
     assert result.success
     # every asset of the main job, and every check, ran
     materialized = {event.asset_key for event in result.get_asset_materialization_events()}
     assert materialized == set(defs.resolve_all_asset_keys()) and len(materialized) >= 20
     checks = result.get_asset_check_evaluations()
-    blocking = [c for c in checks if c.check_name in ("every_input_accounted_for", "rejected_share_within_limit",
-                                                      "no_leakage_between_splits", "every_split_non_empty")]
+    blocking = [
+        c
+        for c in checks
+        if c.check_name
+        in (
+            "every_input_accounted_for",
+            "rejected_share_within_limit",
+            "no_leakage_between_splits",
+            "every_split_non_empty",
+        )
+    ]
     assert len(blocking) == 4 and all(c.passed for c in blocking)
     assert len(checks) >= 12
 

@@ -21,8 +21,14 @@ pytestmark = pytest.mark.slow  # every model asset materialized and trained for 
 
 UPSTREAM = [ingestion.raw_images, ingestion.ingested_images, labels.label_table, labels.image_metadata]
 STAGES = [pairs.sr_pairs, pairs.low_dose_pairs, models.vae, models.latents]
-TINY_VAE = {"steps": 6, "batch_size": 4, "checkpoint_every": 3, "log_every": 2, "warmup_steps": 2,
-            "block_out_channels": [8, 16, 16]}
+TINY_VAE = {
+    "steps": 6,
+    "batch_size": 4,
+    "checkpoint_every": 3,
+    "log_every": 2,
+    "warmup_steps": 2,
+    "block_out_channels": [8, 16, 16],
+}
 
 
 @pytest.fixture(autouse=True)
@@ -35,10 +41,15 @@ def test_pairs_vae_latents_with_mlflow_lineage(small_demo, tmp_path):
     settings = CxrSettings(home=str(tmp_path / "home"), data_dir=str(small_demo), workers=1)
     resources = {"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)}
     assert dg.materialize(UPSTREAM, resources=resources).success
-    resources["mlflow_tracking"] = MlflowTracking(settings=settings, mlflow_ui_url="http://127.0.0.1:5055",
-                                                  dagster_url="http://127.0.0.1:3033")
-    result = dg.materialize(STAGES, resources=resources, selection=[a.key for a in STAGES],
-                            run_config={"ops": {"vae": {"config": TINY_VAE}}})
+    resources["mlflow_tracking"] = MlflowTracking(
+        settings=settings, mlflow_ui_url="http://127.0.0.1:5055", dagster_url="http://127.0.0.1:3033"
+    )
+    result = dg.materialize(
+        STAGES,
+        resources=resources,
+        selection=[a.key for a in STAGES],
+        run_config={"ops": {"vae": {"config": TINY_VAE}}},
+    )
     assert result.success
     produced = result.asset_materializations_for_node("vae")[0].metadata
     run_id = produced["mlflow_run_id"].value
@@ -51,8 +62,9 @@ def test_pairs_vae_latents_with_mlflow_lineage(small_demo, tmp_path):
     # the way back to Dagster, and the way into MLflow's model-training view with the SQLite store
     assert run.data.tags["dagster.run_url"] == f"http://127.0.0.1:3033/runs/{result.run_id}"
     assert result.run_id[:8] in run.data.tags["mlflow.note.content"]
-    assert produced["mlflow_run_url"].value == (f"http://127.0.0.1:5055/#/experiments/{run.info.experiment_id}/runs/"
-                                                f"{run_id}?workflowType=machine_learning")
+    assert produced["mlflow_run_url"].value == (
+        f"http://127.0.0.1:5055/#/experiments/{run.info.experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    )
     experiment = mlflow.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the model-training view
     # registered as a pyfunc model: MLflow users load it the usual way
@@ -82,7 +94,9 @@ def test_pairs_vae_latents_with_mlflow_lineage(small_demo, tmp_path):
     model = load_vae(folder)
     metadata = pd.read_parquet(settings.paths().metadata)
     val = StoreImages(ImageStore(settings.paths().image_store), metadata[metadata["split"] == "val"])
-    assert evaluate_reconstruction(model, val)["val_psnr"] == pytest.approx(run.data.metrics["final_val_psnr"], abs=1e-4)
+    assert evaluate_reconstruction(model, val)["val_psnr"] == pytest.approx(
+        run.data.metrics["final_val_psnr"], abs=1e-4
+    )
 
     # Latents: every split, HR and LR per scale, with the scaling factor.
     summary = json.loads((settings.paths().latents / "latents.json").read_text())

@@ -18,8 +18,16 @@ pytestmark = pytest.mark.slow  # trainings launched through Dagster Pipes and to
 
 UPSTREAM = [ingestion.raw_images, ingestion.ingested_images, labels.label_table, labels.image_metadata]
 # Pixel space: these tests are about where training runs, and need no VAE upstream.
-TINY = {"steps": 4, "batch_size": 4, "eval_every": 4, "checkpoint_every": 2, "log_every": 2, "warmup_steps": 1,
-        "block_out_channels": [8, 16], "space": "pixel"}
+TINY = {
+    "steps": 4,
+    "batch_size": 4,
+    "eval_every": 4,
+    "checkpoint_every": 2,
+    "log_every": 2,
+    "warmup_steps": 1,
+    "block_out_channels": [8, 16],
+    "space": "pixel",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -32,17 +40,25 @@ def _no_ambient_settings(monkeypatch):
 def labelled(small_demo, tmp_path):
     """A work folder with ingested images, labels and splits; the resources a launch needs."""
     settings = CxrSettings(home=str(tmp_path / "home"), data_dir=str(small_demo), workers=1)
-    resources = {"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings),
-                 "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    resources = {
+        "settings": settings,
+        "mlflow_tracking": MlflowTracking(settings=settings),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }
     instance = dg.DagsterInstance.ephemeral()
     assert dg.materialize(UPSTREAM, resources=resources, instance=instance).success
     return settings, resources, instance
 
 
 def _materialize(resources, launcher: str, instance, **config):
-    return dg.materialize([diffusion.class_ddpm], resources=resources, instance=instance, raise_on_error=False,
-                          selection=[diffusion.class_ddpm.key],
-                          run_config={"ops": {"class_ddpm": {"config": {**TINY, "launcher": launcher, **config}}}})
+    return dg.materialize(
+        [diffusion.class_ddpm],
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
+        selection=[diffusion.class_ddpm.key],
+        run_config={"ops": {"class_ddpm": {"config": {**TINY, "launcher": launcher, **config}}}},
+    )
 
 
 def test_torchrun_through_pipes_then_a_subprocess_resumes_the_same_run(labelled):
@@ -99,8 +115,14 @@ def test_a_training_job_survives_its_json_and_names_its_runs_folder(tmp_path):
     from cxr_pipeline.models.diffusion import UNetConfig
 
     recipe = kinds.DENOISER.recipe(steps=7, batch_size=6, sampling_strength=0.3, crop=None)
-    job = TrainingJob("denoiser", str(tmp_path), UNetConfig(64, 2, 1, (16, 32, 64), num_class_embeds=4, norm_num_groups=8),
-                      recipe, "abc", ModelInputs(warm_start_from="/elsewhere/model"))
+    job = TrainingJob(
+        "denoiser",
+        str(tmp_path),
+        UNetConfig(64, 2, 1, (16, 32, 64), num_class_embeds=4, norm_num_groups=8),
+        recipe,
+        "abc",
+        ModelInputs(warm_start_from="/elsewhere/model"),
+    )
     back = TrainingJob.from_json(job.to_json())
     assert back == job and isinstance(back.recipe, kinds.DENOISER.recipe) and back.recipe.sampling_strength == 0.3
     assert (job.train.steps, job.schedule.beta_schedule) == (7, "squaredcos_cap_v2")

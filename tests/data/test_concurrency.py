@@ -32,8 +32,14 @@ def demo_448(tmp_path_factory) -> Path:
 
 
 def ingest_into(data_dir: Path, out: Path, **kwargs):
-    return ingest(data_dir, manifest_path=out / "manifest.parquet", rejected_path=out / "rejected.parquet",
-                  store=ImageStore(out / "images"), options=IngestOptions(image_size=32, workers=1), **kwargs)
+    return ingest(
+        data_dir,
+        manifest_path=out / "manifest.parquet",
+        rejected_path=out / "rejected.parquet",
+        store=ImageStore(out / "images"),
+        options=IngestOptions(image_size=32, workers=1),
+        **kwargs,
+    )
 
 
 def _ingest_worker(barrier, results, data_dir: str, out: str) -> None:
@@ -130,10 +136,20 @@ def test_a_lock_held_past_the_timeout_fails_clearly_and_touches_nothing(demo_448
     out = tmp_path / "out"
     ingest_into(demo_448, out)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and not p.name.startswith(".writer")}
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from cxr_pipeline.data import locks\n"
-        "with locks.exclusive(sys.argv[1], 'a test holder'):\n"
-        "    print('held', flush=True); time.sleep(60)"), str(out)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from cxr_pipeline.data import locks\n"
+                "with locks.exclusive(sys.argv[1], 'a test holder'):\n"
+                "    print('held', flush=True); time.sleep(60)"
+            ),
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         waits = []
@@ -165,10 +181,15 @@ def test_two_pair_builds_at_once_leave_one_complete_store(demo_448, tmp_path):
     index = pd.read_parquet(folder / "index.parquet")
     store = ImageStore(folder)
     assert set(index["shard"]) == store.shard_names()  # nothing missing, nothing orphaned
-    alone = build_low_dose_pairs(metadata, ImageStore(out / "images"), tmp_path / "alone", [1000.0], 5.0, seed=0)[1000.0]
+    alone = build_low_dose_pairs(metadata, ImageStore(out / "images"), tmp_path / "alone", [1000.0], 5.0, seed=0)[
+        1000.0
+    ]
     np.testing.assert_array_equal(
         store.read_many(list(index["shard"]), list(index["shard_index"])),
-        ImageStore(low_dose_pair_dir(tmp_path / "alone", 1000.0)).read_many(list(alone["shard"]), list(alone["shard_index"])))
+        ImageStore(low_dose_pair_dir(tmp_path / "alone", 1000.0)).read_many(
+            list(alone["shard"]), list(alone["shard_index"])
+        ),
+    )
 
 
 def test_two_trainings_of_one_run_key_take_turns(tmp_path):

@@ -48,7 +48,8 @@ def test_generation_is_deterministic_and_reused(small_demo, tmp_path):
     def digest(root):
         return {
             p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
         }
 
     assert digest(again) == digest(small_demo)
@@ -71,7 +72,7 @@ def _region(image, study, u0, u1, v0, v1):
     """Mean over a box given in anatomy coordinates (the study's affine is mild)."""
     size = image.shape[0]
     to_px = lambda t: int(round((t + 1) / 2 * size))
-    return float(image[to_px(v0):to_px(v1), to_px(u0):to_px(u1)].mean())
+    return float(image[to_px(v0) : to_px(v1), to_px(u0) : to_px(u1)].mean())
 
 
 @pytest.mark.parametrize(

@@ -136,8 +136,12 @@ def test_parallel_and_serial_ingestion_agree(demo_copy, tmp_path):
     pd.testing.assert_frame_equal(
         parallel_rejected[["source_path", "reason"]], serial_rejected[["source_path", "reason"]]
     )
-    a = ImageStore(tmp_path / "p" / "images").read_many(list(parallel_manifest["shard"]), list(parallel_manifest["shard_index"]))
-    b = ImageStore(tmp_path / "s" / "images").read_many(list(serial_manifest["shard"]), list(serial_manifest["shard_index"]))
+    a = ImageStore(tmp_path / "p" / "images").read_many(
+        list(parallel_manifest["shard"]), list(parallel_manifest["shard_index"])
+    )
+    b = ImageStore(tmp_path / "s" / "images").read_many(
+        list(serial_manifest["shard"]), list(serial_manifest["shard_index"])
+    )
     np.testing.assert_array_equal(a, b)
 
 

@@ -39,7 +39,13 @@ def write(tmp_path, name, text):
 def test_nih_bracketed_headers_exact_tokens_and_unknowns(tmp_path):
     source = read_nih(write(tmp_path, "Data_Entry_2017.csv", NIH_CSV))
     table = source.table.set_index("match_key")
-    assert list(table.index) == ["00000001_000.png", "00000001_001.png", "00000002_000.png", "00000003_000.png", "00000004_000.png"]
+    assert list(table.index) == [
+        "00000001_000.png",
+        "00000001_001.png",
+        "00000002_000.png",
+        "00000003_000.png",
+        "00000004_000.png",
+    ]
     row = table.loc["00000003_000.png"]
     assert (row["Pleural_Thickening"], row["Pneumonia"], row["Mass"], row["Pneumothorax"]) == (1, 1, 1, 0)
     assert row["view"] == "AP" and row["sex"] == "F" and math.isnan(row["age_years"])  # 414 years: implausible
@@ -110,8 +116,10 @@ INDIANA_PROJECTIONS = textwrap.dedent("""\
 
 
 def test_indiana_csv_pair_maps_terms_and_keeps_text(tmp_path):
-    source = read_indiana_csv(write(tmp_path, "indiana_reports.csv", INDIANA_REPORTS),
-                              write(tmp_path, "indiana_projections.csv", INDIANA_PROJECTIONS))
+    source = read_indiana_csv(
+        write(tmp_path, "indiana_reports.csv", INDIANA_REPORTS),
+        write(tmp_path, "indiana_projections.csv", INDIANA_PROJECTIONS),
+    )
     table = source.table.set_index("match_key")
     normal = table.loc["1_IM-0001-4001.dcm.png"]
     assert normal["No_Finding"] == 1 and normal["findings_text"].endswith("There is no pulmonary edema.")
@@ -143,8 +151,11 @@ XML_NO_FINDINGS = """<eCitation><uId id="CXR11"/><MedlineCitation><Article><Abst
 
 
 def test_indiana_xml_with_missing_sections_and_a_broken_file(tmp_path):
-    paths = [write(tmp_path, "10.xml", XML_FULL), write(tmp_path, "11.xml", XML_NO_FINDINGS),
-             write(tmp_path, "12.xml", "<eCitation><uId id='CXR12'>")]
+    paths = [
+        write(tmp_path, "10.xml", XML_FULL),
+        write(tmp_path, "11.xml", XML_NO_FINDINGS),
+        write(tmp_path, "12.xml", "<eCitation><uId id='CXR12'>"),
+    ]
     source = read_indiana_xml(paths)
     table = source.table.set_index("match_key")
     assert sorted(table.index) == ["CXR10_IM-0002-1001", "CXR10_IM-0002-2001", "CXR11_IM-0003-1001"]
@@ -195,41 +206,59 @@ def test_single_label_classes():
 
 
 def manifest_for(paths):
-    return pd.DataFrame({
-        "image_id": [f"id{i:04d}" for i in range(len(paths))],
-        "source_path": paths,
-        "shard": "s.npy",
-        "shard_index": range(len(paths)),
-        "pixel_hash": [f"hash{i}" for i in range(len(paths))],
-        "format": "png",
-        "patient_id": pd.Series([None] * len(paths), dtype="string"),
-        "study_uid": None, "view_position": None, "sex": None, "age_years": np.nan,
-    })
+    return pd.DataFrame(
+        {
+            "image_id": [f"id{i:04d}" for i in range(len(paths))],
+            "source_path": paths,
+            "shard": "s.npy",
+            "shard_index": range(len(paths)),
+            "pixel_hash": [f"hash{i}" for i in range(len(paths))],
+            "format": "png",
+            "patient_id": pd.Series([None] * len(paths), dtype="string"),
+            "study_uid": None,
+            "view_position": None,
+            "sex": None,
+            "age_years": np.nan,
+        }
+    )
 
 
 def test_metadata_join_excludes_and_lists_what_does_not_fit(tmp_path):
     write(tmp_path, "Data_Entry_2017.csv", NIH_CSV)
     write(tmp_path, "indiana_reports.csv", INDIANA_REPORTS)
     write(tmp_path, "indiana_projections.csv", INDIANA_PROJECTIONS)
-    manifest = manifest_for([
-        "images_001/images/00000001_000.png", "images_001/images/00000002_000.png",
-        "images_002/images/00000003_000.png", "iu/1_IM-0001-4001.dcm.png", "iu/1_IM-0001-3001.dcm.png",
-        "stray/unknown_image.png",
-    ])
+    manifest = manifest_for(
+        [
+            "images_001/images/00000001_000.png",
+            "images_001/images/00000002_000.png",
+            "images_002/images/00000003_000.png",
+            "iu/1_IM-0001-4001.dcm.png",
+            "iu/1_IM-0001-3001.dcm.png",
+            "stray/unknown_image.png",
+        ]
+    )
     options = LabelOptions(sources=("nih", "indiana_csv"))
-    sources = load_label_sources(tmp_path, ["Data_Entry_2017.csv", "indiana_reports.csv", "indiana_projections.csv"],
-                                 manifest, options)
+    sources = load_label_sources(
+        tmp_path, ["Data_Entry_2017.csv", "indiana_reports.csv", "indiana_projections.csv"], manifest, options
+    )
     assert [s.kind for s in sources] == [SourceKind.NIH, SourceKind.INDIANA_CSV]
     result = build_metadata(manifest, combine(sources), options)
     assert sorted(result.metadata["source_path"]) == [
-        "images_001/images/00000001_000.png", "images_001/images/00000002_000.png",
-        "images_002/images/00000003_000.png", "iu/1_IM-0001-4001.dcm.png",
+        "images_001/images/00000001_000.png",
+        "images_001/images/00000002_000.png",
+        "images_002/images/00000003_000.png",
+        "iu/1_IM-0001-4001.dcm.png",
     ]
     reasons = dict(zip(result.excluded["source_path"], result.excluded["reason"]))
     assert reasons == {"stray/unknown_image.png": "no_label_row", "iu/1_IM-0001-3001.dcm.png": "lateral_view"}
     unmatched = set(result.unmatched_label_rows["match_key"])
-    assert unmatched == {"00000001_001.png", "00000004_000.png", "2_IM-0652-1001.dcm.png",
-                         "3_IM-1384-1001.dcm.png", "9_IM-0000-0001.dcm.png"}
+    assert unmatched == {
+        "00000001_001.png",
+        "00000004_000.png",
+        "2_IM-0652-1001.dcm.png",
+        "3_IM-1384-1001.dcm.png",
+        "9_IM-0000-0001.dcm.png",
+    }
     by_path = result.metadata.set_index("source_path")
     assert by_path.loc["iu/1_IM-0001-4001.dcm.png", "patient_key"] == "indiana_csv:1"
     assert by_path.loc["images_001/images/00000001_000.png", "class_name"] == "Cardiomegaly"
@@ -251,7 +280,9 @@ def test_options_refuse_unknown_sources_and_bad_fractions():
 
 
 def test_indiana_reports_without_mesh_columns(tmp_path):
-    reports = write(tmp_path, "r.csv", "uid,image,indication,comparison,findings,impression\n1,PA,,,Clear lungs.,Normal.\n")
+    reports = write(
+        tmp_path, "r.csv", "uid,image,indication,comparison,findings,impression\n1,PA,,,Clear lungs.,Normal.\n"
+    )
     projections = write(tmp_path, "p.csv", "uid,filename,projection\n1,1_a.png,Frontal\n")
     table = read_indiana_csv(reports, projections).table
     assert table.loc[0, "findings_text"] == "Clear lungs."

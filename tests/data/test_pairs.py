@@ -12,7 +12,9 @@ from cxr_pipeline.data.pairs import build_low_dose_pairs, build_sr_pairs, low_do
 def phantom_like(seed: int, size: int = 64) -> np.ndarray:
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:size, 0:size] / size
-    return np.clip(0.5 + 0.3 * np.sin(6 * x + seed) * np.cos(4 * y) + rng.normal(0, 0.01, (size, size)), 0, 1).astype(np.float32)
+    return np.clip(0.5 + 0.3 * np.sin(6 * x + seed) * np.cos(4 * y) + rng.normal(0, 0.01, (size, size)), 0, 1).astype(
+        np.float32
+    )
 
 
 def test_downsample_is_antialiased_and_sized():
@@ -58,8 +60,14 @@ def test_pair_stores_are_complete_and_deterministic(tmp_path):
     store = ImageStore(tmp_path / "images")
     images = np.stack([phantom_like(i) for i in range(10)])
     shard = store.write_shard(to_stored(images))
-    metadata = pd.DataFrame({"image_id": [f"img{i}" for i in range(10)], "shard": shard, "shard_index": range(10),
-                             "split": ["train"] * 8 + ["val"] * 2})
+    metadata = pd.DataFrame(
+        {
+            "image_id": [f"img{i}" for i in range(10)],
+            "shard": shard,
+            "shard_index": range(10),
+            "split": ["train"] * 8 + ["val"] * 2,
+        }
+    )
     first = build_sr_pairs(metadata, store, tmp_path / "pairs", [2, 4], DegradationMix(), seed=0)
     assert scales_built(tmp_path / "pairs") == [2, 4]
     low = ImageStore(sr_pair_dir(tmp_path / "pairs", 4))
@@ -67,8 +75,10 @@ def test_pair_stores_are_complete_and_deterministic(tmp_path):
     assert first[4]["image_id"].tolist() == metadata["image_id"].tolist()
     again = build_sr_pairs(metadata, store, tmp_path / "again", [4], DegradationMix(), seed=0)
     other = ImageStore(sr_pair_dir(tmp_path / "again", 4))
-    np.testing.assert_array_equal(low.read_many(list(first[4]["shard"]), list(first[4]["shard_index"])),
-                                  other.read_many(list(again[4]["shard"]), list(again[4]["shard_index"])))
+    np.testing.assert_array_equal(
+        low.read_many(list(first[4]["shard"]), list(first[4]["shard_index"])),
+        other.read_many(list(again[4]["shard"]), list(again[4]["shard_index"])),
+    )
     pd.testing.assert_series_equal(first[4]["blur_sigma"], again[4]["blur_sigma"])
 
     doses = build_low_dose_pairs(metadata, store, tmp_path / "pairs", [3000.0], electronic_noise=5.0, seed=0)

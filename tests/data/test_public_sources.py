@@ -72,21 +72,33 @@ def mimic_folder(tmp_path):
     report = tmp_path / "files" / "p10" / "p10000032" / "s50414267.txt"
     report.parent.mkdir(parents=True)
     report.write_text(MIMIC_REPORT)
-    names = ["mimic-cxr-2.0.0-chexpert.csv.gz", "mimic-cxr-2.0.0-metadata.csv.gz", "mimic-cxr-2.0.0-split.csv.gz",
-             "files/p10/p10000032/s50414267.txt"]
-    images = [f"files/p10/p{s}/s{t}/{d}.jpg" for d, s, t in (
-        ("02aa804e-bde0afdd-112c0b34-7bc16630-4e384014", "10000032", "50414267"),
-        ("174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962", "10000032", "50414267"),
-        ("2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab", "10000032", "53189527"),
-        ("e084de3b-be89b11e-20fe3f9f-9c8d8dfe-4cfd202c", "10000764", "57375967"))]
+    names = [
+        "mimic-cxr-2.0.0-chexpert.csv.gz",
+        "mimic-cxr-2.0.0-metadata.csv.gz",
+        "mimic-cxr-2.0.0-split.csv.gz",
+        "files/p10/p10000032/s50414267.txt",
+    ]
+    images = [
+        f"files/p10/p{s}/s{t}/{d}.jpg"
+        for d, s, t in (
+            ("02aa804e-bde0afdd-112c0b34-7bc16630-4e384014", "10000032", "50414267"),
+            ("174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962", "10000032", "50414267"),
+            ("2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab", "10000032", "53189527"),
+            ("e084de3b-be89b11e-20fe3f9f-9c8d8dfe-4cfd202c", "10000764", "57375967"),
+        )
+    ]
     return names, images
 
 
 def test_compressed_label_tables_are_text_to_ingestion_and_recognized_by_content(tmp_path):
     names, _ = mimic_folder(tmp_path)
     assert sniff_file(tmp_path / names[0]) is FileKind.TEXT  # not rejected as "not an image" with no reason
-    assert [sniff_label_file(tmp_path / name) for name in names] == ["mimic_chexpert", "mimic_metadata",
-                                                                     "mimic_split", None]
+    assert [sniff_label_file(tmp_path / name) for name in names] == [
+        "mimic_chexpert",
+        "mimic_metadata",
+        "mimic_split",
+        None,
+    ]
 
 
 def test_mimic_studies_views_reports_uncertainty_and_official_split(tmp_path):
@@ -98,7 +110,10 @@ def test_mimic_studies_views_reports_uncertainty_and_official_split(tmp_path):
     rows = result.metadata.set_index(result.metadata["source_path"].str.rsplit("/", n=1).str[-1].str[:8])
     assert sorted(rows.index) == ["02aa804e", "2a2277a9", "e084de3b"]  # the lateral is excluded, and listed
     assert list(result.excluded["reason"]) == ["lateral_view"]
-    assert rows.loc["02aa804e", "class_name"] == "No_Finding" and rows.loc["02aa804e", "patient_key"] == "mimic_cxr:10000032"
+    assert (
+        rows.loc["02aa804e", "class_name"] == "No_Finding"
+        and rows.loc["02aa804e", "patient_key"] == "mimic_cxr:10000032"
+    )
     assert rows.loc["2a2277a9", "Cardiomegaly"] == 1.0 and math.isnan(rows.loc["2a2277a9", "Effusion"])  # -1: unknown
     assert rows.loc["2a2277a9", "other_findings"] == "Support Devices" and rows.loc["2a2277a9", "n_uncertain"] == 1
     assert math.isnan(rows.loc["02aa804e", "Nodule"])  # MIMIC's labeller has no Nodule: unknown, not negative
@@ -106,9 +121,18 @@ def test_mimic_studies_views_reports_uncertainty_and_official_split(tmp_path):
     assert rows.loc["02aa804e", "impression_text"] == "No acute cardiopulmonary process."
     assert pd.isna(rows.loc["e084de3b", "findings_text"])  # no report file for that study
     assert dict(zip(rows.index, rows["split"])) == {"02aa804e": "train", "2a2277a9": "train", "e084de3b": "val"}
-    ones = build_metadata(manifest_for(images), combine(load_label_sources(
-        tmp_path, names, manifest_for(images), LabelOptions(sources=("mimic_cxr",), uncertainty=UncertaintyPolicy.U_ONES))),
-        options).metadata
+    ones = build_metadata(
+        manifest_for(images),
+        combine(
+            load_label_sources(
+                tmp_path,
+                names,
+                manifest_for(images),
+                LabelOptions(sources=("mimic_cxr",), uncertainty=UncertaintyPolicy.U_ONES),
+            )
+        ),
+        options,
+    ).metadata
     assert (ones["Effusion"] == 1.0).sum() == 1
 
 
@@ -132,8 +156,9 @@ def test_padchest_list_literals_projections_and_reports(tmp_path):
     write(tmp_path, "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv", PADCHEST)
     images = [f"0/{line.split(',')[0]}" for line in PADCHEST.splitlines()[1:]]
     options = LabelOptions(sources=("padchest",))
-    sources = load_label_sources(tmp_path, ["PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"],
-                                 manifest_for(images), options)
+    sources = load_label_sources(
+        tmp_path, ["PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"], manifest_for(images), options
+    )
     assert [s.kind for s in sources] == [SourceKind.PADCHEST]
     assert len(sources[0].problems) == 1 and "unreadable Labels" in sources[0].problems[0]
     result = build_metadata(manifest_for(images), combine(sources), options)
@@ -185,7 +210,9 @@ def test_vindr_majority_of_radiologists_in_both_layouts(tmp_path):
         write(folder.mkdir() or folder, name, text)
         sources = load_label_sources(folder, [name], manifest_for(images), LabelOptions(sources=("vindr_cxr",)))
         assert [s.kind for s in sources] == [SourceKind.VINDR]
-        tables[name] = build_metadata(manifest_for(images), combine(sources), LabelOptions()).metadata.set_index("source_path")
+        tables[name] = build_metadata(manifest_for(images), combine(sources), LabelOptions()).metadata.set_index(
+            "source_path"
+        )
     for rows in tables.values():
         normal, sick = rows.loc[images[0]], rows.loc[images[1]]
         assert normal["class_name"] == "No_Finding" and normal["Cardiomegaly"] == 0.0
@@ -219,11 +246,18 @@ RSNA_CLASSES = textwrap.dedent("""\
 def test_rsna_boxes_per_image_and_the_detailed_classes(tmp_path):
     write(tmp_path, "stage_2_train_labels.csv", RSNA_LABELS)
     write(tmp_path, "stage_2_detailed_class_info.csv", RSNA_CLASSES)
-    ids = ["0004cfab-14fd-4e49-80ba-63a80b6bddd6", "00313ee0-9eaa-42f4-b0ab-c148ed3241cd",
-           "00436515-870c-4b36-a041-de91049b9ab4"]
+    ids = [
+        "0004cfab-14fd-4e49-80ba-63a80b6bddd6",
+        "00313ee0-9eaa-42f4-b0ab-c148ed3241cd",
+        "00436515-870c-4b36-a041-de91049b9ab4",
+    ]
     images = [f"stage_2_train_images/{i}.dcm" for i in ids]
-    sources = load_label_sources(tmp_path, ["stage_2_train_labels.csv", "stage_2_detailed_class_info.csv"],
-                                 manifest_for(images), LabelOptions(sources=("rsna_pneumonia",)))
+    sources = load_label_sources(
+        tmp_path,
+        ["stage_2_train_labels.csv", "stage_2_detailed_class_info.csv"],
+        manifest_for(images),
+        LabelOptions(sources=("rsna_pneumonia",)),
+    )
     rows = build_metadata(manifest_for(images), combine(sources), LabelOptions()).metadata.set_index("source_path")
     opacity, normal, pneumonia = (rows.loc[path] for path in images)
     assert pneumonia["Pneumonia"] == 1.0 and pneumonia["class_name"] == "Pneumonia" and pneumonia["No_Finding"] == 0.0
@@ -242,13 +276,22 @@ SIIM = textwrap.dedent("""\
 
 def test_siim_masks_per_image_with_the_patient_from_the_dicom_header(tmp_path):
     write(tmp_path, "train-rle.csv", SIIM)
-    ids = ["1.2.276.0.7230010.3.1.4.8323329.5597.1517875188.959090",
-           "1.2.276.0.7230010.3.1.4.8323329.12515.1517875239.501137"]
+    ids = [
+        "1.2.276.0.7230010.3.1.4.8323329.5597.1517875188.959090",
+        "1.2.276.0.7230010.3.1.4.8323329.12515.1517875239.501137",
+    ]
     images = [f"dicom-images-train/{i}/{i}.dcm" for i in ids]
-    manifest = manifest_for(images).assign(format="dicom", patient_id=pd.array(["17d405a3", "2c9a1b7e"], dtype="string"),
-                                           view_position=["PA", "AP"], sex=["F", "M"], age_years=[38.0, 51.0])
+    manifest = manifest_for(images).assign(
+        format="dicom",
+        patient_id=pd.array(["17d405a3", "2c9a1b7e"], dtype="string"),
+        view_position=["PA", "AP"],
+        sex=["F", "M"],
+        age_years=[38.0, 51.0],
+    )
     assert sniff_label_file(tmp_path / "train-rle.csv") is SourceKind.SIIM
-    sources = load_label_sources(tmp_path, ["train-rle.csv"], manifest, LabelOptions(sources=("siim_pneumothorax", "dicom")))
+    sources = load_label_sources(
+        tmp_path, ["train-rle.csv"], manifest, LabelOptions(sources=("siim_pneumothorax", "dicom"))
+    )
     result = build_metadata(manifest, combine(sources), LabelOptions())
     rows = result.metadata.set_index("source_path")
     assert list(rows["label_source"]) == ["siim_pneumothorax"] * 2  # the labels win; the header fills the patient
@@ -272,24 +315,37 @@ def test_bounding_boxes_from_nih_rsna_and_vindr_map_through_the_resize(tmp_path)
     write(tmp_path, "BBox_List_2017.csv", NIH_BOXES)
     write(tmp_path, "stage_2_train_labels.csv", RSNA_LABELS)
     write(tmp_path, "train.csv", VINDR_KAGGLE)
-    images = ["images/00013118_008.png", "images/00014716_007.png",
-              "rsna/00436515-870c-4b36-a041-de91049b9ab4.dcm", "vindr/00053190460d56c53cc3e57321387478.dicom"]
+    images = [
+        "images/00013118_008.png",
+        "images/00014716_007.png",
+        "rsna/00436515-870c-4b36-a041-de91049b9ab4.dcm",
+        "vindr/00053190460d56c53cc3e57321387478.dicom",
+    ]
     manifest = manifest_for(images).assign(
-        original_height=[1024, 1024, 1024, 2000], original_width=[1024, 1024, 1024, 3000],
-        aspect_policy=["pad", "pad", "pad", "pad"], resize_scale_y=[0.0625, 0.0625, 0.0625, 64 / 3000],
-        resize_scale_x=[0.0625, 0.0625, 0.0625, 64 / 3000], resize_offset_y=[0, 0, 0, -500], resize_offset_x=0)
+        original_height=[1024, 1024, 1024, 2000],
+        original_width=[1024, 1024, 1024, 3000],
+        aspect_policy=["pad", "pad", "pad", "pad"],
+        resize_scale_y=[0.0625, 0.0625, 0.0625, 64 / 3000],
+        resize_scale_x=[0.0625, 0.0625, 0.0625, 64 / 3000],
+        resize_offset_y=[0, 0, 0, -500],
+        resize_offset_x=0,
+    )
     assert sniff_label_file(tmp_path / "BBox_List_2017.csv") == "nih_boxes"
-    sources = load_label_sources(tmp_path, ["BBox_List_2017.csv", "stage_2_train_labels.csv", "train.csv"], manifest,
-                                 LabelOptions())
+    sources = load_label_sources(
+        tmp_path, ["BBox_List_2017.csv", "stage_2_train_labels.csv", "train.csv"], manifest, LabelOptions()
+    )
     boxes = map_boxes(manifest, combine_boxes(sources)).set_index("image_id")
     nih = boxes.loc["id0000"]
     assert nih["finding"] == "Atelectasis" and nih["label"] == "Atelectasis" and nih["label_source"] == "nih"
     assert nih["x_max"] == pytest.approx(225.084745762712 + 86.7796610169491)
     assert nih["stored_x_min"] == pytest.approx(225.084745762712 / 16) and nih["stored_y_max"] == pytest.approx(
-        (547.019216763771 + 79.1864406779661) / 16)
+        (547.019216763771 + 79.1864406779661) / 16
+    )
     assert boxes.loc["id0001", "label"] == "Infiltration"  # NIH's "Infiltrate"
     rsna = boxes.loc[["id0002"]]
-    assert len(rsna) == 2 and set(rsna["x_max"]) == {264.0 + 213.0, 562.0 + 256.0} and set(rsna["label"]) == {"Pneumonia"}
+    assert (
+        len(rsna) == 2 and set(rsna["x_max"]) == {264.0 + 213.0, 562.0 + 256.0} and set(rsna["label"]) == {"Pneumonia"}
+    )
     vindr = boxes.loc[["id0003"]]
     assert len(vindr) == 9 and set(vindr["reader"]) == {"R8", "R10", "R11"}  # one box per radiologist, kept as drawn
     effusion = vindr[vindr["finding"] == "Pleural effusion"].iloc[0]

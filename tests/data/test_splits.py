@@ -15,7 +15,9 @@ patient_ids = st.lists(st.text(alphabet="abcdefXYZ0123456789-_", min_size=1, max
 @st.composite
 def image_tables(draw):
     """Random patients with 1..6 images each, in random order."""
-    patients = draw(st.lists(st.text(alphabet="abcXYZ0189", min_size=1, max_size=8), min_size=1, max_size=40, unique=True))
+    patients = draw(
+        st.lists(st.text(alphabet="abcXYZ0189", min_size=1, max_size=8), min_size=1, max_size=40, unique=True)
+    )
     counts = draw(st.lists(st.integers(1, 6), min_size=len(patients), max_size=len(patients)))
     rows = [f"nih:{p}" for p, n in zip(patients, counts) for _ in range(n)]
     order = draw(st.permutations(range(len(rows))))

@@ -18,8 +18,14 @@ def _rows(patients: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     counts = rng.integers(1, 6, size=patients)
     keys = np.repeat([f"nih:{i:05d}" for i in range(patients)], counts)
-    return pd.DataFrame({"image_id": [f"img{i}" for i in range(len(keys))], "patient_key": keys, "split": "test",
-                         "class_id": rng.choice([0.0, 1.0, np.nan], size=len(keys))})
+    return pd.DataFrame(
+        {
+            "image_id": [f"img{i}" for i in range(len(keys))],
+            "patient_key": keys,
+            "split": "test",
+            "class_id": rng.choice([0.0, 1.0, np.nan], size=len(keys)),
+        }
+    )
 
 
 def test_a_split_under_its_cap_is_used_whole_and_in_order():
@@ -68,7 +74,7 @@ def test_npy_rows_writes_what_np_save_writes(tmp_path):
     array = np.random.default_rng(0).normal(size=(10, 3, 4, 4)).astype(np.float32)
     with atomic.npy_rows(tmp_path / "rows.npy", len(array)) as out:
         for start in range(0, 10, 3):
-            out.append(array[start:start + 3])
+            out.append(array[start : start + 3])
     np.save(tmp_path / "whole.npy", array)
     assert (tmp_path / "rows.npy").read_bytes() == (tmp_path / "whole.npy").read_bytes()
     with atomic.npy_rows(tmp_path / "empty.npy", 0):
@@ -86,7 +92,7 @@ def test_streamed_statistics_equal_the_whole_tensor_ones(tmp_path):
     lr = (hr + rng.normal(0, 0.2, size=hr.shape)).astype(np.float32)
     moments = RunningMoments()
     for start in range(0, len(hr), 97):
-        moments.add(torch.from_numpy(hr[start:start + 97]))
+        moments.add(torch.from_numpy(hr[start : start + 97]))
     assert moments.std() == float(torch.from_numpy(hr).std())  # the same float32, not only close
     np.save(tmp_path / "hr_train.npy", hr)
     np.save(tmp_path / "lr_train.npy", lr)
@@ -104,7 +110,7 @@ def test_streamed_statistics_equal_the_whole_tensor_ones(tmp_path):
 
 
 def test_nlm_on_several_threads_gives_the_one_thread_output():
-    from cxr_pipeline.evaluation.restoration import nlm_denoise
+    from cxr_pipeline.evaluation.denoising import nlm_denoise
 
-    noisy = (torch.rand(6, 1, 48, 48, generator=torch.Generator().manual_seed(0)) * 0.3 + 0.35)
+    noisy = torch.rand(6, 1, 48, 48, generator=torch.Generator().manual_seed(0)) * 0.3 + 0.35
     torch.testing.assert_close(nlm_denoise(noisy, 1.0, threads=1), nlm_denoise(noisy, 1.0, threads=3), rtol=0, atol=0)

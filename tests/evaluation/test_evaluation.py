@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from cxr_pipeline.data.image_store import ImageStore, to_stored
-from cxr_pipeline.evaluation.restoration import comparison_grid, nlm_denoise, tune_nlm
+from cxr_pipeline.evaluation.denoising import nlm_denoise, tune_nlm
+from cxr_pipeline.evaluation.restoration import comparison_grid
 from cxr_pipeline.metrics.restoration import per_image_scores
 from cxr_pipeline.models.classifier import (
     ClassifierConfig,
@@ -38,17 +39,39 @@ def blob_dataset(root, per_split=(48, 16, 8), size=32):
             splits.append(split)
     store = ImageStore(root / "images")
     shard = store.write_shard(to_stored(np.stack(images).astype(np.float32)))
-    metadata = pd.DataFrame({"image_id": [f"i{k}" for k in range(len(images))], "shard": shard,
-                             "shard_index": range(len(images)), "split": splits, "class_id": np.array(labels, float)})
+    metadata = pd.DataFrame(
+        {
+            "image_id": [f"i{k}" for k in range(len(images))],
+            "shard": shard,
+            "shard_index": range(len(images)),
+            "split": splits,
+            "class_id": np.array(labels, float),
+        }
+    )
     return metadata, store
 
 
 def test_classifier_learns_laterality_and_reloads_with_the_same_features(tmp_path):
     metadata, store = blob_dataset(tmp_path)
-    train_config = TrainConfig(steps=60, batch_size=16, learning_rate=3e-3, warmup_steps=5, eval_every=30,
-                               checkpoint_every=30, log_every=10, device="cpu")
-    outcome = train_classifier(metadata, store, ["left", "right"], ClassifierConfig(widths=(8, 16, 32)), train_config,
-                               tmp_path / "runs", "hash")
+    train_config = TrainConfig(
+        steps=60,
+        batch_size=16,
+        learning_rate=3e-3,
+        warmup_steps=5,
+        eval_every=30,
+        checkpoint_every=30,
+        log_every=10,
+        device="cpu",
+    )
+    outcome = train_classifier(
+        metadata,
+        store,
+        ["left", "right"],
+        ClassifierConfig(widths=(8, 16, 32)),
+        train_config,
+        tmp_path / "runs",
+        "hash",
+    )
     assert outcome.final_step == 60
     assert outcome.metrics["val_auroc_left"] > 0.95 and outcome.metrics["val_accuracy"] > 0.85
     model, settings = load_classifier(outcome.model_dir, "cpu")
@@ -58,7 +81,7 @@ def test_classifier_learns_laterality_and_reloads_with_the_same_features(tmp_pat
     features, probabilities = embed(model, images)
     assert features.shape == (len(test), 32) and np.allclose(probabilities.sum(axis=1), 1.0)
     assert (probabilities.argmax(axis=1) == test["class_id"].to_numpy()).mean() > 0.85
-    one_by_one = np.concatenate([embed(model, images[i:i + 1])[0] for i in range(len(images))])
+    one_by_one = np.concatenate([embed(model, images[i : i + 1])[0] for i in range(len(images))])
     assert np.allclose(one_by_one, features, atol=1e-5)  # no batch dependence (GroupNorm)
 
 
@@ -81,7 +104,9 @@ def test_classification_scores_leave_out_classes_without_positives():
 def test_nlm_tuned_on_validation_beats_the_noisy_input():
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:48, 0:48] / 48
-    clean = torch.from_numpy(np.stack([0.5 + 0.2 * np.sin(4 * x + p) for p in rng.uniform(0, 6, 6)])).float().unsqueeze(1)
+    clean = (
+        torch.from_numpy(np.stack([0.5 + 0.2 * np.sin(4 * x + p) for p in rng.uniform(0, 6, 6)])).float().unsqueeze(1)
+    )
     noisy = (clean + torch.from_numpy(rng.normal(0, 0.05, clean.shape)).float()).clamp(0, 1)
     factor, search = tune_nlm(clean[:3], noisy[:3], factors=(0.2, 0.8, 1.5))
     assert factor == search.loc[search["val PSNR"].idxmax(), "h / sigma"]
@@ -123,8 +148,14 @@ def test_paired_gain_is_image_by_image_with_a_patient_bootstrap():
     # 6 images of 3 patients; the model beats the reference by exactly 1 dB on every image, while
     # both methods' own PSNRs vary by 10 dB across images: the paired interval is tight at 1
     base = np.array([20.0, 30.0, 25.0, 22.0, 28.0, 24.0])
-    frame = pd.DataFrame({"image_id": [f"i{k}" for k in range(6)] * 2, "patient": ["a", "a", "b", "b", "c", "c"] * 2,
-                          "method": ["model"] * 6 + ["ref"] * 6, "psnr": np.concatenate([base + 1.0, base])})
+    frame = pd.DataFrame(
+        {
+            "image_id": [f"i{k}" for k in range(6)] * 2,
+            "patient": ["a", "a", "b", "b", "c", "c"] * 2,
+            "method": ["model"] * 6 + ["ref"] * 6,
+            "psnr": np.concatenate([base + 1.0, base]),
+        }
+    )
     # the reference rows in reverse order: pairing must follow image ids, not row order
     frame = pd.concat([frame.iloc[:6], frame.iloc[6:].iloc[::-1]], ignore_index=True)
     gain = paired_gain(frame, "model", "ref", resamples=200)

@@ -113,12 +113,18 @@ def test_a_model_that_does_not_beat_its_classical_baseline_is_never_champion():
     noise = {"psnr_sr_x4_ddim": 14.0, "psnr_sr_x4_bicubic": 22.6}
     first = decide(GATED, "1", noise, None, None)
     assert not first.promoted
-    assert first.reason == ("does not beat its classical baseline: psnr_sr_x4_ddim = 14.0000 does not beat "
-                            "psnr_sr_x4_bicubic = 22.6000")
+    assert first.reason == (
+        "does not beat its classical baseline: psnr_sr_x4_ddim = 14.0000 does not beat psnr_sr_x4_bicubic = 22.6000"
+    )
     assert decide(GATED, "1", {"psnr_sr_x4_ddim": 23.0, "psnr_sr_x4_bicubic": 22.6}, None, None).promoted
     chance = PromotionRule("fd_cxr_class_ddpm", (), must_beat=(("cond_acc_class_ddpm", "cond_acc_class_ddpm_chance"),))
-    assert not decide(chance, "1", {"fd_cxr_class_ddpm": 5.0, "cond_acc_class_ddpm": 1 / 6,
-                                    "cond_acc_class_ddpm_chance": 1 / 6}, None, None).promoted
+    assert not decide(
+        chance,
+        "1",
+        {"fd_cxr_class_ddpm": 5.0, "cond_acc_class_ddpm": 1 / 6, "cond_acc_class_ddpm_chance": 1 / 6},
+        None,
+        None,
+    ).promoted
     lower = promotion.against_baselines((("mae_x", "mae_y"),), {"mae_x": 0.1, "mae_y": 0.2})
     assert lower[0].beaten  # lower is better for MAE
     assert not promotion.against_baselines((("psnr_a", "psnr_b"),), {"psnr_b": 1.0})[0].beaten  # missing figure
@@ -146,9 +152,14 @@ def test_a_champion_scored_on_another_split_is_downloaded_and_evaluated_again(re
     first, second = registry(), registry()
     record = lambda version: ModelRecord(tmp_path, "run", "cxr-test-model", version)
     metrics = {"psnr_sr_x4_ddim": 26.0, "lr_consistency_psnr_sr_x4_ddim": 40.0, "psnr_sr_x4_bicubic": 24.0}
-    decided, _ = challenge_champion(record(first), metrics, rule, "split-a",
-                                    lambda folder: pytest.fail("no champion yet: nothing to re-evaluate"),
-                                    tmp_path / "cache")
+    decided, _ = challenge_champion(
+        record(first),
+        metrics,
+        rule,
+        "split-a",
+        lambda folder: pytest.fail("no champion yet: nothing to re-evaluate"),
+        tmp_path / "cache",
+    )
     with pytest.raises(MlflowException):  # the suite only decides: publishing writes the registry
         MlflowClient().get_model_version_by_alias("cxr-test-model", "champion")
     decided.publish()
@@ -158,8 +169,15 @@ def test_a_champion_scored_on_another_split_is_downloaded_and_evaluated_again(re
         evaluated.append(folder)
         return {**metrics, "psnr_sr_x4_ddim": 25.0}
 
-    decided, section = challenge_champion(record(second), {**metrics, "psnr_sr_x4_ddim": 25.5}, rule, "split-b",
-                                          evaluate, tmp_path / "cache", log=lambda line: None)
+    decided, section = challenge_champion(
+        record(second),
+        {**metrics, "psnr_sr_x4_ddim": 25.5},
+        rule,
+        "split-b",
+        evaluate,
+        tmp_path / "cache",
+        log=lambda line: None,
+    )
     decided.publish()
     decision = decided.decision
     assert len(evaluated) == 1 and Path(evaluated[0]).is_relative_to(tmp_path / "cache")
@@ -171,13 +189,17 @@ def test_a_champion_scored_on_another_split_is_downloaded_and_evaluated_again(re
 def test_run_urls_open_the_model_training_view_wherever_a_ui_is_configured(monkeypatch):
     monkeypatch.delenv("CXR_MLFLOW_UI_URL", raising=False)
     server = mlflow_ui_url("http://mlflow.internal:5000/")  # a tracking server is its own UI
-    assert tracking.run_url(server, "3", "abc") == \
-        "http://mlflow.internal:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    assert (
+        tracking.run_url(server, "3", "abc")
+        == "http://mlflow.internal:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    )
     assert mlflow_ui_url("sqlite:////tmp/mlflow.db") is None  # a local store without a UI: no link
     assert tracking.run_url(None, "3", "abc") is None
     monkeypatch.setenv("CXR_MLFLOW_UI_URL", "http://127.0.0.1:5055/")  # ./run.sh mlflow serves the SQLite store
-    assert tracking.experiment_url(mlflow_ui_url("sqlite:////tmp/mlflow.db"), "3") == \
-        "http://127.0.0.1:5055/#/experiments/3/runs?workflowType=machine_learning"
+    assert (
+        tracking.experiment_url(mlflow_ui_url("sqlite:////tmp/mlflow.db"), "3")
+        == "http://127.0.0.1:5055/#/experiments/3/runs?workflowType=machine_learning"
+    )
     monkeypatch.setenv("CXR_DAGSTER_URL", "http://dagster.internal:8080/")
     assert dagster_ui_url() == "http://dagster.internal:8080"
 

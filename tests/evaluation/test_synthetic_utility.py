@@ -38,9 +38,17 @@ def tiny(tmp_path):
         for c, n in enumerate(per_class):
             for k in range(n):
                 index = len(rows)
-                rows.append({"image_id": f"{split}-{c}-{k}", "split": split, "class_id": c, "class_name": CLASSES[c],
-                             "patient_key": f"p-{split}-{index // 2}",
-                             "findings_text": f"{split} report {index} of {CLASSES[c]}.", "impression_text": ""})
+                rows.append(
+                    {
+                        "image_id": f"{split}-{c}-{k}",
+                        "split": split,
+                        "class_id": c,
+                        "class_name": CLASSES[c],
+                        "patient_key": f"p-{split}-{index // 2}",
+                        "findings_text": f"{split} report {index} of {CLASSES[c]}.",
+                        "impression_text": "",
+                    }
+                )
                 pixels.append(np.full((SIDE, SIDE), (index + 1) / 100.0))
     store = ImageStore(tmp_path / "images")
     store.initialize(image_size=SIDE, fingerprint="test")
@@ -55,6 +63,7 @@ def pixel_value(images: torch.Tensor) -> np.ndarray:
 
 def recording_samplers(seen: dict):
     """Class images hold 0.5 + class / 100, text images 0.8; the prompts they are given are kept."""
+
     def class_sampler(ids, seed):
         seen.setdefault("classes", []).extend(ids)
         return torch.stack([torch.full((1, SIDE, SIDE), 0.5 + c / 100.0) for c in ids])
@@ -86,17 +95,27 @@ def test_arms_hold_exactly_their_images_and_nothing_from_val_or_test(tiny, tmp_p
     arms = arms_named(["real", "real_synthetic", "synthetic", "real_balanced", "real_text"])
     real_counts = np.bincount(train["class_id"], minlength=3)
     seen = {}
-    pool = generate_pool(pool_plan(arms, real_counts, 1.0), CLASSES, training_reports(train), recording_samplers(seen),
-                         tmp_path / "pool", seed=0, log=lambda m: None)
+    pool = generate_pool(
+        pool_plan(arms, real_counts, 1.0),
+        CLASSES,
+        training_reports(train),
+        recording_samplers(seen),
+        tmp_path / "pool",
+        seed=0,
+        log=lambda m: None,
+    )
     # the text model was prompted with training reports only, each class with its own reports
-    assert seen["reports"] and all(r.startswith("FINDINGS: train report") or "train report" in r for r in seen["reports"])
+    assert seen["reports"] and all(
+        r.startswith("FINDINGS: train report") or "train report" in r for r in seen["reports"]
+    )
     assert not any(("val report" in r) or ("test report" in r) for r in seen["reports"])
     text_rows = pool[pool["generator"] == TEXT_GENERATOR]
     assert set(text_rows["origin"]) <= set(train["image_id"])
     assert (train.set_index("image_id").loc[text_rows["origin"], "class_id"].to_numpy() == text_rows["class_id"]).all()
     pool_store = ImageStore(tmp_path / "pool")
-    train_values = set(pixel_value(torch.from_numpy(np.stack([np.full((1, SIDE, SIDE), (i + 1) / 100.0)
-                                                                  for i in train.index]))))
+    train_values = set(
+        pixel_value(torch.from_numpy(np.stack([np.full((1, SIDE, SIDE), (i + 1) / 100.0) for i in train.index])))
+    )
     outside = set(np.round((metadata.index[metadata["split"] != "train"] + 1).to_numpy(dtype=float), 2))
     for arm in arms:
         data = arm_training_set(arm, train, store, pool, pool_store, 1.0, 3)
@@ -126,8 +145,7 @@ def test_provenance_check_refuses_val_or_test_images_and_reports(tiny, tmp_path)
     metadata, store = tiny
     train = metadata[metadata["split"] == "train"].reset_index(drop=True)
     leaky = pd.concat([train, metadata[metadata["split"] == "test"].head(1)], ignore_index=True)
-    data = arm_training_set(ARMS[REAL], leaky, store, pd.DataFrame(), None,
-                            1.0, 3)
+    data = arm_training_set(ARMS[REAL], leaky, store, pd.DataFrame(), None, 1.0, 3)
     with pytest.raises(ValueError, match="real image 'test-0-0' is not in the training split"):
         check_provenance(data, set(train["image_id"]), CLASSES)
     # a text sample prompted by a test report is refused too
@@ -144,11 +162,13 @@ def test_a_complete_pool_is_reused_not_regenerated(tiny, tmp_path):
     metadata, _ = tiny
     train = metadata[metadata["split"] == "train"].reset_index(drop=True)
     plan = {CLASS_GENERATOR: np.array([1, 1, 1])}
-    first = generate_pool(plan, CLASSES, training_reports(train), recording_samplers({}), tmp_path / "pool",
-                          log=lambda m: None)
+    first = generate_pool(
+        plan, CLASSES, training_reports(train), recording_samplers({}), tmp_path / "pool", log=lambda m: None
+    )
     seen = {}
-    again = generate_pool(plan, CLASSES, training_reports(train), recording_samplers(seen), tmp_path / "pool",
-                          log=lambda m: None)
+    again = generate_pool(
+        plan, CLASSES, training_reports(train), recording_samplers(seen), tmp_path / "pool", log=lambda m: None
+    )
     assert not seen and again.equals(first)
 
 
@@ -180,8 +200,13 @@ def test_paired_difference_on_a_hand_made_case():
     patients = np.arange(12) // 2
     flat = np.full((12, 3), 1 / 3)
     perfect = np.eye(3)[labels] * 0.9 + 0.05
-    scores = utility_scores({"real": [flat, flat], "better": [perfect, perfect], "same": [flat, flat]}, labels,
-                            patients, CLASSES, resamples=300)
+    scores = utility_scores(
+        {"real": [flat, flat], "better": [perfect, perfect], "same": [flat, flat]},
+        labels,
+        patients,
+        CLASSES,
+        resamples=300,
+    )
     better = scores.row("better", "auroc_macro")
     assert better["value"] == pytest.approx(1.0) and scores.row("real", "auroc_macro")["value"] == pytest.approx(0.5)
     assert better["diff"] == pytest.approx(0.5)

@@ -12,8 +12,16 @@ import torch
 from cxr_pipeline.models import distributed
 from cxr_pipeline.models.training import TrainConfig, Trainer
 
-CONFIG = TrainConfig(steps=8, batch_size=8, learning_rate=1e-2, warmup_steps=2, checkpoint_every=4, eval_every=4,
-                     log_every=2, device="cpu")
+CONFIG = TrainConfig(
+    steps=8,
+    batch_size=8,
+    learning_rate=1e-2,
+    warmup_steps=2,
+    checkpoint_every=4,
+    eval_every=4,
+    log_every=2,
+    device="cpu",
+)
 
 
 def train_regression(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -30,13 +38,21 @@ def train_regression(run_dir: Path) -> dict[str, torch.Tensor]:
         return torch.nn.functional.mse_loss(network(batch["x"]), batch["y"]), {}
 
     events = []
-    trainer = Trainer(model, step_fn, batches, CONFIG, run_dir, progress=events.append,
-                      evaluate=lambda m, step: {"probe": float(m(data[:4]).sum())})
+    trainer = Trainer(
+        model,
+        step_fn,
+        batches,
+        CONFIG,
+        run_dir,
+        progress=events.append,
+        evaluate=lambda m, step: {"probe": float(m(data[:4]).sum())},
+    )
     result = trainer.fit()
     if trainer.group.is_main:
         losses = [e.metrics["loss"] for e in result.history if e.kind == "step"]
-        (run_dir / "events.txt").write_text(" ".join(sorted({e.kind for e in events})) + "\n"
-                                            + " ".join(f"{v:.8f}" for v in losses))
+        (run_dir / "events.txt").write_text(
+            " ".join(sorted({e.kind for e in events})) + "\n" + " ".join(f"{v:.8f}" for v in losses)
+        )
     else:
         assert not events, "only rank 0 reports"
     return {k: v.detach().clone() for k, v in result.ema_model.state_dict().items()}

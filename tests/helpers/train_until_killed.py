@@ -15,6 +15,7 @@ def die_after_checkpoint(kill_at: int):
     def progress(event):
         if event.kind == "checkpoint" and event.step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)  # a hard crash: no cleanup, no atexit
+
     return progress
 
 

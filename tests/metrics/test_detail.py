@@ -36,7 +36,7 @@ def real_radiograph_tiles() -> np.ndarray:
     pixels = pydicom.dcmread(pydicom_file("RG1_UNCR.dcm")).pixel_array.astype(np.float32)
     pixels = (pixels - pixels.min()) / (pixels.max() - pixels.min())
     image = resize(pixels, (256, 256))
-    return np.stack([image[r:r + 64, c:c + 64] for r in range(0, 256, 64) for c in range(0, 256, 64)])
+    return np.stack([image[r : r + 64, c : c + 64] for r in range(0, 256, 64) for c in range(0, 256, 64)])
 
 
 def blurred(images: np.ndarray, sigma: float) -> np.ndarray:

@@ -162,7 +162,10 @@ def test_a_planted_hatch_is_found_at_its_period_and_real_anatomy_has_no_such_pea
     from tests.conftest import pydicom_file
 
     pixels = pydicom.dcmread(pydicom_file("RG1_UNCR.dcm")).pixel_array.astype(np.float64)
-    tiles = [resize(pixels[y:y + 640, x:x + 640], (128, 128), anti_aliasing=True) for y, x in ((400, 300), (500, 900), (900, 500))]
+    tiles = [
+        resize(pixels[y : y + 640, x : x + 640], (128, 128), anti_aliasing=True)
+        for y, x in ((400, 300), (500, 900), (900, 500))
+    ]
     tiles = np.stack([(t - t.min()) / (t.max() - t.min()) for t in tiles])
     clean = strongest_peak(tiles)
     y, x = np.mgrid[0:128, 0:128]

@@ -21,18 +21,35 @@ from cxr_pipeline.evaluation.restoration import (
 )
 from cxr_pipeline.models import diffusion_training as dt
 from cxr_pipeline.models import pipelines
-from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig, describe
+from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig
 from cxr_pipeline.models.implicit import ImplicitDecoder, evaluate_rendering
+from cxr_pipeline.models.model_folder import describe
 from cxr_pipeline.models.model_settings import ArbitrarySRSettings
 from cxr_pipeline.models.training import TrainConfig
 from cxr_pipeline.models.vae import VaeConfig, encode_latents
 
 SIZE = 16
 TINY_VAE = VaeConfig(block_out_channels=(8, 16), latent_channels=2, norm_num_groups=8)  # factor 2: 8x8 latents
-TRAIN = TrainConfig(steps=60, batch_size=16, learning_rate=3e-3, warmup_steps=4, checkpoint_every=30, eval_every=30,
-                    log_every=5, device="cpu")
-DECODER_TRAIN = TrainConfig(steps=10, batch_size=8, learning_rate=3e-3, warmup_steps=2, checkpoint_every=10,
-                            eval_every=10, log_every=5, device="cpu")
+TRAIN = TrainConfig(
+    steps=60,
+    batch_size=16,
+    learning_rate=3e-3,
+    warmup_steps=4,
+    checkpoint_every=30,
+    eval_every=30,
+    log_every=5,
+    device="cpu",
+)
+DECODER_TRAIN = TrainConfig(
+    steps=10,
+    batch_size=8,
+    learning_rate=3e-3,
+    warmup_steps=2,
+    checkpoint_every=10,
+    eval_every=10,
+    log_every=5,
+    device="cpu",
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +58,21 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("arbitrary")
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:SIZE, 0:SIZE] / SIZE
-    images = np.stack([np.clip(0.5 + 0.3 * np.sin(5 * x + p) * np.cos(3 * y + 2 * p), 0, 1)
-                       for p in rng.uniform(0, 6, 32)]).astype(np.float32)
+    images = np.stack(
+        [np.clip(0.5 + 0.3 * np.sin(5 * x + p) * np.cos(3 * y + 2 * p), 0, 1) for p in rng.uniform(0, 6, 32)]
+    ).astype(np.float32)
     store = ImageStore(root / "images")
     shard = store.write_shard(to_stored(images))
-    metadata = pd.DataFrame({"image_id": [f"i{k}" for k in range(32)], "shard": shard, "shard_index": range(32),
-                             "split": ["train"] * 24 + ["val"] * 4 + ["test"] * 4, "class_id": pd.array([0] * 32, "Int64"),
-                             "patient_key": [f"p{k // 2}" for k in range(32)]})
+    metadata = pd.DataFrame(
+        {
+            "image_id": [f"i{k}" for k in range(32)],
+            "shard": shard,
+            "shard_index": range(32),
+            "split": ["train"] * 24 + ["val"] * 4 + ["test"] * 4,
+            "class_id": pd.array([0] * 32, "Int64"),
+            "patient_key": [f"p{k // 2}" for k in range(32)],
+        }
+    )
     torch.manual_seed(0)
     TINY_VAE.build().save_pretrained(str(root / "vae"))
     encode_latents(metadata, store, root / "vae", {}, root / "latents", device="cpu")
@@ -59,9 +84,12 @@ def test_low_resolution_at_any_scale_is_what_the_pair_store_holds_at_integer_sca
     images = store.read_many(list(metadata["shard"]), list(metadata["shard_index"]))
     built = build_sr_pairs(metadata, store, tmp_path, [2, 4], DegradationMix(), seed=3)
     for scale in (2, 4):
-        stored = ImageStore(sr_pair_dir(tmp_path, scale)).read_many(list(built[scale]["shard"]),
-                                                                     list(built[scale]["shard_index"]))
-        np.testing.assert_array_equal(low_resolution_at(images, metadata["image_id"], scale, DegradationMix(), 3), stored)
+        stored = ImageStore(sr_pair_dir(tmp_path, scale)).read_many(
+            list(built[scale]["shard"]), list(built[scale]["shard_index"])
+        )
+        np.testing.assert_array_equal(
+            low_resolution_at(images, metadata["image_id"], scale, DegradationMix(), 3), stored
+        )
     odd = low_resolution_at(images[:3], metadata["image_id"][:3], 2.5, DegradationMix(), 3)
     assert odd.shape == (3, 6, 6) and low_resolution_size((16, 16), 2.5) == (6, 6)  # 16 / 2.5 = 6.4, rounded
 
@@ -86,7 +114,9 @@ def test_scale_draws_cover_the_range_one_per_stratum_and_repeat():
 
 def test_the_decoder_is_scored_below_the_grid_against_the_resized_plain_decode(data):
     root, metadata, store = data
-    images = torch.from_numpy(store.read_many(list(metadata["shard"][:4]), list(metadata["shard_index"][:4]))).unsqueeze(1)
+    images = torch.from_numpy(
+        store.read_many(list(metadata["shard"][:4]), list(metadata["shard_index"][:4]))
+    ).unsqueeze(1)
     decoder = ImplicitDecoder.from_vae(TINY_VAE.build().eval())
     scores = evaluate_rendering(decoder, images, (0.5, 1.0))
     assert {"val_psnr_render_x0p5", "val_psnr_resized_x0p5", "val_psnr_render_x1", "val_psnr_bicubic_x1"} <= set(scores)
@@ -98,11 +128,25 @@ def trained(data, tmp_path_factory):
     root, metadata, store = data
     runs = tmp_path_factory.mktemp("runs")
     events = []
-    unet = UNetConfig(SIZE // 2, 4, 2, block_out_channels=(16, 32), norm_num_groups=8, attention=True,
-                      class_embed_type="timestep")  # told the scale
-    outcome = dt.train_arbitrary_sr(metadata, store, root / "latents", root / "vae", unet,
-                                    ScheduleConfig(timesteps=100, prediction_type="sample"), TRAIN, DECODER_TRAIN, runs,
-                                    "tiny", draws_per_image=3, decoder_hidden=(16, 16), decoder_queries=64, progress=events.append)
+    unet = UNetConfig(
+        SIZE // 2, 4, 2, block_out_channels=(16, 32), norm_num_groups=8, attention=True, class_embed_type="timestep"
+    )  # told the scale
+    outcome = dt.train_arbitrary_sr(
+        metadata,
+        store,
+        root / "latents",
+        root / "vae",
+        unet,
+        ScheduleConfig(timesteps=100, prediction_type="sample"),
+        TRAIN,
+        DECODER_TRAIN,
+        runs,
+        "tiny",
+        draws_per_image=3,
+        decoder_hidden=(16, 16),
+        decoder_queries=64,
+        progress=events.append,
+    )
     return outcome, events, runs
 
 
@@ -111,7 +155,9 @@ def test_two_stages_train_into_one_folder_with_both_curves(trained):
     diffusion = [e.metrics["loss"] for e in events if e.kind == "step" and not e.part]
     decoder = [e for e in events if e.kind == "step" and e.part == "decoder"]
     assert len(decoder) == 2 and len(diffusion) == TRAIN.steps // TRAIN.log_every
-    assert decoder[0].describe().startswith("decoder: step 5/10") and "decoder_train_loss" in decoder[0].logged_metrics()
+    assert (
+        decoder[0].describe().startswith("decoder: step 5/10") and "decoder_train_loss" in decoder[0].logged_metrics()
+    )
     assert np.mean(diffusion[-3:]) < np.mean(diffusion[:3]), diffusion
     assert {"decoder_val_psnr_render_x0p95", "decoder_val_psnr_resized_x0p95"} <= set(outcome.metrics)
     for part in ("unet", "scheduler", "vae", "head"):
@@ -128,10 +174,22 @@ def test_a_warm_start_takes_the_fixed_scale_unet_and_leaves_the_scale_embedding_
     torch.manual_seed(1)
     fixed.build().save_pretrained(str(tmp_path / "fixed" / "unet"))
     told = replace(fixed, class_embed_type="timestep")
-    outcome = dt.train_arbitrary_sr(metadata, store, root / "latents", root / "vae", told,
-                                    ScheduleConfig(timesteps=100, prediction_type="sample"), replace(TRAIN, steps=1),
-                                    DECODER_TRAIN, tmp_path / "runs", "tiny", draws_per_image=3, decoder_hidden=(16, 16),
-                                    decoder_queries=64, warm_start_from=tmp_path / "fixed")
+    outcome = dt.train_arbitrary_sr(
+        metadata,
+        store,
+        root / "latents",
+        root / "vae",
+        told,
+        ScheduleConfig(timesteps=100, prediction_type="sample"),
+        replace(TRAIN, steps=1),
+        DECODER_TRAIN,
+        tmp_path / "runs",
+        "tiny",
+        draws_per_image=3,
+        decoder_hidden=(16, 16),
+        decoder_queries=64,
+        warm_start_from=tmp_path / "fixed",
+    )
     record = describe(outcome.model_dir).training
     copied, total = (int(n) for n in record.warm_start_tensors.split(" of "))
     fresh = [name for name in told.build().state_dict() if name.startswith("class_embedding.")]
@@ -183,13 +241,26 @@ def test_a_resumed_run_reuses_the_decoder_and_resumes_the_diffusion(data, traine
     outcome, _, runs = trained
     copied = tmp_path / "runs"
     shutil.copytree(runs, copied)
-    unet = UNetConfig(SIZE // 2, 4, 2, block_out_channels=(16, 32), norm_num_groups=8, attention=True,
-                      class_embed_type="timestep")
+    unet = UNetConfig(
+        SIZE // 2, 4, 2, block_out_channels=(16, 32), norm_num_groups=8, attention=True, class_embed_type="timestep"
+    )
     events = []
-    again = dt.train_arbitrary_sr(metadata, store, root / "latents", root / "vae", unet,
-                                  ScheduleConfig(timesteps=100, prediction_type="sample"), replace(TRAIN), DECODER_TRAIN,
-                                  copied, "tiny", draws_per_image=3, decoder_hidden=(16, 16), decoder_queries=64,
-                                  progress=events.append)
+    again = dt.train_arbitrary_sr(
+        metadata,
+        store,
+        root / "latents",
+        root / "vae",
+        unet,
+        ScheduleConfig(timesteps=100, prediction_type="sample"),
+        replace(TRAIN),
+        DECODER_TRAIN,
+        copied,
+        "tiny",
+        draws_per_image=3,
+        decoder_hidden=(16, 16),
+        decoder_queries=64,
+        progress=events.append,
+    )
     assert [e.kind for e in events if e.kind == "resume"] == ["resume", "resume"]  # both stages were complete
     assert not [e for e in events if e.kind == "step"]
     assert again.final_step == outcome.final_step
@@ -203,12 +274,29 @@ def test_the_evaluation_scores_each_scale_against_bicubic_and_the_latent_path(tr
     high = torch.from_numpy(store.read_many(list(test["shard"]), list(test["shard_index"]))).unsqueeze(1)
     high = centre_crop(high, exact_side(SIZE, 2.5))  # 15 px, LR 6 px
     low = torch.from_numpy(low_resolution_at(high[:, 0].numpy(), test["image_id"], 2.5, None, 0)).unsqueeze(1)
-    result = evaluate_arbitrary_scale(model, high, low, test["image_id"], test["patient_key"], 2.5, ddim_steps=3,
-                                      spread_seeds=2, spread_images=2, resamples=100)
+    result = evaluate_arbitrary_scale(
+        model,
+        high,
+        low,
+        test["image_id"],
+        test["patient_key"],
+        2.5,
+        ddim_steps=3,
+        spread_seeds=2,
+        spread_images=2,
+        resamples=100,
+    )
     metrics = result.metrics()
-    for name in ("psnr_sr_x2p5_bicubic", "psnr_sr_x2p5_bicubic_vae", "psnr_sr_x2p5_arbitrary",
-                 "lr_consistency_psnr_sr_x2p5_arbitrary", "spread_sr_x2p5_arbitrary", "psnr_gain_sr_x2p5_arbitrary",
-                 "psnr_gain_sr_x2p5_arbitrary_vs_bicubic_vae", "lr_consistency_psnr_sr_x2p5_hr"):
+    for name in (
+        "psnr_sr_x2p5_bicubic",
+        "psnr_sr_x2p5_bicubic_vae",
+        "psnr_sr_x2p5_arbitrary",
+        "lr_consistency_psnr_sr_x2p5_arbitrary",
+        "spread_sr_x2p5_arbitrary",
+        "psnr_gain_sr_x2p5_arbitrary",
+        "psnr_gain_sr_x2p5_arbitrary_vs_bicubic_vae",
+        "lr_consistency_psnr_sr_x2p5_hr",
+    ):
         assert name in metrics and np.isfinite(metrics[name]), name
     assert result.must_beat() == (("psnr_sr_x2p5_arbitrary", "psnr_sr_x2p5_bicubic"),)
     assert "inside the training range" in " ".join(result.notes)

@@ -34,7 +34,9 @@ def no_overrides(monkeypatch):
     monkeypatch.delenv("CXR_STEP_THREADS", raising=False)
 
 
-@pytest.mark.parametrize(("cores", "steps", "threads"), [(1, 1, 1), (2, 2, 1), (3, 3, 1), (8, 4, 2), (16, 4, 4), (64, 4, 16)])
+@pytest.mark.parametrize(
+    ("cores", "steps", "threads"), [(1, 1, 1), (2, 2, 1), (3, 3, 1), (8, 4, 2), (16, 4, 4), (64, 4, 16)]
+)
 def test_a_cpu_machine_runs_steps_side_by_side_on_an_even_share_of_its_cores(cores, steps, threads):
     share = core_share(cores=cores, gpus=0)
     assert (share.heavy_steps, share.threads) == (steps, threads)
@@ -111,8 +113,13 @@ print(json.dumps({"took": took, "own_mapping": own_mapping, "kept": mallinfo2().
 
 def _freed_block(reuse: str) -> dict:
     env = {**os.environ, compute.REUSE_FREED_MEMORY: reuse}
-    done = subprocess.run([sys.executable, "-c", _FREED_BLOCK_PROBE], env=env, capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, "-c", _FREED_BLOCK_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     if "mallinfo2" in done.stderr:
         pytest.skip("not glibc 2.33 or later: no mallinfo2 to look into the heap with")
     assert done.returncode == 0, done.stderr
@@ -136,6 +143,7 @@ def test_a_fixed_thread_count_wins_over_the_share(tmp_path, monkeypatch):
 
 
 # --- a real run: two heavy steps on the main job's executor ------------------------------------------------
+
 
 class Record(dg.Config):
     folder: str
@@ -168,8 +176,16 @@ def heavy_a(config: Record, settings: CxrSettings) -> None:
     (folder / "a.measured").touch()
     _wait_for(lambda: running_heavy_steps() == 1, "heavy_b to end")
     compute.rebalance(force=True)
-    (folder / "a.json").write_text(json.dumps({"beside": beside, "alone": torch.get_num_threads(), "pid": os.getpid(),
-                                               "omp": os.environ.get("OMP_NUM_THREADS")}))
+    (folder / "a.json").write_text(
+        json.dumps(
+            {
+                "beside": beside,
+                "alone": torch.get_num_threads(),
+                "pid": os.getpid(),
+                "omp": os.environ.get("OMP_NUM_THREADS"),
+            }
+        )
+    )
 
 
 @dg.asset(**HEAVY_STEP)
@@ -183,12 +199,15 @@ def heavy_b(config: Record, settings: CxrSettings) -> None:
 
 
 two_heavy_steps = dg.Definitions(
-    assets=[heavy_a, heavy_b], resources={"settings": CxrSettings(share_cores=True)},
+    assets=[heavy_a, heavy_b],
+    resources={"settings": CxrSettings(share_cores=True)},
     jobs=[dg.define_asset_job("two_heavy_steps", executor_def=training_executor)],
 ).resolve_job_def("two_heavy_steps")
 
 
-@pytest.mark.skipif(CORE_SHARE.heavy_steps < 2 or CORE_SHARE.cores < 2, reason="one core: heavy steps run one at a time")
+@pytest.mark.skipif(
+    CORE_SHARE.heavy_steps < 2 or CORE_SHARE.cores < 2, reason="one core: heavy steps run one at a time"
+)
 def test_heavy_steps_side_by_side_split_the_cores_and_one_left_alone_takes_them_all(tmp_path):
     config = {"ops": {name: {"config": {"folder": str(tmp_path)}} for name in ("heavy_a", "heavy_b")}}
     with dg.instance_for_test() as instance:

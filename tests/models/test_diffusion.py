@@ -21,20 +21,27 @@ from cxr_pipeline.models.diffusion import (
     Conditioning,
     ScheduleConfig,
     UNetConfig,
-    describe,
     diffusion_step,
     guided_prediction,
-    load_model,
     loss_weights,
     sample,
 )
+from cxr_pipeline.models.model_folder import describe, load_model
 from cxr_pipeline.models.model_settings import ClassDDPMSettings
 from cxr_pipeline.models.training import TrainConfig
 from cxr_pipeline.models.vae import VaeConfig
 
 SIZE = 16
-TRAIN = TrainConfig(steps=40, batch_size=8, learning_rate=3e-3, warmup_steps=4, checkpoint_every=20, eval_every=20,
-                    log_every=4, device="cpu")
+TRAIN = TrainConfig(
+    steps=40,
+    batch_size=8,
+    learning_rate=3e-3,
+    warmup_steps=4,
+    checkpoint_every=20,
+    eval_every=20,
+    log_every=4,
+    device="cpu",
+)
 TINY = dict(block_out_channels=(16, 32), norm_num_groups=8)
 
 
@@ -45,12 +52,23 @@ def data(tmp_path_factory):
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:SIZE, 0:SIZE] / SIZE
     classes = np.arange(32) % 3
-    images = np.stack([np.clip(0.3 + 0.2 * c + 0.1 * np.sin(6 * x + p) * np.cos(4 * y), 0, 1)
-                       for c, p in zip(classes, rng.uniform(0, 6, 32))]).astype(np.float32)
+    images = np.stack(
+        [
+            np.clip(0.3 + 0.2 * c + 0.1 * np.sin(6 * x + p) * np.cos(4 * y), 0, 1)
+            for c, p in zip(classes, rng.uniform(0, 6, 32))
+        ]
+    ).astype(np.float32)
     store = ImageStore(root / "images")
     shard = store.write_shard(to_stored(images))
-    metadata = pd.DataFrame({"image_id": [f"i{k}" for k in range(32)], "shard": shard, "shard_index": range(32),
-                             "split": ["train"] * 28 + ["val"] * 4, "class_id": pd.array(classes, dtype="Int64")})
+    metadata = pd.DataFrame(
+        {
+            "image_id": [f"i{k}" for k in range(32)],
+            "shard": shard,
+            "shard_index": range(32),
+            "split": ["train"] * 28 + ["val"] * 4,
+            "class_id": pd.array(classes, dtype="Int64"),
+        }
+    )
     return root, metadata, store
 
 
@@ -62,8 +80,17 @@ def test_class_ddpm_learns_and_generates_per_class(data, tmp_path):
     root, metadata, store = data
     events = []
     unet = UNetConfig(SIZE, 1, 1, num_class_embeds=4, **TINY)
-    outcome = dt.train_class_ddpm(metadata, store, ["a", "b", "c"], unet, ScheduleConfig(timesteps=100), TRAIN,
-                                  tmp_path, "tiny", progress=events.append)
+    outcome = dt.train_class_ddpm(
+        metadata,
+        store,
+        ["a", "b", "c"],
+        unet,
+        ScheduleConfig(timesteps=100),
+        TRAIN,
+        tmp_path,
+        "tiny",
+        progress=events.append,
+    )
     curve = losses(events)
     assert np.mean(curve[-3:]) < 0.6 * np.mean(curve[:3]), curve
     assert sorted(outcome.previews) == [20, 40]
@@ -81,11 +108,22 @@ def test_denoiser_learns_and_restores_toward_the_clean_image(data, tmp_path):
     stores = {d: (ImageStore(low_dose_pair_dir(tmp_path / "pairs", d)), index) for d, index in indexes.items()}
     events = []
     unet = UNetConfig(SIZE, 2, 1, num_class_embeds=3, **TINY)
-    outcome = dt.train_denoiser(metadata, store, stores, unet, ScheduleConfig(timesteps=100, beta_schedule="squaredcos_cap_v2"),
-                                replace(TRAIN, steps=60), tmp_path / "runs", "tiny", progress=events.append)
+    outcome = dt.train_denoiser(
+        metadata,
+        store,
+        stores,
+        unet,
+        ScheduleConfig(timesteps=100, beta_schedule="squaredcos_cap_v2"),
+        replace(TRAIN, steps=60),
+        tmp_path / "runs",
+        "tiny",
+        progress=events.append,
+    )
     curve = losses(events)
     assert np.mean(curve[-3:]) < 0.6 * np.mean(curve[:3]), curve
-    noisy = torch.from_numpy(stores[300.0][0].read_many(list(indexes[300.0]["shard"][:6]), list(indexes[300.0]["shard_index"][:6]))).unsqueeze(1)
+    noisy = torch.from_numpy(
+        stores[300.0][0].read_many(list(indexes[300.0]["shard"][:6]), list(indexes[300.0]["shard_index"][:6]))
+    ).unsqueeze(1)
     restored = inference.denoise(outcome.model_dir, noisy, dose=300.0, steps=10, device="cpu")
     assert restored.shape == noisy.shape and restored.min() >= 0.0 and restored.max() <= 1.0
     unknown_dose = inference.denoise(outcome.model_dir, noisy, dose=None, steps=10, device="cpu")  # the null embedding
@@ -104,12 +142,23 @@ def test_latent_sr_learns_and_super_resolves(data, tmp_path):
         np.save(latents / f"lr_x4_{split}.npy", lr[rows])
     (latents / "latents.json").write_text(json.dumps({"scaling_factor": 1.0}))
     vae_dir = tmp_path / "vae"
-    VaeConfig(block_out_channels=(8, 16, 16), latent_channels=2, norm_num_groups=8).build().save_pretrained(str(vae_dir))
+    VaeConfig(block_out_channels=(8, 16, 16), latent_channels=2, norm_num_groups=8).build().save_pretrained(
+        str(vae_dir)
+    )
     events = []
     unet = UNetConfig(4, 4, 2, block_out_channels=(16, 32), norm_num_groups=8, attention=True)
-    outcome = dt.train_latent_sr(latents, 4, vae_dir, unet, ScheduleConfig(timesteps=300, prediction_type="sample"),
-                                 replace(TRAIN, steps=100, eval_every=50, checkpoint_every=50), tmp_path / "runs",
-                                 "tiny", residual=True, progress=events.append)
+    outcome = dt.train_latent_sr(
+        latents,
+        4,
+        vae_dir,
+        unet,
+        ScheduleConfig(timesteps=300, prediction_type="sample"),
+        replace(TRAIN, steps=100, eval_every=50, checkpoint_every=50),
+        tmp_path / "runs",
+        "tiny",
+        residual=True,
+        progress=events.append,
+    )
     curve = losses(events)
     assert np.mean(curve[-3:]) < 0.6 * np.mean(curve[:3]), curve
     low = torch.rand(3, 1, 4, 4)
@@ -128,6 +177,7 @@ def test_latent_sr_learns_and_super_resolves(data, tmp_path):
     half = pipelines.LatentSuperResolution.from_pretrained(tmp_path / "copy", "cpu", precision="bf16")
     full = pipelines.LatentSuperResolution.from_pretrained(tmp_path / "copy", "cpu", precision="no")
     assert (half.precision, full.precision) == ("bf16", "fp32")
+
     def processors(unet):
         return {type(layer.processor).__name__ for layer in unet.modules() if isinstance(layer, Attention)}
 
@@ -164,8 +214,17 @@ def test_ddpm_and_ddim_shapes_and_seeds(conditional_unet):
     labels = torch.tensor([1, 2])
 
     def run(sampler, seed):
-        return sample(conditional_unet, schedule, (2, 1, SIZE, SIZE), labels=labels, null_label=3, guidance=1.5,
-                      sampler=sampler, steps=10, generator=torch.Generator().manual_seed(seed))
+        return sample(
+            conditional_unet,
+            schedule,
+            (2, 1, SIZE, SIZE),
+            labels=labels,
+            null_label=3,
+            guidance=1.5,
+            sampler=sampler,
+            steps=10,
+            generator=torch.Generator().manual_seed(seed),
+        )
 
     ddim, ddpm = run("ddim", 0), run("ddpm", 0)
     assert ddim.shape == ddpm.shape == (2, 1, SIZE, SIZE)
@@ -178,10 +237,28 @@ def test_ddpm_and_ddim_shapes_and_seeds(conditional_unet):
 def test_partial_noise_start_stays_close_to_its_input(conditional_unet):
     start = torch.full((2, 1, SIZE, SIZE), 0.5)
     schedule = ScheduleConfig(timesteps=100)
-    near = sample(conditional_unet, schedule, tuple(start.shape), labels=torch.tensor([0, 0]), null_label=3,
-                  steps=20, start=start, strength=0.05, generator=torch.Generator().manual_seed(0))
-    far = sample(conditional_unet, schedule, tuple(start.shape), labels=torch.tensor([0, 0]), null_label=3,
-                 steps=20, start=start, strength=1.0, generator=torch.Generator().manual_seed(0))
+    near = sample(
+        conditional_unet,
+        schedule,
+        tuple(start.shape),
+        labels=torch.tensor([0, 0]),
+        null_label=3,
+        steps=20,
+        start=start,
+        strength=0.05,
+        generator=torch.Generator().manual_seed(0),
+    )
+    far = sample(
+        conditional_unet,
+        schedule,
+        tuple(start.shape),
+        labels=torch.tensor([0, 0]),
+        null_label=3,
+        steps=20,
+        start=start,
+        strength=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert (near - start).abs().mean() < (far - start).abs().mean()
 
 
@@ -216,8 +293,9 @@ def tiny_latents(data, tmp_path_factory):
         latents = vae.encode(images * 2 - 1).latent_dist.mode()
     np.save(folder / "hr_train.npy", latents.numpy())
     train[["image_id", "split", "class_id"]].to_parquet(folder / "index_train.parquet")
-    (folder / "latents.json").write_text(json.dumps({"scaling_factor": float(1 / latents.std()),
-                                                     "latent_shape": list(latents.shape[1:])}))
+    (folder / "latents.json").write_text(
+        json.dumps({"scaling_factor": float(1 / latents.std()), "latent_shape": list(latents.shape[1:])})
+    )
     return folder
 
 
@@ -228,8 +306,19 @@ def test_latent_class_model_learns_and_its_folder_stands_alone(data, tiny_latent
     schedule = ScheduleConfig(timesteps=100, prediction_type="v_prediction", snr_gamma=5.0)
     vae_source = tmp_path / "vae"
     shutil.copytree(tiny_latents / "vae", vae_source)
-    outcome = dt.train_class_ddpm(metadata, store, ["a", "b", "c"], unet, schedule, TRAIN, tmp_path / "runs", "tiny",
-                                  latents_dir=tiny_latents, vae_dir=vae_source, progress=events.append)
+    outcome = dt.train_class_ddpm(
+        metadata,
+        store,
+        ["a", "b", "c"],
+        unet,
+        schedule,
+        TRAIN,
+        tmp_path / "runs",
+        "tiny",
+        latents_dir=tiny_latents,
+        vae_dir=vae_source,
+        progress=events.append,
+    )
     # min-SNR weights make the per-step loss noisy: compare the objective on one fixed batch instead
     step = diffusion_step(Conditioning(num_classes=3, class_dropout=0.0), schedule)
     batch = {"target": dt.scaled_latents(tiny_latents, "hr", "train")[:16], "labels": torch.arange(16) % 3}
@@ -244,7 +333,9 @@ def test_latent_class_model_learns_and_its_folder_stands_alone(data, tiny_latent
     shutil.copytree(outcome.model_dir, moved)
     shutil.rmtree(outcome.model_dir)
     shutil.rmtree(vae_source)
-    torch.testing.assert_close(inference.generate(moved, [0, 1, 2], steps=8, seed=5, device="cpu"), images, rtol=0, atol=0)
+    torch.testing.assert_close(
+        inference.generate(moved, [0, 1, 2], steps=8, seed=5, device="cpu"), images, rtol=0, atol=0
+    )
     described = describe(moved)
     assert described.settings_as(ClassDDPMSettings).space == "latent"
     assert described.schedule.prediction_type == "v_prediction"
@@ -289,8 +380,15 @@ def test_residual_model_diffuses_the_correction_and_returns_its_input_plus_it(co
             return type("Out", (), {"sample": torch.zeros_like(inputs[:, :1]) * self.p})()
 
     condition = torch.rand(2, 1, SIZE, SIZE)
-    out = sample(Zero(), schedule, tuple(condition.shape), condition=condition, steps=10,
-                 generator=torch.Generator().manual_seed(0), residual_scale=conditioning.residual_scale)
+    out = sample(
+        Zero(),
+        schedule,
+        tuple(condition.shape),
+        condition=condition,
+        steps=10,
+        generator=torch.Generator().manual_seed(0),
+        residual_scale=conditioning.residual_scale,
+    )
     torch.testing.assert_close(out, condition, rtol=0, atol=1e-6)
     # the training target is the scaled correction: a perfect x0 predictor of it has zero loss
     target = condition + 0.1
@@ -299,6 +397,7 @@ def test_residual_model_diffuses_the_correction_and_returns_its_input_plus_it(co
         def forward(self, inputs, t, class_labels=None):
             return type("Out", (), {"sample": torch.full_like(inputs[:, :1], 0.4) + 0 * self.p})()
 
-    loss, _ = diffusion_step(conditioning, schedule)(Perfect(), {"target": target, "condition": condition},
-                                                     torch.Generator().manual_seed(0))
+    loss, _ = diffusion_step(conditioning, schedule)(
+        Perfect(), {"target": target, "condition": condition}, torch.Generator().manual_seed(0)
+    )
     assert float(loss) < 1e-10

@@ -44,12 +44,19 @@ def test_an_untrained_decoder_is_the_plain_decode_at_the_native_grid_and_renders
 def tiny_images(root, count=32, size=16):
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:size, 0:size] / size
-    images = np.stack([np.clip(0.5 + 0.3 * np.sin(5 * x + p) * np.cos(3 * y + 2 * p), 0, 1)
-                       for p in rng.uniform(0, 6, count)]).astype(np.float32)
+    images = np.stack(
+        [np.clip(0.5 + 0.3 * np.sin(5 * x + p) * np.cos(3 * y + 2 * p), 0, 1) for p in rng.uniform(0, 6, count)]
+    ).astype(np.float32)
     store = ImageStore(root / "images")
     shard = store.write_shard(to_stored(images))
-    metadata = pd.DataFrame({"image_id": [f"i{k}" for k in range(count)], "shard": shard, "shard_index": range(count),
-                             "split": ["train"] * (count - 8) + ["val"] * 8})
+    metadata = pd.DataFrame(
+        {
+            "image_id": [f"i{k}" for k in range(count)],
+            "shard": shard,
+            "shard_index": range(count),
+            "split": ["train"] * (count - 8) + ["val"] * 8,
+        }
+    )
     return metadata, store
 
 
@@ -58,10 +65,27 @@ def test_training_lowers_the_loss_and_the_saved_decoder_renders_the_same(tmp_pat
     torch.manual_seed(0)
     TINY_VAE.build().save_pretrained(str(tmp_path / "vae"))
     events = []
-    config = TrainConfig(steps=80, batch_size=8, learning_rate=1e-2, warmup_steps=4, checkpoint_every=40,
-                         eval_every=80, log_every=4, device="cpu")
-    outcome = train_implicit_decoder(metadata, store, tmp_path / "vae", config, tmp_path / "runs", "tiny",
-                                     query_points=64, hidden=(32, 32), progress=events.append)
+    config = TrainConfig(
+        steps=80,
+        batch_size=8,
+        learning_rate=1e-2,
+        warmup_steps=4,
+        checkpoint_every=40,
+        eval_every=80,
+        log_every=4,
+        device="cpu",
+    )
+    outcome = train_implicit_decoder(
+        metadata,
+        store,
+        tmp_path / "vae",
+        config,
+        tmp_path / "runs",
+        "tiny",
+        query_points=64,
+        hidden=(32, 32),
+        progress=events.append,
+    )
     losses = [e.metrics["loss"] for e in events if e.kind == "step"]
     assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:3]), losses  # a random frozen VAE bounds it
     assert {"val_psnr_render_x1", "val_psnr_render_x2", "val_psnr_bicubic_x2"} <= outcome.metrics.keys()
@@ -77,14 +101,25 @@ def test_a_resumed_decoder_training_ends_where_an_uninterrupted_one_does(tmp_pat
     metadata, store = tiny_images(tmp_path)
     torch.manual_seed(0)
     TINY_VAE.build().save_pretrained(str(tmp_path / "vae"))
-    config = TrainConfig(steps=12, batch_size=4, learning_rate=3e-3, warmup_steps=2, checkpoint_every=4,
-                         eval_every=12, log_every=4, device="cpu")
-    whole = train_implicit_decoder(metadata, store, tmp_path / "vae", config, tmp_path / "a", "tiny", query_points=32,
-                                   hidden=(16,))
-    train_implicit_decoder(metadata, store, tmp_path / "vae", config, tmp_path / "b", "tiny", query_points=32,
-                           hidden=(16,), stop_after=8)
-    resumed = train_implicit_decoder(metadata, store, tmp_path / "vae", config, tmp_path / "b", "tiny",
-                                     query_points=32, hidden=(16,))
+    config = TrainConfig(
+        steps=12,
+        batch_size=4,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        checkpoint_every=4,
+        eval_every=12,
+        log_every=4,
+        device="cpu",
+    )
+    whole = train_implicit_decoder(
+        metadata, store, tmp_path / "vae", config, tmp_path / "a", "tiny", query_points=32, hidden=(16,)
+    )
+    train_implicit_decoder(
+        metadata, store, tmp_path / "vae", config, tmp_path / "b", "tiny", query_points=32, hidden=(16,), stop_after=8
+    )
+    resumed = train_implicit_decoder(
+        metadata, store, tmp_path / "vae", config, tmp_path / "b", "tiny", query_points=32, hidden=(16,)
+    )
     assert resumed.resumed_from == 8
     first, second = (ImplicitDecoder.from_pretrained(o.model_dir).head.state_dict() for o in (whole, resumed))
     for key in first:

@@ -37,9 +37,11 @@ def test_too_few_images_are_refused_with_a_reason():
 def test_a_report_with_words_no_training_report_has_is_flagged():
     from cxr_pipeline.models.input_distribution import ReportDistribution
 
-    train = ["FINDINGS: The lungs are clear. No pleural effusion. IMPRESSION: Normal chest.",
-             "FINDINGS: Small right pleural effusion. IMPRESSION: Right effusion.",
-             "FINDINGS: Heart size is enlarged. IMPRESSION: Cardiomegaly."] * 5
+    train = [
+        "FINDINGS: The lungs are clear. No pleural effusion. IMPRESSION: Normal chest.",
+        "FINDINGS: Small right pleural effusion. IMPRESSION: Right effusion.",
+        "FINDINGS: Heart size is enlarged. IMPRESSION: Cardiomegaly.",
+    ] * 5
     val = ["FINDINGS: The lungs are clear. IMPRESSION: No effusion.", "FINDINGS: Heart size is normal."]
     vocabulary = ReportDistribution.fit(train, val)
     assert vocabulary.threshold == 0.0  # every val word occurs in training

@@ -12,7 +12,12 @@ from cxr_pipeline.models.training import TrainConfig
 def test_lookup_by_key_and_per_scale_kinds():
     assert kinds.kind("class_ddpm") is kinds.CLASS_DDPM
     x2 = kinds.kind("latent_sr_x2")
-    assert (x2.key, x2.registered_name, x2.folder, x2.asset) == ("latent_sr_x2", "cxr-latent-sr-x2", "latent_sr", "latent_sr")
+    assert (x2.key, x2.registered_name, x2.folder, x2.asset) == (
+        "latent_sr_x2",
+        "cxr-latent-sr-x2",
+        "latent_sr",
+        "latent_sr",
+    )
     assert not x2.per_scale and x2.pipeline is kinds.LATENT_SR.pipeline
     assert kinds.LATENT_SR.holds("latent_sr_x4") and not kinds.LATENT_SR.holds("latent_sr_xl")
     assert not kinds.CLASS_DDPM.holds("class_ddpm_x4")
@@ -29,7 +34,11 @@ def test_every_kind_is_complete_and_named_once():
         assert kind.registered_name.startswith("cxr-") and kind.description and kind.title
         assert kind.serving.input_shape and kind.serving.output_shape
         if kind.train is not None:  # diffusion kinds: a pipeline, UNet profiles for both profiles, a suite
-            assert kind.pipeline is not None and kind.evaluation is not None and set(kind.unet_profiles) == {"demo", "full"}
+            assert (
+                kind.pipeline is not None
+                and kind.evaluation is not None
+                and set(kind.unet_profiles) == {"demo", "full"}
+            )
 
 
 def test_a_recipe_hands_the_training_loop_its_own_values():

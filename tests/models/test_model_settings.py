@@ -13,7 +13,8 @@ import torch
 
 from cxr_pipeline import kinds
 from cxr_pipeline.models.classifier import ClassifierConfig, ClassifierSettings, CxrClassifier, load_classifier
-from cxr_pipeline.models.diffusion import Conditioning, SavedModel, ScheduleConfig, UNetConfig, save_model
+from cxr_pipeline.models.diffusion import Conditioning, ScheduleConfig, UNetConfig
+from cxr_pipeline.models.model_folder import SavedModel, save_model
 from cxr_pipeline.models.model_settings import (
     SETTINGS,
     ArbitrarySRSettings,
@@ -32,16 +33,42 @@ LEGACY = Path(__file__).parent / "fixtures" / "legacy_model_json"
 
 EXAMPLES: dict[str, ModelSettings] = {
     "latent_sr": LatentSRSettings(scale=4, residual=True, vae_source="/w/vae", scaling_factor=1.3),
-    "arbitrary_sr": ArbitrarySRSettings(scale_min=1.0, scale_max=4.0, draws_per_image=6, draws_by_area=True,
-                                        degradation_mix=True, pair_seed=0, residual=True, decoder_min_ratio=0.75,
-                                        decoder_run="abc", vae_source="/w/vae", scaling_factor=1.3),
-    "class_ddpm": ClassDDPMSettings(classes=["a", "b"], class_balance=True, guidance_scale=3.0, space="latent",
-                                    vae_source="/w/vae", scaling_factor=1.3),
-    "denoiser": DenoiserSettings(doses=[1000.0, 3000.0], dose_conditioning=True, sampling_strength=0.4, crop=32,
-                                 residual=True),
-    "text_ldm": TextLDMSettings(guidance_scale=4.0, text_dropout=0.1, balance=True, trainable_encoder_layers=0,
-                                vae_source="/w/vae", encoder_source="/w/enc", text_length=40, train_reports=90,
-                                preview_prompts=["Clear lungs."], scaling_factor=1.3),
+    "arbitrary_sr": ArbitrarySRSettings(
+        scale_min=1.0,
+        scale_max=4.0,
+        draws_per_image=6,
+        draws_by_area=True,
+        degradation_mix=True,
+        pair_seed=0,
+        residual=True,
+        decoder_min_ratio=0.75,
+        decoder_run="abc",
+        vae_source="/w/vae",
+        scaling_factor=1.3,
+    ),
+    "class_ddpm": ClassDDPMSettings(
+        classes=["a", "b"],
+        class_balance=True,
+        guidance_scale=3.0,
+        space="latent",
+        vae_source="/w/vae",
+        scaling_factor=1.3,
+    ),
+    "denoiser": DenoiserSettings(
+        doses=[1000.0, 3000.0], dose_conditioning=True, sampling_strength=0.4, crop=32, residual=True
+    ),
+    "text_ldm": TextLDMSettings(
+        guidance_scale=4.0,
+        text_dropout=0.1,
+        balance=True,
+        trainable_encoder_layers=0,
+        vae_source="/w/vae",
+        encoder_source="/w/enc",
+        text_length=40,
+        train_reports=90,
+        preview_prompts=["Clear lungs."],
+        scaling_factor=1.3,
+    ),
 }
 
 
@@ -60,8 +87,11 @@ def test_settings_round_trip_and_refuse_unknown_or_missing_keys(kind):
     raw = settings.to_dict()
     with pytest.raises(ValueError, match=r"unknown keys \['guidance'\]"):
         type(settings).from_dict({**raw, "guidance": 2.0})
-    required = next(f.name for f in dataclasses.fields(settings) if f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING)
+    required = next(
+        f.name
+        for f in dataclasses.fields(settings)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
     with pytest.raises(ValueError, match=rf"missing keys \['{required}'\]"):
         type(settings).from_dict({k: v for k, v in raw.items() if k != required})
 
@@ -72,17 +102,31 @@ def test_settings_take_the_names_of_the_recipe_fields_they_come_from(kind):
     field's value under another name (derived values, like the latents' scaling factor, are no
     recipe field at all)."""
     recipe = {f.name for f in dataclasses.fields(kinds.kind(kind).recipe)}
-    derived = {"scaling_factor", "vae_source", "encoder_source", "scale", "doses", "decoder_run", "text_length",
-               "train_reports", "preview_prompts", "space"}
+    derived = {
+        "scaling_factor",
+        "vae_source",
+        "encoder_source",
+        "scale",
+        "doses",
+        "decoder_run",
+        "text_length",
+        "train_reports",
+        "preview_prompts",
+        "space",
+    }
     assert {f.name for f in dataclasses.fields(EXAMPLES[kind])} - derived <= recipe
 
 
 def test_a_saved_model_json_round_trips_whole(tmp_path):
     unet = UNetConfig(8, 2, 2, (16, 32), norm_num_groups=8, num_class_embeds=3)
-    saved = SavedModel("class_ddpm", unet, ScheduleConfig(100, prediction_type="v_prediction", snr_gamma=5.0),
-                       Conditioning(num_classes=2, class_dropout=0.1), EXAMPLES["class_ddpm"],
-                       TrainingRecord(step=7, data_hash="h", train={"steps": 7}, warm_start_from="/w/m",
-                                      warm_start_tensors="3 of 4"))
+    saved = SavedModel(
+        "class_ddpm",
+        unet,
+        ScheduleConfig(100, prediction_type="v_prediction", snr_gamma=5.0),
+        Conditioning(num_classes=2, class_dropout=0.1),
+        EXAMPLES["class_ddpm"],
+        TrainingRecord(step=7, data_hash="h", train={"steps": 7}, warm_start_from="/w/m", warm_start_tensors="3 of 4"),
+    )
     assert SavedModel.from_json(saved.to_json()) == saved
     raw = json.loads(saved.to_json())
     assert set(raw) == {"kind", "schedule", "conditioning", "unet", "settings", "training"}
@@ -140,15 +184,30 @@ def test_a_folder_written_in_the_old_format_loads_and_samples(tmp_path):
 
 def test_the_classifier_settings_round_trip_and_read_the_old_format(tmp_path):
     config = ClassifierConfig(widths=(8, 16))
-    settings = ClassifierSettings(config=config, classes=["a", "b"], image_size=32, num_features=16,
-                                  metrics={"val_accuracy": 0.5}, training=TrainingRecord(step=3, data_hash="h", train={}))
+    settings = ClassifierSettings(
+        config=config,
+        classes=["a", "b"],
+        image_size=32,
+        num_features=16,
+        metrics={"val_accuracy": 0.5},
+        training=TrainingRecord(step=3, data_hash="h", train={}),
+    )
     assert ClassifierSettings.from_json(settings.to_json()) == settings
-    old = {"config": config.as_dict(), "class_names": ["a", "b"], "image_size": 32, "num_features": 16,
-           "metrics": {"val_accuracy": 0.5}, "step": 3, "data_hash": "h", "train": {}}
+    old = {
+        "config": config.as_dict(),
+        "class_names": ["a", "b"],
+        "image_size": 32,
+        "num_features": 16,
+        "metrics": {"val_accuracy": 0.5},
+        "step": 3,
+        "data_hash": "h",
+        "train": {},
+    }
     assert ClassifierSettings.from_json(json.dumps(old)) == settings
     folder = tmp_path / "classifier"
     folder.mkdir()
     from safetensors.torch import save_file
+
     save_file(CxrClassifier(config, 2).state_dict(), folder / "model.safetensors")
     (folder / "classifier.json").write_text(json.dumps(old))
     _, loaded = load_classifier(folder, "cpu")
@@ -158,8 +217,10 @@ def test_the_classifier_settings_round_trip_and_read_the_old_format(tmp_path):
 def test_no_model_setting_is_read_by_string_key_outside_its_dataclass():
     """The settings of a trained model are read as typed fields everywhere; only the module that
     translates the old format knows the old names."""
-    pattern = re.compile(r'extra\[|\.get\("default_|\["default_guidance"\]|\["class_names"\]|\["scale_range"\]'
-                         r'|options\["|job\.options')
+    pattern = re.compile(
+        r'extra\[|\.get\("default_|\["default_guidance"\]|\["class_names"\]|\["scale_range"\]'
+        r'|options\["|job\.options'
+    )
     allowed = {ROOT / "cxr_pipeline" / "models" / "model_settings.py"}
     offenders = []
     for folder in ("cxr_pipeline", "assets", "resources", "jobs", "bench", "experiments", "scripts"):
@@ -176,4 +237,3 @@ def test_job_recipes_are_the_kinds_own_and_typed():
     hints = typing.get_type_hints(kinds.TrainingJob)
     assert hints["recipe"] is kinds.TrainingRecipe
     assert "options" not in {f.name for f in dataclasses.fields(kinds.TrainingJob)}
-

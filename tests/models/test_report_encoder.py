@@ -34,15 +34,28 @@ FINDINGS = ("pleural effusion", "pneumothorax", "consolidation in the lower lobe
 
 
 def reports() -> list[str]:
-    positive = [f"{size.capitalize()} {side} {finding}." for size, side, finding in itertools.product(SIZES, SIDES, FINDINGS)]
-    negative = [f"No {a} or {b}. The heart size is normal." for a, b in itertools.permutations(
-        ("pneumothorax", "pleural effusion", "focal consolidation"), 2)]
+    positive = [
+        f"{size.capitalize()} {side} {finding}." for size, side, finding in itertools.product(SIZES, SIDES, FINDINGS)
+    ]
+    negative = [
+        f"No {a} or {b}. The heart size is normal."
+        for a, b in itertools.permutations(("pneumothorax", "pleural effusion", "focal consolidation"), 2)
+    ]
     return positive + negative + ["Heart size is normal. Lungs are clear.", "The lungs are clear without effusion."]
 
 
 ENCODER = ReportEncoderConfig(vocab_size=200, hidden_size=32, layers=1, heads=2, intermediate_size=64, max_length=24)
-TRAIN = TrainConfig(steps=100, batch_size=16, learning_rate=3e-3, warmup_steps=4, ema_decay=0.9, checkpoint_every=50,
-                    eval_every=50, log_every=10, device="cpu")
+TRAIN = TrainConfig(
+    steps=100,
+    batch_size=16,
+    learning_rate=3e-3,
+    warmup_steps=4,
+    ema_decay=0.9,
+    checkpoint_every=50,
+    eval_every=50,
+    log_every=10,
+    device="cpu",
+)
 
 
 def test_the_tokenizer_round_trips_through_save_pretrained(tmp_path):
@@ -57,7 +70,9 @@ def test_the_tokenizer_round_trips_through_save_pretrained(tmp_path):
     for text in ("Moderate right pleural effusion.", "Unseen words: cardiomegaly!"):
         assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"]
     assert loaded.mask_token == "[MASK]" and loaded.model_max_length == 24
-    assert token_counts(loaded, ["Small left pneumothorax."]).tolist() == [len(loaded("Small left pneumothorax.")["input_ids"])]
+    assert token_counts(loaded, ["Small left pneumothorax."]).tolist() == [
+        len(loaded("Small left pneumothorax.")["input_ids"])
+    ]
 
 
 TOKENIZER_IN_A_FRESH_PROCESS = """
@@ -70,8 +85,11 @@ for vocab_size in (60, 400):  # words left out (pieces spell them), and every wo
 
 
 def _folder_digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_the_tokenizer_files_are_the_same_in_every_process(tmp_path):
@@ -80,8 +98,11 @@ def test_the_tokenizer_files_are_the_same_in_every_process(tmp_path):
     (tmp_path / "reports.json").write_text(json.dumps(reports() * 3 + reports()[::2]))
     digests = []
     for seed in ("1", "2"):
-        subprocess.run([sys.executable, "-c", TOKENIZER_IN_A_FRESH_PROCESS, str(tmp_path / "reports.json"),
-                        str(tmp_path / seed)], check=True, env={**os.environ, "PYTHONHASHSEED": seed})
+        subprocess.run(
+            [sys.executable, "-c", TOKENIZER_IN_A_FRESH_PROCESS, str(tmp_path / "reports.json"), str(tmp_path / seed)],
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
         digests.append(_folder_digest(tmp_path / seed))
     assert {"60/tokenizer.json", "400/tokenizer.json", "400/tokenizer_config.json"} <= set(digests[0])
     assert digests[0] == digests[1]
@@ -97,7 +118,9 @@ def test_a_vocabulary_too_small_for_every_word_keeps_the_frequent_ones_and_spell
     assert "atelectasis" not in small  # in 6: left out, and the most tokens saved by pieces of it
     tokenizer = train_tokenizer(reports(), 60, 64)
     pieces = tokenizer.tokenize("Atelectasis. Left pneumothorax.")
-    assert pieces[-4:] == [".", "left", "pneumothorax", "."] and 1 < len(pieces) - 4 <= 3  # a few pieces, not 11 letters
+    assert (
+        pieces[-4:] == [".", "left", "pneumothorax", "."] and 1 < len(pieces) - 4 <= 3
+    )  # a few pieces, not 11 letters
     ids = tokenizer("Atelectasis. Left pneumothorax.")["input_ids"]
     assert tokenizer.unk_token_id not in ids
     assert tokenizer.decode(ids, skip_special_tokens=True) == "atelectasis. left pneumothorax."
@@ -119,7 +142,9 @@ def test_the_loss_from_the_masked_positions_alone_is_bert_for_masked_lm_s_own():
         scores = masked_lm_scores(model, batch)
     masked = batch["labels"] != -100
     accuracy = float((own.logits.argmax(-1) == batch["labels"])[masked].float().mean())
-    assert scores["mlm_accuracy"] == pytest.approx(accuracy) and scores["mlm_loss"] == pytest.approx(float(own.loss), abs=1e-5)
+    assert scores["mlm_accuracy"] == pytest.approx(accuracy) and scores["mlm_loss"] == pytest.approx(
+        float(own.loss), abs=1e-5
+    )
     # and the gradient it trains with is the same
     model(**batch).loss.backward()
     expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
@@ -156,13 +181,13 @@ def test_pretraining_learns_the_reports_and_saves_a_loadable_encoder(pretrained)
     assert mask.sum(1).tolist()[1] == 2  # the empty report: [CLS] [SEP]
     # padding never changes a report's embeddings: the mask keeps the other reports out
     alone = encoder.encode(["No pleural effusion."]).hidden
-    torch.testing.assert_close(hidden[2, :alone.shape[1]], alone[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(hidden[2, : alone.shape[1]], alone[0], atol=1e-5, rtol=0)
     left = encoder.encode(["Large left pneumothorax."]).hidden
     # saved and read back through the same path, it encodes the same
     encoder.save_pretrained(outcome.run_dir / "copy")
     again = ReportEncoder.from_pretrained(outcome.run_dir / "copy").encode(["Large right pneumothorax."]).hidden
-    torch.testing.assert_close(again[0], hidden[0, :again.shape[1]], atol=1e-6, rtol=0)
-    assert not torch.allclose(left[0], hidden[0, :left.shape[1]])  # one word differs, so do the embeddings
+    torch.testing.assert_close(again[0], hidden[0, : again.shape[1]], atol=1e-6, rtol=0)
+    assert not torch.allclose(left[0], hidden[0, : left.shape[1]])  # one word differs, so do the embeddings
 
 
 def test_a_resumed_pretraining_ends_where_an_uninterrupted_one_does(tmp_path):
@@ -184,8 +209,11 @@ def test_any_local_bert_checkpoint_loads_through_the_same_path(tmp_path):
     tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
     checkpoint = tmp_path / "biobert-like"
     tokenizer.save_pretrained(str(checkpoint))
-    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=48, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64)).save_pretrained(str(checkpoint))
+    BertModel(
+        BertConfig(
+            vocab_size=len(tokenizer), hidden_size=48, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+        )
+    ).save_pretrained(str(checkpoint))
     text = ReportEncoder.from_pretrained(checkpoint).encode(["Small left pleural effusion.", "Lungs are clear."])
     hidden, mask = text.hidden, text.mask
     assert hidden.shape == (2, mask.shape[1], 48) and mask[0].sum() == 7  # [CLS] 5 words and the period [SEP]

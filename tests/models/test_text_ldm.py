@@ -13,25 +13,48 @@ from cxr_pipeline.data.demo import phantom, reports
 from cxr_pipeline.data.labels.metadata import LabelOptions, build_metadata
 from cxr_pipeline.data.labels.report_text import finding_mentions, prompt_from_report, report_prompt
 from cxr_pipeline.data.labels.sources import conform, read_indiana_xml, read_nih
-from cxr_pipeline.evaluation.text_generation import PromptSet, negation_table, retrieval_baseline
+from cxr_pipeline.evaluation.text_measures import PromptSet, negation_table, retrieval_baseline
 from cxr_pipeline.metrics.distribution import nearest_distances, precision_recall_density_coverage
 from cxr_pipeline.models.diffusion import (
     Conditioning,
-    DiffusionModel,
     ScheduleConfig,
     TextCondition,
     UNetConfig,
     guided_prediction,
     predict,
-    save_model,
-    warm_start,
 )
+from cxr_pipeline.models.model_folder import DiffusionModel, save_model, warm_start
 from cxr_pipeline.models.model_settings import ClassDDPMSettings, TextLDMSettings
 from cxr_pipeline.models.pipelines import TextConditionalGenerator
 from cxr_pipeline.models.report_encoder import ReportEncoder
 from tests.helpers.folders import untrained
 
-WORDS = ["no", "pneumothorax", "or", "pleural", "effusion", "small", "moderate", "large", "right", "left", "heart", "size", "is", "normal", "the", "lungs", "are", "clear", "mild", "cardiomegaly", ".", ",", "consolidation", "atelectasis"]
+WORDS = [
+    "no",
+    "pneumothorax",
+    "or",
+    "pleural",
+    "effusion",
+    "small",
+    "moderate",
+    "large",
+    "right",
+    "left",
+    "heart",
+    "size",
+    "is",
+    "normal",
+    "the",
+    "lungs",
+    "are",
+    "clear",
+    "mild",
+    "cardiomegaly",
+    ".",
+    ",",
+    "consolidation",
+    "atelectasis",
+]
 
 
 def tiny_encoder(folder: Path) -> ReportEncoder:
@@ -40,8 +63,16 @@ def tiny_encoder(folder: Path) -> ReportEncoder:
     (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(WORDS)]))
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(str(folder))
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=5 + len(set(WORDS)), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(str(folder))
+    BertModel(
+        BertConfig(
+            vocab_size=5 + len(set(WORDS)),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(str(folder))
     return ReportEncoder.from_pretrained(folder)
 
 
@@ -64,8 +95,17 @@ def test_demo_reports_state_what_was_drawn_and_read_back_as_openi(small_demo):
     assert len(xml) == len(nih) and not read_indiana_xml(xml).problems
     # parentImage is the image's file stem: every report finds its image
     assert set(openi["match_key"]) == set(nih.index)
-    labels = ["Atelectasis", "Cardiomegaly", "Effusion", "Pneumonia", "Pneumothorax", "Nodule", "Mass",
-              "Infiltration", "No_Finding"]
+    labels = [
+        "Atelectasis",
+        "Cardiomegaly",
+        "Effusion",
+        "Pneumonia",
+        "Pneumothorax",
+        "Nodule",
+        "Mass",
+        "Infiltration",
+        "No_Finding",
+    ]
     for row in openi.itertuples(index=False):
         expected = nih.loc[row.match_key]
         assert [getattr(row, label) for label in labels] == [expected[label] for label in labels], row.match_key
@@ -105,9 +145,16 @@ def test_report_text_comes_from_the_report_source_while_labels_stay_with_the_cur
     nih = read_nih(small_demo / "nih" / "Data_Entry_2017.csv")
     openi = read_indiana_xml(sorted((small_demo / "openi" / "ecgen-radiology").glob("*.xml")))
     names = nih.table["match_key"].head(5).tolist()
-    manifest = pd.DataFrame({"image_id": [f"id{i}" for i in range(5)], "source_path": [f"nih/images/{n}" for n in names],
-                             "shard": 0, "shard_index": range(5), "pixel_hash": [f"h{i}" for i in range(5)],
-                             "format": "png"})
+    manifest = pd.DataFrame(
+        {
+            "image_id": [f"id{i}" for i in range(5)],
+            "source_path": [f"nih/images/{n}" for n in names],
+            "shard": 0,
+            "shard_index": range(5),
+            "pixel_hash": [f"h{i}" for i in range(5)],
+            "format": "png",
+        }
+    )
     labels = conform(pd.concat([nih.table, openi.table], ignore_index=True))
     result = build_metadata(manifest, labels, LabelOptions())
     assert (result.metadata["label_source"] == "nih").all()
@@ -119,16 +166,21 @@ def test_report_text_comes_from_the_report_source_while_labels_stay_with_the_cur
     assert result.conflicts == 1 and (result.metadata["label_source"] == "nih").all()
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("No pneumothorax or pleural effusion.", {"Pneumothorax": "negated", "Effusion": "negated"}),
-    ("Small right pleural effusion. No pneumothorax.", {"Effusion": "positive", "Pneumothorax": "negated"}),
-    ("The heart is mildly enlarged. Lungs are clear.", {"Cardiomegaly": "positive"}),
-    ("No focal consolidation. Plate-like atelectasis at the left lung base.",
-     {"Pneumonia": "negated", "Atelectasis": "positive"}),
-    ("No effusion but a small left pneumothorax.", {"Effusion": "negated", "Pneumothorax": "positive"}),
-    ("Massive heart. 2 cm mass in the right upper lung.", {"Mass": "positive"}),
-    ("Normal chest x-XXXX.", {}),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("No pneumothorax or pleural effusion.", {"Pneumothorax": "negated", "Effusion": "negated"}),
+        ("Small right pleural effusion. No pneumothorax.", {"Effusion": "positive", "Pneumothorax": "negated"}),
+        ("The heart is mildly enlarged. Lungs are clear.", {"Cardiomegaly": "positive"}),
+        (
+            "No focal consolidation. Plate-like atelectasis at the left lung base.",
+            {"Pneumonia": "negated", "Atelectasis": "positive"},
+        ),
+        ("No effusion but a small left pneumothorax.", {"Effusion": "negated", "Pneumothorax": "positive"}),
+        ("Massive heart. 2 cm mass in the right upper lung.", {"Mass": "positive"}),
+        ("Normal chest x-XXXX.", {}),
+    ],
+)
 def test_finding_mentions_tell_assertion_from_negation(text, expected):
     assert finding_mentions(text) == expected
 
@@ -143,26 +195,45 @@ def test_cross_attention_reads_the_report_and_the_mask_hides_padding(tmp_path):
     with torch.no_grad():
         text = encoder.encode(["Large right pneumothorax.", "No pneumothorax or pleural effusion."])
         out = predict(unet, x, t, text=text)
-        assert not torch.allclose(out[0], predict(unet, x[1:], t[1:], text=TextCondition(text.hidden[1:], text.mask[1:]))[0])
+        assert not torch.allclose(
+            out[0], predict(unet, x[1:], t[1:], text=TextCondition(text.hidden[1:], text.mask[1:]))[0]
+        )
         # padding the same report further changes nothing: cross-attention and pooling read the mask
-        short, long = encoder.encode(["Small left pneumothorax."]), encoder.encode(["Small left pneumothorax."], pad_to=30)
+        short, long = (
+            encoder.encode(["Small left pneumothorax."]),
+            encoder.encode(["Small left pneumothorax."], pad_to=30),
+        )
         assert long.hidden.shape[1] == 30 > short.hidden.shape[1]
-        torch.testing.assert_close(predict(unet, x[:1], t[:1], text=short), predict(unet, x[:1], t[:1], text=long),
-                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            predict(unet, x[:1], t[:1], text=short), predict(unet, x[:1], t[:1], text=long), atol=1e-5, rtol=1e-4
+        )
 
 
 def test_a_warm_start_takes_every_fitting_weight_of_the_class_model_and_leaves_the_condition_fresh(tmp_path):
     class_config = UNetConfig(8, 4, 4, (16, 32), 1, True, 3, 8)
     torch.manual_seed(1)
     class_unet = class_config.build()
-    save_model(tmp_path / "class", class_unet, untrained(
-        "class_ddpm", class_config, ScheduleConfig(), Conditioning(num_classes=2),
-        ClassDDPMSettings(classes=["a", "b"], class_balance=True, guidance_scale=3.0, space="pixel")))
+    save_model(
+        tmp_path / "class",
+        class_unet,
+        untrained(
+            "class_ddpm",
+            class_config,
+            ScheduleConfig(),
+            Conditioning(num_classes=2),
+            ClassDDPMSettings(classes=["a", "b"], class_balance=True, guidance_scale=3.0, space="pixel"),
+        ),
+    )
     text_unet, fresh = tiny_unet(), tiny_unet().state_dict()
     copied = warm_start(text_unet, tmp_path / "class")
     saved, now = class_unet.state_dict(), text_unet.state_dict()
-    assert {"conv_in.weight", "conv_out.weight", "time_embedding.linear_1.weight", "down_blocks.0.resnets.0.conv1.weight",
-            "mid_block.resnets.1.conv2.weight"} <= set(copied)
+    assert {
+        "conv_in.weight",
+        "conv_out.weight",
+        "time_embedding.linear_1.weight",
+        "down_blocks.0.resnets.0.conv1.weight",
+        "mid_block.resnets.1.conv2.weight",
+    } <= set(copied)
     for name in copied:
         torch.testing.assert_close(now[name], saved[name], rtol=0, atol=0)
     # the class embedding table and cross-attention have no counterpart: they keep their initialization
@@ -195,8 +266,13 @@ def test_training_step_swaps_in_the_empty_report_at_the_dropout_rate(tmp_path):
     encoder = tiny_encoder(tmp_path / "encoder")
     text = encoder.encode(["Large right pneumothorax."] * 4, pad_to=12)
     null = encoder.encode([""], pad_to=12)
-    batch = {"target": torch.randn(4, 4, 8, 8), "text": text.hidden, "text_mask": text.mask,
-             "null_text": null.hidden, "null_mask": null.mask}
+    batch = {
+        "target": torch.randn(4, 4, 8, 8),
+        "text": text.hidden,
+        "text_mask": text.mask,
+        "null_text": null.hidden,
+        "null_mask": null.mask,
+    }
     seen = []
 
     class Spy(torch.nn.Module):
@@ -212,7 +288,8 @@ def test_training_step_swaps_in_the_empty_report_at_the_dropout_rate(tmp_path):
     for dropout, expected in ((0.0, 4 * [text.mask[0].sum().item()]), (1.0, [2, 2, 2, 2])):
         seen.clear()
         loss, _ = diffusion_step(Conditioning(text=True, text_dropout=dropout), schedule)(
-            Spy(), batch, torch.Generator().manual_seed(0))
+            Spy(), batch, torch.Generator().manual_seed(0)
+        )
         assert torch.isfinite(loss) and seen == [expected]
 
 
@@ -220,10 +297,25 @@ def test_pipeline_saves_and_loads_its_encoder_and_samples_the_same(tmp_path):
     encoder = tiny_encoder(tmp_path / "encoder")
     config = UNetConfig(8, 4, 4, (16, 32), 1, True, None, 8, cross_attention_dim=32)
     torch.manual_seed(0)
-    model = DiffusionModel(config.build().eval(), untrained(
-        "text_ldm", config, ScheduleConfig(100, prediction_type="v_prediction"), Conditioning(text=True, text_dropout=0.1),
-        TextLDMSettings(guidance_scale=2.0, text_dropout=0.1, balance=True, trainable_encoder_layers=0, vae_source="vae",
-                        encoder_source="encoder", text_length=16, train_reports=0)))
+    model = DiffusionModel(
+        config.build().eval(),
+        untrained(
+            "text_ldm",
+            config,
+            ScheduleConfig(100, prediction_type="v_prediction"),
+            Conditioning(text=True, text_dropout=0.1),
+            TextLDMSettings(
+                guidance_scale=2.0,
+                text_dropout=0.1,
+                balance=True,
+                trainable_encoder_layers=0,
+                vae_source="vae",
+                encoder_source="encoder",
+                text_length=16,
+                train_reports=0,
+            ),
+        ),
+    )
     pipeline = TextConditionalGenerator(model, text_encoder=encoder)
     prompts = ["Small right pneumothorax.", "The lungs are clear."]
     first = pipeline(prompts, steps=3, seed=1)
@@ -235,18 +327,28 @@ def test_pipeline_saves_and_loads_its_encoder_and_samples_the_same(tmp_path):
     assert not torch.allclose(loaded(prompts, steps=3, seed=1, guidance=0.0), first)
     # a report typed with section headers is read as the training prompts were made (no headers)
     headed = ["FINDINGS: Small right pneumothorax. IMPRESSION: Pneumothorax.", "Findings: The lungs are clear."]
-    torch.testing.assert_close(loaded(headed, steps=3, seed=1),
-                               loaded(["Small right pneumothorax. Pneumothorax.", "The lungs are clear."], steps=3, seed=1))
+    torch.testing.assert_close(
+        loaded(headed, steps=3, seed=1),
+        loaded(["Small right pneumothorax. Pneumothorax.", "The lungs are clear."], steps=3, seed=1),
+    )
 
 
-@pytest.mark.parametrize("typed, prompt", [
-    ("FINDINGS: Moderate right effusion. The left lung is clear. IMPRESSION: Right effusion.",
-     "Moderate right effusion. The left lung is clear. Right effusion."),
-    ("EXAMINATION: CHEST PA.\nINDICATION: cough.\nFINDINGS:\n  Lungs clear; NG tube: tip in stomach.\n\n"
-     "IMPRESSION: No acute process.\nRECOMMENDATION(S): none", "Lungs clear; NG tube: tip in stomach. No acute process."),
-    ("Impression: small left pneumothorax.", "small left pneumothorax."),
-    ("No acute cardiopulmonary process.", "No acute cardiopulmonary process."),  # no headers: as typed
-])
+@pytest.mark.parametrize(
+    "typed, prompt",
+    [
+        (
+            "FINDINGS: Moderate right effusion. The left lung is clear. IMPRESSION: Right effusion.",
+            "Moderate right effusion. The left lung is clear. Right effusion.",
+        ),
+        (
+            "EXAMINATION: CHEST PA.\nINDICATION: cough.\nFINDINGS:\n  Lungs clear; NG tube: tip in stomach.\n\n"
+            "IMPRESSION: No acute process.\nRECOMMENDATION(S): none",
+            "Lungs clear; NG tube: tip in stomach. No acute process.",
+        ),
+        ("Impression: small left pneumothorax.", "small left pneumothorax."),
+        ("No acute cardiopulmonary process.", "No acute cardiopulmonary process."),  # no headers: as typed
+    ],
+)
 def test_a_typed_report_becomes_the_prompt_the_model_was_trained_on(typed, prompt):
     assert prompt_from_report(typed) == prompt
 
@@ -261,19 +363,33 @@ def test_precision_recall_density_coverage_on_known_sets():
     assert same["precision"] == same["recall"] == same["coverage"] == 1.0 and same["density"] >= 1.0
     far = precision_recall_density_coverage(real, real + 100.0, k=5)
     assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
-    collapsed = precision_recall_density_coverage(real, np.repeat(real[:1], 200, axis=0) + rng.normal(0, 1e-3, (200, 4)))
+    collapsed = precision_recall_density_coverage(
+        real, np.repeat(real[:1], 200, axis=0) + rng.normal(0, 1e-3, (200, 4))
+    )
     assert collapsed["precision"] == 1.0 and collapsed["coverage"] < 0.1  # faithful but not diverse
     distances, nearest = nearest_distances(real[:3] + 1e-3, real)
     assert nearest.tolist() == [0, 1, 2] and (distances < 1e-2).all()
 
 
 def test_negation_and_retrieval_on_constructed_reports():
-    prompts = ["No pneumothorax or pleural effusion.", "Lungs are clear. No pneumothorax.",
-               "Large right pleural effusion. No pneumothorax.", "Small left pneumothorax."]
-    test = PromptSet(prompts, np.array([0, 0, 3, 5]), [{"No_Finding"}, {"No_Finding"}, {"Effusion"}, {"Pneumothorax"}],
-                     torch.zeros(4, 1, 8, 8), np.array(["a", "b", "c", "d"]), ["1", "2", "3", "4"])
+    prompts = [
+        "No pneumothorax or pleural effusion.",
+        "Lungs are clear. No pneumothorax.",
+        "Large right pleural effusion. No pneumothorax.",
+        "Small left pneumothorax.",
+    ]
+    test = PromptSet(
+        prompts,
+        np.array([0, 0, 3, 5]),
+        [{"No_Finding"}, {"No_Finding"}, {"Effusion"}, {"Pneumothorax"}],
+        torch.zeros(4, 1, 8, 8),
+        np.array(["a", "b", "c", "d"]),
+        ["1", "2", "3", "4"],
+    )
     names = ["No_Finding", "Atelectasis", "Cardiomegaly", "Effusion", "Pneumonia", "Pneumothorax"]
-    table = negation_table(test, np.array([5, 0, 5, 5]), names, real_predicted=np.array([0, 0, 5, 5])).set_index("finding")
+    table = negation_table(test, np.array([5, 0, 5, 5]), names, real_predicted=np.array([0, 0, 5, 5])).set_index(
+        "finding"
+    )
     # pneumothorax is denied in the first three reports and produced for two of them (1st, 3rd)
     assert table.loc["Pneumothorax", "denying reports"] == 3
     assert table.loc["Pneumothorax", "rate when denied"] == pytest.approx(2 / 3)
@@ -281,8 +397,10 @@ def test_negation_and_retrieval_on_constructed_reports():
     assert table.loc["Pneumothorax", "rate when denied beside another finding"] == 1.0
     # the classifier calls the real image of the third report (an effusion) a pneumothorax too
     assert table.loc["Pneumothorax", "rate on the real images of the denying reports"] == pytest.approx(1 / 3)
-    assert retrieval_baseline(["Small left pneumothorax.", "No acute disease."],
-                              ["Moderate left pneumothorax.", "No acute cardiopulmonary disease."]).tolist() == [0, 1]
+    assert retrieval_baseline(
+        ["Small left pneumothorax.", "No acute disease."],
+        ["Moderate left pneumothorax.", "No acute cardiopulmonary disease."],
+    ).tolist() == [0, 1]
 
 
 def test_trainable_encoder_layers_train_with_the_unet_and_are_saved_into_the_encoder(tmp_path):
@@ -297,10 +415,16 @@ def test_trainable_encoder_layers_train_with_the_unet_and_are_saved_into_the_enc
     groups = model.parameter_groups(2e-3)
     assert groups[1]["lr"] == pytest.approx(1e-4)  # the pretrained layer adapts at a small share of the rate
     optimizer = torch.optim.AdamW(groups, lr=2e-3)
-    batch = {"target": torch.randn(2, 4, 8, 8), "text": lower.hidden, "text_mask": lower.mask,
-             "null_text": null.hidden, "null_mask": null.mask}
+    batch = {
+        "target": torch.randn(2, 4, 8, 8),
+        "text": lower.hidden,
+        "text_mask": lower.mask,
+        "null_text": null.hidden,
+        "null_mask": null.mask,
+    }
     loss, _ = diffusion_step(Conditioning(text=True), ScheduleConfig(prediction_type="v_prediction"))(
-        model, batch, torch.Generator().manual_seed(0))
+        model, batch, torch.Generator().manual_seed(0)
+    )
     loss.backward()
     optimizer.step()
     trained = encoder.with_top_layers(model.text_layers)
@@ -319,12 +443,19 @@ def test_contrastive_alignment_trains_and_saves_a_loadable_encoder(tmp_path):
     from cxr_pipeline.models.training import TrainConfig
 
     encoder = tiny_encoder(tmp_path / "encoder")
-    texts = ["Large right pneumothorax.", "The lungs are clear.", "Mild cardiomegaly.", "Small left pleural effusion."] * 4
+    texts = [
+        "Large right pneumothorax.",
+        "The lungs are clear.",
+        "Mild cardiomegaly.",
+        "Small left pleural effusion.",
+    ] * 4
     latents = torch.randn(4, 4, 8, 8).repeat(4, 1, 1, 1)  # each report paired with its own image
-    config = TrainConfig(steps=30, batch_size=4, learning_rate=3e-3, warmup_steps=2, ema_decay=0.5, eval_every=30,
-                         checkpoint_every=15)
-    outcome = align_report_encoder(tmp_path / "encoder", texts, latents, texts[:8], latents[:8], config,
-                                   tmp_path / "runs", "tiny", max_length=12)
+    config = TrainConfig(
+        steps=30, batch_size=4, learning_rate=3e-3, warmup_steps=2, ema_decay=0.5, eval_every=30, checkpoint_every=15
+    )
+    outcome = align_report_encoder(
+        tmp_path / "encoder", texts, latents, texts[:8], latents[:8], config, tmp_path / "runs", "tiny", max_length=12
+    )
     assert outcome.final_step == 30 and outcome.metrics["val_retrieval_top1"] > 0.4  # chance is 1/4
     aligned = ReportEncoder.from_pretrained(outcome.model_dir)
     assert not torch.allclose(aligned.encode(texts[:2]).hidden, encoder.encode(texts[:2]).hidden)

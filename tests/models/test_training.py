@@ -25,15 +25,30 @@ def tiny_setup(root: Path):
     if not store.shard_names():
         rng = np.random.default_rng(0)
         y, x = np.mgrid[0:32, 0:32] / 32
-        images = np.stack([np.clip(0.5 + 0.3 * np.sin(5 * x + p) * np.cos(3 * y + 2 * p), 0, 1)
-                           for p in rng.uniform(0, 6, 32)]).astype(np.float32)
+        images = np.stack(
+            [np.clip(0.5 + 0.3 * np.sin(5 * x + p) * np.cos(3 * y + 2 * p), 0, 1) for p in rng.uniform(0, 6, 32)]
+        ).astype(np.float32)
         shard = store.write_shard(to_stored(images))
-        pd.DataFrame({"image_id": [f"i{k}" for k in range(32)], "shard": shard, "shard_index": range(32),
-                      "split": ["train"] * 24 + ["val"] * 8}).to_parquet(root / "metadata.parquet")
+        pd.DataFrame(
+            {
+                "image_id": [f"i{k}" for k in range(32)],
+                "shard": shard,
+                "shard_index": range(32),
+                "split": ["train"] * 24 + ["val"] * 8,
+            }
+        ).to_parquet(root / "metadata.parquet")
     metadata = pd.read_parquet(root / "metadata.parquet")
     vae_config = VaeConfig(block_out_channels=(8, 16), latent_channels=2, norm_num_groups=8)
-    train_config = TrainConfig(steps=12, batch_size=4, learning_rate=3e-3, warmup_steps=2, checkpoint_every=2,
-                               eval_every=6, log_every=2, device="cpu")
+    train_config = TrainConfig(
+        steps=12,
+        batch_size=4,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        checkpoint_every=2,
+        eval_every=6,
+        log_every=2,
+        device="cpu",
+    )
     return metadata, store, vae_config, train_config
 
 
@@ -59,8 +74,20 @@ def test_hard_kill_then_restart_resumes_at_the_checkpoint_with_identical_weights
     metadata, store, vae_config, train_config = tiny_setup(data)
     # bit-identical weights need the same thread count in both processes (CPU kernels round
     # differently at different counts), whatever the environment passes to a subprocess
-    killed = subprocess.run([sys.executable, "-m", "tests.helpers.train_until_killed", str(data), str(tmp_path / "crashed"),
-                             "6", str(torch.get_num_threads())], cwd=REPO, capture_output=True, text=True)
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.helpers.train_until_killed",
+            str(data),
+            str(tmp_path / "crashed"),
+            "6",
+            str(torch.get_num_threads()),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not list((tmp_path / "crashed").rglob("model/config.json"))  # it died before finishing
 
@@ -110,6 +137,7 @@ def test_mixed_precision_choice_per_device():
     from dataclasses import replace
 
     from cxr_pipeline.models.training import autocast_dtype, cpu_has_native_bf16
+
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     config = TrainConfig()
     assert autocast_dtype(config, cpu) is None  # fp32 on CPU unless a recipe opts in
@@ -126,6 +154,7 @@ def test_mixed_precision_choice_per_device():
 def test_sampling_precision_follows_the_kind_and_the_machine():
     from cxr_pipeline.models.pipelines import DiffusionPipeline
     from cxr_pipeline.models.training import cpu_has_native_bf16
+
     kinds = [DiffusionPipeline, *DiffusionPipeline.__subclasses__()]
     assert len(kinds) == 6 and not DiffusionPipeline.cpu_bf16  # a new kind samples in fp32 until val says otherwise
     for kind in kinds:
@@ -137,10 +166,18 @@ def test_sampling_precision_follows_the_kind_and_the_machine():
 
 def test_bf16_autocast_on_cpu_trains_fp32_weights_that_reconstruct(tmp_path):
     from dataclasses import replace
+
     metadata, store, vae_config, train_config = tiny_setup(tmp_path)
     events = []
-    outcome = train_vae(metadata, store, tmp_path / "runs", vae_config, replace(train_config, mixed_precision="bf16"),
-                        "tiny", progress=events.append)
+    outcome = train_vae(
+        metadata,
+        store,
+        tmp_path / "runs",
+        vae_config,
+        replace(train_config, mixed_precision="bf16"),
+        "tiny",
+        progress=events.append,
+    )
     losses = [e.metrics["loss"] for e in events if e.kind == "step"]
     assert losses[-1] < losses[0] * 0.7, losses
     assert all(t.dtype == torch.float32 for t in weights(outcome.model_dir).values())
@@ -150,6 +187,7 @@ def test_bf16_autocast_on_cpu_trains_fp32_weights_that_reconstruct(tmp_path):
 def test_divergence_is_a_clear_error(tmp_path):
     metadata, store, vae_config, train_config = tiny_setup(tmp_path)
     from dataclasses import replace
+
     with pytest.raises(FloatingPointError, match="learning rate"):
         train_vae(metadata, store, tmp_path / "runs", vae_config, replace(train_config, learning_rate=1e12), "tiny")
 
@@ -159,9 +197,21 @@ def test_two_ranks_under_torchrun_end_where_one_process_does(tmp_path):
     reports and checkpoints, and both ranks hold the same weights."""
     from tests.helpers.ddp_train import train_regression
 
-    completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                                str(REPO / "tests" / "helpers" / "ddp_train.py"), str(tmp_path)], capture_output=True, text=True,
-                               timeout=300)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(REPO / "tests" / "helpers" / "ddp_train.py"),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     rank0 = torch.load(tmp_path / "weights_rank0_of_2.pt")
     rank1 = torch.load(tmp_path / "weights_rank1_of_2.pt")
@@ -198,9 +248,16 @@ def test_cpu_bf16_training_computes_attention_explicitly_with_the_same_values(tm
 
     def text_unet():
         torch.manual_seed(0)
-        return UNetConfig(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
-                          norm_num_groups=8, cross_attention_dim=12, attention_head_dim=4,
-                          cross_attention_levels=1).build()
+        return UNetConfig(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(8, 16),
+            norm_num_groups=8,
+            cross_attention_dim=12,
+            attention_head_dim=4,
+            cross_attention_levels=1,
+        ).build()
 
     def processors(model):
         return {type(m.processor) for m in model.modules() if isinstance(m, Attention)}
@@ -211,15 +268,19 @@ def test_cpu_bf16_training_computes_attention_explicitly_with_the_same_values(tm
     assert processors(fused) == {AttnProcessor2_0}
     assert explicit_attention(explicit) == len([m for m in explicit.modules() if isinstance(m, Attention)]) > 0
     with torch.no_grad():
-        outputs = [m(x, t, encoder_hidden_states=hidden, encoder_attention_mask=mask, class_labels=hidden.mean(1)).sample
-                   for m in (fused, explicit)]
+        outputs = [
+            m(x, t, encoder_hidden_states=hidden, encoder_attention_mask=mask, class_labels=hidden.mean(1)).sample
+            for m in (fused, explicit)
+        ]
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)  # masked padding included
 
     config = TrainConfig(steps=1, batch_size=3, device="cpu")
-    trainer = Trainer(text_unet(), lambda *a: None, lambda step: None, replace(config, mixed_precision="bf16"),
-                      tmp_path / "bf16")
+    trainer = Trainer(
+        text_unet(), lambda *a: None, lambda step: None, replace(config, mixed_precision="bf16"), tmp_path / "bf16"
+    )
     assert processors(trainer.model) == {AttnProcessor}
     assert processors(trainer.ema_model()) == {AttnProcessor}
-    trainer = Trainer(text_unet(), lambda *a: None, lambda step: None, replace(config, mixed_precision="no"),
-                      tmp_path / "fp32")
+    trainer = Trainer(
+        text_unet(), lambda *a: None, lambda step: None, replace(config, mixed_precision="no"), tmp_path / "fp32"
+    )
     assert processors(trainer.model) == {AttnProcessor2_0}

@@ -76,9 +76,16 @@ def test_vignette_keeps_the_centre_and_darkens_the_corners_by_its_strength():
 
 def test_presets_are_the_reference_table_and_keep_images_in_range():
     balanced = PRESETS["balanced"]
-    assert (balanced.window_center, balanced.window_width, balanced.edge_amount, balanced.median_size,
-            balanced.clahe_clip, balanced.clahe_grid, balanced.vignette, balanced.histogram_equalization) == \
-        (0.5, 1.0, 0.7, 0, 0.0, (8, 8), 0.0, False)
+    assert (
+        balanced.window_center,
+        balanced.window_width,
+        balanced.edge_amount,
+        balanced.median_size,
+        balanced.clahe_clip,
+        balanced.clahe_grid,
+        balanced.vignette,
+        balanced.histogram_equalization,
+    ) == (0.5, 1.0, 0.7, 0, 0.0, (8, 8), 0.0, False)
     assert PRESETS["sharp_detail"].histogram_equalization is False and PRESETS["radiographic_film"].clahe_grid == (7, 7)
     image = ramp()
     for name in PRESETS:
@@ -87,8 +94,14 @@ def test_presets_are_the_reference_table_and_keep_images_in_range():
     np.testing.assert_array_equal(enhance(image, "none"), image)
     assert [s for s, _ in balanced.steps()] == ["unsharp mask"]
     film = PRESETS["radiographic_film"]
-    assert [s for s, _ in film.steps()] == ["window", "CLAHE", "median", "unsharp mask", "histogram equalization",
-                                            "vignette"]
+    assert [s for s, _ in film.steps()] == [
+        "window",
+        "CLAHE",
+        "median",
+        "unsharp mask",
+        "histogram equalization",
+        "vignette",
+    ]
 
 
 def test_a_custom_preset_runs_only_its_steps():
@@ -110,6 +123,7 @@ def test_appearance_figures():
     rng = np.random.default_rng(2)
     noisy = rng.random((32, 32))
     from skimage.filters import gaussian
+
     assert sharpness(noisy) > 10 * sharpness(gaussian(noisy, 2))
     assert set(appearance(noisy)) == {"contrast", "sharpness", "entropy"}
 
@@ -140,8 +154,11 @@ def test_the_default_preset_stays_close_to_the_raw_image_on_demo_and_real_radiog
         return from_stored(ingest_file(path, IngestOptions(image_size=size, workers=1)).stored).astype(np.float64)
 
     real = read(pydicom_file("RG1_UNCR.dcm"), 256)
-    images = {"real 256 px": real, "real 64 px": resize(real, (64, 64), anti_aliasing=True),
-              "demo 64 px": read(next(small_demo.rglob("*.png")), 64)}
+    images = {
+        "real 256 px": real,
+        "real 64 px": resize(real, (64, 64), anti_aliasing=True),
+        "demo 64 px": read(next(small_demo.rglob("*.png")), 64),
+    }
     for name, raw in images.items():
         shown = PRESETS["balanced"](raw)
         assert structural_similarity(raw, shown, data_range=1.0) > 0.9, name  # no blotches

@@ -27,13 +27,9 @@ from cxr_pipeline.models.classifier import (
     embed,
     load_classifier,
 )
-from cxr_pipeline.models.diffusion import (
-    Conditioning,
-    ScheduleConfig,
-    UNetConfig,
-    save_model,
-)
+from cxr_pipeline.models.diffusion import Conditioning, ScheduleConfig, UNetConfig
 from cxr_pipeline.models.implicit import ImplicitDecoder
+from cxr_pipeline.models.model_folder import save_model
 from cxr_pipeline.models.model_settings import (
     ArbitrarySRSettings,
     ClassDDPMSettings,
@@ -57,44 +53,127 @@ def model_folders(root: Path) -> dict[str, Path]:
     vae = TINY_VAE.build().eval()
     folders = {}
     sr_unet = UNetConfig(8, 4, 2, block_out_channels=(16, 32), norm_num_groups=8)
-    save_model(root / "sr", sr_unet.build(), untrained("latent_sr_x2", sr_unet, ScheduleConfig(100, prediction_type="sample"),
-               Conditioning(concat_channels=2, residual_scale=2.0),
-               LatentSRSettings(scale=2, residual=True, vae_source="vae", scaling_factor=1.5)), vae)
+    save_model(
+        root / "sr",
+        sr_unet.build(),
+        untrained(
+            "latent_sr_x2",
+            sr_unet,
+            ScheduleConfig(100, prediction_type="sample"),
+            Conditioning(concat_channels=2, residual_scale=2.0),
+            LatentSRSettings(scale=2, residual=True, vae_source="vae", scaling_factor=1.5),
+        ),
+        vae,
+    )
     class_unet = UNetConfig(8, 2, 2, block_out_channels=(16, 32), norm_num_groups=8, num_class_embeds=4)
-    save_model(root / "class", class_unet.build(), untrained(
-        "class_ddpm", class_unet, ScheduleConfig(100, prediction_type="v_prediction"),
-        Conditioning(num_classes=3, class_dropout=0.1),
-        ClassDDPMSettings(classes=["a", "b", "c"], class_balance=True, guidance_scale=2.0, space="latent",
-                          vae_source="vae", scaling_factor=1.5)), vae)
+    save_model(
+        root / "class",
+        class_unet.build(),
+        untrained(
+            "class_ddpm",
+            class_unet,
+            ScheduleConfig(100, prediction_type="v_prediction"),
+            Conditioning(num_classes=3, class_dropout=0.1),
+            ClassDDPMSettings(
+                classes=["a", "b", "c"],
+                class_balance=True,
+                guidance_scale=2.0,
+                space="latent",
+                vae_source="vae",
+                scaling_factor=1.5,
+            ),
+        ),
+        vae,
+    )
     denoiser_unet = UNetConfig(16, 2, 1, block_out_channels=(16, 32), norm_num_groups=8, num_class_embeds=3)
-    save_model(root / "denoiser", denoiser_unet.build(), untrained(
-        "denoiser", denoiser_unet, ScheduleConfig(100, prediction_type="sample"),
-        Conditioning(concat_channels=1, num_classes=2, class_dropout=0.1, residual_scale=3.0),
-        DenoiserSettings(doses=[1000.0, 3000.0], dose_conditioning=True, sampling_strength=0.4, crop=None, residual=True)))
+    save_model(
+        root / "denoiser",
+        denoiser_unet.build(),
+        untrained(
+            "denoiser",
+            denoiser_unet,
+            ScheduleConfig(100, prediction_type="sample"),
+            Conditioning(concat_channels=1, num_classes=2, class_dropout=0.1, residual_scale=3.0),
+            DenoiserSettings(
+                doses=[1000.0, 3000.0], dose_conditioning=True, sampling_strength=0.4, crop=None, residual=True
+            ),
+        ),
+    )
     arbitrary_unet = UNetConfig(8, 4, 2, block_out_channels=(16, 32), norm_num_groups=8, class_embed_type="timestep")
-    save_model(root / "arbitrary", arbitrary_unet.build(), untrained(
-        "arbitrary_sr", arbitrary_unet, ScheduleConfig(100, prediction_type="sample"),
-        Conditioning(concat_channels=2, residual_scale=2.0),
-        ArbitrarySRSettings(scale_min=1.0, scale_max=4.0, draws_per_image=6, draws_by_area=True, degradation_mix=True,
-                            pair_seed=0, residual=True, decoder_min_ratio=0.75, decoder_run="none", vae_source="vae",
-                            scaling_factor=1.5)), vae)
+    save_model(
+        root / "arbitrary",
+        arbitrary_unet.build(),
+        untrained(
+            "arbitrary_sr",
+            arbitrary_unet,
+            ScheduleConfig(100, prediction_type="sample"),
+            Conditioning(concat_channels=2, residual_scale=2.0),
+            ArbitrarySRSettings(
+                scale_min=1.0,
+                scale_max=4.0,
+                draws_per_image=6,
+                draws_by_area=True,
+                degradation_mix=True,
+                pair_seed=0,
+                residual=True,
+                decoder_min_ratio=0.75,
+                decoder_run="none",
+                vae_source="vae",
+                scaling_factor=1.5,
+            ),
+        ),
+        vae,
+    )
     ImplicitDecoder.from_vae(vae, (16, 16)).head.save_pretrained(str(root / "arbitrary" / "head"))
     vae.save_pretrained(str(root / "vae"))
-    folders.update(sr=root / "sr", arbitrary=root / "arbitrary", class_model=root / "class", denoiser=root / "denoiser", vae=root / "vae")
+    folders.update(
+        sr=root / "sr",
+        arbitrary=root / "arbitrary",
+        class_model=root / "class",
+        denoiser=root / "denoiser",
+        vae=root / "vae",
+    )
     config = ClassifierConfig()
     (root / "classifier").mkdir()
-    save_file({k: v.contiguous() for k, v in CxrClassifier(config, 3).state_dict().items()},
-              root / "classifier" / "model.safetensors")
-    (root / "classifier" / "classifier.json").write_text(ClassifierSettings(
-        config=config, classes=["a", "b", "c"], image_size=64, num_features=config.widths[-1], metrics={},
-        training=TrainingRecord(step=0, data_hash="none", train={})).to_json())
+    save_file(
+        {k: v.contiguous() for k, v in CxrClassifier(config, 3).state_dict().items()},
+        root / "classifier" / "model.safetensors",
+    )
+    (root / "classifier" / "classifier.json").write_text(
+        ClassifierSettings(
+            config=config,
+            classes=["a", "b", "c"],
+            image_size=64,
+            num_features=config.widths[-1],
+            metrics={},
+            training=TrainingRecord(step=0, data_hash="none", train={}),
+        ).to_json()
+    )
     folders["classifier"] = root / "classifier"
     encoder = tiny_encoder(root / "report_encoder")
     text_unet = UNetConfig(8, 2, 2, block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=32)
-    save_model(root / "text", text_unet.build(), untrained(
-        "text_ldm", text_unet, ScheduleConfig(100, prediction_type="v_prediction"), Conditioning(text=True, text_dropout=0.1),
-        TextLDMSettings(guidance_scale=3.0, text_dropout=0.1, balance=True, trainable_encoder_layers=0, vae_source="vae",
-                        encoder_source="report_encoder", text_length=16, train_reports=0, scaling_factor=1.5)), vae)
+    save_model(
+        root / "text",
+        text_unet.build(),
+        untrained(
+            "text_ldm",
+            text_unet,
+            ScheduleConfig(100, prediction_type="v_prediction"),
+            Conditioning(text=True, text_dropout=0.1),
+            TextLDMSettings(
+                guidance_scale=3.0,
+                text_dropout=0.1,
+                balance=True,
+                trainable_encoder_layers=0,
+                vae_source="vae",
+                encoder_source="report_encoder",
+                text_length=16,
+                train_reports=0,
+                scaling_factor=1.5,
+            ),
+        ),
+        vae,
+    )
     encoder.save_pretrained(root / "text" / "text_encoder")
     folders.update(text=root / "text", report_encoder=root / "report_encoder")
     return folders
@@ -123,9 +202,10 @@ def load(uri: str, key: str):
 
 def test_kinds_are_read_from_the_folders_and_a_foreign_folder_is_refused(registered, tmp_path):
     _, folders, versions = registered
-    assert [kinds.folder_kind_name(folders[k]) for k in ("sr", "class_model", "denoiser", "vae", "classifier", "text",
-                                                  "report_encoder")] == \
-        ["latent_sr_x2", "class_ddpm", "denoiser", "vae", "classifier", "text_ldm", "report_encoder"]
+    assert [
+        kinds.folder_kind_name(folders[k])
+        for k in ("sr", "class_model", "denoiser", "vae", "classifier", "text", "report_encoder")
+    ] == ["latent_sr_x2", "class_ddpm", "denoiser", "vae", "classifier", "text_ldm", "report_encoder"]
     assert set(map(str, versions.values())) == {"1"}
     with pytest.raises(ValueError, match="not a model folder"):
         kinds.folder_kind_name(tmp_path)
@@ -136,7 +216,9 @@ def test_super_resolution_through_pyfunc_matches_the_library(registered):
     model = load(uri, "sr")
     low = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
     served = model.predict(low, params={"seed": 3, "steps": 4})
-    expected = pipelines.LatentSuperResolution.from_pretrained(folders["sr"], "cpu")(torch.from_numpy(low), seed=3, steps=4)
+    expected = pipelines.LatentSuperResolution.from_pretrained(folders["sr"], "cpu")(
+        torch.from_numpy(low), seed=3, steps=4
+    )
     assert served.shape == (2, 1, 16, 16)
     np.testing.assert_array_equal(served, expected.numpy())
     schema = {p.name: p.default for p in model.metadata.get_params_schema().params}
@@ -149,7 +231,8 @@ def test_arbitrary_scale_super_resolution_through_pyfunc_takes_the_scale_as_a_pa
     low = np.random.default_rng(4).random((2, 1, 6, 6), dtype=np.float32)
     served = model.predict(low, params={"seed": 1, "steps": 3, "scale": 2.5})
     expected = pipelines.ArbitraryScaleSuperResolution.from_pretrained(folders["arbitrary"], "cpu")(
-        torch.from_numpy(low), scale=2.5, seed=1, steps=3)
+        torch.from_numpy(low), scale=2.5, seed=1, steps=3
+    )
     assert served.shape == (2, 1, 15, 15)  # off the latent grid: rendered by the implicit decoder
     np.testing.assert_array_equal(served, expected.numpy())
     schema = {p.name: p.default for p in model.metadata.get_params_schema().params}
@@ -174,7 +257,9 @@ def test_text_model_and_report_encoder_through_pyfunc_take_report_text(registere
 
     uri, folders, _ = registered
     reports = ["Moderate right pleural effusion.", "The lungs are clear. No pneumothorax."]
-    images = load(uri, "text").predict(pd.DataFrame({"report": reports}), params={"seed": 2, "steps": 3, "guidance": 2.0})
+    images = load(uri, "text").predict(
+        pd.DataFrame({"report": reports}), params={"seed": 2, "steps": 3, "guidance": 2.0}
+    )
     generator = pipelines.TextConditionalGenerator.from_pretrained(folders["text"], "cpu")
     assert images.shape == (2, 1, 16, 16)
     np.testing.assert_array_equal(images, generator(reports, seed=2, steps=3, guidance=2.0).numpy())
@@ -187,8 +272,9 @@ def test_text_model_and_report_encoder_through_pyfunc_take_report_text(registere
 def test_vae_and_classifier_through_pyfunc_match_the_library(registered):
     uri, folders, _ = registered
     images = np.random.default_rng(2).random((3, 1, 16, 16), dtype=np.float32)
-    np.testing.assert_array_equal(load(uri, "vae").predict(images),
-                                  reconstruct(load_vae(folders["vae"]), torch.from_numpy(images)).numpy())
+    np.testing.assert_array_equal(
+        load(uri, "vae").predict(images), reconstruct(load_vae(folders["vae"]), torch.from_numpy(images)).numpy()
+    )
     probabilities = load(uri, "classifier").predict(images)
     expected = embed(load_classifier(folders["classifier"], "cpu")[0], torch.from_numpy(images))[1]
     assert probabilities.shape == (3, 3)
@@ -215,13 +301,30 @@ def free_port() -> int:
 def test_mlflow_models_serve_answers_over_http(registered):
     uri, folders, _ = registered
     port = free_port()
-    command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", "models:/cxr-test-sr/1",
-               "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port), "-w", "1"]
+    command = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "models",
+        "serve",
+        "-m",
+        "models:/cxr-test-sr/1",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    ]
     # mlflow starts uvicorn by name: the environment's bin folder on PATH, as an activated venv has it
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    server = subprocess.Popen(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path},
-                              stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, start_new_session=True)
+    server = subprocess.Popen(
+        command,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -232,15 +335,22 @@ def test_mlflow_models_serve_answers_over_http(registered):
             except OSError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the server did not start: {server.stderr.read().decode()[-2000:] if server.poll() is not None else 'timeout'}")
+                pytest.fail(
+                    f"the server did not start: {server.stderr.read().decode()[-2000:] if server.poll() is not None else 'timeout'}"
+                )
             time.sleep(0.5)
         low = np.random.default_rng(4).random((1, 1, 8, 8), dtype=np.float32)
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", method="POST", headers={"Content-Type": "application/json"},
-            data=json.dumps({"inputs": low.tolist(), "params": {"seed": 2, "steps": 3}}).encode())
+            f"http://127.0.0.1:{port}/invocations",
+            method="POST",
+            headers={"Content-Type": "application/json"},
+            data=json.dumps({"inputs": low.tolist(), "params": {"seed": 2, "steps": 3}}).encode(),
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = np.asarray(json.loads(response.read())["predictions"], dtype=np.float32)
-        expected = pipelines.LatentSuperResolution.from_pretrained(folders["sr"], "cpu")(torch.from_numpy(low), seed=2, steps=3)
+        expected = pipelines.LatentSuperResolution.from_pretrained(folders["sr"], "cpu")(
+            torch.from_numpy(low), seed=2, steps=3
+        )
         np.testing.assert_allclose(answer, expected.numpy(), atol=1e-6)
     finally:
         if server.poll() is None:

@@ -248,26 +248,33 @@ def _make_patient(task: _PatientTask) -> dict[str, Any]:
             _save_raster(image, path, kind)
             files.append(("nih", path.relative_to(root).as_posix()))
             # Its own generator: the images stay what they were before the demo had reports.
-            report = reports.write_report(drawn, view=study.view, age=age, sex=traits.sex,
-                                          rng=np.random.default_rng([spec.seed, task.index, k, 17]))
+            report = reports.write_report(
+                drawn,
+                view=study.view,
+                age=age,
+                sex=traits.sex,
+                rng=np.random.default_rng([spec.seed, task.index, k, 17]),
+            )
             uid = task.index * 100 + k
             report_path = root / "openi" / "ecgen-radiology" / f"{uid}.xml"
             report_path.parent.mkdir(parents=True, exist_ok=True)
             report_path.write_text(reports.openi_xml(report, uid, [Path(name).stem]))
             files.append(("openi", report_path.relative_to(root).as_posix()))
-            rows.append({
-                "Image Index": name,
-                "Finding Labels": "|".join(findings) if findings else "No Finding",
-                "Follow-up #": k,
-                "Patient ID": task.index,
-                "Patient Age": age,
-                "Patient Gender": traits.sex,
-                "View Position": study.view,
-                "OriginalImage[Width": int(2500 + rng.integers(0, 500)),
-                "Height]": int(2500 + rng.integers(0, 500)),
-                "OriginalImagePixelSpacing[x": 0.143,
-                "y]": 0.143,
-            })
+            rows.append(
+                {
+                    "Image Index": name,
+                    "Finding Labels": "|".join(findings) if findings else "No Finding",
+                    "Follow-up #": k,
+                    "Patient ID": task.index,
+                    "Patient Age": age,
+                    "Patient Gender": traits.sex,
+                    "View Position": study.view,
+                    "OriginalImage[Width": int(2500 + rng.integers(0, 500)),
+                    "Height]": int(2500 + rng.integers(0, 500)),
+                    "OriginalImagePixelSpacing[x": 0.143,
+                    "y]": 0.143,
+                }
+            )
     return {"rows": rows, "files": files}
 
 
@@ -300,9 +307,14 @@ def _write_bad_inputs(root: Path, spec: DemoSpec, nih_files: list[str], dicom_fi
 
     size = max(64, spec.source_size // 4)
     meta = {
-        "patient_id": "DMOCT0001", "sop_uid": _uid(spec.seed, "ct"), "study_uid": _uid(spec.seed, "ct-study"),
-        "series_uid": _uid(spec.seed, "ct-series"), "birth_date": "19600101", "study_date": "20250101",
-        "sex": "F", "modality": "CT",
+        "patient_id": "DMOCT0001",
+        "sop_uid": _uid(spec.seed, "ct"),
+        "study_uid": _uid(spec.seed, "ct-study"),
+        "series_uid": _uid(spec.seed, "ct-series"),
+        "birth_date": "19600101",
+        "study_date": "20250101",
+        "sex": "F",
+        "modality": "CT",
     }
     ct = _dicom_dataset(meta, CTImageStorage)
     ct.BodyPartExamined = "CHEST"
@@ -316,15 +328,27 @@ def _write_bad_inputs(root: Path, spec: DemoSpec, nih_files: list[str], dicom_fi
     ct.save_as(path, enforce_file_format=True)
     written.append(path.relative_to(root).as_posix())
 
-    meta.update(patient_id="DMOLAT0001", sop_uid=_uid(spec.seed, "lat"), study_uid=_uid(spec.seed, "lat-study"),
-                series_uid=_uid(spec.seed, "lat-series"), modality="DX")
+    meta.update(
+        patient_id="DMOLAT0001",
+        sop_uid=_uid(spec.seed, "lat"),
+        study_uid=_uid(spec.seed, "lat-study"),
+        series_uid=_uid(spec.seed, "lat-series"),
+        modality="DX",
+    )
     lateral = phantom.render_lateral(spec.seed, spec.source_size)
     path = root / "dicom" / "DMOLAT0001" / "lateral.dcm"
-    write_dicom_image(path, lateral, {**meta, "body_part": "CHEST", "view": "LL", "age": 64}, rng, ExplicitVRLittleEndian)
+    write_dicom_image(
+        path, lateral, {**meta, "body_part": "CHEST", "view": "LL", "age": 64}, rng, ExplicitVRLittleEndian
+    )
     written.append(path.relative_to(root).as_posix())
 
-    meta.update(patient_id="DMOKO0001", sop_uid=_uid(spec.seed, "ko"), study_uid=_uid(spec.seed, "ko-study"),
-                series_uid=_uid(spec.seed, "ko-series"), modality="KO")
+    meta.update(
+        patient_id="DMOKO0001",
+        sop_uid=_uid(spec.seed, "ko"),
+        study_uid=_uid(spec.seed, "ko-study"),
+        series_uid=_uid(spec.seed, "ko-series"),
+        modality="KO",
+    )
     ko = _dicom_dataset(meta, KeyObjectSelectionDocumentStorage)
     path = root / "dicom" / "DMOKO0001" / "key_objects.dcm"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -191,21 +191,23 @@ def _lung_outline(side: int, traits: PatientTraits, dome_v: float, medial: float
     ``medial`` is the distance of the lower medial border from the midline (the heart border).
     """
     w, h = traits.thorax_width, traits.thorax_height
-    points = np.array([
-        (-0.26, -0.72 * h),  # apex
-        (-0.50, -0.58 * h),
-        (-0.66 * w, -0.30 * h),
-        (-0.74 * w, 0.02),
-        (-0.77 * w, 0.28),
-        (-0.75 * w, dome_v + 0.14),  # costophrenic angle
-        (-0.58 * w, dome_v + 0.04),
-        (-0.40 * w, dome_v - 0.01),  # dome top
-        (-0.22, dome_v + 0.03),
-        (-medial, dome_v + 0.08),  # cardiophrenic angle
-        (-medial - 0.01, 0.05),
-        (-0.10, -0.30 * h),
-        (-0.15, -0.58 * h),
-    ])
+    points = np.array(
+        [
+            (-0.26, -0.72 * h),  # apex
+            (-0.50, -0.58 * h),
+            (-0.66 * w, -0.30 * h),
+            (-0.74 * w, 0.02),
+            (-0.77 * w, 0.28),
+            (-0.75 * w, dome_v + 0.14),  # costophrenic angle
+            (-0.58 * w, dome_v + 0.04),
+            (-0.40 * w, dome_v - 0.01),  # dome top
+            (-0.22, dome_v + 0.03),
+            (-medial, dome_v + 0.08),  # cardiophrenic angle
+            (-medial - 0.01, 0.05),
+            (-0.10, -0.30 * h),
+            (-0.15, -0.58 * h),
+        ]
+    )
     if side > 0:
         points[:, 0] *= -1.0
     return points
@@ -252,8 +254,14 @@ def _rib_lines(traits: PatientTraits, side: int) -> list[tuple[np.ndarray, np.nd
     return lines
 
 
-def _blobs(canvas: _Canvas, rng: np.random.Generator, center: tuple[float, float], spread: float,
-           count: int, radius: tuple[float, float]) -> np.ndarray:
+def _blobs(
+    canvas: _Canvas,
+    rng: np.random.Generator,
+    center: tuple[float, float],
+    spread: float,
+    count: int,
+    radius: tuple[float, float],
+) -> np.ndarray:
     field_ = np.zeros((canvas.size, canvas.size), dtype=np.float32)
     for _ in range(count):
         cu = center[0] + rng.normal(0, spread)
@@ -281,8 +289,11 @@ def render(traits: PatientTraits, study: StudyParams, size: int, drawn: list[Dra
     ctr = traits.cardiothoracic_ratio
     if "Cardiomegaly" in findings:
         ctr = float(rng.uniform(0.58, 0.68))
-        drawn.append(DrawnFinding("Cardiomegaly", severity=_grade(ctr, 0.61, 0.65, ("mild", "moderate", "marked")),
-                                  measure=round(ctr, 2)))
+        drawn.append(
+            DrawnFinding(
+                "Cardiomegaly", severity=_grade(ctr, 0.61, 0.65, ("mild", "moderate", "marked")), measure=round(ctr, 2)
+            )
+        )
     magnification = 1.12 if study.view == "AP" else 1.0
     thorax = 1.52 * traits.thorax_width
     heart_width = ctr * thorax * magnification
@@ -323,8 +334,15 @@ def render(traits: PatientTraits, study: StudyParams, size: int, drawn: list[Dra
         collapsed_lung[s] = canvas.polygon(cu, cv) * lung_masks[s]
         pneumothorax_space = np.clip(lung_masks[s] - collapsed_lung[s], 0, 1)
         # A lung shrunk to 0.62 of its reach is a large collapse, to 0.8 a small one.
-        drawn.append(DrawnFinding("Pneumothorax", side=_side_name(s), zone="apical",
-                                  severity=_grade(-shrink, -0.75, -0.68), measure=round(shrink, 2)))
+        drawn.append(
+            DrawnFinding(
+                "Pneumothorax",
+                side=_side_name(s),
+                zone="apical",
+                severity=_grade(-shrink, -0.75, -0.68),
+                measure=round(shrink, 2),
+            )
+        )
     lung = np.clip(lung_masks[-1] + lung_masks[1], 0, 1)
     depth = ndimage.distance_transform_edt(lung > 0.5).astype(np.float32)
     depth = np.sqrt(depth / max(1.0, depth.max()))
@@ -338,15 +356,19 @@ def render(traits: PatientTraits, study: StudyParams, size: int, drawn: list[Dra
     mediastinum = canvas.polygon(np.array([-0.11, 0.10, 0.12, -0.12]), np.array([-0.78, -0.78, 0.05, 0.05]))
     knob = (((u - 0.13) / 0.07) ** 2 + ((v + 0.28) / 0.065) ** 2 <= 1.0).astype(np.float32)
     heart_cu, heart_cv = (heart_left + heart_right) / 2.0, 0.12
-    heart = (((u - heart_cu) / ((heart_right - heart_left) / 2.0)) ** 2
-             + ((v - heart_cv) / (0.21 * magnification)) ** 2 <= 1.0).astype(np.float32)
+    heart = (
+        ((u - heart_cu) / ((heart_right - heart_left) / 2.0)) ** 2 + ((v - heart_cv) / (0.21 * magnification)) ** 2
+        <= 1.0
+    ).astype(np.float32)
     heart *= ((v > -0.12) & (v < max(dome.values()) + 0.08)).astype(np.float32)
     mu += 0.32 * canvas.blur(np.maximum(np.maximum(mediastinum, knob), heart), 0.012) * body
-    trachea = canvas.polylines([
-        (np.array([0.0, 0.0, 0.01]), np.array([-0.98, -0.6, -0.28]), 0.065, 1.0),
-        (np.array([0.01, -0.12]), np.array([-0.28, -0.14]), 0.04, 1.0),
-        (np.array([0.01, 0.14]), np.array([-0.28, -0.12]), 0.04, 1.0),
-    ])
+    trachea = canvas.polylines(
+        [
+            (np.array([0.0, 0.0, 0.01]), np.array([-0.98, -0.6, -0.28]), 0.065, 1.0),
+            (np.array([0.01, -0.12]), np.array([-0.28, -0.14]), 0.04, 1.0),
+            (np.array([0.01, 0.14]), np.array([-0.28, -0.12]), 0.04, 1.0),
+        ]
+    )
     mu -= 0.22 * canvas.blur(trachea, 0.01)
 
     # --- Bones --------------------------------------------------------------------------------
@@ -393,9 +415,15 @@ def render(traits: PatientTraits, study: StudyParams, size: int, drawn: list[Dra
             fluid = (lung_masks[s] * (v > surface)).astype(np.float32)
             # Fluid replaces the air: give back what the lung took, and a little more.
             mu += canvas.blur(fluid, 0.01) * (0.62 * (0.35 + 0.65 * depth) + 0.12)
-        drawn.append(DrawnFinding("Effusion", side="bilateral" if len(sides) == 2 else _side_name(sides[0]),
-                                  zone="lower", severity=_grade(max(heights), 0.28, 0.34),
-                                  measure=round(float(max(heights)), 2)))
+        drawn.append(
+            DrawnFinding(
+                "Effusion",
+                side="bilateral" if len(sides) == 2 else _side_name(sides[0]),
+                zone="lower",
+                severity=_grade(max(heights), 0.28, 0.34),
+                measure=round(float(max(heights)), 2),
+            )
+        )
     if "Atelectasis" in findings:
         s = side_of("Atelectasis")
         if rng.random() < 0.5:  # plate-like (discoid) bands in the lower zone
@@ -404,11 +432,13 @@ def render(traits: PatientTraits, study: StudyParams, size: int, drawn: list[Dra
                 y = rng.uniform(0.02, 0.18)
                 bands.append((np.array([0.2 * s, 0.62 * s]), np.array([y, y - rng.uniform(0.0, 0.06)]), 0.028, 1.0))
             mu += 0.45 * canvas.blur(canvas.polylines(bands), 0.01) * lung_masks[s]
-            drawn.append(DrawnFinding("Atelectasis", side=_side_name(s), zone="lower", pattern="plate-like",
-                                      count=len(bands)))
+            drawn.append(
+                DrawnFinding("Atelectasis", side=_side_name(s), zone="lower", pattern="plate-like", count=len(bands))
+            )
         else:  # lower-lobe collapse: a dense wedge along the heart border
-            wedge = canvas.polygon(np.array([0.12 * s, 0.45 * s, 0.18 * s]),
-                                   np.array([-0.05, dome[s] + 0.06, dome[s] + 0.08]))
+            wedge = canvas.polygon(
+                np.array([0.12 * s, 0.45 * s, 0.18 * s]), np.array([-0.05, dome[s] + 0.06, dome[s] + 0.08])
+            )
             mu += 0.5 * canvas.blur(wedge * lung_masks[s], 0.015)
             drawn.append(DrawnFinding("Atelectasis", side=_side_name(s), zone="lower", pattern="lower lobe collapse"))
     if "Pneumonia" in findings:
@@ -416,15 +446,28 @@ def render(traits: PatientTraits, study: StudyParams, size: int, drawn: list[Dra
         center = (s * rng.uniform(0.3, 0.5), rng.choice([-0.3, 0.05, 0.15]))
         consolidation = _blobs(canvas, rng, center, 0.07, int(rng.integers(6, 12)), (0.035, 0.08))
         consolidation = np.clip(consolidation, 0, 1.4) * lung_masks[s]
-        bronchi = canvas.polylines([
-            (np.array([center[0] * 0.4, center[0] + rng.normal(0, 0.05)]),
-             np.array([-0.05, center[1] + rng.normal(0, 0.05)]), 0.012, 1.0) for _ in range(3)
-        ])
+        bronchi = canvas.polylines(
+            [
+                (
+                    np.array([center[0] * 0.4, center[0] + rng.normal(0, 0.05)]),
+                    np.array([-0.05, center[1] + rng.normal(0, 0.05)]),
+                    0.012,
+                    1.0,
+                )
+                for _ in range(3)
+            ]
+        )
         mu += 0.55 * canvas.blur(consolidation, 0.01) - 0.08 * bronchi * (consolidation > 0.6)
         extent = np.count_nonzero(consolidation > 0.6) / max(1.0, float(np.count_nonzero(lung_masks[s] > 0.5)))
-        drawn.append(DrawnFinding("Pneumonia", side=_side_name(s), zone=_zone(float(center[1])),
-                                  severity=_grade(extent, 0.15, 0.175, ("patchy", "moderate", "extensive")),
-                                  measure=round(extent, 3)))
+        drawn.append(
+            DrawnFinding(
+                "Pneumonia",
+                side=_side_name(s),
+                zone=_zone(float(center[1])),
+                severity=_grade(extent, 0.15, 0.175, ("patchy", "moderate", "extensive")),
+                measure=round(extent, 3),
+            )
+        )
     if "Infiltration" in findings:
         texture = ndimage.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), size / 96)
         texture = np.clip(texture / (texture.std() + 1e-6), 0, 3) / 3
@@ -442,9 +485,15 @@ def render(traits: PatientTraits, study: StudyParams, size: int, drawn: list[Dra
             nodules.append((nodule_u, nodule_v, nodule_r))
         nodule_sides = {_side_name(n[0]) for n in nodules}
         largest = max(nodules, key=lambda n: n[2])
-        drawn.append(DrawnFinding("Nodule", side=nodule_sides.pop() if len(nodule_sides) == 1 else "bilateral",
-                                  zone=_zone(largest[1]), size_mm=round(2 * largest[2] * study.scale * MM_PER_UNIT),
-                                  count=len(nodules)))
+        drawn.append(
+            DrawnFinding(
+                "Nodule",
+                side=nodule_sides.pop() if len(nodule_sides) == 1 else "bilateral",
+                zone=_zone(largest[1]),
+                size_mm=round(2 * largest[2] * study.scale * MM_PER_UNIT),
+                count=len(nodules),
+            )
+        )
     if "Mass" in findings:
         mass_u = rng.uniform(0.3, 0.55) * side_of("Mass")
         mass_v = rng.uniform(-0.4, 0.05)
@@ -452,12 +501,20 @@ def render(traits: PatientTraits, study: StudyParams, size: int, drawn: list[Dra
         for _ in range(3):
             mass_r = rng.uniform(0.06, 0.1)
             ou, ov = rng.normal(0, 0.03, 2)
-            mass = np.maximum(mass, ((u - mass_u - ou) ** 2 + (v - mass_v - ov) ** 2 <= mass_r * mass_r).astype(np.float32))
+            mass = np.maximum(
+                mass, ((u - mass_u - ou) ** 2 + (v - mass_v - ov) ** 2 <= mass_r * mass_r).astype(np.float32)
+            )
         mu += 0.5 * canvas.blur(mass, 0.01)
         rows, columns = np.nonzero(mass > 0.5)
         mass_extent = max(np.ptp(rows), np.ptp(columns)) + 1 if len(rows) else 0
-        drawn.append(DrawnFinding("Mass", side=_side_name(side_of("Mass")), zone=_zone(mass_v),
-                                  size_mm=round(mass_extent / size * 2 * MM_PER_UNIT)))
+        drawn.append(
+            DrawnFinding(
+                "Mass",
+                side=_side_name(side_of("Mass")),
+                zone=_zone(mass_v),
+                size_mm=round(mass_extent / size * 2 * MM_PER_UNIT),
+            )
+        )
 
     # --- Projection, exposure, detector ------------------------------------------------------
     mu = np.clip(mu, 0.0, None)

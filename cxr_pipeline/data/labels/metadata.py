@@ -39,8 +39,17 @@ from .vocabulary import DEFAULT_CLASSES, LABEL_COLUMNS, NO_FINDING, PATHOLOGIES
 # When two sources describe the same image, the first in this order wins: curated label files
 # before what can be read off a file name or a header.
 SOURCE_PRIORITY = (
-    SourceKind.NIH, SourceKind.CHEXPERT, SourceKind.MIMIC, SourceKind.PADCHEST, SourceKind.VINDR, SourceKind.RSNA,
-    SourceKind.SIIM, SourceKind.INDIANA_CSV, SourceKind.INDIANA_XML, SourceKind.FILENAME, SourceKind.DICOM,
+    SourceKind.NIH,
+    SourceKind.CHEXPERT,
+    SourceKind.MIMIC,
+    SourceKind.PADCHEST,
+    SourceKind.VINDR,
+    SourceKind.RSNA,
+    SourceKind.SIIM,
+    SourceKind.INDIANA_CSV,
+    SourceKind.INDIANA_XML,
+    SourceKind.FILENAME,
+    SourceKind.DICOM,
 )
 # Filled from a lower-priority source of the same image (the DICOM header) where the chosen label
 # row has none: SIIM's CSV has no patient, VinDr's and RSNA's no sex or age.
@@ -146,8 +155,11 @@ def map_boxes(manifest: pd.DataFrame, boxes: pd.DataFrame) -> pd.DataFrame:
     frame = pd.concat(mapped, ignore_index=True)
     height, width = frame["original_height"], frame["original_width"]
     side = {"y": height, "x": width}
-    square = np.where(frame["aspect_policy"] == "pad", np.maximum(height, width),
-                      np.where(frame["aspect_policy"] == "crop", np.minimum(height, width), -1))
+    square = np.where(
+        frame["aspect_policy"] == "pad",
+        np.maximum(height, width),
+        np.where(frame["aspect_policy"] == "crop", np.minimum(height, width), -1),
+    )
     for corner, axis in STORED.items():
         extent = np.where(square > 0, square, side[axis])  # the square's side; stretch keeps each axis
         size = np.round(frame[f"resize_scale_{axis}"] * extent)
@@ -183,8 +195,9 @@ def assign_classes(labels: pd.DataFrame, classes: Sequence[str] = DEFAULT_CLASSE
     count = positive.sum(axis=1)
     certain = labels["n_uncertain"].to_numpy() == 0
     only = np.asarray(PATHOLOGIES, dtype=object)[positive.argmax(axis=1)]
-    name = np.where((labels[NO_FINDING].to_numpy() == 1.0) & (count == 0), NO_FINDING,
-                    np.where(count == 1, only, np.asarray(None)))
+    name = np.where(
+        (labels[NO_FINDING].to_numpy() == 1.0) & (count == 0), NO_FINDING, np.where(count == 1, only, np.asarray(None))
+    )
     name = np.where(certain, name, np.asarray(None))
     class_id = pd.Series(name, index=labels.index).map({c: i for i, c in enumerate(classes)})
     return class_id.astype("Int64").rename("class_id")
@@ -213,15 +226,20 @@ def join_to_images(images: pd.DataFrame, rows: pd.DataFrame) -> tuple[list[pd.Da
 def build_metadata(manifest: pd.DataFrame, labels: pd.DataFrame, options: LabelOptions) -> MetadataResult:
     candidates, unmatched = join_to_images(manifest[["image_id", "source_path"]], labels)
     candidates = [frame.drop(columns="source_path") for frame in candidates]
-    matched = pd.concat(candidates, ignore_index=True) if candidates else conform(pd.DataFrame()).assign(image_id=pd.Series(dtype="string"))
+    matched = (
+        pd.concat(candidates, ignore_index=True)
+        if candidates
+        else conform(pd.DataFrame()).assign(image_id=pd.Series(dtype="string"))
+    )
     rank = {kind.value: i for i, kind in enumerate(SOURCE_PRIORITY)}
     matched["_rank"] = matched["label_source"].map(rank)
     matched = matched.sort_values(["image_id", "_rank"], kind="stable")
     # A conflict is two sources giving the same image different labels; a report source that agrees
     # with the label file (OpenI beside NIH) is not one. DICOM headers carry no findings.
     findings = matched[matched["label_source"] != SourceKind.DICOM.value]
-    label_sets = pd.Series(findings[list(LABEL_COLUMNS)].astype("float32").fillna(-1.0).to_numpy().tolist(),
-                           index=findings.index).map(tuple)
+    label_sets = pd.Series(
+        findings[list(LABEL_COLUMNS)].astype("float32").fillna(-1.0).to_numpy().tolist(), index=findings.index
+    ).map(tuple)
     disagreeing = label_sets.groupby(findings["image_id"]).nunique()
     headers = matched[matched["label_source"] == SourceKind.DICOM.value].drop_duplicates("image_id")
     report_text = matched.groupby("image_id", sort=False)[list(REPORT_TEXT)].first()  # first non-null
@@ -239,17 +257,22 @@ def build_metadata(manifest: pd.DataFrame, labels: pd.DataFrame, options: LabelO
     lateral = view.isin(LATERAL_VIEWS).fillna(False).astype(bool) & options.frontal_only
     other_view = (~view.isna() & ~view.isin(FRONTAL_VIEWS) & ~view.isin(LATERAL_VIEWS)).fillna(False).astype(bool)
     other_view &= options.frontal_only & ~no_label
-    excluded = pd.concat([
-        images.loc[no_label, ["image_id", "source_path"]].assign(reason="no_label_row"),
-        images.loc[lateral & ~no_label, ["image_id", "source_path"]].assign(reason="lateral_view"),
-        images.loc[other_view, ["image_id", "source_path"]].assign(reason="not_frontal_view: " + view[other_view]),
-    ], ignore_index=True)
+    excluded = pd.concat(
+        [
+            images.loc[no_label, ["image_id", "source_path"]].assign(reason="no_label_row"),
+            images.loc[lateral & ~no_label, ["image_id", "source_path"]].assign(reason="lateral_view"),
+            images.loc[other_view, ["image_id", "source_path"]].assign(reason="not_frontal_view: " + view[other_view]),
+        ],
+        ignore_index=True,
+    )
 
     usable = images[~no_label & ~lateral & ~other_view].drop(columns="_merge").reset_index(drop=True)
     usable["patient_key"] = usable["label_source"].astype(str) + ":" + usable["patient_id"].astype(str)
     missing_patient = usable["patient_id"].isna()
-    excluded = pd.concat([excluded, usable.loc[missing_patient, ["image_id", "source_path"]].assign(reason="no_patient_id")],
-                         ignore_index=True)
+    excluded = pd.concat(
+        [excluded, usable.loc[missing_patient, ["image_id", "source_path"]].assign(reason="no_patient_id")],
+        ignore_index=True,
+    )
     usable = usable[~missing_patient].reset_index(drop=True)
     usable["class_id"] = assign_classes(usable, options.classes)
     class_names = pd.Series(options.classes, dtype="string")
@@ -299,7 +322,9 @@ def leakage(metadata: pd.DataFrame) -> dict[str, list[str]]:
     return out
 
 
-def write_outputs(result: MetadataResult, *, metadata_path: Path, splits_dir: Path, labels_dir: Path) -> dict[str, Path]:
+def write_outputs(
+    result: MetadataResult, *, metadata_path: Path, splits_dir: Path, labels_dir: Path
+) -> dict[str, Path]:
     """Atomically write metadata.parquet, splits/{train,val,test}.csv and the accounting tables,
     under the labels folder's writer lock so two runs never interleave their splits."""
     written = {"metadata": Path(metadata_path)}

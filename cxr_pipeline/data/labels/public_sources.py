@@ -54,35 +54,44 @@ def mimic_report_sections(text: str) -> tuple[str | None, str | None]:
     found: dict[str, str] = {}
     matches = list(REPORT_SECTIONS.finditer(text))
     for match, following in zip(matches, matches[1:] + [None]):
-        body = text[match.end():following.start() if following else len(text)]
+        body = text[match.end() : following.start() if following else len(text)]
         body = re.split(r"\n\s*[A-Z][A-Z /&()]+:", body)[0]  # stop at any other header
         found[match.group(1)] = body
     return _clean_text(found.get("FINDINGS")), _clean_text(found.get("IMPRESSION"))
 
 
-def read_mimic(chexpert_path: Path, metadata_path: Path, split_path: Path | None,
-               policy: UncertaintyPolicy = UncertaintyPolicy.U_IGNORE) -> LabelSource:
+def read_mimic(
+    chexpert_path: Path,
+    metadata_path: Path,
+    split_path: Path | None,
+    policy: UncertaintyPolicy = UncertaintyPolicy.U_IGNORE,
+) -> LabelSource:
     """``mimic-cxr-2.0.0-chexpert.csv(.gz)`` (one row per study), ``-metadata.csv(.gz)`` (one row
     per image, with ``ViewPosition``) and optionally ``-split.csv(.gz)``; images
     ``files/pNN/p<subject>/s<study>/<dicom_id>.jpg``, matched by file stem; reports
     ``files/pNN/p<subject>/s<study>.txt`` beside them when the reports archive is unpacked there."""
     labels, images = _csv(chexpert_path), _csv(metadata_path)
     frame = images.merge(labels, on=["subject_id", "study_id"], how="left", indicator=True)
-    problems = [f"{metadata_path}: image {d} has no CheXpert row (study {s})"
-                for d, s in zip(frame.loc[frame["_merge"] == "left_only", "dicom_id"],
-                                frame.loc[frame["_merge"] == "left_only", "study_id"])][:100]
+    problems = [
+        f"{metadata_path}: image {d} has no CheXpert row (study {s})"
+        for d, s in zip(
+            frame.loc[frame["_merge"] == "left_only", "dicom_id"], frame.loc[frame["_merge"] == "left_only", "study_id"]
+        )
+    ][:100]
     frame = frame[frame["_merge"] == "both"].drop(columns="_merge").reset_index(drop=True)
     view = frame["ViewPosition"].str.strip().str.upper()
     view = view.mask(view == "")
-    table = pd.DataFrame({
-        "label_source": SourceKind.MIMIC.value,
-        "label_file": str(chexpert_path),
-        "match_on": "stem",
-        "match_key": frame["dicom_id"].str.strip(),
-        "patient_id": frame["subject_id"].str.strip(),
-        "study_id": frame["study_id"].str.strip(),
-        "view": view,
-    })
+    table = pd.DataFrame(
+        {
+            "label_source": SourceKind.MIMIC.value,
+            "label_file": str(chexpert_path),
+            "match_on": "stem",
+            "match_key": frame["dicom_id"].str.strip(),
+            "patient_id": frame["subject_id"].str.strip(),
+            "study_id": frame["study_id"].str.strip(),
+            "view": view,
+        }
+    )
     hot, table["n_uncertain"], table["other_findings"] = chexpert_labels(frame, policy)
     table = pd.concat([table, hot], axis=1)
     if split_path is not None:
@@ -122,26 +131,31 @@ def read_padchest(path: Path) -> LabelSource:
     the rest of the vocabulary negative; an unparseable or empty label list says nothing."""
     frame = _csv(path)
     parsed = frame["Labels"].map(_literal_list)
-    problems = [f"{path}: image {i} has an unreadable Labels cell {cell[:60]!r}"
-                for i, cell in zip(frame.loc[parsed.isna(), "ImageID"], frame.loc[parsed.isna(), "Labels"])][:100]
+    problems = [
+        f"{path}: image {i} has an unreadable Labels cell {cell[:60]!r}"
+        for i, cell in zip(frame.loc[parsed.isna(), "ImageID"], frame.loc[parsed.isna(), "Labels"])
+    ][:100]
     terms = [terms or [] for terms in parsed]
     hot, others = _labels_from_terms(terms, frame.index)
     projection = frame["Projection"].str.strip().str.upper()
-    table = pd.DataFrame({
-        "label_source": SourceKind.PADCHEST.value,
-        "label_file": str(path),
-        "match_on": "name",
-        "match_key": frame["ImageID"].str.strip(),
-        "patient_id": frame["PatientID"].str.strip(),
-        "study_id": frame.get("StudyID", frame["PatientID"]).str.strip(),
-        "view": projection.map(PADCHEST_VIEWS).fillna(projection.where(projection != "")),  # others by name
-        "sex": _sex(frame.get("PatientSex_DICOM", pd.Series("", index=frame.index))),
-        "age_years": _years_from_birth(frame),
-        "other_findings": others,
-        "findings_text": frame.get("Report", pd.Series(None, index=frame.index)).map(_clean_text),
-    })
-    return LabelSource(SourceKind.PADCHEST, conform(pd.concat([table, hot], axis=1)), files=[str(path)],
-                       problems=problems)
+    table = pd.DataFrame(
+        {
+            "label_source": SourceKind.PADCHEST.value,
+            "label_file": str(path),
+            "match_on": "name",
+            "match_key": frame["ImageID"].str.strip(),
+            "patient_id": frame["PatientID"].str.strip(),
+            "study_id": frame.get("StudyID", frame["PatientID"]).str.strip(),
+            "view": projection.map(PADCHEST_VIEWS).fillna(projection.where(projection != "")),  # others by name
+            "sex": _sex(frame.get("PatientSex_DICOM", pd.Series("", index=frame.index))),
+            "age_years": _years_from_birth(frame),
+            "other_findings": others,
+            "findings_text": frame.get("Report", pd.Series(None, index=frame.index)).map(_clean_text),
+        }
+    )
+    return LabelSource(
+        SourceKind.PADCHEST, conform(pd.concat([table, hot], axis=1)), files=[str(path)], problems=problems
+    )
 
 
 def _years_from_birth(frame: pd.DataFrame) -> pd.Series:
@@ -178,15 +192,17 @@ def _vindr_table(per_reader: pd.DataFrame, findings: list[str], label_file: Path
             unknown[finding] += int(positive[finding].sum())
         for image in positive.index[positive[finding]]:
             others[image].append(finding)
-    table = pd.DataFrame({
-        "label_source": SourceKind.VINDR.value,
-        "label_file": str(label_file),
-        "match_on": "stem",
-        "match_key": votes.index,
-        "patient_id": votes.index,  # VinDr-CXR has no patient linkage: each image is its own patient
-        "study_id": votes.index,
-        "other_findings": others.map(lambda names: "|".join(names) or None),
-    }).reset_index(drop=True)
+    table = pd.DataFrame(
+        {
+            "label_source": SourceKind.VINDR.value,
+            "label_file": str(label_file),
+            "match_on": "stem",
+            "match_key": votes.index,
+            "patient_id": votes.index,  # VinDr-CXR has no patient linkage: each image is its own patient
+            "study_id": votes.index,
+            "other_findings": others.map(lambda names: "|".join(names) or None),
+        }
+    ).reset_index(drop=True)
     return pd.concat([table, matrix.reset_index(drop=True)], axis=1), unknown
 
 
@@ -207,16 +223,27 @@ def read_vindr_boxes(path: Path) -> LabelSource:
     as the PhysioNet labels are."""
     frame = _csv(path)
     findings = sorted(frame["class_name"].str.strip().unique())
-    per_reader = pd.crosstab([frame["image_id"].str.strip(), frame["rad_id"].str.strip()],
-                             frame["class_name"].str.strip()).clip(upper=1).reset_index()
+    per_reader = (
+        pd.crosstab([frame["image_id"].str.strip(), frame["rad_id"].str.strip()], frame["class_name"].str.strip())
+        .clip(upper=1)
+        .reset_index()
+    )
     table, unknown = _vindr_table(per_reader, findings, path)
     drawn = frame[frame["x_min"].str.strip() != ""]
-    boxes = pd.DataFrame({"label_source": SourceKind.VINDR.value, "label_file": str(path), "match_on": "stem",
-                          "match_key": drawn["image_id"].str.strip(), "finding": drawn["class_name"].str.strip(),
-                          "reader": drawn["rad_id"].str.strip(),
-                          **{c: pd.to_numeric(drawn[c], errors="coerce") for c in ("x_min", "y_min", "x_max", "y_max")}})
-    return LabelSource(SourceKind.VINDR, conform(table), files=[str(path)], unknown_tokens=unknown,
-                       boxes=conform_boxes(boxes))
+    boxes = pd.DataFrame(
+        {
+            "label_source": SourceKind.VINDR.value,
+            "label_file": str(path),
+            "match_on": "stem",
+            "match_key": drawn["image_id"].str.strip(),
+            "finding": drawn["class_name"].str.strip(),
+            "reader": drawn["rad_id"].str.strip(),
+            **{c: pd.to_numeric(drawn[c], errors="coerce") for c in ("x_min", "y_min", "x_max", "y_max")},
+        }
+    )
+    return LabelSource(
+        SourceKind.VINDR, conform(table), files=[str(path)], unknown_tokens=unknown, boxes=conform_boxes(boxes)
+    )
 
 
 # --- RSNA Pneumonia Detection ----------------------------------------------------------------------------
@@ -240,22 +267,37 @@ def read_rsna(labels_path: Path, classes_path: Path | None = None) -> LabelSourc
         hot.loc[normal, list(PATHOLOGIES)] = 0.0
         hot[NO_FINDING] = np.where(normal, 1.0, np.where(target > 0, 0.0, np.nan))
         files.append(str(classes_path))
-    table = pd.DataFrame({
-        "label_source": SourceKind.RSNA.value,
-        "label_file": str(labels_path),
-        "match_on": "stem",
-        "match_key": target.index,
-        "patient_id": target.index,
-        "study_id": target.index,
-    }).reset_index(drop=True)
+    table = pd.DataFrame(
+        {
+            "label_source": SourceKind.RSNA.value,
+            "label_file": str(labels_path),
+            "match_on": "stem",
+            "match_key": target.index,
+            "patient_id": target.index,
+            "study_id": target.index,
+        }
+    ).reset_index(drop=True)
     drawn = frame[frame["x"].str.strip() != ""]
     x, y = pd.to_numeric(drawn["x"], errors="coerce"), pd.to_numeric(drawn["y"], errors="coerce")
-    boxes = pd.DataFrame({"label_source": SourceKind.RSNA.value, "label_file": str(labels_path), "match_on": "stem",
-                          "match_key": drawn["patientId"].str.strip(), "finding": "Pneumonia",  # lung opacity boxes
-                          "x_min": x, "y_min": y, "x_max": x + pd.to_numeric(drawn["width"], errors="coerce"),
-                          "y_max": y + pd.to_numeric(drawn["height"], errors="coerce")})
-    return LabelSource(SourceKind.RSNA, conform(pd.concat([table, hot.reset_index(drop=True)], axis=1)), files=files,
-                       boxes=conform_boxes(boxes))
+    boxes = pd.DataFrame(
+        {
+            "label_source": SourceKind.RSNA.value,
+            "label_file": str(labels_path),
+            "match_on": "stem",
+            "match_key": drawn["patientId"].str.strip(),
+            "finding": "Pneumonia",  # lung opacity boxes
+            "x_min": x,
+            "y_min": y,
+            "x_max": x + pd.to_numeric(drawn["width"], errors="coerce"),
+            "y_max": y + pd.to_numeric(drawn["height"], errors="coerce"),
+        }
+    )
+    return LabelSource(
+        SourceKind.RSNA,
+        conform(pd.concat([table, hot.reset_index(drop=True)], axis=1)),
+        files=files,
+        boxes=conform_boxes(boxes),
+    )
 
 
 # --- SIIM-ACR Pneumothorax ----------------------------------------------------------------------------------
@@ -270,10 +312,14 @@ def read_siim(path: Path) -> LabelSource:
     positive = has_mask.groupby(frame["ImageId"].str.strip()).any()
     hot = pd.DataFrame(np.nan, index=positive.index, columns=list(LABEL_COLUMNS), dtype="float32")
     hot["Pneumothorax"] = positive.astype("float32")
-    table = pd.DataFrame({
-        "label_source": SourceKind.SIIM.value,
-        "label_file": str(path),
-        "match_on": "stem",
-        "match_key": positive.index,
-    }).reset_index(drop=True)
-    return LabelSource(SourceKind.SIIM, conform(pd.concat([table, hot.reset_index(drop=True)], axis=1)), files=[str(path)])
+    table = pd.DataFrame(
+        {
+            "label_source": SourceKind.SIIM.value,
+            "label_file": str(path),
+            "match_on": "stem",
+            "match_key": positive.index,
+        }
+    ).reset_index(drop=True)
+    return LabelSource(
+        SourceKind.SIIM, conform(pd.concat([table, hot.reset_index(drop=True)], axis=1)), files=[str(path)]
+    )

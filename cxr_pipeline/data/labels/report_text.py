@@ -52,10 +52,12 @@ def prompt_from_report(text: str) -> str:
     for header, following in zip(headers, headers[1:] + [None]):
         name = header.group(1).strip().upper()
         if name in ("FINDINGS", "IMPRESSION") and name not in sections:
-            sections[name] = text[header.end():following.start() if following else len(text)]
+            sections[name] = text[header.end() : following.start() if following else len(text)]
     if not sections:
         return text.strip()
-    return report_prompt(" ".join(sections.get("FINDINGS", "").split()), " ".join(sections.get("IMPRESSION", "").split()))
+    return report_prompt(
+        " ".join(sections.get("FINDINGS", "").split()), " ".join(sections.get("IMPRESSION", "").split())
+    )
 
 
 def report_prompts(metadata: pd.DataFrame) -> pd.Series:
@@ -73,9 +75,9 @@ def finding_mentions(text: str) -> dict[str, str]:
     for sentence in re.split(r"[.;:\n]+", text.lower()):
         for name, term in _TERMS.items():
             for match in term.finditer(sentence):
-                before = sentence[:match.start()]
+                before = sentence[: match.start()]
                 cues = list(re.finditer(NEGATION_CUES, before))  # the nearest cue decides
-                negated = bool(cues) and not re.search(CONTRAST, before[cues[-1].end():])
+                negated = bool(cues) and not re.search(CONTRAST, before[cues[-1].end() :])
                 if not negated:
                     mentions[name] = "positive"
                 elif name not in mentions:

@@ -150,22 +150,29 @@ def read_nih(path: Path) -> LabelSource:
     if tuple(names[:5]) != NIH_FIELDS:
         raise ValueError(f"{path}: not an NIH Data_Entry file (header starts {names[:5]})")
     frame = pd.read_csv(
-        path, header=None, skiprows=1, usecols=range(7), dtype=str, keep_default_na=False,
+        path,
+        header=None,
+        skiprows=1,
+        usecols=range(7),
+        dtype=str,
+        keep_default_na=False,
         names=["image", "findings", "follow_up", "patient", "age", "sex", "view"],
     )
     hot, unknown, unknown_per_row = _one_hot(frame["findings"].str.split("|"))
-    table = pd.DataFrame({
-        "label_source": SourceKind.NIH.value,
-        "label_file": str(path),
-        "match_on": "name",
-        "match_key": frame["image"].str.strip(),
-        "patient_id": frame["patient"].str.strip().str.lstrip("0").replace("", "0"),
-        "study_id": frame["follow_up"].str.strip(),
-        "view": frame["view"].str.strip().str.upper(),
-        "sex": _sex(frame["sex"]),
-        "age_years": _age(frame["age"]),
-        "unknown_tokens": unknown_per_row,
-    })
+    table = pd.DataFrame(
+        {
+            "label_source": SourceKind.NIH.value,
+            "label_file": str(path),
+            "match_on": "name",
+            "match_key": frame["image"].str.strip(),
+            "patient_id": frame["patient"].str.strip().str.lstrip("0").replace("", "0"),
+            "study_id": frame["follow_up"].str.strip(),
+            "view": frame["view"].str.strip().str.upper(),
+            "sex": _sex(frame["sex"]),
+            "age_years": _age(frame["age"]),
+            "unknown_tokens": unknown_per_row,
+        }
+    )
     table = pd.concat([table, hot], axis=1)
     return LabelSource(SourceKind.NIH, conform(table), files=[str(path)], unknown_tokens=unknown)
 
@@ -173,21 +180,49 @@ def read_nih(path: Path) -> LabelSource:
 def read_nih_boxes(path: Path) -> LabelSource:
     """``BBox_List_2017.csv``: Image Index, Finding Label, then ``Bbox [x,y,w,h]`` whose commas
     split it into four columns (plus trailing empty ones); x, y, w, h in the original pixels."""
-    frame = pd.read_csv(path, header=None, skiprows=1, usecols=range(6), dtype=str, keep_default_na=False,
-                        names=["image", "finding", "x", "y", "w", "h"])
+    frame = pd.read_csv(
+        path,
+        header=None,
+        skiprows=1,
+        usecols=range(6),
+        dtype=str,
+        keep_default_na=False,
+        names=["image", "finding", "x", "y", "w", "h"],
+    )
     x, y, w, h = (pd.to_numeric(frame[c], errors="coerce") for c in ("x", "y", "w", "h"))
-    boxes = pd.DataFrame({"label_source": SourceKind.NIH.value, "label_file": str(path), "match_on": "name",
-                          "match_key": frame["image"].str.strip(), "finding": frame["finding"].str.strip(),
-                          "x_min": x, "y_min": y, "x_max": x + w, "y_max": y + h})
+    boxes = pd.DataFrame(
+        {
+            "label_source": SourceKind.NIH.value,
+            "label_file": str(path),
+            "match_on": "name",
+            "match_key": frame["image"].str.strip(),
+            "finding": frame["finding"].str.strip(),
+            "x_min": x,
+            "y_min": y,
+            "x_max": x + w,
+            "y_max": y + h,
+        }
+    )
     return LabelSource(SourceKind.NIH, empty_label_table(), files=[str(path)], boxes=conform_boxes(boxes))
 
 
 # --- CheXpert ------------------------------------------------------------------------------------
 
 CHEXPERT_OBSERVATIONS = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-    "Fracture", "Support Devices",
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
 )
 
 
@@ -230,17 +265,19 @@ def read_chexpert(path: Path, policy: UncertaintyPolicy = UncertaintyPolicy.U_IG
     paths = frame["Path"].str.replace("\\", "/", regex=False)
     lateral = frame["Frontal/Lateral"].str.strip().str.lower() == "lateral"
     ap_pa = frame["AP/PA"].str.strip().str.upper() if "AP/PA" in frame else pd.Series("", index=frame.index)
-    table = pd.DataFrame({
-        "label_source": SourceKind.CHEXPERT.value,
-        "label_file": str(path),
-        "match_on": "tail3",
-        "match_key": paths.map(lambda p: "/".join(PurePosixPath(p).parts[-3:])),
-        "patient_id": paths.str.extract(r"(patient\d+)", expand=False),
-        "study_id": paths.str.extract(r"(study\d+)", expand=False),
-        "view": np.where(lateral, "LATERAL", ap_pa.where(ap_pa.isin(["AP", "PA"]), "FRONTAL")),
-        "sex": _sex(frame["Sex"].where(frame["Sex"].str.lower() != "unknown", "")),
-        "age_years": _age(frame["Age"]),
-    })
+    table = pd.DataFrame(
+        {
+            "label_source": SourceKind.CHEXPERT.value,
+            "label_file": str(path),
+            "match_on": "tail3",
+            "match_key": paths.map(lambda p: "/".join(PurePosixPath(p).parts[-3:])),
+            "patient_id": paths.str.extract(r"(patient\d+)", expand=False),
+            "study_id": paths.str.extract(r"(study\d+)", expand=False),
+            "view": np.where(lateral, "LATERAL", ap_pa.where(ap_pa.isin(["AP", "PA"]), "FRONTAL")),
+            "sex": _sex(frame["Sex"].where(frame["Sex"].str.lower() != "unknown", "")),
+            "age_years": _age(frame["Age"]),
+        }
+    )
     hot, table["n_uncertain"], table["other_findings"] = chexpert_labels(frame, policy)
     table = pd.concat([table, hot], axis=1)
     return LabelSource(SourceKind.CHEXPERT, conform(table), files=[str(path)])
@@ -287,28 +324,34 @@ def read_indiana_csv(reports_path: Path, projections_path: Path) -> LabelSource:
     reports = pd.read_csv(reports_path, dtype=str, keep_default_na=False)
     projections = pd.read_csv(projections_path, dtype=str, keep_default_na=False)
     frame = projections.merge(reports, on="uid", how="left", indicator=True)
-    problems = [f"{projections_path}: image {f} has no report (uid {u})"
-                for f, u in zip(frame.loc[frame["_merge"] == "left_only", "filename"],
-                                frame.loc[frame["_merge"] == "left_only", "uid"])]
+    problems = [
+        f"{projections_path}: image {f} has no report (uid {u})"
+        for f, u in zip(
+            frame.loc[frame["_merge"] == "left_only", "filename"], frame.loc[frame["_merge"] == "left_only", "uid"]
+        )
+    ]
     absent = pd.Series(None, index=frame.index, dtype=object)
     terms = [_terms(mesh, problem) for mesh, problem in zip(frame.get("MeSH", absent), frame.get("Problems", absent))]
     hot, others = _labels_from_terms(terms, frame.index)
     projection = frame["projection"].str.strip().str.lower()
-    table = pd.DataFrame({
-        "label_source": SourceKind.INDIANA_CSV.value,
-        "label_file": str(reports_path),
-        "match_on": "name",
-        "match_key": frame["filename"].str.strip(),
-        "patient_id": frame["uid"].str.strip(),
-        "study_id": frame["uid"].str.strip(),
-        "view": projection.map({"frontal": "FRONTAL", "lateral": "LATERAL"}),
-        "other_findings": others,
-        "findings_text": frame["findings"].map(_clean_text),
-        "impression_text": frame["impression"].map(_clean_text),
-    })
+    table = pd.DataFrame(
+        {
+            "label_source": SourceKind.INDIANA_CSV.value,
+            "label_file": str(reports_path),
+            "match_on": "name",
+            "match_key": frame["filename"].str.strip(),
+            "patient_id": frame["uid"].str.strip(),
+            "study_id": frame["uid"].str.strip(),
+            "view": projection.map({"frontal": "FRONTAL", "lateral": "LATERAL"}),
+            "other_findings": others,
+            "findings_text": frame["findings"].map(_clean_text),
+            "impression_text": frame["impression"].map(_clean_text),
+        }
+    )
     table = pd.concat([table, hot], axis=1)
-    return LabelSource(SourceKind.INDIANA_CSV, conform(table), files=[str(reports_path), str(projections_path)],
-                       problems=problems)
+    return LabelSource(
+        SourceKind.INDIANA_CSV, conform(table), files=[str(reports_path), str(projections_path)], problems=problems
+    )
 
 
 def read_indiana_xml(paths: list[Path]) -> LabelSource:
@@ -322,10 +365,7 @@ def read_indiana_xml(paths: list[Path]) -> LabelSource:
         except ElementTree.ParseError as error:
             problems.append(f"{path}: XML does not parse ({error})")
             continue
-        sections = {
-            (node.get("Label") or "").upper(): node.text
-            for node in root.iter("AbstractText")
-        }
+        sections = {(node.get("Label") or "").upper(): node.text for node in root.iter("AbstractText")}
         mesh = [node.text or "" for node in root.iter() if node.tag in ("major", "minor")]
         uid_node = root.find("uId")
         uid = uid_node.get("id") if uid_node is not None else Path(path).stem
@@ -333,17 +373,20 @@ def read_indiana_xml(paths: list[Path]) -> LabelSource:
         if not images:
             problems.append(f"{path}: report {uid} lists no images")
         for image in images:
-            rows.append({
-                "match_key": image,
-                "patient_id": uid,
-                "study_id": uid,
-                "terms": _terms(";".join(mesh)),
-                "findings_text": _clean_text(sections.get("FINDINGS")),
-                "impression_text": _clean_text(sections.get("IMPRESSION")),
-                "label_file": str(path),
-            })
-    frame = pd.DataFrame(rows, columns=["match_key", "patient_id", "study_id", "terms", "findings_text",
-                                        "impression_text", "label_file"])
+            rows.append(
+                {
+                    "match_key": image,
+                    "patient_id": uid,
+                    "study_id": uid,
+                    "terms": _terms(";".join(mesh)),
+                    "findings_text": _clean_text(sections.get("FINDINGS")),
+                    "impression_text": _clean_text(sections.get("IMPRESSION")),
+                    "label_file": str(path),
+                }
+            )
+    frame = pd.DataFrame(
+        rows, columns=["match_key", "patient_id", "study_id", "terms", "findings_text", "impression_text", "label_file"]
+    )
     hot, others = _labels_from_terms(frame["terms"].tolist(), frame.index)
     table = pd.concat([frame.drop(columns="terms"), hot], axis=1)
     table["label_source"] = SourceKind.INDIANA_XML.value
@@ -364,13 +407,15 @@ def read_filenames(source_paths: pd.Series, pattern: str) -> LabelSource:
     names = source_paths.map(lambda p: PurePosixPath(p).name)
     parts = names.str.extract(regex)
     matched = parts["patient"].notna()
-    table = pd.DataFrame({
-        "label_source": SourceKind.FILENAME.value,
-        "label_file": None,
-        "match_on": "name",
-        "match_key": names[matched],
-        "patient_id": parts.loc[matched, "patient"],
-    })
+    table = pd.DataFrame(
+        {
+            "label_source": SourceKind.FILENAME.value,
+            "label_file": None,
+            "match_on": "name",
+            "match_key": names[matched],
+            "patient_id": parts.loc[matched, "patient"],
+        }
+    )
     unknown: Counter = Counter()
     if "label" in regex.groupindex:
         hot, unknown, unknown_per_row = _one_hot(parts.loc[matched, "label"].map(lambda v: [v]))
@@ -383,16 +428,18 @@ def read_filenames(source_paths: pd.Series, pattern: str) -> LabelSource:
 def read_dicom_headers(manifest: pd.DataFrame) -> LabelSource:
     """Unlabelled DICOM: the patient from PatientID, labels unknown."""
     rows = manifest[(manifest["format"] == "dicom") & manifest["patient_id"].notna()]
-    table = pd.DataFrame({
-        "label_source": SourceKind.DICOM.value,
-        "match_on": "path",
-        "match_key": rows["source_path"],
-        "patient_id": rows["patient_id"],
-        "study_id": rows["study_uid"],
-        "view": rows["view_position"].str.upper(),
-        "sex": rows["sex"],
-        "age_years": rows["age_years"],
-    })
+    table = pd.DataFrame(
+        {
+            "label_source": SourceKind.DICOM.value,
+            "match_on": "path",
+            "match_key": rows["source_path"],
+            "patient_id": rows["patient_id"],
+            "study_id": rows["study_uid"],
+            "view": rows["view_position"].str.upper(),
+            "sex": rows["sex"],
+            "age_years": rows["age_years"],
+        }
+    )
     return LabelSource(SourceKind.DICOM, conform(table))
 
 

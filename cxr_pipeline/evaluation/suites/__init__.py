@@ -15,6 +15,18 @@ from .super_resolution import SrOptions, super_resolution_suite
 from .synthetic_utility import SyntheticUtilityOptions, synthetic_utility_suite
 from .text_generation import TextGenerationOptions, text_generation_suite
 
-__all__ = ["ArbitrarySrOptions", "DenoisingOptions", "GenerationOptions", "SrOptions", "SyntheticUtilityOptions",
-           "TextGenerationOptions", "arbitrary_scale_inputs", "arbitrary_super_resolution_suite", "denoising_suite",
-           "generation_suite", "super_resolution_suite", "synthetic_utility_suite", "text_generation_suite"]
+__all__ = [
+    "ArbitrarySrOptions",
+    "DenoisingOptions",
+    "GenerationOptions",
+    "SrOptions",
+    "SyntheticUtilityOptions",
+    "TextGenerationOptions",
+    "arbitrary_scale_inputs",
+    "arbitrary_super_resolution_suite",
+    "denoising_suite",
+    "generation_suite",
+    "super_resolution_suite",
+    "synthetic_utility_suite",
+    "text_generation_suite",
+]

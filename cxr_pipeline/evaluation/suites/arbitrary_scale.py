@@ -16,7 +16,7 @@ from ...data.degrade import DegradationMix
 from ...data.image_store import ImageStore
 from ...data.pairs import low_resolution_at
 from ...model_record import ModelRecord
-from ...models.diffusion import describe
+from ...models.model_folder import describe
 from ...models.model_settings import ArbitrarySRSettings
 from ...models.pipelines import (
     ArbitraryScaleSuperResolution,
@@ -37,8 +37,13 @@ class ArbitrarySrOptions:
     pair_seed: int = 0
 
 
-def arbitrary_scale_inputs(high_resolution: torch.Tensor, image_ids: Sequence[str], scales: Sequence[float],
-                           mix: DegradationMix | None, seed: int) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
+def arbitrary_scale_inputs(
+    high_resolution: torch.Tensor,
+    image_ids: Sequence[str],
+    scales: Sequence[float],
+    mix: DegradationMix | None,
+    seed: int,
+) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
     """Per scale: the HR images centre-cropped so the scale is exact, and their LR versions made
     the way ``sr_pairs`` makes its pairs (at integer scales, the same images)."""
     inputs = {}
@@ -49,31 +54,65 @@ def arbitrary_scale_inputs(high_resolution: torch.Tensor, image_ids: Sequence[st
     return inputs
 
 
-def arbitrary_super_resolution_suite(record: ModelRecord, fixed_models: Sequence[tuple[int, ModelRecord]], rows: pd.DataFrame,
-                                     image_store: Path, scales: Sequence[float], budget: SamplingBudget,
-                                     policy: PromotionPolicy, registry_cache: Path, *, degradation_mix: bool = True,
-                                     pair_seed: int = 0, log: Log = print) -> EvaluationOutcome:
+def arbitrary_super_resolution_suite(
+    record: ModelRecord,
+    fixed_models: Sequence[tuple[int, ModelRecord]],
+    rows: pd.DataFrame,
+    image_store: Path,
+    scales: Sequence[float],
+    budget: SamplingBudget,
+    policy: PromotionPolicy,
+    registry_cache: Path,
+    *,
+    degradation_mix: bool = True,
+    pair_seed: int = 0,
+    log: Log = print,
+) -> EvaluationOutcome:
     """The arbitrary-scale model at each scale on ``rows`` against bicubic at that scale, its own
     latent path without diffusion and, at the scales a fixed-scale model was trained for, that
     model on the same inputs; a plot of the gain over bicubic by scale; then promotion."""
     ids, groups = rows["image_id"].astype(str), rows["patient_key"]
-    inputs = arbitrary_scale_inputs(stored_images(ImageStore(image_store), rows), ids, scales,
-                                    DegradationMix() if degradation_mix else None, pair_seed)
+    inputs = arbitrary_scale_inputs(
+        stored_images(ImageStore(image_store), rows),
+        ids,
+        scales,
+        DegradationMix() if degradation_mix else None,
+        pair_seed,
+    )
     fixed = {float(scale): p for scale, p in fixed_models}
 
     def evaluate(model_dir: str, compare: bool = False):
         model = ArbitraryScaleSuperResolution.from_pretrained(model_dir, budget.device, precision=budget.precision)
         results = []
         for scale, (high, low) in inputs.items():
-            reference = (LatentSuperResolution.from_pretrained(fixed[scale].model_dir, budget.device,
-                                                             precision=budget.precision)
-                         if compare and scale in fixed else None)
-            log(f"x{scale:g}: {len(high)} test images, LR {tuple(low.shape[-2:])} -> HR {tuple(high.shape[-2:])}"
-                + (f", beside {fixed[scale].label}" if reference else ""))
-            results.append((scale, evaluate_arbitrary_scale(
-                model, high, low, ids, groups, scale, fixed=reference, ddim_steps=budget.ddim_steps,
-                spread_seeds=budget.spread_seeds, spread_images=budget.spread_images, seed=budget.seed,
-                resamples=budget.bootstrap_resamples)))
+            reference = (
+                LatentSuperResolution.from_pretrained(fixed[scale].model_dir, budget.device, precision=budget.precision)
+                if compare and scale in fixed
+                else None
+            )
+            log(
+                f"x{scale:g}: {len(high)} test images, LR {tuple(low.shape[-2:])} -> HR {tuple(high.shape[-2:])}"
+                + (f", beside {fixed[scale].label}" if reference else "")
+            )
+            results.append(
+                (
+                    scale,
+                    evaluate_arbitrary_scale(
+                        model,
+                        high,
+                        low,
+                        ids,
+                        groups,
+                        scale,
+                        fixed=reference,
+                        ddim_steps=budget.ddim_steps,
+                        spread_seeds=budget.spread_seeds,
+                        spread_images=budget.spread_images,
+                        seed=budget.seed,
+                        resamples=budget.bootstrap_resamples,
+                    ),
+                )
+            )
         return results
 
     def merged_metrics(results) -> dict[str, float]:
@@ -83,42 +122,74 @@ def arbitrary_super_resolution_suite(record: ModelRecord, fixed_models: Sequence
 
     # every scale must beat bicubic; the champion is rescored without the fixed-scale comparison
     scored = score_and_challenge(
-        record, lambda folder: evaluate(folder, compare=True),
+        record,
+        lambda folder: evaluate(folder, compare=True),
         lambda results: (merged_metrics(results), tuple(pair for _, result in results for pair in result.must_beat())),
-        policy, promotion.split_key(rows["image_id"]), registry_cache, log, rescore=evaluate)
-    results, metrics, must_beat, promotion_section = scored.results, scored.metrics, scored.must_beat, scored.promotion_section
+        policy,
+        promotion.split_key(rows["image_id"]),
+        registry_cache,
+        log,
+        rescore=evaluate,
+    )
+    results, metrics, must_beat, promotion_section = (
+        scored.results,
+        scored.metrics,
+        scored.must_beat,
+        scored.promotion_section,
+    )
     low, high = describe(record.model_dir).settings_as(ArbitrarySRSettings).scale_range
+
     def gains_of(method: str) -> tuple[list, list, list, list]:
         points = [(scale, r.gains[method]) for scale, r in results if method in r.gains]
-        return ([s for s, _ in points], [g.mean for _, g in points], [g.ci_low for _, g in points],
-                [g.ci_high for _, g in points])
+        return (
+            [s for s, _ in points],
+            [g.mean for _, g in points],
+            [g.ci_low for _, g in points],
+            [g.ci_high for _, g in points],
+        )
 
     series = {"arbitrary-scale model": gains_of("arbitrary")}
     if any("fixed" in r.gains for _, r in results):
         series["fixed-scale model"] = gains_of("fixed")
-    plot = Figure("PSNR gain over bicubic by scale",
-                  interval_plot(series, "PSNR gain over bicubic (paired, 95% patient-bootstrap interval)", "scale",
-                                "dB", shade=(low, high)),
-                  f"Shaded: the training range [{low:g}, {high:g}]; outside it the model extrapolates.")
+    plot = Figure(
+        "PSNR gain over bicubic by scale",
+        interval_plot(
+            series, "PSNR gain over bicubic (paired, 95% patient-bootstrap interval)", "scale", "dB", shade=(low, high)
+        ),
+        f"Shaded: the training range [{low:g}, {high:g}]; outside it the model extrapolates.",
+    )
     rows_ = []
     for scale, result in results:
         gain, versus = result.gains["arbitrary"], result.versus
-        rows_.append({"scale": f"x{scale:g}", "bicubic PSNR": round(result.summaries["bicubic"]["psnr"].mean, 2),
-                      "arbitrary PSNR": round(result.summaries["arbitrary"]["psnr"].mean, 2),
-                      "gain over bicubic": gain.text(2),
-                      "arbitrary − fixed-scale": versus["fixed"].text(2) if "fixed" in versus else "—",
-                      "LR-consistency": round(result.summaries["arbitrary"]["lr_consistency_psnr"].mean, 2)})
+        rows_.append(
+            {
+                "scale": f"x{scale:g}",
+                "bicubic PSNR": round(result.summaries["bicubic"]["psnr"].mean, 2),
+                "arbitrary PSNR": round(result.summaries["arbitrary"]["psnr"].mean, 2),
+                "gain over bicubic": gain.text(2),
+                "arbitrary − fixed-scale": versus["fixed"].text(2) if "fixed" in versus else "—",
+                "LR-consistency": round(result.summaries["arbitrary"]["lr_consistency_psnr"].mean, 2),
+            }
+        )
     table = pd.DataFrame(rows_)
     sections = [Section("Gain by scale", "", [Table("Arbitrary-scale SR by scale", table)], [plot])]
     sections += [result.section() for _, result in results]
     sections += [Section("Training", figures=[training_curve(record, "Arbitrary-scale SR")]), promotion_section]
     evaluated = [(record, metrics)]
     return EvaluationOutcome(
-        "arbitrary_sr_evaluation", Report("Arbitrary-scale super-resolution evaluation",
-                                          split_description(rows, evaluated), sections),
-        metrics, evaluated, [scored.promotion], must_beat, markdown_table(table),
-        params={**budget.params(ArbitraryScaleSuperResolution), "scales": list(scales),
-                "degradation_mix": degradation_mix, "pair_seed": pair_seed,
-                "fixed_scale_models": ", ".join(p.label for _, p in fixed_models)},
-        scores=pd.concat([r.scores.assign(task=r.task) for _, r in results], ignore_index=True))
-
+        "arbitrary_sr_evaluation",
+        Report("Arbitrary-scale super-resolution evaluation", split_description(rows, evaluated), sections),
+        metrics,
+        evaluated,
+        [scored.promotion],
+        must_beat,
+        markdown_table(table),
+        params={
+            **budget.params(ArbitraryScaleSuperResolution),
+            "scales": list(scales),
+            "degradation_mix": degradation_mix,
+            "pair_seed": pair_seed,
+            "fixed_scale_models": ", ".join(p.label for _, p in fixed_models),
+        },
+        scores=pd.concat([r.scores.assign(task=r.task) for _, r in results], ignore_index=True),
+    )

@@ -29,11 +29,23 @@ class GenerationOptions:
     fid_inception_sha256: str | None = None  # pin the file's full digest
 
 
-def generation_suite(record: ModelRecord, classifier: ModelRecord, rows: pd.DataFrame, val_rows: pd.DataFrame, image_store: Path,
-                     budget: SamplingBudget, policy: PromotionPolicy, registry_cache: Path, *,
-                     samples_per_class: int = 10, fd_samples: int | None = None,
-                     guidance_scale: float | None = None, inception_weights: str | None = None,
-                     inception_sha256: str | None = None, log: Log = print) -> EvaluationOutcome:
+def generation_suite(
+    record: ModelRecord,
+    classifier: ModelRecord,
+    rows: pd.DataFrame,
+    val_rows: pd.DataFrame,
+    image_store: Path,
+    budget: SamplingBudget,
+    policy: PromotionPolicy,
+    registry_cache: Path,
+    *,
+    samples_per_class: int = 10,
+    fd_samples: int | None = None,
+    guidance_scale: float | None = None,
+    inception_weights: str | None = None,
+    inception_sha256: str | None = None,
+    log: Log = print,
+) -> EvaluationOutcome:
     """The class-conditional model against the labelled real test images: fd_cxr and KID on the
     CXR feature network, conditional accuracy, MS-SSIM diversity, Inception FID when its weights
     are local; then promotion (compared only under the same feature network)."""
@@ -42,29 +54,51 @@ def generation_suite(record: ModelRecord, classifier: ModelRecord, rows: pd.Data
 
     def evaluate(model_dir: str):
         model = ClassConditionalGenerator.from_pretrained(model_dir, budget.device, precision=budget.precision)
-        return evaluate_generation(model, classifier.model_dir, real_test, rows["class_id"].astype(int).to_numpy(),
-                                   real_val, samples_per_class=samples_per_class, fd_samples=fd_samples,
-                                   ddim_steps=budget.ddim_steps, guidance=guidance_scale, seed=budget.seed,
-                                   inception_weights=inception_weights, inception_sha256=inception_sha256,
-                                   device=budget.device)
+        return evaluate_generation(
+            model,
+            classifier.model_dir,
+            real_test,
+            rows["class_id"].astype(int).to_numpy(),
+            real_val,
+            samples_per_class=samples_per_class,
+            fd_samples=fd_samples,
+            ddim_steps=budget.ddim_steps,
+            guidance=guidance_scale,
+            seed=budget.seed,
+            inception_weights=inception_weights,
+            inception_sha256=inception_sha256,
+            device=budget.device,
+        )
 
     # fd_cxr and KID depend on the feature network: a comparison needs the same classifier too.
     comparison_key = f"{promotion.split_key(rows['image_id'])}-classifier-v{classifier.version}"
-    scored = score_and_challenge(record, evaluate, lambda r: (r.metrics(), r.must_beat()), policy, comparison_key,
-                                 registry_cache, log)
+    scored = score_and_challenge(
+        record, evaluate, lambda r: (r.metrics(), r.must_beat()), policy, comparison_key, registry_cache, log
+    )
     result, metrics, promotion_section = scored.results, scored.metrics, scored.promotion_section
     log(f"fid_inception: {result.fid.reason}")
     section = result.section()
     section.figures.append(training_curve(record, "Class-conditional DDPM"))
-    report = Report("Class-conditional generation evaluation",
-                    f"{record.label} scored with {classifier.registered_model} "
-                    f"v{classifier.version} against the {len(rows)} single-label test images.",
-                    [section, promotion_section])
+    report = Report(
+        "Class-conditional generation evaluation",
+        f"{record.label} scored with {classifier.registered_model} "
+        f"v{classifier.version} against the {len(rows)} single-label test images.",
+        [section, promotion_section],
+    )
     return EvaluationOutcome(
-        "generation_evaluation", report, metrics, [(record, metrics)], [scored.promotion], scored.must_beat,
+        "generation_evaluation",
+        report,
+        metrics,
+        [(record, metrics)],
+        [scored.promotion],
+        scored.must_beat,
         markdown_table(result.headline()) + "\n\n" + markdown_table(result.per_class()),
-        params={**budget.params(ClassConditionalGenerator), "samples_per_class": samples_per_class,
-                "fd_samples": fd_samples,
-                "guidance_scale": guidance_scale, "fid_inception": result.fid.reason,
-                "classifier": f"v{classifier.version}"})
-
+        params={
+            **budget.params(ClassConditionalGenerator),
+            "samples_per_class": samples_per_class,
+            "fd_samples": fd_samples,
+            "guidance_scale": guidance_scale,
+            "fid_inception": result.fid.reason,
+            "classifier": f"v{classifier.version}",
+        },
+    )

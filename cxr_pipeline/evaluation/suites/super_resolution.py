@@ -29,18 +29,38 @@ class SrOptions:
     lr_start_strength: float | None = 0.3  # also sample from the LR latent noised to this share of T; None: off
 
 
-def super_resolution_suite(models: Sequence[tuple[int, ModelRecord]], rows: pd.DataFrame, image_store: Path, pairs_root: Path,
-                           budget: SamplingBudget, policy: PromotionPolicy, registry_cache: Path, *,
-                           full_chain: bool = False, lr_start_strength: float | None = 0.3,
-                           log: Log = print) -> EvaluationOutcome:
+def super_resolution_suite(
+    models: Sequence[tuple[int, ModelRecord]],
+    rows: pd.DataFrame,
+    image_store: Path,
+    pairs_root: Path,
+    budget: SamplingBudget,
+    policy: PromotionPolicy,
+    registry_cache: Path,
+    *,
+    full_chain: bool = False,
+    lr_start_strength: float | None = 0.3,
+    log: Log = print,
+) -> EvaluationOutcome:
     """Each latent SR model ((scale, record) pairs) on ``rows`` against bicubic, bicubic through
     the VAE and the VAE ceiling, then promotion per scale."""
     if not models:
         raise FileNotFoundError("no trained latent SR model: materialize latent_sr first")
     high_resolution = stored_images(ImageStore(image_store), rows)
-    outcome = EvaluationOutcome("sr_evaluation", Report("Super-resolution evaluation", "", []), {}, [], [], (), "",
-                                params={**budget.params(LatentSuperResolution), "full_chain": full_chain,
-                                        "lr_start_strength": lr_start_strength})
+    outcome = EvaluationOutcome(
+        "sr_evaluation",
+        Report("Super-resolution evaluation", "", []),
+        {},
+        [],
+        [],
+        (),
+        "",
+        params={
+            **budget.params(LatentSuperResolution),
+            "full_chain": full_chain,
+            "lr_start_strength": lr_start_strength,
+        },
+    )
     tables, scores = [], []
     for scale, record in models:
         low_resolution = degraded_images(sr_pair_dir(pairs_root, scale), rows)
@@ -48,14 +68,30 @@ def super_resolution_suite(models: Sequence[tuple[int, ModelRecord]], rows: pd.D
         def evaluate(model_dir: str, low_resolution: torch.Tensor = low_resolution):
             return evaluate_super_resolution(
                 LatentSuperResolution.from_pretrained(model_dir, budget.device, precision=budget.precision),
-                high_resolution, low_resolution,
-                rows["image_id"], rows["patient_key"], ddim_steps=budget.ddim_steps, full_chain=full_chain,
-                lr_start_strength=lr_start_strength, spread_seeds=budget.spread_seeds,
-                spread_images=budget.spread_images, seed=budget.seed, resamples=budget.bootstrap_resamples)
+                high_resolution,
+                low_resolution,
+                rows["image_id"],
+                rows["patient_key"],
+                ddim_steps=budget.ddim_steps,
+                full_chain=full_chain,
+                lr_start_strength=lr_start_strength,
+                spread_seeds=budget.spread_seeds,
+                spread_images=budget.spread_images,
+                seed=budget.seed,
+                resamples=budget.bootstrap_resamples,
+            )
 
         log(f"evaluating {record.label} on {len(rows)} test images")
-        scored = score_and_challenge(record, evaluate, lambda r: (r.metrics(), r.must_beat()), policy,
-                                     promotion.split_key(rows["image_id"]), registry_cache, log, scale=scale)
+        scored = score_and_challenge(
+            record,
+            evaluate,
+            lambda r: (r.metrics(), r.must_beat()),
+            policy,
+            promotion.split_key(rows["image_id"]),
+            registry_cache,
+            log,
+            scale=scale,
+        )
         result = scored.results
         section = result.section()
         section.figures.append(training_curve(record, f"Latent SR x{scale}"))
@@ -70,4 +106,3 @@ def super_resolution_suite(models: Sequence[tuple[int, ModelRecord]], rows: pd.D
     outcome.summary = "\n\n".join(tables)
     outcome.scores = pd.concat(scores, ignore_index=True)
     return outcome
-

@@ -17,6 +17,21 @@ from .denoiser import low_dose_batch, train_denoiser
 from .latent_sr import train_latent_sr
 from .text_ldm import TextLayersAndUNet, report_groups, train_text_ldm
 
-__all__ = ["LatentRows", "TextLayersAndUNet", "as_part", "latent_scaling_factor", "low_dose_batch", "report_groups",
-           "residual_scale", "scale_draws", "scale_pair_latents", "scaled_latents", "train_arbitrary_sr",
-           "train_class_ddpm", "train_denoiser", "train_latent_sr", "train_model", "train_text_ldm"]
+__all__ = [
+    "LatentRows",
+    "TextLayersAndUNet",
+    "as_part",
+    "latent_scaling_factor",
+    "low_dose_batch",
+    "report_groups",
+    "residual_scale",
+    "scale_draws",
+    "scale_pair_latents",
+    "scaled_latents",
+    "train_arbitrary_sr",
+    "train_class_ddpm",
+    "train_denoiser",
+    "train_latent_sr",
+    "train_model",
+    "train_text_ldm",
+]

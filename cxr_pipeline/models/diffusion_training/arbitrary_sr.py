@@ -32,8 +32,9 @@ from ..vae import encode_mean, load_vae
 from .common import as_part, residual_scale, train_model
 
 
-def scale_draws(image_id: str, draws: int, scale_range: tuple[float, float], seed: int,
-                by_area: bool = False) -> list[float]:
+def scale_draws(
+    image_id: str, draws: int, scale_range: tuple[float, float], seed: int, by_area: bool = False
+) -> list[float]:
     """``draws`` continuous scales for one image, one in each equal stratum of ``scale_range``
     (so every image covers the whole range), placed at random within it, per image. ``by_area``:
     strata equal in scale squared (the pixels each LR pixel becomes), so large scales, where
@@ -42,13 +43,21 @@ def scale_draws(image_id: str, draws: int, scale_range: tuple[float, float], see
     low, high = (v * v for v in scale_range) if by_area else scale_range
     width = (high - low) / draws
     values = [low + width * (k + float(rng.random())) for k in range(draws)]
-    return [v ** 0.5 for v in values] if by_area else values
+    return [v**0.5 for v in values] if by_area else values
 
 
 @torch.no_grad()
-def scale_pair_latents(images: StoreImages, vae: torch.nn.Module, draws: int, scale_range: tuple[float, float],
-                       mix: DegradationMix | None, seed: int, by_area: bool = False,
-                       batch_size: int = 32, dest: Path | None = None) -> tuple[torch.Tensor | LatentRows, np.ndarray]:
+def scale_pair_latents(
+    images: StoreImages,
+    vae: torch.nn.Module,
+    draws: int,
+    scale_range: tuple[float, float],
+    mix: DegradationMix | None,
+    seed: int,
+    by_area: bool = False,
+    batch_size: int = 32,
+    dest: Path | None = None,
+) -> tuple[torch.Tensor | LatentRows, np.ndarray]:
     """Training conditions built on the fly: each image degraded (``mix``) and shrunk at each of
     its ``scale_draws``, resampled back (bicubic) to the image's grid and encoded. Returns the
     latents, ``draws`` consecutive rows per image, and the size ratios the rounded LR grids make
@@ -65,13 +74,17 @@ def scale_pair_latents(images: StoreImages, vae: torch.nn.Module, draws: int, sc
             for row, image in zip(rows, images.batch(rows)):
                 image_id = images.image_ids[row]
                 for k, scale in enumerate(scale_draws(image_id, draws, scale_range, seed, by_area)):
-                    low, _, _ = make_low_resolution(image[0].numpy(), scale, image_rng(seed, image_id, f"arbitrary_sr_{k}"), mix)
+                    low, _, _ = make_low_resolution(
+                        image[0].numpy(), scale, image_rng(seed, image_id, f"arbitrary_sr_{k}"), mix
+                    )
                     lows.append((low, tuple(image.shape[-2:])))
                     ratios.append((image.shape[-2] / low.shape[0] + image.shape[-1] / low.shape[1]) / 2)
-            canvases = torch.cat([bicubic_canvas(torch.from_numpy(low)[None, None], size, factor) for low, size in lows])
+            canvases = torch.cat(
+                [bicubic_canvas(torch.from_numpy(low)[None, None], size, factor) for low, size in lows]
+            )
             # the encoder runs 1.6x faster on CPU in chunks of 64 than of several hundred
             for i in range(0, len(canvases), 64):
-                encoded = encode_mean(vae, canvases[i:i + 64])
+                encoded = encode_mean(vae, canvases[i : i + 64])
                 if out is not None:
                     out.append(encoded.numpy())
                 else:
@@ -81,15 +94,33 @@ def scale_pair_latents(images: StoreImages, vae: torch.nn.Module, draws: int, sc
     return torch.cat(latents), np.asarray(ratios)
 
 
-def train_arbitrary_sr(metadata: pd.DataFrame, store: ImageStore, latents_dir: Path, vae_dir: Path,
-                       unet_config: UNetConfig, schedule: ScheduleConfig, train_config: TrainConfig,
-                       decoder_config: TrainConfig, runs_root: Path, data_hash: str, *,
-                       scale_min: float = 1.0, scale_max: float = 4.0, draws_per_image: int = 6,
-                       draws_by_area: bool = False, degradation_mix: bool = True, pair_seed: int = 0,
-                       residual: bool = True, decoder_min_ratio: float = 0.75,
-                       decoder_hidden: Sequence[int] = (64, 64), decoder_queries: int = 1024,
-                       decoder_val_images: int = 48, warm_start_from: Path | None = None,
-                       progress: TrainProgress | None = None, stop_after: int | None = None) -> TrainingOutcome:
+def train_arbitrary_sr(
+    metadata: pd.DataFrame,
+    store: ImageStore,
+    latents_dir: Path,
+    vae_dir: Path,
+    unet_config: UNetConfig,
+    schedule: ScheduleConfig,
+    train_config: TrainConfig,
+    decoder_config: TrainConfig,
+    runs_root: Path,
+    data_hash: str,
+    *,
+    scale_min: float = 1.0,
+    scale_max: float = 4.0,
+    draws_per_image: int = 6,
+    draws_by_area: bool = False,
+    degradation_mix: bool = True,
+    pair_seed: int = 0,
+    residual: bool = True,
+    decoder_min_ratio: float = 0.75,
+    decoder_hidden: Sequence[int] = (64, 64),
+    decoder_queries: int = 1024,
+    decoder_val_images: int = 48,
+    warm_start_from: Path | None = None,
+    progress: TrainProgress | None = None,
+    stop_after: int | None = None,
+) -> TrainingOutcome:
     """Two stages over the frozen VAE. First the implicit decoder head (LIIF, :mod:`.implicit`),
     trained to render latents at sizes between the encoder's grid steps (from ``decoder_min_ratio``
     of the native size up to it). Then the latent diffusion model, conditioned on the latent of the
@@ -101,10 +132,20 @@ def train_arbitrary_sr(metadata: pd.DataFrame, store: ImageStore, latents_dir: P
     latents whose UNet the second stage starts from (the scale's embedding starts fresh)."""
     runs_root = Path(runs_root)
     scale_range, draws = (scale_min, scale_max), draws_per_image
-    decoder = train_implicit_decoder(metadata, store, vae_dir, decoder_config, runs_root / "decoder", data_hash,
-                                     ratios=(decoder_min_ratio, 1.0), eval_ratios=(0.8, 0.95), val_images=decoder_val_images,
-                                     hidden=decoder_hidden, query_points=decoder_queries,
-                                     progress=as_part(progress, "decoder"))
+    decoder = train_implicit_decoder(
+        metadata,
+        store,
+        vae_dir,
+        decoder_config,
+        runs_root / "decoder",
+        data_hash,
+        ratios=(decoder_min_ratio, 1.0),
+        eval_ratios=(0.8, 0.95),
+        val_images=decoder_val_images,
+        hidden=decoder_hidden,
+        query_points=decoder_queries,
+        progress=as_part(progress, "decoder"),
+    )
     # only the main process saves, and only after its own decoder stage wrote the head
     parts = {"head": ImplicitDecoder.from_pretrained(decoder.model_dir).head} if distributed.current().is_main else {}
     factor, vae = latent_scaling_factor(latents_dir), load_vae(vae_dir)
@@ -114,21 +155,39 @@ def train_arbitrary_sr(metadata: pd.DataFrame, store: ImageStore, latents_dir: P
     hr = scaled_latents(latents_dir, "hr", "train")
     # the conditions go to a file beside the runs, named by everything that makes them, so a
     # resumed or repeated training reads them back instead of encoding every image again
-    conditions_file = runs_root / "conditions" / (run_key("arbitrary_sr_conditions", str(vae_dir), draws, list(scale_range),
-                                                          degradation_mix, pair_seed, draws_by_area, data_hash) + ".npy")
+    conditions_file = (
+        runs_root
+        / "conditions"
+        / (
+            run_key(
+                "arbitrary_sr_conditions",
+                str(vae_dir),
+                draws,
+                list(scale_range),
+                degradation_mix,
+                pair_seed,
+                draws_by_area,
+                data_hash,
+            )
+            + ".npy"
+        )
+    )
     ratios_file = conditions_file.with_suffix(".ratios.npy")
     if conditions_file.exists() and ratios_file.exists():
         ratios = np.load(ratios_file)
     else:
-        _, ratios = scale_pair_latents(StoreImages(store, rows), vae, draws, scale_range, mix, pair_seed, draws_by_area,
-                                       dest=conditions_file)
+        _, ratios = scale_pair_latents(
+            StoreImages(store, rows), vae, draws, scale_range, mix, pair_seed, draws_by_area, dest=conditions_file
+        )
         atomic.write_npy(ratios_file, ratios)
     conditions = LatentRows(conditions_file, factor)
     scale_conditioned = unet_config.class_embed_type == "timestep"
     labels = torch.tensor([scale_label(r) for r in ratios], dtype=torch.float32)
     targets_of = torch.arange(len(conditions)) // draws  # the HR latent each condition belongs to
-    conditioning = Conditioning(concat_channels=hr.shape[1],
-                                residual_scale=residual_scale(hr.subset(targets_of), conditions) if residual else 0.0)
+    conditioning = Conditioning(
+        concat_channels=hr.shape[1],
+        residual_scale=residual_scale(hr.subset(targets_of), conditions) if residual else 0.0,
+    )
     sampler = EpochSampler(len(conditions), train_config.batch_size, train_config.seed)
 
     def batches(step: int) -> dict:
@@ -138,26 +197,64 @@ def train_arbitrary_sr(metadata: pd.DataFrame, store: ImageStore, latents_dir: P
 
     val = StoreImages(store, metadata[metadata["split"] == "val"].head(4).reset_index(drop=True)).stack()
     preview_scale = 3.0  # inside the range and off the integer grid of the LR (64 px -> 21 px)
-    preview_lows = [make_low_resolution(x[0].numpy(), preview_scale, image_rng(pair_seed, "preview", "x3"), None)[0]
-                    for x in val]
-    preview_canvas = torch.cat([bicubic_canvas(torch.from_numpy(low)[None, None], tuple(val.shape[-2:]),
-                                               downsampling_factor(vae)) for low in preview_lows])
+    preview_lows = [
+        make_low_resolution(x[0].numpy(), preview_scale, image_rng(pair_seed, "preview", "x3"), None)[0] for x in val
+    ]
+    preview_canvas = torch.cat(
+        [
+            bicubic_canvas(torch.from_numpy(low)[None, None], tuple(val.shape[-2:]), downsampling_factor(vae))
+            for low in preview_lows
+        ]
+    )
     preview_condition = encode_mean(vae, preview_canvas) * factor
 
     def preview(model: torch.nn.Module, step: int) -> np.ndarray:
         device = next(model.parameters()).device
-        preview_labels = torch.full((len(preview_condition),), scale_label(preview_scale)) if scale_conditioned else None
-        out = sample(model, schedule, tuple(preview_condition.shape), condition=preview_condition.to(device),
-                     labels=preview_labels, steps=train_config.preview_steps, generator=step_generator(train_config.seed, 10**6),
-                     residual_scale=conditioning.residual_scale)
+        preview_labels = (
+            torch.full((len(preview_condition),), scale_label(preview_scale)) if scale_conditioned else None
+        )
+        out = sample(
+            model,
+            schedule,
+            tuple(preview_condition.shape),
+            condition=preview_condition.to(device),
+            labels=preview_labels,
+            steps=train_config.preview_steps,
+            generator=step_generator(train_config.seed, 10**6),
+            residual_scale=conditioning.residual_scale,
+        )
         rows_ = [preview_canvas[:, 0], to_images(out, vae, factor)[:, 0], val[:, 0]]
         return torch.cat([torch.cat(list(row), dim=1) for row in rows_], dim=0).numpy()
 
-    settings = ArbitrarySRSettings(scale_min=scale_min, scale_max=scale_max, draws_per_image=draws_per_image,
-                                   draws_by_area=draws_by_area, degradation_mix=degradation_mix, pair_seed=pair_seed,
-                                   residual=residual, decoder_min_ratio=decoder_min_ratio,
-                                   decoder_run=decoder.run_dir.name, vae_source=str(vae_dir), scaling_factor=factor)
-    outcome = train_model("arbitrary_sr", unet_config, schedule, conditioning, batches, train_config, runs_root, data_hash,
-                     preview, settings, progress, stop_after, vae=vae, parts=parts, warm_start_from=warm_start_from)
+    settings = ArbitrarySRSettings(
+        scale_min=scale_min,
+        scale_max=scale_max,
+        draws_per_image=draws_per_image,
+        draws_by_area=draws_by_area,
+        degradation_mix=degradation_mix,
+        pair_seed=pair_seed,
+        residual=residual,
+        decoder_min_ratio=decoder_min_ratio,
+        decoder_run=decoder.run_dir.name,
+        vae_source=str(vae_dir),
+        scaling_factor=factor,
+    )
+    outcome = train_model(
+        "arbitrary_sr",
+        unet_config,
+        schedule,
+        conditioning,
+        batches,
+        train_config,
+        runs_root,
+        data_hash,
+        preview,
+        settings,
+        progress,
+        stop_after,
+        vae=vae,
+        parts=parts,
+        warm_start_from=warm_start_from,
+    )
     outcome.metrics.update({f"decoder_{k}": v for k, v in decoder.metrics.items()})
     return outcome

@@ -27,11 +27,24 @@ from ..vae import load_vae, to_model
 from .common import train_model
 
 
-def train_class_ddpm(metadata: pd.DataFrame, store: ImageStore, classes: Sequence[str], unet_config: UNetConfig,
-                     schedule: ScheduleConfig, train_config: TrainConfig, runs_root: Path, data_hash: str, *,
-                     latents_dir: Path | None = None, vae_dir: Path | None = None, class_balance: bool = True,
-                     label_dropout: float = 0.1, guidance_scale: float = 2.0, progress: TrainProgress | None = None,
-                     stop_after: int | None = None) -> TrainingOutcome:
+def train_class_ddpm(
+    metadata: pd.DataFrame,
+    store: ImageStore,
+    classes: Sequence[str],
+    unet_config: UNetConfig,
+    schedule: ScheduleConfig,
+    train_config: TrainConfig,
+    runs_root: Path,
+    data_hash: str,
+    *,
+    latents_dir: Path | None = None,
+    vae_dir: Path | None = None,
+    class_balance: bool = True,
+    label_dropout: float = 0.1,
+    guidance_scale: float = 2.0,
+    progress: TrainProgress | None = None,
+    stop_after: int | None = None,
+) -> TrainingOutcome:
     """In the VAE's latent space when ``latents_dir`` and ``vae_dir`` are given (the default
     recipe: 16x fewer positions per image, so far more steps in the same time), else on pixels."""
     latent = latents_dir is not None
@@ -49,8 +62,11 @@ def train_class_ddpm(metadata: pd.DataFrame, store: ImageStore, classes: Sequenc
         labels = rows["class_id"].astype(int).to_numpy()
         factor, vae = 1.0, None
     num_classes = len(classes)
-    sampler = (WeightedStepSampler(labels, train_config.batch_size, train_config.seed) if class_balance
-               else EpochSampler(len(labels), train_config.batch_size, train_config.seed))
+    sampler = (
+        WeightedStepSampler(labels, train_config.batch_size, train_config.seed)
+        if class_balance
+        else EpochSampler(len(labels), train_config.batch_size, train_config.seed)
+    )
     conditioning = Conditioning(num_classes=num_classes, class_dropout=label_dropout)
 
     def batches(step: int) -> dict:
@@ -61,13 +77,39 @@ def train_class_ddpm(metadata: pd.DataFrame, store: ImageStore, classes: Sequenc
     def preview(model: torch.nn.Module, step: int) -> np.ndarray:
         wanted = torch.arange(num_classes).repeat_interleave(2)
         shape = (len(wanted), unet_config.out_channels, unet_config.sample_size, unet_config.sample_size)
-        out = sample(model, schedule, shape, labels=wanted, null_label=num_classes, guidance=guidance_scale,
-                     steps=train_config.preview_steps, generator=step_generator(train_config.seed, 10**6))
+        out = sample(
+            model,
+            schedule,
+            shape,
+            labels=wanted,
+            null_label=num_classes,
+            guidance=guidance_scale,
+            steps=train_config.preview_steps,
+            generator=step_generator(train_config.seed, 10**6),
+        )
         images_ = to_images(out, vae, factor)[:, 0]  # one column per class, two rows
         return torch.cat([torch.cat(list(images_[i::2]), dim=1) for i in range(2)], dim=0).numpy()
 
-    settings = ClassDDPMSettings(classes=list(classes), class_balance=class_balance, guidance_scale=guidance_scale,
-                                 space="latent" if latent else "pixel", vae_source=str(vae_dir) if latent else None,
-                                 scaling_factor=factor)
-    return train_model("class_ddpm", unet_config, schedule, conditioning, batches, train_config, runs_root, data_hash,
-                  preview, settings, progress, stop_after, vae=vae)
+    settings = ClassDDPMSettings(
+        classes=list(classes),
+        class_balance=class_balance,
+        guidance_scale=guidance_scale,
+        space="latent" if latent else "pixel",
+        vae_source=str(vae_dir) if latent else None,
+        scaling_factor=factor,
+    )
+    return train_model(
+        "class_ddpm",
+        unet_config,
+        schedule,
+        conditioning,
+        batches,
+        train_config,
+        runs_root,
+        data_hash,
+        preview,
+        settings,
+        progress,
+        stop_after,
+        vae=vae,
+    )

@@ -42,13 +42,20 @@ class TextLayersAndUNet(torch.nn.Module):
     def parameter_groups(self, learning_rate: float) -> list[dict]:
         """Pretrained layers fine-tune at a small share of the UNet's rate (at the UNet's 2e-3 they
         are overwritten, not adapted)."""
-        return [{"params": list(self.unet.parameters())},
-                {"params": list(self.text_layers.parameters()), "lr": learning_rate * self.text_learning_rate_scale}]
+        return [
+            {"params": list(self.unet.parameters())},
+            {"params": list(self.text_layers.parameters()), "lr": learning_rate * self.text_learning_rate_scale},
+        ]
 
     def forward(self, sample, timestep, encoder_hidden_states, encoder_attention_mask, class_labels=None):
         hidden = ReportEncoder.run_layers(self.text_layers, encoder_hidden_states, encoder_attention_mask)
-        return self.unet(sample, timestep, encoder_hidden_states=hidden, encoder_attention_mask=encoder_attention_mask,
-                         class_labels=TextCondition(hidden, encoder_attention_mask).pooled())
+        return self.unet(
+            sample,
+            timestep,
+            encoder_hidden_states=hidden,
+            encoder_attention_mask=encoder_attention_mask,
+            class_labels=TextCondition(hidden, encoder_attention_mask).pooled(),
+        )
 
 
 def report_groups(rows: pd.DataFrame) -> np.ndarray:
@@ -58,11 +65,25 @@ def report_groups(rows: pd.DataFrame) -> np.ndarray:
     return pd.factorize(names.to_numpy())[0]
 
 
-def train_text_ldm(metadata: pd.DataFrame, latents_dir: Path, vae_dir: Path, encoder_dir: Path,
-                   unet_config: UNetConfig, schedule: ScheduleConfig, train_config: TrainConfig, runs_root: Path,
-                   data_hash: str, *, text_dropout: float = 0.1, guidance_scale: float = 3.0, balance: bool = True,
-                   trainable_encoder_layers: int = 0, warm_start_from: Path | None = None,
-                   progress: TrainProgress | None = None, stop_after: int | None = None) -> TrainingOutcome:
+def train_text_ldm(
+    metadata: pd.DataFrame,
+    latents_dir: Path,
+    vae_dir: Path,
+    encoder_dir: Path,
+    unet_config: UNetConfig,
+    schedule: ScheduleConfig,
+    train_config: TrainConfig,
+    runs_root: Path,
+    data_hash: str,
+    *,
+    text_dropout: float = 0.1,
+    guidance_scale: float = 3.0,
+    balance: bool = True,
+    trainable_encoder_layers: int = 0,
+    warm_start_from: Path | None = None,
+    progress: TrainProgress | None = None,
+    stop_after: int | None = None,
+) -> TrainingOutcome:
     """Latent diffusion conditioned on radiology reports: the frozen report encoder's token
     embeddings (computed once for the training split's reports, all padded to one length) feed
     the UNet's cross-attention and, pooled, its timestep embedding; ``text_dropout`` of the
@@ -78,8 +99,10 @@ def train_text_ldm(metadata: pd.DataFrame, latents_dir: Path, vae_dir: Path, enc
     prompts = report_prompts(rows).to_numpy()
     reported = np.flatnonzero([bool(p) for p in prompts])
     if not len(reported):
-        raise ValueError("no training image has a report: the text model needs report text (findings_text / "
-                         "impression_text in the metadata)")
+        raise ValueError(
+            "no training image has a report: the text model needs report text (findings_text / "
+            "impression_text in the metadata)"
+        )
     targets = scaled_latents(latents_dir, "hr", "train").subset(reported)
     rows, prompts = rows.iloc[reported].reset_index(drop=True), prompts[reported]
     length = min(encoder.max_length, int(encoder.token_counts(list(prompts)).max()))
@@ -88,14 +111,22 @@ def train_text_ldm(metadata: pd.DataFrame, latents_dir: Path, vae_dir: Path, enc
     text = encoder.encode(list(prompts), pad_to=length, layers=frozen)
     null = encoder.encode([""], pad_to=length, layers=frozen)
     factor, vae = latent_scaling_factor(latents_dir), load_vae(vae_dir)
-    sampler = (WeightedStepSampler(report_groups(rows), train_config.batch_size, train_config.seed) if balance
-               else EpochSampler(len(targets), train_config.batch_size, train_config.seed))
+    sampler = (
+        WeightedStepSampler(report_groups(rows), train_config.batch_size, train_config.seed)
+        if balance
+        else EpochSampler(len(targets), train_config.batch_size, train_config.seed)
+    )
     conditioning = Conditioning(text=True, text_dropout=text_dropout)
 
     def batches(step: int) -> dict:
         picked = torch.from_numpy(sampler.indices(step))
-        return {"target": targets[picked], "text": text.hidden[picked], "text_mask": text.mask[picked],
-                "null_text": null.hidden, "null_mask": null.mask}
+        return {
+            "target": targets[picked],
+            "text": text.hidden[picked],
+            "text_mask": text.mask[picked],
+            "null_text": null.hidden,
+            "null_mask": null.mask,
+        }
 
     val = metadata[metadata["split"] == "val"]
     val_prompts = [p for p in report_prompts(val).tolist() if p][:8]
@@ -103,21 +134,66 @@ def train_text_ldm(metadata: pd.DataFrame, latents_dir: Path, vae_dir: Path, enc
 
     def preview(model: torch.nn.Module, step: int) -> np.ndarray:
         shape = (len(val_prompts), unet_config.out_channels, unet_config.sample_size, unet_config.sample_size)
-        out = sample(model, schedule, shape, text=preview_text, null_text=null, guidance=guidance_scale,
-                     steps=train_config.preview_steps,
-                     generator=step_generator(train_config.seed, 10**6))
+        out = sample(
+            model,
+            schedule,
+            shape,
+            text=preview_text,
+            null_text=null,
+            guidance=guidance_scale,
+            steps=train_config.preview_steps,
+            generator=step_generator(train_config.seed, 10**6),
+        )
         return torch.cat(list(to_images(out, vae, factor)[:, 0]), dim=1).numpy()
 
-    settings = TextLDMSettings(guidance_scale=guidance_scale, text_dropout=text_dropout, balance=balance,
-                               trainable_encoder_layers=trainable_encoder_layers, vae_source=str(vae_dir),
-                               encoder_source=str(encoder_dir), text_length=length, train_reports=len(prompts),
-                               preview_prompts=val_prompts, scaling_factor=factor)
+    settings = TextLDMSettings(
+        guidance_scale=guidance_scale,
+        text_dropout=text_dropout,
+        balance=balance,
+        trainable_encoder_layers=trainable_encoder_layers,
+        vae_source=str(vae_dir),
+        encoder_source=str(encoder_dir),
+        text_length=length,
+        train_reports=len(prompts),
+        preview_prompts=val_prompts,
+        scaling_factor=factor,
+    )
     if not trainable_layers:
-        return train_model("text_ldm", unet_config, schedule, conditioning, batches, train_config, runs_root, data_hash,
-                      preview, settings, progress, stop_after, vae=vae, parts={"text_encoder": encoder},
-                      warm_start_from=warm_start_from)
-    return train_model("text_ldm", unet_config, schedule, conditioning, batches, train_config, runs_root, data_hash,
-                  preview, settings, progress, stop_after, vae=vae,
-                  wrap=lambda unet: TextLayersAndUNet(encoder.top_layers(trainable_layers), unet),
-                  unwrap=lambda model: (model.unet, {"text_encoder": encoder.with_top_layers(cast(TextLayersAndUNet, model).text_layers)}),
-                  warm_start_from=warm_start_from)
+        return train_model(
+            "text_ldm",
+            unet_config,
+            schedule,
+            conditioning,
+            batches,
+            train_config,
+            runs_root,
+            data_hash,
+            preview,
+            settings,
+            progress,
+            stop_after,
+            vae=vae,
+            parts={"text_encoder": encoder},
+            warm_start_from=warm_start_from,
+        )
+    return train_model(
+        "text_ldm",
+        unet_config,
+        schedule,
+        conditioning,
+        batches,
+        train_config,
+        runs_root,
+        data_hash,
+        preview,
+        settings,
+        progress,
+        stop_after,
+        vae=vae,
+        wrap=lambda unet: TextLayersAndUNet(encoder.top_layers(trainable_layers), unet),
+        unwrap=lambda model: (
+            model.unet,
+            {"text_encoder": encoder.with_top_layers(cast(TextLayersAndUNet, model).text_layers)},
+        ),
+        warm_start_from=warm_start_from,
+    )
