@@ -200,12 +200,10 @@ def evaluate(
         trained_scales(paths),
         test.rows,
         paths.image_store,
-        options.scales,
         budget,
         policy,
         paths.registry_cache,
-        degradation_mix=options.degradation_mix,
-        pair_seed=options.pair_seed,
+        options,
         log=inputs.log,
     )
     outcome.note_draws([test])

@@ -3,7 +3,6 @@ classes plus a learned null class. ``cxr-class-ddpm``."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -143,11 +142,7 @@ def evaluate(
         budget,
         policy,
         paths.registry_cache,
-        samples_per_class=options.samples_per_class,
-        fd_samples=options.fd_samples,
-        guidance_scale=options.guidance_scale,
-        inception_weights=options.fid_inception_weights or os.environ.get("CXR_FID_INCEPTION_WEIGHTS"),
-        inception_sha256=options.fid_inception_sha256,
+        options,
         log=inputs.log,
     )
     outcome.note_draws([test, val])

@@ -129,8 +129,7 @@ def evaluate(
         budget,
         policy,
         paths.registry_cache,
-        nlm_factors=options.nlm_factors,
-        strengths=options.strengths,
+        options,
         log=inputs.log,
     )
     outcome.note_draws([test])

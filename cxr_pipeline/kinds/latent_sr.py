@@ -139,8 +139,7 @@ def evaluate(
         budget,
         policy,
         paths.registry_cache,
-        full_chain=options.full_chain,
-        lr_start_strength=options.lr_start_strength,
+        options,
         log=inputs.log,
     )
     outcome.note_draws([test])

@@ -159,11 +159,8 @@ def evaluate(
         budget,
         policy,
         paths.registry_cache,
+        options,
         caps=inputs.caps,
-        guidance_scales=options.guidance_scales,
-        guidance_scale=options.guidance_scale,
-        consistency_samples=options.consistency_samples,
-        sweep_samples=options.sweep_samples,
         log=inputs.log,
     )
     outcome.asset_metadata["test_reports"] = outcome.params["test_reports"]

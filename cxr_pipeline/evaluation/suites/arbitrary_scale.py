@@ -59,18 +59,17 @@ def arbitrary_super_resolution_suite(
     fixed_models: Sequence[tuple[int, ModelRecord]],
     rows: pd.DataFrame,
     image_store: Path,
-    scales: Sequence[float],
     budget: SamplingBudget,
     policy: PromotionPolicy,
     registry_cache: Path,
+    options: ArbitrarySrOptions,
     *,
-    degradation_mix: bool = True,
-    pair_seed: int = 0,
     log: Log = print,
 ) -> EvaluationOutcome:
     """The arbitrary-scale model at each scale on ``rows`` against bicubic at that scale, its own
     latent path without diffusion and, at the scales a fixed-scale model was trained for, that
     model on the same inputs; a plot of the gain over bicubic by scale; then promotion."""
+    scales, degradation_mix, pair_seed = options.scales, options.degradation_mix, options.pair_seed
     ids, groups = rows["image_id"].astype(str), rows["patient_key"]
     inputs = arbitrary_scale_inputs(
         stored_images(ImageStore(image_store), rows),

@@ -41,13 +41,13 @@ def denoising_suite(
     budget: SamplingBudget,
     policy: PromotionPolicy,
     registry_cache: Path,
+    options: DenoisingOptions,
     *,
-    nlm_factors: Sequence[float],
-    strengths: Sequence[float],
     log: Log = print,
 ) -> EvaluationOutcome:
     """The low-dose denoiser per dose level on ``rows``, against the noisy input and non-local
     means, both tuned on ``val_rows`` (NLM's h, the denoiser's starting strength), then promotion."""
+    nlm_factors, strengths = options.nlm_factors, options.strengths
     if not doses:
         raise FileNotFoundError("no low-dose pairs: materialize low_dose_pairs first")
     store = ImageStore(image_store)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,17 +39,21 @@ def generation_suite(
     budget: SamplingBudget,
     policy: PromotionPolicy,
     registry_cache: Path,
+    options: GenerationOptions,
     *,
-    samples_per_class: int = 10,
-    fd_samples: int | None = None,
-    guidance_scale: float | None = None,
-    inception_weights: str | None = None,
-    inception_sha256: str | None = None,
     log: Log = print,
 ) -> EvaluationOutcome:
     """The class-conditional model against the labelled real test images: fd_cxr and KID on the
     CXR feature network, conditional accuracy, MS-SSIM diversity, Inception FID when its weights
-    are local; then promotion (compared only under the same feature network)."""
+    are local (the options' file, else ``$CXR_FID_INCEPTION_WEIGHTS``); then promotion (compared
+    only under the same feature network)."""
+    samples_per_class, fd_samples, guidance_scale = (
+        options.samples_per_class,
+        options.fd_samples,
+        options.guidance_scale,
+    )
+    inception_weights = options.fid_inception_weights or os.environ.get("CXR_FID_INCEPTION_WEIGHTS")
+    inception_sha256 = options.fid_inception_sha256
     store = ImageStore(image_store)
     real_test, real_val = stored_images(store, rows), stored_images(store, val_rows)
 

@@ -37,13 +37,13 @@ def super_resolution_suite(
     budget: SamplingBudget,
     policy: PromotionPolicy,
     registry_cache: Path,
+    options: SrOptions,
     *,
-    full_chain: bool = False,
-    lr_start_strength: float | None = 0.3,
     log: Log = print,
 ) -> EvaluationOutcome:
     """Each latent SR model ((scale, record) pairs) on ``rows`` against bicubic, bicubic through
     the VAE and the VAE ceiling, then promotion per scale."""
+    full_chain, lr_start_strength = options.full_chain, options.lr_start_strength
     if not models:
         raise FileNotFoundError("no trained latent SR model: materialize latent_sr first")
     high_resolution = stored_images(ImageStore(image_store), rows)

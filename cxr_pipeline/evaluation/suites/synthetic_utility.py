@@ -4,7 +4,6 @@ real + generated-to-balance images, scored on the real test split."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from ...reports.document import Report, markdown_table
 from ...reports.synthetic_utility import arms_table, example_grid, goals_table, utility_section
 from ..caps import EvaluationCaps, draw_patients
 from ..inputs import stored_images
-from ..outcome import EvaluationOutcome, Log
+from ..outcome import EvaluationOutcome, Log, SamplingBudget
 from ..synthetic_utility import (
     CLASS_GENERATOR,
     GENERATORS,
@@ -82,24 +81,21 @@ def synthetic_utility_suite(
     metadata: pd.DataFrame,
     image_store: Path,
     runs_root: Path,
-    arms: Sequence[str],
+    budget: SamplingBudget,
+    options: SyntheticUtilityOptions,
     *,
     profile: UtilityProfile,
     caps: EvaluationCaps,
-    ratio: float = 1.0,
-    ddim_steps: int = 10,
-    class_guidance: float | None = None,
-    text_guidance: float | None = None,
-    bootstrap_resamples: int = 2000,
-    seed: int = 0,
-    device: str = "auto",
-    precision: str = "auto",
     log: Log = print,
 ) -> EvaluationOutcome:
     """The augmentation experiment: generate the pool once from training labels and reports,
     train the classifier recipe on every arm and seed, score all of them on the real test split
     with paired patient-and-seed intervals, and report. The real images are drawn under ``caps``
     (training images per arm, which also size the generated pool; val; test)."""
+    arms, ratio = profile.arms, options.synthetic_ratio
+    class_guidance, text_guidance = options.class_guidance, options.text_guidance
+    ddim_steps, bootstrap_resamples, seed = budget.ddim_steps, budget.bootstrap_resamples, budget.seed
+    device, precision = budget.device, budget.precision
     data_hash = content_hash(metadata)
     chosen = arms_named(arms)
     used = {g for arm in chosen for g in arm.generators}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,12 +38,9 @@ def text_generation_suite(
     budget: SamplingBudget,
     policy: PromotionPolicy,
     registry_cache: Path,
+    options: TextGenerationOptions,
     *,
     caps: EvaluationCaps,
-    guidance_scales: Sequence[float] = GUIDANCE_SWEEP,
-    guidance_scale: float | None = None,
-    consistency_samples: int = 2,
-    sweep_samples: int = 2,
     log: Log = print,
 ) -> EvaluationOutcome:
     """The text-conditional model on the test split's reports: prompt consistency (against the
@@ -52,6 +48,8 @@ def text_generation_suite(
     with the guidance scale chosen on val; then promotion (under the same feature network).
     Each split's reports are drawn under ``caps``: test, val (the sweep) and the training
     reports memorization and retrieval compare against."""
+    guidance_scales, guidance_scale = options.guidance_scales, options.guidance_scale
+    consistency_samples, sweep_samples = options.consistency_samples, options.sweep_samples
     store = ImageStore(image_store)
     draws = [
         draw_patients(reported_rows(metadata, split), cap, split, budget.seed, unit="reports")
