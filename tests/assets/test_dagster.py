@@ -92,6 +92,44 @@ def test_model_kind_registry_names_real_assets_evaluations_and_distinct_registry
         ), kind.key
 
 
+def test_each_evaluation_asset_is_built_from_its_evaluation_with_its_defaults():
+    """The run config of every evaluation asset is generated from its Evaluation: the budget fields
+    it uses (with its defaults), its caps, its promotion rule and its suite's options, field for
+    field, as the training configs are from the recipes; and one factory built them all."""
+    import dataclasses
+
+    from assets.evaluation import CAP_FIELDS, POLICY_FIELDS
+    from cxr_pipeline import kinds
+
+    assert len(kinds.EVALUATIONS) == 6
+    for evaluation in kinds.EVALUATIONS:
+        asset = defs.resolve_assets_def(evaluation.name)
+        fields = asset.op.config_schema.as_field().config_type.fields
+        expected = {
+            **{name: getattr(evaluation.budget, name) for name in evaluation.budget_fields},
+            **{CAP_FIELDS[cap]: None for cap in evaluation.caps},
+            **{
+                field.name: getattr(evaluation.options(), field.name)
+                for field in dataclasses.fields(evaluation.options)
+            },
+        }
+        if evaluation.promotes:
+            expected.update({POLICY_FIELDS[name]: getattr(evaluation.policy, name) for name in POLICY_FIELDS})
+        assert set(fields) == set(expected), evaluation.name
+        for name, value in expected.items():
+            if fields[name].default_provided:
+                default = fields[name].default_value
+                assert default == (list(value) if isinstance(value, tuple) else value), (evaluation.name, name)
+        assert asset.op.compute_fn.decorated_fn.__name__ == "materialize", evaluation.name  # the one factory
+    # the budget's defaults are not restated per asset: the arbitrary-scale evaluation samples 20 steps
+    fields = defs.resolve_assets_def("arbitrary_sr_evaluation").op.config_schema.as_field().config_type.fields
+    assert fields["ddim_steps"].default_value == kinds.ARBITRARY_SR.evaluation.budget.ddim_steps == 20
+    assert (
+        "spread_seeds"
+        not in defs.resolve_assets_def("synthetic_utility").op.config_schema.as_field().config_type.fields
+    )
+
+
 def test_settings_fall_back_to_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("CXR_DATA_DIR", str(tmp_path / "raw"))
