@@ -56,7 +56,8 @@ def compute_jobs(executor: dg.ExecutorDefinition) -> dict:
             "evaluation",
             selection=dg.AssetSelection.groups("evaluation"),
             executor_def=executor,
-            description="Train the CXR feature classifier and evaluate the current models on the test split.",
+            description="Evaluate the current models on the test split (the CXR feature classifier trains in the "
+            "training job).",
         ),
         "smoke": dg.define_asset_job(
             "smoke",
