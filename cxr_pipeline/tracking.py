@@ -6,11 +6,13 @@ folder is ``model_source.py``; registered models as pyfunc models are ``serving.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import subprocess
 import time
 from pathlib import Path
 
+import filelock
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -19,8 +21,24 @@ from mlflow.exceptions import MlflowException
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
+def store_guard(tracking_uri: str) -> contextlib.AbstractContextManager:
+    """A lock beside a SQLite store: the first client of a new store creates its tables, and two
+    steps doing it at once (the first two MLflow steps of a run on a fresh work folder) break
+    MLflow's migration and leave the store half made. Other stores need none."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return filelock.FileLock(str(database) + ".init.lock")
+
+
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path) -> str:
     mlflow.set_tracking_uri(tracking_uri)
+    with store_guard(tracking_uri):
+        return _ensure_experiment(name, artifact_root)
+
+
+def _ensure_experiment(name: str, artifact_root: Path) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         Path(artifact_root).mkdir(parents=True, exist_ok=True)
