@@ -8,6 +8,11 @@ Reads the latest MLflow run of each name in each folder's default store
 (``cxr-<model>``: final validation figures, last loss, the evaluation figures copied into it), and
 prints, per run name, how many figures are identical and every one that is not. Exits 1 when any
 figure differs outside the ignored run names.
+
+A step's figures follow its thread count, which follows the heavy steps running beside it
+(``cxr_pipeline.compute``): two runs agree to the last digit only when their steps overlap the
+same way. For a refactor check, run both with the threads fixed, e.g. ``CXR_STEP_THREADS=1``
+(a job at the smoke budget, ``-j smoke``, covers every asset in minutes).
 """
 
 from __future__ import annotations
