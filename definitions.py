@@ -38,6 +38,7 @@ ASSET_CHECKS = [
     labels.no_leakage_between_splits,
     labels.every_split_non_empty,
     labels.label_coverage,
+    labels.every_class_label_has_a_class,
 ]
 
 

@@ -3,6 +3,8 @@ low-dose denoiser. Each asset trains its kind's recipe (``cxr_pipeline.kinds``):
 per model (params, loss curves, a sample grid every ``eval_every`` steps), the final EMA
 weights registered, the run id, version and model folder reported."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 
 from cxr_pipeline import kinds
@@ -11,7 +13,7 @@ from resources import CxrSettings, MlflowTracking
 from .labels import image_metadata
 from .models import latents
 from .pairs import low_dose_pairs
-from .training import TRAINING_STEP, ahead, recipe_config, train_kind, train_one
+from .training import TRAINING_STEP, ahead, recipe_config, skipped, train_kind, train_one
 
 
 class LatentSrConfig(recipe_config(kinds.LATENT_SR.recipe, "LatentSrConfig")):  # type: ignore[misc]  # fields generated from the recipe
@@ -68,21 +70,29 @@ def arbitrary_sr(
     return dg.MaterializeResult(metadata=produced)
 
 
-@dg.asset(group_name="models", deps=[image_metadata, latents], kinds={"pytorch", "mlflow"}, **ahead(TRAINING_STEP, 3))
+@dg.asset(
+    group_name="models",
+    deps=[image_metadata, latents],
+    kinds={"pytorch", "mlflow"},
+    output_required=False,  # skipped, with its reason, on data without class labels
+    **ahead(TRAINING_STEP, 3),
+)
 def class_ddpm(
     context: dg.AssetExecutionContext,
     config: ClassDdpmConfig,
     settings: CxrSettings,
     mlflow_tracking: MlflowTracking,
     pipes_subprocess_client: dg.PipesSubprocessClient,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
     """Class-conditional diffusion over the single-label classes plus a learned null class
     (classifier-free guidance), trained on class-balanced batches: in the VAE latent space by
     default (the model folder carries its own copy of the VAE), or on pixels."""
+    if skipped(context, kinds.CLASS_DDPM, settings):
+        return
     _, produced = train_one(
         context, kinds.CLASS_DDPM, config.recipe(), settings, mlflow_tracking, pipes_subprocess_client
     )
-    return dg.MaterializeResult(metadata=produced)
+    yield dg.MaterializeResult(metadata=produced)
 
 
 # After ``latents`` though it trains in pixel space: its registered version carries the input

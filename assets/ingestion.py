@@ -7,7 +7,9 @@ import pandas as pd
 
 from cxr_pipeline.data import atomic
 from cxr_pipeline.data import ingest as ingestion
+from cxr_pipeline.data.demo.ct_slices import CtDemoSpec, generate_ct_demo
 from cxr_pipeline.data.demo.dataset import DemoSpec, generate_demo_dataset
+from cxr_pipeline.data.dicom import DEFAULT_CT_WINDOW
 from cxr_pipeline.data.geometry import AspectPolicy
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.parallel import default_workers
@@ -25,7 +27,23 @@ def raw_images(context: dg.AssetExecutionContext, settings: CxrSettings) -> dg.M
     """The raw data folder: ``CXR_DATA_DIR``, or the built-in demo dataset generated on first use."""
     root = settings.raw_data_dir()
     metadata: dict[str, Any] = {}
-    if settings.uses_demo_data():
+    if settings.uses_demo_data() and settings.demo_kind() == "ct_slices":
+        profile = settings.profile_spec()
+        ct_spec = CtDemoSpec(patients=profile.demo_patients, source_size=profile.demo_source_size)
+        context.log.info(
+            f"CT-slice demo ({profile.name}): {ct_spec.patients} patients at {ct_spec.source_size}px in {root}"
+        )
+        summary = generate_ct_demo(root, ct_spec, workers=settings.workers or default_workers())
+        metadata.update(
+            {
+                "source": "built-in CT-slice demo dataset",
+                "patients": summary["patients"],
+                "slices": summary["images"],
+                "patients_per_class": dg.MetadataValue.json(summary["patients_per_class"]),
+                "deliberately_bad_inputs": dg.MetadataValue.json(summary["bad_inputs"]),
+            }
+        )
+    elif settings.uses_demo_data():
         profile = settings.profile_spec()
         spec = DemoSpec(patients=profile.demo_patients, source_size=profile.demo_source_size)
         workers = settings.workers or default_workers()
@@ -60,7 +78,9 @@ def raw_images(context: dg.AssetExecutionContext, settings: CxrSettings) -> dg.M
 
 class IngestionConfig(dg.Config):
     aspect_policy: str = AspectPolicy.PAD.value  # pad | crop | stretch
-    allowed_modalities: list[str] = ["CR", "DX"]
+    allowed_modalities: list[str] = ["CR", "DX"]  # add "CT" for CT slices (windowed in HU)
+    ct_window: list[float] = list(DEFAULT_CT_WINDOW)  # centre, width in HU, where a slice names none
+    ct_window_from_dicom: bool = True  # a slice's own window first
     frontal_only: bool = True
     min_side: int | None = None  # None: half the profile's training size
     shard_size: int = 512
@@ -71,6 +91,8 @@ def ingest_options(config: IngestionConfig, settings: CxrSettings) -> ingestion.
         image_size=settings.profile_spec().image_size,
         aspect_policy=AspectPolicy(config.aspect_policy),
         allowed_modalities=tuple(config.allowed_modalities),
+        ct_window=(float(config.ct_window[0]), float(config.ct_window[1])),
+        ct_window_from_dicom=config.ct_window_from_dicom,
         frontal_only=config.frontal_only,
         min_side=config.min_side,
         workers=settings.workers,

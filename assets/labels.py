@@ -1,5 +1,6 @@
 """Labels stage: label sources -> label table -> metadata.parquet and patient-level splits."""
 
+import json
 from collections import Counter
 
 import dagster as dg
@@ -9,7 +10,6 @@ from cxr_pipeline.data import atomic, locks
 from cxr_pipeline.data import ingest as ingestion
 from cxr_pipeline.data.labels import metadata as labels_lib
 from cxr_pipeline.data.labels.sources import UncertaintyPolicy
-from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES
 from resources import CxrSettings
 
 from .ingestion import ingested_images
@@ -22,7 +22,9 @@ class LabelConfig(dg.Config):
     sources: list[str] = []
     chexpert_uncertainty: str = UncertaintyPolicy.U_IGNORE.value  # u_ones | u_zeros | u_ignore
     filename_pattern: str | None = None  # regex with (?P<patient>...) and optionally (?P<label>...)
-    classes: list[str] = list(DEFAULT_CLASSES)
+    # empty: the dataset's own classes (class folders, a file-name label), else the NIH six;
+    # or a list of NIH label columns, or of the dataset's own class names
+    classes: list[str] = []
     frontal_only: bool = True
     split_fractions: list[float] = [0.8, 0.1, 0.1]
     split_salt: str = "cxr-v1"
@@ -121,6 +123,12 @@ def image_metadata(
                 {str(k): int(v) for k, v in boxes["finding"].value_counts().head(20).items()}
             ),
             "images_with_conflicting_sources": result.conflicts,
+            "classes": dg.MetadataValue.json(list(result.classes)),
+            "class_vocabulary": result.vocabulary.origin,
+            "images_per_class": dg.MetadataValue.json(
+                {name: int((metadata["class_id"] == i).sum()) for i, name in enumerate(result.classes)}
+            ),
+            "own_classes_outside_the_classes": dg.MetadataValue.json(result.unmatched_classes),
             "label_balance": dg.MetadataValue.md(balance.to_markdown()),
             "content_hash": content_hash,
             "metadata": dg.MetadataValue.path(str(paths.metadata)),
@@ -154,6 +162,23 @@ def every_split_non_empty(settings: CxrSettings) -> dg.AssetCheckResult:
     counts = _metadata(settings)["split"].value_counts()
     sizes = {split: int(counts.get(split, 0)) for split in ("train", "val", "test")}
     return dg.AssetCheckResult(passed=all(sizes.values()), metadata=sizes)
+
+
+@dg.asset_check(asset=image_metadata)
+def every_class_label_has_a_class(settings: CxrSettings) -> dg.AssetCheckResult:
+    """Images whose own class (folder, file-name label) is not among the configured classes keep
+    no class_id: the class models do not see them. Warns, per value, so it is never silent."""
+    found = json.loads((settings.paths().labels / labels_lib.CLASSES_FILE).read_text())
+    unmatched = found.get("unmatched", {})
+    return dg.AssetCheckResult(
+        passed=not unmatched,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "classes": dg.MetadataValue.json(found["classes"]),
+            "class_vocabulary": found["origin"],
+            "images_per_unmatched_value": dg.MetadataValue.json(unmatched),
+        },
+    )
 
 
 @dg.asset_check(asset=image_metadata)

@@ -1,6 +1,7 @@
 """Models stage: the VAE (one MLflow run per materialization) and the latents it produces."""
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -10,6 +11,7 @@ from cxr_pipeline import kinds
 from cxr_pipeline.data import atomic
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.data.pairs import scales_built, sr_pair_dir
+from cxr_pipeline.kinds.base import with_data_classes
 from cxr_pipeline.kinds.vae import FINE_DETAIL_FLOOR
 from cxr_pipeline.model_record import current_model
 from cxr_pipeline.models.vae import encode_latents
@@ -19,7 +21,7 @@ from resources import CxrSettings, MlflowTracking
 from .labels import image_metadata
 from .pairs import sr_pairs
 from .pools import WORK_FOLDER_WRITER
-from .training import TRAINING_STEP, ahead, recipe_config, train_one
+from .training import TRAINING_STEP, ahead, recipe_config, skipped, train_one
 
 
 class VaeTrainingConfig(recipe_config(kinds.VAE.recipe, "VaeTrainingConfig")):  # type: ignore[misc]  # fields generated from the recipe
@@ -110,17 +112,25 @@ class ClassifierTrainingConfig(recipe_config(kinds.CLASSIFIER.recipe, "Classifie
     """The run config of the asset: its kind's recipe, field for field."""
 
 
-@dg.asset(group_name="models", deps=[image_metadata], kinds={"pytorch", "mlflow"}, **TRAINING_STEP)
+@dg.asset(
+    group_name="models",
+    deps=[image_metadata],
+    kinds={"pytorch", "mlflow"},
+    output_required=False,  # skipped, with its reason, on data without class labels
+    **TRAINING_STEP,
+)
 def cxr_classifier(
     context: dg.AssetExecutionContext,
     config: ClassifierTrainingConfig,
     settings: CxrSettings,
     mlflow_tracking: MlflowTracking,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
     """The CXR feature network: a pathology classifier on the single-label classes, trained on the
     train split with class-balanced batches and validated (AUROC per class) on val. Its features
     and predictions score the generator; registered as ``cxr-feature-classifier``."""
-    recipe = config.recipe()
+    if skipped(context, kinds.CLASSIFIER, settings):
+        return
+    recipe = with_data_classes(config.recipe(), settings.paths())
     registered, produced = train_one(context, kinds.CLASSIFIER, recipe, settings, mlflow_tracking)
     metrics = registered.outcome.metrics
     per_class = pd.DataFrame(
@@ -130,7 +140,7 @@ def cxr_classifier(
             if f"val_auroc_{name}" in metrics
         ]
     )
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "val_auroc_macro": round(metrics["val_auroc_macro"], 4),
             "val_accuracy": round(metrics["val_accuracy"], 4),

@@ -136,6 +136,19 @@ def _launch(
     return TrainingOutcome.load(folder / "outcome"), {**(reported or {}), "launcher": recipe.launcher}
 
 
+def skipped(context: dg.AssetExecutionContext, kind: ModelKind, settings: CxrSettings) -> bool:
+    """Whether the data cannot train ``kind``; if so the reason goes to the log and, as an
+    observation, to the asset's page, and the asset yields nothing: the run goes on, and every
+    step downstream of it is skipped by Dagster rather than failed. Assets that call this are
+    declared with ``output_required=False``."""
+    reason = kind.why_unavailable(settings.paths())
+    if reason is None:
+        return False
+    context.log.warning(f"{context.asset_key.to_user_string()} skipped: {reason}")
+    context.log_event(dg.AssetObservation(asset_key=context.asset_key, metadata={"skipped": reason}))
+    return True
+
+
 def train_kind(
     context: dg.AssetExecutionContext,
     kind: ModelKind,

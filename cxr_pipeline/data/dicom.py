@@ -1,8 +1,15 @@
-"""DICOM projection radiographs to display-ready pixels, recording every decision taken.
+"""DICOM projection radiographs (and CT slices, where allowed) to display-ready pixels,
+recording every decision taken.
 
 Order of operations (PS3.3 C.11): stored values -> Modality LUT (rescale or LUT sequence) ->
 VOI LUT (LUT sequence, else window, else a robust percentile range) -> scale the VOI output
 range to [0, 1] -> invert once for MONOCHROME1, so bright always means dense.
+
+CT differs in the VOI step: after the Modality LUT its values are Hounsfield units, which mean
+the same on every scanner, so a slice is windowed in HU (its own window where the file names
+one, else a configured default, a lung window unless set) and never by percentiles, which would
+give every slice a different grey for the same tissue. Multi-frame (enhanced) CT is rejected
+with the frame count: a volume is split into single-frame slices before it is ingested.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ DECODER_PREFERENCE = ("pylibjpeg", "pyjpegls", "pydicom", "pillow", "gdcm")
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "TORAX", "THORAC", "LUNG")
 LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL"})
 PERCENTILE_RANGE = (0.5, 99.5)
+# (centre, width) in HU for CT slices without a window of their own: a lung window, the one chest
+# CT slices are usually published in (a mediastinal window is (40, 400))
+DEFAULT_CT_WINDOW = (-600.0, 1500.0)
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
@@ -107,7 +117,8 @@ def check_header(ds: Dataset, *, allowed_modalities: Collection[str], frontal_on
             raise Rejected(Reason.LATERAL_VIEW, f"lateral projection ({lateral}); frontal only")
     frames = int(ds.get("NumberOfFrames") or 1)
     if frames > 1:
-        raise Rejected(Reason.MULTI_FRAME, f"{frames} frames; projection radiographs have one")
+        what = "split the volume into single-frame slices" if modality == "CT" else "projection radiographs have one"
+        raise Rejected(Reason.MULTI_FRAME, f"{frames} frames; {what}")
     samples = int(ds.get("SamplesPerPixel") or 1)
     photometric = (_text(ds, "PhotometricInterpretation") or "").upper()
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
@@ -200,6 +211,25 @@ def _window(ds: Dataset) -> tuple[float, float] | None:
     return (center, width) if width >= 1 else None
 
 
+def ct_to_display(
+    values: np.ndarray, ds: Dataset, window: tuple[float, float], from_dicom: bool = True
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A CT slice: stored values -> HU (Modality LUT) -> a linear window in HU -> [0, 1]. The
+    window is the file's first (``from_dicom``) or ``window`` (centre, width)."""
+    hu = np.asarray(apply_modality_lut(values, ds), dtype=np.float64)
+    own = _window(ds) if from_dicom else None
+    centre, width = own or window
+    source = "DICOM WindowCenter/Width" if own else "configured default"
+    low, high = centre - width / 2, centre + width / 2
+    pixels = np.clip((hu - low) / (high - low), 0.0, 1.0).astype(np.float32)
+    decisions = {
+        "modality_lut": f"rescale slope={float(ds.get('RescaleSlope', 1))} intercept={float(ds.get('RescaleIntercept', 0))} -> HU",
+        "voi": f"CT window center={centre:g} width={width:g} HU ({source}); HU range {hu.min():g}..{hu.max():g}",
+        "inverted": False,
+    }
+    return pixels, decisions
+
+
 def to_display(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, dict[str, Any]]:
     """Apply the grayscale pipeline; return [0, 1] pixels and the decisions taken."""
     decisions: dict[str, Any] = {}
@@ -247,6 +277,8 @@ def read_dicom(
     has_preamble: bool = True,
     allowed_modalities: Collection[str] = ("CR", "DX"),
     frontal_only: bool = True,
+    ct_window: tuple[float, float] = DEFAULT_CT_WINDOW,
+    ct_window_from_dicom: bool = True,
 ) -> SourceImage:
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -263,7 +295,10 @@ def read_dicom(
     try:
         check_header(ds, allowed_modalities=allowed_modalities, frontal_only=frontal_only)
         values, decoder_name = decode_stored_values(ds)
-        pixels, decisions = to_display(values, ds)
+        if (_text(ds, "Modality") or "").upper() == "CT":
+            pixels, decisions = ct_to_display(values, ds, ct_window, ct_window_from_dicom)
+        else:
+            pixels, decisions = to_display(values, ds)
     except (AttributeError, KeyError, TypeError, ValueError) as error:
         # Missing or malformed Image Pixel module elements (BitsStored, Rows, ...).
         raise Rejected(Reason.CORRUPT, f"inconsistent image header: {error}") from None

@@ -28,7 +28,7 @@ import pandas as pd
 
 from .. import parallel
 from . import atomic, locks
-from .dicom import read_dicom
+from .dicom import DEFAULT_CT_WINDOW, read_dicom
 from .geometry import AspectPolicy, to_square
 from .image_store import ImageStore, to_stored
 from .raster import read_raster
@@ -94,6 +94,10 @@ class IngestOptions:
     allowed_modalities: tuple[str, ...] = ("CR", "DX")
     frontal_only: bool = True
     min_side: int | None = None  # default: half the training size (more upsampling invents detail)
+    # CT (when allowed): the window (centre, width in HU) for slices whose DICOM names none, or for
+    # every slice when ct_window_from_dicom is off; the default is a lung window
+    ct_window: tuple[float, float] = DEFAULT_CT_WINDOW
+    ct_window_from_dicom: bool = True
     workers: int = 0  # 0 = every core
     shard_size: int = 512
 
@@ -115,6 +119,8 @@ class IngestOptions:
             "frontal_only": self.frontal_only,
             "min_side": self.effective_min_side,
         }
+        if "CT" in decisive["allowed_modalities"]:  # radiograph-only ingestion keeps its fingerprint
+            decisive["ct_window"] = [list(self.ct_window), self.ct_window_from_dicom]
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -164,6 +170,8 @@ def process_file(task: _Task) -> FileOutcome:
                 has_preamble=kind is FileKind.DICOM,
                 allowed_modalities=tuple(m.upper() for m in options.allowed_modalities),
                 frontal_only=options.frontal_only,
+                ct_window=options.ct_window,
+                ct_window_from_dicom=options.ct_window_from_dicom,
             )
         elif kind in (FileKind.PNG, FileKind.JPEG):
             source = read_raster(path)

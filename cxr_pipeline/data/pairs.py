@@ -18,11 +18,18 @@ import numpy as np
 import pandas as pd
 
 from . import atomic, locks
-from .degrade import DegradationMix, image_rng, make_low_resolution, simulate_low_dose
+from .degrade import (
+    DegradationMix,
+    image_rng,
+    low_dose_model,
+    make_low_resolution,
+    simulate_low_dose,
+    simulate_low_dose_ct,
+)
 from .image_store import ImageStore, from_stored, to_stored
 
-# Each degradation maps (clean image, its rng) to (degraded image, parameters to record).
-Degradation = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, dict]]
+# Each degradation maps (clean image, its rng, its metadata row) to (degraded image, parameters to record).
+Degradation = Callable[[np.ndarray, np.random.Generator, pd.Series], tuple[np.ndarray, dict]]
 
 
 def sr_pair_dir(root: Path, scale: int) -> Path:
@@ -76,8 +83,8 @@ def _derive_locked(
         chunk = metadata.iloc[start : start + shard_size]
         clean = source.read_many(list(chunk["shard"]), list(chunk["shard_index"]))
         degraded, params = [], []
-        for image, image_id in zip(clean, chunk["image_id"]):
-            out, recorded = degradation(image, image_rng(seed, str(image_id), tag))
+        for image, (_, row) in zip(clean, chunk.iterrows()):
+            out, recorded = degradation(image, image_rng(seed, str(row["image_id"]), tag), row)
             degraded.append(to_stored(out))
             params.append(recorded)
         name = store.write_shard(np.stack(degraded))
@@ -94,7 +101,7 @@ def build_sr_pairs(
     metadata: pd.DataFrame, source: ImageStore, root: Path, scales: Sequence[int], mix: DegradationMix | None, seed: int
 ) -> dict[int, pd.DataFrame]:
     def make(scale: int) -> Degradation:
-        def degrade(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+        def degrade(image: np.ndarray, rng: np.random.Generator, row: pd.Series) -> tuple[np.ndarray, dict]:
             low, sigma, noise = make_low_resolution(image, scale, rng, mix)
             return low, {"blur_sigma": sigma, "noise_std": noise}
 
@@ -125,9 +132,18 @@ def low_resolution_at(
 def build_low_dose_pairs(
     metadata: pd.DataFrame, source: ImageStore, root: Path, photons: Sequence[float], electronic_noise: float, seed: int
 ) -> dict[float, pd.DataFrame]:
+    """Per dose level, each image's low-dose copy by its modality's physics (:func:`low_dose_model`):
+    CT slices through their projections, radiographs on the detector's counts."""
+
     def make(i0: float) -> Degradation:
-        def degrade(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-            return simulate_low_dose(image, i0, rng, electronic_noise), {"photons": float(i0)}
+        def degrade(image: np.ndarray, rng: np.random.Generator, row: pd.Series) -> tuple[np.ndarray, dict]:
+            model = low_dose_model(row.get("modality"))
+            if model == "ct":
+                return simulate_low_dose_ct(image, i0, rng, electronic_noise), {
+                    "photons": float(i0),
+                    "noise_model": model,
+                }
+            return simulate_low_dose(image, i0, rng, electronic_noise), {"photons": float(i0), "noise_model": model}
 
         return degrade
 

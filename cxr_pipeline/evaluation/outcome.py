@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .. import promotion
+from ..metrics.statistics import MIN_BOOTSTRAP_UNITS
 from ..model_record import ModelRecord
 from ..promotion import Decision, PromotionRule
 from ..reports.document import Report, markdown_table
@@ -103,6 +104,17 @@ class EvaluationOutcome:
         self.report.summary += " Images scored: " + "; ".join(d.describe() for d in draws) + "."
         for draw in draws:
             self.params.update(draw.params())
+            patients = int(draw.rows["patient_key"].nunique()) if len(draw.rows) else 0
+            self.metrics[f"patients_scored_{draw.split}"] = float(patients)
+            self.asset_metadata[f"patients_scored_{draw.split}"] = patients
+            if patients < MIN_BOOTSTRAP_UNITS:
+                warning = (
+                    f"Only {patients} patient(s) in {draw.split}: the patient-bootstrap intervals here cannot say "
+                    "how the figures would move on other patients (one patient gives a zero-width interval); "
+                    "read every figure as a point estimate."
+                )
+                self.report.summary += " **" + warning + "**"
+                self.asset_metadata["interval_warning"] = warning
 
     def headline(self) -> dict[str, float]:
         return {k: float(round(v, 5)) for k, v in self.metrics.items() if is_headline(k) and np.isfinite(v)}

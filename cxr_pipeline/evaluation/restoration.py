@@ -30,7 +30,11 @@ from ..reports.grid import image_grid
 from ..reports.plots import heat_maps
 
 PREVIEW_ROWS = 6
-RENDERING = {"resize": "resize", "implicit": "implicit decoder"}  # how the arbitrary-scale model leaves its grid
+RENDERING = {
+    "pad": "crop of a mirrored canvas",
+    "resize": "resize",
+    "implicit": "implicit decoder",
+}  # how the arbitrary-scale model meets an output size off its grid
 
 
 @dataclass

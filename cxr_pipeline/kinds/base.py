@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..data.labels.metadata import read_classes
 from ..evaluation.outcome import Evaluation
 from ..model_record import ModelRecord, current_model, has_current_model
 from ..models.diffusion import ScheduleConfig, UNetConfig, UNetProfile
@@ -206,6 +207,24 @@ class ServingSpec:
 IMAGES, VECTORS = (-1, 1, -1, -1), (-1, -1)
 
 
+def with_data_classes(recipe: Any, paths: WorkPaths) -> Any:
+    """``recipe`` with its ``classes`` filled in from what the labels stage decided
+    (``labels/classes.json``: the dataset's own classes or the NIH six) where it names none."""
+    if recipe.classes:
+        return recipe
+    return dataclasses.replace(recipe, classes=list(read_classes(paths.labels).classes))
+
+
+def too_few_classes(paths: WorkPaths) -> str | None:
+    """The class models need two classes with training images: a dataset without class labels
+    (an unlabelled PACS export, a slice folder without class folders) has none."""
+    metadata = pd.read_parquet(paths.metadata, columns=["split", "class_id"])
+    found = metadata.loc[metadata["split"] == "train", "class_id"].dropna().nunique()
+    if found >= 2:
+        return None
+    return f"no class labels to condition on: {found} class(es) with training images, two are needed"
+
+
 def warm_start_source(paths: WorkPaths, key: str, unet: UNetConfig, vae_dir: Path) -> tuple[ModelRecord | None, str]:
     """The current model of ``key`` a new latent model can start from (trained on the same
     autoencoder's latents, with the same UNet widths and depth: its convolutions already draw
@@ -292,6 +311,12 @@ class ModelKind:
     # For models no evaluation asset promotes (the VAE, the classifier, the report encoder): the
     # final validation figures a version must reach to be named champion, (metric, minimum, why).
     acceptance: tuple[tuple[str, float, str], ...] = ()
+    # Why the work folder's data cannot train this kind (no reports, fewer than two classes), or
+    # None: the main job then skips it and what reads it, with this reason, instead of failing.
+    unavailable: Callable[[WorkPaths], str | None] | None = None
+
+    def why_unavailable(self, paths: WorkPaths) -> str | None:
+        return self.unavailable(paths) if self.unavailable else None
 
     @property
     def evaluated_by(self) -> str | None:

@@ -11,7 +11,6 @@ import pandas as pd
 
 from ..data.image_store import ImageStore
 from ..data.labels.metadata import content_hash
-from ..data.labels.vocabulary import DEFAULT_CLASSES
 from ..evaluation.outcome import Evaluation, EvaluationOutcome, PromotionPolicy, SamplingBudget, SuiteInputs
 from ..evaluation.suites import GenerationOptions, generation_suite
 from ..model_record import current_model
@@ -31,6 +30,8 @@ from .base import (
     TrainingPlan,
     given,
     sampling_params,
+    too_few_classes,
+    with_data_classes,
 )
 from .classifier import CLASSIFIER
 from .latent_sr import latent_shape
@@ -55,7 +56,7 @@ class Recipe(DiffusionRecipe):
     batch_size: int = 64
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
     snr_gamma: float | None = 5.0
-    classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
+    classes: list[str] = field(default_factory=list)  # empty: the classes the labels stage decided
     class_balance: bool = True  # inverse-frequency sampling: real label distributions are skewed
     label_dropout: float = 0.1  # classifier-free guidance training
     guidance_scale: float = 3.0  # the saved default; chosen on val (docs/recipes.md#class-conditional-model-class_ddpm)
@@ -63,6 +64,7 @@ class Recipe(DiffusionRecipe):
 
 
 def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
+    recipe = with_data_classes(recipe, paths)
     metadata = pd.read_parquet(paths.metadata)
     num_class_embeds = len(recipe.classes) + 1
     if recipe.space == "latent":
@@ -174,4 +176,5 @@ CLASS_DDPM = ModelKind(
     pipeline=ClassConditionalGenerator,
     unet_profiles=UNET_PROFILES,
     evaluation=EVALUATION,
+    unavailable=too_few_classes,
 )

@@ -10,10 +10,20 @@ import pandas as pd
 
 from ..data.image_store import ImageStore
 from ..data.labels.metadata import content_hash
-from ..data.labels.vocabulary import DEFAULT_CLASSES
 from ..models.classifier import ClassifierConfig, embed, load_classifier, train_classifier
 from ..settings import WorkPaths
-from .base import IMAGES, VECTORS, ModelKind, ServingSpec, TrainingPlan, TrainingRecipe, gray, request_images
+from .base import (
+    IMAGES,
+    VECTORS,
+    ModelKind,
+    ServingSpec,
+    TrainingPlan,
+    TrainingRecipe,
+    gray,
+    request_images,
+    too_few_classes,
+    with_data_classes,
+)
 
 
 @dataclass(frozen=True)
@@ -23,10 +33,11 @@ class Recipe(TrainingRecipe):
     learning_rate: float = 2e-3
     eval_every: int = 100  # validation AUROC every this many steps
     val_images: int = 2000  # validated on at most this many val images (whole patients): bounded at any dataset size
-    classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
+    classes: list[str] = field(default_factory=list)  # empty: the classes the labels stage decided
 
 
 def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
+    recipe = with_data_classes(recipe, paths)
     metadata = pd.read_parquet(paths.metadata)
     data_hash = content_hash(metadata)
     widths = recipe.widths()
@@ -75,4 +86,5 @@ CLASSIFIER = ModelKind(
     serving=SERVING,
     # its features and predictions score every generator: a weak classifier makes every score noise
     acceptance=(("val_auroc_macro", 0.8, "separates the classes on val (chance is 0.5)"),),
+    unavailable=too_few_classes,
 )

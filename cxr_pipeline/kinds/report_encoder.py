@@ -77,6 +77,16 @@ def report_latents(metadata: pd.DataFrame, latents_dir: Path, split: str) -> tup
     return list(prompts[keep]), scaled_latents(latents_dir, "hr", split).subset(keep)
 
 
+def no_reports(paths: WorkPaths) -> str | None:
+    """Why the text family cannot train here: no report in the training split."""
+    if split_prompts(pd.read_parquet(paths.metadata), "train"):
+        return None
+    return (
+        "no reports in the training split (findings_text / impression_text): the text family needs a "
+        "report source, e.g. OpenI ecgen-radiology XML, the Indiana CSV pair or MIMIC-CXR reports"
+    )
+
+
 def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
     metadata = pd.read_parquet(paths.metadata)
     train, val = split_prompts(metadata, "train"), split_prompts(metadata, "val")
@@ -176,4 +186,5 @@ REPORT_ENCODER = ModelKind(
     plan=plan,
     serving=SERVING,
     acceptance=(("mlm_val_mlm_accuracy", 0.5, "predicts most masked val report tokens"),),
+    unavailable=no_reports,
 )

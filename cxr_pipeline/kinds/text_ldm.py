@@ -37,7 +37,7 @@ from .base import (
 from .class_ddpm import CLASS_DDPM
 from .classifier import CLASSIFIER
 from .latent_sr import latent_shape
-from .report_encoder import REPORT_ENCODER, split_prompts
+from .report_encoder import REPORT_ENCODER, no_reports, split_prompts
 from .vae import VAE
 
 # The class model's UNet, cross-attending at its two lowest resolutions (docs/recipes.md#text-conditional-model-text_ldm).
@@ -197,4 +197,5 @@ TEXT_LDM = ModelKind(
     pipeline=TextConditionalGenerator,
     unet_profiles=UNET_PROFILES,
     evaluation=EVALUATION,
+    unavailable=no_reports,
 )

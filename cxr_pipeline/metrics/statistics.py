@@ -20,13 +20,27 @@ class Summary:
     ci_low: float
     ci_high: float
     count: int
+    units: int = 0  # what the bootstrap resampled: patients when grouped, else images (0: not recorded)
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "units"}
+
+    @property
+    def degenerate(self) -> bool:
+        """Too few patients (or images) resampled for the interval to mean anything: one patient
+        gives a zero-width interval, which is not certainty but ignorance."""
+        return 0 < self.units < MIN_BOOTSTRAP_UNITS
 
     def text(self, digits: int = 2) -> str:
-        """``mean ± std [low, high]``, as it appears in report tables."""
-        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} [{self.ci_low:.{digits}f}, {self.ci_high:.{digits}f}]"
+        """``mean ± std [low, high]``, as it appears in report tables; with the count of patients
+        behind it where they are too few for an interval."""
+        text = f"{self.mean:.{digits}f} ± {self.std:.{digits}f} [{self.ci_low:.{digits}f}, {self.ci_high:.{digits}f}]"
+        return f"{text} (only {self.units} resampled: no real interval)" if self.degenerate else text
+
+
+# Below this many patients a bootstrap over patients cannot estimate how a figure would move on
+# others (with one it returns the same mean every time); reports and runs say so.
+MIN_BOOTSTRAP_UNITS = 5
 
 
 def bootstrap_means(
@@ -54,7 +68,8 @@ def summarize(values, groups=None, level: float = 0.95, resamples: int = 2000, s
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.percentile(means, [tail, 100.0 - tail])
     std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    return Summary(float(values.mean()), std, float(low), float(high), len(values))
+    units = len(np.unique(np.asarray(groups))) if groups is not None else len(values)
+    return Summary(float(values.mean()), std, float(low), float(high), len(values), units)
 
 
 # --- Patient-bootstrap weights: many resamples scored at once ---------------------------------------------

@@ -63,6 +63,7 @@ def test_definitions_load_with_groups_jobs_and_checks():
         ("image_metadata", "no_leakage_between_splits"),
         ("image_metadata", "every_split_non_empty"),
         ("image_metadata", "label_coverage"),
+        ("image_metadata", "every_class_label_has_a_class"),
         ("sr_evaluation", "beats_classical_baseline"),
         ("denoising_evaluation", "beats_classical_baseline"),
         ("generation_evaluation", "beats_classical_baseline"),
@@ -201,6 +202,7 @@ LABEL_DEFS = [
     labels.no_leakage_between_splits,
     labels.every_split_non_empty,
     labels.label_coverage,
+    labels.every_class_label_has_a_class,
 ]
 
 

@@ -92,3 +92,54 @@ def test_findings_change_the_image_where_they_should(finding, box, direction):
     # and the opposite (right) lung is left nearly alone
     mirror = (-box[1], -box[0], box[2], box[3])
     assert abs(_region(sick, study, *mirror) - _region(base, study, *mirror)) < abs(delta) / 2
+
+
+# --- The CT-slice demo ------------------------------------------------------------------------------
+
+
+def test_the_ct_slice_demo_is_written_in_the_single_slice_layout_deterministically(tmp_path):
+    from cxr_pipeline.data.demo.ct_slices import CLASSES, CtDemoSpec, generate_ct_demo
+    from cxr_pipeline.data.labels.sources import SLICE_FOLDER, SLICE_NAME
+
+    spec = CtDemoSpec(patients=6, source_size=96, slices_per_patient=2)
+    summary = generate_ct_demo(tmp_path / "a", spec, workers=1)
+    assert summary["images"] == 12 and sum(summary["patients_per_class"].values()) == 6
+    files = sorted(p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a").rglob("*.png"))
+    assert len(files) == 13  # and one truncated slice for the rejection path
+    for relative in files:
+        folder, name = relative.split("/")
+        match = SLICE_FOLDER.match(folder)
+        assert match and match.group("label") in CLASSES
+        assert SLICE_NAME.match(name), name
+        assert name.startswith(CLASSES[match.group("label")] + "_p")
+    # the same spec gives the same bytes; a second call with it writes nothing
+    generate_ct_demo(tmp_path / "b", spec, workers=2)
+    for relative in files:
+        assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes()
+    assert generate_ct_demo(tmp_path / "a", spec) == summary
+
+
+def test_a_ct_slice_has_air_lungs_soft_tissue_and_bone_in_its_window():
+    from cxr_pipeline.data.demo.ct_slices import render_slice, sample_chest, to_window
+
+    rng = np.random.default_rng(3)
+    hu = render_slice(sample_chest(rng), 0.5, 128, "Normal", rng)
+    # air outside, lungs around -850, soft tissue and blood near 40, bone well above
+    assert (hu < -900).mean() > 0.2 and ((hu > -900) & (hu < -600)).mean() > 0.05
+    assert ((hu > -150) & (hu < 150)).mean() > 0.1 and (hu > 300).mean() > 0.01
+    window = to_window(hu)
+    assert window.min() >= 0 and window.max() <= 1 and window.dtype == np.float32
+
+
+def test_the_demo_setting_picks_the_ct_slices_and_its_own_folder(tmp_path, monkeypatch):
+    from resources import CxrSettings
+
+    monkeypatch.delenv("CXR_DATA_DIR", raising=False)
+    monkeypatch.delenv("CXR_DEMO", raising=False)
+    radiographs = CxrSettings(home=str(tmp_path))
+    assert radiographs.demo_kind() == "radiographs" and radiographs.raw_data_dir() == tmp_path / "demo_data"
+    monkeypatch.setenv("CXR_DEMO", "ct_slices")
+    ct = CxrSettings(home=str(tmp_path))
+    assert ct.demo_kind() == "ct_slices" and ct.raw_data_dir() == tmp_path / "demo_ct_slices"
+    with pytest.raises(ValueError, match="unknown demo"):
+        CxrSettings(home=str(tmp_path), demo="mri").demo_kind()

@@ -164,3 +164,60 @@ def test_voi_and_modality_lut_sequences_are_applied_and_recorded():
     with pytest.raises(Rejected) as caught:
         read_dicom(pydicom_file("vlut_04.dcm"))
     assert caught.value.reason is Reason.MODALITY_NOT_ALLOWED
+
+
+# --- CT slices ------------------------------------------------------------------------------------
+
+CT_OPTIONS = IngestOptions(image_size=64, allowed_modalities=("CR", "DX", "CT"))
+
+
+def ct_outcome(name, options=CT_OPTIONS):
+    path = pydicom_file(name)
+    return process_file(_Task(str(path.parent), path.name, options))
+
+
+def test_a_ct_slice_is_rejected_under_the_default_radiograph_modalities():
+    outcome = ct_outcome("693_UNCR.dcm", OPTIONS)
+    assert not outcome.accepted and outcome.reason == Reason.MODALITY_NOT_ALLOWED.value
+    assert "CT" in outcome.message
+
+
+def test_ct_decodes_to_hounsfield_units_in_its_own_window_and_records_it():
+    """693_UNCR: rescale intercept -1024 (stored 0 is -1024 HU) and a window of its own (40/100):
+    every pixel is the HU value through that window, and the manifest says which window."""
+    outcome = ct_outcome("693_UNCR.dcm")
+    assert outcome.accepted, outcome.message
+    assert "CT window center=40 width=100 HU (DICOM WindowCenter/Width)" in outcome.fields["voi"]
+    assert "-> HU" in outcome.fields["modality_lut"]
+    ds = pydicom.dcmread(pydicom_file("693_UNCR.dcm"))
+    hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    from cxr_pipeline.data.dicom import ct_to_display
+
+    pixels, _ = ct_to_display(ds.pixel_array, ds, (-600.0, 1500.0))
+    expected = np.clip((hu - (40 - 50)) / 100, 0, 1)
+    np.testing.assert_allclose(pixels, expected, atol=1e-6)
+    assert (hu < -1000).any() and (pixels == 0).any() and (pixels == 1).any()  # air below, bone above
+
+
+def test_ct_without_a_window_takes_the_configured_default():
+    outcome = ct_outcome("CT_small.dcm")
+    assert outcome.accepted, outcome.message
+    assert "center=-600 width=1500 HU (configured default)" in outcome.fields["voi"]
+    mediastinal = IngestOptions(image_size=64, allowed_modalities=("CT",), ct_window=(40.0, 400.0))
+    assert "center=40 width=400 HU (configured default)" in ct_outcome("CT_small.dcm", mediastinal).fields["voi"]
+    # the file's own window can be overridden for every slice
+    forced = IngestOptions(image_size=64, allowed_modalities=("CT",), ct_window_from_dicom=False)
+    assert "center=-600 width=1500 HU (configured default)" in ct_outcome("693_UNCR.dcm", forced).fields["voi"]
+    # and the window is part of what decides the stored pixels
+    assert forced.fingerprint() != CT_OPTIONS.fingerprint() and OPTIONS.fingerprint() != CT_OPTIONS.fingerprint()
+
+
+def test_compressed_ct_decodes_to_the_same_slice_as_uncompressed():
+    plain, lossless = ct_outcome("693_UNCR.dcm"), ct_outcome("693_J2KR.dcm")
+    assert plain.accepted and lossless.accepted and plain.pixel_hash == lossless.pixel_hash
+
+
+def test_multi_frame_ct_is_rejected_with_its_frame_count():
+    outcome = ct_outcome("eCT_Supplemental.dcm")
+    assert outcome.reason == Reason.MULTI_FRAME.value
+    assert "2 frames; split the volume into single-frame slices" in outcome.message

@@ -217,6 +217,7 @@ def manifest_for(paths):
             "patient_id": pd.Series([None] * len(paths), dtype="string"),
             "study_uid": None,
             "view_position": None,
+            "modality": None,
             "sex": None,
             "age_years": np.nan,
         }
@@ -287,3 +288,69 @@ def test_indiana_reports_without_mesh_columns(tmp_path):
     table = read_indiana_csv(reports, projections).table
     assert table.loc[0, "findings_text"] == "Clear lungs."
     assert table.loc[0, list(LABEL_COLUMNS)].isna().all()  # no coded terms: labels unknown, not negative
+
+
+# --- Single-slice CT layout and the dataset's own classes ------------------------------------------
+
+SLICE_LAYOUT = [
+    "single-slice-COVID19/covid_p16_ns002i00001_slice_001.png",
+    "single-slice-COVID19/covid_p16_ns002i00002_slice_002.png",
+    "single-slice-COVID19/covid_p21_ns001i00001_slice_001.png",
+    "single-slice-Normal/normal_p16_ns001i00001_slice_001.png",
+    "single-slice-Normal/normal_p3_ns004i00007_slice_007.png",
+    "single-slice-Normal/notes_without_patient.png",
+]
+
+
+def test_the_single_slice_layout_is_recognized_without_configuration(tmp_path):
+    """Folder per class, patient and slice in the name: classes, patients and modality come from
+    the layout, with no pattern configured; the two p16 are two patients (their prefix differs)."""
+    manifest = manifest_for(SLICE_LAYOUT)
+    options = LabelOptions()
+    sources = load_label_sources(tmp_path, [], manifest, options)
+    assert [s.kind for s in sources] == [SourceKind.CLASS_FOLDERS, SourceKind.DICOM]  # no DICOM here: empty
+    assert sources[0].problems == ["notes_without_patient.png: in a class folder but no <prefix>_p<N>_..._slice_<K> name"]
+    result = build_metadata(manifest, combine(sources), options)
+    assert result.classes == ("COVID19", "Normal") and result.vocabulary.origin == "dataset"
+    by_path = result.metadata.set_index("source_path")
+    assert by_path.loc[SLICE_LAYOUT[0], "class_name"] == "COVID19"
+    assert by_path.loc[SLICE_LAYOUT[4], "class_name"] == "Normal"
+    assert set(result.metadata["modality"]) == {"CT"}
+    patients = dict(zip(result.metadata["source_path"], result.metadata["patient_key"]))
+    assert patients[SLICE_LAYOUT[0]] == patients[SLICE_LAYOUT[1]] == "class_folders:covid_p16"
+    assert patients[SLICE_LAYOUT[3]] == "class_folders:normal_p16"
+    # one patient's slices never straddle splits
+    split = dict(zip(result.metadata["source_path"], result.metadata["split"]))
+    assert split[SLICE_LAYOUT[0]] == split[SLICE_LAYOUT[1]]
+    assert result.excluded["reason"].tolist() == ["no_label_row"]  # the unparseable name, with a reason
+
+
+def test_a_configured_filename_pattern_wins_over_the_recognized_layout(tmp_path):
+    manifest = manifest_for(SLICE_LAYOUT[:4])
+    options = LabelOptions(filename_pattern=r"^(?P<label>[a-z]+)_p(?P<patient>\d+)_")
+    result = build_metadata(manifest, combine(load_label_sources(tmp_path, [], manifest, options)), options)
+    assert set(result.metadata["label_source"]) == {"filename"}
+    # its label group is the dataset's own class, not a finding forced onto the NIH vocabulary
+    assert result.classes == ("covid", "normal")
+    assert result.metadata.set_index("source_path").loc[SLICE_LAYOUT[0], "class_name"] == "covid"
+    # the patient is the pattern's: p16 in both folders is one patient here, as configured
+    assert result.metadata["patient_key"].nunique() == 2
+
+
+def test_configured_classes_keep_their_order_and_report_values_outside_them(tmp_path):
+    manifest = manifest_for(SLICE_LAYOUT[:5])
+    options = LabelOptions(classes=("Normal",))
+    result = build_metadata(manifest, combine(load_label_sources(tmp_path, [], manifest, options)), options)
+    assert result.classes == ("Normal",) and result.vocabulary.origin == "configured"
+    assert result.unmatched_classes == {"COVID19": 3}  # never dropped silently
+    covid = result.metadata[result.metadata["dataset_class"] == "COVID19"]
+    assert len(covid) == 3 and covid["class_id"].isna().all()  # kept for the restoration models
+
+
+def test_nih_style_sources_keep_the_nih_classes(tmp_path):
+    write(tmp_path, "Data_Entry_2017.csv", NIH_CSV)
+    manifest = manifest_for(["images_001/images/00000001_000.png", "images_001/images/00000002_000.png"])
+    sources = load_label_sources(tmp_path, ["Data_Entry_2017.csv"], manifest, LabelOptions())
+    result = build_metadata(manifest, combine(sources), LabelOptions())
+    assert result.vocabulary.origin == "nih" and result.classes[0] == "No_Finding" and len(result.classes) == 6
+    assert result.unmatched_classes == {}

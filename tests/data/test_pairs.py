@@ -4,7 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_pipeline.data.degrade import DegradationMix, downsample, image_rng, simulate_low_dose, upsample_bicubic
+from cxr_pipeline.data.degrade import (
+    DegradationMix,
+    downsample,
+    image_rng,
+    simulate_low_dose,
+    simulate_low_dose_ct,
+    upsample_bicubic,
+)
 from cxr_pipeline.data.image_store import ImageStore, to_stored
 from cxr_pipeline.data.pairs import build_low_dose_pairs, build_sr_pairs, low_dose_pair_dir, scales_built, sr_pair_dir
 
@@ -85,3 +92,59 @@ def test_pair_stores_are_complete_and_deterministic(tmp_path):
     noisy = ImageStore(low_dose_pair_dir(tmp_path / "pairs", 3000.0))
     assert noisy.read(doses[3000.0]["shard"][0], 0).shape == (64, 64)
     assert (doses[3000.0]["photons"] == 3000.0).all()
+
+
+def ct_slice(seed: int = 0, size: int = 64) -> np.ndarray:
+    from cxr_pipeline.data.demo.ct_slices import render_slice, sample_chest, to_window
+
+    rng = np.random.default_rng(seed)
+    return to_window(render_slice(sample_chest(rng), 0.5, size, "Normal", rng))
+
+
+def test_ct_low_dose_noise_lives_in_the_projections_not_in_the_pixels():
+    """CT's noise after filtered back-projection is correlated along the rays it came from
+    (streaks): neighbouring pixels' noise correlates along the streaks' direction, where a
+    radiograph's per-pixel noise does not correlate at all; and it grows as the dose falls."""
+
+    def streakiness(noise: np.ndarray, inside: np.ndarray) -> float:
+        """The larger of the horizontal and vertical neighbour correlations of a noise field."""
+        horizontal = np.corrcoef(noise[:, :-1][inside[:, :-1]], noise[:, 1:][inside[:, :-1]])[0, 1]
+        vertical = np.corrcoef(noise[:-1][inside[:-1]], noise[1:][inside[:-1]])[0, 1]
+        return float(max(abs(horizontal), abs(vertical)))
+
+    ct, radiograph = [], []
+    for seed in range(4):
+        image = ct_slice(seed)
+        soft = (image > 0.05) & (image < 0.95)  # away from the window's clipping
+        noise = {i0: simulate_low_dose_ct(image, i0, np.random.default_rng(seed)) - image for i0 in (10000.0, 1000.0)}
+        assert np.sqrt((noise[1000.0][soft] ** 2).mean()) > 2 * np.sqrt((noise[10000.0][soft] ** 2).mean()) > 0
+        ct.append(streakiness(noise[1000.0], soft))
+        flat = simulate_low_dose(image, 1000.0, np.random.default_rng(seed)) - image
+        radiograph.append(streakiness(flat, soft))
+    assert np.mean(ct) > 0.15 and np.mean(radiograph) < 0.08, (ct, radiograph)
+    # deterministic per stream, and the slice stays in [0, 1]
+    image = ct_slice(0)
+    once = simulate_low_dose_ct(image, 1000.0, np.random.default_rng(1))
+    np.testing.assert_array_equal(simulate_low_dose_ct(image, 1000.0, np.random.default_rng(1)), once)
+    assert once.min() >= 0 and once.max() <= 1
+
+
+def test_low_dose_pairs_follow_each_images_modality(tmp_path):
+    store = ImageStore(tmp_path / "images")
+    shard = store.write_shard(to_stored(np.stack([ct_slice(0), ct_slice(1), phantom_like(0)])))
+    metadata = pd.DataFrame(
+        {
+            "image_id": ["ct0", "ct1", "cr0"],
+            "shard": shard,
+            "shard_index": range(3),
+            "split": "train",
+            "modality": ["CT", "CT", None],
+        }
+    )
+    index = build_low_dose_pairs(metadata, store, tmp_path / "pairs", [1000.0], electronic_noise=5.0, seed=0)[1000.0]
+    assert index["noise_model"].tolist() == ["ct", "ct", "projection"]
+    noisy = ImageStore(low_dose_pair_dir(tmp_path / "pairs", 1000.0)).read(index["shard"][0], 0)
+    clean = store.read(shard, 0)  # what the pair was made from: the stored slice
+    np.testing.assert_allclose(
+        noisy, simulate_low_dose_ct(clean, 1000.0, image_rng(0, "ct0", "lowdose_1000")), atol=1e-3
+    )

@@ -114,3 +114,21 @@ def test_nlm_on_several_threads_gives_the_one_thread_output():
 
     noisy = torch.rand(6, 1, 48, 48, generator=torch.Generator().manual_seed(0)) * 0.3 + 0.35
     torch.testing.assert_close(nlm_denoise(noisy, 1.0, threads=1), nlm_denoise(noisy, 1.0, threads=3), rtol=0, atol=0)
+
+
+def test_a_split_of_too_few_patients_is_flagged_in_the_report_and_the_run():
+    from cxr_pipeline.evaluation.outcome import EvaluationOutcome
+    from cxr_pipeline.reports.document import Report
+
+    def outcome() -> EvaluationOutcome:
+        return EvaluationOutcome("e", Report("t", "Scored.", []), {}, [], [], (), "")
+
+    one_patient = pd.DataFrame({"image_id": ["a", "b"], "patient_key": ["p1", "p1"], "split": "test"})
+    flagged = outcome()
+    flagged.note_draws([draw_patients(one_patient, None, "test", 0)])
+    assert flagged.metrics["patients_scored_test"] == 1.0
+    assert "Only 1 patient(s) in test" in flagged.report.summary and "interval_warning" in flagged.asset_metadata
+    many = pd.DataFrame({"image_id": list("abcdef"), "patient_key": [f"p{i}" for i in range(6)], "split": "test"})
+    fine = outcome()
+    fine.note_draws([draw_patients(many, None, "test", 0)])
+    assert fine.metrics["patients_scored_test"] == 6.0 and "Only" not in fine.report.summary

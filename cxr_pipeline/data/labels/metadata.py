@@ -8,8 +8,9 @@ table; an image described by two sources is counted as a conflict (the higher-pr
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from .sources import (
     conform,
     empty_label_table,
     read_chexpert,
+    read_class_folders,
     read_dicom_headers,
     read_filenames,
     read_indiana_csv,
@@ -49,11 +51,12 @@ SOURCE_PRIORITY = (
     SourceKind.INDIANA_CSV,
     SourceKind.INDIANA_XML,
     SourceKind.FILENAME,
+    SourceKind.CLASS_FOLDERS,
     SourceKind.DICOM,
 )
 # Filled from a lower-priority source of the same image (the DICOM header) where the chosen label
 # row has none: SIIM's CSV has no patient, VinDr's and RSNA's no sex or age.
-DEMOGRAPHICS = ("patient_id", "study_id", "view", "sex", "age_years")
+DEMOGRAPHICS = ("patient_id", "study_id", "view", "sex", "age_years", "modality")
 # Report text can come from its own source (OpenI XML beside NIH labels, MIMIC reports beside
 # CheXpert labels): the first source in priority order that has it gives it.
 REPORT_TEXT = ("findings_text", "impression_text")
@@ -69,8 +72,10 @@ IMAGE_COLUMNS = ["image_id", "source_path", "shard", "shard_index", "pixel_hash"
 class LabelOptions:
     sources: tuple[str, ...] = ()  # empty: every source found in the data folder
     uncertainty: UncertaintyPolicy = UncertaintyPolicy.U_IGNORE
-    filename_pattern: str | None = None  # enables the file-name adapter
-    classes: tuple[str, ...] = DEFAULT_CLASSES
+    filename_pattern: str | None = None  # enables the file-name adapter; wins over a recognized layout
+    # empty: the dataset's own classes where its sources name them (class folders, a file-name
+    # label), else the NIH six; or a list: of label columns (NIH findings) or of the dataset's names
+    classes: tuple[str, ...] = ()
     frontal_only: bool = True
     split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1)  # train, val, test (check_fractions)
     split_salt: str = "cxr-v1"
@@ -125,6 +130,10 @@ def load_label_sources(
         sources += [read_siim(path) for path in found.get(SourceKind.SIIM, [])]
     if options.filename_pattern and options.wants(SourceKind.FILENAME):
         sources.append(read_filenames(manifest["source_path"], options.filename_pattern))
+    if options.wants(SourceKind.CLASS_FOLDERS):
+        folders = read_class_folders(manifest["source_path"])
+        if len(folders.table) or folders.problems:
+            sources.append(folders)
     if options.wants(SourceKind.DICOM):
         sources.append(read_dicom_headers(manifest))
     return sources
@@ -203,13 +212,58 @@ def assign_classes(labels: pd.DataFrame, classes: Sequence[str] = DEFAULT_CLASSE
     return class_id.astype("Int64").rename("class_id")
 
 
+@dataclass(frozen=True)
+class ClassVocabulary:
+    """The classes of the class-conditional models and where they came from: ``nih`` (findings
+    mapped onto the NIH label columns), ``dataset`` (the dataset's own names, as found) or
+    ``configured`` (the dataset's names, listed by the user)."""
+
+    classes: tuple[str, ...]
+    origin: str
+
+    @property
+    def from_findings(self) -> bool:
+        return self.origin == "nih"
+
+    def to_json(self) -> dict:
+        return {"classes": list(self.classes), "origin": self.origin}
+
+
+def class_vocabulary(labels: pd.DataFrame, configured: Sequence[str] = ()) -> ClassVocabulary:
+    """What decides the classes: a configured list (of label columns, or of the dataset's names),
+    else the dataset's own class names where its sources give any (sorted), else the NIH six."""
+    if configured:
+        if all(c in LABEL_COLUMNS for c in configured):
+            return ClassVocabulary(tuple(configured), "nih")
+        return ClassVocabulary(tuple(configured), "configured")
+    names = labels["dataset_class"].dropna().astype(str).unique() if "dataset_class" in labels else []
+    if len(names):
+        return ClassVocabulary(tuple(sorted(names)), "dataset")
+    return ClassVocabulary(DEFAULT_CLASSES, "nih")
+
+
+def unmatched_classes(labels: pd.DataFrame, vocabulary: ClassVocabulary) -> dict[str, int]:
+    """Per value, the images whose own class is not among the classes (never dropped silently:
+    they stay in the metadata without a class_id, for the restoration models)."""
+    if vocabulary.from_findings:
+        return {}
+    values = labels["dataset_class"].dropna().astype(str)
+    counts = values[~values.isin(vocabulary.classes)].value_counts()
+    return {str(k): int(v) for k, v in counts.items()}
+
+
 @dataclass
 class MetadataResult:
     metadata: pd.DataFrame  # one row per usable image
     excluded: pd.DataFrame  # image_id, source_path, reason
     unmatched_label_rows: pd.DataFrame  # label rows whose image is not among the ingested images
     conflicts: int  # images to which two sources give different labels (the higher-priority one wins)
-    classes: tuple[str, ...] = DEFAULT_CLASSES
+    vocabulary: ClassVocabulary = ClassVocabulary(DEFAULT_CLASSES, "nih")
+    unmatched_classes: dict[str, int] = field(default_factory=dict)  # own class values outside the classes
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.vocabulary.classes
 
 
 def join_to_images(images: pd.DataFrame, rows: pd.DataFrame) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
@@ -274,8 +328,13 @@ def build_metadata(manifest: pd.DataFrame, labels: pd.DataFrame, options: LabelO
         ignore_index=True,
     )
     usable = usable[~missing_patient].reset_index(drop=True)
-    usable["class_id"] = assign_classes(usable, options.classes)
-    class_names = pd.Series(options.classes, dtype="string")
+    vocabulary = class_vocabulary(usable, options.classes)
+    if vocabulary.from_findings:
+        usable["class_id"] = assign_classes(usable, vocabulary.classes)
+    else:
+        ids = {name: i for i, name in enumerate(vocabulary.classes)}
+        usable["class_id"] = usable["dataset_class"].map(ids).astype("Int64")
+    class_names = pd.Series(vocabulary.classes, dtype="string")
     usable["class_name"] = class_names.reindex(usable["class_id"].to_numpy()).to_numpy()
     usable["split"] = assign_splits(usable["patient_key"], options.split_fractions, options.split_salt).astype("string")
     if options.official_split:
@@ -290,7 +349,8 @@ def build_metadata(manifest: pd.DataFrame, labels: pd.DataFrame, options: LabelO
         excluded=excluded.astype({"reason": "string"}),
         unmatched_label_rows=unmatched_rows.reset_index(drop=True),
         conflicts=int((disagreeing > 1).sum()),
-        classes=tuple(options.classes),
+        vocabulary=vocabulary,
+        unmatched_classes=unmatched_classes(usable, vocabulary),
     )
 
 
@@ -338,4 +398,20 @@ def write_outputs(
             path = Path(labels_dir) / f"{name}.parquet"
             atomic.write_parquet(path, frame)
             written[name] = path
+        classes = Path(labels_dir) / CLASSES_FILE
+        atomic.write_text(classes, json.dumps({**result.vocabulary.to_json(), "unmatched": result.unmatched_classes}))
+        written["classes"] = classes
     return written
+
+
+CLASSES_FILE = "classes.json"
+
+
+def read_classes(labels_dir: Path) -> ClassVocabulary:
+    """The classes the labels stage decided (``labels/classes.json``), for every model that
+    conditions on or predicts them."""
+    path = Path(labels_dir) / CLASSES_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: materialize image_metadata first")
+    found = json.loads(path.read_text())
+    return ClassVocabulary(tuple(found["classes"]), found["origin"])

@@ -38,6 +38,8 @@ LABEL_TABLE_SCHEMA: dict[str, str] = {
     "findings_text": "string",
     "impression_text": "string",
     "official_split": "string",  # the dataset's own split (train / val / test) where it ships one
+    "dataset_class": "string",  # the dataset's own class name (a class folder, a file-name label)
+    "modality": "string",  # what the source says the images are (CT for slice datasets), where it does
 }
 # Bounding boxes (NIH BBox_List, RSNA, VinDr), in the original image's pixels, keyed like label rows.
 BOX_SCHEMA: dict[str, str] = {
@@ -67,6 +69,7 @@ class SourceKind(str, Enum):
     RSNA = "rsna_pneumonia"
     SIIM = "siim_pneumothorax"
     FILENAME = "filename"
+    CLASS_FOLDERS = "class_folders"
     DICOM = "dicom"
 
 
@@ -418,11 +421,48 @@ def read_filenames(source_paths: pd.Series, pattern: str) -> LabelSource:
     )
     unknown: Counter = Counter()
     if "label" in regex.groupindex:
-        hot, unknown, unknown_per_row = _one_hot(parts.loc[matched, "label"].map(lambda v: [v]))
+        labels = parts.loc[matched, "label"]
+        hot, unknown, unknown_per_row = _one_hot(labels.map(lambda v: [v]))
         table = pd.concat([table, hot], axis=1)
         table["unknown_tokens"] = unknown_per_row
+        table["dataset_class"] = labels  # the dataset's own name, whether or not it is a finding
     problems = [f"{name}: does not match the filename pattern" for name in names[~matched].head(100)]
     return LabelSource(SourceKind.FILENAME, conform(table), unknown_tokens=unknown, problems=problems)
+
+
+# Single-slice CT datasets (COVID-CT and its kin): ``single-slice-<Class>/<prefix>_p<N>_..._slice_<K>.png``.
+SLICE_FOLDER = re.compile(r"^single-slice-(?P<label>[^/]+)$")
+SLICE_NAME = re.compile(r"^(?P<patient>[A-Za-z0-9]+_p\d+)_(?:.*_)?slice_(?P<slice>\d+)\.[A-Za-z0-9]+$")
+
+
+def read_class_folders(source_paths: pd.Series) -> LabelSource:
+    """Images in a ``single-slice-<Class>`` folder with the patient and the slice in the name:
+    the folder gives the class (the dataset's own name), the name's ``<prefix>_p<N>`` the
+    patient, and the images are CT slices. Images elsewhere are not this source's; an image in
+    such a folder whose name does not parse is a problem, reported."""
+    paths = source_paths.astype(str).map(PurePosixPath)
+    folders = paths.map(lambda p: SLICE_FOLDER.match(p.parent.name))
+    inside = folders.map(lambda m: m is not None)
+    names = paths[inside].map(lambda p: p.name)
+    parts = names.str.extract(SLICE_NAME)
+    parsed = parts["patient"].notna()
+    rows = parsed[parsed].index
+    table = pd.DataFrame(
+        {
+            "label_source": SourceKind.CLASS_FOLDERS.value,
+            "label_file": None,
+            "match_on": "path",
+            "match_key": source_paths.loc[rows].astype(str),
+            "patient_id": parts.loc[rows, "patient"],
+            "study_id": parts.loc[rows, "patient"],
+            "dataset_class": folders.loc[rows].map(lambda m: m.group("label")),
+            "modality": "CT",
+        }
+    )
+    problems = [
+        f"{name}: in a class folder but no <prefix>_p<N>_..._slice_<K> name" for name in names[~parsed].head(100)
+    ]
+    return LabelSource(SourceKind.CLASS_FOLDERS, conform(table), problems=problems)
 
 
 def read_dicom_headers(manifest: pd.DataFrame) -> LabelSource:
@@ -438,6 +478,7 @@ def read_dicom_headers(manifest: pd.DataFrame) -> LabelSource:
             "view": rows["view_position"].str.upper(),
             "sex": rows["sex"],
             "age_years": rows["age_years"],
+            "modality": rows["modality"],
         }
     )
     return LabelSource(SourceKind.DICOM, conform(table))
