@@ -14,7 +14,7 @@ the implicit decoder) against bicubic on the same inputs:
 On the grid the renderings are the same path, so only off-grid scales differ. Run it on each
 demo's work folder (``CXR_DEMO=ct_slices`` for the CT one)::
 
-    python experiments/arbitrary_sr_rendering.py [--home WORK] [--val-images 48] [--steps 20]
+    python experiments/arbitrary_sr_rendering.py [--home WORK] [--model FOLDER] [--val-images 48] [--steps 20]
 """
 
 from __future__ import annotations
@@ -60,15 +60,19 @@ def main() -> None:
     parser.add_argument("--home", default=str(work_home()), help="work folder (default: CXR_HOME, else ./work)")
     parser.add_argument("--val-images", type=int, default=48)
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps (the evaluation's default)")
+    parser.add_argument("--model", default=None, help="a model folder (default: the work folder's current one)")
     args = parser.parse_args()
     paths = WorkPaths(Path(args.home))
     rows = split_rows(pd.read_parquet(paths.metadata), "val", args.val_images)
     images = stored_images(ImageStore(paths.image_store), rows)
     inputs = arbitrary_scale_inputs(images, rows["image_id"].astype(str), SCALES, DegradationMix(), 0)
-    model = ArbitraryScaleSuperResolution.from_pretrained(current_model(paths, kinds.ARBITRARY_SR.key).model_dir, "cpu")
+    folder = args.model or current_model(paths, kinds.ARBITRARY_SR.key).model_dir
+    model = ArbitraryScaleSuperResolution.from_pretrained(folder, "cpu")
     found = []
     for scale, (high, low) in inputs.items():
-        bicubic = torch.from_numpy(np.stack([bicubic_to(x[0].numpy(), tuple(high.shape[-2:])) for x in low])).unsqueeze(1)
+        bicubic = torch.from_numpy(np.stack([bicubic_to(x[0].numpy(), tuple(high.shape[-2:])) for x in low])).unsqueeze(
+            1
+        )
         found.append(scores("bicubic", scale, bicubic, high, low))
         for rendering in RENDERINGS if float(high.shape[-1]) % model.factor else ("pad",):
             model.rendering = rendering
@@ -78,7 +82,7 @@ def main() -> None:
     table = pd.DataFrame(found)
     bicubic = table[table["method"] == "bicubic"].set_index("scale")["psnr"]
     table["gain_over_bicubic"] = table["psnr"] - table["scale"].map(bicubic)
-    print(f"{len(rows)} val images, {args.steps} DDIM steps, {paths.home}")
+    print(f"{len(rows)} val images, {args.steps} DDIM steps, {folder}")
     print(table.round(3).to_markdown(index=False))
 
 

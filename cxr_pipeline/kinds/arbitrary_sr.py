@@ -58,6 +58,10 @@ class Recipe(DiffusionRecipe):
     draws_per_image: int = 6
     draws_by_area: bool = True  # strata equal in scale squared: large scales, the hard ones, drawn more often
     degradation_mix: bool = True  # random blur and mild noise before downsampling, as in sr_pairs
+    # The share of draws that restore a square off the latent grid, at a random place, on a canvas
+    # mirrored out to the grid, as the pipeline meets most output sizes (0: whole images only, the
+    # geometry that lost to bicubic off the grid on sharp CT anatomy; docs/recipes.md#arbitrary-scale-super-resolution-arbitrary_sr).
+    off_grid_share: float = 0.5
     pair_seed: int = 0
     # The implicit decoder head, trained first over the frozen VAE to render sizes from
     # decoder_min_ratio of the latent's grid up to the grid itself (the sizes between grid steps; docs/recipes.md#arbitrary-scale-super-resolution-arbitrary_sr).
@@ -117,6 +121,7 @@ def plan(recipe: Recipe, paths: WorkPaths, profile: str) -> list[TrainingPlan]:
         "draws_per_image": recipe.draws_per_image,
         "draws_by_area": recipe.draws_by_area,
         "degradation_mix": recipe.degradation_mix,
+        "off_grid_share": recipe.off_grid_share,
         "residual": recipe.residual,
         "scale_conditioning": recipe.scale_conditioning,
         "vae": vae.label,
@@ -166,6 +171,7 @@ def train(job: TrainingJob, progress: Progress = None, stop_after: int | None = 
         draws_per_image=recipe.draws_per_image,
         draws_by_area=recipe.draws_by_area,
         degradation_mix=recipe.degradation_mix,
+        off_grid_share=recipe.off_grid_share,
         pair_seed=recipe.pair_seed,
         residual=recipe.residual,
         decoder_min_ratio=recipe.decoder_min_ratio,

@@ -97,6 +97,8 @@ class ArbitrarySRSettings(ModelSettings):
     decoder_min_ratio: float  # the implicit head renders from this share of the latent grid up to the grid
     decoder_run: str  # the head's training run (its own resumable stage)
     vae_source: str
+    # the share of training draws that restore a window off the latent grid (0: folders trained before them)
+    off_grid_share: float = 0.0
 
     @property
     def scale_range(self) -> tuple[float, float]:

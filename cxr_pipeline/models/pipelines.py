@@ -159,22 +159,29 @@ def bicubic_canvas(low_resolution: torch.Tensor, size: tuple[int, ...], factor: 
     return torch.from_numpy(np.stack([bicubic_to(x[0].numpy(), canvas) for x in low_resolution])).unsqueeze(1)
 
 
+def mirror_to_canvas(image: np.ndarray, factor: int) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """``image`` (h, w) mirrored outwards, as evenly as the sides allow, to the next multiple of
+    ``factor``, and the window of the canvas that is the image. The one padding of the
+    arbitrary-scale model, for its conditions and its targets alike, in training and in use."""
+    size = image.shape
+    canvas = (canvas_side(size[0], factor), canvas_side(size[1], factor))
+    top, left = (canvas[0] - size[0]) // 2, (canvas[1] - size[1]) // 2
+    pads = ((top, canvas[0] - size[0] - top), (left, canvas[1] - size[1] - left))
+    mode = "reflect" if max(max(p) for p in pads) < min(size) else "edge"
+    window = (slice(top, top + size[0]), slice(left, left + size[1]))
+    return np.pad(image, pads, mode=mode), window  # type: ignore[call-overload]
+
+
 def padded_canvas(
     low_resolution: torch.Tensor, size: tuple[int, int], factor: int
 ) -> tuple[torch.Tensor, tuple[slice, slice]]:
     """LR images (N, 1, h, w) bicubic-resampled to exactly ``size`` (the output grid), then
-    mirrored outwards, as evenly as the sides allow, to the next multiple of ``factor``; and the
-    window of the canvas that is the output. Unlike :func:`bicubic_canvas` the content keeps the
-    output's pixel scale, so the model sees anatomy at the scale it was trained on and told."""
-    canvas = (canvas_side(size[0], factor), canvas_side(size[1], factor))
-    top, left = (canvas[0] - size[0]) // 2, (canvas[1] - size[1]) // 2
-    pads = ((top, canvas[0] - size[0] - top), (left, canvas[1] - size[1] - left))
-    images = []
+    mirrored out to the latent grid (:func:`mirror_to_canvas`); and the window of the canvas that
+    is the output. Unlike :func:`bicubic_canvas` the content keeps the output's pixel scale."""
+    images, window = [], (slice(0), slice(0))
     for x in low_resolution:
-        resampled = bicubic_to(x[0].numpy(), size)
-        mode = "reflect" if max(max(p) for p in pads) < min(size) else "edge"
-        images.append(np.pad(resampled, pads, mode=mode))  # type: ignore[call-overload]
-    window = (slice(top, top + size[0]), slice(left, left + size[1]))
+        canvas, window = mirror_to_canvas(bicubic_to(x[0].numpy(), size), factor)
+        images.append(canvas)
     return torch.from_numpy(np.stack(images)).unsqueeze(1), window
 
 

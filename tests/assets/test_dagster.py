@@ -546,3 +546,30 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
             assert {k: str(v) for k, v in aliases.items()} == {"challenger": "1"}
             assert "does not beat its classical baseline" in produced["promotion"].value
         assert "Promotion:" in Path(produced["report"].value).read_text()
+
+
+def test_radiographs_without_reports_skip_the_text_family_with_its_reason_and_the_run_succeeds(small_demo, tmp_path):
+    """The demo's radiographs with their report folder removed: the text family is skipped, said
+    so on the asset's page, and the steps after it are skipped by Dagster, not failed."""
+    import shutil
+
+    from assets import text
+    from assets.evaluation import text_generation_evaluation
+
+    data = tmp_path / "data"
+    shutil.copytree(small_demo, data, ignore=shutil.ignore_patterns("openi"))
+    settings = CxrSettings(home=str(tmp_path / "home"), data_dir=str(data), workers=1)
+    resources = {"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)}
+    assert dg.materialize(INGESTION_DEFS + LABEL_DEFS, resources=resources).success
+    assert pd.read_parquet(settings.paths().metadata)["findings_text"].isna().all()
+    result = dg.materialize(
+        [text.report_encoder, text.text_ldm, text_generation_evaluation],
+        resources={**resources, "pipes_subprocess_client": dg.PipesSubprocessClient()},
+        selection=["report_encoder", "text_ldm", "text_generation_evaluation"],
+    )
+    assert result.success and not result.get_asset_materialization_events()
+    skipped = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SKIPPED"}
+    assert skipped == {"text_ldm", "text_generation_evaluation"}
+    (observation,) = [e for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"]
+    reason = observation.event_specific_data.asset_observation.metadata["skipped"].value
+    assert reason.startswith("no reports in the training split")

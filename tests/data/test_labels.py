@@ -309,7 +309,9 @@ def test_the_single_slice_layout_is_recognized_without_configuration(tmp_path):
     options = LabelOptions()
     sources = load_label_sources(tmp_path, [], manifest, options)
     assert [s.kind for s in sources] == [SourceKind.CLASS_FOLDERS, SourceKind.DICOM]  # no DICOM here: empty
-    assert sources[0].problems == ["notes_without_patient.png: in a class folder but no <prefix>_p<N>_..._slice_<K> name"]
+    assert sources[0].problems == [
+        "notes_without_patient.png: in a class folder but no <prefix>_p<N>_..._slice_<K> name"
+    ]
     result = build_metadata(manifest, combine(sources), options)
     assert result.classes == ("COVID19", "Normal") and result.vocabulary.origin == "dataset"
     by_path = result.metadata.set_index("source_path")

@@ -1,7 +1,6 @@
 """Bootstrap summaries: what an interval can and cannot say."""
 
 
-
 def test_an_interval_over_too_few_patients_says_so_instead_of_looking_certain():
     from cxr_pipeline.metrics.statistics import summarize
 

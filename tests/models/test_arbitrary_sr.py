@@ -200,15 +200,19 @@ def test_the_pipeline_super_resolves_at_non_integer_scales_and_sizes(trained, tm
     outcome, _, _ = trained
     model = pipelines.ArbitraryScaleSuperResolution.from_pretrained(outcome.model_dir, "cpu")
     low = torch.rand(3, 1, 6, 6)
-    out = model(low, scale=2.5, steps=4, seed=1)  # 6 * 2.5 = 15 px: off the grid, decoded on 16 px and resized
+    out = model(low, scale=2.5, steps=4, seed=1)  # 6 * 2.5 = 15 px: off the grid, on a mirrored 16 px canvas
     assert out.shape == (3, 1, 15, 15) and out.min() >= 0.0 and out.max() <= 1.0
     torch.testing.assert_close(model(low, scale=2.5, steps=4, seed=1), out, rtol=0, atol=0)  # seeded
-    assert model.rendering == "resize"
-    model.rendering = "implicit"  # the same latents, rendered at 15 px by the implicit decoder head
-    rendered = model(low, scale=2.5, steps=4, seed=1)
-    model.rendering = "resize"
-    assert rendered.shape == out.shape and not torch.equal(rendered, out)
-    assert (rendered - out).abs().mean() < 0.2  # two renderings of one latent, not two different images
+    assert model.rendering == "pad"
+    renderings = {}
+    for rendering in ("resize", "implicit"):  # the field of view stretched over 16 px, then resized or rendered
+        model.rendering = rendering
+        renderings[rendering] = model(low, scale=2.5, steps=4, seed=1)
+    model.rendering = "pad"
+    rendered = renderings["implicit"]
+    for other in renderings.values():
+        assert other.shape == out.shape and not torch.equal(other, out)
+        assert (other - out).abs().mean() < 0.2  # the same input through two geometries, not two different images
     assert model(low, size=(13, 21), steps=2).shape == (3, 1, 13, 21)
     assert model(low, scale=1.0 / 3, steps=2).shape == (3, 1, 2, 2)
     # on the grid the VAE's own decoder renders: no diffusion is exactly bicubic -> VAE -> decode

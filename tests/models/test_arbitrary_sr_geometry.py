@@ -101,3 +101,19 @@ def test_the_implicit_heads_coordinates_are_the_pixel_centres_of_the_same_field_
     assert fine[:, 0].mean().item() == pytest.approx(0.0, abs=1e-6)
     assert coarse[:, 0].mean().item() == pytest.approx(0.0, abs=1e-6)
     assert fine[0, 0].item() == pytest.approx(-1 + 1 / 60) and coarse[0, 0].item() == pytest.approx(-1 + 1 / 64)
+
+
+def test_training_draws_cover_off_grid_windows_anywhere_in_the_image():
+    """Half the draws restore a square off the latent grid at a random place, as the pipeline
+    meets most output sizes; the same (seed, image, draw) always picks the same window."""
+    from cxr_pipeline.models.diffusion_training import draw_window
+
+    windows = [draw_window(f"img{i}", k, 64, 8, 0) for i in range(200) for k in range(6)]
+    whole = [w for w in windows if w == (0, 0, 64)]
+    parts = [w for w in windows if w != (0, 0, 64)]
+    assert 0.4 < len(whole) / len(windows) < 0.6
+    assert {size for _, _, size in parts} == set(range(57, 64))  # every size off the 8 px grid
+    assert all(0 <= top <= 64 - size and 0 <= left <= 64 - size for top, left, size in parts)
+    assert len({(top, left) for top, left, _ in parts}) > 20  # not always centred
+    assert draw_window("img3", 2, 64, 8, 0) == draw_window("img3", 2, 64, 8, 0)
+    assert draw_window("img3", 2, 8, 8, 0) == (0, 0, 8)  # an image no larger than the grid is drawn whole

@@ -10,7 +10,7 @@ the shared ``common.train_model``; the latents they read are :mod:`cxr_pipeline.
 """
 
 from ..latents import LatentRows, latent_scaling_factor, scaled_latents
-from .arbitrary_sr import scale_draws, scale_pair_latents, train_arbitrary_sr
+from .arbitrary_sr import draw_window, scale_draws, scale_pair_latents, train_arbitrary_sr
 from .class_ddpm import train_class_ddpm
 from .common import as_part, residual_scale, train_model
 from .denoiser import low_dose_batch, train_denoiser
@@ -21,6 +21,7 @@ __all__ = [
     "LatentRows",
     "TextLayersAndUNet",
     "as_part",
+    "draw_window",
     "latent_scaling_factor",
     "low_dose_batch",
     "report_groups",

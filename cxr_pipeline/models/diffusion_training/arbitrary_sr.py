@@ -22,11 +22,11 @@ from ..diffusion import (
     sample,
 )
 from ..implicit import ImplicitDecoder, downsampling_factor, train_implicit_decoder
-from ..latents import LatentRows, latent_scaling_factor, scaled_latents
+from ..latents import LatentRows, latent_scaling_factor
 from ..model_settings import (
     ArbitrarySRSettings,
 )
-from ..pipelines import bicubic_canvas, scale_label, to_images
+from ..pipelines import bicubic_canvas, mirror_to_canvas, padded_canvas, scale_label, to_images
 from ..training import TrainConfig, TrainingOutcome, TrainProgress, run_key, step_generator
 from ..vae import encode_mean, load_vae
 from .common import as_part, residual_scale, train_model
@@ -46,6 +46,25 @@ def scale_draws(
     return [v**0.5 for v in values] if by_area else values
 
 
+def draw_window(
+    image_id: str, draw: int, side: int, grid: int, seed: int, off_grid_share: float = 0.5
+) -> tuple[int, int, int]:
+    """The part of a training image one draw restores, as (top, left, size): the whole image (a
+    size on the latent grid), or, for ``off_grid_share`` of the draws, a square of a size off the
+    grid (``side - grid + 1`` to ``side - 1``) at a random place, because in use most output sizes are off the grid
+    (x2.5 of 24 px is 60) and the model then works on a canvas mirrored out around them
+    (:func:`..pipelines.padded_canvas`): it must have seen such canvases, borders that are not the
+    canvas's, and anatomy at other places than the training images' own."""
+    if grid <= 1 or side <= grid or off_grid_share <= 0:
+        return 0, 0, side
+    rng = image_rng(seed, str(image_id), f"arbitrary_sr_window_{draw}")
+    if rng.random() >= off_grid_share:
+        return 0, 0, side
+    size = int(rng.integers(side - grid + 1, side))
+    top, left = (int(v) for v in rng.integers(0, side - size + 1, size=2))
+    return top, left, size
+
+
 @torch.no_grad()
 def scale_pair_latents(
     images: StoreImages,
@@ -57,41 +76,55 @@ def scale_pair_latents(
     by_area: bool = False,
     batch_size: int = 32,
     dest: Path | None = None,
-) -> tuple[torch.Tensor | LatentRows, np.ndarray]:
-    """Training conditions built on the fly: each image degraded (``mix``) and shrunk at each of
-    its ``scale_draws``, resampled back (bicubic) to the image's grid and encoded. Returns the
-    latents, ``draws`` consecutive rows per image, and the size ratios the rounded LR grids make
-    (what the model is told as its scale). Deterministic per (seed, image, draw). With ``dest``
-    the latents are written there batch by batch and returned as ``LatentRows`` over it (at NIH
-    size, six draws of 89,000 training images are 70 GB: never held in memory)."""
-    factor = downsampling_factor(vae)
-    latents, ratios = [], []
-    writer = atomic.npy_rows(dest, len(images) * draws) if dest is not None else contextlib.nullcontext()
-    with writer as out:
+    grid: int = 1,
+    off_grid_share: float = 0.5,
+) -> tuple[torch.Tensor | LatentRows, torch.Tensor | LatentRows, np.ndarray]:
+    """Training pairs built on the fly the way the pipeline builds its canvases: for each image
+    and each of its ``scale_draws``, the part :func:`draw_window` picks (the whole image, or a
+    square off the latent grid ``grid``), degraded (``mix``) and shrunk at that scale, resampled
+    back (bicubic) to the part's size and mirrored out to the grid; the part itself mirrored the
+    same way is the target. Returns the condition latents and the target latents, ``draws``
+    consecutive rows per image, and the size ratios the rounded LR grids make (what the model is
+    told as its scale). Deterministic per (seed, image, draw). With ``dest`` both are written
+    beside it batch by batch (``<dest>`` and ``<dest stem>.targets.npy``) and returned as
+    ``LatentRows`` (at NIH size, six draws of 89,000 training images are 70 GB each: never held
+    in memory)."""
+    vae_factor = downsampling_factor(vae)
+    grid = max(grid, vae_factor)
+    conditions, targets, ratios = [], [], []
+    targets_dest = dest.with_suffix(".targets.npy") if dest is not None else None
+    writers = (
+        (atomic.npy_rows(dest, len(images) * draws), atomic.npy_rows(targets_dest, len(images) * draws))
+        if dest is not None and targets_dest is not None
+        else (contextlib.nullcontext(), contextlib.nullcontext())
+    )
+    with writers[0] as out, writers[1] as out_targets:
         for start in range(0, len(images), batch_size):
             rows = list(range(start, min(len(images), start + batch_size)))
-            lows = []
+            lows, highs = [], []
             for row, image in zip(rows, images.batch(rows)):
                 image_id = images.image_ids[row]
+                pixels = image[0].numpy()
                 for k, scale in enumerate(scale_draws(image_id, draws, scale_range, seed, by_area)):
-                    low, _, _ = make_low_resolution(
-                        image[0].numpy(), scale, image_rng(seed, image_id, f"arbitrary_sr_{k}"), mix
-                    )
-                    lows.append((low, tuple(image.shape[-2:])))
-                    ratios.append((image.shape[-2] / low.shape[0] + image.shape[-1] / low.shape[1]) / 2)
-            canvases = torch.cat(
-                [bicubic_canvas(torch.from_numpy(low)[None, None], size, factor) for low, size in lows]
-            )
-            # the encoder runs 1.6x faster on CPU in chunks of 64 than of several hundred
-            for i in range(0, len(canvases), 64):
-                encoded = encode_mean(vae, canvases[i : i + 64])
-                if out is not None:
-                    out.append(encoded.numpy())
-                else:
-                    latents.append(encoded)
-    if dest is not None:
-        return LatentRows(dest, 1.0), np.asarray(ratios)
-    return torch.cat(latents), np.asarray(ratios)
+                    top, left, size = draw_window(image_id, k, pixels.shape[-1], grid, seed, off_grid_share)
+                    part = pixels[top : top + size, left : left + size]
+                    low, _, _ = make_low_resolution(part, scale, image_rng(seed, image_id, f"arbitrary_sr_{k}"), mix)
+                    canvas, _ = padded_canvas(torch.from_numpy(low)[None, None], (size, size), grid)
+                    lows.append(canvas)
+                    highs.append(torch.from_numpy(mirror_to_canvas(part, grid)[0])[None, None])
+                    ratios.append((size / low.shape[0] + size / low.shape[1]) / 2)
+            for stack, sink, kept in ((lows, out, conditions), (highs, out_targets, targets)):
+                canvases = torch.cat(stack)
+                # the encoder runs 1.6x faster on CPU in chunks of 64 than of several hundred
+                for i in range(0, len(canvases), 64):
+                    encoded = encode_mean(vae, canvases[i : i + 64])
+                    if sink is not None:
+                        sink.append(encoded.numpy())
+                    else:
+                        kept.append(encoded)
+    if dest is not None and targets_dest is not None:
+        return LatentRows(dest, 1.0), LatentRows(targets_dest, 1.0), np.asarray(ratios)
+    return torch.cat(conditions), torch.cat(targets), np.asarray(ratios)
 
 
 def train_arbitrary_sr(
@@ -111,6 +144,7 @@ def train_arbitrary_sr(
     draws_per_image: int = 6,
     draws_by_area: bool = False,
     degradation_mix: bool = True,
+    off_grid_share: float = 0.5,
     pair_seed: int = 0,
     residual: bool = True,
     decoder_min_ratio: float = 0.75,
@@ -125,8 +159,9 @@ def train_arbitrary_sr(
     trained to render latents at sizes between the encoder's grid steps (from ``decoder_min_ratio``
     of the native size up to it). Then the latent diffusion model, conditioned on the latent of the
     LR image resampled to the HR grid, on ``draws_per_image`` continuous scales per training image
-    in [``scale_min``, ``scale_max``] (built on the fly, :func:`scale_pair_latents`), diffusing the correction to
-    the HR latent like the fixed-scale recipe, and told the scale when ``unet_config`` has a
+    in [``scale_min``, ``scale_max``] (built on the fly, :func:`scale_pair_latents`, ``off_grid_share``
+    of them restoring a window off the latent grid as the pipeline meets one), diffusing the
+    correction to the HR latent like the fixed-scale recipe, and told the scale when ``unet_config`` has a
     ``"timestep"`` class embedding. Each stage resumes from its own checkpoints;
     ``stop_after`` interrupts the second. ``warm_start_from``: a fixed-scale model of the same
     latents whose UNet the second stage starts from (the scale's embedding starts fresh)."""
@@ -152,7 +187,8 @@ def train_arbitrary_sr(
     mix = DegradationMix() if degradation_mix else None
     order = pd.read_parquet(Path(latents_dir) / "index_train.parquet")["image_id"]
     rows = metadata.set_index("image_id").loc[order].reset_index()
-    hr = scaled_latents(latents_dir, "hr", "train")
+    # canvases are whole multiples of what the VAE and then the UNet's down blocks divide by, as in use
+    grid = downsampling_factor(vae) * 2 ** (len(unet_config.block_out_channels) - 1)
     # the conditions go to a file beside the runs, named by everything that makes them, so a
     # resumed or repeated training reads them back instead of encoding every image again
     conditions_file = (
@@ -161,6 +197,9 @@ def train_arbitrary_sr(
         / (
             run_key(
                 "arbitrary_sr_conditions",
+                "windows-v1",  # draws on the pipeline's geometry (draw_window)
+                grid,
+                off_grid_share,
                 str(vae_dir),
                 draws,
                 list(scale_range),
@@ -173,26 +212,35 @@ def train_arbitrary_sr(
         )
     )
     ratios_file = conditions_file.with_suffix(".ratios.npy")
-    if conditions_file.exists() and ratios_file.exists():
+    targets_file = conditions_file.with_suffix(".targets.npy")
+    if conditions_file.exists() and targets_file.exists() and ratios_file.exists():
         ratios = np.load(ratios_file)
     else:
-        _, ratios = scale_pair_latents(
-            StoreImages(store, rows), vae, draws, scale_range, mix, pair_seed, draws_by_area, dest=conditions_file
+        _, _, ratios = scale_pair_latents(
+            StoreImages(store, rows),
+            vae,
+            draws,
+            scale_range,
+            mix,
+            pair_seed,
+            draws_by_area,
+            dest=conditions_file,
+            grid=grid,
+            off_grid_share=off_grid_share,
         )
         atomic.write_npy(ratios_file, ratios)
-    conditions = LatentRows(conditions_file, factor)
+    conditions, targets = LatentRows(conditions_file, factor), LatentRows(targets_file, factor)
     scale_conditioned = unet_config.class_embed_type == "timestep"
     labels = torch.tensor([scale_label(r) for r in ratios], dtype=torch.float32)
-    targets_of = torch.arange(len(conditions)) // draws  # the HR latent each condition belongs to
     conditioning = Conditioning(
-        concat_channels=hr.shape[1],
-        residual_scale=residual_scale(hr.subset(targets_of), conditions) if residual else 0.0,
+        concat_channels=conditions.shape[1],
+        residual_scale=residual_scale(targets, conditions) if residual else 0.0,
     )
     sampler = EpochSampler(len(conditions), train_config.batch_size, train_config.seed)
 
     def batches(step: int) -> dict:
         picked = torch.from_numpy(sampler.indices(step))
-        batch = {"target": hr[targets_of[picked]], "condition": conditions[picked]}
+        batch = {"target": targets[picked], "condition": conditions[picked]}
         return {**batch, "labels": labels[picked]} if scale_conditioned else batch
 
     val = StoreImages(store, metadata[metadata["split"] == "val"].head(4).reset_index(drop=True)).stack()
@@ -232,6 +280,7 @@ def train_arbitrary_sr(
         draws_per_image=draws_per_image,
         draws_by_area=draws_by_area,
         degradation_mix=degradation_mix,
+        off_grid_share=off_grid_share,
         pair_seed=pair_seed,
         residual=residual,
         decoder_min_ratio=decoder_min_ratio,
