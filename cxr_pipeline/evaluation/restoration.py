@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from ..data.degrade import bicubic_to, resize, upsample_bicubic
-from ..metrics.restoration import lr_consistency_psnr, per_image_scores, sample_spread
+from ..metrics.restoration import lr_consistency_psnr, per_image_scores, registration_shift, sample_spread
 from ..metrics.statistics import Summary, summarize
 from ..models.pipelines import ArbitraryScaleSuperResolution, LatentSuperResolution
 from ..models.vae import reconstruct
@@ -338,18 +338,31 @@ def evaluate_arbitrary_scale(
     through_vae = model.without_diffusion(low_resolution, size=size)
     restored = model(low_resolution, size=size, steps=ddim_steps, seed=seed)
 
-    def consistency(images: torch.Tensor) -> dict[str, np.ndarray]:
-        return {"lr_consistency_psnr": lr_consistency_psnr(images, low_resolution)}
+    def consistency(images: torch.Tensor, geometry: bool = False) -> dict[str, np.ndarray]:
+        scores = {"lr_consistency_psnr": lr_consistency_psnr(images, low_resolution)}
+        if geometry:  # where the output sits against the truth (output px): a misplaced edge shows here
+            scores["registration_px"] = np.array(
+                [
+                    np.abs(registration_shift(x[0].numpy(), truth[0].numpy(), scale)).max()
+                    for x, truth in zip(images, high_resolution)
+                ]
+            )
+        return scores
 
     methods = [
-        Method("bicubic", "Bicubic", bicubic, consistency(bicubic)),
+        Method("bicubic", "Bicubic", bicubic, consistency(bicubic, geometry=True)),
         Method(
             "bicubic_vae",
             f"Bicubic → VAE → {RENDERING[model.rendering]} (the latent path, no diffusion)",
             through_vae,
             consistency(through_vae),
         ),
-        Method("arbitrary", f"Arbitrary-scale latent SR, DDIM {ddim_steps}", restored, consistency(restored)),
+        Method(
+            "arbitrary",
+            f"Arbitrary-scale latent SR, DDIM {ddim_steps}",
+            restored,
+            consistency(restored, geometry=True),
+        ),
     ]
     nearest = torch.from_numpy(
         np.stack([resize(x[0].numpy(), size, Image.Resampling.NEAREST) for x in low_resolution])

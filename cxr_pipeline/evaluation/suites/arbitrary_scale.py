@@ -168,6 +168,8 @@ def arbitrary_super_resolution_suite(
                 "gain over bicubic": gain.text(2),
                 "arbitrary − fixed-scale": versus["fixed"].text(2) if "fixed" in versus else "—",
                 "LR-consistency": round(result.summaries["arbitrary"]["lr_consistency_psnr"].mean, 2),
+                "registration (px)": round(result.summaries["arbitrary"]["registration_px"].mean, 3),
+                "bicubic registration (px)": round(result.summaries["bicubic"]["registration_px"].mean, 3),
             }
         )
     table = pd.DataFrame(rows_)
