@@ -38,9 +38,9 @@ import pandas as pd
 from cxr_pipeline import kinds
 from cxr_pipeline.data.degrade import DegradationMix
 from cxr_pipeline.data.image_store import ImageStore
+from cxr_pipeline.data.pairs import scale_exact_pairs
 from cxr_pipeline.evaluation.inputs import split_rows, stored_images
 from cxr_pipeline.evaluation.restoration import evaluate_arbitrary_scale
-from cxr_pipeline.evaluation.suites import arbitrary_scale_inputs
 from cxr_pipeline.metrics.restoration import per_image_scores
 from cxr_pipeline.model_record import ModelRecord, current_model, has_current_model
 from cxr_pipeline.models.diffusion import ScheduleConfig
@@ -157,7 +157,7 @@ def main() -> None:
             for s in (2, 4)
             if (p := record(paths, kinds.LATENT_SR.at_scale(s).key))
         }
-        inputs = arbitrary_scale_inputs(val, val_rows["image_id"].astype(str), SCALES, DegradationMix(), 0)
+        inputs = scale_exact_pairs(val, val_rows["image_id"].astype(str), SCALES, DegradationMix(), 0)
         rows = []
         for scale, (high, low) in inputs.items():
             started = time.perf_counter()

@@ -30,8 +30,8 @@ import torch
 from cxr_pipeline import kinds
 from cxr_pipeline.data.degrade import DegradationMix, bicubic_to
 from cxr_pipeline.data.image_store import ImageStore
+from cxr_pipeline.data.pairs import scale_exact_pairs
 from cxr_pipeline.evaluation.inputs import split_rows, stored_images
-from cxr_pipeline.evaluation.suites import arbitrary_scale_inputs
 from cxr_pipeline.metrics.restoration import lr_consistency_psnr, per_image_scores, registration_shift
 from cxr_pipeline.model_record import current_model
 from cxr_pipeline.models.pipelines import ArbitraryScaleSuperResolution
@@ -65,7 +65,7 @@ def main() -> None:
     paths = WorkPaths(Path(args.home))
     rows = split_rows(pd.read_parquet(paths.metadata), "val", args.val_images)
     images = stored_images(ImageStore(paths.image_store), rows)
-    inputs = arbitrary_scale_inputs(images, rows["image_id"].astype(str), SCALES, DegradationMix(), 0)
+    inputs = scale_exact_pairs(images, rows["image_id"].astype(str), SCALES, DegradationMix(), 0)
     folder = args.model or current_model(paths, kinds.ARBITRARY_SR.key).model_dir
     model = ArbitraryScaleSuperResolution.from_pretrained(folder, "cpu")
     found = []

@@ -36,10 +36,9 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from cxr_pipeline import kinds
 from cxr_pipeline.data.degrade import DegradationMix
 from cxr_pipeline.data.image_store import ImageStore
-from cxr_pipeline.data.pairs import doses_built, low_dose_pair_dir, sr_pair_dir
+from cxr_pipeline.data.pairs import doses_built, low_dose_pair_dir, scale_exact_pairs, sr_pair_dir
 from cxr_pipeline.evaluation.denoising import DENOISER_STRENGTHS, tune_denoiser_strength
 from cxr_pipeline.evaluation.inputs import degraded_images, split_rows, stored_images
-from cxr_pipeline.evaluation.suites import arbitrary_scale_inputs
 from cxr_pipeline.evaluation.text_measures import guidance_sweep, prompt_set
 from cxr_pipeline.metrics.distribution import conditional_accuracy, frechet_distance
 from cxr_pipeline.metrics.restoration import per_image_scores
@@ -79,7 +78,7 @@ def latent_sr(paths: WorkPaths, val: pd.DataFrame, args) -> tuple[type, str, Sco
 
 def arbitrary_sr(paths: WorkPaths, val: pd.DataFrame, args) -> tuple[type, str, Scorer]:
     record = current_model(paths, kinds.ARBITRARY_SR.key)
-    inputs = arbitrary_scale_inputs(
+    inputs = scale_exact_pairs(
         stored_images(ImageStore(paths.image_store), val),
         val["image_id"].astype(str),
         (2.0, 2.5, 3.0, 4.0, 6.0),

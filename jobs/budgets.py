@@ -45,6 +45,7 @@ def tiny_run_config() -> dict:
         "decoder_batch_size": 2,
         "draws_per_image": 1,
         "decoder_val_images": 2,
+        "render_val_images": 2,
     }
     ops["report_encoder"] = {**TINY_TRAINING, "align_steps": 2, "align_batch_size": 2}
     ops["sr_pairs"] = {"sr_scales": [4]}  # the scale the latent SR model trains at

@@ -215,7 +215,9 @@ def ct_to_display(
     values: np.ndarray, ds: Dataset, window: tuple[float, float], from_dicom: bool = True
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """A CT slice: stored values -> HU (Modality LUT) -> a linear window in HU -> [0, 1]. The
-    window is the file's first (``from_dicom``) or ``window`` (centre, width)."""
+    window is the file's first (``from_dicom``) or ``window`` (centre, width). HU already put
+    dense tissue high, whatever the photometric interpretation says about display, so nothing
+    is inverted."""
     hu = np.asarray(apply_modality_lut(values, ds), dtype=np.float64)
     own = _window(ds) if from_dicom else None
     centre, width = own or window

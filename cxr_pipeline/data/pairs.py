@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from . import atomic, locks
 from .degrade import (
@@ -127,6 +128,38 @@ def low_resolution_at(
             ]
         )
     )
+
+
+def exact_side(side: int, scale: float) -> int:
+    """The largest HR side up to ``side`` that ``scale`` divides into a whole LR side, so every
+    evaluated scale is exact (x2.5: 60 -> 24, x3: 63 -> 21, x6: 60 -> 10 at 64 px)."""
+    for candidate in range(side, 0, -1):
+        low = candidate / scale
+        if low >= 1 and abs(low - round(low)) < 1e-6:
+            return candidate
+    raise ValueError(f"no HR side up to {side} is divisible by scale {scale}")
+
+
+def centre_crop(images: torch.Tensor, side: int) -> torch.Tensor:
+    top, left = (images.shape[-2] - side) // 2, (images.shape[-1] - side) // 2
+    return images[..., top : top + side, left : left + side]
+
+
+def scale_exact_pairs(
+    high_resolution: torch.Tensor,
+    image_ids: Sequence[str],
+    scales: Sequence[float],
+    mix: DegradationMix | None,
+    seed: int,
+) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
+    """Per scale: the HR images centre-cropped so the scale is exact, and their LR versions made
+    the way ``sr_pairs`` makes its pairs (at integer scales, the same images)."""
+    pairs = {}
+    for scale in scales:
+        high = centre_crop(high_resolution, exact_side(high_resolution.shape[-1], scale))
+        low = torch.from_numpy(low_resolution_at(high[:, 0].numpy(), list(image_ids), scale, mix, seed)).unsqueeze(1)
+        pairs[float(scale)] = (high, low)
+    return pairs
 
 
 def build_low_dose_pairs(

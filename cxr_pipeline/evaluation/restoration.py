@@ -299,21 +299,6 @@ def scale_name(scale: float) -> str:
     return f"x{scale:g}".replace(".", "p")
 
 
-def exact_side(side: int, scale: float) -> int:
-    """The largest HR side up to ``side`` that ``scale`` divides into a whole LR side, so every
-    evaluated scale is exact (x2.5: 60 -> 24, x3: 63 -> 21, x6: 60 -> 10 at 64 px)."""
-    for candidate in range(side, 0, -1):
-        low = candidate / scale
-        if low >= 1 and abs(low - round(low)) < 1e-6:
-            return candidate
-    raise ValueError(f"no HR side up to {side} is divisible by scale {scale}")
-
-
-def centre_crop(images: torch.Tensor, side: int) -> torch.Tensor:
-    top, left = (images.shape[-2] - side) // 2, (images.shape[-1] - side) // 2
-    return images[..., top : top + side, left : left + side]
-
-
 def evaluate_arbitrary_scale(
     model: ArbitraryScaleSuperResolution,
     high_resolution: torch.Tensor,
@@ -353,7 +338,7 @@ def evaluate_arbitrary_scale(
         Method("bicubic", "Bicubic", bicubic, consistency(bicubic, geometry=True)),
         Method(
             "bicubic_vae",
-            f"Bicubic → VAE → {RENDERING[model.rendering]} (the latent path, no diffusion)",
+            f"Bicubic → VAE → {RENDERING[model.rendering_for(scale)]} (the latent path, no diffusion)",
             through_vae,
             consistency(through_vae),
         ),

@@ -72,6 +72,9 @@ class Recipe(DiffusionRecipe):
     decoder_hidden: list[int] = field(default_factory=lambda: [64, 64])
     decoder_queries: int = 1024  # output pixels per image per step
     decoder_val_images: int = 48  # val images the head is scored on (rendering every pixel is the costly part)
+    # After training, the rendering off the latent grid is chosen on this many val images at each
+    # probe scale (choose_renderings: pad, resize or the implicit decoder; 0 keeps pad everywhere)
+    render_val_images: int = 24
     # Start the diffusion UNet from the fixed-scale model (latent_sr at the largest trained scale
     # in the range) when it shares the latents and the widths: the same residual recipe, so only
     # the scale's embedding starts fresh. From scratch (off, or no fixed-scale model yet: the run's
@@ -178,6 +181,7 @@ def train(job: TrainingJob, progress: Progress = None, stop_after: int | None = 
         decoder_hidden=tuple(recipe.decoder_hidden),
         decoder_queries=recipe.decoder_queries,
         decoder_val_images=recipe.decoder_val_images,
+        render_val_images=recipe.render_val_images,
         warm_start_from=job.input_dir("warm_start_from") if job.inputs.warm_start_from else None,
         progress=progress,
         stop_after=stop_after,

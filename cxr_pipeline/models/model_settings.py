@@ -99,6 +99,9 @@ class ArbitrarySRSettings(ModelSettings):
     vae_source: str
     # the share of training draws that restore a window off the latent grid (0: folders trained before them)
     off_grid_share: float = 0.0
+    # the rendering chosen on val at each probe scale off the latent grid (empty: chosen before, "pad")
+    rendering_scales: list[float] = dataclasses.field(default_factory=list)
+    renderings: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def scale_range(self) -> tuple[float, float]:

@@ -11,6 +11,7 @@ strengths, dose levels) instead of reading the folder on every call.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -233,11 +234,24 @@ class ArbitraryScaleSuperResolution(DiffusionPipeline):
         # False tells it the nearest end instead
         self.scale_conditioned = model.unet.config.class_embed_type == "timestep"
         self.extrapolate = True
-        self.rendering = "pad"  # off the latent grid: "pad" (mirror out, crop back), "resize" or "implicit"
+        # off the latent grid: "pad" (mirror out, crop back), "resize" or "implicit"; None: the one
+        # chosen on val for the nearest probe scale when the model was trained (rendering_for)
+        self.rendering: str | None = None
 
     @property
     def scale_range(self) -> tuple[float, float]:
         return self.settings.scale_range
+
+    def rendering_for(self, ratio: float) -> str:
+        """The rendering at an output/input size ratio: the one set on the pipeline, else the one
+        chosen on val at the nearest probe scale (in log scale), else ``pad``."""
+        if self.rendering is not None:
+            return self.rendering
+        scales, renderings = self.settings.rendering_scales, self.settings.renderings
+        if not scales:
+            return "pad"
+        nearest = min(range(len(scales)), key=lambda i: abs(math.log(ratio / scales[i])))
+        return renderings[nearest]
 
     def save_pretrained(self, folder: Path) -> None:
         super().save_pretrained(folder)
@@ -324,9 +338,10 @@ class ArbitraryScaleSuperResolution(DiffusionPipeline):
         model, factor = self.model, self.model.scaling_factor
         low_size = (int(low_resolution.shape[-2]), int(low_resolution.shape[-1]))
         outputs = []
+        rendering = self.rendering_for((target[0] / low_size[0] + target[1] / low_size[1]) / 2)
         for start in range(0, len(low_resolution), batch_size):
             batch = low_resolution[start : start + batch_size]
-            if self.rendering == "pad":
+            if rendering == "pad":
                 canvas, window = padded_canvas(batch, target, self.factor)
                 ratio = (target[0] / low_size[0] + target[1] / low_size[1]) / 2
                 latents = restore(encode_mean(model.vae, canvas) * factor, start, ratio)
@@ -337,13 +352,13 @@ class ArbitraryScaleSuperResolution(DiffusionPipeline):
             latents = restore(encode_mean(model.vae, canvas) * factor, start, ratio)
             if tuple(canvas.shape[-2:]) == target:
                 outputs.append(to_images(latents, model.vae, factor))
-            elif self.rendering == "implicit":
+            elif rendering == "implicit":
                 outputs.append(self.decoder.images(latents.to(self.device) / factor, target))
-            elif self.rendering == "resize":
+            elif rendering == "resize":
                 decoded = to_images(latents, model.vae, factor)
                 outputs.append(torch.from_numpy(np.stack([resize(x[0].numpy(), target) for x in decoded])).unsqueeze(1))
             else:
-                raise ValueError(f"rendering must be 'pad', 'resize' or 'implicit', got {self.rendering!r}")
+                raise ValueError(f"rendering must be 'pad', 'resize' or 'implicit', got {rendering!r}")
         return torch.cat(outputs)
 
 

@@ -12,13 +12,8 @@ import torch
 from cxr_pipeline import inference
 from cxr_pipeline.data.degrade import DegradationMix, low_resolution_size
 from cxr_pipeline.data.image_store import ImageStore, to_stored
-from cxr_pipeline.data.pairs import build_sr_pairs, low_resolution_at, sr_pair_dir
-from cxr_pipeline.evaluation.restoration import (
-    centre_crop,
-    evaluate_arbitrary_scale,
-    exact_side,
-    scale_name,
-)
+from cxr_pipeline.data.pairs import build_sr_pairs, centre_crop, exact_side, low_resolution_at, sr_pair_dir
+from cxr_pipeline.evaluation.restoration import evaluate_arbitrary_scale, scale_name
 from cxr_pipeline.models import diffusion_training as dt
 from cxr_pipeline.models import pipelines
 from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig
@@ -203,12 +198,14 @@ def test_the_pipeline_super_resolves_at_non_integer_scales_and_sizes(trained, tm
     out = model(low, scale=2.5, steps=4, seed=1)  # 6 * 2.5 = 15 px: off the grid, on a mirrored 16 px canvas
     assert out.shape == (3, 1, 15, 15) and out.min() >= 0.0 and out.max() <= 1.0
     torch.testing.assert_close(model(low, scale=2.5, steps=4, seed=1), out, rtol=0, atol=0)  # seeded
-    assert model.rendering == "pad"
+    assert model.rendering is None and model.rendering_for(2.5) in ("pad", "resize", "implicit")  # chosen on val
+    model.rendering = "pad"
+    out = model(low, scale=2.5, steps=4, seed=1)
     renderings = {}
     for rendering in ("resize", "implicit"):  # the field of view stretched over 16 px, then resized or rendered
         model.rendering = rendering
         renderings[rendering] = model(low, scale=2.5, steps=4, seed=1)
-    model.rendering = "pad"
+    model.rendering = None
     rendered = renderings["implicit"]
     for other in renderings.values():
         assert other.shape == out.shape and not torch.equal(other, out)
@@ -233,6 +230,8 @@ def test_the_pipeline_super_resolves_at_non_integer_scales_and_sizes(trained, tm
     # save_pretrained keeps the decoder head: a copy renders off-grid sizes the same ways
     model.save_pretrained(tmp_path / "copy")
     copy = pipelines.ArbitraryScaleSuperResolution.from_pretrained(tmp_path / "copy", "cpu")
+    assert copy.settings.renderings == model.settings.renderings  # the val choice travels with it
+    copy.rendering = "pad"
     torch.testing.assert_close(copy(low, scale=2.5, steps=4, seed=1), out, rtol=0, atol=0)
     copy.rendering = "implicit"
     torch.testing.assert_close(copy(low, scale=2.5, steps=4, seed=1), rendered, rtol=0, atol=0)
@@ -304,3 +303,24 @@ def test_the_evaluation_scores_each_scale_against_bicubic_and_the_latent_path(tr
         assert name in metrics and np.isfinite(metrics[name]), name
     assert result.must_beat() == (("psnr_sr_x2p5_arbitrary", "psnr_sr_x2p5_bicubic"),)
     assert "inside the training range" in " ".join(result.notes)
+
+
+def test_the_rendering_off_the_grid_is_chosen_on_val_and_recorded_once(trained, data):
+    """After training, each probe scale off the grid gets the rendering with the best val PSNR
+    among those keeping most of the fine detail, written into model.json: the pipeline then
+    follows it per requested scale, unless told otherwise."""
+    outcome, _, _ = trained
+    root, metadata, store = data
+    settings = describe(outcome.model_dir).settings_as(ArbitrarySRSettings)
+    assert settings.rendering_scales == [2.5, 3.5, 6.0]
+    assert set(settings.renderings) <= {"pad", "resize", "implicit"} and len(settings.renderings) == 3
+    assert any(k.startswith("val_psnr_render_pad_x") for k in outcome.metrics)
+    model = pipelines.ArbitraryScaleSuperResolution.from_pretrained(outcome.model_dir, "cpu")
+    assert model.rendering is None
+    assert [model.rendering_for(r) for r in (2.4, 3.4, 5.5)] == settings.renderings  # the nearest probe
+    model.rendering = "implicit"
+    assert model.rendering_for(2.4) == "implicit"
+    # recorded once: asking again leaves the folder as it is
+    before = (outcome.model_dir / "model.json").read_text()
+    assert dt.record_renderings(outcome.model_dir, metadata, store, None, 0, 4) == {}
+    assert (outcome.model_dir / "model.json").read_text() == before

@@ -8,7 +8,7 @@ Each kind binds its suite to the models it reads as an ``Evaluation`` (``outcome
 Dagster layer builds every evaluation asset from one.
 """
 
-from .arbitrary_scale import ArbitrarySrOptions, arbitrary_scale_inputs, arbitrary_super_resolution_suite
+from .arbitrary_scale import ArbitrarySrOptions, arbitrary_super_resolution_suite
 from .denoising import DenoisingOptions, denoising_suite
 from .generation import GenerationOptions, generation_suite
 from .super_resolution import SrOptions, super_resolution_suite
@@ -22,7 +22,6 @@ __all__ = [
     "SrOptions",
     "SyntheticUtilityOptions",
     "TextGenerationOptions",
-    "arbitrary_scale_inputs",
     "arbitrary_super_resolution_suite",
     "denoising_suite",
     "generation_suite",

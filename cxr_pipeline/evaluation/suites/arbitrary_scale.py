@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ... import promotion
 from ...data.degrade import DegradationMix
 from ...data.image_store import ImageStore
-from ...data.pairs import low_resolution_at
+from ...data.pairs import scale_exact_pairs
 from ...model_record import ModelRecord
 from ...models.model_folder import describe
 from ...models.model_settings import ArbitrarySRSettings
@@ -27,7 +26,7 @@ from ...reports.plots import interval_plot
 from ..challenge import score_and_challenge
 from ..inputs import split_description, stored_images, training_curve
 from ..outcome import EvaluationOutcome, Log, PromotionPolicy, SamplingBudget
-from ..restoration import centre_crop, evaluate_arbitrary_scale, exact_side
+from ..restoration import evaluate_arbitrary_scale
 
 
 @dataclass(frozen=True)
@@ -35,23 +34,6 @@ class ArbitrarySrOptions:
     scales: list[float] = field(default_factory=lambda: [2.0, 2.5, 3.0, 4.0, 6.0])  # x6 is outside the training range
     degradation_mix: bool = True  # LR made as sr_pairs makes it (at x2 and x4, the same images)
     pair_seed: int = 0
-
-
-def arbitrary_scale_inputs(
-    high_resolution: torch.Tensor,
-    image_ids: Sequence[str],
-    scales: Sequence[float],
-    mix: DegradationMix | None,
-    seed: int,
-) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
-    """Per scale: the HR images centre-cropped so the scale is exact, and their LR versions made
-    the way ``sr_pairs`` makes its pairs (at integer scales, the same images)."""
-    inputs = {}
-    for scale in scales:
-        high = centre_crop(high_resolution, exact_side(high_resolution.shape[-1], scale))
-        low = torch.from_numpy(low_resolution_at(high[:, 0].numpy(), list(image_ids), scale, mix, seed)).unsqueeze(1)
-        inputs[float(scale)] = (high, low)
-    return inputs
 
 
 def arbitrary_super_resolution_suite(
@@ -71,7 +53,7 @@ def arbitrary_super_resolution_suite(
     model on the same inputs; a plot of the gain over bicubic by scale; then promotion."""
     scales, degradation_mix, pair_seed = options.scales, options.degradation_mix, options.pair_seed
     ids, groups = rows["image_id"].astype(str), rows["patient_key"]
-    inputs = arbitrary_scale_inputs(
+    inputs = scale_exact_pairs(
         stored_images(ImageStore(image_store), rows),
         ids,
         scales,

@@ -10,7 +10,14 @@ the shared ``common.train_model``; the latents they read are :mod:`cxr_pipeline.
 """
 
 from ..latents import LatentRows, latent_scaling_factor, scaled_latents
-from .arbitrary_sr import draw_window, scale_draws, scale_pair_latents, train_arbitrary_sr
+from .arbitrary_sr import (
+    choose_renderings,
+    draw_window,
+    record_renderings,
+    scale_draws,
+    scale_pair_latents,
+    train_arbitrary_sr,
+)
 from .class_ddpm import train_class_ddpm
 from .common import as_part, residual_scale, train_model
 from .denoiser import low_dose_batch, train_denoiser
@@ -21,9 +28,11 @@ __all__ = [
     "LatentRows",
     "TextLayersAndUNet",
     "as_part",
+    "choose_renderings",
     "draw_window",
     "latent_scaling_factor",
     "low_dose_batch",
+    "record_renderings",
     "report_groups",
     "residual_scale",
     "scale_draws",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import torch
 from ...data import atomic
 from ...data.degrade import DegradationMix, image_rng, make_low_resolution
 from ...data.image_store import ImageStore
+from ...data.pairs import scale_exact_pairs
+from ...metrics.restoration import per_image_scores
 from .. import distributed
 from ..batches import EpochSampler, StoreImages
 from ..diffusion import (
@@ -23,11 +26,17 @@ from ..diffusion import (
 )
 from ..implicit import ImplicitDecoder, downsampling_factor, train_implicit_decoder
 from ..latents import LatentRows, latent_scaling_factor
-from ..model_settings import (
-    ArbitrarySRSettings,
+from ..model_folder import describe
+from ..model_settings import ArbitrarySRSettings
+from ..pipelines import (
+    ArbitraryScaleSuperResolution,
+    bicubic_canvas,
+    mirror_to_canvas,
+    padded_canvas,
+    scale_label,
+    to_images,
 )
-from ..pipelines import bicubic_canvas, mirror_to_canvas, padded_canvas, scale_label, to_images
-from ..training import TrainConfig, TrainingOutcome, TrainProgress, run_key, step_generator
+from ..training import TrainConfig, TrainingOutcome, TrainProgress, pick_device, run_key, step_generator
 from ..vae import encode_mean, load_vae
 from .common import as_part, residual_scale, train_model
 
@@ -127,6 +136,47 @@ def scale_pair_latents(
     return torch.cat(conditions), torch.cat(targets), np.asarray(ratios)
 
 
+RENDERINGS = ("pad", "resize", "implicit")
+# Off the latent grid at 64 and 256 px alike; a request takes the choice of the nearest in log scale.
+PROBE_SCALES = (2.5, 3.5, 6.0)
+DETAIL_SHARE = 0.8  # a rendering must keep this share of the best rendering's fine detail
+
+
+@torch.no_grad()
+def choose_renderings(
+    model_dir: Path,
+    images: torch.Tensor,
+    image_ids: Sequence[str],
+    mix: DegradationMix | None,
+    seed: int,
+    steps: int = 20,
+    scales: Sequence[float] = PROBE_SCALES,
+    device: torch.device | str = "cpu",
+) -> tuple[list[float], list[str], pd.DataFrame]:
+    """How the model meets an output size off its grid, chosen on val per probe scale: the
+    rendering with the highest PSNR among those that keep at least ``DETAIL_SHARE`` of the best
+    one's fine detail (a perception-distortion rule: the implicit decoder wins PSNR by smoothing).
+    Which wins depends on the data (on the radiograph phantom the stretched ``resize`` near the
+    grid, on CT the ``pad`` everywhere), so the data decides. Returns the probe scales, their
+    renderings and the table of every score."""
+    pipeline = ArbitraryScaleSuperResolution.from_pretrained(model_dir, device)
+    rows, chosen = [], []
+    for scale, (high, low) in scale_exact_pairs(images, image_ids, scales, mix, seed).items():
+        if high.shape[-1] % pipeline.factor == 0:  # on the grid every rendering is the plain decode
+            chosen.append("pad")
+            continue
+        found = []
+        for rendering in RENDERINGS:
+            pipeline.rendering = rendering
+            scores = per_image_scores(pipeline(low, scale=scale, steps=steps, seed=seed), high)
+            found.append({"scale": scale, "rendering": rendering, **scores[["psnr", "detail"]].mean().to_dict()})
+        table = pd.DataFrame(found)
+        kept = table[table["detail"] >= DETAIL_SHARE * table["detail"].max()]
+        chosen.append(str(kept.loc[kept["psnr"].idxmax(), "rendering"]))
+        rows.append(table.assign(chosen=table["rendering"] == chosen[-1]))
+    return list(map(float, scales)), chosen, pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
 def train_arbitrary_sr(
     metadata: pd.DataFrame,
     store: ImageStore,
@@ -151,6 +201,7 @@ def train_arbitrary_sr(
     decoder_hidden: Sequence[int] = (64, 64),
     decoder_queries: int = 1024,
     decoder_val_images: int = 48,
+    render_val_images: int = 24,
     warm_start_from: Path | None = None,
     progress: TrainProgress | None = None,
     stop_after: int | None = None,
@@ -306,4 +357,40 @@ def train_arbitrary_sr(
         warm_start_from=warm_start_from,
     )
     outcome.metrics.update({f"decoder_{k}": v for k, v in decoder.metrics.items()})
+    if distributed.current().is_main and render_val_images:
+        device = pick_device(train_config.device)
+        outcome.metrics.update(
+            record_renderings(outcome.model_dir, metadata, store, mix, pair_seed, render_val_images, device)
+        )
     return outcome
+
+
+def record_renderings(
+    model_dir: Path,
+    metadata: pd.DataFrame,
+    store: ImageStore,
+    mix: DegradationMix | None,
+    seed: int,
+    val_images: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Choose the renderings on the first ``val_images`` val images (:func:`choose_renderings`)
+    and write them into the folder's ``model.json``, once: a resumed or repeated training finds
+    them there. Returns the val figures for the run."""
+    saved = describe(model_dir)
+    settings = saved.settings_as(ArbitrarySRSettings)
+    if settings.renderings:
+        return {}
+    val = metadata[metadata["split"] == "val"].head(val_images).reset_index(drop=True)
+    if not len(val):
+        return {}
+    images = StoreImages(store, val).stack()
+    ids = val["image_id"].astype(str).tolist()
+    scales, renderings, table = choose_renderings(model_dir, images, ids, mix, seed, device=device)
+    chosen = dataclasses.replace(settings, rendering_scales=scales, renderings=renderings)
+    atomic.write_text(Path(model_dir) / "model.json", dataclasses.replace(saved, settings=chosen).to_json())
+    return {
+        f"val_{kind}_render_{name}_x{row.scale:g}".replace(".", "p"): float(getattr(row, kind))
+        for row in table.itertuples()
+        for kind, name in (("psnr", row.rendering), ("detail", row.rendering))
+    }
