@@ -367,7 +367,8 @@ def evaluate_arbitrary_scale(
     range_note = "inside" if range_low <= scale <= range_high else "outside"
     figures = [Figure(f"Super-resolution x{scale:g} (arbitrary scale)", comparison_grid(columns), header, upscale=2)]
     notes = [
-        f"x{scale:g} is {range_note} the training range [{range_low:g}, {range_high:g}]. HR crops of "
+        f"x{scale:g} is {range_note} the training range [{range_low:g}, {range_high:g}]; off the latent "
+        f"grid it renders by {RENDERING[model.rendering_for(scale)]} (chosen on val). HR crops of "
         f"{size[0]} x {size[1]} px (centred) make the scale exact: LR {low_resolution.shape[-2]} x "
         f"{low_resolution.shape[-1]} px."
     ]

@@ -208,10 +208,12 @@ class ArbitraryScaleSuperResolution(DiffusionPipeline):
     - ``"implicit"``: the same stretched canvas, rendered at the output size by the implicit
       decoder (:mod:`.implicit`).
 
-    The stretch of the last two puts anatomy where training never had it (up to 7% larger at
-    64 px), and on sharp, off-centre CT structure it cost up to 3.4 dB and misplaced edges far
-    from the centre; padding keeps training's geometry (docs/recipes.md). On the grid the three
-    are the same.
+    Which is best depends on the data: on CT slices ``pad`` won at every scale off the grid (the
+    stretch of the other two puts sharp anatomy up to 7% off where training had it; ``resize``
+    fell below bicubic at x6), on the smooth radiograph phantom ``resize`` won near the grid.
+    So the training chooses on val, per probe scale (``choose_renderings``; recorded in
+    ``model.json``), and a request takes the choice of the nearest probe scale; setting
+    ``rendering`` overrides it. On the grid the three are the same (docs/recipes.md).
 
     The scale work happens in latent space, not in the decoder: an implicit decoder asked to
     upsample a latent scored below bicubic from the same input on this data
