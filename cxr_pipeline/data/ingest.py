@@ -111,7 +111,7 @@ class IngestOptions:
 
     def fingerprint(self) -> str:
         """Identifies everything that changes stored pixels or decisions (not parallelism)."""
-        decisive = {
+        decisive: dict[str, Any] = {
             "version": INGEST_VERSION,
             "image_size": self.image_size,
             "aspect_policy": AspectPolicy(self.aspect_policy).value,
@@ -119,7 +119,7 @@ class IngestOptions:
             "frontal_only": self.frontal_only,
             "min_side": self.effective_min_side,
         }
-        if "CT" in decisive["allowed_modalities"]:  # radiograph-only ingestion keeps its fingerprint
+        if "CT" in {m.upper() for m in self.allowed_modalities}:  # radiograph-only ingestion keeps its fingerprint
             decisive["ct_window"] = [list(self.ct_window), self.ct_window_from_dicom]
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -100,7 +100,9 @@ def scale_pair_latents(
     in memory)."""
     vae_factor = downsampling_factor(vae)
     grid = max(grid, vae_factor)
-    conditions, targets, ratios = [], [], []
+    conditions: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    ratios: list[float] = []
     targets_dest = dest.with_suffix(".targets.npy") if dest is not None else None
     writers = (
         (atomic.npy_rows(dest, len(images) * draws), atomic.npy_rows(targets_dest, len(images) * draws))
