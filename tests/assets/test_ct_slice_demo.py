@@ -7,7 +7,6 @@ checks the path, not quality (bench/ and the closing notes hold the demo-budget 
 import json
 from pathlib import Path
 
-import dagster as dg
 import pandas as pd
 import pytest
 
@@ -18,8 +17,7 @@ from cxr_pipeline.models.model_folder import describe
 from cxr_pipeline.models.model_settings import ClassDDPMSettings
 from cxr_pipeline.settings import WorkPaths
 from definitions import defs
-from jobs.budgets import tiny_run_config
-from resources import CxrSettings, MlflowTracking
+from tests.helpers.main_job import run_main_job_tiny, settings_for
 
 pytestmark = pytest.mark.slow  # the main job end to end at the tiny budget
 
@@ -36,13 +34,7 @@ def _no_ambient_settings(monkeypatch):
 def test_the_main_job_trains_what_ct_slices_support_and_skips_the_text_family(tmp_path):
     data = tmp_path / "data"
     generate_ct_demo(data, CtDemoSpec(patients=30, source_size=128), workers=2)
-    settings = CxrSettings(home=str(tmp_path / "home"), data_dir=str(data))
-    run_config = tiny_run_config()
-    for labels in ("label_table", "image_metadata"):
-        run_config["ops"][labels] = {"config": {"split_fractions": [0.5, 0.25, 0.25]}}
-    result = defs.resolve_job_def("all_assets").execute_in_process(
-        run_config=run_config, resources={"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)}
-    )
+    result = run_main_job_tiny(settings_for(tmp_path, data))
     assert result.success
     materialized = {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
     every_asset = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
@@ -76,4 +68,3 @@ def test_the_main_job_trains_what_ct_slices_support_and_skips_the_text_family(tm
     checks = {e.asset_key.to_user_string(): e for e in result.get_asset_check_evaluations()}
     for evaluation in ("sr_evaluation", "arbitrary_sr_evaluation", "denoising_evaluation", "generation_evaluation"):
         assert evaluation in materialized and evaluation in checks
-    assert isinstance(result, dg.ExecuteInProcessResult)

@@ -16,8 +16,8 @@ from cxr_pipeline.model_record import current_model
 from cxr_pipeline.models.model_folder import describe
 from cxr_pipeline.settings import WorkPaths, default_tracking_uri
 from definitions import defs
-from jobs.budgets import TINY_EVALUATION, tiny_run_config
-from resources import CxrSettings, MlflowTracking
+from jobs.budgets import TINY_EVALUATION
+from tests.helpers.main_job import run_main_job_tiny, settings_for
 
 pytestmark = pytest.mark.slow  # the smoke job under the full profile, end to end
 
@@ -50,16 +50,7 @@ def _no_ambient_settings(monkeypatch):
 def test_full_profile_materializes_every_asset_at_256_px(tmp_path):
     data = tmp_path / "data"
     generate_demo_dataset(data, DemoSpec(patients=16, source_size=512, dicom_share=0.1), workers=2)
-    settings = CxrSettings(home=str(tmp_path / "home"), data_dir=str(data), profile="full")
-    # the smoke job is the main job with this run config baked in; the main job takes it here
-    # because a job with a default config ignores resource instances passed in process
-    run_config = tiny_run_config()
-    # a few patients per split: half of them train, a quarter each val and test
-    for labels in ("label_table", "image_metadata"):
-        run_config["ops"][labels] = {"config": {"split_fractions": [0.5, 0.25, 0.25]}}
-    result = defs.resolve_job_def("all_assets").execute_in_process(
-        run_config=run_config, resources={"settings": settings, "mlflow_tracking": MlflowTracking(settings=settings)}
-    )
+    result = run_main_job_tiny(settings_for(tmp_path, data, profile="full"))
     assert result.success
     # every asset of the main job, and every check, ran
     materialized = {event.asset_key for event in result.get_asset_materialization_events()}

@@ -16,8 +16,6 @@ Deterministic for a spec, written atomically like the radiograph demo.
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,9 +26,10 @@ from PIL import Image
 from scipy import ndimage
 
 from ... import parallel
+from .. import atomic
+from .dataset import SPEC_FILE, read_spec
 
 CT_GENERATOR_VERSION = 1
-SPEC_FILE = "demo_dataset.json"
 # The folder class and the file-name prefix of each class, as the public dataset names them.
 CLASSES = {"Normal": "normal", "COVID19": "covid", "Effusion": "effusion"}
 CLASS_SHARES = {"Normal": 0.4, "COVID19": 0.35, "Effusion": 0.25}
@@ -191,22 +190,13 @@ def _make_patient(task: _PatientTask) -> dict[str, Any]:
     return {"label": label, "files": files}
 
 
-def _read_spec(dest: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((dest / SPEC_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def generate_ct_demo(dest: Path, spec: CtDemoSpec, *, workers: int = 1) -> dict[str, Any]:
     """Write the CT-slice demo to ``dest`` unless the same spec is already there; return its summary."""
     dest = Path(dest)
-    existing = _read_spec(dest)
+    existing = read_spec(dest)
     if existing and existing.get("spec") == {"kind": "ct_slices", **asdict(spec)}:
         return existing
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with atomic.atomic_folder(dest) as tmp:
         tasks = (_PatientTask(str(tmp), i, spec) for i in range(1, spec.patients + 1))
         labels: Counter = Counter()
         images = 0
@@ -226,12 +216,6 @@ def generate_ct_demo(dest: Path, spec: CtDemoSpec, *, workers: int = 1) -> dict[
             "bad_inputs": ["truncated png", "text file"],
         }
         (tmp / SPEC_FILE).write_text(json.dumps(summary, indent=2))
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return summary
 
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
-import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +44,7 @@ from pydicom.uid import (
 )
 
 from ... import parallel
+from .. import atomic
 from . import phantom, reports
 
 GENERATOR_VERSION = 3  # 3: reports
@@ -357,7 +356,8 @@ def _write_bad_inputs(root: Path, spec: DemoSpec, nih_files: list[str], dicom_fi
     return written
 
 
-def _read_spec(dest: Path) -> dict[str, Any] | None:
+def read_spec(dest: Path) -> dict[str, Any] | None:
+    """The summary a generated demo folder records (its spec included), or None."""
     try:
         return json.loads((dest / SPEC_FILE).read_text())
     except (OSError, ValueError):
@@ -367,12 +367,10 @@ def _read_spec(dest: Path) -> dict[str, Any] | None:
 def generate_demo_dataset(dest: Path, spec: DemoSpec, *, workers: int = 1) -> dict[str, Any]:
     """Write the demo dataset to ``dest`` unless the same spec is already there; return its summary."""
     dest = Path(dest)
-    existing = _read_spec(dest)
+    existing = read_spec(dest)
     if existing and existing.get("spec") == asdict(spec):
         return existing
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with atomic.atomic_folder(dest) as tmp:
         tasks = (_PatientTask(str(tmp), i, spec) for i in range(1, spec.patients + 1))
         rows: list[dict] = []
         nih_files: list[Any] = []
@@ -399,12 +397,6 @@ def generate_demo_dataset(dest: Path, spec: DemoSpec, *, workers: int = 1) -> di
             "label_counts": dict(sorted(labels.items())),
         }
         (tmp / SPEC_FILE).write_text(json.dumps(summary, indent=2))
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return summary
 
 
