@@ -171,12 +171,8 @@ def build_low_dose_pairs(
     def make(i0: float) -> Degradation:
         def degrade(image: np.ndarray, rng: np.random.Generator, row: pd.Series) -> tuple[np.ndarray, dict]:
             model = low_dose_model(row.get("modality"))
-            if model == "ct":
-                return simulate_low_dose_ct(image, i0, rng, electronic_noise), {
-                    "photons": float(i0),
-                    "noise_model": model,
-                }
-            return simulate_low_dose(image, i0, rng, electronic_noise), {"photons": float(i0), "noise_model": model}
+            simulate = simulate_low_dose_ct if model == "ct" else simulate_low_dose
+            return simulate(image, i0, rng, electronic_noise), {"photons": float(i0), "noise_model": model}
 
         return degrade
 

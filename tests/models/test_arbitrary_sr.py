@@ -324,3 +324,28 @@ def test_the_rendering_off_the_grid_is_chosen_on_val_and_recorded_once(trained, 
     before = (outcome.model_dir / "model.json").read_text()
     assert dt.record_renderings(outcome.model_dir, metadata, store, None, 0, 4) == {}
     assert (outcome.model_dir / "model.json").read_text() == before
+
+
+def test_whole_image_draws_take_the_images_own_latents_as_targets(data):
+    """The targets of whole-image draws are the latents the ``latents`` asset already encoded
+    (no second encode); off-grid windows are encoded from their mirrored canvas. Both ways give
+    the same latents where they overlap."""
+    from cxr_pipeline.models.latents import LatentRows
+    from cxr_pipeline.models.vae import load_vae
+
+    root, metadata, store = data
+    order = pd.read_parquet(root / "latents" / "index_train.parquet")["image_id"]
+    rows = metadata.set_index("image_id").loc[order].reset_index()
+    images, vae = dt.arbitrary_sr.StoreImages(store, rows), load_vae(root / "vae")
+    hr = LatentRows(root / "latents" / "hr_train.npy", 1.0)
+    args = (images, vae, 3, (1.0, 4.0), None, 0)
+    encoded_conditions, encoded, ratios = dt.scale_pair_latents(*args, grid=4)
+    conditions, reused, same_ratios = dt.scale_pair_latents(*args, grid=4, whole_latents=hr)
+    torch.testing.assert_close(conditions, encoded_conditions, rtol=0, atol=0)
+    np.testing.assert_array_equal(ratios, same_ratios)
+    whole = [
+        i for i in range(len(reused)) if dt.draw_window(images.image_ids[i // 3], i % 3, SIZE, 4, 0) == (0, 0, SIZE)
+    ]
+    assert 0 < len(whole) < len(reused)
+    torch.testing.assert_close(reused[whole], hr[[i // 3 for i in whole]], rtol=0, atol=0)
+    torch.testing.assert_close(reused, encoded, rtol=1e-4, atol=1e-5)  # the same encoder's output either way
