@@ -50,9 +50,18 @@ def tiny_run_config() -> dict:
     ops["report_encoder"] = {**TINY_TRAINING, "align_steps": 2, "align_batch_size": 2}
     ops["sr_pairs"] = {"sr_scales": [4]}  # the scale the latent SR model trains at
     ops["low_dose_pairs"] = {"low_dose_photons": [1000.0]}  # the hardest dose only
-    ops["sr_evaluation"] = dict(TINY_EVALUATION)
+    # the regression baselines: two optimizer steps on a few training pairs
+    tiny_regression = {"regression_steps": 2, "regression_train_images": 8}
+    ops["sr_evaluation"] = {**TINY_EVALUATION, **tiny_regression, "regression_val_images": 2}
     ops["arbitrary_sr_evaluation"] = {**TINY_EVALUATION, "scales": [2.5]}  # off the integer grid
-    ops["denoising_evaluation"] = {**TINY_EVALUATION, "val_images": 2, "strengths": [0.4], "nlm_factors": [1.0]}
+    ops["denoising_evaluation"] = {
+        **TINY_EVALUATION,
+        **tiny_regression,
+        "val_images": 2,
+        "strengths": [0.4],
+        "nlm_factors": [1.0],
+        "vst_nlm_factors": [0.8],
+    }
     ops["generation_evaluation"] = {**TINY_EVALUATION, "samples_per_class": 1, "max_test_images": 8}  # FD needs a few
     # precision / recall / density / coverage need more than k = 5 reports on each side
     ops["text_generation_evaluation"] = {

@@ -280,7 +280,10 @@ def restore_page(ctx: registry.AppContext, alias: str, device: str) -> None:
         )
     else:
         dose = st.selectbox("Dose (photons, I0)", pipeline.doses, index=0, key="dose")
-        nlm_factor = st.slider("Non-local means h / sigma", 0.4, 2.0, 1.0, 0.1)
+        if simulate:  # the detector's noise is known: NLM on its variance-stabilised counts
+            nlm_factor = st.slider("VST + non-local means h (unit noise)", 0.3, 1.6, 0.8, 0.1)
+        else:
+            nlm_factor = st.slider("Non-local means h / sigma", 0.4, 2.0, 1.0, 0.1)
     if st.button("Restore", type="primary"):
         update = progress_bar("Restoring")
         if task == "super-resolution":
@@ -296,6 +299,7 @@ def restore_page(ctx: registry.AppContext, alias: str, device: str) -> None:
                 seeds=seeds,
                 steps=steps,
                 nlm_factor=nlm_factor,
+                vst_factor=nlm_factor,
                 progress=update,
             )
         st.session_state["restored"] = result

@@ -81,22 +81,48 @@ def make_low_resolution(
     return resize(blurred, low_resolution_size(image.shape, scale)), sigma, noise
 
 
+MU_MAX = 4.0  # attenuation line integral a normalized intensity of 1 stands for
+ELECTRONIC_NOISE = 5.0  # the detector's read noise sigma_e, in photons
+
+
+@dataclass(frozen=True)
+class DetectorCounts:
+    """How a normalized radiograph maps to the photon counts a detector would see: the intensity
+    is the attenuation line integral ``mu = image * mu_max`` and the expected count
+    ``I0 * exp(-mu)``. Pairs are made in counts (where the noise is Poisson-Gaussian), and the
+    classical denoiser undoes them there too, so the two share this one mapping."""
+
+    photons: float  # I0: counts of an unattenuated ray
+    electronic_noise: float = ELECTRONIC_NOISE
+    mu_max: float = MU_MAX
+
+    def counts(self, image: np.ndarray) -> np.ndarray:
+        return self.photons * np.exp(-np.clip(image, 0.0, 1.0).astype(np.float64) * self.mu_max)
+
+    def image(self, counts: np.ndarray) -> np.ndarray:
+        """The log transform back to intensities, counts clamped to at least one photon."""
+        return np.clip(-np.log(np.maximum(counts, 1.0) / self.photons) / self.mu_max, 0.0, 1.0)
+
+
 def simulate_low_dose(
-    image: np.ndarray, photons: float, rng: np.random.Generator, electronic_noise: float = 5.0, mu_max: float = 4.0
+    image: np.ndarray,
+    photons: float,
+    rng: np.random.Generator,
+    electronic_noise: float = ELECTRONIC_NOISE,
+    mu_max: float = MU_MAX,
 ) -> np.ndarray:
     """A lower-dose acquisition of the same anatomy.
 
-    The normalized image is taken as the attenuation line integral ``mu = image * mu_max``. The
-    detector sees ``I = Poisson(I0 * exp(-mu)) + Normal(0, sigma_e^2)`` (quantum plus electronic
-    noise), clamped to at least one photon, and the log transform ``-log(I / I0)`` maps it back.
-    Public PNGs are already log-transformed, windowed and post-processed, so this is an
-    approximation of a low-dose raw acquisition, not a replacement for one.
+    The detector sees ``I = Poisson(I0 * exp(-mu)) + Normal(0, sigma_e^2)`` (quantum plus electronic
+    noise; :class:`DetectorCounts` says what ``mu`` is), clamped to at least one photon, and the
+    log transform ``-log(I / I0)`` maps it back. Public PNGs are already log-transformed, windowed
+    and post-processed, so this is an approximation of a low-dose raw acquisition, not a
+    replacement for one.
     """
-    mu = np.clip(image, 0.0, 1.0).astype(np.float64) * mu_max
-    counts = rng.poisson(photons * np.exp(-mu)) + rng.normal(0.0, electronic_noise, mu.shape)
-    counts = np.maximum(counts, 1.0)
-    noisy = -np.log(counts / photons) / mu_max
-    return np.clip(noisy, 0.0, 1.0).astype(np.float32)
+    detector = DetectorCounts(photons, electronic_noise, mu_max)
+    expected = detector.counts(image)
+    counts = rng.poisson(expected) + rng.normal(0.0, electronic_noise, expected.shape)
+    return detector.image(counts).astype(np.float32)
 
 
 # What a CT slice's stored values mean when nothing recorded its window: a lung window
@@ -109,7 +135,7 @@ def simulate_low_dose_ct(
     image: np.ndarray,
     photons: float,
     rng: np.random.Generator,
-    electronic_noise: float = 5.0,
+    electronic_noise: float = ELECTRONIC_NOISE,
     window: tuple[float, float] = DEFAULT_CT_WINDOW,
     field_of_view_mm: float = 350.0,
 ) -> np.ndarray:

@@ -172,7 +172,8 @@ def build_low_dose_pairs(
         def degrade(image: np.ndarray, rng: np.random.Generator, row: pd.Series) -> tuple[np.ndarray, dict]:
             model = low_dose_model(row.get("modality"))
             simulate = simulate_low_dose_ct if model == "ct" else simulate_low_dose
-            return simulate(image, i0, rng, electronic_noise), {"photons": float(i0), "noise_model": model}
+            recorded = {"photons": float(i0), "noise_model": model, "electronic_noise": float(electronic_noise)}
+            return simulate(image, i0, rng, electronic_noise), recorded
 
         return degrade
 

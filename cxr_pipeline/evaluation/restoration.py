@@ -27,7 +27,7 @@ from ..models.pipelines import ArbitraryScaleSuperResolution, LatentSuperResolut
 from ..models.vae import reconstruct
 from ..reports.document import Figure, Section, Table
 from ..reports.grid import image_grid
-from ..reports.plots import heat_maps
+from ..reports.plots import heat_maps, tradeoff_plot
 
 PREVIEW_ROWS = 6
 RENDERING = {
@@ -62,6 +62,8 @@ class RestorationEvaluation:
     classical: str = ""  # key of the classical method it has to beat (bicubic, NLM)
     # reference method -> paired PSNR gain of the model over it (same images, patient bootstrap)
     versus: dict[str, Summary] = field(default_factory=dict)
+    # reference method -> how much closer the model's fine detail is to the truth's (see detail_advantage)
+    detail_versus: dict[str, Summary] = field(default_factory=dict)
 
     def must_beat(self) -> tuple[tuple[str, str], ...]:
         """(model PSNR, classical PSNR) metric names: the promotion gate and the asset check."""
@@ -87,7 +89,45 @@ class RestorationEvaluation:
         for reference, gain in self.versus.items():
             name = f"psnr_gain_{self.task}_{self.model}_vs_{reference}"
             flat.update({name: gain.mean, f"{name}_ci_low": gain.ci_low, f"{name}_ci_high": gain.ci_high})
+        for reference, advantage in self.detail_versus.items():
+            name = f"detail_advantage_{self.task}_{self.model}_vs_{reference}"
+            flat.update(
+                {name: advantage.mean, f"{name}_ci_low": advantage.ci_low, f"{name}_ci_high": advantage.ci_high}
+            )
         return flat
+
+    def add_tradeoff(self, resamples: int = 2000) -> None:
+        """The perception-distortion plane (every method's PSNR against its fine detail) and, per
+        reference the model was paired with, a plain sentence: does it win on PSNR, on detail,
+        on both or on neither, each judged on its paired interval."""
+        self.detail_versus = {ref: detail_advantage(self.scores, self.model, ref, resamples) for ref in self.versus}
+        points = {
+            self.labels[key]: (summary["detail"], summary["psnr"])
+            for key, summary in self.summaries.items()
+            if "detail" in summary
+        }
+        self.figures.append(
+            Figure(
+                f"{self.title}: perception-distortion plane",
+                tradeoff_plot(points, f"{self.title}: PSNR against fine detail"),
+                "Each method's mean PSNR (up: less distortion) against its mean fine-detail ratio (1: the "
+                "truth's fine anatomy; left: smoothed away; right: more high-frequency content than the truth), "
+                "with 95% patient-bootstrap intervals. Regression to the mean moves a method up and left.",
+            )
+        )
+        verdicts = [
+            tradeoff_sentence(
+                self.labels[self.model],
+                self.labels[ref],
+                self.versus[ref],
+                self.detail_versus[ref],
+                self.summaries,
+                ref,
+                self.model,
+            )
+            for ref in self.versus
+        ]
+        self.notes.append(" ".join(verdicts))
 
     def table(self) -> pd.DataFrame:
         rows = []
@@ -141,6 +181,30 @@ def paired_gain(scores: pd.DataFrame, method: str, reference: str, resamples: in
     by_method = {key: frame.set_index("image_id") for key, frame in scores.groupby("method")}
     ours, theirs = by_method[method], by_method[reference].loc[by_method[method].index]
     return summarize((ours["psnr"] - theirs["psnr"]).to_numpy(), ours["patient"].to_numpy(), resamples=resamples)
+
+
+def detail_advantage(scores: pd.DataFrame, method: str, reference: str, resamples: int) -> Summary:
+    """Image by image, how much closer ``method``'s fine-detail ratio is to the truth's (1) than
+    ``reference``'s, as ``|log ratio_reference| - |log ratio_method|`` with the patient bootstrap:
+    above 0, ``method`` keeps fine anatomy better (neither smoothing it away nor adding texture)."""
+    by_method = {key: frame.set_index("image_id") for key, frame in scores.groupby("method")}
+    ours, theirs = by_method[method], by_method[reference].loc[by_method[method].index]
+    advantage = np.abs(np.log(theirs["detail"].to_numpy())) - np.abs(np.log(ours["detail"].to_numpy()))
+    return summarize(advantage, ours["patient"].to_numpy(), resamples=resamples)
+
+
+def _judged(summary: Summary) -> str:
+    return "wins" if summary.ci_low > 0 else "loses" if summary.ci_high < 0 else "ties (interval spans 0)"
+
+
+def tradeoff_sentence(
+    model: str, reference: str, psnr: Summary, detail: Summary, summaries: dict, ref_key: str, model_key: str
+) -> str:
+    return (
+        f"{model} against {reference}: on PSNR it {_judged(psnr)} ({psnr.text(2)} dB); on fine detail it "
+        f"{_judged(detail)} (ratio {summaries[model_key]['detail'].mean:.2f} against "
+        f"{summaries[ref_key]['detail'].mean:.2f}; closer to the truth's by {detail.text(3)} in |log ratio|)."
+    )
 
 
 def comparison_grid(columns: list[torch.Tensor], rows: int = PREVIEW_ROWS) -> np.ndarray:
@@ -203,6 +267,7 @@ def evaluate_super_resolution(
     ddim_steps: int = 50,
     full_chain: bool = False,
     lr_start_strength: float | None = 0.3,
+    regression: torch.Tensor | None = None,
     spread_seeds: int = 4,
     spread_images: int = 16,
     seed: int = 0,
@@ -224,6 +289,12 @@ def evaluate_super_resolution(
         Method("bicubic_vae", "Bicubic → VAE (the latent path, no diffusion)", through_vae, consistency(through_vae)),
         Method("vae_ceiling", "VAE ceiling (HR → VAE → HR)", ceiling, consistency(ceiling)),
     ]
+    if regression is not None:
+        methods.append(
+            Method(
+                "regression", "Residual CNN, L1 on the same pairs (pixel space)", regression, consistency(regression)
+            )
+        )
     figures, notes = [], []
     spread = seed_spread(
         lambda inputs, s: model(inputs, sampler="ddim", steps=ddim_steps, seed=s),
@@ -236,7 +307,12 @@ def evaluate_super_resolution(
     if spread is not None:
         figures.append(spread_figure(spread[1], ddim, f"Sample spread, x{scale}, {spread_seeds} seeds"))
     methods.append(Method("ddim", f"Latent SR, DDIM {ddim_steps}", ddim, consistency(ddim)))
-    columns = [_nearest_enlarged(low_resolution, scale), bicubic, ddim]
+    columns = [
+        _nearest_enlarged(low_resolution, scale),
+        bicubic,
+        *([regression] if regression is not None else []),
+        ddim,
+    ]
     if lr_start_strength is not None:
         from_lr = model(low_resolution, sampler="ddim", steps=ddim_steps, seed=seed, strength=lr_start_strength)
         methods.append(
@@ -256,7 +332,9 @@ def evaluate_super_resolution(
         columns.append(chain)
     columns += [high_resolution, error_map(ddim, high_resolution)]
     header = (
-        "LR (nearest) | bicubic | SR DDIM"
+        "LR (nearest) | bicubic"
+        + (" | CNN" if regression is not None else "")
+        + " | SR DDIM"
         + (" | SR DDIM from LR" if lr_start_strength is not None else "")
         + (" | SR full chain" if full_chain else "")
         + " | HR | 4x |SR DDIM - HR|"
@@ -276,8 +354,10 @@ def evaluate_super_resolution(
             f"Spread: mean per-pixel standard deviation of DDIM outputs over {spread_seeds} seeds, on the "
             f"first {len(spread[0])} test images."
         )
-    versus = {ref: paired_gain(scores, "ddim", ref, resamples) for ref in ("bicubic_vae",)}
-    return RestorationEvaluation(
+    versus = {
+        ref: paired_gain(scores, "ddim", ref, resamples) for ref in ("bicubic_vae", "regression") if ref in summaries
+    }
+    evaluation = RestorationEvaluation(
         task,
         f"Super-resolution x{scale}",
         "bicubic",
@@ -292,6 +372,8 @@ def evaluate_super_resolution(
         classical="bicubic",
         versus=versus,
     )
+    evaluation.add_tradeoff(resamples)
+    return evaluation
 
 
 def scale_name(scale: float) -> str:

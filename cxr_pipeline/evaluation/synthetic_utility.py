@@ -37,6 +37,7 @@ from ..metrics.statistics import patient_weights, percentile_interval, weighted_
 from ..models.batches import ConcatImages, StoreImages
 from ..models.classifier import ClassifierConfig, classifier_trainer, embed
 from ..models.training import TrainConfig
+from .verdicts import Judged, improves, not_worse
 
 CLASS_GENERATOR, TEXT_GENERATOR = "class_ddpm", "text_ldm"
 GENERATORS = (CLASS_GENERATOR, TEXT_GENERATOR)
@@ -445,12 +446,22 @@ class SyntheticUtilityResult:
                 out.update({diff: row.diff, f"{diff}_ci_low": row.diff_low, f"{diff}_ci_high": row.diff_high})
         return out
 
-    def not_worse(self, arm: str = "real_synthetic") -> bool | None:
-        """The issue's criterion: the interval of (arm - real) macro AUROC reaches 0 or above.
-        None when the arm was not run."""
+    def not_worse(self, arm: str = "real_synthetic") -> Judged | None:
+        """Non-inferiority of (arm - real) macro AUROC: the paired interval's lower end above
+        ``-NOT_WORSE_AUROC_MARGIN`` (``verdicts.py`` says why that margin). None when the arm was not run."""
         if arm not in {a.name for a in self.arms}:
             return None
-        return bool(self.scores.row(arm, "auroc_macro")["diff_high"] >= 0)
+        row = self.scores.row(arm, "auroc_macro")
+        return not_worse(row["diff_low"], row["diff_high"])
+
+    def rarest_class_verdict(self) -> Judged | None:
+        """Balancing improves the rarest class's AUROC: the paired interval above 0; cannot be
+        judged when real-only already scores at the ceiling."""
+        gain = self.rarest_class_gain()
+        if gain is None:
+            return None
+        reference = self.scores.row(self.reference, f"auroc_{self.rarest_class}")["value"]
+        return improves(gain["diff_low"], gain["diff_high"], reference)
 
     def rarest_class_gain(self) -> pd.Series | None:
         if "real_balanced" not in {a.name for a in self.arms}:

@@ -32,20 +32,24 @@ import torch
 
 from ..metrics.detail import set_detail_interval, set_detail_ratio
 from ..metrics.distribution import (
+    at_equal_counts,
     frechet_distance,
     kernel_inception_distance,
     mean_pairwise_ms_ssim,
     precision_recall_density_coverage,
+    ratio_to_reference,
+    weakest_class,
 )
-from ..metrics.statistics import summarize
+from ..metrics.statistics import Summary, summarize
 from ..models.classifier import embed, load_classifier
 from ..models.pipelines import TextConditionalGenerator
 from ..reports.document import Figure, Section, Table
 from ..reports.grid import image_grid
 from ..reports.plots import prompt_grid, sweep_plot
-from .generation import detail_metrics, detail_row
+from .generation import RATIO_RESAMPLES, detail_metrics, detail_row
 from .text_measures import (
     GUIDANCE_SWEEP,
+    MEMORIZATION_QUANTILE,
     MODEL_KEY,
     PRDC_K,
     REAL_NEGATION,
@@ -54,6 +58,7 @@ from .text_measures import (
     consistency,
     guidance_sweep,
     memorization,
+    memorization_metrics,
     negation_table,
     predicted_classes,
     retrieval_baseline,
@@ -73,11 +78,15 @@ class TextGenerationEvaluation:
     real_accuracy_per_class: dict[str, float]
     negation: pd.DataFrame
     fd_cxr: float
-    fd_cxr_real: float
+    fd_cxr_real: float  # real val vs real test, at the generated set's count (metrics.distribution.at_equal_counts)
     kid: tuple[float, float]
-    kid_real: tuple[float, float]
+    kid_real: float
     prdc: dict[str, float]
     prdc_real: dict[str, float]
+    fd_cxr_equal: float  # the generated set at the reference's count (= fd_cxr when val is not smaller)
+    reference_count: int
+    fd_ratio: tuple[float, float, float]  # FD / its real reference at equal counts, bootstrap interval
+    weakest: tuple[str, Summary]  # the finding with the lowest prompt consistency, its patient interval
     diversity: float  # mean within-prompt MS-SSIM of samples
     diversity_real: float  # mean within-class MS-SSIM of real test images
     memorization: Memorization
@@ -115,11 +124,18 @@ class TextGenerationEvaluation:
             **detail_metrics(key, self.detail, self.detail_real),
             f"kid_{key}": self.kid[0],
             f"kid_{key}_std": self.kid[1],
-            f"kid_{key}_real_reference": self.kid_real[0],
+            f"kid_{key}_real_reference": self.kid_real,
+            f"fd_cxr_{key}_at_reference_count": self.fd_cxr_equal,
+            f"fd_reference_count_{key}": float(self.reference_count),
+            f"fd_ratio_{key}": self.fd_ratio[0],
+            f"fd_ratio_{key}_ci_low": self.fd_ratio[1],
+            f"fd_ratio_{key}_ci_high": self.fd_ratio[2],
+            f"prompt_consistency_weakest_{key}": self.weakest[1].mean,
+            f"prompt_consistency_weakest_{key}_ci_low": self.weakest[1].ci_low,
+            f"prompt_consistency_weakest_{key}_ci_high": self.weakest[1].ci_high,
             f"ms_ssim_{key}_within_prompt": self.diversity,
             f"ms_ssim_{key}_real_reference": self.diversity_real,
-            f"memorized_share_{key}_feature": self.memorization.share_closer("feature"),
-            f"memorized_share_{key}_pixel": self.memorization.share_closer("pixel"),
+            **memorization_metrics(key, self.memorization),
             f"nn_distance_{key}_feature": float(np.median(self.memorization.generated_feature)),
             f"nn_distance_{key}_feature_real_reference": float(np.median(self.memorization.real_feature)),
             f"nn_distance_{key}_pixel": float(np.median(self.memorization.generated_pixel)),
@@ -168,11 +184,16 @@ class TextGenerationEvaluation:
             (
                 "fd_cxr",
                 f"{self.fd_cxr:.3f}",
-                f"{self.fd_cxr_real:.3f} (real val vs real test)",
-                f"{c['prompts']} generated vs {c['prompts']} real",
+                f"{self.fd_cxr_real:.3f} (real val vs real test); generated at the same count {self.fd_cxr_equal:.3f}",
+                f"{c['prompts']} generated vs {c['prompts']} real; reference at {self.reference_count}",
             ),
             detail_row(self.detail, self.detail_real, f"{c['prompts']} generated vs {c['prompts']} real"),
-            ("kid", f"{self.kid[0]:.4f} ± {self.kid[1]:.4f}", f"{self.kid_real[0]:.4f} ± {self.kid_real[1]:.4f}", ""),
+            (
+                "kid",
+                f"{self.kid[0]:.4f} ± {self.kid[1]:.4f}",
+                f"{self.kid_real:.4f}",
+                f"reference at {self.reference_count}",
+            ),
             *[(name, f"{self.prdc[name]:.3f}", f"{self.prdc_real[name]:.3f}", f"k = {PRDC_K}") for name in self.prdc],
             (
                 "MS-SSIM within a prompt",
@@ -180,18 +201,17 @@ class TextGenerationEvaluation:
                 f"{self.diversity_real:.3f} (real, within a class)",
                 f"{c['diversity_prompts']} reports x {c['diversity_samples']} samples",
             ),
-            (
-                "closer to a training image than any real test image (features)",
-                f"{self.memorization.share_closer('feature'):.3f}",
-                "0 by definition",
-                "",
-            ),
-            (
-                "closer to a training image than any real test image (pixels)",
-                f"{self.memorization.share_closer('pixel'):.3f}",
-                "0 by definition",
-                "",
-            ),
+            *[
+                (
+                    f"memorized share ({space}): nearest training image closer than "
+                    f"{MEMORIZATION_QUANTILE:.0%} of real test images' ({self.memorization.threshold(space):.4f})",
+                    self.memorization.share(space).text(3),
+                    f"{self.memorization.val_rate(space):.3f} (real val images); goal: at most "
+                    f"{self.memorization.allowed(space):.3f}",
+                    f"{len(self.memorization.flagged(space))} samples",
+                )
+                for space in ("feature", "pixel")
+            ],
             (
                 "median distance to the nearest training image (features)",
                 f"{np.median(self.memorization.generated_feature):.3f}",
@@ -347,14 +367,28 @@ def evaluate_text_generation(
         for c in range(len(class_names))
         if (test.class_ids == c).sum() >= 2
     ]
-    memo = memorization(generated, features, test.images, real_features, train.images, train_features)
+    memo = memorization(
+        generated,
+        features,
+        test.images,
+        real_features,
+        train.images,
+        train_features,
+        val.images,
+        val_features,
+        test.patients,
+    )
 
+    fd_equal, fd_real, reference_count = at_equal_counts(
+        frechet_distance, real_features, features, val_features, seed=seed
+    )
     figures = [
+        closest_pairs_figure(generated, train.images, memo),
         Figure(
             "Reports and their samples",
             prompt_grid(generated[:12, 0].numpy(), test.prompts[:12], test.images[:12, 0].numpy()),
             "Each test report (left: the real image it belongs to; right: a sample from the report).",
-        )
+        ),
     ]
     if chosen:
         figures.append(
@@ -397,11 +431,28 @@ def evaluate_text_generation(
         real_accuracy_per_class=real_per_class,
         negation=negation_table(test, probabilities.argmax(1), class_names, real_probabilities.argmax(1)),
         fd_cxr=frechet_distance(real_features, features),
-        fd_cxr_real=frechet_distance(real_features, val_features[: len(test)]),
+        fd_cxr_real=fd_real,
+        fd_cxr_equal=fd_equal,
+        reference_count=reference_count,
+        fd_ratio=ratio_to_reference(frechet_distance, real_features, features, val_features, RATIO_RESAMPLES, seed),
+        weakest=weakest_class(
+            predicted == wanted, wanted, class_names, np.tile(test.patients[single], consistency_samples), seed=seed
+        ),
         kid=kernel_inception_distance(real_features, features, seed=seed),
-        kid_real=kernel_inception_distance(real_features, val_features[: len(test)], seed=seed),
+        kid_real=at_equal_counts(
+            lambda a, b: kernel_inception_distance(a, b, seed=seed)[0], real_features, features, val_features, seed=seed
+        )[1],
         prdc=precision_recall_density_coverage(real_features, features, PRDC_K),
-        prdc_real=precision_recall_density_coverage(real_features, val_features[: len(test)], PRDC_K),
+        prdc_real={
+            name: at_equal_counts(
+                lambda a, b, name=name: precision_recall_density_coverage(a, b, PRDC_K)[name],
+                real_features,
+                features,
+                val_features,
+                seed=seed,
+            )[1]
+            for name in ("precision", "recall", "density", "coverage")
+        },
         diversity=diversity,
         diversity_real=float(np.mean(real_within)) if real_within else float("nan"),
         memorization=memo,
@@ -418,4 +469,29 @@ def evaluate_text_generation(
             "train_images": len(train),
         },
         figures=figures,
+    )
+
+
+def closest_pairs_figure(generated: torch.Tensor, train: torch.Tensor, memo: Memorization, count: int = 5) -> Figure:
+    """The samples nearest to a training image (pixels, by ratio to the threshold), each beside
+    that training image and their difference: what a reader checks for copies."""
+    ratios = memo.ratios("pixel")
+    order = np.argsort(ratios)[:count]
+    rows = [
+        torch.stack(
+            [
+                generated[i, 0],
+                train[memo.nearest_pixel[i], 0],
+                ((generated[i, 0] - train[memo.nearest_pixel[i], 0]).abs() * 4).clamp(0, 1),
+            ]
+        )
+        for i in order
+    ]
+    return Figure(
+        "Memorization: the closest pairs",
+        image_grid(torch.cat(rows).numpy(), columns=3),
+        "The samples nearest to a training image in pixels, closest first: sample | its nearest training image | "
+        "4x |difference|. Ratios to the threshold (the 5th percentile of real test images' nearest-training "
+        "distance; below 1 is flagged): " + ", ".join(f"{ratios[i]:.2f}" for i in order) + ".",
+        upscale=2,
     )

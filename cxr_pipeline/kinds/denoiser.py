@@ -123,6 +123,7 @@ def evaluate(
         current_model(paths, DENOISER.key),
         test.rows,
         split_rows(inputs.metadata, "val", options.val_images),
+        split_rows(inputs.metadata, "train", options.regression_train_images),
         paths.image_store,
         paths.pairs,
         doses_built(paths.pairs),
@@ -139,8 +140,9 @@ def evaluate(
 
 EVALUATION = Evaluation(
     "denoising_evaluation",
-    "The low-dose denoiser per dose level on the test split, against the noisy input and "
-    "non-local means (both tuned on val), then champion/challenger promotion.",
+    "The low-dose denoiser per dose level on the test split, against the noisy input, non-local means "
+    "with and without a variance-stabilising transform (tuned on val) and a regression CNN trained on the "
+    "same pairs, then champion/challenger promotion against the strongest classical baseline.",
     evaluate,
     DenoisingOptions,
     # The denoiser predicts x0 of a residual, so a coarse chain loses nothing: on val, 20 DDIM steps against

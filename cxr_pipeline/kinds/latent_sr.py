@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..data.labels.metadata import content_hash
 from ..data.pairs import scales_built
+from ..evaluation.inputs import split_rows
 from ..evaluation.outcome import Evaluation, EvaluationOutcome, PromotionPolicy, SamplingBudget, SuiteInputs
 from ..evaluation.suites import SrOptions, super_resolution_suite
 from ..model_record import ModelRecord, current_model, has_current_model
@@ -134,6 +135,8 @@ def evaluate(
     outcome = super_resolution_suite(
         trained_scales(paths),
         test.rows,
+        split_rows(inputs.metadata, "train", options.regression_train_images),
+        split_rows(inputs.metadata, "val", options.regression_val_images),
         paths.image_store,
         paths.pairs,
         budget,

@@ -133,3 +133,56 @@ def precision_recall_density_coverage(real_features, fake_features, k: int = 5) 
         "density": float(inside_real.sum(dim=0).double().mean() / k),
         "coverage": float((real_to_fake.min(dim=1).values <= real_radii).double().mean()),
     }
+
+
+def at_equal_counts(measure, real, generated, reference, draws: int = 5, seed: int = 0) -> tuple[float, float, int]:
+    """``measure(real, generated)`` and its real-vs-real reference ``measure(real, reference)``
+    with the two compared sets at the same count. FD (and KID's variance, and precision/recall)
+    depend on how many samples a set holds, so a reference drawn from fewer images than the
+    generated set reads too high and makes "within k x real" easier. Where one side is larger it
+    is cut to the other's count by random subsets, and the figure averaged over ``draws`` of them
+    (a side at the count is used once, whole). Returns (generated, reference, count)."""
+    count = min(len(generated), len(reference))
+    rng = np.random.default_rng(seed)
+
+    def averaged(features) -> float:
+        if len(features) == count:
+            return float(measure(real, features))
+        return float(
+            np.mean([measure(real, features[rng.choice(len(features), count, replace=False)]) for _ in range(draws)])
+        )
+
+    return averaged(generated), averaged(reference), count
+
+
+def ratio_to_reference(
+    measure, real, generated, reference, resamples: int = 200, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """``measure(real, generated) / measure(real, reference)`` at equal counts, with a bootstrap
+    interval that resamples all three sets (so the uncertainty of the reference counts too): the
+    form in which a "within k x the real reference" goal can be judged on an interval."""
+    fake, ref, count = at_equal_counts(measure, real, generated, reference, seed=seed)
+    real, generated, reference = (np.asarray(x) for x in (real, generated, reference))
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        r = real[rng.integers(0, len(real), len(real))]
+        g = generated[rng.integers(0, len(generated), count)]
+        v = reference[rng.integers(0, len(reference), count)]
+        draws.append(measure(r, g) / max(measure(r, v), 1e-12))
+    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return fake / max(ref, 1e-12), float(low), float(high)
+
+
+def weakest_class(hits: np.ndarray, wanted: np.ndarray, class_names, groups=None, seed: int = 0):
+    """The class with the lowest hit rate among those asked for, with the bootstrap interval of
+    that rate (samples, or ``groups`` such as patients, resampled): what "every class at least x"
+    is judged on."""
+    from .statistics import summarize
+
+    hits, wanted = np.asarray(hits, dtype=float), np.asarray(wanted)
+    rates = {c: hits[wanted == c].mean() for c in range(len(class_names)) if (wanted == c).any()}
+    worst = min(rates, key=lambda c: rates[c])
+    mask = wanted == worst
+    units = np.asarray(groups)[mask] if groups is not None else None
+    return class_names[worst], summarize(hits[mask], units, seed=seed)

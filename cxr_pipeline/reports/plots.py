@@ -181,3 +181,31 @@ def sweep_plot(sweep, chosen: float) -> np.ndarray:
     left.legend(lines, labels, fontsize=7, loc="best")
     figure.tight_layout()
     return _to_array(figure)
+
+
+def tradeoff_plot(points: Mapping[str, tuple], title: str) -> np.ndarray:
+    """One point per method, ``name -> (detail summary, PSNR summary)`` (each with ``mean``,
+    ``ci_low``, ``ci_high``): fine detail across, PSNR up, both with their intervals, and the
+    truth's detail (1) marked."""
+    figure, axis = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    axis.axvline(1.0, color="black", linewidth=0.8, linestyle="--", label="the truth's detail")
+    for name, (detail, psnr) in points.items():
+        axis.errorbar(
+            [detail.mean],
+            [psnr.mean],
+            xerr=[[detail.mean - detail.ci_low], [detail.ci_high - detail.mean]],
+            yerr=[[psnr.mean - psnr.ci_low], [psnr.ci_high - psnr.mean]],
+            marker="o",
+            markersize=5,
+            capsize=3,
+            linewidth=1.0,
+            label=name if len(name) <= 48 else name[:45] + "...",
+        )
+    axis.set_xscale("log")
+    axis.set_title(title, fontsize=10)
+    axis.set_xlabel("fine-detail ratio (log scale; 1 = the truth)")
+    axis.set_ylabel("PSNR (dB)")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    return _to_array(figure)

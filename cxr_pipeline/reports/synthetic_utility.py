@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..evaluation.verdicts import NOT_WORSE_AUROC_MARGIN
 from .document import Figure, Section, Table
 from .grid import image_grid
 from .plots import grouped_interval_bars
@@ -69,27 +70,31 @@ def per_class_table(result: Any) -> pd.DataFrame:
 
 
 def goals_table(result: Any) -> pd.DataFrame:
+    """The experiment's two goals, each judged on its paired interval (``evaluation/verdicts.py``)."""
     rows = []
     verdict = result.not_worse()
     if verdict is not None:
         r = result.scores.row("real_synthetic", "auroc_macro")
         rows.append(
             {
-                "goal": "real + synthetic not worse than real only (macro AUROC difference interval reaches 0)",
+                "goal": f"real + synthetic not worse than real only (macro AUROC difference's interval above "
+                f"-{NOT_WORSE_AUROC_MARGIN:g})",
                 "measured": interval_text(r["diff"], r["diff_low"], r["diff_high"], signed=True),
-                "met": "yes" if verdict else "no",
+                "verdict": verdict.verdict.value,
+                "why": verdict.reason,
             }
         )
-    gain = result.rarest_class_gain()
-    if gain is not None:
+    gain, judged = result.rarest_class_gain(), result.rarest_class_verdict()
+    if gain is not None and judged is not None:
         real = result.scores.row(result.reference, f"auroc_{result.rarest_class}")["value"]
         rows.append(
             {
                 "goal": f"balancing improves the rarest class ({result.rarest_class}, "
-                f"{int(result.real_counts.min())} real training images)",
+                f"{int(result.real_counts.min())} real training images): interval above 0",
                 "measured": interval_text(gain["diff"], gain["diff_low"], gain["diff_high"], signed=True)
                 + f" (real only: {real:.3f})",
-                "met": "yes" if gain["diff"] > 0 else "no",
+                "verdict": judged.verdict.value,
+                "why": judged.reason,
             }
         )
     return pd.DataFrame(rows)

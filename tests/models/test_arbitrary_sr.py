@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from cxr_pipeline import inference
-from cxr_pipeline.data.degrade import DegradationMix, low_resolution_size
+from cxr_pipeline.data.degrade import DegradationMix, bicubic_to, low_resolution_size
 from cxr_pipeline.data.image_store import ImageStore, to_stored
 from cxr_pipeline.data.pairs import build_sr_pairs, centre_crop, exact_side, low_resolution_at, sr_pair_dir
 from cxr_pipeline.evaluation.restoration import evaluate_arbitrary_scale, scale_name
+from cxr_pipeline.metrics.restoration import per_image_scores
 from cxr_pipeline.models import diffusion_training as dt
 from cxr_pipeline.models import pipelines
 from cxr_pipeline.models.diffusion import ScheduleConfig, UNetConfig
@@ -301,6 +302,14 @@ def test_the_evaluation_scores_each_scale_against_bicubic_and_the_latent_path(tr
         "lr_consistency_psnr_sr_x2p5_hr",
     ):
         assert name in metrics and np.isfinite(metrics[name]), name
+    # the figures are what their names say: bicubic scored again here, the gain is paired and per image
+    bicubic = torch.from_numpy(np.stack([bicubic_to(x[0].numpy(), tuple(high.shape[-2:])) for x in low])).unsqueeze(1)
+    assert metrics["psnr_sr_x2p5_bicubic"] == pytest.approx(per_image_scores(bicubic, high)["psnr"].mean(), abs=1e-6)
+    assert metrics["psnr_gain_sr_x2p5_arbitrary"] == pytest.approx(
+        metrics["psnr_sr_x2p5_arbitrary"] - metrics["psnr_sr_x2p5_bicubic"], abs=1e-6
+    )
+    assert metrics["psnr_gain_sr_x2p5_arbitrary_ci_low"] <= metrics["psnr_gain_sr_x2p5_arbitrary"]
+    assert metrics["registration_px_sr_x2p5_bicubic"] < 0.25  # bicubic keeps the field of view
     assert result.must_beat() == (("psnr_sr_x2p5_arbitrary", "psnr_sr_x2p5_bicubic"),)
     assert "inside the training range" in " ".join(result.notes)
 

@@ -15,6 +15,7 @@ from diffusers.training_utils import compute_snr
 from cxr_pipeline import inference
 from cxr_pipeline.data.image_store import ImageStore, to_stored
 from cxr_pipeline.data.pairs import build_low_dose_pairs, low_dose_pair_dir
+from cxr_pipeline.metrics.restoration import per_image_scores
 from cxr_pipeline.models import diffusion_training as dt
 from cxr_pipeline.models import pipelines
 from cxr_pipeline.models.diffusion import (
@@ -114,7 +115,7 @@ def test_denoiser_learns_and_restores_toward_the_clean_image(data, tmp_path):
         stores,
         unet,
         ScheduleConfig(timesteps=100, beta_schedule="squaredcos_cap_v2"),
-        replace(TRAIN, steps=60),
+        replace(TRAIN, steps=200),
         tmp_path / "runs",
         "tiny",
         progress=events.append,
@@ -124,8 +125,12 @@ def test_denoiser_learns_and_restores_toward_the_clean_image(data, tmp_path):
     noisy = torch.from_numpy(
         stores[300.0][0].read_many(list(indexes[300.0]["shard"][:6]), list(indexes[300.0]["shard_index"][:6]))
     ).unsqueeze(1)
-    restored = inference.denoise(outcome.model_dir, noisy, dose=300.0, steps=10, device="cpu")
+    restored = inference.denoise(outcome.model_dir, noisy, dose=300.0, steps=10, strength=0.2, device="cpu")
     assert restored.shape == noisy.shape and restored.min() >= 0.0 and restored.max() <= 1.0
+    rows = metadata.set_index("image_id").loc[indexes[300.0]["image_id"][:6]]
+    clean = torch.from_numpy(store.read_many(list(rows["shard"]), list(rows["shard_index"]))).unsqueeze(1)
+    before, after = (per_image_scores(x, clean)["psnr"].mean() for x in (noisy, restored))
+    assert after > before + 1.0, (before, after)  # toward the clean image, not just any image
     unknown_dose = inference.denoise(outcome.model_dir, noisy, dose=None, steps=10, device="cpu")  # the null embedding
     assert unknown_dose.shape == noisy.shape and not torch.equal(unknown_dose, restored)
 

@@ -17,7 +17,9 @@ def test_the_threshold_flags_about_one_in_a_hundred_held_out_images_and_every_fa
     train, val, test = latents(400, 0), latents(300, 1), latents(300, 2)
     reference = InputDistribution.fit(latent_features(train), latent_features(val), latent_features(test))
     assert reference.threshold > reference.val_median > 0
-    assert reference.test_flagged_share <= 0.05  # calibrated on val, checked on images it never saw
+    # calibrated on val to flag 1 in 100, checked on images it never saw: about that rate, from both sides
+    # (a detector that flags nothing, or everything, fails)
+    assert 0.0 < reference.test_flagged_share <= 0.05
     far = novelty(reference, latents(20, 3, shift=4.0))
     assert all(n.out_of_distribution and n.ratio > 1 for n in far)
     assert far[0].message().startswith("Out of distribution")
