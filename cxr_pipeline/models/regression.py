@@ -28,7 +28,7 @@ from .. import compute
 class RegressionRecipe:
     """How the baseline trains. The checkpoint it keeps is the one with the best val PSNR."""
 
-    channels: int = 48
+    channels: int = 32
     blocks: int = 6
     steps: int = 600
     batch_size: int = 16

@@ -21,9 +21,12 @@ from ...models.regression import RegressionRecipe
 from ...reports.document import Report, Section, Table, markdown_table
 from ..challenge import score_and_challenge
 from ..denoising import (
+    BM3D_FACTORS,
+    BM3D_MISSING,
     DENOISER_STRENGTHS,
     NLM_FACTORS,
     VST_NLM_FACTORS,
+    bm3d_available,
     denoising_baselines,
     detectors_of,
     dose_level,
@@ -43,11 +46,16 @@ class DenoisingOptions:
     )  # the denoiser's start, tuned on val
     val_images: int = 24  # validation images both are tuned on
     vst_nlm_factors: list[float] = field(default_factory=lambda: list(VST_NLM_FACTORS))  # NLM's h on the GAT
-    # The regression CNN (models/regression.py), one for every dose like the diffusion denoiser, trained on
-    # the training pairs of all doses, its checkpoint chosen on the val images above: steps (0: off) and
-    # training images. 800 steps on 32 px crops take about 2 min at 64 px on 2 cores (docs/evaluation.md).
-    regression_steps: int = 800
+    # The regression CNN (models/regression.py), one for every dose and told which (as the diffusion denoiser
+    # is), trained on the training pairs of all doses, its checkpoint chosen on the val images above: steps
+    # (0: off) and training images. 600 steps on 32 px crops take about 2 min at 64 px on 2 cores; the recipe
+    # was chosen on val (experiments/regression_recipe.py).
+    regression_steps: int = 1000
     regression_train_images: int = 1000
+    # BM3D on the stabilized counts, its sigma tuned on val: the strongest classical denoiser, off by default
+    # because the bm3d package is free for non-commercial use only and not shipped (install it yourself)
+    bm3d: bool = False
+    bm3d_factors: list[float] = field(default_factory=lambda: list(BM3D_FACTORS))
 
 
 def denoising_suite(
@@ -71,6 +79,8 @@ def denoising_suite(
     nlm_factors, strengths = options.nlm_factors, options.strengths
     if not doses:
         raise FileNotFoundError("no low-dose pairs: materialize low_dose_pairs first")
+    if options.bm3d and not bm3d_available():
+        raise ModuleNotFoundError(BM3D_MISSING)
     store = ImageStore(image_store)
     clean, val_clean = stored_images(store, rows), stored_images(store, val_rows)
 
@@ -107,6 +117,7 @@ def denoising_suite(
             nlm_factors=nlm_factors,
             vst_factors=options.vst_nlm_factors,
             regression=regression,
+            bm3d_factors=options.bm3d_factors if options.bm3d else None,
         )
         if regression_parts is not None:
             baselines[dose].notes.insert(0, regression_parts[1])

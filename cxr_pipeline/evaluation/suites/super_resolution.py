@@ -31,7 +31,8 @@ class SrOptions:
     lr_start_strength: float | None = 0.3  # also sample from the LR latent noised to this share of T; None: off
     # The learned regression baseline (models/regression.py), trained per scale on the training pairs with
     # its checkpoint chosen on val: steps (0: off), training images and val images. 1,500 steps take about
-    # 100 s at 64 px on 2 cores, near the latent SR model's own training time (docs/evaluation.md).
+    # a minute and a half at 64 px on 2 cores, near the latent SR model's own training time; on val this recipe beat
+    # a wider and a narrower one at about the same time (experiments/regression_recipe.py).
     regression_steps: int = 1500
     regression_train_images: int = 2000
     regression_val_images: int = 24
