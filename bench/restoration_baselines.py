@@ -19,7 +19,6 @@ from cxr_pipeline.data.pairs import doses_built, low_dose_pair_dir, sr_pair_dir
 from cxr_pipeline.evaluation.denoising import (
     denoising_baselines,
     detectors_of,
-    dose_level,
     nlm_denoise,
     tune_nlm,
 )
@@ -75,7 +74,6 @@ def main() -> None:
     rows.append({"part": f"regression CNN, SR x4, {recipe.steps} steps", "seconds": seconds})
     doses = doses_built(paths.pairs)
     train = split_rows(metadata, "train", denoising.regression_train_images)
-    levels = lambda count: torch.cat([torch.full((count,), dose_level(d)) for d in doses])
     recipe = RegressionRecipe(steps=denoising.regression_steps, crop=32)
     seconds = timed(
         train_regression,
@@ -84,7 +82,6 @@ def main() -> None:
         torch.cat([degraded_images(low_dose_pair_dir(paths.pairs, d), regression_val) for d in doses]),
         stored_images(store, regression_val).repeat(len(doses), 1, 1, 1),
         recipe,
-        conditions=(levels(len(train)), levels(len(regression_val))),
     )
     rows.append({"part": f"regression CNN, denoising (all doses), {recipe.steps} steps", "seconds": seconds})
     table = pd.DataFrame(rows)

@@ -3,8 +3,9 @@ evaluation's defaults were chosen). Each recipe trains on the demo's training pa
 checkpoint chosen on the first ``--val-images`` val images, and is scored on the *rest* of val, so
 the choice of checkpoint does not flatter the score that picks the recipe.
 
-Recipes are ``name=channels:blocks:steps:crop``; the defaults compare a wide network trained
-briefly with a narrower one trained longer, at about the same CPU time.
+Recipes are ``name=channels:blocks:steps:crop``, with ``:blind`` at the end for a denoiser not
+told the dose; the defaults compare a wide network trained briefly with a narrower one trained
+longer, at about the same CPU time.
 
     CXR_HOME=work python experiments/regression_recipe.py --task denoise
     CXR_HOME=work python experiments/regression_recipe.py --task sr --scale 4
@@ -60,12 +61,15 @@ def main() -> None:
     rows = []
     for spec in (args.recipes or DEFAULTS[args.task]).split(","):
         name, numbers = spec.split("=")
-        channels, blocks, steps, crop = (int(v) for v in numbers.split(":"))
+        parts = numbers.split(":")
+        blind = parts[-1] == "blind"
+        channels, blocks, steps, crop = (int(v) for v in parts[:4])
         recipe = RegressionRecipe(channels=channels, blocks=blocks, steps=steps, crop=crop)
         start = time.perf_counter()
-        trained = train_regression(x, y, xc, yc, recipe, conditions=(c, cc) if c is not None else None)
+        told = c is not None and not blind
+        trained = train_regression(x, y, xc, yc, recipe, conditions=(c, cc) if told else None)
         seconds = time.perf_counter() - start
-        scores = per_image_scores(restore(trained.model, xs, cs), ys)
+        scores = per_image_scores(restore(trained.model, xs, cs if told else None), ys)
         rows.append(
             {
                 "recipe": name,

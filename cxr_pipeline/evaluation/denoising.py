@@ -248,7 +248,7 @@ def denoising_baselines(
             )
         )
     if regression is not None:
-        levels = torch.full((len(noisy),), dose_level(dose)) if regression.conditioned else None
+        levels = torch.full((len(noisy),), dose_level(dose)) if regression.conditioned else None  # a dose-told CNN
         methods.append(Method("regression", "Residual CNN, L1 on the same pairs", restore(regression, noisy, levels)))
     notes = [
         f"Classical baselines tuned on val at this dose: NLM's h ({nlm_factor:g} x the estimated sigma), and "

@@ -37,11 +37,12 @@ def fit_regression_baseline(
         log=log,
         conditions=conditions,
     )
+    told = ", told each pair's dose," if conditions else ""
     curve = pd.DataFrame(trained.curve, columns=["step", "train L1", "val PSNR"]).round(4)
     note = (
         f"The residual CNN ({recipe.channels} channels, {recipe.blocks} residual blocks, "
         f"{sum(p.numel() for p in trained.model.parameters()):,} parameters) was trained with L1 on "
-        f"{len(train_inputs)} training pairs{', told each pair' + chr(39) + 's dose' if conditions else ''} for {recipe.steps} steps ({trained.seconds:.0f} s); its checkpoint, "
+        f"{len(train_inputs)} training pairs{told} for {recipe.steps} steps ({trained.seconds:.0f} s); its checkpoint, "
         f"step {trained.best_step}, is the one with the best PSNR on {len(val_inputs)} val pairs."
     )
     return trained.model, Table(f"Regression baseline, {task}: val curve", curve), note

@@ -383,7 +383,6 @@ def evaluate_text_generation(
         frechet_distance, real_features, features, val_features, seed=seed
     )
     figures = [
-        closest_pairs_figure(generated, train.images, memo),
         Figure(
             "Reports and their samples",
             prompt_grid(generated[:12, 0].numpy(), test.prompts[:12], test.images[:12, 0].numpy()),
@@ -399,18 +398,6 @@ def evaluate_text_generation(
                 upscale=2,
             )
         )
-    closest = np.argsort(memo.generated_pixel)[:6]
-    pairs = torch.stack([torch.stack([generated[i, 0], train.images[memo.nearest_pixel[i], 0]]) for i in closest])
-    figures.append(
-        Figure(
-            "Closest to a training image",
-            image_grid(pairs.reshape(-1, *generated.shape[-2:]).numpy(), columns=2),
-            "The six samples nearest (pixels) to a training image: sample | training image. Distances "
-            + ", ".join(f"{memo.generated_pixel[i]:.4f}" for i in closest)
-            + f"; the closest real test image is at {memo.real_pixel.min():.4f}.",
-            upscale=2,
-        )
-    )
     if len(sweep):
         figures.append(
             Figure(
@@ -419,6 +406,7 @@ def evaluate_text_generation(
                 "Chosen on val: the most consistent scale within 3x the real FD reference.",
             )
         )
+    figures.append(closest_pairs_figure(generated, train.images, memo))
     return TextGenerationEvaluation(
         class_names=class_names,
         guidance=float(guidance),
