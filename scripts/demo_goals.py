@@ -178,12 +178,12 @@ def denoising_rows(run) -> list[tuple[str, str, Judged]]:
     dn, rows = run.data.metrics, []
     for dose in DOSES:
         task = f"denoise_i0_{dose}"
-        classical = [ref for ref in ("vst_nlm", "nlm") if f"psnr_gain_{task}_diffusion_vs_{ref}" in dn]
+        classical = [ref for ref in ("vst_bm3d", "vst_nlm", "nlm") if f"psnr_gain_{task}_diffusion_vs_{ref}" in dn]
         lows = [dn[f"psnr_gain_{task}_diffusion_vs_{ref}_ci_low"] for ref in classical]
         highs = [dn[f"psnr_gain_{task}_diffusion_vs_{ref}_ci_high"] for ref in classical]
         rows.append(
             (
-                f"denoiser beats every classical baseline at I0 {dose} (VST + NLM and NLM), paired interval above 0",
+                f"denoiser beats every classical baseline at I0 {dose} ({', '.join(classical)}), paired interval above 0",
                 "; ".join(
                     f"vs {ref} {interval(dn, f'psnr_gain_{task}_diffusion_vs_{ref}', 2)} dB" for ref in classical
                 ),

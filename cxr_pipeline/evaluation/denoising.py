@@ -326,7 +326,7 @@ def evaluate_denoising(
         notes.append(f"Spread: over {spread_seeds} seeds, on the first {len(spread[0])} test images.")
     versus: dict[str, Summary] = {
         key: paired_gain(scores, "diffusion", key, resamples)
-        for key in ("nlm", "vst_nlm", "regression")
+        for key in ("nlm", "vst_nlm", "vst_bm3d", "regression")
         if key in by_key
     }
     evaluation = RestorationEvaluation(
