@@ -23,7 +23,7 @@ from cxr_pipeline import compute, kinds
 from cxr_pipeline.evaluation.caps import caps_for
 from cxr_pipeline.evaluation.outcome import Evaluation, EvaluationOutcome, PromotionPolicy, SamplingBudget, SuiteInputs
 from cxr_pipeline.evaluation.publish import evaluation_tags, publish_outcome, write_outcome
-from cxr_pipeline.evaluation.verdicts import NOT_WORSE_AUROC_MARGIN, not_worse
+from cxr_pipeline.metrics.verdicts import NOT_WORSE_AUROC_MARGIN, not_worse
 from resources import CxrSettings, MlflowTracking
 
 from .diffusion import arbitrary_sr, class_ddpm, latent_sr, low_dose_denoiser
@@ -237,7 +237,7 @@ DIFFERENCE = (
 
 def _not_worse(outcome: EvaluationOutcome) -> dg.AssetCheckResult:
     """Real + synthetic against real only, judged on the paired interval with the declared margin
-    (cxr_pipeline/evaluation/verdicts.py): warns unless non-inferiority is shown."""
+    (cxr_pipeline/metrics/verdicts.py): warns unless non-inferiority is shown."""
     metrics = outcome.metrics
     difference = {k: float(round(metrics[k], 5)) for k in DIFFERENCE if k in metrics}
     if len(difference) < len(DIFFERENCE):

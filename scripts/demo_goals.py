@@ -2,7 +2,7 @@
 
 Reads the work folder after ``./run.sh demo``: the latest evaluation runs in MLflow (every figure
 on the **test** split, with its patient-bootstrap interval; each goal judged on that interval
-against a declared margin, ``cxr_pipeline/evaluation/verdicts.py``: met, missed or cannot be
+against a declared margin, ``cxr_pipeline/metrics/verdicts.py``: met, missed or cannot be
 judged, and tied to the MLflow run it reads) and the latest ``all_assets`` run in the
 Dagster instance (the wall time of each step). Prints one table of goals and one of stage times.
 
@@ -18,7 +18,7 @@ import dagster as dg
 import mlflow
 import pandas as pd
 
-from cxr_pipeline.evaluation.verdicts import (
+from cxr_pipeline.metrics.verdicts import (
     NOT_WORSE_AUROC_MARGIN,
     Judged,
     at_least,

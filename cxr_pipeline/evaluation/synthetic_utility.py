@@ -34,10 +34,10 @@ from ..data import atomic
 from ..data.image_store import ImageStore, to_stored
 from ..data.labels.report_text import report_prompts
 from ..metrics.statistics import patient_weights, percentile_interval, weighted_classification_scores
+from ..metrics.verdicts import Judged, improves, not_worse
 from ..models.batches import ConcatImages, StoreImages
 from ..models.classifier import ClassifierConfig, classifier_trainer, embed
 from ..models.training import TrainConfig
-from .verdicts import Judged, improves, not_worse
 
 CLASS_GENERATOR, TEXT_GENERATOR = "class_ddpm", "text_ldm"
 GENERATORS = (CLASS_GENERATOR, TEXT_GENERATOR)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..evaluation.verdicts import NOT_WORSE_AUROC_MARGIN
+from ..metrics.verdicts import NOT_WORSE_AUROC_MARGIN
 from .document import Figure, Section, Table
 from .grid import image_grid
 from .plots import grouped_interval_bars
@@ -70,7 +70,7 @@ def per_class_table(result: Any) -> pd.DataFrame:
 
 
 def goals_table(result: Any) -> pd.DataFrame:
-    """The experiment's two goals, each judged on its paired interval (``evaluation/verdicts.py``)."""
+    """The experiment's two goals, each judged on its paired interval (``metrics/verdicts.py``)."""
     rows = []
     verdict = result.not_worse()
     if verdict is not None:

@@ -17,7 +17,6 @@ from cxr_pipeline.evaluation.denoising import (
 )
 from cxr_pipeline.evaluation.restoration import Method, RestorationEvaluation, detail_advantage, score_methods
 from cxr_pipeline.evaluation.text_measures import MEMORIZATION_QUANTILE, memorization
-from cxr_pipeline.evaluation.verdicts import Verdict, at_least, improves, not_worse
 from cxr_pipeline.metrics.distribution import at_equal_counts, frechet_distance
 from cxr_pipeline.metrics.restoration import per_image_scores
 from cxr_pipeline.metrics.variance_stabilization import (
@@ -25,6 +24,7 @@ from cxr_pipeline.metrics.variance_stabilization import (
     generalized_anscombe,
     inverse_generalized_anscombe,
 )
+from cxr_pipeline.metrics.verdicts import Verdict, at_least, improves, not_worse
 from cxr_pipeline.models.regression import RegressionRecipe, ResidualCNN, restore, train_regression
 
 
