@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import pandas as pd
 import torch
 
 from cxr_pipeline.data.image_store import ImageStore
 from cxr_pipeline.data.pairs import doses_built, low_dose_pair_dir, sr_pair_dir
-from cxr_pipeline.evaluation.denoising import dose_level
 from cxr_pipeline.evaluation.inputs import degraded_images, split_rows, stored_images
 from cxr_pipeline.metrics.restoration import per_image_scores
 from cxr_pipeline.models.regression import RegressionRecipe, restore, train_regression
@@ -31,6 +31,11 @@ DEFAULTS = {
     "denoise": "wide=48:6:600:32,narrow=32:6:1000:32,big_crops=48:6:400:48",
     "sr": "wide=48:6:1000:48,wider=64:6:700:48,narrow=32:6:1500:48",
 }
+
+
+def dose_level(photons: float) -> float:
+    """What a dose-told network gets: ``log10(I0)``, a constant plane beside the image."""
+    return float(np.log10(photons))
 
 
 def pairs(paths: WorkPaths, task: str, scale: int, rows: pd.DataFrame):

@@ -182,11 +182,6 @@ def tune_denoiser_strength(
 CLASSICAL_NAMES = {"nlm": "NLM on the image", "vst_nlm": "VST + NLM", "vst_bm3d": "VST + BM3D"}
 
 
-def dose_level(photons: float) -> float:
-    """What the regression CNN is told of a dose: ``log10(I0)``, of order 1 across the range."""
-    return float(np.log10(photons))
-
-
 @dataclass
 class DenoisingBaselines:
     """Everything the diffusion denoiser is measured against at one dose, computed once (the
@@ -248,8 +243,7 @@ def denoising_baselines(
             )
         )
     if regression is not None:
-        levels = torch.full((len(noisy),), dose_level(dose)) if regression.conditioned else None  # a dose-told CNN
-        methods.append(Method("regression", "Residual CNN, L1 on the same pairs", restore(regression, noisy, levels)))
+        methods.append(Method("regression", "Residual CNN, L1 on the same pairs", restore(regression, noisy)))
     notes = [
         f"Classical baselines tuned on val at this dose: NLM's h ({nlm_factor:g} x the estimated sigma), and "
         f"h = {vst_factor:g} for NLM on the counts' generalized Anscombe transform (unit noise), the noise model "

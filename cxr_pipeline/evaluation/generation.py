@@ -23,12 +23,11 @@ import torch
 
 from ..metrics.detail import set_detail_interval, set_detail_ratio
 from ..metrics.distribution import (
-    at_equal_counts,
+    RealReference,
     conditional_accuracy,
     frechet_distance,
     kernel_inception_distance,
     mean_pairwise_ms_ssim,
-    ratio_to_reference,
     weakest_class,
 )
 from ..metrics.inception import InceptionFid, inception_fid
@@ -47,12 +46,7 @@ class GenerationEvaluation:
     class_names: list[str]
     fd_cxr: float
     kid: tuple[float, float]
-    fd_cxr_real: float  # real val vs real test at the generated set's count: what two real sets score
-    kid_real: float
-    fd_cxr_equal: float  # the generated set against real test at the reference's count (= fd_cxr when equal)
-    kid_equal: float
-    reference_count: int  # the count both sides of the comparison with the reference were drawn at
-    fd_ratio: tuple[float, float, float]  # FD / its real reference at equal counts, bootstrap interval
+    reference: RealReference  # real val vs real test, at the generated set's count
     cond_acc_interval: tuple[float, float]  # samples resampled
     weakest: tuple[str, Summary]  # the class with the lowest conditional accuracy, its interval
     cond_acc: float
@@ -75,19 +69,10 @@ class GenerationEvaluation:
             **detail_metrics(key, self.detail, self.detail_real),
             f"kid_{key}": self.kid[0],
             f"kid_{key}_std": self.kid[1],
-            f"fd_cxr_{key}_real_reference": self.fd_cxr_real,
-            f"kid_{key}_real_reference": self.kid_real,
-            f"fd_cxr_{key}_at_reference_count": self.fd_cxr_equal,
-            f"kid_{key}_at_reference_count": self.kid_equal,
-            f"fd_reference_count_{key}": float(self.reference_count),
-            f"fd_ratio_{key}": self.fd_ratio[0],
-            f"fd_ratio_{key}_ci_low": self.fd_ratio[1],
-            f"fd_ratio_{key}_ci_high": self.fd_ratio[2],
+            **self.reference.metrics(key),
             f"cond_acc_{key}_ci_low": self.cond_acc_interval[0],
             f"cond_acc_{key}_ci_high": self.cond_acc_interval[1],
-            f"cond_acc_weakest_{key}": self.weakest[1].mean,
-            f"cond_acc_weakest_{key}_ci_low": self.weakest[1].ci_low,
-            f"cond_acc_weakest_{key}_ci_high": self.weakest[1].ci_high,
+            **self.weakest[1].metrics(f"cond_acc_weakest_{key}"),
             f"cond_acc_{key}": self.cond_acc,
             f"cond_acc_{key}_real_reference": self.real_accuracy,
             f"cond_acc_{key}_chance": 1.0 / len(self.class_names),
@@ -123,21 +108,20 @@ class GenerationEvaluation:
         return ((f"cond_acc_{MODEL_KEY}", f"cond_acc_{MODEL_KEY}_chance"),)
 
     def headline(self) -> pd.DataFrame:
-        counts = self.counts
+        counts, ref = self.counts, self.reference
+        at = f"{counts['fd_generated']} generated vs {counts['real_test']} real; reference at {ref.count}"
         rows = [
             (
                 "fd_cxr",
                 f"{self.fd_cxr:.3f}",
-                f"{self.fd_cxr_real:.3f} (real val vs real test); generated at the same count {self.fd_cxr_equal:.3f}",
-                f"{counts['fd_generated']} generated vs {counts['real_test']} real; reference at "
-                f"{self.reference_count} vs {counts['real_test']}",
+                f"{ref.fd_real:.3f} (real val vs real test); generated at the same count {ref.fd:.3f}",
+                at,
             ),
             (
                 "kid",
                 f"{self.kid[0]:.4f} ± {self.kid[1]:.4f}",
-                f"{self.kid_real:.4f}; generated at the same count {self.kid_equal:.4f}",
-                f"{counts['fd_generated']} generated vs {counts['real_test']} real; reference at "
-                f"{self.reference_count} vs {counts['real_test']}",
+                f"{ref.kid_real:.4f}; generated at the same count {ref.kid:.4f}",
+                at,
             ),
             detail_row(
                 self.detail, self.detail_real, f"{counts['fd_generated']} generated vs {counts['real_test']} real"
@@ -234,17 +218,6 @@ def evaluate_generation(
     real_features, real_probabilities = embed(classifier, real_test)
     val_features, _ = embed(classifier, real_val)
     fake_features, _ = embed(classifier, fd_set)
-    fd_equal, fd_real, reference_count = at_equal_counts(
-        frechet_distance, real_features, fake_features, val_features, seed=seed
-    )
-    fd_ratio = ratio_to_reference(frechet_distance, real_features, fake_features, val_features, RATIO_RESAMPLES, seed)
-    kid_equal, kid_real, _ = at_equal_counts(
-        lambda a, b: kernel_inception_distance(a, b, seed=seed)[0],
-        real_features,
-        fake_features,
-        val_features,
-        seed=seed,
-    )
     _, balanced_probabilities = embed(classifier, balanced_set)
     predicted = balanced_probabilities.argmax(axis=1)
     cond_acc, per_class = conditional_accuracy(predicted, balanced, len(class_names))
@@ -282,12 +255,7 @@ def evaluate_generation(
         class_names=class_names,
         fd_cxr=frechet_distance(real_features, fake_features),
         kid=kernel_inception_distance(real_features, fake_features, seed=seed),
-        fd_cxr_real=fd_real,
-        kid_real=kid_real,
-        fd_cxr_equal=fd_equal,
-        kid_equal=kid_equal,
-        reference_count=reference_count,
-        fd_ratio=fd_ratio,
+        reference=RealReference.of(real_features, fake_features, val_features, seed, RATIO_RESAMPLES),
         cond_acc_interval=(overall.ci_low, overall.ci_high),
         weakest=weakest_class(hits, balanced, class_names, seed=seed),
         cond_acc=cond_acc,

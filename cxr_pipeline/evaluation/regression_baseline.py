@@ -23,7 +23,6 @@ def fit_regression_baseline(
     *,
     device: str = "auto",
     log: Log = print,
-    conditions: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[ResidualCNN, Table, str]:
     """The trained CNN, its val curve as a report table, and a sentence saying how it was made."""
     log(f"{task}: training the regression baseline on {len(train_inputs)} pairs, {recipe.steps} steps")
@@ -35,14 +34,12 @@ def fit_regression_baseline(
         recipe,
         str(pick_device(device)),
         log=log,
-        conditions=conditions,
     )
-    told = ", told each pair's dose," if conditions else ""
     curve = pd.DataFrame(trained.curve, columns=["step", "train L1", "val PSNR"]).round(4)
     note = (
         f"The residual CNN ({recipe.channels} channels, {recipe.blocks} residual blocks, "
         f"{sum(p.numel() for p in trained.model.parameters()):,} parameters) was trained with L1 on "
-        f"{len(train_inputs)} training pairs{told} for {recipe.steps} steps ({trained.seconds:.0f} s); its checkpoint, "
+        f"{len(train_inputs)} training pairs for {recipe.steps} steps ({trained.seconds:.0f} s); its checkpoint, "
         f"step {trained.best_step}, is the one with the best PSNR on {len(val_inputs)} val pairs."
     )
     return trained.model, Table(f"Regression baseline, {task}: val curve", curve), note

@@ -23,6 +23,7 @@ from PIL import Image
 from ..data.degrade import bicubic_to, resize, upsample_bicubic
 from ..metrics.restoration import lr_consistency_psnr, per_image_scores, registration_shift, sample_spread
 from ..metrics.statistics import Summary, summarize
+from ..metrics.verdicts import Verdict, at_least
 from ..models.pipelines import ArbitraryScaleSuperResolution, LatentSuperResolution
 from ..models.vae import reconstruct
 from ..reports.document import Figure, Section, Table
@@ -115,19 +116,16 @@ class RestorationEvaluation:
                 "with 95% patient-bootstrap intervals. Regression to the mean moves a method up and left.",
             )
         )
-        verdicts = [
-            tradeoff_sentence(
-                self.labels[self.model],
-                self.labels[ref],
-                self.versus[ref],
-                self.detail_versus[ref],
-                self.summaries,
-                ref,
-                self.model,
-            )
-            for ref in self.versus
-        ]
-        self.notes.append(" ".join(verdicts))
+        self.notes.append(" ".join(self.tradeoff_sentence(ref) for ref in self.versus))
+
+    def tradeoff_sentence(self, reference: str) -> str:
+        psnr, detail = self.versus[reference], self.detail_versus[reference]
+        return (
+            f"{self.labels[self.model]} against {self.labels[reference]}: on PSNR it {_judged(psnr)} "
+            f"({psnr.text(2)} dB); on fine detail it {_judged(detail)} (ratio "
+            f"{self.summaries[self.model]['detail'].mean:.2f} against {self.summaries[reference]['detail'].mean:.2f}; "
+            f"closer to the truth's by {detail.text(3)} in |log ratio|)."
+        )
 
     def table(self) -> pd.DataFrame:
         rows = []
@@ -193,18 +191,12 @@ def detail_advantage(scores: pd.DataFrame, method: str, reference: str, resample
     return summarize(advantage, ours["patient"].to_numpy(), resamples=resamples)
 
 
+_WORDS = {Verdict.MET: "wins", Verdict.MISSED: "loses", Verdict.CANNOT_BE_JUDGED: "ties (interval spans 0)"}
+
+
 def _judged(summary: Summary) -> str:
-    return "wins" if summary.ci_low > 0 else "loses" if summary.ci_high < 0 else "ties (interval spans 0)"
-
-
-def tradeoff_sentence(
-    model: str, reference: str, psnr: Summary, detail: Summary, summaries: dict, ref_key: str, model_key: str
-) -> str:
-    return (
-        f"{model} against {reference}: on PSNR it {_judged(psnr)} ({psnr.text(2)} dB); on fine detail it "
-        f"{_judged(detail)} (ratio {summaries[model_key]['detail'].mean:.2f} against "
-        f"{summaries[ref_key]['detail'].mean:.2f}; closer to the truth's by {detail.text(3)} in |log ratio|)."
-    )
+    """A paired difference's verdict against 0, in words."""
+    return _WORDS[at_least(summary.ci_low, summary.ci_high, 0.0).verdict]
 
 
 def comparison_grid(columns: list[torch.Tensor], rows: int = PREVIEW_ROWS) -> np.ndarray:

@@ -32,12 +32,12 @@ import torch
 
 from ..metrics.detail import set_detail_interval, set_detail_ratio
 from ..metrics.distribution import (
+    RealReference,
     at_equal_counts,
     frechet_distance,
     kernel_inception_distance,
     mean_pairwise_ms_ssim,
     precision_recall_density_coverage,
-    ratio_to_reference,
     weakest_class,
 )
 from ..metrics.statistics import Summary, summarize
@@ -78,14 +78,10 @@ class TextGenerationEvaluation:
     real_accuracy_per_class: dict[str, float]
     negation: pd.DataFrame
     fd_cxr: float
-    fd_cxr_real: float  # real val vs real test, at the generated set's count (metrics.distribution.at_equal_counts)
+    reference: RealReference  # real val vs real test, at the generated set's count
     kid: tuple[float, float]
-    kid_real: float
     prdc: dict[str, float]
     prdc_real: dict[str, float]
-    fd_cxr_equal: float  # the generated set at the reference's count (= fd_cxr when val is not smaller)
-    reference_count: int
-    fd_ratio: tuple[float, float, float]  # FD / its real reference at equal counts, bootstrap interval
     weakest: tuple[str, Summary]  # the finding with the lowest prompt consistency, its patient interval
     diversity: float  # mean within-prompt MS-SSIM of samples
     diversity_real: float  # mean within-class MS-SSIM of real test images
@@ -120,19 +116,11 @@ class TextGenerationEvaluation:
             f"negation_rate_{key}_normal_reference": normal,
             f"negation_rate_{key}_real_reference": real,
             f"fd_cxr_{key}": self.fd_cxr,
-            f"fd_cxr_{key}_real_reference": self.fd_cxr_real,
             **detail_metrics(key, self.detail, self.detail_real),
             f"kid_{key}": self.kid[0],
             f"kid_{key}_std": self.kid[1],
-            f"kid_{key}_real_reference": self.kid_real,
-            f"fd_cxr_{key}_at_reference_count": self.fd_cxr_equal,
-            f"fd_reference_count_{key}": float(self.reference_count),
-            f"fd_ratio_{key}": self.fd_ratio[0],
-            f"fd_ratio_{key}_ci_low": self.fd_ratio[1],
-            f"fd_ratio_{key}_ci_high": self.fd_ratio[2],
-            f"prompt_consistency_weakest_{key}": self.weakest[1].mean,
-            f"prompt_consistency_weakest_{key}_ci_low": self.weakest[1].ci_low,
-            f"prompt_consistency_weakest_{key}_ci_high": self.weakest[1].ci_high,
+            **self.reference.metrics(key),
+            **self.weakest[1].metrics(f"prompt_consistency_weakest_{key}"),
             f"ms_ssim_{key}_within_prompt": self.diversity,
             f"ms_ssim_{key}_real_reference": self.diversity_real,
             **memorization_metrics(key, self.memorization),
@@ -184,15 +172,15 @@ class TextGenerationEvaluation:
             (
                 "fd_cxr",
                 f"{self.fd_cxr:.3f}",
-                f"{self.fd_cxr_real:.3f} (real val vs real test); generated at the same count {self.fd_cxr_equal:.3f}",
-                f"{c['prompts']} generated vs {c['prompts']} real; reference at {self.reference_count}",
+                f"{self.reference.fd_real:.3f} (real val vs real test); generated at the same count {self.reference.fd:.3f}",
+                f"{c['prompts']} generated vs {c['prompts']} real; reference at {self.reference.count}",
             ),
             detail_row(self.detail, self.detail_real, f"{c['prompts']} generated vs {c['prompts']} real"),
             (
                 "kid",
                 f"{self.kid[0]:.4f} ± {self.kid[1]:.4f}",
-                f"{self.kid_real:.4f}",
-                f"reference at {self.reference_count}",
+                f"{self.reference.kid_real:.4f}",
+                f"reference at {self.reference.count}",
             ),
             *[(name, f"{self.prdc[name]:.3f}", f"{self.prdc_real[name]:.3f}", f"k = {PRDC_K}") for name in self.prdc],
             (
@@ -379,8 +367,13 @@ def evaluate_text_generation(
         test.patients,
     )
 
-    fd_equal, fd_real, reference_count = at_equal_counts(
-        frechet_distance, real_features, features, val_features, seed=seed
+    prdc_names = ("precision", "recall", "density", "coverage")
+    _, prdc_real, _ = at_equal_counts(  # the four in one pass over the same equal-count draws
+        lambda a, b: np.array([precision_recall_density_coverage(a, b, PRDC_K)[n] for n in prdc_names]),
+        real_features,
+        features,
+        val_features,
+        seed=seed,
     )
     figures = [
         Figure(
@@ -419,28 +412,13 @@ def evaluate_text_generation(
         real_accuracy_per_class=real_per_class,
         negation=negation_table(test, probabilities.argmax(1), class_names, real_probabilities.argmax(1)),
         fd_cxr=frechet_distance(real_features, features),
-        fd_cxr_real=fd_real,
-        fd_cxr_equal=fd_equal,
-        reference_count=reference_count,
-        fd_ratio=ratio_to_reference(frechet_distance, real_features, features, val_features, RATIO_RESAMPLES, seed),
+        reference=RealReference.of(real_features, features, val_features, seed, RATIO_RESAMPLES),
         weakest=weakest_class(
             predicted == wanted, wanted, class_names, np.tile(test.patients[single], consistency_samples), seed=seed
         ),
         kid=kernel_inception_distance(real_features, features, seed=seed),
-        kid_real=at_equal_counts(
-            lambda a, b: kernel_inception_distance(a, b, seed=seed)[0], real_features, features, val_features, seed=seed
-        )[1],
         prdc=precision_recall_density_coverage(real_features, features, PRDC_K),
-        prdc_real={
-            name: at_equal_counts(
-                lambda a, b, name=name: precision_recall_density_coverage(a, b, PRDC_K)[name],
-                real_features,
-                features,
-                val_features,
-                seed=seed,
-            )[1]
-            for name in ("precision", "recall", "density", "coverage")
-        },
+        prdc_real={name: float(value) for name, value in zip(prdc_names, prdc_real)},
         diversity=diversity,
         diversity_real=float(np.mean(real_within)) if real_within else float("nan"),
         memorization=memo,

@@ -8,12 +8,16 @@ Both are biased at small sample counts: compare two figures only at equal counts
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
+
+from .statistics import summarize
 
 MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, five scales
 
@@ -135,33 +139,33 @@ def precision_recall_density_coverage(real_features, fake_features, k: int = 5) 
     }
 
 
-def at_equal_counts(measure, real, generated, reference, draws: int = 5, seed: int = 0) -> tuple[float, float, int]:
+def at_equal_counts(measure, real, generated, reference, draws: int = 5, seed: int = 0) -> tuple[Any, Any, int]:
     """``measure(real, generated)`` and its real-vs-real reference ``measure(real, reference)``
     with the two compared sets at the same count. FD (and KID's variance, and precision/recall)
     depend on how many samples a set holds, so a reference drawn from fewer images than the
     generated set reads too high and makes "within k x real" easier. Where one side is larger it
     is cut to the other's count by random subsets, and the figure averaged over ``draws`` of them
-    (a side at the count is used once, whole). Returns (generated, reference, count)."""
+    (a side at the count is used once, whole). ``measure`` may return one number or an array of
+    them (averaged element by element). Returns (generated, reference, count)."""
     count = min(len(generated), len(reference))
     rng = np.random.default_rng(seed)
 
-    def averaged(features) -> float:
+    def averaged(features):
         if len(features) == count:
-            return float(measure(real, features))
-        return float(
-            np.mean([measure(real, features[rng.choice(len(features), count, replace=False)]) for _ in range(draws)])
+            return measure(real, features)
+        return np.mean(
+            [measure(real, features[rng.choice(len(features), count, replace=False)]) for _ in range(draws)], axis=0
         )
 
     return averaged(generated), averaged(reference), count
 
 
-def ratio_to_reference(
-    measure, real, generated, reference, resamples: int = 200, seed: int = 0, level: float = 0.95
-) -> tuple[float, float, float]:
-    """``measure(real, generated) / measure(real, reference)`` at equal counts, with a bootstrap
-    interval that resamples all three sets (so the uncertainty of the reference counts too): the
-    form in which a "within k x the real reference" goal can be judged on an interval."""
-    fake, ref, count = at_equal_counts(measure, real, generated, reference, seed=seed)
+def ratio_interval(
+    measure, real, generated, reference, count: int, resamples: int = 200, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Bootstrap interval of ``measure(real, generated) / measure(real, reference)`` with both
+    compared sets at ``count``, resampling all three sets (so the reference's uncertainty counts
+    too): the form in which a "within k x the real reference" goal can be judged."""
     real, generated, reference = (np.asarray(x) for x in (real, generated, reference))
     rng = np.random.default_rng(seed)
     draws = []
@@ -171,15 +175,51 @@ def ratio_to_reference(
         v = reference[rng.integers(0, len(reference), count)]
         draws.append(measure(r, g) / max(measure(r, v), 1e-12))
     low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
-    return fake / max(ref, 1e-12), float(low), float(high)
+    return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class RealReference:
+    """A generated set's FD and KID against real test features beside real val against real
+    test, both at the same count (:func:`at_equal_counts`), and FD's ratio to its reference with
+    a bootstrap interval: what every generation suite logs and judges "within k x real" on."""
+
+    fd: float  # the generated set at the reference's count (its whole FD when val is not smaller)
+    fd_real: float
+    kid: float
+    kid_real: float
+    count: int
+    ratio: tuple[float, float, float]  # FD / FD_real, interval
+
+    @classmethod
+    def of(cls, real, generated, reference, seed: int = 0, resamples: int = 100) -> RealReference:
+        fd, fd_real, count = at_equal_counts(frechet_distance, real, generated, reference, seed=seed)
+        kid, kid_real, _ = at_equal_counts(
+            lambda a, b: kernel_inception_distance(a, b, seed=seed)[0], real, generated, reference, seed=seed
+        )
+        low, high = ratio_interval(frechet_distance, real, generated, reference, count, resamples, seed)
+        return cls(
+            float(fd), float(fd_real), float(kid), float(kid_real), count, (float(fd / max(fd_real, 1e-12)), low, high)
+        )
+
+    def metrics(self, key: str) -> dict[str, float]:
+        ratio, low, high = self.ratio
+        return {
+            f"fd_cxr_{key}_real_reference": self.fd_real,
+            f"kid_{key}_real_reference": self.kid_real,
+            f"fd_cxr_{key}_at_reference_count": self.fd,
+            f"kid_{key}_at_reference_count": self.kid,
+            f"fd_reference_count_{key}": float(self.count),
+            f"fd_ratio_{key}": ratio,
+            f"fd_ratio_{key}_ci_low": low,
+            f"fd_ratio_{key}_ci_high": high,
+        }
 
 
 def weakest_class(hits: np.ndarray, wanted: np.ndarray, class_names, groups=None, seed: int = 0):
     """The class with the lowest hit rate among those asked for, with the bootstrap interval of
     that rate (samples, or ``groups`` such as patients, resampled): what "every class at least x"
     is judged on."""
-    from .statistics import summarize
-
     hits, wanted = np.asarray(hits, dtype=float), np.asarray(wanted)
     rates = {c: hits[wanted == c].mean() for c in range(len(class_names)) if (wanted == c).any()}
     worst = min(rates, key=lambda c: rates[c])

@@ -25,6 +25,10 @@ class Summary:
     def as_dict(self) -> dict[str, float]:
         return {k: v for k, v in asdict(self).items() if k != "units"}
 
+    def metrics(self, name: str) -> dict[str, float]:
+        """``name``, ``name_ci_low``, ``name_ci_high``: how every interval is logged."""
+        return {name: self.mean, f"{name}_ci_low": self.ci_low, f"{name}_ci_high": self.ci_high}
+
     @property
     def degenerate(self) -> bool:
         """Too few patients (or images) resampled for the interval to mean anything: one patient
