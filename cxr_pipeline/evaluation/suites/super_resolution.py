@@ -31,8 +31,8 @@ class SrOptions:
     lr_start_strength: float | None = 0.3  # also sample from the LR latent noised to this share of T; None: off
     # The learned regression baseline (models/regression.py), trained per scale on the training pairs with
     # its checkpoint chosen on val: steps (0: off), training images and val images. 1,500 steps take about
-    # a minute and a half at 64 px on 2 cores, near the latent SR model's own training time; on val this recipe beat
-    # a wider and a narrower one at about the same time (experiments/regression_recipe.py).
+    # a minute at 64 px on 2 cores, near the latent SR model's own training time; on val, 32 channels trained
+    # this long matched or beat 48 and 64 channels trained for the same time (experiments/regression_recipe.py).
     regression_steps: int = 1500
     regression_train_images: int = 2000
     regression_val_images: int = 24
@@ -79,15 +79,18 @@ def super_resolution_suite(
         },
     )
     tables, scores = [], []
+    train_high = val_high = None  # the regression baseline's HR sides, read once for every scale
+    if options.regression_steps > 0 and len(train_rows) and len(val_rows):
+        train_high, val_high = stored_images(store, train_rows), stored_images(store, val_rows)
     for scale, record in models:
         low_resolution = degraded_images(sr_pair_dir(pairs_root, scale), rows)
         regression, regression_parts = None, None
-        if options.regression_steps > 0 and len(train_rows) and len(val_rows):
+        if train_high is not None and val_high is not None:
             model, curve, note = fit_regression_baseline(
                 degraded_images(sr_pair_dir(pairs_root, scale), train_rows),
-                stored_images(store, train_rows),
+                train_high,
                 degraded_images(sr_pair_dir(pairs_root, scale), val_rows),
-                stored_images(store, val_rows),
+                val_high,
                 RegressionRecipe(steps=options.regression_steps),
                 f"sr_x{scale}",
                 device=budget.device,
