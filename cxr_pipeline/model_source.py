@@ -71,21 +71,96 @@ def registry_folder(name: str, version: str, cache: Path, tracking_uri: str | No
 
 
 def resolve_model(model: str | Path, alias: str = "champion", tracking_uri: str | None = None) -> Path:
-    """A model folder as given, or a registered model name resolved to the version holding
-    ``alias`` (``champion`` by default), downloaded once under ``$CXR_HOME/models/registry``.
+    """A model folder as given, or a model in the tracking store, downloaded once under
+    ``$CXR_HOME/models/registry``, named the ways MLflow users name them:
+
+    - ``cxr-class-ddpm``: the registered model's version holding ``alias`` (``champion`` by default)
+    - ``models:/cxr-class-ddpm/3``, ``models:/cxr-class-ddpm@challenger``: a version, an alias
+    - ``runs:/<run id>/model``: a model logged by a run, registered or not
+
     Without an explicit store: ``MLFLOW_TRACKING_URI``, else the default store under CXR_HOME."""
     if Path(model).exists():
         return Path(model)
     home = work_home()
     uri = tracking_uri or tracking_uri_for(home)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    text = str(model)
+    if text.startswith("runs:/"):
+        return run_model_folder(text, WorkPaths(home).registry_cache, uri)
+    name, version, alias = parse_model_uri(text, alias)
+    if version is None:
+        try:
+            version = str(client.get_model_version_by_alias(name, alias).version)
+        except MlflowException as error:
+            raise FileNotFoundError(
+                f"{model!r} is neither a model folder nor a registered model with alias "
+                f"{alias!r} in {uri}{_why_no_alias(client, name)}"
+            ) from error
+    else:
+        try:
+            client.get_model_version(name, version)
+        except MlflowException as error:
+            raise FileNotFoundError(
+                f"{model!r}: registered model {name!r} has no version {version} in {uri}{_versions_held(client, name)}"
+            ) from error
+    return registry_folder(name, version, WorkPaths(home).registry_cache, uri)
+
+
+def parse_model_uri(model: str, alias: str = "champion") -> tuple[str, str | None, str]:
+    """(name, version or None, alias) of a registered name or a ``models:/`` URI."""
+    if not model.startswith("models:/"):
+        return model, None, alias
+    rest = model.removeprefix("models:/").strip("/")
+    if "@" in rest:
+        name, _, alias = rest.partition("@")
+        return name, None, alias
+    name, _, version = rest.partition("/")
+    if not version:
+        return name, None, alias
+    if not version.isdigit():
+        raise ValueError(f"{model!r}: a models:/ URI names a version number or an alias (models:/{name}@{version})")
+    return name, version, alias
+
+
+def run_model_folder(uri: str, cache: Path, tracking_uri: str | None = None) -> Path:
+    """The model folder of ``runs:/<run id>/<path>``, downloaded into ``cache`` once."""
+    run_id, _, artifact = uri.removeprefix("runs:/").strip("/").partition("/")
+    client = MlflowClient(tracking_uri=tracking_uri)
     try:
-        version = MlflowClient(tracking_uri=uri).get_model_version_by_alias(str(model), alias)
+        run = client.get_run(run_id)
     except MlflowException as error:
-        raise FileNotFoundError(
-            f"{model!r} is neither a model folder nor a registered model with alias "
-            f"{alias!r} in {uri}{_why_no_alias(MlflowClient(tracking_uri=uri), str(model))}"
-        ) from error
-    return registry_folder(str(model), str(version.version), WorkPaths(home).registry_cache, uri)
+        raise FileNotFoundError(f"{uri!r}: no run {run_id!r} in {tracking_uri}") from error
+    destination = Path(cache) / "runs" / run_id / (artifact or "root")
+    if not destination.exists():
+        with atomic_folder(destination) as tmp:
+            try:  # MLflow resolves the name to a logged model of the run (MLflow 3) or its artifact folder
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"runs:/{run.info.run_id}/{artifact}", dst_path=str(tmp), tracking_uri=tracking_uri
+                )
+            except (MlflowException, OSError) as error:
+                raise FileNotFoundError(f"{uri!r}: run {run_id} logged no {artifact!r}") from error
+            _lift_single_child(tmp)
+    return model_folder(destination)
+
+
+def _lift_single_child(folder: Path) -> None:
+    """A downloaded folder arrives as ``folder/<its name>``: make ``folder`` the download itself."""
+    children = list(folder.iterdir())
+    if len(children) == 1 and children[0].is_dir():
+        staging = children[0].rename(folder / ".downloaded")
+        for child in staging.iterdir():
+            child.rename(folder / child.name)
+        staging.rmdir()
+
+
+def _versions_held(client: MlflowClient, name: str) -> str:
+    try:
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    except MlflowException:
+        return ""
+    if not versions:
+        return f": no model named {name!r} is registered"
+    return f": it holds version(s) {', '.join(map(str, versions))}"
 
 
 def _why_no_alias(client: MlflowClient, name: str) -> str:

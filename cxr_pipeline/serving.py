@@ -50,8 +50,19 @@ REQUIREMENTS = (
     "pandas",
     "pillow",
     "scipy",
+    "pyyaml",
     "mlflow",
 )
+
+
+def pinned_requirements(names: tuple[str, ...] = REQUIREMENTS) -> list[str]:
+    """``name==version`` as installed in the training process, so a version served in a managed
+    environment, or rebuilt a year later, gets what it was trained and checked with. A local
+    version label (torch's ``+cpu``, ``+cu124``) is dropped: it names a build, not a release,
+    and no package index resolves it; the accelerator build is the serving host's choice."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in names]
 
 
 class PipelineModel(PythonModel):
@@ -102,7 +113,7 @@ def log_pyfunc(folder: Path, registered_name: str | None = None, name: str = "mo
         code_paths=[str(PACKAGE)],
         signature=signature(spec),
         input_example=spec.example(folder),
-        pip_requirements=list(REQUIREMENTS),
+        pip_requirements=pinned_requirements(),
         registered_model_name=registered_name,
         metadata=metadata,
     )

@@ -88,6 +88,12 @@ def model_or_stop(key: str, ctx: registry.AppContext, alias: str, device: str):
     return load_pipeline(key, str(located.folder), device), located
 
 
+def model_caption(located: registry.LocatedModel) -> str:
+    if not located.version:
+        return f"{located.name}, logged by run {located.run_id} (not a registered version)"
+    return f"{located.name} v{located.version}" + (f" ({located.alias})" if located.alias else "")
+
+
 def progress_bar(label: str):
     bar = st.progress(0.0, text=label)
 
@@ -109,7 +115,7 @@ def generate_page(ctx: registry.AppContext, alias: str, device: str) -> None:
     )
     key = "text" if source.startswith("a report") else "class"
     pipeline, located = model_or_stop(key, ctx, alias, device)
-    st.caption(f"{located.name} v{located.version} ({located.alias})")
+    st.caption(model_caption(located))
     st.info(trust.training_data(located.folder))
     if key == "text":
         prompt = st.text_area(
@@ -133,7 +139,10 @@ def generate_page(ctx: registry.AppContext, alias: str, device: str) -> None:
     seed = right.number_input("Seed", 0, 2**31 - 1, 0, key="seed")
     count = left.slider("Images", 1, 8, 2, key="count")
     native = pipeline.unet_config.sample_size * _latent_factor(pipeline)
-    zooms, why_not = trust.zoom_offered(ctx, alias, native)
+    upscaler_alias = (
+        "champion" if alias.startswith(registry.MODEL_URI_PREFIXES) else alias
+    )  # a URI names this page's model
+    zooms, why_not = trust.zoom_offered(ctx, upscaler_alias, native)
     resolution = (
         1.0
         if len(zooms) == 1
@@ -164,7 +173,7 @@ def generate_page(ctx: registry.AppContext, alias: str, device: str) -> None:
         )
         model_name = f"{located.name} v{located.version}"
         if resolution > 1:
-            upscaler, sr_located = model_or_stop("arbitrary_sr", ctx, alias, device)
+            upscaler, sr_located = model_or_stop("arbitrary_sr", ctx, upscaler_alias, device)
             images = services.upscale(
                 upscaler,
                 images,
@@ -240,7 +249,7 @@ def restore_page(ctx: registry.AppContext, alias: str, device: str) -> None:
     task = st.radio("Task", ["super-resolution", "denoising"], horizontal=True, key="task")
     pipeline, located = model_or_stop("arbitrary_sr" if task == "super-resolution" else "denoiser", ctx, alias, device)
     # what the model learnt from and whether this upload is like it, before any control
-    st.caption(f"{located.name} v{located.version} ({located.alias})")
+    st.caption(model_caption(located))
     st.info(trust.training_data(located.folder))
     novelty = trust.input_novelty(pipeline, located, image, ctx)
     st.session_state["novelty"] = novelty
@@ -463,11 +472,14 @@ def main() -> None:
     alias = str(
         st.sidebar.radio(
             "Model version",
-            ["champion", "challenger"],
+            ["champion", "challenger", "a model URI"],
             help="The champion passed its evaluation's promotion; the challenger is the latest "
-            "evaluated version that did not (never the champion itself).",
+            "evaluated version that did not (never the champion itself). A URI names any logged model: "
+            "models:/cxr-class-ddpm/3, models:/cxr-class-ddpm@challenger, runs:/<run id>/model.",
         )
     )
+    if alias == "a model URI":
+        alias = st.sidebar.text_input("Model URI", placeholder="models:/cxr-class-ddpm/3").strip() or "champion"
     device = str(st.sidebar.selectbox("Device", ["auto", "cpu", "cuda"]))
     st.sidebar.caption(f"Work folder `{ctx.home}` · profile `{ctx.profile.name}` · MLflow `{ctx.tracking_uri}`")
     if page == "Generate":

@@ -11,7 +11,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .. import kinds, tracking
-from ..model_source import registry_folder
+from ..model_source import parse_model_uri, registry_folder, resolve_model
 from ..models.model_folder import describe
 from ..settings import (
     DEFAULT_DAGSTER_URL,
@@ -88,8 +88,38 @@ class LocatedModel:
     run_id: str
 
 
+MODEL_URI_PREFIXES = ("models:/", "runs:/")
+
+
+def locate_uri(model: kinds.ModelKind, context: AppContext, uri: str) -> LocatedModel:
+    """A model named by URI (``models:/name/3``, ``models:/name@alias``, ``runs:/<id>/model``),
+    downloaded once under the work folder; refused when it is another kind of model."""
+    try:
+        folder = resolve_model(uri, tracking_uri=context.tracking_uri)
+    except (FileNotFoundError, ValueError) as missing:
+        raise ModelUnavailable(str(missing)) from None
+    held = kinds.kind_of_folder(folder)
+    if held.key.split("_x")[0] != model.key.split("_x")[0]:
+        raise ModelUnavailable(
+            f"{uri} holds a {held.key} model; this page needs a {model.key} model ({model.registered_name})"
+        )
+    if uri.startswith("runs:/"):
+        return LocatedModel(folder, model.registered_name, "", "", uri.removeprefix("runs:/").split("/")[0])
+    name, version, alias = parse_model_uri(uri)
+    client = context.client()
+    held_version = (
+        client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
+    )
+    return LocatedModel(
+        folder, name, str(held_version.version), alias if version is None else "", held_version.run_id or ""
+    )
+
+
 def locate(model: kinds.ModelKind, context: AppContext, alias: str = "champion") -> LocatedModel:
-    """The registered version holding ``alias``, downloaded once under the work folder."""
+    """The registered version holding ``alias``, downloaded once under the work folder; ``alias``
+    may also be a model URI (:func:`locate_uri`)."""
+    if alias.startswith(MODEL_URI_PREFIXES):
+        return locate_uri(model, context, alias)
     client, name = context.client(), model.registered_name
     try:
         client.get_registered_model(name)

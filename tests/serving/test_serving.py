@@ -356,3 +356,46 @@ def test_mlflow_models_serve_answers_over_http(registered):
         if server.poll() is None:
             os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+def test_every_registered_requirement_is_pinned_to_the_installed_version(registered):
+    from importlib.metadata import version
+
+    uri, _, _ = registered
+    mlflow.set_tracking_uri(uri)
+    for key in ("sr", "class_model", "text"):
+        requirements_file = mlflow.pyfunc.get_model_dependencies(f"models:/cxr-test-{key.replace('_', '-')}/1")
+        pins = [line.strip() for line in Path(requirements_file).read_text().splitlines() if line.strip()]
+        pinned = dict(line.split("==") for line in pins if not line.startswith("-"))
+        assert set(serving.REQUIREMENTS) <= set(pinned), pins
+        for name, pin in pinned.items():
+            assert pin == version(name).split("+")[0], (name, pin, version(name))
+        info = mlflow.models.get_model_info(f"models:/cxr-test-{key.replace('_', '-')}/1")
+        assert info.signature is not None and info.saved_input_example_info is not None
+    assert "torch==" + version("torch").split("+")[0] in serving.pinned_requirements()
+
+
+def test_models_and_runs_uris_load_and_a_missing_one_says_what_exists(registered, tmp_path, monkeypatch):
+    uri, folders, _ = registered
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    client = MlflowClient(tracking_uri=uri)
+    client.set_registered_model_alias("cxr-test-class-model", "challenger", "1")
+    run_id = client.get_model_version("cxr-test-sr", "1").run_id
+    by_version = model_source.resolve_model("models:/cxr-test-sr/1", tracking_uri=uri)
+    by_alias = model_source.resolve_model("models:/cxr-test-class-model@challenger", tracking_uri=uri)
+    by_run = model_source.resolve_model(f"runs:/{run_id}/model", tracking_uri=uri)  # log_pyfunc's name
+    assert (by_version / "model.json").read_text() == (folders["sr"] / "model.json").read_text()
+    assert (by_alias / "model.json").read_text() == (folders["class_model"] / "model.json").read_text()
+    assert kinds.folder_kind_name(by_run) in {kinds.folder_kind_name(f) for f in folders.values()}
+    with pytest.raises(FileNotFoundError, match="logged no 'weights'"):
+        model_source.resolve_model(f"runs:/{run_id}/weights", tracking_uri=uri)
+    generator = pipelines.ClassConditionalGenerator.from_pretrained(by_alias, "cpu")
+    assert generator([0], steps=2).shape == (1, 1, 16, 16)
+    with pytest.raises(FileNotFoundError, match=r"no version 7 .*holds version\(s\) 1"):
+        model_source.resolve_model("models:/cxr-test-sr/7", tracking_uri=uri)
+    with pytest.raises(FileNotFoundError, match="alias 'nightly'"):
+        model_source.resolve_model("models:/cxr-test-sr@nightly", tracking_uri=uri)
+    with pytest.raises(FileNotFoundError, match="no run"):
+        model_source.resolve_model("runs:/0123456789abcdef/model", tracking_uri=uri)
+    with pytest.raises(ValueError, match="version number or an alias"):
+        model_source.resolve_model("models:/cxr-test-sr/latest-ish", tracking_uri=uri)
