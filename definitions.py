@@ -47,7 +47,7 @@ def resources(share_cores: bool) -> dict:
     return {
         "settings": settings,
         "mlflow_tracking": MlflowTracking(settings=settings),
-        # launches scripts/train_worker.py when a training asset's launcher is not in_process
+        # launches jobs/train_worker.py (python -m jobs.train_worker) when a training asset's launcher is not in_process
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }
 

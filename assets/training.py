@@ -50,7 +50,9 @@ def ahead(step: dict[str, Any], priority: int) -> dict[str, Any]:
     return {**step, "op_tags": {**step["op_tags"], "dagster/priority": str(priority)}}
 
 
-TRAIN_WORKER = Path(__file__).resolve().parents[1] / "scripts" / "train_worker.py"
+# The worker is a module of the installed package (jobs/train_worker.py): found the same way in a
+# checkout, a wheel install and the container image.
+TRAIN_WORKER = "jobs.train_worker"
 
 
 def field_default(spec: dataclasses.Field) -> Any:
@@ -95,7 +97,7 @@ def progress_logger(context: dg.AssetExecutionContext):
 
 def worker_command(recipe, job_file: Path, outcome: Path, mlflow_run_id: str) -> list[str]:
     """The command line of an out-of-process training (the same one a user can run by hand)."""
-    arguments = [str(TRAIN_WORKER), str(job_file), "--outcome", str(outcome), "--mlflow-run-id", mlflow_run_id]
+    arguments = ["-m", TRAIN_WORKER, str(job_file), "--outcome", str(outcome), "--mlflow-run-id", mlflow_run_id]
     if recipe.launcher == "torchrun":
         return [
             sys.executable,

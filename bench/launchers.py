@@ -1,5 +1,5 @@
 """Wall time of a class-DDPM training (demo UNet) by launcher: in this process, as a subprocess of
-scripts/train_worker.py, and under torchrun with N data-parallel ranks. Each launcher trains the
+`python -m jobs.train_worker`, and under torchrun with N data-parallel ranks. Each launcher trains the
 same job at two lengths, each in its own scratch work folder (linked to the real images, so none
 resumes another's run and nothing is left behind); the two points split the wall time into a
 fixed start-up cost and a cost per step. Ratios are to the in-process run of this session.
@@ -27,9 +27,7 @@ from cxr_pipeline.data.labels.vocabulary import DEFAULT_CLASSES
 from cxr_pipeline.models.diffusion import UNetConfig
 from cxr_pipeline.settings import WorkPaths, work_home
 
-REPO = Path(__file__).resolve().parents[1]
-
-WORKER = REPO / "scripts" / "train_worker.py"
+WORKER = ["-m", "jobs.train_worker"]
 
 
 def main() -> None:
@@ -43,14 +41,14 @@ def main() -> None:
     unet = UNetConfig(64, 1, 1, (16, 32, 64), num_class_embeds=len(DEFAULT_CLASSES) + 1, norm_num_groups=8)
     launchers = {
         "in process": None,
-        "subprocess (worker)": [sys.executable, str(WORKER)],
+        "subprocess (worker)": [sys.executable, *WORKER],
         f"torchrun, {args.processes} ranks": [
             sys.executable,
             "-m",
             "torch.distributed.run",
             "--standalone",
             f"--nproc-per-node={args.processes}",
-            str(WORKER),
+            *WORKER,
         ],
     }
     print(f"class_ddpm, demo UNet, batch {args.batch}, {args.steps} steps, work folder {home}, {os.cpu_count()} cores")

@@ -70,7 +70,7 @@ class DiffusionRecipe(TrainingRecipe):
     snr_gamma: float | None = None  # min-SNR-gamma loss weighting (5 in Hang et al. 2023); None: off
     # Where the training runs: in this step's process (the default), in a subprocess, or under
     # torchrun with ``processes`` data-parallel ranks (GPUs, or CPU processes), both through Dagster
-    # Pipes with scripts/train_worker.py. batch_size is the global batch either way.
+    # Pipes with ``python -m jobs.train_worker``. batch_size is the global batch either way.
     launcher: Literal["in_process", "subprocess", "torchrun"] = "in_process"
     processes: int = 2
 

@@ -1,8 +1,11 @@
 """Out-of-process training of one diffusion model: the program Dagster Pipes launches, on its own
 or under torchrun for data-parallel training.
 
-    python scripts/train_worker.py JOB.json --outcome DIR [--mlflow-run-id ID]
-    torchrun --standalone --nproc-per-node 4 scripts/train_worker.py JOB.json --outcome DIR
+    python -m jobs.train_worker JOB.json --outcome DIR [--mlflow-run-id ID]
+    torchrun --standalone --nproc-per-node 4 -m jobs.train_worker JOB.json --outcome DIR
+
+A module of the installed package, not a file of the source tree, so the same launch works from a
+checkout, a wheel or the container image.
 
 ``JOB.json`` is a ``cxr_pipeline.kinds.TrainingJob`` (the training assets write one per
 launch; ``config.launcher`` chooses the launch). Every rank trains; rank 0 alone streams progress
