@@ -67,9 +67,11 @@ command=${1:-demo}
 shift || true
 case "$command" in
   setup) setup ;;
+  # demo, dev, app and mlflow are the installed `cxr-pipeline` command (jobs/cli.py), the same
+  # one a wheel or the container image offers, on the work folder set above
   demo)
     setup
-    "$VENV/bin/dagster" job execute -f definitions.py -j all_assets "$@"
+    exec "$VENV/bin/cxr-pipeline" demo "$@"
     ;;
   test)
     setup
@@ -80,20 +82,9 @@ case "$command" in
     setup
     lint
     ;;
-  dev)
+  dev | app | mlflow)
     setup
-    exec "$VENV/bin/dagster" dev -w workspace.yaml "$@"
-    ;;
-  app)
-    setup
-    exec "$VENV/bin/streamlit" run cxr_pipeline/app/main.py --server.address 127.0.0.1 \
-      --browser.gatherUsageStats false "$@"
-    ;;
-  mlflow)
-    setup
-    store="${MLFLOW_TRACKING_URI:-sqlite:///$CXR_HOME/mlflow/mlflow.db}"
-    port="${CXR_MLFLOW_UI_URL##*:}"
-    exec "$VENV/bin/mlflow" ui --backend-store-uri "$store" --host 127.0.0.1 --port "${port%%/*}" "$@"
+    exec "$VENV/bin/cxr-pipeline" "$command" "$@"
     ;;
   *)
     echo "usage: $0 {demo|test|lint|dev|app|mlflow|setup}" >&2
