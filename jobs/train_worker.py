@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"training {job.model} on {group.world_size} process(es), rank 0 on "
                 f"{'cuda' if torch.cuda.is_available() else 'cpu'}"
             )
-            started, last = time.perf_counter(), {}
+            started, last = time.perf_counter(), dict[str, float]()
             outcome = run_job(job, progress=_reporter(log, args.mlflow_run_id, last))
             outcome.save(args.outcome)
             if pipes:
