@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Build the container image (Dockerfile) with podman, no Docker engine needed, and run the smoke
+# job inside it on a work folder mounted at /data, as a step pod would. Prints the build time, the
+# image size and the smoke job's time. Not part of CI: it needs podman (Debian: apt-get install
+# podman) and, where no registry serves python:3.11-slim, debootstrap to make a Debian base image
+# from Debian's own packages.
+#
+#   bash bench/container_image.sh            # CXR_BASE_IMAGE=... to use a base image you have
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v podman >/dev/null || { echo "podman is not installed: the image cannot be built here" >&2; exit 2; }
+base=${CXR_BASE_IMAGE:-python:3.11-slim-bookworm}
+if ! podman image exists "$base" && ! podman pull -q "$base" >/dev/null 2>&1; then
+  base=localhost/cxr-debian-python:bookworm
+  if ! podman image exists "$base"; then
+    echo "no registry serves python:3.11-slim: building $base from Debian's packages (debootstrap)"
+    rootfs=$(mktemp -d)
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" \
+      http://deb.debian.org/debian >/dev/null
+    tar -C "$rootfs" -c . | podman import --quiet - "$base" >/dev/null
+    rm -rf "$rootfs"
+  fi
+fi
+# torch: this machine's CPU wheel when it has one (no torch index reachable), else the CPU index
+torch_args=(--build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu)
+if ls /opt/wheels/torch-*.whl >/dev/null 2>&1; then
+  torch_args=(--build-arg TORCH_INDEX=https://pypi.org/simple --build-arg "PIP_OPTIONS=--find-links /wheels-local"
+    --volume /opt/wheels:/wheels-local:ro)
+fi
+started=$(date +%s)
+podman build --network host --build-arg "PYTHON_IMAGE=$base" --build-arg "GIT_COMMIT=$(git rev-parse HEAD)" \
+  "${torch_args[@]}" -t cxr-pipeline:bench . >/tmp/cxr-image-build.log 2>&1 \
+  || { tail -30 /tmp/cxr-image-build.log; exit 1; }
+built=$(date +%s)
+echo "image built in $((built - started)) s from $base; size $(podman image inspect cxr-pipeline:bench --format '{{.Size}}' | numfmt --to=iec)"
+work=$(mktemp -d)
+chown 10001:10001 "$work"
+podman run --rm --network host --volume "$work:/data" --env CXR_STEP_THREADS=1 cxr-pipeline:bench \
+  cxr-pipeline demo --job smoke >/tmp/cxr-image-smoke.log 2>&1 || { tail -40 /tmp/cxr-image-smoke.log; exit 1; }
+ran=$(date +%s)
+grep -o "RUN_SUCCESS" /tmp/cxr-image-smoke.log | head -1
+echo "smoke job inside the image: $((ran - built)) s; models: $(ls "$work/models/current" | tr '\n' ' ')"
