@@ -9,21 +9,23 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS wheel
+# extra pip options for both stages, e.g. "--cert /path/ca.pem" behind a TLS-inspecting proxy,
+# "--find-links /wheels-local" for wheels mounted at build time
+ARG PIP_OPTIONS=""
 WORKDIR /src
 COPY pyproject.toml README.md definitions.py workspace.yaml ./
 COPY cxr_pipeline ./cxr_pipeline
 COPY assets ./assets
 COPY resources ./resources
 COPY jobs ./jobs
-RUN python3 -m venv /opt/build && /opt/build/bin/pip install "setuptools>=77" \
-    && /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
+RUN python3 -m venv /opt/build && /opt/build/bin/pip install ${PIP_OPTIONS} "setuptools>=77" \
+    && /opt/build/bin/pip wheel ${PIP_OPTIONS} --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
 # torch first, from the index that matches the hardware (the CPU build by default; a CUDA index
 # for GPU nodes: the CUDA libraries come as wheels, so the slim base image serves both)
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-# extra pip options, e.g. "--find-links /wheels-local" for a build without the torch index
 ARG PIP_OPTIONS=""
 # the commit the image was built from: MLflow's mlflow.source.git.commit on every run it makes
 ARG GIT_COMMIT=unknown

@@ -24,8 +24,9 @@ setup() {
     "$VENV/bin/python" -m pip install --quiet "torch==${CXR_TORCH_VERSION:-2.13.0}"
   fi
   "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
-  init_instance
-  size_training_pool
+  # the work folder's Dagster instance (jobs/cli.py): its dagster.yaml (pools, the library's logs
+  # routed into runs), its SQLite storage made once, the heavy steps' pool sized to this machine
+  "$VENV/bin/cxr-pipeline" init
 }
 
 # Lint, format and types before the tests (configured in pyproject.toml): ruff on the whole tree,
@@ -36,32 +37,12 @@ lint() {
   "$VENV/bin/mypy"
 }
 
-# Heavy steps (training and evaluation) share the "cxr_training" concurrency pool across runs: as
-# many at once as the machine's share (cxr_pipeline/compute.py; CXR_HEAVY_STEPS overrides). Every
-# other pool (the work-folder writers) takes one step at a time (default_limit in dagster.yaml).
-size_training_pool() {
-  "$VENV/bin/dagster" instance concurrency set cxr_training "$("$VENV/bin/python" -m cxr_pipeline.compute)" >/dev/null
-}
-
-# Create the Dagster instance's SQLite storage once, before any run: two runs started together on
-# a fresh DAGSTER_HOME would otherwise both create it and one fails on the schema revision.
-init_instance() {
-  [ -f "$DAGSTER_HOME/history/runs.db" ] && return 0
-  (
-    flock 9
-    [ -f "$DAGSTER_HOME/history/runs.db" ] || "$VENV/bin/dagster" instance migrate >/dev/null
-  ) 9>"$DAGSTER_HOME/.instance-init.lock"
-}
-
 export CXR_HOME="${CXR_HOME:-$PWD/work}"
 export DAGSTER_HOME="${DAGSTER_HOME:-$CXR_HOME/dagster_home}"
 mkdir -p "$CXR_HOME" "$DAGSTER_HOME"
 # Where the UIs are served: links in Dagster metadata, MLflow run notes and the app use these.
 export CXR_DAGSTER_URL="${CXR_DAGSTER_URL:-http://127.0.0.1:3000}"
 export CXR_MLFLOW_UI_URL="${CXR_MLFLOW_UI_URL:-http://127.0.0.1:5000}"
-if [ ! -f "$DAGSTER_HOME/dagster.yaml" ]; then
-  printf 'concurrency:\n  pools:\n    default_limit: 1\n' > "$DAGSTER_HOME/dagster.yaml"
-fi
 
 command=${1:-demo}
 shift || true

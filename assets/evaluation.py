@@ -19,7 +19,7 @@ from typing import Any
 import dagster as dg
 import pydantic
 
-from cxr_pipeline import compute, kinds
+from cxr_pipeline import compute, kinds, tracking
 from cxr_pipeline.evaluation.caps import caps_for
 from cxr_pipeline.evaluation.outcome import Evaluation, EvaluationOutcome, PromotionPolicy, SamplingBudget, SuiteInputs
 from cxr_pipeline.evaluation.publish import evaluation_tags, publish_outcome, write_outcome
@@ -141,6 +141,8 @@ def _publish(
         tags=evaluation_tags(outcome),
         experiment=mlflow_tracking.evaluation_experiment,
     ) as run:
+        # the splits it read: the baselines fit on train and val, the figures are on test
+        tracking.log_split_inputs(settings.paths(), settings.profile_spec().name, ("train", "val", "test"))
         run_id = publish_outcome(outcome, folder, html)
     context.log.info(f"report: {html}")
     verdicts = outcome.baseline_verdicts()

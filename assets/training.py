@@ -81,15 +81,14 @@ def recipe_config(recipe: type[TrainingRecipe], name: str) -> Any:
 
 
 def progress_logger(context: dg.AssetExecutionContext):
-    """Training events -> Dagster log lines and MLflow step metrics."""
+    """Training events -> MLflow step metrics and tags. Their log lines come from the library's
+    logger (``cxr_pipeline.models.training``), which the instance routes into the run's log
+    (``python_logs.managed_python_loggers`` in the instance's dagster.yaml)."""
 
     def report(event: TrainEvent) -> None:
-        if event.kind in ("resume", "wait"):
-            context.log.warning(event.describe())
         if event.kind == "resume":
             mlflow.set_tag(f"{event.part}_resumed_from_step" if event.part else "resumed_from_step", str(event.step))
         if event.kind in ("step", "eval"):
-            context.log.info(event.describe())
             mlflow.log_metrics(event.logged_metrics(), step=event.step)
 
     return report

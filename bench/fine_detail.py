@@ -66,18 +66,20 @@ def figures(home: Path, limit: int) -> list[dict]:
     out.append(paired("bicubic x4", bicubic, real))
     if has_current_model(paths, "latent_sr_x4"):
         sr = LatentSuperResolution.from_pretrained(current_model(paths, "latent_sr_x4").model_dir)
-        out.append(paired("latent SR x4, DDIM 50", sr(low4, steps=50), real))
+        out.append(paired("latent SR x4, DDIM 50", sr(low4, num_inference_steps=50), real))
     if has_current_model(paths, kinds.ARBITRARY_SR.key):
         arbitrary = ArbitraryScaleSuperResolution.from_pretrained(
             current_model(paths, kinds.ARBITRARY_SR.key).model_dir
         )
         for scale in (2, 4):
             low = degraded_images(sr_pair_dir(paths.pairs, scale), rows)
-            out.append(paired(f"arbitrary SR x{scale}, DDIM 20", arbitrary(low, scale=scale, steps=20), real))
+            out.append(
+                paired(f"arbitrary SR x{scale}, DDIM 20", arbitrary(low, scale=scale, num_inference_steps=20), real)
+            )
     labelled = split_rows(metadata, "test", limit, labelled=True)
     if has_current_model(paths, kinds.CLASS_DDPM.key):
         generator = ClassConditionalGenerator.from_pretrained(current_model(paths, kinds.CLASS_DDPM.key).model_dir)
-        samples = generator(labelled["class_id"].astype(int).tolist(), steps=50)
+        samples = generator(labelled["class_id"].astype(int).tolist(), num_inference_steps=50)
         out.append(
             {
                 "output": "class samples, DDIM 50",
@@ -90,7 +92,7 @@ def figures(home: Path, limit: int) -> list[dict]:
         out.append(
             {
                 "output": "text samples, DDIM 20",
-                "detail": round(set_detail_ratio(text(test.prompts, steps=20), test.images), 3),
+                "detail": round(set_detail_ratio(text(test.prompts, num_inference_steps=20), test.images), 3),
             }
         )
     if has_current_model(paths, kinds.DENOISER.key):
@@ -98,7 +100,7 @@ def figures(home: Path, limit: int) -> list[dict]:
         noisy = degraded_images(low_dose_pair_dir(paths.pairs, dose), rows)
         denoiser = LowDoseDenoiser.from_pretrained(current_model(paths, kinds.DENOISER.key).model_dir)
         out.append(paired(f"low-dose input, I0 {dose:g}", noisy, real))
-        out.append(paired(f"denoiser, I0 {dose:g}, DDIM 20", denoiser(noisy, dose=dose, steps=20), real))
+        out.append(paired(f"denoiser, I0 {dose:g}, DDIM 20", denoiser(noisy, dose=dose, num_inference_steps=20), real))
     return out
 
 

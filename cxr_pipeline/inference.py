@@ -2,7 +2,7 @@
 out. The kind comes from the folder itself and the registry (``cxr_pipeline.kinds``) gives its
 pipeline; to sample many times, load the pipeline once (``load_pipeline``) and call it.
 
-    images = generate_from_text("cxr-text-ldm", ["Moderate right pleural effusion."], guidance=3, steps=50)
+    images = generate_from_text("cxr-text-ldm", ["Moderate right pleural effusion."], guidance_scale=3, num_inference_steps=50)
     high = super_resolve("cxr-arbitrary-sr", low_resolution, scale=3.3)
 """
 
@@ -41,5 +41,5 @@ def denoise(model: str | Path, noisy: torch.Tensor, *, device: str = "auto", **o
 
 
 def generate_from_text(model: str | Path, reports: Sequence[str], *, device: str = "auto", **options) -> torch.Tensor:
-    """``generate_from_text("cxr-text-ldm", ["Moderate right pleural effusion."], guidance=3, steps=50, seed=0)``."""
+    """``generate_from_text("cxr-text-ldm", ["Moderate right pleural effusion."], guidance_scale=3, num_inference_steps=50, generator=0)``."""
     return load_pipeline(model, device)(reports, **options)

@@ -8,6 +8,7 @@ model folder itself (safetensors + config files); versions registered as plain f
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import mlflow
@@ -19,6 +20,7 @@ from .data.atomic import atomic_folder
 from .settings import WorkPaths, tracking_uri_for, work_home
 
 PIPELINE_ARTIFACT = "pipeline"
+logger = logging.getLogger(__name__)
 
 
 def pipeline_folder(model_root: Path) -> Path:
@@ -65,12 +67,17 @@ def registry_folder(name: str, version: str, cache: Path, tracking_uri: str | No
     """The model folder of a registered version, downloaded into ``cache`` once."""
     destination = Path(cache) / name / f"v{version}"
     if not destination.exists():
+        logger.info(
+            "downloading %s v%s from %s into %s", name, version, tracking_uri or "the tracking store", destination
+        )
         with atomic_folder(destination) as tmp:  # an interrupted download is never taken for a model
             download_model(name, version, tmp, tracking_uri)
     return model_folder(destination)
 
 
-def resolve_model(model: str | Path, alias: str = "champion", tracking_uri: str | None = None) -> Path:
+def resolve_model(
+    model: str | Path, alias: str = "champion", tracking_uri: str | None = None, cache: Path | None = None
+) -> Path:
     """A model folder as given, or a model in the tracking store, downloaded once under
     ``$CXR_HOME/models/registry``, named the ways MLflow users name them:
 
@@ -78,15 +85,17 @@ def resolve_model(model: str | Path, alias: str = "champion", tracking_uri: str 
     - ``models:/cxr-class-ddpm/3``, ``models:/cxr-class-ddpm@challenger``: a version, an alias
     - ``runs:/<run id>/model``: a model logged by a run, registered or not
 
-    Without an explicit store: ``MLFLOW_TRACKING_URI``, else the default store under CXR_HOME."""
+    Without an explicit store: ``MLFLOW_TRACKING_URI``, else the default store under CXR_HOME;
+    without an explicit ``cache``, that work folder's registry cache."""
     if Path(model).exists():
         return Path(model)
     home = work_home()
     uri = tracking_uri or tracking_uri_for(home)
+    cache = Path(cache) if cache is not None else WorkPaths(home).registry_cache
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     text = str(model)
     if text.startswith("runs:/"):
-        return run_model_folder(text, WorkPaths(home).registry_cache, uri)
+        return run_model_folder(text, cache, uri)
     name, version, alias = parse_model_uri(text, alias)
     if version is None:
         try:
@@ -103,7 +112,7 @@ def resolve_model(model: str | Path, alias: str = "champion", tracking_uri: str 
             raise FileNotFoundError(
                 f"{model!r}: registered model {name!r} has no version {version} in {uri}{_versions_held(client, name)}"
             ) from error
-    return registry_folder(name, version, WorkPaths(home).registry_cache, uri)
+    return registry_folder(name, version, cache, uri)
 
 
 def parse_model_uri(model: str, alias: str = "champion") -> tuple[str, str | None, str]:
@@ -132,6 +141,7 @@ def run_model_folder(uri: str, cache: Path, tracking_uri: str | None = None) -> 
         raise FileNotFoundError(f"{uri!r}: no run {run_id!r} in {tracking_uri}") from error
     destination = Path(cache) / "runs" / run_id / (artifact or "root")
     if not destination.exists():
+        logger.info("downloading %s into %s", uri, destination)
         with atomic_folder(destination) as tmp:
             try:  # MLflow resolves the name to a logged model of the run (MLflow 3) or its artifact folder
                 mlflow.artifacts.download_artifacts(

@@ -36,12 +36,17 @@ def record_source(paths: WorkPaths, data_dir: Path) -> dict:
     return source
 
 
+def data_source(paths: WorkPaths) -> dict:
+    """Which data folder this work folder ingested (``record_source``), "unknown" before ingestion."""
+    source_file = paths.ingestion / SOURCE_FILE
+    if not source_file.exists():
+        return {"data_dir": "unknown", "synthetic_demo": None}
+    return json.loads(source_file.read_text())
+
+
 def training_provenance(paths: WorkPaths, profile: str) -> dict:
     """The data a model trained now in this work folder learns from."""
-    source_file = paths.ingestion / SOURCE_FILE
-    source = (
-        json.loads(source_file.read_text()) if source_file.exists() else {"data_dir": "unknown", "synthetic_demo": None}
-    )
+    source = data_source(paths)
     metadata = pd.read_parquet(paths.metadata, columns=["split", "patient_id", "label_source"])
     splits = {
         split: {"images": int(len(rows)), "patients": int(rows["patient_id"].nunique())}

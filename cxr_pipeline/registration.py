@@ -30,6 +30,7 @@ from .promotion import accept
 from .settings import WorkPaths
 
 StartRun = Callable[[str, dict], AbstractContextManager]
+PREVIEW_KEY = "samples"  # the preview grids' image key in MLflow
 
 
 @dataclass
@@ -108,13 +109,16 @@ def train_and_register(
     carries both."""
     kind = plan.kind
     with start_run(kind.registered_name, {"data.split_hash": plan.data_hash, "model": kind.registered_name}) as run:
+        lineage = provenance.training_provenance(paths, profile)
+        # what it learns from and is checked on, before training: a run that fails still says so
+        tracking.log_split_inputs(paths, profile, ("train", "val"))
         mlflow.log_params({**plan_params(plan), **(extra_params or {})})
         outcome, reported = train(run.info.run_id)
         if outcome.metrics:
             mlflow.log_metrics({f"final_{k}": v for k, v in outcome.metrics.items()})
         for step, grid in sorted(outcome.previews.items()):
-            mlflow.log_image(np.asarray(grid), f"samples/step_{step:07d}.png")
-        lineage = provenance.training_provenance(paths, profile)
+            # one image key with steps: the run page's step slider over the preview grids
+            mlflow.log_image(np.asarray(grid), key=PREVIEW_KEY, step=step)
         provenance.write(outcome.model_dir, lineage)
         metadata = {"provenance": lineage, **input_references(kind, paths, outcome.model_dir)}
         mlflow.set_tags(provenance.as_tags(lineage))

@@ -1,7 +1,7 @@
 """Registered models as MLflow pyfunc models, so MLflow users load and serve them the usual way:
 
     model = mlflow.pyfunc.load_model("models:/cxr-latent-sr-x4@champion")
-    high = model.predict(low_resolution, params={"seed": 0, "steps": 50})
+    high = model.predict(low_resolution, params={"seed": 0, "num_inference_steps": 50})
     # mlflow models serve -m models:/cxr-latent-sr-x4@champion --env-manager local
 
 Each model is logged as code (``serving_model.py``, MLflow's models-from-code: no pickled Python)
@@ -12,16 +12,16 @@ folder itself:
 
 | kind | input | output | params |
 | --- | --- | --- | --- |
-| latent SR | LR images (N, 1, h, w) float32 in [0, 1] | (N, 1, h*scale, w*scale) | seed, steps, strength |
-| arbitrary-scale SR | LR images (N, 1, h, w) | (N, 1, round(h*scale), round(w*scale)) | seed, steps, strength, scale |
-| denoiser | low-dose images (N, 1, S, S) | restored images, same shape | seed, steps, strength, dose |
-| class model | class ids (N,) int64 | images (N, 1, S, S) | seed, steps, guidance |
-| text model | reports: a ``report`` column of strings | images (N, 1, S, S) | seed, steps, guidance |
+| latent SR | LR images (N, 1, h, w) float32 in [0, 1] | (N, 1, h*scale, w*scale) | seed, num_inference_steps, strength |
+| arbitrary-scale SR | LR images (N, 1, h, w) | (N, 1, round(h*scale), round(w*scale)) | seed, num_inference_steps, strength, scale |
+| denoiser | low-dose images (N, 1, S, S) | restored images, same shape | seed, num_inference_steps, strength, dose |
+| class model | class ids (N,) int64 | images (N, 1, S, S) | seed, num_inference_steps, guidance_scale |
+| text model | reports: a ``report`` column of strings | images (N, 1, S, S) | seed, num_inference_steps, guidance_scale |
 | report encoder | reports: a ``report`` column of strings | pooled embeddings (N, H) | |
 | VAE | images (N, 1, S, S) | reconstructions | |
 | classifier | images (N, 1, S, S) | class probabilities (N, C) | |
 
-A negative ``strength``, ``guidance`` or ``dose`` means the model's own default (the value it was
+A negative ``strength``, ``guidance_scale`` or ``dose`` means the model's own default (the value it was
 saved with; for ``dose``, the unknown-dose embedding).
 """
 

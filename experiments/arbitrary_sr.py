@@ -175,12 +175,12 @@ def main() -> None:
             )
             stages[f"val x{scale:g}, 50 steps"] = time.perf_counter() - started
             started = time.perf_counter()
-            coarse = model(low, size=tuple(high.shape[-2:]), steps=20, seed=0)
+            coarse = model(low, size=tuple(high.shape[-2:]), num_inference_steps=20, generator=0)
             stages[f"val x{scale:g}, 20 steps (model only)"] = time.perf_counter() - started
             clamped = "—"
             if model.scale_conditioned and scale > model.scale_range[1]:
                 model.extrapolate = False
-                told = model(low, size=tuple(high.shape[-2:]), steps=20, seed=0)
+                told = model(low, size=tuple(high.shape[-2:]), num_inference_steps=20, generator=0)
                 model.extrapolate = True
                 clamped = round(float(per_image_scores(told, high)["psnr"].mean()), 2)
             summaries, versus = result.summaries, result.versus
@@ -197,7 +197,12 @@ def main() -> None:
                     "gain over bicubic": result.gains["arbitrary"].text(2),
                     "fixed-scale": round(summaries["fixed"]["psnr"].mean, 2) if "fixed" in summaries else "—",
                     "fixed-scale (20)": round(
-                        float(per_image_scores(fixed[scale](low, steps=20, seed=0), high)["psnr"].mean()), 2
+                        float(
+                            per_image_scores(fixed[scale](low, num_inference_steps=20, generator=0), high)[
+                                "psnr"
+                            ].mean()
+                        ),
+                        2,
                     )
                     if scale in fixed
                     else "—",

@@ -77,7 +77,7 @@ def main() -> None:
         for rendering in RENDERINGS if float(high.shape[-1]) % model.factor else ("pad",):
             model.rendering = rendering
             started = time.perf_counter()
-            out = model(low, scale=scale, steps=args.steps, seed=0)
+            out = model(low, scale=scale, num_inference_steps=args.steps, generator=0)
             found.append({**scores(rendering, scale, out, high, low), "seconds": time.perf_counter() - started})
     table = pd.DataFrame(found)
     bicubic = table[table["method"] == "bicubic"].set_index("scale")["psnr"]

@@ -192,7 +192,7 @@ def main() -> None:
                     denoiser, val_clean, val_noisy[dose], dose, STRENGTHS, args.ddim_steps
                 )
                 best = search.loc[search["val PSNR"].idxmax()]
-                restored = denoiser(val_noisy[dose], dose=dose, strength=strength, steps=args.ddim_steps)
+                restored = denoiser(val_noisy[dose], dose=dose, strength=strength, num_inference_steps=args.ddim_steps)
                 scores = per_image_scores(restored, val_clean)
                 table.append(
                     {

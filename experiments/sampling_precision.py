@@ -69,8 +69,8 @@ def latent_sr(paths: WorkPaths, val: pd.DataFrame, args) -> tuple[type, str, Sco
 
     def score(model: LatentSuperResolution) -> dict[str, float]:
         return {
-            **restoration_scores("x4 from noise", model(low, steps=50), high),
-            **restoration_scores("x4 from LR", model(low, steps=50, strength=0.3), high),
+            **restoration_scores("x4 from noise", model(low, num_inference_steps=50), high),
+            **restoration_scores("x4 from LR", model(low, num_inference_steps=50, strength=0.3), high),
         }
 
     return LatentSuperResolution, record.model_dir, score
@@ -89,7 +89,7 @@ def arbitrary_sr(paths: WorkPaths, val: pd.DataFrame, args) -> tuple[type, str, 
     def score(model: ArbitraryScaleSuperResolution) -> dict[str, float]:
         return {
             f"x{scale:g} PSNR": float(
-                per_image_scores(model(low, size=tuple(high.shape[-2:]), steps=20), high)["psnr"].mean()
+                per_image_scores(model(low, size=tuple(high.shape[-2:]), num_inference_steps=20), high)["psnr"].mean()
             )
             for scale, (high, low) in inputs.items()
         }
@@ -122,7 +122,7 @@ def class_ddpm(paths: WorkPaths, val: pd.DataFrame, args) -> tuple[type, str, Sc
     wanted = np.repeat(np.arange(classes), args.per_class)
 
     def score(model: ClassConditionalGenerator) -> dict[str, float]:
-        features, probabilities = embed(classifier, model(wanted.tolist(), steps=50))
+        features, probabilities = embed(classifier, model(wanted.tolist(), num_inference_steps=50))
         accuracy, per_class = conditional_accuracy(probabilities.argmax(1), wanted, classes)
         return {
             "cond_acc": accuracy,

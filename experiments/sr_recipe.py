@@ -165,7 +165,7 @@ def main() -> None:
             train_s = time.perf_counter() - started
             for strength in [float(s) for s in args.strengths.split(",")]:
                 images = LatentSuperResolution.from_pretrained(outcome.model_dir, "cpu")(
-                    low, steps=args.ddim_steps, strength=strength
+                    low, num_inference_steps=args.ddim_steps, strength=strength
                 )
                 score(name, images, train_s, f"DDIM {args.ddim_steps}, strength {strength:g}")
     print(pd.DataFrame(table).to_markdown(index=False))

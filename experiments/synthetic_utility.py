@@ -94,13 +94,13 @@ def main() -> None:
         su.CLASS_GENERATOR: timed(
             "class_ddpm",
             lambda ids, seed: ClassConditionalGenerator.from_pretrained(pointers[su.CLASS_GENERATOR].model_dir)(
-                ids, steps=args.ddim_steps, seed=seed
+                ids, num_inference_steps=args.ddim_steps, generator=seed
             ).cpu(),
         ),
         su.TEXT_GENERATOR: timed(
             "text_ldm",
             lambda reports, seed: TextConditionalGenerator.from_pretrained(pointers[su.TEXT_GENERATOR].model_dir)(
-                reports, steps=args.ddim_steps, seed=seed
+                reports, num_inference_steps=args.ddim_steps, generator=seed
             ).cpu(),
         ),
     }

@@ -121,7 +121,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         model = TextConditionalGenerator.from_pretrained(outcome.model_dir, "cpu")
         for scale in [float(g) for g in args.guidance.split(",")]:
-            images = model(val.prompts, guidance=scale, steps=args.ddim_steps, seed=0)
+            images = model(val.prompts, guidance_scale=scale, num_inference_steps=args.ddim_steps, generator=0)
             features, probabilities = embed(classifier, images)
             predicted = predicted_classes(
                 model,

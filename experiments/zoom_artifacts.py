@@ -53,7 +53,7 @@ def main() -> None:
         zoomed = (
             images
             if zoom == 1
-            else model(torch.from_numpy(images)[:, None], scale=zoom, steps=args.steps, seed=0)[:, 0]
+            else model(torch.from_numpy(images)[:, None], scale=zoom, num_inference_steps=args.steps, generator=0)[:, 0]
             .float()
             .cpu()
             .numpy()

@@ -6,6 +6,7 @@
     cxr-pipeline dev             the Dagster UI on the work folder
     cxr-pipeline app             the interactive app over the champion models
     cxr-pipeline mlflow          the MLflow UI over the work folder's store
+    cxr-pipeline init            only prepare the work folder's Dagster instance
 
 Every command works on ``CXR_HOME`` (default ``./work``) with ``DAGSTER_HOME`` inside it, as
 ``run.sh`` does, and runs the tools of this environment (``python -m dagster``, ...), so it
@@ -23,8 +24,16 @@ from pathlib import Path
 
 import filelock
 
-# A fresh instance runs one step at a time in every pool but the heavy steps' (sized below).
-INSTANCE_YAML = "concurrency:\n  pools:\n    default_limit: 1\n"
+# A fresh instance runs one step at a time in every pool but the heavy steps' (sized below), and
+# routes the library's Python logging (logging.getLogger("cxr_pipeline...")) into each run's log.
+INSTANCE_YAML = """concurrency:
+  pools:
+    default_limit: 1
+python_logs:
+  managed_python_loggers:
+    - cxr_pipeline
+  python_log_level: DEBUG
+"""
 
 
 def environment(home: str | None = None) -> dict[str, str]:
@@ -82,9 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("dev", help="the Dagster UI (dagster dev) on the work folder")
     commands.add_parser("app", help="the interactive app over the champion models")
     commands.add_parser("mlflow", help="the MLflow UI over the work folder's store")
+    commands.add_parser("init", help="only prepare the work folder's Dagster instance (run.sh setup calls it)")
     args, extra = parser.parse_known_args(argv)
     env = environment(args.home)
     Path(env["CXR_HOME"]).mkdir(parents=True, exist_ok=True)
+    if args.command == "init":
+        prepare_instance(env)
+        return 0
     if args.command == "demo":
         prepare_instance(env)
         return _exec(["-m", "dagster", "job", "execute", "-m", "definitions", "-j", args.job, *extra], env)

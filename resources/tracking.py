@@ -42,7 +42,7 @@ class MlflowTracking(dg.ConfigurableResource):
         self, context: dg.AssetExecutionContext, run_name: str, tags: dict | None = None, experiment: str | None = None
     ):
         """One MLflow run in ``experiment`` (default the training one), tagged with the Dagster
-        lineage (run id, asset, partition, commit)."""
+        lineage (run id, asset, partition) and the code's commit, branch and dirty flag."""
         experiment_id = self.activate(experiment)
         dagster_run = f"{dagster_ui_url(self.dagster_url)}/runs/{context.run.run_id}"
         lineage = {
@@ -53,7 +53,7 @@ class MlflowTracking(dg.ConfigurableResource):
             f"asset `{context.asset_key.to_user_string()}`.",
             "dagster.asset_key": context.asset_key.to_user_string(),
             "dagster.partition": context.partition_key if context.has_partition_key else "",
-            "git.commit": tracking.git_commit(),
+            **tracking.source_tags(),
             **(tags or {}),
         }
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=lineage) as active:

@@ -95,7 +95,7 @@ def locate_uri(model: kinds.ModelKind, context: AppContext, uri: str) -> Located
     """A model named by URI (``models:/name/3``, ``models:/name@alias``, ``runs:/<id>/model``),
     downloaded once under the work folder; refused when it is another kind of model."""
     try:
-        folder = resolve_model(uri, tracking_uri=context.tracking_uri)
+        folder = resolve_model(uri, tracking_uri=context.tracking_uri, cache=context.paths.registry_cache)
     except (FileNotFoundError, ValueError) as missing:
         raise ModelUnavailable(str(missing)) from None
     held = kinds.kind_of_folder(folder)

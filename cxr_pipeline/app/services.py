@@ -25,7 +25,7 @@ from ..evaluation.denoising import nlm_denoise, vst_nlm_denoise
 from ..metrics.appearance import appearance
 from ..metrics.restoration import per_image_scores, sample_spread
 from ..models.diffusion import sampling_progress
-from ..models.pipelines import ArbitraryScaleSuperResolution, DiffusionPipeline, LowDoseDenoiser
+from ..models.pipelines import ArbitraryScaleSuperResolution, CxrPipeline, LowDoseDenoiser
 from .registry import AppContext
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
@@ -36,7 +36,7 @@ Progress = Callable[[int, int], None]  # (steps done, steps in all)
 
 @torch.no_grad()
 def generate(
-    pipeline: DiffusionPipeline,
+    pipeline: CxrPipeline,
     conditions: Sequence,
     *,
     guidance: float,
@@ -49,7 +49,10 @@ def generate(
     with sampling_progress(_over(progress, len(conditions))):
         return np.stack(
             [
-                pipeline([condition], guidance=guidance, steps=steps, seed=seed + i)[0, 0].float().cpu().numpy()
+                pipeline([condition], guidance_scale=guidance, num_inference_steps=steps, generator=seed + i)[0, 0]
+                .float()
+                .cpu()
+                .numpy()
                 for i, condition in enumerate(conditions)
             ]
         )
@@ -73,8 +76,8 @@ def upscale(
                 pipeline(
                     torch.from_numpy(np.ascontiguousarray(image)).float()[None, None],
                     scale=scale,
-                    steps=steps,
-                    seed=seed + i,
+                    num_inference_steps=steps,
+                    generator=seed + i,
                 )[0, 0]
                 .float()
                 .cpu()
@@ -179,7 +182,9 @@ def super_resolve_upload(
         target = (round(image.shape[0] * scale), round(image.shape[1] * scale))
     bicubic = bicubic_to(low, target)
     batch = torch.from_numpy(np.ascontiguousarray(low)).float()[None, None]
-    output, spread = _over_seeds(lambda seed: pipeline(batch, size=target, steps=steps, seed=seed), seeds, progress)
+    output, spread = _over_seeds(
+        lambda seed: pipeline(batch, size=target, num_inference_steps=steps, generator=seed), seeds, progress
+    )
     return Restoration(
         "super-resolution",
         low,
@@ -216,7 +221,9 @@ def denoise_upload(
         baseline = vst_nlm_denoise(batch, [DetectorCounts(dose)], vst_factor)[0, 0].numpy()
     else:
         baseline_name, baseline = "non-local means", nlm_denoise(batch, nlm_factor)[0, 0].numpy()
-    output, spread = _over_seeds(lambda seed: pipeline(batch, dose=dose, steps=steps, seed=seed), seeds, progress)
+    output, spread = _over_seeds(
+        lambda seed: pipeline(batch, dose=dose, num_inference_steps=steps, generator=seed), seeds, progress
+    )
     reference = image if simulate else None
     return Restoration(
         "denoising",

@@ -13,7 +13,7 @@ from .. import provenance
 from ..kinds.base import native_size
 from ..model_source import registry_folder
 from ..models.input_distribution import InputDistribution, Novelty, ReportDistribution, ReportNovelty, novelty
-from ..models.pipelines import DiffusionPipeline
+from ..models.pipelines import CxrPipeline
 from ..models.vae import encode_mean, load_vae
 from .registry import APP_MODELS, AppContext, LocatedModel, ModelUnavailable, locate
 
@@ -31,7 +31,7 @@ def _autoencoder(folder: str):
 
 
 def input_novelty(
-    pipeline: DiffusionPipeline, located: LocatedModel, image: np.ndarray, context: AppContext
+    pipeline: CxrPipeline, located: LocatedModel, image: np.ndarray, context: AppContext
 ) -> Novelty | None:
     """How far ``image`` (at the model's size) lies from the model's training images, in the latent
     space of the autoencoder the reference was fitted with (``models/input_distribution.py``);

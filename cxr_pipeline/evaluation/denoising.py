@@ -168,9 +168,9 @@ def tune_denoiser_strength(
         {
             "strength": strength,
             "val PSNR": float(
-                per_image_scores(model(noisy, dose=dose, strength=strength, steps=ddim_steps, seed=seed), clean)[
-                    "psnr"
-                ].mean()
+                per_image_scores(
+                    model(noisy, dose=dose, strength=strength, num_inference_steps=ddim_steps, generator=seed), clean
+                )["psnr"].mean()
             ),
         }
         for strength in strengths
@@ -280,10 +280,10 @@ def evaluate_denoising(
 ) -> RestorationEvaluation:
     dose, noisy = baselines.dose, baselines.noisy
     task = f"denoise_i0_{dose:g}"
-    restored = model(noisy, dose=dose, strength=strength, steps=ddim_steps, seed=seed)
+    restored = model(noisy, dose=dose, strength=strength, num_inference_steps=ddim_steps, generator=seed)
     figures = []
     spread = seed_spread(
-        lambda inputs, s: model(inputs, dose=dose, strength=strength, steps=ddim_steps, seed=s),
+        lambda inputs, s: model(inputs, dose=dose, strength=strength, num_inference_steps=ddim_steps, generator=s),
         noisy,
         restored,
         spread_seeds,

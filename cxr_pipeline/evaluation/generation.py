@@ -212,7 +212,7 @@ def evaluate_generation(
     prior_matched = np.resize(labels, count)  # the test class mix, repeated or cut to the count
     balanced = np.repeat(np.arange(len(class_names)), samples_per_class)
     wanted = np.concatenate([prior_matched, balanced])
-    samples = model(wanted.tolist(), guidance=guidance, steps=ddim_steps, seed=seed)
+    samples = model(wanted.tolist(), guidance_scale=guidance, num_inference_steps=ddim_steps, generator=seed)
     fd_set, balanced_set = samples[:count], samples[count:]
 
     real_features, real_probabilities = embed(classifier, real_test)

@@ -23,7 +23,7 @@ from ..settings import WorkPaths
 from .caps import Draw, EvaluationCaps, split_draw
 
 if TYPE_CHECKING:
-    from ..models.pipelines import DiffusionPipeline
+    from ..models.pipelines import CxrPipeline
 
 Log = Callable[[str], None]
 Options = TypeVar("Options")
@@ -39,9 +39,9 @@ class SamplingBudget:
     bootstrap_resamples: int = 2000
     seed: int = 0
     device: str = "auto"
-    precision: str = "auto"  # the UNet's autocast while sampling (DiffusionPipeline): "auto", "no", "bf16", "fp16"
+    precision: str = "auto"  # the UNet's autocast while sampling (CxrPipeline): "auto", "no", "bf16", "fp16"
 
-    def params(self, pipeline: type[DiffusionPipeline]) -> dict:
+    def params(self, pipeline: type[CxrPipeline]) -> dict:
         """The budget for the run's params, with the precision this machine samples ``pipeline`` in."""
         return {**asdict(self), "sampling_precision": pipeline.resolved_precision(self.precision, self.device)}
 

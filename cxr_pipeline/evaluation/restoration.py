@@ -271,7 +271,7 @@ def evaluate_super_resolution(
     vae = model.model.vae
     ceiling = _batched_reconstruction(vae, high_resolution)
     through_vae = _batched_reconstruction(vae, bicubic)
-    ddim = model(low_resolution, sampler="ddim", steps=ddim_steps, seed=seed)
+    ddim = model(low_resolution, sampler="ddim", num_inference_steps=ddim_steps, generator=seed)
 
     def consistency(images: torch.Tensor) -> dict[str, np.ndarray]:
         return {"lr_consistency_psnr": lr_consistency_psnr(images, low_resolution)}
@@ -289,7 +289,7 @@ def evaluate_super_resolution(
         )
     figures, notes = [], []
     spread = seed_spread(
-        lambda inputs, s: model(inputs, sampler="ddim", steps=ddim_steps, seed=s),
+        lambda inputs, s: model(inputs, sampler="ddim", num_inference_steps=ddim_steps, generator=s),
         low_resolution,
         ddim,
         spread_seeds,
@@ -306,7 +306,9 @@ def evaluate_super_resolution(
         ddim,
     ]
     if lr_start_strength is not None:
-        from_lr = model(low_resolution, sampler="ddim", steps=ddim_steps, seed=seed, strength=lr_start_strength)
+        from_lr = model(
+            low_resolution, sampler="ddim", num_inference_steps=ddim_steps, generator=seed, strength=lr_start_strength
+        )
         methods.append(
             Method(
                 "ddim_from_lr",
@@ -317,7 +319,7 @@ def evaluate_super_resolution(
         )
         columns.append(from_lr)
     if full_chain:
-        chain = model(low_resolution, sampler="ddpm", seed=seed)
+        chain = model(low_resolution, sampler="ddpm", generator=seed)
         methods.append(
             Method("ddpm", f"Latent SR, full chain ({model.model.schedule.timesteps} steps)", chain, consistency(chain))
         )
@@ -395,7 +397,7 @@ def evaluate_arbitrary_scale(
     range_low, range_high = model.scale_range
     bicubic = torch.from_numpy(np.stack([bicubic_to(x[0].numpy(), size) for x in low_resolution])).unsqueeze(1)
     through_vae = model.without_diffusion(low_resolution, size=size)
-    restored = model(low_resolution, size=size, steps=ddim_steps, seed=seed)
+    restored = model(low_resolution, size=size, num_inference_steps=ddim_steps, generator=seed)
 
     def consistency(images: torch.Tensor, geometry: bool = False) -> dict[str, np.ndarray]:
         scores = {"lr_consistency_psnr": lr_consistency_psnr(images, low_resolution)}
@@ -428,7 +430,7 @@ def evaluate_arbitrary_scale(
     ).unsqueeze(1)
     columns, header = [nearest, bicubic, restored], "LR (nearest) | bicubic | arbitrary-scale SR"
     if fixed is not None:
-        fixed_out = fixed(low_resolution, steps=ddim_steps, seed=seed)
+        fixed_out = fixed(low_resolution, num_inference_steps=ddim_steps, generator=seed)
         methods.append(
             Method(
                 "fixed", f"Fixed-scale latent SR x{fixed.scale}, DDIM {ddim_steps}", fixed_out, consistency(fixed_out)
@@ -447,7 +449,7 @@ def evaluate_arbitrary_scale(
         f"{low_resolution.shape[-1]} px."
     ]
     spread = seed_spread(
-        lambda inputs, s: model(inputs, size=size, steps=ddim_steps, seed=s),
+        lambda inputs, s: model(inputs, size=size, num_inference_steps=ddim_steps, generator=s),
         low_resolution,
         restored,
         spread_seeds,

@@ -300,15 +300,17 @@ def evaluate_text_generation(
 
     # one sample per report (the distribution set), more for consistency, several of a few reports for diversity
     single = test.single_label()
-    generated = model(test.prompts, guidance=guidance, steps=ddim_steps, seed=seed)
-    unconditional = model([test.prompts[i] for i in single], guidance=0.0, steps=ddim_steps, seed=seed)
+    generated = model(test.prompts, guidance_scale=guidance, num_inference_steps=ddim_steps, generator=seed)
+    unconditional = model(
+        [test.prompts[i] for i in single], guidance_scale=0.0, num_inference_steps=ddim_steps, generator=seed
+    )
     chosen = [
         int(single[test.class_ids[single] == c][0])
         for c in range(len(class_names))
         if (test.class_ids[single] == c).any()
     ][:diversity_prompts]
     repeated = [test.prompts[i] for i in chosen for _ in range(diversity_samples)]
-    diverse = model(repeated, guidance=guidance, steps=ddim_steps, seed=seed + 7)
+    diverse = model(repeated, guidance_scale=guidance, num_inference_steps=ddim_steps, generator=seed + 7)
 
     real_features, real_probabilities = embed(classifier, test.images)
     val_features, _ = embed(classifier, val.images)

@@ -106,7 +106,10 @@ def predicted_classes(
     """The classifier's class for ``samples`` samples of each prompt, sample by sample: ``first``
     is the one already drawn at ``seed``, the others are drawn at ``seed + 1000 k``."""
     more = [
-        embed(classifier, model(list(prompts), guidance=guidance, steps=steps, seed=seed + 1000 * k))[1].argmax(1)
+        embed(
+            classifier,
+            model(list(prompts), guidance_scale=guidance, num_inference_steps=steps, generator=seed + 1000 * k),
+        )[1].argmax(1)
         for k in range(1, samples)
     ]
     return np.concatenate([np.asarray(first), *more])
@@ -265,7 +268,7 @@ def guidance_sweep(
     single = val.single_label()
     rows = []
     for scale in scales:
-        images = model(val.prompts, guidance=scale, steps=steps, seed=seed)
+        images = model(val.prompts, guidance_scale=scale, num_inference_steps=steps, generator=seed)
         features, probabilities = embed(classifier, images)
         predicted = predicted_classes(
             model,

@@ -191,7 +191,11 @@ def train(job: TrainingJob, progress: Progress = None, stop_after: int | None = 
 SERVING = ServingSpec(
     ArbitraryScaleSuperResolution.from_pretrained,
     lambda sr, x, p: sr(
-        request_images(x), scale=p["scale"], seed=p["seed"], steps=p["steps"], strength=given(p["strength"], 1.0)
+        request_images(x),
+        scale=p["scale"],
+        generator=p["seed"],
+        num_inference_steps=p["num_inference_steps"],
+        strength=given(p["strength"], 1.0),
     ).numpy(),
     lambda folder: gray(native_size(folder) // 4),
     "float32",

@@ -25,7 +25,7 @@ from ..evaluation.outcome import Evaluation
 from ..model_record import ModelRecord, current_model, has_current_model
 from ..models.diffusion import ScheduleConfig, UNetConfig, UNetProfile
 from ..models.model_folder import describe
-from ..models.pipelines import DiffusionPipeline
+from ..models.pipelines import CxrPipeline
 from ..models.training import TrainConfig, TrainingOutcome, TrainProgress
 from ..settings import WorkPaths
 
@@ -244,7 +244,7 @@ def warm_start_source(paths: WorkPaths, key: str, unet: UNetConfig, vae_dir: Pat
 
 
 def sampling_params(*extra: tuple[str, str, Any]) -> tuple[tuple[str, str, Any], ...]:
-    return (("seed", "long", 0), ("steps", "long", 50), *extra)
+    return (("seed", "long", 0), ("num_inference_steps", "long", 50), *extra)
 
 
 def given(value: float, fallback: float | None = None) -> float | None:
@@ -302,9 +302,7 @@ class ModelKind:
     plan: Callable[..., list[TrainingPlan]]  # (recipe, paths, profile name) -> the trainings to run
     serving: ServingSpec
     train: Callable[..., TrainingOutcome] | None = None  # (job, progress=, stop_after=): diffusion kinds
-    pipeline: type[DiffusionPipeline] | None = (
-        None  # the loaded-model class (diffusers habit: from_pretrained, __call__)
-    )
+    pipeline: type[CxrPipeline] | None = None  # the loaded-model class (diffusers habit: from_pretrained, __call__)
     unet_profiles: dict[str, UNetProfile] | None = None  # by profile name
     evaluation: Evaluation | None = None  # its suite bound to the models it reads; promotion names the champion
     per_scale: bool = False  # one registered model per scale (``<key>_x<scale>``)

@@ -118,15 +118,15 @@ SERVING = ServingSpec(
     ClassConditionalGenerator.from_pretrained,
     lambda model, x, p: model(
         np.asarray(x, dtype=np.int64).reshape(-1).tolist(),
-        seed=p["seed"],
-        steps=p["steps"],
-        guidance=given(p["guidance"]),
+        generator=p["seed"],
+        num_inference_steps=p["num_inference_steps"],
+        guidance_scale=given(p["guidance_scale"]),
     ).numpy(),
     lambda folder: np.zeros(1, np.int64),
     "int64",
     (-1,),
     IMAGES,
-    sampling_params(("guidance", "double", -1.0)),
+    sampling_params(("guidance_scale", "double", -1.0)),
 )
 
 

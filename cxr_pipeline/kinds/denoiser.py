@@ -105,7 +105,11 @@ def train(job: TrainingJob, progress: Progress = None, stop_after: int | None = 
 SERVING = ServingSpec(
     LowDoseDenoiser.from_pretrained,
     lambda model, x, p: model(
-        request_images(x), seed=p["seed"], steps=p["steps"], strength=given(p["strength"]), dose=given(p["dose"])
+        request_images(x),
+        generator=p["seed"],
+        num_inference_steps=p["num_inference_steps"],
+        strength=given(p["strength"]),
+        dose=given(p["dose"]),
     ).numpy(),
     lambda folder: gray(native_size(folder)),
     "float32",

@@ -109,7 +109,10 @@ def train(job: TrainingJob, progress: Progress = None, stop_after: int | None = 
 SERVING = ServingSpec(
     LatentSuperResolution.from_pretrained,
     lambda sr, x, p: sr(
-        request_images(x), seed=p["seed"], steps=p["steps"], strength=given(p["strength"], 1.0)
+        request_images(x),
+        generator=p["seed"],
+        num_inference_steps=p["num_inference_steps"],
+        strength=given(p["strength"], 1.0),
     ).numpy(),
     lambda folder: gray(native_size(folder) // describe(folder).settings_as(LatentSRSettings).scale),
     "float32",

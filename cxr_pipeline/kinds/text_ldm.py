@@ -137,13 +137,16 @@ def train(job: TrainingJob, progress: Progress = None, stop_after: int | None = 
 SERVING = ServingSpec(
     TextConditionalGenerator.from_pretrained,
     lambda model, x, p: model(
-        request_reports(x), seed=p["seed"], steps=p["steps"], guidance=given(p["guidance"])
+        request_reports(x),
+        generator=p["seed"],
+        num_inference_steps=p["num_inference_steps"],
+        guidance_scale=given(p["guidance_scale"]),
     ).numpy(),
     report_example,
     "string",
     (-1,),
     IMAGES,
-    sampling_params(("guidance", "double", -1.0)),
+    sampling_params(("guidance_scale", "double", -1.0)),
 )
 
 

@@ -19,6 +19,8 @@ A trained model's folder (weights, schedule, typed settings) is :mod:`.model_fol
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from diffusers.training_utils import compute_snr
+from tqdm.auto import tqdm
 
 from .. import compute
 
@@ -308,6 +311,30 @@ def sampling_progress(callback: Callable[[int, int], None] | None):
         _sampling_progress.reset(token)
 
 
+# A progress bar over each reverse-diffusion chain (tqdm): on in a terminal and in a notebook,
+# off where output goes to a file or a pipe (Dagster steps, CI). CXR_PROGRESS_BARS=0 / 1 forces
+# it either way, as does set_progress_bars (or a pipeline's set_progress_bar_config).
+PROGRESS_BARS_ENV = "CXR_PROGRESS_BARS"
+_progress_bars: bool | None = None
+
+
+def set_progress_bars(enabled: bool | None) -> None:
+    """On, off, or (None) decided by the environment: for this process."""
+    global _progress_bars
+    _progress_bars = enabled
+
+
+def progress_bars_enabled() -> bool:
+    if _progress_bars is not None:
+        return _progress_bars
+    setting = os.environ.get(PROGRESS_BARS_ENV, "").strip().lower()
+    if setting in ("0", "false", "off", "no"):
+        return False
+    if setting in ("1", "true", "on", "yes"):
+        return True
+    return "ipykernel" in sys.modules or bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
 @torch.no_grad()
 def sample(
     model: UNet2DModel,
@@ -359,6 +386,9 @@ def sample(
     text = text.to(device) if text is not None else None
     null_text = null_text.to(device) if null_text is not None else None
     report = _sampling_progress.get()
+    bar = tqdm(
+        total=len(timesteps), desc=f"{sampler} sampling", unit="step", leave=False, disable=not progress_bars_enabled()
+    )
     for done, t in enumerate(timesteps, start=1):
         compute.rebalance()
         inputs = torch.cat([x, condition], dim=1) if condition is not None else x
@@ -369,6 +399,8 @@ def sample(
         prediction = prediction.float()
         kwargs = {"generator": generator} if sampler == "ddpm" else {"eta": eta, "generator": generator}
         x = scheduler.step(prediction, t, x, **kwargs).prev_sample
+        bar.update()
         if report is not None:
             report(done, len(timesteps))
+    bar.close()
     return condition + x / residual_scale if residual_scale else x

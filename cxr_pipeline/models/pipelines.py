@@ -5,14 +5,23 @@ samples; ``save_pretrained`` writes the self-contained folder a registered versi
 Evaluation, previews, notebooks and the app load a pipeline once and call it many times (seeds,
 strengths, dose levels) instead of reading the folder on every call.
 
-    sr = LatentSuperResolution.from_pretrained("cxr-latent-sr-x4")      # the champion, or a folder
-    high = sr(low_resolution, steps=50, seed=0)
+    sr = LatentSuperResolution.from_pretrained("cxr-latent-sr-x4")      # the champion, a folder or a URI
+    high = sr(low_resolution, num_inference_steps=50, generator=torch.Generator().manual_seed(0))
+
+The sampling arguments have diffusers' names (``num_inference_steps``, ``guidance_scale``,
+``generator``); ``steps``, ``guidance`` and ``seed`` still work and warn. ``generator`` may also
+be an int: each batch of ``batch_size`` is then seeded ``generator + its first index``, so a figure
+does not depend on how many images were sampled before it. A call returns the images as one
+(N, 1, H, W) tensor in [0, 1], which every metric of the project reads; ``return_dict=True`` wraps
+it in diffusers' ``ImagePipelineOutput`` (``.images``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -24,7 +33,7 @@ from diffusers import AutoencoderKL
 from ..data.degrade import bicubic_to, resize, upsample_bicubic
 from ..data.labels.report_text import prompt_from_report
 from ..model_source import resolve_model
-from .diffusion import TextCondition, UNetConfig, sample
+from .diffusion import TextCondition, UNetConfig, sample, set_progress_bars
 from .implicit import ImplicitDecoder, LiifHead, downsampling_factor
 from .model_folder import DiffusionModel, load_model, save_model
 from .model_settings import ArbitrarySRSettings, ClassDDPMSettings, DenoiserSettings, LatentSRSettings, TextLDMSettings
@@ -32,7 +41,42 @@ from .report_encoder import ReportEncoder
 from .training import explicit_attention, pick_device, precision_dtype
 from .vae import encode_mean, from_model, to_model
 
-P = TypeVar("P", bound="DiffusionPipeline")
+logger = logging.getLogger(__name__)
+P = TypeVar("P", bound="CxrPipeline")
+
+# The sampling arguments' earlier names, still accepted with a FutureWarning, and diffusers' names.
+RENAMED_ARGUMENTS = {"steps": "num_inference_steps", "seed": "generator", "guidance": "guidance_scale"}
+Generator = torch.Generator | int | None
+
+
+def renamed_arguments(legacy: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` (diffusers' names) updated with any earlier names in ``legacy``, each with a
+    FutureWarning; an unknown keyword is a TypeError, as Python would raise."""
+    for old, value in legacy.items():
+        if old not in RENAMED_ARGUMENTS:
+            raise TypeError(f"unexpected keyword argument {old!r}")
+        new = RENAMED_ARGUMENTS[old]
+        warnings.warn(
+            f"{old}= is deprecated and will be removed; use {new}= (diffusers' name)", FutureWarning, stacklevel=4
+        )
+        given[new] = value
+    return given
+
+
+def batch_generator(generator: Generator, start: int) -> torch.Generator:
+    """The random source of the batch starting at image ``start``: the caller's generator as is,
+    or for an int (default 0) a generator seeded ``generator + start``."""
+    if isinstance(generator, torch.Generator):
+        return generator
+    return torch.Generator().manual_seed(int(generator or 0) + start)
+
+
+def pipeline_output(images: torch.Tensor, return_dict: bool):
+    if not return_dict:
+        return images
+    from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+
+    return ImagePipelineOutput(images=images)
 
 
 def precision_name(autocast: torch.dtype | None) -> str:
@@ -47,7 +91,7 @@ def to_images(out: torch.Tensor, vae: torch.nn.Module | None, factor: float) -> 
     return from_model(out.float().cpu())
 
 
-class DiffusionPipeline:
+class CxrPipeline:
     """A loaded model folder; subclasses are the model kinds and know how to call it.
 
     ``precision`` is the UNet's autocast type while sampling, in the Trainer's words: "auto" is
@@ -71,9 +115,14 @@ class DiffusionPipeline:
     def from_pretrained(
         cls: type[P], model: str | Path, device: str | torch.device = "auto", *, precision: str = "auto"
     ) -> P:
-        """A model folder, or a registered model name (its ``champion`` version)."""
+        """A model folder, a registered model name (its ``champion`` version), or a URI:
+        ``models:/name/3``, ``models:/name@challenger``, ``runs:/<run id>/model``."""
         folder = resolve_model(model)
-        return cls(load_model(folder, pick_device(device)), folder, precision=precision)
+        pipeline = cls(load_model(folder, pick_device(device)), folder, precision=precision)
+        logger.info(
+            "loaded %s from %s on %s, sampling in %s", cls.__name__, folder, pipeline.device, pipeline.precision
+        )
+        return pipeline
 
     @property
     def precision(self) -> str:
@@ -88,6 +137,11 @@ class DiffusionPipeline:
     def save_pretrained(self, folder: Path) -> None:
         save_model(folder, self.model.unet, self.model.saved, self.model.vae)
 
+    def set_progress_bar_config(self, disable: bool | None = None) -> None:
+        """diffusers' switch for the sampling progress bar (``disable=True`` hides it; None lets
+        the environment decide). It applies to every pipeline of this process."""
+        set_progress_bars(None if disable is None else not disable)
+
     @property
     def unet_config(self) -> UNetConfig:
         return self.model.saved.unet
@@ -100,7 +154,7 @@ class DiffusionPipeline:
         raise NotImplementedError(f"{type(self).__name__} does not sample")
 
 
-class LatentSuperResolution(DiffusionPipeline):
+class LatentSuperResolution(CxrPipeline):
     kind = "latent_sr"
     cpu_bf16 = True  # the same on val in bf16, faster
 
@@ -117,14 +171,18 @@ class LatentSuperResolution(DiffusionPipeline):
         low_resolution: torch.Tensor,
         *,
         sampler: str = "ddim",
-        steps: int = 50,
-        seed: int = 0,
+        num_inference_steps: int = 50,
+        generator: Generator = None,
         strength: float = 1.0,
         batch_size: int = 64,
-    ) -> torch.Tensor:
+        return_dict: bool = False,
+        **renamed: Any,
+    ) -> Any:
         """LR images (N, 1, h, w) in [0, 1] -> SR images (N, 1, h*scale, w*scale) in [0, 1].
         ``strength`` 1 samples from pure noise; lower values start from the LR latent noised to
         that share of T (SDEdit): fewer steps, and the output cannot drift far from the input."""
+        given = renamed_arguments(renamed, {"num_inference_steps": num_inference_steps, "generator": generator})
+        num_inference_steps, generator = given["num_inference_steps"], given["generator"]
         model, factor = self.model, self.model.scaling_factor
         outputs = []
         for start in range(0, len(low_resolution), batch_size):
@@ -137,15 +195,15 @@ class LatentSuperResolution(DiffusionPipeline):
                 tuple(condition.shape),
                 condition=condition,
                 sampler=sampler,
-                steps=steps,
+                steps=num_inference_steps,
                 start=condition,
                 strength=strength,
                 residual_scale=model.conditioning.residual_scale,
-                generator=torch.Generator().manual_seed(seed + start),
+                generator=batch_generator(generator, start),
                 autocast=self.autocast,
             )
             outputs.append(to_images(latents, model.vae, factor))
-        return torch.cat(outputs)
+        return pipeline_output(torch.cat(outputs), return_dict)
 
 
 def canvas_side(side: int, factor: int) -> int:
@@ -192,7 +250,7 @@ def scale_label(ratio: float) -> float:
     return 100.0 * float(ratio)
 
 
-class ArbitraryScaleSuperResolution(DiffusionPipeline):
+class ArbitraryScaleSuperResolution(CxrPipeline):
     """Super-resolution at any scale or output size with one model. The LR image is resampled
     (bicubic) to a canvas on the latent grid (a multiple of the VAE's factor times the UNet's)
     and encoded; the diffusion model, trained on continuous scales and told the scale, restores
@@ -282,13 +340,17 @@ class ArbitraryScaleSuperResolution(DiffusionPipeline):
         scale: float | None = None,
         size: tuple[int, ...] | None = None,
         sampler: str = "ddim",
-        steps: int = 50,
-        seed: int = 0,
+        num_inference_steps: int = 50,
+        generator: Generator = None,
         strength: float = 1.0,
         batch_size: int = 64,
-    ) -> torch.Tensor:
+        return_dict: bool = False,
+        **renamed: Any,
+    ) -> Any:
         """LR images (N, 1, h, w) in [0, 1] -> SR images (N, 1, H, W) in [0, 1], with (H, W) the
         LR size times ``scale`` (rounded) or ``size``. ``strength`` as in :class:`LatentSuperResolution`."""
+        given = renamed_arguments(renamed, {"num_inference_steps": num_inference_steps, "generator": generator})
+        num_inference_steps, generator = given["num_inference_steps"], given["generator"]
         model = self.model
         target = self.output_size((int(low_resolution.shape[-2]), int(low_resolution.shape[-1])), scale, size)
 
@@ -303,15 +365,15 @@ class ArbitraryScaleSuperResolution(DiffusionPipeline):
                 condition=condition,
                 labels=labels,
                 sampler=sampler,
-                steps=steps,
+                steps=num_inference_steps,
                 start=condition,
                 strength=strength,
                 residual_scale=model.conditioning.residual_scale,
-                generator=torch.Generator().manual_seed(seed + start),
+                generator=batch_generator(generator, start),
                 autocast=self.autocast,
             )
 
-        return self._through_latents(low_resolution, target, batch_size, restore)
+        return pipeline_output(self._through_latents(low_resolution, target, batch_size, restore), return_dict)
 
     @torch.no_grad()
     def without_diffusion(
@@ -321,7 +383,9 @@ class ArbitraryScaleSuperResolution(DiffusionPipeline):
         scale: float | None = None,
         size: tuple[int, ...] | None = None,
         batch_size: int = 64,
-    ) -> torch.Tensor:
+        return_dict: bool = False,
+        **renamed: Any,
+    ) -> Any:
         """The same path with a zero correction (bicubic canvas -> VAE -> rendering): the baseline
         that keeps the diffusion model from being credited with the decoder's work."""
         target = self.output_size((int(low_resolution.shape[-2]), int(low_resolution.shape[-1])), scale, size)
@@ -364,7 +428,7 @@ class ArbitraryScaleSuperResolution(DiffusionPipeline):
         return torch.cat(outputs)
 
 
-class ClassConditionalGenerator(DiffusionPipeline):
+class ClassConditionalGenerator(CxrPipeline):
     kind = "class_ddpm"
     cpu_bf16 = True
 
@@ -381,16 +445,27 @@ class ClassConditionalGenerator(DiffusionPipeline):
         self,
         class_ids: Sequence[int],
         *,
-        guidance: float | None = None,
+        guidance_scale: float | None = None,
         sampler: str = "ddim",
-        steps: int = 50,
-        seed: int = 0,
+        num_inference_steps: int = 50,
+        generator: Generator = None,
         batch_size: int = 64,
-    ) -> torch.Tensor:
+        return_dict: bool = False,
+        **renamed: Any,
+    ) -> Any:
         """Images (N, 1, S, S) in [0, 1] for the given classes, with classifier-free guidance
         (``guidance`` None: the scale the model was saved with)."""
+        given = renamed_arguments(
+            renamed,
+            {"num_inference_steps": num_inference_steps, "generator": generator, "guidance_scale": guidance_scale},
+        )
+        num_inference_steps, generator, guidance_scale = (
+            given["num_inference_steps"],
+            given["generator"],
+            given["guidance_scale"],
+        )
         model = self.model
-        scale = self.settings.guidance_scale if guidance is None else guidance
+        scale = self.settings.guidance_scale if guidance_scale is None else guidance_scale
         size, channels = model.unet.config.sample_size, model.unet.config.out_channels
         labels = torch.as_tensor(list(class_ids), dtype=torch.long)
         outputs = []
@@ -404,15 +479,15 @@ class ClassConditionalGenerator(DiffusionPipeline):
                 null_label=model.null_label,
                 guidance=scale,
                 sampler=sampler,
-                steps=steps,
-                generator=torch.Generator().manual_seed(seed + start),
+                steps=num_inference_steps,
+                generator=batch_generator(generator, start),
                 autocast=self.autocast,
             )
             outputs.append(to_images(out, model.vae, model.scaling_factor))
-        return torch.cat(outputs)
+        return pipeline_output(torch.cat(outputs), return_dict)
 
 
-class TextConditionalGenerator(DiffusionPipeline):
+class TextConditionalGenerator(CxrPipeline):
     """Radiographs from radiology reports: the folder's own report encoder (``text_encoder/``),
     UNet, schedule and VAE."""
 
@@ -450,16 +525,27 @@ class TextConditionalGenerator(DiffusionPipeline):
         self,
         reports: Sequence[str],
         *,
-        guidance: float | None = None,
+        guidance_scale: float | None = None,
         sampler: str = "ddim",
-        steps: int = 50,
-        seed: int = 0,
+        num_inference_steps: int = 50,
+        generator: Generator = None,
         batch_size: int = 64,
-    ) -> torch.Tensor:
+        return_dict: bool = False,
+        **renamed: Any,
+    ) -> Any:
         """Images (N, 1, S, S) in [0, 1], one per report, with classifier-free guidance against
         the empty report (``guidance`` None: the scale the model was saved with; 0: unconditional)."""
+        given = renamed_arguments(
+            renamed,
+            {"num_inference_steps": num_inference_steps, "generator": generator, "guidance_scale": guidance_scale},
+        )
+        num_inference_steps, generator, guidance_scale = (
+            given["num_inference_steps"],
+            given["generator"],
+            given["guidance_scale"],
+        )
         model = self.model
-        scale = self.settings.guidance_scale if guidance is None else guidance
+        scale = self.settings.guidance_scale if guidance_scale is None else guidance_scale
         size, channels = model.unet.config.sample_size, model.unet.config.out_channels
         reports = list(reports)
         outputs = []
@@ -473,15 +559,15 @@ class TextConditionalGenerator(DiffusionPipeline):
                 null_text=null,
                 guidance=scale,
                 sampler=sampler,
-                steps=steps,
-                generator=torch.Generator().manual_seed(seed + start),
+                steps=num_inference_steps,
+                generator=batch_generator(generator, start),
                 autocast=self.autocast,
             )
             outputs.append(to_images(out, model.vae, model.scaling_factor))
-        return torch.cat(outputs) if outputs else torch.zeros(0, 1, size, size)
+        return pipeline_output(torch.cat(outputs) if outputs else torch.zeros(0, 1, size, size), return_dict)
 
 
-class LowDoseDenoiser(DiffusionPipeline):
+class LowDoseDenoiser(CxrPipeline):
     kind = "denoiser"
     cpu_bf16 = True
 
@@ -501,13 +587,17 @@ class LowDoseDenoiser(DiffusionPipeline):
         dose: float | None = None,
         strength: float | None = None,
         sampler: str = "ddim",
-        steps: int = 50,
-        seed: int = 0,
+        num_inference_steps: int = 50,
+        generator: Generator = None,
         batch_size: int = 64,
-    ) -> torch.Tensor:
+        return_dict: bool = False,
+        **renamed: Any,
+    ) -> Any:
         """Low-dose images (N, 1, S, S) in [0, 1] -> restored images. ``strength`` 1 samples from
         pure noise; lower values start from the noisy input partially noised (faster, closer to
         the input). ``dose`` (photons) selects the dose embedding; unknown doses use the null one."""
+        given = renamed_arguments(renamed, {"num_inference_steps": num_inference_steps, "generator": generator})
+        num_inference_steps, generator = given["num_inference_steps"], given["generator"]
         model = self.model
         strength = self.settings.sampling_strength if strength is None else strength
         label = self.doses.index(dose) if dose in self.doses else model.null_label
@@ -525,12 +615,12 @@ class LowDoseDenoiser(DiffusionPipeline):
                 labels=labels,
                 null_label=model.null_label,
                 sampler=sampler,
-                steps=steps,
+                steps=num_inference_steps,
                 start=condition,
                 strength=strength,
                 residual_scale=model.conditioning.residual_scale,
-                generator=torch.Generator().manual_seed(seed + start),
+                generator=batch_generator(generator, start),
                 autocast=self.autocast,
             )
             outputs.append(from_model(out.float().cpu()))
-        return torch.cat(outputs)
+        return pipeline_output(torch.cat(outputs), return_dict)

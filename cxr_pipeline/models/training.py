@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
 import shutil
 import time
@@ -38,6 +39,8 @@ from safetensors.torch import load_file, save_file
 from .. import compute
 from ..data import atomic, locks
 from . import distributed
+
+logger = logging.getLogger(__name__)
 
 
 def pick_device(preference: str | torch.device = "auto") -> torch.device:
@@ -182,6 +185,23 @@ class TrainEvent:
         return {f"{self.part}_{k}": v for k, v in metrics.items()} if self.part else metrics
 
 
+# Level of each training event in the library's log: a notebook sees progress at INFO, a waiting
+# or resumed run at WARNING; checkpoints are DEBUG.
+EVENT_LEVELS = {"step": logging.INFO, "eval": logging.INFO, "resume": logging.WARNING, "wait": logging.WARNING}
+
+
+def logged(progress: Callable[[TrainEvent], None] | None) -> Callable[[TrainEvent], None]:
+    """``progress`` after the event is written to this module's logger (which the Dagster layer
+    routes into the run's log), so a training is followed the same way in Dagster and a notebook."""
+
+    def report(event: TrainEvent) -> None:
+        logger.log(EVENT_LEVELS.get(event.kind, logging.DEBUG), event.describe())
+        if progress is not None:
+            progress(event)
+
+    return report
+
+
 # Who hears a training's events: an asset's log and MLflow curves, a worker's stdout, a bench's print.
 TrainProgress = Callable[[TrainEvent], None]
 
@@ -291,7 +311,7 @@ class Trainer:
             else self.model
         )
         self.step_fn, self.batches, self.evaluate = step_fn, batches, evaluate
-        self.progress = progress or (lambda event: None)
+        self.progress = logged(progress)
         self.batch_size_of = batch_size_of or (lambda batch: config.batch_size)
         self.run_dir = Path(run_dir)
         # A model may ask for its own learning rates per part (``parameter_groups(learning_rate)``),

@@ -1,5 +1,6 @@
 """The Dagster layer, exercised for real: definitions load, assets materialize, checks judge."""
 
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -10,7 +11,7 @@ import torch
 from mlflow import MlflowClient
 
 from assets import ingestion, labels
-from cxr_pipeline import model_source
+from cxr_pipeline import model_source, tracking
 from cxr_pipeline.settings import WorkPaths, default_tracking_uri
 from definitions import defs
 from resources import CxrSettings, MlflowTracking
@@ -27,6 +28,9 @@ INGESTION_DEFS = [
 def _no_ambient_settings(monkeypatch):
     for name in ("CXR_HOME", "CXR_DATA_DIR", "CXR_PROFILE"):
         monkeypatch.delenv(name, raising=False)
+
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_definitions_load_with_groups_jobs_and_checks():
@@ -520,9 +524,8 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     training, evaluations = (
         client.get_experiment_by_name(name) for name in ("cxr-pipeline", "cxr-pipeline-evaluation")
     )
-    assert {run.info.run_name for run in client.search_runs([evaluations.experiment_id])} == {
-        f"evaluate-{asset}" for asset in expected
-    }
+    evaluation_runs = client.search_runs([evaluations.experiment_id], "attributes.run_name LIKE 'evaluate-%'")
+    assert {run.info.run_name for run in evaluation_runs} == {f"evaluate-{asset}" for asset in expected}
     training_columns = {key for run in client.search_runs([training.experiment_id]) for key in run.data.metrics}
     assert not training_columns & evaluation_metrics and len(training_columns) < len(evaluation_metrics) / 3
     for registered_model in client.search_registered_models():
@@ -530,6 +533,46 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
         assert training_run.info.experiment_id == training.experiment_id
         assert not set(training_run.data.metrics) & evaluation_metrics, registered_model.name
         assert training_run.data.tags["data.synthetic_demo"] == "True"  # provenance on every model
+        assert_mlflow_reads_the_code_and_data(training_run, {"training", "validation"})
+    for run in evaluation_runs:
+        assert_mlflow_reads_the_code_and_data(run, {"training", "validation", "test"})
+    class_training = client.get_run(client.get_model_version("cxr-class-ddpm", "1").run_id)
+    steps = sorted(
+        int(Path(a.path).name.split("+")[2])
+        for a in client.list_artifacts(class_training.info.run_id, "images")
+        if a.path.endswith(".png") and Path(a.path).name.startswith("samples+step+")
+    )
+    assert len(steps) >= 1 and steps == sorted(set(steps))  # one image key, one grid per step
+    # the headline figures under plain names: a run per method and setting, the experiment's view
+    sr_run = client.get_run(sr["evaluation_mlflow_run_id"].value)
+    methods = {
+        run.data.params["method"]: run
+        for run in client.search_runs([evaluations.experiment_id], "params.evaluation = 'sr_evaluation'")
+        if run.data.tags["evaluation.run_id"] == sr_run.info.run_id
+    }
+    assert {"ddim", "bicubic", "regression"} <= set(methods) and methods["ddim"].data.params["role"] == "model"
+    for method in ("ddim", "bicubic"):
+        for name in ("psnr", "ssim"):
+            assert methods[method].data.metrics[name] == pytest.approx(sr_run.data.metrics[f"{name}_sr_x4_{method}"])
+    generation_run = client.get_run(generation["evaluation_mlflow_run_id"].value)
+    references = {
+        run.data.params["method"]: run.data.metrics
+        for run in client.search_runs([evaluations.experiment_id], "params.evaluation = 'generation_evaluation'")
+    }
+    assert references["class_ddpm"]["fd"] == pytest.approx(generation_run.data.metrics["fd_cxr_class_ddpm"])
+    assert references["real_reference"]["fd"] == pytest.approx(
+        generation_run.data.metrics["fd_cxr_class_ddpm_real_reference"]
+    )
+    view = json.loads(evaluations.tags["mlflow.sharedViewState.headline"])  # MLflow's saved-view envelope
+    assert view["name"] == "Headline figures" and "metrics.`psnr`" in json.loads(view["state"])["selectedColumns"]
+    assert "viewStateShareKey=headline" in evaluations.tags["mlflow.note.content"]
+    # the registered version's logged model carries its own figures (MLflow 3 model metrics)
+    sr_version = client.get_model_version("cxr-latent-sr-x4", "1")
+    logged = {m.key: m.value for m in client.get_logged_model(tracking.logged_model_id(sr_version)).metrics}
+    assert logged["psnr"] == pytest.approx(sr_run.data.metrics["psnr_sr_x4_ddim"])
+    # the training run links to its evaluation in its description (clickable), not only a tag
+    note = client.get_run(sr_version.run_id).data.tags["mlflow.note.content"]
+    assert f"[sr_evaluation](#/experiments/{evaluations.experiment_id}/runs/{sr_run.info.run_id}" in note
     # the models no evaluation promotes are named by their own validation
     for name in ("cxr-vae", "cxr-feature-classifier", "cxr-report-encoder"):
         version = client.get_model_version(name, "1")
@@ -549,8 +592,8 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     trained = result.asset_materializations_for_node("latent_sr")[0].metadata["x4_checkpoint"].value
     assert (downloaded / "vae").is_dir() and (downloaded / "scheduler").is_dir()
     torch.testing.assert_close(
-        LatentSuperResolution.from_pretrained(downloaded, "cpu")(low, steps=3, seed=1),
-        LatentSuperResolution.from_pretrained(trained, "cpu")(low, steps=3, seed=1),
+        LatentSuperResolution.from_pretrained(downloaded, "cpu")(low, num_inference_steps=3, generator=1),
+        LatentSuperResolution.from_pretrained(trained, "cpu")(low, num_inference_steps=3, generator=1),
         rtol=0,
         atol=0,
     )
@@ -561,7 +604,12 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     # the arbitrary-scale model's registered version super-resolves at a non-integer scale
     arbitrary = model_source.download_model("cxr-arbitrary-sr", "1", tmp_path / "download-arbitrary")
     assert (arbitrary / "head").is_dir()
-    assert inference.super_resolve(arbitrary, low, scale=2.5, steps=3, device="cpu").shape == (2, 1, 40, 40)
+    assert inference.super_resolve(arbitrary, low, scale=2.5, num_inference_steps=3, device="cpu").shape == (
+        2,
+        1,
+        40,
+        40,
+    )
     arbitrary_report = Path(
         result.asset_materializations_for_node("arbitrary_sr_evaluation")[0].metadata["report"].value
     ).read_text()
@@ -590,6 +638,48 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
             assert {k: str(v) for k, v in aliases.items()} == {"challenger": "1"}
             assert "does not beat its classical baseline" in produced["promotion"].value
         assert "Promotion:" in Path(produced["report"].value).read_text()
+
+
+def test_the_librarys_log_lines_reach_the_run_log_through_the_instance_config():
+    """The library logs with ``logging`` (a notebook sees it too); the instance the project writes
+    (jobs/cli.py, as run.sh and the cxr-pipeline command make it) routes it into Dagster's run log."""
+    import yaml
+
+    from cxr_pipeline.models.training import TrainEvent, logged
+    from jobs.cli import INSTANCE_YAML
+
+    @dg.asset
+    def trains_a_little():
+        logged(None)(TrainEvent("step", 3, 10, {"loss": 0.5}, images_per_s=2.0))
+        logged(None)(TrainEvent("resume", 2, 10))
+
+    with dg.instance_for_test(overrides=yaml.safe_load(INSTANCE_YAML)) as instance:
+        result = dg.materialize([trains_a_little], instance=instance)
+        records = [(e.level, e.user_message) for e in instance.all_logs(result.run_id) if e.user_message]
+    assert (20, "step 3/10 loss 0.50000 2.0 img/s, ETA 0s") in records
+    assert (30, "resuming from the checkpoint at step 2") in records
+    with dg.instance_for_test() as bare:  # without the config the lines stay in Python's logging only
+        result = dg.materialize([trains_a_little], instance=bare)
+        assert not any("step 3/10" in (e.user_message or "") for e in bare.all_logs(result.run_id))
+
+
+def assert_mlflow_reads_the_code_and_data(run, contexts: set[str]) -> None:
+    """What the MLflow UI shows of a run's code (Source, Git commit) and data (Datasets column)."""
+    import subprocess
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    tags = run.data.tags
+    assert tags["mlflow.source.git.commit"] == (head or "unknown"), run.info.run_name
+    assert tags["git.dirty"] in {"true", "false", "unknown"} and "git.commit" not in tags
+    inputs = run.inputs.dataset_inputs
+    found = {tag.value for i in inputs for tag in i.tags if tag.key == "mlflow.data.context"}
+    assert found == contexts, (run.info.run_name, found)
+    digests = {i.dataset.digest for i in inputs}
+    assert digests == {tags.get("data.split_hash", next(iter(digests)))} and len(next(iter(digests))) == 16
+    assert all(i.dataset.name.endswith(("-train", "-val", "-test")) for i in inputs)
+    assert all(tag.value == "demo" for i in inputs for tag in i.tags if tag.key == "profile"), (
+        "the profile travels with the dataset"
+    )
 
 
 def test_radiographs_without_reports_skip_the_text_family_with_its_reason_and_the_run_succeeds(small_demo, tmp_path):

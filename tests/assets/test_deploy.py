@@ -175,6 +175,8 @@ def test_helm_values_manifests_and_image_agree_with_the_instance_and_definitions
     assert code["dagsterApiGrpcArgs"] == ["--python-file", "/opt/cxr/deploy/definitions.py"]
     assert code["volumeMounts"] == helm_launcher["volumeMounts"] and code["volumes"] == helm_launcher["volumes"]
     assert {"name": "CXR_HOME", "value": deploy.WORK_MOUNT} in code["env"]
+    python_logs = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())["python_logs"]
+    assert values["pythonLogs"]["managedPythonLoggers"] == python_logs["managed_python_loggers"] == ["cxr_pipeline"]
     claim = yaml.safe_load((DEPLOY / "k8s" / "work-volume.yaml").read_text())
     assert claim["metadata"]["name"] == deploy.WORK_CLAIM and claim["spec"]["accessModes"] == ["ReadWriteMany"]
     secrets = {

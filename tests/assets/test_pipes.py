@@ -2,6 +2,7 @@
 plain subprocess resuming the same run, reporting logs, MLflow curves and metadata back."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -81,14 +82,16 @@ def test_torchrun_through_pipes_then_a_subprocess_resumes_the_same_run(labelled)
     run_id = produced["mlflow_run_id"].value
     assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [2, 4]
     assert client.get_run(run_id).data.params["launcher"] == "torchrun"
-    assert any(a.path == "samples" for a in client.list_artifacts(run_id))
+    # the preview grids: one image key with a step each (the MLflow run page's step slider)
+    grids = [a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")]
+    assert grids and all(Path(g).name.startswith("samples+step+") for g in grids)
 
     # The launch is on disk as a job anyone can rerun by hand, and the model it produced samples.
     launch = settings.paths().models / "launches" / result.run_id / "class_ddpm"
     job = TrainingJob.from_json((launch / "job.json").read_text())
     assert job.model == "class_ddpm" and job.train.steps == 4 and job.unet.block_out_channels == (8, 16)
     pointer = json.loads(settings.paths().model_pointer("class_ddpm").read_text())
-    images = generate(pointer["model_dir"], [0, 1], steps=3, device="cpu")
+    images = generate(pointer["model_dir"], [0, 1], num_inference_steps=3, device="cpu")
     assert images.shape == (2, 1, job.unet.sample_size, job.unet.sample_size) and torch.isfinite(images).all()
 
     # Same job in a plain subprocess: the run folder is the same, so it resumes (here: at the end).

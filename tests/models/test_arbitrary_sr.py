@@ -196,46 +196,48 @@ def test_the_pipeline_super_resolves_at_non_integer_scales_and_sizes(trained, tm
     outcome, _, _ = trained
     model = pipelines.ArbitraryScaleSuperResolution.from_pretrained(outcome.model_dir, "cpu")
     low = torch.rand(3, 1, 6, 6)
-    out = model(low, scale=2.5, steps=4, seed=1)  # 6 * 2.5 = 15 px: off the grid, on a mirrored 16 px canvas
+    out = model(
+        low, scale=2.5, num_inference_steps=4, generator=1
+    )  # 6 * 2.5 = 15 px: off the grid, on a mirrored 16 px canvas
     assert out.shape == (3, 1, 15, 15) and out.min() >= 0.0 and out.max() <= 1.0
-    torch.testing.assert_close(model(low, scale=2.5, steps=4, seed=1), out, rtol=0, atol=0)  # seeded
+    torch.testing.assert_close(model(low, scale=2.5, num_inference_steps=4, generator=1), out, rtol=0, atol=0)  # seeded
     assert model.rendering is None and model.rendering_for(2.5) in ("pad", "resize", "implicit")  # chosen on val
     model.rendering = "pad"
-    out = model(low, scale=2.5, steps=4, seed=1)
+    out = model(low, scale=2.5, num_inference_steps=4, generator=1)
     renderings = {}
     for rendering in ("resize", "implicit"):  # the field of view stretched over 16 px, then resized or rendered
         model.rendering = rendering
-        renderings[rendering] = model(low, scale=2.5, steps=4, seed=1)
+        renderings[rendering] = model(low, scale=2.5, num_inference_steps=4, generator=1)
     model.rendering = None
     rendered = renderings["implicit"]
     for other in renderings.values():
         assert other.shape == out.shape and not torch.equal(other, out)
         assert (other - out).abs().mean() < 0.2  # the same input through two geometries, not two different images
-    assert model(low, size=(13, 21), steps=2).shape == (3, 1, 13, 21)
-    assert model(low, scale=1.0 / 3, steps=2).shape == (3, 1, 2, 2)
+    assert model(low, size=(13, 21), num_inference_steps=2).shape == (3, 1, 13, 21)
+    assert model(low, scale=1.0 / 3, num_inference_steps=2).shape == (3, 1, 2, 2)
     # on the grid the VAE's own decoder renders: no diffusion is exactly bicubic -> VAE -> decode
     on_grid = model.without_diffusion(torch.rand(2, 1, 8, 8), size=(16, 16))
     assert on_grid.shape == (2, 1, 16, 16)
     # the scale reaches the UNet: beyond the training range [1, 4] it is told the true scale, or 4
     assert model.scale_conditioned and model.scale_range == (1.0, 4.0) and model.extrapolate
-    told = model(low, scale=5.0, steps=2, seed=1)
+    told = model(low, scale=5.0, num_inference_steps=2, generator=1)
     model.extrapolate = False
-    clamped = model(low, scale=5.0, steps=2, seed=1)
+    clamped = model(low, scale=5.0, num_inference_steps=2, generator=1)
     model.extrapolate = True
     assert clamped.shape == told.shape == (3, 1, 30, 30) and not torch.equal(clamped, told)
     with pytest.raises(ValueError, match="either scale or size"):
         model(low, scale=2.0, size=(12, 12))
     # the one-call helper picks this pipeline from the folder's kind
-    helper = inference.super_resolve(outcome.model_dir, low, scale=3.3, steps=2, device="cpu")
+    helper = inference.super_resolve(outcome.model_dir, low, scale=3.3, num_inference_steps=2, device="cpu")
     assert helper.shape == (3, 1, 20, 20)  # round(6 * 3.3) = 20
     # save_pretrained keeps the decoder head: a copy renders off-grid sizes the same ways
     model.save_pretrained(tmp_path / "copy")
     copy = pipelines.ArbitraryScaleSuperResolution.from_pretrained(tmp_path / "copy", "cpu")
     assert copy.settings.renderings == model.settings.renderings  # the val choice travels with it
     copy.rendering = "pad"
-    torch.testing.assert_close(copy(low, scale=2.5, steps=4, seed=1), out, rtol=0, atol=0)
+    torch.testing.assert_close(copy(low, scale=2.5, num_inference_steps=4, generator=1), out, rtol=0, atol=0)
     copy.rendering = "implicit"
-    torch.testing.assert_close(copy(low, scale=2.5, steps=4, seed=1), rendered, rtol=0, atol=0)
+    torch.testing.assert_close(copy(low, scale=2.5, num_inference_steps=4, generator=1), rendered, rtol=0, atol=0)
     with pytest.raises(ValueError, match="arbitrary_sr"):
         pipelines.LatentSuperResolution.from_pretrained(tmp_path / "copy", "cpu")
 

@@ -95,9 +95,9 @@ def test_class_ddpm_learns_and_generates_per_class(data, tmp_path):
     curve = losses(events)
     assert np.mean(curve[-3:]) < 0.6 * np.mean(curve[:3]), curve
     assert sorted(outcome.previews) == [20, 40]
-    images = inference.generate(outcome.model_dir, [0, 1, 2, 2], steps=10, seed=3, device="cpu")
+    images = inference.generate(outcome.model_dir, [0, 1, 2, 2], num_inference_steps=10, generator=3, device="cpu")
     assert images.shape == (4, 1, SIZE, SIZE) and images.min() >= 0.0 and images.max() <= 1.0
-    again = inference.generate(outcome.model_dir, [0, 1, 2, 2], steps=10, seed=3, device="cpu")
+    again = inference.generate(outcome.model_dir, [0, 1, 2, 2], num_inference_steps=10, generator=3, device="cpu")
     torch.testing.assert_close(images, again, rtol=0, atol=0)  # seeded
     saved = describe(outcome.model_dir)
     assert saved.conditioning.num_classes == 3 and saved.settings_as(ClassDDPMSettings).classes == ["a", "b", "c"]
@@ -125,13 +125,17 @@ def test_denoiser_learns_and_restores_toward_the_clean_image(data, tmp_path):
     noisy = torch.from_numpy(
         stores[300.0][0].read_many(list(indexes[300.0]["shard"][:6]), list(indexes[300.0]["shard_index"][:6]))
     ).unsqueeze(1)
-    restored = inference.denoise(outcome.model_dir, noisy, dose=300.0, steps=10, strength=0.2, device="cpu")
+    restored = inference.denoise(
+        outcome.model_dir, noisy, dose=300.0, num_inference_steps=10, strength=0.2, device="cpu"
+    )
     assert restored.shape == noisy.shape and restored.min() >= 0.0 and restored.max() <= 1.0
     rows = metadata.set_index("image_id").loc[indexes[300.0]["image_id"][:6]]
     clean = torch.from_numpy(store.read_many(list(rows["shard"]), list(rows["shard_index"]))).unsqueeze(1)
     before, after = (per_image_scores(x, clean)["psnr"].mean() for x in (noisy, restored))
     assert after > before + 1.0, (before, after)  # toward the clean image, not just any image
-    unknown_dose = inference.denoise(outcome.model_dir, noisy, dose=None, steps=10, device="cpu")  # the null embedding
+    unknown_dose = inference.denoise(
+        outcome.model_dir, noisy, dose=None, num_inference_steps=10, device="cpu"
+    )  # the null embedding
     assert unknown_dose.shape == noisy.shape and not torch.equal(unknown_dose, restored)
 
 
@@ -169,12 +173,14 @@ def test_latent_sr_learns_and_super_resolves(data, tmp_path):
     low = torch.rand(3, 1, 4, 4)
     sr = pipelines.LatentSuperResolution.from_pretrained(outcome.model_dir, "cpu")
     assert sr.scale == 4 and sr.model.conditioning.residual_scale == pytest.approx(10.0, rel=0.2)  # 1 / std(0.1 noise)
-    out = sr(low, steps=5, seed=2)
+    out = sr(low, num_inference_steps=5, generator=2)
     assert out.shape == (3, 1, 16, 16) and out.min() >= 0.0 and out.max() <= 1.0
     # save_pretrained writes a folder that loads and samples the same images, with the VAE gone
     sr.save_pretrained(tmp_path / "copy")
     shutil.rmtree(vae_dir)
-    again = pipelines.LatentSuperResolution.from_pretrained(tmp_path / "copy", "cpu")(low, steps=5, seed=2)
+    again = pipelines.LatentSuperResolution.from_pretrained(tmp_path / "copy", "cpu")(
+        low, num_inference_steps=5, generator=2
+    )
     torch.testing.assert_close(again, out, rtol=0, atol=0)
     with pytest.raises(ValueError, match="latent_sr_x4"):  # a folder of another kind is refused by name
         pipelines.ClassConditionalGenerator.from_pretrained(tmp_path / "copy", "cpu")
@@ -187,7 +193,7 @@ def test_latent_sr_learns_and_super_resolves(data, tmp_path):
         return {type(layer.processor).__name__ for layer in unet.modules() if isinstance(layer, Attention)}
 
     assert processors(half.model.unet) == {"AttnProcessor"} and "AttnProcessor" not in processors(full.model.unet)
-    difference = (half(low, steps=5, seed=2) - full(low, steps=5, seed=2)).abs()
+    difference = (half(low, num_inference_steps=5, generator=2) - full(low, num_inference_steps=5, generator=2)).abs()
     assert difference.max() > 0 and difference.mean() < 0.01, difference.mean()
     with pytest.raises(ValueError, match="mixed precision"):
         pipelines.LatentSuperResolution.from_pretrained(tmp_path / "copy", "cpu", precision="half")
@@ -331,7 +337,7 @@ def test_latent_class_model_learns_and_its_folder_stands_alone(data, tiny_latent
         trained = step(load_model(outcome.model_dir).unet, batch, torch.Generator().manual_seed(0))[0]
         untrained = step(unet.build(), batch, torch.Generator().manual_seed(0))[0]
     assert trained < 0.7 * untrained, (trained, untrained)
-    images = inference.generate(outcome.model_dir, [0, 1, 2], steps=8, seed=5, device="cpu")
+    images = inference.generate(outcome.model_dir, [0, 1, 2], num_inference_steps=8, generator=5, device="cpu")
     assert images.shape == (3, 1, SIZE, SIZE) and images.min() >= 0.0 and images.max() <= 1.0
     # moved elsewhere, with its VAE source gone, the folder samples the same images
     moved = tmp_path / "elsewhere"
@@ -339,7 +345,7 @@ def test_latent_class_model_learns_and_its_folder_stands_alone(data, tiny_latent
     shutil.rmtree(outcome.model_dir)
     shutil.rmtree(vae_source)
     torch.testing.assert_close(
-        inference.generate(moved, [0, 1, 2], steps=8, seed=5, device="cpu"), images, rtol=0, atol=0
+        inference.generate(moved, [0, 1, 2], num_inference_steps=8, generator=5, device="cpu"), images, rtol=0, atol=0
     )
     described = describe(moved)
     assert described.settings_as(ClassDDPMSettings).space == "latent"

@@ -173,13 +173,15 @@ def test_a_folder_written_in_the_old_format_loads_and_samples(tmp_path):
     denoiser = LowDoseDenoiser.from_pretrained(folder, "cpu", precision="no")
     assert denoiser.doses == legacy["doses"] and denoiser.settings.sampling_strength == legacy["default_strength"]
     noisy = torch.rand(1, 1, unet.sample_size, unet.sample_size)
-    out = denoiser(noisy, dose=legacy["doses"][0], steps=2, seed=0)
+    out = denoiser(noisy, dose=legacy["doses"][0], num_inference_steps=2, generator=0)
     assert out.shape == noisy.shape and torch.isfinite(out).all()
     # saved again by the pipeline: today's format, the same samples
     denoiser.save_pretrained(tmp_path / "new")
     assert "settings" in json.loads((tmp_path / "new" / "model.json").read_text())
     again = LowDoseDenoiser.from_pretrained(tmp_path / "new", "cpu", precision="no")
-    torch.testing.assert_close(again(noisy, dose=legacy["doses"][0], steps=2, seed=0), out, rtol=0, atol=0)
+    torch.testing.assert_close(
+        again(noisy, dose=legacy["doses"][0], num_inference_steps=2, generator=0), out, rtol=0, atol=0
+    )
     with pytest.raises(ValueError, match="holds a 'denoiser' model, not a 'class_ddpm' one"):
         ClassConditionalGenerator.from_pretrained(folder, "cpu")
 

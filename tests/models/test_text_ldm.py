@@ -318,18 +318,18 @@ def test_pipeline_saves_and_loads_its_encoder_and_samples_the_same(tmp_path):
     )
     pipeline = TextConditionalGenerator(model, text_encoder=encoder)
     prompts = ["Small right pneumothorax.", "The lungs are clear."]
-    first = pipeline(prompts, steps=3, seed=1)
+    first = pipeline(prompts, num_inference_steps=3, generator=1)
     assert first.shape == (2, 4, 8, 8)  # no VAE in this folder: the UNet's own output
     pipeline.save_pretrained(tmp_path / "model")
     assert (tmp_path / "model" / "text_encoder" / "config.json").exists()
     loaded = TextConditionalGenerator.from_pretrained(tmp_path / "model", "cpu")
-    torch.testing.assert_close(loaded(prompts, steps=3, seed=1), first)
-    assert not torch.allclose(loaded(prompts, steps=3, seed=1, guidance=0.0), first)
+    torch.testing.assert_close(loaded(prompts, num_inference_steps=3, generator=1), first)
+    assert not torch.allclose(loaded(prompts, num_inference_steps=3, generator=1, guidance_scale=0.0), first)
     # a report typed with section headers is read as the training prompts were made (no headers)
     headed = ["FINDINGS: Small right pneumothorax. IMPRESSION: Pneumothorax.", "Findings: The lungs are clear."]
     torch.testing.assert_close(
-        loaded(headed, steps=3, seed=1),
-        loaded(["Small right pneumothorax. Pneumothorax.", "The lungs are clear."], steps=3, seed=1),
+        loaded(headed, num_inference_steps=3, generator=1),
+        loaded(["Small right pneumothorax. Pneumothorax.", "The lungs are clear."], num_inference_steps=3, generator=1),
     )
 
 

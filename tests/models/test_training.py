@@ -152,11 +152,11 @@ def test_mixed_precision_choice_per_device():
 
 
 def test_sampling_precision_follows_the_kind_and_the_machine():
-    from cxr_pipeline.models.pipelines import DiffusionPipeline
+    from cxr_pipeline.models.pipelines import CxrPipeline
     from cxr_pipeline.models.training import cpu_has_native_bf16
 
-    kinds = [DiffusionPipeline, *DiffusionPipeline.__subclasses__()]
-    assert len(kinds) == 6 and not DiffusionPipeline.cpu_bf16  # a new kind samples in fp32 until val says otherwise
+    kinds = [CxrPipeline, *CxrPipeline.__subclasses__()]
+    assert len(kinds) == 6 and not CxrPipeline.cpu_bf16  # a new kind samples in fp32 until val says otherwise
     for kind in kinds:
         assert kind.resolved_precision("no", "cpu") == "fp32"
         assert kind.resolved_precision("bf16", "cpu") == "bf16"

@@ -215,41 +215,49 @@ def test_super_resolution_through_pyfunc_matches_the_library(registered):
     uri, folders, _ = registered
     model = load(uri, "sr")
     low = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
-    served = model.predict(low, params={"seed": 3, "steps": 4})
+    served = model.predict(low, params={"seed": 3, "num_inference_steps": 4})
     expected = pipelines.LatentSuperResolution.from_pretrained(folders["sr"], "cpu")(
-        torch.from_numpy(low), seed=3, steps=4
+        torch.from_numpy(low), generator=3, num_inference_steps=4
     )
     assert served.shape == (2, 1, 16, 16)
     np.testing.assert_array_equal(served, expected.numpy())
     schema = {p.name: p.default for p in model.metadata.get_params_schema().params}
-    assert schema == {"seed": 0, "steps": 50, "strength": 1.0}
+    assert schema == {"seed": 0, "num_inference_steps": 50, "strength": 1.0}
 
 
 def test_arbitrary_scale_super_resolution_through_pyfunc_takes_the_scale_as_a_param(registered):
     uri, folders, _ = registered
     model = load(uri, "arbitrary")
     low = np.random.default_rng(4).random((2, 1, 6, 6), dtype=np.float32)
-    served = model.predict(low, params={"seed": 1, "steps": 3, "scale": 2.5})
+    served = model.predict(low, params={"seed": 1, "num_inference_steps": 3, "scale": 2.5})
     expected = pipelines.ArbitraryScaleSuperResolution.from_pretrained(folders["arbitrary"], "cpu")(
-        torch.from_numpy(low), scale=2.5, seed=1, steps=3
+        torch.from_numpy(low), scale=2.5, generator=1, num_inference_steps=3
     )
     assert served.shape == (2, 1, 15, 15)  # off the latent grid: rendered by the implicit decoder
     np.testing.assert_array_equal(served, expected.numpy())
     schema = {p.name: p.default for p in model.metadata.get_params_schema().params}
-    assert schema == {"seed": 0, "steps": 50, "strength": 1.0, "scale": 2.0}
+    assert schema == {"seed": 0, "num_inference_steps": 50, "strength": 1.0, "scale": 2.0}
 
 
 def test_class_model_and_denoiser_through_pyfunc_match_the_library(registered):
     uri, folders, _ = registered
-    images = load(uri, "class_model").predict(np.array([0, 2, 1]), params={"seed": 1, "steps": 3, "guidance": 1.5})
+    images = load(uri, "class_model").predict(
+        np.array([0, 2, 1]), params={"seed": 1, "num_inference_steps": 3, "guidance_scale": 1.5}
+    )
     generator = pipelines.ClassConditionalGenerator.from_pretrained(folders["class_model"], "cpu")
-    np.testing.assert_array_equal(images, generator([0, 2, 1], seed=1, steps=3, guidance=1.5).numpy())
-    default_guidance = load(uri, "class_model").predict(np.array([0]), params={"seed": 1, "steps": 3})
-    np.testing.assert_array_equal(default_guidance, generator([0], seed=1, steps=3).numpy())  # the saved 2.0
+    np.testing.assert_array_equal(
+        images, generator([0, 2, 1], generator=1, num_inference_steps=3, guidance_scale=1.5).numpy()
+    )
+    default_guidance = load(uri, "class_model").predict(np.array([0]), params={"seed": 1, "num_inference_steps": 3})
+    np.testing.assert_array_equal(
+        default_guidance, generator([0], generator=1, num_inference_steps=3).numpy()
+    )  # the saved 2.0
     noisy = np.random.default_rng(1).random((2, 1, 16, 16), dtype=np.float32)
-    restored = load(uri, "denoiser").predict(noisy, params={"seed": 0, "steps": 5, "dose": 3000.0})
+    restored = load(uri, "denoiser").predict(noisy, params={"seed": 0, "num_inference_steps": 5, "dose": 3000.0})
     denoiser = pipelines.LowDoseDenoiser.from_pretrained(folders["denoiser"], "cpu")
-    np.testing.assert_array_equal(restored, denoiser(torch.from_numpy(noisy), seed=0, steps=5, dose=3000.0).numpy())
+    np.testing.assert_array_equal(
+        restored, denoiser(torch.from_numpy(noisy), generator=0, num_inference_steps=5, dose=3000.0).numpy()
+    )
 
 
 def test_text_model_and_report_encoder_through_pyfunc_take_report_text(registered):
@@ -258,11 +266,13 @@ def test_text_model_and_report_encoder_through_pyfunc_take_report_text(registere
     uri, folders, _ = registered
     reports = ["Moderate right pleural effusion.", "The lungs are clear. No pneumothorax."]
     images = load(uri, "text").predict(
-        pd.DataFrame({"report": reports}), params={"seed": 2, "steps": 3, "guidance": 2.0}
+        pd.DataFrame({"report": reports}), params={"seed": 2, "num_inference_steps": 3, "guidance_scale": 2.0}
     )
     generator = pipelines.TextConditionalGenerator.from_pretrained(folders["text"], "cpu")
     assert images.shape == (2, 1, 16, 16)
-    np.testing.assert_array_equal(images, generator(reports, seed=2, steps=3, guidance=2.0).numpy())
+    np.testing.assert_array_equal(
+        images, generator(reports, generator=2, num_inference_steps=3, guidance_scale=2.0).numpy()
+    )
     assert load(uri, "text").metadata.get_input_schema().input_names() == ["report"]
     pooled = load(uri, "report_encoder").predict(pd.DataFrame({"report": reports}))
     expected = ReportEncoder.from_pretrained(folders["report_encoder"]).encode(reports).pooled().numpy()
@@ -344,12 +354,12 @@ def test_mlflow_models_serve_answers_over_http(registered):
             f"http://127.0.0.1:{port}/invocations",
             method="POST",
             headers={"Content-Type": "application/json"},
-            data=json.dumps({"inputs": low.tolist(), "params": {"seed": 2, "steps": 3}}).encode(),
+            data=json.dumps({"inputs": low.tolist(), "params": {"seed": 2, "num_inference_steps": 3}}).encode(),
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = np.asarray(json.loads(response.read())["predictions"], dtype=np.float32)
         expected = pipelines.LatentSuperResolution.from_pretrained(folders["sr"], "cpu")(
-            torch.from_numpy(low), seed=2, steps=3
+            torch.from_numpy(low), generator=2, num_inference_steps=3
         )
         np.testing.assert_allclose(answer, expected.numpy(), atol=1e-6)
     finally:
@@ -390,7 +400,7 @@ def test_models_and_runs_uris_load_and_a_missing_one_says_what_exists(registered
     with pytest.raises(FileNotFoundError, match="logged no 'weights'"):
         model_source.resolve_model(f"runs:/{run_id}/weights", tracking_uri=uri)
     generator = pipelines.ClassConditionalGenerator.from_pretrained(by_alias, "cpu")
-    assert generator([0], steps=2).shape == (1, 1, 16, 16)
+    assert generator([0], num_inference_steps=2).shape == (1, 1, 16, 16)
     with pytest.raises(FileNotFoundError, match=r"no version 7 .*holds version\(s\) 1"):
         model_source.resolve_model("models:/cxr-test-sr/7", tracking_uri=uri)
     with pytest.raises(FileNotFoundError, match="alias 'nightly'"):
@@ -399,3 +409,63 @@ def test_models_and_runs_uris_load_and_a_missing_one_says_what_exists(registered
         model_source.resolve_model("runs:/0123456789abcdef/model", tracking_uri=uri)
     with pytest.raises(ValueError, match="version number or an alias"):
         model_source.resolve_model("models:/cxr-test-sr/latest-ish", tracking_uri=uri)
+
+
+def test_pipelines_take_diffusers_argument_names_and_the_old_ones_warn(registered):
+    _, folders, _ = registered
+    generator = pipelines.ClassConditionalGenerator.from_pretrained(folders["class_model"], "cpu")
+    assert pipelines.CxrPipeline.__name__ != "DiffusionPipeline"  # diffusers' own name is not shadowed
+    new = generator([0, 2], num_inference_steps=3, guidance_scale=1.5, generator=4)
+    with pytest.warns(FutureWarning, match="is deprecated") as caught:
+        old = generator([0, 2], steps=3, guidance=1.5, seed=4)
+    assert sorted(str(w.message).split("=")[0] for w in caught) == ["guidance", "seed", "steps"]
+    assert all(w.filename == __file__ for w in caught)  # the warning points at the caller
+    torch.testing.assert_close(new, old, rtol=0, atol=0)
+    seeded = generator([0, 2], num_inference_steps=3, generator=torch.Generator().manual_seed(4))
+    again = generator([0, 2], num_inference_steps=3, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(seeded, again, rtol=0, atol=0)
+    output = generator([1], num_inference_steps=2, return_dict=True)
+    assert output.images.shape == (1, 1, 16, 16) and torch.equal(output[0], output.images)
+    with pytest.raises(TypeError, match="'sampling_steps'"):
+        generator([1], sampling_steps=2)
+    sr = pipelines.LatentSuperResolution.from_pretrained(folders["sr"], "cpu")
+    low = torch.rand(1, 1, 8, 8)
+    torch.testing.assert_close(sr(low, num_inference_steps=2, generator=1), sr(low, num_inference_steps=2, generator=1))
+
+
+def test_sampling_shows_a_progress_bar_where_someone_watches_and_logs_the_load(registered, capsys, monkeypatch, caplog):
+    import logging
+
+    from cxr_pipeline.models import diffusion
+
+    _, folders, _ = registered
+    with caplog.at_level(logging.INFO, logger="cxr_pipeline"):
+        generator = pipelines.ClassConditionalGenerator.from_pretrained(folders["class_model"], "cpu")
+    assert any("loaded ClassConditionalGenerator" in r.getMessage() for r in caplog.records)
+    monkeypatch.delenv(diffusion.PROGRESS_BARS_ENV, raising=False)
+    generator([0], num_inference_steps=3)
+    assert "sampling" not in capsys.readouterr().err  # not a terminal (pytest captures): no bar
+    monkeypatch.setenv(diffusion.PROGRESS_BARS_ENV, "1")
+    generator([0], num_inference_steps=3)
+    assert "ddim sampling" in capsys.readouterr().err and diffusion.progress_bars_enabled()
+    generator.set_progress_bar_config(disable=True)  # diffusers' switch wins over the environment
+    try:
+        generator([0], num_inference_steps=3)
+        assert "sampling" not in capsys.readouterr().err
+    finally:
+        generator.set_progress_bar_config(disable=None)
+
+
+def test_the_app_takes_a_model_uri_and_refuses_one_of_another_kind(registered, tmp_path):
+    from cxr_pipeline.app import registry
+    from cxr_pipeline.settings import profile_from_environment
+
+    uri, folders, _ = registered
+    context = registry.AppContext(tmp_path, uri, profile_from_environment())
+    located = registry.locate(kinds.CLASS_DDPM, context, "models:/cxr-test-class-model/1")
+    assert located.version == "1" and (located.folder / "model.json").exists()
+    assert located.folder.is_relative_to(tmp_path)  # downloaded under the app's work folder
+    with pytest.raises(registry.ModelUnavailable, match="holds a latent_sr"):
+        registry.locate(kinds.CLASS_DDPM, context, "models:/cxr-test-sr/1")
+    with pytest.raises(registry.ModelUnavailable, match="no version 9"):
+        registry.locate(kinds.CLASS_DDPM, context, "models:/cxr-test-class-model/9")

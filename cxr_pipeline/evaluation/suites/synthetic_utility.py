@@ -138,11 +138,11 @@ def synthetic_utility_suite(
 
     def class_sampler(ids: list[int], at: int) -> torch.Tensor:
         model = ClassConditionalGenerator.from_pretrained(class_record.model_dir, device, precision=precision)
-        return model(ids, guidance=class_guidance, steps=ddim_steps, seed=at).cpu()
+        return model(ids, guidance_scale=class_guidance, num_inference_steps=ddim_steps, generator=at).cpu()
 
     def text_sampler(reports: list[str], at: int) -> torch.Tensor:
         model = TextConditionalGenerator.from_pretrained(text_record.model_dir, device, precision=precision)
-        return model(reports, guidance=text_guidance, steps=ddim_steps, seed=at).cpu()
+        return model(reports, guidance_scale=text_guidance, num_inference_steps=ddim_steps, generator=at).cpu()
 
     pool = generate_pool(
         plan,

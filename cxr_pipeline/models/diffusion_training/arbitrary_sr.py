@@ -190,7 +190,7 @@ def choose_renderings(
         found = []
         for rendering in RENDERINGS:
             pipeline.rendering = rendering
-            scores = per_image_scores(pipeline(low, scale=scale, steps=steps, seed=seed), high)
+            scores = per_image_scores(pipeline(low, scale=scale, num_inference_steps=steps, generator=seed), high)
             found.append({"scale": scale, "rendering": rendering, **scores[["psnr", "detail"]].mean().to_dict()})
         table = pd.DataFrame(found)
         kept = table[table["detail"] >= DETAIL_SHARE * table["detail"].max()]
