@@ -102,9 +102,10 @@ def publish_method_runs(rows: list[MethodFigures], experiment_id: str, evaluatio
     nested rows would cost a click per evaluation; each links back to its evaluation instead
     (``evaluation.run_id``, and its description)."""
     link = f"Headline figures of [evaluate-{evaluation}]({tracking.relative_run_url(experiment_id, evaluation_run_id)})"
-    client = MlflowClient()
+    client, source = MlflowClient(), tracking.source_tags()
     for row in rows:
         tags = {
+            **source,
             "evaluation.asset": evaluation,
             "evaluation.role": row.role,
             "evaluation.run_id": evaluation_run_id,
@@ -119,9 +120,10 @@ def publish_method_runs(rows: list[MethodFigures], experiment_id: str, evaluatio
 
 
 def log_model_metrics(record, figures: dict[str, float]) -> None:
-    """The version's figures on its logged model (MLflow 3 model metrics: the model's page and
-    the registered version show them), from the active evaluation run. Versions registered as
-    plain folders have no logged model and keep the tags alone."""
+    """The version's figures on its logged model (MLflow 3 model metrics: the model's page and the
+    experiment's Models table show them), from the active evaluation run, and as tags of the
+    registered version (its page shows tags). Versions registered as plain folders have no logged
+    model and get the tags alone."""
     if not figures:
         return
     try:
@@ -131,3 +133,5 @@ def log_model_metrics(record, figures: dict[str, float]) -> None:
     model_id = tracking.logged_model_id(version)
     if model_id:
         mlflow.log_metrics(figures, model_id=model_id)
+    # the registry's version page lists tags, not its logged model's metrics: the same figures there
+    tracking.tag_model_version(record.registered_model, record.version, {k: f"{v:.6g}" for k, v in figures.items()})

@@ -570,6 +570,9 @@ def test_main_job_on_the_builtin_demo_dataset(tmp_path, monkeypatch):
     sr_version = client.get_model_version("cxr-latent-sr-x4", "1")
     logged = {m.key: m.value for m in client.get_logged_model(tracking.logged_model_id(sr_version)).metrics}
     assert logged["psnr"] == pytest.approx(sr_run.data.metrics["psnr_sr_x4_ddim"])
+    assert float(client.get_model_version("cxr-latent-sr-x4", "1").tags["psnr"]) == pytest.approx(
+        logged["psnr"], rel=1e-5
+    )
     # the training run links to its evaluation in its description (clickable), not only a tag
     note = client.get_run(sr_version.run_id).data.tags["mlflow.note.content"]
     assert f"[sr_evaluation](#/experiments/{evaluations.experiment_id}/runs/{sr_run.info.run_id}" in note
