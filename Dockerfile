@@ -41,7 +41,10 @@ RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin cxr \
     && mkdir -p /data /opt/dagster/dagster_home \
     && cp /opt/cxr/deploy/dagster.yaml /opt/dagster/dagster_home/dagster.yaml \
     && chown -R cxr:cxr /data /opt/dagster
-ENV CXR_HOME=/data DAGSTER_HOME=/opt/dagster/dagster_home CXR_GIT_COMMIT=${GIT_COMMIT} HOME=/home/cxr
+# GIT_PYTHON_REFRESH: the image has no git (the commit comes from CXR_GIT_COMMIT); MLflow's GitPython
+# would otherwise print a page of warnings at every import
+ENV CXR_HOME=/data DAGSTER_HOME=/opt/dagster/dagster_home CXR_GIT_COMMIT=${GIT_COMMIT} HOME=/home/cxr \
+    GIT_PYTHON_REFRESH=quiet
 VOLUME ["/data"]
 USER 10001
 WORKDIR /home/cxr

@@ -40,12 +40,15 @@ work=$(mktemp -d)
 chown 10001:10001 "$work"
 # Where a container runtime works (podman run, a cluster) the image runs as is; this bench uses
 # buildah's chroot isolation, which needs no cgroups, so it also runs inside unprivileged sandboxes.
-# Outside a cluster the instance is a local one in the work folder (DAGSTER_HOME), not the image's
-# PostgreSQL one.
+# That isolation gives the image's declared VOLUME (/data) a fresh empty folder whatever is mounted
+# there, so the host folder is mounted beside it and named by CXR_HOME. Outside a cluster the
+# instance is a local one in the work folder (DAGSTER_HOME), not the image's PostgreSQL one.
 container=$(buildah from cxr-pipeline:bench)
 trap 'buildah rm "$container" >/dev/null 2>&1 || true' EXIT
-buildah run --isolation chroot --user 10001 --volume "$work:/data" --env CXR_STEP_THREADS=1 \
-  --env DAGSTER_HOME=/data/dagster_home "$container" -- \
+buildah run --isolation chroot --user 10001 --volume "$work:/srv/work:rw" --env CXR_HOME=/srv/work \
+  --env DAGSTER_HOME=/srv/work/dagster_home --env CXR_STEP_THREADS=1 "$container" -- \
   cxr-pipeline demo --job smoke >/tmp/cxr-image-smoke.log 2>&1 || { tail -40 /tmp/cxr-image-smoke.log; exit 1; }
 ran=$(date +%s)
-echo "smoke job inside the image: $((ran - built)) s; models: $(ls "$work/models/current" | tr '\n' ' ')"
+run_status=$(grep -o 'RUN_SUCCESS\|RUN_FAILURE' /tmp/cxr-image-smoke.log | tail -1)
+echo "smoke job inside the image: $((ran - built)) s, $run_status; models on the host: $(ls "$work/models/current" | tr '\n' ' ')"
+[ "$run_status" = RUN_SUCCESS ]
