@@ -47,20 +47,25 @@ P = TypeVar("P", bound="CxrPipeline")
 # The sampling arguments' earlier names, still accepted with a FutureWarning, and diffusers' names.
 RENAMED_ARGUMENTS = {"steps": "num_inference_steps", "seed": "generator", "guidance": "guidance_scale"}
 Generator = torch.Generator | int | None
+NO_GUIDANCE: Any = object()  # a pipeline without classifier-free guidance
 
 
-def renamed_arguments(legacy: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-    """``given`` (diffusers' names) updated with any earlier names in ``legacy``, each with a
-    FutureWarning; an unknown keyword is a TypeError, as Python would raise."""
+def renamed_arguments(
+    legacy: dict[str, Any], num_inference_steps: int, generator: Generator, guidance_scale: Any = NO_GUIDANCE
+) -> tuple[int, Generator, Any]:
+    """The sampling arguments under diffusers' names, with any earlier names in ``legacy`` taken
+    over (a FutureWarning each); an unknown keyword, or ``guidance`` where the pipeline takes
+    none, is a TypeError, as Python would raise."""
+    given = {"num_inference_steps": num_inference_steps, "generator": generator, "guidance_scale": guidance_scale}
     for old, value in legacy.items():
-        if old not in RENAMED_ARGUMENTS:
+        new = RENAMED_ARGUMENTS.get(old)
+        if new is None or given[new] is NO_GUIDANCE:
             raise TypeError(f"unexpected keyword argument {old!r}")
-        new = RENAMED_ARGUMENTS[old]
         warnings.warn(
             f"{old}= is deprecated and will be removed; use {new}= (diffusers' name)", FutureWarning, stacklevel=4
         )
         given[new] = value
-    return given
+    return given["num_inference_steps"], given["generator"], given["guidance_scale"]
 
 
 def batch_generator(generator: Generator, start: int) -> torch.Generator:
@@ -181,8 +186,7 @@ class LatentSuperResolution(CxrPipeline):
         """LR images (N, 1, h, w) in [0, 1] -> SR images (N, 1, h*scale, w*scale) in [0, 1].
         ``strength`` 1 samples from pure noise; lower values start from the LR latent noised to
         that share of T (SDEdit): fewer steps, and the output cannot drift far from the input."""
-        given = renamed_arguments(renamed, {"num_inference_steps": num_inference_steps, "generator": generator})
-        num_inference_steps, generator = given["num_inference_steps"], given["generator"]
+        num_inference_steps, generator, _ = renamed_arguments(renamed, num_inference_steps, generator)
         model, factor = self.model, self.model.scaling_factor
         outputs = []
         for start in range(0, len(low_resolution), batch_size):
@@ -349,8 +353,7 @@ class ArbitraryScaleSuperResolution(CxrPipeline):
     ) -> Any:
         """LR images (N, 1, h, w) in [0, 1] -> SR images (N, 1, H, W) in [0, 1], with (H, W) the
         LR size times ``scale`` (rounded) or ``size``. ``strength`` as in :class:`LatentSuperResolution`."""
-        given = renamed_arguments(renamed, {"num_inference_steps": num_inference_steps, "generator": generator})
-        num_inference_steps, generator = given["num_inference_steps"], given["generator"]
+        num_inference_steps, generator, _ = renamed_arguments(renamed, num_inference_steps, generator)
         model = self.model
         target = self.output_size((int(low_resolution.shape[-2]), int(low_resolution.shape[-1])), scale, size)
 
@@ -454,15 +457,9 @@ class ClassConditionalGenerator(CxrPipeline):
         **renamed: Any,
     ) -> Any:
         """Images (N, 1, S, S) in [0, 1] for the given classes, with classifier-free guidance
-        (``guidance`` None: the scale the model was saved with)."""
-        given = renamed_arguments(
-            renamed,
-            {"num_inference_steps": num_inference_steps, "generator": generator, "guidance_scale": guidance_scale},
-        )
-        num_inference_steps, generator, guidance_scale = (
-            given["num_inference_steps"],
-            given["generator"],
-            given["guidance_scale"],
+        (``guidance_scale`` None: the scale the model was saved with)."""
+        num_inference_steps, generator, guidance_scale = renamed_arguments(
+            renamed, num_inference_steps, generator, guidance_scale
         )
         model = self.model
         scale = self.settings.guidance_scale if guidance_scale is None else guidance_scale
@@ -534,15 +531,9 @@ class TextConditionalGenerator(CxrPipeline):
         **renamed: Any,
     ) -> Any:
         """Images (N, 1, S, S) in [0, 1], one per report, with classifier-free guidance against
-        the empty report (``guidance`` None: the scale the model was saved with; 0: unconditional)."""
-        given = renamed_arguments(
-            renamed,
-            {"num_inference_steps": num_inference_steps, "generator": generator, "guidance_scale": guidance_scale},
-        )
-        num_inference_steps, generator, guidance_scale = (
-            given["num_inference_steps"],
-            given["generator"],
-            given["guidance_scale"],
+        the empty report (``guidance_scale`` None: the scale the model was saved with; 0: unconditional)."""
+        num_inference_steps, generator, guidance_scale = renamed_arguments(
+            renamed, num_inference_steps, generator, guidance_scale
         )
         model = self.model
         scale = self.settings.guidance_scale if guidance_scale is None else guidance_scale
@@ -596,8 +587,7 @@ class LowDoseDenoiser(CxrPipeline):
         """Low-dose images (N, 1, S, S) in [0, 1] -> restored images. ``strength`` 1 samples from
         pure noise; lower values start from the noisy input partially noised (faster, closer to
         the input). ``dose`` (photons) selects the dose embedding; unknown doses use the null one."""
-        given = renamed_arguments(renamed, {"num_inference_steps": num_inference_steps, "generator": generator})
-        num_inference_steps, generator = given["num_inference_steps"], given["generator"]
+        num_inference_steps, generator, _ = renamed_arguments(renamed, num_inference_steps, generator)
         model = self.model
         strength = self.settings.sampling_strength if strength is None else strength
         label = self.doses.index(dose) if dose in self.doses else model.null_label

@@ -4,7 +4,6 @@ demo dataset through Dagster and registered in a real SQLite MLflow store; then 
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from cxr_pipeline.data.ingest import IngestOptions, ingest_file
 from cxr_pipeline.settings import default_tracking_uri
 from resources import CxrSettings, MlflowTracking
 from tests.conftest import pydicom_file
+from tests.helpers.browser import CHROMIUM_ARGS, chromium_or_skip, free_port, keep_screenshots
 
 pytestmark = pytest.mark.slow  # the app over a work folder whose every served model was trained
 
@@ -299,26 +299,16 @@ def test_an_untrained_work_folder_says_which_asset_trains_the_model(tmp_path, mo
     assert "No registered models" in at.warning[0].value
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.browser
 def test_a_real_browser_generates_an_image(home, tmp_path):
     """Headless Chromium (Debian's package, driven by Playwright) opens the app served by
     ``streamlit run``, generates one image, uploads a real chest CR to Restore (the
     out-of-distribution warning and the provenance line show) and saves screenshots. Required where CI installs
     the browser (CXR_BROWSER_TESTS=1); elsewhere it runs when /usr/bin/chromium exists."""
-    chromium = Path(os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium"))
-    if not chromium.exists():
-        if os.environ.get("CXR_BROWSER_TESTS") == "1":
-            pytest.fail(f"CXR_BROWSER_TESTS=1 but there is no browser at {chromium}")
-        pytest.skip(f"no Chromium at {chromium} (apt-get install chromium)")
+    chromium = chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "CXR_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     server = subprocess.Popen(
@@ -343,19 +333,7 @@ def test_a_real_browser_generates_an_image(home, tmp_path):
     )
     try:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=str(chromium),
-                args=[
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                ],
-            )
+            browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             deadline = time.time() + 60
             while True:
@@ -389,11 +367,7 @@ def test_a_real_browser_generates_an_image(home, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
-    keep = os.environ.get("CXR_SCREENSHOT_DIR")
-    if keep:
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        for taken in tmp_path.glob("*.png"):
-            (Path(keep) / taken.name).write_bytes(taken.read_bytes())
+    keep_screenshots(tmp_path)
     assert screenshot.stat().st_size > 10_000
     assert sum(1 for width in shown if width >= 64) >= 4
     assert "synthetic demo data" in restore_text and "1841x1955 px" in restore_text

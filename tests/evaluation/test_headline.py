@@ -1,8 +1,6 @@
 """An evaluation's headline figures regrouped under plain names, one row per method and setting,
 read from the outcome itself (its per-image scores, its models' figures, its must-beat pairs)."""
 
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +13,7 @@ from cxr_pipeline.evaluation.headline import method_figures, model_metrics
 from cxr_pipeline.evaluation.outcome import EvaluationOutcome
 from cxr_pipeline.model_record import ModelRecord
 from cxr_pipeline.reports.document import Report
+from tests.helpers.browser import CHROMIUM_ARGS, chromium_or_skip, free_port, keep_screenshots
 
 
 def outcome(metrics, evaluated, must_beat, scores=None) -> EvaluationOutcome:
@@ -100,25 +99,13 @@ def test_the_synthetic_data_experiment_gives_one_row_per_arm():
     }
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.browser
 def test_a_new_mlflow_user_finds_psnr_against_bicubic_and_fd_against_real_in_three_clicks(tmp_path):
     """MLflow's own UI (``mlflow ui``) over a store the publishing code wrote, in headless Chromium
     with a fresh profile: from the home page, the experiment (1), MLflow's first-visit tip (2), the
     description's headline link (3) show the SR model's PSNR and SSIM beside bicubic's and the
     class model's FD beside the real reference's, as columns."""
-    chromium = Path(os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium"))
-    if not chromium.exists():
-        if os.environ.get("CXR_BROWSER_TESTS") == "1":
-            pytest.fail(f"CXR_BROWSER_TESTS=1 but there is no browser at {chromium}")
-        pytest.skip(f"no Chromium at {chromium} (apt-get install chromium)")
+    chromium = chromium_or_skip()
     import mlflow
     from playwright.sync_api import sync_playwright
 
@@ -146,18 +133,16 @@ def test_a_new_mlflow_user_finds_psnr_against_bicubic_and_fd_against_real_in_thr
     tracking.describe_evaluation_experiment(experiment)
     mlflow.set_tracking_uri(None)
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
-    flags += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
     try:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(chromium), args=flags)
+            browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
             page = browser.new_context(viewport={"width": 1920, "height": 1080}).new_page()  # a fresh profile
             deadline = time.time() + 120
             while True:
@@ -201,11 +186,7 @@ def test_a_new_mlflow_user_finds_psnr_against_bicubic_and_fd_against_real_in_thr
     finally:
         server.terminate()
         server.wait(timeout=30)
-    keep = os.environ.get("CXR_SCREENSHOT_DIR")
-    if keep:
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        for taken in tmp_path.glob("*.png"):
-            shutil.copy(taken, Path(keep) / taken.name)
+    keep_screenshots(tmp_path)
     assert clicks <= 3
     assert {"psnr", "ssim", "fd"} <= {h.strip() for h in headers}, headers
 

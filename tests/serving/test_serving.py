@@ -4,7 +4,6 @@ on a loopback port and called over HTTP."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from cxr_pipeline.models.model_settings import (
 from cxr_pipeline.models.report_encoder import ReportEncoder
 from cxr_pipeline.models.vae import VaeConfig, load_vae, reconstruct
 from cxr_pipeline.settings import default_tracking_uri
+from tests.helpers.browser import free_port
 from tests.helpers.folders import untrained
 from tests.models.test_text_ldm import tiny_encoder
 
@@ -302,12 +302,6 @@ def test_a_downloaded_version_is_the_model_folder_inside_the_pyfunc_model(regist
     assert MlflowClient().get_model_version("cxr-test-sr", "1").source.startswith("models:/")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_over_http(registered):
     uri, folders, _ = registered
     port = free_port()
@@ -430,6 +424,8 @@ def test_pipelines_take_diffusers_argument_names_and_the_old_ones_warn(registere
         generator([1], sampling_steps=2)
     sr = pipelines.LatentSuperResolution.from_pretrained(folders["sr"], "cpu")
     low = torch.rand(1, 1, 8, 8)
+    with pytest.raises(TypeError, match="'guidance'"):  # SR has no guidance to rename to
+        sr(low, num_inference_steps=2, guidance=2.0)
     torch.testing.assert_close(sr(low, num_inference_steps=2, generator=1), sr(low, num_inference_steps=2, generator=1))
 
 
